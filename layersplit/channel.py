@@ -1,0 +1,546 @@
+"""The physical uplink at the split: SNR -> BER -> PER -> element loss, rates and latency.
+
+The UE runs the first `split` decoder layers and sends the hidden state (tokens x d_model numbers of
+b bits each) to the edge server in packets of k elements plus h header/CRC bits. A packet that
+fails its CRC is dropped and its k elements are zero-filled, so element_loss = PER; k = 1, h = 0
+is the original code's i.i.d. element mask with p = PER.
+
+SNR convention: `snr_db` is always the AVERAGE RECEIVED SNR PER SYMBOL, Es/N0, with E|h|^2 = 1.
+Eb/N0 = Es/N0 / log2(M). Functions that take Eb/N0 say so in their name (`*_ebn0`).
+
+Formulas (Goldsmith ch. 6, Proakis ch. 4 and 14; /work/shared/notes/wireless-channel.md):
+- BER, coherent detection, Gray mapping, perfect CSI. BPSK/QPSK: Q(sqrt(2 Eb/N0)); square M-QAM:
+  the exact expression of Cho & Yoon (IEEE Trans. Commun. 50(7), 2002), which for 16-QAM is
+  1/4 [3 Q(a) + 2 Q(3a) - Q(5a)], a = sqrt(0.8 Eb/N0). Every BER is a sum of w_i Q(c_i sqrt(Es/N0)).
+- Fading |h|^2 ~ Gamma(m, 1/m) (Nakagami-m; m = 1 is Rayleigh, m -> inf is AWGN). Rayleigh
+  averages in closed form; Nakagami by scipy.integrate.quad over the Gamma density.
+- Block fading (one fade per packet): PER = E_h[1 - (1 - Pb(gamma |h|^2))^L], not 1 - (1 - E[Pb])^L.
+- Rate: Shannon B log2(1 + SNR), ergodic capacity under fading. Compute time from FLOPs.
+
+CLI:
+    python -m layersplit.channel --snr-db 10 --modulation qpsk --fading rayleigh --json
+    python -m layersplit.channel --table results/channel_ber_per.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from scipy import integrate, special
+
+# ---- link -----------------------------------------------------------------------------------
+MODULATIONS = {"bpsk": 2, "qpsk": 4, "16qam": 16, "64qam": 64}  # name -> constellation size M
+FADINGS = ("awgn", "rayleigh", "nakagami")  # |h| = 1; |h|^2 ~ Exp(1); |h|^2 ~ Gamma(m, 1/m)
+NAKAGAMI_M_MIN = 0.5  # the Nakagami-m distribution is defined for m >= 1/2 (one-sided Gaussian)
+FADE_TAIL = 1e-30  # fade-density mass left out at each end of the quad integrals
+QUAD_RTOL = 1e-8  # relative tolerance of the fade averages (far below Monte Carlo noise)
+
+# ---- devices (sustained dense fp16 matmul throughput, not peak) --------------------------------
+# Phone-class UE: flagship mobile GPUs/NPUs (e.g. Adreno 740, Apple A17) peak at a few TFLOP/s
+# fp16 and sustain roughly a third of that under thermal limits.
+UE_FLOPS = 1e12
+# Edge GPU: an A100 peaks at 312 TFLOP/s bf16 dense; LLM prefill typically reaches ~30-50 %.
+EDGE_FLOPS = 1e14
+
+# ---- CLI defaults ----------------------------------------------------------------------------
+DEFAULT_SNR_DB = 10.0  # average received Es/N0
+DEFAULT_MODULATION = "qpsk"
+DEFAULT_FADING = "rayleigh"
+DEFAULT_NAKAGAMI_M = 2.0  # m = 1 would only repeat --fading rayleigh; 2 is a milder fade
+DEFAULT_BITS_PER_ELEMENT = 16  # fp16/bf16 activations
+# 64 fp16 elements = 1024 payload bits + a CRC-32: a short ~1 kbit packet, 3 % header overhead.
+# k = 1, h = 0 reproduces the original code's i.i.d. element mask.
+DEFAULT_ELEMENTS_PER_PACKET = 64
+DEFAULT_HEADER_BITS = 32
+DEFAULT_BANDWIDTH_HZ = 20e6  # one 20 MHz LTE/Wi-Fi channel
+DEFAULT_BLOCK_FADING = True  # a ~1 kbit packet lasts tens of microseconds << coherence time (ms)
+DEFAULT_TOKENS = 512  # prompt length crossing the link at prefill
+DEFAULT_HIDDEN_SIZE = 576  # SmolLM2-135M d_model
+
+# ---- BER/PER table ---------------------------------------------------------------------------
+TABLE_SNR_DB = tuple(np.arange(0.0, 40.1, 2.5))  # Es/N0 grid in dB
+TABLE_MC_SYMBOLS = 300_000  # Monte Carlo symbols per point and fading mode
+TABLE_SEED = 0  # seed of the table's Monte Carlo (one numpy Generator for the whole table)
+
+
+def qfunc(x: np.ndarray | float) -> np.ndarray:
+    """Gaussian tail Q(x) = P(N(0,1) > x)."""
+    return 0.5 * special.erfc(np.asarray(x, dtype=float) / math.sqrt(2.0))
+
+
+def bits_per_symbol(modulation: str) -> int:
+    return int(math.log2(MODULATIONS[modulation]))
+
+
+def ebn0_db_from_esn0_db(esn0_db: float, modulation: str) -> float:
+    """Eb/N0 in dB from Es/N0 in dB: Eb/N0 = Es/N0 / log2(M)."""
+    return esn0_db - 10.0 * math.log10(bits_per_symbol(modulation))
+
+
+# ---- configuration ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LinkConfig:
+    """One operating point of the uplink; validated on construction."""
+
+    snr_db: float = DEFAULT_SNR_DB  # average received SNR per symbol, Es/N0, in dB
+    modulation: str = DEFAULT_MODULATION  # bpsk, qpsk, 16qam or 64qam (Gray-mapped)
+    fading: str = DEFAULT_FADING  # awgn, rayleigh or nakagami
+    nakagami_m: float = DEFAULT_NAKAGAMI_M  # Nakagami shape, used only when fading == "nakagami"
+    bits_per_element: int = DEFAULT_BITS_PER_ELEMENT  # 32 fp32, 16 fp16/bf16, 8 int8
+    elements_per_packet: int = DEFAULT_ELEMENTS_PER_PACKET  # k activations per packet
+    header_bits: int = DEFAULT_HEADER_BITS  # h header/CRC bits per packet
+    bandwidth_hz: float = DEFAULT_BANDWIDTH_HZ  # uplink bandwidth; symbol rate = bandwidth
+    block_fading: bool = DEFAULT_BLOCK_FADING  # one fade per packet (else independent bit errors)
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.snr_db):
+            raise ValueError(f"snr_db must be a finite number of dB, got {self.snr_db}")
+        if self.modulation not in MODULATIONS:
+            raise ValueError(f"modulation must be one of {', '.join(MODULATIONS)}, got {self.modulation!r}")
+        if self.fading not in FADINGS:
+            raise ValueError(f"fading must be one of {', '.join(FADINGS)}, got {self.fading!r}")
+        if not self.nakagami_m >= NAKAGAMI_M_MIN:  # also rejects NaN
+            raise ValueError(f"nakagami_m must be >= {NAKAGAMI_M_MIN}, got {self.nakagami_m}")
+        for name, low in (("bits_per_element", 1), ("elements_per_packet", 1), ("header_bits", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not (self.bandwidth_hz > 0 and math.isfinite(self.bandwidth_hz)):
+            raise ValueError(f"bandwidth_hz must be a positive number of Hz, got {self.bandwidth_hz}")
+
+    @property
+    def bits_per_packet(self) -> int:
+        """L = k * b + h."""
+        return self.elements_per_packet * self.bits_per_element + self.header_bits
+
+    @property
+    def ebn0_db(self) -> float:
+        return ebn0_db_from_esn0_db(self.snr_db, self.modulation)
+
+    @property
+    def fade_m(self) -> float:
+        """Nakagami shape of the fade: inf for AWGN, 1 for Rayleigh."""
+        return {"awgn": math.inf, "rayleigh": 1.0, "nakagami": self.nakagami_m}[self.fading]
+
+
+# ---- bit error rate --------------------------------------------------------------------------
+def ber_terms(modulation: str) -> tuple[np.ndarray, np.ndarray]:
+    """Weights w and factors c with BER_AWGN(Es/N0) = sum_i w_i Q(c_i sqrt(Es/N0)), exactly.
+
+    Square M-QAM (QPSK included) with Gray mapping per I/Q rail: Cho & Yoon (2002), eq. (14),
+    with erfc(x) = 2 Q(sqrt(2) x); terms with the same argument are merged.
+    """
+    if modulation == "bpsk":
+        return np.array([1.0]), np.array([math.sqrt(2.0)])
+    m_const = MODULATIONS[modulation]
+    side = math.isqrt(m_const)  # levels per rail
+    bits_rail = int(math.log2(side))
+    n_terms = side - 1  # i runs up to (1 - 2^-k) side - 1 <= side - 2
+    weights = np.zeros(n_terms)
+    for k in range(1, bits_rail + 1):  # bit k of the rail's Gray label
+        half = 2 ** (k - 1)
+        for i in range(side - (side >> k)):  # (-1)^floor(i 2^(k-1) / side) (2^(k-1) - floor(i 2^(k-1) / side + 1/2))
+            weights[i] += (-1) ** (i * half // side) * (half - (2 * i * half + side) // (2 * side))
+    weights *= 2.0 / (side * bits_rail)
+    factors = (2 * np.arange(n_terms) + 1) * math.sqrt(3.0 / (m_const - 1))
+    return weights, factors
+
+
+def ber_awgn(modulation: str, esn0: np.ndarray | float) -> np.ndarray:
+    """BER at instantaneous Es/N0 (LINEAR, not dB), elementwise."""
+    weights, factors = ber_terms(modulation)
+    root = np.sqrt(np.asarray(esn0, dtype=float))[..., None]
+    return np.clip(qfunc(factors * root) @ weights, 0.0, 0.5)
+
+
+def fade_average(f: Callable[[np.ndarray], np.ndarray], m: float, knees: list[float]) -> float:
+    """E[f(X)] for X = |h|^2 ~ Gamma(shape m, scale 1/m), by quad over the Gamma density.
+
+    Integrates in u = ln x, where the density and f are smooth over the whole range;
+    `knees` are x where f changes fastest (breakpoints for quad). m = inf means no fade.
+    """
+    if math.isinf(m):
+        return float(f(np.array(1.0)))
+    lo = math.log(special.gammaincinv(m, FADE_TAIL) / m)
+    hi = math.log(special.gammainccinv(m, FADE_TAIL) / m)
+    log_norm = m * math.log(m) - special.gammaln(m)
+
+    def integrand(u: float) -> float:  # f(x) p(x) dx with x = e^u, dx = x du
+        return float(f(np.array(math.exp(u)))) * math.exp(log_norm + m * u - m * math.exp(u))
+
+    points = sorted({min(max(math.log(x), lo), hi) for x in [*knees, 1.0] if x > 0} - {lo, hi})
+    value, _ = integrate.quad(integrand, lo, hi, points=points or None, epsabs=0.0, epsrel=QUAD_RTOL, limit=200)
+    return value
+
+
+def average_ber(modulation: str, snr_db: float, fading: str, nakagami_m: float = DEFAULT_NAKAGAMI_M) -> float:
+    """Fade-averaged BER at average received Es/N0 `snr_db` (dB)."""
+    cfg = LinkConfig(snr_db=snr_db, modulation=modulation, fading=fading, nakagami_m=nakagami_m)  # validates
+    esn0 = 10.0 ** (snr_db / 10.0)
+    weights, factors = ber_terms(modulation)
+    if fading == "awgn":
+        return float(ber_awgn(modulation, esn0))
+    if fading == "rayleigh":  # E[Q(c sqrt(g X))] = (1 - sqrt(s / (1 + s))) / 2, s = c^2 g / 2
+        s = factors**2 * esn0 / 2.0
+        return float(np.dot(weights, 0.5 * (1.0 - np.sqrt(s / (1.0 + s)))))
+    knees = list(1.0 / (factors**2 * esn0))
+    return fade_average(lambda x: ber_awgn(modulation, esn0 * x), cfg.fade_m, knees)
+
+
+def average_ber_ebn0(modulation: str, ebn0_db: float, fading: str, nakagami_m: float = DEFAULT_NAKAGAMI_M) -> float:
+    """Fade-averaged BER at average received Eb/N0 `ebn0_db` (dB)."""
+    esn0_db = ebn0_db + 10.0 * math.log10(bits_per_symbol(modulation))
+    return average_ber(modulation, esn0_db, fading, nakagami_m)
+
+
+# ---- packets ---------------------------------------------------------------------------------
+def per_independent(ber: np.ndarray | float, bits_per_packet: int) -> np.ndarray:
+    """PER = 1 - (1 - Pb)^L for independent bit errors (log1p/expm1 keep small values exact)."""
+    return -np.expm1(bits_per_packet * np.log1p(-np.asarray(ber, dtype=float)))
+
+
+def packet_error_rate(cfg: LinkConfig) -> float:
+    """Probability that a packet of cfg.bits_per_packet bits has at least one bit error.
+
+    block_fading: one fade per packet, PER = E_h[1 - (1 - Pb(g |h|^2))^L]; otherwise (AWGN or
+    fast/interleaved fading) bit errors are independent with the fade-averaged BER.
+    The bits of one 16/64-QAM symbol share a noise sample; treating them as independent given the
+    fade changes the PER by < 0.5 % relative against the exact 1 - (1 - SER)^(L / log2 M).
+    """
+    n_bits = cfg.bits_per_packet
+    if cfg.fading == "awgn" or not cfg.block_fading:
+        return float(per_independent(average_ber(cfg.modulation, cfg.snr_db, cfg.fading, cfg.nakagami_m), n_bits))
+    esn0 = 10.0 ** (cfg.snr_db / 10.0)
+    _, factors = ber_terms(cfg.modulation)
+    # The PER drops from 1 to 0 around the fade x where Q(c_0 sqrt(g x)) ~ 1/L.
+    knees = [1.0 / (factors[0] ** 2 * esn0), (-special.ndtri(1.0 / n_bits) / factors[0]) ** 2 / esn0]
+    per = fade_average(lambda x: per_independent(ber_awgn(cfg.modulation, esn0 * x), n_bits), cfg.fade_m, knees)
+    return min(per, 1.0)  # quad may overshoot 1 by rounding when every packet is lost
+
+
+def element_loss(cfg: LinkConfig) -> float:
+    """Probability that an activation element is zero-filled: its packet is lost, so = PER."""
+    return packet_error_rate(cfg)
+
+
+# ---- rate and latency ------------------------------------------------------------------------
+def spectral_efficiency(snr_db: float, fading: str, nakagami_m: float = DEFAULT_NAKAGAMI_M) -> float:
+    """Ergodic capacity E[log2(1 + g |h|^2)] in bit/s/Hz at average SNR g = 10^(snr_db/10)."""
+    cfg = LinkConfig(snr_db=snr_db, fading=fading, nakagami_m=nakagami_m)  # validates
+    g = 10.0 ** (snr_db / 10.0)
+    if fading == "rayleigh":  # exp(1/g) E1(1/g) / ln 2 (math.exp overflows below -28 dB)
+        return float(special.exp1(1.0 / g) * math.exp(1.0 / g) / math.log(2.0))
+    return fade_average(lambda x: np.log2(1.0 + g * x), cfg.fade_m, [1.0 / g])
+
+
+def achievable_rate_bps(cfg: LinkConfig) -> float:
+    """Bit rate of the uplink: bandwidth x ergodic capacity (ideal adaptive coding assumed).
+
+    The modulation only sets the BER/PER; the rate is the capacity the bandwidth supports.
+    """
+    return cfg.bandwidth_hz * spectral_efficiency(cfg.snr_db, cfg.fading, cfg.nakagami_m)
+
+
+def payload_bits(cfg: LinkConfig, tokens: int, hidden_size: int) -> int:
+    """Bits on air for tokens x hidden_size activations: whole packets, headers included."""
+    n_packets = math.ceil(tokens * hidden_size / cfg.elements_per_packet)
+    return n_packets * cfg.bits_per_packet
+
+
+def tx_latency_s(cfg: LinkConfig, tokens: int, hidden_size: int) -> float:
+    """Seconds to send tokens x hidden_size activations (prefill: the prompt; decode: 1 token)."""
+    return payload_bits(cfg, tokens, hidden_size) / achievable_rate_bps(cfg)
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """The shapes of a Llama-style decoder that set its FLOPs and activation size."""
+
+    n_layers: int
+    hidden_size: int
+    intermediate_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+
+
+SMOLLM2_135M = ModelDims(30, 576, 1536, 9, 3, 64, 49152)  # the embedded default model
+LLAMA2_7B = ModelDims(32, 4096, 11008, 32, 32, 128, 32000)  # the paper's model
+
+
+def decoder_layer_flops(
+    hidden_size: int,
+    intermediate_size: int,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    tokens: int,
+    context_len: int,
+) -> float:
+    """FLOPs (2 per multiply-accumulate) of one decoder layer for `tokens` new tokens that each
+    attend to `context_len` keys. Prefill: context_len = tokens (the full T x T score matrix, as
+    dense kernels compute it); decode: tokens = 1, context_len = cached + 1. Norms, RoPE and the
+    softmax are O(tokens x hidden) and left out.
+    """
+    q_dim, kv_dim = num_heads * head_dim, num_kv_heads * head_dim
+    projections = 2 * tokens * hidden_size * (2 * q_dim + 2 * kv_dim)  # q, o; k, v (GQA)
+    mlp = 2 * tokens * 3 * hidden_size * intermediate_size  # gate, up, down
+    attention = 2 * 2 * tokens * context_len * q_dim  # scores Q K^T and weights x V
+    return float(projections + mlp + attention)
+
+
+def lm_head_flops(hidden_size: int, vocab_size: int, tokens: int) -> float:
+    return 2.0 * tokens * hidden_size * vocab_size
+
+
+def latency_breakdown(
+    cfg: LinkConfig,
+    model: ModelDims,
+    split: int,
+    tokens: int,
+    phase: str = "prefill",
+    context_len: int | None = None,
+    ue_flops: float = UE_FLOPS,
+    edge_flops: float = EDGE_FLOPS,
+) -> dict[str, float]:
+    """Seconds spent on the UE, on air and on the edge for one forward pass, run in sequence.
+
+    split: decoder layers on the UE (0..n_layers). prefill: `tokens` prompt tokens cross the link
+    and the LM head scores all of them (as in perplexity evaluation); decode: one new token with a
+    KV cache of `context_len` - 1 (default: the prompt, context_len = tokens + 1). Compute time is
+    FLOPs over sustained throughput; decode is memory-bound in practice, so it is a lower bound there.
+    """
+    if not 0 <= split <= model.n_layers:
+        raise ValueError(f"split must be between 0 and n_layers={model.n_layers}, got {split}")
+    if phase not in ("prefill", "decode"):
+        raise ValueError(f"phase must be 'prefill' or 'decode', got {phase!r}")
+    if tokens < 1:
+        raise ValueError(f"tokens must be >= 1, got {tokens}")
+    new = tokens if phase == "prefill" else 1
+    context = tokens if phase == "prefill" else (context_len or tokens + 1)
+    dims = (model.hidden_size, model.intermediate_size, model.num_heads, model.num_kv_heads, model.head_dim)
+    layer = decoder_layer_flops(*dims, tokens=new, context_len=context)
+    ue = split * layer / ue_flops
+    edge = ((model.n_layers - split) * layer + lm_head_flops(model.hidden_size, model.vocab_size, new)) / edge_flops
+    tx = tx_latency_s(cfg, new, model.hidden_size)
+    return {"ue_compute_s": ue, "tx_s": tx, "edge_compute_s": edge, "total_s": ue + tx + edge}
+
+
+# ---- SNR over time ---------------------------------------------------------------------------
+class SnrProcess:
+    """AR(1) (Gauss-Markov) SNR in dB with exact stationary mean, std and lag-1 correlation rho:
+    x_{t+1} = mean + rho (x_t - mean) + sqrt(1 - rho^2) std eps_t, x_0 drawn from N(mean, std^2).
+    """
+
+    def __init__(self, mean_db: float, std_db: float, rho: float, seed: int | None = None) -> None:
+        if not std_db >= 0:
+            raise ValueError(f"std_db must be >= 0, got {std_db}")
+        if not -1 <= rho <= 1:
+            raise ValueError(f"rho must be in [-1, 1], got {rho}")
+        self.mean_db, self.std_db, self.rho = mean_db, std_db, rho
+        self.reset(seed)
+
+    def reset(self, seed: int | None = None) -> float:
+        self.rng = np.random.default_rng(seed)
+        self.snr_db = self.mean_db + self.std_db * self.rng.standard_normal()
+        return self.snr_db
+
+    def step(self) -> float:
+        innovation = math.sqrt(1.0 - self.rho**2) * self.std_db * self.rng.standard_normal()
+        self.snr_db = self.mean_db + self.rho * (self.snr_db - self.mean_db) + innovation
+        return self.snr_db
+
+
+def snr_path(mean_db: float, std_db: float, rho: float, n_steps: int, seed: int | None = None) -> np.ndarray:
+    """n_steps SNR values (dB) of one AR(1) sample path, the first drawn from the stationary law."""
+    process = SnrProcess(mean_db, std_db, rho, seed)
+    return np.array([process.snr_db] + [process.step() for _ in range(n_steps - 1)])
+
+
+# ---- Monte Carlo -----------------------------------------------------------------------------
+def monte_carlo_link(cfg: LinkConfig, n_packets: int, rng: np.random.Generator) -> dict[str, float]:
+    """Simulate n_packets packets of cfg.bits_per_packet bits symbol by symbol: Gray-mapped
+    constellation, y = h s + n with complex Gaussian n, ML detection with known h, bit errors
+    counted. block_fading: one fade per packet; otherwise one fade per symbol and the bits are
+    interleaved across all packets, so bit errors are independent as packet_error_rate assumes.
+    Returns ber, per and their standard errors (packets are independent).
+    """
+    n_bits = cfg.bits_per_packet
+    bps = bits_per_symbol(cfg.modulation)
+    rails = 1 if cfg.modulation == "bpsk" else 2
+    side = 2 ** (bps // rails)  # PAM levels per rail
+    energy = 1.0 if rails == 1 else 2.0 * (MODULATIONS[cfg.modulation] - 1) / 3.0  # mean |s|^2
+    shape = (n_packets, math.ceil(n_bits / bps))
+
+    index = rng.integers(0, side, size=(*shape, rails))
+    level = 2.0 * index - (side - 1)
+    s = level[..., 0] + (1j * level[..., 1] if rails == 2 else 0.0)
+    fade_shape = (n_packets, 1) if cfg.block_fading else shape
+    if cfg.fading == "awgn":
+        h = np.ones(fade_shape)
+    elif cfg.fading == "rayleigh":
+        h = (rng.standard_normal(fade_shape) + 1j * rng.standard_normal(fade_shape)) / math.sqrt(2.0)
+    else:
+        gain = rng.gamma(cfg.nakagami_m, 1.0 / cfg.nakagami_m, size=fade_shape)
+        h = np.sqrt(gain) * np.exp(2j * np.pi * rng.random(fade_shape))
+    sigma = math.sqrt(energy / (2.0 * 10.0 ** (cfg.snr_db / 10.0)))  # per real dimension: N0 / 2
+    y = h * s + sigma * (rng.standard_normal(shape) + 1j * rng.standard_normal(shape))
+    r = y / h  # nearest point to y / h is the ML decision for a flat fade known at the receiver
+    received = np.stack([r.real, r.imag][:rails], axis=-1)
+    decided = np.clip(np.rint((received + side - 1) / 2.0), 0, side - 1).astype(index.dtype)
+
+    wrong = (index ^ (index >> 1)) ^ (decided ^ (decided >> 1))  # Gray labels differ in these bits
+    bit_errors = (wrong[..., None] >> np.arange(bps // rails)) & 1
+    bit_errors = bit_errors.reshape(n_packets, -1)[:, :n_bits]  # first L bits of each packet
+    if not cfg.block_fading:  # ideal bit interleaver: the bits of one symbol (one fade) scatter
+        bit_errors = rng.permutation(bit_errors.ravel()).reshape(n_packets, n_bits)
+    per_packet = bit_errors.sum(axis=1)
+    lost = per_packet > 0
+    return {
+        "ber": per_packet.mean() / n_bits,
+        "ber_se": per_packet.std(ddof=1) / math.sqrt(n_packets) / n_bits,
+        "per": lost.mean(),
+        "per_se": lost.std(ddof=1) / math.sqrt(n_packets),
+    }
+
+
+def ber_per_table(
+    snr_db_list: list[float],
+    modulations: list[str],
+    fadings: list[str],
+    mc_symbols: int,
+    seed: int,
+    link: LinkConfig = LinkConfig(),
+) -> list[dict[str, float | str]]:
+    """One row per (fading, modulation, Es/N0): closed-form and Monte Carlo BER and PER.
+
+    per_fast assumes independent bit errors (fast or interleaved fading), per_block one fade per
+    packet; both use link.bits_per_packet and link.nakagami_m. Each Monte Carlo mode simulates
+    about mc_symbols symbols.
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    for fading in fadings:
+        for modulation in modulations:
+            n_packets = max(2, mc_symbols * bits_per_symbol(modulation) // link.bits_per_packet)
+            for snr_db in snr_db_list:
+                point = dict(snr_db=float(snr_db), modulation=modulation, fading=fading)
+                fast = LinkConfig(**{**asdict(link), **point, "block_fading": False})
+                block = LinkConfig(**{**asdict(link), **point, "block_fading": True})
+                mc_fast = monte_carlo_link(fast, n_packets, rng)
+                mc_block = mc_fast if fading == "awgn" else monte_carlo_link(block, n_packets, rng)
+                rows.append({
+                    **point,
+                    "ebn0_db": fast.ebn0_db,
+                    "nakagami_m": link.nakagami_m if fading == "nakagami" else math.nan,
+                    "bits_per_packet": link.bits_per_packet,
+                    "ber": average_ber(modulation, snr_db, fading, link.nakagami_m),
+                    "ber_mc": mc_fast["ber"],
+                    "ber_mc_se": mc_fast["ber_se"],
+                    "per_fast": packet_error_rate(fast),
+                    "per_fast_mc": mc_fast["per"],
+                    "per_block": packet_error_rate(block),
+                    "per_block_mc": mc_block["per"],
+                    "per_block_mc_se": mc_block["per_se"],
+                    "mc_packets": n_packets,
+                })
+    return rows
+
+
+def write_table(rows: list[dict[str, float | str]], path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+
+
+# ---- CLI -------------------------------------------------------------------------------------
+def link_summary(cfg: LinkConfig, tokens: int, hidden_size: int) -> dict[str, float | int | str | bool]:
+    """Everything the CLI reports for one operating point, inputs included."""
+    return {
+        **asdict(cfg),
+        "tokens": tokens,
+        "hidden_size": hidden_size,
+        "ebn0_db": cfg.ebn0_db,
+        "bits_per_packet": cfg.bits_per_packet,
+        "ber": average_ber(cfg.modulation, cfg.snr_db, cfg.fading, cfg.nakagami_m),
+        "per": packet_error_rate(cfg),
+        "element_loss": element_loss(cfg),
+        "rate_bps": achievable_rate_bps(cfg),
+        "payload_bits_prefill": payload_bits(cfg, tokens, hidden_size),
+        "payload_bits_decode": payload_bits(cfg, 1, hidden_size),
+        "tx_latency_prefill_s": tx_latency_s(cfg, tokens, hidden_size),
+        "tx_latency_decode_s": tx_latency_s(cfg, 1, hidden_size),
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m layersplit.channel",
+        description="BER, packet error rate, element loss and link latency of the split-layer uplink.",
+    )
+    p.add_argument("--snr-db", type=float, default=DEFAULT_SNR_DB,
+                   help="average received SNR per symbol, Es/N0, in dB (Eb/N0 = Es/N0 / log2 M)")
+    p.add_argument("--modulation", choices=list(MODULATIONS), default=DEFAULT_MODULATION)
+    p.add_argument("--fading", choices=FADINGS, default=DEFAULT_FADING)
+    p.add_argument("--nakagami-m", type=float, default=DEFAULT_NAKAGAMI_M,
+                   help="Nakagami shape m >= 0.5, for --fading nakagami and the table (1 = Rayleigh)")
+    p.add_argument("--bits-per-element", type=int, default=DEFAULT_BITS_PER_ELEMENT,
+                   help="bits per activation: 32 fp32, 16 fp16/bf16, 8 int8")
+    p.add_argument("--elements-per-packet", type=int, default=DEFAULT_ELEMENTS_PER_PACKET,
+                   help="activations per packet, k (k=1 with --header-bits 0: i.i.d. element loss)")
+    p.add_argument("--header-bits", type=int, default=DEFAULT_HEADER_BITS, help="header/CRC bits per packet")
+    p.add_argument("--bandwidth-hz", type=float, default=DEFAULT_BANDWIDTH_HZ)
+    p.add_argument("--block-fading", action=argparse.BooleanOptionalAction, default=DEFAULT_BLOCK_FADING,
+                   help="one fade per packet (--no-block-fading: independent bit errors)")
+    p.add_argument("--tokens", type=int, default=DEFAULT_TOKENS, help="prompt tokens sent at prefill")
+    p.add_argument("--hidden-size", type=int, default=DEFAULT_HIDDEN_SIZE, help="d_model of the split model")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--table", metavar="CSV",
+                   help="write the closed-form vs Monte Carlo BER/PER table over all SNRs, modulations and fadings"
+                        " (uses the packet and --nakagami-m options)")
+    p.add_argument("--mc-symbols", type=int, default=TABLE_MC_SYMBOLS, help="Monte Carlo symbols per table point")
+    p.add_argument("--seed", type=int, default=TABLE_SEED, help="seed of the table's Monte Carlo")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        cfg = LinkConfig(args.snr_db, args.modulation, args.fading, args.nakagami_m, args.bits_per_element,
+                         args.elements_per_packet, args.header_bits, args.bandwidth_hz, args.block_fading)
+    except ValueError as e:
+        parser.error(str(e))
+    if args.tokens < 1 or args.hidden_size < 1 or args.mc_symbols < 1:
+        parser.error("--tokens, --hidden-size and --mc-symbols must be >= 1")
+
+    if args.table:
+        start = time.time()
+        rows = ber_per_table(list(TABLE_SNR_DB), list(MODULATIONS), list(FADINGS), args.mc_symbols, args.seed, cfg)
+        write_table(rows, args.table)
+        print(f"wrote {len(rows)} rows to {args.table} in {time.time() - start:.1f} s")
+        return
+    summary = link_summary(cfg, args.tokens, args.hidden_size)
+    if args.json:
+        print(json.dumps(summary))
+        return
+    for key, value in summary.items():
+        print(f"{key:22s} {value:.4g}" if isinstance(value, float) else f"{key:22s} {value}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

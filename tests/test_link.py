@@ -1,0 +1,173 @@
+"""The split-layer link on a tiny random Llama: where it cuts, what it zeroes, and that it leaves cleanly."""
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
+
+from conftest import TINY_LAYERS, tiny_config
+from layersplit import UserError
+from layersplit.link import LlamaForCausalLMWithChannel, SplitLink
+from layersplit.models import find_decoder_layers
+
+IDS = torch.randint(0, 300, (1, 48), generator=torch.Generator().manual_seed(1))
+
+
+def logits(model, ids=IDS):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def capture_inputs(model):
+    """Record the hidden state entering each decoder layer and the final norm."""
+    seen = {}
+    layers = find_decoder_layers(model)
+    targets = list(enumerate(layers)) + [(len(layers), model.model.norm)]
+    handles = [m.register_forward_pre_hook(lambda mod, args, i=i: seen.__setitem__(i, args[0].clone()))
+               for i, m in targets]
+    return seen, handles
+
+
+@pytest.mark.parametrize("split", range(TINY_LAYERS))
+def test_hook_cuts_after_the_chosen_layer(tiny_llama, split):
+    link = SplitLink(tiny_llama, split=split, dropout=1.0)
+    seen, handles = capture_inputs(tiny_llama)
+    logits(tiny_llama)
+    for h in handles:
+        h.remove()
+    for i in range(split + 1):  # the UE's layers see an untouched hidden state
+        assert torch.count_nonzero(seen[i]) == seen[i].numel(), f"layer {i} input was touched"
+    assert torch.count_nonzero(seen[split + 1]) == 0  # what the edge receives: everything lost at p = 1
+    assert link.transfers[0].tokens == IDS.shape[1]
+
+
+def test_zeroed_fraction_matches_p_without_rescaling(tiny_llama):
+    p = 0.3
+    link = SplitLink(tiny_llama, split=1, dropout=p, seed=3)
+    hidden = torch.randn(8, 256, 64)
+    received = link.transmit(hidden)
+    lost = received == 0
+    n = hidden.numel()
+    assert abs(lost.float().mean().item() - p) < 4 * (p * (1 - p) / n) ** 0.5
+    assert torch.equal(received[~lost], hidden[~lost])  # survivors are not rescaled by 1/(1-p)
+    assert link.zeroed_fraction == pytest.approx(lost.float().mean().item())
+
+
+def test_p_zero_is_bit_identical(tiny_llama):
+    reference = logits(tiny_llama)
+    SplitLink(tiny_llama, split=2, dropout=0.0)
+    assert torch.equal(logits(tiny_llama), reference)
+
+
+def test_same_seed_same_result_other_seed_other_result(tiny_llama):
+    link = SplitLink(tiny_llama, split=1, dropout=0.2, seed=7)
+    first = logits(tiny_llama)
+    link.reseed(7)
+    assert torch.equal(logits(tiny_llama), first)
+    link.reseed(8)
+    assert not torch.equal(logits(tiny_llama), first)
+
+
+def test_masks_are_nested_across_p(tiny_llama):
+    """One uniform field per transfer: what p = 0.1 loses, p = 0.3 loses too."""
+    link = SplitLink(tiny_llama, split=0, seed=5)
+    hidden = torch.randn(1, 64, 64)
+    lost = {}
+    for p in (0.1, 0.3):
+        link.set_dropout(p)
+        link.reseed(5)
+        lost[p] = link.transmit(hidden) == 0
+    assert torch.all(lost[0.3][lost[0.1]])
+    assert lost[0.3].sum() > lost[0.1].sum()
+
+
+def test_detach_removes_the_hook(tiny_llama):
+    reference = logits(tiny_llama)
+    link = SplitLink(tiny_llama, split=1, dropout=0.5)
+    assert not torch.equal(logits(tiny_llama), reference)
+    link.detach()
+    assert not link.attached
+    assert all(len(layer._forward_hooks) == 0 for layer in link.layers)
+    assert torch.equal(logits(tiny_llama), reference)
+
+
+def test_moving_the_split_moves_the_single_hook(tiny_llama):
+    link = SplitLink(tiny_llama, split=0, dropout=0.5)
+    link.set_split(3)
+    assert [len(layer._forward_hooks) for layer in link.layers] == [0, 0, 0, 1]
+
+
+@pytest.mark.parametrize("split", [-1, TINY_LAYERS, 1.5])
+def test_bad_split_is_a_clear_error(tiny_llama, split):
+    with pytest.raises(UserError, match=rf"valid 0\.\.{TINY_LAYERS - 1}"):
+        SplitLink(tiny_llama, split=split)
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.5, float("nan")])
+def test_bad_probability_is_a_clear_error(tiny_llama, p):
+    with pytest.raises(UserError, match=r"outside \[0, 1\]"):
+        SplitLink(tiny_llama, dropout=p)
+
+
+def test_delay_is_accounted_not_slept(tiny_llama):
+    link = SplitLink(tiny_llama, split=0, delay_range_s=(5.0, 10.0))  # would take seconds if slept
+    logits(tiny_llama)
+    logits(tiny_llama)
+    assert len(link.transfers) == 2
+    assert all(5.0 <= t.delay_s <= 10.0 for t in link.transfers)
+    assert link.total_delay_s >= 10.0
+    assert link.transfers[0].bits == IDS.shape[1] * 64 * 32  # tokens x hidden x float32
+
+
+def test_generation_sends_one_token_per_decoding_step(tiny_llama):
+    link = SplitLink(tiny_llama, split=1, dropout=0.1)
+    with torch.no_grad():
+        tiny_llama.generate(input_ids=IDS[:, :10], max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert [t.tokens for t in link.transfers] == [10, 1, 1, 1, 1]
+
+
+def test_original_subclass_keeps_the_original_methods(tmp_path):
+    torch.manual_seed(0)
+    model = LlamaForCausalLMWithChannel(tiny_config()).eval()
+    reference = logits(model)  # a fresh model has p = 0
+    model.set_specified_layers(2)
+    model.set_dropout_prob(1.0)
+    seen, handles = capture_inputs(model)
+    logits(model)
+    assert torch.count_nonzero(seen[3]) == 0 and torch.count_nonzero(seen[2]) == seen[2].numel()
+    model.set_dropout_prob(0.0)
+    assert torch.equal(logits(model), reference)
+    for h in handles:
+        h.remove()
+    model.save_pretrained(tmp_path)  # and it round-trips through from_pretrained with its link
+    reloaded = LlamaForCausalLMWithChannel.from_pretrained(tmp_path).eval()
+    assert torch.equal(logits(reloaded), reference)
+    reloaded.set_dropout_prob(0.5)
+    assert not torch.equal(logits(reloaded), reference)
+
+
+def tiny_qwen2():
+    return Qwen2ForCausalLM(Qwen2Config(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                                        num_attention_heads=4, num_key_value_heads=2)).eval()
+
+
+def tiny_gpt2():
+    return GPT2LMHeadModel(GPT2Config(vocab_size=300, n_embd=64, n_layer=3, n_head=4, n_positions=128)).eval()
+
+
+@pytest.mark.parametrize("build", [tiny_qwen2, tiny_gpt2])
+def test_link_attaches_to_other_decoder_only_models(build):
+    torch.manual_seed(0)
+    model = build()
+    reference = logits(model)
+    link = SplitLink(model, split=1, dropout=0.0)
+    assert torch.equal(logits(model), reference)
+    link.set_dropout(0.5)
+    assert not torch.equal(logits(model), reference)
+    assert link.transfers[-1].zeroed > 0
+
+
+def test_a_model_without_decoder_layers_is_a_clear_error():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    with pytest.raises(UserError, match="cannot split Sequential"):
+        find_decoder_layers(model)
