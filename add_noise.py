@@ -2,11 +2,15 @@
 
 The model is cut after 0-based decoder layer SPLIT: layers 0..SPLIT run on the user equipment
 (UE), the rest and the LM head on the edge server. On the way, each element of the hidden state
-is zeroed with probability DROPOUT (the original paper code's link, without rescaling).
+is zeroed with probability DROPOUT (the original paper code's link, without rescaling), or, with
+--snr-db, the link is physical: packets lost at that SNR (--link erasure), additive noise after
+fading (awgn), or raw bit errors (bitflip), with the link's latency reported.
 
     python add_noise.py                                   # the demo: split 4, p = 0.1, embedded defaults
     python add_noise.py --split 9 --dropout 0.3 --max-tokens 2048 --seed 1
     python add_noise.py --split 4 --dropout 0.1 --json    # one JSON object on stdout
+    python add_noise.py --snr-db 12 --modulation 16qam --fading rayleigh        # packet erasures at 12 dB
+    python add_noise.py --snr-db 5 --link awgn --fading nakagami --nakagami-m 2
     python add_noise.py --generate "The capital of France is" --dropout 0.05
     python add_noise.py --model meta-llama/Llama-2-7b-hf --dataset wikitext-2 --device cuda   # the paper's setting
 
@@ -15,6 +19,7 @@ Every constant below can be overridden from the command line (see --help).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -22,8 +27,9 @@ import time
 import torch
 
 from layersplit import UserError
+from layersplit.channel import add_link_arguments, average_ber, latency_breakdown, link_config_from_args, model_dims
 from layersplit.data import EMBEDDED_DATASET, load_text, tokenize
-from layersplit.link import LlamaForCausalLMWithChannel, SplitLink, validate_probability  # noqa: F401 (the original's class, importable from here)
+from layersplit.link import LINK_MODES, LlamaForCausalLMWithChannel, SplitLink, validate_probability  # noqa: F401 (the original's class, importable from here)
 from layersplit.models import EMBEDDED_MODEL, load_model
 from layersplit.perplexity import CONTEXT_LENGTH, ORIGINAL_PROTOCOL, STRIDE, evaluate
 
@@ -64,13 +70,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default=MODEL, help=f"model to split (default: {MODEL}, embedded)")
     p.add_argument("--dataset", default=DATASET, help=f"evaluation text (default: {DATASET}, embedded Wikipedia test split)")
     p.add_argument("--split", type=int, default=SPLIT, help=f"0-based decoder layer after which the link sits; n + 1 layers run on the UE (default: {SPLIT})")
-    p.add_argument("--dropout", type=probability, default=DROPOUT, help=f"probability each hidden-state element is lost (default: {DROPOUT})")
+    p.add_argument("--dropout", type=probability, help=f"probability each hidden-state element is lost, the original's link (default: {DROPOUT} unless --snr-db is given)")
     p.add_argument("--seed", type=int, default=SEED, help=f"seed of the link's masks and delays (default: {SEED})")
     p.add_argument("--max-tokens", type=non_negative_int, default=MAX_TOKENS, help=f"evaluate this many tokens, 0 for all (default: {MAX_TOKENS})")
     p.add_argument("--context-length", type=int, default=CONTEXT, help=f"tokens per sliding window (default: {CONTEXT})")
     p.add_argument("--stride", type=int, default=STRIDE_TOKENS, help=f"new tokens scored per window (default: {STRIDE_TOKENS})")
     p.add_argument("--original-window", action="store_true",
                    help="the original code's defective protocol, for comparison only: 20-token windows every 512 tokens, mean over windows")
+    p.add_argument("--link", choices=LINK_MODES,
+                   help="what the link does: dropout (the original, --dropout p; default without --snr-db), erasure "
+                        "(packets lost at --snr-db, zero-filled; default with --snr-db), awgn, bitflip (stress test)")
+    add_link_arguments(p.add_argument_group("physical link (with --snr-db)"), snr_db_default=None)
     p.add_argument("--generate", metavar="PROMPT", help="print greedy text generated clean and through the impaired link, instead of perplexity")
     p.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS, help=f"tokens for --generate (default: {MAX_NEW_TOKENS})")
     p.add_argument("--sleep-delay", action="store_true", help="really sleep each transfer's link delay (default: only account it)")
@@ -78,7 +88,38 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", default=DTYPE, choices=["auto", "float32", "bfloat16", "float16"], help=f"model dtype (default: {DTYPE})")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.snr_db is None:
+        if args.link not in (None, "dropout"):
+            p.error(f"--link {args.link} needs --snr-db (the channel sets its losses)")
+        args.link, args.dropout = "dropout", DROPOUT if args.dropout is None else args.dropout
+    elif args.link == "dropout" or args.dropout is not None:
+        p.error("give --dropout (the original's link) or --snr-db (a physical link), not both")
+    else:
+        args.link = args.link or "erasure"
+        try:
+            args.channel = link_config_from_args(args)
+        except ValueError as e:
+            p.error(str(e))
+    return args
+
+
+def configure_link(link: SplitLink, args: argparse.Namespace, model, tokens: int) -> dict:
+    """Set the impaired link from the arguments; return what to report about it."""
+    if args.link == "dropout":
+        link.set_dropout(args.dropout)
+        return {"link": "dropout", "snr_db": None, "element_loss": args.dropout}
+    link.set_channel(args.channel, args.link)
+    dims, layers_on_ue = model_dims(model.config), args.split + 1
+    cfg = args.channel
+    report = {"link": args.link, "dropout": link.dropout, "element_loss": link.element_loss, **dataclasses.asdict(cfg),
+              "ber": average_ber(cfg.modulation, cfg.snr_db, cfg.fading, cfg.nakagami_m)}
+    for phase in ("prefill", "decode"):
+        times = latency_breakdown(cfg, dims, layers_on_ue, tokens, phase=phase)
+        report.update({f"{key.removesuffix('_s')}_{phase}_s": value for key, value in times.items()})
+    report["tx_latency_prefill_s"], report["tx_latency_decode_s"] = report.pop("tx_prefill_s"), report.pop("tx_decode_s")
+    report["latency_tokens"] = tokens
+    return report
 
 
 def generate(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
@@ -102,30 +143,33 @@ def run(args: argparse.Namespace) -> dict:
     if args.generate is not None:
         report["prompt"] = args.generate
         report["generated_clean"] = generate(model, tokenizer, args.generate, args.max_new_tokens)
-        link.set_dropout(args.dropout)
+        report.update(configure_link(link, args, model, len(tokenizer(args.generate).input_ids)))
         link.reseed(args.seed)
         link.reset_stats()
         report["generated"] = generate(model, tokenizer, args.generate, args.max_new_tokens)
         report["transfers"] = len(link.transfers)
-        report["elements_zeroed_fraction"] = link.zeroed_fraction
+        report["elements_impaired_fraction"] = link.impaired_fraction
         return report
 
     protocol = dict(ORIGINAL_PROTOCOL) if args.original_window else {
         "context_length": args.context_length, "stride": args.stride, "weighting": "token"}
     ids = tokenize(tokenizer, load_text(args.dataset), args.max_tokens or None)
     report.update(dataset=args.dataset, tokens=len(ids), **protocol)
-    for label, p in (("clean", 0.0), ("impaired", args.dropout)):
-        link.set_dropout(p)
+    for label in ("clean", "impaired"):
+        if label == "clean":
+            link.set_dropout(0.0)
+        else:
+            report.update(configure_link(link, args, model, protocol["context_length"]))
         link.reseed(args.seed)
         link.reset_stats()
         start = time.perf_counter()
-        result = evaluate(model, ids, progress=not args.no_progress, desc=f"{label} p={p:g}", **protocol)
+        result = evaluate(model, ids, progress=not args.no_progress, desc=label, **protocol)
         suffix = "_clean" if label == "clean" else ""
         report.update({f"ppl{suffix}": result.ppl, f"nll{suffix}": result.nll,
                        f"token_accuracy{suffix}": result.token_accuracy, f"scored_tokens{suffix}": result.tokens,
                        f"nonfinite_windows{suffix}": result.nonfinite_windows,
                        f"elapsed_s{suffix}": time.perf_counter() - start})
-    report.update(transfers=len(link.transfers), elements_zeroed_fraction=link.zeroed_fraction,
+    report.update(transfers=len(link.transfers), elements_impaired_fraction=link.impaired_fraction,
                   link_bits=sum(t.bits for t in link.transfers), link_delay_s=link.total_delay_s,
                   delay_slept=args.sleep_delay)
     return report
@@ -134,18 +178,25 @@ def run(args: argparse.Namespace) -> dict:
 def print_table(r: dict) -> None:
     print(f"model {r['model']} ({r['n_layers']} decoder layers, {r['dtype']}, {r['device']})")
     print(f"split {r['split']}: {r['layers_on_ue']} layers on the UE, {r['n_layers'] - r['layers_on_ue']} on the edge; "
-          f"dropout p = {r['dropout']:g}; seed {r['seed']}")
+          f"link {r['link']}, element loss {r['element_loss']:.4g}; seed {r['seed']}")
+    if r["snr_db"] is not None:
+        print(f"channel: Es/N0 {r['snr_db']:g} dB, {r['modulation']}, {r['fading']} fading; packets of "
+              f"{r['elements_per_packet']} x {r['bits_per_element']} bits + {r['header_bits']}; "
+              f"{r['bandwidth_hz'] / 1e6:g} MHz")
+        print(f"latency of {r['latency_tokens']} tokens at prefill: UE {1e3 * r['ue_compute_prefill_s']:.2f} ms + "
+              f"link {1e3 * r['tx_latency_prefill_s']:.2f} ms + edge {1e3 * r['edge_compute_prefill_s']:.2f} ms; "
+              f"one decoding step: {1e3 * r['total_decode_s']:.3f} ms")
     if "prompt" in r:
         print(f"prompt:   {r['prompt']!r}\nclean:    {r['generated_clean']!r}\nimpaired: {r['generated']!r}")
-        print(f"link: {r['transfers']} transfers, {100 * r['elements_zeroed_fraction']:.2f}% of elements zeroed")
+        print(f"link: {r['transfers']} transfers, {100 * r['elements_impaired_fraction']:.2f}% of elements impaired")
         return
     print(f"dataset {r['dataset']}: {r['tokens']} tokens, windows of {r['context_length']} every {r['stride']} "
           f"({r['weighting']}-weighted)")
     print(f"{'':10s}{'perplexity':>12s}{'token accuracy':>16s}{'seconds':>10s}")
     print(f"{'clean':10s}{r['ppl_clean']:12.3f}{r['token_accuracy_clean']:16.4f}{r['elapsed_s_clean']:10.1f}")
     print(f"{'impaired':10s}{r['ppl']:12.3f}{r['token_accuracy']:16.4f}{r['elapsed_s']:10.1f}")
-    print(f"link: {r['transfers']} transfers, {100 * r['elements_zeroed_fraction']:.2f}% of elements zeroed, "
-          f"{r['link_bits'] / 8e6:.1f} MB sent, delay {1e3 * r['link_delay_s']:.0f} ms "
+    print(f"link: {r['transfers']} transfers, {100 * r['elements_impaired_fraction']:.2f}% of elements impaired, "
+          f"{r['link_bits'] / 8e6:.1f} MB sent, link time {1e3 * r['link_delay_s']:.0f} ms "
           f"{'slept' if r['delay_slept'] else 'accounted (not slept)'}")
     if r["nonfinite_windows"] or r["nonfinite_windows_clean"]:
         print(f"warning: non-finite NLL in {r['nonfinite_windows']} impaired and {r['nonfinite_windows_clean']} clean "

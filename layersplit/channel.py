@@ -274,6 +274,17 @@ class ModelDims:
     vocab_size: int
 
 
+def model_dims(config) -> ModelDims:
+    """ModelDims of a Hugging Face model config (Llama-style attribute names)."""
+    heads = config.num_attention_heads
+    return ModelDims(
+        n_layers=config.num_hidden_layers, hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size, num_heads=heads,
+        num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+        head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads, vocab_size=config.vocab_size,
+    )
+
+
 SMOLLM2_135M = ModelDims(30, 576, 1536, 9, 3, 64, 49152)  # the embedded default model
 LLAMA2_7B = ModelDims(32, 4096, 11008, 32, 32, 128, 32000)  # the paper's model
 
@@ -487,25 +498,41 @@ def link_summary(cfg: LinkConfig, tokens: int, hidden_size: int) -> dict[str, fl
     }
 
 
+def add_link_arguments(p: argparse.ArgumentParser, snr_db_default: float | None = DEFAULT_SNR_DB) -> None:
+    """The operating-point options, shared by this CLI and the scripts that impair a model."""
+    p.add_argument("--snr-db", type=float, default=snr_db_default,
+                   help="average received SNR per symbol, Es/N0, in dB (Eb/N0 = Es/N0 / log2 M)"
+                        + (f" (default: {snr_db_default})" if snr_db_default is not None else ""))
+    p.add_argument("--modulation", choices=list(MODULATIONS), default=DEFAULT_MODULATION,
+                   help=f"Gray-mapped constellation (default: {DEFAULT_MODULATION})")
+    p.add_argument("--fading", choices=FADINGS, default=DEFAULT_FADING, help=f"(default: {DEFAULT_FADING})")
+    p.add_argument("--nakagami-m", type=float, default=DEFAULT_NAKAGAMI_M,
+                   help=f"Nakagami shape m >= 0.5 for --fading nakagami (1 = Rayleigh; default: {DEFAULT_NAKAGAMI_M})")
+    p.add_argument("--bits-per-element", type=int, default=DEFAULT_BITS_PER_ELEMENT,
+                   help=f"bits per activation on the wire: 32 fp32, 16 fp16/bf16, 8 int8 (default: {DEFAULT_BITS_PER_ELEMENT})")
+    p.add_argument("--elements-per-packet", type=int, default=DEFAULT_ELEMENTS_PER_PACKET,
+                   help="activations per packet, k (k=1 with --header-bits 0: i.i.d. element loss; "
+                        f"default: {DEFAULT_ELEMENTS_PER_PACKET})")
+    p.add_argument("--header-bits", type=int, default=DEFAULT_HEADER_BITS,
+                   help=f"header/CRC bits per packet (default: {DEFAULT_HEADER_BITS})")
+    p.add_argument("--bandwidth-hz", type=float, default=DEFAULT_BANDWIDTH_HZ,
+                   help=f"uplink bandwidth (default: {DEFAULT_BANDWIDTH_HZ:g})")
+    p.add_argument("--block-fading", action=argparse.BooleanOptionalAction, default=DEFAULT_BLOCK_FADING,
+                   help="one fade per packet (--no-block-fading: independent bit errors)")
+
+
+def link_config_from_args(args: argparse.Namespace) -> LinkConfig:
+    """The LinkConfig of parsed add_link_arguments options (raises ValueError on bad values)."""
+    return LinkConfig(args.snr_db, args.modulation, args.fading, args.nakagami_m, args.bits_per_element,
+                      args.elements_per_packet, args.header_bits, args.bandwidth_hz, args.block_fading)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m layersplit.channel",
         description="BER, packet error rate, element loss and link latency of the split-layer uplink.",
     )
-    p.add_argument("--snr-db", type=float, default=DEFAULT_SNR_DB,
-                   help="average received SNR per symbol, Es/N0, in dB (Eb/N0 = Es/N0 / log2 M)")
-    p.add_argument("--modulation", choices=list(MODULATIONS), default=DEFAULT_MODULATION)
-    p.add_argument("--fading", choices=FADINGS, default=DEFAULT_FADING)
-    p.add_argument("--nakagami-m", type=float, default=DEFAULT_NAKAGAMI_M,
-                   help="Nakagami shape m >= 0.5, for --fading nakagami and the table (1 = Rayleigh)")
-    p.add_argument("--bits-per-element", type=int, default=DEFAULT_BITS_PER_ELEMENT,
-                   help="bits per activation: 32 fp32, 16 fp16/bf16, 8 int8")
-    p.add_argument("--elements-per-packet", type=int, default=DEFAULT_ELEMENTS_PER_PACKET,
-                   help="activations per packet, k (k=1 with --header-bits 0: i.i.d. element loss)")
-    p.add_argument("--header-bits", type=int, default=DEFAULT_HEADER_BITS, help="header/CRC bits per packet")
-    p.add_argument("--bandwidth-hz", type=float, default=DEFAULT_BANDWIDTH_HZ)
-    p.add_argument("--block-fading", action=argparse.BooleanOptionalAction, default=DEFAULT_BLOCK_FADING,
-                   help="one fade per packet (--no-block-fading: independent bit errors)")
+    add_link_arguments(p)
     p.add_argument("--tokens", type=int, default=DEFAULT_TOKENS, help="prompt tokens sent at prefill")
     p.add_argument("--hidden-size", type=int, default=DEFAULT_HIDDEN_SIZE, help="d_model of the split model")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -521,8 +548,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        cfg = LinkConfig(args.snr_db, args.modulation, args.fading, args.nakagami_m, args.bits_per_element,
-                         args.elements_per_packet, args.header_bits, args.bandwidth_hz, args.block_fading)
+        cfg = link_config_from_args(args)
     except ValueError as e:
         parser.error(str(e))
     if args.tokens < 1 or args.hidden_size < 1 or args.mc_symbols < 1:

@@ -5,22 +5,34 @@ Layers 0..split run on the user equipment (UE); the hidden state after 0-based d
 So split n means n + 1 layers on the UE, as in the original code.
 
 The link is a forward hook on that decoder layer (no copied model code, so it survives
-transformers upgrades and attaches to any decoder-only model). The original's impairment: each
-element of the hidden state is zeroed with probability p, with no 1/(1-p) rescaling.
+transformers upgrades and attaches to any decoder-only model). What it does to the hidden state
+is one of LINK_MODES:
+    dropout  the original: each element zeroed with probability p, no 1/(1-p) rescaling
+    erasure  packets of k elements lost with the channel's packet error rate and zero-filled
+             (k = 1 is `dropout` with p = PER, mask for mask)
+    awgn     y + n / |h| on power-normalised activations: fading, zero-forcing equalisation, noise
+             power = signal power / SNR, one fade per packet of k elements
+    bitflip  raw bit errors on the transmitted float16/float32 with no CRC: a stress test whose
+             non-finite results are reported by the evaluation, not dropped
 """
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from scipy import special
 from transformers import LlamaForCausalLM
 
-from . import UserError
+from . import UserError, channel
 from .models import find_decoder_layers
 
-DELAY_RANGE_S = (0.005, 0.01)  # the original's per-transfer delay, U(5 ms, 10 ms); accounted, slept only on request
+DELAY_RANGE_S = (0.005, 0.01)  # the original's per-transfer delay, U(5 ms, 10 ms), used when no channel is set
+LINK_MODES = ("dropout", "erasure", "awgn", "bitflip")  # what the link does; see the module docstring
+WIRE_DTYPES = {16: torch.float16, 32: torch.float32}  # bitflip: the float format whose bits are flipped
 
 
 def validate_probability(p: float, name: str = "dropout") -> float:
@@ -36,17 +48,20 @@ class Transfer:
 
     tokens: int  # positions that crossed (batch x sequence); 1 per decoding step with a KV cache
     elements: int  # numbers sent: tokens x hidden size
-    bits: int  # payload size at the activation dtype
-    zeroed: int  # elements lost on the way
-    delay_s: float  # the link delay drawn for this transfer
+    bits: int  # bits on air: packets with headers under a channel, else the activation dtype's size
+    impaired: int  # elements zeroed (dropout, erasure), altered by bit errors (bitflip), or noisy (awgn: all)
+    delay_s: float  # link time: the channel's transmission time, else the original's random delay
 
 
 class SplitLink:
     """Cut a decoder-only model after decoder layer `split` and impair the hidden state that crosses.
 
-    Masks are drawn from a seeded CPU torch.Generator as one uniform field per transfer, zeroing
-    where it falls below p: the same seed gives the same masks on any device, and the masks of
-    different p from the same field are nested. Every transfer is recorded in `self.transfers`.
+    Randomness comes from a seeded CPU torch.Generator, so the same seed gives the same masks on
+    any device. Losses compare one uniform field per transfer (per element or per packet) against
+    the loss probability, so masks at different probabilities are nested. Every transfer is
+    recorded in `self.transfers`.
+
+    set_dropout(p) selects the original's link; set_channel(cfg, mode) a physical one.
     """
 
     def __init__(self, model: torch.nn.Module, split: int = 0, dropout: float = 0.0, seed: int = 0,
@@ -55,7 +70,10 @@ class SplitLink:
         self.n_layers = len(self.layers)
         self.delay_range_s = delay_range_s
         self.sleep = sleep  # really wait for each transfer's delay (off: accounted only)
-        self.dropout = validate_probability(dropout)
+        self.mode = "dropout"
+        self.channel: channel.LinkConfig | None = None  # the physical operating point, if any
+        self.dropout = validate_probability(dropout)  # loss probability: per element, or per packet (erasure)
+        self.ber = 0.0  # bit error rate of the bitflip mode
         self.generator = torch.Generator(device="cpu")
         self._delay_rng = random.Random()
         self.reseed(seed)
@@ -79,7 +97,27 @@ class SplitLink:
             self.attach()
 
     def set_dropout(self, p: float) -> None:
+        """The original's link: each element lost with probability p."""
+        self.mode, self.channel = "dropout", None
         self.dropout = validate_probability(p)
+
+    def set_channel(self, cfg: channel.LinkConfig, mode: str = "erasure") -> None:
+        """A physical link at operating point `cfg` (SNR, modulation, fading, packets)."""
+        if mode not in LINK_MODES[1:]:
+            raise UserError(f"unknown link mode {mode!r} for a channel: use one of {', '.join(LINK_MODES[1:])}")
+        if mode == "bitflip" and cfg.bits_per_element not in WIRE_DTYPES:
+            raise UserError(f"bitflip flips the bits of float16 or float32: use 16 or 32 bits per element, "
+                            f"not {cfg.bits_per_element}")
+        self.mode, self.channel = mode, cfg
+        self.dropout = channel.packet_error_rate(cfg) if mode == "erasure" else 0.0
+        self.ber = channel.average_ber(cfg.modulation, cfg.snr_db, cfg.fading, cfg.nakagami_m) if mode == "bitflip" else 0.0
+
+    @property
+    def element_loss(self) -> float:
+        """Probability that an element arrives zeroed (dropout, erasure) or altered (bitflip)."""
+        if self.mode == "bitflip":
+            return -math.expm1(self.channel.bits_per_element * math.log1p(-self.ber))
+        return 0.0 if self.mode == "awgn" else self.dropout
 
     def reseed(self, seed: int) -> None:
         """Restart the mask and delay streams: evaluations that reseed alike see identical masks."""
@@ -104,31 +142,73 @@ class SplitLink:
         self.transfers = []
 
     @property
-    def zeroed_fraction(self) -> float:
+    def impaired_fraction(self) -> float:
         elements = sum(t.elements for t in self.transfers)
-        return sum(t.zeroed for t in self.transfers) / elements if elements else 0.0
+        return sum(t.impaired for t in self.transfers) / elements if elements else 0.0
 
     @property
     def total_delay_s(self) -> float:
         return sum(t.delay_s for t in self.transfers)
 
     # --- the link itself -----------------------------------------------------------------------
+    def _uniform(self, n: int) -> torch.Tensor:
+        return torch.rand(n, generator=self.generator, dtype=torch.float32)
+
+    def _packet_mask(self, lost_packets: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """Spread a per-packet flag over the packet's k consecutive elements (token-major order)."""
+        k = self.channel.elements_per_packet if self.channel else 1
+        return lost_packets.repeat_interleave(k)[: hidden.numel()].view(hidden.shape).to(hidden.device)
+
+    def _fades(self, n_packets: int) -> torch.Tensor:
+        """|h| per packet: |h|^2 ~ Gamma(m, 1/m) by inverse CDF of the seeded uniforms (AWGN: 1)."""
+        m = self.channel.fade_m
+        if math.isinf(m):
+            return torch.ones(n_packets)
+        u = self._uniform(n_packets).double().clamp_(1e-12, 1 - 1e-12).numpy()
+        return torch.from_numpy(np.sqrt(special.gammaincinv(m, u) / m)).float()
+
     def transmit(self, hidden: torch.Tensor) -> torch.Tensor:
         """What the edge receives for `hidden` (batch x tokens x hidden size)."""
-        zeroed = 0
-        if self.dropout > 0.0:
-            field = torch.rand(hidden.shape, generator=self.generator, dtype=torch.float32)
-            lost = (field < self.dropout).to(hidden.device)
+        n = hidden.numel()
+        impaired = 0
+        if self.mode in ("dropout", "erasure") and self.dropout > 0.0:
+            k = self.channel.elements_per_packet if self.channel else 1
+            lost = self._packet_mask(self._uniform(math.ceil(n / k)) < self.dropout, hidden)
             hidden = hidden.masked_fill(lost, 0.0)
-            zeroed = int(lost.sum())
-        delay = self._delay_rng.uniform(*self.delay_range_s)
+            impaired = int(lost.sum())
+        elif self.mode == "awgn":
+            k = self.channel.elements_per_packet
+            fades = self._packet_mask(self._fades(math.ceil(n / k)), hidden)
+            power = hidden.float().pow(2).mean()
+            noise_std = torch.sqrt(power / 10.0 ** (self.channel.snr_db / 10.0))
+            noise = torch.randn(hidden.shape, generator=self.generator).to(hidden.device)
+            hidden = (hidden.float() + noise * noise_std / fades).to(hidden.dtype)
+            impaired = n
+        elif self.mode == "bitflip" and self.ber > 0.0:
+            hidden, impaired = self._flip_bits(hidden)
+        if self.channel is not None:
+            bits = channel.payload_bits(self.channel, n // hidden.shape[-1], hidden.shape[-1])
+            delay = bits / channel.achievable_rate_bps(self.channel)
+        else:
+            bits = n * hidden.element_size() * 8
+            delay = self._delay_rng.uniform(*self.delay_range_s)
         if self.sleep:
             time.sleep(delay)
-        self.transfers.append(Transfer(
-            tokens=hidden.numel() // hidden.shape[-1], elements=hidden.numel(),
-            bits=hidden.numel() * hidden.element_size() * 8, zeroed=zeroed, delay_s=delay,
-        ))
+        self.transfers.append(Transfer(tokens=n // hidden.shape[-1], elements=n, bits=bits, impaired=impaired,
+                                       delay_s=delay))
         return hidden
+
+    def _flip_bits(self, hidden: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Send `hidden` as float16/float32 and flip each bit independently with probability BER."""
+        bits = self.channel.bits_per_element
+        wire = hidden.to(WIRE_DTYPES[bits]).cpu()
+        as_int = wire.view(torch.int16 if bits == 16 else torch.int32)
+        flips = (self._uniform(wire.numel() * bits) < self.ber).view(*wire.shape, bits)
+        weights = torch.tensor([1 << b for b in range(bits)], dtype=torch.int64)
+        mask = (flips.long() * weights).sum(-1)
+        mask = torch.where(mask >= 2 ** (bits - 1), mask - 2**bits, mask).to(as_int.dtype)  # as a signed int
+        received = (as_int ^ mask).view(wire.dtype)
+        return received.to(device=hidden.device, dtype=hidden.dtype), int(flips.any(-1).sum())
 
     def _hook(self, module, args, output):
         if isinstance(output, tuple):  # older transformers and some architectures return (hidden, ...)

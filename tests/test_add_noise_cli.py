@@ -25,7 +25,7 @@ def test_json_output_and_determinism(tiny_model_dir, sample_txt):
     assert REQUIRED_KEYS <= first.keys()
     assert first["split"] == 2 and first["dropout"] == 0.3 and first["tokens"] == 300
     assert first["ppl"] != first["ppl_clean"]
-    assert abs(first["elements_zeroed_fraction"] - 0.3) < 0.02
+    assert abs(first["elements_impaired_fraction"] - 0.3) < 0.02
     for key in ("ppl", "ppl_clean", "token_accuracy"):
         assert first[key] == second[key]
 
@@ -51,7 +51,33 @@ def test_generate(tiny_model_dir, sample_txt):
     assert {"generated", "generated_clean"} <= report.keys() and report["transfers"] == 5
 
 
+def test_physical_link_reports_channel_and_latency(tiny_model_dir, sample_txt):
+    r = add_noise(tiny_model_dir, sample_txt, "--snr-db", "12", "--modulation", "16qam", "--fading", "nakagami",
+                  "--nakagami-m", "2", "--elements-per-packet", "8", "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["link"] == "erasure" and report["snr_db"] == 12.0 and report["modulation"] == "16qam"
+    assert 0 < report["element_loss"] == report["dropout"] < 1
+    assert abs(report["elements_impaired_fraction"] - report["element_loss"]) < 0.1
+    for key in ("tx_latency_prefill_s", "tx_latency_decode_s", "ue_compute_prefill_s", "edge_compute_prefill_s",
+                "total_prefill_s", "total_decode_s"):
+        assert report[key] > 0, key
+    assert report["tx_latency_prefill_s"] > 30 * report["tx_latency_decode_s"]  # 64 tokens against one
+
+
+def test_bitflip_reports_non_finite_windows(tiny_model_dir, sample_txt):
+    r = add_noise(tiny_model_dir, sample_txt, "--snr-db", "-3", "--link", "bitflip", "--fading", "awgn",
+                  "--modulation", "bpsk", "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["link"] == "bitflip" and report["ber"] > 0.01 and "nonfinite_windows" in report
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--link", "awgn"], "--link awgn needs --snr-db"),
+    (["--snr-db", "10", "--dropout", "0.1"], "not both"),
+    (["--snr-db", "10", "--fading", "nakagami", "--nakagami-m", "0.2"], "nakagami_m must be >= 0.5"),
+    (["--snr-db", "10", "--bandwidth-hz", "-1"], "bandwidth_hz must be a positive"),
     (["--split", "4"], "split 4 is outside the model's decoder layers: valid 0..3"),
     (["--split", "-1"], "valid 0..3"),
     (["--dropout", "1.5"], "1.5 is not a probability in [0, 1]"),

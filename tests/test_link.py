@@ -1,12 +1,14 @@
 """The split-layer link on a tiny random Llama: where it cuts, what it zeroes, and that it leaves cleanly."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
 
 from conftest import TINY_LAYERS, tiny_config
-from layersplit import UserError
+from layersplit import UserError, channel
 from layersplit.link import LlamaForCausalLMWithChannel, SplitLink
 from layersplit.models import find_decoder_layers
 
@@ -50,7 +52,7 @@ def test_zeroed_fraction_matches_p_without_rescaling(tiny_llama):
     n = hidden.numel()
     assert abs(lost.float().mean().item() - p) < 4 * (p * (1 - p) / n) ** 0.5
     assert torch.equal(received[~lost], hidden[~lost])  # survivors are not rescaled by 1/(1-p)
-    assert link.zeroed_fraction == pytest.approx(lost.float().mean().item())
+    assert link.impaired_fraction == pytest.approx(lost.float().mean().item())
 
 
 def test_p_zero_is_bit_identical(tiny_llama):
@@ -164,10 +166,96 @@ def test_link_attaches_to_other_decoder_only_models(build):
     assert torch.equal(logits(model), reference)
     link.set_dropout(0.5)
     assert not torch.equal(logits(model), reference)
-    assert link.transfers[-1].zeroed > 0
+    assert link.transfers[-1].impaired > 0
 
 
 def test_a_model_without_decoder_layers_is_a_clear_error():
     model = torch.nn.Sequential(torch.nn.Linear(4, 4))
     with pytest.raises(UserError, match="cannot split Sequential"):
         find_decoder_layers(model)
+
+
+# --- physical link modes (a LinkConfig from layersplit.channel) -------------------------------
+
+
+def test_erasure_with_single_element_packets_is_the_original_mask(tiny_llama):
+    cfg = channel.LinkConfig(snr_db=8.0, modulation="qpsk", fading="rayleigh", elements_per_packet=1, header_bits=0)
+    link = SplitLink(tiny_llama, split=1, seed=11)
+    link.set_channel(cfg, "erasure")
+    per = channel.packet_error_rate(cfg)
+    assert link.dropout == per and link.element_loss == per
+    hidden = torch.randn(2, 40, 64)
+    erased = link.transmit(hidden)
+    link.set_dropout(per)
+    link.reseed(11)
+    assert torch.equal(erased, link.transmit(hidden))
+
+
+def test_erasure_loses_whole_packets_at_the_packet_error_rate(tiny_llama):
+    cfg = channel.LinkConfig(snr_db=15.0, modulation="16qam", fading="rayleigh", elements_per_packet=16)
+    link = SplitLink(tiny_llama, split=1, seed=2)
+    link.set_channel(cfg, "erasure")
+    hidden = torch.randn(4, 250, 64)
+    packets = (link.transmit(hidden) == 0).reshape(-1, 16)
+    lost = packets.all(1)
+    assert torch.equal(packets.any(1), lost)  # a packet is lost whole or not at all
+    per, n = link.dropout, len(lost)
+    assert abs(lost.float().mean().item() - per) < 4 * (per * (1 - per) / n) ** 0.5
+
+
+def test_erasure_transfer_records_packets_and_their_air_time(tiny_llama):
+    cfg = channel.LinkConfig(snr_db=20.0, elements_per_packet=64, header_bits=32, bits_per_element=16)
+    link = SplitLink(tiny_llama, split=0)
+    link.set_channel(cfg, "erasure")
+    logits(tiny_llama)
+    transfer = link.transfers[-1]
+    assert transfer.bits == channel.payload_bits(cfg, IDS.shape[1], 64) == 48 * 1056  # 48 tokens x 64 = 48 packets
+    assert transfer.delay_s == pytest.approx(transfer.bits / channel.achievable_rate_bps(cfg))
+
+
+def test_awgn_noise_power_follows_the_snr(tiny_llama):
+    link = SplitLink(tiny_llama, split=0, seed=4)
+    hidden = torch.randn(1, 500, 64) * 3.0
+    for snr_db in (0.0, 10.0, 30.0):
+        link.set_channel(channel.LinkConfig(snr_db=snr_db, fading="awgn"), "awgn")
+        noise = link.transmit(hidden) - hidden
+        ratio = (hidden.pow(2).mean() / noise.pow(2).mean()).item()
+        assert 10 * math.log10(ratio) == pytest.approx(snr_db, abs=0.1)
+    link.set_channel(channel.LinkConfig(snr_db=10.0, fading="rayleigh", elements_per_packet=8), "awgn")
+    link.reseed(4)
+    first = link.transmit(hidden)
+    link.reseed(4)
+    assert torch.equal(first, link.transmit(hidden)) and torch.isfinite(first).all()
+    noise_per_packet = (first - hidden).reshape(-1, 8).pow(2).mean(1)
+    assert noise_per_packet.max() / noise_per_packet.min() > 100  # deep fades enhance the noise of whole packets
+
+
+def test_bitflip_flips_bits_at_the_ber(tiny_llama):
+    cfg = channel.LinkConfig(snr_db=3.0, modulation="bpsk", fading="awgn", bits_per_element=16)
+    link = SplitLink(tiny_llama, split=0, seed=9)
+    link.set_channel(cfg, "bitflip")
+    hidden = torch.randn(1, 2000, 64).to(torch.float16).float()  # exactly representable: no rounding on the wire
+    received = link.transmit(hidden)
+    flipped = (hidden.to(torch.float16).view(torch.int16) ^ received.to(torch.float16).view(torch.int16))
+    n_bits = flipped.numel() * 16
+    bit_errors = sum(int(((flipped >> b) & 1).sum()) for b in range(16))
+    assert abs(bit_errors / n_bits - link.ber) < 4 * (link.ber / n_bits) ** 0.5
+    assert link.transfers[-1].impaired == int((flipped != 0).sum())
+    assert link.element_loss == pytest.approx(1 - (1 - link.ber) ** 16)
+
+
+def test_bitflip_non_finite_values_do_not_crash_the_evaluation(tiny_llama):
+    from layersplit.perplexity import evaluate
+
+    link = SplitLink(tiny_llama, split=1, seed=0)
+    link.set_channel(channel.LinkConfig(snr_db=-5.0, modulation="bpsk", fading="awgn"), "bitflip")
+    result = evaluate(tiny_llama, IDS[0], context_length=16, stride=16)
+    assert len(result.window_nlls) == 3  # every window evaluated; NaN ones are counted, not lost
+
+
+def test_bad_channel_mode_is_a_clear_error(tiny_llama):
+    link = SplitLink(tiny_llama)
+    with pytest.raises(UserError, match="unknown link mode"):
+        link.set_channel(channel.LinkConfig(), "smoke")
+    with pytest.raises(UserError, match="16 or 32 bits"):
+        link.set_channel(channel.LinkConfig(bits_per_element=8), "bitflip")
