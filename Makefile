@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# where `make reproduce` writes; OUT=. regenerates the committed results/ and figures/
+OUT ?= runs/reproduce
 
 .PHONY: reproduce test venv clean-venv
 
@@ -21,6 +23,10 @@ venv: $(STAMP)
 reproduce: $(STAMP)
 	$(PY) add_noise.py
 	$(PY) add_noise.py --generate "The capital of France is" --dropout 0.05
+	$(PY) add_noise.py --sweep --output $(OUT)/results/sweep_{model}.csv
+	$(PY) -m layersplit.channel --table $(OUT)/results/channel_ber_per.csv
+	$(PY) figures.py --results-dir $(OUT)/results --figures-dir $(OUT)/figures
+	@echo "results in $(OUT)/results, figures in $(OUT)/figures"
 
 test: $(STAMP)
 	$(PY) -m pytest -q

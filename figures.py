@@ -7,6 +7,8 @@
 Figures (add one: write a function (results_dir, figures_dir) -> png path, register it in FIGURES):
     ber_per   results/channel_ber_per.csv (python -m layersplit.channel --table results/channel_ber_per.csv)
               BER and PER against Es/N0 per modulation and fading, closed form vs Monte Carlo.
+    sweep     results/sweep_smollm2-135m.csv (python add_noise.py --sweep)
+              perplexity and token accuracy against the split layer, one curve per channel condition.
 
 A missing or malformed result file is reported by name; the other figures are still drawn and
 the exit status is non-zero.
@@ -35,6 +37,7 @@ MODULATION_LABELS = {"bpsk": "BPSK", "qpsk": "QPSK", "16qam": "16-QAM", "64qam":
 FADING_ORDER = ("awgn", "rayleigh", "nakagami")  # columns of the channel figure
 ERROR_RATE_FLOOR = 1e-7  # lower y limit of BER/PER plots; Monte Carlo cannot resolve less
 MIN_MC_EVENTS = 10  # Monte Carlo points resting on fewer errors (relative error > 30 %) are not drawn
+SWEEP_FILE = "sweep_smollm2-135m.csv"  # the default sweep of add_noise.py --sweep
 
 
 class FigureInputError(Exception):
@@ -113,8 +116,67 @@ def fig_ber_per(results_dir: Path, figures_dir: Path) -> Path:
     return out
 
 
+def _pooled_and_range(values: list[float], log: bool) -> tuple[float, float, float]:
+    """Mean over draws (of log values when `log`: the pooled perplexity exp(mean NLL)), min, max."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return math.nan, math.nan, math.nan
+    mean = math.exp(sum(map(math.log, finite)) / len(finite)) if log else sum(finite) / len(finite)
+    return mean, min(finite), max(finite)
+
+
+def fig_sweep(results_dir: Path, figures_dir: Path) -> Path:
+    """Perplexity (log) and token accuracy against layers on the UE, one curve per channel condition:
+    pooled over noise draws (perplexity: exp of the mean NLL), shaded between the smallest and
+    largest draw."""
+    path = results_dir / SWEEP_FILE
+    rows = read_csv(path, {"model": str, "tokens": int, "split": int, "link": str, "snr_db": str, "dropout": float,
+                           "draw": int, "ppl": float, "token_accuracy": float},
+                    remedy="python add_noise.py --sweep")
+    conditions = sorted({(r["link"] != "dropout", float(r["snr_db"] or "nan") if r["link"] != "dropout" else r["dropout"],
+                          r["link"]) for r in rows}, key=lambda c: (c[0], c[1]))
+    dropouts = [c for c in conditions if not c[0] and c[1] > 0]
+    snrs = [c for c in conditions if c[0]]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    for physical, value, link in conditions:
+        cell = [r for r in rows if r["link"] == link and (
+            r["snr_db"] and float(r["snr_db"]) == value if physical else r["dropout"] == value)]
+        splits = sorted({r["split"] for r in cell})
+        if not physical and value == 0:
+            style = {"color": "k", "ls": "--", "label": "clean (p = 0)"}
+        elif physical:
+            style = {"color": plt.cm.autumn(snrs.index((physical, value, link)) / max(len(snrs), 1)),
+                     "marker": "s", "ms": 3, "label": f"{link}, {value:g} dB"}
+        else:
+            style = {"color": plt.cm.viridis(dropouts.index((physical, value, link)) / max(len(dropouts) - 1, 1)),
+                     "marker": "o", "ms": 3, "label": f"p = {value:g}"}
+        for ax, column in zip(axes, ("ppl", "token_accuracy")):
+            stats = [_pooled_and_range([r[column] for r in cell if r["split"] == s], log=column == "ppl")
+                     for s in splits]
+            layers_on_ue = [s + 1 for s in splits]
+            ax.plot(layers_on_ue, [m for m, _, _ in stats], lw=1.4, **style)
+            ax.fill_between(layers_on_ue, [lo for _, lo, _ in stats], [hi for _, _, hi in stats],
+                            color=style["color"], alpha=0.15, lw=0)
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("perplexity")
+    axes[1].set_ylabel("top-1 next-token accuracy")
+    for ax in axes:
+        ax.set_xlabel("layers on the UE (split after this many decoder layers)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[1].legend(fontsize=8, ncol=2, loc="lower right")
+    draws = max(r["draw"] for r in rows) + 1
+    fig.suptitle(f"{rows[0]['model']}: element loss at the split against its depth "
+                 f"({rows[0]['tokens']} tokens, {draws} draw(s) pooled, band: min-max over draws)")
+    fig.tight_layout()
+    out = figures_dir / "sweep.png"
+    fig.savefig(out, dpi=DPI)
+    plt.close(fig)
+    return out
+
+
 FIGURES: dict[str, Callable[[Path, Path], Path]] = {
     "ber_per": fig_ber_per,
+    "sweep": fig_sweep,
 }
 
 

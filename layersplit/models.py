@@ -49,12 +49,43 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """auto: float32 on CPU (the reference numbers), bfloat16 on GPUs that support it, else float16."""
+def keep_freed_memory() -> None:
+    """Stop glibc from returning large freed blocks to the OS after every forward pass.
+
+    By default every tensor over 32 MB is a fresh mmap whose pages fault in again on first touch;
+    the sweep allocates such tensors (a batch of logits) hundreds of times. Keeping them in the
+    heap cut the sweep's system time 4x and its wall time by about 30% here. A no-op off glibc.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameter numbers from malloc.h
+    libc.mallopt(m_mmap_threshold, 1 << 30)  # serve blocks up to 1 GiB from the heap...
+    libc.mallopt(m_trim_threshold, 2**31 - 1)  # ...and do not give the heap's top back to the OS
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX-512 BF16 or AMX); without it torch
+    emulates bfloat16 and runs several times slower than float32 (measured: 14 vs 127 GFLOP/s on AVX2)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_dtype(dtype: str, device: torch.device, prefer_fast: bool = False) -> torch.dtype:
+    """auto: float32 on CPU (the reference numbers), bfloat16 on GPUs that support it, else float16.
+
+    prefer_fast (the sweep): also bfloat16 on CPUs with hardware bfloat16, where it is about twice
+    as fast and moves perplexity by well under 0.5% (see README)."""
     if dtype == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
+        return torch.bfloat16 if prefer_fast and cpu_has_fast_bf16() else torch.float32
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}: use auto, {', '.join(DTYPES)}")
     return DTYPES[dtype]
@@ -155,14 +186,18 @@ def _from_pretrained(source: str | Path, dtype: torch.dtype, device: torch.devic
     return model, tokenizer
 
 
-def load_model(name: str = EMBEDDED_MODEL, device: str = "auto", dtype: str = "auto", device_map: str | None = None):
+def load_model(name: str = EMBEDDED_MODEL, device: str = "auto", dtype: str = "auto", device_map: str | None = None,
+               prefer_fast_dtype: bool = False):
     """Return (model, tokenizer) in eval mode.
 
     `name` is the embedded default, a local folder, or a Hugging Face id (from the local HF cache,
-    or downloaded where a hub is reachable). `device_map="auto"` shards a large model over GPUs.
+    or downloaded where a hub is reachable). `device_map="auto"` shards a large model over GPUs
+    (the default when more than one GPU is visible).
     """
     dev = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, dev)
+    if device_map is None and dev.type == "cuda" and device in ("auto", "cuda") and torch.cuda.device_count() > 1:
+        device_map = "auto"
+    torch_dtype = resolve_dtype(dtype, dev, prefer_fast_dtype)
     if name == EMBEDDED_MODEL:
         gguf = embedded_gguf_path()
         folder = embedded_cache_dir()

@@ -68,3 +68,17 @@ def test_cli_on_the_embedded_defaults():
     report = json.loads(r.stdout)
     assert report["model"] == "smollm2-135m" and report["dataset"] == "wiki" and report["tokens"] == 512
     assert report["ppl"] > report["ppl_clean"] > 1
+
+
+def test_sweep_perplexity_grows_with_p_at_a_fixed_split(tmp_path):
+    output = tmp_path / "sweep.csv"
+    r = run_script("add_noise.py", "--sweep", "--splits", "4,20", "--dropouts", "0.05,0.2", "--draws", "2",
+                   "--max-tokens", "256", "--output", str(output), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    import pandas as pd
+
+    rows = pd.read_csv(output)
+    assert len(rows) == 2 * (1 + 2 * 2) and (rows["model"] == "smollm2-135m").all()
+    for split in (4, 20):
+        ppl = rows[rows["split"] == split].groupby("dropout")["ppl"].mean()
+        assert ppl[0.0] < ppl[0.05] < ppl[0.2], ppl

@@ -1,0 +1,387 @@
+"""The split-point analysis: perplexity over split layer x channel condition x noise draw.
+
+Fast path. The clean prefix up to a split does not depend on the channel, so for every window the
+hidden state is walked once through the decoder stack, split by split, and at each split all the
+impaired versions (conditions x draws) run through the rest of the model as one batch. Segments
+of the stack run through the model's own forward (the decoder ModuleList is temporarily cut to the
+segment and the hidden state enters as inputs_embeds), so no model code is copied; a check on the
+first window compares the composition with a full forward and falls back to the naive path (one
+full forward per cell and draw, the link as a hook) for architectures where it does not hold.
+
+Masks. The randomness of a (window, draw) comes from a generator seeded by (seed, window, draw)
+and is the same for every split and condition: one uniform field compared against every loss
+probability gives nested masks (each p keeps its exact Bernoulli marginal), smooth curves, and
+numbers that do not depend on the order of work. The fast and naive paths give the same numbers.
+
+Resumable. Rows are appended (one fsync'd line each) when a split is finished; a rerun of the same
+command skips finished cells, drops a half-written last line, and refuses a results file made
+with another configuration.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import UserError, channel
+from .link import LINK_MODES, SplitLink, validate_probability
+from .models import find_decoder_layers
+from .perplexity import sliding_windows, token_nll_and_correct
+
+PAPER_DROPOUTS = (0.02, 0.06, 0.10, 0.14, 0.18, 0.22, 0.26, 0.30)  # the original's grid of p
+RUN_COLUMNS = ("model", "dataset", "tokens", "context_length", "stride", "dtype", "seed")  # must match to resume
+LINK_COLUMNS = ("modulation", "fading", "nakagami_m", "bits_per_element", "elements_per_packet", "header_bits",
+                "bandwidth_hz", "block_fading")
+COLUMNS = RUN_COLUMNS + ("split", "layers_on_ue", "link", "snr_db", "dropout", "draw") + LINK_COLUMNS + (
+    "nll", "ppl", "token_accuracy", "scored_tokens", "nonfinite_windows",
+    "ue_compute_s", "tx_s", "edge_compute_s", "total_s", "tx_decode_s")
+
+
+# --- the grid ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Condition:
+    """One channel condition: the original's direct p, or a physical link at an SNR."""
+
+    link: str
+    dropout: float | None = None  # requested p (dropout link only)
+    snr_db: float | None = None  # Es/N0 (physical links only)
+
+    @property
+    def label(self) -> str:
+        return f"p={self.dropout:g}" if self.link == "dropout" else f"{self.link} {self.snr_db:g} dB"
+
+
+def parse_splits(text: str, n_layers: int) -> list[int]:
+    """'all', or comma-separated layers and ranges like '0-4,9' (0-based, inclusive)."""
+    if text.strip() == "all":
+        return list(range(n_layers))
+    splits = set()
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            splits.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError as e:
+        raise UserError(f"--splits {text!r}: use 'all' or layers and ranges like 0-4,9") from e
+    bad = sorted(s for s in splits if not 0 <= s < n_layers)
+    if bad or not splits:
+        raise UserError(f"--splits {text!r}: layers {bad} are outside 0..{n_layers - 1}" if bad else "--splits is empty")
+    return sorted(splits)
+
+
+def parse_floats(text: str, name: str) -> list[float]:
+    if not text.strip():
+        return []
+    try:
+        values = [float(x) for x in text.split(",")]
+    except ValueError as e:
+        raise UserError(f"{name} {text!r}: use comma-separated numbers") from e
+    if not all(math.isfinite(v) for v in values):
+        raise UserError(f"{name} {text!r}: values must be finite")
+    return values
+
+
+def make_conditions(dropouts: list[float], snrs: list[float], link: str) -> list[Condition]:
+    """The clean reference (p = 0) first, then each p, then each SNR with the physical `link`."""
+    for p in dropouts:
+        validate_probability(p)
+    if snrs and link not in LINK_MODES[1:]:
+        raise UserError(f"SNR conditions need a physical link: {', '.join(LINK_MODES[1:])}, not {link!r}")
+    conditions = [Condition("dropout", 0.0)] + [Condition("dropout", p) for p in sorted(set(dropouts)) if p > 0]
+    conditions += [Condition(link, snr_db=s) for s in sorted(set(snrs))]
+    if len(conditions) == 1:
+        raise UserError("the grid has no channel condition: give --dropouts and/or --snrs")
+    return conditions
+
+
+def _is_clean(condition: Condition) -> bool:
+    return condition.link == "dropout" and condition.dropout == 0.0
+
+
+def draws_of(condition: Condition, draws: int) -> int:
+    return 1 if _is_clean(condition) else draws  # clean is deterministic
+
+
+def mask_seed(seed: int, window: int, draw: int) -> int:
+    """The generator seed of one (window, draw): independent of split, condition and order of work."""
+    return int(np.random.SeedSequence([seed, window, draw]).generate_state(1)[0])
+
+
+def row_key(split, link, snr_db, dropout, draw) -> tuple:
+    """What identifies a row: physical links by SNR, the direct link by p (floats as written in the CSV)."""
+    snr = "" if snr_db in ("", None) else repr(float(snr_db))
+    p = repr(float(dropout)) if link == "dropout" else ""
+    return int(split), link, snr, p, int(draw)
+
+
+# --- the results file ----------------------------------------------------------------------------
+class ResultsStore:
+    """An append-only CSV that survives being killed at any moment."""
+
+    def __init__(self, path: str | Path, run_config: dict):
+        self.path = Path(path)
+        self.run_config = {k: str(v) for k, v in run_config.items()}
+        self.rows: list[dict] = []
+        if self.path.exists():
+            self._drop_partial_line()
+            with self.path.open(newline="") as f:
+                reader = csv.DictReader(f)
+                if reader.fieldnames and list(reader.fieldnames) != list(COLUMNS):
+                    raise UserError(f"{self.path} is not a sweep results file of this version (other columns): "
+                                    "use another --output")
+                self.rows = list(reader)
+            for row in self.rows[:1]:
+                differs = {k: (row[k], v) for k, v in self.run_config.items() if row[k] != v}
+                if differs:
+                    detail = "; ".join(f"{k}: {a} in the file, {b} now" for k, (a, b) in differs.items())
+                    raise UserError(f"{self.path} was made with another configuration ({detail}): "
+                                    "use another --output, or the same options to resume")
+        self.done = {row_key(r["split"], r["link"], r["snr_db"], r["dropout"], r["draw"]) for r in self.rows}
+        if not self.rows:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("w", newline="") as f:
+                csv.writer(f).writerow(COLUMNS)
+                f.flush()
+                os.fsync(f.fileno())
+
+    def _drop_partial_line(self) -> None:
+        """A kill during a write can leave a last line without its newline: cut it off."""
+        with self.path.open("r+b") as f:
+            data = f.read()
+            if data and not data.endswith(b"\n"):
+                f.truncate(data.rfind(b"\n") + 1)
+
+    def append(self, rows: list[dict]) -> None:
+        with self.path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            for row in rows:
+                writer.writerow({**row, **self.run_config})
+            f.flush()
+            os.fsync(f.fileno())
+        self.rows += rows
+        self.done |= {row_key(r["split"], r["link"], r["snr_db"], r["dropout"], r["draw"]) for r in rows}
+
+
+# --- running segments of the decoder stack ----------------------------------------------------
+class Segments:
+    """Run decoder layers [start, stop) of a model through its own forward."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.layers = find_decoder_layers(model)
+        self.parent, self.attr = next((m, name) for m in model.modules() for name, child in m.named_children()
+                                      if child is self.layers)
+        self.device = next(model.parameters()).device
+
+    @contextlib.contextmanager
+    def _only(self, start: int, stop: int):
+        setattr(self.parent, self.attr, torch.nn.ModuleList(self.layers[start:stop]))
+        try:
+            yield
+        finally:
+            setattr(self.parent, self.attr, self.layers)
+
+    def _inputs(self, x: torch.Tensor) -> dict:
+        return {"input_ids": x.to(self.device)} if x.dtype == torch.long else {"inputs_embeds": x.to(self.device)}
+
+    @torch.no_grad()
+    def hidden_after(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """The hidden state after layer stop - 1, from token ids (start = 0) or the state before `start`."""
+        captured = {}
+        handle = self.layers[stop - 1].register_forward_hook(lambda m, a, out: captured.__setitem__(
+            "h", out[0] if isinstance(out, tuple) else out))
+        try:
+            with self._only(start, stop):
+                self.model(**self._inputs(x), use_cache=False, logits_to_keep=1)
+        finally:
+            handle.remove()
+        return captured["h"]
+
+    @torch.no_grad()
+    def score_from(self, hidden: torch.Tensor, start: int, targets: torch.Tensor):
+        """Per-variant NLL sum, correct count and finiteness of `targets` (the window's last tokens),
+        running layers start.. on a batch of hidden states."""
+        n = len(targets)
+        with self._only(start, len(self.layers)):
+            logits = self.model(**self._inputs(hidden), use_cache=False, logits_to_keep=n + 1).logits[:, :-1]
+        nll, correct = token_nll_and_correct(logits, targets.to(logits.device).expand(len(logits), n))
+        return nll.double().sum(1).cpu(), correct.sum(1).cpu()
+
+
+# --- the sweep ---------------------------------------------------------------------------------------
+@dataclass
+class SweepConfig:
+    splits: list[int]
+    conditions: list[Condition]
+    draws: int
+    seed: int
+    context_length: int
+    stride: int
+    link_template: channel.LinkConfig  # modulation, fading, packets... for SNR conditions
+    batch_size: int = 16  # impaired variants per suffix forward
+
+
+class CellTotals:
+    """Running sums over windows for every (condition, draw) of one split."""
+
+    def __init__(self, n_conditions: int, draws: int):
+        self.nll = torch.zeros(n_conditions, draws, dtype=torch.float64)
+        self.correct = torch.zeros(n_conditions, draws, dtype=torch.long)
+        self.tokens = torch.zeros(n_conditions, draws, dtype=torch.long)
+        self.nonfinite = torch.zeros(n_conditions, draws, dtype=torch.long)
+
+    def add(self, c: int, d: int, nll: float, correct: int, n_tokens: int) -> None:
+        if math.isfinite(nll):
+            self.nll[c, d] += nll
+            self.correct[c, d] += correct
+            self.tokens[c, d] += n_tokens
+        else:
+            self.nonfinite[c, d] += 1
+
+
+def configure(link: SplitLink, condition: Condition, template: channel.LinkConfig) -> None:
+    if condition.link == "dropout":
+        link.set_dropout(condition.dropout)
+    else:
+        link.set_channel(channel.LinkConfig(**{**asdict(template), "snr_db": condition.snr_db}), condition.link)
+
+
+def _pending(cfg: SweepConfig, split: int, store: ResultsStore) -> list[tuple[int, int]]:
+    return [(c, d) for c, cond in enumerate(cfg.conditions) for d in range(draws_of(cond, cfg.draws))
+            if row_key(split, cond.link, cond.snr_db, cond.dropout or 0.0, d) not in store.done]
+
+
+def _rows(cfg: SweepConfig, split: int, totals: CellTotals, pending, link: SplitLink, dims) -> list[dict]:
+    rows = []
+    for c, d in pending:
+        cond = cfg.conditions[c]
+        configure(link, cond, cfg.link_template)
+        tokens = int(totals.tokens[c, d])
+        nll = float(totals.nll[c, d]) / tokens if tokens else float("nan")
+        physical = cond.link != "dropout"
+        times = channel.latency_breakdown(cfg.link_template, dims, split + 1, cfg.context_length)
+        row = {
+            "split": split, "layers_on_ue": split + 1, "link": cond.link,
+            "snr_db": cond.snr_db if physical else "", "dropout": link.dropout, "draw": d,
+            **{k: (v if physical else "") for k, v in asdict(cfg.link_template).items() if k in LINK_COLUMNS},
+            "nll": nll, "ppl": math.exp(nll) if math.isfinite(nll) else float("nan"),
+            "token_accuracy": int(totals.correct[c, d]) / tokens if tokens else float("nan"),
+            "scored_tokens": tokens, "nonfinite_windows": int(totals.nonfinite[c, d]),
+            "ue_compute_s": times["ue_compute_s"], "edge_compute_s": times["edge_compute_s"],
+        }
+        if physical:
+            cfg_c = link.channel
+            prefill = channel.latency_breakdown(cfg_c, dims, split + 1, cfg.context_length)
+            row.update(tx_s=prefill["tx_s"], total_s=prefill["total_s"],
+                       tx_decode_s=channel.tx_latency_s(cfg_c, 1, dims.hidden_size))
+        else:
+            row.update(tx_s="", total_s="", tx_decode_s="")
+        rows.append(row)
+    return rows
+
+
+def run_fast(model, token_ids: torch.Tensor, cfg: SweepConfig, store: ResultsStore, progress: bool = True) -> None:
+    """Walk every window split by split; at each split, score all pending (condition, draw) at once."""
+    segments = Segments(model)
+    link = SplitLink(model, split=0)
+    link.detach()  # the fast path calls link.transmit itself
+    dims = channel.model_dims(model.config)
+    windows = sliding_windows(len(token_ids), cfg.context_length, cfg.stride)
+    hidden = [token_ids[w.begin:w.end][None] for w in windows]  # token ids until the first segment runs
+    walked = [0] * len(windows)  # layers already applied to hidden[i]
+    clean = {}  # window -> (nll, correct): the clean link gives the same numbers at every split
+    bar = tqdm(total=len(cfg.splits) * len(windows), desc="sweep", unit="window", disable=not progress)
+    for split in cfg.splits:
+        pending = _pending(cfg, split, store)
+        bar.set_postfix_str(f"split {split}")
+        if not pending:
+            bar.update(len(windows))
+            continue
+        totals = CellTotals(len(cfg.conditions), cfg.draws)
+        for i, w in enumerate(windows):
+            hidden[i] = segments.hidden_after(hidden[i], walked[i], split + 1)
+            walked[i] = split + 1
+            targets = token_ids[w.first_target:w.end]
+            to_run, variants = [], []
+            for c, d in pending:
+                if _is_clean(cfg.conditions[c]) and i in clean:
+                    totals.add(c, d, *clean[i], len(targets))
+                    continue
+                configure(link, cfg.conditions[c], cfg.link_template)
+                link.reseed(mask_seed(cfg.seed, i, d))
+                to_run.append((c, d))
+                variants.append(link.transmit(hidden[i]))
+            for lo in range(0, len(variants), cfg.batch_size):
+                batch = torch.cat(variants[lo:lo + cfg.batch_size])
+                nll, correct = segments.score_from(batch, split + 1, targets)
+                for (c, d), n, k in zip(to_run[lo:lo + cfg.batch_size], nll.tolist(), correct.tolist()):
+                    totals.add(c, d, n, k, len(targets))
+                    if _is_clean(cfg.conditions[c]):
+                        clean[i] = (n, k)
+            bar.update(1)
+        store.append(_rows(cfg, split, totals, pending, link, dims))
+    bar.close()
+
+
+def run_naive(model, token_ids: torch.Tensor, cfg: SweepConfig, store: ResultsStore, progress: bool = True) -> None:
+    """The reference: one full forward per cell, draw and window, with the link as a hook."""
+    link = SplitLink(model, split=0)
+    dims = channel.model_dims(model.config)
+    windows = sliding_windows(len(token_ids), cfg.context_length, cfg.stride)
+    device = next(model.parameters()).device
+    bar = tqdm(total=len(cfg.splits) * len(windows), desc="sweep (naive)", unit="window", disable=not progress)
+    for split in cfg.splits:
+        link.set_split(split)
+        pending = _pending(cfg, split, store)
+        totals = CellTotals(len(cfg.conditions), cfg.draws)
+        for i, w in enumerate(windows):
+            targets = token_ids[w.first_target:w.end].to(device)
+            for c, d in pending:
+                configure(link, cfg.conditions[c], cfg.link_template)
+                link.reseed(mask_seed(cfg.seed, i, d))
+                with torch.no_grad():
+                    logits = model(input_ids=token_ids[None, w.begin:w.end].to(device), use_cache=False,
+                                   logits_to_keep=len(targets) + 1).logits[0, :-1]
+                nll, correct = token_nll_and_correct(logits, targets)
+                totals.add(c, d, nll.double().sum().item(), int(correct.sum()), len(targets))
+            bar.update(1)
+        store.append(_rows(cfg, split, totals, pending, link, dims))
+    bar.close()
+    link.detach()
+
+
+def segments_agree(model, token_ids: torch.Tensor, split: int, tolerance: float = 1e-3) -> bool:
+    """Does prefix + suffix through Segments reproduce a full forward on this model? (clean link)"""
+    segments = Segments(model)
+    ids = token_ids[None]
+    with torch.no_grad():
+        full = model(input_ids=ids.to(segments.device), use_cache=False).logits[0, :-1]
+    targets = token_ids[1:]
+    expected = token_nll_and_correct(full, targets.to(full.device))[0].double().sum().item()
+    nll, _ = segments.score_from(segments.hidden_after(ids, 0, split + 1), split + 1, targets)
+    return abs(nll.item() - expected) <= tolerance * abs(expected)
+
+
+def summarise(rows: list[dict]) -> str:
+    """Perplexity per split and condition pooled over draws (exp of the mean NLL), as a text table."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return "(no rows)"
+    frame["ppl"], frame["nll"] = frame["ppl"].astype(float), frame["nll"].astype(float)
+    frame["condition"] = [f"p={float(p):g}" if link == "dropout" else f"{link} {float(s):g} dB"
+                          for link, s, p in zip(frame["link"], frame["snr_db"], frame["dropout"])]
+    frame["split"] = frame["split"].astype(int)
+    cells = frame.groupby(["split", "condition"], sort=False)
+    table = np.exp(cells["nll"].mean()).unstack("condition")
+    spread = cells["ppl"].std().unstack("condition")
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.3g}".format):
+        return (f"perplexity pooled over draws, exp(mean NLL) (rows: split, 0-based)\n{table}\n\n"
+                f"largest spread (std over draws) in any cell: {np.nanmax(spread.to_numpy()):.3g}")

@@ -1,0 +1,183 @@
+"""The sweep: the fast path equals the naive path, the masks ignore the order of work, and a killed
+sweep resumes with no lost and no duplicate rows."""
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT, run_script
+from layersplit import UserError, channel, sweep
+
+TOKENS = torch.randint(0, 300, (150,), generator=torch.Generator().manual_seed(3))
+RUN = {"model": "tiny", "dataset": "random", "tokens": 150, "context_length": 64, "stride": 64, "dtype": "float32",
+       "seed": 0}
+
+
+def config(splits=(0, 1, 2, 3), draws=2, batch_size=16, seed=0) -> sweep.SweepConfig:
+    conditions = sweep.make_conditions([0.1, 0.4], [], "erasure") + [
+        sweep.Condition("erasure", snr_db=12.0), sweep.Condition("awgn", snr_db=5.0)]
+    template = channel.LinkConfig(snr_db=0.0, elements_per_packet=8, fading="rayleigh")
+    return sweep.SweepConfig(list(splits), conditions, draws, seed, 64, 64, template, batch_size)
+
+
+def run(model, path, runner=sweep.run_fast, **kwargs) -> dict:
+    store = sweep.ResultsStore(path, RUN)
+    runner(model, TOKENS, config(**kwargs), store, progress=False)
+    return rows_by_key(path)
+
+
+def rows_by_key(path) -> dict:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    keys = [sweep.row_key(r["split"], r["link"], r["snr_db"], r["dropout"], r["draw"]) for r in rows]
+    assert len(keys) == len(set(keys)), "duplicate rows"
+    return dict(zip(keys, rows))
+
+
+def assert_same_numbers(a: dict, b: dict, rel=1e-5):
+    assert a.keys() == b.keys()
+    for key in a:
+        for column in ("nll", "token_accuracy", "scored_tokens", "dropout"):
+            assert float(a[key][column]) == pytest.approx(float(b[key][column]), rel=rel), (key, column)
+
+
+def test_fast_path_equals_naive_path(tiny_llama, tmp_path):
+    fast = run(tiny_llama, tmp_path / "fast.csv")
+    naive = run(tiny_llama, tmp_path / "naive.csv", runner=sweep.run_naive)
+    assert len(fast) == 4 * (1 + 4 * 2)  # splits x (clean once + 4 conditions x 2 draws)
+    assert_same_numbers(fast, naive)
+
+
+def test_masks_do_not_depend_on_the_order_of_work(tiny_llama, tmp_path):
+    everything = run(tiny_llama, tmp_path / "all.csv")
+    only_split_2 = run(tiny_llama, tmp_path / "two.csv", splits=(2,), batch_size=1)
+    assert_same_numbers({k: v for k, v in everything.items() if k[0] == 2}, only_split_2)
+
+
+def test_clean_cells_equal_plain_perplexity_and_loss_grows_with_p(tiny_llama, tmp_path):
+    from layersplit.perplexity import evaluate
+
+    rows = run(tiny_llama, tmp_path / "r.csv")
+    plain = evaluate(tiny_llama, TOKENS, 64, 64)
+    for split in range(4):
+        clean = rows[(split, "dropout", "", "0.0", 0)]
+        assert float(clean["nll"]) == pytest.approx(plain.nll, rel=1e-5)
+        assert clean["tx_s"] == "" and float(clean["ue_compute_s"]) > 0
+        assert float(rows[(split, "erasure", "12.0", "", 0)]["tx_s"]) > 0
+
+
+def test_resume_between_cells_computes_only_what_is_missing(tiny_llama, tmp_path):
+    reference = run(tiny_llama, tmp_path / "ref.csv")
+    path = tmp_path / "resumed.csv"
+    run(tiny_llama, path, splits=(0, 1))
+    calls = {"n": 0}
+    original = sweep.Segments.score_from
+
+    def counting(self, *args, **kwargs):
+        calls["n"] += 1
+        return original(self, *args, **kwargs)
+
+    sweep.Segments.score_from = counting
+    try:
+        resumed = run(tiny_llama, path)
+    finally:
+        sweep.Segments.score_from = original
+    assert calls["n"] == 2 * 3  # splits 2 and 3 only: 3 windows each, one batch per window
+    assert_same_numbers(resumed, reference)
+
+
+def test_resume_after_a_crash_inside_a_cell(tiny_llama, tmp_path, monkeypatch):
+    reference = run(tiny_llama, tmp_path / "ref.csv")
+    path = tmp_path / "crashed.csv"
+    calls = {"n": 0}
+    original = sweep.Segments.score_from
+
+    def crash_in_split_1(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # the second window of split 1
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(sweep.Segments, "score_from", crash_in_split_1)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_llama, path)
+    monkeypatch.setattr(sweep.Segments, "score_from", original)
+    assert {k[0] for k in rows_by_key(path)} == {0}
+    with open(path, "a") as f:
+        f.write("tiny,random,150,64")  # and a line half-written when the power went out
+    assert_same_numbers(run(tiny_llama, path), reference)
+
+
+def test_another_configuration_is_refused(tiny_llama, tmp_path):
+    path = tmp_path / "r.csv"
+    run(tiny_llama, path, splits=(0,))
+    with pytest.raises(UserError, match="another configuration .*seed: 0 in the file, 1 now"):
+        sweep.ResultsStore(path, {**RUN, "seed": 1})
+
+
+@pytest.mark.parametrize("text, message", [("0-99", "outside 0..3"), ("a,b", "ranges like"), ("", "ranges like")])
+def test_bad_splits(text, message):
+    with pytest.raises(UserError, match=message):
+        sweep.parse_splits(text, 4)
+
+
+def test_bad_conditions():
+    with pytest.raises(UserError, match=r"outside \[0, 1\]"):
+        sweep.make_conditions([0.1, 1.2], [], "erasure")
+    with pytest.raises(UserError, match="need a physical link"):
+        sweep.make_conditions([], [10.0], "dropout")
+    with pytest.raises(UserError, match="no channel condition"):
+        sweep.make_conditions([], [], "erasure")
+    assert sweep.parse_splits("0-1,3", 4) == [0, 1, 3]
+
+
+def sweep_cli(tiny_model_dir, sample_txt, output, *extra):
+    return [sys.executable, "add_noise.py", "--sweep", "--model", str(tiny_model_dir), "--dataset", str(sample_txt),
+            "--max-tokens", "300", "--context-length", "64", "--output", str(output), "--no-progress", *extra]
+
+
+def test_cli_sweep_survives_sigkill(tiny_model_dir, sample_txt, tmp_path):
+    output = tmp_path / "sweep.csv"
+    args = sweep_cli(tiny_model_dir, sample_txt, output, "--draws", "12", "--snrs", "8,15", "--batch-size", "4")
+    victim = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and victim.poll() is None:  # kill as soon as some rows are on disk
+        if output.exists() and len(output.read_text().splitlines()) > 1:
+            break
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    finished = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    rows = rows_by_key(output)  # asserts no duplicates
+    assert len(rows) == 4 * (1 + (8 + 2) * 12)  # every cell: splits x (clean + (8 p + 2 SNR) x draws)
+    assert "perplexity pooled over draws" in finished.stdout
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--splits", "7"], "outside 0..3"),
+    (["--dropouts", "0.1,2"], "outside [0, 1]"),
+    (["--draws", "0"], "at least 1"),
+    (["--snrs", "10", "--link", "dropout"], "need a physical link"),
+])
+def test_cli_bad_grid_fails_before_any_work(tiny_model_dir, sample_txt, tmp_path, extra, message):
+    output = tmp_path / "never.csv"
+    r = run_script(*sweep_cli(tiny_model_dir, sample_txt, output, *extra)[1:])
+    assert r.returncode == 2 and message in r.stderr and not output.exists()
+
+
+def test_sweep_figure_from_a_results_file(tiny_llama, tmp_path):
+    import figures
+
+    run(tiny_llama, tmp_path / figures.SWEEP_FILE)
+    assert figures.main(["--only", "sweep", "--results-dir", str(tmp_path), "--figures-dir", str(tmp_path / "f")]) == 0
+    assert (tmp_path / "f" / "sweep.png").stat().st_size > 10_000
+    (tmp_path / figures.SWEEP_FILE).write_text("split,ppl\n1,2\n")
+    assert figures.main(["--only", "sweep", "--results-dir", str(tmp_path), "--figures-dir", str(tmp_path / "f")]) == 1
