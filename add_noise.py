@@ -107,7 +107,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--naive", action="store_true", help="one full forward per cell and draw (the reference; slow)")
     p.add_argument("--device", default=DEVICE, help=f"auto, cpu, cuda, cuda:N (default: {DEVICE})")
     p.add_argument("--dtype", default=DTYPE, choices=["auto", "float32", "bfloat16", "float16"],
-                   help=f"model dtype (default: {DTYPE}; the sweep's auto also takes bfloat16 on CPUs with hardware bfloat16)")
+                   help=f"model dtype (default: {DTYPE})")
     p.add_argument("--device-map", choices=["auto"], help="shard a model larger than one GPU with accelerate (default: on when several GPUs are visible)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -176,8 +176,7 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
 
 def run_sweep(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map,
-                                  prefer_fast_dtype=True)
+    model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
     n_layers = SplitLink(model).n_layers
     splits = sweep.parse_splits(args.splits, n_layers)  # a bad grid fails here, before any evaluation
     ids = tokenize(tokenizer, load_text(args.dataset), args.max_tokens or None)
