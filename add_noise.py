@@ -184,7 +184,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     output = args.output.format(model=args.model.replace("/", "_"))
     store = sweep.ResultsStore(output, {"model": args.model, "dataset": args.dataset, "tokens": len(ids),
                                         "context_length": args.context_length, "stride": args.stride,
-                                        "dtype": dtype, "seed": args.seed})
+                                        "dtype": dtype, "seed": args.seed}, sweep.link_columns(args.channel))
     cfg = sweep.SweepConfig(splits, args.conditions, args.draws, args.seed, args.context_length, args.stride,
                             args.channel, args.batch_size)
     cells = sum(sweep.draws_of(c, args.draws) for c in args.conditions) * len(splits)

@@ -124,9 +124,12 @@ def row_key(split, link, snr_db, dropout, draw) -> tuple:
 class ResultsStore:
     """An append-only CSV that survives being killed at any moment."""
 
-    def __init__(self, path: str | Path, run_config: dict):
+    def __init__(self, path: str | Path, run_config: dict, link_config: dict | None = None):
+        """run_config: RUN_COLUMNS values every row must share; link_config: LINK_COLUMNS values the
+        rows of physical links must share (a resumed sweep never mixes two link set-ups)."""
         self.path = Path(path)
         self.run_config = {k: str(v) for k, v in run_config.items()}
+        link_config = {k: str(v) for k, v in (link_config or {}).items()}
         self.rows: list[dict] = []
         if self.path.exists():
             self._drop_partial_line()
@@ -136,8 +139,9 @@ class ResultsStore:
                     raise UserError(f"{self.path} is not a sweep results file of this version (other columns): "
                                     "use another --output")
                 self.rows = list(reader)
-            for row in self.rows[:1]:
-                differs = {k: (row[k], v) for k, v in self.run_config.items() if row[k] != v}
+            first_physical = [r for r in self.rows if r["link"] != "dropout"][:1]
+            for row, wanted in [(r, self.run_config) for r in self.rows[:1]] + [(r, link_config) for r in first_physical]:
+                differs = {k: (row[k], v) for k, v in wanted.items() if row[k] != v}
                 if differs:
                     detail = "; ".join(f"{k}: {a} in the file, {b} now" for k, (a, b) in differs.items())
                     raise UserError(f"{self.path} was made with another configuration ({detail}): "
@@ -269,7 +273,7 @@ def _rows(cfg: SweepConfig, split: int, totals: CellTotals, pending, link: Split
         row = {
             "split": split, "layers_on_ue": split + 1, "link": cond.link,
             "snr_db": cond.snr_db if physical else "", "dropout": link.dropout, "draw": d,
-            **{k: (v if physical else "") for k, v in asdict(cfg.link_template).items() if k in LINK_COLUMNS},
+            **{k: (v if physical else "") for k, v in link_columns(cfg.link_template).items()},
             "nll": nll, "ppl": math.exp(nll) if math.isfinite(nll) else float("nan"),
             "token_accuracy": int(totals.correct[c, d]) / tokens if tokens else float("nan"),
             "scored_tokens": tokens, "nonfinite_windows": int(totals.nonfinite[c, d]),
@@ -284,6 +288,11 @@ def _rows(cfg: SweepConfig, split: int, totals: CellTotals, pending, link: Split
             row.update(tx_s="", total_s="", tx_decode_s="")
         rows.append(row)
     return rows
+
+
+def link_columns(template: channel.LinkConfig) -> dict:
+    """The LINK_COLUMNS values of physical-link rows made with `template`, as written in the CSV."""
+    return {k: v for k, v in asdict(template).items() if k in LINK_COLUMNS}
 
 
 def run_fast(model, token_ids: torch.Tensor, cfg: SweepConfig, store: ResultsStore, progress: bool = True) -> None:

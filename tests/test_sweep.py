@@ -28,8 +28,9 @@ def config(splits=(0, 1, 2, 3), draws=2, batch_size=16, seed=0) -> sweep.SweepCo
 
 
 def run(model, path, runner=sweep.run_fast, **kwargs) -> dict:
-    store = sweep.ResultsStore(path, RUN)
-    runner(model, TOKENS, config(**kwargs), store, progress=False)
+    cfg = config(**kwargs)
+    store = sweep.ResultsStore(path, RUN, sweep.link_columns(cfg.link_template))
+    runner(model, TOKENS, cfg, store, progress=False)
     return rows_by_key(path)
 
 
@@ -120,6 +121,10 @@ def test_another_configuration_is_refused(tiny_llama, tmp_path):
     run(tiny_llama, path, splits=(0,))
     with pytest.raises(UserError, match="another configuration .*seed: 0 in the file, 1 now"):
         sweep.ResultsStore(path, {**RUN, "seed": 1})
+    link = sweep.link_columns(config().link_template)
+    with pytest.raises(UserError, match="modulation: qpsk in the file, 16qam now"):
+        sweep.ResultsStore(path, RUN, {**link, "modulation": "16qam"})
+    assert len(sweep.ResultsStore(path, RUN, link).rows) == 1 + 4 * 2  # the same set-up resumes
 
 
 @pytest.mark.parametrize("text, message", [("0-99", "outside 0..3"), ("a,b", "ranges like"), ("", "ranges like")])
