@@ -209,8 +209,8 @@ class Segments:
 
     @torch.no_grad()
     def score_from(self, hidden: torch.Tensor, start: int, targets: torch.Tensor):
-        """Per-variant NLL sum, correct count and finiteness of `targets` (the window's last tokens),
-        running layers start.. on a batch of hidden states."""
+        """Per-variant NLL sum and correct count of `targets` (the window's last tokens), running
+        layers start.. on a batch of hidden states."""
         n = len(targets)
         with self._only(start, len(self.layers)):
             logits = self.model(**self._inputs(hidden), use_cache=False, logits_to_keep=n + 1).logits[:, :-1]
@@ -269,7 +269,8 @@ def _rows(cfg: SweepConfig, split: int, totals: CellTotals, pending, link: Split
         tokens = int(totals.tokens[c, d])
         nll = float(totals.nll[c, d]) / tokens if tokens else float("nan")
         physical = cond.link != "dropout"
-        times = channel.latency_breakdown(cfg.link_template, dims, split + 1, cfg.context_length)
+        # compute times do not depend on the channel; the direct-p link has no air time to report
+        times = channel.latency_breakdown(link.channel or cfg.link_template, dims, split + 1, cfg.context_length)
         row = {
             "split": split, "layers_on_ue": split + 1, "link": cond.link,
             "snr_db": cond.snr_db if physical else "", "dropout": link.dropout, "draw": d,
@@ -278,14 +279,9 @@ def _rows(cfg: SweepConfig, split: int, totals: CellTotals, pending, link: Split
             "token_accuracy": int(totals.correct[c, d]) / tokens if tokens else float("nan"),
             "scored_tokens": tokens, "nonfinite_windows": int(totals.nonfinite[c, d]),
             "ue_compute_s": times["ue_compute_s"], "edge_compute_s": times["edge_compute_s"],
+            "tx_s": times["tx_s"] if physical else "", "total_s": times["total_s"] if physical else "",
+            "tx_decode_s": channel.tx_latency_s(link.channel, 1, dims.hidden_size) if physical else "",
         }
-        if physical:
-            cfg_c = link.channel
-            prefill = channel.latency_breakdown(cfg_c, dims, split + 1, cfg.context_length)
-            row.update(tx_s=prefill["tx_s"], total_s=prefill["total_s"],
-                       tx_decode_s=channel.tx_latency_s(cfg_c, 1, dims.hidden_size))
-        else:
-            row.update(tx_s="", total_s="", tx_decode_s="")
         rows.append(row)
     return rows
 
