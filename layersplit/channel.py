@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import math
 import sys
@@ -182,6 +183,7 @@ def fade_average(f: Callable[[np.ndarray], np.ndarray], m: float, knees: list[fl
     return value
 
 
+@functools.lru_cache(maxsize=1024)  # pure; the sweep asks again for every window and draw
 def average_ber(modulation: str, snr_db: float, fading: str, nakagami_m: float = DEFAULT_NAKAGAMI_M) -> float:
     """Fade-averaged BER at average received Es/N0 `snr_db` (dB)."""
     cfg = LinkConfig(snr_db=snr_db, modulation=modulation, fading=fading, nakagami_m=nakagami_m)  # validates
@@ -208,6 +210,7 @@ def per_independent(ber: np.ndarray | float, bits_per_packet: int) -> np.ndarray
     return -np.expm1(bits_per_packet * np.log1p(-np.asarray(ber, dtype=float)))
 
 
+@functools.lru_cache(maxsize=1024)  # pure (LinkConfig is frozen); quad integrals are worth keeping
 def packet_error_rate(cfg: LinkConfig) -> float:
     """Probability that a packet of cfg.bits_per_packet bits has at least one bit error.
 
