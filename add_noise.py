@@ -32,7 +32,7 @@ from layersplit import UserError
 from layersplit.channel import add_link_arguments, average_ber, latency_breakdown, link_config_from_args, model_dims
 from layersplit.data import EMBEDDED_DATASET, load_text, tokenize
 from layersplit.link import LINK_MODES, LlamaForCausalLMWithChannel, SplitLink, validate_probability  # noqa: F401 (the original's class, importable from here)
-from layersplit.models import EMBEDDED_MODEL, keep_freed_memory, load_model
+from layersplit.models import EMBEDDED_MODEL, find_decoder_layers, keep_freed_memory, load_model
 from layersplit.perplexity import CONTEXT_LENGTH, ORIGINAL_PROTOCOL, STRIDE, evaluate
 from layersplit import sweep
 
@@ -123,27 +123,22 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error("--sweep takes its grid from --splits, --dropouts and --snrs, not --snr-db, --dropout or --generate")
         if args.draws < 1 or args.batch_size < 1:
             p.error("--draws and --batch-size must be at least 1")
-        args.link = args.link or "erasure"
-        try:
-            args.conditions = sweep.make_conditions(sweep.parse_floats(args.dropouts, "--dropouts"),
-                                                    sweep.parse_floats(args.snrs, "--snrs"), args.link)
-            args.snr_db = 0.0  # a placeholder: each SNR condition sets its own
-            args.channel = link_config_from_args(args)
-        except ValueError as e:
-            p.error(str(e))
-        return args
-    if args.snr_db is None:
+        args.snr_db = 0.0  # a placeholder in the link template: each SNR condition sets its own
+    elif args.snr_db is None:
         if args.link not in (None, "dropout"):
             p.error(f"--link {args.link} needs --snr-db (the channel sets its losses)")
         args.link, args.dropout = "dropout", DROPOUT if args.dropout is None else args.dropout
+        return args
     elif args.link == "dropout" or args.dropout is not None:
         p.error("give --dropout (the original's link) or --snr-db (a physical link), not both")
-    else:
-        args.link = args.link or "erasure"
-        try:
-            args.channel = link_config_from_args(args)
-        except ValueError as e:
-            p.error(str(e))
+    args.link = args.link or "erasure"  # the physical link of --snr-db or of the sweep's --snrs
+    try:
+        args.channel = link_config_from_args(args)
+        if args.sweep:
+            args.conditions = sweep.make_conditions(sweep.parse_floats(args.dropouts, "--dropouts"),
+                                                    sweep.parse_floats(args.snrs, "--snrs"), args.link)
+    except ValueError as e:
+        p.error(str(e))
     return args
 
 
@@ -177,8 +172,7 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
 def run_sweep(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
-    n_layers = SplitLink(model).n_layers
-    splits = sweep.parse_splits(args.splits, n_layers)  # a bad grid fails here, before any evaluation
+    splits = sweep.parse_splits(args.splits, len(find_decoder_layers(model)))  # a bad grid fails here, before any evaluation
     ids = tokenize(tokenizer, load_text(args.dataset), args.max_tokens or None)
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     output = args.output.format(model=args.model.replace("/", "_"))
