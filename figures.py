@@ -1,14 +1,21 @@
 """Every figure of the project, drawn from result files only (nothing is recomputed here).
 
-    python figures.py                      # all figures into figures/
-    python figures.py --only ber_per       # one figure
+    python figures.py                      # all figures into figures/ (PNG and PDF each)
+    python figures.py --only ber_per snr   # some figures
     python figures.py --results-dir results --figures-dir figures
 
-Figures (add one: write a function (results_dir, figures_dir) -> png path, register it in FIGURES):
+Figures (add one: write a function (results_dir, figures_dir) -> png path that reads its files
+with read_csv and ends with save(fig, figures_dir, name), and register it in FIGURES):
     ber_per   results/channel_ber_per.csv (python -m layersplit.channel --table results/channel_ber_per.csv)
               BER and PER against Es/N0 per modulation and fading, closed form vs Monte Carlo.
     sweep     results/sweep_smollm2-135m.csv (python add_noise.py --sweep)
               perplexity and token accuracy against the split layer, one curve per channel condition.
+    snr       results/sweep_snr_{bpsk,qpsk,16qam}.csv (SNR_COMMAND below, once per modulation)
+              perplexity and token accuracy against Es/N0, one curve per modulation, at a few splits;
+              the element loss (packet error rate) the link applied, against Es/N0.
+    latency   results/latency_breakdown.csv (python -m layersplit.channel --latency-table results/latency_breakdown.csv)
+              UE compute + transmission + edge compute against the layers on the UE, prefill and one
+              decoding step, per model and Es/N0.
 
 A missing or malformed result file is reported by name; the other figures are still drawn and
 the exit status is non-zero.
@@ -30,36 +37,71 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 RESULTS_DIR = Path("results")  # where the experiment scripts write their CSV/JSON
-FIGURES_DIR = Path("figures")  # where the PNGs go
+FIGURES_DIR = Path("figures")  # where the PNGs (and PDFs of the same figures) go
 DPI = 150  # readable in the README at ~1000 px width
+FORMATS = ("png", "pdf")  # every figure is written in each; the PNG is what the README embeds
 MODULATION_COLORS = {"bpsk": "C0", "qpsk": "C1", "16qam": "C2", "64qam": "C3"}  # same in every figure
 MODULATION_LABELS = {"bpsk": "BPSK", "qpsk": "QPSK", "16qam": "16-QAM", "64qam": "64-QAM"}
 FADING_ORDER = ("awgn", "rayleigh", "nakagami")  # columns of the channel figure
+FADING_LABELS = {"awgn": "AWGN (no fading)", "rayleigh": "Rayleigh", "nakagami": "Nakagami-m"}
 ERROR_RATE_FLOOR = 1e-7  # lower y limit of BER/PER plots; Monte Carlo cannot resolve less
 MIN_MC_EVENTS = 10  # Monte Carlo points resting on fewer errors (relative error > 30 %) are not drawn
 SWEEP_FILE = "sweep_smollm2-135m.csv"  # the default sweep of add_noise.py --sweep
+# --- snr: the physical view of the sweep, one results file per modulation (a file holds one link set-up)
+SNR_FILE = "sweep_snr_{modulation}.csv"  # further sweep_snr_*.csv files (e.g. 64qam) are drawn too
+SNR_MODULATIONS = ("bpsk", "qpsk", "16qam")  # the files the figure requires
+SNR_COMMAND = ("python add_noise.py --sweep --link erasure --modulation {modulation} "
+               "--snrs 0,2.5,5,7.5,10,12.5,15,17.5,20,22.5,25,27.5,30,32.5,35,37.5,40,42.5,45,47.5,50,52.5,55 "
+               "--splits 4,12,24 --dropouts '' --draws 1 --max-tokens 512 --output {path}")
+RECOVERY = 1.10  # "recovered": perplexity within 10 % of clean at this SNR and every higher one
+# --- latency: seconds per component, stacked; colours from ColorBrewer Dark2 (apart from the modulations')
+LATENCY_FILE = "latency_breakdown.csv"
+LATENCY_COMPONENTS = {"ue_compute_s": ("UE compute", "#7570b3"), "tx_s": ("transmission (uplink)", "#d95f02"),
+                      "edge_compute_s": ("edge compute (incl. LM head)", "#1b9e77")}  # bottom to top
+MODEL_LABELS = {"smollm2-135m": "SmolLM2-135M", "llama2-7b": "Llama-2-7B"}
+PHASE_LABELS = {"prefill": "prefill", "decode": "one decoding step"}
 
 
 class FigureInputError(Exception):
     """A result file is missing or malformed; the message names it."""
 
 
-def read_csv(path: Path, columns: dict[str, type], remedy: str) -> list[dict]:
-    """Rows of `path` with `columns` converted to their types; FigureInputError names the file."""
+def read_csv(path: Path, columns: dict[str, type], remedy: str, optional: dict[str, tuple[type, object]] | None = None
+             ) -> list[dict]:
+    """Rows of `path` with `columns` converted to their types (columns are found by name, extra
+    ones are ignored); `optional`: column -> (type, value when the file has no such column).
+    FigureInputError names the file, the column and the line."""
     if not path.is_file():
         raise FigureInputError(f"missing {path} (make it with: {remedy})")
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
-        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        fieldnames = reader.fieldnames or []
+        missing = [c for c in columns if c not in fieldnames]
         if missing:
             raise FigureInputError(f"malformed {path}: no column(s) {', '.join(missing)} (remake it with: {remedy})")
-        try:
-            rows = [{c: kind(row[c]) for c, kind in columns.items()} for row in reader]
-        except (TypeError, ValueError) as e:
-            raise FigureInputError(f"malformed {path}: {e} (remake it with: {remedy})") from None
+        wanted = {**columns, **{c: kind for c, (kind, _) in (optional or {}).items() if c in fieldnames}}
+        defaults = {c: default for c, (_, default) in (optional or {}).items() if c not in fieldnames}
+        rows = []
+        for row in reader:
+            converted = dict(defaults)
+            for c, kind in wanted.items():
+                try:
+                    converted[c] = kind(row[c])
+                except (TypeError, ValueError):
+                    raise FigureInputError(f"malformed {path}: line {reader.line_num}, column {c}: "
+                                           f"{row[c]!r} is not {kind.__name__} (remake it with: {remedy})") from None
+            rows.append(converted)
     if not rows:
         raise FigureInputError(f"malformed {path}: no data rows (remake it with: {remedy})")
     return rows
+
+
+def save(fig: plt.Figure, figures_dir: Path, name: str) -> Path:
+    """Write `fig` as name.png and name.pdf (FORMATS) into figures_dir, close it; the PNG's path."""
+    for fmt in FORMATS:
+        fig.savefig(figures_dir / f"{name}.{fmt}", dpi=DPI)
+    plt.close(fig)
+    return figures_dir / f"{name}.{FORMATS[0]}"
 
 
 def fig_ber_per(results_dir: Path, figures_dir: Path) -> Path:
@@ -110,10 +152,7 @@ def fig_ber_per(results_dir: Path, figures_dir: Path) -> Path:
     fig.legend(handles=handles + style, loc="lower center", ncol=len(modulations) + len(style), frameon=False)
     fig.suptitle("Uplink bit and packet error rates (Gray mapping, coherent detection; PER: one fade per packet)")
     fig.tight_layout(rect=(0, 0.05, 1, 1))
-    out = figures_dir / "ber_per.png"
-    fig.savefig(out, dpi=DPI)
-    plt.close(fig)
-    return out
+    return save(fig, figures_dir, "ber_per")
 
 
 def _pooled_and_range(values: list[float], log: bool) -> tuple[float, float, float]:
@@ -125,31 +164,49 @@ def _pooled_and_range(values: list[float], log: bool) -> tuple[float, float, flo
     return mean, min(finite), max(finite)
 
 
+def _snr_of(path: Path, row: dict, remedy: str) -> float:
+    """Es/N0 of a sweep row: a number for physical links, nan for the direct-p link."""
+    if row["link"] == "dropout":
+        return math.nan
+    try:
+        return float(row["snr_db"])
+    except ValueError:
+        raise FigureInputError(f"malformed {path}: column snr_db: {row['snr_db']!r} is not a number for link "
+                               f"{row['link']} (remake it with: {remedy})") from None
+
+
 def fig_sweep(results_dir: Path, figures_dir: Path) -> Path:
     """Perplexity (log) and token accuracy against layers on the UE, one curve per channel condition:
     pooled over noise draws (perplexity: exp of the mean NLL), shaded between the smallest and
     largest draw."""
     path = results_dir / SWEEP_FILE
+    remedy = "python add_noise.py --sweep"
     rows = read_csv(path, {"model": str, "tokens": int, "split": int, "link": str, "snr_db": str, "dropout": float,
                            "draw": int, "ppl": float, "token_accuracy": float},
-                    remedy="python add_noise.py --sweep")
-    conditions = sorted({(r["link"] != "dropout", float(r["snr_db"] or "nan") if r["link"] != "dropout" else r["dropout"],
-                          r["link"]) for r in rows}, key=lambda c: (c[0], c[1]))
+                    remedy=remedy, optional={"withheld": (float, 0.0)})
+    for r in rows:
+        r["snr"] = _snr_of(path, r, remedy)
+        r["condition"] = (r["link"] != "dropout", r["snr"] if r["link"] != "dropout" else r["dropout"],
+                          r["withheld"], r["link"])
+    conditions = sorted({r["condition"] for r in rows})
     dropouts = [c for c in conditions if not c[0] and c[1] > 0]
     snrs = [c for c in conditions if c[0]]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
-    for physical, value, link in conditions:
-        cell = [r for r in rows if r["link"] == link and (
-            r["snr_db"] and float(r["snr_db"]) == value if physical else r["dropout"] == value)]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.4))
+    for condition in conditions:
+        physical, value, withheld, link = condition
+        cell = [r for r in rows if r["condition"] == condition]
         splits = sorted({r["split"] for r in cell})
+        suffix = f", {withheld:.0%} withheld" if withheld else ""
         if not physical and value == 0:
-            style = {"color": "k", "ls": "--", "label": "clean (p = 0)"}
+            style = {"color": "k", "ls": "--", "label": f"clean (p = 0){suffix}"}
         elif physical:
-            style = {"color": plt.cm.autumn(snrs.index((physical, value, link)) / max(len(snrs), 1)),
-                     "marker": "s", "ms": 3, "label": f"{link}, {value:g} dB"}
+            style = {"color": plt.cm.autumn(snrs.index(condition) / max(len(snrs), 1)),
+                     "marker": "s", "ms": 3, "label": f"{link}, {value:g} dB{suffix}"}
         else:
-            style = {"color": plt.cm.viridis(dropouts.index((physical, value, link)) / max(len(dropouts) - 1, 1)),
-                     "marker": "o", "ms": 3, "label": f"p = {value:g}"}
+            style = {"color": plt.cm.viridis(dropouts.index(condition) / max(len(dropouts) - 1, 1)),
+                     "marker": "o", "ms": 3, "label": f"p = {value:g}{suffix}"}
+        if withheld and not (not physical and value == 0):
+            style["ls"] = ":"
         for ax, column in zip(axes, ("ppl", "token_accuracy")):
             stats = [_pooled_and_range([r[column] for r in cell if r["split"] == s], log=column == "ppl")
                      for s in splits]
@@ -158,25 +215,194 @@ def fig_sweep(results_dir: Path, figures_dir: Path) -> Path:
             ax.fill_between(layers_on_ue, [lo for _, lo, _ in stats], [hi for _, _, hi in stats],
                             color=style["color"], alpha=0.15, lw=0)
     axes[0].set_yscale("log")
-    axes[0].set_ylabel("perplexity")
-    axes[1].set_ylabel("top-1 next-token accuracy")
+    axes[0].set_ylabel("perplexity (log scale)")
+    axes[1].set_ylabel("top-1 next-token accuracy (fraction)")
     for ax in axes:
         ax.set_xlabel("layers on the UE (split after this many decoder layers)")
-        ax.grid(True, which="both", alpha=0.3)
-    axes[1].legend(fontsize=8, ncol=2, loc="lower right")
+        ax.grid(True, which="major", alpha=0.3)
+    handles, _ = axes[0].get_legend_handles_labels()
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 10), frameon=False, fontsize=9,
+               title="channel condition (p: probability that each element is lost)", title_fontsize=9)
     draws = max(r["draw"] for r in rows) + 1
     fig.suptitle(f"{rows[0]['model']}: element loss at the split against its depth "
                  f"({rows[0]['tokens']} tokens, {draws} draw(s) pooled, band: min-max over draws)")
-    fig.tight_layout()
-    out = figures_dir / "sweep.png"
-    fig.savefig(out, dpi=DPI)
-    plt.close(fig)
-    return out
+    fig.tight_layout(rect=(0, 0.1 if len(handles) <= 10 else 0.15, 1, 1))
+    return save(fig, figures_dir, "sweep")
 
 
-FIGURES: dict[str, Callable[[Path, Path], Path]] = {
+def recovery_snr(snrs: list[float], ppls: list[float], clean: float) -> float:
+    """The lowest SNR of an ascending grid from which on every perplexity is within RECOVERY x
+    clean (nan if not even the highest SNR is)."""
+    i = len(snrs)
+    while i > 0 and ppls[i - 1] <= RECOVERY * clean:  # nan compares False: not recovered
+        i -= 1
+    return snrs[i] if i < len(snrs) else math.nan
+
+
+def read_snr_sweeps(results_dir: Path) -> dict[str, list[dict]]:
+    """modulation -> the rows (without withholding) of its SNR sweep file: SNR_MODULATIONS are
+    required, further sweep_snr_*.csv files are added. Each file must hold one physical link set-up."""
+    paths = [results_dir / SNR_FILE.format(modulation=m) for m in SNR_MODULATIONS]
+    paths += sorted(set(results_dir.glob(SNR_FILE.format(modulation="*"))) - set(paths))
+    sweeps: dict[str, list[dict]] = {}
+    for path in paths:
+        remedy = SNR_COMMAND.format(modulation=path.stem.removeprefix("sweep_snr_"), path=path)
+        rows = read_csv(path, {"model": str, "tokens": int, "split": int, "link": str, "snr_db": str,
+                               "dropout": float, "draw": int, "modulation": str, "fading": str,
+                               "bits_per_element": str, "elements_per_packet": str, "header_bits": str,
+                               "ppl": float, "token_accuracy": float},
+                        remedy=remedy, optional={"withheld": (float, 0.0)})
+        rows = [r for r in rows if r["withheld"] == 0]
+        physical = [r for r in rows if r["link"] != "dropout"]
+        set_ups = {(r["link"], r["modulation"], r["fading"]) for r in physical}
+        if len(set_ups) != 1:
+            raise FigureInputError(f"malformed {path}: expected the rows of one physical link set-up, found "
+                                   f"{sorted(set_ups) or 'none'} (remake it with: {remedy})")
+        modulation = set_ups.pop()[1]
+        if modulation in sweeps:
+            raise FigureInputError(f"malformed {path}: a second file for {modulation} (keep one per modulation)")
+        if not any(r["link"] == "dropout" and r["dropout"] == 0 for r in rows):
+            raise FigureInputError(f"malformed {path}: no clean reference row (remake it with: {remedy})")
+        for r in rows:
+            r["snr"] = _snr_of(path, r, remedy)
+        sweeps[modulation] = rows
+    return sweeps
+
+
+def snr_curves(rows: list[dict], split: int, column: str) -> tuple[list[float], list[tuple[float, float, float]]]:
+    """Ascending SNRs and (pooled, min, max) of `column` over the draws at each, at one split."""
+    cell = [r for r in rows if r["link"] != "dropout" and r["split"] == split]
+    snrs = sorted({r["snr"] for r in cell})
+    return snrs, [_pooled_and_range([r[column] for r in cell if r["snr"] == s], log=column == "ppl") for s in snrs]
+
+
+def clean_value(sweeps: dict[str, list[dict]], split: int, column: str) -> float:
+    """The clean reference at a split, pooled over every file that has it."""
+    values = [r[column] for rows in sweeps.values() for r in rows
+              if r["link"] == "dropout" and r["dropout"] == 0 and r["split"] == split]
+    return _pooled_and_range(values, log=column == "ppl")[0]
+
+
+def fig_snr(results_dir: Path, figures_dir: Path) -> Path:
+    """Perplexity (top) and accuracy (bottom) against Es/N0 at a few splits, one curve per
+    modulation, and (right) the element loss the link applied against Es/N0."""
+    sweeps = read_snr_sweeps(results_dir)
+    first = next(iter(sweeps.values()))
+    splits = sorted({r["split"] for rows in sweeps.values() for r in rows if r["link"] != "dropout"})
+    colors = {m: MODULATION_COLORS.get(m, f"C{4 + i}") for i, m in enumerate(sweeps)}
+    fig = plt.figure(figsize=(3.7 * len(splits) + 4.0, 7.6))
+    grid = fig.add_gridspec(2, len(splits) + 1, width_ratios=[1.0] * len(splits) + [1.1])
+    ppl_axes, acc_axes = [], []
+    for i in range(len(splits)):
+        ppl_axes.append(fig.add_subplot(grid[0, i], sharey=ppl_axes[0] if ppl_axes else None))
+        acc_axes.append(fig.add_subplot(grid[1, i], sharex=ppl_axes[i], sharey=acc_axes[0] if acc_axes else None))
+    loss_ax = fig.add_subplot(grid[:, -1], sharex=ppl_axes[0])
+    for split, ax_ppl, ax_acc in zip(splits, ppl_axes, acc_axes):
+        clean_ppl = clean_value(sweeps, split, "ppl")
+        ax_ppl.axhline(clean_ppl, color="k", ls="--", lw=1)
+        ax_ppl.axhline(RECOVERY * clean_ppl, color="k", ls=":", lw=0.9)
+        ax_acc.axhline(clean_value(sweeps, split, "token_accuracy"), color="k", ls="--", lw=1)
+        for modulation, rows in sweeps.items():
+            for ax, column in ((ax_ppl, "ppl"), (ax_acc, "token_accuracy")):
+                snrs, stats = snr_curves(rows, split, column)
+                ax.plot(snrs, [m for m, _, _ in stats], "o-", color=colors[modulation], lw=1.4, ms=3)
+                ax.fill_between(snrs, [lo for _, lo, _ in stats], [hi for _, _, hi in stats],
+                                color=colors[modulation], alpha=0.15, lw=0)
+                if column == "ppl":
+                    recovered = recovery_snr(snrs, [m for m, _, _ in stats], clean_ppl)
+                    if math.isfinite(recovered):
+                        ax.plot(recovered, stats[snrs.index(recovered)][0], "o", ms=9, mfc="none",
+                                mec=colors[modulation], mew=1.6)
+        ax_ppl.set_title(f"split {split}: {split + 1} layers on the UE", fontsize=10)
+        ax_ppl.set_yscale("log")
+        ax_acc.set_xlabel("average Es/N0 (dB)")
+        ax_ppl.tick_params(labelbottom=False)
+        for ax in (ax_ppl, ax_acc):
+            ax.grid(True, which="major", alpha=0.3)
+        if split != splits[0]:
+            ax_ppl.tick_params(labelleft=False)
+            ax_acc.tick_params(labelleft=False)
+    ppl_axes[0].set_ylabel("perplexity (log scale)")
+    acc_axes[0].set_ylabel("top-1 next-token accuracy (fraction)")
+    for modulation, rows in sweeps.items():
+        points = sorted({(r["snr"], r["dropout"]) for r in rows if r["link"] != "dropout" and r["split"] == splits[0]})
+        loss_ax.plot([s for s, _ in points], [p for _, p in points], "o-", color=colors[modulation], lw=1.4, ms=3)
+    loss_ax.set_yscale("log")
+    loss_ax.set_ylim(bottom=max(ERROR_RATE_FLOOR, loss_ax.get_ylim()[0]), top=1.5)
+    loss_ax.set_xlabel("average Es/N0 (dB)")
+    loss_ax.set_ylabel("element loss = packet error rate")
+    loss_ax.set_title("what the link lost (same at every split)", fontsize=10)
+    loss_ax.grid(True, which="major", alpha=0.3)
+    handles = [plt.Line2D([], [], color=colors[m], marker="o", ms=3, label=MODULATION_LABELS.get(m, m)) for m in sweeps]
+    handles += [plt.Line2D([], [], color="k", ls="--", lw=1, label="clean link"),
+                plt.Line2D([], [], color="k", ls=":", lw=0.9, label=f"clean + {RECOVERY - 1:.0%}"),
+                plt.Line2D([], [], color="k", marker="o", ms=9, mfc="none", ls="",
+                           label=f"recovered: within {RECOVERY - 1:.0%} of clean from here on")]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=9)
+    r0 = next(r for r in first if r["link"] != "dropout")
+    draws = max(r["draw"] for rows in sweeps.values() for r in rows) + 1
+    fig.suptitle(f"{r0['model']}: quality against the uplink SNR ({r0['link']} link: lost packets zero-filled; "
+                 f"{FADING_LABELS.get(r0['fading'], r0['fading'])}, one fade per packet; packets of "
+                 f"{r0['elements_per_packet']} x {r0['bits_per_element']} bit + {r0['header_bits']} bit; "
+                 f"{r0['tokens']} tokens, {draws} draw(s))", fontsize=11)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return save(fig, figures_dir, "snr")
+
+
+def fig_latency(results_dir: Path, figures_dir: Path) -> Path:
+    """Stacked UE compute, air time and edge compute against the layers on the UE: one row per
+    (model, phase), one column per Es/N0; the best split of each panel in its title."""
+    path = results_dir / LATENCY_FILE
+    rows = read_csv(path, {"model": str, "phase": str, "tokens": int, "snr_db": float, "layers_on_ue": int,
+                           "ue_compute_s": float, "tx_s": float, "edge_compute_s": float, "modulation": str,
+                           "fading": str, "bandwidth_hz": float, "ue_flops": float, "edge_flops": float},
+                    remedy=f"python -m layersplit.channel --latency-table {path}")
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    phases = sorted({r["phase"] for r in rows}, key=lambda p: (list(PHASE_LABELS) + [p]).index(p))
+    panel_rows = [(m, p) for m in models for p in phases if any(r["model"] == m and r["phase"] == p for r in rows)]
+    snrs = sorted({r["snr_db"] for r in rows})
+    fig, axes = plt.subplots(len(panel_rows), len(snrs), figsize=(4.4 * len(snrs), 2.9 * len(panel_rows) + 0.8),
+                             sharey="row", squeeze=False)
+    for (model, phase), ax_row in zip(panel_rows, axes):
+        for snr, ax in zip(snrs, ax_row):
+            points = sorted((r for r in rows if r["model"] == model and r["phase"] == phase and r["snr_db"] == snr),
+                            key=lambda r: r["layers_on_ue"])
+            layers = [r["layers_on_ue"] for r in points]
+            bottom = [0.0] * len(points)
+            for column, (label, color) in LATENCY_COMPONENTS.items():
+                heights = [1e3 * r[column] for r in points]
+                ax.bar(layers, heights, bottom=bottom, width=0.85, color=color, label=label)
+                bottom = [b + h for b, h in zip(bottom, heights)]
+            what = (f"prefill of {points[0]['tokens']} tokens" if phase == "prefill" else
+                    f"{PHASE_LABELS.get(phase, phase)} (context {points[0]['tokens']})") if points else phase
+            title = f"{MODEL_LABELS.get(model, model)}, {what}, {snr:g} dB"
+            if points:
+                best = min(range(len(points)), key=bottom.__getitem__)
+                ax.plot(layers[best], bottom[best], "v", color="k", ms=6, zorder=3)
+                title += (f"\nfastest: {layers[best]} layer{'s' if layers[best] != 1 else ''} on the UE, "
+                          f"{bottom[best]:.3g} ms")
+            ax.set_title(title, fontsize=9)
+            ax.grid(True, axis="y", alpha=0.3)
+        ax_row[0].set_ylabel("latency (ms)")
+    for ax in axes[-1]:
+        ax.set_xlabel("layers on the UE")
+    handles, _ = axes[0, 0].get_legend_handles_labels()
+    handles.append(plt.Line2D([], [], color="k", marker="v", ls="", ms=6, label="fastest split"))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
+    r0 = rows[0]
+    fig.suptitle(f"Latency of one forward pass, UE then uplink then edge: UE at {r0['ue_flops'] / 1e12:g} TFLOP/s, "
+                 f"edge at {r0['edge_flops'] / 1e12:g} TFLOP/s;\nuplink {MODULATION_LABELS.get(r0['modulation'], r0['modulation'])}"
+                 f" over {FADING_LABELS.get(r0['fading'], r0['fading'])}, {r0['bandwidth_hz'] / 1e6:g} MHz at the ergodic capacity, fp16 activations in packets",
+                 fontsize=11)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    return save(fig, figures_dir, "latency")
+
+
+FIGURES: dict[str, Callable[[Path, Path], Path]] = {  # name -> figure; --only takes these names
     "ber_per": fig_ber_per,
     "sweep": fig_sweep,
+    "snr": fig_snr,
+    "latency": fig_latency,
 }
 
 
@@ -184,13 +410,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Draw the project's figures from result files.")
     parser.add_argument("--only", nargs="+", choices=list(FIGURES), help="draw only these figures")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the result files are")
-    parser.add_argument("--figures-dir", type=Path, default=FIGURES_DIR, help="where to write the PNGs")
+    parser.add_argument("--figures-dir", type=Path, default=FIGURES_DIR, help="where to write the figures (PNG and PDF)")
     args = parser.parse_args(argv)
     args.figures_dir.mkdir(parents=True, exist_ok=True)
     failed = []
     for name in args.only or FIGURES:
         try:
-            print(f"{name}: wrote {FIGURES[name](args.results_dir, args.figures_dir)}")
+            png = FIGURES[name](args.results_dir, args.figures_dir)
+            print(f"{name}: wrote {png} and {png.with_suffix('.pdf').name}")
         except FigureInputError as e:
             print(f"figures.py: {name}: {e}", file=sys.stderr)
             failed.append(name)

@@ -20,6 +20,7 @@ Formulas (Goldsmith ch. 6, Proakis ch. 4 and 14; /work/shared/notes/wireless-cha
 CLI:
     python -m layersplit.channel --snr-db 10 --modulation qpsk --fading rayleigh --json
     python -m layersplit.channel --table results/channel_ber_per.csv
+    python -m layersplit.channel --latency-table results/latency_breakdown.csv
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ DEFAULT_HIDDEN_SIZE = 576  # SmolLM2-135M d_model
 TABLE_SNR_DB = tuple(np.arange(0.0, 40.1, 2.5))  # Es/N0 grid in dB
 TABLE_MC_SYMBOLS = 300_000  # Monte Carlo symbols per point and fading mode
 TABLE_SEED = 0  # seed of the table's Monte Carlo (one numpy Generator for the whole table)
+
+# ---- latency table (--latency-table) ---------------------------------------------------------
+LATENCY_TABLE_SNR_DB = (10.0, 20.0, 30.0)  # average Es/N0 in dB: a weak, a fair and a strong uplink
 
 
 def qfunc(x: np.ndarray | float) -> np.ndarray:
@@ -253,15 +257,18 @@ def achievable_rate_bps(cfg: LinkConfig) -> float:
     return cfg.bandwidth_hz * spectral_efficiency(cfg.snr_db, cfg.fading, cfg.nakagami_m)
 
 
-def payload_bits(cfg: LinkConfig, tokens: int, hidden_size: int) -> int:
-    """Bits on air for tokens x hidden_size activations: whole packets, headers included."""
-    n_packets = math.ceil(tokens * hidden_size / cfg.elements_per_packet)
+def payload_bits(cfg: LinkConfig, tokens: int, hidden_size: int, withheld: float = 0.0) -> int:
+    """Bits on air for tokens x hidden_size activations: whole packets, headers included.
+    withheld: the share of elements the UE deliberately does not send (they are not on air)."""
+    sent = math.ceil(tokens * hidden_size * (1.0 - withheld))
+    n_packets = math.ceil(sent / cfg.elements_per_packet)
     return n_packets * cfg.bits_per_packet
 
 
-def tx_latency_s(cfg: LinkConfig, tokens: int, hidden_size: int) -> float:
-    """Seconds to send tokens x hidden_size activations (prefill: the prompt; decode: 1 token)."""
-    return payload_bits(cfg, tokens, hidden_size) / achievable_rate_bps(cfg)
+def tx_latency_s(cfg: LinkConfig, tokens: int, hidden_size: int, withheld: float = 0.0) -> float:
+    """Seconds to send tokens x hidden_size activations (prefill: the prompt; decode: 1 token),
+    less the share `withheld` that the UE deliberately does not send."""
+    return payload_bits(cfg, tokens, hidden_size, withheld) / achievable_rate_bps(cfg)
 
 
 @dataclass(frozen=True)
@@ -326,12 +333,14 @@ def latency_breakdown(
     context_len: int | None = None,
     ue_flops: float = UE_FLOPS,
     edge_flops: float = EDGE_FLOPS,
+    withheld: float = 0.0,
 ) -> dict[str, float]:
     """Seconds spent on the UE, on air and on the edge for one forward pass, run in sequence.
 
     split: decoder layers on the UE (0..n_layers). prefill: `tokens` prompt tokens cross the link
     and the LM head scores all of them (as in perplexity evaluation); decode: one new token with a
-    KV cache of `context_len` - 1 (default: the prompt, context_len = tokens + 1). Compute time is
+    KV cache of `context_len` - 1 (default: the prompt, context_len = tokens + 1). `withheld`: share of
+    the activation the UE deliberately does not send (shortens air time only). Compute time is
     FLOPs over sustained throughput; decode is memory-bound in practice, so it is a lower bound there.
     """
     if not 0 <= split <= model.n_layers:
@@ -346,7 +355,7 @@ def latency_breakdown(
     layer = decoder_layer_flops(*dims, tokens=new, context_len=context)
     ue = split * layer / ue_flops
     edge = ((model.n_layers - split) * layer + lm_head_flops(model.hidden_size, model.vocab_size, new)) / edge_flops
-    tx = tx_latency_s(cfg, new, model.hidden_size)
+    tx = tx_latency_s(cfg, new, model.hidden_size, withheld)
     return {"ue_compute_s": ue, "tx_s": tx, "edge_compute_s": edge, "total_s": ue + tx + edge}
 
 
@@ -481,6 +490,35 @@ def write_table(rows: list[dict[str, float | str]], path: str | Path) -> None:
             writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
 
 
+def latency_table(
+    snr_db_list: list[float],
+    models: dict[str, ModelDims],
+    tokens: int,
+    link: LinkConfig = LinkConfig(),
+) -> list[dict[str, float | int | str]]:
+    """One row per (model, phase, Es/N0, layers on the UE 1..n_layers): latency_breakdown's UE
+    compute, air time and edge compute for prefill of `tokens` prompt tokens and for one decoding
+    step after them, with the link set-up of `link` (its snr_db is replaced by each of snr_db_list)."""
+    rows = []
+    for name, dims in models.items():
+        for phase in ("prefill", "decode"):
+            new_tokens = tokens if phase == "prefill" else 1
+            for snr_db in snr_db_list:
+                cfg = LinkConfig(**{**asdict(link), "snr_db": float(snr_db)})
+                for layers_on_ue in range(1, dims.n_layers + 1):
+                    rows.append({
+                        "model": name, "n_layers": dims.n_layers, "hidden_size": dims.hidden_size,
+                        "phase": phase, "tokens": tokens, "new_tokens": new_tokens,
+                        "snr_db": float(snr_db), "modulation": cfg.modulation, "fading": cfg.fading,
+                        "bandwidth_hz": cfg.bandwidth_hz, "rate_bps": achievable_rate_bps(cfg),
+                        "payload_bits": payload_bits(cfg, new_tokens, dims.hidden_size),
+                        "layers_on_ue": layers_on_ue,
+                        **latency_breakdown(cfg, dims, layers_on_ue, tokens, phase=phase),
+                        "ue_flops": UE_FLOPS, "edge_flops": EDGE_FLOPS,
+                    })
+    return rows
+
+
 # ---- CLI -------------------------------------------------------------------------------------
 def link_summary(cfg: LinkConfig, tokens: int, hidden_size: int) -> dict[str, float | int | str | bool]:
     """Everything the CLI reports for one operating point, inputs included."""
@@ -542,6 +580,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table", metavar="CSV",
                    help="write the closed-form vs Monte Carlo BER/PER table over all SNRs, modulations and fadings"
                         " (uses the packet and --nakagami-m options)")
+    p.add_argument("--latency-table", metavar="CSV",
+                   help="write UE compute, air time and edge compute against the layers on the UE for SmolLM2-135M and "
+                        f"Llama-2-7B, prefill of --tokens tokens and one decoding step, at Es/N0 "
+                        f"{', '.join(f'{s:g}' for s in LATENCY_TABLE_SNR_DB)} dB (uses the link options but --snr-db)")
     p.add_argument("--mc-symbols", type=int, default=TABLE_MC_SYMBOLS, help="Monte Carlo symbols per table point")
     p.add_argument("--seed", type=int, default=TABLE_SEED, help="seed of the table's Monte Carlo")
     return p
@@ -562,6 +604,12 @@ def main(argv: list[str] | None = None) -> None:
         rows = ber_per_table(list(TABLE_SNR_DB), list(MODULATIONS), list(FADINGS), args.mc_symbols, args.seed, cfg)
         write_table(rows, args.table)
         print(f"wrote {len(rows)} rows to {args.table} in {time.time() - start:.1f} s")
+        return
+    if args.latency_table:
+        rows = latency_table(list(LATENCY_TABLE_SNR_DB), {"smollm2-135m": SMOLLM2_135M, "llama2-7b": LLAMA2_7B},
+                             args.tokens, cfg)
+        write_table(rows, args.latency_table)
+        print(f"wrote {len(rows)} rows to {args.latency_table}")
         return
     summary = link_summary(cfg, args.tokens, args.hidden_size)
     if args.json:

@@ -14,6 +14,9 @@ is one of LINK_MODES:
              power = signal power / SNR, one fade per packet of k elements
     bitflip  raw bit errors on the transmitted float16/float32 with no CRC: a stress test whose
              non-finite results are reported by the evaluation, not dropped
+On top of any mode the UE may withhold a share of the activation (set_withheld): a seeded random
+subset of elements is not sent, the edge zero-fills it, and the transmission shrinks accordingly;
+with erasure the packets are filled with the elements that are sent.
 """
 from __future__ import annotations
 
@@ -73,6 +76,7 @@ class SplitLink:
         self.mode = "dropout"
         self.channel: channel.LinkConfig | None = None  # the physical operating point, if any
         self.dropout = validate_probability(dropout)  # loss probability: per element, or per packet (erasure)
+        self.withheld = 0.0  # share of elements the UE deliberately does not send (zero at the edge, no air time)
         self.ber = 0.0  # bit error rate of the bitflip mode
         self.generator = torch.Generator(device="cpu")
         self._delay_rng = random.Random()
@@ -101,6 +105,11 @@ class SplitLink:
         self.mode, self.channel = "dropout", None
         self.dropout = validate_probability(p)
 
+    def set_withheld(self, share: float) -> None:
+        """Withhold a share of the activation: those elements are not sent (the edge zero-fills them,
+        knowing which from the shared seed), which shortens the transmission; the rest cross the link."""
+        self.withheld = validate_probability(share, "withheld share")
+
     def set_channel(self, cfg: channel.LinkConfig, mode: str = "erasure") -> None:
         """A physical link at operating point `cfg` (SNR, modulation, fading, packets)."""
         if mode not in LINK_MODES[1:]:
@@ -114,10 +123,12 @@ class SplitLink:
 
     @property
     def element_loss(self) -> float:
-        """Probability that an element arrives zeroed (dropout, erasure) or altered (bitflip)."""
+        """Probability that an element arrives zeroed (withheld, dropout, erasure) or altered (bitflip)."""
         if self.mode == "bitflip":
-            return -math.expm1(self.channel.bits_per_element * math.log1p(-self.ber))
-        return 0.0 if self.mode == "awgn" else self.dropout
+            on_air = -math.expm1(self.channel.bits_per_element * math.log1p(-self.ber))
+        else:
+            on_air = 0.0 if self.mode == "awgn" else self.dropout
+        return self.withheld + (1.0 - self.withheld) * on_air
 
     def reseed(self, seed: int) -> None:
         """Restart the mask and delay streams: evaluations that reseed alike see identical masks."""
@@ -171,9 +182,19 @@ class SplitLink:
         """What the edge receives for `hidden` (batch x tokens x hidden size)."""
         n = hidden.numel()
         impaired = 0
-        if self.mode in ("dropout", "erasure") and self.dropout > 0.0:
+        sent = n
+        if self.mode in ("dropout", "erasure") and (self.dropout > 0.0 or self.withheld > 0.0):
             k = self.channel.elements_per_packet if self.channel else 1
-            lost = self._packet_mask(self._uniform(math.ceil(n / k)) < self.dropout, hidden)
+            packet_field = self._uniform(math.ceil(n / k))  # drawn first: no withholding keeps the same masks
+            if self.withheld > 0.0:
+                kept = self._uniform(n).view(hidden.shape) >= self.withheld
+                sent = int(kept.sum())
+                # packets are filled with the kept elements in order; each kept element takes its packet's fate
+                packet_of = (torch.cumsum(kept.flatten(), 0) - 1) // k
+                lost = ~kept | (kept & (packet_field[packet_of.clamp_(min=0)] < self.dropout).view(hidden.shape))
+                lost = lost.to(hidden.device)
+            else:
+                lost = self._packet_mask(packet_field < self.dropout, hidden)
             hidden = hidden.masked_fill(lost, 0.0)
             impaired = int(lost.sum())
         elif self.mode == "awgn":
@@ -186,11 +207,16 @@ class SplitLink:
             impaired = n
         elif self.mode == "bitflip" and self.ber > 0.0:
             hidden, impaired = self._flip_bits(hidden)
+        if self.mode in ("awgn", "bitflip") and self.withheld > 0.0:
+            kept = (self._uniform(n).view(hidden.shape) >= self.withheld).to(hidden.device)
+            sent = int(kept.sum())
+            hidden = hidden.masked_fill(~kept, 0.0)
+            impaired = n if self.mode == "awgn" else impaired + int((~kept).sum())  # bitflip: an upper bound
         if self.channel is not None:
-            bits = channel.payload_bits(self.channel, n // hidden.shape[-1], hidden.shape[-1])
+            bits = math.ceil(sent / self.channel.elements_per_packet) * self.channel.bits_per_packet
             delay = bits / channel.achievable_rate_bps(self.channel)
         else:
-            bits = n * hidden.element_size() * 8
+            bits = sent * hidden.element_size() * 8
             delay = self._delay_rng.uniform(*self.delay_range_s)
         if self.sleep:
             time.sleep(delay)

@@ -39,7 +39,7 @@ PAPER_DROPOUTS = (0.02, 0.06, 0.10, 0.14, 0.18, 0.22, 0.26, 0.30)  # the origina
 RUN_COLUMNS = ("model", "dataset", "tokens", "context_length", "stride", "dtype", "seed")  # must match to resume
 LINK_COLUMNS = ("modulation", "fading", "nakagami_m", "bits_per_element", "elements_per_packet", "header_bits",
                 "bandwidth_hz", "block_fading")
-COLUMNS = RUN_COLUMNS + ("split", "layers_on_ue", "link", "snr_db", "dropout", "draw") + LINK_COLUMNS + (
+COLUMNS = RUN_COLUMNS + ("split", "layers_on_ue", "link", "snr_db", "dropout", "withheld", "draw") + LINK_COLUMNS + (
     "nll", "ppl", "token_accuracy", "scored_tokens", "nonfinite_windows",
     "ue_compute_s", "tx_s", "edge_compute_s", "total_s", "tx_decode_s")
 
@@ -52,10 +52,13 @@ class Condition:
     link: str
     dropout: float | None = None  # requested p (dropout link only)
     snr_db: float | None = None  # Es/N0 (physical links only)
+    withheld: float = 0.0  # share of the activation the UE deliberately does not send (physical links)
 
     @property
     def label(self) -> str:
-        return f"p={self.dropout:g}" if self.link == "dropout" else f"{self.link} {self.snr_db:g} dB"
+        if self.link == "dropout":
+            return f"p={self.dropout:g}"
+        return f"{self.link} {self.snr_db:g} dB" + (f", {self.withheld:.0%} withheld" if self.withheld else "")
 
 
 def parse_splits(text: str, n_layers: int) -> list[int]:
@@ -87,14 +90,21 @@ def parse_floats(text: str, name: str) -> list[float]:
     return values
 
 
-def make_conditions(dropouts: list[float], snrs: list[float], link: str) -> list[Condition]:
-    """The clean reference (p = 0) first, then each p, then each SNR with the physical `link`."""
+def make_conditions(dropouts: list[float], snrs: list[float], link: str,
+                    withheld: list[float] = ()) -> list[Condition]:
+    """The clean reference (p = 0) first, then each p, then each SNR with the physical `link`, once
+    with the whole activation sent and once per share in `withheld`."""
     for p in dropouts:
         validate_probability(p)
+    for w in withheld:
+        validate_probability(w, "withheld share")
+    if withheld and not snrs:
+        raise UserError("--withheld applies to the physical link: give --snrs too")
     if snrs and link not in LINK_MODES[1:]:
         raise UserError(f"SNR conditions need a physical link: {', '.join(LINK_MODES[1:])}, not {link!r}")
     conditions = [Condition("dropout", 0.0)] + [Condition("dropout", p) for p in sorted(set(dropouts)) if p > 0]
-    conditions += [Condition(link, snr_db=s) for s in sorted(set(snrs))]
+    shares = sorted({0.0, *withheld})
+    conditions += [Condition(link, snr_db=s, withheld=w) for s in sorted(set(snrs)) for w in shares]
     if len(conditions) == 1:
         raise UserError("the grid has no channel condition: give --dropouts and/or --snrs")
     return conditions
@@ -113,11 +123,12 @@ def mask_seed(seed: int, window: int, draw: int) -> int:
     return int(np.random.SeedSequence([seed, window, draw]).generate_state(1)[0])
 
 
-def row_key(split, link, snr_db, dropout, draw) -> tuple:
-    """What identifies a row: physical links by SNR, the direct link by p (floats as written in the CSV)."""
+def row_key(split, link, snr_db, dropout, withheld, draw) -> tuple:
+    """What identifies a row: physical links by SNR and withheld share, the direct link by p (floats as
+    written in the CSV)."""
     snr = "" if snr_db in ("", None) else repr(float(snr_db))
     p = repr(float(dropout)) if link == "dropout" else ""
-    return int(split), link, snr, p, int(draw)
+    return int(split), link, snr, p, repr(float(withheld or 0.0)), int(draw)
 
 
 # --- the results file ----------------------------------------------------------------------------
@@ -146,7 +157,7 @@ class ResultsStore:
                     detail = "; ".join(f"{k}: {a} in the file, {b} now" for k, (a, b) in differs.items())
                     raise UserError(f"{self.path} was made with another configuration ({detail}): "
                                     "use another --output, or the same options to resume")
-        self.done = {row_key(r["split"], r["link"], r["snr_db"], r["dropout"], r["draw"]) for r in self.rows}
+        self.done = {row_key(r["split"], r["link"], r["snr_db"], r["dropout"], r["withheld"], r["draw"]) for r in self.rows}
         if not self.rows:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("w", newline="") as f:
@@ -169,7 +180,7 @@ class ResultsStore:
             f.flush()
             os.fsync(f.fileno())
         self.rows += rows
-        self.done |= {row_key(r["split"], r["link"], r["snr_db"], r["dropout"], r["draw"]) for r in rows}
+        self.done |= {row_key(r["split"], r["link"], r["snr_db"], r["dropout"], r["withheld"], r["draw"]) for r in rows}
 
 
 # --- running segments of the decoder stack ----------------------------------------------------
@@ -254,11 +265,12 @@ def configure(link: SplitLink, condition: Condition, template: channel.LinkConfi
         link.set_dropout(condition.dropout)
     else:
         link.set_channel(channel.LinkConfig(**{**asdict(template), "snr_db": condition.snr_db}), condition.link)
+    link.set_withheld(condition.withheld)
 
 
 def _pending(cfg: SweepConfig, split: int, store: ResultsStore) -> list[tuple[int, int]]:
     return [(c, d) for c, cond in enumerate(cfg.conditions) for d in range(draws_of(cond, cfg.draws))
-            if row_key(split, cond.link, cond.snr_db, cond.dropout or 0.0, d) not in store.done]
+            if row_key(split, cond.link, cond.snr_db, cond.dropout or 0.0, cond.withheld, d) not in store.done]
 
 
 def _rows(cfg: SweepConfig, split: int, totals: CellTotals, pending, link: SplitLink, dims) -> list[dict]:
@@ -270,17 +282,18 @@ def _rows(cfg: SweepConfig, split: int, totals: CellTotals, pending, link: Split
         nll = float(totals.nll[c, d]) / tokens if tokens else float("nan")
         physical = cond.link != "dropout"
         # compute times do not depend on the channel; the direct-p link has no air time to report
-        times = channel.latency_breakdown(link.channel or cfg.link_template, dims, split + 1, cfg.context_length)
+        times = channel.latency_breakdown(link.channel or cfg.link_template, dims, split + 1, cfg.context_length,
+                                          withheld=cond.withheld)
         row = {
             "split": split, "layers_on_ue": split + 1, "link": cond.link,
-            "snr_db": cond.snr_db if physical else "", "dropout": link.dropout, "draw": d,
+            "snr_db": cond.snr_db if physical else "", "dropout": link.dropout, "withheld": cond.withheld, "draw": d,
             **{k: (v if physical else "") for k, v in link_columns(cfg.link_template).items()},
             "nll": nll, "ppl": math.exp(nll) if math.isfinite(nll) else float("nan"),
             "token_accuracy": int(totals.correct[c, d]) / tokens if tokens else float("nan"),
             "scored_tokens": tokens, "nonfinite_windows": int(totals.nonfinite[c, d]),
             "ue_compute_s": times["ue_compute_s"], "edge_compute_s": times["edge_compute_s"],
             "tx_s": times["tx_s"] if physical else "", "total_s": times["total_s"] if physical else "",
-            "tx_decode_s": channel.tx_latency_s(link.channel, 1, dims.hidden_size) if physical else "",
+            "tx_decode_s": channel.tx_latency_s(link.channel, 1, dims.hidden_size, cond.withheld) if physical else "",
         }
         rows.append(row)
     return rows
@@ -381,8 +394,8 @@ def summarise(rows: list[dict]) -> str:
     if frame.empty:
         return "(no rows)"
     frame["ppl"], frame["nll"] = frame["ppl"].astype(float), frame["nll"].astype(float)
-    frame["condition"] = [f"p={float(p):g}" if link == "dropout" else f"{link} {float(s):g} dB"
-                          for link, s, p in zip(frame["link"], frame["snr_db"], frame["dropout"])]
+    frame["condition"] = [Condition(link, float(p), None if s == "" else float(s), float(w or 0.0)).label
+                          for link, s, p, w in zip(frame["link"], frame["snr_db"], frame["dropout"], frame["withheld"])]
     frame["split"] = frame["split"].astype(int)
     cells = frame.groupby(["split", "condition"], sort=False)
     table = np.exp(cells["nll"].mean()).unstack("condition")

@@ -213,6 +213,38 @@ def test_erasure_transfer_records_packets_and_their_air_time(tiny_llama):
     assert transfer.delay_s == pytest.approx(transfer.bits / channel.achievable_rate_bps(cfg))
 
 
+def test_withheld_elements_are_zeroed_and_shorten_the_transmission(tiny_llama):
+    cfg = channel.LinkConfig(snr_db=15.0, fading="rayleigh", elements_per_packet=16)
+    hidden = torch.randn(4, 250, 64) + 5.0  # no element is zero by chance
+    link = SplitLink(tiny_llama, split=1, seed=5)
+    link.set_channel(cfg, "erasure")
+    full = link.transmit(hidden)
+    link.set_withheld(0.3)
+    link.reseed(5)
+    part = link.transmit(hidden)
+    sent = link.transfers[-1]
+    n, per = hidden.numel(), link.dropout
+    zeroed = (part == 0).float().mean().item()
+    expected = 0.3 + 0.7 * per
+    assert abs(zeroed - expected) < 0.02 and link.element_loss == pytest.approx(expected)
+    assert sent.impaired == int((part == 0).sum())
+    # packets carry only the sent elements: air time falls by the withheld share
+    assert sent.bits / link.transfers[0].bits == pytest.approx(0.7, abs=0.01)
+    assert sent.bits == pytest.approx(channel.payload_bits(cfg, 1000, 64, withheld=0.3), rel=0.01)
+    # a packet is lost whole: the elements it carried are zeroed together, wherever they sit
+    kept_and_received = (part != 0)
+    assert kept_and_received.sum() > 0.5 * 0.7 * n * (1 - per)
+    link.set_withheld(0.0)
+    link.reseed(5)
+    assert torch.equal(link.transmit(hidden), full)  # nothing withheld: the original masks
+
+
+def test_withheld_share_is_validated(tiny_llama):
+    link = SplitLink(tiny_llama, split=1)
+    with pytest.raises(UserError, match="withheld"):
+        link.set_withheld(1.5)
+
+
 def test_awgn_noise_power_follows_the_snr(tiny_llama):
     link = SplitLink(tiny_llama, split=0, seed=4)
     hidden = torch.randn(1, 500, 64) * 3.0

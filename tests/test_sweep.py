@@ -22,7 +22,8 @@ RUN = {"model": "tiny", "dataset": "random", "tokens": 150, "context_length": 64
 
 def config(splits=(0, 1, 2, 3), draws=2, batch_size=16, seed=0) -> sweep.SweepConfig:
     conditions = sweep.make_conditions([0.1, 0.4], [], "erasure") + [
-        sweep.Condition("erasure", snr_db=12.0), sweep.Condition("awgn", snr_db=5.0)]
+        sweep.Condition("erasure", snr_db=12.0), sweep.Condition("erasure", snr_db=12.0, withheld=0.25),
+        sweep.Condition("awgn", snr_db=5.0)]
     template = channel.LinkConfig(snr_db=0.0, elements_per_packet=8, fading="rayleigh")
     return sweep.SweepConfig(list(splits), conditions, draws, seed, 64, 64, template, batch_size)
 
@@ -37,7 +38,7 @@ def run(model, path, runner=sweep.run_fast, **kwargs) -> dict:
 def rows_by_key(path) -> dict:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    keys = [sweep.row_key(r["split"], r["link"], r["snr_db"], r["dropout"], r["draw"]) for r in rows]
+    keys = [sweep.row_key(r["split"], r["link"], r["snr_db"], r["dropout"], r["withheld"], r["draw"]) for r in rows]
     assert len(keys) == len(set(keys)), "duplicate rows"
     return dict(zip(keys, rows))
 
@@ -52,7 +53,7 @@ def assert_same_numbers(a: dict, b: dict, rel=1e-5):
 def test_fast_path_equals_naive_path(tiny_llama, tmp_path):
     fast = run(tiny_llama, tmp_path / "fast.csv")
     naive = run(tiny_llama, tmp_path / "naive.csv", runner=sweep.run_naive)
-    assert len(fast) == 4 * (1 + 4 * 2)  # splits x (clean once + 4 conditions x 2 draws)
+    assert len(fast) == 4 * (1 + 5 * 2)  # splits x (clean once + 5 conditions x 2 draws)
     assert_same_numbers(fast, naive)
 
 
@@ -68,10 +69,14 @@ def test_clean_cells_equal_plain_perplexity_and_loss_grows_with_p(tiny_llama, tm
     rows = run(tiny_llama, tmp_path / "r.csv")
     plain = evaluate(tiny_llama, TOKENS, 64, 64)
     for split in range(4):
-        clean = rows[(split, "dropout", "", "0.0", 0)]
+        clean = rows[(split, "dropout", "", "0.0", "0.0", 0)]
         assert float(clean["nll"]) == pytest.approx(plain.nll, rel=1e-5)
         assert clean["tx_s"] == "" and float(clean["ue_compute_s"]) > 0
-        assert float(rows[(split, "erasure", "12.0", "", 0)]["tx_s"]) > 0
+        assert float(rows[(split, "erasure", "12.0", "", "0.0", 0)]["tx_s"]) > 0
+        withheld = rows[(split, "erasure", "12.0", "", "0.25", 0)]
+        assert float(withheld["tx_s"]) == pytest.approx(0.75 * float(rows[(split, "erasure", "12.0", "", "0.0", 0)]["tx_s"]),
+                                                       rel=0.02)
+        assert withheld["nll"] != rows[(split, "erasure", "12.0", "", "0.0", 0)]["nll"]  # more zeroed: other numbers
 
 
 def test_resume_between_cells_computes_only_what_is_missing(tiny_llama, tmp_path):
@@ -124,7 +129,7 @@ def test_another_configuration_is_refused(tiny_llama, tmp_path):
     link = sweep.link_columns(config().link_template)
     with pytest.raises(UserError, match="modulation: qpsk in the file, 16qam now"):
         sweep.ResultsStore(path, RUN, {**link, "modulation": "16qam"})
-    assert len(sweep.ResultsStore(path, RUN, link).rows) == 1 + 4 * 2  # the same set-up resumes
+    assert len(sweep.ResultsStore(path, RUN, link).rows) == 1 + 5 * 2  # the same set-up resumes
 
 
 @pytest.mark.parametrize("text, message", [("0-99", "outside 0..3"), ("a,b", "ranges like"), ("", "ranges like")])
@@ -140,6 +145,10 @@ def test_bad_conditions():
         sweep.make_conditions([], [10.0], "dropout")
     with pytest.raises(UserError, match="no channel condition"):
         sweep.make_conditions([], [], "erasure")
+    with pytest.raises(UserError, match="give --snrs"):
+        sweep.make_conditions([0.1], [], "erasure", [0.2])
+    crossed = sweep.make_conditions([], [10.0, 20.0], "erasure", [0.2])
+    assert [(c.snr_db, c.withheld) for c in crossed[1:]] == [(10.0, 0.0), (10.0, 0.2), (20.0, 0.0), (20.0, 0.2)]
     assert sweep.parse_splits("0-1,3", 4) == [0, 1, 3]
 
 

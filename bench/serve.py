@@ -1,0 +1,198 @@
+"""Benchmark of split inference over a socket against the single-process model, measured in one run.
+
+    python bench/serve.py                                  # about 2 minutes on 2 CPU cores
+    python bench/serve.py --prompts 2 --max-new-tokens 16 --rounds 1 --split 9
+    python bench/serve.py --model meta-llama/Llama-2-7b-hf --device cuda
+
+The UE runs in this process, the edge in a second process (`python serve.py edge`) on loopback,
+with a loss-free link so that every run generates the same number of tokens. On the same prompts,
+interleaved round by round so that a change in the machine's load hits every path alike, it prints:
+1. the single-process model (greedy, KV cache) against the socket path in each wire dtype: time to
+   first token, time per output token, tokens per second, and the socket path's overhead as ratios;
+   whether the tokens are identical to the single-process model's (they must be for fp32);
+2. per wire dtype: bytes per token on the wire (uplink, frames and packet headers included, beside
+   the bare activation), bytes of the prompt's activation per prompt token, and where the time of a
+   decoding step goes (UE layers, edge layers, the rest: serialisation, socket, Python).
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from layersplit import UserError, serving  # noqa: E402
+from layersplit.models import EMBEDDED_MODEL, keep_freed_memory, load_model  # noqa: E402
+
+MODEL = EMBEDDED_MODEL  # the model both processes load
+PROMPTS = (  # the same prompts for every path (a few lengths, so the prompt's bytes show)
+    "The capital of France is",
+    "Photosynthesis is the process by which green plants and some other organisms use sunlight to",
+    "In 1969, the Apollo 11 mission landed the first humans on the Moon. The commander of the mission was",
+    "A wireless uplink carries the hidden state of a language model from a phone to an edge server, where",
+)
+N_PROMPTS = len(PROMPTS)  # how many of PROMPTS to use
+MAX_NEW_TOKENS = 16  # greedy tokens per request
+ROUNDS = 3  # every path runs every prompt once per round; medians over prompts and rounds
+SPLIT = 5  # decoder layers on the UE (the paper's fixed baseline)
+WIRES = tuple(serving.WIRE_DTYPES)  # fp32, fp16, bf16, int8
+DEVICE = "auto"  # both processes
+DTYPE = "auto"  # float32 on CPU
+# torch CPU threads of each process (this one: the UE and the single-process model; the edge). 1: on
+# the shared 2-core machine, 2 threads per process made a SmolLM2 prefill 20x and a decoding step
+# 3.5x slower whenever other jobs ran (OpenMP barriers wait for descheduled threads); with one
+# thread each, the single-process model and the split path each compute on one core at a time.
+THREADS = 1
+EDGE_START_TIMEOUT_S = 300  # the edge process loads the model before it listens
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=MODEL, help=f"model to split (default: {MODEL})")
+    p.add_argument("--prompts", type=int, default=N_PROMPTS, help=f"how many of the built-in prompts (1..{len(PROMPTS)}; default: {N_PROMPTS})")
+    p.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS, help=f"tokens per request (default: {MAX_NEW_TOKENS})")
+    p.add_argument("--rounds", type=int, default=ROUNDS, help=f"repetitions of every path and prompt (default: {ROUNDS})")
+    p.add_argument("--split", type=int, default=SPLIT, help=f"decoder layers on the UE (default: {SPLIT})")
+    p.add_argument("--wires", default=",".join(WIRES), help=f"wire dtypes to measure (default: {','.join(WIRES)})")
+    p.add_argument("--device", default=DEVICE, help=f"auto, cpu, cuda (default: {DEVICE})")
+    p.add_argument("--dtype", default=DTYPE, help=f"model dtype (default: {DTYPE})")
+    p.add_argument("--threads", type=int, default=THREADS, help=f"torch CPU threads per process, 0: torch's default (default: {THREADS})")
+    args = p.parse_args(argv)
+    if not 1 <= args.prompts <= len(PROMPTS) or args.max_new_tokens < 2 or args.rounds < 1:
+        p.error(f"--prompts must be in 1..{len(PROMPTS)}, --max-new-tokens >= 2, --rounds >= 1")
+    args.wires = [w.strip() for w in args.wires.split(",")]
+    if any(w not in serving.WIRE_DTYPES for w in args.wires):
+        p.error(f"--wires: choose among {', '.join(serving.WIRE_DTYPES)}")
+    return args
+
+
+def start_edge(args) -> tuple[subprocess.Popen, str]:
+    edge = subprocess.Popen([sys.executable, str(ROOT / "serve.py"), "edge", "--port", "0", "--model", args.model,
+                             "--device", args.device, "--dtype", args.dtype, "--quiet", "--max-sessions", str(len(args.wires)), "--threads", str(args.threads)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    deadline = time.monotonic() + EDGE_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        line = edge.stdout.readline()
+        match = re.search(r"listening on (\S+):(\d+)", line)
+        if match:
+            return edge, f"{match[1]}:{match[2]}"
+        if not line and edge.poll() is not None:
+            break
+    edge.kill()
+    raise UserError("the edge process did not start (run `python serve.py edge --port 0` to see why)")
+
+
+def single(model, tokenizer, prompt: str, n: int) -> dict:
+    tokens, times, start = serving.generate_single_process(model, tokenizer, prompt, n)
+    return {"tokens": tokens, "ttft": times[0] - start, "tpot": (times[-1] - times[0]) / (len(tokens) - 1),
+            "seconds": times[-1] - start}
+
+
+def socket_path(client: serving.UEClient, prompt: str, n: int) -> dict:
+    r = client.generate(prompt, n)
+    steps = len(r.tokens)  # >= 2: the bench's prompts do not end the text at once
+    return {"tokens": r.tokens, "ttft": r.ttft_s, "tpot": r.tpot_s, "seconds": r.total_s,
+            "bytes_per_token": r.uplink_bytes_per_token, "prefill_bytes_per_token": r.uplink_bytes_prefill / r.prompt_tokens,
+            "ue_step": (r.ue_compute_s - r.ue_prefill_s) / (steps - 1),
+            "edge_step": (r.edge_compute_s - r.edge_prefill_s) / (steps - 1), "wire_bytes": r.wire_bytes}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    keep_freed_memory()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
+    split_model = serving.SplitModel(model)
+    split_model.validate_split(args.split)
+    prompts = PROMPTS[: args.prompts]
+    n = args.max_new_tokens
+    dtype = str(split_model.dtype).removeprefix("torch.")
+    print(f"model {args.model} ({split_model.n_layers} decoder layers, {dtype}, {split_model.device}, "
+          f"{torch.get_num_threads()} threads); split {args.split} ({args.split} layers on the UE); "
+          f"{len(prompts)} prompts x {n} new tokens x {args.rounds} rounds; edge in a second process on loopback, "
+          f"loss-free link", flush=True)
+    edge, address = start_edge(args)
+    start = time.perf_counter()
+    try:
+        clients = {w: serving.UEClient(split_model, tokenizer, address, split=args.split, wire=w).connect() for w in args.wires}
+        single(model, tokenizer, prompts[0], 2)  # warm-up: first calls allocate and pick kernels
+        for client in clients.values():
+            client.generate(prompts[0], 2)
+        runs = {"single": [], **{w: [] for w in args.wires}}
+        reference = {}
+        for rnd in range(args.rounds):
+            for prompt in prompts:
+                runs["single"].append(single(model, tokenizer, prompt, n))
+                reference.setdefault(prompt, runs["single"][-1]["tokens"])
+                for w, client in clients.items():
+                    run = socket_path(client, prompt, n)
+                    run["identical"] = run["tokens"] == reference[prompt]
+                    runs[w].append(run)
+            print(f"round {rnd + 1}/{args.rounds} done ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+        for client in clients.values():
+            client.close()
+    finally:
+        edge.send_signal(signal.SIGTERM)
+        try:
+            edge.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            edge.kill()
+
+    def summary(rs):
+        tokens = sum(len(r["tokens"]) for r in rs)
+        return {"ttft": statistics.median(r["ttft"] for r in rs), "tpot": statistics.median(r["tpot"] for r in rs),
+                "tps": tokens / sum(r["seconds"] for r in rs)}
+
+    base = summary(runs["single"])
+    print(f"\n{'path':16s}{'TTFT ms':>9s}{'TPOT ms':>9s}{'tokens/s':>10s}{'TTFT ratio':>12s}{'TPOT ratio':>12s}"
+          f"{'tok/s ratio':>13s}  same tokens as single-process")
+    print(f"{'single process':16s}{1e3 * base['ttft']:9.1f}{1e3 * base['tpot']:9.1f}{base['tps']:10.2f}"
+          f"{1:12.3f}{1:12.3f}{1:13.3f}")
+    for w in args.wires:
+        s = summary(runs[w])
+        same = sum(r["identical"] for r in runs[w])
+        print(f"{'socket ' + w:16s}{1e3 * s['ttft']:9.1f}{1e3 * s['tpot']:9.1f}{s['tps']:10.2f}"
+              f"{s['ttft'] / base['ttft']:12.3f}{s['tpot'] / base['tpot']:12.3f}{s['tps'] / base['tps']:13.3f}"
+              f"  {same}/{len(runs[w])} requests")
+
+    d = split_model.hidden_size
+    print(f"\n{'wire':6s}{'B/token':>9s}{'bare':>7s}{'B/prompt token':>16s}{'UE ms/step':>12s}{'edge ms/step':>14s}"
+          f"{'rest ms/step':>14s}")
+    for w in args.wires:
+        rs = runs[w]
+        bare = d * serving.WIRE_DTYPES[w][0] + (4 if w == "int8" else 0)
+        ue, edge_s = statistics.median(r["ue_step"] for r in rs), statistics.median(r["edge_step"] for r in rs)
+        rest = statistics.median(r["tpot"] - r["ue_step"] - r["edge_step"] for r in rs)
+        print(f"{w:6s}{statistics.median(r['bytes_per_token'] for r in rs):9.0f}{bare:7d}"
+              f"{statistics.median(r['prefill_bytes_per_token'] for r in rs):16.1f}{1e3 * ue:12.2f}{1e3 * edge_s:14.2f}"
+              f"{1e3 * rest:14.2f}")
+    rests = [statistics.median(r["tpot"] - r["ue_step"] - r["edge_step"] for r in runs[w]) for w in args.wires]
+    print(f"\nsocket path overhead per decoding step (serialisation, packets, loopback, Python): "
+          f"{1e3 * min(rests):.2f}-{1e3 * max(rests):.2f} ms, {min(rests) / base['tpot']:.1%}-{max(rests) / base['tpot']:.1%} "
+          f"of the single-process time per output token")
+    print(f"B/token: uplink bytes of one decoding step (frame header {serving.HEADER.size} + activation header "
+          f"{serving.ACT_HEADER.size} + a {serving.SEQ.size}-byte sequence number per packet of 64 elements); bare: "
+          f"the activation alone ({d} elements; int8 with its 4-byte scale). Downlink: "
+          f"{serving.HEADER.size + serving.TOKEN_BODY.size} bytes per token. Total {time.perf_counter() - start:.0f} s.")
+    fp32 = runs.get("fp32")
+    if fp32 and not all(r["identical"] for r in fp32):
+        print("error: the fp32 socket path did not reproduce the single-process tokens", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except UserError as e:
+        print(f"bench/serve.py: error: {e}", file=sys.stderr)
+        sys.exit(2)

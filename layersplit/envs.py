@@ -1,0 +1,334 @@
+"""The Gymnasium environments of layer splitting, registered on import of this module.
+
+LayerSplit-Paper-v0     the original surrogate MDP (its train__rsm.py), rule for rule
+LayerSplit-LLM-v0       the original MDP with the real LLM in the loop (its train.py), defect fixed
+LayerSplit-Wireless-v0  the physical version: SNR follows an AR(1) process, the agent picks the
+                        split and a withheld share, the reward weighs accuracy, latency, UE compute
+
+`split` is the 0-based decoder layer after which the link sits (split + 1 layers on the UE), as in
+the original code. A time limit ends an episode by truncation, never termination.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from stable_baselines3.common.vec_env import VecEnv
+
+from . import UserError, channel
+from . import surrogate as rsm
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER_RSM = ROOT / "reward_predictor.pth"  # the shipped paper-form surrogate (embedded model)
+WIRELESS_RSM = ROOT / "reward_predictor_wireless.pth"  # the shipped wireless-form surrogate
+P_MAX = 0.3  # element loss probabilities live in [0, P_MAX] (the original's clip)
+EPISODE_STEPS = 5  # the original's episodes: 5 decisions
+SPLIT_MIN, SPLIT_MAX = 1, 10  # the original's split values
+LOAD_WEIGHT = 1.0  # the original's weight on the load term (10 - split) / 10
+
+# --- LayerSplit-Paper-v0: the original surrogate environment ---------------------------------------
+PAPER_INFERENCE_WEIGHT = 10.0  # reward = 10 * RSM([p, split]) + 1 * (10 - split) / 10
+PAPER_RESET_P = (0.01, 0.3)  # p ~ U(0.01, 0.3) at reset
+PAPER_RESET_SPLITS = (1, 9)  # split ~ {1..9} at reset
+# action -> (split change, p factor); 1/3/5/7 shallower by 1..4, 2/4/6/8 deeper by 1..4
+PAPER_MOVES = np.array([0, -1, +1, -2, +2, -3, +3, -4, +4])
+PAPER_P_FACTORS = np.array([1.0, 1.0005, 0.9995, 1.001, 0.999, 1.0015, 0.9995, 1.002, 0.998])  # 0.9995 at 6: sic
+
+
+def load_term(split) -> np.ndarray | float:
+    """The original's UE load reward: (10 - split) / 10, higher when fewer layers run on the UE."""
+    return LOAD_WEIGHT * (10 - np.asarray(split, dtype=np.float64)) / 10
+
+
+class PaperSplitEnv(gym.Env):
+    """The original surrogate MDP. Observation [p, split]; Discrete(9) relative moves of the split
+    (cut at the bounds 1..10), each with its p drift factor (p clipped to [0, 0.3]); reward
+    10 * RSM([p, split]) + (10 - split) / 10 after the move; 5 steps.
+
+    reset(options={"p": .., "split": ..}) starts from a given state (evaluation, tests)."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, rsm_path: str | Path = PAPER_RSM, surrogate: rsm.Surrogate | None = None,
+                 episode_steps: int = EPISODE_STEPS):
+        self.surrogate = surrogate if surrogate is not None else rsm.load(rsm_path, form="paper")
+        if self.surrogate.form != "paper":
+            raise UserError(f"LayerSplit-Paper-v0 needs a 'paper' surrogate, got a '{self.surrogate.form}' one")
+        self.episode_steps = episode_steps
+        self.observation_space = spaces.Box(np.array([0.0, SPLIT_MIN], np.float32), np.array([P_MAX, SPLIT_MAX], np.float32))
+        self.action_space = spaces.Discrete(len(PAPER_MOVES))
+        self.p, self.split, self.steps = 0.0, SPLIT_MIN, 0
+
+    # pure transition and reward, vectorised over states: the optimum search and greedy use them too
+    @staticmethod
+    def transition(p, split, action):
+        action = np.asarray(action)
+        new_split = np.clip(np.asarray(split) + PAPER_MOVES[action], SPLIT_MIN, SPLIT_MAX)
+        new_p = np.clip(np.asarray(p) * PAPER_P_FACTORS[action], 0.0, P_MAX)
+        return new_p, new_split
+
+    def inference_reward(self, p, split) -> np.ndarray:
+        return self.surrogate.predict(np.stack([np.ravel(p), np.ravel(split)], 1))[:, 0]
+
+    def reward(self, p, split) -> np.ndarray:
+        return PAPER_INFERENCE_WEIGHT * self.inference_reward(p, split) + load_term(np.ravel(split))
+
+    def _obs(self) -> np.ndarray:
+        return np.array([self.p, self.split], dtype=np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        options = options or {}
+        self.p = float(options.get("p", self.np_random.uniform(*PAPER_RESET_P)))
+        self.split = int(options.get("split", self.np_random.integers(PAPER_RESET_SPLITS[0], PAPER_RESET_SPLITS[1] + 1)))
+        self.steps = 0
+        return self._obs(), {"p": self.p, "split": self.split}
+
+    def step(self, action):
+        p, split = self.transition(self.p, self.split, int(action))
+        self.p, self.split = float(p), int(split)
+        self.steps += 1
+        inference = float(self.inference_reward(self.p, self.split)[0])
+        load = float(load_term(self.split))
+        reward = PAPER_INFERENCE_WEIGHT * inference + load
+        info = {"inference_reward": inference, "load_reward": load, "p": self.p, "split": self.split}
+        return self._obs(), reward, False, self.steps >= self.episode_steps, info
+
+
+class PaperVecEnv(VecEnv):
+    """n copies of LayerSplit-Paper-v0 stepped as arrays: one surrogate call per step for all copies
+    and no per-copy wrappers. The rules are PaperSplitEnv's own (transition, reward); finished
+    episodes reset automatically, with terminal_observation and TimeLimit.truncated in their info,
+    as in Stable-Baselines3's vectorised environments. Wrap it in VecMonitor for episode logs."""
+
+    def __init__(self, n_envs: int, rsm_path: str | Path = PAPER_RSM, surrogate: rsm.Surrogate | None = None,
+                 episode_steps: int = EPISODE_STEPS):
+        self.rules = PaperSplitEnv(rsm_path, surrogate, episode_steps)
+        super().__init__(n_envs, self.rules.observation_space, self.rules.action_space)
+        self.rng = np.random.default_rng()
+        self.p, self.split = np.zeros(n_envs), np.zeros(n_envs, dtype=np.int64)
+        self.steps = np.zeros(n_envs, dtype=np.int64)
+        self.actions = np.zeros(n_envs, dtype=np.int64)
+
+    def _restart(self, which: np.ndarray) -> None:
+        n = int(which.sum())
+        self.p[which] = self.rng.uniform(*PAPER_RESET_P, size=n)
+        self.split[which] = self.rng.integers(PAPER_RESET_SPLITS[0], PAPER_RESET_SPLITS[1] + 1, size=n)
+        self.steps[which] = 0
+
+    def _obs(self) -> np.ndarray:
+        return np.stack([self.p, self.split], 1).astype(np.float32)
+
+    def reset(self):
+        if self._seeds[0] is not None:  # one generator drives every copy
+            self.rng = np.random.default_rng(self._seeds[0])
+        self._reset_seeds()
+        self._restart(np.ones(self.num_envs, dtype=bool))
+        return self._obs()
+
+    def step_async(self, actions) -> None:
+        self.actions = np.asarray(actions, dtype=np.int64).reshape(self.num_envs)
+
+    def step_wait(self):
+        self.p, self.split = self.rules.transition(self.p, self.split, self.actions)
+        inference = self.rules.inference_reward(self.p, self.split)
+        load = load_term(self.split)
+        rewards = (PAPER_INFERENCE_WEIGHT * inference + load).astype(np.float32)
+        self.steps += 1
+        done = self.steps >= self.rules.episode_steps
+        obs = self._obs()
+        infos = [{"inference_reward": float(i), "load_reward": float(l), "p": float(p), "split": int(s)}
+                 for i, l, p, s in zip(inference, load, self.p, self.split)]
+        if done.any():
+            for i in np.flatnonzero(done):
+                infos[i].update({"terminal_observation": obs[i], "TimeLimit.truncated": True})
+            self._restart(done)
+            obs = self._obs()
+        return obs, rewards, done, infos
+
+    def close(self) -> None:
+        pass
+
+    def get_attr(self, attr_name, indices=None):
+        return [getattr(self.rules, attr_name)] * len(self._get_indices(indices))
+
+    def set_attr(self, attr_name, value, indices=None) -> None:
+        raise NotImplementedError("PaperVecEnv copies share one set of rules")
+
+    def env_method(self, method_name, *method_args, indices=None, **method_kwargs):
+        return [getattr(self.rules, method_name)(*method_args, **method_kwargs) for _ in self._get_indices(indices)]
+
+    def env_is_wrapped(self, wrapper_class, indices=None):
+        return [False] * len(self._get_indices(indices))
+
+
+# --- LayerSplit-LLM-v0: the real model in the loop ------------------------------------------------
+LLM_INFERENCE_WEIGHT = 10.5  # reward = 10.5 * (PPL_initial - PPL) / PPL_initial + (10 - split) / 10
+LLM_RESET_P = (0.08, 0.22)  # p ~ U(0.08, 0.22) at reset
+LLM_RESET_SPLITS = (3, 6)  # split ~ {3..6} at reset
+LLM_P_DEEPER, LLM_P_SHALLOWER = 0.9995, 1.0005  # p drift when the split moves deeper / shallower
+LLM_TOKENS = 256  # tokens scored per perplexity measurement: bounds the cost of one step
+LLM_CONTEXT = 256  # window length of that measurement
+
+
+class LLMSplitEnv(gym.Env):
+    """The original train.py MDP with perplexity measured on the real model at every step.
+
+    Discrete(10): action a sets split = a + 1. Observation [p, split]. The perplexity is measured at
+    reset (PPL_initial) and after every step, on the first `tokens` tokens of the text, with a fresh
+    noise draw from the environment's seeded generator (the original reused a stale value when the
+    split did not change; here every step measures). Needs a model of at least 11 decoder layers.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, model="smollm2-135m", dataset="wiki", tokens: int = LLM_TOKENS,
+                 context_length: int = LLM_CONTEXT, device: str = "auto", dtype: str = "auto",
+                 episode_steps: int = EPISODE_STEPS, token_ids=None, tokenizer=None):
+        from .data import load_text, tokenize
+        from .link import SplitLink
+        from .models import load_model
+
+        if isinstance(model, str):
+            model, tokenizer = load_model(model, device=device, dtype=dtype)
+        if token_ids is None:
+            if tokenizer is None:
+                raise UserError("LayerSplit-LLM-v0 needs token_ids or a tokenizer with the model")
+            token_ids = tokenize(tokenizer, load_text(dataset), tokens)
+        self.model, self.token_ids = model, token_ids[:tokens]
+        self.context_length = min(context_length, len(self.token_ids))
+        self.link = SplitLink(model, split=SPLIT_MIN)
+        if self.link.n_layers <= SPLIT_MAX:
+            raise UserError(f"LayerSplit-LLM-v0 moves the split over 1..{SPLIT_MAX}: the model needs at least "
+                            f"{SPLIT_MAX + 1} decoder layers, it has {self.link.n_layers}")
+        self.episode_steps = episode_steps
+        self.observation_space = spaces.Box(np.array([0.0, SPLIT_MIN], np.float32), np.array([P_MAX, SPLIT_MAX], np.float32))
+        self.action_space = spaces.Discrete(SPLIT_MAX - SPLIT_MIN + 1)
+        self.p, self.split, self.steps, self.ppl_initial = 0.0, SPLIT_MIN, 0, float("nan")
+
+    def perplexity(self, p: float, split: int) -> float:
+        from .perplexity import evaluate
+
+        self.link.set_split(split)
+        self.link.set_dropout(p)
+        self.link.reseed(int(self.np_random.integers(2**31)))
+        self.link.reset_stats()
+        return evaluate(self.model, self.token_ids, self.context_length, self.context_length, progress=False).ppl
+
+    def _obs(self) -> np.ndarray:
+        return np.array([self.p, self.split], dtype=np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        options = options or {}
+        self.p = float(options.get("p", self.np_random.uniform(*LLM_RESET_P)))
+        self.split = int(options.get("split", self.np_random.integers(LLM_RESET_SPLITS[0], LLM_RESET_SPLITS[1] + 1)))
+        self.steps = 0
+        self.ppl_initial = self.perplexity(self.p, self.split)
+        return self._obs(), {"p": self.p, "split": self.split, "ppl": self.ppl_initial}
+
+    def step(self, action):
+        new_split = int(action) + SPLIT_MIN
+        if new_split > self.split:
+            self.p *= LLM_P_DEEPER
+        elif new_split < self.split:
+            self.p *= LLM_P_SHALLOWER
+        self.p, self.split = min(max(self.p, 0.0), P_MAX), new_split
+        self.steps += 1
+        ppl = self.perplexity(self.p, self.split)
+        inference = (self.ppl_initial - ppl) / self.ppl_initial
+        load = float(load_term(self.split))
+        reward = LLM_INFERENCE_WEIGHT * inference + load
+        info = {"inference_reward": inference, "load_reward": load, "ppl": ppl, "p": self.p, "split": self.split}
+        return self._obs(), float(reward), False, self.steps >= self.episode_steps, info
+
+    def close(self):
+        self.link.detach()
+
+
+# --- LayerSplit-Wireless-v0: split and withheld share against a fading channel ---------------------
+WIRELESS_SPLITS = tuple(range(SPLIT_MIN, SPLIT_MAX + 1))  # split choices (0-based layer of the cut)
+WIRELESS_WITHHELD = (0.0, 0.05, 0.1, 0.2, 0.3)  # shares of the activation the UE may choose not to send
+WIRELESS_STEPS = 20  # decisions per episode (one request each)
+SNR_MEAN_DB, SNR_STD_DB, SNR_RHO = 25.0, 8.0, 0.9  # the AR(1) Es/N0 process of the uplink
+SNR_RANGE_DB = (10.0, 40.0)  # the SNR is clipped to the surrogate's training range (no extrapolation)
+ACCURACY_WEIGHT = 10.0  # reward per unit of token accuracy (0.01 accuracy = 0.1)
+LATENCY_WEIGHT = 20.0  # penalty per second of end-to-end latency (50 ms = 1, worth 0.1 of token accuracy)
+UE_COMPUTE_WEIGHT = 10.0  # extra penalty per second of UE compute: the UE's energy and load (10 ms = 0.1)
+
+
+class WirelessSplitEnv(gym.Env):
+    """Observation [SNR dB]; Discrete(splits x withheld shares) picks both for the next request;
+    reward = ACCURACY_WEIGHT * accuracy - LATENCY_WEIGHT * latency_s - UE_COMPUTE_WEIGHT * ue_compute_s,
+    accuracy and latency predicted by the wireless surrogate, UE compute from the model's FLOPs.
+    The SNR evolves as an AR(1) process whatever the agent does, so the exact optimum is the
+    per-step argmax of the reward (see policies.optimum_action)."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, rsm_path: str | Path = WIRELESS_RSM, surrogate: rsm.Surrogate | None = None,
+                 splits=WIRELESS_SPLITS, withheld=WIRELESS_WITHHELD, episode_steps: int = WIRELESS_STEPS,
+                 snr_mean_db: float = SNR_MEAN_DB, snr_std_db: float = SNR_STD_DB, snr_rho: float = SNR_RHO,
+                 model_dims: channel.ModelDims = channel.SMOLLM2_135M, tokens: int = 512):
+        self.surrogate = surrogate if surrogate is not None else rsm.load(rsm_path, form="wireless")
+        if self.surrogate.form != "wireless":
+            raise UserError(f"LayerSplit-Wireless-v0 needs a 'wireless' surrogate, got a '{self.surrogate.form}' one")
+        self.splits, self.withheld = np.asarray(splits), np.asarray(withheld, dtype=np.float64)
+        self.actions = np.array([(s, w) for s in self.splits for w in self.withheld])  # action -> (split, share)
+        self.episode_steps = episode_steps
+        self.snr = channel.SnrProcess(snr_mean_db, snr_std_db, snr_rho)
+        # UE seconds per request: layers on the UE times one layer's FLOPs over the UE's throughput
+        layer = channel.latency_breakdown(channel.LinkConfig(), model_dims, 1, tokens)["ue_compute_s"]
+        self.ue_seconds = (self.actions[:, 0] + 1) * layer
+        self.observation_space = spaces.Box(np.float32(SNR_RANGE_DB[0]), np.float32(SNR_RANGE_DB[1]), (1,), np.float32)
+        self.action_space = spaces.Discrete(len(self.actions))
+        self.snr_db, self.steps = SNR_MEAN_DB, 0
+
+    def rewards(self, snr_db: float) -> dict[str, np.ndarray]:
+        """Every action's reward and its parts at this SNR (one surrogate call for all actions)."""
+        x = np.column_stack([np.full(len(self.actions), snr_db), self.actions])
+        log_ppl, accuracy, latency = self.surrogate.predict(x).T
+        accuracy_part = ACCURACY_WEIGHT * accuracy
+        latency_part = -LATENCY_WEIGHT * latency
+        ue_part = -UE_COMPUTE_WEIGHT * self.ue_seconds
+        return {"reward": accuracy_part + latency_part + ue_part, "accuracy_reward": accuracy_part,
+                "latency_reward": latency_part, "ue_compute_reward": ue_part, "log_ppl": log_ppl,
+                "token_accuracy": accuracy, "latency_s": latency}
+
+    def _observe(self, snr_db: float) -> np.ndarray:
+        self.snr_db = float(np.clip(snr_db, *SNR_RANGE_DB))
+        return np.array([self.snr_db], dtype=np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.snr.reset(int(self.np_random.integers(2**63)))
+        self.steps = 0
+        if "snr_db" in (options or {}):
+            self.snr.snr_db = float(options["snr_db"])
+        return self._observe(self.snr.snr_db), {"snr_db": self.snr_db}
+
+    def step(self, action):
+        a = int(action)
+        parts = self.rewards(self.snr_db)
+        info = {k: float(v[a]) for k, v in parts.items() if k != "reward"}
+        info.update(snr_db=self.snr_db, split=int(self.actions[a, 0]), withheld=float(self.actions[a, 1]),
+                    ppl=math.exp(info["log_ppl"]))
+        self.steps += 1
+        obs = self._observe(self.snr.step())
+        return obs, float(parts["reward"][a]), False, self.steps >= self.episode_steps, info
+
+
+ENV_IDS = ("LayerSplit-Paper-v0", "LayerSplit-LLM-v0", "LayerSplit-Wireless-v0")
+for _id, _cls in zip(ENV_IDS, (PaperSplitEnv, LLMSplitEnv, WirelessSplitEnv)):
+    if _id not in gym.registry:
+        gym.register(_id, entry_point=f"{__name__}:{_cls.__name__}")
+
+
+def make(env_id: str, **kwargs) -> gym.Env:
+    """gym.make with a clear error for an unknown id."""
+    if env_id not in ENV_IDS:
+        raise UserError(f"unknown environment {env_id!r}: use one of {', '.join(ENV_IDS)}")
+    return gym.make(env_id, **kwargs)

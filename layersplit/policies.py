@@ -1,0 +1,177 @@
+"""Baselines, the exact optimum, and the evaluation of any policy on the layer-splitting environments.
+
+A policy here is a callable (obs, env) -> action, where env is the unwrapped environment (the
+baselines read its state; a learned policy ignores it). Baselines:
+    fixed    the paper's traditional split, 5 layers on the UE (split 4), nothing withheld
+    random   a uniformly random action
+    greedy   the action with the best immediate reward
+    optimum  Paper: dynamic programming over every state reachable before the episode ends (equal
+             to an exhaustive search of all 9^5 action sequences, much cheaper); Wireless: the
+             per-step argmax, which is exact there because the SNR does not depend on the actions
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from scipy import stats
+
+from . import UserError
+from .envs import PAPER_MOVES, LLMSplitEnv, PaperSplitEnv, WirelessSplitEnv, make
+from .surrogate import REFERENCE_SPLIT
+
+Policy = Callable[[np.ndarray, object], int]
+BASELINES = ("fixed", "random", "greedy", "optimum")
+CONFIDENCE = 0.95  # confidence level of the intervals over seeds
+
+
+# --- the Paper environment -----------------------------------------------------------------------
+def paper_action_values(env: PaperSplitEnv, p: float, split: int, horizon: int) -> np.ndarray:
+    """The best total reward over the next `horizon` steps after each first action: dynamic
+    programming over every reachable state. Many action sequences reach the same state (the drift
+    factors commute, moves are cut at the bounds), so states are merged level by level (p rounded to
+    1e-12) and a backward pass takes the max over actions: exact, and far fewer surrogate calls
+    than the 9^horizon sequences of a plain exhaustive search (which a test compares it with)."""
+    n = len(PAPER_MOVES)
+    ps, splits = np.array([float(p)]), np.array([int(split)])
+    children, rewards = [], []
+    for _ in range(horizon):
+        new_p, new_split = env.transition(np.repeat(ps, n), np.repeat(splits, n), np.tile(np.arange(n), len(ps)))
+        keys, index = np.unique(np.stack([np.round(new_p, 12), new_split]), axis=1, return_inverse=True)
+        ps, splits = keys[0], keys[1].astype(int)
+        children.append(index.reshape(-1, n))
+        rewards.append(env.reward(ps, splits))
+    value = np.zeros(len(ps))
+    for child, reward in zip(reversed(children), reversed(rewards)):
+        q = reward[child] + value[child]
+        value = q.max(1)
+    return q[0]
+
+
+def paper_exhaustive_values(env: PaperSplitEnv, p: float, split: int, horizon: int) -> np.ndarray:
+    """The same values by brute force over all 9^horizon action sequences (the reference)."""
+    n = len(PAPER_MOVES)
+    ps, splits, totals = np.array([p]), np.array([split]), np.zeros(1)
+    for _ in range(horizon):
+        actions = np.tile(np.arange(n), len(ps))
+        ps, splits = env.transition(np.repeat(ps, n), np.repeat(splits, n), actions)
+        totals = np.repeat(totals, n) + env.reward(ps, splits)
+    return totals.reshape(n, -1).max(1)
+
+
+def paper_optimum(obs, env: PaperSplitEnv) -> int:
+    return int(np.argmax(paper_action_values(env, env.p, env.split, env.episode_steps - env.steps)))
+
+
+def paper_greedy(obs, env: PaperSplitEnv) -> int:
+    return int(np.argmax(paper_action_values(env, env.p, env.split, 1)))
+
+
+def paper_fixed(obs, env: PaperSplitEnv) -> int:
+    """Move toward the fixed split (the largest legal move that does not overshoot), then stay."""
+    wanted = int(np.clip(REFERENCE_SPLIT - env.split, PAPER_MOVES.min(), PAPER_MOVES.max()))
+    return int(np.flatnonzero(PAPER_MOVES == wanted)[0])
+
+
+# --- the Wireless environment --------------------------------------------------------------------
+def wireless_optimum(obs, env: WirelessSplitEnv) -> int:
+    return int(np.argmax(env.rewards(env.snr_db)["reward"]))
+
+
+def wireless_fixed(obs, env: WirelessSplitEnv) -> int:
+    return int(np.flatnonzero((env.actions[:, 0] == REFERENCE_SPLIT) & (env.actions[:, 1] == 0.0))[0])
+
+
+def llm_fixed(obs, env: LLMSplitEnv) -> int:
+    return REFERENCE_SPLIT - 1  # action a sets split a + 1
+
+
+def baseline(name: str, env, seed: int = 0) -> Policy:
+    """The baseline `name` for this (unwrapped) environment."""
+    if name == "random":
+        rng = np.random.default_rng(seed)
+        return lambda obs, env_: int(rng.integers(env_.action_space.n))
+    table = {
+        PaperSplitEnv: {"fixed": paper_fixed, "greedy": paper_greedy, "optimum": paper_optimum},
+        WirelessSplitEnv: {"fixed": wireless_fixed, "greedy": wireless_optimum, "optimum": wireless_optimum},
+        LLMSplitEnv: {"fixed": llm_fixed},
+    }[type(env)]
+    if name not in table:
+        raise UserError(f"baseline {name!r} is not available on {type(env).__name__}: use one of "
+                        f"{', '.join(['random', *table])}")
+    return table[name]
+
+
+def learned(model) -> Policy:
+    """A Stable-Baselines3 model as a policy (deterministic actions)."""
+    return lambda obs, env: int(model.predict(obs, deterministic=True)[0])
+
+
+# --- evaluation ---------------------------------------------------------------------------------
+@dataclass
+class Evaluation:
+    returns: np.ndarray  # one per episode
+    splits: list  # chosen split per step, per episode
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.returns))
+
+
+def evaluate(env, policy: Policy, episodes: int, seed: int = 0) -> Evaluation:
+    """Run `episodes` episodes from resets seeded seed, seed + 1, ...: every policy evaluated with the
+    same seed sees the same start states (and, where the dynamics are random, the same draws)."""
+    base = env.unwrapped
+    returns, splits = [], []
+    for i in range(episodes):
+        obs, info = env.reset(seed=seed + i)
+        total, done, chosen = 0.0, False, []
+        while not done:
+            obs, reward, terminated, truncated, info = env.step(policy(obs, base))
+            total += reward
+            chosen.append(info.get("split"))
+            done = terminated or truncated
+        returns.append(total)
+        splits.append(chosen)
+    return Evaluation(np.array(returns), splits)
+
+
+def confidence_interval(values, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Mean and half-width of the t interval over independent values (seeds); 0 width for one value."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) < 2:
+        return float(values.mean()), 0.0
+    half = stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    return float(values.mean()), float(half)
+
+
+def split_versus_condition(env_id: str, policy_for: Callable[[object], Policy], env_kwargs: dict) -> list[dict]:
+    """Where each policy puts the split as a function of the channel condition.
+    Paper: the split after a whole episode from each start split 1..9, averaged, per p on a grid;
+    Wireless: the action chosen at each SNR on a grid (split and withheld share)."""
+    env = make(env_id, **env_kwargs)
+    base = env.unwrapped
+    policy = policy_for(base)
+    rows = []
+    if isinstance(base, PaperSplitEnv):
+        for p in np.round(np.linspace(0.01, 0.30, 30), 4):
+            finals = []
+            for start in range(1, 10):
+                obs, _ = env.reset(seed=0, options={"p": float(p), "split": start})
+                done = False
+                while not done:
+                    obs, _, terminated, truncated, info = env.step(policy(obs, base))
+                    done = terminated or truncated
+                finals.append(info["split"])
+            rows.append({"condition": "p", "value": float(p), "split": float(np.mean(finals)), "withheld": 0.0})
+    elif isinstance(base, WirelessSplitEnv):
+        for snr in np.arange(10.0, 40.01, 1.0):
+            obs, _ = env.reset(seed=0, options={"snr_db": float(snr)})
+            split, withheld = base.actions[policy(obs, base)]
+            rows.append({"condition": "snr_db", "value": float(snr), "split": float(split), "withheld": float(withheld)})
+    else:
+        raise UserError(f"split against channel condition is drawn for the surrogate environments, not {env_id}")
+    env.close()
+    return rows

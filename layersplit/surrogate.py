@@ -1,0 +1,294 @@
+"""Reward surrogate models (RSM): small MLPs fitted to sweep results that stand in for the LLM.
+
+Two forms, one network family (the original's Linear-ReLU-Linear-ReLU-Linear of width 128):
+
+paper     [p, split] -> inference reward, the original's input and output. The inference reward
+          of a cell is its perplexity gain over the paper's fixed split (REFERENCE_SPLIT, 5 layers
+          on the UE) under the same p:  r(p, s) = (PPL(p, ref) - PPL(p, s)) / PPL(p, ref).
+          The original's reward was relative to the perplexity at the episode's *initial* state,
+          which a function of (p, split) alone cannot represent; this reference can, keeps the
+          original's scale (zero at the baseline, small near p = 0) and matches the authors'
+          released surrogate, whose output crosses zero near split 5. The input normalisation is
+          folded into the first layer, so the saved weights take raw [p, split] exactly like the
+          authors' file (keys fc.0, fc.2, fc.4) and either loads in place of the other.
+wireless  [SNR dB, split, withheld share] -> [log-perplexity, token accuracy, latency s], with
+          the input and output normalisation stored beside the weights.
+
+`split` is the 0-based decoder layer after which the link sits (split + 1 layers on the UE), as
+in the sweep CSV and the original code. Predictions go through numpy (`predict`), which costs a few
+microseconds per point instead of a torch call's framework overhead.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import UserError
+
+FORMAT = "layersplit-rsm/1"  # tag of files written here; a bare fc.* state_dict is the authors' format
+HIDDEN = 128  # the original's width
+REFERENCE_SPLIT = 4  # 0-based: 5 layers on the UE, the paper's fixed split; the paper form's reward is relative to it
+PAPER_SPLITS = range(1, 11)  # the original surrogate environment's split values 1..10
+FORMS = {
+    "paper": {"inputs": ("dropout", "split"), "outputs": ("inference_reward",)},
+    "wireless": {"inputs": ("snr_db", "split", "withheld"), "outputs": ("log_ppl", "token_accuracy", "latency_s")},
+}
+HOLDOUT_FRACTION = 0.2  # share of cells kept out of the fit to measure its quality
+EPOCHS = 2000  # full-batch Adam steps (more only fits the draws' noise: held-out R2 stops improving)
+LEARNING_RATE = 3e-3
+AUTHORS_KEYS = {"fc.0.weight", "fc.0.bias", "fc.2.weight", "fc.2.bias", "fc.4.weight", "fc.4.bias"}
+
+
+class RewardMLP(torch.nn.Module):
+    """The original RSM: Linear(n_in, 128)-ReLU-Linear(128, 128)-ReLU-Linear(128, n_out) as `fc`."""
+
+    def __init__(self, n_in: int = 2, n_out: int = 1, hidden: int = HIDDEN):
+        super().__init__()
+        self.fc = torch.nn.Sequential(torch.nn.Linear(n_in, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, hidden),
+                                      torch.nn.ReLU(), torch.nn.Linear(hidden, n_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
+
+
+@dataclass
+class Surrogate:
+    """A fitted RSM with what it needs to be used and trusted: its form, scaling and provenance."""
+
+    form: str
+    net: RewardMLP
+    in_mean: np.ndarray
+    in_std: np.ndarray
+    out_mean: np.ndarray
+    out_std: np.ndarray
+    metadata: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self._weights = [(m.weight.detach().double().numpy().T.copy(), m.bias.detach().double().numpy().copy())
+                         for m in self.net.fc if isinstance(m, torch.nn.Linear)]
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return FORMS[self.form]["inputs"]
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return FORMS[self.form]["outputs"]
+
+    def predict(self, x) -> np.ndarray:
+        """Outputs (n x outputs) for inputs (n x inputs) in natural units; numpy, no autograd."""
+        h = (np.atleast_2d(np.asarray(x, dtype=np.float64)) - self.in_mean) / self.in_std
+        for i, (w, b) in enumerate(self._weights):
+            h = h @ w + b
+            if i < len(self._weights) - 1:
+                np.maximum(h, 0.0, out=h)
+        return h * self.out_std + self.out_mean
+
+    def save(self, path: str | Path) -> None:
+        torch.save({"format": FORMAT, "form": self.form, "inputs": list(self.inputs), "outputs": list(self.outputs),
+                    "state_dict": self.net.state_dict(),
+                    "normalisation": {k: getattr(self, k).tolist() for k in ("in_mean", "in_std", "out_mean", "out_std")},
+                    "metadata": self.metadata, "metrics": self.metrics}, path)
+
+
+def load(path: str | Path, form: str | None = None) -> Surrogate:
+    """A surrogate written by `Surrogate.save`, or a bare state_dict in the authors' format (keys
+    fc.0/fc.2/fc.4, raw [p, split] in, inference reward out). `form`: the form the caller needs."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no reward surrogate at {path} (fit one with: python train_rsm.py fit)")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip and torch errors alike: the file is not a readable checkpoint
+        raise UserError(f"{path} is not a readable PyTorch file ({type(e).__name__}: {e})") from None
+    if isinstance(blob, dict) and blob.get("format") == FORMAT:
+        found = blob["form"]
+        state, norm = blob["state_dict"], blob["normalisation"]
+        metadata, metrics = blob.get("metadata", {}), blob.get("metrics", {})
+    elif isinstance(blob, dict) and set(blob) == AUTHORS_KEYS:
+        found, state = "paper", blob
+        norm = {"in_mean": [0.0, 0.0], "in_std": [1.0, 1.0], "out_mean": [0.0], "out_std": [1.0]}
+        metadata, metrics = {"source": "a bare state_dict in the authors' format", "file": str(path)}, {}
+    else:
+        keys = sorted(blob)[:8] if isinstance(blob, dict) else type(blob).__name__
+        raise UserError(f"{path} is not a reward surrogate: neither a {FORMAT} file nor the authors' state_dict "
+                        f"(keys fc.0/fc.2/fc.4); found {keys}")
+    if form is not None and found != form:
+        raise UserError(f"{path} is a '{found}' surrogate ({', '.join(FORMS[found]['inputs'])} in), but this needs a "
+                        f"'{form}' one ({', '.join(FORMS[form]['inputs'])} in)")
+    spec = FORMS[found]
+    net = RewardMLP(len(spec["inputs"]), len(spec["outputs"]))
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as e:
+        raise UserError(f"{path}: weights do not fit the {found} surrogate's network: {str(e).splitlines()[0]}") from None
+    return Surrogate(found, net.eval(), *(np.asarray(norm[k], dtype=np.float64)
+                                           for k in ("in_mean", "in_std", "out_mean", "out_std")),
+                     metadata=metadata, metrics=metrics)
+
+
+# --- the training data, from sweep results -------------------------------------------------------
+def _read_sweep(path: str | Path, needed: tuple[str, ...]):
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no sweep results at {path} (make them with: python add_noise.py --sweep)")
+    try:
+        frame = pd.read_csv(path)
+    except Exception as e:
+        raise UserError(f"{path} is not a readable CSV: {e}") from None
+    missing = [c for c in needed if c not in frame.columns]
+    if missing:
+        raise UserError(f"{path} has no column(s) {', '.join(missing)}: is it a sweep results file "
+                        "(python add_noise.py --sweep)?")
+    return frame
+
+
+def paper_cells(path: str | Path, splits=PAPER_SPLITS, reference_split: int = REFERENCE_SPLIT):
+    """One row per (p, split) of the original link: pooled PPL (exp of mean NLL over draws), the
+    reference PPL at the same p, and the inference reward."""
+    frame = _read_sweep(path, ("link", "split", "dropout", "nll", "token_accuracy"))
+    frame = frame[frame["link"] == "dropout"]
+    cells = frame.groupby(["dropout", "split"], as_index=False).agg(nll=("nll", "mean"),
+                                                                    token_accuracy=("token_accuracy", "mean"))
+    cells["ppl"] = np.exp(cells["nll"])
+    reference = cells[cells["split"] == reference_split].set_index("dropout")["ppl"]
+    if reference.empty:
+        raise UserError(f"{path} has no cells at the reference split {reference_split} (the paper's fixed split): "
+                        f"sweep with --splits covering {reference_split}")
+    cells = cells[cells["split"].isin(list(splits)) & cells["dropout"].isin(reference.index)].copy()
+    if cells["split"].nunique() < 2 or cells["dropout"].nunique() < 2:
+        raise UserError(f"{path} has too few cells of the original link (need several p and splits in "
+                        f"{min(splits)}..{max(splits)})")
+    cells["ppl_ref"] = cells["dropout"].map(reference)
+    cells["inference_reward"] = (cells["ppl_ref"] - cells["ppl"]) / cells["ppl_ref"]
+    return cells.reset_index(drop=True)
+
+
+def wireless_cells(path: str | Path):
+    """One row per (SNR, split, withheld) of a physical link: log-PPL, accuracy, latency."""
+    frame = _read_sweep(path, ("link", "snr_db", "split", "withheld", "nll", "token_accuracy", "total_s"))
+    frame = frame[frame["link"] != "dropout"]
+    if frame.empty:
+        raise UserError(f"{path} has no physical-link rows: sweep with --snrs (and --withheld)")
+    cells = frame.groupby(["snr_db", "split", "withheld"], as_index=False).agg(
+        log_ppl=("nll", "mean"), token_accuracy=("token_accuracy", "mean"), latency_s=("total_s", "mean"))
+    return cells[np.isfinite(cells["log_ppl"])].reset_index(drop=True)
+
+
+# --- fitting -------------------------------------------------------------------------------------
+def holdout_mask(n: int, fraction: float = HOLDOUT_FRACTION, seed: int = 0) -> np.ndarray:
+    """True for the cells kept out of the fit (a seeded random share, at least one)."""
+    held = np.zeros(n, dtype=bool)
+    held[np.random.default_rng(seed).permutation(n)[:max(1, round(fraction * n))]] = True
+    return held
+
+
+def fit(form: str, x: np.ndarray, y: np.ndarray, seed: int = 0, epochs: int = EPOCHS, lr: float = LEARNING_RATE,
+        metadata: dict | None = None) -> Surrogate:
+    """Fit the form's network to inputs x (n x inputs) and targets y (n x outputs) by full-batch Adam
+    on standardised data (mean squared error)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64).reshape(len(x), -1)
+    spec = FORMS[form]
+    if x.shape[1] != len(spec["inputs"]) or y.shape[1] != len(spec["outputs"]):
+        raise ValueError(f"{form} surrogate: expected {len(spec['inputs'])} inputs and {len(spec['outputs'])} outputs")
+    in_mean, in_std = x.mean(0), np.where(x.std(0) > 0, x.std(0), 1.0)
+    out_mean, out_std = y.mean(0), np.where(y.std(0) > 0, y.std(0), 1.0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a 128-wide MLP on a few hundred points: threads only add overhead
+    try:
+        net = _train(x, y, in_mean, in_std, out_mean, out_std, seed, epochs, lr)
+    finally:
+        torch.set_num_threads(threads)
+    if form == "paper":  # fold the scaling into the weights: raw [p, split] in, reward out, like the original
+        with torch.no_grad():
+            first, last = net.fc[0], net.fc[4]
+            w = first.weight / torch.tensor(in_std, dtype=torch.float32)
+            first.bias -= (w * torch.tensor(in_mean, dtype=torch.float32)).sum(1)
+            first.weight.copy_(w)
+            last.weight *= float(out_std[0])
+            last.bias.mul_(float(out_std[0])).add_(float(out_mean[0]))
+        in_mean, in_std, out_mean, out_std = np.zeros(2), np.ones(2), np.zeros(1), np.ones(1)
+    return Surrogate(form, net, in_mean, in_std, out_mean, out_std, metadata=dict(metadata or {}))
+
+
+def _train(x, y, in_mean, in_std, out_mean, out_std, seed, epochs, lr) -> RewardMLP:
+    torch.manual_seed(seed)
+    net = RewardMLP(x.shape[1], y.shape[1])
+    xt = torch.tensor((x - in_mean) / in_std, dtype=torch.float32)
+    yt = torch.tensor((y - out_mean) / out_std, dtype=torch.float32)
+    optimiser = torch.optim.Adam(net.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, epochs)
+    for _ in range(epochs):
+        optimiser.zero_grad()
+        loss = torch.nn.functional.mse_loss(net(xt), yt)
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+    return net.eval()
+
+
+def r_squared(y: np.ndarray, prediction: np.ndarray) -> float:
+    residual = float(np.sum((y - prediction) ** 2))
+    total = float(np.sum((y - np.mean(y)) ** 2))
+    return 1.0 - residual / total if total > 0 else float("nan")
+
+
+def ppl_of(form: str, cells, prediction: np.ndarray) -> np.ndarray:
+    """Perplexity implied by a prediction: paper PPL_ref (1 - r); wireless exp(log-PPL)."""
+    if form == "paper":
+        return cells["ppl_ref"].to_numpy() * (1.0 - prediction[:, 0])
+    return np.exp(prediction[:, 0])
+
+
+def quality(surrogate: Surrogate, cells) -> dict:
+    """R-squared per output and mean absolute error in perplexity terms on `cells`."""
+    prediction = surrogate.predict(cells[list(surrogate.inputs)].to_numpy())
+    measured_ppl = cells["ppl"].to_numpy() if surrogate.form == "paper" else np.exp(cells["log_ppl"].to_numpy())
+    predicted_ppl = ppl_of(surrogate.form, cells, prediction)
+    metrics = {f"r2_{name}": r_squared(cells[name].to_numpy(), prediction[:, i])
+               for i, name in enumerate(surrogate.outputs)}
+    metrics.update({f"mae_{name}": float(np.mean(np.abs(cells[name].to_numpy() - prediction[:, i])))
+                    for i, name in enumerate(surrogate.outputs)})
+    metrics["mae_ppl"] = float(np.mean(np.abs(measured_ppl - predicted_ppl)))
+    metrics["median_relative_error_ppl"] = float(np.median(np.abs(predicted_ppl / measured_ppl - 1.0)))
+    metrics["cells"] = int(len(cells))
+    return metrics
+
+
+def fit_from_sweep(form: str, sweep_path: str | Path, seed: int = 0, epochs: int = EPOCHS,
+                   holdout: float = HOLDOUT_FRACTION):
+    """Fit a form on the sweep's cells less a held-out share; return (surrogate, cells with a
+    `held_out` flag and the predictions). The held-out quality is in surrogate.metrics."""
+    cells = paper_cells(sweep_path) if form == "paper" else wireless_cells(sweep_path)
+    spec = FORMS[form]
+    held = holdout_mask(len(cells), holdout, seed)
+    train = cells[~held]
+    surrogate = fit(form, train[list(spec["inputs"])].to_numpy(), train[list(spec["outputs"])].to_numpy(), seed,
+                    epochs, metadata={"sweep_file": str(sweep_path), "seed": seed, "epochs": epochs,
+                                      "train_cells": int((~held).sum()), "held_out_cells": int(held.sum())})
+    first = _read_sweep(sweep_path, ("model", "dataset")).iloc[0]
+    surrogate.metadata.update(model=str(first["model"]), dataset=str(first["dataset"]))
+    if form == "paper":
+        surrogate.metadata["reference_split"] = REFERENCE_SPLIT
+    surrogate.metrics = {"held_out": quality(surrogate, cells[held]), "train": quality(surrogate, train)}
+    prediction = surrogate.predict(cells[list(spec["inputs"])].to_numpy())
+    cells = cells.assign(held_out=held, **{f"predicted_{n}": prediction[:, i] for i, n in enumerate(spec["outputs"])})
+    cells["predicted_ppl"] = ppl_of(form, cells, prediction)
+    return surrogate, cells
+
+
+def describe(surrogate: Surrogate) -> str:
+    lines = [f"{surrogate.form} surrogate: {', '.join(surrogate.inputs)} -> {', '.join(surrogate.outputs)}"]
+    for part in ("held_out", "train"):
+        m = surrogate.metrics.get(part)
+        if m:
+            r2 = ", ".join(f"R2 {k[3:]} {v:.4f}" for k, v in m.items() if k.startswith("r2_"))
+            lines.append(f"  {part.replace('_', '-')} ({m['cells']} cells): {r2}; MAE perplexity {m['mae_ppl']:.3g} "
+                         f"(median relative error {100 * m['median_relative_error_ppl']:.2f}%)")
+    return "\n".join(lines)

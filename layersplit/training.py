@@ -1,0 +1,168 @@
+"""Train Stable-Baselines3 agents on the layer-splitting environments: vectorised environments,
+TensorBoard and CSV logs, periodic checkpoints and resumption after an interruption."""
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import torch
+from stable_baselines3 import A2C, DQN, PPO
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.logger import configure
+from stable_baselines3.common.vec_env import VecMonitor
+from tqdm.auto import tqdm
+
+from . import UserError
+from . import envs  # registers the environment ids
+
+ALGOS = {"ppo": PPO, "a2c": A2C, "dqn": DQN}
+POLICY_FILE = "policy.zip"  # the trained agent, loadable with ALGOS[algo].load
+CHECKPOINTS = "checkpoints"  # folder of periodic saves inside a run folder
+
+
+class ProgressBar(BaseCallback):
+    """A tqdm bar over environment steps (SB3's own bar needs rich; this one needs tqdm only)."""
+
+    def __init__(self, total: int, initial: int = 0, enabled: bool = True):
+        super().__init__()
+        self.bar = tqdm(total=total, initial=initial, unit="step", desc="train", disable=not enabled, smoothing=0.05)
+
+    def _on_step(self) -> bool:
+        self.bar.update(self.training_env.num_envs)
+        return True
+
+    def _on_training_end(self) -> None:
+        self.bar.close()
+
+
+class StepTimer(BaseCallback):
+    """Wall time per environment step, logged (time/step_s) and kept for the run summary."""
+
+    def __init__(self):
+        super().__init__()
+        self.start, self.steps = time.perf_counter(), 0
+
+    def _on_step(self) -> bool:
+        self.steps += self.training_env.num_envs
+        return True
+
+    def _on_rollout_end(self) -> None:
+        self.logger.record("time/step_s", self.seconds_per_step)
+
+    @property
+    def seconds_per_step(self) -> float:
+        return (time.perf_counter() - self.start) / max(self.steps, 1)
+
+
+def make_env(env_id: str, n_envs: int, seed: int, env_kwargs: dict | None, monitor_dir: Path | None,
+             batched: bool = True):
+    """n_envs copies of env_id as one VecEnv, logging episodes to monitor_dir. LayerSplit-Paper-v0 is
+    stepped as arrays (envs.PaperVecEnv) unless batched is False; the others through DummyVecEnv."""
+    if batched and env_id == "LayerSplit-Paper-v0":
+        env = envs.PaperVecEnv(n_envs, **(env_kwargs or {}))
+        env.seed(seed)
+        if monitor_dir is None:
+            return env
+        Path(monitor_dir).mkdir(parents=True, exist_ok=True)
+        return VecMonitor(env, str(Path(monitor_dir) / "all"))
+    return make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs or {},
+                        monitor_dir=None if monitor_dir is None else str(monitor_dir))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    saved = [(int(m.group(1)), p) for p in (run_dir / CHECKPOINTS).glob("*.zip")
+             if (m := re.search(r"_(\d+)_steps\.zip$", p.name))]
+    return max(saved)[1] if saved else None
+
+
+def train(env_id: str, algo: str, run_dir: str | Path, total_timesteps: int, seed: int, n_envs: int,
+          hyperparameters: dict, env_kwargs: dict | None = None, checkpoint_every: int = 0,
+          progress: bool = True, resume: bool = True, batched: bool = True):
+    """Train (or resume) an agent; returns (model, summary). A run folder holding a finished policy is
+    reused as is; one holding checkpoints continues from the newest of them."""
+    if algo not in ALGOS:
+        raise UserError(f"unknown algorithm {algo!r}: use one of {', '.join(ALGOS)}")
+    if total_timesteps < 1 or n_envs < 1:
+        raise UserError("--total-timesteps and --n-envs must be at least 1")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = {"env": env_id, "algo": algo, "batched": batched, "seed": seed, "n_envs": n_envs, "total_timesteps": total_timesteps,
+              "hyperparameters": hyperparameters, "env_kwargs": {k: str(v) for k, v in (env_kwargs or {}).items()}}
+    config_path = run_dir / "config.json"
+    same = ("total_timesteps",)  # a resumed run may be given a larger budget; anything else must match
+    if config_path.exists() and {k: v for k, v in json.loads(config_path.read_text()).items() if k not in same} != {
+            k: v for k, v in config.items() if k not in same}:
+        raise UserError(f"{run_dir} holds a run with another configuration (see its config.json): "
+                        "use another --run-dir, or the same options to resume")
+    config_path.write_text(json.dumps(config, indent=2))
+    torch.distributions.Distribution.set_default_validate_args(False)  # per-step argument checks: pure overhead here
+    cls = ALGOS[algo]
+    checkpoint, start_step = None, 0
+    if resume and (run_dir / POLICY_FILE).exists() and (run_dir / "summary.json").exists():
+        summary = json.loads((run_dir / "summary.json").read_text())
+        if summary["timesteps"] >= total_timesteps:  # finished: reuse it
+            return cls.load(run_dir / POLICY_FILE, device="cpu"), summary
+        checkpoint, start_step = run_dir / POLICY_FILE, summary["timesteps"]  # a larger budget: go on from it
+    elif resume and (checkpoint := latest_checkpoint(run_dir)) is not None:
+        start_step = int(re.search(r"_(\d+)_steps", checkpoint.name).group(1))
+    # one monitor folder per (re)start, named by its first step: the episode log survives a resume
+    env = make_env(env_id, n_envs, seed + start_step, env_kwargs, run_dir / "monitor" / f"from_{start_step}", batched)
+    if checkpoint is not None:
+        model = cls.load(checkpoint, env=env, device="cpu")
+    else:
+        model = cls("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **hyperparameters)
+    done = model.num_timesteps
+    if done and (run_dir / "progress.csv").exists():  # SB3's CSV logger starts a new file: keep the old part
+        (run_dir / "progress.csv").rename(run_dir / f"progress_until_{done}.csv")
+    model.set_logger(configure(str(run_dir), ["csv", "tensorboard"]))
+    timer = StepTimer()
+    callbacks = [ProgressBar(total_timesteps, done, progress), timer]
+    if checkpoint_every > 0:
+        callbacks.append(CheckpointCallback(max(checkpoint_every // n_envs, 1), str(run_dir / CHECKPOINTS), "model"))
+    start = time.perf_counter()
+    if total_timesteps > done:
+        model.learn(total_timesteps - done, callback=CallbackList(callbacks), reset_num_timesteps=checkpoint is None,
+                    tb_log_name="tb")
+    seconds = time.perf_counter() - start
+    model.save(run_dir / POLICY_FILE)
+    summary = {"timesteps": int(model.num_timesteps), "resumed_from": int(done), "wall_s": seconds,
+               "seconds_per_step": timer.seconds_per_step, "steps_per_s": (model.num_timesteps - done) / max(seconds, 1e-9),
+               "torch_threads": torch.get_num_threads()}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    env.close()
+    return model, summary
+
+
+def load_policy(path: str | Path, algo: str | None = None):
+    """A saved agent; the algorithm is read from the run's config.json when not given."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / POLICY_FILE
+    if not path.is_file():
+        raise UserError(f"no saved policy at {path} (train one with: python train_rsm.py train)")
+    if algo is None:
+        config = path.parent / "config.json"
+        algo = json.loads(config.read_text())["algo"] if config.exists() else "ppo"
+    try:
+        return ALGOS[algo].load(path, device="cpu")
+    except Exception as e:
+        raise UserError(f"{path} is not a saved {algo} policy ({type(e).__name__}: {e})") from None
+
+
+def episode_log(run_dir: str | Path):
+    """Every training episode of a run as (timesteps at its end, return), from the monitor files."""
+    import pandas as pd
+
+    frames = []
+    for folder in sorted(Path(run_dir, "monitor").glob("from_*")):
+        start = int(folder.name.removeprefix("from_"))
+        for path in folder.glob("*.monitor.csv"):
+            frames.append(pd.read_csv(path, skiprows=1).assign(start=start))
+    if not frames:
+        raise UserError(f"{run_dir} has no monitor files: is it a training run folder?")
+    log = pd.concat(frames).sort_values(["start", "t"])
+    log["timesteps"] = log.groupby("start")["l"].cumsum() + log["start"]
+    return log[["timesteps", "r"]].rename(columns={"r": "return"}).reset_index(drop=True)

@@ -1,0 +1,367 @@
+"""The reward surrogate, the three environments, the baselines and exact optimum, and training."""
+from __future__ import annotations
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+from transformers import LlamaForCausalLM
+
+from conftest import ROOT, tiny_config
+from layersplit import UserError, envs, policies, surrogate, training
+
+AUTHORS = ROOT.parent / "shared" / "reference" / "authors_reward_predictor.pth"
+IDS = torch.randint(0, 300, (96,), generator=torch.Generator().manual_seed(1))
+
+
+def constant_surrogate(form: str = "paper", value: float = 0.0) -> surrogate.Surrogate:
+    """A surrogate whose every output is `value`: rewards that can be checked by hand."""
+    spec = surrogate.FORMS[form]
+    net = surrogate.RewardMLP(len(spec["inputs"]), len(spec["outputs"]))
+    for p in net.parameters():
+        torch.nn.init.zeros_(p)
+    with torch.no_grad():
+        net.fc[4].bias.fill_(value)
+    n_in, n_out = len(spec["inputs"]), len(spec["outputs"])
+    return surrogate.Surrogate(form, net, np.zeros(n_in), np.ones(n_in), np.zeros(n_out), np.ones(n_out))
+
+
+@pytest.fixture(scope="module")
+def llm11():
+    torch.manual_seed(0)
+    return LlamaForCausalLM(tiny_config(num_hidden_layers=11)).eval()
+
+
+# --- the surrogate ---------------------------------------------------------------------------------
+def test_fit_recovers_a_known_function_and_round_trips(tmp_path):
+    rng = np.random.default_rng(0)
+    x = np.column_stack([rng.uniform(5, 40, 400), rng.integers(1, 11, 400), rng.uniform(0, 0.3, 400)])
+    y = np.column_stack([np.log1p(np.exp(-(x[:, 0] - 15) / 4)) + 0.1 * x[:, 1], 0.4 / (1 + np.exp(-(x[:, 0] - 15) / 3)) - x[:, 2],
+                         0.02 + 0.5 / x[:, 0] + 0.004 * x[:, 1]])
+    held = surrogate.holdout_mask(len(x), 0.2, seed=0)
+    rsm = surrogate.fit("wireless", x[~held], y[~held], seed=0, epochs=1500)
+    prediction = rsm.predict(x[held])
+    for i in range(3):
+        assert surrogate.r_squared(y[held, i], prediction[:, i]) > 0.98
+    rsm.metadata["note"] = "synthetic"
+    rsm.save(tmp_path / "w.pth")
+    again = surrogate.load(tmp_path / "w.pth", form="wireless")
+    assert np.allclose(again.predict(x[:5]), rsm.predict(x[:5])) and again.metadata["note"] == "synthetic"
+
+
+def test_paper_form_takes_raw_inputs_like_the_original(tmp_path):
+    rng = np.random.default_rng(1)
+    x = np.column_stack([rng.uniform(0, 0.3, 200), rng.integers(1, 11, 200)])
+    y = 0.5 * x[:, 0] * x[:, 1] - 0.02 * x[:, 1]
+    rsm = surrogate.fit("paper", x, y, epochs=1500)
+    raw = rsm.net(torch.tensor(x[:10], dtype=torch.float32)).detach().numpy()[:, 0]
+    assert np.allclose(raw, rsm.predict(x[:10])[:, 0], atol=1e-5)  # the scaling is folded into the weights
+    assert surrogate.r_squared(y, rsm.predict(x)[:, 0]) > 0.98
+    torch.save(rsm.net.state_dict(), tmp_path / "bare.pth")  # the authors' format, written from ours
+    assert np.allclose(surrogate.load(tmp_path / "bare.pth").predict(x[:10]), rsm.predict(x[:10]), atol=1e-6)
+
+
+@pytest.mark.skipif(not AUTHORS.exists(), reason="the authors' surrogate is not beside this checkout")
+def test_the_authors_state_dict_loads_with_its_published_values():
+    rsm = surrogate.load(AUTHORS, form="paper")
+    got = rsm.predict([[0.01, 1], [0.10, 5], [0.30, 10], [0.20, 7]])[:, 0]
+    assert np.allclose(got, [-0.030, -0.000, 0.073, 0.033], atol=6e-4)
+
+
+def test_the_shipped_surrogates_load_with_their_metadata():
+    paper = surrogate.load(ROOT / "reward_predictor.pth", form="paper")
+    wireless = surrogate.load(ROOT / "reward_predictor_wireless.pth", form="wireless")
+    for rsm in (paper, wireless):
+        assert rsm.metadata["model"] == "smollm2-135m" and "held_out" in rsm.metrics
+    assert paper.metadata["reference_split"] == surrogate.REFERENCE_SPLIT
+    assert wireless.metrics["held_out"]["r2_token_accuracy"] > 0.9
+
+
+def test_paper_cells_define_the_reward_against_the_fixed_split(tmp_path):
+    rows = ["split,link,dropout,nll,token_accuracy,model,dataset"]
+    for split, ppl in ((1, 20.0), (4, 40.0), (7, 30.0)):
+        rows += [f"{split},dropout,0.1,{np.log(ppl)},0.3,m,d", f"{split},dropout,0.2,{np.log(2 * ppl)},0.2,m,d"]
+    (tmp_path / "s.csv").write_text("\n".join(rows) + "\n")
+    cells = surrogate.paper_cells(tmp_path / "s.csv")
+    reward = cells.set_index(["dropout", "split"])["inference_reward"]
+    assert reward[(0.1, 1)] == pytest.approx(0.5) and reward[(0.1, 4)] == 0 and reward[(0.2, 7)] == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\x00garbage" * 10, "not a readable PyTorch file"),
+    ("dict", "is not a reward surrogate"),
+    ("shapes", "do not fit"),
+])
+def test_bad_surrogate_files_are_clear_errors(tmp_path, content, message):
+    path = tmp_path / "bad.pth"
+    if content == "dict":
+        torch.save({"weights": torch.zeros(3)}, path)
+    elif content == "shapes":
+        torch.save({k: torch.zeros(3) for k in surrogate.AUTHORS_KEYS}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(UserError, match=message):
+        surrogate.load(path)
+
+
+def test_a_surrogate_of_the_other_form_is_refused():
+    with pytest.raises(UserError, match="is a 'wireless' surrogate"):
+        envs.make("LayerSplit-Paper-v0", rsm_path=ROOT / "reward_predictor_wireless.pth")
+    with pytest.raises(UserError, match="no reward surrogate at"):
+        surrogate.load(ROOT / "missing.pth")
+
+
+def test_a_sweep_without_the_needed_columns_is_a_clear_error(tmp_path):
+    (tmp_path / "s.csv").write_text("split,ppl\n1,20\n")
+    with pytest.raises(UserError, match="no column.*link.*dropout"):
+        surrogate.paper_cells(tmp_path / "s.csv")
+    with pytest.raises(UserError, match="no column.*snr_db"):
+        surrogate.wireless_cells(tmp_path / "s.csv")
+
+
+# --- the environments ----------------------------------------------------------------------------------
+def make_env(env_id, llm11=None):
+    if env_id == "LayerSplit-LLM-v0":
+        return gym.make(env_id, model=llm11, token_ids=IDS, tokens=64, context_length=32)
+    return gym.make(env_id)
+
+
+@pytest.mark.parametrize("env_id", envs.ENV_IDS)
+def test_both_env_checkers_pass(env_id, llm11):
+    env = make_env(env_id, llm11)
+    gym_check_env(env.unwrapped, skip_render_check=True)
+    sb3_check_env(make_env(env_id, llm11).unwrapped, warn=True)
+
+
+def test_unknown_env_id_is_a_clear_error():
+    with pytest.raises(UserError, match="unknown environment 'LayerSplit-Nope-v0'"):
+        envs.make("LayerSplit-Nope-v0")
+
+
+@pytest.mark.parametrize("start, action, split, factor", [
+    (5, 0, 5, 1.0), (5, 1, 4, 1.0005), (5, 2, 6, 0.9995), (5, 3, 3, 1.001), (5, 4, 7, 0.999),
+    (5, 5, 2, 1.0015), (5, 6, 8, 0.9995), (5, 7, 1, 1.002), (5, 8, 9, 0.998),
+    (2, 7, 1, 1.002),  # shallower by 4 from 2: cut at split 1, the action's factor still applies
+    (9, 8, 10, 0.998), (10, 2, 10, 0.9995), (1, 1, 1, 1.0005),
+])
+def test_paper_transitions_follow_the_original_rules(start, action, split, factor):
+    env = gym.make("LayerSplit-Paper-v0")
+    env.reset(seed=0, options={"p": 0.2, "split": start})
+    obs, reward, terminated, truncated, info = env.step(action)
+    assert info["split"] == split and info["p"] == pytest.approx(0.2 * factor, rel=1e-12)
+    rsm = env.unwrapped.surrogate.predict([[info["p"], split]])[0, 0]
+    assert info["inference_reward"] == pytest.approx(rsm) and info["load_reward"] == pytest.approx((10 - split) / 10)
+    assert reward == pytest.approx(10 * rsm + (10 - split) / 10)
+    assert np.allclose(obs, [info["p"], split]) and not terminated and not truncated
+
+
+def test_paper_p_is_clipped_and_episodes_are_truncated_after_five_steps():
+    env = gym.make("LayerSplit-Paper-v0")
+    obs, info = env.reset(seed=3, options={"p": 0.2999, "split": 5})
+    flags = [env.step(7)[2:4] for _ in range(5)]
+    assert env.unwrapped.p == 0.3
+    assert flags == [(False, False)] * 4 + [(False, True)]
+    starts = [env.reset(seed=s)[1] for s in range(300)]
+    assert all(0.01 <= s["p"] <= 0.3 and 1 <= s["split"] <= 9 for s in starts)
+    assert {s["split"] for s in starts} == set(range(1, 10))
+
+
+def test_batched_paper_env_steps_exactly_like_the_single_one():
+    vec = envs.PaperVecEnv(4)
+    vec.seed(5)
+    obs = vec.reset()
+    singles = [gym.make("LayerSplit-Paper-v0") for _ in range(4)]
+    for env, (p, split) in zip(singles, zip(vec.p, vec.split)):
+        env.reset(options={"p": float(p), "split": int(split)})
+    rng = np.random.default_rng(0)
+    for step in range(5):
+        actions = rng.integers(9, size=4)
+        obs, rewards, dones, infos = vec.step(actions)
+        for env, a, r, d, info in zip(singles, actions, rewards, dones, infos):
+            _, reward, _, truncated, single_info = env.step(int(a))
+            assert r == pytest.approx(reward, rel=1e-6) and d == truncated
+            assert info["split"] == single_info["split"] and info["p"] == pytest.approx(single_info["p"])
+    assert all("terminal_observation" in i for i in infos)  # all ended at step 5 and were reset
+
+
+def test_llm_env_measures_every_step_and_follows_the_original_rules(llm11):
+    env = make_env("LayerSplit-LLM-v0", llm11)
+    obs, info = env.reset(seed=0, options={"p": 0.2, "split": 4})
+    ppl0 = info["ppl"]
+    _, reward, _, _, info = env.step(6)  # split 7: deeper
+    assert info["split"] == 7 and info["p"] == pytest.approx(0.2 * 0.9995)
+    assert reward == pytest.approx(10.5 * (ppl0 - info["ppl"]) / ppl0 + (10 - 7) / 10)
+    measured = [env.step(6)[4]["ppl"] for _ in range(3)]  # same split: still measured, fresh noise each time
+    assert len(set(measured)) == 3 and env.unwrapped.p == pytest.approx(0.2 * 0.9995)
+    _, _, _, _, info = env.step(0)  # split 1: shallower
+    assert info["p"] == pytest.approx(0.2 * 0.9995 * 1.0005)
+    starts = [env.reset(seed=s)[1] for s in range(40)]
+    assert all(0.08 <= s["p"] <= 0.22 and 3 <= s["split"] <= 6 for s in starts)
+
+
+def test_llm_env_needs_eleven_layers(tiny_llama):
+    with pytest.raises(UserError, match="at least 11 decoder layers"):
+        gym.make("LayerSplit-LLM-v0", model=tiny_llama, token_ids=IDS)
+
+
+def test_wireless_env_reward_is_the_weighted_sum_of_its_parts():
+    env = gym.make("LayerSplit-Wireless-v0")
+    obs, _ = env.reset(seed=1, options={"snr_db": 18.0})
+    assert obs[0] == 18.0
+    base = env.unwrapped
+    action = int(np.flatnonzero((base.actions[:, 0] == 3) & (base.actions[:, 1] == 0.1))[0])
+    _, reward, _, _, info = env.step(action)
+    assert info["split"] == 3 and info["withheld"] == 0.1 and info["snr_db"] == 18.0
+    assert reward == pytest.approx(info["accuracy_reward"] + info["latency_reward"] + info["ue_compute_reward"])
+    assert info["accuracy_reward"] == pytest.approx(envs.ACCURACY_WEIGHT * info["token_accuracy"])
+    assert info["latency_reward"] == pytest.approx(-envs.LATENCY_WEIGHT * info["latency_s"])
+    snrs = [env.step(0)[0][0] for _ in range(19)]
+    assert env.unwrapped.steps == 20 and len(set(snrs)) > 10  # the SNR moves on its own
+
+
+# --- baselines, optimum, evaluation --------------------------------------------------------------------
+def test_optimum_on_a_hand_checkable_case():
+    # with an inference reward of 0 only the load term (10 - split)/10 counts: from split 9 the best
+    # is to jump shallower by 4 (split 5: 0.5), again (split 1: 0.9), then stay (0.9 x 3) = 4.1
+    env = envs.PaperSplitEnv(surrogate=constant_surrogate())
+    values = policies.paper_action_values(env, 0.1, 9, 5)
+    assert values.max() == pytest.approx(4.1) and int(np.argmax(values)) == 7
+    assert values[0] == pytest.approx(0.1 + 0.5 + 0.9 * 3)  # stay first: split 9, then 5, then 1 x 3
+
+
+def test_dynamic_programming_equals_exhaustive_search():
+    env = gym.make("LayerSplit-Paper-v0").unwrapped
+    for p, split, horizon in ((0.05, 3, 5), (0.29, 9, 4), (0.21, 1, 5), (0.3, 10, 3)):
+        assert np.allclose(policies.paper_action_values(env, p, split, horizon),
+                           policies.paper_exhaustive_values(env, p, split, horizon), atol=1e-9)
+
+
+def test_optimum_beats_every_baseline_and_evaluation_is_reproducible():
+    env = gym.make("LayerSplit-Paper-v0")
+    means = {name: policies.evaluate(env, policies.baseline(name, env.unwrapped, 0), 20, seed=7).mean
+             for name in policies.BASELINES}
+    assert means["optimum"] >= max(means.values()) - 1e-9
+    again = policies.evaluate(env, policies.baseline("random", env.unwrapped, 0), 20, seed=7).mean
+    assert again == means["random"]
+    fixed = policies.evaluate(env, policies.baseline("fixed", env.unwrapped), 3, seed=1)
+    assert all(s[-1] == surrogate.REFERENCE_SPLIT for s in fixed.splits)  # at most 4 moves reach split 4
+
+
+def test_wireless_optimum_is_the_per_step_argmax():
+    env = gym.make("LayerSplit-Wireless-v0")
+    env.reset(seed=0, options={"snr_db": 12.0})
+    base = env.unwrapped
+    best = policies.baseline("optimum", base)(None, base)
+    assert base.rewards(12.0)["reward"][best] == base.rewards(12.0)["reward"].max()
+    assert tuple(base.actions[policies.baseline("fixed", base)(None, base)]) == (surrogate.REFERENCE_SPLIT, 0.0)
+
+
+def test_confidence_interval_is_the_t_interval():
+    mean, half = policies.confidence_interval([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(4.302653 * 1.0 / np.sqrt(3), rel=1e-5)
+    assert policies.confidence_interval([5.0]) == (5.0, 0.0)
+
+
+# --- training ------------------------------------------------------------------------------------------
+def test_training_logs_checkpoints_and_resumes(tmp_path):
+    params = {"n_steps": 50, "batch_size": 100}
+    run = tmp_path / "run"
+    training.train("LayerSplit-Paper-v0", "ppo", run, 800, 0, 8, params, checkpoint_every=400, progress=False)
+    assert (run / "policy.zip").exists() and (run / "progress.csv").exists()
+    assert list(run.glob("events.out.tfevents*")) and training.latest_checkpoint(run).name == "model_800_steps.zip"
+    (run / "policy.zip").unlink()  # as if killed after the last checkpoint
+    model, summary = training.train("LayerSplit-Paper-v0", "ppo", run, 1200, 0, 8, params, checkpoint_every=400,
+                                    progress=False)
+    assert model.num_timesteps == 1200 and summary["resumed_from"] == 800
+    log = training.episode_log(run)
+    assert log["timesteps"].max() == 1200 and len(log) == 1200 // 5
+    model, summary = training.train("LayerSplit-Paper-v0", "ppo", run, 1200, 0, 8, params, progress=False)
+    assert summary["resumed_from"] == 800  # finished: reused, not retrained
+    model, summary = training.train("LayerSplit-Paper-v0", "ppo", run, 1600, 0, 8, params, progress=False)
+    assert model.num_timesteps == 1600 and summary["resumed_from"] == 1200  # a larger budget goes on
+    with pytest.raises(UserError, match="another configuration"):
+        training.train("LayerSplit-Paper-v0", "a2c", run, 1200, 0, 8, {}, progress=False)
+
+
+def test_same_seed_same_policy(tmp_path):
+    params = {"n_steps": 50, "batch_size": 100}
+    a, _ = training.train("LayerSplit-Paper-v0", "ppo", tmp_path / "a", 800, 3, 8, params, progress=False)
+    b, _ = training.train("LayerSplit-Paper-v0", "ppo", tmp_path / "b", 800, 3, 8, params, progress=False)
+    for x, y in zip(a.policy.parameters(), b.policy.parameters()):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("algo", ["a2c", "dqn"])
+def test_other_algorithms_train(tmp_path, algo):
+    model, summary = training.train("LayerSplit-Paper-v0", algo, tmp_path / algo, 400, 0, 4, {}, progress=False)
+    assert summary["timesteps"] >= 400
+    assert json.loads((tmp_path / algo / "config.json").read_text())["algo"] == algo
+
+
+# --- the scripts, as a user runs them ------------------------------------------------------------------
+def write_sweep(path, rows_per_cell=1):
+    """A small sweep CSV of the original link (splits 1..10 x 4 p) from a smooth made-up PPL."""
+    lines = ["model,dataset,split,link,snr_db,dropout,withheld,draw,nll,token_accuracy,total_s"]
+    for split in range(1, 11):
+        for p in (0.0, 0.1, 0.2, 0.3):
+            nll = np.log(15 * (1 + 20 * p * p * (1 + abs(split - 5) / 5)))
+            lines.append(f"m,d,{split},dropout,,{p},0.0,0,{nll},{0.44 - p / 2},")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_train_rsm_fit_train_evaluate_smoke(tmp_path):
+    from conftest import run_script
+
+    write_sweep(tmp_path / "sweep.csv")
+    fit = run_script("train_rsm.py", "fit", "--sweep", str(tmp_path / "sweep.csv"), "--wireless-sweep", "",
+                     "--output", str(tmp_path / "rsm.pth"), "--epochs", "300", "--results-dir", str(tmp_path / "res"))
+    assert fit.returncode == 0, fit.stderr
+    assert "held-out (8 cells)" in fit.stdout and (tmp_path / "res" / "rsm_fit_paper.csv").exists()
+    common = ["--rsm", str(tmp_path / "rsm.pth"), "--results-dir", str(tmp_path / "res"), "--eval-episodes", "3"]
+    train = run_script("train_rsm.py", "train", "--total-timesteps", "800", "--seeds", "0,1", "--run-dir",
+                       str(tmp_path / "runs"), "--no-progress", *common)
+    assert train.returncode == 0, train.stderr
+    assert "% of optimum" in train.stdout
+    result = json.loads((tmp_path / "res" / "rl_paper_ppo.json").read_text())
+    assert len(result["returns"]["learned"]["per_seed"]) == 2 and result["returns"]["optimum"]["share_of_optimum"] == 1
+    assert (tmp_path / "res" / "rl_paper_ppo_curves.csv").exists() and (tmp_path / "res" / "rl_paper_ppo_policy.csv").exists()
+    again = run_script("train_rsm.py", "evaluate", str(tmp_path / "runs" / "ppo_s0"), str(tmp_path / "runs" / "ppo_s1"),
+                       *common)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((tmp_path / "res" / "rl_paper_ppo.json").read_text())["returns"] == result["returns"]  # same seed, same numbers
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--env", "LayerSplit-Nope-v0"], "unknown environment"),
+    (["train", "--rsm", "README.md"], "not a readable PyTorch file"),
+    (["train", "--algo", "sac", "--total-timesteps", "10"], "unknown algorithm"),
+    (["fit", "--sweep", "results/channel_ber_per.csv", "--wireless-sweep", ""], "no column"),
+    (["evaluate", "figures"], "training run folder"),
+])
+def test_train_rsm_bad_input_is_one_clear_line(args, message, tmp_path):
+    from conftest import run_script
+
+    result = run_script("train_rsm.py", *args, "--results-dir", str(tmp_path))
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_train_py_smoke_with_a_tiny_model(tmp_path, sample_txt):
+    from conftest import make_tokenizer, run_script
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(tiny_config(num_hidden_layers=11)).save_pretrained(tmp_path / "m")
+    make_tokenizer().save_pretrained(tmp_path / "m")
+    result = run_script("train.py", "--model", str(tmp_path / "m"), "--dataset", str(sample_txt), "--tokens", "32",
+                        "--total-timesteps", "20", "--n-steps", "10", "--batch", "5", "--eval-episodes", "1",
+                        "--run-dir", str(tmp_path / "runs"), "--results", str(tmp_path / "llm.json"), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "llm.json").read_text())
+    assert report["timesteps"] == 20 and report["seconds_per_step"] > 0
+    assert set(report["returns"]) == {"learned", "fixed", "random"}
+    assert report["returns"]["fixed"]["splits"][0] == [surrogate.REFERENCE_SPLIT] * 5
+    progress = (tmp_path / "runs" / "ppo_s0" / "progress.csv").read_text()
+    assert "time/step_s" in progress

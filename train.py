@@ -1,0 +1,105 @@
+"""PPO with the real LLM in the loop (LayerSplit-LLM-v0): the costly baseline the surrogate replaces.
+
+Every environment step measures the perplexity of the split model on the real text, so a step
+costs a forward pass of the LLM over TOKENS tokens; train_rsm.py does the same on the surrogate.
+
+    python train.py                                   # the original's settings: 6,000 steps, n_steps 100, batch 25
+    python train.py --total-timesteps 200 --tokens 128 --eval-episodes 2      # a short run that measures the cost
+    python train.py --model meta-llama/Llama-2-7b-hf --dataset wikitext-2 --device cuda --tokens 1024
+    tensorboard --logdir runs
+
+The run goes to runs/LayerSplit-LLM-v0/ppo_s<seed>/ (policy, progress.csv with time/step_s, the
+wall time per environment step, TensorBoard events, checkpoints); an interrupted run resumes from
+its newest checkpoint when the same command is run again. The summary, with the measured seconds
+per step and the return of the learned policy against the paper's fixed split and random choices
+on the same episodes, goes to results/rl_llm_ppo.json. Every constant can be overridden below.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from layersplit import UserError, envs, policies, training
+from layersplit.models import EMBEDDED_MODEL, keep_freed_memory
+
+MODEL = EMBEDDED_MODEL  # the LLM in the loop: embedded SmolLM2-135M, a local folder or a Hugging Face id
+DATASET = "wiki"  # the text its perplexity is measured on (embedded Wikipedia test split)
+TOKENS = envs.LLM_TOKENS  # tokens scored per environment step: bounds the cost of a step
+SEED = 0  # seeds the agent, the environment's start states and the link's noise draws
+TOTAL_TIMESTEPS = 6_000  # the original's budget
+N_STEPS = 100  # PPO steps per update (the original's n_steps, one environment)
+BATCH = 25  # PPO minibatch (the original's batch_size)
+CHECKPOINT_EVERY = 100  # save every update: a step is expensive, a lost update is not
+EVAL_EPISODES = 3  # evaluation episodes per policy (6 perplexity measurements each)
+RUNS_DIR = "runs/LayerSplit-LLM-v0"  # where the run folder goes
+RESULTS = "results/rl_llm_ppo.json"  # the summary
+TORCH_THREADS = 0  # 0: torch's default (the LLM forward uses every core)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=MODEL, help=f"model (default: {MODEL}, embedded)")
+    p.add_argument("--dataset", default=DATASET, help=f"evaluation text (default: {DATASET})")
+    p.add_argument("--tokens", type=int, default=TOKENS, help=f"tokens scored per step (default: {TOKENS})")
+    p.add_argument("--seed", type=int, default=SEED, help=f"seed (default: {SEED})")
+    p.add_argument("--total-timesteps", type=int, default=TOTAL_TIMESTEPS, help=f"environment steps (default: {TOTAL_TIMESTEPS})")
+    p.add_argument("--n-steps", type=int, default=N_STEPS, help=f"PPO steps per update (default: {N_STEPS})")
+    p.add_argument("--batch", type=int, default=BATCH, help=f"PPO minibatch (default: {BATCH})")
+    p.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY, help=f"steps between checkpoints (default: {CHECKPOINT_EVERY})")
+    p.add_argument("--eval-episodes", type=int, default=EVAL_EPISODES, help=f"evaluation episodes per policy, 0 to skip (default: {EVAL_EPISODES})")
+    p.add_argument("--run-dir", default=RUNS_DIR, help=f"parent folder of the run (default: {RUNS_DIR})")
+    p.add_argument("--results", default=RESULTS, help=f"summary JSON (default: {RESULTS})")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="model dtype (default: auto)")
+    p.add_argument("--torch-threads", type=int, default=TORCH_THREADS, help="torch threads, 0 for the default (default: 0)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    args = p.parse_args(argv)
+    if args.tokens < 2 or args.n_steps < 1 or args.batch < 1:
+        p.error("--tokens must be at least 2, --n-steps and --batch at least 1")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    keep_freed_memory()
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    env_kwargs = {"model": args.model, "dataset": args.dataset, "tokens": args.tokens, "context_length": args.tokens,
+                  "device": args.device, "dtype": args.dtype}
+    try:
+        run = Path(args.run_dir) / f"ppo_s{args.seed}"
+        print(f"PPO on LayerSplit-LLM-v0 ({args.model}, {args.tokens} tokens per step), {args.total_timesteps} steps "
+              f"-> {run}", file=sys.stderr)
+        model, summary = training.train("LayerSplit-LLM-v0", "ppo", run, args.total_timesteps, args.seed, 1,
+                                        {"n_steps": args.n_steps, "batch_size": args.batch}, env_kwargs,
+                                        args.checkpoint_every, progress=not args.no_progress)
+        print(f"{summary['timesteps']} steps in {summary['wall_s']:.1f} s: {summary['seconds_per_step']:.3f} s per "
+              f"environment step (PPO updates included)")
+        report = {"model": args.model, "dataset": args.dataset, "tokens_per_step": args.tokens, "seed": args.seed,
+                  "run": str(run), **summary}
+        if args.eval_episodes:
+            env = envs.make("LayerSplit-LLM-v0", **env_kwargs)
+            returns = {}
+            for name in ("learned", "fixed", "random"):
+                policy = policies.learned(model) if name == "learned" else policies.baseline(name, env.unwrapped, args.seed)
+                result = policies.evaluate(env, policy, args.eval_episodes, seed=10_000 + args.seed)
+                returns[name] = {"mean": result.mean, "per_episode": result.returns.tolist(), "splits": result.splits}
+                print(f"  {name:8s} mean return {result.mean:8.3f} over {args.eval_episodes} episodes; "
+                      f"splits {result.splits[0]}")
+            env.close()
+            report["returns"] = returns
+    except UserError as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return 2
+    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.results).write_text(json.dumps(report, indent=2, default=float))
+    print(f"summary in {args.results}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

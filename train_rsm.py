@@ -1,0 +1,251 @@
+"""Model-based RL for the split point: fit the reward surrogate (RSM), train agents on it, evaluate them.
+
+    python train_rsm.py fit                        # sweep CSVs -> reward_predictor.pth (+ _wireless), held-out R2/MAE
+    python train_rsm.py train                      # PPO on LayerSplit-Paper-v0, the original's settings, + evaluation
+    python train_rsm.py train --seeds 0,1,2 --algo a2c
+    python train_rsm.py train --env LayerSplit-Wireless-v0 --total-timesteps 100000
+    python train_rsm.py train --rsm ../shared/reference/authors_reward_predictor.pth --run-dir runs/authors --name rl_paper_ppo_authors
+    python train_rsm.py evaluate runs/LayerSplit-Paper-v0/ppo_s0 runs/LayerSplit-Paper-v0/ppo_s1
+    tensorboard --logdir runs
+
+`train` writes each seed's run (policy.zip, progress.csv, TensorBoard events, monitor logs,
+checkpoints) to runs/<env>/<algo>_s<seed>/ and resumes a run that was interrupted; then it
+evaluates the seeds against the baselines (fixed split of the paper, random, greedy, exact
+optimum) on the same episodes and writes results/rl_<env>_<algo>.json, the learning curves
+results/rl_<env>_<algo>_curves.csv and the chosen split against the channel condition
+results/rl_<env>_<algo>_policy.csv (--name changes the rl_<env>_<algo> stem). Every constant below can be overridden from the command line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from layersplit import UserError
+from layersplit import envs, policies, surrogate, training
+from layersplit.sweep import parse_floats
+
+# --- fit ----------------------------------------------------------------------------------------
+SWEEP = "results/sweep_smollm2-135m.csv"  # the original link's sweep (p x split): the paper-form RSM
+WIRELESS_SWEEP = "results/sweep_wireless_smollm2-135m.csv"  # SNR x split x withheld: the wireless-form RSM
+PAPER_RSM = "reward_predictor.pth"  # where the paper-form surrogate goes (the original's file name)
+WIRELESS_RSM = "reward_predictor_wireless.pth"  # where the wireless-form surrogate goes
+FIT_EPOCHS = surrogate.EPOCHS  # full-batch Adam steps
+HOLDOUT = surrogate.HOLDOUT_FRACTION  # share of sweep cells held out to measure the fit
+# --- train --------------------------------------------------------------------------------------
+ENV = "LayerSplit-Paper-v0"  # the original surrogate MDP
+ALGO = "ppo"  # ppo (the paper's), a2c or dqn (the paper's comparisons)
+SEEDS = "0"  # comma-separated training seeds; the evaluation's intervals are over seeds
+TOTAL_TIMESTEPS = 240_000  # the original's PPO budget on the surrogate
+N_ENVS = 8  # environments stepped together (vectorised); PPO's rollout stays ROLLOUT steps in all
+ROLLOUT = 400  # PPO steps per update summed over environments (the original's n_steps with one env)
+BATCH = 100  # PPO minibatch (the original's batch_size)
+TORCH_THREADS = 1  # a 64-unit policy network gains nothing from more threads, only overhead
+CHECKPOINT_EVERY = 20_000  # save the agent every this many steps (resume picks up from there)
+RUNS_DIR = "runs"  # training runs: runs/<env>/<algo>_s<seed>/
+RESULTS_DIR = "results"  # evaluation summaries, curves and policy maps (what figures.py reads)
+# --- evaluate -----------------------------------------------------------------------------------
+EVAL_EPISODES = 200  # episodes per seed and policy, the same start states for every policy
+EVAL_SEED = 10_000  # episodes of evaluation seed k start from resets seeded EVAL_SEED + 1000 k + i
+CURVE_POINTS = 60  # learning-curve resolution (bins over training steps)
+CONFIDENCE = policies.CONFIDENCE  # level of the intervals over seeds
+
+
+def hyperparameters(algo: str, n_envs: int, rollout: int, batch: int) -> dict:
+    """PPO: the original's n_steps=400 and batch_size=100, split over the vectorised environments;
+    A2C and DQN: Stable-Baselines3 defaults (the paper does not give theirs)."""
+    if algo != "ppo":
+        return {}
+    if rollout % n_envs:
+        raise UserError(f"--rollout {rollout} must be a multiple of --n-envs {n_envs}")
+    return {"n_steps": rollout // n_envs, "batch_size": batch}
+
+
+def env_kwargs_for(env_id: str, rsm_path: str | None) -> dict:
+    return {"rsm_path": rsm_path} if rsm_path and env_id != "LayerSplit-LLM-v0" else {}
+
+
+# --- fit ----------------------------------------------------------------------------------------
+def cmd_fit(args) -> int:
+    for form, sweep_path, out in (("paper", args.sweep, args.output), ("wireless", args.wireless_sweep, args.wireless_output)):
+        if not sweep_path:
+            continue
+        start = time.perf_counter()
+        rsm, cells = surrogate.fit_from_sweep(form, sweep_path, seed=args.seed, epochs=args.epochs, holdout=args.holdout)
+        rsm.metadata["fit_seconds"] = time.perf_counter() - start
+        rsm.save(out)
+        Path(args.results_dir).mkdir(parents=True, exist_ok=True)
+        cells_path = Path(args.results_dir) / f"rsm_fit_{form}.csv"
+        cells.to_csv(cells_path, index=False)
+        (Path(args.results_dir) / f"rsm_fit_{form}.json").write_text(json.dumps(
+            {"metadata": rsm.metadata, "metrics": rsm.metrics}, indent=2))
+        print(surrogate.describe(rsm))
+        print(f"  -> {out}; cells and predictions in {cells_path} ({rsm.metadata['fit_seconds']:.1f} s)")
+    return 0
+
+
+# --- train and evaluate ---------------------------------------------------------------------------
+def run_dir(args, seed: int) -> Path:
+    base = Path(args.run_dir) if args.run_dir else Path(RUNS_DIR) / args.env
+    return base / f"{args.algo}_s{seed}"
+
+
+def cmd_train(args) -> int:
+    torch.set_num_threads(args.torch_threads)
+    seeds = [int(s) for s in parse_floats(args.seeds, "--seeds")]
+    env_kwargs = env_kwargs_for(args.env, args.rsm)
+    envs.make(args.env, **env_kwargs).close()  # a bad id or surrogate fails here, before any training
+    params = hyperparameters(args.algo, args.n_envs, args.rollout, args.batch)
+    runs = []
+    for seed in seeds:
+        folder = run_dir(args, seed)
+        print(f"training {args.algo} on {args.env}, seed {seed}, {args.total_timesteps} steps -> {folder}", file=sys.stderr)
+        _, summary = training.train(args.env, args.algo, folder, args.total_timesteps, seed, args.n_envs, params,
+                                    env_kwargs, args.checkpoint_every, progress=not args.no_progress)
+        print(f"  {summary['wall_s']:.1f} s, {summary['steps_per_s']:.0f} steps/s", file=sys.stderr)
+        runs.append(folder)
+    if args.eval_episodes:
+        return evaluate_runs(runs, args)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    torch.set_num_threads(args.torch_threads)
+    configs = [json.loads((Path(r) / "config.json").read_text()) for r in args.runs if (Path(r) / "config.json").exists()]
+    if len(configs) != len(args.runs):
+        raise UserError("each run to evaluate must be a training run folder (with config.json and policy.zip)")
+    if len({(c["env"], c["algo"]) for c in configs}) != 1:
+        raise UserError("evaluate runs of one environment and algorithm at a time")
+    args.env, args.algo = configs[0]["env"], configs[0]["algo"]
+    args.rsm = args.rsm or configs[0]["env_kwargs"].get("rsm_path")
+    return evaluate_runs([Path(r) for r in args.runs], args)
+
+
+def evaluate_runs(runs: list[Path], args) -> int:
+    env_kwargs = env_kwargs_for(args.env, args.rsm)
+    env = envs.make(args.env, **env_kwargs)
+    names = ["learned", *(b for b in policies.BASELINES if b != "greedy" or args.env != "LayerSplit-Wireless-v0")]
+    means = {name: [] for name in names}
+    models = [training.load_policy(r) for r in runs]
+    for k, model in enumerate(models):  # evaluation seed k: the same episodes for every policy
+        seed = args.eval_seed + 1000 * k
+        for name in names:
+            policy = policies.learned(model) if name == "learned" else policies.baseline(name, env.unwrapped, seed)
+            means[name].append(policies.evaluate(env, policy, args.eval_episodes, seed).mean)
+    env.close()
+    optimum = np.mean(means.get("optimum", [np.nan]))
+    table = {}
+    print(f"\n{args.env}: mean return over {args.eval_episodes} episodes, {CONFIDENCE:.0%} interval over "
+          f"{len(models)} seed(s)")
+    for name, values in means.items():
+        mean, half = policies.confidence_interval(values)
+        share = mean / optimum if np.isfinite(optimum) else float("nan")
+        table[name] = {"mean": mean, "ci95": half, "per_seed": values, "share_of_optimum": share}
+        label = f"{args.algo} (learned)" if name == "learned" else name
+        print(f"  {label:16s} {mean:9.4f} +- {half:.4f}   {100 * share:6.2f}% of optimum")
+    summaries = [json.loads((r / "summary.json").read_text()) for r in runs]
+    stem = args.name or f"rl_{args.env.removeprefix('LayerSplit-').removesuffix('-v0').lower()}_{args.algo}"
+    results = Path(args.results_dir)
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"{stem}.json").write_text(json.dumps({
+        "env": args.env, "algo": args.algo, "rsm": str(args.rsm or "default"), "runs": [str(r) for r in runs],
+        "eval_episodes": args.eval_episodes, "returns": table,
+        "training": {"wall_s": [s["wall_s"] for s in summaries], "steps_per_s": [s["steps_per_s"] for s in summaries],
+                     "timesteps": [s["timesteps"] for s in summaries]}}, indent=2))
+    write_curves(runs, results / f"{stem}_curves.csv", args)
+    write_policy_map(models, results / f"{stem}_policy.csv", args, env_kwargs)
+    print(f"results in {results}/{stem}.json, {stem}_curves.csv, {stem}_policy.csv")
+    return 0
+
+
+def write_curves(runs: list[Path], path: Path, args) -> None:
+    """Mean training-episode return per bin of steps, per seed (for curves with bands over seeds)."""
+    import pandas as pd
+
+    rows = []
+    for run in runs:
+        log = training.episode_log(run)
+        seed = json.loads((run / "config.json").read_text())["seed"]
+        edges = np.linspace(0, log["timesteps"].max(), CURVE_POINTS + 1)
+        log["bin"] = np.clip(np.searchsorted(edges, log["timesteps"], side="left"), 1, CURVE_POINTS)
+        for b, group in log.groupby("bin"):
+            rows.append({"env": args.env, "algo": args.algo, "seed": seed, "timesteps": int(edges[b]),
+                         "mean_return": float(group["return"].mean()), "episodes": len(group)})
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+def write_policy_map(models, path: Path, args, env_kwargs) -> None:
+    """The split each policy chooses against the channel condition: every seed and the optimum."""
+    import pandas as pd
+
+    if args.env == "LayerSplit-LLM-v0":
+        return
+    rows = []
+    for k, model in enumerate(models):
+        rows += [{"policy": f"{args.algo}_s{k}", **r}
+                 for r in policies.split_versus_condition(args.env, lambda env, m=model: policies.learned(m), env_kwargs)]
+    rows += [{"policy": "optimum", **r}
+             for r in policies.split_versus_condition(args.env, lambda env: policies.baseline("optimum", env), env_kwargs)]
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+# --- command line --------------------------------------------------------------------------------
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    f = sub.add_parser("fit", help="fit the reward surrogates from sweep results")
+    f.add_argument("--sweep", default=SWEEP, help=f"sweep of the original link for the paper form ('' to skip; default: {SWEEP})")
+    f.add_argument("--wireless-sweep", default=WIRELESS_SWEEP,
+                   help=f"sweep with --snrs/--withheld for the wireless form ('' to skip; default: {WIRELESS_SWEEP})")
+    f.add_argument("--output", default=PAPER_RSM, help=f"paper-form surrogate file (default: {PAPER_RSM})")
+    f.add_argument("--wireless-output", default=WIRELESS_RSM, help=f"wireless-form surrogate file (default: {WIRELESS_RSM})")
+    f.add_argument("--epochs", type=int, default=FIT_EPOCHS, help=f"full-batch Adam steps (default: {FIT_EPOCHS})")
+    f.add_argument("--holdout", type=float, default=HOLDOUT, help=f"share of cells held out (default: {HOLDOUT})")
+    f.add_argument("--seed", type=int, default=0, help="seed of the held-out draw and the initial weights (default: 0)")
+    f.add_argument("--results-dir", default=RESULTS_DIR, help=f"where fit reports go (default: {RESULTS_DIR})")
+    for name, helptext in (("train", "train agents on an environment, then evaluate them"),
+                           ("evaluate", "evaluate trained runs against the baselines")):
+        s = sub.add_parser(name, help=helptext)
+        if name == "train":
+            s.add_argument("--env", default=ENV, help=f"{', '.join(envs.ENV_IDS)} (default: {ENV})")
+            s.add_argument("--algo", default=ALGO, help=f"{', '.join(training.ALGOS)} (default: {ALGO})")
+            s.add_argument("--seeds", default=SEEDS, help=f"comma-separated training seeds (default: {SEEDS})")
+            s.add_argument("--seed", dest="seeds", help="one training seed (same as --seeds N)")
+            s.add_argument("--total-timesteps", type=int, default=TOTAL_TIMESTEPS,
+                           help=f"environment steps per seed (default: {TOTAL_TIMESTEPS})")
+            s.add_argument("--n-envs", type=int, default=N_ENVS, help=f"vectorised environments (default: {N_ENVS})")
+            s.add_argument("--rollout", type=int, default=ROLLOUT, help=f"PPO steps per update over all environments (default: {ROLLOUT})")
+            s.add_argument("--batch", type=int, default=BATCH, help=f"PPO minibatch (default: {BATCH})")
+            s.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY,
+                           help=f"steps between checkpoints, 0 for none (default: {CHECKPOINT_EVERY})")
+            s.add_argument("--run-dir", help=f"parent folder of the runs (default: {RUNS_DIR}/<env>)")
+            s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+        else:
+            s.add_argument("runs", nargs="+", help="training run folders (one per seed) of one env and algorithm")
+        s.add_argument("--rsm", help="surrogate file for the environment (default: the shipped one; a bare state_dict "
+                                     "in the authors' format works for LayerSplit-Paper-v0)")
+        s.add_argument("--eval-episodes", type=int, default=EVAL_EPISODES,
+                       help=f"evaluation episodes per seed and policy, 0 to skip (default: {EVAL_EPISODES})")
+        s.add_argument("--eval-seed", type=int, default=EVAL_SEED, help=f"first evaluation reset seed (default: {EVAL_SEED})")
+        s.add_argument("--results-dir", default=RESULTS_DIR, help=f"where summaries go (default: {RESULTS_DIR})")
+        s.add_argument("--name", help="stem of the result files (default: rl_<env>_<algo>, e.g. rl_paper_ppo)")
+        s.add_argument("--torch-threads", type=int, default=TORCH_THREADS, help=f"torch threads (default: {TORCH_THREADS})")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        return {"fit": cmd_fit, "train": cmd_train, "evaluate": cmd_evaluate}[args.command](args)
+    except UserError as e:
+        print(f"train_rsm.py: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
