@@ -17,6 +17,15 @@ with read_csv and ends with save(fig, figures_dir, name), and register it in FIG
               UE compute + transmission + edge compute against the layers on the UE, prefill and one
               decoding step, per model and Es/N0.
 
+    rsm_fit   results/rsm_fit_{paper,wireless}.csv (python train_rsm.py fit)
+              the surrogates' predictions against the measurements on held-out sweep cells, with R^2.
+    training  results/rl_paper_{ppo,a2c,dqn}_curves.csv, rl_paper_ppo.json (python train_rsm.py train --seeds 0,1,2 --algo A)
+              training return against steps, mean and range over seeds, with the baselines' returns.
+    policy    results/rl_paper_ppo_policy.csv (+ rl_paper_ppo_authors_policy.csv, rl_wireless_ppo_policy.csv if present)
+              the chosen split against the channel condition, learned beside the exact optimum.
+    cost      results/rl_llm_ppo.json (python train.py), results/rl_paper_ppo.json
+              seconds per environment step and per run, real LLM against the surrogate.
+
 A missing or malformed result file is reported by name; the other figures are still drawn and
 the exit status is non-zero.
 """
@@ -51,7 +60,7 @@ SWEEP_FILE = "sweep_smollm2-135m.csv"  # the default sweep of add_noise.py --swe
 SNR_FILE = "sweep_snr_{modulation}.csv"  # further sweep_snr_*.csv files (e.g. 64qam) are drawn too
 SNR_MODULATIONS = ("bpsk", "qpsk", "16qam")  # the files the figure requires
 SNR_COMMAND = ("python add_noise.py --sweep --link erasure --modulation {modulation} "
-               "--snrs 0,2.5,5,7.5,10,12.5,15,17.5,20,22.5,25,27.5,30,32.5,35,37.5,40,42.5,45,47.5,50,52.5,55 "
+               "--snrs 0,5,10,15,20,25,30,35,40,45,50,55 "
                "--splits 4,12,24 --dropouts '' --draws 1 --max-tokens 512 --output {path}")
 RECOVERY = 1.10  # "recovered": perplexity within 10 % of clean at this SNR and every higher one
 # --- latency: seconds per component, stacked; colours from ColorBrewer Dark2 (apart from the modulations')
@@ -398,11 +407,192 @@ def fig_latency(results_dir: Path, figures_dir: Path) -> Path:
     return save(fig, figures_dir, "latency")
 
 
+# --- the surrogate and the RL ----------------------------------------------------------------------
+RL_ALGOS = {"ppo": ("PPO", "C0"), "a2c": ("A2C", "C1"), "dqn": ("DQN", "C2")}  # colour per algorithm
+BASELINE_STYLES = {"optimum": ("exact optimum", "k", "-"), "greedy": ("greedy one-step", "0.4", "--"),
+                   "random": ("random", "0.6", ":"), "fixed": ("fixed split (5 layers on the UE)", "C3", "-.")}
+TRAIN_COMMAND = "python train_rsm.py train --seeds 0,1,2 --algo {algo}"
+FIT_COMMAND = "python train_rsm.py fit"
+
+
+def _flag(text: str) -> bool:
+    if text not in ("True", "False"):
+        raise ValueError(text)
+    return text == "True"
+
+
+def read_json(path: Path, remedy: str, *keys: str) -> dict:
+    """A JSON result file; FigureInputError names it when missing, unreadable or without `keys`."""
+    import json
+
+    if not path.is_file():
+        raise FigureInputError(f"missing {path} (make it with: {remedy})")
+    try:
+        data = json.loads(path.read_text())
+        for key in keys:
+            node = data
+            for part in key.split("."):
+                node = node[part]
+    except (ValueError, KeyError, TypeError) as e:
+        raise FigureInputError(f"malformed {path}: {type(e).__name__} {e} (remake it with: {remedy})") from None
+    return data
+
+
+def _r2(measured: list[float], predicted: list[float]) -> float:
+    mean = sum(measured) / len(measured)
+    total = sum((m - mean) ** 2 for m in measured)
+    return 1 - sum((m - p) ** 2 for m, p in zip(measured, predicted)) / total if total else float("nan")
+
+
+def fig_rsm_fit(results_dir: Path, figures_dir: Path) -> Path:
+    """Predicted against measured on the cells held out of the fit: the paper form's perplexity
+    (through its inference reward) and the wireless form's log-perplexity and token accuracy."""
+    paper = read_csv(results_dir / "rsm_fit_paper.csv", {"ppl": float, "predicted_ppl": float, "held_out": _flag,
+                     "inference_reward": float, "predicted_inference_reward": float}, FIT_COMMAND)
+    wireless = read_csv(results_dir / "rsm_fit_wireless.csv", {"log_ppl": float, "predicted_log_ppl": float,
+                        "token_accuracy": float, "predicted_token_accuracy": float, "held_out": _flag}, FIT_COMMAND)
+    panels = [
+        ("paper form: perplexity", [r for r in paper if r["held_out"]], "ppl", "predicted_ppl", True,
+         "inference_reward", "predicted_inference_reward", "R\u00b2 of the reward"),
+        ("wireless form: perplexity", [r for r in wireless if r["held_out"]], "log_ppl", "predicted_log_ppl", False,
+         "log_ppl", "predicted_log_ppl", "R\u00b2 of log-PPL"),
+        ("wireless form: token accuracy", [r for r in wireless if r["held_out"]], "token_accuracy",
+         "predicted_token_accuracy", False, "token_accuracy", "predicted_token_accuracy", "R\u00b2"),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+    for ax, (title, rows, x, y, log, r2x, r2y, r2label) in zip(axes, panels, strict=True):
+        if not rows:
+            raise FigureInputError(f"malformed {results_dir}/rsm_fit_*.csv: no held-out cells (remake with: {FIT_COMMAND})")
+        xs = [math.exp(r[x]) if x == "log_ppl" else r[x] for r in rows]
+        ys = [math.exp(r[y]) if y == "predicted_log_ppl" else r[y] for r in rows]
+        ax.scatter(xs, ys, s=14, alpha=0.7, color="C0")
+        lo, hi = min(xs + ys), max(xs + ys)
+        ax.plot([lo, hi], [lo, hi], color="k", lw=0.8, label="predicted = measured")
+        if log or x == "log_ppl":
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+        unit = "perplexity" if "ppl" in x else "token accuracy (fraction)"
+        ax.set_xlabel(f"measured {unit}")
+        ax.set_ylabel(f"predicted {unit}")
+        r2 = _r2([r[r2x] for r in rows], [r[r2y] for r in rows])
+        ax.set_title(f"{title}\n{len(rows)} held-out cells, {r2label} = {r2:.3f}", fontsize=10)
+        ax.legend(loc="upper left", fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Reward surrogate: predictions on sweep cells left out of the fit")
+    fig.tight_layout()
+    return save(fig, figures_dir, "rsm_fit")
+
+
+def fig_training(results_dir: Path, figures_dir: Path) -> Path:
+    """Training-episode return against environment steps on LayerSplit-Paper-v0: mean over seeds
+    with the range of the seeds as a band, per algorithm; the baselines' evaluation returns."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for algo, (label, color) in RL_ALGOS.items():
+        path = results_dir / f"rl_paper_{algo}_curves.csv"
+        rows = read_csv(path, {"seed": int, "timesteps": int, "mean_return": float}, TRAIN_COMMAND.format(algo=algo))
+        by_step: dict[int, list[float]] = {}
+        for r in rows:
+            by_step.setdefault(r["timesteps"], []).append(r["mean_return"])
+        steps = sorted(by_step)
+        means = [sum(by_step[t]) / len(by_step[t]) for t in steps]
+        seeds = len({r["seed"] for r in rows})
+        ax.plot(steps, means, color=color, label=f"{label} (mean of {seeds} seeds)")
+        ax.fill_between(steps, [min(by_step[t]) for t in steps], [max(by_step[t]) for t in steps], color=color, alpha=0.2)
+    summary = read_json(results_dir / "rl_paper_ppo.json", TRAIN_COMMAND.format(algo="ppo"), "returns.optimum.mean")
+    for name, (label, color, style) in BASELINE_STYLES.items():
+        if name in summary["returns"]:
+            ax.axhline(summary["returns"][name]["mean"], color=color, ls=style, lw=1, label=label)
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("episode return (5 steps)")
+    ax.set_title("Learning on the surrogate (LayerSplit-Paper-v0); bands: range over seeds", fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save(fig, figures_dir, "training")
+
+
+def _policy_rows(path: Path, remedy: str) -> dict[str, list[dict]]:
+    rows = read_csv(path, {"policy": str, "value": float, "split": float, "withheld": float}, remedy)
+    by_policy: dict[str, list[dict]] = {}
+    for r in rows:
+        by_policy.setdefault(r["policy"], []).append(r)
+    return by_policy
+
+
+def fig_policy(results_dir: Path, figures_dir: Path) -> Path:
+    """The split each learned policy chooses against the channel condition, beside the exact
+    optimum: on our surrogate (and on the authors' when its results exist) and on the wireless env."""
+    panels = [("rl_paper_ppo_policy.csv", "LayerSplit-Paper-v0, SmolLM2 surrogate", TRAIN_COMMAND.format(algo="ppo"))]
+    optional = [("rl_paper_ppo_authors_policy.csv", "LayerSplit-Paper-v0, the authors' surrogate (Llama-2-7B)"),
+                ("rl_wireless_ppo_policy.csv", "LayerSplit-Wireless-v0")]
+    panels += [(f, t, "") for f, t in optional if (results_dir / f).is_file()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 4.2), squeeze=False)
+    for ax, (name, title, remedy) in zip(axes[0], panels):
+        by_policy = _policy_rows(results_dir / name, remedy or f"see {name} in the README")
+        wireless = "wireless" in name
+        for i, (policy, rows) in enumerate(sorted(by_policy.items(), key=lambda kv: kv[0] == "optimum")):
+            optimum = policy == "optimum"
+            ax.plot([r["value"] for r in rows], [r["split"] for r in rows], color="k" if optimum else f"C{i}",
+                    lw=2.5 if optimum else 1.2, ls="-" if optimum else "--", marker=None if optimum else ".",
+                    label="exact optimum" if optimum else f"learned ({policy})", alpha=0.6 if optimum else 1.0)
+            if wireless and any(r["withheld"] for r in rows):
+                ax.plot([r["value"] for r in rows], [10 * r["withheld"] for r in rows], color="k" if optimum else f"C{i}",
+                        ls=":", lw=1, label=f"withheld share x 10 ({'optimum' if optimum else policy})")
+        ax.set_xlabel("Es/N0 (dB)" if wireless else "element loss probability p")
+        ax.set_ylabel("chosen split (0-based; +1 = layers on the UE)" if wireless else
+                      "split after 5 steps (0-based), mean over starts 1..9")
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Chosen split against the channel condition")
+    fig.tight_layout()
+    return save(fig, figures_dir, "policy")
+
+
+def fig_cost(results_dir: Path, figures_dir: Path) -> Path:
+    """Measured training cost: one environment step and a whole run, real LLM in the loop against
+    the surrogate (log scale)."""
+    llm = read_json(results_dir / "rl_llm_ppo.json", "python train.py --total-timesteps 200", "seconds_per_step")
+    rsm = read_json(results_dir / "rl_paper_ppo.json", TRAIN_COMMAND.format(algo="ppo"), "training.wall_s",
+                    "training.timesteps")
+    rsm_step = sum(rsm["training"]["wall_s"]) / sum(rsm["training"]["timesteps"])
+    rsm_run = sum(rsm["training"]["wall_s"]) / len(rsm["training"]["wall_s"])
+    steps = rsm["training"]["timesteps"][0]
+    llm_step = llm["seconds_per_step"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    bars = [(f"real LLM\n({llm['model']}, {llm['tokens_per_step']} tokens)", llm_step, "C3"),
+            ("surrogate\n(batched PPO)", rsm_step, "C0")]
+    axes[0].bar([b[0] for b in bars], [b[1] for b in bars], color=[b[2] for b in bars])
+    axes[0].set_ylabel("seconds per environment step (PPO updates included)")
+    axes[0].set_title(f"one step: {llm_step / rsm_step:,.0f}x", fontsize=10)
+    runs = [(f"real LLM, {llm['timesteps']:,} steps\n(measured)", llm["wall_s"], "C3"),
+            (f"real LLM, {steps:,} steps\n(extrapolated)", llm_step * steps, "#f4a582"),
+            (f"surrogate, {steps:,} steps\n(measured)", rsm_run, "C0")]
+    axes[1].bar([r[0] for r in runs], [r[1] for r in runs], color=[r[2] for r in runs])
+    axes[1].set_ylabel("wall time of the run (s)")
+    axes[1].set_title(f"a {steps:,}-step run: {llm_step * steps / 86400:.1f} days against {rsm_run / 60:.1f} min",
+                      fontsize=10)
+    for ax in axes:
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3, axis="y")
+        ax.tick_params(axis="x", labelsize=8)
+        for patch in ax.patches:
+            ax.annotate(f"{patch.get_height():.3g} s", (patch.get_x() + patch.get_width() / 2, patch.get_height()),
+                        ha="center", va="bottom", fontsize=8)
+    fig.suptitle("Training cost on the 2-core CPU: the LLM in the loop against the reward surrogate")
+    fig.tight_layout()
+    return save(fig, figures_dir, "cost")
+
+
 FIGURES: dict[str, Callable[[Path, Path], Path]] = {  # name -> figure; --only takes these names
     "ber_per": fig_ber_per,
     "sweep": fig_sweep,
     "snr": fig_snr,
     "latency": fig_latency,
+    "rsm_fit": fig_rsm_fit,
+    "training": fig_training,
+    "policy": fig_policy,
+    "cost": fig_cost,
 }
 
 

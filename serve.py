@@ -13,6 +13,7 @@ so each decoding step sends one token's activation. With a loss-free link (--lin
     python serve.py ue --prompt "The capital of France is" --link none --wire fp32   # = the single-process tokens
     python serve.py ue --prompt "One" --prompt "Two" --split 9 --wire int8 --max-new-tokens 64 --json
     python serve.py ue --prompt "Hello" --snr-db 15 --modulation 16qam --fading nakagami --sleep-air
+    python serve.py ue --prompt "Hello" --policy runs/LayerSplit-Wireless-v0/ppo_s0   # split chosen per request from its SNR
     python serve.py edge --port 0 --splits 1-9 --max-sessions 2 --max-queue 4     # port 0: any free port, printed
     python serve.py edge --host 0.0.0.0 --model meta-llama/Llama-2-7b-hf --device cuda   # the paper's model, reachable from other hosts
 
@@ -124,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--max-new-tokens", type=positive_int, default=MAX_NEW_TOKENS, help=f"greedy tokens per request (default: {MAX_NEW_TOKENS})")
     u.add_argument("--split", type=int, default=SPLIT,
                    help=f"number of decoder layers ON THE UE, 1..L-1; the edge runs the rest and the LM head (default: {SPLIT})")
+    u.add_argument("--policy", metavar="RUN_DIR",
+                   help="choose each request's split from its SNR with a policy trained on LayerSplit-Wireless-v0 "
+                        "(a run folder of train_rsm.py, e.g. runs/LayerSplit-Wireless-v0/ppo_s0); overrides --split")
     u.add_argument("--wire", choices=list(serving.WIRE_DTYPES), default=WIRE,
                    help=f"dtype of the activations on the wire; int8 adds a float32 scale per token (default: {WIRE})")
     u.add_argument("--link", choices=serving.LINKS, default=LINK,
@@ -287,6 +291,10 @@ def main(argv=None, split_for_snr=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
+        if args.role == "ue" and args.policy and split_for_snr is None:
+            from layersplit.policies import split_chooser
+
+            split_for_snr = split_chooser(args.policy)
         return run_edge(args) if args.role == "edge" else run_ue(args, split_for_snr)
     except UserError as e:
         print(f"serve.py: error: {e}", file=sys.stderr)

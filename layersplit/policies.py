@@ -28,12 +28,12 @@ CONFIDENCE = 0.95  # confidence level of the intervals over seeds
 
 
 # --- the Paper environment -----------------------------------------------------------------------
-def paper_action_values(env: PaperSplitEnv, p: float, split: int, horizon: int) -> np.ndarray:
-    """The best total reward over the next `horizon` steps after each first action: dynamic
-    programming over every reachable state. Many action sequences reach the same state (the drift
-    factors commute, moves are cut at the bounds), so states are merged level by level (p rounded to
-    1e-12) and a backward pass takes the max over actions: exact, and far fewer surrogate calls
-    than the 9^horizon sequences of a plain exhaustive search (which a test compares it with)."""
+def paper_plan(env: PaperSplitEnv, p: float, split: int, horizon: int) -> tuple[np.ndarray, list[int]]:
+    """Dynamic programming over every state reachable in `horizon` steps: the best total reward after
+    each first action, and the optimal action sequence. Many action sequences reach the same state
+    (the drift factors commute, moves are cut at the bounds), so states are merged level by level
+    (p rounded to 1e-12) and a backward pass takes the max over actions: exact, and far fewer
+    surrogate calls than the 9^horizon sequences of a plain exhaustive search (a test compares them)."""
     n = len(PAPER_MOVES)
     ps, splits = np.array([float(p)]), np.array([int(split)])
     children, rewards = [], []
@@ -43,11 +43,21 @@ def paper_action_values(env: PaperSplitEnv, p: float, split: int, horizon: int) 
         ps, splits = keys[0], keys[1].astype(int)
         children.append(index.reshape(-1, n))
         rewards.append(env.reward(ps, splits))
-    value = np.zeros(len(ps))
+    value, qs = np.zeros(len(ps)), []
     for child, reward in zip(reversed(children), reversed(rewards)):
-        q = reward[child] + value[child]
-        value = q.max(1)
-    return q[0]
+        qs.append(reward[child] + value[child])
+        value = qs[-1].max(1)
+    qs.reverse()
+    plan, state = [], 0
+    for q, child in zip(qs, children):  # follow the argmax forward: transitions are deterministic
+        plan.append(int(np.argmax(q[state])))
+        state = child[state, plan[-1]]
+    return qs[0][0], plan
+
+
+def paper_action_values(env: PaperSplitEnv, p: float, split: int, horizon: int) -> np.ndarray:
+    """The best total reward over the next `horizon` steps after each first action (paper_plan)."""
+    return paper_plan(env, p, split, horizon)[0]
 
 
 def paper_exhaustive_values(env: PaperSplitEnv, p: float, split: int, horizon: int) -> np.ndarray:
@@ -61,8 +71,20 @@ def paper_exhaustive_values(env: PaperSplitEnv, p: float, split: int, horizon: i
     return totals.reshape(n, -1).max(1)
 
 
-def paper_optimum(obs, env: PaperSplitEnv) -> int:
-    return int(np.argmax(paper_action_values(env, env.p, env.split, env.episode_steps - env.steps)))
+class PaperOptimum:
+    """The exact optimum: one dynamic programme per episode, whose plan is then followed (the
+    dynamics are deterministic); it replans whenever the state is not the one the plan expects."""
+
+    def __init__(self):
+        self.plan, self.expected = [], None
+
+    def __call__(self, obs, env: PaperSplitEnv) -> int:
+        if self.expected != (env.p, env.split, env.steps) or not self.plan:
+            self.plan = paper_plan(env, env.p, env.split, env.episode_steps - env.steps)[1]
+        action = self.plan.pop(0)
+        p, split = env.transition(env.p, env.split, action)
+        self.expected = (float(p), int(split), env.steps + 1)
+        return action
 
 
 def paper_greedy(obs, env: PaperSplitEnv) -> int:
@@ -94,7 +116,7 @@ def baseline(name: str, env, seed: int = 0) -> Policy:
         rng = np.random.default_rng(seed)
         return lambda obs, env_: int(rng.integers(env_.action_space.n))
     table = {
-        PaperSplitEnv: {"fixed": paper_fixed, "greedy": paper_greedy, "optimum": paper_optimum},
+        PaperSplitEnv: {"fixed": paper_fixed, "greedy": paper_greedy, "optimum": PaperOptimum()},
         WirelessSplitEnv: {"fixed": wireless_fixed, "greedy": wireless_optimum, "optimum": wireless_optimum},
         LLMSplitEnv: {"fixed": llm_fixed},
     }[type(env)]
@@ -102,6 +124,34 @@ def baseline(name: str, env, seed: int = 0) -> Policy:
         raise UserError(f"baseline {name!r} is not available on {type(env).__name__}: use one of "
                         f"{', '.join(['random', *table])}")
     return table[name]
+
+
+def split_chooser(run_dir, rsm_path=None) -> Callable[[float], int]:
+    """A policy trained on LayerSplit-Wireless-v0 as `snr_db -> layers on the UE` (what serve.py's
+    UE asks per request): the policy's action at that SNR, its split + 1 (the withheld share it
+    also picks is not applied by serve.py)."""
+    import json
+    from pathlib import Path
+
+    from .training import load_policy
+
+    config_path = Path(run_dir) / "config.json"
+    if not config_path.is_file():
+        raise UserError(f"{run_dir} is not a training run folder (no config.json): train one with "
+                        "python train_rsm.py train --env LayerSplit-Wireless-v0")
+    config = json.loads(config_path.read_text())
+    if config["env"] != "LayerSplit-Wireless-v0":
+        raise UserError(f"{run_dir} was trained on {config['env']}; choosing a split from the SNR needs a "
+                        "LayerSplit-Wireless-v0 policy")
+    model = load_policy(run_dir, config["algo"])
+    env = make("LayerSplit-Wireless-v0", **({"rsm_path": rsm_path} if rsm_path else {})).unwrapped
+
+    def choose(snr_db: float) -> int:
+        low, high = float(env.observation_space.low[0]), float(env.observation_space.high[0])
+        obs = np.array([min(max(snr_db, low), high)], dtype=np.float32)  # the SNR range the policy was trained on
+        return int(env.actions[int(model.predict(obs, deterministic=True)[0]), 0]) + 1
+
+    return choose
 
 
 def learned(model) -> Policy:

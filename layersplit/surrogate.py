@@ -263,32 +263,34 @@ def quality(surrogate: Surrogate, cells) -> dict:
 
 def fit_from_sweep(form: str, sweep_path: str | Path, seed: int = 0, epochs: int = EPOCHS,
                    holdout: float = HOLDOUT_FRACTION):
-    """Fit a form on the sweep's cells less a held-out share; return (surrogate, cells with a
-    `held_out` flag and the predictions). The held-out quality is in surrogate.metrics."""
+    """Measure the fit on held-out cells, then fit every cell: returns (surrogate fitted on all cells,
+    cells with a `held_out` flag and the held-out model's predictions). surrogate.metrics holds the
+    held-out quality (of the model fitted without those cells) and the final fit's quality."""
     cells = paper_cells(sweep_path) if form == "paper" else wireless_cells(sweep_path)
     spec = FORMS[form]
+    inputs, outputs = list(spec["inputs"]), list(spec["outputs"])
     held = holdout_mask(len(cells), holdout, seed)
-    train = cells[~held]
-    surrogate = fit(form, train[list(spec["inputs"])].to_numpy(), train[list(spec["outputs"])].to_numpy(), seed,
-                    epochs, metadata={"sweep_file": str(sweep_path), "seed": seed, "epochs": epochs,
-                                      "train_cells": int((~held).sum()), "held_out_cells": int(held.sum())})
+    probe = fit(form, cells[~held][inputs].to_numpy(), cells[~held][outputs].to_numpy(), seed, epochs)
+    surrogate = fit(form, cells[inputs].to_numpy(), cells[outputs].to_numpy(), seed, epochs,
+                    metadata={"sweep_file": str(sweep_path), "seed": seed, "epochs": epochs, "cells": len(cells),
+                              "held_out_cells": int(held.sum()), "held_out_fraction": holdout})
     first = _read_sweep(sweep_path, ("model", "dataset")).iloc[0]
     surrogate.metadata.update(model=str(first["model"]), dataset=str(first["dataset"]))
     if form == "paper":
         surrogate.metadata["reference_split"] = REFERENCE_SPLIT
-    surrogate.metrics = {"held_out": quality(surrogate, cells[held]), "train": quality(surrogate, train)}
-    prediction = surrogate.predict(cells[list(spec["inputs"])].to_numpy())
-    cells = cells.assign(held_out=held, **{f"predicted_{n}": prediction[:, i] for i, n in enumerate(spec["outputs"])})
+    surrogate.metrics = {"held_out": quality(probe, cells[held]), "train": quality(surrogate, cells)}
+    prediction = probe.predict(cells[inputs].to_numpy())
+    cells = cells.assign(held_out=held, **{f"predicted_{n}": prediction[:, i] for i, n in enumerate(outputs)})
     cells["predicted_ppl"] = ppl_of(form, cells, prediction)
     return surrogate, cells
 
 
 def describe(surrogate: Surrogate) -> str:
     lines = [f"{surrogate.form} surrogate: {', '.join(surrogate.inputs)} -> {', '.join(surrogate.outputs)}"]
-    for part in ("held_out", "train"):
+    for part, label in (("held_out", "held-out, fitted without them"), ("train", "all cells, the final fit")):
         m = surrogate.metrics.get(part)
         if m:
             r2 = ", ".join(f"R2 {k[3:]} {v:.4f}" for k, v in m.items() if k.startswith("r2_"))
-            lines.append(f"  {part.replace('_', '-')} ({m['cells']} cells): {r2}; MAE perplexity {m['mae_ppl']:.3g} "
+            lines.append(f"  {label} ({m['cells']} cells): {r2}; MAE perplexity {m['mae_ppl']:.3g} "
                          f"(median relative error {100 * m['median_relative_error_ppl']:.2f}%)")
     return "\n".join(lines)

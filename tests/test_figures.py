@@ -5,6 +5,7 @@ still drawn and the exit status is non-zero; the user's command line works as a 
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -81,6 +82,33 @@ def write_results(folder: Path) -> Path:
                                     "edge_compute_s": 0.001, "total_s": 0.004 * layers + 0.08 / snr + 0.001,
                                     "ue_flops": 1e12, "edge_flops": 1e14})
     write_csv(folder / figures.LATENCY_FILE, latency)
+
+    fits = {"paper": [], "wireless": []}
+    for i in range(10):
+        ppl = 15.0 * (1 + i)
+        fits["paper"].append({"dropout": 0.03 * i, "split": 1 + i % 5, "ppl": ppl, "predicted_ppl": ppl * 1.05,
+                              "inference_reward": 0.1 * i, "predicted_inference_reward": 0.1 * i + 0.01,
+                              "held_out": i % 3 == 0})
+        fits["wireless"].append({"snr_db": 10.0 + i, "split": 1 + i % 5, "withheld": 0.0, "log_ppl": math.log(ppl),
+                                 "predicted_log_ppl": math.log(ppl) + 0.05, "token_accuracy": 0.04 * i,
+                                 "predicted_token_accuracy": 0.04 * i + 0.01, "held_out": i % 2 == 0})
+    for form, rows in fits.items():
+        write_csv(folder / f"rsm_fit_{form}.csv", rows)
+    for algo in ("ppo", "a2c", "dqn"):
+        write_csv(folder / f"rl_paper_{algo}_curves.csv",
+                  [{"env": "LayerSplit-Paper-v0", "algo": algo, "seed": seed, "timesteps": 1000 * t,
+                    "mean_return": t + seed, "episodes": 10} for seed in (0, 1) for t in range(1, 6)])
+    returns = {name: {"mean": value, "ci95": 0.1} for name, value in
+               (("learned", 5.0), ("fixed", 1.0), ("random", 2.0), ("greedy", 5.5), ("optimum", 6.0))}
+    (folder / "rl_paper_ppo.json").write_text(json.dumps(
+        {"returns": returns, "training": {"wall_s": [100.0, 110.0], "timesteps": [240000, 240000]}}))
+    policy = [{"policy": name, "condition": "p", "value": 0.01 * k, "split": 1 + (k > 5) * 6 + (name == "ppo_s0"),
+               "withheld": 0.0} for name in ("ppo_s0", "optimum") for k in range(10)]
+    write_csv(folder / "rl_paper_ppo_policy.csv", policy)
+    write_csv(folder / "rl_wireless_ppo_policy.csv",
+              [{**r, "condition": "snr_db", "value": 10 + r["value"] * 100, "withheld": 0.1} for r in policy])
+    (folder / "rl_llm_ppo.json").write_text(json.dumps(
+        {"model": "tiny", "tokens_per_step": 64, "seconds_per_step": 0.5, "timesteps": 20, "wall_s": 10.0}))
     return folder
 
 
@@ -90,6 +118,10 @@ FILES = {
     "sweep": [figures.SWEEP_FILE],
     "snr": [figures.SNR_FILE.format(modulation=m) for m in figures.SNR_MODULATIONS],
     "latency": [figures.LATENCY_FILE],
+    "rsm_fit": ["rsm_fit_paper.csv", "rsm_fit_wireless.csv"],
+    "training": ["rl_paper_ppo_curves.csv", "rl_paper_a2c_curves.csv", "rl_paper_dqn_curves.csv", "rl_paper_ppo.json"],
+    "policy": ["rl_paper_ppo_policy.csv"],
+    "cost": ["rl_llm_ppo.json", "rl_paper_ppo.json"],
 }
 
 
@@ -177,6 +209,10 @@ MALFORMED = [  # (figure, file, how it is broken, what the message must say)
      "line 2, column layers_on_ue: 'two' is not int"),
     ("sweep", figures.SWEEP_FILE, lambda p: set_value(p, 1, "dropout", "?"), "column dropout: '?' is not float"),
     ("ber_per", "channel_ber_per.csv", lambda p: p.write_text(p.read_text().splitlines()[0] + "\n"), "no data rows"),
+    ("rsm_fit", "rsm_fit_paper.csv", lambda p: set_value(p, 1, "held_out", "maybe"), "column held_out: 'maybe'"),
+    ("training", "rl_paper_a2c_curves.csv", lambda p: drop_column(p, "mean_return"), "no column(s) mean_return"),
+    ("cost", "rl_llm_ppo.json", lambda p: p.write_text("{}"), "KeyError"),
+    ("cost", "rl_paper_ppo.json", lambda p: p.write_text("not json"), "JSONDecodeError"),
 ]
 
 

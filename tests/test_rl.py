@@ -320,7 +320,7 @@ def test_train_rsm_fit_train_evaluate_smoke(tmp_path):
     fit = run_script("train_rsm.py", "fit", "--sweep", str(tmp_path / "sweep.csv"), "--wireless-sweep", "",
                      "--output", str(tmp_path / "rsm.pth"), "--epochs", "300", "--results-dir", str(tmp_path / "res"))
     assert fit.returncode == 0, fit.stderr
-    assert "held-out (8 cells)" in fit.stdout and (tmp_path / "res" / "rsm_fit_paper.csv").exists()
+    assert "held-out, fitted without them (8 cells)" in fit.stdout and (tmp_path / "res" / "rsm_fit_paper.csv").exists()
     common = ["--rsm", str(tmp_path / "rsm.pth"), "--results-dir", str(tmp_path / "res"), "--eval-episodes", "3"]
     train = run_script("train_rsm.py", "train", "--total-timesteps", "800", "--seeds", "0,1", "--run-dir",
                        str(tmp_path / "runs"), "--no-progress", *common)
@@ -365,3 +365,29 @@ def test_train_py_smoke_with_a_tiny_model(tmp_path, sample_txt):
     assert report["returns"]["fixed"]["splits"][0] == [surrogate.REFERENCE_SPLIT] * 5
     progress = (tmp_path / "runs" / "ppo_s0" / "progress.csv").read_text()
     assert "time/step_s" in progress
+
+
+def test_a_wireless_policy_chooses_the_split_from_the_snr(tmp_path):
+    training.train("LayerSplit-Wireless-v0", "ppo", tmp_path / "w", 256, 0, 2, {"n_steps": 64, "batch_size": 64},
+                   progress=False)
+    choose = policies.split_chooser(tmp_path / "w")
+    model = training.load_policy(tmp_path / "w")
+    env = envs.make("LayerSplit-Wireless-v0").unwrapped
+    for snr in (5.0, 12.0, 25.0, 60.0):
+        obs = np.array([min(max(snr, 10.0), 40.0)], dtype=np.float32)
+        assert choose(snr) == env.actions[int(model.predict(obs, deterministic=True)[0]), 0] + 1
+    training.train("LayerSplit-Paper-v0", "ppo", tmp_path / "p", 400, 0, 8, {"n_steps": 50, "batch_size": 100},
+                   progress=False)
+    with pytest.raises(UserError, match="needs a LayerSplit-Wireless-v0 policy"):
+        policies.split_chooser(tmp_path / "p")
+
+
+def test_the_optimum_follows_its_plan_and_equals_replanning_every_step():
+    env = gym.make("LayerSplit-Paper-v0")
+    base = env.unwrapped
+    replanning = lambda obs, e: int(np.argmax(policies.paper_action_values(e, e.p, e.split, e.episode_steps - e.steps)))
+    planned = policies.evaluate(env, policies.PaperOptimum(), 15, seed=4)
+    every_step = policies.evaluate(env, replanning, 15, seed=4)
+    assert np.allclose(planned.returns, every_step.returns) and planned.splits == every_step.splits
+    values, plan = policies.paper_plan(base, 0.1, 9, 5)
+    assert len(plan) == 5 and plan[0] == int(np.argmax(values))
