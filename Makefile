@@ -32,7 +32,7 @@ PPO_STEPS = 240000
 OTHER_SEEDS = 0
 OTHER_STEPS = 240000
 WIRELESS_STEPS = 100000
-LLM_ARGS = --total-timesteps 50
+LLM_ARGS = --total-timesteps 100
 EVAL_ARGS =
 DEMO = $(PY) add_noise.py
 
@@ -46,12 +46,20 @@ pipeline: $(STAMP)
 	$(PY) -m layersplit.channel --latency-table $(R)/latency_breakdown.csv
 	$(PY) train_rsm.py fit --sweep $(R)/sweep_smollm2-135m.csv --wireless-sweep $(R)/sweep_wireless_smollm2-135m.csv \
 		--output $(OUT)/reward_predictor.pth --wireless-output $(OUT)/reward_predictor_wireless.pth --results-dir $(R)
-	$(PY) train_rsm.py train --seeds $(SEEDS) --total-timesteps $(PPO_STEPS) --rsm $(OUT)/reward_predictor.pth \
-		--run-dir $(OUT)/runs/LayerSplit-Paper-v0 --results-dir $(R) $(EVAL_ARGS)
-	for a in a2c dqn; do $(PY) train_rsm.py train --algo $$a --seeds $(OTHER_SEEDS) --total-timesteps $(OTHER_STEPS) \
-		--rsm $(OUT)/reward_predictor.pth --run-dir $(OUT)/runs/LayerSplit-Paper-v0 --results-dir $(R) $(EVAL_ARGS) || exit 1; done
-	$(PY) train_rsm.py train --env LayerSplit-Wireless-v0 --seeds $(SEEDS) --total-timesteps $(WIRELESS_STEPS) \
-		--rsm $(OUT)/reward_predictor_wireless.pth --run-dir $(OUT)/runs/LayerSplit-Wireless-v0 --results-dir $(R) $(EVAL_ARGS)
+	@echo "training agents on the surrogates, two at a time (one per core); logs in $(OUT)/runs/logs/"
+	mkdir -p $(OUT)/runs/logs
+	( $(PY) train_rsm.py train --seeds $(SEEDS) --total-timesteps $(PPO_STEPS) --rsm $(OUT)/reward_predictor.pth \
+		--run-dir $(OUT)/runs/LayerSplit-Paper-v0 --results-dir $(R) --no-progress $(EVAL_ARGS) > $(OUT)/runs/logs/rl_paper_ppo.log 2>&1 && \
+	  $(PY) train_rsm.py train --algo a2c --seeds $(OTHER_SEEDS) --total-timesteps $(OTHER_STEPS) --rsm $(OUT)/reward_predictor.pth \
+		--run-dir $(OUT)/runs/LayerSplit-Paper-v0 --results-dir $(R) --no-progress $(EVAL_ARGS) > $(OUT)/runs/logs/rl_paper_a2c.log 2>&1 ) & first=$$!; \
+	( $(PY) train_rsm.py train --env LayerSplit-Wireless-v0 --seeds $(SEEDS) --total-timesteps $(WIRELESS_STEPS) \
+		--rsm $(OUT)/reward_predictor_wireless.pth --run-dir $(OUT)/runs/LayerSplit-Wireless-v0 --results-dir $(R) --no-progress \
+		$(EVAL_ARGS) > $(OUT)/runs/logs/rl_wireless_ppo.log 2>&1 && \
+	  $(PY) train_rsm.py train --algo dqn --seeds $(OTHER_SEEDS) --total-timesteps $(OTHER_STEPS) --rsm $(OUT)/reward_predictor.pth \
+		--run-dir $(OUT)/runs/LayerSplit-Paper-v0 --results-dir $(R) --no-progress $(EVAL_ARGS) > $(OUT)/runs/logs/rl_paper_dqn.log 2>&1 ) & second=$$!; \
+	status=0; wait $$first || status=1; wait $$second || status=1; \
+	grep -h -A7 "mean return over" $(OUT)/runs/logs/rl_*.log; \
+	if [ $$status != 0 ]; then echo "training failed: see $(OUT)/runs/logs/rl_*.log"; exit 1; fi
 	$(PY) train.py $(LLM_ARGS) --run-dir $(OUT)/runs/LayerSplit-LLM-v0 --results $(R)/rl_llm_ppo.json
 	$(PY) figures.py --results-dir $(R) --figures-dir $(OUT)/figures
 	@echo "results in $(R), figures in $(OUT)/figures, surrogates in $(OUT)/reward_predictor*.pth, runs in $(OUT)/runs"

@@ -51,6 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=BATCH, help=f"PPO minibatch (default: {BATCH})")
     p.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY, help=f"steps between checkpoints (default: {CHECKPOINT_EVERY})")
     p.add_argument("--eval-episodes", type=int, default=EVAL_EPISODES, help=f"evaluation episodes per policy, 0 to skip (default: {EVAL_EPISODES})")
+    p.add_argument("--raw-observations", action="store_true",
+                   help="feed the policy raw observations, as the original (default: scaled to [-1, 1] by the bounds)")
     p.add_argument("--run-dir", default=RUNS_DIR, help=f"parent folder of the run (default: {RUNS_DIR})")
     p.add_argument("--results", default=RESULTS, help=f"summary JSON (default: {RESULTS})")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
@@ -76,7 +78,8 @@ def main(argv=None) -> int:
               f"-> {run}", file=sys.stderr)
         model, summary = training.train("LayerSplit-LLM-v0", "ppo", run, args.total_timesteps, args.seed, 1,
                                         {"n_steps": args.n_steps, "batch_size": args.batch}, env_kwargs,
-                                        args.checkpoint_every, progress=not args.no_progress)
+                                        args.checkpoint_every, progress=not args.no_progress,
+                                        scale_observations=not args.raw_observations)
         print(f"{summary['timesteps']} steps in {summary['wall_s']:.1f} s: {summary['seconds_per_step']:.3f} s per "
               f"environment step (PPO updates included)")
         report = {"model": args.model, "dataset": args.dataset, "tokens_per_step": args.tokens, "seed": args.seed,

@@ -45,6 +45,8 @@ TOTAL_TIMESTEPS = 240_000  # the original's PPO budget on the surrogate
 N_ENVS = 8  # environments stepped together (vectorised); PPO's rollout stays ROLLOUT steps in all
 ROLLOUT = 400  # PPO steps per update summed over environments (the original's n_steps with one env)
 BATCH = 100  # PPO minibatch (the original's batch_size)
+GAMMA = 0.9  # discount, every algorithm: a horizon of ~10 steps for 5-step episodes (SB3's 0.99: README)
+SCALE_OBSERVATIONS = training.SCALE_OBSERVATIONS  # policy inputs scaled to [-1, 1] by the bounds (README)
 TORCH_THREADS = 1  # a 64-unit policy network gains nothing from more threads, only overhead
 CHECKPOINT_EVERY = 20_000  # save the agent every this many steps (resume picks up from there)
 RUNS_DIR = "runs"  # training runs: runs/<env>/<algo>_s<seed>/
@@ -56,14 +58,16 @@ CURVE_POINTS = 60  # learning-curve resolution (bins over training steps)
 CONFIDENCE = policies.CONFIDENCE  # level of the intervals over seeds
 
 
-def hyperparameters(algo: str, n_envs: int, rollout: int, batch: int) -> dict:
+def hyperparameters(algo: str, n_envs: int, rollout: int, batch: int, gamma: float = GAMMA) -> dict:
     """PPO: the original's n_steps=400 and batch_size=100, split over the vectorised environments;
-    A2C and DQN: Stable-Baselines3 defaults (the paper does not give theirs)."""
+    A2C and DQN: Stable-Baselines3 defaults (the paper does not give theirs). The discount of all."""
+    if not 0 < gamma <= 1:
+        raise UserError(f"--gamma {gamma} must be in (0, 1]")
     if algo != "ppo":
-        return {}
+        return {"gamma": gamma}
     if rollout % n_envs:
         raise UserError(f"--rollout {rollout} must be a multiple of --n-envs {n_envs}")
-    return {"n_steps": rollout // n_envs, "batch_size": batch}
+    return {"n_steps": rollout // n_envs, "batch_size": batch, "gamma": gamma}
 
 
 def env_kwargs_for(env_id: str, rsm_path: str | None) -> dict:
@@ -100,13 +104,14 @@ def cmd_train(args) -> int:
     seeds = [int(s) for s in parse_floats(args.seeds, "--seeds")]
     env_kwargs = env_kwargs_for(args.env, args.rsm)
     envs.make(args.env, **env_kwargs).close()  # a bad id or surrogate fails here, before any training
-    params = hyperparameters(args.algo, args.n_envs, args.rollout, args.batch)
+    params = hyperparameters(args.algo, args.n_envs, args.rollout, args.batch, args.gamma)
     runs = []
     for seed in seeds:
         folder = run_dir(args, seed)
         print(f"training {args.algo} on {args.env}, seed {seed}, {args.total_timesteps} steps -> {folder}", file=sys.stderr)
         _, summary = training.train(args.env, args.algo, folder, args.total_timesteps, seed, args.n_envs, params,
-                                    env_kwargs, args.checkpoint_every, progress=not args.no_progress)
+                                    env_kwargs, args.checkpoint_every, progress=not args.no_progress,
+                                    scale_observations=not args.raw_observations)
         print(f"  {summary['wall_s']:.1f} s, {summary['steps_per_s']:.0f} steps/s", file=sys.stderr)
         runs.append(folder)
     if args.eval_episodes:
@@ -223,6 +228,9 @@ def parse_args(argv=None) -> argparse.Namespace:
             s.add_argument("--batch", type=int, default=BATCH, help=f"PPO minibatch (default: {BATCH})")
             s.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY,
                            help=f"steps between checkpoints, 0 for none (default: {CHECKPOINT_EVERY})")
+            s.add_argument("--gamma", type=float, default=GAMMA, help=f"discount (default: {GAMMA}; SB3's and the original's: 0.99)")
+            s.add_argument("--raw-observations", action="store_true", default=not SCALE_OBSERVATIONS,
+                           help="feed the policy raw observations, as the original (default: scaled to [-1, 1] by the bounds)")
             s.add_argument("--run-dir", help=f"parent folder of the runs (default: {RUNS_DIR}/<env>)")
             s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
         else:

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from . import UserError, channel
+from . import UserError, channel, sweep
 from .models import find_decoder_layers
 
 log = logging.getLogger("layersplit.serving")
@@ -832,19 +832,7 @@ def format_splits(splits: list[int]) -> str:
 
 def parse_splits(text: str, n_layers: int) -> list[int]:
     """'all' (1..L-1) or layers-on-the-UE and ranges like '1-9,15'."""
-    if text.strip() == "all":
-        return list(range(1, n_layers))
-    splits = set()
-    try:
-        for part in text.split(","):
-            lo, _, hi = part.strip().partition("-")
-            splits.update(range(int(lo), int(hi or lo) + 1))
-    except ValueError as e:
-        raise UserError(f"--splits {text!r}: use 'all' or numbers of layers on the UE like 1-9,15") from e
-    bad = sorted(s for s in splits if not 1 <= s < n_layers)
-    if bad or not splits:
-        raise UserError(f"--splits {text!r}: {bad} outside 1..{n_layers - 1} layers on the UE" if bad else "--splits is empty")
-    return sorted(splits)
+    return sweep.parse_splits(text, n_layers, first=1, what="layers on the UE")
 
 
 # ---- the UE ---------------------------------------------------------------------------------------

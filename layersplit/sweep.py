@@ -61,20 +61,21 @@ class Condition:
         return f"{self.link} {self.snr_db:g} dB" + (f", {self.withheld:.0%} withheld" if self.withheld else "")
 
 
-def parse_splits(text: str, n_layers: int) -> list[int]:
-    """'all', or comma-separated layers and ranges like '0-4,9' (0-based, inclusive)."""
+def parse_splits(text: str, n_layers: int, first: int = 0, what: str = "layers") -> list[int]:
+    """'all' (first..n_layers-1), or comma-separated numbers and ranges like '0-4,9' (inclusive).
+    The sweep counts 0-based layers (first=0); serve.py counts layers on the UE (first=1)."""
     if text.strip() == "all":
-        return list(range(n_layers))
+        return list(range(first, n_layers))
     splits = set()
     try:
         for part in text.split(","):
             lo, _, hi = part.strip().partition("-")
             splits.update(range(int(lo), int(hi or lo) + 1))
     except ValueError as e:
-        raise UserError(f"--splits {text!r}: use 'all' or layers and ranges like 0-4,9") from e
-    bad = sorted(s for s in splits if not 0 <= s < n_layers)
+        raise UserError(f"--splits {text!r}: use 'all' or {what} and ranges like {first}-4,9") from e
+    bad = sorted(s for s in splits if not first <= s < n_layers)
     if bad or not splits:
-        raise UserError(f"--splits {text!r}: layers {bad} are outside 0..{n_layers - 1}" if bad else "--splits is empty")
+        raise UserError(f"--splits {text!r}: {what} {bad} are outside {first}..{n_layers - 1}" if bad else "--splits is empty")
     return sorted(splits)
 
 

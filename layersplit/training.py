@@ -2,6 +2,7 @@
 TensorBoard and CSV logs, periodic checkpoints and resumption after an interruption."""
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
@@ -12,6 +13,8 @@ from stable_baselines3 import A2C, DQN, PPO
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
+from stable_baselines3.common.preprocessing import get_flattened_obs_dim
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import VecMonitor
 from tqdm.auto import tqdm
 
@@ -21,6 +24,23 @@ from . import envs  # registers the environment ids
 ALGOS = {"ppo": PPO, "a2c": A2C, "dqn": DQN}
 POLICY_FILE = "policy.zip"  # the trained agent, loadable with ALGOS[algo].load
 CHECKPOINTS = "checkpoints"  # folder of periodic saves inside a run folder
+SCALE_OBSERVATIONS = True  # policy inputs mapped to [-1, 1] by the observation bounds (False: raw, as the original)
+
+
+class ScaledObservation(BaseFeaturesExtractor):
+    """The policy's first step: each observation entry mapped from its Box bounds to [-1, 1]. The
+    original fed [p, split] raw (p spans 0.3, split 10), and PPO then stopped short of the optimum
+    (README, "Observation scaling"). Inside the policy, a saved agent takes raw observations."""
+
+    def __init__(self, observation_space):
+        super().__init__(observation_space, get_flattened_obs_dim(observation_space))
+        low = torch.as_tensor(observation_space.low, dtype=torch.float32).flatten()
+        high = torch.as_tensor(observation_space.high, dtype=torch.float32).flatten()
+        self.register_buffer("low", low)
+        self.register_buffer("scale", 2.0 / (high - low))
+
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        return (observations.flatten(1) - self.low) * self.scale - 1.0
 
 
 class ProgressBar(BaseCallback):
@@ -68,7 +88,8 @@ def make_env(env_id: str, n_envs: int, seed: int, env_kwargs: dict | None, monit
             return env
         Path(monitor_dir).mkdir(parents=True, exist_ok=True)
         return VecMonitor(env, str(Path(monitor_dir) / "all"))
-    return make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs or {},
+    # through envs.make, not the id: SB3 would ask for render_mode="rgb_array", which these envs lack
+    return make_vec_env(functools.partial(envs.make, env_id), n_envs=n_envs, seed=seed, env_kwargs=env_kwargs or {},
                         monitor_dir=None if monitor_dir is None else str(monitor_dir))
 
 
@@ -80,7 +101,8 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def train(env_id: str, algo: str, run_dir: str | Path, total_timesteps: int, seed: int, n_envs: int,
           hyperparameters: dict, env_kwargs: dict | None = None, checkpoint_every: int = 0,
-          progress: bool = True, resume: bool = True, batched: bool = True):
+          progress: bool = True, resume: bool = True, batched: bool = True,
+          scale_observations: bool = SCALE_OBSERVATIONS):
     """Train (or resume) an agent; returns (model, summary). A run folder holding a finished policy is
     reused as is; one holding checkpoints continues from the newest of them."""
     if algo not in ALGOS:
@@ -90,7 +112,7 @@ def train(env_id: str, algo: str, run_dir: str | Path, total_timesteps: int, see
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     config = {"env": env_id, "algo": algo, "batched": batched, "seed": seed, "n_envs": n_envs, "total_timesteps": total_timesteps,
-              "hyperparameters": hyperparameters, "env_kwargs": {k: str(v) for k, v in (env_kwargs or {}).items()}}
+              "hyperparameters": hyperparameters, "scale_observations": scale_observations, "env_kwargs": {k: str(v) for k, v in (env_kwargs or {}).items()}}
     config_path = run_dir / "config.json"
     same = ("total_timesteps",)  # a resumed run may be given a larger budget; anything else must match
     if config_path.exists() and {k: v for k, v in json.loads(config_path.read_text()).items() if k not in same} != {
@@ -113,7 +135,8 @@ def train(env_id: str, algo: str, run_dir: str | Path, total_timesteps: int, see
     if checkpoint is not None:
         model = cls.load(checkpoint, env=env, device="cpu")
     else:
-        model = cls("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **hyperparameters)
+        policy_kwargs = {"features_extractor_class": ScaledObservation} if scale_observations else {}
+        model = cls("MlpPolicy", env, seed=seed, device="cpu", verbose=0, policy_kwargs=policy_kwargs, **hyperparameters)
     done = model.num_timesteps
     if done and (run_dir / "progress.csv").exists():  # SB3's CSV logger starts a new file: keep the old part
         (run_dir / "progress.csv").rename(run_dir / f"progress_until_{done}.csv")

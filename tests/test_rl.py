@@ -295,6 +295,21 @@ def test_same_seed_same_policy(tmp_path):
         assert torch.equal(x, y)
 
 
+def test_policy_inputs_are_scaled_by_the_bounds_inside_the_saved_policy(tmp_path):
+    env = envs.make("LayerSplit-Paper-v0")
+    extractor = training.ScaledObservation(env.observation_space)
+    bounds = torch.tensor([[0.0, 1.0], [0.3, 10.0], [0.15, 5.5]])
+    assert torch.allclose(extractor(bounds), torch.tensor([[-1.0, -1.0], [1.0, 1.0], [0.0, 0.0]]), atol=1e-6)
+    params = {"n_steps": 50, "batch_size": 100}
+    training.train("LayerSplit-Paper-v0", "ppo", tmp_path / "s", 400, 0, 8, params, progress=False)
+    raw, _ = training.train("LayerSplit-Paper-v0", "ppo", tmp_path / "r", 400, 0, 8, params, progress=False,
+                            scale_observations=False)
+    loaded = training.load_policy(tmp_path / "s")  # a saved policy takes raw observations: the scaling is inside
+    assert isinstance(loaded.policy.features_extractor, training.ScaledObservation)
+    assert type(raw.policy.features_extractor).__name__ == "FlattenExtractor"
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["scale_observations"] is False
+
+
 @pytest.mark.parametrize("algo", ["a2c", "dqn"])
 def test_other_algorithms_train(tmp_path, algo):
     model, summary = training.train("LayerSplit-Paper-v0", algo, tmp_path / algo, 400, 0, 4, {}, progress=False)
