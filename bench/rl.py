@@ -114,9 +114,9 @@ def main() -> int:
         original = ppo_run(rsm, args.steps, True, Path(tmp) / "original")
         fast = ppo_run(rsm, args.steps, False, Path(tmp) / "fast")
     print(f"2. PPO on LayerSplit-Paper-v0, n_steps 400, batch 100, {args.steps:,} steps each, one torch thread")
-    print(f"   {'set-up':34s}{'steps/s':>9s}{'240k run':>11s}{'return':>9s}{'of optimum':>12s}")
+    print(f"   {'set-up':38s}{'steps/s':>9s}{'240k run':>11s}{'return':>9s}{'of optimum':>12s}")
     for name, r in (("original: 1 env, raw obs., gamma .99", original), (f"default: {N_ENVS} batched, scaled, .9", fast)):
-        print(f"   {name:34s}{r['steps_per_s']:9.0f}{FULL_RUN / r['steps_per_s']:10.1f}s{r['return']:9.3f}"
+        print(f"   {name:38s}{r['steps_per_s']:9.0f}{FULL_RUN / r['steps_per_s']:10.1f}s{r['return']:9.3f}"
               f"{100 * r['return'] / r['optimum']:11.2f}%")
     print(f"   speed-up {fast['steps_per_s'] / original['steps_per_s']:.2f}x; the 240k run in "
           f"{FULL_RUN / fast['steps_per_s']:.0f} s (target 120 s; the paper reported 7.7 min)")
