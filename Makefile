@@ -23,13 +23,13 @@ venv: $(STAMP)
 
 # --- the pipeline: every result, then every figure; each step resumes where an interrupted run stopped
 R = $(OUT)/results
-SNR_GRID = 0,5,10,15,20,25,30,35,40,45,50,55
+SNR_GRID = 0,2.5,5,7.5,10,12.5,15,17.5,20,22.5,25,27.5,30,32.5,35,37.5,40,42.5,45,47.5,50,52.5,55
 SWEEP_ARGS =
 WIRELESS_ARGS = --splits 1-10 --dropouts '' --snrs 10,15,20,25,30,40 --withheld 0.05,0.1,0.2,0.3 --draws 1
 SNR_ARGS = --splits 4,12,24 --dropouts '' --draws 1 --snrs $(SNR_GRID)
 SEEDS = 0,1,2
 PPO_STEPS = 240000
-OTHER_SEEDS = 0
+OTHER_SEEDS = 0,1,2
 OTHER_STEPS = 240000
 WIRELESS_STEPS = 100000
 LLM_ARGS = --total-timesteps 100

@@ -60,7 +60,7 @@ SWEEP_FILE = "sweep_smollm2-135m.csv"  # the default sweep of add_noise.py --swe
 SNR_FILE = "sweep_snr_{modulation}.csv"  # further sweep_snr_*.csv files (e.g. 64qam) are drawn too
 SNR_MODULATIONS = ("bpsk", "qpsk", "16qam")  # the files the figure requires
 SNR_COMMAND = ("python add_noise.py --sweep --link erasure --modulation {modulation} "
-               "--snrs 0,5,10,15,20,25,30,35,40,45,50,55 "
+               "--snrs 0,2.5,5,7.5,10,12.5,15,17.5,20,22.5,25,27.5,30,32.5,35,37.5,40,42.5,45,47.5,50,52.5,55 "
                "--splits 4,12,24 --dropouts '' --draws 1 --max-tokens 512 --output {path}")
 RECOVERY = 1.10  # "recovered": perplexity within 10 % of clean at this SNR and every higher one
 # --- latency: seconds per component, stacked; colours from ColorBrewer Dark2 (apart from the modulations')
