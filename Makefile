@@ -34,6 +34,8 @@ OTHER_STEPS = 240000
 WIRELESS_STEPS = 100000
 LLM_ARGS = --total-timesteps 100
 EVAL_ARGS =
+# the authors' released surrogate (Llama-2-7B): PPO on it too when the file is there
+AUTHORS_RSM = ../shared/reference/authors_reward_predictor.pth
 DEMO = $(PY) add_noise.py
 
 pipeline: $(STAMP)
@@ -56,7 +58,10 @@ pipeline: $(STAMP)
 		--rsm $(OUT)/reward_predictor_wireless.pth --run-dir $(OUT)/runs/LayerSplit-Wireless-v0 --results-dir $(R) --no-progress \
 		$(EVAL_ARGS) > $(OUT)/runs/logs/rl_wireless_ppo.log 2>&1 && \
 	  $(PY) train_rsm.py train --algo dqn --seeds $(OTHER_SEEDS) --total-timesteps $(OTHER_STEPS) --rsm $(OUT)/reward_predictor.pth \
-		--run-dir $(OUT)/runs/LayerSplit-Paper-v0 --results-dir $(R) --no-progress $(EVAL_ARGS) > $(OUT)/runs/logs/rl_paper_dqn.log 2>&1 ) & second=$$!; \
+		--run-dir $(OUT)/runs/LayerSplit-Paper-v0 --results-dir $(R) --no-progress $(EVAL_ARGS) > $(OUT)/runs/logs/rl_paper_dqn.log 2>&1 && \
+	  if [ -f "$(AUTHORS_RSM)" ]; then $(PY) train_rsm.py train --seeds $(SEEDS) --total-timesteps $(PPO_STEPS) --rsm $(AUTHORS_RSM) \
+		--run-dir $(OUT)/runs/authors --name rl_paper_ppo_authors --results-dir $(R) --no-progress $(EVAL_ARGS) \
+		> $(OUT)/runs/logs/rl_paper_ppo_authors.log 2>&1; fi ) & second=$$!; \
 	status=0; wait $$first || status=1; wait $$second || status=1; \
 	grep -h -A7 "mean return over" $(OUT)/runs/logs/rl_*.log; \
 	if [ $$status != 0 ]; then echo "training failed: see $(OUT)/runs/logs/rl_*.log"; exit 1; fi

@@ -44,14 +44,14 @@ PPO_STEPS = 240_000  # the original's budget; both set-ups run it in full unless
 FULL_RUN = 240_000  # what the times are extrapolated to
 EVAL_EPISODES = 200  # evaluation episodes of each final policy (the same for both)
 N_ENVS = 8  # batched copies of the fast set-up
-SEED = 0
+SEED = 0  # environment resets, the timed actions and the PPO runs (--seed)
 
 
-def time_llm_step(tokens: int) -> float:
+def time_llm_step(tokens: int, seed: int) -> float:
     model, tokenizer = load_model(EMBEDDED_MODEL)
     ids = tokenize(tokenizer, load_text("wiki"), tokens)
     env = gym.make("LayerSplit-LLM-v0", model=model, token_ids=ids, tokens=tokens, context_length=tokens)
-    env.reset(seed=SEED)
+    env.reset(seed=seed)
     start = time.perf_counter()
     for step in range(LLM_STEPS):
         env.step(step % 10)
@@ -59,17 +59,17 @@ def time_llm_step(tokens: int) -> float:
     return (time.perf_counter() - start) / LLM_STEPS
 
 
-def time_surrogate_steps(rsm: Path) -> tuple[float, float]:
+def time_surrogate_steps(rsm: Path, seed: int) -> tuple[float, float]:
     env = gym.make("LayerSplit-Paper-v0", rsm_path=rsm)
-    env.reset(seed=SEED)
-    actions = np.random.default_rng(SEED).integers(9, size=SURROGATE_STEPS)
+    env.reset(seed=seed)
+    actions = np.random.default_rng(seed).integers(9, size=SURROGATE_STEPS)
     start = time.perf_counter()
     for a in actions:
         if env.step(int(a))[3]:
             env.reset()
     single = (time.perf_counter() - start) / SURROGATE_STEPS
     vec = envs.PaperVecEnv(N_ENVS, rsm_path=rsm)
-    vec.seed(SEED)
+    vec.seed(seed)
     vec.reset()
     batches = actions[: SURROGATE_STEPS - SURROGATE_STEPS % N_ENVS].reshape(-1, N_ENVS)
     start = time.perf_counter()
@@ -78,12 +78,12 @@ def time_surrogate_steps(rsm: Path) -> tuple[float, float]:
     return single, (time.perf_counter() - start) / batches.size
 
 
-def ppo_run(rsm: Path, steps: int, original: bool, folder: Path) -> dict:
+def ppo_run(rsm: Path, steps: int, original: bool, folder: Path, seed: int) -> dict:
     """The original set-up (one environment, raw observations, gamma 0.99) or this project's default."""
     torch.set_num_threads(1)
     n_envs, batched, scaled = (1, False, False) if original else (N_ENVS, True, True)
     params = {"n_steps": 400, "batch_size": 100, "gamma": 0.99} if original else hyperparameters("ppo", N_ENVS, 400, 100)
-    model, summary = training.train("LayerSplit-Paper-v0", "ppo", folder, steps, SEED, n_envs, params,
+    model, summary = training.train("LayerSplit-Paper-v0", "ppo", folder, steps, seed, n_envs, params,
                                     {"rsm_path": rsm}, progress=False, batched=batched,
                                     scale_observations=scaled)
     env = gym.make("LayerSplit-Paper-v0", rsm_path=rsm)
@@ -96,14 +96,15 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=PPO_STEPS, help=f"PPO steps per set-up (default: {PPO_STEPS})")
     p.add_argument("--llm-tokens", type=int, default=envs.LLM_TOKENS, help=f"tokens per LLM step (default: {envs.LLM_TOKENS})")
+    p.add_argument("--seed", type=int, default=SEED, help=f"seed (default: {SEED})")
     p.add_argument("--rsm", type=Path, help="surrogate (default: the authors' if found, else reward_predictor.pth)")
     args = p.parse_args()
     keep_freed_memory()
     rsm = args.rsm or (AUTHORS_RSM if AUTHORS_RSM.exists() else ROOT / "reward_predictor.pth")
     print(f"surrogate: {rsm}\n")
 
-    llm = time_llm_step(args.llm_tokens)
-    single, batched = time_surrogate_steps(rsm)
+    llm = time_llm_step(args.llm_tokens, args.seed)
+    single, batched = time_surrogate_steps(rsm, args.seed)
     print(f"1. one environment step ({torch.get_num_threads()} torch threads for the LLM)")
     print(f"   real LLM ({args.llm_tokens} tokens)      {llm * 1e3:10.1f} ms")
     print(f"   surrogate, single env          {single * 1e6:10.1f} us   LLM / surrogate = {llm / single:,.0f}x")
@@ -111,8 +112,8 @@ def main() -> int:
     print(f"   {FULL_RUN:,} steps of the LLM environment: {llm * FULL_RUN / 86400:.1f} days (environment alone)\n")
 
     with tempfile.TemporaryDirectory() as tmp:
-        original = ppo_run(rsm, args.steps, True, Path(tmp) / "original")
-        fast = ppo_run(rsm, args.steps, False, Path(tmp) / "fast")
+        original = ppo_run(rsm, args.steps, True, Path(tmp) / "original", args.seed)
+        fast = ppo_run(rsm, args.steps, False, Path(tmp) / "fast", args.seed)
     print(f"2. PPO on LayerSplit-Paper-v0, n_steps 400, batch 100, {args.steps:,} steps each, one torch thread")
     print(f"   {'set-up':38s}{'steps/s':>9s}{'240k run':>11s}{'return':>9s}{'of optimum':>12s}")
     for name, r in (("original: 1 env, raw obs., gamma .99", original), (f"default: {N_ENVS} batched, scaled, .9", fast)):

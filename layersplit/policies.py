@@ -11,8 +11,10 @@ baselines read its state; a learned policy ignores it). Baselines:
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -130,10 +132,7 @@ def split_chooser(run_dir, rsm_path=None) -> Callable[[float], int]:
     """A policy trained on LayerSplit-Wireless-v0 as `snr_db -> layers on the UE` (what serve.py's
     UE asks per request): the policy's action at that SNR, its split + 1 (the withheld share it
     also picks is not applied by serve.py)."""
-    import json
-    from pathlib import Path
-
-    from .training import load_policy
+    from .training import load_policy  # here: Stable-Baselines3 is only imported when a policy is loaded
 
     config_path = Path(run_dir) / "config.json"
     if not config_path.is_file():
