@@ -36,6 +36,8 @@ class ScaledObservation(BaseFeaturesExtractor):
         super().__init__(observation_space, get_flattened_obs_dim(observation_space))
         low = torch.as_tensor(observation_space.low, dtype=torch.float32).flatten()
         high = torch.as_tensor(observation_space.high, dtype=torch.float32).flatten()
+        if not (torch.isfinite(low).all() and torch.isfinite(high).all()):
+            raise UserError("observation scaling needs finite bounds: train with --raw-observations")
         self.register_buffer("low", low)
         self.register_buffer("scale", 2.0 / (high - low))
 
