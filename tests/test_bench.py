@@ -1,0 +1,30 @@
+"""Smoke runs of the benchmarks with tiny budgets, as a user runs them: each finishes and prints its
+comparison. (What they measure is read from their output by people, not asserted here: these
+machines are shared and timings are noisy.)"""
+import re
+
+import pytest
+
+from conftest import run_script
+
+pytestmark = pytest.mark.real_model
+
+
+def test_bench_rl_compares_llm_and_surrogate_steps_and_both_ppo_setups():
+    done = run_script("bench/rl.py", "--steps", "800", "--llm-tokens", "32", timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "1. one environment step" in done.stdout and "LLM / surrogate" in done.stdout
+    shares = re.findall(r"([\d.]+)%\n", done.stdout)
+    assert len(shares) == 2 and all(0 < float(s) <= 100.0 + 1e-9 for s in shares)  # original and default, vs the optimum
+
+
+def test_bench_serve_gives_the_single_process_tokens_over_a_loss_free_socket():
+    done = run_script("bench/serve.py", "--prompts", "1", "--max-new-tokens", "4", "--rounds", "1", timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert re.search(r"socket fp32 .* 1/1 requests", done.stdout)
+
+
+def test_bench_sweep_fast_and_naive_paths_agree():
+    done = run_script("bench/sweep.py", "--tokens", "32", "--draws", "1", timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("max |dPPL|/PPL 0.0e+00") == 2
