@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import sys
 import traceback
@@ -107,8 +108,8 @@ def read_csv(path: Path, columns: dict[str, type], remedy: str, optional: dict[s
 
 def save(fig: plt.Figure, figures_dir: Path, name: str) -> Path:
     """Write `fig` as name.png and name.pdf (FORMATS) into figures_dir, close it; the PNG's path."""
-    for fmt in FORMATS:
-        fig.savefig(figures_dir / f"{name}.{fmt}", dpi=DPI)
+    for fmt in FORMATS:  # no creation date in the PDF: the same results give the same bytes
+        fig.savefig(figures_dir / f"{name}.{fmt}", dpi=DPI, metadata={"CreationDate": None} if fmt == "pdf" else None)
     plt.close(fig)
     return figures_dir / f"{name}.{FORMATS[0]}"
 
@@ -423,8 +424,6 @@ def _flag(text: str) -> bool:
 
 def read_json(path: Path, remedy: str, *keys: str) -> dict:
     """A JSON result file; FigureInputError names it when missing, unreadable or without `keys`."""
-    import json
-
     if not path.is_file():
         raise FigureInputError(f"missing {path} (make it with: {remedy})")
     try:
