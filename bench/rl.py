@@ -1,6 +1,6 @@
 """Benchmark of model-based RL: what the surrogate saves, and how fast PPO runs on it. One process.
 
-    python bench/rl.py                     # about 10 minutes on 2 CPU cores (two full 240,000-step PPO runs)
+    python bench/rl.py                     # about 2 minutes on 2 CPU cores (two full 240,000-step PPO runs)
     python bench/rl.py --steps 40000       # shorter: both PPO set-ups over 40,000 steps, extrapolated
 
 Prints, measured here in one run:
@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from layersplit import envs, policies, training  # noqa: E402
 from layersplit.data import load_text, tokenize  # noqa: E402
 from layersplit.models import EMBEDDED_MODEL, keep_freed_memory, load_model  # noqa: E402
-from train_rsm import hyperparameters  # noqa: E402  (the project's defaults)
+from train_rsm import GAMMA, hyperparameters  # noqa: E402  (the project's defaults)
 
 AUTHORS_RSM = ROOT.parent / "shared" / "reference" / "authors_reward_predictor.pth"  # if present
 LLM_STEPS = 5  # LLM environment steps timed (after one reset)
@@ -43,6 +43,7 @@ SURROGATE_STEPS = 20_000  # surrogate environment steps timed
 PPO_STEPS = 240_000  # the original's budget; both set-ups run it in full unless --steps says less
 FULL_RUN = 240_000  # what the times are extrapolated to
 EVAL_EPISODES = 200  # evaluation episodes of each final policy (the same for both)
+EVAL_SEED = 10_000  # the evaluation episodes start from resets seeded EVAL_SEED, EVAL_SEED + 1, ...
 N_ENVS = 8  # batched copies of the fast set-up
 SEED = 0  # environment resets, the timed actions and the PPO runs (--seed)
 
@@ -79,17 +80,22 @@ def time_surrogate_steps(rsm: Path, seed: int) -> tuple[float, float]:
 
 
 def ppo_run(rsm: Path, steps: int, original: bool, folder: Path, seed: int) -> dict:
-    """The original set-up (one environment, raw observations, gamma 0.99) or this project's default."""
+    """The original set-up (one environment, raw observations, gamma 0.99) or this project's default;
+    the summary with the final policy's mean return on the EVAL_EPISODES evaluation episodes."""
     torch.set_num_threads(1)
     n_envs, batched, scaled = (1, False, False) if original else (N_ENVS, True, True)
-    params = {"n_steps": 400, "batch_size": 100, "gamma": 0.99} if original else hyperparameters("ppo", N_ENVS, 400, 100)
+    params = hyperparameters("ppo", n_envs, 400, 100, gamma=0.99 if original else GAMMA)
     model, summary = training.train("LayerSplit-Paper-v0", "ppo", folder, steps, seed, n_envs, params,
                                     {"rsm_path": rsm}, progress=False, batched=batched,
                                     scale_observations=scaled)
     env = gym.make("LayerSplit-Paper-v0", rsm_path=rsm)
-    learned = policies.evaluate(env, policies.learned(model), EVAL_EPISODES, seed=10_000).mean
-    optimum = policies.evaluate(env, policies.baseline("optimum", env.unwrapped), EVAL_EPISODES, seed=10_000).mean
-    return {**summary, "return": learned, "optimum": optimum}
+    return {**summary, "return": policies.evaluate(env, policies.learned(model), EVAL_EPISODES, seed=EVAL_SEED).mean}
+
+
+def optimum_return(rsm: Path) -> float:
+    """The exact optimum's mean return on the same evaluation episodes (one DP plan per episode)."""
+    env = gym.make("LayerSplit-Paper-v0", rsm_path=rsm)
+    return policies.evaluate(env, policies.baseline("optimum", env.unwrapped), EVAL_EPISODES, seed=EVAL_SEED).mean
 
 
 def main() -> int:
@@ -114,11 +120,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         original = ppo_run(rsm, args.steps, True, Path(tmp) / "original", args.seed)
         fast = ppo_run(rsm, args.steps, False, Path(tmp) / "fast", args.seed)
+    optimum = optimum_return(rsm)
     print(f"2. PPO on LayerSplit-Paper-v0, n_steps 400, batch 100, {args.steps:,} steps each, one torch thread")
     print(f"   {'set-up':38s}{'steps/s':>9s}{'240k run':>11s}{'return':>9s}{'of optimum':>12s}")
     for name, r in (("original: 1 env, raw obs., gamma .99", original), (f"default: {N_ENVS} batched, scaled, .9", fast)):
         print(f"   {name:38s}{r['steps_per_s']:9.0f}{FULL_RUN / r['steps_per_s']:10.1f}s{r['return']:9.3f}"
-              f"{100 * r['return'] / r['optimum']:11.2f}%")
+              f"{100 * r['return'] / optimum:11.2f}%")
     print(f"   speed-up {fast['steps_per_s'] / original['steps_per_s']:.2f}x; the 240k run in "
           f"{FULL_RUN / fast['steps_per_s']:.0f} s (target 120 s; the paper reported 7.7 min)")
     print(f"   LLM-in-the-loop 240k run / surrogate 240k run = {llm * FULL_RUN / (FULL_RUN / fast['steps_per_s']):,.0f}x")
