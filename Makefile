@@ -1,6 +1,7 @@
 # Two commands on a fresh machine:  make reproduce   (the main job, embedded defaults)
 #                                   make test        (the test suite, as CI runs it)
-# make quick: the same pipeline at toy scale (a few minutes).
+# make quick: the same pipeline at toy scale (a few minutes); make llm: train.py to the original's
+# budget (after make reproduce); make full: the sweeps at the paper's scale (hours on 2 CPU cores).
 # Each creates the virtual environment and installs what it needs first.
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +10,7 @@ STAMP := $(VENV)/.installed
 # where `make reproduce` writes; OUT=. regenerates the committed results/, figures/ and surrogates
 OUT ?= runs/reproduce
 
-.PHONY: reproduce quick pipeline test venv clean-venv
+.PHONY: reproduce quick full llm pipeline test venv clean-venv
 
 $(STAMP): requirements.txt requirements-embedded.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,24 +24,33 @@ venv: $(STAMP)
 
 # --- the pipeline: every result, then every figure; each step resumes where an interrupted run stopped
 R = $(OUT)/results
+# one grid, written once: the SNR experiments' Es/N0 values (figures.py reads the files these make)
 SNR_GRID = 0,2.5,5,7.5,10,12.5,15,17.5,20,22.5,25,27.5,30,32.5,35,37.5,40,42.5,45,47.5,50,52.5,55
-SWEEP_ARGS =
-WIRELESS_ARGS = --splits 1-10 --dropouts '' --snrs 10,15,20,25,30,40 --withheld 0.05,0.1,0.2,0.3 --draws 1
-SNR_ARGS = --splits 4,12,24 --dropouts '' --draws 1 --snrs $(SNR_GRID)
+# the paper-form surrogate's sweep: splits 1-10 x 8 p x 8 draws (add_noise.py's defaults) over 1024 tokens
+# here, so that make reproduce stays within 45 min on 2 CPU cores; make full uses add_noise.py's 4096 (README)
+SWEEP_ARGS = --max-tokens 1024
+LAYERS_ARGS = --splits all --draws 4 --max-tokens 256
+WIRELESS_ARGS = --splits 1-10 --dropouts '' --snrs 10,15,20,25,30,40 --withheld 0.05,0.1,0.2,0.3 --draws 1 --max-tokens 512
+SNR_ARGS = --splits 4,12,24 --dropouts '' --draws 1 --max-tokens 512 --snrs $(SNR_GRID)
 SEEDS = 0,1,2
 PPO_STEPS = 240000
 OTHER_SEEDS = 0,1,2
 OTHER_STEPS = 240000
 WIRELESS_STEPS = 100000
-LLM_ARGS = --total-timesteps 100
+# train.py in the pipeline: the measured cost of the LLM in the loop (make llm: the original's 6,000 steps)
+LLM_ARGS = --total-timesteps 100 --eval-episodes 0
+LLM_FULL_ARGS = --total-timesteps 6000
 EVAL_ARGS =
-# the authors' released surrogate (Llama-2-7B): PPO on it too when the file is there
+# the authors' released surrogate (Llama-2-7B): PPO, A2C and DQN on it too when the file is there
 AUTHORS_RSM = ../shared/reference/authors_reward_predictor.pth
 DEMO = $(PY) add_noise.py
+TRAIN = $(PY) train_rsm.py train --results-dir $(R) --no-progress $(EVAL_ARGS)
+LOGS = $(OUT)/runs/logs
 
 pipeline: $(STAMP)
 	$(DEMO)
 	$(PY) add_noise.py --sweep $(SWEEP_ARGS) --output $(R)/sweep_{model}.csv
+	$(PY) add_noise.py --sweep $(LAYERS_ARGS) --output $(R)/sweep_layers_{model}.csv
 	$(PY) add_noise.py --sweep $(WIRELESS_ARGS) --output $(R)/sweep_wireless_{model}.csv
 	for m in bpsk qpsk 16qam; do $(PY) add_noise.py --sweep --link erasure --modulation $$m $(SNR_ARGS) \
 		--output $(R)/sweep_snr_$$m.csv || exit 1; done
@@ -48,38 +58,53 @@ pipeline: $(STAMP)
 	$(PY) -m layersplit.channel --latency-table $(R)/latency_breakdown.csv
 	$(PY) train_rsm.py fit --sweep $(R)/sweep_smollm2-135m.csv --wireless-sweep $(R)/sweep_wireless_smollm2-135m.csv \
 		--output $(OUT)/reward_predictor.pth --wireless-output $(OUT)/reward_predictor_wireless.pth --results-dir $(R)
-	@echo "training agents on the surrogates, two at a time (one per core); logs in $(OUT)/runs/logs/"
-	mkdir -p $(OUT)/runs/logs
-	( $(PY) train_rsm.py train --seeds $(SEEDS) --total-timesteps $(PPO_STEPS) --rsm $(OUT)/reward_predictor.pth \
-		--run-dir $(OUT)/runs/LayerSplit-Paper-v0 --results-dir $(R) --no-progress $(EVAL_ARGS) > $(OUT)/runs/logs/rl_paper_ppo.log 2>&1 && \
-	  $(PY) train_rsm.py train --algo a2c --seeds $(OTHER_SEEDS) --total-timesteps $(OTHER_STEPS) --rsm $(OUT)/reward_predictor.pth \
-		--run-dir $(OUT)/runs/LayerSplit-Paper-v0 --results-dir $(R) --no-progress $(EVAL_ARGS) > $(OUT)/runs/logs/rl_paper_a2c.log 2>&1 ) & first=$$!; \
-	( $(PY) train_rsm.py train --env LayerSplit-Wireless-v0 --seeds $(SEEDS) --total-timesteps $(WIRELESS_STEPS) \
-		--rsm $(OUT)/reward_predictor_wireless.pth --run-dir $(OUT)/runs/LayerSplit-Wireless-v0 --results-dir $(R) --no-progress \
-		$(EVAL_ARGS) > $(OUT)/runs/logs/rl_wireless_ppo.log 2>&1 && \
-	  $(PY) train_rsm.py train --algo dqn --seeds $(OTHER_SEEDS) --total-timesteps $(OTHER_STEPS) --rsm $(OUT)/reward_predictor.pth \
-		--run-dir $(OUT)/runs/LayerSplit-Paper-v0 --results-dir $(R) --no-progress $(EVAL_ARGS) > $(OUT)/runs/logs/rl_paper_dqn.log 2>&1 && \
-	  if [ -f "$(AUTHORS_RSM)" ]; then $(PY) train_rsm.py train --seeds $(SEEDS) --total-timesteps $(PPO_STEPS) --rsm $(AUTHORS_RSM) \
-		--run-dir $(OUT)/runs/authors --name rl_paper_ppo_authors --results-dir $(R) --no-progress $(EVAL_ARGS) \
-		> $(OUT)/runs/logs/rl_paper_ppo_authors.log 2>&1; fi ) & second=$$!; \
+	@echo "training agents on the surrogates, two at a time (one per core); logs in $(LOGS)/"
+	mkdir -p $(LOGS)
+	( for algo in ppo a2c dqn; do \
+	    seeds=$$([ $$algo = ppo ] && echo $(SEEDS) || echo $(OTHER_SEEDS)); \
+	    steps=$$([ $$algo = ppo ] && echo $(PPO_STEPS) || echo $(OTHER_STEPS)); \
+	    $(TRAIN) --algo $$algo --seeds $$seeds --total-timesteps $$steps --rsm $(OUT)/reward_predictor.pth \
+		--run-dir $(OUT)/runs/LayerSplit-Paper-v0 > $(LOGS)/rl_paper_$$algo.log 2>&1 || exit 1; done ) & first=$$!; \
+	( $(TRAIN) --env LayerSplit-Wireless-v0 --seeds $(SEEDS) --total-timesteps $(WIRELESS_STEPS) \
+		--rsm $(OUT)/reward_predictor_wireless.pth --run-dir $(OUT)/runs/LayerSplit-Wireless-v0 \
+		> $(LOGS)/rl_wireless_ppo.log 2>&1 || exit 1; \
+	  if [ -f "$(AUTHORS_RSM)" ]; then for algo in ppo a2c dqn; do \
+	    seeds=$$([ $$algo = ppo ] && echo $(SEEDS) || echo $(OTHER_SEEDS)); \
+	    steps=$$([ $$algo = ppo ] && echo $(PPO_STEPS) || echo $(OTHER_STEPS)); \
+	    $(TRAIN) --algo $$algo --seeds $$seeds --total-timesteps $$steps --rsm $(AUTHORS_RSM) \
+		--run-dir $(OUT)/runs/authors --name rl_paper_$${algo}_authors > $(LOGS)/rl_paper_$${algo}_authors.log 2>&1 \
+		|| exit 1; done; fi ) & second=$$!; \
 	status=0; wait $$first || status=1; wait $$second || status=1; \
-	grep -h -A7 "mean return over" $(OUT)/runs/logs/rl_*.log; \
-	if [ $$status != 0 ]; then echo "training failed: see $(OUT)/runs/logs/rl_*.log"; exit 1; fi
-	$(PY) train.py $(LLM_ARGS) --run-dir $(OUT)/runs/LayerSplit-LLM-v0 --results $(R)/rl_llm_ppo.json
+	grep -h -A8 "mean return over" $(LOGS)/rl_*.log; \
+	if [ $$status != 0 ]; then echo "training failed: see $(LOGS)/rl_*.log"; exit 1; fi
+	$(PY) train.py $(LLM_ARGS) --run-dir $(OUT)/runs/LayerSplit-LLM-v0-cost --results $(R)/rl_llm_cost.json
 	$(PY) figures.py --results-dir $(R) --figures-dir $(OUT)/figures
 	@echo "results in $(R), figures in $(OUT)/figures, surrogates in $(OUT)/reward_predictor*.pth, runs in $(OUT)/runs"
 
 # the main job at the committed scale (OUT=. regenerates the committed results/, figures/ and surrogates)
 reproduce: pipeline
 
+# train.py to the original's budget (6,000 steps, about 1.5 h on 2 CPU cores), then its policy against the
+# surrogate-trained PPO policies of the pipeline on the same LLM episodes; run after make reproduce
+llm: $(STAMP)
+	$(PY) train.py $(LLM_FULL_ARGS) --run-dir $(OUT)/runs/LayerSplit-LLM-v0 --results $(R)/rl_llm_ppo.json \
+		--compare $(OUT)/runs/LayerSplit-Paper-v0/ppo_s0,$(OUT)/runs/LayerSplit-Paper-v0/ppo_s1,$(OUT)/runs/LayerSplit-Paper-v0/ppo_s2
+	$(PY) figures.py --results-dir $(R) --figures-dir $(OUT)/figures --only cost
+
+# the paper's scale: every split x 8 p x 5+ draws over the whole test text, and the surrogate's grid with
+# 4096 tokens; hours on 2 CPU cores, minutes on a GPU (README)
+full: $(STAMP)
+	$(MAKE) pipeline OUT=runs/full SWEEP_ARGS="--max-tokens 4096" LAYERS_ARGS="--splits all --draws 5 --max-tokens 0"
+
 # the same pipeline at toy scale, to check an installation in a few minutes
 quick: $(STAMP)
 	$(MAKE) pipeline OUT=runs/quick DEMO="$(PY) add_noise.py --max-tokens 256 --context-length 128 --stride 128" \
-		SWEEP_ARGS="--splits 0-10 --dropouts 0.1,0.3 --draws 1 --max-tokens 128" \
+		SWEEP_ARGS="--splits 1-10 --dropouts 0.1,0.3 --draws 2 --max-tokens 128" \
+		LAYERS_ARGS="--splits 0-10 --dropouts 0.1,0.3 --draws 1 --max-tokens 128" \
 		WIRELESS_ARGS="--splits 1-10 --dropouts '' --snrs 10,20,30 --withheld 0.2 --draws 1 --max-tokens 128" \
 		SNR_ARGS="--splits 4,24 --dropouts '' --draws 1 --snrs 5,15,25,35 --max-tokens 128" \
-		SEEDS=0,1 PPO_STEPS=20000 OTHER_STEPS=10000 WIRELESS_STEPS=4000 EVAL_ARGS="--eval-episodes 30" \
-		LLM_ARGS="--total-timesteps 10 --n-steps 10 --batch 5 --tokens 64 --eval-episodes 1"
+		SEEDS=0,1 OTHER_SEEDS=0 PPO_STEPS=20000 OTHER_STEPS=10000 WIRELESS_STEPS=4000 EVAL_ARGS="--eval-episodes 30" \
+		LLM_ARGS="--total-timesteps 10 --n-steps 10 --batch 5 --tokens 64 --eval-episodes 0"
 
 test: $(STAMP)
 	$(PY) -m pytest -q

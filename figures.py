@@ -8,7 +8,7 @@ Figures (add one: write a function (results_dir, figures_dir) -> png path that r
 with read_csv and ends with save(fig, figures_dir, name), and register it in FIGURES):
     ber_per   results/channel_ber_per.csv (python -m layersplit.channel --table results/channel_ber_per.csv)
               BER and PER against Es/N0 per modulation and fading, closed form vs Monte Carlo.
-    sweep     results/sweep_smollm2-135m.csv (python add_noise.py --sweep)
+    sweep     results/sweep_layers_smollm2-135m.csv (SWEEP_COMMAND below; make reproduce)
               perplexity and token accuracy against the split layer, one curve per channel condition.
     snr       results/sweep_snr_{bpsk,qpsk,16qam}.csv (SNR_COMMAND below, once per modulation)
               perplexity and token accuracy against Es/N0, one curve per modulation, at a few splits;
@@ -23,8 +23,9 @@ with read_csv and ends with save(fig, figures_dir, name), and register it in FIG
               training return against steps, mean and range over seeds, with the baselines' returns.
     policy    results/rl_paper_ppo_policy.csv (+ rl_paper_ppo_authors_policy.csv, rl_wireless_ppo_policy.csv if present)
               the chosen split against the channel condition, learned beside the exact optimum.
-    cost      results/rl_llm_ppo.json (python train.py), results/rl_paper_ppo.json
-              seconds per environment step and per run, real LLM against the surrogate.
+    cost      results/rl_llm_ppo.json (make llm; else rl_llm_cost.json of make reproduce), results/rl_paper_ppo.json
+              seconds per environment step and per run, real LLM against the surrogate; with the full
+              train.py run, the LLM-trained and surrogate-trained policies on the same LLM episodes.
 
 A missing or malformed result file is reported by name; the other figures are still drawn and
 the exit status is non-zero.
@@ -46,6 +47,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from layersplit import cells  # noqa: E402  (pure Python: pooling of sweep cells with intervals)
+
 RESULTS_DIR = Path("results")  # where the experiment scripts write their CSV/JSON
 FIGURES_DIR = Path("figures")  # where the PNGs (and PDFs of the same figures) go
 DPI = 150  # readable in the README at ~1000 px width
@@ -56,7 +59,8 @@ FADING_ORDER = ("awgn", "rayleigh", "nakagami")  # columns of the channel figure
 FADING_LABELS = {"awgn": "AWGN (no fading)", "rayleigh": "Rayleigh", "nakagami": "Nakagami-m"}
 ERROR_RATE_FLOOR = 1e-7  # lower y limit of BER/PER plots; Monte Carlo cannot resolve less
 MIN_MC_EVENTS = 10  # Monte Carlo points resting on fewer errors (relative error > 30 %) are not drawn
-SWEEP_FILE = "sweep_smollm2-135m.csv"  # the default sweep of add_noise.py --sweep
+SWEEP_FILE = "sweep_layers_smollm2-135m.csv"  # the every-layer sweep (make reproduce's LAYERS_ARGS)
+SWEEP_COMMAND = "python add_noise.py --sweep --splits all --draws 4 --max-tokens 256 --output {path}"
 # --- snr: the physical view of the sweep, one results file per modulation (a file holds one link set-up)
 SNR_FILE = "sweep_snr_{modulation}.csv"  # further sweep_snr_*.csv files (e.g. 64qam) are drawn too
 SNR_MODULATIONS = ("bpsk", "qpsk", "16qam")  # the files the figure requires
@@ -165,13 +169,19 @@ def fig_ber_per(results_dir: Path, figures_dir: Path) -> Path:
     return save(fig, figures_dir, "ber_per")
 
 
-def _pooled_and_range(values: list[float], log: bool) -> tuple[float, float, float]:
-    """Mean over draws (of log values when `log`: the pooled perplexity exp(mean NLL)), min, max."""
-    finite = [v for v in values if math.isfinite(v)]
-    if not finite:
-        return math.nan, math.nan, math.nan
-    mean = math.exp(sum(map(math.log, finite)) / len(finite)) if log else sum(finite) / len(finite)
-    return mean, min(finite), max(finite)
+WINDOW_COLUMNS = {"nll": float, "scored_tokens": float}  # what a sweep cell is pooled from
+OPTIONAL_WINDOW_COLUMNS = {"windows": (float, 1.0), "nll_window_sd": (float, math.nan),
+                           "accuracy_window_sd": (float, math.nan)}  # absent in older files: no interval
+
+
+def _pooled_interval(rows: list[dict], column: str) -> tuple[float, float, float]:
+    """One cell's draws pooled (cells.pool): the value of `column` (ppl or token_accuracy) and its
+    95% interval over windows x draws (nan where the cell has a single sample)."""
+    pooled = cells.pool(rows)
+    if column == "ppl":
+        return pooled["ppl"], pooled["ppl_low"], pooled["ppl_high"]
+    value, half = pooled["token_accuracy"], pooled["accuracy_ci95"]
+    return value, value - half, value + half
 
 
 def _snr_of(path: Path, row: dict, remedy: str) -> float:
@@ -187,13 +197,13 @@ def _snr_of(path: Path, row: dict, remedy: str) -> float:
 
 def fig_sweep(results_dir: Path, figures_dir: Path) -> Path:
     """Perplexity (log) and token accuracy against layers on the UE, one curve per channel condition:
-    pooled over noise draws (perplexity: exp of the mean NLL), shaded between the smallest and
-    largest draw."""
+    pooled over noise draws (perplexity: exp of the mean NLL), shaded over the 95% interval over
+    windows x draws."""
     path = results_dir / SWEEP_FILE
-    remedy = "python add_noise.py --sweep"
+    remedy = SWEEP_COMMAND.format(path=path)
     rows = read_csv(path, {"model": str, "tokens": int, "split": int, "link": str, "snr_db": str, "dropout": float,
-                           "draw": int, "ppl": float, "token_accuracy": float},
-                    remedy=remedy, optional={"withheld": (float, 0.0)})
+                           "draw": int, "ppl": float, "token_accuracy": float, **WINDOW_COLUMNS},
+                    remedy=remedy, optional={"withheld": (float, 0.0), **OPTIONAL_WINDOW_COLUMNS})
     for r in rows:
         r["snr"] = _snr_of(path, r, remedy)
         r["condition"] = (r["link"] != "dropout", r["snr"] if r["link"] != "dropout" else r["dropout"],
@@ -218,8 +228,7 @@ def fig_sweep(results_dir: Path, figures_dir: Path) -> Path:
         if withheld and not (not physical and value == 0):
             style["ls"] = ":"
         for ax, column in zip(axes, ("ppl", "token_accuracy")):
-            stats = [_pooled_and_range([r[column] for r in cell if r["split"] == s], log=column == "ppl")
-                     for s in splits]
+            stats = [_pooled_interval([r for r in cell if r["split"] == s], column) for s in splits]
             layers_on_ue = [s + 1 for s in splits]
             ax.plot(layers_on_ue, [m for m, _, _ in stats], lw=1.4, **style)
             ax.fill_between(layers_on_ue, [lo for _, lo, _ in stats], [hi for _, _, hi in stats],
@@ -234,8 +243,9 @@ def fig_sweep(results_dir: Path, figures_dir: Path) -> Path:
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 10), frameon=False, fontsize=9,
                title="channel condition (p: probability that each element is lost)", title_fontsize=9)
     draws = max(r["draw"] for r in rows) + 1
-    fig.suptitle(f"{rows[0]['model']}: element loss at the split against its depth "
-                 f"({rows[0]['tokens']} tokens, {draws} draw(s) pooled, band: min-max over draws)")
+    windows = int(max(r["windows"] for r in rows))
+    fig.suptitle(f"{rows[0]['model']}: element loss at the split against its depth ({rows[0]['tokens']} tokens = "
+                 f"{windows} window(s) x {draws} draw(s) pooled; band: 95% interval over windows x draws)")
     fig.tight_layout(rect=(0, 0.1 if len(handles) <= 10 else 0.15, 1, 1))
     return save(fig, figures_dir, "sweep")
 
@@ -260,8 +270,8 @@ def read_snr_sweeps(results_dir: Path) -> dict[str, list[dict]]:
         rows = read_csv(path, {"model": str, "tokens": int, "split": int, "link": str, "snr_db": str,
                                "dropout": float, "draw": int, "modulation": str, "fading": str,
                                "bits_per_element": str, "elements_per_packet": str, "header_bits": str,
-                               "ppl": float, "token_accuracy": float},
-                        remedy=remedy, optional={"withheld": (float, 0.0)})
+                               "ppl": float, "token_accuracy": float, **WINDOW_COLUMNS},
+                        remedy=remedy, optional={"withheld": (float, 0.0), **OPTIONAL_WINDOW_COLUMNS})
         rows = [r for r in rows if r["withheld"] == 0]
         physical = [r for r in rows if r["link"] != "dropout"]
         set_ups = {(r["link"], r["modulation"], r["fading"]) for r in physical}
@@ -280,17 +290,19 @@ def read_snr_sweeps(results_dir: Path) -> dict[str, list[dict]]:
 
 
 def snr_curves(rows: list[dict], split: int, column: str) -> tuple[list[float], list[tuple[float, float, float]]]:
-    """Ascending SNRs and (pooled, min, max) of `column` over the draws at each, at one split."""
+    """Ascending SNRs and (pooled, 95% low, high) of `column` over windows x draws at each, at one split."""
     cell = [r for r in rows if r["link"] != "dropout" and r["split"] == split]
     snrs = sorted({r["snr"] for r in cell})
-    return snrs, [_pooled_and_range([r[column] for r in cell if r["snr"] == s], log=column == "ppl") for s in snrs]
+    return snrs, [_pooled_interval([r for r in cell if r["snr"] == s], column) for s in snrs]
 
 
 def clean_value(sweeps: dict[str, list[dict]], split: int, column: str) -> float:
-    """The clean reference at a split, pooled over every file that has it."""
-    values = [r[column] for rows in sweeps.values() for r in rows
-              if r["link"] == "dropout" and r["dropout"] == 0 and r["split"] == split]
-    return _pooled_and_range(values, log=column == "ppl")[0]
+    """The clean reference at a split (the same rows in every file that has it: the first file's)."""
+    for rows in sweeps.values():
+        clean = [r for r in rows if r["link"] == "dropout" and r["dropout"] == 0 and r["split"] == split]
+        if clean:
+            return _pooled_interval(clean, column)[0]
+    return math.nan
 
 
 def fig_snr(results_dir: Path, figures_dir: Path) -> Path:
@@ -354,7 +366,7 @@ def fig_snr(results_dir: Path, figures_dir: Path) -> Path:
     fig.suptitle(f"{r0['model']}: quality against the uplink SNR ({r0['link']} link: lost packets zero-filled; "
                  f"{FADING_LABELS.get(r0['fading'], r0['fading'])}, one fade per packet; packets of "
                  f"{r0['elements_per_packet']} x {r0['bits_per_element']} bit + {r0['header_bits']} bit; "
-                 f"{r0['tokens']} tokens, {draws} draw(s))", fontsize=11)
+                 f"{r0['tokens']} tokens, {draws} draw(s); band: 95% interval over windows x draws)", fontsize=11)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     return save(fig, figures_dir, "snr")
 
@@ -411,7 +423,8 @@ def fig_latency(results_dir: Path, figures_dir: Path) -> Path:
 # --- the surrogate and the RL ----------------------------------------------------------------------
 RL_ALGOS = {"ppo": ("PPO", "C0"), "a2c": ("A2C", "C1"), "dqn": ("DQN", "C2")}  # colour per algorithm
 BASELINE_STYLES = {"optimum": ("exact optimum", "k", "-"), "greedy": ("greedy one-step", "0.4", "--"),
-                   "random": ("random", "0.6", ":"), "fixed": ("fixed split (5 layers on the UE)", "C3", "-.")}
+                   "random": ("random", "0.6", ":"), "fixed": ("fixed split (5 layers on the UE)", "C3", "-."),
+                   "best-static": ("best static split (chosen on training starts)", "C4", "-.")}
 TRAIN_COMMAND = "python train_rsm.py train --seeds 0,1,2 --algo {algo}"
 FIT_COMMAND = "python train_rsm.py fit"
 
@@ -447,7 +460,8 @@ def fig_rsm_fit(results_dir: Path, figures_dir: Path) -> Path:
     """Predicted against measured on the cells held out of the fit: the paper form's perplexity
     (through its inference reward) and the wireless form's log-perplexity and token accuracy."""
     paper = read_csv(results_dir / "rsm_fit_paper.csv", {"ppl": float, "predicted_ppl": float, "held_out": _flag,
-                     "inference_reward": float, "predicted_inference_reward": float}, FIT_COMMAND)
+                     "inference_reward": float, "predicted_inference_reward": float}, FIT_COMMAND,
+                     optional={"ppl_low": (float, math.nan), "ppl_high": (float, math.nan)})
     wireless = read_csv(results_dir / "rsm_fit_wireless.csv", {"log_ppl": float, "predicted_log_ppl": float,
                         "token_accuracy": float, "predicted_token_accuracy": float, "held_out": _flag}, FIT_COMMAND)
     panels = [
@@ -465,6 +479,10 @@ def fig_rsm_fit(results_dir: Path, figures_dir: Path) -> Path:
         xs = [math.exp(r[x]) if x == "log_ppl" else r[x] for r in rows]
         ys = [math.exp(r[y]) if y == "predicted_log_ppl" else r[y] for r in rows]
         ax.scatter(xs, ys, s=14, alpha=0.7, color="C0")
+        if x == "ppl" and any(math.isfinite(r["ppl_low"]) for r in rows):  # the measurement's own 95% interval
+            ax.errorbar(xs, ys, xerr=[[v - r["ppl_low"] for v, r in zip(xs, rows)],
+                                      [r["ppl_high"] - v for v, r in zip(xs, rows)]],
+                        fmt="none", ecolor="C0", alpha=0.5, lw=0.8, label="measured: 95% interval")
         lo, hi = min(xs + ys), max(xs + ys)
         ax.plot([lo, hi], [lo, hi], color="k", lw=0.8, label="predicted = measured")
         if log or x == "log_ppl":
@@ -477,7 +495,7 @@ def fig_rsm_fit(results_dir: Path, figures_dir: Path) -> Path:
         ax.set_title(f"{title}\n{len(rows)} held-out cells, {r2label} = {r2:.3f}", fontsize=10)
         ax.legend(loc="upper left", fontsize=8)
         ax.grid(alpha=0.3)
-    fig.suptitle("Reward surrogate: predictions on sweep cells left out of the fit")
+    fig.suptitle("Reward surrogate calibration: predictions on sweep cells left out of the fit")
     fig.tight_layout()
     return save(fig, figures_dir, "rsm_fit")
 
@@ -534,9 +552,10 @@ def fig_policy(results_dir: Path, figures_dir: Path) -> Path:
         wireless = "wireless" in name
         for i, (policy, rows) in enumerate(sorted(by_policy.items(), key=lambda kv: kv[0] == "optimum")):
             optimum = policy == "optimum"
+            label = {"optimum": "exact optimum", "best-static": "best static split"}.get(policy, f"learned ({policy})")
             ax.plot([r["value"] for r in rows], [r["split"] for r in rows], color="k" if optimum else f"C{i}",
-                    lw=2.5 if optimum else 1.2, ls="-" if optimum else "--", marker=None if optimum else ".",
-                    label="exact optimum" if optimum else f"learned ({policy})", alpha=0.6 if optimum else 1.0)
+                    lw=2.5 if optimum else 1.2, ls="-" if optimum else ("-." if policy == "best-static" else "--"),
+                    marker=None if optimum else ".", label=label, alpha=0.6 if optimum else 1.0)
             if wireless and any(r["withheld"] for r in rows):
                 ax.plot([r["value"] for r in rows], [10 * r["withheld"] for r in rows], color="k" if optimum else f"C{i}",
                         ls=":", lw=1, label=f"withheld share x 10 ({'optimum' if optimum else policy})")
@@ -553,15 +572,20 @@ def fig_policy(results_dir: Path, figures_dir: Path) -> Path:
 
 def fig_cost(results_dir: Path, figures_dir: Path) -> Path:
     """Measured training cost: one environment step and a whole run, real LLM in the loop against
-    the surrogate (log scale)."""
-    llm = read_json(results_dir / "rl_llm_ppo.json", "python train.py --total-timesteps 100", "seconds_per_step")
+    the surrogate (log scale); with train.py's full run (rl_llm_ppo.json with an evaluation), a third
+    panel: the returns of the LLM-trained and surrogate-trained policies and the baselines on the
+    same episodes of the real LLM."""
+    name = "rl_llm_ppo.json" if (results_dir / "rl_llm_ppo.json").is_file() else "rl_llm_cost.json"
+    llm = read_json(results_dir / name, "python train.py (make llm), or the cost run of make reproduce",
+                    "seconds_per_step")
     rsm = read_json(results_dir / "rl_paper_ppo.json", TRAIN_COMMAND.format(algo="ppo"), "training.wall_s",
                     "training.timesteps")
     rsm_step = sum(rsm["training"]["wall_s"]) / sum(rsm["training"]["timesteps"])
     rsm_run = sum(rsm["training"]["wall_s"]) / len(rsm["training"]["wall_s"])
     steps = rsm["training"]["timesteps"][0]
     llm_step = llm["seconds_per_step"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    evaluation = llm.get("evaluation")
+    fig, axes = plt.subplots(1, 3 if evaluation else 2, figsize=(16 if evaluation else 10, 4.3))
     bars = [(f"real LLM\n({llm['model']}, {llm['tokens_per_step']} tokens)", llm_step, "C3"),
             ("surrogate\n(batched PPO)", rsm_step, "C0")]
     axes[0].bar([b[0] for b in bars], [b[1] for b in bars], color=[b[2] for b in bars])
@@ -574,13 +598,26 @@ def fig_cost(results_dir: Path, figures_dir: Path) -> Path:
     axes[1].set_ylabel("wall time of the run (s)")
     axes[1].set_title(f"a {steps:,}-step run: {llm_step * steps / 86400:.1f} days against {rsm_run / 60:.1f} min",
                       fontsize=10)
-    for ax in axes:
+    for ax in axes[:2]:
         ax.set_yscale("log")
         ax.grid(alpha=0.3, axis="y")
         ax.tick_params(axis="x", labelsize=8)
         for patch in ax.patches:
             ax.annotate(f"{patch.get_height():.3g} s", (patch.get_x() + patch.get_width() / 2, patch.get_height()),
                         ha="center", va="bottom", fontsize=8)
+    if evaluation:
+        returns = evaluation["returns"]
+        names = list(returns)
+        labels = [f"best-static ({evaluation['best_static']['choice']})" if n == "best-static" else n for n in names]
+        colors = ["C3" if n.startswith("learned") else "C0" if n.startswith("surrogate") else "0.5" for n in names]
+        axes[2].barh(labels, [returns[n]["mean"] for n in names], xerr=[returns[n]["ci95"] for n in names],
+                     color=colors, capsize=3)
+        axes[2].invert_yaxis()
+        axes[2].axvline(0, color="k", lw=0.8)
+        axes[2].set_xlabel("mean episode return on the real LLM (95% interval over episodes)")
+        axes[2].set_title(f"policies on the same {evaluation['episodes']} LLM episodes", fontsize=10)
+        axes[2].tick_params(axis="y", labelsize=8)
+        axes[2].grid(alpha=0.3, axis="x")
     fig.suptitle("Training cost, measured: the LLM in the loop against the reward surrogate")
     fig.tight_layout()
     return save(fig, figures_dir, "cost")

@@ -10,9 +10,11 @@ costs a forward pass of the LLM over TOKENS tokens; train_rsm.py does the same o
 
 The run goes to runs/LayerSplit-LLM-v0/ppo_s<seed>/ (policy, progress.csv with time/step_s, the
 wall time per environment step, TensorBoard events, checkpoints); an interrupted run resumes from
-its newest checkpoint when the same command is run again. The summary, with the measured seconds
-per step and the return of the learned policy against the paper's fixed split and random choices
-on the same episodes, goes to results/rl_llm_ppo.json. Every constant can be overridden below.
+its newest checkpoint when the same command is run again (a finished run is only evaluated again).
+The summary goes to results/rl_llm_ppo.json: the measured seconds per step, and the paper's own
+comparison: the policy learned here with the LLM in the loop against the PPO policies learned on
+the surrogate (train_rsm.py train, --compare), the paper's fixed split, the best static split and
+random choices, all on the same episodes of the real LLM. Every constant can be overridden below.
 """
 from __future__ import annotations
 
@@ -34,10 +36,15 @@ TOTAL_TIMESTEPS = 6_000  # the original's budget
 N_STEPS = 100  # PPO steps per update (the original's n_steps, one environment)
 BATCH = 25  # PPO minibatch (the original's batch_size)
 CHECKPOINT_EVERY = 100  # save every update: a step is expensive, a lost update is not
-EVAL_EPISODES = 3  # evaluation episodes per policy (6 perplexity measurements each)
+EVAL_EPISODES = 10  # evaluation episodes per policy (6 perplexity measurements each), the same for every policy
+EVAL_SEED = 10_000  # evaluation episodes start from resets seeded EVAL_SEED + i (training starts use 0, 1, ...)
+BEST_STATIC_EPISODES = 5  # training starts on which best-static picks its split (x 10 splits x 6 measurements)
+# PPO policies trained on the surrogate (train_rsm.py train --seeds 0,1,2), evaluated here on the real LLM
+COMPARE = ",".join(f"runs/LayerSplit-Paper-v0/ppo_s{seed}" for seed in (0, 1, 2))
 RUNS_DIR = "runs/LayerSplit-LLM-v0"  # where the run folder goes
 RESULTS = "results/rl_llm_ppo.json"  # the summary
 TORCH_THREADS = 0  # 0: torch's default (the LLM forward uses every core)
+EPISODE_END = envs.EPISODE_END  # "terminate" after the 5th step, as the original; "truncate" bootstraps (an option)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -51,8 +58,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=BATCH, help=f"PPO minibatch (default: {BATCH})")
     p.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY, help=f"steps between checkpoints (default: {CHECKPOINT_EVERY})")
     p.add_argument("--eval-episodes", type=int, default=EVAL_EPISODES, help=f"evaluation episodes per policy, 0 to skip (default: {EVAL_EPISODES})")
+    p.add_argument("--best-static-episodes", type=int, default=BEST_STATIC_EPISODES,
+                   help=f"training starts on which best-static picks its split (default: {BEST_STATIC_EPISODES})")
+    p.add_argument("--compare", default=COMPARE,
+                   help="comma-separated LayerSplit-Paper-v0 run folders (PPO trained on the surrogate) whose policies are "
+                        "evaluated on the same LLM episodes; missing ones are skipped with a note, '' for none "
+                        f"(default: {COMPARE})")
     p.add_argument("--raw-observations", action="store_true",
                    help="feed the policy raw observations, as the original (default: scaled to [-1, 1] by the bounds)")
+    p.add_argument("--episode-end", default=EPISODE_END, choices=envs.EPISODE_ENDS,
+                   help=f"how an episode ends after its last step (default: {EPISODE_END}, the original's)")
     p.add_argument("--run-dir", default=RUNS_DIR, help=f"parent folder of the run (default: {RUNS_DIR})")
     p.add_argument("--results", default=RESULTS, help=f"summary JSON (default: {RESULTS})")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
@@ -62,7 +77,46 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.tokens < 2 or args.n_steps < 1 or args.batch < 1:
         p.error("--tokens must be at least 2, --n-steps and --batch at least 1")
+    if args.eval_episodes < 0 or args.best_static_episodes < 1:
+        p.error("--eval-episodes must be at least 0 and --best-static-episodes at least 1")
     return args
+
+
+def compared_policies(folders: str) -> dict:
+    """name -> policy for each surrogate-trained run folder that exists (a note for each that does not)."""
+    found = {}
+    for folder in filter(None, (f.strip() for f in folders.split(","))):
+        config = Path(folder) / "config.json"
+        if not config.is_file():
+            print(f"note: no surrogate-trained run at {folder}; not compared (train it: python train_rsm.py train)",
+                  file=sys.stderr)
+            continue
+        if json.loads(config.read_text())["env"] != "LayerSplit-Paper-v0":
+            raise UserError(f"--compare {folder}: not a LayerSplit-Paper-v0 run")
+        found[f"surrogate {Path(folder).name}"] = policies.paper_policy_on_llm(training.load_policy(folder))
+    return found
+
+
+def evaluate(model, env_kwargs: dict, args) -> dict:
+    """The LLM-trained policy, the surrogate-trained ones, fixed, best-static and random on the same
+    episodes (resets seeded EVAL_SEED + i): mean return with a 95% t interval over the episodes."""
+    env = envs.make("LayerSplit-LLM-v0", **env_kwargs)
+    best_static = policies.BestStatic(env.unwrapped, args.best_static_episodes)
+    candidates = {"learned (LLM in the loop)": policies.learned(model), **compared_policies(args.compare),
+                  "fixed": policies.baseline("fixed", env.unwrapped), "best-static": best_static,
+                  "random": policies.baseline("random", env.unwrapped, args.seed)}
+    returns = {}
+    print(f"LayerSplit-LLM-v0: mean return over the same {args.eval_episodes} episodes, 95% interval over episodes")
+    for name, policy in candidates.items():
+        result = policies.evaluate(env, policy, args.eval_episodes, seed=EVAL_SEED)
+        mean, half = policies.confidence_interval(result.returns)
+        returns[name] = {"mean": mean, "ci95": half, "per_episode": result.returns.tolist(), "splits": result.splits}
+        label = f"best-static ({best_static.choice})" if name == "best-static" else name
+        print(f"  {label:28s} {mean:10.3f} +- {half:8.3f}   splits of episode 0: {result.splits[0]}")
+    env.close()
+    return {"episodes": args.eval_episodes, "eval_seed": EVAL_SEED, "returns": returns,
+            "best_static": {"choice": best_static.choice, "training_starts": args.best_static_episodes,
+                            "scores": best_static.scores}}
 
 
 def main(argv=None) -> int:
@@ -71,7 +125,7 @@ def main(argv=None) -> int:
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     env_kwargs = {"model": args.model, "dataset": args.dataset, "tokens": args.tokens, "context_length": args.tokens,
-                  "device": args.device, "dtype": args.dtype}
+                  "device": args.device, "dtype": args.dtype, "episode_end": args.episode_end}
     try:
         run = Path(args.run_dir) / f"ppo_s{args.seed}"
         print(f"PPO on LayerSplit-LLM-v0 ({args.model}, {args.tokens} tokens per step), {args.total_timesteps} steps "
@@ -85,16 +139,7 @@ def main(argv=None) -> int:
         report = {"model": args.model, "dataset": args.dataset, "tokens_per_step": args.tokens, "seed": args.seed,
                   "run": str(run), **summary}
         if args.eval_episodes:
-            env = envs.make("LayerSplit-LLM-v0", **env_kwargs)
-            returns = {}
-            for name in ("learned", "fixed", "random"):
-                policy = policies.learned(model) if name == "learned" else policies.baseline(name, env.unwrapped, args.seed)
-                result = policies.evaluate(env, policy, args.eval_episodes, seed=10_000 + args.seed)
-                returns[name] = {"mean": result.mean, "per_episode": result.returns.tolist(), "splits": result.splits}
-                print(f"  {name:8s} mean return {result.mean:8.3f} over {args.eval_episodes} episodes; "
-                      f"splits {result.splits[0]}")
-            env.close()
-            report["returns"] = returns
+            report["evaluation"] = evaluate(model, env_kwargs, args)
     except UserError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2

@@ -10,8 +10,9 @@
 
 `train` writes each seed's run (policy.zip, progress.csv, TensorBoard events, monitor logs,
 checkpoints) to runs/<env>/<algo>_s<seed>/ and resumes a run that was interrupted; then it
-evaluates the seeds against the baselines (fixed split of the paper, random, greedy, exact
-optimum) on the same episodes and writes results/rl_<env>_<algo>.json, the learning curves
+evaluates the seeds against the baselines (fixed split of the paper, the best static split chosen
+on training starts, random, greedy, exact optimum) on the same episodes and writes
+results/rl_<env>_<algo>.json, the learning curves
 results/rl_<env>_<algo>_curves.csv and the chosen split against the channel condition
 results/rl_<env>_<algo>_policy.csv (--name changes the rl_<env>_<algo> stem). Every constant below can be overridden from the command line.
 """
@@ -47,6 +48,7 @@ ROLLOUT = 400  # PPO steps per update summed over environments (the original's n
 BATCH = 100  # PPO minibatch (the original's batch_size)
 GAMMA = 0.9  # discount, every algorithm: a horizon of ~10 steps for 5-step episodes (SB3's 0.99: README)
 SCALE_OBSERVATIONS = training.SCALE_OBSERVATIONS  # policy inputs scaled to [-1, 1] by the bounds (README)
+EPISODE_END = envs.EPISODE_END  # "terminate" after the last step, as the original; "truncate" is an option
 TORCH_THREADS = 1  # a 64-unit policy network gains nothing from more threads, only overhead
 CHECKPOINT_EVERY = 20_000  # save the agent every this many steps (resume picks up from there)
 RUNS_DIR = "runs"  # training runs: runs/<env>/<algo>_s<seed>/
@@ -70,8 +72,9 @@ def hyperparameters(algo: str, n_envs: int, rollout: int, batch: int, gamma: flo
     return {"n_steps": rollout // n_envs, "batch_size": batch, "gamma": gamma}
 
 
-def env_kwargs_for(env_id: str, rsm_path: str | None) -> dict:
-    return {"rsm_path": rsm_path} if rsm_path and env_id != "LayerSplit-LLM-v0" else {}
+def env_kwargs_for(env_id: str, rsm_path: str | None, episode_end: str = envs.EPISODE_END) -> dict:
+    kwargs = {"rsm_path": rsm_path} if rsm_path and env_id != "LayerSplit-LLM-v0" else {}
+    return {**kwargs, "episode_end": episode_end}
 
 
 # --- fit ----------------------------------------------------------------------------------------
@@ -102,7 +105,7 @@ def run_dir(args, seed: int) -> Path:
 def cmd_train(args) -> int:
     torch.set_num_threads(args.torch_threads)
     seeds = [int(s) for s in parse_floats(args.seeds, "--seeds")]
-    env_kwargs = env_kwargs_for(args.env, args.rsm)
+    env_kwargs = env_kwargs_for(args.env, args.rsm, args.episode_end)
     envs.make(args.env, **env_kwargs).close()  # a bad id or surrogate fails here, before any training
     params = hyperparameters(args.algo, args.n_envs, args.rollout, args.batch, args.gamma)
     runs = []
@@ -128,19 +131,22 @@ def cmd_evaluate(args) -> int:
         raise UserError("evaluate runs of one environment and algorithm at a time")
     args.env, args.algo = configs[0]["env"], configs[0]["algo"]
     args.rsm = args.rsm or configs[0]["env_kwargs"].get("rsm_path")
+    args.episode_end = configs[0]["env_kwargs"].get("episode_end", envs.EPISODE_END)
     return evaluate_runs([Path(r) for r in args.runs], args)
 
 
 def evaluate_runs(runs: list[Path], args) -> int:
-    env_kwargs = env_kwargs_for(args.env, args.rsm)
+    env_kwargs = env_kwargs_for(args.env, args.rsm, args.episode_end)
     env = envs.make(args.env, **env_kwargs)
     names = ["learned", *(b for b in policies.BASELINES if b != "greedy" or args.env != "LayerSplit-Wireless-v0")]
     means = {name: [] for name in names}
     models = [training.load_policy(r) for r in runs]
+    best_static = policies.BestStatic(env.unwrapped)  # chosen once, on training starts
     for k, model in enumerate(models):  # evaluation seed k: the same episodes for every policy
         seed = args.eval_seed + 1000 * k
         for name in names:
-            policy = policies.learned(model) if name == "learned" else policies.baseline(name, env.unwrapped, seed)
+            policy = {"learned": lambda: policies.learned(model), "best-static": lambda: best_static}.get(
+                name, lambda: policies.baseline(name, env.unwrapped, seed))()
             means[name].append(policies.evaluate(env, policy, args.eval_episodes, seed).mean)
     env.close()
     optimum = np.mean(means.get("optimum", [np.nan]))
@@ -150,20 +156,27 @@ def evaluate_runs(runs: list[Path], args) -> int:
     for name, values in means.items():
         mean, half = policies.confidence_interval(values)
         share = mean / optimum if np.isfinite(optimum) else float("nan")
-        table[name] = {"mean": mean, "ci95": half, "per_seed": values, "share_of_optimum": share}
+        # paired with the learned policy: seed k of both played the same episodes
+        gap, gap_half = policies.confidence_interval(np.subtract(means["learned"], values))
+        table[name] = {"mean": mean, "ci95": half, "per_seed": values, "share_of_optimum": share,
+                       "learned_minus_this": gap, "learned_minus_this_ci95": gap_half}
         label = f"{args.algo} (learned)" if name == "learned" else name
-        print(f"  {label:16s} {mean:9.4f} +- {half:.4f}   {100 * share:6.2f}% of optimum")
+        label = f"best-static ({best_static.choice})" if name == "best-static" else label
+        versus = "" if name == "learned" else f"   learned - this: {gap:+.4f} +- {gap_half:.4f}"
+        print(f"  {label:34s} {mean:9.4f} +- {half:.4f}   {100 * share:6.2f}% of optimum{versus}")
     summaries = [json.loads((r / "summary.json").read_text()) for r in runs]
     stem = args.name or f"rl_{args.env.removeprefix('LayerSplit-').removesuffix('-v0').lower()}_{args.algo}"
     results = Path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)
     (results / f"{stem}.json").write_text(json.dumps({
         "env": args.env, "algo": args.algo, "rsm": str(args.rsm or "default"), "runs": [str(r) for r in runs],
-        "eval_episodes": args.eval_episodes, "returns": table,
+        "eval_episodes": args.eval_episodes, "returns": table, "episode_end": env_kwargs["episode_end"],
+        "best_static": {"choice": best_static.choice, "training_starts": policies.BEST_STATIC_EPISODES,
+                        "scores": best_static.scores},
         "training": {"wall_s": [s["wall_s"] for s in summaries], "steps_per_s": [s["steps_per_s"] for s in summaries],
                      "timesteps": [s["timesteps"] for s in summaries]}}, indent=2))
     write_curves(runs, results / f"{stem}_curves.csv", args)
-    write_policy_map(models, results / f"{stem}_policy.csv", args, env_kwargs)
+    write_policy_map(models, results / f"{stem}_policy.csv", args, env_kwargs, best_static)
     print(f"results in {results}/{stem}.json, {stem}_curves.csv, {stem}_policy.csv")
     return 0
 
@@ -184,8 +197,8 @@ def write_curves(runs: list[Path], path: Path, args) -> None:
     pd.DataFrame(rows).to_csv(path, index=False)
 
 
-def write_policy_map(models, path: Path, args, env_kwargs) -> None:
-    """The split each policy chooses against the channel condition: every seed and the optimum."""
+def write_policy_map(models, path: Path, args, env_kwargs, best_static) -> None:
+    """The split each policy chooses against the channel condition: every seed, best-static and the optimum."""
     import pandas as pd
 
     if args.env == "LayerSplit-LLM-v0":
@@ -196,6 +209,8 @@ def write_policy_map(models, path: Path, args, env_kwargs) -> None:
                  for r in policies.split_versus_condition(args.env, lambda env, m=model: policies.learned(m), env_kwargs)]
     rows += [{"policy": "optimum", **r}
              for r in policies.split_versus_condition(args.env, lambda env: policies.baseline("optimum", env), env_kwargs)]
+    rows += [{"policy": "best-static", **r}
+             for r in policies.split_versus_condition(args.env, lambda env: best_static, env_kwargs)]
     pd.DataFrame(rows).to_csv(path, index=False)
 
 
@@ -231,6 +246,9 @@ def parse_args(argv=None) -> argparse.Namespace:
             s.add_argument("--gamma", type=float, default=GAMMA, help=f"discount (default: {GAMMA}; SB3's and the original's: 0.99)")
             s.add_argument("--raw-observations", action="store_true", default=not SCALE_OBSERVATIONS,
                            help="feed the policy raw observations, as the original (default: scaled to [-1, 1] by the bounds)")
+            s.add_argument("--episode-end", default=EPISODE_END, choices=envs.EPISODE_ENDS,
+                           help=f"how an episode ends after its last step (default: {EPISODE_END}, the original's; "
+                                "truncate makes SB3 bootstrap from the last state)")
             s.add_argument("--run-dir", help=f"parent folder of the runs (default: {RUNS_DIR}/<env>)")
             s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
         else:

@@ -2,6 +2,7 @@
 
     python bench/rl.py                     # about 2 minutes on 2 CPU cores (two full 240,000-step PPO runs)
     python bench/rl.py --steps 40000       # shorter: both PPO set-ups over 40,000 steps, extrapolated
+    python bench/rl.py --ablation --seeds 0,1,2   # what each change from the original set-up does (about 12 min)
 
 Prints, measured here in one run:
 1. one environment step with the real LLM in the loop (LayerSplit-LLM-v0, SmolLM2-135M, the
@@ -15,6 +16,10 @@ Prints, measured here in one run:
    time of the 240,000-step run, and the mean return of each final policy as a share of the
    exact optimum on the same 200 evaluation episodes. The target: the 240,000-step run in
    2 minutes or less with the same final return.
+3. with --ablation: the original set-up, the default, and each of the default's three changes
+   alone (8 batched environments; scaled observations; gamma 0.9), over --seeds, as the mean share
+   of the exact optimum with a 95% t interval over seeds. Episodes terminate in all of them, as
+   the original's (--episode-end truncate to compare).
 The surrogate is the authors' released one when it is found beside this checkout (its optimum is
 the threshold policy PPO is known to learn), else the shipped reward_predictor.pth.
 """
@@ -79,15 +84,23 @@ def time_surrogate_steps(rsm: Path, seed: int) -> tuple[float, float]:
     return single, (time.perf_counter() - start) / batches.size
 
 
-def ppo_run(rsm: Path, steps: int, original: bool, folder: Path, seed: int) -> dict:
-    """The original set-up (one environment, raw observations, gamma 0.99) or this project's default;
-    the summary with the final policy's mean return on the EVAL_EPISODES evaluation episodes."""
+# set-up name -> (environments, observations scaled, gamma); the first is exactly the original's
+SETUPS = {"original: 1 env, raw obs., gamma .99": (1, False, 0.99),
+          f"default: {N_ENVS} batched, scaled, {GAMMA:g}": (N_ENVS, True, GAMMA),
+          f"only {N_ENVS} batched envs": (N_ENVS, False, 0.99),
+          "only scaled observations": (1, True, 0.99),
+          f"only gamma {GAMMA:g}": (1, False, GAMMA)}
+
+
+def ppo_run(rsm: Path, steps: int, setup: tuple, folder: Path, seed: int, episode_end: str = envs.EPISODE_END) -> dict:
+    """PPO with one of SETUPS (n_steps 400 over all environments, batch 100); the summary with the
+    final policy's mean return on the EVAL_EPISODES evaluation episodes."""
     torch.set_num_threads(1)
-    n_envs, batched, scaled = (1, False, False) if original else (N_ENVS, True, True)
-    params = hyperparameters("ppo", n_envs, 400, 100, gamma=0.99 if original else GAMMA)
+    n_envs, scaled, gamma = setup
+    params = hyperparameters("ppo", n_envs, 400, 100, gamma=gamma)
     model, summary = training.train("LayerSplit-Paper-v0", "ppo", folder, steps, seed, n_envs, params,
-                                    {"rsm_path": rsm}, progress=False, batched=batched,
-                                    scale_observations=scaled)
+                                    {"rsm_path": rsm, "episode_end": episode_end}, progress=False,
+                                    batched=n_envs > 1, scale_observations=scaled)
     env = gym.make("LayerSplit-Paper-v0", rsm_path=rsm)
     return {**summary, "return": policies.evaluate(env, policies.learned(model), EVAL_EPISODES, seed=EVAL_SEED).mean}
 
@@ -104,10 +117,16 @@ def main() -> int:
     p.add_argument("--llm-tokens", type=int, default=envs.LLM_TOKENS, help=f"tokens per LLM step (default: {envs.LLM_TOKENS})")
     p.add_argument("--seed", type=int, default=SEED, help=f"seed (default: {SEED})")
     p.add_argument("--rsm", type=Path, help="surrogate (default: the authors' if found, else reward_predictor.pth)")
+    p.add_argument("--ablation", action="store_true", help="only part 3: every set-up over --seeds")
+    p.add_argument("--seeds", default="0,1,2", help="training seeds of the ablation (default: 0,1,2)")
+    p.add_argument("--episode-end", default=envs.EPISODE_END, choices=envs.EPISODE_ENDS,
+                   help=f"episode end in the ablation (default: {envs.EPISODE_END}, the original's)")
     args = p.parse_args()
     keep_freed_memory()
     rsm = args.rsm or (AUTHORS_RSM if AUTHORS_RSM.exists() else ROOT / "reward_predictor.pth")
     print(f"surrogate: {rsm}\n")
+    if args.ablation:
+        return ablation(rsm, args.steps, [int(s) for s in args.seeds.split(",")], args.episode_end)
 
     llm = time_llm_step(args.llm_tokens, args.seed)
     single, batched = time_surrogate_steps(rsm, args.seed)
@@ -118,17 +137,31 @@ def main() -> int:
     print(f"   {FULL_RUN:,} steps of the LLM environment: {llm * FULL_RUN / 86400:.1f} days (environment alone)\n")
 
     with tempfile.TemporaryDirectory() as tmp:
-        original = ppo_run(rsm, args.steps, True, Path(tmp) / "original", args.seed)
-        fast = ppo_run(rsm, args.steps, False, Path(tmp) / "fast", args.seed)
+        setups = list(SETUPS.values())
+        original = ppo_run(rsm, args.steps, setups[0], Path(tmp) / "original", args.seed)
+        fast = ppo_run(rsm, args.steps, setups[1], Path(tmp) / "fast", args.seed)
     optimum = optimum_return(rsm)
     print(f"2. PPO on LayerSplit-Paper-v0, n_steps 400, batch 100, {args.steps:,} steps each, one torch thread")
     print(f"   {'set-up':38s}{'steps/s':>9s}{'240k run':>11s}{'return':>9s}{'of optimum':>12s}")
-    for name, r in (("original: 1 env, raw obs., gamma .99", original), (f"default: {N_ENVS} batched, scaled, .9", fast)):
+    for name, r in zip(SETUPS, (original, fast)):
         print(f"   {name:38s}{r['steps_per_s']:9.0f}{FULL_RUN / r['steps_per_s']:10.1f}s{r['return']:9.3f}"
               f"{100 * r['return'] / optimum:11.2f}%")
     print(f"   speed-up {fast['steps_per_s'] / original['steps_per_s']:.2f}x; the 240k run in "
           f"{FULL_RUN / fast['steps_per_s']:.0f} s (target 120 s; the paper reported 7.7 min)")
     print(f"   LLM-in-the-loop 240k run / surrogate 240k run = {llm * FULL_RUN / (FULL_RUN / fast['steps_per_s']):,.0f}x")
+    return 0
+
+
+def ablation(rsm: Path, steps: int, seeds: list[int], episode_end: str) -> int:
+    optimum = optimum_return(rsm)
+    print(f"3. PPO set-ups, {steps:,} steps, episodes end by {episode_end}; share of the exact optimum "
+          f"({optimum:.4f}) on {EVAL_EPISODES} evaluation episodes, 95% interval over seeds {seeds}")
+    for name, setup in SETUPS.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            shares = [100 * ppo_run(rsm, steps, setup, Path(tmp) / str(seed), seed, episode_end)["return"] / optimum
+                      for seed in seeds]
+        mean, half = policies.confidence_interval(shares)
+        print(f"   {name:38s}{mean:8.2f}% +- {half:5.2f}   per seed: {', '.join(f'{s:.2f}' for s in shares)}", flush=True)
     return 0
 
 

@@ -6,6 +6,12 @@ One module per concept:
     link        the split-layer hook: where the model is cut and what the link does to the hidden state
     perplexity  sliding-window perplexity and next-token accuracy
     channel     SNR -> bit/packet errors -> lost activations; rates and latency; SNR process
+    sweep       the split x channel grid, its fast path and its resumable results file
+    cells       a sweep cell pooled over its draws, with its 95% interval over windows x draws
+    surrogate   the reward surrogate models (RSM)
+    envs        the Gymnasium environments; policies: baselines, the exact optimum, evaluation
+    training    Stable-Baselines3 training with logs, checkpoints and resumption
+    serving     split inference over a socket (serve.py)
 """
 
 

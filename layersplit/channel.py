@@ -56,8 +56,12 @@ EDGE_FLOPS = 1e14
 # ---- CLI defaults ----------------------------------------------------------------------------
 DEFAULT_SNR_DB = 10.0  # average received Es/N0
 DEFAULT_MODULATION = "qpsk"
-DEFAULT_FADING = "rayleigh"
-DEFAULT_NAKAGAMI_M = 2.0  # m = 1 would only repeat --fading rayleigh; 2 is a milder fade
+# The paper's channel is Nakagami-m (y' = h y + n); its m is not known. m = 2: a UE near its edge
+# server usually has a partial line of sight, a milder fade than Rayleigh (m = 1, no line of sight)
+# and far from AWGN (m -> inf); m = 2 is also the usual moderate choice of the fading literature.
+# --fading rayleigh (the earlier default) and --nakagami-m stay available.
+DEFAULT_FADING = "nakagami"
+DEFAULT_NAKAGAMI_M = 2.0
 DEFAULT_BITS_PER_ELEMENT = 16  # fp16/bf16 activations
 # 64 fp16 elements = 1024 payload bits + a CRC-32: a short ~1 kbit packet, 3 % header overhead.
 # k = 1, h = 0 reproduces the original code's i.i.d. element mask.

@@ -1,12 +1,14 @@
 """The Gymnasium environments of layer splitting, registered on import of this module.
 
-LayerSplit-Paper-v0     the original surrogate MDP (its train__rsm.py), rule for rule
+LayerSplit-Paper-v0     the original surrogate MDP (its train__rsm.py), rule for rule (tested pair by pair)
 LayerSplit-LLM-v0       the original MDP with the real LLM in the loop (its train.py), defect fixed
 LayerSplit-Wireless-v0  the physical version: SNR follows an AR(1) process, the agent picks the
                         split and a withheld share, the reward weighs accuracy, latency, UE compute
 
 `split` is the 0-based decoder layer after which the link sits (split + 1 layers on the UE), as in
-the original code. A time limit ends an episode by truncation, never termination.
+the original code. An episode ends by termination after its last step, as the original's: its old
+gym API returned done=True, which Stable-Baselines3 (through shimmy) takes as terminated=True, so no
+value is bootstrapped from the last state. episode_end="truncate" is an option, for comparison.
 """
 from __future__ import annotations
 
@@ -28,6 +30,20 @@ P_MAX = 0.3  # element loss probabilities live in [0, P_MAX] (the original's cli
 EPISODE_STEPS = 5  # the original's episodes: 5 decisions
 SPLIT_MIN, SPLIT_MAX = 1, 10  # the original's split values
 LOAD_WEIGHT = 1.0  # the original's weight on the load term (10 - split) / 10
+EPISODE_ENDS = ("terminate", "truncate")
+EPISODE_END = "terminate"  # the original's (done=True under the old gym API); "truncate" bootstraps the last state
+
+
+def check_episode_end(episode_end: str) -> str:
+    if episode_end not in EPISODE_ENDS:
+        raise UserError(f"unknown episode end {episode_end!r}: use one of {', '.join(EPISODE_ENDS)}")
+    return episode_end
+
+
+def episode_over(steps: int, episode_steps: int, episode_end: str) -> tuple[bool, bool]:
+    """(terminated, truncated) after `steps` decisions of an episode of `episode_steps`."""
+    over = steps >= episode_steps
+    return over and episode_end == "terminate", over and episode_end == "truncate"
 
 # --- LayerSplit-Paper-v0: the original surrogate environment ---------------------------------------
 PAPER_INFERENCE_WEIGHT = 10.0  # reward = 10 * RSM([p, split]) + 1 * (10 - split) / 10
@@ -38,26 +54,38 @@ PAPER_MOVES = np.array([0, -1, +1, -2, +2, -3, +3, -4, +4])
 PAPER_P_FACTORS = np.array([1.0, 1.0005, 0.9995, 1.001, 0.999, 1.0015, 0.9995, 1.002, 0.998])  # 0.9995 at 6: sic
 
 
+def paper_bound_action(split, action) -> np.ndarray:
+    """The original's bound rule: a move past the bounds 1..10 is remapped to the largest legal move
+    the same way (at split 1, 1/3/5/7 become 0; at 3, 5/7 become 3; ...), BEFORE the p factor is
+    picked, so the factor is the remapped action's. Vectorised over states."""
+    action = np.asarray(action)
+    split = np.asarray(split)
+    legal = np.clip(split + PAPER_MOVES[action], SPLIT_MIN, SPLIT_MAX) - split  # the move actually made
+    # moves -4..+4 -> actions: 0 stays, -k is 2k - 1, +k is 2k
+    return np.where(legal < 0, -2 * legal - 1, 2 * legal)
+
+
 def load_term(split) -> np.ndarray | float:
     """The original's UE load reward: (10 - split) / 10, higher when fewer layers run on the UE."""
     return LOAD_WEIGHT * (10 - np.asarray(split, dtype=np.float64)) / 10
 
 
 class PaperSplitEnv(gym.Env):
-    """The original surrogate MDP. Observation [p, split]; Discrete(9) relative moves of the split
-    (cut at the bounds 1..10), each with its p drift factor (p clipped to [0, 0.3]); reward
-    10 * RSM([p, split]) + (10 - split) / 10 after the move; 5 steps.
+    """The original surrogate MDP. Observation [p, split]; Discrete(9) relative moves of the split,
+    an action past the bounds 1..10 remapped to the largest legal move first (paper_bound_action),
+    then the move and the remapped action's p drift factor (p clipped to [0, 0.3]); reward
+    10 * RSM([p, split]) + (10 - split) / 10 after the move; 5 steps, then termination.
 
     reset(options={"p": .., "split": ..}) starts from a given state (evaluation, tests)."""
 
     metadata = {"render_modes": []}
 
     def __init__(self, rsm_path: str | Path = PAPER_RSM, surrogate: rsm.Surrogate | None = None,
-                 episode_steps: int = EPISODE_STEPS):
+                 episode_steps: int = EPISODE_STEPS, episode_end: str = EPISODE_END):
         self.surrogate = surrogate if surrogate is not None else rsm.load(rsm_path, form="paper")
         if self.surrogate.form != "paper":
             raise UserError(f"LayerSplit-Paper-v0 needs a 'paper' surrogate, got a '{self.surrogate.form}' one")
-        self.episode_steps = episode_steps
+        self.episode_steps, self.episode_end = episode_steps, check_episode_end(episode_end)
         self.observation_space = spaces.Box(np.array([0.0, SPLIT_MIN], np.float32), np.array([P_MAX, SPLIT_MAX], np.float32))
         self.action_space = spaces.Discrete(len(PAPER_MOVES))
         self.p, self.split, self.steps = 0.0, SPLIT_MIN, 0
@@ -65,8 +93,8 @@ class PaperSplitEnv(gym.Env):
     # pure transition and reward, vectorised over states: the optimum search and greedy use them too
     @staticmethod
     def transition(p, split, action):
-        action = np.asarray(action)
-        new_split = np.clip(np.asarray(split) + PAPER_MOVES[action], SPLIT_MIN, SPLIT_MAX)
+        action = paper_bound_action(split, action)
+        new_split = np.asarray(split) + PAPER_MOVES[action]
         new_p = np.clip(np.asarray(p) * PAPER_P_FACTORS[action], 0.0, P_MAX)
         return new_p, new_split
 
@@ -95,7 +123,7 @@ class PaperSplitEnv(gym.Env):
         load = float(load_term(self.split))
         reward = PAPER_INFERENCE_WEIGHT * inference + load
         info = {"inference_reward": inference, "load_reward": load, "p": self.p, "split": self.split}
-        return self._obs(), reward, False, self.steps >= self.episode_steps, info
+        return self._obs(), reward, *episode_over(self.steps, self.episode_steps, self.episode_end), info
 
 
 class PaperVecEnv(VecEnv):
@@ -105,8 +133,8 @@ class PaperVecEnv(VecEnv):
     as in Stable-Baselines3's vectorised environments. Wrap it in VecMonitor for episode logs."""
 
     def __init__(self, n_envs: int, rsm_path: str | Path = PAPER_RSM, surrogate: rsm.Surrogate | None = None,
-                 episode_steps: int = EPISODE_STEPS):
-        self.rules = PaperSplitEnv(rsm_path, surrogate, episode_steps)
+                 episode_steps: int = EPISODE_STEPS, episode_end: str = EPISODE_END):
+        self.rules = PaperSplitEnv(rsm_path, surrogate, episode_steps, episode_end)
         super().__init__(n_envs, self.rules.observation_space, self.rules.action_space)
         self.rng = np.random.default_rng()
         self.p, self.split = np.zeros(n_envs), np.zeros(n_envs, dtype=np.int64)
@@ -144,7 +172,8 @@ class PaperVecEnv(VecEnv):
                  for i, l, p, s in zip(inference, load, self.p, self.split)]
         if done.any():
             for i in np.flatnonzero(done):
-                infos[i].update({"terminal_observation": obs[i], "TimeLimit.truncated": True})
+                infos[i].update({"terminal_observation": obs[i],
+                                 "TimeLimit.truncated": self.rules.episode_end == "truncate"})
             self._restart(done)
             obs = self._obs()
         return obs, rewards, done, infos
@@ -187,7 +216,7 @@ class LLMSplitEnv(gym.Env):
 
     def __init__(self, model="smollm2-135m", dataset="wiki", tokens: int = LLM_TOKENS,
                  context_length: int = LLM_CONTEXT, device: str = "auto", dtype: str = "auto",
-                 episode_steps: int = EPISODE_STEPS, token_ids=None, tokenizer=None):
+                 episode_steps: int = EPISODE_STEPS, token_ids=None, tokenizer=None, episode_end: str = EPISODE_END):
         from .data import load_text, tokenize
         from .link import SplitLink
         from .models import load_model
@@ -204,7 +233,7 @@ class LLMSplitEnv(gym.Env):
         if self.link.n_layers <= SPLIT_MAX:
             raise UserError(f"LayerSplit-LLM-v0 moves the split over 1..{SPLIT_MAX}: the model needs at least "
                             f"{SPLIT_MAX + 1} decoder layers, it has {self.link.n_layers}")
-        self.episode_steps = episode_steps
+        self.episode_steps, self.episode_end = episode_steps, check_episode_end(episode_end)
         self.observation_space = spaces.Box(np.array([0.0, SPLIT_MIN], np.float32), np.array([P_MAX, SPLIT_MAX], np.float32))
         self.action_space = spaces.Discrete(SPLIT_MAX - SPLIT_MIN + 1)
         self.p, self.split, self.steps, self.ppl_initial = 0.0, SPLIT_MIN, 0, float("nan")
@@ -243,7 +272,7 @@ class LLMSplitEnv(gym.Env):
         load = float(load_term(self.split))
         reward = LLM_INFERENCE_WEIGHT * inference + load
         info = {"inference_reward": inference, "load_reward": load, "ppl": ppl, "p": self.p, "split": self.split}
-        return self._obs(), float(reward), False, self.steps >= self.episode_steps, info
+        return self._obs(), float(reward), *episode_over(self.steps, self.episode_steps, self.episode_end), info
 
     def close(self):
         self.link.detach()
@@ -272,13 +301,14 @@ class WirelessSplitEnv(gym.Env):
     def __init__(self, rsm_path: str | Path = WIRELESS_RSM, surrogate: rsm.Surrogate | None = None,
                  splits=WIRELESS_SPLITS, withheld=WIRELESS_WITHHELD, episode_steps: int = WIRELESS_STEPS,
                  snr_mean_db: float = SNR_MEAN_DB, snr_std_db: float = SNR_STD_DB, snr_rho: float = SNR_RHO,
-                 model_dims: channel.ModelDims = channel.SMOLLM2_135M, tokens: int = 512):
+                 model_dims: channel.ModelDims = channel.SMOLLM2_135M, tokens: int = 512,
+                 episode_end: str = EPISODE_END):
         self.surrogate = surrogate if surrogate is not None else rsm.load(rsm_path, form="wireless")
         if self.surrogate.form != "wireless":
             raise UserError(f"LayerSplit-Wireless-v0 needs a 'wireless' surrogate, got a '{self.surrogate.form}' one")
         self.splits, self.withheld = np.asarray(splits), np.asarray(withheld, dtype=np.float64)
         self.actions = np.array([(s, w) for s in self.splits for w in self.withheld])  # action -> (split, share)
-        self.episode_steps = episode_steps
+        self.episode_steps, self.episode_end = episode_steps, check_episode_end(episode_end)
         self.snr = channel.SnrProcess(snr_mean_db, snr_std_db, snr_rho)
         # UE seconds per request: layers on the UE times one layer's FLOPs over the UE's throughput
         layer = channel.latency_breakdown(channel.LinkConfig(), model_dims, 1, tokens)["ue_compute_s"]
@@ -318,7 +348,7 @@ class WirelessSplitEnv(gym.Env):
                     ppl=math.exp(info["log_ppl"]))
         self.steps += 1
         obs = self._observe(self.snr.step())
-        return obs, float(parts["reward"][a]), False, self.steps >= self.episode_steps, info
+        return obs, float(parts["reward"][a]), *episode_over(self.steps, self.episode_steps, self.episode_end), info
 
 
 ENV_IDS = ("LayerSplit-Paper-v0", "LayerSplit-LLM-v0", "LayerSplit-Wireless-v0")

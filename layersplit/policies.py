@@ -3,6 +3,9 @@
 A policy here is a callable (obs, env) -> action, where env is the unwrapped environment (the
 baselines read its state; a learned policy ignores it). Baselines:
     fixed    the paper's traditional split, 5 layers on the UE (split 4), nothing withheld
+    best-static  the one static choice (a split; on the Wireless env a split and withheld share) with the
+             highest mean return over BEST_STATIC_EPISODES training starts (reset seeds 0, 1, ...,
+             never the evaluation's), then held whatever the channel: the strongest simple baseline
     random   a uniformly random action
     greedy   the action with the best immediate reward
     optimum  Paper: dynamic programming over every state reachable before the episode ends (equal
@@ -21,12 +24,14 @@ import numpy as np
 from scipy import stats
 
 from . import UserError
-from .envs import PAPER_MOVES, LLMSplitEnv, PaperSplitEnv, WirelessSplitEnv, make
+from .envs import PAPER_MOVES, SPLIT_MAX, SPLIT_MIN, LLMSplitEnv, PaperSplitEnv, WirelessSplitEnv, make
 from .surrogate import REFERENCE_SPLIT
 
 Policy = Callable[[np.ndarray, object], int]
-BASELINES = ("fixed", "random", "greedy", "optimum")
+BASELINES = ("fixed", "best-static", "random", "greedy", "optimum")
 CONFIDENCE = 0.95  # confidence level of the intervals over seeds
+BEST_STATIC_EPISODES = 200  # training starts on which best-static picks its choice (reset seeds 0..N-1)
+BEST_STATIC_SEED = 0  # first reset seed of those starts; evaluations start at 10,000 and above
 
 
 # --- the Paper environment -----------------------------------------------------------------------
@@ -93,10 +98,15 @@ def paper_greedy(obs, env: PaperSplitEnv) -> int:
     return int(np.argmax(paper_action_values(env, env.p, env.split, 1)))
 
 
-def paper_fixed(obs, env: PaperSplitEnv) -> int:
-    """Move toward the fixed split (the largest legal move that does not overshoot), then stay."""
-    wanted = int(np.clip(REFERENCE_SPLIT - env.split, PAPER_MOVES.min(), PAPER_MOVES.max()))
-    return int(np.flatnonzero(PAPER_MOVES == wanted)[0])
+def paper_toward(target: int) -> Policy:
+    """Move toward `target` (the largest legal move that does not overshoot), then stay there."""
+    def policy(obs, env: PaperSplitEnv) -> int:
+        wanted = int(np.clip(target - env.split, PAPER_MOVES.min(), PAPER_MOVES.max()))
+        return int(np.flatnonzero(PAPER_MOVES == wanted)[0])
+    return policy
+
+
+paper_fixed = paper_toward(REFERENCE_SPLIT)
 
 
 # --- the Wireless environment --------------------------------------------------------------------
@@ -112,8 +122,38 @@ def llm_fixed(obs, env: LLMSplitEnv) -> int:
     return REFERENCE_SPLIT - 1  # action a sets split a + 1
 
 
-def baseline(name: str, env, seed: int = 0) -> Policy:
+def static_choices(env) -> dict[str, Policy]:
+    """Every static choice of this environment, by label: hold one split (Paper, LLM), or one
+    (split, withheld share) action (Wireless)."""
+    if isinstance(env, PaperSplitEnv):
+        return {f"split {s}": paper_toward(s) for s in range(SPLIT_MIN, SPLIT_MAX + 1)}
+    if isinstance(env, LLMSplitEnv):
+        return {f"split {s}": (lambda obs, env_, a=s - SPLIT_MIN: a) for s in range(SPLIT_MIN, SPLIT_MAX + 1)}
+    if isinstance(env, WirelessSplitEnv):
+        return {f"split {s}, {w:.0%} withheld": (lambda obs, env_, a=a: a) for a, (s, w) in enumerate(env.actions)}
+    raise UserError(f"no static choices defined for {type(env).__name__}")
+
+
+class BestStatic:
+    """The static choice with the highest mean return over `episodes` training starts (reset seeds
+    seed, seed + 1, ...), chosen once on construction; `choice` names it, `scores` holds every mean."""
+
+    def __init__(self, env, episodes: int = BEST_STATIC_EPISODES, seed: int = BEST_STATIC_SEED):
+        if episodes < 1:
+            raise UserError(f"best-static needs at least one training start, got {episodes}")
+        choices = static_choices(env)
+        self.scores = {label: evaluate(env, policy, episodes, seed).mean for label, policy in choices.items()}
+        self.choice = max(self.scores, key=self.scores.get)
+        self.policy = choices[self.choice]
+
+    def __call__(self, obs, env) -> int:
+        return self.policy(obs, env)
+
+
+def baseline(name: str, env, seed: int = 0, best_static_episodes: int = BEST_STATIC_EPISODES) -> Policy:
     """The baseline `name` for this (unwrapped) environment."""
+    if name == "best-static":
+        return BestStatic(env, best_static_episodes)
     if name == "random":
         rng = np.random.default_rng(seed)
         return lambda obs, env_: int(rng.integers(env_.action_space.n))
@@ -124,7 +164,7 @@ def baseline(name: str, env, seed: int = 0) -> Policy:
     }[type(env)]
     if name not in table:
         raise UserError(f"baseline {name!r} is not available on {type(env).__name__}: use one of "
-                        f"{', '.join(['random', *table])}")
+                        f"{', '.join(['best-static', 'random', *table])}")
     return table[name]
 
 
@@ -156,6 +196,17 @@ def split_chooser(run_dir, rsm_path=None) -> Callable[[float], int]:
 def learned(model) -> Policy:
     """A Stable-Baselines3 model as a policy (deterministic actions)."""
     return lambda obs, env: int(model.predict(obs, deterministic=True)[0])
+
+
+def paper_policy_on_llm(model) -> Policy:
+    """A policy trained on LayerSplit-Paper-v0 (relative moves) acting on LayerSplit-LLM-v0 (absolute
+    splits), the paper's own comparison: the split its move leads to (cut at the bounds by the
+    original's rule) is the split set. p then drifts by the LLM environment's rule (x0.9995 deeper,
+    x1.0005 shallower), which differs from the surrogate environment's only in the fourth decimal."""
+    def policy(obs, env: LLMSplitEnv) -> int:
+        move = int(model.predict(obs, deterministic=True)[0])
+        return int(PaperSplitEnv.transition(env.p, env.split, move)[1]) - SPLIT_MIN
+    return policy
 
 
 # --- evaluation ---------------------------------------------------------------------------------

@@ -149,14 +149,25 @@ def _read_sweep(path: str | Path, needed: tuple[str, ...]):
     return frame
 
 
+def _pooled(frame, keys: list[str]):
+    """The rows of `frame` pooled over draws per `keys` (cells.pool: token-weighted NLL and accuracy,
+    95% intervals over windows x draws)."""
+    import pandas as pd
+
+    from .cells import pool
+
+    return pd.DataFrame([{**dict(zip(keys, key)), **pool(group.to_dict("records")),
+                          "latency_s": group["total_s"].astype(float).mean() if "total_s" in group else np.nan}
+                         for key, group in frame.groupby(keys, sort=True)])
+
+
 def paper_cells(path: str | Path, splits=PAPER_SPLITS, reference_split: int = REFERENCE_SPLIT):
-    """One row per (p, split) of the original link: pooled PPL (exp of mean NLL over draws), the
-    reference PPL at the same p, and the inference reward."""
-    frame = _read_sweep(path, ("link", "split", "dropout", "nll", "token_accuracy"))
+    """One row per (p, split) of the original link: pooled PPL (exp of the token-weighted mean NLL over
+    draws) with its 95% interval over windows x draws, the reference PPL at the same p, the inference
+    reward, and that reward's standard error over the noise draws (inference_reward_se)."""
+    frame = _read_sweep(path, ("link", "split", "dropout", "draw", "nll", "token_accuracy", "scored_tokens"))
     frame = frame[frame["link"] == "dropout"]
-    cells = frame.groupby(["dropout", "split"], as_index=False).agg(nll=("nll", "mean"),
-                                                                    token_accuracy=("token_accuracy", "mean"))
-    cells["ppl"] = np.exp(cells["nll"])
+    cells = _pooled(frame, ["dropout", "split"]).drop(columns="latency_s")
     reference = cells[cells["split"] == reference_split].set_index("dropout")["ppl"]
     if reference.empty:
         raise UserError(f"{path} has no cells at the reference split {reference_split} (the paper's fixed split): "
@@ -167,17 +178,26 @@ def paper_cells(path: str | Path, splits=PAPER_SPLITS, reference_split: int = RE
                         f"{min(splits)}..{max(splits)})")
     cells["ppl_ref"] = cells["dropout"].map(reference)
     cells["inference_reward"] = (cells["ppl_ref"] - cells["ppl"]) / cells["ppl_ref"]
+    # the sweep's own noise in the reward: draw d of every split shares its masks and its text (common
+    # random numbers), so the paired per-draw reward 1 - exp(nll_d - nll_ref_d) varies only with the masks;
+    # its standard error over the draws is what no surrogate can predict on a held-out cell
+    ref_draws = frame[frame["split"] == reference_split].set_index(["dropout", "draw"])["nll"]
+    paired = frame.assign(reward=1 - np.exp(frame["nll"] - [ref_draws.get((p, d), np.nan)
+                                                            for p, d in zip(frame["dropout"], frame["draw"])]))
+    se = paired.groupby(["dropout", "split"])["reward"].agg(lambda r: r.std(ddof=1) / np.sqrt(len(r)) if len(r) > 1 else 0.0)
+    cells["inference_reward_se"] = [float(se.get((p, s), np.nan)) for p, s in zip(cells["dropout"], cells["split"])]
     return cells.reset_index(drop=True)
 
 
 def wireless_cells(path: str | Path):
-    """One row per (SNR, split, withheld) of a physical link: log-PPL, accuracy, latency."""
-    frame = _read_sweep(path, ("link", "snr_db", "split", "withheld", "nll", "token_accuracy", "total_s"))
+    """One row per (SNR, split, withheld) of a physical link: log-PPL (token-weighted over draws, with its
+    95% interval), accuracy, latency."""
+    frame = _read_sweep(path, ("link", "snr_db", "split", "withheld", "nll", "token_accuracy", "total_s",
+                               "scored_tokens"))
     frame = frame[frame["link"] != "dropout"]
     if frame.empty:
         raise UserError(f"{path} has no physical-link rows: sweep with --snrs (and --withheld)")
-    cells = frame.groupby(["snr_db", "split", "withheld"], as_index=False).agg(
-        log_ppl=("nll", "mean"), token_accuracy=("token_accuracy", "mean"), latency_s=("total_s", "mean"))
+    cells = _pooled(frame, ["snr_db", "split", "withheld"]).rename(columns={"nll": "log_ppl"})
     return cells[np.isfinite(cells["log_ppl"])].reset_index(drop=True)
 
 
@@ -256,6 +276,11 @@ def quality(surrogate: Surrogate, cells) -> dict:
     metrics.update({f"mae_{name}": float(np.mean(np.abs(cells[name].to_numpy() - prediction[:, i])))
                     for i, name in enumerate(surrogate.outputs)})
     metrics["mae_ppl"] = float(np.mean(np.abs(measured_ppl - predicted_ppl)))
+    if "inference_reward_se" in cells and surrogate.form == "paper":
+        # the share of the target's variance that is the sweep's own sampling noise: no fit can explain
+        # it on held-out cells, so 1 - noise_share is about the best held-out R2 these measurements allow
+        noise = float(np.nanmean(cells["inference_reward_se"].to_numpy() ** 2))
+        metrics["noise_share"] = noise / float(np.var(cells["inference_reward"].to_numpy()))
     metrics["median_relative_error_ppl"] = float(np.median(np.abs(predicted_ppl / measured_ppl - 1.0)))
     metrics["cells"] = int(len(cells))
     return metrics

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import UserError, channel
+from . import UserError, cells, channel
 from .link import LINK_MODES, SplitLink, validate_probability
 from .models import find_decoder_layers
 from .perplexity import sliding_windows, token_nll_and_correct
@@ -40,7 +40,7 @@ RUN_COLUMNS = ("model", "dataset", "tokens", "context_length", "stride", "dtype"
 LINK_COLUMNS = ("modulation", "fading", "nakagami_m", "bits_per_element", "elements_per_packet", "header_bits",
                 "bandwidth_hz", "block_fading")
 COLUMNS = RUN_COLUMNS + ("split", "layers_on_ue", "link", "snr_db", "dropout", "withheld", "draw") + LINK_COLUMNS + (
-    "nll", "ppl", "token_accuracy", "scored_tokens", "nonfinite_windows",
+    "nll", "ppl", "token_accuracy", "scored_tokens", "nonfinite_windows", *cells.WINDOW_COLUMNS,
     "ue_compute_s", "tx_s", "edge_compute_s", "total_s", "tx_decode_s")
 
 
@@ -244,21 +244,38 @@ class SweepConfig:
 
 
 class CellTotals:
-    """Running sums over windows for every (condition, draw) of one split."""
+    """Running sums over windows for every (condition, draw) of one split: the token totals, and the
+    sum and sum of squares of the per-window mean NLL and accuracy (for the spread over windows)."""
 
     def __init__(self, n_conditions: int, draws: int):
-        self.nll = torch.zeros(n_conditions, draws, dtype=torch.float64)
-        self.correct = torch.zeros(n_conditions, draws, dtype=torch.long)
-        self.tokens = torch.zeros(n_conditions, draws, dtype=torch.long)
-        self.nonfinite = torch.zeros(n_conditions, draws, dtype=torch.long)
+        shape = (n_conditions, draws)
+        self.nll = torch.zeros(shape, dtype=torch.float64)
+        self.correct = torch.zeros(shape, dtype=torch.long)
+        self.tokens = torch.zeros(shape, dtype=torch.long)
+        self.nonfinite = torch.zeros(shape, dtype=torch.long)
+        self.windows = torch.zeros(shape, dtype=torch.long)
+        self.window_moments = torch.zeros(shape + (4,), dtype=torch.float64)  # sum nll, nll^2, acc, acc^2
 
     def add(self, c: int, d: int, nll: float, correct: int, n_tokens: int) -> None:
         if math.isfinite(nll):
             self.nll[c, d] += nll
             self.correct[c, d] += correct
             self.tokens[c, d] += n_tokens
+            self.windows[c, d] += 1
+            mean_nll, accuracy = nll / n_tokens, correct / n_tokens
+            self.window_moments[c, d] += torch.tensor([mean_nll, mean_nll ** 2, accuracy, accuracy ** 2],
+                                                      dtype=torch.float64)
         else:
             self.nonfinite[c, d] += 1
+
+    def window_sd(self, c: int, d: int) -> tuple[float, float]:
+        """Sample standard deviation over windows of the per-window NLL and accuracy (NaN for one window)."""
+        k = int(self.windows[c, d])
+        if k < 2:
+            return float("nan"), float("nan")
+        s_nll, s_nll2, s_acc, s_acc2 = self.window_moments[c, d].tolist()
+        return tuple(math.sqrt(max(sq - total * total / k, 0.0) / (k - 1))
+                     for total, sq in ((s_nll, s_nll2), (s_acc, s_acc2)))
 
 
 def configure(link: SplitLink, condition: Condition, template: channel.LinkConfig) -> None:
@@ -281,6 +298,7 @@ def _rows(cfg: SweepConfig, split: int, totals: CellTotals, pending, link: Split
         configure(link, cond, cfg.link_template)
         tokens = int(totals.tokens[c, d])
         nll = float(totals.nll[c, d]) / tokens if tokens else float("nan")
+        nll_sd, accuracy_sd = totals.window_sd(c, d)
         physical = cond.link != "dropout"
         # compute times do not depend on the channel; the direct-p link has no air time to report
         times = channel.latency_breakdown(link.channel or cfg.link_template, dims, split + 1, cfg.context_length,
@@ -292,6 +310,7 @@ def _rows(cfg: SweepConfig, split: int, totals: CellTotals, pending, link: Split
             "nll": nll, "ppl": math.exp(nll) if math.isfinite(nll) else float("nan"),
             "token_accuracy": int(totals.correct[c, d]) / tokens if tokens else float("nan"),
             "scored_tokens": tokens, "nonfinite_windows": int(totals.nonfinite[c, d]),
+            "windows": int(totals.windows[c, d]), "nll_window_sd": nll_sd, "accuracy_window_sd": accuracy_sd,
             "ue_compute_s": times["ue_compute_s"], "edge_compute_s": times["edge_compute_s"],
             "tx_s": times["tx_s"] if physical else "", "total_s": times["total_s"] if physical else "",
             "tx_decode_s": channel.tx_latency_s(link.channel, 1, dims.hidden_size, cond.withheld) if physical else "",
@@ -387,20 +406,48 @@ def segments_agree(model, token_ids: torch.Tensor, split: int, tolerance: float 
     return abs(nll.item() - expected) <= tolerance * abs(expected)
 
 
+CELL_KEYS = ("split", "layers_on_ue", "link", "snr_db", "dropout", "withheld")  # what identifies a cell
+CELL_COLUMNS = CELL_KEYS + ("draws", "samples", "nll", "nll_ci95", "ppl", "ppl_low", "ppl_high", "token_accuracy",
+                            "accuracy_ci95", "total_s")
+
+
+def cell_table(rows: list[dict]) -> list[dict]:
+    """The rows pooled over draws into cells (cells.pool), in the order of first appearance."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(str(row[k]) for k in CELL_KEYS), []).append(row)
+    return [{**dict(zip(CELL_KEYS, key)), **cells.pool(group), "total_s": group[0]["total_s"]}
+            for key, group in groups.items()]
+
+
+def cells_path(output: str | Path) -> Path:
+    """Where the cell table of a sweep results file goes: <stem>_cells.csv beside it."""
+    output = Path(output)
+    return output.with_name(f"{output.stem}_cells.csv")
+
+
+def write_cells(rows: list[dict], path: str | Path) -> None:
+    """The cell table as CSV (rewritten whole: it is derived from the rows, which are the record)."""
+    with Path(path).open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CELL_COLUMNS)
+        writer.writeheader()
+        writer.writerows(cell_table(rows))
+
+
 def summarise(rows: list[dict]) -> str:
-    """Perplexity per split and condition pooled over draws (exp of the mean NLL), as a text table."""
+    """Perplexity per split and condition pooled over draws with its 95% interval, as a text table."""
     import pandas as pd
 
-    frame = pd.DataFrame(rows)
+    frame = pd.DataFrame(cell_table(rows))
     if frame.empty:
         return "(no rows)"
-    frame["ppl"], frame["nll"] = frame["ppl"].astype(float), frame["nll"].astype(float)
     frame["condition"] = [Condition(link, float(p), None if s == "" else float(s), float(w or 0.0)).label
                           for link, s, p, w in zip(frame["link"], frame["snr_db"], frame["dropout"], frame["withheld"])]
     frame["split"] = frame["split"].astype(int)
-    cells = frame.groupby(["split", "condition"], sort=False)
-    table = np.exp(cells["nll"].mean()).unstack("condition")
-    spread = cells["ppl"].std().unstack("condition")
-    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.3g}".format):
-        return (f"perplexity pooled over draws, exp(mean NLL) (rows: split, 0-based)\n{table}\n\n"
-                f"largest spread (std over draws) in any cell: {np.nanmax(spread.to_numpy()):.3g}")
+    frame["cell"] = [f"{ppl:.3g} [{lo:.3g}, {hi:.3g}]" if math.isfinite(lo) else f"{ppl:.3g}"
+                     for ppl, lo, hi in zip(frame["ppl"], frame["ppl_low"], frame["ppl_high"])]
+    table = frame.set_index(["split", "condition"])["cell"].unstack("condition")
+    table = table[list(dict.fromkeys(frame["condition"]))]
+    with pd.option_context("display.width", 250, "display.max_columns", 30):
+        return (f"perplexity pooled over draws, exp(mean NLL), [95% interval over windows x draws] "
+                f"(rows: split, 0-based = layers on the UE - 1)\n{table}")

@@ -18,6 +18,15 @@ def test_bench_rl_compares_llm_and_surrogate_steps_and_both_ppo_setups():
     assert len(shares) == 2 and all(0 < float(s) <= 100.0 + 1e-9 for s in shares)  # original and default, vs the optimum
 
 
+def test_bench_rl_ablation_runs_every_setup_over_the_seeds():
+    done = run_script("bench/rl.py", "--ablation", "--seeds", "0,1", "--steps", "400", timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = re.findall(r"^   (.+?)\s+([\d.]+)% \+-\s+([\d.]+)\s+per seed: (.+)$", done.stdout, re.M)
+    assert [r[0].split(":")[0] for r in rows] == ["original", "default", "only 8 batched envs", "only scaled observations",
+                                                  "only gamma 0.9"]
+    assert all(len(r[3].split(", ")) == 2 for r in rows)  # one share per seed
+
+
 def test_bench_serve_gives_the_single_process_tokens_over_a_loss_free_socket():
     done = run_script("bench/serve.py", "--prompts", "1", "--max-new-tokens", "4", "--rounds", "1", timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -82,13 +82,27 @@ def test_the_shipped_surrogates_load_with_their_metadata():
 
 
 def test_paper_cells_define_the_reward_against_the_fixed_split(tmp_path):
-    rows = ["split,link,dropout,nll,token_accuracy,model,dataset"]
+    rows = ["split,link,dropout,draw,nll,token_accuracy,scored_tokens,model,dataset"]
     for split, ppl in ((1, 20.0), (4, 40.0), (7, 30.0)):
-        rows += [f"{split},dropout,0.1,{np.log(ppl)},0.3,m,d", f"{split},dropout,0.2,{np.log(2 * ppl)},0.2,m,d"]
+        rows += [f"{split},dropout,0.1,0,{np.log(ppl)},0.3,100,m,d", f"{split},dropout,0.2,0,{np.log(2 * ppl)},0.2,100,m,d"]
     (tmp_path / "s.csv").write_text("\n".join(rows) + "\n")
     cells = surrogate.paper_cells(tmp_path / "s.csv")
     reward = cells.set_index(["dropout", "split"])["inference_reward"]
     assert reward[(0.1, 1)] == pytest.approx(0.5) and reward[(0.1, 4)] == 0 and reward[(0.2, 7)] == pytest.approx(0.25)
+
+
+def test_paper_cells_pool_draws_by_tokens_and_pair_each_draw_with_the_reference(tmp_path):
+    nll = {(1, 0): 3.0, (1, 1): 3.2, (1, 2): 2.9, (4, 0): 3.1, (4, 1): 3.5, (4, 2): 3.0}  # (split, draw) at p = 0.1
+    rows = ["split,link,dropout,draw,nll,token_accuracy,scored_tokens,windows,nll_window_sd,accuracy_window_sd,model,dataset"]
+    rows += [f"{s},dropout,0.1,{d},{v},0.3,100,2,0.1,0.01,m,d" for (s, d), v in nll.items()]
+    rows += [f"{s},dropout,0.2,0,{v + 1},0.2,100,2,0.1,0.01,m,d" for s, v in ((1, 3.0), (4, 3.1))]
+    (tmp_path / "s.csv").write_text("\n".join(rows) + "\n")
+    cells = surrogate.paper_cells(tmp_path / "s.csv").set_index(["dropout", "split"])
+    assert cells.loc[(0.1, 1), "nll"] == pytest.approx(np.mean([3.0, 3.2, 2.9]))  # equal tokens: the plain mean
+    assert cells.loc[(0.1, 1), "samples"] == 6 and cells.loc[(0.1, 1), "ppl_low"] < cells.loc[(0.1, 1), "ppl"]
+    paired = [1 - np.exp(nll[(1, d)] - nll[(4, d)]) for d in range(3)]
+    assert cells.loc[(0.1, 1), "inference_reward_se"] == pytest.approx(np.std(paired, ddof=1) / np.sqrt(3))
+    assert cells.loc[(0.1, 4), "inference_reward_se"] == 0 and cells.loc[(0.2, 1), "inference_reward_se"] == 0
 
 
 @pytest.mark.parametrize("content, message", [
@@ -124,10 +138,10 @@ def test_a_sweep_without_the_needed_columns_is_a_clear_error(tmp_path):
 
 
 # --- the environments ----------------------------------------------------------------------------------
-def make_env(env_id, llm11=None):
+def make_env(env_id, llm11=None, **kwargs):
     if env_id == "LayerSplit-LLM-v0":
-        return gym.make(env_id, model=llm11, token_ids=IDS, tokens=64, context_length=32)
-    return gym.make(env_id)
+        return gym.make(env_id, model=llm11, token_ids=IDS, tokens=64, context_length=32, **kwargs)
+    return gym.make(env_id, **kwargs)
 
 
 @pytest.mark.parametrize("env_id", envs.ENV_IDS)
@@ -142,32 +156,110 @@ def test_unknown_env_id_is_a_clear_error():
         envs.make("LayerSplit-Nope-v0")
 
 
-@pytest.mark.parametrize("start, action, split, factor", [
-    (5, 0, 5, 1.0), (5, 1, 4, 1.0005), (5, 2, 6, 0.9995), (5, 3, 3, 1.001), (5, 4, 7, 0.999),
-    (5, 5, 2, 1.0015), (5, 6, 8, 0.9995), (5, 7, 1, 1.002), (5, 8, 9, 0.998),
-    (2, 7, 1, 1.002),  # shallower by 4 from 2: cut at split 1, the action's factor still applies
-    (9, 8, 10, 0.998), (10, 2, 10, 0.9995), (1, 1, 1, 1.0005),
-])
-def test_paper_transitions_follow_the_original_rules(start, action, split, factor):
+def original_step(split, action):
+    """The original train__rsm.py step(), transcribed line by line: the action is remapped at the
+    bounds first, then the (remapped) action picks the move and the p factor."""
+    if split == 1 and action in [1, 3, 5, 7]:
+        action = 0
+    elif split == 10 and action in [2, 4, 6, 8]:
+        action = 0
+    if split == 2 and action in [3, 5, 7]:
+        action = 1
+    elif split == 9 and action in [4, 6, 8]:
+        action = 2
+    if split == 3 and action in [5, 7]:
+        action = 3
+    elif split == 8 and action in [6, 8]:
+        action = 4
+    if split == 4 and action in [7]:
+        action = 5
+    elif split == 7 and action in [8]:
+        action = 6
+    factor = 1.0
+    if action == 1:
+        split, factor = max(1, split - 1), 1.0005
+    elif action == 2:
+        split, factor = min(10, split + 1), 0.9995
+    elif action == 3:
+        split, factor = max(1, split - 2), 1.001
+    elif action == 4:
+        split, factor = min(10, split + 2), 0.999
+    elif action == 5:
+        split, factor = max(1, split - 3), 1.0015
+    elif action == 6:
+        split, factor = min(10, split + 3), 0.9995  # sic
+    elif action == 7:
+        split, factor = max(1, split - 4), 1.002
+    elif action == 8:
+        split, factor = min(10, split + 4), 0.998
+    return split, factor
+
+
+def test_original_bound_rule_spot_checks():
+    # the notes' examples: at split 1 a shallower request leaves p unchanged; at 2, 3/5/7 act as 1
+    assert original_step(1, 7) == (1, 1.0) and original_step(2, 7) == (1, 1.0005)
+    assert original_step(3, 5) == (1, 1.001) and original_step(7, 8) == (10, 0.9995)
+
+
+@pytest.mark.parametrize("start", range(1, 11))
+def test_paper_transitions_follow_the_original_step_for_every_split_and_action(start):
     env = gym.make("LayerSplit-Paper-v0")
-    env.reset(seed=0, options={"p": 0.2, "split": start})
-    obs, reward, terminated, truncated, info = env.step(action)
-    assert info["split"] == split and info["p"] == pytest.approx(0.2 * factor, rel=1e-12)
-    rsm = env.unwrapped.surrogate.predict([[info["p"], split]])[0, 0]
-    assert info["inference_reward"] == pytest.approx(rsm) and info["load_reward"] == pytest.approx((10 - split) / 10)
-    assert reward == pytest.approx(10 * rsm + (10 - split) / 10)
-    assert np.allclose(obs, [info["p"], split]) and not terminated and not truncated
+    for action in range(9):
+        split, factor = original_step(start, action)
+        env.reset(seed=0, options={"p": 0.2, "split": start})
+        obs, reward, terminated, truncated, info = env.step(action)
+        assert (info["split"], info["p"]) == (split, pytest.approx(0.2 * factor, rel=1e-12)), (start, action)
+        rsm = env.unwrapped.surrogate.predict([[info["p"], split]])[0, 0]
+        assert info["inference_reward"] == pytest.approx(rsm) and info["load_reward"] == pytest.approx((10 - split) / 10)
+        assert reward == pytest.approx(10 * rsm + (10 - split) / 10)
+        assert np.allclose(obs, [info["p"], split]) and not terminated and not truncated
+    # the vectorised transition (used by the optimum and greedy) agrees on all 90 pairs at once
+    starts, actions = np.repeat(np.arange(1, 11), 9), np.tile(np.arange(9), 10)
+    new_p, new_split = envs.PaperSplitEnv.transition(np.full(90, 0.2), starts, actions)
+    expected = [original_step(int(s), int(a)) for s, a in zip(starts, actions)]
+    assert new_split.tolist() == [e[0] for e in expected]
+    assert np.allclose(new_p, [0.2 * e[1] for e in expected], rtol=1e-12, atol=0)
 
 
-def test_paper_p_is_clipped_and_episodes_are_truncated_after_five_steps():
+@pytest.mark.parametrize("env_id", envs.ENV_IDS)
+def test_episodes_terminate_after_their_last_step_as_the_original(env_id, llm11):
+    env = make_env(env_id, llm11)
+    env.reset(seed=0)
+    steps = env.unwrapped.episode_steps
+    flags = [env.step(env.action_space.sample())[2:4] for _ in range(steps)]
+    assert flags == [(False, False)] * (steps - 1) + [(True, False)]
+
+
+@pytest.mark.parametrize("env_id", envs.ENV_IDS)
+def test_truncation_is_an_option(env_id, llm11):
+    env = make_env(env_id, llm11, episode_end="truncate")
+    env.reset(seed=0)
+    steps = env.unwrapped.episode_steps
+    flags = [env.step(env.action_space.sample())[2:4] for _ in range(steps)]
+    assert flags[-1] == (False, True)
+    with pytest.raises(UserError, match="unknown episode end 'stop'"):
+        make_env(env_id, llm11, episode_end="stop")
+
+
+def test_paper_p_is_clipped_and_start_states_follow_the_original():
     env = gym.make("LayerSplit-Paper-v0")
     obs, info = env.reset(seed=3, options={"p": 0.2999, "split": 5})
-    flags = [env.step(7)[2:4] for _ in range(5)]
+    for _ in range(5):
+        env.step(7)
     assert env.unwrapped.p == 0.3
-    assert flags == [(False, False)] * 4 + [(False, True)]
     starts = [env.reset(seed=s)[1] for s in range(300)]
     assert all(0.01 <= s["p"] <= 0.3 and 1 <= s["split"] <= 9 for s in starts)
     assert {s["split"] for s in starts} == set(range(1, 10))
+
+
+@pytest.mark.parametrize("episode_end", envs.EPISODE_ENDS)
+def test_batched_paper_env_tells_sb3_whether_to_bootstrap(episode_end):
+    vec = envs.PaperVecEnv(3, episode_end=episode_end)
+    vec.seed(1)
+    vec.reset()
+    for _ in range(5):
+        _, _, dones, infos = vec.step(np.zeros(3, dtype=int))
+    assert dones.all() and all(i["TimeLimit.truncated"] == (episode_end == "truncate") for i in infos)
 
 
 def test_batched_paper_env_steps_exactly_like_the_single_one():
@@ -182,8 +274,8 @@ def test_batched_paper_env_steps_exactly_like_the_single_one():
         actions = rng.integers(9, size=4)
         obs, rewards, dones, infos = vec.step(actions)
         for env, a, r, d, info in zip(singles, actions, rewards, dones, infos):
-            _, reward, _, truncated, single_info = env.step(int(a))
-            assert r == pytest.approx(reward, rel=1e-6) and d == truncated
+            _, reward, terminated, _, single_info = env.step(int(a))
+            assert r == pytest.approx(reward, rel=1e-6) and d == terminated
             assert info["split"] == single_info["split"] and info["p"] == pytest.approx(single_info["p"])
     assert all("terminal_observation" in i for i in infos)  # all ended at step 5 and were reset
 
@@ -249,6 +341,40 @@ def test_optimum_beats_every_baseline_and_evaluation_is_reproducible():
     assert again == means["random"]
     fixed = policies.evaluate(env, policies.baseline("fixed", env.unwrapped), 3, seed=1)
     assert all(s[-1] == surrogate.REFERENCE_SPLIT for s in fixed.splits)  # at most 4 moves reach split 4
+
+
+def test_best_static_holds_the_split_with_the_best_mean_return_on_training_starts():
+    env = gym.make("LayerSplit-Paper-v0")
+    best = policies.BestStatic(env.unwrapped, episodes=30)
+    # each static split's mean over the same 30 training starts, computed independently here
+    by_hand = {}
+    for target in range(1, 11):
+        totals = []
+        for i in range(30):
+            env.reset(seed=policies.BEST_STATIC_SEED + i)
+            total = 0.0
+            for _ in range(5):
+                gap = int(np.clip(target - env.unwrapped.split, -4, 4))
+                total += env.step(int(np.flatnonzero(envs.PAPER_MOVES == gap)[0]))[1]
+            totals.append(total)
+        by_hand[target] = np.mean(totals)
+    assert best.scores == pytest.approx({f"split {s}": v for s, v in by_hand.items()})
+    chosen = max(by_hand, key=by_hand.get)
+    assert best.choice == f"split {chosen}"
+    run = policies.evaluate(env, best, 5, seed=10_000)
+    assert all(s[-2:] == [chosen, chosen] for s in run.splits)  # it reaches the split within 3 moves and holds it
+    with pytest.raises(UserError, match="at least one training start"):
+        policies.BestStatic(env.unwrapped, episodes=0)
+
+
+def test_best_static_on_the_wireless_env_picks_one_action_and_beats_fixed():
+    env = gym.make("LayerSplit-Wireless-v0")
+    best = policies.baseline("best-static", env.unwrapped, best_static_episodes=10)
+    assert len(best.scores) == len(env.unwrapped.actions)
+    fixed = policies.evaluate(env, policies.baseline("fixed", env.unwrapped), 10, seed=policies.BEST_STATIC_SEED).mean
+    assert max(best.scores.values()) >= fixed - 1e-9  # fixed is one of the static choices
+    actions = {best(None, env.unwrapped) for _ in range(3)}
+    assert len(actions) == 1
 
 
 def test_wireless_optimum_is_the_per_step_argmax():
@@ -320,11 +446,11 @@ def test_other_algorithms_train(tmp_path, algo):
 # --- the scripts, as a user runs them ------------------------------------------------------------------
 def write_sweep(path, rows_per_cell=1):
     """A small sweep CSV of the original link (splits 1..10 x 4 p) from a smooth made-up PPL."""
-    lines = ["model,dataset,split,link,snr_db,dropout,withheld,draw,nll,token_accuracy,total_s"]
+    lines = ["model,dataset,split,link,snr_db,dropout,withheld,draw,nll,token_accuracy,scored_tokens,total_s"]
     for split in range(1, 11):
         for p in (0.0, 0.1, 0.2, 0.3):
             nll = np.log(15 * (1 + 20 * p * p * (1 + abs(split - 5) / 5)))
-            lines.append(f"m,d,{split},dropout,,{p},0.0,0,{nll},{0.44 - p / 2},")
+            lines.append(f"m,d,{split},dropout,,{p},0.0,0,{nll},{0.44 - p / 2},511,")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -343,6 +469,12 @@ def test_train_rsm_fit_train_evaluate_smoke(tmp_path):
     assert "% of optimum" in train.stdout
     result = json.loads((tmp_path / "res" / "rl_paper_ppo.json").read_text())
     assert len(result["returns"]["learned"]["per_seed"]) == 2 and result["returns"]["optimum"]["share_of_optimum"] == 1
+    returns = result["returns"]
+    assert set(returns) == {"learned", "fixed", "best-static", "random", "greedy", "optimum"}
+    gaps = np.subtract(returns["learned"]["per_seed"], returns["best-static"]["per_seed"])  # paired by seed
+    assert returns["best-static"]["learned_minus_this"] == pytest.approx(gaps.mean())
+    assert returns["best-static"]["learned_minus_this_ci95"] == pytest.approx(policies.confidence_interval(gaps)[1])
+    assert result["episode_end"] == "terminate" and result["best_static"]["choice"].startswith("split ")
     assert (tmp_path / "res" / "rl_paper_ppo_curves.csv").exists() and (tmp_path / "res" / "rl_paper_ppo_policy.csv").exists()
     again = run_script("train_rsm.py", "evaluate", str(tmp_path / "runs" / "ppo_s0"), str(tmp_path / "runs" / "ppo_s1"),
                        *common)
@@ -370,16 +502,42 @@ def test_train_py_smoke_with_a_tiny_model(tmp_path, sample_txt):
     torch.manual_seed(0)
     LlamaForCausalLM(tiny_config(num_hidden_layers=11)).save_pretrained(tmp_path / "m")
     make_tokenizer().save_pretrained(tmp_path / "m")
-    result = run_script("train.py", "--model", str(tmp_path / "m"), "--dataset", str(sample_txt), "--tokens", "32",
-                        "--total-timesteps", "20", "--n-steps", "10", "--batch", "5", "--eval-episodes", "1",
-                        "--run-dir", str(tmp_path / "runs"), "--results", str(tmp_path / "llm.json"), "--no-progress")
+    training.train("LayerSplit-Paper-v0", "ppo", tmp_path / "paper" / "ppo_s0", 400, 0, 8,
+                   {"n_steps": 50, "batch_size": 100}, progress=False)  # a surrogate-trained policy to compare
+    args = ["train.py", "--model", str(tmp_path / "m"), "--dataset", str(sample_txt), "--tokens", "32",
+            "--total-timesteps", "20", "--n-steps", "10", "--batch", "5", "--eval-episodes", "2",
+            "--best-static-episodes", "1", "--run-dir", str(tmp_path / "runs"), "--results", str(tmp_path / "llm.json"),
+            "--compare", f"{tmp_path / 'paper' / 'ppo_s0'},{tmp_path / 'absent'}", "--no-progress"]
+    result = run_script(*args)
     assert result.returncode == 0, result.stderr
+    assert "no surrogate-trained run at" in result.stderr  # the absent one is named, the rest goes on
     report = json.loads((tmp_path / "llm.json").read_text())
     assert report["timesteps"] == 20 and report["seconds_per_step"] > 0
-    assert set(report["returns"]) == {"learned", "fixed", "random"}
-    assert report["returns"]["fixed"]["splits"][0] == [surrogate.REFERENCE_SPLIT] * 5
+    returns = report["evaluation"]["returns"]
+    assert list(returns) == ["learned (LLM in the loop)", "surrogate ppo_s0", "fixed", "best-static", "random"]
+    assert returns["fixed"]["splits"][0] == [surrogate.REFERENCE_SPLIT] * 5
+    assert all(len(r["per_episode"]) == 2 for r in returns.values())
+    assert report["evaluation"]["best_static"]["choice"] in {f"split {s}" for s in range(1, 11)}
     progress = (tmp_path / "runs" / "ppo_s0" / "progress.csv").read_text()
     assert "time/step_s" in progress
+    again = run_script(*args)  # a finished run is reused: the same seed gives the same evaluation
+    assert again.returncode == 0, again.stderr
+    assert json.loads((tmp_path / "llm.json").read_text())["evaluation"] == report["evaluation"]
+
+
+def test_a_surrogate_policy_acts_on_the_llm_env_through_the_original_moves(llm11):
+    class Moves:  # stands in for a trained model: always the same relative move
+        def __init__(self, move):
+            self.move = move
+
+        def predict(self, obs, deterministic=True):
+            return np.array(self.move), None
+
+    env = make_env("LayerSplit-LLM-v0", llm11)
+    for start, move, expected_split in ((5, 8, 9), (2, 7, 1), (10, 2, 10), (1, 0, 1), (7, 8, 10)):
+        env.reset(seed=0, options={"p": 0.2, "split": start})
+        action = policies.paper_policy_on_llm(Moves(move))(None, env.unwrapped)
+        assert action + 1 == original_step(start, move)[0] == expected_split
 
 
 def test_a_wireless_policy_chooses_the_split_from_the_snr(tmp_path):

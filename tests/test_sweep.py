@@ -46,7 +46,8 @@ def rows_by_key(path) -> dict:
 def assert_same_numbers(a: dict, b: dict, rel=1e-5):
     assert a.keys() == b.keys()
     for key in a:
-        for column in ("nll", "token_accuracy", "scored_tokens", "dropout"):
+        for column in ("nll", "token_accuracy", "scored_tokens", "dropout", "windows", "nll_window_sd",
+                       "accuracy_window_sd"):
             assert float(a[key][column]) == pytest.approx(float(b[key][column]), rel=rel), (key, column)
 
 
@@ -55,6 +56,46 @@ def test_fast_path_equals_naive_path(tiny_llama, tmp_path):
     naive = run(tiny_llama, tmp_path / "naive.csv", runner=sweep.run_naive)
     assert len(fast) == 4 * (1 + 5 * 2)  # splits x (clean once + 5 conditions x 2 draws)
     assert_same_numbers(fast, naive)
+
+
+def test_window_spread_columns_are_the_spread_of_per_window_values(tiny_llama, tmp_path):
+    import statistics
+
+    from layersplit.perplexity import evaluate
+
+    rows = run(tiny_llama, tmp_path / "r.csv")
+    plain = evaluate(tiny_llama, TOKENS, 64, 64)  # the clean link: per-window mean NLLs
+    clean = rows[(1, "dropout", "", "0.0", "0.0", 0)]
+    assert int(clean["windows"]) == 3 == len(plain.window_nlls)
+    assert float(clean["nll_window_sd"]) == pytest.approx(statistics.stdev(plain.window_nlls), rel=1e-4)  # float32
+    assert 0 <= float(clean["accuracy_window_sd"]) < 1
+
+
+def test_cells_pool_draws_and_windows_into_a_t_interval():
+    import math
+
+    import numpy as np
+    from scipy import stats
+
+    from layersplit import cells
+
+    rng = np.random.default_rng(0)
+    per_window = rng.normal(3.0, 0.5, size=(4, 6))  # 4 draws x 6 windows of 100 tokens each
+    accuracy = rng.uniform(0.3, 0.5, size=(4, 6))
+    rows = [{"nll": w.mean(), "token_accuracy": a.mean(), "scored_tokens": 600, "windows": 6,
+             "nll_window_sd": w.std(ddof=1), "accuracy_window_sd": a.std(ddof=1)} for w, a in zip(per_window, accuracy)]
+    pooled = cells.pool(rows)
+    flat = per_window.ravel()
+    half = stats.t.ppf(0.975, 23) * flat.std(ddof=1) / math.sqrt(24)
+    assert pooled["nll"] == pytest.approx(flat.mean()) and pooled["nll_ci95"] == pytest.approx(half)
+    assert pooled["ppl_low"] == pytest.approx(math.exp(flat.mean() - half))
+    assert pooled["accuracy_ci95"] == pytest.approx(stats.t.ppf(0.975, 23) * accuracy.ravel().std(ddof=1) / math.sqrt(24))
+    assert (pooled["draws"], pooled["samples"]) == (4, 24)
+    # token weighting: a draw with twice the tokens counts twice in the pooled value
+    weighted = cells.pool([{**rows[0], "nll": 1.0, "scored_tokens": 200}, {**rows[1], "nll": 4.0, "scored_tokens": 100}])
+    assert weighted["nll"] == pytest.approx(2.0)
+    # a lone window has no spread: no interval rather than a made-up one
+    assert math.isnan(cells.pool([{**rows[0], "windows": 1, "nll_window_sd": ""}])["nll_ci95"])
 
 
 def test_masks_do_not_depend_on_the_order_of_work(tiny_llama, tmp_path):
@@ -154,7 +195,8 @@ def test_bad_conditions():
 
 def sweep_cli(tiny_model_dir, sample_txt, output, *extra):
     return [sys.executable, "add_noise.py", "--sweep", "--model", str(tiny_model_dir), "--dataset", str(sample_txt),
-            "--max-tokens", "300", "--context-length", "64", "--output", str(output), "--no-progress", *extra]
+            "--max-tokens", "300", "--context-length", "64", "--splits", "all", "--output", str(output), "--no-progress",
+            *extra]
 
 
 def test_cli_sweep_survives_sigkill(tiny_model_dir, sample_txt, tmp_path):
@@ -173,6 +215,11 @@ def test_cli_sweep_survives_sigkill(tiny_model_dir, sample_txt, tmp_path):
     rows = rows_by_key(output)  # asserts no duplicates
     assert len(rows) == 4 * (1 + (8 + 2) * 12)  # every cell: splits x (clean + (8 p + 2 SNR) x draws)
     assert "perplexity pooled over draws" in finished.stdout
+    with open(sweep.cells_path(output), newline="") as f:  # the cell table with its intervals, beside the rows
+        table = list(csv.DictReader(f))
+    assert len(table) == 4 * (1 + 8 + 2) and all(int(c["draws"]) == (1 if c["dropout"] == "0.0" else 12) for c in table)
+    impaired = [c for c in table if c["dropout"] != "0.0"]
+    assert all(float(c["ppl_low"]) < float(c["ppl"]) < float(c["ppl_high"]) for c in impaired)
 
 
 @pytest.mark.parametrize("extra, message", [
