@@ -20,7 +20,8 @@ with read_csv and ends with save(fig, figures_dir, name), and register it in FIG
     rsm_fit   results/rsm_fit_{paper,wireless}.csv (python train_rsm.py fit)
               the surrogates' predictions against the measurements on held-out sweep cells, with R^2.
     training  results/rl_paper_{ppo,a2c,dqn}_curves.csv, rl_paper_ppo.json (python train_rsm.py train --seeds 0,1,2 --algo A)
-              training return against steps, mean and range over seeds, with the baselines' returns.
+              training return against steps, mean and range over seeds, with the baselines' returns
+              (A2C and DQN drawn when their curves exist).
     policy    results/rl_paper_ppo_policy.csv (+ rl_paper_ppo_authors_policy.csv, rl_wireless_ppo_policy.csv if present)
               the chosen split against the channel condition, learned beside the exact optimum.
     cost      results/rl_llm_ppo.json (make llm; else rl_llm_cost.json of make reproduce), results/rl_paper_ppo.json
@@ -506,6 +507,8 @@ def fig_training(results_dir: Path, figures_dir: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for algo, (label, color) in RL_ALGOS.items():
         path = results_dir / f"rl_paper_{algo}_curves.csv"
+        if algo != "ppo" and not path.is_file():  # PPO is required; A2C and DQN are drawn when they were run
+            continue
         rows = read_csv(path, {"seed": int, "timesteps": int, "mean_return": float}, TRAIN_COMMAND.format(algo=algo))
         by_step: dict[int, list[float]] = {}
         for r in rows:
@@ -614,7 +617,7 @@ def fig_cost(results_dir: Path, figures_dir: Path) -> Path:
                      color=colors, capsize=3)
         axes[2].invert_yaxis()
         axes[2].axvline(0, color="k", lw=0.8)
-        axes[2].set_xlabel("mean episode return on the real LLM (95% interval over episodes)")
+        axes[2].set_xlabel("mean return on the real LLM (95% interval over episodes)")
         axes[2].set_title(f"policies on the same {evaluation['episodes']} LLM episodes", fontsize=10)
         axes[2].tick_params(axis="y", labelsize=8)
         axes[2].grid(alpha=0.3, axis="x")
