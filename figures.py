@@ -170,9 +170,14 @@ def fig_ber_per(results_dir: Path, figures_dir: Path) -> Path:
     return save(fig, figures_dir, "ber_per")
 
 
+def _float_or_nan(text: str) -> float:
+    """A number, or nan for an empty field (how pandas writes a missing value)."""
+    return math.nan if text == "" else float(text)
+
+
 WINDOW_COLUMNS = {"nll": float, "scored_tokens": float}  # what a sweep cell is pooled from
-OPTIONAL_WINDOW_COLUMNS = {"windows": (float, 1.0), "nll_window_sd": (float, math.nan),
-                           "accuracy_window_sd": (float, math.nan)}  # absent in older files: no interval
+OPTIONAL_WINDOW_COLUMNS = {"windows": (float, 1.0), "nll_window_sd": (_float_or_nan, math.nan),
+                           "accuracy_window_sd": (_float_or_nan, math.nan)}  # absent in older files: no interval
 
 
 def _pooled_interval(rows: list[dict], column: str) -> tuple[float, float, float]:
@@ -264,7 +269,8 @@ def read_snr_sweeps(results_dir: Path) -> dict[str, list[dict]]:
     """modulation -> the rows (without withholding) of its SNR sweep file: SNR_MODULATIONS are
     required, further sweep_snr_*.csv files are added. Each file must hold one physical link set-up."""
     paths = [results_dir / SNR_FILE.format(modulation=m) for m in SNR_MODULATIONS]
-    paths += sorted(set(results_dir.glob(SNR_FILE.format(modulation="*"))) - set(paths))
+    paths += sorted({p for p in results_dir.glob(SNR_FILE.format(modulation="*"))
+                     if not p.name.endswith("_cells.csv")} - set(paths))  # not the sweeps' cell tables
     sweeps: dict[str, list[dict]] = {}
     for path in paths:
         remedy = SNR_COMMAND.format(modulation=path.stem.removeprefix("sweep_snr_"), path=path)
@@ -462,7 +468,7 @@ def fig_rsm_fit(results_dir: Path, figures_dir: Path) -> Path:
     (through its inference reward) and the wireless form's log-perplexity and token accuracy."""
     paper = read_csv(results_dir / "rsm_fit_paper.csv", {"ppl": float, "predicted_ppl": float, "held_out": _flag,
                      "inference_reward": float, "predicted_inference_reward": float}, FIT_COMMAND,
-                     optional={"ppl_low": (float, math.nan), "ppl_high": (float, math.nan)})
+                     optional={"ppl_low": (_float_or_nan, math.nan), "ppl_high": (_float_or_nan, math.nan)})
     wireless = read_csv(results_dir / "rsm_fit_wireless.csv", {"log_ppl": float, "predicted_log_ppl": float,
                         "token_accuracy": float, "predicted_token_accuracy": float, "held_out": _flag}, FIT_COMMAND)
     panels = [

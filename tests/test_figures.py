@@ -332,3 +332,16 @@ def test_training_figure_draws_the_algorithms_that_were_run(results, tmp_path):
     out = tmp_path / "figures"
     assert figures.main(["--only", "training", "--results-dir", str(results), "--figures-dir", str(out)]) == 0
     assert (out / "training.png").is_file()
+
+
+def test_snr_figure_ignores_the_sweeps_cell_tables_and_rsm_fit_takes_empty_intervals(results, tmp_path):
+    import shutil
+
+    for m in figures.SNR_MODULATIONS:  # what add_noise.py --sweep writes beside each results file
+        shutil.copy(results / figures.SNR_FILE.format(modulation=m), results / f"sweep_snr_{m}_cells.csv")
+    rows = list(csv.DictReader((results / "rsm_fit_paper.csv").open()))
+    write_csv(results / "rsm_fit_paper.csv", [{**r, "ppl_low": "" if i == 0 else 0.5 * float(r["ppl"]),
+                                               "ppl_high": "" if i == 0 else 2 * float(r["ppl"])}
+                                              for i, r in enumerate(rows)])  # pandas writes a NaN as ''
+    out = tmp_path / "figures"
+    assert figures.main(["--only", "snr", "rsm_fit", "--results-dir", str(results), "--figures-dir", str(out)]) == 0
