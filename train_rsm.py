@@ -145,8 +145,12 @@ def evaluate_runs(runs: list[Path], args) -> int:
     for k, model in enumerate(models):  # evaluation seed k: the same episodes for every policy
         seed = args.eval_seed + 1000 * k
         for name in names:
-            policy = {"learned": lambda: policies.learned(model), "best-static": lambda: best_static}.get(
-                name, lambda: policies.baseline(name, env.unwrapped, seed))()
+            if name == "learned":
+                policy = policies.learned(model)
+            elif name == "best-static":
+                policy = best_static
+            else:
+                policy = policies.baseline(name, env.unwrapped, seed)
             means[name].append(policies.evaluate(env, policy, args.eval_episodes, seed).mean)
     env.close()
     optimum = np.mean(means.get("optimum", [np.nan]))

@@ -84,7 +84,7 @@ def time_surrogate_steps(rsm: Path, seed: int) -> tuple[float, float]:
     return single, (time.perf_counter() - start) / batches.size
 
 
-# set-up name -> (environments, observations scaled, gamma); the first is exactly the original's
+# set-up name -> (environments, observations scaled, gamma); the first has the original's settings
 SETUPS = {"original: 1 env, raw obs., gamma .99": (1, False, 0.99),
           f"default: {N_ENVS} batched, scaled, {GAMMA:g}": (N_ENVS, True, GAMMA),
           f"only {N_ENVS} batched envs": (N_ENVS, False, 0.99),
