@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -95,10 +96,46 @@ def make_env(env_id: str, n_envs: int, seed: int, env_kwargs: dict | None, monit
                         monitor_dir=None if monitor_dir is None else str(monitor_dir))
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
+def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """The run's periodic saves as (step, path), newest first."""
     saved = [(int(m.group(1)), p) for p in (run_dir / CHECKPOINTS).glob("*.zip")
              if (m := re.search(r"_(\d+)_steps\.zip$", p.name))]
-    return max(saved)[1] if saved else None
+    return sorted(saved, reverse=True)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    saved = checkpoints(run_dir)
+    return saved[0][1] if saved else None
+
+
+def free_name(path: Path) -> Path:
+    """path, or path with _2, _3, ... before its last suffix when that is taken: moving a file there
+    overwrites nothing."""
+    k, free = 2, path
+    while free.exists():
+        free, k = path.with_name(f"{path.stem}_{k}{path.suffix}"), k + 1
+    return free
+
+
+def newest_loadable(cls, saves: list[tuple[int, Path]]):
+    """The first of saves (step, path) that loads, as (step, path, model), or (0, None, None) when none
+    does. A kill while a save is written leaves it truncated, and it would then fail every rerun: each
+    unreadable one is renamed to <name>.corrupt (kept, not deleted) and named in one line on stderr."""
+    bad, found = [], (0, None, None)
+    for step, path in saves:
+        try:  # loaded without an env, as train reuses a finished policy; a resumed one is loaded onto its env
+            found = step, path, cls.load(path, device="cpu")
+            break
+        except Exception as e:  # truncated, emptied, not a zip, ...: whatever the loader says
+            bad.append((path, e))
+    then = f"resuming from {found[1]}" if found[1] else "training from scratch"
+    for path, e in bad:
+        aside = free_name(path.with_name(path.name + ".corrupt"))
+        path.rename(aside)
+        why = (str(e).strip().splitlines() or [""])[0]
+        print(f"[layersplit] {path} is unreadable ({type(e).__name__}: {why}): set aside as {aside.name}, {then}",
+              file=sys.stderr)
+    return found
 
 
 def train(env_id: str, algo: str, run_dir: str | Path, total_timesteps: int, seed: int, n_envs: int,
@@ -124,14 +161,15 @@ def train(env_id: str, algo: str, run_dir: str | Path, total_timesteps: int, see
     config_path.write_text(json.dumps(config, indent=2))
     torch.distributions.Distribution.set_default_validate_args(False)  # per-step argument checks: pure overhead here
     cls = ALGOS[algo]
-    checkpoint, start_step = None, 0
-    if resume and (run_dir / POLICY_FILE).exists() and (run_dir / "summary.json").exists():
-        summary = json.loads((run_dir / "summary.json").read_text())
-        if summary["timesteps"] >= total_timesteps:  # finished: reuse it
-            return cls.load(run_dir / POLICY_FILE, device="cpu"), summary
-        checkpoint, start_step = run_dir / POLICY_FILE, summary["timesteps"]  # a larger budget: go on from it
-    elif resume and (checkpoint := latest_checkpoint(run_dir)) is not None:
-        start_step = int(re.search(r"_(\d+)_steps", checkpoint.name).group(1))
+    start_step, checkpoint = 0, None
+    if resume:  # go on from the newest save that loads: the finished policy, else the newest checkpoint
+        saves = checkpoints(run_dir)
+        if (run_dir / POLICY_FILE).exists() and (run_dir / "summary.json").exists():
+            summary = json.loads((run_dir / "summary.json").read_text())
+            saves.insert(0, (summary["timesteps"], run_dir / POLICY_FILE))
+        start_step, checkpoint, loaded = newest_loadable(cls, saves)
+        if checkpoint == run_dir / POLICY_FILE and start_step >= total_timesteps:  # finished: reuse it
+            return loaded, summary
     # one monitor folder per (re)start, named by its first step: the episode log survives a resume
     env = make_env(env_id, n_envs, seed + start_step, env_kwargs, run_dir / "monitor" / f"from_{start_step}", batched)
     if checkpoint is not None:
@@ -140,8 +178,10 @@ def train(env_id: str, algo: str, run_dir: str | Path, total_timesteps: int, see
         policy_kwargs = {"features_extractor_class": ScaledObservation} if scale_observations else {}
         model = cls("MlpPolicy", env, seed=seed, device="cpu", verbose=0, policy_kwargs=policy_kwargs, **hyperparameters)
     done = model.num_timesteps
-    if done and (run_dir / "progress.csv").exists():  # SB3's CSV logger starts a new file: keep the old part
-        (run_dir / "progress.csv").rename(run_dir / f"progress_until_{done}.csv")
+    # SB3's CSV logger starts a new file: keep the old part. Two restarts from the same save (or from
+    # scratch) would give it the same name, so a later part gets a free one (_2, ...), not the earlier's
+    if (run_dir / "progress.csv").exists():
+        (run_dir / "progress.csv").rename(free_name(run_dir / f"progress_until_{done}.csv"))
     model.set_logger(configure(str(run_dir), ["csv", "tensorboard"]))
     timer = StepTimer()
     callbacks = [ProgressBar(total_timesteps, done, progress), timer]
