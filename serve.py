@@ -48,6 +48,10 @@ MAX_SESSIONS = serving.MAX_SESSIONS  # sessions served at once
 MAX_QUEUE = serving.MAX_QUEUE  # connections queued beyond that; more are refused as busy
 QUEUE_TIMEOUT_S = serving.QUEUE_TIMEOUT_S  # longest wait in the queue before a busy refusal
 IDLE_TIMEOUT_S = serving.IDLE_TIMEOUT_S  # a connection without a complete frame for this long is dropped
+# A new connection must send its OPEN within this long to be served; only then does it take a session,
+# so idle or stray connections never keep a UE waiting (serving.HANDSHAKE_TIMEOUT_S says why 5 s).
+HANDSHAKE_TIMEOUT_S = serving.HANDSHAKE_TIMEOUT_S
+MAX_HANDSHAKES = serving.MAX_HANDSHAKES  # connections waiting for their OPEN; a newer one drops the oldest
 MAX_FRAME_BYTES = serving.MAX_FRAME_BYTES  # largest frame accepted (bounds per-connection memory)
 MAX_CONTEXT = serving.MAX_CONTEXT  # prompt + generated tokens per session (bounds each KV cache)
 # --- the UE -----------------------------------------------------------------------------------
@@ -111,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"seconds a queued connection waits before a 'busy' refusal (default: {QUEUE_TIMEOUT_S:g})")
     e.add_argument("--idle-timeout", type=positive_float, default=IDLE_TIMEOUT_S,
                    help=f"seconds without a complete frame before a connection is dropped (default: {IDLE_TIMEOUT_S:g})")
+    e.add_argument("--handshake-timeout", type=positive_float, default=HANDSHAKE_TIMEOUT_S,
+                   help="seconds a new connection has to send its OPEN; until then it holds no session "
+                        f"(default: {HANDSHAKE_TIMEOUT_S:g})")
+    e.add_argument("--max-handshakes", type=positive_int, default=MAX_HANDSHAKES,
+                   help="connections waiting for their OPEN at once; a newer one drops the oldest "
+                        f"(default: {MAX_HANDSHAKES})")
     e.add_argument("--max-frame-bytes", type=positive_int, default=MAX_FRAME_BYTES,
                    help=f"largest frame accepted; bigger ones are refused and the connection closed (default: {MAX_FRAME_BYTES})")
     e.add_argument("--max-context", type=positive_int, default=MAX_CONTEXT,
@@ -191,6 +201,46 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+# --- bounds on the options (check_numbers): limits of validity, not settings -------------------
+# The most --threads accepted: more than any machine's cores. torch takes any count, but 10^6 makes
+# OpenMP crash at the first forward.
+MAX_THREADS = 1024
+# The SNR options' range, wider than any radio link's. Far beyond it the channel model breaks down:
+# 10^(SNR/10) overflows near +3000 dB, and near -300 dB the link rate underflows to 0 (a division by
+# zero). The spread is bounded too, so that the AR(1) process stays within +-300 dB (6.7 std).
+MAX_ABS_SNR_DB = 100.0
+MAX_SNR_STD_DB = 30.0
+# Nakagami fading of a larger m is AWGN (--fading awgn) to many digits; the fade integrals fail near 1e308.
+MAX_NAKAGAMI_M = 1e6
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """Values argparse lets through that would otherwise end in a traceback (an OverflowError for
+    --port 99999 or --idle-timeout inf, a crash in OpenMP for --threads 1000000): a UserError, which
+    main reports in one line with exit status 2, before any model is loaded."""
+    if not 0 <= args.threads <= MAX_THREADS:
+        raise UserError(f"--threads {args.threads} is not a thread count: use 0 (torch's default) to {MAX_THREADS}")
+    if args.role == "edge":
+        serving.check_port(args.port, "--port")
+        for option in ("queue_timeout", "idle_timeout", "handshake_timeout"):
+            serving.check_timeout(getattr(args, option), "--" + option.replace("_", "-"))
+        return
+    serving.check_timeout(args.timeout, "--timeout")
+    if abs(args.snr_mean) > MAX_ABS_SNR_DB and args.snr_mean != math.inf:
+        raise UserError(f"SNR {args.snr_mean:g} dB (--snr-db or --snr-mean) is out of range: use "
+                        f"-{MAX_ABS_SNR_DB:g}..{MAX_ABS_SNR_DB:g} dB, or inf for a loss-free link")
+    if args.snr_std > MAX_SNR_STD_DB:
+        raise UserError(f"--snr-std {args.snr_std:g} dB is out of range: use 0..{MAX_SNR_STD_DB:g} dB")
+    if args.nakagami_m > MAX_NAKAGAMI_M:
+        raise UserError(f"--nakagami-m {args.nakagami_m:g} is out of range: use 0.5..{MAX_NAKAGAMI_M:g} "
+                        "(--fading awgn for no fading)")
+    if args.seed < 0:  # numpy seeds are non-negative
+        raise UserError(f"--seed {args.seed} is negative: use an integer >= 0")
+    if args.elements_per_packet > serving.MAX_ELEMENTS_PER_PACKET:  # the edge would refuse the OPEN
+        raise UserError(f"--elements-per-packet {args.elements_per_packet} is too large: "
+                        f"use 1..{serving.MAX_ELEMENTS_PER_PACKET}")
+
+
 # --- the edge -----------------------------------------------------------------------------------
 def run_edge(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.INFO, stream=sys.stderr,
@@ -200,7 +250,8 @@ def run_edge(args: argparse.Namespace) -> int:
     server = serving.EdgeServer(model, host=args.host, port=args.port, splits=splits, max_sessions=args.max_sessions,
                                 max_queue=args.max_queue, queue_timeout_s=args.queue_timeout,
                                 idle_timeout_s=args.idle_timeout, max_frame_bytes=args.max_frame_bytes,
-                                max_context=args.max_context)
+                                max_context=args.max_context, handshake_timeout_s=args.handshake_timeout,
+                                max_handshakes=args.max_handshakes)
     sm = server.split_model
     print(f"edge listening on {server.address} (model {args.model}: {sm.n_layers} decoder layers, "
           f"{str(sm.dtype).removeprefix('torch.')}, {sm.device}; serves {serving.format_splits(splits)} layers on the UE; "
@@ -285,12 +336,10 @@ def run_ue(args: argparse.Namespace, split_for_snr=None) -> int:
 
 def main(argv=None, split_for_snr=None) -> int:
     args = parse_args(argv)
-    if args.threads < 0:
-        print("serve.py: error: --threads must be >= 0", file=sys.stderr)
-        return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
     try:
+        check_numbers(args)
+        if args.threads:
+            torch.set_num_threads(args.threads)
         if args.role == "ue" and args.policy and split_for_snr is None:
             from layersplit.policies import split_chooser
 

@@ -26,9 +26,11 @@ type, 2 reserved bytes, payload length (uint32, little-endian), then the payload
     UE -> edge  CLOSE       (empty) the request is over: the edge frees the session's KV cache
     edge -> UE  CLOSED      JSON: the session's totals
     edge -> UE  ERROR       JSON: code, message (see ERROR_CODES)
-One connection carries any number of requests, one at a time. Bad framing, an oversized frame, a
-malformed activation, an idle timeout or a server fault close the connection; a refused OPEN (a split
-this edge does not serve, another model) or a session over the context limit ends only that request.
+One connection carries any number of requests, one at a time; it takes one of the edge's session
+slots with its first valid OPEN, which must come within a short handshake timeout. Bad framing, an
+oversized frame, a malformed activation, an idle timeout or a server fault close the connection; a
+refused OPEN (a split this edge does not serve, another model) or a session over the context limit
+ends only that request.
 """
 from __future__ import annotations
 
@@ -81,6 +83,22 @@ MAX_SESSIONS = 4  # sessions served at once; their steps interleave on the one m
 MAX_QUEUE = 8  # connections waiting for a free session beyond that; the rest are refused as busy
 QUEUE_TIMEOUT_S = 30.0  # a queued connection that waits longer is refused as busy
 IDLE_TIMEOUT_S = 60.0  # the edge drops a connection that sends no complete frame for this long
+# A connection takes a session slot only with its first valid OPEN, and until then each frame must come
+# within HANDSHAKE_TIMEOUT_S. A UE sends OPEN as soon as it connects, so 5 s is ample even on a slow
+# link, while idle or stray connections (port scans, clients that hang) are closed long before anyone
+# notices; they never hold a slot, so they cannot make a real UE wait or be refused as busy.
+HANDSHAKE_TIMEOUT_S = 5.0
+# Connections waiting for their OPEN, each a thread blocked in recv for at most HANDSHAKE_TIMEOUT_S. A
+# new connection beyond this many pushes the oldest one out: a flood of idle sockets then costs at most
+# this many threads and still cannot lock a real UE out (its OPEN follows its connect within
+# milliseconds, long before that many newer connections arrive).
+MAX_HANDSHAKES = 64
+# Frames before a session is open are small (an OPEN is some hundred bytes of JSON); this bound, not
+# --max-frame-bytes, keeps MAX_HANDSHAKES strangers from making the edge allocate a gigabyte.
+MAX_OPEN_FRAME_BYTES = 64 * 2**10
+# The longest timeout accepted (11.6 days, in effect none). Python's socket and lock timeouts overflow
+# beyond about 9.2e9 s (4.3e6 s for locks on Windows), which an --idle-timeout of inf would otherwise hit.
+MAX_TIMEOUT_S = 1e6
 CLIENT_TIMEOUT_S = 120.0  # the UE gives up on an edge that does not answer for this long (queueing included)
 MAX_ELEMENTS_PER_PACKET = 1 << 20  # sanity bound on a session's packet size
 FINAL_NORM_NAMES = ("norm", "final_layernorm", "final_layer_norm", "ln_f", "final_norm")  # the decoder's last norm
@@ -113,6 +131,22 @@ class EdgeError(UserError):
     def __init__(self, code: str, message: str):
         super().__init__(f"the edge refused ({code}): {message}")
         self.code = code
+
+
+def check_port(port, what: str = "port") -> int:
+    """A TCP port to listen on: 0..65535, where 0 asks the system for any free port."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise UserError(f"{what} {port!r} is not a TCP port: use 0..65535 (0: any free port)")
+    return port
+
+
+def check_timeout(seconds, what: str) -> float:
+    """A timeout in seconds: positive and at most MAX_TIMEOUT_S (inf and nan are refused)."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise UserError(f"{what} {seconds!r} is not a number of seconds")
+    if not 0 < seconds <= MAX_TIMEOUT_S:
+        raise UserError(f"{what} {seconds:g} is not a timeout: use seconds > 0 and at most {MAX_TIMEOUT_S:.0f}")
+    return float(seconds)
 
 
 # ---- framing ------------------------------------------------------------------------------------
@@ -511,29 +545,38 @@ class EdgeSession:
 class EdgeServer:
     """The edge: accepts UE connections, serves up to max_sessions at once, queues max_queue more.
 
-    A thread per admitted or queued connection (so at most max_sessions + max_queue threads);
-    connections beyond that are refused at once with an ERROR "busy". Forward passes of all
-    sessions take turns on one lock (on a CPU one forward already uses every core). Every way a
-    session can end (CLOSE, disconnect, bad frame, timeout, server fault) frees its KV cache.
+    A connection first sends its OPEN, within handshake_timeout_s (per frame) or it is closed; at
+    most max_handshakes connections wait for theirs, a newer one pushing the oldest out. Only a
+    valid OPEN takes a session slot, which the connection keeps until it closes; when all are taken
+    it waits in the queue, and beyond the queue it is refused with an ERROR "busy" (at once when it
+    connects to an edge that is already full that way). A thread per connection, so at most
+    max_handshakes + max_queue + max_sessions threads. Forward passes of all sessions take turns on
+    one lock (on a CPU one forward already uses every core). Every way a session can end (CLOSE,
+    disconnect, bad frame, timeout, server fault) frees its KV cache.
     """
 
     def __init__(self, model: torch.nn.Module, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
                  splits: list[int] | None = None, max_sessions: int = MAX_SESSIONS, max_queue: int = MAX_QUEUE,
                  queue_timeout_s: float = QUEUE_TIMEOUT_S, idle_timeout_s: float = IDLE_TIMEOUT_S,
-                 max_frame_bytes: int = MAX_FRAME_BYTES, max_context: int = MAX_CONTEXT, check: bool = True):
+                 max_frame_bytes: int = MAX_FRAME_BYTES, max_context: int = MAX_CONTEXT,
+                 handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S, max_handshakes: int = MAX_HANDSHAKES,
+                 check: bool = True):
         self.split_model = model if isinstance(model, SplitModel) else SplitModel(model)
         n = self.split_model.n_layers
         self.splits = sorted(set(splits)) if splits else list(range(1, n))
         for s in self.splits:
             self.split_model.validate_split(s)
         for name, value in (("max_sessions", max_sessions), ("max_frame_bytes", max_frame_bytes),
-                            ("max_context", max_context)):
+                            ("max_context", max_context), ("max_handshakes", max_handshakes)):
             if value < 1:
                 raise UserError(f"{name} must be at least 1, got {value}")
-        if max_queue < 0 or queue_timeout_s <= 0 or idle_timeout_s <= 0:
-            raise UserError("max_queue must be >= 0 and the timeouts > 0")
-        self.max_sessions, self.max_queue = max_sessions, max_queue
-        self.queue_timeout_s, self.idle_timeout_s = queue_timeout_s, idle_timeout_s
+        if max_queue < 0:
+            raise UserError(f"max_queue must be >= 0, got {max_queue}")
+        check_port(port)
+        self.max_sessions, self.max_queue, self.max_handshakes = max_sessions, max_queue, max_handshakes
+        self.queue_timeout_s = check_timeout(queue_timeout_s, "queue_timeout_s")
+        self.idle_timeout_s = check_timeout(idle_timeout_s, "idle_timeout_s")
+        self.handshake_timeout_s = check_timeout(handshake_timeout_s, "handshake_timeout_s")
         self.max_frame_bytes, self.max_context = max_frame_bytes, max_context
         if check:
             check_composition(self.split_model, self.splits[len(self.splits) // 2])
@@ -544,7 +587,8 @@ class EdgeServer:
         self.host, self.port = self._listener.getsockname()[:2]
         self._state = threading.Condition()
         self._active = 0  # connections holding a session slot
-        self._waiting = 0  # connections queued for one
+        self._waiting = 0  # connections queued for one (after a valid OPEN)
+        self._pending: dict[socket.socket, tuple] = {}  # connections waiting for their OPEN -> peer, oldest first
         self._compute = threading.Lock()
         self._stopping = threading.Event()
         self._threads: set[threading.Thread] = set()
@@ -552,8 +596,8 @@ class EdgeServer:
         self._next_session = 0
         self.sessions: dict[int, EdgeSession] = {}  # open sessions (each holds a KV cache)
         self._caches = weakref.WeakSet()  # every KV cache not yet garbage-collected (tests check it empties)
-        self.stats = {"connections": 0, "refused_busy": 0, "sessions_opened": 0, "sessions_closed": 0,
-                      "errors": 0, "steps": 0}
+        self.stats = {"connections": 0, "refused_busy": 0, "handshakes_dropped": 0, "sessions_opened": 0,
+                      "sessions_closed": 0, "errors": 0, "steps": 0}
         self._accept_thread: threading.Thread | None = None
 
     # --- life cycle ---
@@ -610,29 +654,41 @@ class EdgeServer:
         return len(self._caches)
 
     # --- admission ---
+    def _busy_message(self) -> str:
+        return (f"busy: {self._active} sessions are being served and {self._waiting} are waiting "
+                f"(limits: {self.max_sessions} sessions, {self.max_queue} queued); try again later")
+
     def _admit(self, conn: socket.socket, peer) -> None:
+        pushed_out = None
         with self._state:
             self.stats["connections"] += 1
-            queued = refused = False
-            if self._active < self.max_sessions:
-                self._active += 1
-            elif self._waiting < self.max_queue:
-                self._waiting += 1
-                queued = True
-            else:
+            # Only connections that sent a valid OPEN are counted here, so idle ones never cause this.
+            full = self._active >= self.max_sessions and self._waiting >= self.max_queue
+            if full:
                 self.stats["refused_busy"] += 1
-                refused = True
-                message = (f"busy: {self._active} sessions are being served and {self._waiting} are waiting "
-                           f"(limits: {self.max_sessions} sessions, {self.max_queue} queued); try again later")
-        if refused:
+                message = self._busy_message()
+            else:
+                if len(self._pending) >= self.max_handshakes:
+                    # the oldest is the likeliest to be idle: a real UE sends its OPEN as soon as it connects
+                    pushed_out = next(iter(self._pending))
+                    pushed_peer = self._pending.pop(pushed_out)
+                    self.stats["handshakes_dropped"] += 1
+                self._pending[conn] = peer
+                t = threading.Thread(target=self._connection, args=(conn, peer), daemon=True,
+                                     name=f"edge-{peer[0]}:{peer[1]}")
+                self._threads.add(t)
+                self._conns.add(conn)
+        if full:
             log.info("refused %s:%s: %s", *peer[:2], message)
             self._refuse(conn, message)
             return
-        t = threading.Thread(target=self._connection, args=(conn, peer, queued), daemon=True,
-                             name=f"edge-{peer[0]}:{peer[1]}")
-        with self._state:
-            self._threads.add(t)
-            self._conns.add(conn)
+        if pushed_out is not None:
+            log.info("dropped %s:%s: no OPEN yet and %d newer connections waiting for theirs",
+                     *pushed_peer[:2], self.max_handshakes)
+            try:
+                pushed_out.shutdown(socket.SHUT_RDWR)  # its thread wakes from recv and closes it
+            except OSError:
+                pass
         t.start()
 
     @staticmethod
@@ -644,6 +700,35 @@ class EdgeServer:
             pass
         finally:
             _lingering_close(conn, linger_s=0.05)
+
+    def _slot_free(self) -> bool:
+        with self._state:
+            return self._active < self.max_sessions
+
+    def _take_slot(self, conn: socket.socket) -> bool:
+        """After a valid OPEN: leave the handshakes and take a session slot, after a wait in the queue
+        when all are taken. False when refused (the ERROR is sent) or pushed out meanwhile."""
+        queued = False
+        with self._state:
+            if conn not in self._pending:  # pushed out by newer connections: its socket is shut down
+                return False
+            del self._pending[conn]
+            if self._active < self.max_sessions:
+                self._active += 1
+                return True
+            if self._waiting < self.max_queue:
+                self._waiting += 1
+                queued = True
+            else:
+                self.stats["refused_busy"] += 1
+                message = self._busy_message()
+        if queued:
+            if self._wait_for_slot():
+                return True
+            self._count("refused_busy")
+            message = f"busy: no session free after {self.queue_timeout_s:g} s in the queue; try again later"
+        self._send_error(conn, "busy", message)
+        return False
 
     def _wait_for_slot(self) -> bool:
         deadline = time.monotonic() + self.queue_timeout_s
@@ -660,21 +745,54 @@ class EdgeServer:
             self._active += 1
             return True
 
+    def _recv_before_open(self, conn: socket.socket) -> tuple[int, bytes] | None:
+        """The next frame of a connection that holds no session slot yet, or None when it timed out
+        (the ERROR is sent). It must come within handshake_timeout_s; when all slots are taken, within
+        queue_timeout_s if that is shorter, as a queued connection would be refused as busy by then."""
+        wait_s = self.handshake_timeout_s
+        if not self._slot_free():
+            wait_s = min(wait_s, self.queue_timeout_s)
+        try:
+            return recv_frame(conn, min(self.max_frame_bytes, MAX_OPEN_FRAME_BYTES), wait_s)
+        except ProtocolError as e:
+            if e.code == "too_large" and self.max_frame_bytes > MAX_OPEN_FRAME_BYTES:  # not --max-frame-bytes
+                raise ProtocolError("too_large", f"a frame before OPEN may have at most {MAX_OPEN_FRAME_BYTES} "
+                                                 "bytes (send OPEN first)") from e
+            raise
+        except socket.timeout:
+            if self._slot_free():
+                self._count("handshakes_dropped")
+                self._send_error(conn, "timeout", f"no OPEN within {wait_s:g} s; closing")
+            else:
+                self._count("refused_busy")
+                self._send_error(conn, "busy", f"busy: no session free after {wait_s:g} s in the queue; "
+                                               "try again later")
+            return None
+
     # --- one connection ---
-    def _connection(self, conn: socket.socket, peer, queued: bool) -> None:
-        holding = not queued
+    def _connection(self, conn: socket.socket, peer) -> None:
+        holding = False  # a session slot: taken with the first valid OPEN, kept until the connection ends
         session: EdgeSession | None = None
-        conn.settimeout(self.idle_timeout_s)  # sends to a UE that stopped reading give up too
+        conn.settimeout(self.handshake_timeout_s)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            if queued and not self._wait_for_slot():
-                self._count("refused_busy")
-                self._refuse(conn, f"busy: no session free after {self.queue_timeout_s:g} s in the queue; try again later")
-                return
-            holding = True
             while not self._stopping.is_set():
                 try:
-                    ftype, payload = recv_frame(conn, self.max_frame_bytes, self.idle_timeout_s)
+                    if holding:
+                        ftype, payload = recv_frame(conn, self.max_frame_bytes, self.idle_timeout_s)
+                    else:
+                        frame = self._recv_before_open(conn)
+                        if frame is None:
+                            break
+                        ftype, payload = frame
+                        if ftype == OPEN:  # checked before it takes a slot: a refused OPEN never waits
+                            params = self._check_open(parse_json(payload))
+                            if not self._take_slot(conn):
+                                break
+                            holding = True
+                            conn.settimeout(self.idle_timeout_s)  # sends to a UE that stopped reading give up too
+                            session = self._open(conn, params)
+                            continue
                     session = self._handle(conn, ftype, payload, session)
                 except ProtocolError as e:
                     self._count("errors")
@@ -699,6 +817,7 @@ class EdgeServer:
             self._end(session)
             _lingering_close(conn)
             with self._state:
+                self._pending.pop(conn, None)
                 if holding:
                     self._active -= 1
                 self._state.notify_all()
@@ -728,10 +847,7 @@ class EdgeServer:
         if ftype == OPEN:
             if session is not None:
                 raise ProtocolError("malformed", "OPEN inside an open session (send CLOSE first)")
-            session = self._open(parse_json(payload))
-            send_json(conn, READY, {"session": session.id, "split": session.split, "n_layers": self.split_model.n_layers,
-                                    "max_frame_bytes": self.max_frame_bytes, "max_context": self.max_context})
-            return session
+            return self._open(conn, self._check_open(parse_json(payload)))
         if ftype == ACTIVATION:
             if session is None:
                 raise ProtocolError("no_session", "ACTIVATION outside a session (send OPEN first)")
@@ -749,7 +865,8 @@ class EdgeServer:
             return None
         raise ProtocolError("bad_frame", f"a UE does not send {FRAME_NAMES[ftype]} frames")
 
-    def _open(self, req: dict) -> EdgeSession:
+    def _check_open(self, req: dict) -> tuple[int, str, int]:
+        """(split, wire dtype, elements per packet) of an OPEN this edge serves; ProtocolError otherwise."""
         if req.get("protocol") != PROTOCOL_VERSION:
             raise ProtocolError("malformed", f"OPEN for protocol {req.get('protocol')!r}; this edge speaks {PROTOCOL_VERSION}")
         mine = self.split_model.fingerprint
@@ -764,6 +881,11 @@ class EdgeServer:
             raise ProtocolError("malformed", f"unknown wire dtype {wire!r}: use one of {', '.join(WIRE_DTYPES)}")
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_ELEMENTS_PER_PACKET:
             raise ProtocolError("malformed", f"elements_per_packet {k!r} outside 1..{MAX_ELEMENTS_PER_PACKET}")
+        return split, wire, k
+
+    def _open(self, conn: socket.socket, params: tuple[int, str, int]) -> EdgeSession:
+        """Start a session for a checked OPEN and answer READY."""
+        split, wire, k = params
         with self._state:
             self._next_session += 1
             session = EdgeSession(self._next_session, split, wire, k, self.split_model.new_cache("edge", split))
@@ -771,7 +893,13 @@ class EdgeServer:
             self._caches.add(session.cache)
             self.stats["sessions_opened"] += 1
         log.info("session %d: split %d (%d layers on the UE, %d here), %s wire, packets of %d elements",
-                 session.id, split, split, mine["n_layers"] - split, wire, k)
+                 session.id, split, split, self.split_model.n_layers - split, wire, k)
+        try:
+            send_json(conn, READY, {"session": session.id, "split": split, "n_layers": self.split_model.n_layers,
+                                    "max_frame_bytes": self.max_frame_bytes, "max_context": self.max_context})
+        except BaseException:
+            self._end(session)  # the UE never learnt of it, so nothing else would end it
+            raise
         return session
 
     def _step(self, session: EdgeSession, payload: bytes) -> tuple[int, int, float]:
@@ -914,7 +1042,7 @@ class UEClient:
         self.wire = wire
         self.uplink = uplink or Uplink("none")
         self.snr = snr
-        self.timeout_s = timeout_s
+        self.timeout_s = check_timeout(timeout_s, "timeout_s")
         self.sleep_air = sleep_air
         if callable(split):
             self.split_for_snr = split
@@ -935,6 +1063,22 @@ class UEClient:
                                 f"start it with `python serve.py edge --port {self.address[1]}`") from e
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return self
+
+    def _drop_if_stale(self) -> None:
+        """Between requests the edge sends nothing, unless it drops this connection (its handshake or
+        idle timeout ran out while the UE was idle): anything readable, its ERROR or the end of the
+        stream, means a new connection is needed."""
+        if self.sock is None:
+            return
+        try:
+            self.sock.setblocking(False)
+            self.sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:  # nothing to read: still open
+            self.sock.settimeout(self.timeout_s)
+            return
+        except OSError:  # reset
+            pass
+        self.close()
 
     def close(self) -> None:
         if self.sock is not None:
@@ -993,6 +1137,7 @@ class UEClient:
         k = self.uplink.template.elements_per_packet
         d, wire = self.split_model.hidden_size, self.wire
         packet_bytes = k * WIRE_DTYPES[wire][0]
+        self._drop_if_stale()
         self.connect()
         up = down = 0
         start = time.perf_counter()
