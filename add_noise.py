@@ -35,6 +35,7 @@ from layersplit.link import LINK_MODES, LlamaForCausalLMWithChannel, SplitLink, 
 from layersplit.models import EMBEDDED_MODEL, find_decoder_layers, keep_freed_memory, load_model
 from layersplit.perplexity import CONTEXT_LENGTH, ORIGINAL_PROTOCOL, STRIDE, evaluate
 from layersplit import sweep
+from layersplit.cli import non_negative_int, positive_int, probability, writable_file
 
 # --- what to evaluate -------------------------------------------------------------------------
 MODEL = EMBEDDED_MODEL  # embedded SmolLM2-135M, a local folder, or a Hugging Face id
@@ -64,20 +65,6 @@ DEVICE = "auto"  # auto: CUDA when present, else CPU
 DTYPE = "auto"  # auto: float32 on CPU, bfloat16 (or float16) on CUDA
 
 
-def probability(text: str) -> float:
-    try:
-        return validate_probability(float(text))
-    except (ValueError, UserError) as e:
-        raise argparse.ArgumentTypeError(f"{text} is not a probability in [0, 1]") from e
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is negative")
-    return value
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=MODEL, help=f"model to split (default: {MODEL}, embedded)")
@@ -86,8 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dropout", type=probability, help=f"probability each hidden-state element is lost, the original's link (default: {DROPOUT} unless --snr-db is given)")
     p.add_argument("--seed", type=int, default=SEED, help=f"seed of the link's masks and delays (default: {SEED})")
     p.add_argument("--max-tokens", type=non_negative_int, help=f"evaluate this many tokens, 0 for all (default: {MAX_TOKENS}; sweep {SWEEP_MAX_TOKENS})")
-    p.add_argument("--context-length", type=int, help=f"tokens per sliding window (default: {CONTEXT}; sweep {SWEEP_CONTEXT})")
-    p.add_argument("--stride", type=int, help=f"new tokens scored per window (default: {STRIDE_TOKENS}; sweep {SWEEP_CONTEXT})")
+    p.add_argument("--context-length", type=positive_int, help=f"tokens per sliding window (default: {CONTEXT}; sweep {SWEEP_CONTEXT})")
+    p.add_argument("--stride", type=positive_int, help=f"new tokens scored per window (default: {STRIDE_TOKENS}; sweep {SWEEP_CONTEXT})")
     p.add_argument("--original-window", action="store_true",
                    help="the original code's defective protocol, for comparison only: 20-token windows every 512 tokens, mean over windows")
     p.add_argument("--link", choices=LINK_MODES,
@@ -95,7 +82,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(packets lost at --snr-db, zero-filled; default with --snr-db), awgn, bitflip (stress test)")
     add_link_arguments(p.add_argument_group("physical link (with --snr-db)"), snr_db_default=None)
     p.add_argument("--generate", metavar="PROMPT", help="print greedy text generated clean and through the impaired link, instead of perplexity")
-    p.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS, help=f"tokens for --generate (default: {MAX_NEW_TOKENS})")
+    p.add_argument("--max-new-tokens", type=positive_int, default=MAX_NEW_TOKENS, help=f"tokens for --generate (default: {MAX_NEW_TOKENS})")
     p.add_argument("--sleep-delay", action="store_true", help="really sleep each transfer's link delay (default: only account it)")
     g = p.add_argument_group("sweep (--sweep)")
     g.add_argument("--sweep", action="store_true", help="sweep split layer x channel condition x draw into a resumable CSV")
@@ -105,9 +92,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--withheld", default=SWEEP_WITHHELD,
                    help="comma-separated shares of the activation the UE deliberately does not send (zero-filled at the "
                         "edge, less air time), crossed with --snrs; with --snr-db one share (default: none)")
-    g.add_argument("--draws", type=int, default=SWEEP_DRAWS, help=f"noise draws per cell (default: {SWEEP_DRAWS})")
-    g.add_argument("--output", default=SWEEP_OUTPUT, help=f"results CSV; rerun the same command to resume (default: {SWEEP_OUTPUT})")
-    g.add_argument("--batch-size", type=int, default=SWEEP_BATCH, help=f"impaired variants per forward (default: {SWEEP_BATCH})")
+    g.add_argument("--draws", type=positive_int, default=SWEEP_DRAWS, help=f"noise draws per cell (default: {SWEEP_DRAWS})")
+    g.add_argument("--output", type=writable_file, default=SWEEP_OUTPUT, help=f"results CSV; rerun the same command to resume (default: {SWEEP_OUTPUT})")
+    g.add_argument("--batch-size", type=positive_int, default=SWEEP_BATCH, help=f"impaired variants per forward (default: {SWEEP_BATCH})")
     g.add_argument("--naive", action="store_true", help="one full forward per cell and draw (the reference; slow)")
     p.add_argument("--device", default=DEVICE, help=f"auto, cpu, cuda, cuda:N (default: {DEVICE})")
     p.add_argument("--dtype", default=DTYPE, choices=["auto", "float32", "bfloat16", "float16"],
@@ -122,11 +109,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.context_length = SWEEP_CONTEXT if args.sweep else CONTEXT
     if args.stride is None:
         args.stride = SWEEP_CONTEXT if args.sweep else STRIDE_TOKENS
+    if args.generate is not None and not args.generate.strip():
+        p.error("--generate needs a non-empty prompt, e.g. --generate 'The capital of France is'")
     if args.sweep:
         if args.snr_db is not None or args.dropout is not None or args.generate is not None:
             p.error("--sweep takes its grid from --splits, --dropouts and --snrs, not --snr-db, --dropout or --generate")
-        if args.draws < 1 or args.batch_size < 1:
-            p.error("--draws and --batch-size must be at least 1")
         args.snr_db = 0.0  # a placeholder in the link template: each SNR condition sets its own
     elif args.snr_db is None:
         if args.link not in (None, "dropout"):

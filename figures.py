@@ -49,6 +49,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from layersplit import cells  # noqa: E402  (pure Python: pooling of sweep cells with intervals)
+from layersplit.cli import writable_dir  # noqa: E402
 
 RESULTS_DIR = Path("results")  # where the experiment scripts write their CSV/JSON
 FIGURES_DIR = Path("figures")  # where the PNGs (and PDFs of the same figures) go
@@ -648,8 +649,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Draw the project's figures from result files.")
     parser.add_argument("--only", nargs="+", choices=list(FIGURES), help="draw only these figures")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the result files are")
-    parser.add_argument("--figures-dir", type=Path, default=FIGURES_DIR, help="where to write the figures (PNG and PDF)")
+    parser.add_argument("--figures-dir", type=writable_dir, default=str(FIGURES_DIR), help="where to write the figures (PNG and PDF)")
     args = parser.parse_args(argv)
+    if not args.results_dir.is_dir():
+        parser.error(f"--results-dir {args.results_dir} is not a folder (make the results first: make reproduce)")
+    args.figures_dir = Path(args.figures_dir)
     args.figures_dir.mkdir(parents=True, exist_ok=True)
     failed = []
     for name in args.only or FIGURES:

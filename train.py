@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from layersplit import UserError, envs, policies, training
+from layersplit.cli import non_negative_int, positive_int, writable_dir, writable_file
 from layersplit.models import EMBEDDED_MODEL, keep_freed_memory
 
 MODEL = EMBEDDED_MODEL  # the LLM in the loop: embedded SmolLM2-135M, a local folder or a Hugging Face id
@@ -51,14 +52,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=MODEL, help=f"model (default: {MODEL}, embedded)")
     p.add_argument("--dataset", default=DATASET, help=f"evaluation text (default: {DATASET})")
-    p.add_argument("--tokens", type=int, default=TOKENS, help=f"tokens scored per step (default: {TOKENS})")
+    p.add_argument("--tokens", type=positive_int, default=TOKENS, help=f"tokens scored per step (default: {TOKENS})")
     p.add_argument("--seed", type=int, default=SEED, help=f"seed (default: {SEED})")
-    p.add_argument("--total-timesteps", type=int, default=TOTAL_TIMESTEPS, help=f"environment steps (default: {TOTAL_TIMESTEPS})")
-    p.add_argument("--n-steps", type=int, default=N_STEPS, help=f"PPO steps per update (default: {N_STEPS})")
-    p.add_argument("--batch", type=int, default=BATCH, help=f"PPO minibatch (default: {BATCH})")
-    p.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY, help=f"steps between checkpoints (default: {CHECKPOINT_EVERY})")
-    p.add_argument("--eval-episodes", type=int, default=EVAL_EPISODES, help=f"evaluation episodes per policy, 0 to skip (default: {EVAL_EPISODES})")
-    p.add_argument("--best-static-episodes", type=int, default=BEST_STATIC_EPISODES,
+    p.add_argument("--total-timesteps", type=positive_int, default=TOTAL_TIMESTEPS, help=f"environment steps (default: {TOTAL_TIMESTEPS})")
+    p.add_argument("--n-steps", type=positive_int, default=N_STEPS, help=f"PPO steps per update (default: {N_STEPS})")
+    p.add_argument("--batch", type=positive_int, default=BATCH, help=f"PPO minibatch (default: {BATCH})")
+    p.add_argument("--checkpoint-every", type=non_negative_int, default=CHECKPOINT_EVERY, help=f"steps between checkpoints (default: {CHECKPOINT_EVERY})")
+    p.add_argument("--eval-episodes", type=non_negative_int, default=EVAL_EPISODES, help=f"evaluation episodes per policy, 0 to skip (default: {EVAL_EPISODES})")
+    p.add_argument("--best-static-episodes", type=positive_int, default=BEST_STATIC_EPISODES,
                    help=f"training starts on which best-static picks its split (default: {BEST_STATIC_EPISODES})")
     p.add_argument("--compare", default=COMPARE,
                    help="comma-separated LayerSplit-Paper-v0 run folders (PPO trained on the surrogate) whose policies are "
@@ -68,11 +69,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="feed the policy raw observations, as the original (default: scaled to [-1, 1] by the bounds)")
     p.add_argument("--episode-end", default=EPISODE_END, choices=envs.EPISODE_ENDS,
                    help=f"how an episode ends after its last step (default: {EPISODE_END}, the original's)")
-    p.add_argument("--run-dir", default=RUNS_DIR, help=f"parent folder of the run (default: {RUNS_DIR})")
-    p.add_argument("--results", default=RESULTS, help=f"summary JSON (default: {RESULTS})")
+    p.add_argument("--run-dir", type=writable_dir, default=RUNS_DIR, help=f"parent folder of the run (default: {RUNS_DIR})")
+    p.add_argument("--results", type=writable_file, default=RESULTS, help=f"summary JSON (default: {RESULTS})")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="model dtype (default: auto)")
-    p.add_argument("--torch-threads", type=int, default=TORCH_THREADS, help="torch threads, 0 for the default (default: 0)")
+    p.add_argument("--torch-threads", type=non_negative_int, default=TORCH_THREADS, help="torch threads, 0 for the default (default: 0)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = p.parse_args(argv)
     if args.tokens < 2 or args.n_steps < 1 or args.batch < 1:

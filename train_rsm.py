@@ -29,6 +29,7 @@ import torch
 
 from layersplit import UserError
 from layersplit import envs, policies, surrogate, training
+from layersplit.cli import discount, non_negative_int, open_fraction, positive_int, writable_dir, writable_file
 from layersplit.sweep import parse_floats
 
 # --- fit ----------------------------------------------------------------------------------------
@@ -104,7 +105,10 @@ def run_dir(args, seed: int) -> Path:
 
 def cmd_train(args) -> int:
     torch.set_num_threads(args.torch_threads)
-    seeds = [int(s) for s in parse_floats(args.seeds, "--seeds")]
+    seeds = parse_floats(args.seeds, "--seeds")
+    if not seeds or any(s != int(s) or s < 0 for s in seeds):
+        raise UserError(f"--seeds {args.seeds!r}: give one or more comma-separated integers >= 0, like 0,1,2")
+    seeds = [int(s) for s in seeds]
     env_kwargs = env_kwargs_for(args.env, args.rsm, args.episode_end)
     envs.make(args.env, **env_kwargs).close()  # a bad id or surrogate fails here, before any training
     params = hyperparameters(args.algo, args.n_envs, args.rollout, args.batch, args.gamma)
@@ -226,12 +230,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     f.add_argument("--sweep", default=SWEEP, help=f"sweep of the original link for the paper form ('' to skip; default: {SWEEP})")
     f.add_argument("--wireless-sweep", default=WIRELESS_SWEEP,
                    help=f"sweep with --snrs/--withheld for the wireless form ('' to skip; default: {WIRELESS_SWEEP})")
-    f.add_argument("--output", default=PAPER_RSM, help=f"paper-form surrogate file (default: {PAPER_RSM})")
-    f.add_argument("--wireless-output", default=WIRELESS_RSM, help=f"wireless-form surrogate file (default: {WIRELESS_RSM})")
-    f.add_argument("--epochs", type=int, default=FIT_EPOCHS, help=f"full-batch Adam steps (default: {FIT_EPOCHS})")
-    f.add_argument("--holdout", type=float, default=HOLDOUT, help=f"share of cells held out (default: {HOLDOUT})")
+    f.add_argument("--output", type=writable_file, default=PAPER_RSM, help=f"paper-form surrogate file (default: {PAPER_RSM})")
+    f.add_argument("--wireless-output", type=writable_file, default=WIRELESS_RSM, help=f"wireless-form surrogate file (default: {WIRELESS_RSM})")
+    f.add_argument("--epochs", type=positive_int, default=FIT_EPOCHS, help=f"full-batch Adam steps (default: {FIT_EPOCHS})")
+    f.add_argument("--holdout", type=open_fraction, default=HOLDOUT, help=f"share of cells held out (default: {HOLDOUT})")
     f.add_argument("--seed", type=int, default=0, help="seed of the held-out draw and the initial weights (default: 0)")
-    f.add_argument("--results-dir", default=RESULTS_DIR, help=f"where fit reports go (default: {RESULTS_DIR})")
+    f.add_argument("--results-dir", type=writable_dir, default=RESULTS_DIR, help=f"where fit reports go (default: {RESULTS_DIR})")
     for name, helptext in (("train", "train agents on an environment, then evaluate them"),
                            ("evaluate", "evaluate trained runs against the baselines")):
         s = sub.add_parser(name, help=helptext)
@@ -240,31 +244,31 @@ def parse_args(argv=None) -> argparse.Namespace:
             s.add_argument("--algo", default=ALGO, help=f"{', '.join(training.ALGOS)} (default: {ALGO})")
             s.add_argument("--seeds", default=SEEDS, help=f"comma-separated training seeds (default: {SEEDS})")
             s.add_argument("--seed", dest="seeds", help="one training seed (same as --seeds N)")
-            s.add_argument("--total-timesteps", type=int, default=TOTAL_TIMESTEPS,
+            s.add_argument("--total-timesteps", type=positive_int, default=TOTAL_TIMESTEPS,
                            help=f"environment steps per seed (default: {TOTAL_TIMESTEPS})")
-            s.add_argument("--n-envs", type=int, default=N_ENVS, help=f"vectorised environments (default: {N_ENVS})")
-            s.add_argument("--rollout", type=int, default=ROLLOUT, help=f"PPO steps per update over all environments (default: {ROLLOUT})")
-            s.add_argument("--batch", type=int, default=BATCH, help=f"PPO minibatch (default: {BATCH})")
-            s.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY,
+            s.add_argument("--n-envs", type=positive_int, default=N_ENVS, help=f"vectorised environments (default: {N_ENVS})")
+            s.add_argument("--rollout", type=positive_int, default=ROLLOUT, help=f"PPO steps per update over all environments (default: {ROLLOUT})")
+            s.add_argument("--batch", type=positive_int, default=BATCH, help=f"PPO minibatch (default: {BATCH})")
+            s.add_argument("--checkpoint-every", type=non_negative_int, default=CHECKPOINT_EVERY,
                            help=f"steps between checkpoints, 0 for none (default: {CHECKPOINT_EVERY})")
-            s.add_argument("--gamma", type=float, default=GAMMA, help=f"discount (default: {GAMMA}; SB3's and the original's: 0.99)")
+            s.add_argument("--gamma", type=discount, default=GAMMA, help=f"discount (default: {GAMMA}; SB3's and the original's: 0.99)")
             s.add_argument("--raw-observations", action="store_true", default=not SCALE_OBSERVATIONS,
                            help="feed the policy raw observations, as the original (default: scaled to [-1, 1] by the bounds)")
             s.add_argument("--episode-end", default=EPISODE_END, choices=envs.EPISODE_ENDS,
                            help=f"how an episode ends after its last step (default: {EPISODE_END}, the original's; "
                                 "truncate makes SB3 bootstrap from the last state)")
-            s.add_argument("--run-dir", help=f"parent folder of the runs (default: {RUNS_DIR}/<env>)")
+            s.add_argument("--run-dir", type=writable_dir, help=f"parent folder of the runs (default: {RUNS_DIR}/<env>)")
             s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
         else:
             s.add_argument("runs", nargs="+", help="training run folders (one per seed) of one env and algorithm")
         s.add_argument("--rsm", help="surrogate file for the environment (default: the shipped one; a bare state_dict "
                                      "in the authors' format works for LayerSplit-Paper-v0)")
-        s.add_argument("--eval-episodes", type=int, default=EVAL_EPISODES,
+        s.add_argument("--eval-episodes", type=non_negative_int, default=EVAL_EPISODES,
                        help=f"evaluation episodes per seed and policy, 0 to skip (default: {EVAL_EPISODES})")
         s.add_argument("--eval-seed", type=int, default=EVAL_SEED, help=f"first evaluation reset seed (default: {EVAL_SEED})")
-        s.add_argument("--results-dir", default=RESULTS_DIR, help=f"where summaries go (default: {RESULTS_DIR})")
+        s.add_argument("--results-dir", type=writable_dir, default=RESULTS_DIR, help=f"where summaries go (default: {RESULTS_DIR})")
         s.add_argument("--name", help="stem of the result files (default: rl_<env>_<algo>, e.g. rl_paper_ppo)")
-        s.add_argument("--torch-threads", type=int, default=TORCH_THREADS, help=f"torch threads (default: {TORCH_THREADS})")
+        s.add_argument("--torch-threads", type=positive_int, default=TORCH_THREADS, help=f"torch threads (default: {TORCH_THREADS})")
     return p.parse_args(argv)
 
 

@@ -12,6 +12,7 @@ One module per concept:
     envs        the Gymnasium environments; policies: baselines, the exact optimum, evaluation
     training    Stable-Baselines3 training with logs, checkpoints and resumption
     serving     split inference over a socket (serve.py)
+    cli         argument types shared by the scripts (bad values refused in one line)
 """
 
 

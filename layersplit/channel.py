@@ -248,8 +248,12 @@ def spectral_efficiency(snr_db: float, fading: str, nakagami_m: float = DEFAULT_
     """Ergodic capacity E[log2(1 + g |h|^2)] in bit/s/Hz at average SNR g = 10^(snr_db/10)."""
     cfg = LinkConfig(snr_db=snr_db, fading=fading, nakagami_m=nakagami_m)  # validates
     g = 10.0 ** (snr_db / 10.0)
-    if fading == "rayleigh":  # exp(1/g) E1(1/g) / ln 2 (math.exp overflows below -28 dB)
-        return float(special.exp1(1.0 / g) * math.exp(1.0 / g) / math.log(2.0))
+    if fading == "rayleigh":  # exp(x) E1(x) / ln 2 with x = 1/g
+        x = 1.0 / g
+        if x <= 700.0:
+            return float(special.exp1(x) * math.exp(x) / math.log(2.0))
+        # below about -28.5 dB exp(x) overflows: the asymptotic series, relative error < 24 / x^4 < 1e-10 here
+        return (1.0 - 1.0 / x + 2.0 / x**2 - 6.0 / x**3) / x / math.log(2.0)
     return fade_average(lambda x: np.log2(1.0 + g * x), cfg.fade_m, [1.0 / g])
 
 
@@ -573,6 +577,8 @@ def link_config_from_args(args: argparse.Namespace) -> LinkConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .cli import writable_file
+
     p = argparse.ArgumentParser(
         prog="python -m layersplit.channel",
         description="BER, packet error rate, element loss and link latency of the split-layer uplink.",
@@ -581,10 +587,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=int, default=DEFAULT_TOKENS, help="prompt tokens sent at prefill")
     p.add_argument("--hidden-size", type=int, default=DEFAULT_HIDDEN_SIZE, help="d_model of the split model")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--table", metavar="CSV",
+    p.add_argument("--table", metavar="CSV", type=writable_file,
                    help="write the closed-form vs Monte Carlo BER/PER table over all SNRs, modulations and fadings"
                         " (uses the packet and --nakagami-m options)")
-    p.add_argument("--latency-table", metavar="CSV",
+    p.add_argument("--latency-table", metavar="CSV", type=writable_file,
                    help="write UE compute, air time and edge compute against the layers on the UE for SmolLM2-135M and "
                         f"Llama-2-7B, prefill of --tokens tokens and one decoding step, at Es/N0 "
                         f"{', '.join(f'{s:g}' for s in LATENCY_TABLE_SNR_DB)} dB (uses the link options but --snr-db)")
@@ -602,7 +608,6 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(e))
     if args.tokens < 1 or args.hidden_size < 1 or args.mc_symbols < 1:
         parser.error("--tokens, --hidden-size and --mc-symbols must be >= 1")
-
     if args.table:
         start = time.time()
         rows = ber_per_table(list(TABLE_SNR_DB), list(MODULATIONS), list(FADINGS), args.mc_symbols, args.seed, cfg)

@@ -60,13 +60,22 @@ def _wikitext_documents(part: str) -> list[str]:
     return list(rows["text"])
 
 
+def _read_utf8(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text (byte {e.start}): give a UTF-8 .txt or .jsonl file") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({e.strerror or type(e).__name__})") from None
+
+
 def _local_documents(path: Path) -> list[str]:
     suffix = path.suffix.lower()
     if suffix == ".txt":
-        return [path.read_text(encoding="utf-8")]
+        return [_read_utf8(path)]
     if suffix == ".jsonl":
         docs = []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for i, line in enumerate(_read_utf8(path).splitlines(), 1):
             if not line.strip():
                 continue
             try:

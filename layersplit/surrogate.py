@@ -20,6 +20,8 @@ microseconds per point instead of a torch call's framework overhead.
 """
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +39,7 @@ FORMS = {
     "wireless": {"inputs": ("snr_db", "split", "withheld"), "outputs": ("log_ppl", "token_accuracy", "latency_s")},
 }
 HOLDOUT_FRACTION = 0.2  # share of cells kept out of the fit to measure its quality
+TEXT_COLUMNS = ("link", "model", "dataset")  # the sweep file's only non-numeric columns
 EPOCHS = 2000  # full-batch Adam steps (more only fits the draws' noise: held-out R2 stops improving)
 LEARNING_RATE = 3e-3
 AUTHORS_KEYS = {"fc.0.weight", "fc.0.bias", "fc.2.weight", "fc.2.bias", "fc.4.weight", "fc.4.bias"}
@@ -89,10 +92,20 @@ class Surrogate:
         return h * self.out_std + self.out_mean
 
     def save(self, path: str | Path) -> None:
-        torch.save({"format": FORMAT, "form": self.form, "inputs": list(self.inputs), "outputs": list(self.outputs),
-                    "state_dict": self.net.state_dict(),
-                    "normalisation": {k: getattr(self, k).tolist() for k in ("in_mean", "in_std", "out_mean", "out_std")},
-                    "metadata": self.metadata, "metrics": self.metrics}, path)
+        """Written to a temporary sibling, then renamed: a kill mid-write never leaves half a file in
+        place of a good surrogate (the shipped reward_predictor.pth among them)."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            torch.save({"format": FORMAT, "form": self.form, "inputs": list(self.inputs), "outputs": list(self.outputs),
+                        "state_dict": self.net.state_dict(),
+                        "normalisation": {k: getattr(self, k).tolist() for k in ("in_mean", "in_std", "out_mean", "out_std")},
+                        "metadata": self.metadata, "metrics": self.metrics}, tmp)
+            os.replace(tmp, path)
+        except OSError as e:
+            raise UserError(f"cannot write the surrogate to {path} ({e.strerror or type(e).__name__})") from None
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def load(path: str | Path, form: str | None = None) -> Surrogate:
@@ -146,6 +159,24 @@ def _read_sweep(path: str | Path, needed: tuple[str, ...]):
     if missing:
         raise UserError(f"{path} has no column(s) {', '.join(missing)}: is it a sweep results file "
                         "(python add_noise.py --sweep)?")
+    # a sweep writes numbers and known link names only: refuse anything else, naming its line, rather
+    # than fit on what is left after dropping it
+    for column in needed:
+        if column in TEXT_COLUMNS:
+            continue
+        values = pd.to_numeric(frame[column], errors="coerce")
+        bad = values.isna() & frame[column].notna()
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise UserError(f"{path}:{row + 2}: {column} is {frame[column].iloc[row]!r}, not a number "
+                            f"({int(bad.sum())} such row(s)): fix or delete them, or rerun the sweep")
+        frame[column] = values
+    if "link" in needed:
+        from .link import LINK_MODES
+
+        if not (known := frame["link"].isin(LINK_MODES)).all():
+            row = int(np.flatnonzero(~known.to_numpy())[0])
+            raise UserError(f"{path}:{row + 2}: link is {frame['link'].iloc[row]!r}, not one of {', '.join(LINK_MODES)}")
     return frame
 
 
@@ -198,7 +229,11 @@ def wireless_cells(path: str | Path):
     if frame.empty:
         raise UserError(f"{path} has no physical-link rows: sweep with --snrs (and --withheld)")
     cells = _pooled(frame, ["snr_db", "split", "withheld"]).rename(columns={"nll": "log_ppl"})
-    return cells[np.isfinite(cells["log_ppl"])].reset_index(drop=True)
+    finite = np.isfinite(cells["log_ppl"])
+    if not finite.all():  # a cell whose perplexity overflowed has no log-PPL to fit: say so, then leave it out
+        print(f"[layersplit] {path}: {int((~finite).sum())} of {len(cells)} cells have an infinite or undefined "
+              "log-perplexity and are left out of the fit", file=sys.stderr)
+    return cells[finite].reset_index(drop=True)
 
 
 # --- fitting -------------------------------------------------------------------------------------

@@ -151,6 +151,7 @@ class ResultsStore:
                     raise UserError(f"{self.path} is not a sweep results file of this version (other columns): "
                                     "use another --output")
                 self.rows = list(reader)
+            self._check_rows()
             first_physical = [r for r in self.rows if r["link"] != "dropout"][:1]
             for row, wanted in [(r, self.run_config) for r in self.rows[:1]] + [(r, link_config) for r in first_physical]:
                 differs = {k: (row[k], v) for k, v in wanted.items() if row[k] != v}
@@ -165,6 +166,34 @@ class ResultsStore:
                 csv.writer(f).writerow(COLUMNS)
                 f.flush()
                 os.fsync(f.fileno())
+
+    def _check_rows(self) -> None:
+        """Refuse a file with a damaged row, naming its line: resuming would skip or redo cells silently."""
+        text_columns = {"model", "dataset", "dtype", "link", "modulation", "fading", "block_fading"}
+        for line, row in enumerate(self.rows, start=2):
+            problem = None
+            if None in row or None in row.values():
+                fields = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None, []))
+                problem = f"{fields} fields where the header has {len(COLUMNS)}"
+            elif row["link"] not in LINK_MODES:
+                problem = f"link {row['link']!r} is not one of {', '.join(LINK_MODES)}"
+            else:
+                for column in COLUMNS:
+                    if column in text_columns or row[column] == "":
+                        continue
+                    try:
+                        float(row[column])
+                    except ValueError:
+                        problem = f"{column} is {row[column]!r}, not a number"
+                        break
+                else:
+                    try:
+                        row_key(row["split"], row["link"], row["snr_db"], row["dropout"], row["withheld"], row["draw"])
+                    except (ValueError, TypeError):
+                        problem = "split and draw must be integers"
+            if problem:
+                raise UserError(f"{self.path}:{line}: a damaged row ({problem}): delete that line to resume "
+                                "(the sweep then redoes it), or use another --output")
 
     def _drop_partial_line(self) -> None:
         """A kill during a write can leave a last line without its newline: cut it off."""

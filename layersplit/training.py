@@ -165,8 +165,14 @@ def train(env_id: str, algo: str, run_dir: str | Path, total_timesteps: int, see
     if resume:  # go on from the newest save that loads: the finished policy, else the newest checkpoint
         saves = checkpoints(run_dir)
         if (run_dir / POLICY_FILE).exists() and (run_dir / "summary.json").exists():
-            summary = json.loads((run_dir / "summary.json").read_text())
-            saves.insert(0, (summary["timesteps"], run_dir / POLICY_FILE))
+            try:
+                summary = json.loads((run_dir / "summary.json").read_text())
+                saves.insert(0, (int(summary["timesteps"]), run_dir / POLICY_FILE))
+            except (ValueError, KeyError, TypeError) as e:  # cut short by a kill: the policy's step is unknown
+                aside = free_name(run_dir / "summary.json.corrupt")
+                (run_dir / "summary.json").rename(aside)
+                print(f"[layersplit] {run_dir / 'summary.json'} is unreadable ({type(e).__name__}): set aside as "
+                      f"{aside.name}; going on from the newest checkpoint", file=sys.stderr)
         start_step, checkpoint, loaded = newest_loadable(cls, saves)
         if checkpoint == run_dir / POLICY_FILE and start_step >= total_timesteps:  # finished: reuse it
             return loaded, summary

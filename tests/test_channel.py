@@ -263,3 +263,14 @@ def test_figures_missing_and_malformed_files(tmp_path):
     result = run_cli("figures.py", "--results-dir", str(tmp_path), "--figures-dir", str(tmp_path))
     assert result.returncode != 0
     assert f"malformed {tmp_path / 'channel_ber_per.csv'}: no column(s) modulation" in result.stderr
+
+
+def test_rayleigh_capacity_at_very_low_snr_is_finite_and_continuous():
+    """exp(1/g) overflows below about -28.5 dB: the asymptotic branch must take over seamlessly, and
+    agree with the low-SNR limit log2(e) g (capacity ~ g / ln 2 when g -> 0)."""
+    edge_db = -10 * math.log10(700.0)
+    below, above = ch.spectral_efficiency(edge_db - 1e-9, "rayleigh"), ch.spectral_efficiency(edge_db + 1e-9, "rayleigh")
+    assert below == pytest.approx(above, rel=1e-9)
+    for snr_db in (-30.0, -60.0, -200.0):
+        g = 10 ** (snr_db / 10)
+        assert ch.spectral_efficiency(snr_db, "rayleigh") == pytest.approx(g / math.log(2.0), rel=2e-3)

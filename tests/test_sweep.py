@@ -225,7 +225,7 @@ def test_cli_sweep_survives_sigkill(tiny_model_dir, sample_txt, tmp_path):
 @pytest.mark.parametrize("extra, message", [
     (["--splits", "7"], "outside 0..3"),
     (["--dropouts", "0.1,2"], "outside [0, 1]"),
-    (["--draws", "0"], "at least 1"),
+    (["--draws", "0"], "0 must be an integer >= 1"),
     (["--snrs", "10", "--link", "dropout"], "need a physical link"),
 ])
 def test_cli_bad_grid_fails_before_any_work(tiny_model_dir, sample_txt, tmp_path, extra, message):

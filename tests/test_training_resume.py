@@ -105,3 +105,14 @@ def test_load_policy_on_a_corrupt_file_is_one_clear_error(tmp_path):
         training.load_policy(run)
     message = str(e.value)
     assert str(run / "policy.zip") in message and "not a saved ppo policy" in message and "\n" not in message
+
+
+def test_a_truncated_summary_is_set_aside_and_training_goes_on_from_the_newest_checkpoint(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(run, 800)
+    (run / "summary.json").write_text('{"timesteps": 8')  # cut short by a kill
+    capsys.readouterr()
+    model, summary = train(run, 800)
+    assert model.num_timesteps == 800 and summary["resumed_from"] == 800
+    assert (run / "summary.json.corrupt").read_text() == '{"timesteps": 8'
+    assert "summary.json is unreadable" in capsys.readouterr().err
