@@ -27,7 +27,7 @@ R = $(OUT)/results
 # one grid, written once: the SNR experiments' Es/N0 values (figures.py reads the files these make)
 SNR_GRID = 0,2.5,5,7.5,10,12.5,15,17.5,20,22.5,25,27.5,30,32.5,35,37.5,40,42.5,45,47.5,50,52.5,55
 # the paper-form surrogate's sweep: splits 1-10 x 8 p x 8 draws (add_noise.py's defaults) over 1024 tokens
-# here, so that make reproduce stays within 45 min on 2 CPU cores; make full uses add_noise.py's 4096 (README)
+# here (33 of make reproduce's 81 min measured on 2 CPU cores); make full uses add_noise.py's 4096 (README)
 SWEEP_ARGS = --max-tokens 1024
 LAYERS_ARGS = --splits all --draws 4 --max-tokens 256
 WIRELESS_ARGS = --splits 1-10 --dropouts '' --snrs 10,15,20,25,30,40 --withheld 0.05,0.1,0.2,0.3 --draws 1 --max-tokens 512

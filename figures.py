@@ -238,8 +238,8 @@ def fig_sweep(results_dir: Path, figures_dir: Path) -> Path:
             stats = [_pooled_interval([r for r in cell if r["split"] == s], column) for s in splits]
             layers_on_ue = [s + 1 for s in splits]
             ax.plot(layers_on_ue, [m for m, _, _ in stats], lw=1.4, **style)
-            ax.fill_between(layers_on_ue, [lo for _, lo, _ in stats], [hi for _, _, hi in stats],
-                            color=style["color"], alpha=0.15, lw=0)
+            low, high = _band(stats, column)
+            ax.fill_between(layers_on_ue, low, high, color=style["color"], alpha=0.15, lw=0)
     axes[0].set_yscale("log")
     axes[0].set_ylabel("perplexity (log scale)")
     axes[1].set_ylabel("top-1 next-token accuracy (fraction)")
@@ -251,10 +251,18 @@ def fig_sweep(results_dir: Path, figures_dir: Path) -> Path:
                title="channel condition (p: probability that each element is lost)", title_fontsize=9)
     draws = max(r["draw"] for r in rows) + 1
     windows = int(max(r["windows"] for r in rows))
-    fig.suptitle(f"{rows[0]['model']}: element loss at the split against its depth ({rows[0]['tokens']} tokens = "
+    fig.suptitle(f"{rows[0]['model']}: element loss at the split against its depth\n({rows[0]['tokens']} tokens = "
                  f"{windows} window(s) x {draws} draw(s) pooled; band: 95% interval over windows x draws)")
     fig.tight_layout(rect=(0, 0.1 if len(handles) <= 10 else 0.15, 1, 1))
     return save(fig, figures_dir, "sweep")
+
+
+def _band(stats, column: str) -> tuple[list[float], list[float]]:
+    """The interval's edges; an accuracy's t interval can leave [0, 1] with few samples: clip it there."""
+    low, high = [lo for _, lo, _ in stats], [hi for _, _, hi in stats]
+    if column == "token_accuracy":
+        low, high = [max(v, 0.0) for v in low], [min(v, 1.0) for v in high]
+    return low, high
 
 
 def recovery_snr(snrs: list[float], ppls: list[float], clean: float) -> float:
@@ -336,8 +344,8 @@ def fig_snr(results_dir: Path, figures_dir: Path) -> Path:
             for ax, column in ((ax_ppl, "ppl"), (ax_acc, "token_accuracy")):
                 snrs, stats = snr_curves(rows, split, column)
                 ax.plot(snrs, [m for m, _, _ in stats], "o-", color=colors[modulation], lw=1.4, ms=3)
-                ax.fill_between(snrs, [lo for _, lo, _ in stats], [hi for _, _, hi in stats],
-                                color=colors[modulation], alpha=0.15, lw=0)
+                low, high = _band(stats, column)
+                ax.fill_between(snrs, low, high, color=colors[modulation], alpha=0.15, lw=0)
                 if column == "ppl":
                     recovered = recovery_snr(snrs, [m for m, _, _ in stats], clean_ppl)
                     if math.isfinite(recovered):
@@ -372,7 +380,7 @@ def fig_snr(results_dir: Path, figures_dir: Path) -> Path:
     r0 = next(r for r in first if r["link"] != "dropout")
     draws = max(r["draw"] for rows in sweeps.values() for r in rows) + 1
     fig.suptitle(f"{r0['model']}: quality against the uplink SNR ({r0['link']} link: lost packets zero-filled; "
-                 f"{FADING_LABELS.get(r0['fading'], r0['fading'])}, one fade per packet; packets of "
+                 f"{FADING_LABELS.get(r0['fading'], r0['fading'])}, one fade per packet;\npackets of "
                  f"{r0['elements_per_packet']} x {r0['bits_per_element']} bit + {r0['header_bits']} bit; "
                  f"{r0['tokens']} tokens, {draws} draw(s); band: 95% interval over windows x draws)", fontsize=11)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
