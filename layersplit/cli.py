@@ -32,13 +32,6 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def positive_float(text: str) -> float:
-    value = _number(text, float)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be a number > 0")
-    return value
-
-
 def probability(text: str) -> float:
     value = _number(text, float)
     if not 0 <= value <= 1:
@@ -63,7 +56,7 @@ def discount(text: str) -> float:
 
 def _writable(text: str, folder: bool) -> str:
     """A path that can be created or overwritten, checked before hours of work are spent on a result
-    that could not be saved. Nothing is created here."""
+    that could not be saved. Only a temporary file is made (and removed) to try it."""
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty path")
     path = Path(text).expanduser().absolute()
