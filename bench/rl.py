@@ -38,6 +38,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from layersplit import envs, policies, training  # noqa: E402
+from layersplit.cli import positive_int  # noqa: E402
 from layersplit.data import load_text, tokenize  # noqa: E402
 from layersplit.models import EMBEDDED_MODEL, keep_freed_memory, load_model  # noqa: E402
 from train_rsm import GAMMA, hyperparameters  # noqa: E402  (the project's defaults)
@@ -111,22 +112,28 @@ def optimum_return(rsm: Path) -> float:
     return policies.evaluate(env, policies.baseline("optimum", env.unwrapped), EVAL_EPISODES, seed=EVAL_SEED).mean
 
 
-def main() -> int:
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=PPO_STEPS, help=f"PPO steps per set-up (default: {PPO_STEPS})")
-    p.add_argument("--llm-tokens", type=int, default=envs.LLM_TOKENS, help=f"tokens per LLM step (default: {envs.LLM_TOKENS})")
+    p.add_argument("--steps", type=positive_int, default=PPO_STEPS, help=f"PPO steps per set-up (default: {PPO_STEPS})")
+    p.add_argument("--llm-tokens", type=positive_int, default=envs.LLM_TOKENS, help=f"tokens per LLM step (default: {envs.LLM_TOKENS})")
     p.add_argument("--seed", type=int, default=SEED, help=f"seed (default: {SEED})")
     p.add_argument("--rsm", type=Path, help="surrogate (default: the authors' if found, else reward_predictor.pth)")
     p.add_argument("--ablation", action="store_true", help="only part 3: every set-up over --seeds")
     p.add_argument("--seeds", default="0,1,2", help="training seeds of the ablation (default: 0,1,2)")
     p.add_argument("--episode-end", default=envs.EPISODE_END, choices=envs.EPISODE_ENDS,
                    help=f"episode end in the ablation (default: {envs.EPISODE_END}, the original's)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        p.error(f"--seeds {args.seeds!r}: give comma-separated integers, like 0,1,2")
+    if args.rsm is not None and not args.rsm.is_file():
+        p.error(f"--rsm {args.rsm}: no such file")
     keep_freed_memory()
     rsm = args.rsm or (AUTHORS_RSM if AUTHORS_RSM.exists() else ROOT / "reward_predictor.pth")
     print(f"surrogate: {rsm}\n")
     if args.ablation:
-        return ablation(rsm, args.steps, [int(s) for s in args.seeds.split(",")], args.episode_end)
+        return ablation(rsm, args.steps, seeds, args.episode_end)
 
     llm = time_llm_step(args.llm_tokens, args.seed)
     single, batched = time_surrogate_steps(rsm, args.seed)

@@ -30,6 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from layersplit import UserError, serving  # noqa: E402
+from layersplit.cli import non_negative_int  # noqa: E402
 from layersplit.models import EMBEDDED_MODEL, keep_freed_memory, load_model  # noqa: E402
 
 MODEL = EMBEDDED_MODEL  # the model both processes load
@@ -64,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--wires", default=",".join(WIRES), help=f"wire dtypes to measure (default: {','.join(WIRES)})")
     p.add_argument("--device", default=DEVICE, help=f"auto, cpu, cuda (default: {DEVICE})")
     p.add_argument("--dtype", default=DTYPE, help=f"model dtype (default: {DTYPE})")
-    p.add_argument("--threads", type=int, default=THREADS, help=f"torch CPU threads per process, 0: torch's default (default: {THREADS})")
+    p.add_argument("--threads", type=non_negative_int, default=THREADS, help=f"torch CPU threads per process, 0: torch's default (default: {THREADS})")
     args = p.parse_args(argv)
     if not 1 <= args.prompts <= len(PROMPTS) or args.max_new_tokens < 2 or args.rounds < 1:
         p.error(f"--prompts must be in 1..{len(PROMPTS)}, --max-new-tokens >= 2, --rounds >= 1")

@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from layersplit import channel, sweep  # noqa: E402
+from layersplit.cli import positive_int  # noqa: E402
 from layersplit.data import load_text, tokenize  # noqa: E402
 from layersplit.models import keep_freed_memory, load_model  # noqa: E402
 from layersplit.perplexity import sliding_windows  # noqa: E402
@@ -81,11 +82,11 @@ def matmul_peak(dtype: torch.dtype) -> float:
     return n * 2 * MATMUL_SIZE**3 / (time.perf_counter() - start)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", type=int, default=TOKENS)
-    parser.add_argument("--draws", type=int, default=DRAWS)
-    args = parser.parse_args()
+    parser.add_argument("--tokens", type=positive_int, default=TOKENS, help=f"tokens of text measured (default: {TOKENS})")
+    parser.add_argument("--draws", type=positive_int, default=DRAWS, help=f"noise draws per cell (default: {DRAWS})")
+    args = parser.parse_args(argv)
     keep_freed_memory()  # as add_noise.py does, for every path measured here
     torch.manual_seed(SEED)
     model32, tokenizer = load_model(device="cpu", dtype="float32")

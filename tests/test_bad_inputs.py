@@ -129,6 +129,15 @@ def cases():
         # serve.py
         ("edge-port-too-large", "serve.py", ["edge", "--port", "99999"], "65535"),
         ("edge-port-negative", "serve.py", ["edge", "--port", "-1"], "65535"),
+        # the benchmarks
+        ("bench-sweep-tokens-zero", "bench/sweep.py", ["--tokens", "0"], "0 must be an integer >= 1"),
+        ("bench-sweep-draws-text", "bench/sweep.py", ["--draws", "many"], "'many' is not an integer"),
+        ("bench-rl-steps-negative", "bench/rl.py", ["--steps", "-1"], "-1 must be an integer >= 1"),
+        ("bench-rl-seeds-text", "bench/rl.py", ["--ablation", "--seeds", "a,b"], "give comma-separated integers"),
+        ("bench-rl-rsm-missing", "bench/rl.py", ["--rsm", "{tmp}/none.pth"], "no such file"),
+        ("bench-serve-prompts-zero", "bench/serve.py", ["--prompts", "0"], "--prompts must be in"),
+        ("bench-serve-wires", "bench/serve.py", ["--wires", "fp8"], "--wires: choose among"),
+        ("bench-serve-threads-negative", "bench/serve.py", ["--threads", "-1"], "-1 must be an integer >= 0"),
     ]
 
 
