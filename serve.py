@@ -33,6 +33,7 @@ import torch
 
 from layersplit import UserError, serving
 from layersplit.channel import SnrProcess, add_link_arguments, link_config_from_args
+from layersplit.cli import positive_int
 from layersplit.models import EMBEDDED_MODEL, find_decoder_layers, load_model
 
 # --- both sides -------------------------------------------------------------------------------
@@ -72,14 +73,9 @@ SEED = 0  # seeds the SNR process and every packet loss (per request and step)
 TIMEOUT_S = serving.CLIENT_TIMEOUT_S  # the UE gives up on an edge silent for this long (queueing included)
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return value
-
-
 def positive_float(text: str) -> float:
+    """> 0, inf included: check_numbers then names the timeouts' upper bound (layersplit.cli's types
+    refuse non-finite values before that)."""
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text} is not a positive number")

@@ -76,10 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--torch-threads", type=non_negative_int, default=TORCH_THREADS, help="torch threads, 0 for the default (default: 0)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = p.parse_args(argv)
-    if args.tokens < 2 or args.n_steps < 1 or args.batch < 1:
-        p.error("--tokens must be at least 2, --n-steps and --batch at least 1")
-    if args.eval_episodes < 0 or args.best_static_episodes < 1:
-        p.error("--eval-episodes must be at least 0 and --best-static-episodes at least 1")
+    if args.tokens < 2:  # the other counts are checked by their types
+        p.error("--tokens must be at least 2")
     return args
 
 

@@ -39,6 +39,8 @@ from typing import Callable
 import numpy as np
 from scipy import integrate, special
 
+from .cli import writable_file
+
 # ---- link -----------------------------------------------------------------------------------
 MODULATIONS = {"bpsk": 2, "qpsk": 4, "16qam": 16, "64qam": 64}  # name -> constellation size M
 FADINGS = ("awgn", "rayleigh", "nakagami")  # |h| = 1; |h|^2 ~ Exp(1); |h|^2 ~ Gamma(m, 1/m)
@@ -577,8 +579,6 @@ def link_config_from_args(args: argparse.Namespace) -> LinkConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli import writable_file
-
     p = argparse.ArgumentParser(
         prog="python -m layersplit.channel",
         description="BER, packet error rate, element loss and link latency of the split-layer uplink.",

@@ -39,7 +39,6 @@ FORMS = {
     "wireless": {"inputs": ("snr_db", "split", "withheld"), "outputs": ("log_ppl", "token_accuracy", "latency_s")},
 }
 HOLDOUT_FRACTION = 0.2  # share of cells kept out of the fit to measure its quality
-TEXT_COLUMNS = ("link", "model", "dataset")  # the sweep file's only non-numeric columns
 EPOCHS = 2000  # full-batch Adam steps (more only fits the draws' noise: held-out R2 stops improving)
 LEARNING_RATE = 3e-3
 AUTHORS_KEYS = {"fc.0.weight", "fc.0.bias", "fc.2.weight", "fc.2.bias", "fc.4.weight", "fc.4.bias"}
@@ -159,6 +158,9 @@ def _read_sweep(path: str | Path, needed: tuple[str, ...]):
     if missing:
         raise UserError(f"{path} has no column(s) {', '.join(missing)}: is it a sweep results file "
                         "(python add_noise.py --sweep)?")
+    from .link import LINK_MODES
+    from .sweep import TEXT_COLUMNS
+
     # a sweep writes numbers and known link names only: refuse anything else, naming its line, rather
     # than fit on what is left after dropping it
     for column in needed:
@@ -171,12 +173,9 @@ def _read_sweep(path: str | Path, needed: tuple[str, ...]):
             raise UserError(f"{path}:{row + 2}: {column} is {frame[column].iloc[row]!r}, not a number "
                             f"({int(bad.sum())} such row(s)): fix or delete them, or rerun the sweep")
         frame[column] = values
-    if "link" in needed:
-        from .link import LINK_MODES
-
-        if not (known := frame["link"].isin(LINK_MODES)).all():
-            row = int(np.flatnonzero(~known.to_numpy())[0])
-            raise UserError(f"{path}:{row + 2}: link is {frame['link'].iloc[row]!r}, not one of {', '.join(LINK_MODES)}")
+    if "link" in needed and not (known := frame["link"].isin(LINK_MODES)).all():
+        row = int(np.flatnonzero(~known.to_numpy())[0])
+        raise UserError(f"{path}:{row + 2}: link is {frame['link'].iloc[row]!r}, not one of {', '.join(LINK_MODES)}")
     return frame
 
 

@@ -39,6 +39,7 @@ PAPER_DROPOUTS = (0.02, 0.06, 0.10, 0.14, 0.18, 0.22, 0.26, 0.30)  # the origina
 RUN_COLUMNS = ("model", "dataset", "tokens", "context_length", "stride", "dtype", "seed")  # must match to resume
 LINK_COLUMNS = ("modulation", "fading", "nakagami_m", "bits_per_element", "elements_per_packet", "header_bits",
                 "bandwidth_hz", "block_fading")
+TEXT_COLUMNS = ("model", "dataset", "dtype", "link", "modulation", "fading", "block_fading")  # the rest hold numbers
 COLUMNS = RUN_COLUMNS + ("split", "layers_on_ue", "link", "snr_db", "dropout", "withheld", "draw") + LINK_COLUMNS + (
     "nll", "ppl", "token_accuracy", "scored_tokens", "nonfinite_windows", *cells.WINDOW_COLUMNS,
     "ue_compute_s", "tx_s", "edge_compute_s", "total_s", "tx_decode_s")
@@ -169,7 +170,6 @@ class ResultsStore:
 
     def _check_rows(self) -> None:
         """Refuse a file with a damaged row, naming its line: resuming would skip or redo cells silently."""
-        text_columns = {"model", "dataset", "dtype", "link", "modulation", "fading", "block_fading"}
         for line, row in enumerate(self.rows, start=2):
             problem = None
             if None in row or None in row.values():
@@ -179,7 +179,7 @@ class ResultsStore:
                 problem = f"link {row['link']!r} is not one of {', '.join(LINK_MODES)}"
             else:
                 for column in COLUMNS:
-                    if column in text_columns or row[column] == "":
+                    if column in TEXT_COLUMNS or row[column] == "":
                         continue
                     try:
                         float(row[column])

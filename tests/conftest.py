@@ -65,3 +65,44 @@ def sample_txt(tmp_path_factory) -> Path:
 def run_script(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run a top-level script the way a user does, from the repository root."""
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+# --- the edge server on the tiny random Llama (test_serve.py, test_edge_reliability.py) ---------------
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread: the edge thread and the UE compute in turn in one process, and on the shared
+    2-core machine two OpenMP threads each made the serving tests 5x slower (the real model's 3x).
+    Used by whole modules: pytestmark = pytest.mark.usefixtures("one_thread")."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield threads
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return make_tokenizer()
+
+
+@pytest.fixture
+def split_model(tiny_llama):
+    from layersplit import serving
+
+    return serving.SplitModel(tiny_llama)
+
+
+@pytest.fixture
+def start_edge(split_model):
+    """start(**kwargs): an EdgeServer on a free port, stopped at the end of the test."""
+    from layersplit import serving
+
+    servers = []
+
+    def start(**kwargs):
+        server = serving.EdgeServer(split_model, port=0, **kwargs).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

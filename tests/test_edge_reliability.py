@@ -13,47 +13,16 @@ import threading
 import time
 
 import pytest
-import torch
 
 import serve
-from conftest import make_tokenizer, run_script
+from conftest import run_script
 from layersplit import UserError, serving
 
 PROMPT = "The wireless uplink carries the hidden state"
 UE_DEADLINE_S = 10.0  # a generous bound: before the fix a UE behind idle sockets waited 30 s, then was refused
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: the edge thread and the UE compute in turn in this process (see test_serve.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return make_tokenizer()
-
-
-@pytest.fixture
-def split_model(tiny_llama):
-    return serving.SplitModel(tiny_llama)
-
-
-@pytest.fixture
-def start_edge(split_model):
-    servers = []
-
-    def start(**kwargs):
-        server = serving.EdgeServer(split_model, port=0, **kwargs).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread for these tests
 
 
 @pytest.fixture

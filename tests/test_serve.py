@@ -19,45 +19,14 @@ import pytest
 import torch
 
 import serve
-from conftest import ROOT, TINY_LAYERS, make_tokenizer
+from conftest import ROOT, TINY_LAYERS
 from layersplit import UserError, channel, serving
 
 PROMPT = "The wireless uplink carries the hidden state"
 K = 16  # elements per packet in the raw-socket tests (the tiny model's hidden size is 64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: the edge thread and the UE compute in turn in this process, and on the shared
-    2-core machine two OpenMP threads each made these tests 5x slower (the real model's 3x)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield threads
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return make_tokenizer()
-
-
-@pytest.fixture
-def split_model(tiny_llama):
-    return serving.SplitModel(tiny_llama)
-
-
-@pytest.fixture
-def start_edge(split_model):
-    servers = []
-
-    def start(**kwargs):
-        server = serving.EdgeServer(split_model, port=0, **kwargs).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread for these tests
 
 
 def reference_tokens(model, tokenizer, prompt, n):
