@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 
@@ -96,6 +97,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--output", type=writable_file, default=SWEEP_OUTPUT, help=f"results CSV; rerun the same command to resume (default: {SWEEP_OUTPUT})")
     g.add_argument("--batch-size", type=positive_int, default=SWEEP_BATCH, help=f"impaired variants per forward (default: {SWEEP_BATCH})")
     g.add_argument("--naive", action="store_true", help="one full forward per cell and draw (the reference; slow)")
+    g.add_argument("--verify", metavar="RESULTS_CSV",
+                   help="after the sweep, check its rows against the same rows of this results file (a spot check of a "
+                        f"committed sweep: a sub-grid recomputes them exactly); exit 1 on a difference above {sweep.VERIFY_RTOL:g}")
     p.add_argument("--device", default=DEVICE, help=f"auto, cpu, cuda, cuda:N (default: {DEVICE})")
     p.add_argument("--dtype", default=DTYPE, choices=["auto", "float32", "bfloat16", "float16"],
                    help=f"model dtype (default: {DTYPE})")
@@ -111,7 +115,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.stride = SWEEP_CONTEXT if args.sweep else STRIDE_TOKENS
     if args.generate is not None and not args.generate.strip():
         p.error("--generate needs a non-empty prompt, e.g. --generate 'The capital of France is'")
+    if args.verify and not args.sweep:
+        p.error("--verify checks a sweep: give --sweep")
     if args.sweep:
+        if args.verify and os.path.abspath(args.verify) == os.path.abspath(args.output.format(model=args.model.replace('/', '_'))):
+            p.error("--verify needs a results file other than --output")
         if args.snr_db is not None or args.dropout is not None or args.generate is not None:
             p.error("--sweep takes its grid from --splits, --dropouts and --snrs, not --snr-db, --dropout or --generate")
         args.snr_db = 0.0  # a placeholder in the link template: each SNR condition sets its own
@@ -193,6 +201,12 @@ def run_sweep(args: argparse.Namespace) -> int:
     print(sweep.summarise(store.rows))
     print(f"{len(store.rows)} rows in {output}, cells with 95% intervals in {sweep.cells_path(output)}; "
           f"{time.perf_counter() - start:.0f} s", file=sys.stderr)
+    if args.verify:
+        try:
+            print(sweep.verify([{**row, **store.run_config} for row in store.rows], args.verify))
+        except UserError as e:
+            print(f"add_noise.py: {e}", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -435,6 +435,40 @@ def segments_agree(model, token_ids: torch.Tensor, split: int, tolerance: float 
     return abs(nll.item() - expected) <= tolerance * abs(expected)
 
 
+VERIFY_RTOL = 1e-4  # --verify: largest relative difference of NLL or accuracy that counts as the same number
+
+
+def verify(rows: list[dict], reference: str | Path, rtol: float = VERIFY_RTOL) -> str:
+    """Check recomputed rows against the matching rows of another results file (made with the same
+    run configuration): every recomputed row must be there and agree within rtol. Return a one-line
+    summary; raise UserError naming the first row that does not agree."""
+    reference = Path(reference)
+    if not reference.is_file():
+        raise UserError(f"--verify: {reference} does not exist")
+    with reference.open(newline="") as f:
+        ref_rows = list(csv.DictReader(f))
+    if not rows:
+        raise UserError("--verify: no rows were computed to compare")
+    ref = {row_key(r["split"], r["link"], r["snr_db"], r["dropout"], r["withheld"], r["draw"]): r for r in ref_rows}
+    worst = 0.0
+    for row in rows:
+        key = row_key(row["split"], row["link"], row["snr_db"], row["dropout"], row["withheld"], row["draw"])
+        if key not in ref:
+            raise UserError(f"--verify: {reference} has no row for split {key[0]}, {key[1]} {key[3] or key[2]}, draw {key[5]}")
+        other = ref[key]
+        differs = [c for c in RUN_COLUMNS if str(other[c]) != str(row[c])]
+        if differs:
+            raise UserError(f"--verify: {reference} was made with another {', '.join(differs)}")
+        for column in ("nll", "token_accuracy"):
+            a, b = float(row[column]), float(other[column])
+            gap = abs(a - b) / max(abs(b), 1e-12)
+            worst = max(worst, gap)
+            if not gap <= rtol:  # a NaN on either side fails too
+                raise UserError(f"--verify: split {key[0]}, draw {key[5]}: {column} {a!r} recomputed, {b!r} in "
+                                f"{reference} (relative difference {gap:.2g} > {rtol:g})")
+    return f"verified: {len(rows)} rows agree with {reference} (largest relative difference {worst:.2g})"
+
+
 CELL_KEYS = ("split", "layers_on_ue", "link", "snr_db", "dropout", "withheld")  # what identifies a cell
 CELL_COLUMNS = CELL_KEYS + ("draws", "samples", "nll", "nll_ci95", "ppl", "ppl_low", "ppl_high", "token_accuracy",
                             "accuracy_ci95", "total_s")

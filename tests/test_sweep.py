@@ -242,3 +242,34 @@ def test_sweep_figure_from_a_results_file(tiny_llama, tmp_path):
     assert (tmp_path / "f" / "sweep.png").stat().st_size > 10_000
     (tmp_path / figures.SWEEP_FILE).write_text("split,ppl\n1,2\n")
     assert figures.main(["--only", "sweep", "--results-dir", str(tmp_path), "--figures-dir", str(tmp_path / "f")]) == 1
+
+
+def test_cli_verify_spot_checks_a_sweep_with_a_sub_grid(tiny_model_dir, sample_txt, tmp_path):
+    """A sub-grid recomputes the full sweep's rows (masks seeded per seed, window and draw); a changed
+    number in the reference is caught, and so is a row the reference lacks."""
+    full = tmp_path / "full.csv"
+    base = ["--dropouts", "0.1,0.3", "--draws", "3", "--batch-size", "5"]
+    assert subprocess.run(sweep_cli(tiny_model_dir, sample_txt, full, *base), cwd=ROOT, capture_output=True).returncode == 0
+    check = sweep_cli(tiny_model_dir, sample_txt, tmp_path / "check.csv", "--dropouts", "0.3", "--draws", "3",
+                      "--batch-size", "2", "--verify", str(full))
+    check[check.index("--splits") + 1] = "2"
+    ok = subprocess.run(check, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert "verified: 4 rows agree" in ok.stdout  # clean + 3 draws at split 2
+
+    lines = full.read_text().splitlines()
+    header = lines[0].split(",")
+    nll = header.index("nll")
+    for i, line in enumerate(lines[1:], start=1):  # nudge the NLL of split 2, p = 0.3, draw 1
+        fields = line.split(",")
+        if (fields[header.index("split")], fields[header.index("dropout")], fields[header.index("draw")]) == ("2", "0.3", "1"):
+            fields[nll] = repr(float(fields[nll]) * 1.001)
+            lines[i] = ",".join(fields)
+    full.write_text("\n".join(lines) + "\n")
+    bad = subprocess.run(check, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and "split 2, draw 1: nll" in bad.stderr
+
+    check[check.index("--dropouts") + 1] = "0.2"  # a row the reference does not have
+    check[check.index("--output") + 1] = str(tmp_path / "other.csv")
+    missing = subprocess.run(check, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 1 and "has no row for split 2" in missing.stderr
