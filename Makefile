@@ -45,6 +45,8 @@ WIRELESS_STEPS = 100000
 LLM_ARGS = --total-timesteps 100 --eval-episodes 0
 LLM_FULL_ARGS = --total-timesteps 6000
 EVAL_ARGS =
+# train_rsm.py fit's options (make quick: fewer extra held-out draws)
+FIT_ARGS =
 # the authors' released surrogate (Llama-2-7B): PPO, A2C and DQN on it too when the file is there
 AUTHORS_RSM = ../shared/reference/authors_reward_predictor.pth
 DEMO = $(PY) add_noise.py
@@ -65,7 +67,7 @@ pipeline: $(STAMP)
 	$(PY) -m layersplit.channel --table $(R)/channel_ber_per.csv
 	$(PY) -m layersplit.channel --latency-table $(R)/latency_breakdown.csv
 	$(PY) train_rsm.py fit --sweep $(R)/sweep_smollm2-135m.csv --wireless-sweep $(R)/sweep_wireless_smollm2-135m.csv \
-		--output $(OUT)/reward_predictor.pth --wireless-output $(OUT)/reward_predictor_wireless.pth --results-dir $(R)
+		--output $(OUT)/reward_predictor.pth --wireless-output $(OUT)/reward_predictor_wireless.pth --results-dir $(R) $(FIT_ARGS)
 	@echo "training agents on the surrogates, two at a time (one per core); logs in $(LOGS)/"
 	mkdir -p $(LOGS)
 	( for algo in ppo a2c dqn; do \
@@ -112,7 +114,7 @@ quick: $(STAMP)
 		LAYERS_ARGS="--splits 0-10 --dropouts 0.1,0.3 --draws 1 --max-tokens 128" \
 		WIRELESS_ARGS="--splits 1-10 --dropouts '' --snrs 10,20,30 --withheld 0.2 --draws 1 --max-tokens 128" \
 		SNR_ARGS="--splits 4,24 --dropouts '' --draws 1 --snrs 5,15,25,35 --max-tokens 128" \
-		SEEDS=0,1 OTHER_SEEDS=0 PPO_STEPS=20000 OTHER_STEPS=10000 WIRELESS_STEPS=4000 EVAL_ARGS="--eval-episodes 30" \
+		FIT_ARGS="--holdout-repeats 1" SEEDS=0,1 OTHER_SEEDS=0 PPO_STEPS=20000 OTHER_STEPS=10000 WIRELESS_STEPS=4000 EVAL_ARGS="--eval-episodes 30" \
 		LLM_ARGS="--total-timesteps 10 --n-steps 10 --batch 5 --tokens 64 --eval-episodes 0"
 
 test: $(STAMP)

@@ -440,7 +440,8 @@ def fig_latency(results_dir: Path, figures_dir: Path) -> Path:
 RL_ALGOS = {"ppo": ("PPO", "C0"), "a2c": ("A2C", "C1"), "dqn": ("DQN", "C2")}  # colour per algorithm
 BASELINE_STYLES = {"optimum": ("exact optimum", "k", "-"), "greedy": ("greedy one-step", "0.4", "--"),
                    "random": ("random", "0.6", ":"), "fixed": ("fixed split (5 layers on the UE)", "C3", "-."),
-                   "best-static": ("best static split (chosen on training starts)", "C4", "-.")}
+                   "best-static": ("best static split (chosen on training starts)", "C4", "-."),
+                   "best-static-per-start": ("best static split per start split (ignores p)", "C5", ":")}
 TRAIN_COMMAND = "python train_rsm.py train --seeds 0,1,2 --algo {algo}"
 FIT_COMMAND = "python train_rsm.py fit"
 

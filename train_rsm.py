@@ -39,6 +39,7 @@ PAPER_RSM = "reward_predictor.pth"  # where the paper-form surrogate goes (the o
 WIRELESS_RSM = "reward_predictor_wireless.pth"  # where the wireless-form surrogate goes
 FIT_EPOCHS = surrogate.EPOCHS  # full-batch Adam steps
 HOLDOUT = surrogate.HOLDOUT_FRACTION  # share of sweep cells held out to measure the fit
+HOLDOUT_REPEATS = surrogate.HOLDOUT_REPEATS  # more held-out draws, their R2 reported as a spread (0: none)
 # --- train --------------------------------------------------------------------------------------
 ENV = "LayerSplit-Paper-v0"  # the original surrogate MDP
 ALGO = "ppo"  # ppo (the paper's), a2c or dqn (the paper's comparisons)
@@ -84,7 +85,8 @@ def cmd_fit(args) -> int:
         if not sweep_path:
             continue
         start = time.perf_counter()
-        rsm, cells = surrogate.fit_from_sweep(form, sweep_path, seed=args.seed, epochs=args.epochs, holdout=args.holdout)
+        rsm, cells = surrogate.fit_from_sweep(form, sweep_path, seed=args.seed, epochs=args.epochs, holdout=args.holdout,
+                                                 repeats=args.holdout_repeats)
         rsm.metadata["fit_seconds"] = time.perf_counter() - start
         rsm.save(out)
         Path(args.results_dir).mkdir(parents=True, exist_ok=True)
@@ -142,10 +144,12 @@ def cmd_evaluate(args) -> int:
 def evaluate_runs(runs: list[Path], args) -> int:
     env_kwargs = env_kwargs_for(args.env, args.rsm, args.episode_end)
     env = envs.make(args.env, **env_kwargs)
-    names = ["learned", *(b for b in policies.BASELINES if b != "greedy" or args.env != "LayerSplit-Wireless-v0")]
+    names = ["learned", *(b for b in policies.BASELINES if (b != "greedy" or args.env != "LayerSplit-Wireless-v0")
+                          and (b not in policies.PAPER_ONLY or args.env == "LayerSplit-Paper-v0"))]
     means = {name: [] for name in names}
     models = [training.load_policy(r) for r in runs]
     best_static = policies.BestStatic(env.unwrapped)  # chosen once, on training starts
+    per_start = policies.BestStaticPerStart(env.unwrapped) if "best-static-per-start" in names else None
     for k, model in enumerate(models):  # evaluation seed k: the same episodes for every policy
         seed = args.eval_seed + 1000 * k
         for name in names:
@@ -153,6 +157,8 @@ def evaluate_runs(runs: list[Path], args) -> int:
                 policy = policies.learned(model)
             elif name == "best-static":
                 policy = best_static
+            elif name == "best-static-per-start":
+                policy = per_start
             else:
                 policy = policies.baseline(name, env.unwrapped, seed)
             means[name].append(policies.evaluate(env, policy, args.eval_episodes, seed).mean)
@@ -170,6 +176,7 @@ def evaluate_runs(runs: list[Path], args) -> int:
                        "learned_minus_this": gap, "learned_minus_this_ci95": gap_half}
         label = f"{args.algo} (learned)" if name == "learned" else name
         label = f"best-static ({best_static.choice})" if name == "best-static" else label
+        label = "best-static-per-start (p-blind)" if name == "best-static-per-start" else label
         versus = "" if name == "learned" else f"   learned - this: {gap:+.4f} +- {gap_half:.4f}"
         print(f"  {label:34s} {mean:9.4f} +- {half:.4f}   {100 * share:6.2f}% of optimum{versus}")
     summaries = [json.loads((r / "summary.json").read_text()) for r in runs]
@@ -181,6 +188,8 @@ def evaluate_runs(runs: list[Path], args) -> int:
         "eval_episodes": args.eval_episodes, "returns": table, "episode_end": env_kwargs["episode_end"],
         "best_static": {"choice": best_static.choice, "training_starts": policies.BEST_STATIC_EPISODES,
                         "scores": best_static.scores},
+        **({"best_static_per_start": {"choices": {str(k): v for k, v in per_start.choices.items()},
+                                      "training_starts": policies.BEST_STATIC_EPISODES}} if per_start else {}),
         "training": {"wall_s": [s["wall_s"] for s in summaries], "steps_per_s": [s["steps_per_s"] for s in summaries],
                      "timesteps": [s["timesteps"] for s in summaries]}}, indent=2))
     write_curves(runs, results / f"{stem}_curves.csv", args)
@@ -234,6 +243,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     f.add_argument("--wireless-output", type=writable_file, default=WIRELESS_RSM, help=f"wireless-form surrogate file (default: {WIRELESS_RSM})")
     f.add_argument("--epochs", type=positive_int, default=FIT_EPOCHS, help=f"full-batch Adam steps (default: {FIT_EPOCHS})")
     f.add_argument("--holdout", type=open_fraction, default=HOLDOUT, help=f"share of cells held out (default: {HOLDOUT})")
+    f.add_argument("--holdout-repeats", type=non_negative_int, default=HOLDOUT_REPEATS,
+                   help=f"further held-out draws whose R2 is reported as a spread; the shipped fit is unchanged (default: {HOLDOUT_REPEATS})")
     f.add_argument("--seed", type=int, default=0, help="seed of the held-out draw and the initial weights (default: 0)")
     f.add_argument("--results-dir", type=writable_dir, default=RESULTS_DIR, help=f"where fit reports go (default: {RESULTS_DIR})")
     for name, helptext in (("train", "train agents on an environment, then evaluate them"),

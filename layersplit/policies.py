@@ -6,6 +6,9 @@ baselines read its state; a learned policy ignores it). Baselines:
     best-static  the one static choice (a split; on the Wireless env a split and withheld share) with the
              highest mean return over BEST_STATIC_EPISODES training starts (reset seeds 0, 1, ...,
              never the evaluation's), then held whatever the channel: the strongest simple baseline
+    best-static-per-start  Paper env: for each start split, the static split with the highest mean
+             return over the training starts that begin there; it moves there and stays whatever p:
+             the strongest simple policy that never looks at the channel
     random   a uniformly random action
     greedy   the action with the best immediate reward
     optimum  Paper: dynamic programming over every state reachable before the episode ends (equal
@@ -28,7 +31,8 @@ from .envs import PAPER_MOVES, SPLIT_MAX, SPLIT_MIN, LLMSplitEnv, PaperSplitEnv,
 from .surrogate import REFERENCE_SPLIT
 
 Policy = Callable[[np.ndarray, object], int]
-BASELINES = ("fixed", "best-static", "random", "greedy", "optimum")
+BASELINES = ("fixed", "best-static", "best-static-per-start", "random", "greedy", "optimum")
+PAPER_ONLY = ("best-static-per-start",)  # baselines defined on LayerSplit-Paper-v0 only
 CONFIDENCE = 0.95  # confidence level of the intervals over seeds
 BEST_STATIC_EPISODES = 200  # training starts on which best-static picks its choice (reset seeds 0..N-1)
 BEST_STATIC_SEED = 0  # first reset seed of those starts; evaluations start at 10,000 and above
@@ -150,10 +154,45 @@ class BestStatic:
         return self.policy(obs, env)
 
 
+class BestStaticPerStart:
+    """Paper env: for each start split, the static split with the highest mean return over the
+    training starts (reset seeds seed, seed + 1, ...) that begin at that split; the policy reads the
+    split at the episode's first step, moves to that choice and stays, whatever p. A start split no
+    training start began at gets the overall best static split. `choice` names the choices."""
+
+    def __init__(self, env, episodes: int = BEST_STATIC_EPISODES, seed: int = BEST_STATIC_SEED):
+        if not isinstance(env, PaperSplitEnv):
+            raise UserError("best-static-per-start is defined on LayerSplit-Paper-v0 only")
+        if episodes < 1:
+            raise UserError(f"best-static-per-start needs at least one training start, got {episodes}")
+        choices = static_choices(env)
+        returns = {label: evaluate(env, policy, episodes, seed).returns for label, policy in choices.items()}
+        starts = []
+        for i in range(episodes):
+            env.reset(seed=seed + i)
+            starts.append(env.split)
+        starts = np.array(starts)
+        overall = max(returns, key=lambda label: returns[label].mean())
+        self.choices = {s: overall for s in range(SPLIT_MIN, SPLIT_MAX + 1)}
+        for start in np.unique(starts):
+            scores = {label: r[starts == start].mean() for label, r in returns.items()}
+            self.choices[int(start)] = max(scores, key=scores.get)
+        self.choice = ", ".join(f"{s}->{label.removeprefix('split ')}" for s, label in self.choices.items())
+        self._policies = {s: choices[label] for s, label in self.choices.items()}
+        self._current = self._policies[SPLIT_MIN]
+
+    def __call__(self, obs, env) -> int:
+        if env.steps == 0:  # the episode's first step: the start split decides where to go
+            self._current = self._policies[env.split]
+        return self._current(obs, env)
+
+
 def baseline(name: str, env, seed: int = 0, best_static_episodes: int = BEST_STATIC_EPISODES) -> Policy:
     """The baseline `name` for this (unwrapped) environment."""
     if name == "best-static":
         return BestStatic(env, best_static_episodes)
+    if name == "best-static-per-start":
+        return BestStaticPerStart(env, best_static_episodes)
     if name == "random":
         rng = np.random.default_rng(seed)
         return lambda obs, env_: int(rng.integers(env_.action_space.n))
@@ -164,7 +203,7 @@ def baseline(name: str, env, seed: int = 0, best_static_episodes: int = BEST_STA
     }[type(env)]
     if name not in table:
         raise UserError(f"baseline {name!r} is not available on {type(env).__name__}: use one of "
-                        f"{', '.join(['best-static', 'random', *table])}")
+                        f"{', '.join(['best-static', 'random', *table])}")  # (best-static-per-start: Paper only)
     return table[name]
 
 

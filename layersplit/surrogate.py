@@ -39,6 +39,7 @@ FORMS = {
     "wireless": {"inputs": ("snr_db", "split", "withheld"), "outputs": ("log_ppl", "token_accuracy", "latency_s")},
 }
 HOLDOUT_FRACTION = 0.2  # share of cells kept out of the fit to measure its quality
+HOLDOUT_REPEATS = 8  # further held-out draws whose R2 is reported too: one draw of 18 cells is a noisy estimate
 EPOCHS = 2000  # full-batch Adam steps (more only fits the draws' noise: held-out R2 stops improving)
 LEARNING_RATE = 3e-3
 AUTHORS_KEYS = {"fc.0.weight", "fc.0.bias", "fc.2.weight", "fc.2.bias", "fc.4.weight", "fc.4.bias"}
@@ -321,7 +322,7 @@ def quality(surrogate: Surrogate, cells) -> dict:
 
 
 def fit_from_sweep(form: str, sweep_path: str | Path, seed: int = 0, epochs: int = EPOCHS,
-                   holdout: float = HOLDOUT_FRACTION):
+                   holdout: float = HOLDOUT_FRACTION, repeats: int = HOLDOUT_REPEATS):
     """Measure the fit on held-out cells, then fit every cell: returns (surrogate fitted on all cells,
     cells with a `held_out` flag and the held-out model's predictions). surrogate.metrics holds the
     held-out quality (of the model fitted without those cells) and the final fit's quality."""
@@ -338,6 +339,15 @@ def fit_from_sweep(form: str, sweep_path: str | Path, seed: int = 0, epochs: int
     if form == "paper":
         surrogate.metadata["reference_split"] = REFERENCE_SPLIT
     surrogate.metrics = {"held_out": quality(probe, cells[held]), "train": quality(surrogate, cells)}
+    if repeats:  # the held-out R2 over other held-out draws (seeds seed+1..): how much it depends on which cells
+        r2 = {}
+        for k in range(1, repeats + 1):
+            other = holdout_mask(len(cells), holdout, seed + k)
+            model = fit(form, cells[~other][inputs].to_numpy(), cells[~other][outputs].to_numpy(), seed + k, epochs)
+            for name, value in quality(model, cells[other]).items():
+                if name.startswith("r2_") or name == "noise_share":
+                    r2.setdefault(name, []).append(value)
+        surrogate.metrics["held_out_repeats"] = {"draws": repeats, **r2}
     prediction = probe.predict(cells[inputs].to_numpy())
     cells = cells.assign(held_out=held, **{f"predicted_{n}": prediction[:, i] for i, n in enumerate(outputs)})
     cells["predicted_ppl"] = ppl_of(form, cells, prediction)
@@ -352,4 +362,11 @@ def describe(surrogate: Surrogate) -> str:
             r2 = ", ".join(f"R2 {k[3:]} {v:.4f}" for k, v in m.items() if k.startswith("r2_"))
             lines.append(f"  {label} ({m['cells']} cells): {r2}; MAE perplexity {m['mae_ppl']:.3g} "
                          f"(median relative error {100 * m['median_relative_error_ppl']:.2f}%)")
+    repeats = surrogate.metrics.get("held_out_repeats")
+    if repeats:
+        spread = ", ".join(f"R2 {k[3:]} mean {np.mean(v):.3f} [{min(v):.3f}, {max(v):.3f}]"
+                           for k, v in repeats.items() if k.startswith("r2_"))
+        if "noise_share" in repeats:
+            spread += f"; noise share {np.mean(repeats['noise_share']):.3f}"
+        lines.append(f"  {repeats['draws']} more held-out draws: {spread}")
     return "\n".join(lines)

@@ -367,6 +367,38 @@ def test_best_static_holds_the_split_with_the_best_mean_return_on_training_start
         policies.BestStatic(env.unwrapped, episodes=0)
 
 
+def test_best_static_per_start_picks_per_start_split_and_ignores_p():
+    env = gym.make("LayerSplit-Paper-v0")
+    n = 60
+    per_start = policies.BestStaticPerStart(env.unwrapped, episodes=n)
+    best = policies.BestStatic(env.unwrapped, episodes=n)
+    # by hand: every static split's return from each training start, grouped by the start split
+    returns, starts = {}, []
+    for i in range(n):
+        env.reset(seed=policies.BEST_STATIC_SEED + i)
+        starts.append(env.unwrapped.split)
+    starts = np.array(starts)
+    for target in range(1, 11):
+        returns[target] = policies.evaluate(env, policies.paper_toward(target), n, policies.BEST_STATIC_SEED).returns
+    for start in np.unique(starts):
+        chosen = max(returns, key=lambda t: returns[t][starts == start].mean())
+        assert per_start.choices[int(start)] == f"split {chosen}"
+    # on the training starts it scores the per-start maxima, at least the one best static split
+    run = policies.evaluate(env, per_start, n, policies.BEST_STATIC_SEED)
+    expected = np.mean([returns[int(per_start.choices[int(s)].split()[1])][i] for i, s in enumerate(starts)])
+    assert run.mean == pytest.approx(expected) and run.mean >= max(best.scores.values()) - 1e-9
+    # p-blind: the same start split gives the same final split at any p
+    finals = set()
+    for p in (0.01, 0.15, 0.3):
+        obs, _ = env.reset(seed=0, options={"p": p, "split": 6})
+        for _ in range(5):
+            obs, _, _, _, info = env.step(per_start(obs, env.unwrapped))
+        finals.add(info["split"])
+    assert finals == {int(per_start.choices[6].split()[1])}
+    with pytest.raises(UserError, match="Paper-v0 only"):
+        policies.BestStaticPerStart(gym.make("LayerSplit-Wireless-v0").unwrapped, episodes=2)
+
+
 def test_best_static_on_the_wireless_env_picks_one_action_and_beats_fixed():
     env = gym.make("LayerSplit-Wireless-v0")
     best = policies.baseline("best-static", env.unwrapped, best_static_episodes=10)
@@ -459,9 +491,13 @@ def test_train_rsm_fit_train_evaluate_smoke(tmp_path):
 
     write_sweep(tmp_path / "sweep.csv")
     fit = run_script("train_rsm.py", "fit", "--sweep", str(tmp_path / "sweep.csv"), "--wireless-sweep", "",
-                     "--output", str(tmp_path / "rsm.pth"), "--epochs", "300", "--results-dir", str(tmp_path / "res"))
+                     "--output", str(tmp_path / "rsm.pth"), "--epochs", "300", "--holdout-repeats", "2",
+                     "--results-dir", str(tmp_path / "res"))
     assert fit.returncode == 0, fit.stderr
     assert "held-out, fitted without them (8 cells)" in fit.stdout and (tmp_path / "res" / "rsm_fit_paper.csv").exists()
+    repeats = json.loads((tmp_path / "res" / "rsm_fit_paper.json").read_text())["metrics"]["held_out_repeats"]
+    assert "2 more held-out draws: R2 inference_reward mean" in fit.stdout and repeats["draws"] == 2
+    assert len(repeats["r2_inference_reward"]) == 2 and repeats["r2_inference_reward"][0] != repeats["r2_inference_reward"][1]
     common = ["--rsm", str(tmp_path / "rsm.pth"), "--results-dir", str(tmp_path / "res"), "--eval-episodes", "3"]
     train = run_script("train_rsm.py", "train", "--total-timesteps", "800", "--seeds", "0,1", "--run-dir",
                        str(tmp_path / "runs"), "--no-progress", *common)
@@ -470,7 +506,8 @@ def test_train_rsm_fit_train_evaluate_smoke(tmp_path):
     result = json.loads((tmp_path / "res" / "rl_paper_ppo.json").read_text())
     assert len(result["returns"]["learned"]["per_seed"]) == 2 and result["returns"]["optimum"]["share_of_optimum"] == 1
     returns = result["returns"]
-    assert set(returns) == {"learned", "fixed", "best-static", "random", "greedy", "optimum"}
+    assert set(returns) == {"learned", "fixed", "best-static", "best-static-per-start", "random", "greedy", "optimum"}
+    assert set(result["best_static_per_start"]["choices"]) == {str(s) for s in range(1, 11)}
     gaps = np.subtract(returns["learned"]["per_seed"], returns["best-static"]["per_seed"])  # paired by seed
     assert returns["best-static"]["learned_minus_this"] == pytest.approx(gaps.mean())
     assert returns["best-static"]["learned_minus_this_ci95"] == pytest.approx(policies.confidence_interval(gaps)[1])
