@@ -28,7 +28,7 @@ R = $(OUT)/results
 SNR_GRID = 0,2.5,5,7.5,10,12.5,15,17.5,20,22.5,25,27.5,30,32.5,35,37.5,40,42.5,45,47.5,50,52.5,55
 # the paper-form surrogate's sweep: splits 1-10 x 8 p x 8 draws x 4096 tokens (add_noise.py's defaults) takes
 # about 85 min on 2 CPU cores, so by default the pipeline takes the committed file and recomputes a spot check
-# of it (SWEEP_CHECK_ARGS, every window and draw of those cells: about 2 min); SURROGATE_SWEEP=compute runs it all
+# of it (SWEEP_CHECK_ARGS, every window and draw of those cells: about a minute); SURROGATE_SWEEP=compute runs it all
 SURROGATE_SWEEP = committed
 COMMITTED_SWEEP = results/sweep_smollm2-135m.csv
 SWEEP_ARGS =

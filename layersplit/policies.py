@@ -202,8 +202,9 @@ def baseline(name: str, env, seed: int = 0, best_static_episodes: int = BEST_STA
         LLMSplitEnv: {"fixed": llm_fixed},
     }[type(env)]
     if name not in table:
+        extra = ["best-static-per-start"] if isinstance(env, PaperSplitEnv) else []
         raise UserError(f"baseline {name!r} is not available on {type(env).__name__}: use one of "
-                        f"{', '.join(['best-static', 'random', *table])}")  # (best-static-per-start: Paper only)
+                        f"{', '.join(['best-static', *extra, 'random', *table])}")
     return table[name]
 
 
