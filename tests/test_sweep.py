@@ -3,7 +3,6 @@ sweep resumes with no lost and no duplicate rows."""
 from __future__ import annotations
 
 import csv
-import json
 import signal
 import subprocess
 import sys
