@@ -120,6 +120,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.sweep:
         if args.verify and os.path.abspath(args.verify) == os.path.abspath(args.output.format(model=args.model.replace('/', '_'))):
             p.error("--verify needs a results file other than --output")
+        if args.verify and not os.path.isfile(args.verify):
+            p.error(f"--verify {args.verify}: no such results file")
         if args.snr_db is not None or args.dropout is not None or args.generate is not None:
             p.error("--sweep takes its grid from --splits, --dropouts and --snrs, not --snr-db, --dropout or --generate")
         args.snr_db = 0.0  # a placeholder in the link template: each SNR condition sets its own

@@ -149,7 +149,7 @@ def evaluate_runs(runs: list[Path], args) -> int:
     means = {name: [] for name in names}
     models = [training.load_policy(r) for r in runs]
     best_static = policies.BestStatic(env.unwrapped)  # chosen once, on training starts
-    per_start = policies.BestStaticPerStart(env.unwrapped) if "best-static-per-start" in names else None
+    per_start = policies.BestStaticPerStart(env.unwrapped, best_static=best_static) if "best-static-per-start" in names else None
     for k, model in enumerate(models):  # evaluation seed k: the same episodes for every policy
         seed = args.eval_seed + 1000 * k
         for name in names:

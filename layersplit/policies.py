@@ -145,10 +145,12 @@ class BestStatic:
     def __init__(self, env, episodes: int = BEST_STATIC_EPISODES, seed: int = BEST_STATIC_SEED):
         if episodes < 1:
             raise UserError(f"best-static needs at least one training start, got {episodes}")
-        choices = static_choices(env)
-        self.scores = {label: evaluate(env, policy, episodes, seed).mean for label, policy in choices.items()}
+        self.choices, self.episodes, self.seed = static_choices(env), episodes, seed
+        # every choice's return per training start (BestStaticPerStart regroups them by start split)
+        self.returns = {label: evaluate(env, policy, episodes, seed).returns for label, policy in self.choices.items()}
+        self.scores = {label: float(r.mean()) for label, r in self.returns.items()}
         self.choice = max(self.scores, key=self.scores.get)
-        self.policy = choices[self.choice]
+        self.policy = self.choices[self.choice]
 
     def __call__(self, obs, env) -> int:
         return self.policy(obs, env)
@@ -158,27 +160,28 @@ class BestStaticPerStart:
     """Paper env: for each start split, the static split with the highest mean return over the
     training starts (reset seeds seed, seed + 1, ...) that begin at that split; the policy reads the
     split at the episode's first step, moves to that choice and stays, whatever p. A start split no
-    training start began at gets the overall best static split. `choice` names the choices."""
+    training start began at gets the overall best static split. `choice` names the choices. Given
+    `best_static` (a BestStatic of this env), it regroups that one's returns instead of replaying them."""
 
-    def __init__(self, env, episodes: int = BEST_STATIC_EPISODES, seed: int = BEST_STATIC_SEED):
+    def __init__(self, env, episodes: int = BEST_STATIC_EPISODES, seed: int = BEST_STATIC_SEED,
+                 best_static: BestStatic | None = None):
         if not isinstance(env, PaperSplitEnv):
             raise UserError("best-static-per-start is defined on LayerSplit-Paper-v0 only")
         if episodes < 1:
             raise UserError(f"best-static-per-start needs at least one training start, got {episodes}")
-        choices = static_choices(env)
-        returns = {label: evaluate(env, policy, episodes, seed).returns for label, policy in choices.items()}
+        if best_static is None:
+            best_static = BestStatic(env, episodes, seed)
         starts = []
-        for i in range(episodes):
-            env.reset(seed=seed + i)
+        for i in range(best_static.episodes):
+            env.reset(seed=best_static.seed + i)
             starts.append(env.split)
         starts = np.array(starts)
-        overall = max(returns, key=lambda label: returns[label].mean())
-        self.choices = {s: overall for s in range(SPLIT_MIN, SPLIT_MAX + 1)}
+        self.choices = {s: best_static.choice for s in range(SPLIT_MIN, SPLIT_MAX + 1)}
         for start in np.unique(starts):
-            scores = {label: r[starts == start].mean() for label, r in returns.items()}
+            scores = {label: r[starts == start].mean() for label, r in best_static.returns.items()}
             self.choices[int(start)] = max(scores, key=scores.get)
         self.choice = ", ".join(f"{s}->{label.removeprefix('split ')}" for s, label in self.choices.items())
-        self._policies = {s: choices[label] for s, label in self.choices.items()}
+        self._policies = {s: best_static.choices[label] for s, label in self.choices.items()}
         self._current = self._policies[SPLIT_MIN]
 
     def __call__(self, obs, env) -> int:

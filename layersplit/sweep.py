@@ -446,10 +446,16 @@ def verify(rows: list[dict], reference: str | Path, rtol: float = VERIFY_RTOL) -
     if not reference.is_file():
         raise UserError(f"--verify: {reference} does not exist")
     with reference.open(newline="") as f:
-        ref_rows = list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        if list(reader.fieldnames or []) != list(COLUMNS):
+            raise UserError(f"--verify: {reference} is not a sweep results file of this version (other columns)")
+        ref_rows = list(reader)
     if not rows:
         raise UserError("--verify: no rows were computed to compare")
-    ref = {row_key(r["split"], r["link"], r["snr_db"], r["dropout"], r["withheld"], r["draw"]): r for r in ref_rows}
+    try:
+        ref = {row_key(r["split"], r["link"], r["snr_db"], r["dropout"], r["withheld"], r["draw"]): r for r in ref_rows}
+    except (ValueError, TypeError):
+        raise UserError(f"--verify: {reference} has a damaged row (split, draw, p or SNR not a number)") from None
     worst = 0.0
     for row in rows:
         key = row_key(row["split"], row["link"], row["snr_db"], row["dropout"], row["withheld"], row["draw"])

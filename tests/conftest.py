@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,16 @@ def sample_txt(tmp_path_factory) -> Path:
 def run_script(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run a top-level script the way a user does, from the repository root."""
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def wait_until(condition, timeout_s=5.0) -> bool:
+    """Poll `condition` until it holds or `timeout_s` passes; its last value."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
 
 
 # --- the edge server on the tiny random Llama (test_serve.py, test_edge_reliability.py) ---------------

@@ -82,6 +82,7 @@ def cases():
         ("sweep-draws-zero", "add_noise.py", tiny + ["--sweep", "--draws", "0"], "0 must be an integer >= 1"),
         ("sweep-batch-zero", "add_noise.py", tiny + ["--sweep", "--batch-size", "0"], "0 must be an integer >= 1"),
         ("verify-without-sweep", "add_noise.py", tiny + ["--verify", "x.csv"], "--verify checks a sweep"),
+        ("verify-missing", "add_noise.py", tiny + ["--sweep", "--output", "{tmp}/s.csv", "--verify", "{tmp}/none.csv"], "no such results file"),
         ("verify-itself", "add_noise.py", tiny + ["--sweep", "--output", "{tmp}/s.csv", "--verify", "{tmp}/s.csv"], "other than --output"),
         ("sweep-splits-outside", "add_noise.py", tiny + ["--sweep", "--splits", "9", "--output", "{tmp}/s.csv"], "outside 0..3"),
         ("sweep-splits-text", "add_noise.py", tiny + ["--sweep", "--splits", "deep", "--output", "{tmp}/s.csv"], "use 'all' or layers"),

@@ -15,7 +15,7 @@ import time
 import pytest
 
 import serve
-from conftest import run_script
+from conftest import run_script, wait_until
 from layersplit import UserError, serving
 
 PROMPT = "The wireless uplink carries the hidden state"
@@ -39,15 +39,6 @@ def idle_sockets():
     yield open_idle
     for sock in opened:
         sock.close()
-
-
-def wait_until(condition, timeout_s=5.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def timed_request(server, split_model, tokenizer):

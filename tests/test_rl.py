@@ -372,6 +372,7 @@ def test_best_static_per_start_picks_per_start_split_and_ignores_p():
     n = 60
     per_start = policies.BestStaticPerStart(env.unwrapped, episodes=n)
     best = policies.BestStatic(env.unwrapped, episodes=n)
+    assert policies.BestStaticPerStart(env.unwrapped, episodes=n, best_static=best).choices == per_start.choices
     # by hand: every static split's return from each training start, grouped by the start split
     returns, starts = {}, []
     for i in range(n):

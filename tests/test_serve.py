@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import serve
-from conftest import ROOT, TINY_LAYERS
+from conftest import ROOT, TINY_LAYERS, wait_until
 from layersplit import UserError, channel, serving
 
 PROMPT = "The wireless uplink carries the hidden state"
@@ -44,15 +44,6 @@ def caches_freed(server):
         gc.collect()
         return server.live_caches() == 0
     return check
-
-
-def wait_until(condition, timeout_s=5.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 # --- raw clients: what a misbehaving UE sends ---------------------------------------------------------

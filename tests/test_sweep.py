@@ -272,3 +272,7 @@ def test_cli_verify_spot_checks_a_sweep_with_a_sub_grid(tiny_model_dir, sample_t
     check[check.index("--output") + 1] = str(tmp_path / "other.csv")
     missing = subprocess.run(check, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert missing.returncode == 1 and "has no row for split 2" in missing.stderr
+
+    check[check.index("--verify") + 1] = str(ROOT / "results" / "rsm_fit_paper.csv")  # a CSV, not a sweep's
+    other = subprocess.run(check, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert other.returncode == 1 and "is not a sweep results file" in other.stderr
