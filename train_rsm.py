@@ -30,7 +30,7 @@ import torch
 from layersplit import UserError
 from layersplit import envs, policies, surrogate, training
 from layersplit.cli import discount, non_negative_int, open_fraction, positive_int, writable_dir, writable_file
-from layersplit.sweep import parse_floats
+from layersplit.cli import parse_floats
 
 # --- fit ----------------------------------------------------------------------------------------
 SWEEP = "results/sweep_smollm2-135m.csv"  # the original link's sweep (p x split): the paper-form RSM

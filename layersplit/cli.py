@@ -1,11 +1,29 @@
-"""Argument types shared by the scripts: a bad value is refused by argparse with one line naming
-what is valid (exit status 2), before any work starts or any file is written."""
+"""What the scripts share on the command line.
+
+- Argument types: a bad value is refused by argparse with one line naming what is valid (exit
+  status 2), before any work starts or any file is written.
+- `parser`: help that shows each option's default from the constant it is set from, so a default
+  is written once (at the top of its script), never again in a help text.
+- `add_run_arguments`: --model, --device, --dtype, --seed, alike in every script.
+- `parse_splits` / `parse_floats`: the one grammar of split lists and number lists.
+- `run_main`: a UserError becomes one line on stderr and exit status 2.
+
+No torch or transformers here: `--help` must answer before they are imported.
+"""
 from __future__ import annotations
 
 import argparse
 import math
+import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
+
+from . import UserError
+
+DEVICE = "auto"  # auto: CUDA when present, else CPU
+DTYPE = "auto"  # auto: float32 on CPU, bfloat16 (or float16) on CUDA
+DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")  # what --dtype accepts (models.DTYPES maps them)
 
 
 def _number(text: str, kind):
@@ -84,3 +102,83 @@ def writable_file(text: str) -> str:
 
 def writable_dir(text: str) -> str:
     return _writable(text, folder=True)
+
+
+# --- help and the options every script shares ----------------------------------------------------
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The script's docstring as written, and each option's default appended to its help, read from
+    the constant the option is set from (a help text that names its default itself is left alone)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if ("%(default)" in text or "default:" in text or not action.option_strings
+                or default is None or default is False or default is argparse.SUPPRESS):
+            return text
+        shown = "none" if default == "" else f"{default:g}" if isinstance(default, float) else default
+        return f"{text} (default: {str(shown).replace('%', '%%')})"
+
+
+def parser(description: str | None, **kwargs) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter, **kwargs)
+
+
+def add_run_arguments(p, model: str | None = None, seed: int | None = None, seed_help: str = "seed",
+                      device: str = DEVICE, dtype: str = DTYPE) -> None:
+    """--model (when `model` is given), --device, --dtype, and --seed (when `seed` is given)."""
+    if model is not None:
+        p.add_argument("--model", default=model,
+                       help="the embedded SmolLM2-135M (smollm2-135m), a local folder, or a Hugging Face id")
+    p.add_argument("--device", default=device, help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--dtype", default=dtype, choices=DTYPE_NAMES,
+                   help="model dtype: auto is float32 on a CPU, bfloat16 (or float16) on CUDA")
+    if seed is not None:
+        p.add_argument("--seed", type=non_negative_int, default=seed, help=seed_help)
+
+
+def run_main(prog: str, body: Callable[[], int]) -> int:
+    """Run a script's work; bad input found during it (a UserError) is one line and exit status 2."""
+    try:
+        return body()
+    except UserError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+
+
+# --- lists on the command line ---------------------------------------------------------------------
+def parse_splits(text: str, n_layers: int, option: str = "--splits") -> list[int]:
+    """Split points in the one vocabulary of this project: split n cuts after 0-based decoder layer n
+    (n + 1 layers on the UE). 'all' is every split, 0..n_layers-1; otherwise comma-separated numbers
+    and inclusive ranges like '0-4,9'."""
+    if text.strip() == "all":
+        return list(range(n_layers))
+    splits = set()
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            splits.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError as e:
+        raise UserError(f"{option} {text!r}: use 'all' or 0-based split layers and ranges like 0-4,9") from e
+    bad = sorted(s for s in splits if not 0 <= s < n_layers)
+    if bad or not splits:
+        raise UserError(f"{option} {text!r}: splits {bad} are outside 0..{n_layers - 1} (0-based: split n puts "
+                        f"n + 1 of {n_layers} layers on the UE)" if bad else f"{option} is empty")
+    return sorted(splits)
+
+
+def parse_floats(text: str, name: str) -> list[float]:
+    """Comma-separated finite numbers ('' for none)."""
+    if not text.strip():
+        return []
+    try:
+        values = [float(x) for x in text.split(",")]
+    except ValueError as e:
+        raise UserError(f"{name} {text!r}: use comma-separated numbers") from e
+    if not all(math.isfinite(v) for v in values):
+        raise UserError(f"{name} {text!r}: values must be finite")
+    return values
+
+
+def on_ue(split: int) -> str:
+    """How every human-facing output names a split."""
+    return f"split {split} ({split + 1} layers on the UE)"

@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import UserError, cells, channel
+from .cli import parse_floats, parse_splits  # noqa: F401 (the sweep's grid grammar, re-exported for its callers)
 from .link import LINK_MODES, SplitLink, validate_probability
 from .models import find_decoder_layers
 from .perplexity import sliding_windows, token_nll_and_correct
@@ -60,36 +61,6 @@ class Condition:
         if self.link == "dropout":
             return f"p={self.dropout:g}"
         return f"{self.link} {self.snr_db:g} dB" + (f", {self.withheld:.0%} withheld" if self.withheld else "")
-
-
-def parse_splits(text: str, n_layers: int, first: int = 0, what: str = "layers") -> list[int]:
-    """'all' (first..n_layers-1), or comma-separated numbers and ranges like '0-4,9' (inclusive).
-    The sweep counts 0-based layers (first=0); serve.py counts layers on the UE (first=1)."""
-    if text.strip() == "all":
-        return list(range(first, n_layers))
-    splits = set()
-    try:
-        for part in text.split(","):
-            lo, _, hi = part.strip().partition("-")
-            splits.update(range(int(lo), int(hi or lo) + 1))
-    except ValueError as e:
-        raise UserError(f"--splits {text!r}: use 'all' or {what} and ranges like {first}-4,9") from e
-    bad = sorted(s for s in splits if not first <= s < n_layers)
-    if bad or not splits:
-        raise UserError(f"--splits {text!r}: {what} {bad} are outside {first}..{n_layers - 1}" if bad else "--splits is empty")
-    return sorted(splits)
-
-
-def parse_floats(text: str, name: str) -> list[float]:
-    if not text.strip():
-        return []
-    try:
-        values = [float(x) for x in text.split(",")]
-    except ValueError as e:
-        raise UserError(f"{name} {text!r}: use comma-separated numbers") from e
-    if not all(math.isfinite(v) for v in values):
-        raise UserError(f"{name} {text!r}: values must be finite")
-    return values
 
 
 def make_conditions(dropouts: list[float], snrs: list[float], link: str,
