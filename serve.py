@@ -1,24 +1,25 @@
 """Real split inference over a socket: an edge server and a UE client in two processes.
 
-The UE runs the embeddings and the first SPLIT decoder layers (--split N = N layers ON THE UE,
-1..L-1), sends each step's hidden state to the edge as packets in a wire dtype (fp32, fp16, bf16,
-int8 with a per-token scale) through a simulated uplink that loses packets (erasure) or flips bits
-(bitflip) at the request's SNR, seeded by (seed, request, step); the edge zero-fills lost packets,
-runs the remaining layers and the LM head, and returns the greedy next token. Both keep KV caches,
-so each decoding step sends one token's activation. With a loss-free link (--link none, or
---snr-db inf) and --wire fp32 the tokens are exactly the single-process model's.
+The UE runs the embeddings and decoder layers 0..SPLIT (--split N cuts after 0-based layer N: N + 1
+layers on the UE, as in add_noise.py and everywhere in this project), sends each step's hidden state
+to the edge as packets in a wire dtype (fp32, fp16, bf16, int8 with a per-token scale) through a
+simulated uplink that loses packets (erasure) or flips bits (bitflip) at the request's SNR, drawn
+from the request's seeded stream by the same impairment engine as add_noise.py's split hook; the
+edge zero-fills lost packets, runs the remaining layers and the LM head, and returns the greedy next
+token. Both keep KV caches, so each decoding step sends one token's activation. With a loss-free
+link (--link none, or --snr-db inf) and --wire fp32 the tokens are exactly the single-process model's.
 
     python serve.py edge                                   # terminal 1: the edge on 127.0.0.1:8765, every split
-    python serve.py ue --prompt "The capital of France is" # terminal 2: split 5, fp16, erasure at an AR(1) SNR
+    python serve.py ue --prompt "The capital of France is" # terminal 2: split 4, fp16, erasure at an AR(1) SNR
     python serve.py ue --prompt "The capital of France is" --link none --wire fp32   # = the single-process tokens
-    python serve.py ue --prompt "One" --prompt "Two" --split 9 --wire int8 --max-new-tokens 64 --json
+    python serve.py ue --prompt "One" --prompt "Two" --split 8 --wire int8 --max-new-tokens 64 --json
     python serve.py ue --prompt "Hello" --snr-db 15 --modulation 16qam --fading nakagami --sleep-air
     python serve.py ue --prompt "Hello" --policy runs/LayerSplit-Wireless-v0/ppo_s0   # split chosen per request from its SNR
-    python serve.py edge --port 0 --splits 1-9 --max-sessions 2 --max-queue 4     # port 0: any free port, printed
+    python serve.py edge --port 0 --splits 0-8 --max-sessions 2 --max-queue 4     # port 0: any free port, printed
     python serve.py edge --host 0.0.0.0 --model meta-llama/Llama-2-7b-hf --device cuda   # the paper's model, reachable from other hosts
 
 Every constant below can be overridden from the command line (see `python serve.py edge --help`,
-`python serve.py ue --help`).
+`python serve.py ue --help`); the edge's limits are layersplit/serving/protocol.py's.
 """
 from __future__ import annotations
 
@@ -29,117 +30,81 @@ import math
 import signal
 import sys
 
-import torch
-
-from layersplit import UserError, serving
-from layersplit.channel import SnrProcess, add_link_arguments, link_config_from_args
-from layersplit.cli import positive_int
-from layersplit.models import EMBEDDED_MODEL, find_decoder_layers, load_model
+from layersplit import UserError, cli
+from layersplit.channel import SNR_MEAN_DB, SNR_RHO, SNR_STD_DB, add_link_arguments, link_config_from_args
+from layersplit.grid import SERVED_LINKS
+from layersplit.models import EMBEDDED_MODEL
+from layersplit.serving import protocol
+from layersplit.wire import WIRE_FORMATS, wire_bits
 
 # --- both sides -------------------------------------------------------------------------------
 MODEL = EMBEDDED_MODEL  # embedded SmolLM2-135M, a local folder, or a Hugging Face id (both sides load the same)
-DEVICE = "auto"  # auto: CUDA when present, else CPU
-DTYPE = "auto"  # auto: float32 on CPU, bfloat16 (or float16) on CUDA
 THREADS = 0  # torch CPU threads of this process; 0: torch's default (one per core)
-HOST = serving.DEFAULT_HOST  # loopback: one machine by default
-PORT = serving.DEFAULT_PORT  # the edge's TCP port
 # --- the edge ---------------------------------------------------------------------------------
-SPLITS = "all"  # layers-on-the-UE the edge serves: all = 1..L-1
-MAX_SESSIONS = serving.MAX_SESSIONS  # sessions served at once
-MAX_QUEUE = serving.MAX_QUEUE  # connections queued beyond that; more are refused as busy
-QUEUE_TIMEOUT_S = serving.QUEUE_TIMEOUT_S  # longest wait in the queue before a busy refusal
-IDLE_TIMEOUT_S = serving.IDLE_TIMEOUT_S  # a connection without a complete frame for this long is dropped
-# A new connection must send its OPEN within this long to be served; only then does it take a session,
-# so idle or stray connections never keep a UE waiting (serving.HANDSHAKE_TIMEOUT_S says why 5 s).
-HANDSHAKE_TIMEOUT_S = serving.HANDSHAKE_TIMEOUT_S
-MAX_HANDSHAKES = serving.MAX_HANDSHAKES  # connections waiting for their OPEN; a newer one drops the oldest
-MAX_FRAME_BYTES = serving.MAX_FRAME_BYTES  # largest frame accepted (bounds per-connection memory)
-MAX_CONTEXT = serving.MAX_CONTEXT  # prompt + generated tokens per session (bounds each KV cache)
+SPLITS = "all"  # the splits the edge serves: all = 0..L-1
 # --- the UE -----------------------------------------------------------------------------------
 PROMPT = "The capital of France is"  # used when no --prompt is given
 MAX_NEW_TOKENS = 32  # greedy tokens per request (fewer when the model ends the text)
-SPLIT = 5  # decoder layers on the UE: the paper's fixed baseline (5 on the UE, the rest on the edge)
+SPLIT = 4  # 0-based: 5 layers on the UE, the paper's fixed baseline (the rest on the edge)
 WIRE = "fp16"  # activations on the wire: fp32, fp16, bf16, int8 (fp16: the channel's default 16 bits)
 LINK = "erasure"  # none (loss-free), erasure (packets lost at the PER and zero-filled), bitflip (no CRC)
-# The SNR of each request is one step of an AR(1) process in dB (layersplit.channel.SnrProcess).
-# 25 dB mean: with the default link (QPSK, Rayleigh, 64 fp16 elements + CRC-32 per packet) about 3%
-# of packets are lost there (15 dB: 29%, 35 dB: 0.3%), the range where the sweep shows mild,
-# split-dependent damage, so the choice of split matters. 5 dB spread: typical shadowing spreads
-# are 4-8 dB (3GPP TR 38.901). rho 0.9: consecutive requests of one UE see a slowly changing channel.
-SNR_MEAN_DB = 25.0
-SNR_STD_DB = 5.0
-SNR_RHO = 0.9
-SEED = 0  # seeds the SNR process and every packet loss (per request and step)
-TIMEOUT_S = serving.CLIENT_TIMEOUT_S  # the UE gives up on an edge silent for this long (queueing included)
-
-
-def positive_float(text: str) -> float:
-    """> 0, inf included: check_numbers then names the timeouts' upper bound (layersplit.cli's types
-    refuse non-finite values before that)."""
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
-    return value
+SEED = 0  # seeds the SNR process and every packet loss (one stream per request)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="serve.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.parser(__doc__, prog="serve.py")
     sub = p.add_subparsers(dest="role", required=True, metavar="{edge,ue}")
 
     def common(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--model", default=MODEL, help=f"model to split, the same on both sides (default: {MODEL}, embedded)")
-        q.add_argument("--device", default=DEVICE, help=f"auto, cpu, cuda, cuda:N (default: {DEVICE})")
-        q.add_argument("--dtype", default=DTYPE, choices=["auto", "float32", "bfloat16", "float16"],
-                       help=f"model dtype (default: {DTYPE}: float32 on CPU)")
+        cli.add_run_arguments(q, model=MODEL)
         q.add_argument("--threads", type=int, default=THREADS,
                        help="torch CPU threads of this process, 0 for torch's default of one per core; with the UE and "
-                            "the edge on one machine, or a loaded one, 1 each avoids OpenMP threads waiting on each "
-                            f"other (default: {THREADS})")
+                            "the edge on one machine, or a loaded one, 1 each avoids OpenMP threads waiting on each other")
 
-    e = sub.add_parser("edge", help="run the edge server: the last layers and the LM head",
-                       description="The edge server: runs decoder layers split..L-1 and the LM head for every UE session.")
-    e.add_argument("--host", default=HOST, help=f"address to listen on (default: {HOST}; 0.0.0.0 for other hosts)")
-    e.add_argument("--port", type=int, default=PORT, help=f"TCP port, 0 for any free one (default: {PORT})")
+    e = sub.add_parser("edge", help="run the edge server: the last layers and the LM head", formatter_class=cli.HelpFormatter,
+                       description="The edge server: runs decoder layers split + 1..L-1 and the LM head for every UE session.")
+    e.add_argument("--host", default=protocol.DEFAULT_HOST, help="address to listen on (0.0.0.0 for other hosts)")
+    e.add_argument("--port", type=int, default=protocol.DEFAULT_PORT, help="TCP port, 0 for any free one")
     common(e)
     e.add_argument("--splits", default=SPLITS,
-                   help="numbers of decoder layers on the UE this edge serves: all (1..L-1) or like 1-9,15 "
-                        f"(default: {SPLITS})")
-    e.add_argument("--max-sessions", type=positive_int, default=MAX_SESSIONS, help=f"sessions served at once (default: {MAX_SESSIONS})")
-    e.add_argument("--max-queue", type=int, default=MAX_QUEUE,
-                   help=f"connections queued when all sessions are busy; more are refused with a 'busy' error (default: {MAX_QUEUE})")
-    e.add_argument("--queue-timeout", type=positive_float, default=QUEUE_TIMEOUT_S,
-                   help=f"seconds a queued connection waits before a 'busy' refusal (default: {QUEUE_TIMEOUT_S:g})")
-    e.add_argument("--idle-timeout", type=positive_float, default=IDLE_TIMEOUT_S,
-                   help=f"seconds without a complete frame before a connection is dropped (default: {IDLE_TIMEOUT_S:g})")
-    e.add_argument("--handshake-timeout", type=positive_float, default=HANDSHAKE_TIMEOUT_S,
-                   help="seconds a new connection has to send its OPEN; until then it holds no session "
-                        f"(default: {HANDSHAKE_TIMEOUT_S:g})")
-    e.add_argument("--max-handshakes", type=positive_int, default=MAX_HANDSHAKES,
-                   help="connections waiting for their OPEN at once; a newer one drops the oldest "
-                        f"(default: {MAX_HANDSHAKES})")
-    e.add_argument("--max-frame-bytes", type=positive_int, default=MAX_FRAME_BYTES,
-                   help=f"largest frame accepted; bigger ones are refused and the connection closed (default: {MAX_FRAME_BYTES})")
-    e.add_argument("--max-context", type=positive_int, default=MAX_CONTEXT,
-                   help=f"most tokens (prompt + generated) one session may hold in its KV cache (default: {MAX_CONTEXT})")
+                   help="the 0-based splits this edge serves (split n: n + 1 layers on the UE): all (0..L-1) or like 0-8,14")
+    e.add_argument("--max-sessions", type=cli.positive_int, default=protocol.MAX_SESSIONS, help="sessions served at once")
+    e.add_argument("--max-queue", type=int, default=protocol.MAX_QUEUE,
+                   help="connections queued when all sessions are busy; more are refused with a 'busy' error")
+    e.add_argument("--queue-timeout", type=cli.positive_float, default=protocol.QUEUE_TIMEOUT_S,
+                   help="seconds a queued connection waits before a 'busy' refusal")
+    e.add_argument("--idle-timeout", type=cli.positive_float, default=protocol.IDLE_TIMEOUT_S,
+                   help="seconds without a complete frame before a connection is dropped")
+    e.add_argument("--handshake-timeout", type=cli.positive_float, default=protocol.HANDSHAKE_TIMEOUT_S,
+                   help="seconds a new connection has to send its OPEN; until then it holds no session")
+    e.add_argument("--max-handshakes", type=cli.positive_int, default=protocol.MAX_HANDSHAKES,
+                   help="connections waiting for their OPEN at once; a newer one drops the oldest")
+    e.add_argument("--max-frame-bytes", type=cli.positive_int, default=protocol.MAX_FRAME_BYTES,
+                   help="largest frame accepted; bigger ones are refused and the connection closed")
+    e.add_argument("--max-context", type=cli.positive_int, default=protocol.MAX_CONTEXT,
+                   help="most tokens (prompt + generated) one session may hold in its KV cache")
     e.add_argument("--quiet", action="store_true", help="log only errors")
 
-    u = sub.add_parser("ue", help="run a UE client: the first layers, the uplink, the requests",
-                       description="A UE client: runs the embeddings and the first --split decoder layers, sends the "
+    u = sub.add_parser("ue", help="run a UE client: the first layers, the uplink, the requests", formatter_class=cli.HelpFormatter,
+                       description="A UE client: runs the embeddings and decoder layers 0..--split, sends the "
                                    "activations through the simulated uplink to the edge and prints what it measured.")
-    u.add_argument("--connect", default=f"{HOST}:{PORT}", metavar="HOST:PORT", help=f"the edge (default: {HOST}:{PORT})")
+    default_edge = f"{protocol.DEFAULT_HOST}:{protocol.DEFAULT_PORT}"
+    u.add_argument("--connect", default=default_edge, metavar="HOST:PORT", help="the edge")
     u.add_argument("--prompt", action="append", help=f"a prompt; repeat for several requests (default: {PROMPT!r})")
-    u.add_argument("--max-new-tokens", type=positive_int, default=MAX_NEW_TOKENS, help=f"greedy tokens per request (default: {MAX_NEW_TOKENS})")
+    u.add_argument("--max-new-tokens", type=cli.positive_int, default=MAX_NEW_TOKENS, help="greedy tokens per request")
     u.add_argument("--split", type=int, default=SPLIT,
-                   help=f"number of decoder layers ON THE UE, 1..L-1; the edge runs the rest and the LM head (default: {SPLIT})")
+                   help="0-based decoder layer after which the link sits: split n runs n + 1 layers on the UE, the "
+                        "rest and the LM head on the edge")
     u.add_argument("--policy", metavar="RUN_DIR",
                    help="choose each request's split from its SNR with a policy trained on LayerSplit-Wireless-v0 "
                         "(a run folder of train_rsm.py, e.g. runs/LayerSplit-Wireless-v0/ppo_s0); overrides --split")
-    u.add_argument("--wire", choices=list(serving.WIRE_DTYPES), default=WIRE,
-                   help=f"dtype of the activations on the wire; int8 adds a float32 scale per token (default: {WIRE})")
-    u.add_argument("--link", choices=serving.LINKS, default=LINK,
-                   help=f"none: loss-free; erasure: packets lost with the channel's PER and zero-filled by the edge; "
-                        f"bitflip: payload bits flipped at the BER, no CRC (default: {LINK})")
-    g = u.add_argument_group("SNR of each request: an AR(1) process in dB, one step per request")
+    u.add_argument("--wire", choices=list(WIRE_FORMATS), default=WIRE,
+                   help="dtype of the activations on the wire; int8 adds a float32 scale per token")
+    u.add_argument("--link", choices=SERVED_LINKS, default=LINK,
+                   help="none: loss-free; erasure: packets lost with the channel's PER and zero-filled by the edge; "
+                        "bitflip: payload bits flipped at the BER, no CRC")
+    g = u.add_argument_group("SNR of each request: an AR(1) process in dB, one step per request (the wireless "
+                             "environment's, layersplit/channel.py)")
     g.add_argument("--snr-mean", type=float, help=f"stationary mean Es/N0 in dB (default: {SNR_MEAN_DB:g})")
     g.add_argument("--snr-std", type=float, help=f"stationary standard deviation in dB, 0 for a fixed SNR (default: {SNR_STD_DB:g})")
     g.add_argument("--snr-rho", type=float, help=f"lag-1 correlation between consecutive requests (default: {SNR_RHO:g})")
@@ -151,10 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "(default: the process)")
         elif action.dest == "bits_per_element":
             action.help = argparse.SUPPRESS  # --wire sets it
-    u.add_argument("--seed", type=int, default=SEED, help=f"seed of the SNR process and the packet losses (default: {SEED})")
+    u.add_argument("--seed", type=int, default=SEED, help="seed of the SNR process and the packet losses")
     u.add_argument("--sleep-air", action="store_true",
                    help="really wait each transfer's time on air at the link rate before sending it (default: only report it)")
-    u.add_argument("--timeout", type=positive_float, default=TIMEOUT_S, help=f"seconds to wait for the edge (default: {TIMEOUT_S:g})")
+    u.add_argument("--timeout", type=cli.positive_float, default=protocol.CLIENT_TIMEOUT_S, help="seconds to wait for the edge")
     common(u)
     u.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     return p
@@ -168,11 +133,11 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error("--max-queue must be >= 0")
         return args
     try:
-        serving.parse_address(args.connect)
+        protocol.parse_address(args.connect)
     except UserError as e:
         p.error(str(e))
     args.prompts = args.prompt or [PROMPT]
-    bits = serving.wire_bits(args.wire)
+    bits = wire_bits(args.wire)
     if args.bits_per_element not in (None, bits):
         p.error(f"--bits-per-element is set by --wire ({args.wire}: {bits} bits); leave it out")
     args.bits_per_element = bits
@@ -217,11 +182,11 @@ def check_numbers(args: argparse.Namespace) -> None:
     if not 0 <= args.threads <= MAX_THREADS:
         raise UserError(f"--threads {args.threads} is not a thread count: use 0 (torch's default) to {MAX_THREADS}")
     if args.role == "edge":
-        serving.check_port(args.port, "--port")
+        protocol.check_port(args.port, "--port")
         for option in ("queue_timeout", "idle_timeout", "handshake_timeout"):
-            serving.check_timeout(getattr(args, option), "--" + option.replace("_", "-"))
+            protocol.check_timeout(getattr(args, option), "--" + option.replace("_", "-"))
         return
-    serving.check_timeout(args.timeout, "--timeout")
+    protocol.check_timeout(args.timeout, "--timeout")
     if abs(args.snr_mean) > MAX_ABS_SNR_DB and args.snr_mean != math.inf:
         raise UserError(f"SNR {args.snr_mean:g} dB (--snr-db or --snr-mean) is out of range: use "
                         f"-{MAX_ABS_SNR_DB:g}..{MAX_ABS_SNR_DB:g} dB, or inf for a loss-free link")
@@ -232,25 +197,28 @@ def check_numbers(args: argparse.Namespace) -> None:
                         "(--fading awgn for no fading)")
     if args.seed < 0:  # numpy seeds are non-negative
         raise UserError(f"--seed {args.seed} is negative: use an integer >= 0")
-    if args.elements_per_packet > serving.MAX_ELEMENTS_PER_PACKET:  # the edge would refuse the OPEN
+    if args.elements_per_packet > protocol.MAX_ELEMENTS_PER_PACKET:  # the edge would refuse the OPEN
         raise UserError(f"--elements-per-packet {args.elements_per_packet} is too large: "
-                        f"use 1..{serving.MAX_ELEMENTS_PER_PACKET}")
+                        f"use 1..{protocol.MAX_ELEMENTS_PER_PACKET}")
 
 
 # --- the edge -----------------------------------------------------------------------------------
 def run_edge(args: argparse.Namespace) -> int:
+    from layersplit.models import find_decoder_layers, load_model
+    from layersplit.serving.edge import EdgeServer, format_splits
+
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s edge %(message)s")
     model, _ = load_model(args.model, device=args.device, dtype=args.dtype)
-    splits = serving.parse_splits(args.splits, len(find_decoder_layers(model)))
-    server = serving.EdgeServer(model, host=args.host, port=args.port, splits=splits, max_sessions=args.max_sessions,
-                                max_queue=args.max_queue, queue_timeout_s=args.queue_timeout,
-                                idle_timeout_s=args.idle_timeout, max_frame_bytes=args.max_frame_bytes,
-                                max_context=args.max_context, handshake_timeout_s=args.handshake_timeout,
-                                max_handshakes=args.max_handshakes)
+    splits = cli.parse_splits(args.splits, len(find_decoder_layers(model)))
+    server = EdgeServer(model, host=args.host, port=args.port, splits=splits, max_sessions=args.max_sessions,
+                        max_queue=args.max_queue, queue_timeout_s=args.queue_timeout,
+                        idle_timeout_s=args.idle_timeout, max_frame_bytes=args.max_frame_bytes,
+                        max_context=args.max_context, handshake_timeout_s=args.handshake_timeout,
+                        max_handshakes=args.max_handshakes)
     sm = server.split_model
     print(f"edge listening on {server.address} (model {args.model}: {sm.n_layers} decoder layers, "
-          f"{str(sm.dtype).removeprefix('torch.')}, {sm.device}; serves {serving.format_splits(splits)} layers on the UE; "
+          f"{str(sm.dtype).removeprefix('torch.')}, {sm.device}; serves splits {format_splits(splits)}, 0-based; "
           f"{args.max_sessions} sessions at once, {args.max_queue} queued)", flush=True)
 
     def stop(signum, frame):
@@ -268,14 +236,17 @@ def run_edge(args: argparse.Namespace) -> int:
 
 
 # --- the UE -------------------------------------------------------------------------------------
-def build_client(args: argparse.Namespace, model, tokenizer, split_for_snr=None) -> serving.UEClient:
-    """The UE client of the arguments; `split_for_snr(snr_db) -> layers on the UE`, when given,
-    chooses each request's split instead of the fixed --split."""
-    uplink = serving.Uplink(args.link, args.template, seed=args.seed)
+def build_client(args: argparse.Namespace, model, tokenizer, split_for_snr=None):
+    """The UE client of the arguments; `split_for_snr(snr_db) -> split`, when given, chooses each
+    request's split instead of the fixed --split."""
+    from layersplit.channel import SnrProcess
+    from layersplit.serving.ue import UEClient, Uplink
+
+    uplink = Uplink(args.link, args.template, seed=args.seed)
     # an infinite mean SNR is a loss-free link (the UE client's snr=None)
     snr = SnrProcess(args.snr_mean, args.snr_std, args.snr_rho, seed=args.seed) if math.isfinite(args.snr_mean) else None
-    return serving.UEClient(model, tokenizer, args.connect, split=split_for_snr or args.split, wire=args.wire,
-                            uplink=uplink, snr=snr, timeout_s=args.timeout, sleep_air=args.sleep_air)
+    return UEClient(model, tokenizer, args.connect, split=split_for_snr or args.split, wire=args.wire,
+                    uplink=uplink, snr=snr, timeout_s=args.timeout, sleep_air=args.sleep_air)
 
 
 def describe_link(args: argparse.Namespace) -> str:
@@ -289,10 +260,11 @@ def describe_link(args: argparse.Namespace) -> str:
             f"{t.bandwidth_hz / 1e6:g} MHz; {snr}")
 
 
-def print_request(r: serving.RequestReport, sleep_air: bool) -> None:
+def print_request(r, sleep_air: bool) -> None:
+    """One request's report (serving.ue.RequestReport) as text."""
     loss = ("loss-free" if not math.isfinite(r.snr_db) or r.link == "none" else
             f"PER {r.packet_error_rate:.4g}" if r.link == "erasure" else f"BER {r.bit_error_rate:.3g}")
-    print(f"request {r.request}: split {r.split} ({r.split} layers on the UE, {r.layers_on_edge} on the edge); "
+    print(f"request {r.request}: split {r.split} ({r.split + 1} layers on the UE, {r.layers_on_edge} on the edge); "
           f"SNR {r.snr_db:.1f} dB, {loss}; {r.wire} on the wire; {r.prompt_tokens} prompt tokens")
     tpot = f"{1e3 * r.tpot_s:.1f} ms" if math.isfinite(r.tpot_s) else "n/a"
     print(f"  time to first token {1e3 * r.ttft_s:.1f} ms, time per output token {tpot}, "
@@ -308,6 +280,8 @@ def print_request(r: serving.RequestReport, sleep_air: bool) -> None:
 
 
 def run_ue(args: argparse.Namespace, split_for_snr=None) -> int:
+    from layersplit.models import load_model
+
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
     client = build_client(args, model, tokenizer, split_for_snr)
     sm = client.split_model
@@ -332,18 +306,21 @@ def run_ue(args: argparse.Namespace, split_for_snr=None) -> int:
 
 def main(argv=None, split_for_snr=None) -> int:
     args = parse_args(argv)
-    try:
+
+    def body() -> int:
         check_numbers(args)
+        import torch
+
         if args.threads:
             torch.set_num_threads(args.threads)
-        if args.role == "ue" and args.policy and split_for_snr is None:
+        chooser = split_for_snr
+        if args.role == "ue" and args.policy and chooser is None:
             from layersplit.policies import split_chooser
 
-            split_for_snr = split_chooser(args.policy)
-        return run_edge(args) if args.role == "edge" else run_ue(args, split_for_snr)
-    except UserError as e:
-        print(f"serve.py: error: {e}", file=sys.stderr)
-        return 2
+            chooser = split_chooser(args.policy)
+        return run_edge(args) if args.role == "edge" else run_ue(args, chooser)
+
+    return cli.run_main("serve.py", body)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Benchmark of split inference over a socket against the single-process model, measured in one run.
 
     python bench/serve.py                                  # about 2 minutes on 2 CPU cores
-    python bench/serve.py --prompts 2 --max-new-tokens 16 --rounds 1 --split 9
+    python bench/serve.py --prompts 2 --max-new-tokens 16 --rounds 1 --split 8
     python bench/serve.py --model meta-llama/Llama-2-7b-hf --device cuda
 
 The UE runs in this process, the edge in a second process (`python serve.py edge`) on loopback,
@@ -25,13 +25,13 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from layersplit import UserError, serving  # noqa: E402
+from layersplit import UserError, cli  # noqa: E402
 from layersplit.cli import non_negative_int  # noqa: E402
-from layersplit.models import EMBEDDED_MODEL, keep_freed_memory, load_model  # noqa: E402
+from layersplit.models import EMBEDDED_MODEL  # noqa: E402
+from layersplit.serving import protocol  # noqa: E402
+from layersplit.wire import WIRE_FORMATS  # noqa: E402
 
 MODEL = EMBEDDED_MODEL  # the model both processes load
 PROMPTS = (  # the same prompts for every path (a few lengths, so the prompt's bytes show)
@@ -43,10 +43,8 @@ PROMPTS = (  # the same prompts for every path (a few lengths, so the prompt's b
 N_PROMPTS = len(PROMPTS)  # how many of PROMPTS to use
 MAX_NEW_TOKENS = 16  # greedy tokens per request
 ROUNDS = 3  # every path runs every prompt once per round; medians over prompts and rounds
-SPLIT = 5  # decoder layers on the UE (the paper's fixed baseline)
-WIRES = tuple(serving.WIRE_DTYPES)  # fp32, fp16, bf16, int8
-DEVICE = "auto"  # both processes
-DTYPE = "auto"  # float32 on CPU
+SPLIT = 4  # 0-based: 5 layers on the UE (the paper's fixed baseline)
+WIRES = tuple(WIRE_FORMATS)  # fp32, fp16, bf16, int8
 # torch CPU threads of each process (this one: the UE and the single-process model; the edge). 1: on
 # the shared 2-core machine, 2 threads per process made a SmolLM2 prefill 20x and a decoding step
 # 3.5x slower whenever other jobs ran (OpenMP barriers wait for descheduled threads); with one
@@ -56,22 +54,20 @@ EDGE_START_TIMEOUT_S = 300  # the edge process loads the model before it listens
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=MODEL, help=f"model to split (default: {MODEL})")
-    p.add_argument("--prompts", type=int, default=N_PROMPTS, help=f"how many of the built-in prompts (1..{len(PROMPTS)}; default: {N_PROMPTS})")
-    p.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS, help=f"tokens per request (default: {MAX_NEW_TOKENS})")
-    p.add_argument("--rounds", type=int, default=ROUNDS, help=f"repetitions of every path and prompt (default: {ROUNDS})")
-    p.add_argument("--split", type=int, default=SPLIT, help=f"decoder layers on the UE (default: {SPLIT})")
-    p.add_argument("--wires", default=",".join(WIRES), help=f"wire dtypes to measure (default: {','.join(WIRES)})")
-    p.add_argument("--device", default=DEVICE, help=f"auto, cpu, cuda (default: {DEVICE})")
-    p.add_argument("--dtype", default=DTYPE, help=f"model dtype (default: {DTYPE})")
-    p.add_argument("--threads", type=non_negative_int, default=THREADS, help=f"torch CPU threads per process, 0: torch's default (default: {THREADS})")
+    p = cli.parser(__doc__)
+    cli.add_run_arguments(p, model=MODEL)
+    p.add_argument("--prompts", type=int, default=N_PROMPTS, help=f"how many of the built-in prompts (1..{len(PROMPTS)})")
+    p.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS, help="tokens per request")
+    p.add_argument("--rounds", type=int, default=ROUNDS, help="repetitions of every path and prompt")
+    p.add_argument("--split", type=int, default=SPLIT, help="0-based split: split n runs n + 1 layers on the UE")
+    p.add_argument("--wires", default=",".join(WIRES), help="wire dtypes to measure")
+    p.add_argument("--threads", type=non_negative_int, default=THREADS, help="torch CPU threads per process, 0: torch's default")
     args = p.parse_args(argv)
     if not 1 <= args.prompts <= len(PROMPTS) or args.max_new_tokens < 2 or args.rounds < 1:
         p.error(f"--prompts must be in 1..{len(PROMPTS)}, --max-new-tokens >= 2, --rounds >= 1")
     args.wires = [w.strip() for w in args.wires.split(",")]
-    if any(w not in serving.WIRE_DTYPES for w in args.wires):
-        p.error(f"--wires: choose among {', '.join(serving.WIRE_DTYPES)}")
+    if any(w not in WIRE_FORMATS for w in args.wires):
+        p.error(f"--wires: choose among {', '.join(WIRE_FORMATS)}")
     return args
 
 
@@ -92,12 +88,14 @@ def start_edge(args) -> tuple[subprocess.Popen, str]:
 
 
 def single(model, tokenizer, prompt: str, n: int) -> dict:
-    tokens, times, start = serving.generate_single_process(model, tokenizer, prompt, n)
+    from layersplit.serving.ue import generate_single_process
+
+    tokens, times, start = generate_single_process(model, tokenizer, prompt, n)
     return {"tokens": tokens, "ttft": times[0] - start, "tpot": (times[-1] - times[0]) / (len(tokens) - 1),
             "seconds": times[-1] - start}
 
 
-def socket_path(client: serving.UEClient, prompt: str, n: int) -> dict:
+def socket_path(client, prompt: str, n: int) -> dict:
     r = client.generate(prompt, n)
     steps = len(r.tokens)  # >= 2: the bench's prompts do not end the text at once
     return {"tokens": r.tokens, "ttft": r.ttft_s, "tpot": r.tpot_s, "seconds": r.total_s,
@@ -108,23 +106,29 @@ def socket_path(client: serving.UEClient, prompt: str, n: int) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    import torch
+
+    from layersplit.models import keep_freed_memory, load_model
+    from layersplit.segments import SplitModel
+    from layersplit.serving.ue import UEClient
+
     keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
-    split_model = serving.SplitModel(model)
+    split_model = SplitModel(model)
     split_model.validate_split(args.split)
     prompts = PROMPTS[: args.prompts]
     n = args.max_new_tokens
     dtype = str(split_model.dtype).removeprefix("torch.")
     print(f"model {args.model} ({split_model.n_layers} decoder layers, {dtype}, {split_model.device}, "
-          f"{torch.get_num_threads()} threads); split {args.split} ({args.split} layers on the UE); "
+          f"{torch.get_num_threads()} threads); split {args.split} ({args.split + 1} layers on the UE); "
           f"{len(prompts)} prompts x {n} new tokens x {args.rounds} rounds; edge in a second process on loopback, "
           f"loss-free link", flush=True)
     edge, address = start_edge(args)
     start = time.perf_counter()
     try:
-        clients = {w: serving.UEClient(split_model, tokenizer, address, split=args.split, wire=w).connect() for w in args.wires}
+        clients = {w: UEClient(split_model, tokenizer, address, split=args.split, wire=w).connect() for w in args.wires}
         single(model, tokenizer, prompts[0], 2)  # warm-up: first calls allocate and pick kernels
         for client in clients.values():
             client.generate(prompts[0], 2)
@@ -170,7 +174,7 @@ def main(argv=None) -> int:
           f"{'rest ms/step':>14s}")
     for w in args.wires:
         rs = runs[w]
-        bare = d * serving.WIRE_DTYPES[w][0] + (4 if w == "int8" else 0)
+        bare = d * WIRE_FORMATS[w][0] + (4 if w == "int8" else 0)
         ue, edge_s = statistics.median(r["ue_step"] for r in rs), statistics.median(r["edge_step"] for r in rs)
         rest = statistics.median(r["tpot"] - r["ue_step"] - r["edge_step"] for r in rs)
         print(f"{w:6s}{statistics.median(r['bytes_per_token'] for r in rs):9.0f}{bare:7d}"
@@ -180,10 +184,10 @@ def main(argv=None) -> int:
     print(f"\nsocket path overhead per decoding step (serialisation, packets, loopback, Python): "
           f"{1e3 * min(rests):.2f}-{1e3 * max(rests):.2f} ms, {min(rests) / base['tpot']:.1%}-{max(rests) / base['tpot']:.1%} "
           f"of the single-process time per output token")
-    print(f"B/token: uplink bytes of one decoding step (frame header {serving.HEADER.size} + activation header "
-          f"{serving.ACT_HEADER.size} + a {serving.SEQ.size}-byte sequence number per packet of 64 elements); bare: "
+    print(f"B/token: uplink bytes of one decoding step (frame header {protocol.HEADER.size} + activation header "
+          f"{protocol.ACT_HEADER.size} + a {protocol.SEQ.size}-byte sequence number per packet of 64 elements); bare: "
           f"the activation alone ({d} elements; int8 with its 4-byte scale). Downlink: "
-          f"{serving.HEADER.size + serving.TOKEN_BODY.size} bytes per token. Total {time.perf_counter() - start:.0f} s.")
+          f"{protocol.HEADER.size + protocol.TOKEN_BODY.size} bytes per token. Total {time.perf_counter() - start:.0f} s.")
     fp32 = runs.get("fp32")
     if fp32 and not all(r["identical"] for r in fp32):
         print("error: the fp32 socket path did not reproduce the single-process tokens", file=sys.stderr)
@@ -192,8 +196,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except UserError as e:
-        print(f"bench/serve.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(cli.run_main("bench/serve.py", main))

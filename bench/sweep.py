@@ -14,46 +14,45 @@ Prints, for a small grid:
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from layersplit import channel, sweep  # noqa: E402
+from layersplit import channel, cli, compute  # noqa: E402
 from layersplit.cli import positive_int  # noqa: E402
-from layersplit.data import load_text, tokenize  # noqa: E402
-from layersplit.models import keep_freed_memory, load_model  # noqa: E402
-from layersplit.perplexity import sliding_windows  # noqa: E402
+from layersplit.grid import PAPER_DROPOUTS, draws_of, make_conditions  # noqa: E402
 
 TOKENS = 256  # one window of text: enough to time, small enough to run the naive path over every layer
-DROPOUTS = sweep.PAPER_DROPOUTS  # the default sweep's conditions besides the clean reference
 DRAWS = 1  # draws per condition
 EARLY_SPLITS = list(range(1, 10))  # the paper's grid: split n in 1..9
 MATMUL_SIZE = 2048  # square matmul for the peak measurement
 SEED = 0
 
 
-def grid(splits, tokens, draws) -> sweep.SweepConfig:
-    conditions = sweep.make_conditions(list(DROPOUTS), [], "erasure")
+def grid(splits, tokens, draws):
+    """The sweep configuration: clean + the paper's p (the default sweep's conditions) at `splits`."""
+    from layersplit import sweep
+
+    conditions = make_conditions(list(PAPER_DROPOUTS), [], "erasure")
     return sweep.SweepConfig(splits, conditions, draws, SEED, tokens, tokens, channel.LinkConfig(), batch_size=16)
 
 
-def flops(model, cfg: sweep.SweepConfig, n_tokens: int) -> tuple[float, float]:
+def flops(model, cfg, n_tokens: int) -> tuple[float, float]:
     """(fast, naive) FLOPs of the grid: decoder layers (attention included) and the LM head.
 
     The fast path walks the clean prefix once per window, runs the clean suffix once per window
     (it is the same at every split) and each impaired variant from its split on."""
-    dims = channel.model_dims(model.config)
+    from layersplit.perplexity import sliding_windows
+
+    dims = compute.model_dims(model.config)
     args = (dims.hidden_size, dims.intermediate_size, dims.num_heads, dims.num_kv_heads, dims.head_dim)
     fast = naive = 0.0
-    impaired = sum(sweep.draws_of(c, cfg.draws) for c in cfg.conditions[1:])  # conditions[0] is the clean one
+    impaired = sum(draws_of(c, cfg.draws) for c in cfg.conditions[1:])  # conditions[0] is the clean one
     for w in sliding_windows(n_tokens, cfg.context_length, cfg.stride):
-        layer = channel.decoder_layer_flops(*args, tokens=w.end - w.begin, context_len=w.end - w.begin)
-        head = channel.lm_head_flops(dims.hidden_size, dims.vocab_size, w.end - w.first_target)
+        layer = compute.decoder_layer_flops(*args, tokens=w.end - w.begin, context_len=w.end - w.begin)
+        head = compute.lm_head_flops(dims.hidden_size, dims.vocab_size, w.end - w.first_target)
         fast += (max(cfg.splits) + 1) * layer + (dims.n_layers - min(cfg.splits) - 1) * layer + head
         for split in cfg.splits:
             fast += impaired * ((dims.n_layers - split - 1) * layer + head)
@@ -62,6 +61,8 @@ def flops(model, cfg: sweep.SweepConfig, n_tokens: int) -> tuple[float, float]:
 
 
 def timed_sweep(model, ids, cfg, runner) -> tuple[float, dict]:
+    from layersplit import sweep
+
     with tempfile.TemporaryDirectory() as tmp:
         store = sweep.ResultsStore(Path(tmp) / "bench.csv", {"model": "bench", "dataset": "wiki", "tokens": len(ids),
                                    "context_length": cfg.context_length, "stride": cfg.stride, "dtype": "-", "seed": SEED})
@@ -72,7 +73,9 @@ def timed_sweep(model, ids, cfg, runner) -> tuple[float, dict]:
                      for r in store.rows}
 
 
-def matmul_peak(dtype: torch.dtype) -> float:
+def matmul_peak(dtype) -> float:
+    import torch
+
     a, b = (torch.randn(MATMUL_SIZE, MATMUL_SIZE, dtype=dtype) for _ in range(2))
     a @ b
     start, n = time.perf_counter(), 0
@@ -83,10 +86,16 @@ def matmul_peak(dtype: torch.dtype) -> float:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", type=positive_int, default=TOKENS, help=f"tokens of text measured (default: {TOKENS})")
-    parser.add_argument("--draws", type=positive_int, default=DRAWS, help=f"noise draws per cell (default: {DRAWS})")
+    parser = cli.parser(__doc__)
+    parser.add_argument("--tokens", type=positive_int, default=TOKENS, help="tokens of text measured")
+    parser.add_argument("--draws", type=positive_int, default=DRAWS, help="noise draws per cell")
     args = parser.parse_args(argv)
+    import torch
+
+    from layersplit import sweep
+    from layersplit.data import load_text, tokenize
+    from layersplit.models import keep_freed_memory, load_model
+
     keep_freed_memory()  # as add_noise.py does, for every path measured here
     torch.manual_seed(SEED)
     model32, tokenizer = load_model(device="cpu", dtype="float32")
@@ -94,7 +103,7 @@ def main(argv=None) -> None:
     default_dtype = next(default_model.parameters()).dtype
     ids = tokenize(tokenizer, load_text("wiki"), args.tokens)
     n_layers = model32.config.num_hidden_layers
-    print(f"SmolLM2-135M, {len(ids)} tokens, conditions: clean + p in {DROPOUTS} x {args.draws} draw(s); "
+    print(f"SmolLM2-135M, {len(ids)} tokens, conditions: clean + p in {PAPER_DROPOUTS} x {args.draws} draw(s); "
           f"{torch.get_num_threads()} threads; sweep default dtype here: {default_dtype}")
 
     print("\n1. fast path vs naive path, float32")

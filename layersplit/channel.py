@@ -1,6 +1,6 @@
-"""The physical uplink at the split: SNR -> BER -> PER -> element loss, rates and latency.
+"""The physical uplink at the split: SNR -> BER -> PER -> element loss, rate and air time.
 
-The UE runs the first `split` decoder layers and sends the hidden state (tokens x d_model numbers of
+The UE runs decoder layers 0..split and sends the hidden state (tokens x d_model numbers of
 b bits each) to the edge server in packets of k elements plus h header/CRC bits. A packet that
 fails its CRC is dropped and its k elements are zero-filled, so element_loss = PER; k = 1, h = 0
 is the original code's i.i.d. element mask with p = PER.
@@ -15,7 +15,7 @@ Formulas (Goldsmith ch. 6, Proakis ch. 4 and 14; /work/shared/notes/wireless-cha
 - Fading |h|^2 ~ Gamma(m, 1/m) (Nakagami-m; m = 1 is Rayleigh, m -> inf is AWGN). Rayleigh
   averages in closed form; Nakagami by scipy.integrate.quad over the Gamma density.
 - Block fading (one fade per packet): PER = E_h[1 - (1 - Pb(gamma |h|^2))^L], not 1 - (1 - E[Pb])^L.
-- Rate: Shannon B log2(1 + SNR), ergodic capacity under fading. Compute time from FLOPs.
+- Rate: Shannon B log2(1 + SNR), ergodic capacity under fading (compute time: compute.py).
 
 CLI:
     python -m layersplit.channel --snr-db 10 --modulation qpsk --fading rayleigh --json
@@ -39,6 +39,7 @@ from typing import Callable
 import numpy as np
 from scipy import integrate, special
 
+from . import cli
 from .cli import writable_file
 
 # ---- link -----------------------------------------------------------------------------------
@@ -47,13 +48,6 @@ FADINGS = ("awgn", "rayleigh", "nakagami")  # |h| = 1; |h|^2 ~ Exp(1); |h|^2 ~ G
 NAKAGAMI_M_MIN = 0.5  # the Nakagami-m distribution is defined for m >= 1/2 (one-sided Gaussian)
 FADE_TAIL = 1e-30  # fade-density mass left out at each end of the quad integrals
 QUAD_RTOL = 1e-8  # relative tolerance of the fade averages (far below Monte Carlo noise)
-
-# ---- devices (sustained dense fp16 matmul throughput, not peak) --------------------------------
-# Phone-class UE: flagship mobile GPUs/NPUs (e.g. Adreno 740, Apple A17) peak at a few TFLOP/s
-# fp16 and sustain roughly a third of that under thermal limits.
-UE_FLOPS = 1e12
-# Edge GPU: an A100 peaks at 312 TFLOP/s bf16 dense; LLM prefill typically reaches ~30-50 %.
-EDGE_FLOPS = 1e14
 
 # ---- CLI defaults ----------------------------------------------------------------------------
 DEFAULT_SNR_DB = 10.0  # average received Es/N0
@@ -281,101 +275,21 @@ def tx_latency_s(cfg: LinkConfig, tokens: int, hidden_size: int, withheld: float
     return payload_bits(cfg, tokens, hidden_size, withheld) / achievable_rate_bps(cfg)
 
 
-@dataclass(frozen=True)
-class ModelDims:
-    """The shapes of a Llama-style decoder that set its FLOPs and activation size."""
-
-    n_layers: int
-    hidden_size: int
-    intermediate_size: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    vocab_size: int
-
-
-def model_dims(config) -> ModelDims:
-    """ModelDims of a Hugging Face model config (Llama-style attribute names)."""
-    heads = config.num_attention_heads
-    return ModelDims(
-        n_layers=config.num_hidden_layers, hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size, num_heads=heads,
-        num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
-        head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads, vocab_size=config.vocab_size,
-    )
-
-
-SMOLLM2_135M = ModelDims(30, 576, 1536, 9, 3, 64, 49152)  # the embedded default model
-LLAMA2_7B = ModelDims(32, 4096, 11008, 32, 32, 128, 32000)  # the paper's model
-
-
-def decoder_layer_flops(
-    hidden_size: int,
-    intermediate_size: int,
-    num_heads: int,
-    num_kv_heads: int,
-    head_dim: int,
-    tokens: int,
-    context_len: int,
-) -> float:
-    """FLOPs (2 per multiply-accumulate) of one decoder layer for `tokens` new tokens that each
-    attend to `context_len` keys. Prefill: context_len = tokens (the full T x T score matrix, as
-    dense kernels compute it); decode: tokens = 1, context_len = cached + 1. Norms, RoPE and the
-    softmax are O(tokens x hidden) and left out.
-    """
-    q_dim, kv_dim = num_heads * head_dim, num_kv_heads * head_dim
-    projections = 2 * tokens * hidden_size * (2 * q_dim + 2 * kv_dim)  # q, o; k, v (GQA)
-    mlp = 2 * tokens * 3 * hidden_size * intermediate_size  # gate, up, down
-    attention = 2 * 2 * tokens * context_len * q_dim  # scores Q K^T and weights x V
-    return float(projections + mlp + attention)
-
-
-def lm_head_flops(hidden_size: int, vocab_size: int, tokens: int) -> float:
-    return 2.0 * tokens * hidden_size * vocab_size
-
-
-def latency_breakdown(
-    cfg: LinkConfig,
-    model: ModelDims,
-    split: int,
-    tokens: int,
-    phase: str = "prefill",
-    context_len: int | None = None,
-    ue_flops: float = UE_FLOPS,
-    edge_flops: float = EDGE_FLOPS,
-    withheld: float = 0.0,
-) -> dict[str, float]:
-    """Seconds spent on the UE, on air and on the edge for one forward pass, run in sequence.
-
-    split: decoder layers on the UE (0..n_layers). prefill: `tokens` prompt tokens cross the link
-    and the LM head scores all of them (as in perplexity evaluation); decode: one new token with a
-    KV cache of `context_len` - 1 (default: the prompt, context_len = tokens + 1). `withheld`: share of
-    the activation the UE deliberately does not send (shortens air time only). Compute time is
-    FLOPs over sustained throughput; decode is memory-bound in practice, so it is a lower bound there.
-    """
-    if not 0 <= split <= model.n_layers:
-        raise ValueError(f"split must be between 0 and n_layers={model.n_layers}, got {split}")
-    if phase not in ("prefill", "decode"):
-        raise ValueError(f"phase must be 'prefill' or 'decode', got {phase!r}")
-    if tokens < 1:
-        raise ValueError(f"tokens must be >= 1, got {tokens}")
-    new = tokens if phase == "prefill" else 1
-    context = tokens if phase == "prefill" else (context_len or tokens + 1)
-    dims = (model.hidden_size, model.intermediate_size, model.num_heads, model.num_kv_heads, model.head_dim)
-    layer = decoder_layer_flops(*dims, tokens=new, context_len=context)
-    ue = split * layer / ue_flops
-    edge = ((model.n_layers - split) * layer + lm_head_flops(model.hidden_size, model.vocab_size, new)) / edge_flops
-    tx = tx_latency_s(cfg, new, model.hidden_size, withheld)
-    return {"ue_compute_s": ue, "tx_s": tx, "edge_compute_s": edge, "total_s": ue + tx + edge}
-
-
 # ---- SNR over time ---------------------------------------------------------------------------
+# The uplink's Es/N0 from one request to the next: the wireless environment trains under this process
+# and serve.py serves under it, so a policy is served under the SNR spread it was trained on.
+SNR_MEAN_DB = 25.0  # stationary mean
+SNR_STD_DB = 8.0  # stationary standard deviation
+SNR_RHO = 0.9  # lag-1 correlation between consecutive requests
+
+
 class SnrProcess:
     """AR(1) (Gauss-Markov) SNR in dB with exact stationary mean, std and lag-1 correlation rho:
     x_{t+1} = mean + rho (x_t - mean) + sqrt(1 - rho^2) std eps_t, x_0 drawn from N(mean, std^2).
     """
 
-    def __init__(self, mean_db: float, std_db: float, rho: float, seed: int | None = None) -> None:
+    def __init__(self, mean_db: float = SNR_MEAN_DB, std_db: float = SNR_STD_DB, rho: float = SNR_RHO,
+                 seed: int | None = None) -> None:
         if not std_db >= 0:
             raise ValueError(f"std_db must be >= 0, got {std_db}")
         if not -1 <= rho <= 1:
@@ -500,35 +414,6 @@ def write_table(rows: list[dict[str, float | str]], path: str | Path) -> None:
             writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
 
 
-def latency_table(
-    snr_db_list: list[float],
-    models: dict[str, ModelDims],
-    tokens: int,
-    link: LinkConfig = LinkConfig(),
-) -> list[dict[str, float | int | str]]:
-    """One row per (model, phase, Es/N0, layers on the UE 1..n_layers): latency_breakdown's UE
-    compute, air time and edge compute for prefill of `tokens` prompt tokens and for one decoding
-    step after them, with the link set-up of `link` (its snr_db is replaced by each of snr_db_list)."""
-    rows = []
-    for name, dims in models.items():
-        for phase in ("prefill", "decode"):
-            new_tokens = tokens if phase == "prefill" else 1
-            for snr_db in snr_db_list:
-                cfg = LinkConfig(**{**asdict(link), "snr_db": float(snr_db)})
-                for layers_on_ue in range(1, dims.n_layers + 1):
-                    rows.append({
-                        "model": name, "n_layers": dims.n_layers, "hidden_size": dims.hidden_size,
-                        "phase": phase, "tokens": tokens, "new_tokens": new_tokens,
-                        "snr_db": float(snr_db), "modulation": cfg.modulation, "fading": cfg.fading,
-                        "bandwidth_hz": cfg.bandwidth_hz, "rate_bps": achievable_rate_bps(cfg),
-                        "payload_bits": payload_bits(cfg, new_tokens, dims.hidden_size),
-                        "layers_on_ue": layers_on_ue,
-                        **latency_breakdown(cfg, dims, layers_on_ue, tokens, phase=phase),
-                        "ue_flops": UE_FLOPS, "edge_flops": EDGE_FLOPS,
-                    })
-    return rows
-
-
 # ---- CLI -------------------------------------------------------------------------------------
 def link_summary(cfg: LinkConfig, tokens: int, hidden_size: int) -> dict[str, float | int | str | bool]:
     """Everything the CLI reports for one operating point, inputs included."""
@@ -550,24 +435,20 @@ def link_summary(cfg: LinkConfig, tokens: int, hidden_size: int) -> dict[str, fl
 
 
 def add_link_arguments(p: argparse.ArgumentParser, snr_db_default: float | None = DEFAULT_SNR_DB) -> None:
-    """The operating-point options, shared by this CLI and the scripts that impair a model."""
+    """The operating-point options, shared by this CLI and the scripts that impair a model (their
+    parsers show each default: cli.HelpFormatter)."""
     p.add_argument("--snr-db", type=float, default=snr_db_default,
-                   help="average received SNR per symbol, Es/N0, in dB (Eb/N0 = Es/N0 / log2 M)"
-                        + (f" (default: {snr_db_default})" if snr_db_default is not None else ""))
-    p.add_argument("--modulation", choices=list(MODULATIONS), default=DEFAULT_MODULATION,
-                   help=f"Gray-mapped constellation (default: {DEFAULT_MODULATION})")
-    p.add_argument("--fading", choices=FADINGS, default=DEFAULT_FADING, help=f"(default: {DEFAULT_FADING})")
+                   help="average received SNR per symbol, Es/N0, in dB (Eb/N0 = Es/N0 / log2 M)")
+    p.add_argument("--modulation", choices=list(MODULATIONS), default=DEFAULT_MODULATION, help="Gray-mapped constellation")
+    p.add_argument("--fading", choices=FADINGS, default=DEFAULT_FADING, help="the fade of the received amplitude")
     p.add_argument("--nakagami-m", type=float, default=DEFAULT_NAKAGAMI_M,
-                   help=f"Nakagami shape m >= 0.5 for --fading nakagami (1 = Rayleigh; default: {DEFAULT_NAKAGAMI_M})")
+                   help="Nakagami shape m >= 0.5 for --fading nakagami (1 = Rayleigh)")
     p.add_argument("--bits-per-element", type=int, default=DEFAULT_BITS_PER_ELEMENT,
-                   help=f"bits per activation on the wire: 32 fp32, 16 fp16/bf16, 8 int8 (default: {DEFAULT_BITS_PER_ELEMENT})")
+                   help="bits per activation on the wire: 32 fp32, 16 fp16/bf16, 8 int8")
     p.add_argument("--elements-per-packet", type=int, default=DEFAULT_ELEMENTS_PER_PACKET,
-                   help="activations per packet, k (k=1 with --header-bits 0: i.i.d. element loss; "
-                        f"default: {DEFAULT_ELEMENTS_PER_PACKET})")
-    p.add_argument("--header-bits", type=int, default=DEFAULT_HEADER_BITS,
-                   help=f"header/CRC bits per packet (default: {DEFAULT_HEADER_BITS})")
-    p.add_argument("--bandwidth-hz", type=float, default=DEFAULT_BANDWIDTH_HZ,
-                   help=f"uplink bandwidth (default: {DEFAULT_BANDWIDTH_HZ:g})")
+                   help="activations per packet, k (k=1 with --header-bits 0: i.i.d. element loss)")
+    p.add_argument("--header-bits", type=int, default=DEFAULT_HEADER_BITS, help="header/CRC bits per packet")
+    p.add_argument("--bandwidth-hz", type=float, default=DEFAULT_BANDWIDTH_HZ, help="uplink bandwidth")
     p.add_argument("--block-fading", action=argparse.BooleanOptionalAction, default=DEFAULT_BLOCK_FADING,
                    help="one fade per packet (--no-block-fading: independent bit errors)")
 
@@ -579,10 +460,8 @@ def link_config_from_args(args: argparse.Namespace) -> LinkConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m layersplit.channel",
-        description="BER, packet error rate, element loss and link latency of the split-layer uplink.",
-    )
+    p = cli.parser("BER, packet error rate, element loss and link latency of the split-layer uplink.",
+                   prog="python -m layersplit.channel")
     add_link_arguments(p)
     p.add_argument("--tokens", type=int, default=DEFAULT_TOKENS, help="prompt tokens sent at prefill")
     p.add_argument("--hidden-size", type=int, default=DEFAULT_HIDDEN_SIZE, help="d_model of the split model")
@@ -591,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the closed-form vs Monte Carlo BER/PER table over all SNRs, modulations and fadings"
                         " (uses the packet and --nakagami-m options)")
     p.add_argument("--latency-table", metavar="CSV", type=writable_file,
-                   help="write UE compute, air time and edge compute against the layers on the UE for SmolLM2-135M and "
+                   help="write UE compute, air time and edge compute against the split (compute.py) for SmolLM2-135M and "
                         f"Llama-2-7B, prefill of --tokens tokens and one decoding step, at Es/N0 "
                         f"{', '.join(f'{s:g}' for s in LATENCY_TABLE_SNR_DB)} dB (uses the link options but --snr-db)")
     p.add_argument("--mc-symbols", type=int, default=TABLE_MC_SYMBOLS, help="Monte Carlo symbols per table point")
@@ -615,8 +494,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"wrote {len(rows)} rows to {args.table} in {time.time() - start:.1f} s")
         return
     if args.latency_table:
-        rows = latency_table(list(LATENCY_TABLE_SNR_DB), {"smollm2-135m": SMOLLM2_135M, "llama2-7b": LLAMA2_7B},
-                             args.tokens, cfg)
+        from . import compute
+
+        rows = compute.latency_table(list(LATENCY_TABLE_SNR_DB), {"smollm2-135m": compute.SMOLLM2_135M,
+                                                                  "llama2-7b": compute.LLAMA2_7B},
+                                     args.tokens, cfg)
         write_table(rows, args.latency_table)
         print(f"wrote {len(rows)} rows to {args.latency_table}")
         return

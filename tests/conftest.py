@@ -97,20 +97,20 @@ def tokenizer():
 
 @pytest.fixture
 def split_model(tiny_llama):
-    from layersplit import serving
+    from layersplit.segments import SplitModel
 
-    return serving.SplitModel(tiny_llama)
+    return SplitModel(tiny_llama)
 
 
 @pytest.fixture
 def start_edge(split_model):
     """start(**kwargs): an EdgeServer on a free port, stopped at the end of the test."""
-    from layersplit import serving
+    from layersplit.serving.edge import EdgeServer
 
     servers = []
 
     def start(**kwargs):
-        server = serving.EdgeServer(split_model, port=0, **kwargs).start()
+        server = EdgeServer(split_model, port=0, **kwargs).start()
         servers.append(server)
         return server
 

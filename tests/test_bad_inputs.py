@@ -85,7 +85,7 @@ def cases():
         ("verify-missing", "add_noise.py", tiny + ["--sweep", "--output", "{tmp}/s.csv", "--verify", "{tmp}/none.csv"], "no such results file"),
         ("verify-itself", "add_noise.py", tiny + ["--sweep", "--output", "{tmp}/s.csv", "--verify", "{tmp}/s.csv"], "other than --output"),
         ("sweep-splits-outside", "add_noise.py", tiny + ["--sweep", "--splits", "9", "--output", "{tmp}/s.csv"], "outside 0..3"),
-        ("sweep-splits-text", "add_noise.py", tiny + ["--sweep", "--splits", "deep", "--output", "{tmp}/s.csv"], "use 'all' or layers"),
+        ("sweep-splits-text", "add_noise.py", tiny + ["--sweep", "--splits", "deep", "--output", "{tmp}/s.csv"], "use 'all' or 0-based split layers"),
         ("sweep-dropouts-text", "add_noise.py", tiny + ["--sweep", "--dropouts", "x", "--output", "{tmp}/s.csv"], "use comma-separated numbers"),
         ("sweep-with-dropout", "add_noise.py", tiny + ["--sweep", "--dropout", "0.1"], "--sweep takes its grid"),
         ("sweep-output-text-split", "add_noise.py", tiny + ["--sweep", "--splits", "1-2", "--output", "{bad}/text-split.csv"], "text-split.csv:3: a damaged row (split is 'abc'"),

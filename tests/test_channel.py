@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from layersplit import channel as ch
+from layersplit import compute
 
 REPO = Path(__file__).resolve().parents[1]
 Z_TOL = 3.5  # Monte Carlo tolerance in standard errors (about 3; a little more for ~30 comparisons)
@@ -148,30 +149,32 @@ def test_decoder_layer_flops():
     # hidden 4, intermediate 8, 2 heads, 1 kv head, head_dim 2, 3 tokens, context 5:
     # q, o: 2*3*4*4 each = 96 + 96; k, v: 2*3*4*2 each = 48 + 48; mlp: 3 * 2*3*4*8 = 576;
     # scores and values: 2 * 2*3*5*4 = 240; total 1104.
-    assert ch.decoder_layer_flops(4, 8, 2, 1, 2, tokens=3, context_len=5) == 1104
+    assert compute.decoder_layer_flops(4, 8, 2, 1, 2, tokens=3, context_len=5) == 1104
     # Llama-2-7B, one token, no cache: 2 x 202,375,168 parameters + 4 * 4096 attention.
-    assert ch.decoder_layer_flops(4096, 11008, 32, 32, 128, tokens=1, context_len=1) == 404_766_720
+    assert compute.decoder_layer_flops(4096, 11008, 32, 32, 128, tokens=1, context_len=1) == 404_766_720
 
 
 def test_latency_breakdown_hand_worked():
-    model = ch.ModelDims(n_layers=4, hidden_size=4, intermediate_size=8, num_heads=2, num_kv_heads=1,
-                         head_dim=2, vocab_size=10)
+    model = compute.ModelDims(n_layers=4, hidden_size=4, intermediate_size=8, num_heads=2, num_kv_heads=1,
+                              head_dim=2, vocab_size=10)
     # AWGN at SNR 3 (linear): log2(1 + 3) = 2 bit/s/Hz, at 1 kHz: 2000 bit/s. L = 4*16 + 8 = 72 bits.
     cfg = ch.LinkConfig(snr_db=10 * math.log10(3), fading="awgn", elements_per_packet=4, header_bits=8,
                         bits_per_element=16, bandwidth_hz=1000.0)
-    pre = ch.latency_breakdown(cfg, model, split=1, tokens=3, ue_flops=1000.0, edge_flops=1e4)
+    pre = compute.latency_breakdown(cfg, model, split=0, tokens=3, ue_flops=1000.0, edge_flops=1e4)  # 1 layer on the UE
     # layer: projections 2*3*4*12 = 288, mlp 576, attention 4*3*3*4 = 144 -> 1008; lm head 2*3*4*10 = 240.
     # 12 elements -> 3 packets -> 216 bits -> 0.108 s.
     assert pre["ue_compute_s"] == pytest.approx(1.008)
     assert pre["tx_s"] == pytest.approx(0.108)
     assert pre["edge_compute_s"] == pytest.approx((3 * 1008 + 240) / 1e4)
     assert pre["total_s"] == pytest.approx(1.008 + 0.108 + 0.3264)
-    dec = ch.latency_breakdown(cfg, model, split=1, tokens=3, phase="decode", ue_flops=1000.0, edge_flops=1e4)
+    dec = compute.latency_breakdown(cfg, model, split=0, tokens=3, phase="decode", ue_flops=1000.0, edge_flops=1e4)
     # one token, context 4: projections 96, mlp 192, attention 64 -> 352; lm head 80; 1 packet = 72 bits.
     assert dec == pytest.approx({"ue_compute_s": 0.352, "tx_s": 0.036, "edge_compute_s": 0.1136,
                                  "total_s": 0.352 + 0.036 + 0.1136})
-    with pytest.raises(ValueError, match="split must be between 0 and n_layers=4"):
-        ch.latency_breakdown(cfg, model, split=5, tokens=3)
+    every = compute.latency_breakdown(cfg, model, split=3, tokens=3, ue_flops=1000.0, edge_flops=1e4)
+    assert every["ue_compute_s"] == pytest.approx(4 * 1.008) and every["edge_compute_s"] == pytest.approx(240 / 1e4)
+    with pytest.raises(ValueError, match="split must be between 0 and n_layers - 1 = 3"):
+        compute.latency_breakdown(cfg, model, split=4, tokens=3)
 
 
 # ---- SNR process -----------------------------------------------------------------------------

@@ -16,7 +16,10 @@ import pytest
 
 import serve
 from conftest import run_script, wait_until
-from layersplit import UserError, serving
+from layersplit import UserError
+from layersplit.serving import protocol
+from layersplit.serving.ue import UEClient
+from layersplit.serving.edge import EdgeServer
 
 PROMPT = "The wireless uplink carries the hidden state"
 UE_DEADLINE_S = 10.0  # a generous bound: before the fix a UE behind idle sockets waited 30 s, then was refused
@@ -44,7 +47,7 @@ def idle_sockets():
 def timed_request(server, split_model, tokenizer):
     """(seconds, report) of one request of a well-behaved UE that gives up after UE_DEADLINE_S."""
     start = time.monotonic()
-    with serving.UEClient(split_model, tokenizer, server.address, split=2, wire="fp32",
+    with UEClient(split_model, tokenizer, server.address, split=2, wire="fp32",
                           timeout_s=UE_DEADLINE_S) as ue:
         report = ue.generate(PROMPT, 4)
     return time.monotonic() - start, report
@@ -57,10 +60,10 @@ def read_until_closed(sock, timeout_s=10.0):
     sock.settimeout(timeout_s)
     while True:
         try:
-            ftype, payload = serving.recv_frame(sock, timeout_s=timeout_s)
-        except serving.PeerClosed:
+            ftype, payload = protocol.recv_frame(sock, timeout_s=timeout_s)
+        except protocol.PeerClosed:
             return frames, time.monotonic() - start
-        frames.append((ftype, json.loads(payload) if ftype == serving.ERROR else payload))
+        frames.append((ftype, json.loads(payload) if ftype == protocol.ERROR else payload))
 
 
 # --- idle connections hold no session ------------------------------------------------------------------
@@ -83,7 +86,7 @@ def test_connections_without_open_are_closed_after_the_handshake_timeout(start_e
     assert seconds < UE_DEADLINE_S
     for sock in idle:
         frames, _ = read_until_closed(sock)
-        assert [(ftype, err["code"]) for ftype, err in frames] == [(serving.ERROR, "timeout")]
+        assert [(ftype, err["code"]) for ftype, err in frames] == [(protocol.ERROR, "timeout")]
         assert "no OPEN within 0.5 s" in frames[0][1]["message"]
     closed = time.monotonic() - opened
     assert 0.5 <= closed < 5.0  # not before the handshake timeout, and not at the 60 s idle timeout
@@ -110,10 +113,10 @@ def test_a_flood_of_idle_connections_costs_bounded_threads(start_edge, split_mod
 def test_a_refused_open_takes_no_session(start_edge, split_model, tokenizer):
     server = start_edge(max_sessions=1, max_queue=0, splits=[1, 2])
     sock = socket.create_connection((server.host, server.port), timeout=5)
-    serving.send_json(sock, serving.OPEN, {"protocol": serving.PROTOCOL_VERSION, "model": split_model.fingerprint,
+    protocol.send_json(sock, protocol.OPEN, {"protocol": protocol.PROTOCOL_VERSION, "model": split_model.fingerprint,
                                            "split": 3, "wire": "fp32", "elements_per_packet": 16})
-    ftype, payload = serving.recv_frame(sock, timeout_s=5)
-    assert ftype == serving.ERROR and json.loads(payload)["code"] == "bad_split"
+    ftype, payload = protocol.recv_frame(sock, timeout_s=5)
+    assert ftype == protocol.ERROR and json.loads(payload)["code"] == "bad_split"
     seconds, report = timed_request(server, split_model, tokenizer)  # the one session is still free
     assert len(report.tokens) == 4 and seconds < UE_DEADLINE_S
     sock.close()
@@ -121,7 +124,7 @@ def test_a_refused_open_takes_no_session(start_edge, split_model, tokenizer):
 
 def test_a_ue_idle_before_its_first_request_reconnects(start_edge, split_model, tokenizer):
     server = start_edge(handshake_timeout_s=0.3)
-    with serving.UEClient(split_model, tokenizer, server.address, split=2, wire="fp32", timeout_s=UE_DEADLINE_S) as ue:
+    with UEClient(split_model, tokenizer, server.address, split=2, wire="fp32", timeout_s=UE_DEADLINE_S) as ue:
         assert wait_until(lambda: server.stats["handshakes_dropped"] == 1)  # connected, then said nothing
         time.sleep(0.3)  # the edge's ERROR and end of stream reach the UE
         assert len(ue.generate(PROMPT, 4).tokens) == 4  # on a new connection
@@ -131,10 +134,10 @@ def test_a_ue_idle_before_its_first_request_reconnects(start_edge, split_model, 
 def test_a_large_frame_before_open_is_refused_at_once(start_edge):
     server = start_edge()  # frames of up to 16 MiB in a session, but a stranger gets 64 KiB
     sock = socket.create_connection((server.host, server.port), timeout=5)
-    sock.sendall(serving.HEADER.pack(serving.MAGIC, serving.PROTOCOL_VERSION, serving.ACTIVATION, 0, 10**6))
+    sock.sendall(protocol.HEADER.pack(protocol.MAGIC, protocol.PROTOCOL_VERSION, protocol.ACTIVATION, 0, 10**6))
     frames, _ = read_until_closed(sock, timeout_s=5.0)
-    assert [(ftype, err["code"]) for ftype, err in frames] == [(serving.ERROR, "too_large")]
-    assert f"at most {serving.MAX_OPEN_FRAME_BYTES} bytes" in frames[0][1]["message"]
+    assert [(ftype, err["code"]) for ftype, err in frames] == [(protocol.ERROR, "too_large")]
+    assert f"at most {protocol.MAX_OPEN_FRAME_BYTES} bytes" in frames[0][1]["message"]
     sock.close()
 
 
@@ -142,9 +145,9 @@ def test_limits_out_of_range_are_user_errors(split_model, tokenizer):
     for kwargs in ({"port": 99999}, {"port": -1}, {"idle_timeout_s": float("inf")}, {"handshake_timeout_s": 0},
                    {"queue_timeout_s": float("nan")}, {"max_handshakes": 0}):
         with pytest.raises(UserError):
-            serving.EdgeServer(split_model, check=False, **{"port": 0, **kwargs})
+            EdgeServer(split_model, check=False, **{"port": 0, **kwargs})
     with pytest.raises(UserError, match="timeout_s inf is not a timeout"):
-        serving.UEClient(split_model, tokenizer, "127.0.0.1:1", split=2, timeout_s=float("inf"))
+        UEClient(split_model, tokenizer, "127.0.0.1:1", split=2, timeout_s=float("inf"))
 
 
 # --- serve.py: bad numbers are one line and exit status 2 -------------------------------------------
@@ -165,7 +168,7 @@ def test_cli_port_out_of_range_is_one_line(port):
     (["ue", "--threads", "-1"], "0 (torch's default) to 1024"),
     (["ue", "--timeout", "inf"], "at most 1000000"),
     (["ue", "--seed", "-1"], "integer >= 0"),
-    (["ue", "--elements-per-packet", "99999999999"], f"1..{serving.MAX_ELEMENTS_PER_PACKET}"),
+    (["ue", "--elements-per-packet", "99999999999"], f"1..{protocol.MAX_ELEMENTS_PER_PACKET}"),
     (["ue", "--snr-db", "1e308"], "-100..100 dB, or inf"),  # 10^(SNR/10) overflowed
     (["ue", "--snr-std", "1e300"], "0..30 dB"),
     (["ue", "--nakagami-m", "1e308", "--fading", "nakagami"], "0.5..1e+06"),  # a division by zero
@@ -174,7 +177,9 @@ def test_cli_numbers_out_of_range_are_one_line(argv, valid, capsys, monkeypatch)
     def not_checked(*args, **kwargs):  # and not an edge serving forever in this process
         raise AssertionError(f"{argv} got past the checks to loading a model")
 
-    monkeypatch.setattr(serve, "load_model", not_checked)
+    from layersplit import models
+
+    monkeypatch.setattr(models, "load_model", not_checked)  # serve.py imports it where it loads
     assert serve.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("serve.py: error: ") and argv[1] in err[0] and valid in err[0], err

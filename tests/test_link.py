@@ -169,6 +169,25 @@ def test_link_attaches_to_other_decoder_only_models(build):
     assert link.transfers[-1].impaired > 0
 
 
+def test_decoder_layers_are_found_from_the_models_own_declaration(tiny_llama):
+    """_no_split_modules names the layer class: found even where no known path or length scan would."""
+
+    class Unusual(torch.nn.Module):
+        _no_split_modules = ["LlamaDecoderLayer"]
+
+        def __init__(self, layers):
+            super().__init__()
+            self.blocks = layers  # no known path, and a second ModuleList of the same length beside it
+            self.adapters = torch.nn.ModuleList(torch.nn.Linear(2, 2) for _ in layers)
+            self.config = tiny_llama.config
+
+    model = Unusual(tiny_llama.model.layers)
+    assert find_decoder_layers(model) is tiny_llama.model.layers
+    model._no_split_modules = []  # without the declaration the scan finds two candidates and gives up
+    with pytest.raises(UserError, match="cannot split Unusual"):
+        find_decoder_layers(model)
+
+
 def test_a_model_without_decoder_layers_is_a_clear_error():
     model = torch.nn.Sequential(torch.nn.Linear(4, 4))
     with pytest.raises(UserError, match="cannot split Sequential"):

@@ -94,4 +94,4 @@ def test_bad_protocol_is_a_clear_error(tiny_llama):
     with pytest.raises(UserError, match="context length"):
         evaluate(tiny_llama, TOKENS, context_length=1, stride=1)
     with pytest.raises(UserError, match="weighting"):
-        evaluate(tiny_llama, TOKENS, weighting="median")
+        evaluate(tiny_llama, TOKENS, 64, 64, weighting="median")

@@ -20,7 +20,11 @@ import torch
 
 import serve
 from conftest import ROOT, TINY_LAYERS, wait_until
-from layersplit import UserError, channel, serving
+from layersplit import UserError, channel, segments
+from layersplit.serving import protocol
+from layersplit.serving.ue import UEClient, Uplink, generate_single_process
+from layersplit.serving.edge import EdgeServer
+from layersplit.wire import WIRE_FORMATS, decode, encode, n_packets
 
 PROMPT = "The wireless uplink carries the hidden state"
 K = 16  # elements per packet in the raw-socket tests (the tiny model's hidden size is 64)
@@ -54,46 +58,46 @@ def connect(server) -> socket.socket:
 
 
 def send_open(sock, split_model, split=2, wire="fp32", k=K):
-    serving.send_json(sock, serving.OPEN, {"protocol": serving.PROTOCOL_VERSION, "model": split_model.fingerprint,
+    protocol.send_json(sock, protocol.OPEN, {"protocol": protocol.PROTOCOL_VERSION, "model": split_model.fingerprint,
                                            "split": split, "wire": wire, "elements_per_packet": k})
 
 
 def answer(sock, timeout_s=5.0):
-    ftype, payload = serving.recv_frame(sock, timeout_s=timeout_s)
-    return ftype, (json.loads(payload) if ftype in (serving.READY, serving.ERROR, serving.CLOSED) else payload)
+    ftype, payload = protocol.recv_frame(sock, timeout_s=timeout_s)
+    return ftype, (json.loads(payload) if ftype in (protocol.READY, protocol.ERROR, protocol.CLOSED) else payload)
 
 
 def open_session(server, split_model, split=2):
     sock = connect(server)
     send_open(sock, split_model, split)
-    assert answer(sock)[0] == serving.READY
+    assert answer(sock)[0] == protocol.READY
     return sock
 
 
 def activation(split_model, split=2, tokens=5, step=0, wire="fp32", k=K):
     ids = torch.arange(3, 3 + tokens)[None]
     hidden = split_model.ue_forward(split, ids, split_model.new_cache("ue", split))[0]
-    data, scales = serving.encode_activation(hidden, wire)
-    rows = serving.packet_rows(data, serving.n_packets(tokens, split_model.hidden_size, k), k * serving.WIRE_DTYPES[wire][0])
-    return serving.pack_activation(step, tokens, split_model.hidden_size, rows, np.arange(len(rows)), scales)
+    data, scales = encode(hidden, wire)
+    rows = protocol.packet_rows(data, n_packets(tokens * split_model.hidden_size, k), k * WIRE_FORMATS[wire][0])
+    return protocol.pack_activation(step, tokens, split_model.hidden_size, rows, np.arange(len(rows)), scales)
 
 
 def still_serves(server, split_model, tokenizer):
     """A well-behaved UE still gets a full, correct answer."""
-    with serving.UEClient(split_model, tokenizer, server.address, split=2, wire="fp32") as ue:
+    with UEClient(split_model, tokenizer, server.address, split=2, wire="fp32") as ue:
         report = ue.generate(PROMPT, 4)
     assert report.tokens == reference_tokens(split_model.model, tokenizer, PROMPT, 4)
     return report
 
 
 # --- the wire format ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("wire", list(serving.WIRE_DTYPES))
+@pytest.mark.parametrize("wire", list(WIRE_FORMATS))
 def test_activations_round_trip_in_every_wire_dtype(wire):
     torch.manual_seed(0)
     x = torch.randn(5, 64) * torch.logspace(-2, 2, 5)[:, None]  # tokens of very different magnitudes
-    data, scales = serving.encode_activation(x, wire)
-    assert data.size == x.numel() * serving.WIRE_DTYPES[wire][0]
-    y = serving.decode_activation(data, scales, 5, 64, wire)
+    data, scales = encode(x, wire)
+    assert data.size == x.numel() * WIRE_FORMATS[wire][0]
+    y = decode(data, scales, (5, 64), wire)
     if wire == "fp32":
         assert torch.equal(x, y)
     elif wire == "int8":  # per-token absmax scale: error at most half a step of that token's scale
@@ -106,14 +110,14 @@ def test_activations_round_trip_in_every_wire_dtype(wire):
 
 def test_lost_packets_are_zero_filled_and_the_rest_arrive_exact():
     x = torch.randn(3, 64)
-    data, _ = serving.encode_activation(x, "fp32")
-    total = serving.n_packets(3, 64, 20)  # 192 elements in 10 packets of 20, the last one padded
-    rows = serving.packet_rows(data, total, 20 * 4)
+    data, _ = encode(x, "fp32")
+    total = n_packets(3 * 64, 20)  # 192 elements in 10 packets of 20, the last one padded
+    rows = protocol.packet_rows(data, total, 20 * 4)
     kept = np.array([0, 2, 3, 9])
-    payload = serving.pack_activation(7, 3, 64, rows, kept, None)
-    step, tokens, got, scales, n_total, missing = serving.unpack_activation(payload, 64, "fp32", 20)
+    payload = protocol.pack_activation(7, 3, 64, rows, kept, None)
+    step, tokens, got, scales, n_total, missing = protocol.unpack_activation(payload, 64, "fp32", 20)
     assert (step, tokens, n_total, missing) == (7, 3, 10, 6)
-    y = serving.decode_activation(got, scales, 3, 64, "fp32").reshape(-1)
+    y = decode(got, scales, (3, 64), "fp32").reshape(-1)
     for i in range(total):
         part = slice(20 * i, min(20 * (i + 1), 192))
         expected = x.reshape(-1)[part] if i in kept else torch.zeros(part.stop - part.start)
@@ -122,39 +126,44 @@ def test_lost_packets_are_zero_filled_and_the_rest_arrive_exact():
 
 def test_malformed_activations_are_rejected():
     x = torch.randn(2, 64)
-    data, _ = serving.encode_activation(x, "fp16")
-    rows = serving.packet_rows(data, 8, 32)
-    good = serving.pack_activation(0, 2, 64, rows, np.arange(8), None)
-    serving.unpack_activation(good, 64, "fp16", 16)
+    data, _ = encode(x, "fp16")
+    rows = protocol.packet_rows(data, 8, 32)
+    good = protocol.pack_activation(0, 2, 64, rows, np.arange(8), None)
+    protocol.unpack_activation(good, 64, "fp16", 16)
     bad = {
         "truncated": good[:-1],
-        "wrong width": serving.ACT_HEADER.pack(0, 2, 65, 8, 8) + good[serving.ACT_HEADER.size:],
-        "packet count": serving.ACT_HEADER.pack(0, 2, 64, 9, 8) + good[serving.ACT_HEADER.size:],
-        "out of order": serving.pack_activation(0, 2, 64, rows, np.array([1, 0, 2, 3, 4, 5, 6, 7]), None),
+        "wrong width": protocol.ACT_HEADER.pack(0, 2, 65, 8, 8) + good[protocol.ACT_HEADER.size:],
+        "packet count": protocol.ACT_HEADER.pack(0, 2, 64, 9, 8) + good[protocol.ACT_HEADER.size:],
+        "out of order": protocol.pack_activation(0, 2, 64, rows, np.array([1, 0, 2, 3, 4, 5, 6, 7]), None),
         "short header": good[:5],
     }
     for name, payload in bad.items():
-        with pytest.raises(serving.ProtocolError) as e:
-            serving.unpack_activation(payload, 64, "fp16", 16)
+        with pytest.raises(protocol.ProtocolError) as e:
+            protocol.unpack_activation(payload, 64, "fp16", 16)
         assert e.value.code == "malformed", name
 
 
 # --- the uplink ---------------------------------------------------------------------------------------
 def test_erasure_losses_follow_the_per_and_are_seeded():
-    link = serving.Uplink("erasure", channel.LinkConfig(), seed=3)
+    link = Uplink("erasure", channel.LinkConfig(), seed=3)
     per, _ = link.loss(15.0, "fp16")
     assert per == pytest.approx(channel.packet_error_rate(channel.LinkConfig(snr_db=15.0, bits_per_element=16)))
-    rows = np.zeros((20000, 128), dtype=np.uint8)
-    kept, _ = link.transmit(rows, 15.0, "fp16", request=0, step=0)
+    data = np.zeros(20000 * 128, dtype=np.uint8)
+    kept, _ = link.transmit(data, 20000, 15.0, "fp16", link.stream(0))
     lost = 1 - len(kept) / 20000
     assert abs(lost - per) < 4 * math.sqrt(per * (1 - per) / 20000), (lost, per)
-    again, _ = link.transmit(rows, 15.0, "fp16", request=0, step=0)
-    other, _ = link.transmit(rows, 15.0, "fp16", request=0, step=1)
-    assert np.array_equal(kept, again) and not np.array_equal(kept, other)
+    again, _ = link.transmit(data, 20000, 15.0, "fp16", link.stream(0))
+    stream = link.stream(0)
+    first, _ = link.transmit(data, 20000, 15.0, "fp16", stream)
+    second, _ = link.transmit(data, 20000, 15.0, "fp16", stream)  # the request's next step draws afresh
+    other, _ = link.transmit(data, 20000, 15.0, "fp16", link.stream(1))
+    assert np.array_equal(kept, again) and np.array_equal(kept, first)
+    assert not np.array_equal(kept, second) and not np.array_equal(kept, other)
     # the wire dtype sets the bits per element, so the packet length and the PER
     assert link.loss(15.0, "int8")[0] < per < link.loss(15.0, "fp32")[0]
-    for loss_free in (serving.Uplink("none"), link):
-        assert len(loss_free.transmit(rows, math.inf if loss_free is link else 0.0, "fp16", 0, 0)[0]) == 20000
+    for loss_free in (Uplink("none"), link):
+        snr = math.inf if loss_free is link else 0.0
+        assert len(loss_free.transmit(data, 20000, snr, "fp16", link.stream(0))[0]) == 20000
     assert link.air(math.inf, "fp16", 5, 64) == (0, 0.0)
     bits, seconds = link.air(15.0, "int8", 5, 64)
     cfg = channel.LinkConfig(snr_db=15.0, bits_per_element=8)
@@ -163,36 +172,36 @@ def test_erasure_losses_follow_the_per_and_are_seeded():
 
 
 def test_bitflip_flips_payload_bits_at_the_ber():
-    link = serving.Uplink("bitflip", channel.LinkConfig(fading="awgn"), seed=0)
+    link = Uplink("bitflip", channel.LinkConfig(fading="awgn"), seed=0)
     _, ber = link.loss(6.0, "fp16")
-    rows = np.zeros((500, 128), dtype=np.uint8)
-    kept, flipped = link.transmit(rows, 6.0, "fp16", 0, 0)
-    n_bits = rows.size * 8
+    data = np.zeros(500 * 128, dtype=np.uint8)
+    kept, flipped = link.transmit(data, 500, 6.0, "fp16", link.stream(0))
+    n_bits = data.size * 8
     assert len(kept) == 500  # no CRC: nothing is dropped
-    assert int(np.unpackbits(rows).sum()) == flipped
+    assert int(np.unpackbits(data).sum()) == flipped
     assert abs(flipped / n_bits - ber) < 5 * math.sqrt(ber / n_bits)
 
 
 # --- split inference over loopback --------------------------------------------------------------------
 def test_segments_reproduce_the_full_model(split_model):
-    for split in range(1, TINY_LAYERS):
-        assert serving.check_composition(split_model, split) == 0.0
+    for split in range(TINY_LAYERS):  # split L - 1: every layer on the UE, the edge runs the LM head alone
+        assert segments.check_composition(split_model, split) == 0.0
 
 
-@pytest.mark.parametrize("split", range(1, TINY_LAYERS))
+@pytest.mark.parametrize("split", range(TINY_LAYERS))
 def test_a_loss_free_link_gives_exactly_the_single_process_tokens(start_edge, split_model, tokenizer, split):
     server = start_edge()
     expected = reference_tokens(split_model.model, tokenizer, PROMPT, 12)
-    single, _, _ = serving.generate_single_process(split_model.model, tokenizer, PROMPT, 12)
+    single, _, _ = generate_single_process(split_model.model, tokenizer, PROMPT, 12)
     assert single == expected
-    for link in (serving.Uplink("none"), serving.Uplink("erasure")):  # erasure at an infinite SNR loses nothing
-        with serving.UEClient(split_model, tokenizer, server.address, split=split, wire="fp32", uplink=link) as ue:
+    for link in (Uplink("none"), Uplink("erasure")):  # erasure at an infinite SNR loses nothing
+        with UEClient(split_model, tokenizer, server.address, split=split, wire="fp32", uplink=link) as ue:
             report = ue.generate(PROMPT, 12)
         assert report.tokens == expected
-        assert report.packets_lost == 0 and report.split == split and report.layers_on_edge == TINY_LAYERS - split
+        assert report.packets_lost == 0 and report.split == split and report.layers_on_edge == TINY_LAYERS - split - 1
         assert report.ttft_s > 0 and report.tpot_s > 0 and report.tokens_per_s > 0
         # default packets of 64 elements: one per token of the tiny model (d = 64), each with its sequence number
-        headers = serving.HEADER.size + serving.ACT_HEADER.size
+        headers = protocol.HEADER.size + protocol.ACT_HEADER.size
         assert report.uplink_bytes_per_token == headers + (4 + 64 * 4)
         assert report.uplink_bytes_prefill == headers + len(tokenizer(PROMPT).input_ids) * (4 + 64 * 4)
         assert report.wire_bytes == report.uplink_bytes + report.downlink_bytes
@@ -201,12 +210,12 @@ def test_a_loss_free_link_gives_exactly_the_single_process_tokens(start_edge, sp
 def test_every_wire_dtype_and_the_bytes_per_token(start_edge, split_model, tokenizer):
     server = start_edge()
     per_token = {}
-    for wire in serving.WIRE_DTYPES:
-        with serving.UEClient(split_model, tokenizer, server.address, split=2, wire=wire) as ue:
+    for wire in WIRE_FORMATS:
+        with UEClient(split_model, tokenizer, server.address, split=2, wire=wire) as ue:
             report = ue.generate(PROMPT, 6)
         assert len(report.tokens) == 6
         per_token[wire] = report.uplink_bytes_per_token
-    overhead = serving.HEADER.size + serving.ACT_HEADER.size + 4  # one 64-element packet and its sequence number
+    overhead = protocol.HEADER.size + protocol.ACT_HEADER.size + 4  # one 64-element packet and its sequence number
     assert per_token == {"fp32": overhead + 256, "fp16": overhead + 128, "bf16": overhead + 128,
                          "int8": overhead + 64 + 4}  # int8: one float32 scale per token
 
@@ -220,8 +229,8 @@ def test_a_policy_chooses_each_requests_split_from_its_snr(start_edge, split_mod
         return 1 if snr_db > 20 else 3
 
     snr = channel.SnrProcess(20.0, 6.0, 0.5, seed=1)
-    uplink = serving.Uplink("erasure", channel.LinkConfig(), seed=1)
-    with serving.UEClient(split_model, tokenizer, server.address, split=split_for_snr, uplink=uplink, snr=snr) as ue:
+    uplink = Uplink("erasure", channel.LinkConfig(), seed=1)
+    with UEClient(split_model, tokenizer, server.address, split=split_for_snr, uplink=uplink, snr=snr) as ue:
         reports = [ue.generate(PROMPT, 3) for _ in range(6)]
     path = channel.snr_path(20.0, 6.0, 0.5, 6, seed=1)
     assert [r.snr_db for r in reports] == pytest.approx(list(path)) == seen
@@ -234,25 +243,67 @@ def test_packet_losses_are_counted_by_the_edge_and_reproducible(start_edge, spli
     server = start_edge()
     runs = []
     for _ in range(2):
-        uplink = serving.Uplink("erasure", channel.LinkConfig(elements_per_packet=8), seed=5)
-        with serving.UEClient(split_model, tokenizer, server.address, split=2, uplink=uplink,
+        uplink = Uplink("erasure", channel.LinkConfig(elements_per_packet=8), seed=5)
+        with UEClient(split_model, tokenizer, server.address, split=2, uplink=uplink,
                               snr=channel.SnrProcess(12.0, 0.0, 0.0, seed=5)) as ue:
             runs.append(ue.generate(PROMPT, 8))
     a, b = runs
     assert a.tokens == b.tokens and a.packets_lost == b.packets_lost
     assert 0 < a.packets_lost < a.packets and a.air_bits > 0 and a.air_s > 0
     # fewer bytes cross the socket than without losses: lost packets never leave the UE
-    with serving.UEClient(split_model, tokenizer, server.address, split=2) as ue:
+    with UEClient(split_model, tokenizer, server.address, split=2) as ue:
         clean = ue.generate(PROMPT, 8)
     assert clean.packets_lost == 0 and a.uplink_bytes_prefill < clean.uplink_bytes_prefill
+
+
+def test_add_noise_and_serve_impair_the_same_elements(start_edge, split_model, tokenizer, tiny_model_dir,
+                                                     monkeypatch, capsys):
+    """One impairment engine, one seeding scheme: at the same seed, SNR, link and prompt, the split hook of
+    add_noise.py --generate and serve.py's uplink lose the same elements at every step."""
+    import add_noise
+    from layersplit.link import SplitLink
+    from layersplit.serving import edge
+
+    seed, snr_db, k, split, steps = 7, 12.0, 8, 1, 4
+    hook_lost, real_transmit = [], SplitLink.transmit
+
+    def record_hook(self, hidden):
+        received = real_transmit(self, hidden)
+        if self.mode == "erasure":  # not the clean reference generation
+            hook_lost.append((received == 0).flatten())
+        return received
+
+    monkeypatch.setattr(SplitLink, "transmit", record_hook)
+    assert add_noise.main(["--model", str(tiny_model_dir), "--generate", PROMPT, "--split", str(split), "--snr-db",
+                           str(snr_db), "--elements-per-packet", str(k), "--seed", str(seed),
+                           "--max-new-tokens", str(steps), "--json"]) == 0
+    capsys.readouterr()
+    edge_lost, real_decode = [], edge.decode
+
+    def record_edge(*args):
+        received = real_decode(*args)
+        edge_lost.append((received == 0).flatten())
+        return received
+
+    monkeypatch.setattr(edge, "decode", record_edge)
+    server = start_edge()
+    uplink = Uplink("erasure", channel.LinkConfig(elements_per_packet=k), seed=seed)
+    with UEClient(split_model, tokenizer, server.address, split=split, wire="fp16", uplink=uplink,
+                  snr=channel.SnrProcess(snr_db, 0.0, 0.0)) as ue:
+        report = ue.generate(PROMPT, steps)
+    assert len(hook_lost) == len(edge_lost) == steps == len(report.tokens)
+    assert hook_lost[0].numel() == len(tokenizer(PROMPT).input_ids) * split_model.hidden_size  # the prompt, then a token a step
+    for step, (a, b) in enumerate(zip(hook_lost, edge_lost)):
+        assert torch.equal(a, b), step
+    assert 0 < int(sum(m.sum() for m in edge_lost)) == report.packets_lost * k
 
 
 # --- reliability --------------------------------------------------------------------------------------
 def test_a_client_that_disconnects_mid_generation_frees_its_session(start_edge, split_model, tokenizer):
     server = start_edge()
     sock = open_session(server, split_model)
-    serving.send_frame(sock, serving.ACTIVATION, activation(split_model))
-    assert answer(sock)[0] == serving.TOKEN
+    protocol.send_frame(sock, protocol.ACTIVATION, activation(split_model))
+    assert answer(sock)[0] == protocol.TOKEN
     assert len(server.sessions) == 1 and server.live_caches() == 1
     sock.close()  # gone in the middle of a generation
     assert wait_until(lambda: not server.sessions)
@@ -262,9 +313,9 @@ def test_a_client_that_disconnects_mid_generation_frees_its_session(start_edge, 
 
 def test_a_ue_client_interrupted_mid_generation_is_cleaned_up(start_edge, split_model, tokenizer, monkeypatch):
     server = start_edge()
-    ue = serving.UEClient(split_model, tokenizer, server.address, split=2)
+    ue = UEClient(split_model, tokenizer, server.address, split=2)
     calls = {"n": 0}
-    real = serving.Uplink.transmit
+    real = Uplink.transmit
 
     def failing(self, *args, **kwargs):
         calls["n"] += 1
@@ -272,7 +323,7 @@ def test_a_ue_client_interrupted_mid_generation_is_cleaned_up(start_edge, split_
             raise KeyboardInterrupt  # e.g. Ctrl-C in the third step
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(serving.Uplink, "transmit", failing)
+    monkeypatch.setattr(Uplink, "transmit", failing)
     with pytest.raises(KeyboardInterrupt):
         ue.generate(PROMPT, 10)
     monkeypatch.undo()
@@ -282,15 +333,15 @@ def test_a_ue_client_interrupted_mid_generation_is_cleaned_up(start_edge, split_
 
 
 @pytest.mark.parametrize("garbage", [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
-                                     serving.HEADER.pack(serving.MAGIC, 99, serving.OPEN, 0, 0),
-                                     serving.HEADER.pack(serving.MAGIC, serving.PROTOCOL_VERSION, 42, 0, 0)],
+                                     protocol.HEADER.pack(protocol.MAGIC, 99, protocol.OPEN, 0, 0),
+                                     protocol.HEADER.pack(protocol.MAGIC, protocol.PROTOCOL_VERSION, 42, 0, 0)],
                          ids=["http", "version", "type"])
 def test_a_malformed_frame_is_refused_and_the_edge_keeps_serving(start_edge, split_model, tokenizer, garbage):
     server = start_edge()
     sock = connect(server)
     sock.sendall(garbage)
     ftype, err = answer(sock)
-    assert ftype == serving.ERROR and err["code"] == "bad_frame"
+    assert ftype == protocol.ERROR and err["code"] == "bad_frame"
     assert sock.recv(1) == b""  # and the edge closed that connection
     still_serves(server, split_model, tokenizer)
 
@@ -299,12 +350,12 @@ def test_malformed_payloads_inside_a_session(start_edge, split_model, tokenizer)
     server = start_edge()
     for payload in (activation(split_model)[:-3], activation(split_model, step=4), b"\x00" * 3):
         sock = open_session(server, split_model)
-        serving.send_frame(sock, serving.ACTIVATION, payload)
+        protocol.send_frame(sock, protocol.ACTIVATION, payload)
         ftype, err = answer(sock)
-        assert ftype == serving.ERROR and err["code"] == "malformed", err
+        assert ftype == protocol.ERROR and err["code"] == "malformed", err
         sock.close()
     sock = connect(server)
-    serving.send_frame(sock, serving.OPEN, b"{not json")
+    protocol.send_frame(sock, protocol.OPEN, b"{not json")
     assert answer(sock)[1]["code"] == "malformed"
     assert wait_until(lambda: not server.sessions)
     still_serves(server, split_model, tokenizer)
@@ -313,10 +364,10 @@ def test_malformed_payloads_inside_a_session(start_edge, split_model, tokenizer)
 def test_a_truncated_frame_does_not_hurt_the_edge(start_edge, split_model, tokenizer):
     server = start_edge()
     sock = connect(server)  # a header that promises more than ever comes
-    sock.sendall(serving.HEADER.pack(serving.MAGIC, serving.PROTOCOL_VERSION, serving.OPEN, 0, 1000) + b"{\"proto")
+    sock.sendall(protocol.HEADER.pack(protocol.MAGIC, protocol.PROTOCOL_VERSION, protocol.OPEN, 0, 1000) + b"{\"proto")
     sock.close()
     sock = open_session(server, split_model)  # and half an activation inside a session
-    frame = serving.encode_frame(serving.ACTIVATION, activation(split_model))
+    frame = protocol.encode_frame(protocol.ACTIVATION, activation(split_model))
     sock.sendall(frame[: len(frame) // 2])
     sock.close()
     assert wait_until(lambda: not server.sessions)
@@ -326,12 +377,12 @@ def test_a_truncated_frame_does_not_hurt_the_edge(start_edge, split_model, token
 def test_a_frame_over_the_limit_is_refused(start_edge, split_model, tokenizer):
     server = start_edge(max_frame_bytes=8192)
     sock = open_session(server, split_model)
-    sock.sendall(serving.HEADER.pack(serving.MAGIC, serving.PROTOCOL_VERSION, serving.ACTIVATION, 0, 10**9))
+    sock.sendall(protocol.HEADER.pack(protocol.MAGIC, protocol.PROTOCOL_VERSION, protocol.ACTIVATION, 0, 10**9))
     ftype, err = answer(sock)
-    assert ftype == serving.ERROR and err["code"] == "too_large" and "8192" in err["message"]
+    assert ftype == protocol.ERROR and err["code"] == "too_large" and "8192" in err["message"]
     assert sock.recv(1) == b""
     # a UE checks the limit the edge announced before sending a prompt that is too long
-    with serving.UEClient(split_model, tokenizer, server.address, split=2, wire="fp32") as ue:
+    with UEClient(split_model, tokenizer, server.address, split=2, wire="fp32") as ue:
         with pytest.raises(UserError, match="frame limit"):
             ue.generate(PROMPT * 3, 2)
     assert wait_until(lambda: not server.sessions)
@@ -341,25 +392,25 @@ def test_a_frame_over_the_limit_is_refused(start_edge, split_model, tokenizer):
 def test_a_split_the_edge_cannot_serve_is_refused_with_a_clear_message(start_edge, split_model, tokenizer):
     server = start_edge(splits=[1, 2])
     splits = iter([3, 2])
-    with serving.UEClient(split_model, tokenizer, server.address, split=lambda snr: next(splits)) as ue:
-        with pytest.raises(serving.EdgeError, match=r"split 3 cannot be served: this edge serves 1-2 layers on the UE") as e:
+    with UEClient(split_model, tokenizer, server.address, split=lambda snr: next(splits)) as ue:
+        with pytest.raises(protocol.EdgeError, match=r"split 3 cannot be served: this edge serves splits 1-2 \(0-based") as e:
             ue.generate(PROMPT, 3)
         assert e.value.code == "bad_split"
         assert len(ue.generate(PROMPT, 3).tokens) == 3  # the same connection goes on with a split it serves
     other = split_model.fingerprint | {"hidden_size": 32}
     sock = connect(server)
-    serving.send_json(sock, serving.OPEN, {"protocol": serving.PROTOCOL_VERSION, "model": other, "split": 1,
+    protocol.send_json(sock, protocol.OPEN, {"protocol": protocol.PROTOCOL_VERSION, "model": other, "split": 1,
                                            "wire": "fp16", "elements_per_packet": 8})
     assert answer(sock)[1]["code"] == "bad_model"
-    with pytest.raises(UserError, match=r"valid 1\.\.3"):  # the UE knows the model's own bounds
-        serving.UEClient(split_model, tokenizer, server.address, split=TINY_LAYERS)
+    with pytest.raises(UserError, match=r"outside 0\.\.3"):  # the UE knows the model's own bounds
+        UEClient(split_model, tokenizer, server.address, split=TINY_LAYERS)
 
 
 def test_the_context_limit_bounds_each_session(start_edge, split_model, tokenizer):
     prompt_tokens = len(tokenizer(PROMPT).input_ids)
     server = start_edge(max_context=prompt_tokens + 6)
-    with serving.UEClient(split_model, tokenizer, server.address, split=2) as ue:
-        with pytest.raises(serving.EdgeError, match=f"at most {prompt_tokens + 6}"):
+    with UEClient(split_model, tokenizer, server.address, split=2) as ue:
+        with pytest.raises(protocol.EdgeError, match=f"at most {prompt_tokens + 6}"):
             ue.generate(PROMPT, 20)
     assert wait_until(lambda: not server.sessions)
     still_serves(server, split_model, tokenizer)
@@ -373,18 +424,18 @@ def test_sessions_beyond_the_limit_are_queued_then_refused_as_busy(start_edge, s
     time.sleep(0.2)
     refused = connect(server)
     ftype, err = answer(refused)
-    assert ftype == serving.ERROR and err["code"] == "busy"
+    assert ftype == protocol.ERROR and err["code"] == "busy"
     assert "2 sessions are being served and 1 are waiting" in err["message"]
     queued.settimeout(0.2)
     with pytest.raises(socket.timeout):
         queued.recv(1)  # still waiting in the queue
-    serving.send_frame(first, serving.CLOSE)
-    assert answer(first)[0] == serving.CLOSED
+    protocol.send_frame(first, protocol.CLOSE)
+    assert answer(first)[0] == protocol.CLOSED
     first.close()
-    assert answer(queued)[0] == serving.READY  # the freed slot goes to the queued connection
+    assert answer(queued)[0] == protocol.READY  # the freed slot goes to the queued connection
     late = connect(server)  # queued again, but nobody leaves: refused when the queue timeout expires
     ftype, err = answer(late)
-    assert ftype == serving.ERROR and err["code"] == "busy" and "queue" in err["message"]
+    assert ftype == protocol.ERROR and err["code"] == "busy" and "queue" in err["message"]
     for sock in (second, queued, late):
         sock.close()
     assert wait_until(lambda: not server.sessions)
@@ -398,7 +449,7 @@ def test_many_clients_at_once_all_get_the_right_tokens(start_edge, split_model, 
 
     def client(i):
         try:
-            with serving.UEClient(split_model, tokenizer, server.address, split=1 + i % 3, wire="fp32") as ue:
+            with UEClient(split_model, tokenizer, server.address, split=1 + i % 3, wire="fp32") as ue:
                 results[i] = ue.generate(PROMPT, 6).tokens
         except Exception as e:  # noqa: BLE001 (reported below)
             errors.append(e)
@@ -417,7 +468,7 @@ def test_an_idle_connection_is_dropped_and_caches_of_ended_sessions_are_freed(st
     server = start_edge(idle_timeout_s=1.0)
     sock = open_session(server, split_model)  # opens a session, then says nothing
     ftype, err = answer(sock, timeout_s=5)
-    assert ftype == serving.ERROR and err["code"] == "timeout"
+    assert ftype == protocol.ERROR and err["code"] == "timeout"
     for _ in range(3):
         still_serves(server, split_model, tokenizer)
     assert wait_until(lambda: not server.sessions)
@@ -428,7 +479,7 @@ def test_an_idle_connection_is_dropped_and_caches_of_ended_sessions_are_freed(st
 def test_a_port_in_use_is_a_user_error(split_model):
     with socket.create_server(("127.0.0.1", 0)) as taken:
         with pytest.raises(UserError, match="cannot listen on 127.0.0.1"):
-            serving.EdgeServer(split_model, port=taken.getsockname()[1])
+            EdgeServer(split_model, port=taken.getsockname()[1])
 
 
 # --- the CLI ------------------------------------------------------------------------------------------
@@ -451,11 +502,11 @@ def test_cli_edge_and_ue_in_two_processes(tiny_model_dir, capsys):
             assert len(r["tokens"]) == 5 and r["ttft_s"] > 0 and r["wire_bytes"] > 0 and 0 <= r["packets_lost"] <= r["packets"]
         assert serve.main(["ue", *common, "--prompt", PROMPT, "--split", "2", "--link", "none"]) == 0
         text = capsys.readouterr().out
-        for expected in ("request 0: split 2 (2 layers on the UE, 2 on the edge)", "loss-free", "time to first token",
+        for expected in ("request 0: split 2 (3 layers on the UE, 1 on the edge)", "loss-free", "time to first token",
                          "time per output token", "bytes on the wire", "packets lost 0 of", "text: "):
             assert expected in text, text
         assert serve.main(["ue", *common, "--split", str(TINY_LAYERS)]) == 2
-        assert capsys.readouterr().err.strip().splitlines()[-1].startswith("serve.py: error: split 4 is not")
+        assert capsys.readouterr().err.strip().splitlines()[-1].startswith("serve.py: error: split 4 is outside 0..3")
     finally:
         edge.send_signal(signal.SIGTERM)
         out, err = edge.communicate(timeout=30)
@@ -486,14 +537,14 @@ def test_real_model_over_the_socket_gives_exactly_its_own_greedy_tokens():
     from layersplit.models import load_model
 
     model, tokenizer = load_model(device="cpu", dtype="float32")
-    split_model = serving.SplitModel(model)
+    split_model = segments.SplitModel(model)
     prompt = "The capital of France is"
     expected = reference_tokens(model, tokenizer, prompt, 10)
-    with serving.EdgeServer(split_model, port=0) as server:
-        with serving.UEClient(split_model, tokenizer, server.address, split=lambda snr: 5 if snr < 30 else 20,
-                              wire="fp32", uplink=serving.Uplink("erasure"), snr=None) as ue:
+    with EdgeServer(split_model, port=0) as server:
+        with UEClient(split_model, tokenizer, server.address, split=lambda snr: 5 if snr < 30 else 20,
+                              wire="fp32", uplink=Uplink("erasure"), snr=None) as ue:
             report = ue.generate(prompt, 10)  # snr None: an infinite SNR, so the erasure link loses nothing
             assert report.split == 20  # the policy saw SNR = inf
             assert report.tokens == expected and report.packets_lost == 0
             assert "Paris" in report.text
-            assert report.uplink_bytes_per_token == serving.HEADER.size + serving.ACT_HEADER.size + 9 * (4 + 64 * 4)
+            assert report.uplink_bytes_per_token == protocol.HEADER.size + protocol.ACT_HEADER.size + 9 * (4 + 64 * 4)

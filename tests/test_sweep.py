@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from conftest import ROOT, run_script
-from layersplit import UserError, channel, sweep
+from layersplit import UserError, channel, grid, sweep
+from layersplit.cli import parse_splits
+from layersplit.segments import SplitModel
 
 TOKENS = torch.randint(0, 300, (150,), generator=torch.Generator().manual_seed(3))
 RUN = {"model": "tiny", "dataset": "random", "tokens": 150, "context_length": 64, "stride": 64, "dtype": "float32",
@@ -20,9 +22,9 @@ RUN = {"model": "tiny", "dataset": "random", "tokens": 150, "context_length": 64
 
 
 def config(splits=(0, 1, 2, 3), draws=2, batch_size=16, seed=0) -> sweep.SweepConfig:
-    conditions = sweep.make_conditions([0.1, 0.4], [], "erasure") + [
-        sweep.Condition("erasure", snr_db=12.0), sweep.Condition("erasure", snr_db=12.0, withheld=0.25),
-        sweep.Condition("awgn", snr_db=5.0)]
+    conditions = grid.make_conditions([0.1, 0.4], [], "erasure") + [
+        grid.Condition("erasure", snr_db=12.0), grid.Condition("erasure", snr_db=12.0, withheld=0.25),
+        grid.Condition("awgn", snr_db=5.0)]
     template = channel.LinkConfig(snr_db=0.0, elements_per_packet=8, fading="rayleigh")
     return sweep.SweepConfig(list(splits), conditions, draws, seed, 64, 64, template, batch_size)
 
@@ -124,17 +126,17 @@ def test_resume_between_cells_computes_only_what_is_missing(tiny_llama, tmp_path
     path = tmp_path / "resumed.csv"
     run(tiny_llama, path, splits=(0, 1))
     calls = {"n": 0}
-    original = sweep.Segments.score_from
+    original = SplitModel.score_from
 
     def counting(self, *args, **kwargs):
         calls["n"] += 1
         return original(self, *args, **kwargs)
 
-    sweep.Segments.score_from = counting
+    SplitModel.score_from = counting
     try:
         resumed = run(tiny_llama, path)
     finally:
-        sweep.Segments.score_from = original
+        SplitModel.score_from = original
     assert calls["n"] == 2 * 3  # splits 2 and 3 only: 3 windows each, one batch per window
     assert_same_numbers(resumed, reference)
 
@@ -143,7 +145,7 @@ def test_resume_after_a_crash_inside_a_cell(tiny_llama, tmp_path, monkeypatch):
     reference = run(tiny_llama, tmp_path / "ref.csv")
     path = tmp_path / "crashed.csv"
     calls = {"n": 0}
-    original = sweep.Segments.score_from
+    original = SplitModel.score_from
 
     def crash_in_split_1(self, *args, **kwargs):
         calls["n"] += 1
@@ -151,10 +153,10 @@ def test_resume_after_a_crash_inside_a_cell(tiny_llama, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(sweep.Segments, "score_from", crash_in_split_1)
+    monkeypatch.setattr(SplitModel, "score_from", crash_in_split_1)
     with pytest.raises(KeyboardInterrupt):
         run(tiny_llama, path)
-    monkeypatch.setattr(sweep.Segments, "score_from", original)
+    monkeypatch.setattr(SplitModel, "score_from", original)
     assert {k[0] for k in rows_by_key(path)} == {0}
     with open(path, "a") as f:
         f.write("tiny,random,150,64")  # and a line half-written when the power went out
@@ -175,21 +177,21 @@ def test_another_configuration_is_refused(tiny_llama, tmp_path):
 @pytest.mark.parametrize("text, message", [("0-99", "outside 0..3"), ("a,b", "ranges like"), ("", "ranges like")])
 def test_bad_splits(text, message):
     with pytest.raises(UserError, match=message):
-        sweep.parse_splits(text, 4)
+        parse_splits(text, 4)
 
 
 def test_bad_conditions():
     with pytest.raises(UserError, match=r"outside \[0, 1\]"):
-        sweep.make_conditions([0.1, 1.2], [], "erasure")
+        grid.make_conditions([0.1, 1.2], [], "erasure")
     with pytest.raises(UserError, match="need a physical link"):
-        sweep.make_conditions([], [10.0], "dropout")
+        grid.make_conditions([], [10.0], "dropout")
     with pytest.raises(UserError, match="no channel condition"):
-        sweep.make_conditions([], [], "erasure")
+        grid.make_conditions([], [], "erasure")
     with pytest.raises(UserError, match="give --snrs"):
-        sweep.make_conditions([0.1], [], "erasure", [0.2])
-    crossed = sweep.make_conditions([], [10.0, 20.0], "erasure", [0.2])
+        grid.make_conditions([0.1], [], "erasure", [0.2])
+    crossed = grid.make_conditions([], [10.0, 20.0], "erasure", [0.2])
     assert [(c.snr_db, c.withheld) for c in crossed[1:]] == [(10.0, 0.0), (10.0, 0.2), (20.0, 0.0), (20.0, 0.2)]
-    assert sweep.parse_splits("0-1,3", 4) == [0, 1, 3]
+    assert parse_splits("0-1,3", 4) == [0, 1, 3]
 
 
 def sweep_cli(tiny_model_dir, sample_txt, output, *extra):

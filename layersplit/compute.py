@@ -1,0 +1,136 @@
+"""Compute and latency of a split forward pass: FLOPs per layer, device throughputs, and the
+seconds spent on the UE, on air and on the edge.
+
+Splits are 0-based as everywhere in this project: split n puts decoder layers 0..n (n + 1 layers)
+on the UE and the rest, with the LM head, on the edge. Compute time is FLOPs over a sustained
+throughput (UE_FLOPS, EDGE_FLOPS); air time is the channel's (channel.tx_latency_s).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from . import channel
+
+# ---- devices (sustained dense fp16 matmul throughput, not peak) --------------------------------
+# Phone-class UE: flagship mobile GPUs/NPUs (e.g. Adreno 740, Apple A17) peak at a few TFLOP/s
+# fp16 and sustain roughly a third of that under thermal limits.
+UE_FLOPS = 1e12
+# Edge GPU: an A100 peaks at 312 TFLOP/s bf16 dense; LLM prefill typically reaches ~30-50 %.
+EDGE_FLOPS = 1e14
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """The shapes of a Llama-style decoder that set its FLOPs and activation size."""
+
+    n_layers: int
+    hidden_size: int
+    intermediate_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+
+
+def model_dims(config) -> ModelDims:
+    """ModelDims of a Hugging Face model config (Llama-style attribute names)."""
+    heads = config.num_attention_heads
+    return ModelDims(
+        n_layers=config.num_hidden_layers, hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size, num_heads=heads,
+        num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+        head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads, vocab_size=config.vocab_size,
+    )
+
+
+SMOLLM2_135M = ModelDims(30, 576, 1536, 9, 3, 64, 49152)  # the embedded default model
+LLAMA2_7B = ModelDims(32, 4096, 11008, 32, 32, 128, 32000)  # the paper's model
+
+
+def decoder_layer_flops(
+    hidden_size: int,
+    intermediate_size: int,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    tokens: int,
+    context_len: int,
+) -> float:
+    """FLOPs (2 per multiply-accumulate) of one decoder layer for `tokens` new tokens that each
+    attend to `context_len` keys. Prefill: context_len = tokens (the full T x T score matrix, as
+    dense kernels compute it); decode: tokens = 1, context_len = cached + 1. Norms, RoPE and the
+    softmax are O(tokens x hidden) and left out.
+    """
+    q_dim, kv_dim = num_heads * head_dim, num_kv_heads * head_dim
+    projections = 2 * tokens * hidden_size * (2 * q_dim + 2 * kv_dim)  # q, o; k, v (GQA)
+    mlp = 2 * tokens * 3 * hidden_size * intermediate_size  # gate, up, down
+    attention = 2 * 2 * tokens * context_len * q_dim  # scores Q K^T and weights x V
+    return float(projections + mlp + attention)
+
+
+def lm_head_flops(hidden_size: int, vocab_size: int, tokens: int) -> float:
+    return 2.0 * tokens * hidden_size * vocab_size
+
+
+def latency_breakdown(
+    cfg: channel.LinkConfig,
+    model: ModelDims,
+    split: int,
+    tokens: int,
+    phase: str = "prefill",
+    context_len: int | None = None,
+    ue_flops: float = UE_FLOPS,
+    edge_flops: float = EDGE_FLOPS,
+    withheld: float = 0.0,
+) -> dict[str, float]:
+    """Seconds spent on the UE, on air and on the edge for one forward pass, run in sequence.
+
+    split: 0-based, split + 1 decoder layers on the UE (0..n_layers - 1). prefill: `tokens` prompt tokens cross the link
+    and the LM head scores all of them (as in perplexity evaluation); decode: one new token with a
+    KV cache of `context_len` - 1 (default: the prompt, context_len = tokens + 1). `withheld`: share of
+    the activation the UE deliberately does not send (shortens air time only). Compute time is
+    FLOPs over sustained throughput; decode is memory-bound in practice, so it is a lower bound there.
+    """
+    if not 0 <= split < model.n_layers:
+        raise ValueError(f"split must be between 0 and n_layers - 1 = {model.n_layers - 1}, got {split}")
+    if phase not in ("prefill", "decode"):
+        raise ValueError(f"phase must be 'prefill' or 'decode', got {phase!r}")
+    if tokens < 1:
+        raise ValueError(f"tokens must be >= 1, got {tokens}")
+    new = tokens if phase == "prefill" else 1
+    context = tokens if phase == "prefill" else (context_len or tokens + 1)
+    dims = (model.hidden_size, model.intermediate_size, model.num_heads, model.num_kv_heads, model.head_dim)
+    layer = decoder_layer_flops(*dims, tokens=new, context_len=context)
+    ue = (split + 1) * layer / ue_flops
+    edge = ((model.n_layers - split - 1) * layer + lm_head_flops(model.hidden_size, model.vocab_size, new)) / edge_flops
+    tx = channel.tx_latency_s(cfg, new, model.hidden_size, withheld)
+    return {"ue_compute_s": ue, "tx_s": tx, "edge_compute_s": edge, "total_s": ue + tx + edge}
+
+
+def latency_table(
+    snr_db_list: list[float],
+    models: dict[str, ModelDims],
+    tokens: int,
+    link: channel.LinkConfig = channel.LinkConfig(),
+) -> list[dict[str, float | int | str]]:
+    """One row per (model, phase, Es/N0, split 0..n_layers - 1): latency_breakdown's UE
+    compute, air time and edge compute for prefill of `tokens` prompt tokens and for one decoding
+    step after them, with the link set-up of `link` (its snr_db is replaced by each of snr_db_list)."""
+    rows = []
+    for name, dims in models.items():
+        for phase in ("prefill", "decode"):
+            new_tokens = tokens if phase == "prefill" else 1
+            for snr_db in snr_db_list:
+                cfg = channel.LinkConfig(**{**asdict(link), "snr_db": float(snr_db)})
+                for split in range(dims.n_layers):
+                    rows.append({
+                        "model": name, "n_layers": dims.n_layers, "hidden_size": dims.hidden_size,
+                        "phase": phase, "tokens": tokens, "new_tokens": new_tokens,
+                        "snr_db": float(snr_db), "modulation": cfg.modulation, "fading": cfg.fading,
+                        "bandwidth_hz": cfg.bandwidth_hz, "rate_bps": channel.achievable_rate_bps(cfg),
+                        "payload_bits": channel.payload_bits(cfg, new_tokens, dims.hidden_size),
+                        "split": split, "layers_on_ue": split + 1,
+                        **latency_breakdown(cfg, dims, split, tokens, phase=phase),
+                        "ue_flops": UE_FLOPS, "edge_flops": EDGE_FLOPS,
+                    })
+    return rows

@@ -1,0 +1,67 @@
+"""Link modes and the grid of channel conditions a model is measured under.
+
+Light on purpose (no torch): the scripts build their command lines from it before importing models.
+The link modes are the impairment engine's (uplink.py says what each does).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import UserError
+
+LINK_MODES = ("dropout", "erasure", "awgn", "bitflip")  # the original's direct p, then the physical links
+# serve.py's simulated uplink: loss-free, or the physical links that act on packets and bits (awgn acts
+# on values, and withholding would need the edge to know which elements are missing)
+SERVED_LINKS = ("none", "erasure", "bitflip")
+PAPER_DROPOUTS = (0.02, 0.06, 0.10, 0.14, 0.18, 0.22, 0.26, 0.30)  # the original's grid of p
+
+
+def validate_probability(p: float, name: str = "dropout") -> float:
+    p = float(p)
+    if not 0.0 <= p <= 1.0:  # also rejects NaN
+        raise UserError(f"{name} probability {p} is outside [0, 1]")
+    return p
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One channel condition: the original's direct p, or a physical link at an SNR."""
+
+    link: str
+    dropout: float | None = None  # requested p (dropout link only)
+    snr_db: float | None = None  # Es/N0 (physical links only)
+    withheld: float = 0.0  # share of the activation the UE deliberately does not send (physical links)
+
+    @property
+    def label(self) -> str:
+        if self.link == "dropout":
+            return f"p={self.dropout:g}"
+        return f"{self.link} {self.snr_db:g} dB" + (f", {self.withheld:.0%} withheld" if self.withheld else "")
+
+
+def make_conditions(dropouts: list[float], snrs: list[float], link: str,
+                    withheld: list[float] = ()) -> list[Condition]:
+    """The clean reference (p = 0) first, then each p, then each SNR with the physical `link`, once
+    with the whole activation sent and once per share in `withheld`."""
+    for p in dropouts:
+        validate_probability(p)
+    for w in withheld:
+        validate_probability(w, "withheld share")
+    if withheld and not snrs:
+        raise UserError("--withheld applies to the physical link: give --snrs too")
+    if snrs and link not in LINK_MODES[1:]:
+        raise UserError(f"SNR conditions need a physical link: {', '.join(LINK_MODES[1:])}, not {link!r}")
+    conditions = [Condition("dropout", 0.0)] + [Condition("dropout", p) for p in sorted(set(dropouts)) if p > 0]
+    shares = sorted({0.0, *withheld})
+    conditions += [Condition(link, snr_db=s, withheld=w) for s in sorted(set(snrs)) for w in shares]
+    if len(conditions) == 1:
+        raise UserError("the grid has no channel condition: give --dropouts and/or --snrs")
+    return conditions
+
+
+def is_clean(condition: Condition) -> bool:
+    return condition.link == "dropout" and condition.dropout == 0.0
+
+
+def draws_of(condition: Condition, draws: int) -> int:
+    return 1 if is_clean(condition) else draws  # clean is deterministic

@@ -1,0 +1,22 @@
+"""Real split inference across two processes: the UE and the edge server over a socket (serve.py).
+
+The UE (user equipment) runs the embeddings and decoder layers 0..split (split + 1 layers, 0-based
+like everywhere in this project) and sends the hidden state of each step to the edge as packets in
+a wire dtype (fp32, fp16, bf16, or int8 with a per-token absmax scale). A simulated uplink, the
+impairment engine's (layersplit/uplink.py) on the request's seeded stream, decides which packets
+are lost (erasure: each packet with the channel's packet error rate at the request's SNR) or which
+bits flip (bitflip: no CRC); lost packets never cross the socket, and the edge zero-fills them from
+the sequence numbers it did receive. The edge runs the remaining layers and the LM head and returns
+the greedy next token. Both sides keep a KV cache (segments.py), so after the prompt each step sends
+one token's activation.
+
+    protocol  frames, limits, an activation's packets (the wire protocol, version PROTOCOL_VERSION)
+    edge      EdgeServer: sessions, admission, timeouts, the edge's forward passes
+    ue        UEClient and its simulated Uplink; the single-process reference
+
+One connection carries any number of requests, one at a time; it takes one of the edge's session
+slots with its first valid OPEN, which must come within a short handshake timeout. Bad framing, an
+oversized frame, a malformed activation, an idle timeout or a server fault close the connection; a
+refused OPEN (a split this edge does not serve, another model) or a session over the context limit
+ends only that request.
+"""

@@ -1,0 +1,355 @@
+"""The UE: runs the UE's layers, sends activations through the simulated uplink, receives tokens."""
+from __future__ import annotations
+
+import math
+import socket
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Callable
+
+import numpy as np
+import torch
+from transformers import DynamicCache
+
+from .. import UserError, channel
+from ..grid import SERVED_LINKS
+from ..uplink import flip_bits, generator, lost_packets, stream_seed
+from ..wire import WIRE_FORMATS, encode, n_packets, wire_bits
+from ..segments import SplitModel, cache_kwarg
+from .protocol import (ACTIVATION, CLIENT_TIMEOUT_S, CLOSE, CLOSED, ERROR, ERROR_CODES,
+                       FRAME_NAMES, HEADER, MAX_FRAME_BYTES, OPEN, PROTOCOL_VERSION, READY, TOKEN, TOKEN_BODY,
+                       EdgeError, PeerClosed, ProtocolError, check_timeout, pack_activation, packet_rows, parse_json,
+                       parse_address, recv_frame, send_frame, send_json)
+
+
+@dataclass(frozen=True)
+class Uplink:
+    """What the air interface does to the packets of one request's transfers.
+
+    mode none: every packet arrives intact. erasure: each packet is lost (fails its CRC) with
+    probability packet_error_rate(cfg) and never reaches the edge. bitflip: no CRC; every bit of the
+    activation's bytes flips with the fade-averaged BER (a stress test). `template` holds the
+    modulation, fading, packet size and bandwidth; the SNR and the bits per element (from the wire
+    dtype) are set per request. An infinite SNR is a loss-free link. The losses come from the
+    impairment engine (layersplit/uplink.py) and request r's stream, stream_seed(seed, r): the same seed, SNR,
+    link and tokens impair the same elements as add_noise.py's split hook.
+    """
+
+    mode: str = "erasure"
+    template: channel.LinkConfig = channel.LinkConfig()
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.mode not in SERVED_LINKS:
+            raise UserError(f"unknown link {self.mode!r}: use one of {', '.join(SERVED_LINKS)}")
+
+    def config(self, snr_db: float, wire: str) -> channel.LinkConfig | None:
+        """The operating point of a request, or None when the link cannot lose anything."""
+        if self.mode == "none" or math.isinf(snr_db) and snr_db > 0:
+            return None
+        try:
+            return replace(self.template, snr_db=float(snr_db), bits_per_element=wire_bits(wire))
+        except ValueError as e:
+            raise UserError(str(e)) from e
+
+    def loss(self, snr_db: float, wire: str) -> tuple[float, float]:
+        """(packet error rate, bit error rate) at this SNR; (0, 0) when loss-free."""
+        cfg = self.config(snr_db, wire)
+        if cfg is None:
+            return 0.0, 0.0
+        if self.mode == "erasure":
+            return channel.packet_error_rate(cfg), 0.0
+        return 0.0, channel.average_ber(cfg.modulation, cfg.snr_db, cfg.fading, cfg.nakagami_m)
+
+    def stream(self, request: int) -> torch.Generator:
+        """The random stream of request `request`; its steps draw from it in order."""
+        return generator(stream_seed(self.seed, request))
+
+    def transmit(self, data: np.ndarray, total: int, snr_db: float, wire: str,
+                 gen: torch.Generator) -> tuple[np.ndarray, int]:
+        """(indices of the `total` packets that arrive, bits flipped); bitflip alters `data` (the
+        activation's element bytes) in place."""
+        per, ber = self.loss(snr_db, wire)
+        if per == 0.0 and ber == 0.0:
+            return np.arange(total), 0
+        if self.mode == "erasure":
+            return np.flatnonzero(~lost_packets(total, per, gen).numpy()), 0
+        return np.arange(total), len(flip_bits(data, ber, gen))
+
+    def air(self, snr_db: float, wire: str, tokens: int, hidden_size: int) -> tuple[int, float]:
+        """(bits on air, seconds on air) of one transfer: whole packets with headers, plus the int8
+        scales (32 bits per token); (0, 0) for a link without a physical operating point."""
+        cfg = self.config(snr_db, wire)
+        if cfg is None:
+            return 0, 0.0
+        bits = channel.payload_bits(cfg, tokens, hidden_size) + (32 * tokens if wire == "int8" else 0)
+        return bits, bits / channel.achievable_rate_bps(cfg)
+
+
+def eos_ids(model, tokenizer) -> set[int]:
+    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if ids is None:
+        ids = getattr(tokenizer, "eos_token_id", None)
+    if ids is None:
+        return set()
+    return set(ids) if isinstance(ids, (list, tuple)) else {int(ids)}
+
+
+
+@dataclass
+class RequestReport:
+    """What the UE measured for one request (seconds of wall clock; bytes through the socket)."""
+
+    request: int
+    prompt: str
+    text: str
+    tokens: list[int]
+    prompt_tokens: int
+    split: int  # 0-based: split + 1 decoder layers on the UE
+    layers_on_edge: int
+    snr_db: float
+    link: str
+    wire: str
+    packet_error_rate: float
+    bit_error_rate: float
+    ttft_s: float  # request start (OPEN) to the first token received
+    tpot_s: float  # mean time between later tokens (nan with one token)
+    tokens_per_s: float  # new tokens over the whole request time
+    total_s: float
+    ue_compute_s: float  # UE layers and encoding, all steps
+    edge_compute_s: float  # edge layers and LM head, all steps, as reported by the edge
+    ue_prefill_s: float  # the same for the prompt's step alone
+    edge_prefill_s: float
+    uplink_bytes: int  # UE -> edge, frames included
+    downlink_bytes: int  # edge -> UE
+    uplink_bytes_prefill: int  # the prompt's ACTIVATION frame
+    uplink_bytes_per_token: float  # mean ACTIVATION frame of a decoding step (nan with one token)
+    packets: int  # packets of all activations (sent or lost)
+    packets_lost: int  # as counted by the edge from the sequence numbers
+    bits_flipped: int
+    air_bits: int  # bits on air for the physical link (whole packets, headers, int8 scales)
+    air_s: float  # their transmission time at the link rate (slept only with sleep_air)
+
+    @property
+    def wire_bytes(self) -> int:
+        return self.uplink_bytes + self.downlink_bytes
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "wire_bytes": self.wire_bytes}
+
+
+SplitChoice = Callable[[float], int]  # split_for_snr(snr_db) -> the 0-based split
+
+
+class UEClient:
+    """The UE: runs layers 0..split, sends activations through the simulated uplink, receives tokens.
+
+    `split` is a fixed 0-based split (split + 1 layers on the UE) or a callable
+    split_for_snr(snr_db) -> split, asked once per request with that request's SNR. The SNR of request r is step r of
+    `snr` (an channel.SnrProcess; None: a fixed infinite SNR, loss-free). One connection serves
+    the client's requests one after the other.
+    """
+
+    def __init__(self, model, tokenizer, address: str | tuple[str, int], split: int | SplitChoice = 4,
+                 wire: str = "fp16", uplink: Uplink | None = None, snr: channel.SnrProcess | None = None,
+                 timeout_s: float = CLIENT_TIMEOUT_S, sleep_air: bool = False):
+        self.split_model = model if isinstance(model, SplitModel) else SplitModel(model)
+        self.tokenizer = tokenizer
+        self.address = parse_address(address) if isinstance(address, str) else tuple(address)
+        if wire not in WIRE_FORMATS:
+            raise UserError(f"unknown wire dtype {wire!r}: use one of {', '.join(WIRE_FORMATS)}")
+        self.wire = wire
+        self.uplink = uplink or Uplink("none")
+        self.snr = snr
+        self.timeout_s = check_timeout(timeout_s, "timeout_s")
+        self.sleep_air = sleep_air
+        if callable(split):
+            self.split_for_snr = split
+        else:
+            fixed = self.split_model.validate_split(split)
+            self.split_for_snr = lambda snr_db: fixed
+        self.eos = eos_ids(self.split_model.model, tokenizer)
+        self.requests = 0
+        self.sock: socket.socket | None = None
+
+    # --- connection ---
+    def connect(self) -> "UEClient":
+        if self.sock is None:
+            try:
+                self.sock = socket.create_connection(self.address, timeout=self.timeout_s)
+            except OSError as e:
+                raise UserError(f"cannot connect to the edge at {self.address[0]}:{self.address[1]} ({e}); "
+                                f"start it with `python serve.py edge --port {self.address[1]}`") from e
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return self
+
+    def _drop_if_stale(self) -> None:
+        """Between requests the edge sends nothing, unless it drops this connection (its handshake or
+        idle timeout ran out while the UE was idle): anything readable, its ERROR or the end of the
+        stream, means a new connection is needed."""
+        if self.sock is None:
+            return
+        try:
+            self.sock.setblocking(False)
+            self.sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:  # nothing to read: still open
+            self.sock.settimeout(self.timeout_s)
+            return
+        except OSError:  # reset
+            pass
+        self.close()
+
+    def close(self) -> None:
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            finally:
+                self.sock = None
+
+    def __enter__(self):
+        return self.connect()
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _expect(self, wanted: int) -> tuple[bytes, int]:
+        try:
+            ftype, payload = recv_frame(self.sock, max(MAX_FRAME_BYTES, 1 << 20), self.timeout_s)
+        except PeerClosed as e:
+            self.close()
+            raise UserError(f"the edge closed the connection ({e})") from e
+        except socket.timeout as e:
+            self.close()
+            raise UserError(f"the edge did not answer within {self.timeout_s:g} s") from e
+        except ProtocolError as e:
+            self.close()
+            raise UserError(f"the edge sent a bad frame: {e}") from e
+        if ftype == ERROR:
+            err = parse_json(payload)
+            if ERROR_CODES.get(err.get("code"), True):
+                self.close()
+            raise EdgeError(str(err.get("code")), str(err.get("message")))
+        if ftype != wanted:
+            self.close()
+            raise UserError(f"the edge sent {FRAME_NAMES.get(ftype, ftype)} where {FRAME_NAMES[wanted]} was expected")
+        return payload, HEADER.size + len(payload)
+
+    # --- one request ---
+    def next_snr(self) -> float:
+        """The SNR of the next request: step `requests` of the SNR process."""
+        if self.snr is None:
+            return math.inf
+        return self.snr.snr_db if self.requests == 0 else self.snr.step()
+
+    def generate(self, prompt: str, max_new_tokens: int = 32) -> RequestReport:
+        """Greedy generation of up to max_new_tokens (stops after an end-of-sequence token)."""
+        if max_new_tokens < 1:
+            raise UserError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        request = self.requests
+        snr_db = self.next_snr()
+        self.requests += 1
+        split = self.split_model.validate_split(self.split_for_snr(snr_db))
+        per, ber = self.uplink.loss(snr_db, self.wire)
+        ids = self.tokenizer(prompt, return_tensors="pt").input_ids
+        if ids.shape[1] == 0:
+            raise UserError("the prompt is empty after tokenisation")
+        k = self.uplink.template.elements_per_packet
+        d, wire = self.split_model.hidden_size, self.wire
+        packet_bytes = k * WIRE_FORMATS[wire][0]
+        stream = self.uplink.stream(request)
+        self._drop_if_stale()
+        self.connect()
+        up = down = 0
+        start = time.perf_counter()
+        up += send_json(self.sock, OPEN, {"protocol": PROTOCOL_VERSION, "model": self.split_model.fingerprint,
+                                          "split": split, "wire": wire, "elements_per_packet": k,
+                                          "request": request})
+        payload, n = self._expect(READY)
+        down += n
+        ready = parse_json(payload)
+        cache = self.split_model.new_cache("ue", split)
+        x = ids
+        tokens, times, step_bytes = [], [], []
+        ue_s = edge_s = air_s = 0.0
+        packets = lost = flipped = air_bits = 0
+        try:
+            for step in range(max_new_tokens):
+                t = time.perf_counter()
+                hidden = self.split_model.ue_forward(split, x, cache)[0]
+                data, scales = encode(hidden, wire)
+                ue_s += time.perf_counter() - t
+                total = n_packets(hidden.numel(), k)
+                kept, bits = self.uplink.transmit(data, total, snr_db, wire, stream)
+                rows = packet_rows(data, total, packet_bytes)
+                frame = pack_activation(step, hidden.shape[0], d, rows, kept, scales)
+                if HEADER.size + len(frame) > ready["max_frame_bytes"]:
+                    raise UserError(f"the prompt's activation ({len(frame)} bytes) exceeds the edge's frame limit "
+                                    f"of {ready['max_frame_bytes']} bytes: use a shorter prompt or --max-frame-bytes")
+                b, s = self.uplink.air(snr_db, wire, hidden.shape[0], d)
+                air_bits, air_s = air_bits + b, air_s + s
+                if self.sleep_air and s > 0:
+                    time.sleep(s)
+                sent = send_frame(self.sock, ACTIVATION, frame)
+                up += sent
+                step_bytes.append(sent)
+                payload, n = self._expect(TOKEN)
+                down += n
+                _, token, missing, seconds = TOKEN_BODY.unpack(payload)
+                times.append(time.perf_counter())
+                tokens.append(token)
+                packets += rows.shape[0]
+                lost += missing
+                flipped += bits
+                edge_s += seconds
+                if step == 0:
+                    prefill = (ue_s, edge_s)
+                if token in self.eos:
+                    break
+                x = torch.tensor([[token]])
+            up += send_frame(self.sock, CLOSE)
+            _, n = self._expect(CLOSED)
+            down += n
+        except BaseException:
+            self.close()  # a half-finished session must not linger: the edge frees it on disconnect
+            raise
+        total = times[-1] - start
+        n_tok = len(tokens)
+        return RequestReport(
+            request=request, prompt=prompt, text=self.tokenizer.decode(tokens, skip_special_tokens=True),
+            tokens=tokens, prompt_tokens=int(ids.shape[1]), split=split,
+            layers_on_edge=self.split_model.n_layers - split - 1, snr_db=snr_db, link=self.uplink.mode, wire=wire,
+            packet_error_rate=per, bit_error_rate=ber, ttft_s=times[0] - start,
+            tpot_s=(times[-1] - times[0]) / (n_tok - 1) if n_tok > 1 else math.nan,
+            tokens_per_s=n_tok / total, total_s=total, ue_compute_s=ue_s, edge_compute_s=edge_s,
+            ue_prefill_s=prefill[0], edge_prefill_s=prefill[1],
+            uplink_bytes=up, downlink_bytes=down, uplink_bytes_prefill=step_bytes[0],
+            uplink_bytes_per_token=float(np.mean(step_bytes[1:])) if n_tok > 1 else math.nan,
+            packets=packets, packets_lost=lost, bits_flipped=flipped, air_bits=air_bits, air_s=air_s,
+        )
+
+
+@torch.no_grad()
+def generate_single_process(model, tokenizer, prompt: str, max_new_tokens: int) -> tuple[list[int], list[float], float]:
+    """The reference: greedy tokens of the whole model in one process, with a KV cache.
+
+    Returns (tokens, arrival times, start time) measured like UEClient.generate, so that time to
+    first token and time per output token compare like for like. Stops after an end-of-sequence token.
+    """
+    device = next(model.parameters()).device
+    kw = cache_kwarg(model)
+    eos = eos_ids(model, tokenizer)
+    ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
+    cache = DynamicCache(config=model.config)
+    tokens, times = [], []
+    start = time.perf_counter()
+    x = ids
+    for _ in range(max_new_tokens):
+        logits = model(input_ids=x, use_cache=True, logits_to_keep=1, **{kw: cache}).logits[0, -1]
+        token = int(logits.argmax())
+        times.append(time.perf_counter())
+        tokens.append(token)
+        if token in eos:
+            break
+        x = torch.tensor([[token]], device=device)
+    return tokens, times, start
+

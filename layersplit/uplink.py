@@ -1,0 +1,168 @@
+"""The one impairment engine: what the air does to what crosses the uplink (wire.py: what crosses).
+
+Everything here is a pure function of the activation of one transfer (its elements in token-major
+order, cut into packets of k consecutive elements) and of a seeded random stream. The split hook
+(link.SplitLink: add_noise.py, the LLM environment), the sweep and serve.py's simulated uplink all
+call these functions, so the same seed, link, SNR and tokens impair the same elements everywhere.
+
+Modes (grid.LINK_MODES):
+    dropout  the original: each element lost with probability p (packets of one element)
+    erasure  each packet of k elements lost with the channel's packet error rate (failed CRC)
+    awgn     y + n / |h| on power-normalised activations: one fade per packet, zero-forcing
+    bitflip  raw bit errors on the wire format's bytes, no CRC (a stress test)
+On top of any mode the UE may withhold a share of the elements (not sent; the edge zero-fills
+them); with dropout and erasure the packets are then filled with the elements that are sent.
+
+One seeding scheme: the randomness of a unit of work is a CPU torch.Generator seeded with
+stream_seed(seed, unit, draw), and its transfers draw from it in order. The sweep's unit is a
+(window, draw), with one transfer; serve.py's is a request (draw 0), whose steps are its transfers;
+add_noise.py's is its run (unit 0, draw 0), so `add_noise.py --generate` at a seed impairs what
+serve.py's first request at that seed does. Losses compare one uniform field per transfer with the
+loss probability, so masks at different probabilities are nested.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from scipy import special
+
+from . import UserError, channel, wire
+from .grid import LINK_MODES, validate_probability
+
+
+@dataclass(frozen=True)
+class Impairment:
+    """What the link does to a transfer: a mode (grid.LINK_MODES) at an operating point."""
+
+    mode: str = "dropout"
+    loss: float = 0.0  # probability that an element (dropout) or a packet (erasure: the PER) is lost
+    ber: float = 0.0  # bit error rate (bitflip)
+    withheld: float = 0.0  # share of the elements the UE does not send
+    channel: channel.LinkConfig | None = None  # the physical operating point (None: the original's direct p)
+
+    @property
+    def elements_per_packet(self) -> int:
+        return self.channel.elements_per_packet if self.channel else 1
+
+    @property
+    def element_loss(self) -> float:
+        """Probability that an element arrives zeroed (withheld, dropout, erasure) or altered (bitflip)."""
+        if self.mode == "bitflip":
+            on_air = -math.expm1(self.channel.bits_per_element * math.log1p(-self.ber))
+        else:
+            on_air = 0.0 if self.mode == "awgn" else self.loss
+        return self.withheld + (1.0 - self.withheld) * on_air
+
+    def withholding(self, share: float) -> "Impairment":
+        return replace(self, withheld=validate_probability(share, "withheld share"))
+
+
+def direct(p: float, withheld: float = 0.0) -> Impairment:
+    """The original's link: each element lost with probability p."""
+    return Impairment("dropout", loss=validate_probability(p)).withholding(withheld)
+
+
+def physical(cfg: channel.LinkConfig, mode: str = "erasure", withheld: float = 0.0) -> Impairment:
+    """A physical link at operating point `cfg` (SNR, modulation, fading, packets)."""
+    if mode not in LINK_MODES[1:]:
+        raise UserError(f"unknown link mode {mode!r} for a channel: use one of {', '.join(LINK_MODES[1:])}")
+    if mode == "bitflip" and cfg.bits_per_element not in wire.BITFLIP_WIRE:
+        raise UserError(f"bitflip flips the bits of float16 or float32: use 16 or 32 bits per element, "
+                        f"not {cfg.bits_per_element}")
+    loss = channel.packet_error_rate(cfg) if mode == "erasure" else 0.0
+    ber = channel.average_ber(cfg.modulation, cfg.snr_db, cfg.fading, cfg.nakagami_m) if mode == "bitflip" else 0.0
+    return Impairment(mode, loss=loss, ber=ber, channel=cfg).withholding(withheld)
+
+
+def impair(hidden: torch.Tensor, imp: Impairment, gen: torch.Generator) -> tuple[torch.Tensor, int, int]:
+    """(what the edge receives for `hidden`, elements impaired, elements sent): one transfer, drawn
+    from `gen` in a fixed order (the packet field, then the withheld field)."""
+    n = hidden.numel()
+    impaired, sent, k = 0, n, imp.elements_per_packet
+    if imp.mode in ("dropout", "erasure") and (imp.loss > 0.0 or imp.withheld > 0.0):
+        lost, sent = lost_elements(n, k, imp.loss, imp.withheld, gen)
+        lost = lost.view(hidden.shape).to(hidden.device)
+        hidden = hidden.masked_fill(lost, 0.0)
+        impaired = int(lost.sum())
+    elif imp.mode == "awgn":
+        hidden = add_noise(hidden, imp.channel.snr_db, imp.channel.fade_m, k, gen)
+        impaired = n
+    elif imp.mode == "bitflip" and imp.ber > 0.0:
+        fmt = wire.BITFLIP_WIRE[imp.channel.bits_per_element]
+        data, _ = wire.encode(hidden, fmt)
+        flipped = flip_bits(data, imp.ber, gen)
+        hidden = wire.decode(data, None, tuple(hidden.shape), fmt).to(device=hidden.device, dtype=hidden.dtype)
+        impaired = len(np.unique(flipped // imp.channel.bits_per_element))
+    if imp.mode in ("awgn", "bitflip") and imp.withheld > 0.0:
+        withheld = withheld_elements(n, imp.withheld, gen).view(hidden.shape).to(hidden.device)
+        sent = n - int(withheld.sum())
+        hidden = hidden.masked_fill(withheld, 0.0)
+        impaired = n if imp.mode == "awgn" else impaired + int(withheld.sum())  # bitflip: an upper bound
+    return hidden, impaired, sent
+
+
+def stream_seed(seed: int, unit: int, draw: int = 0) -> int:
+    """The generator seed of one unit of work: independent of split, condition and order of work."""
+    return int(np.random.SeedSequence([int(seed), int(unit), int(draw)]).generate_state(1)[0])
+
+
+def generator(seed: int) -> torch.Generator:
+    return torch.Generator(device="cpu").manual_seed(int(seed))
+
+
+def uniform(n: int, gen: torch.Generator) -> torch.Tensor:
+    return torch.rand(n, generator=gen, dtype=torch.float32)
+
+
+# --- losses: dropout, erasure, withholding ------------------------------------------------------------
+def lost_elements(n: int, k: int, loss: float, withheld: float, gen: torch.Generator) -> tuple[torch.Tensor, int]:
+    """(flags of the n elements that do not arrive, elements sent) for packets of k elements lost
+    with probability `loss` (dropout: k = 1) after a share `withheld` of elements is not sent."""
+    packet_field = uniform(math.ceil(n / k), gen)  # drawn first: no withholding keeps the same masks
+    if withheld <= 0.0:
+        return packet_field.lt(loss).repeat_interleave(k)[:n], n
+    kept = uniform(n, gen) >= withheld
+    # packets are filled with the kept elements in order; each kept element takes its packet's fate
+    packet_of = (torch.cumsum(kept, 0) - 1) // k
+    return ~kept | (kept & (packet_field[packet_of.clamp_(min=0)] < loss)), int(kept.sum())
+
+
+def lost_packets(n_packets: int, loss: float, gen: torch.Generator) -> torch.Tensor:
+    """Flags of the packets lost (erasure without withholding: lost_elements' field, per packet)."""
+    return uniform(n_packets, gen) < loss
+
+
+def withheld_elements(n: int, withheld: float, gen: torch.Generator) -> torch.Tensor:
+    """Flags of the elements not sent, for the modes that send every packet (awgn, bitflip)."""
+    return uniform(n, gen) < withheld
+
+
+# --- awgn ---------------------------------------------------------------------------------------------
+def fades(n_packets: int, m: float, gen: torch.Generator) -> torch.Tensor:
+    """|h| per packet: |h|^2 ~ Gamma(m, 1/m) by inverse CDF of seeded uniforms (m = inf: AWGN, |h| = 1)."""
+    if math.isinf(m):
+        return torch.ones(n_packets)
+    u = uniform(n_packets, gen).double().clamp_(1e-12, 1 - 1e-12).numpy()
+    return torch.from_numpy(np.sqrt(special.gammaincinv(m, u) / m)).float()
+
+
+def add_noise(x: torch.Tensor, snr_db: float, fade_m: float, k: int, gen: torch.Generator) -> torch.Tensor:
+    """x + n / |h|: noise power = the activation's mean power / SNR, one fade per packet of k elements."""
+    n = x.numel()
+    fade = fades(math.ceil(n / k), fade_m, gen).repeat_interleave(k)[:n].view(x.shape).to(x.device)
+    power = x.float().pow(2).mean()
+    noise_std = torch.sqrt(power / 10.0 ** (snr_db / 10.0))
+    noise = torch.randn(x.shape, generator=gen).to(x.device)
+    return (x.float() + noise * noise_std / fade).to(x.dtype)
+
+
+# --- bit errors on the wire bytes ---------------------------------------------------------------------
+def flip_bits(data: np.ndarray, ber: float, gen: torch.Generator) -> np.ndarray:
+    """Flip each bit of the bytes `data` (uint8, little-endian elements) with probability ber, in place;
+    return the indices of the bits flipped (bit i of byte j is bit 8 j + i)."""
+    flips = torch.nonzero(uniform(data.size * 8, gen) < ber).flatten().numpy()
+    np.bitwise_xor.at(data, flips // 8, (1 << (flips % 8)).astype(np.uint8))
+    return flips
