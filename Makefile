@@ -24,7 +24,7 @@ venv: $(STAMP)
 
 # --- the pipeline: every result, then every figure; each step resumes where an interrupted run stopped
 R = $(OUT)/results
-# one grid, written once: the SNR experiments' Es/N0 values (figures.py reads the files these make)
+# one grid, written here only: the SNR experiments' Es/N0 values (figures.py takes them from the files these make)
 SNR_GRID = 0,2.5,5,7.5,10,12.5,15,17.5,20,22.5,25,27.5,30,32.5,35,37.5,40,42.5,45,47.5,50,52.5,55
 # the paper-form surrogate's sweep: splits 1-10 x 8 p x 8 draws x 4096 tokens (add_noise.py's defaults) takes
 # about 85 min on 2 CPU cores, so by default the pipeline takes the committed file and recomputes a spot check

@@ -9,13 +9,13 @@ with read_csv and ends with save(fig, figures_dir, name), and register it in FIG
     ber_per   results/channel_ber_per.csv (python -m layersplit.channel --table results/channel_ber_per.csv)
               BER and PER against Es/N0 per modulation and fading, closed form vs Monte Carlo.
     sweep     results/sweep_layers_smollm2-135m.csv (SWEEP_COMMAND below; make reproduce)
-              perplexity and token accuracy against the split layer, one curve per channel condition.
+              perplexity and token accuracy against the split, one curve per channel condition.
     snr       results/sweep_snr_{bpsk,qpsk,16qam}.csv (SNR_COMMAND below, once per modulation)
               perplexity and token accuracy against Es/N0, one curve per modulation, at a few splits;
               the element loss (packet error rate) the link applied, against Es/N0.
     latency   results/latency_breakdown.csv (python -m layersplit.channel --latency-table results/latency_breakdown.csv)
-              UE compute + transmission + edge compute against the layers on the UE, prefill and one
-              decoding step, per model and Es/N0.
+              UE compute + transmission + edge compute against the split, prefill and one decoding
+              step, per model and Es/N0.
 
     rsm_fit   results/rsm_fit_{paper,wireless}.csv (python train_rsm.py fit)
               the surrogates' predictions against the measurements on held-out sweep cells, with R^2.
@@ -28,28 +28,28 @@ with read_csv and ends with save(fig, figures_dir, name), and register it in FIG
               seconds per environment step and per run, real LLM against the surrogate; with the full
               train.py run, the LLM-trained and surrogate-trained policies on the same LLM episodes.
 
-A missing or malformed result file is reported by name; the other figures are still drawn and
-the exit status is non-zero.
+A split is 0-based everywhere: split n cuts after decoder layer n, n + 1 layers on the UE. The
+figures take every grid (splits, SNRs, p) from the result files; the experiments' grids are written
+once, in the Makefile (LAYERS_ARGS, SNR_GRID). A missing or malformed result file is reported by
+name; the other figures are still drawn and the exit status is non-zero.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
 import sys
 import traceback
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import matplotlib
+from layersplit import cli
+from layersplit.cli import on_ue, writable_dir
+from layersplit.surrogate import REFERENCE_SPLIT, r_squared  # numpy only: torch is not imported
 
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-
-from layersplit import cells  # noqa: E402  (pure Python: pooling of sweep cells with intervals)
-from layersplit.cli import writable_dir  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 RESULTS_DIR = Path("results")  # where the experiment scripts write their CSV/JSON
 FIGURES_DIR = Path("figures")  # where the PNGs (and PDFs of the same figures) go
@@ -62,13 +62,13 @@ FADING_LABELS = {"awgn": "AWGN (no fading)", "rayleigh": "Rayleigh", "nakagami":
 ERROR_RATE_FLOOR = 1e-7  # lower y limit of BER/PER plots; Monte Carlo cannot resolve less
 MIN_MC_EVENTS = 10  # Monte Carlo points resting on fewer errors (relative error > 30 %) are not drawn
 SWEEP_FILE = "sweep_layers_smollm2-135m.csv"  # the every-layer sweep (make reproduce's LAYERS_ARGS)
-SWEEP_COMMAND = "python add_noise.py --sweep --splits all --draws 4 --max-tokens 256 --output {path}"
+# how the sweeps are made (the remedy a missing file names); their grids are the Makefile's, written there only
+SWEEP_COMMAND = "make reproduce, or python add_noise.py --sweep <the Makefile's LAYERS_ARGS> --output {path}"
 # --- snr: the physical view of the sweep, one results file per modulation (a file holds one link set-up)
 SNR_FILE = "sweep_snr_{modulation}.csv"  # further sweep_snr_*.csv files (e.g. 64qam) are drawn too
 SNR_MODULATIONS = ("bpsk", "qpsk", "16qam")  # the files the figure requires
-SNR_COMMAND = ("python add_noise.py --sweep --link erasure --modulation {modulation} "
-               "--snrs 0,2.5,5,7.5,10,12.5,15,17.5,20,22.5,25,27.5,30,32.5,35,37.5,40,42.5,45,47.5,50,52.5,55 "
-               "--splits 4,12,24 --dropouts '' --draws 1 --max-tokens 512 --output {path}")
+SNR_COMMAND = ("python add_noise.py --sweep --link erasure --modulation {modulation} <the Makefile's SNR_ARGS, "
+               "its SNR_GRID> --output {path}, or make reproduce")
 RECOVERY = 1.10  # "recovered": perplexity within 10 % of clean at this SNR and every higher one
 # --- latency: seconds per component, stacked; colours from ColorBrewer Dark2 (apart from the modulations')
 LATENCY_FILE = "latency_breakdown.csv"
@@ -76,6 +76,17 @@ LATENCY_COMPONENTS = {"ue_compute_s": ("UE compute", "#7570b3"), "tx_s": ("trans
                       "edge_compute_s": ("edge compute (incl. LM head)", "#1b9e77")}  # bottom to top
 MODEL_LABELS = {"smollm2-135m": "SmolLM2-135M", "llama2-7b": "Llama-2-7B"}
 PHASE_LABELS = {"prefill": "prefill", "decode": "one decoding step"}
+SPLIT_AXIS = "split (0-based; split n = n + 1 layers on the UE)"  # every axis that shows a split
+
+
+def pyplot():
+    """matplotlib.pyplot, drawing to files only; imported by the figures, so that --help answers at once."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 class FigureInputError(Exception):
@@ -112,16 +123,17 @@ def read_csv(path: Path, columns: dict[str, type], remedy: str, optional: dict[s
     return rows
 
 
-def save(fig: plt.Figure, figures_dir: Path, name: str) -> Path:
+def save(fig: Figure, figures_dir: Path, name: str) -> Path:
     """Write `fig` as name.png and name.pdf (FORMATS) into figures_dir, close it; the PNG's path."""
     for fmt in FORMATS:  # no creation date in the PDF: the same results give the same bytes
         fig.savefig(figures_dir / f"{name}.{fmt}", dpi=DPI, metadata={"CreationDate": None} if fmt == "pdf" else None)
-    plt.close(fig)
+    pyplot().close(fig)
     return figures_dir / f"{name}.{FORMATS[0]}"
 
 
 def fig_ber_per(results_dir: Path, figures_dir: Path) -> Path:
     """BER (top) and PER (bottom) against Es/N0, one column per fading model."""
+    plt = pyplot()
     path = results_dir / "channel_ber_per.csv"
     rows = read_csv(
         path,
@@ -184,6 +196,8 @@ OPTIONAL_WINDOW_COLUMNS = {"windows": (float, 1.0), "nll_window_sd": (_float_or_
 def _pooled_interval(rows: list[dict], column: str) -> tuple[float, float, float]:
     """One cell's draws pooled (cells.pool): the value of `column` (ppl or token_accuracy) and its
     95% interval over windows x draws (nan where the cell has a single sample)."""
+    from layersplit import cells  # pooling of sweep cells with intervals (scipy)
+
     pooled = cells.pool(rows)
     if column == "ppl":
         return pooled["ppl"], pooled["ppl_low"], pooled["ppl_high"]
@@ -203,9 +217,10 @@ def _snr_of(path: Path, row: dict, remedy: str) -> float:
 
 
 def fig_sweep(results_dir: Path, figures_dir: Path) -> Path:
-    """Perplexity (log) and token accuracy against layers on the UE, one curve per channel condition:
+    """Perplexity (log) and token accuracy against the split, one curve per channel condition:
     pooled over noise draws (perplexity: exp of the mean NLL), shaded over the 95% interval over
     windows x draws."""
+    plt = pyplot()
     path = results_dir / SWEEP_FILE
     remedy = SWEEP_COMMAND.format(path=path)
     rows = read_csv(path, {"model": str, "tokens": int, "split": int, "link": str, "snr_db": str, "dropout": float,
@@ -236,15 +251,14 @@ def fig_sweep(results_dir: Path, figures_dir: Path) -> Path:
             style["ls"] = ":"
         for ax, column in zip(axes, ("ppl", "token_accuracy")):
             stats = [_pooled_interval([r for r in cell if r["split"] == s], column) for s in splits]
-            layers_on_ue = [s + 1 for s in splits]
-            ax.plot(layers_on_ue, [m for m, _, _ in stats], lw=1.4, **style)
+            ax.plot(splits, [m for m, _, _ in stats], lw=1.4, **style)
             low, high = _band(stats, column)
-            ax.fill_between(layers_on_ue, low, high, color=style["color"], alpha=0.15, lw=0)
+            ax.fill_between(splits, low, high, color=style["color"], alpha=0.15, lw=0)
     axes[0].set_yscale("log")
     axes[0].set_ylabel("perplexity (log scale)")
     axes[1].set_ylabel("top-1 next-token accuracy (fraction)")
     for ax in axes:
-        ax.set_xlabel("layers on the UE (split after this many decoder layers)")
+        ax.set_xlabel(SPLIT_AXIS)
         ax.grid(True, which="major", alpha=0.3)
     handles, _ = axes[0].get_legend_handles_labels()
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 10), frameon=False, fontsize=9,
@@ -324,6 +338,7 @@ def clean_value(sweeps: dict[str, list[dict]], split: int, column: str) -> float
 def fig_snr(results_dir: Path, figures_dir: Path) -> Path:
     """Perplexity (top) and accuracy (bottom) against Es/N0 at a few splits, one curve per
     modulation, and (right) the element loss the link applied against Es/N0."""
+    plt = pyplot()
     sweeps = read_snr_sweeps(results_dir)
     first = next(iter(sweeps.values()))
     splits = sorted({r["split"] for rows in sweeps.values() for r in rows if r["link"] != "dropout"})
@@ -351,7 +366,7 @@ def fig_snr(results_dir: Path, figures_dir: Path) -> Path:
                     if math.isfinite(recovered):
                         ax.plot(recovered, stats[snrs.index(recovered)][0], "o", ms=9, mfc="none",
                                 mec=colors[modulation], mew=1.6)
-        ax_ppl.set_title(f"split {split}: {split + 1} layers on the UE", fontsize=10)
+        ax_ppl.set_title(on_ue(split), fontsize=10)
         ax_ppl.set_yscale("log")
         ax_acc.set_xlabel("average Es/N0 (dB)")
         ax_ppl.tick_params(labelbottom=False)
@@ -388,13 +403,20 @@ def fig_snr(results_dir: Path, figures_dir: Path) -> Path:
 
 
 def fig_latency(results_dir: Path, figures_dir: Path) -> Path:
-    """Stacked UE compute, air time and edge compute against the layers on the UE: one row per
-    (model, phase), one column per Es/N0; the best split of each panel in its title."""
+    """Stacked UE compute, air time and edge compute against the split: one row per (model, phase), one
+    column per Es/N0; the best split of each panel in its title."""
+    plt = pyplot()
     path = results_dir / LATENCY_FILE
-    rows = read_csv(path, {"model": str, "phase": str, "tokens": int, "snr_db": float, "layers_on_ue": int,
-                           "ue_compute_s": float, "tx_s": float, "edge_compute_s": float, "modulation": str,
-                           "fading": str, "bandwidth_hz": float, "ue_flops": float, "edge_flops": float},
-                    remedy=f"python -m layersplit.channel --latency-table {path}")
+    remedy = f"python -m layersplit.channel --latency-table {path}"
+    rows = read_csv(path, {"model": str, "phase": str, "tokens": int, "snr_db": float, "ue_compute_s": float,
+                           "tx_s": float, "edge_compute_s": float, "modulation": str, "fading": str,
+                           "bandwidth_hz": float, "ue_flops": float, "edge_flops": float},
+                    remedy=remedy, optional={"split": (int, None), "layers_on_ue": (int, None)})
+    for r in rows:  # older tables count the layers on the UE instead
+        if r["split"] is None:
+            if r["layers_on_ue"] is None:
+                raise FigureInputError(f"malformed {path}: no column split (nor layers_on_ue) (remake it with: {remedy})")
+            r["split"] = r["layers_on_ue"] - 1
     models = list(dict.fromkeys(r["model"] for r in rows))
     phases = sorted({r["phase"] for r in rows}, key=lambda p: (list(PHASE_LABELS) + [p]).index(p))
     panel_rows = [(m, p) for m in models for p in phases if any(r["model"] == m and r["phase"] == p for r in rows)]
@@ -404,26 +426,25 @@ def fig_latency(results_dir: Path, figures_dir: Path) -> Path:
     for (model, phase), ax_row in zip(panel_rows, axes):
         for snr, ax in zip(snrs, ax_row):
             points = sorted((r for r in rows if r["model"] == model and r["phase"] == phase and r["snr_db"] == snr),
-                            key=lambda r: r["layers_on_ue"])
-            layers = [r["layers_on_ue"] for r in points]
+                            key=lambda r: r["split"])
+            splits = [r["split"] for r in points]
             bottom = [0.0] * len(points)
             for column, (label, color) in LATENCY_COMPONENTS.items():
                 heights = [1e3 * r[column] for r in points]
-                ax.bar(layers, heights, bottom=bottom, width=0.85, color=color, label=label)
+                ax.bar(splits, heights, bottom=bottom, width=0.85, color=color, label=label)
                 bottom = [b + h for b, h in zip(bottom, heights)]
             what = (f"prefill of {points[0]['tokens']} tokens" if phase == "prefill" else
                     f"{PHASE_LABELS.get(phase, phase)} (context {points[0]['tokens']})") if points else phase
             title = f"{MODEL_LABELS.get(model, model)}, {what}, {snr:g} dB"
             if points:
                 best = min(range(len(points)), key=bottom.__getitem__)
-                ax.plot(layers[best], bottom[best], "v", color="k", ms=6, zorder=3)
-                title += (f"\nfastest: {layers[best]} layer{'s' if layers[best] != 1 else ''} on the UE, "
-                          f"{bottom[best]:.3g} ms")
+                ax.plot(splits[best], bottom[best], "v", color="k", ms=6, zorder=3)
+                title += f"\nfastest: {on_ue(splits[best])}, {bottom[best]:.3g} ms"
             ax.set_title(title, fontsize=9)
             ax.grid(True, axis="y", alpha=0.3)
         ax_row[0].set_ylabel("latency (ms)")
     for ax in axes[-1]:
-        ax.set_xlabel("layers on the UE")
+        ax.set_xlabel(SPLIT_AXIS)
     handles, _ = axes[0, 0].get_legend_handles_labels()
     handles.append(plt.Line2D([], [], color="k", marker="v", ls="", ms=6, label="fastest split"))
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
@@ -439,7 +460,7 @@ def fig_latency(results_dir: Path, figures_dir: Path) -> Path:
 # --- the surrogate and the RL ----------------------------------------------------------------------
 RL_ALGOS = {"ppo": ("PPO", "C0"), "a2c": ("A2C", "C1"), "dqn": ("DQN", "C2")}  # colour per algorithm
 BASELINE_STYLES = {"optimum": ("exact optimum", "k", "-"), "greedy": ("greedy one-step", "0.4", "--"),
-                   "random": ("random", "0.6", ":"), "fixed": ("fixed split (5 layers on the UE)", "C3", "-."),
+                   "random": ("random", "0.6", ":"), "fixed": (f"fixed {on_ue(REFERENCE_SPLIT)}", "C3", "-."),
                    "best-static": ("best static split (chosen on training starts)", "C4", "-."),
                    "best-static-per-start": ("best static split per start split (ignores p)", "C5", ":")}
 TRAIN_COMMAND = "python train_rsm.py train --seeds 0,1,2 --algo {algo}"
@@ -467,15 +488,10 @@ def read_json(path: Path, remedy: str, *keys: str) -> dict:
     return data
 
 
-def _r2(measured: list[float], predicted: list[float]) -> float:
-    mean = sum(measured) / len(measured)
-    total = sum((m - mean) ** 2 for m in measured)
-    return 1 - sum((m - p) ** 2 for m, p in zip(measured, predicted)) / total if total else float("nan")
-
-
 def fig_rsm_fit(results_dir: Path, figures_dir: Path) -> Path:
     """Predicted against measured on the cells held out of the fit: the paper form's perplexity
     (through its inference reward) and the wireless form's log-perplexity and token accuracy."""
+    plt = pyplot()
     paper = read_csv(results_dir / "rsm_fit_paper.csv", {"ppl": float, "predicted_ppl": float, "held_out": _flag,
                      "inference_reward": float, "predicted_inference_reward": float}, FIT_COMMAND,
                      optional={"ppl_low": (_float_or_nan, math.nan), "ppl_high": (_float_or_nan, math.nan)})
@@ -508,7 +524,7 @@ def fig_rsm_fit(results_dir: Path, figures_dir: Path) -> Path:
         unit = "perplexity" if "ppl" in x else "token accuracy (fraction)"
         ax.set_xlabel(f"measured {unit}")
         ax.set_ylabel(f"predicted {unit}")
-        r2 = _r2([r[r2x] for r in rows], [r[r2y] for r in rows])
+        r2 = r_squared([r[r2x] for r in rows], [r[r2y] for r in rows])
         ax.set_title(f"{title}\n{len(rows)} held-out cells, {r2label} = {r2:.3f}", fontsize=10)
         ax.legend(loc="upper left", fontsize=8)
         ax.grid(alpha=0.3)
@@ -520,6 +536,7 @@ def fig_rsm_fit(results_dir: Path, figures_dir: Path) -> Path:
 def fig_training(results_dir: Path, figures_dir: Path) -> Path:
     """Training-episode return against environment steps on LayerSplit-Paper-v0: mean over seeds
     with the range of the seeds as a band, per algorithm; the baselines' evaluation returns."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for algo, (label, color) in RL_ALGOS.items():
         path = results_dir / f"rl_paper_{algo}_curves.csv"
@@ -561,6 +578,7 @@ def _policy_rows(path: Path, remedy: str) -> dict[str, list[dict]]:
 def fig_policy(results_dir: Path, figures_dir: Path) -> Path:
     """The split each learned policy chooses against the channel condition, beside the exact
     optimum: on our surrogate (and on the authors' when its results exist) and on the wireless env."""
+    plt = pyplot()
     panels = [("rl_paper_ppo_policy.csv", "LayerSplit-Paper-v0, SmolLM2 surrogate", TRAIN_COMMAND.format(algo="ppo"))]
     optional = [("rl_paper_ppo_authors_policy.csv", "LayerSplit-Paper-v0, the authors' surrogate (Llama-2-7B)"),
                 ("rl_wireless_ppo_policy.csv", "LayerSplit-Wireless-v0")]
@@ -579,8 +597,8 @@ def fig_policy(results_dir: Path, figures_dir: Path) -> Path:
                 ax.plot([r["value"] for r in rows], [10 * r["withheld"] for r in rows], color="k" if optimum else f"C{i}",
                         ls=":", lw=1, label=f"withheld share x 10 ({'optimum' if optimum else policy})")
         ax.set_xlabel("Es/N0 (dB)" if wireless else "element loss probability p")
-        ax.set_ylabel("chosen split (0-based; +1 = layers on the UE)" if wireless else
-                      "split after 5 steps (0-based), mean over starts 1..9")
+        ax.set_ylabel(f"chosen {SPLIT_AXIS}" if wireless else
+                      "split after 5 steps (0-based; n + 1 layers on the UE),\nmean over starts 1..9")
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
@@ -589,11 +607,18 @@ def fig_policy(results_dir: Path, figures_dir: Path) -> Path:
     return save(fig, figures_dir, "policy")
 
 
+def _split_label(choice: str) -> str:
+    """A static choice as the evaluation names it ("split 5") with its layers on the UE beside it."""
+    number = choice.removeprefix("split ")
+    return on_ue(int(number)) if number.isdigit() else choice
+
+
 def fig_cost(results_dir: Path, figures_dir: Path) -> Path:
     """Measured training cost: one environment step and a whole run, real LLM in the loop against
     the surrogate (log scale); with train.py's full run (rl_llm_ppo.json with an evaluation), a third
     panel: the returns of the LLM-trained and surrogate-trained policies and the baselines on the
     same episodes of the real LLM."""
+    plt = pyplot()
     name = "rl_llm_ppo.json" if (results_dir / "rl_llm_ppo.json").is_file() else "rl_llm_cost.json"
     llm = read_json(results_dir / name, "python train.py (make llm), or the cost run of make reproduce",
                     "seconds_per_step")
@@ -627,7 +652,8 @@ def fig_cost(results_dir: Path, figures_dir: Path) -> Path:
     if evaluation:
         returns = evaluation["returns"]
         names = list(returns)
-        labels = [f"best-static ({evaluation['best_static']['choice']})" if n == "best-static" else n for n in names]
+        labels = [f"best-static:\n{_split_label(evaluation['best_static']['choice'])}" if n == "best-static" else n
+                  for n in names]
         colors = ["C3" if n.startswith("learned") else "C0" if n.startswith("surrogate") else "0.5" for n in names]
         axes[2].barh(labels, [returns[n]["mean"] for n in names], xerr=[returns[n]["ci95"] for n in names],
                      color=colors, capsize=3)
@@ -655,19 +681,23 @@ FIGURES: dict[str, Callable[[Path, Path], Path]] = {  # name -> figure; --only t
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Draw the project's figures from result files.")
+    parser = cli.parser(__doc__)
     parser.add_argument("--only", nargs="+", choices=list(FIGURES), help="draw only these figures")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the result files are")
     parser.add_argument("--figures-dir", type=writable_dir, default=str(FIGURES_DIR), help="where to write the figures (PNG and PDF)")
     args = parser.parse_args(argv)
     if not args.results_dir.is_dir():
         parser.error(f"--results-dir {args.results_dir} is not a folder (make the results first: make reproduce)")
-    args.figures_dir = Path(args.figures_dir)
-    args.figures_dir.mkdir(parents=True, exist_ok=True)
+    return cli.run_main("figures.py", lambda: draw(args.only or list(FIGURES), args.results_dir, Path(args.figures_dir)))
+
+
+def draw(names: list[str], results_dir: Path, figures_dir: Path) -> int:
+    """Draw each figure of `names`; 1 when any failed (each named on stderr), else 0."""
+    figures_dir.mkdir(parents=True, exist_ok=True)
     failed = []
-    for name in args.only or FIGURES:
+    for name in names:
         try:
-            png = FIGURES[name](args.results_dir, args.figures_dir)
+            png = FIGURES[name](results_dir, figures_dir)
             print(f"{name}: wrote {png} and {png.with_suffix('.pdf').name}")
         except FigureInputError as e:
             print(f"figures.py: {name}: {e}", file=sys.stderr)

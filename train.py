@@ -14,24 +14,22 @@ its newest checkpoint when the same command is run again (a finished run is only
 The summary goes to results/rl_llm_ppo.json: the measured seconds per step, and the paper's own
 comparison: the policy learned here with the LLM in the loop against the PPO policies learned on
 the surrogate (train_rsm.py train, --compare), the paper's fixed split, the best static split and
-random choices, all on the same episodes of the real LLM. Every constant can be overridden below.
+random choices, all on the same episodes of the real LLM. Every constant below can be overridden
+from the command line.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-import torch
-
-from layersplit import UserError, envs, policies, training
+# light modules only before the arguments are parsed (--help answers at once); torch, the model and
+# Stable-Baselines3 are imported once they are
+from layersplit import UserError, cli, envs
 from layersplit.cli import non_negative_int, positive_int, writable_dir, writable_file
-from layersplit.models import EMBEDDED_MODEL, keep_freed_memory
 
-MODEL = EMBEDDED_MODEL  # the LLM in the loop: embedded SmolLM2-135M, a local folder or a Hugging Face id
+MODEL = "smollm2-135m"  # the LLM in the loop: the embedded SmolLM2-135M, a local folder or a Hugging Face id
 DATASET = "wiki"  # the text its perplexity is measured on (embedded Wikipedia test split)
-TOKENS = envs.LLM_TOKENS  # tokens scored per environment step: bounds the cost of a step
 SEED = 0  # seeds the agent, the environment's start states and the link's noise draws
 TOTAL_TIMESTEPS = 6_000  # the original's budget
 N_STEPS = 100  # PPO steps per update (the original's n_steps, one environment)
@@ -45,35 +43,33 @@ COMPARE = ",".join(f"runs/LayerSplit-Paper-v0/ppo_s{seed}" for seed in (0, 1, 2)
 RUNS_DIR = "runs/LayerSplit-LLM-v0"  # where the run folder goes
 RESULTS = "results/rl_llm_ppo.json"  # the summary
 TORCH_THREADS = 0  # 0: torch's default (the LLM forward uses every core)
-EPISODE_END = envs.EPISODE_END  # "terminate" after the 5th step, as the original; "truncate" bootstraps (an option)
+# tokens per step and how an episode ends: envs.LLM_TOKENS and envs.EPISODE_END (--tokens, --episode-end)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=MODEL, help=f"model (default: {MODEL}, embedded)")
-    p.add_argument("--dataset", default=DATASET, help=f"evaluation text (default: {DATASET})")
-    p.add_argument("--tokens", type=positive_int, default=TOKENS, help=f"tokens scored per step (default: {TOKENS})")
-    p.add_argument("--seed", type=int, default=SEED, help=f"seed (default: {SEED})")
-    p.add_argument("--total-timesteps", type=positive_int, default=TOTAL_TIMESTEPS, help=f"environment steps (default: {TOTAL_TIMESTEPS})")
-    p.add_argument("--n-steps", type=positive_int, default=N_STEPS, help=f"PPO steps per update (default: {N_STEPS})")
-    p.add_argument("--batch", type=positive_int, default=BATCH, help=f"PPO minibatch (default: {BATCH})")
-    p.add_argument("--checkpoint-every", type=non_negative_int, default=CHECKPOINT_EVERY, help=f"steps between checkpoints (default: {CHECKPOINT_EVERY})")
-    p.add_argument("--eval-episodes", type=non_negative_int, default=EVAL_EPISODES, help=f"evaluation episodes per policy, 0 to skip (default: {EVAL_EPISODES})")
+def parse_args(argv=None):
+    p = cli.parser(__doc__)
+    cli.add_run_arguments(p, model=MODEL, seed=SEED,
+                          seed_help="seeds the agent, the environment's start states and the link's noise draws")
+    p.add_argument("--dataset", default=DATASET, help="evaluation text: wiki (embedded), wikitext-2 or a text file")
+    p.add_argument("--tokens", type=positive_int, default=envs.LLM_TOKENS, help="tokens scored per step")
+    p.add_argument("--total-timesteps", type=positive_int, default=TOTAL_TIMESTEPS, help="environment steps")
+    p.add_argument("--n-steps", type=positive_int, default=N_STEPS, help="PPO steps per update")
+    p.add_argument("--batch", type=positive_int, default=BATCH, help="PPO minibatch")
+    p.add_argument("--checkpoint-every", type=non_negative_int, default=CHECKPOINT_EVERY, help="steps between checkpoints")
+    p.add_argument("--eval-episodes", type=non_negative_int, default=EVAL_EPISODES,
+                   help="evaluation episodes per policy, 0 to skip")
     p.add_argument("--best-static-episodes", type=positive_int, default=BEST_STATIC_EPISODES,
-                   help=f"training starts on which best-static picks its split (default: {BEST_STATIC_EPISODES})")
+                   help="training starts on which best-static picks its split")
     p.add_argument("--compare", default=COMPARE,
                    help="comma-separated LayerSplit-Paper-v0 run folders (PPO trained on the surrogate) whose policies are "
-                        "evaluated on the same LLM episodes; missing ones are skipped with a note, '' for none "
-                        f"(default: {COMPARE})")
+                        "evaluated on the same LLM episodes; missing ones are skipped with a note, '' for none")
     p.add_argument("--raw-observations", action="store_true",
-                   help="feed the policy raw observations, as the original (default: scaled to [-1, 1] by the bounds)")
-    p.add_argument("--episode-end", default=EPISODE_END, choices=envs.EPISODE_ENDS,
-                   help=f"how an episode ends after its last step (default: {EPISODE_END}, the original's)")
-    p.add_argument("--run-dir", type=writable_dir, default=RUNS_DIR, help=f"parent folder of the run (default: {RUNS_DIR})")
-    p.add_argument("--results", type=writable_file, default=RESULTS, help=f"summary JSON (default: {RESULTS})")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="model dtype (default: auto)")
-    p.add_argument("--torch-threads", type=non_negative_int, default=TORCH_THREADS, help="torch threads, 0 for the default (default: 0)")
+                   help="feed the policy raw observations, as the original (otherwise scaled to [-1, 1] by the bounds)")
+    p.add_argument("--episode-end", default=envs.EPISODE_END, choices=envs.EPISODE_ENDS,
+                   help="how an episode ends after its last step: terminate is the original's")
+    p.add_argument("--run-dir", type=writable_dir, default=RUNS_DIR, help="parent folder of the run")
+    p.add_argument("--results", type=writable_file, default=RESULTS, help="summary JSON")
+    p.add_argument("--torch-threads", type=non_negative_int, default=TORCH_THREADS, help="torch threads, 0 for torch's default")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = p.parse_args(argv)
     if args.tokens < 2:  # the other counts are checked by their types
@@ -83,6 +79,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def compared_policies(folders: str) -> dict:
     """name -> policy for each surrogate-trained run folder that exists (a note for each that does not)."""
+    from layersplit import policies, training
+
     found = {}
     for folder in filter(None, (f.strip() for f in folders.split(","))):
         config = Path(folder) / "config.json"
@@ -99,6 +97,8 @@ def compared_policies(folders: str) -> dict:
 def evaluate(model, env_kwargs: dict, args) -> dict:
     """The LLM-trained policy, the surrogate-trained ones, fixed, best-static and random on the same
     episodes (resets seeded EVAL_SEED + i): mean return with a 95% t interval over the episodes."""
+    from layersplit import policies
+
     env = envs.make("LayerSplit-LLM-v0", **env_kwargs)
     best_static = policies.BestStatic(env.unwrapped, args.best_static_episodes)
     candidates = {"learned (LLM in the loop)": policies.learned(model), **compared_policies(args.compare),
@@ -118,34 +118,39 @@ def evaluate(model, env_kwargs: dict, args) -> dict:
                             "scores": best_static.scores}}
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def run(args) -> int:
+    import torch
+
+    from layersplit import training
+    from layersplit.models import keep_freed_memory
+
     keep_freed_memory()
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     env_kwargs = {"model": args.model, "dataset": args.dataset, "tokens": args.tokens, "context_length": args.tokens,
                   "device": args.device, "dtype": args.dtype, "episode_end": args.episode_end}
-    try:
-        run = Path(args.run_dir) / f"ppo_s{args.seed}"
-        print(f"PPO on LayerSplit-LLM-v0 ({args.model}, {args.tokens} tokens per step), {args.total_timesteps} steps "
-              f"-> {run}", file=sys.stderr)
-        model, summary = training.train("LayerSplit-LLM-v0", "ppo", run, args.total_timesteps, args.seed, 1,
-                                        {"n_steps": args.n_steps, "batch_size": args.batch}, env_kwargs,
-                                        args.checkpoint_every, progress=not args.no_progress,
-                                        scale_observations=not args.raw_observations)
-        print(f"{summary['timesteps']} steps in {summary['wall_s']:.1f} s: {summary['seconds_per_step']:.3f} s per "
-              f"environment step (PPO updates included)")
-        report = {"model": args.model, "dataset": args.dataset, "tokens_per_step": args.tokens, "seed": args.seed,
-                  "run": str(run), **summary}
-        if args.eval_episodes:
-            report["evaluation"] = evaluate(model, env_kwargs, args)
-    except UserError as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
-        return 2
+    run = Path(args.run_dir) / f"ppo_s{args.seed}"
+    print(f"PPO on LayerSplit-LLM-v0 ({args.model}, {args.tokens} tokens per step), {args.total_timesteps} steps "
+          f"-> {run}", file=sys.stderr)
+    model, summary = training.train("LayerSplit-LLM-v0", "ppo", run, args.total_timesteps, args.seed, 1,
+                                    {"n_steps": args.n_steps, "batch_size": args.batch}, env_kwargs,
+                                    args.checkpoint_every, progress=not args.no_progress,
+                                    scale_observations=not args.raw_observations)
+    print(f"{summary['timesteps']} steps in {summary['wall_s']:.1f} s: {summary['seconds_per_step']:.3f} s per "
+          f"environment step (PPO updates included)")
+    report = {"model": args.model, "dataset": args.dataset, "tokens_per_step": args.tokens, "seed": args.seed,
+              "run": str(run), **summary}
+    if args.eval_episodes:
+        report["evaluation"] = evaluate(model, env_kwargs, args)
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps(report, indent=2, default=float))
     print(f"summary in {args.results}", file=sys.stderr)
     return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    return cli.run_main("train.py", lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -14,32 +14,30 @@ evaluates the seeds against the baselines (fixed split of the paper, the best st
 on training starts, random, greedy, exact optimum) on the same episodes and writes
 results/rl_<env>_<algo>.json, the learning curves
 results/rl_<env>_<algo>_curves.csv and the chosen split against the channel condition
-results/rl_<env>_<algo>_policy.csv (--name changes the rl_<env>_<algo> stem). Every constant below can be overridden from the command line.
+results/rl_<env>_<algo>_policy.csv (--name changes the rl_<env>_<algo> stem). Every constant below can be
+overridden from the command line.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from layersplit import UserError
-from layersplit import envs, policies, surrogate, training
-from layersplit.cli import discount, non_negative_int, open_fraction, positive_int, writable_dir, writable_file
-from layersplit.cli import parse_floats
+# light modules only before the arguments are parsed (--help answers at once); torch, Stable-Baselines3,
+# pandas and the policies are imported by the commands that use them
+from layersplit import UserError, cli, envs, surrogate
+from layersplit.cli import discount, non_negative_int, open_fraction, parse_floats, positive_int, writable_dir
+from layersplit.cli import writable_file
 
 # --- fit ----------------------------------------------------------------------------------------
 SWEEP = "results/sweep_smollm2-135m.csv"  # the original link's sweep (p x split): the paper-form RSM
 WIRELESS_SWEEP = "results/sweep_wireless_smollm2-135m.csv"  # SNR x split x withheld: the wireless-form RSM
-PAPER_RSM = "reward_predictor.pth"  # where the paper-form surrogate goes (the original's file name)
-WIRELESS_RSM = "reward_predictor_wireless.pth"  # where the wireless-form surrogate goes
-FIT_EPOCHS = surrogate.EPOCHS  # full-batch Adam steps
-HOLDOUT = surrogate.HOLDOUT_FRACTION  # share of sweep cells held out to measure the fit
-HOLDOUT_REPEATS = surrogate.HOLDOUT_REPEATS  # more held-out draws, their R2 reported as a spread (0: none)
+FIT_SEED = 0  # seeds the held-out draw and the initial weights
+# the fit's epochs and held-out shares: surrogate.EPOCHS, HOLDOUT_FRACTION, HOLDOUT_REPEATS; the files it
+# writes: envs.PAPER_RSM and envs.WIRELESS_RSM, the shipped surrogates the environments load
 # --- train --------------------------------------------------------------------------------------
 ENV = "LayerSplit-Paper-v0"  # the original surrogate MDP
 ALGO = "ppo"  # ppo (the paper's), a2c or dqn (the paper's comparisons)
@@ -49,8 +47,6 @@ N_ENVS = 8  # environments stepped together (vectorised); PPO's rollout stays RO
 ROLLOUT = 400  # PPO steps per update summed over environments (the original's n_steps with one env)
 BATCH = 100  # PPO minibatch (the original's batch_size)
 GAMMA = 0.9  # discount, every algorithm: a horizon of ~10 steps for 5-step episodes (SB3's 0.99: README)
-SCALE_OBSERVATIONS = training.SCALE_OBSERVATIONS  # policy inputs scaled to [-1, 1] by the bounds (README)
-EPISODE_END = envs.EPISODE_END  # "terminate" after the last step, as the original; "truncate" is an option
 TORCH_THREADS = 1  # a 64-unit policy network gains nothing from more threads, only overhead
 CHECKPOINT_EVERY = 20_000  # save the agent every this many steps (resume picks up from there)
 RUNS_DIR = "runs"  # training runs: runs/<env>/<algo>_s<seed>/
@@ -59,7 +55,6 @@ RESULTS_DIR = "results"  # evaluation summaries, curves and policy maps (what fi
 EVAL_EPISODES = 200  # episodes per seed and policy, the same start states for every policy
 EVAL_SEED = 10_000  # episodes of evaluation seed k start from resets seeded EVAL_SEED + 1000 k + i
 CURVE_POINTS = 60  # learning-curve resolution (bins over training steps)
-CONFIDENCE = policies.CONFIDENCE  # level of the intervals over seeds
 
 
 def hyperparameters(algo: str, n_envs: int, rollout: int, batch: int, gamma: float = GAMMA) -> dict:
@@ -106,6 +101,10 @@ def run_dir(args, seed: int) -> Path:
 
 
 def cmd_train(args) -> int:
+    import torch
+
+    from layersplit import training
+
     torch.set_num_threads(args.torch_threads)
     seeds = parse_floats(args.seeds, "--seeds")
     if not seeds or any(s != int(s) or s < 0 for s in seeds):
@@ -129,6 +128,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    import torch
+
     torch.set_num_threads(args.torch_threads)
     configs = [json.loads((Path(r) / "config.json").read_text()) for r in args.runs if (Path(r) / "config.json").exists()]
     if len(configs) != len(args.runs):
@@ -142,6 +143,8 @@ def cmd_evaluate(args) -> int:
 
 
 def evaluate_runs(runs: list[Path], args) -> int:
+    from layersplit import policies, training
+
     env_kwargs = env_kwargs_for(args.env, args.rsm, args.episode_end)
     env = envs.make(args.env, **env_kwargs)
     names = ["learned", *(b for b in policies.BASELINES if (b != "greedy" or args.env != "LayerSplit-Wireless-v0")
@@ -165,7 +168,7 @@ def evaluate_runs(runs: list[Path], args) -> int:
     env.close()
     optimum = np.mean(means.get("optimum", [np.nan]))
     table = {}
-    print(f"\n{args.env}: mean return over {args.eval_episodes} episodes, {CONFIDENCE:.0%} interval over "
+    print(f"\n{args.env}: mean return over {args.eval_episodes} episodes, {policies.CONFIDENCE:.0%} interval over "
           f"{len(models)} seed(s)")
     for name, values in means.items():
         mean, half = policies.confidence_interval(values)
@@ -202,6 +205,8 @@ def write_curves(runs: list[Path], path: Path, args) -> None:
     """Mean training-episode return per bin of steps, per seed (for curves with bands over seeds)."""
     import pandas as pd
 
+    from layersplit import training
+
     rows = []
     for run in runs:
         log = training.episode_log(run)
@@ -218,6 +223,8 @@ def write_policy_map(models, path: Path, args, env_kwargs, best_static) -> None:
     """The split each policy chooses against the channel condition: every seed, best-static and the optimum."""
     import pandas as pd
 
+    from layersplit import policies
+
     if args.env == "LayerSplit-LLM-v0":
         return
     rows = []
@@ -232,42 +239,41 @@ def write_policy_map(models, path: Path, args, env_kwargs, best_static) -> None:
 
 
 # --- command line --------------------------------------------------------------------------------
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv=None):
+    p = cli.parser(__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    f = sub.add_parser("fit", help="fit the reward surrogates from sweep results")
-    f.add_argument("--sweep", default=SWEEP, help=f"sweep of the original link for the paper form ('' to skip; default: {SWEEP})")
-    f.add_argument("--wireless-sweep", default=WIRELESS_SWEEP,
-                   help=f"sweep with --snrs/--withheld for the wireless form ('' to skip; default: {WIRELESS_SWEEP})")
-    f.add_argument("--output", type=writable_file, default=PAPER_RSM, help=f"paper-form surrogate file (default: {PAPER_RSM})")
-    f.add_argument("--wireless-output", type=writable_file, default=WIRELESS_RSM, help=f"wireless-form surrogate file (default: {WIRELESS_RSM})")
-    f.add_argument("--epochs", type=positive_int, default=FIT_EPOCHS, help=f"full-batch Adam steps (default: {FIT_EPOCHS})")
-    f.add_argument("--holdout", type=open_fraction, default=HOLDOUT, help=f"share of cells held out (default: {HOLDOUT})")
-    f.add_argument("--holdout-repeats", type=non_negative_int, default=HOLDOUT_REPEATS,
-                   help=f"further held-out draws whose R2 is reported as a spread; the shipped fit is unchanged (default: {HOLDOUT_REPEATS})")
-    f.add_argument("--seed", type=int, default=0, help="seed of the held-out draw and the initial weights (default: 0)")
-    f.add_argument("--results-dir", type=writable_dir, default=RESULTS_DIR, help=f"where fit reports go (default: {RESULTS_DIR})")
+    f = sub.add_parser("fit", help="fit the reward surrogates from sweep results", formatter_class=cli.HelpFormatter)
+    f.add_argument("--sweep", default=SWEEP, help="sweep of the original link for the paper form ('' to skip)")
+    f.add_argument("--wireless-sweep", default=WIRELESS_SWEEP, help="sweep with --snrs/--withheld for the wireless form ('' to skip)")
+    f.add_argument("--output", type=writable_file, default=str(envs.PAPER_RSM), help="paper-form surrogate file")
+    f.add_argument("--wireless-output", type=writable_file, default=str(envs.WIRELESS_RSM), help="wireless-form surrogate file")
+    f.add_argument("--epochs", type=positive_int, default=surrogate.EPOCHS, help="full-batch Adam steps")
+    f.add_argument("--holdout", type=open_fraction, default=surrogate.HOLDOUT_FRACTION,
+                   help="share of sweep cells held out to measure the fit")
+    f.add_argument("--holdout-repeats", type=non_negative_int, default=surrogate.HOLDOUT_REPEATS,
+                   help="further held-out draws whose R2 is reported as a spread (0: none); the shipped fit is unchanged")
+    f.add_argument("--seed", type=non_negative_int, default=FIT_SEED, help="seed of the held-out draw and the initial weights")
+    f.add_argument("--results-dir", type=writable_dir, default=RESULTS_DIR, help="where fit reports go")
     for name, helptext in (("train", "train agents on an environment, then evaluate them"),
                            ("evaluate", "evaluate trained runs against the baselines")):
-        s = sub.add_parser(name, help=helptext)
+        s = sub.add_parser(name, help=helptext, formatter_class=cli.HelpFormatter)
         if name == "train":
-            s.add_argument("--env", default=ENV, help=f"{', '.join(envs.ENV_IDS)} (default: {ENV})")
-            s.add_argument("--algo", default=ALGO, help=f"{', '.join(training.ALGOS)} (default: {ALGO})")
-            s.add_argument("--seeds", default=SEEDS, help=f"comma-separated training seeds (default: {SEEDS})")
+            s.add_argument("--env", default=ENV, help=", ".join(envs.ENV_IDS))
+            s.add_argument("--algo", default=ALGO, help="ppo (the paper's), a2c or dqn (Stable-Baselines3)")
+            s.add_argument("--seeds", default=SEEDS, help="comma-separated training seeds")
             s.add_argument("--seed", dest="seeds", help="one training seed (same as --seeds N)")
-            s.add_argument("--total-timesteps", type=positive_int, default=TOTAL_TIMESTEPS,
-                           help=f"environment steps per seed (default: {TOTAL_TIMESTEPS})")
-            s.add_argument("--n-envs", type=positive_int, default=N_ENVS, help=f"vectorised environments (default: {N_ENVS})")
-            s.add_argument("--rollout", type=positive_int, default=ROLLOUT, help=f"PPO steps per update over all environments (default: {ROLLOUT})")
-            s.add_argument("--batch", type=positive_int, default=BATCH, help=f"PPO minibatch (default: {BATCH})")
+            s.add_argument("--total-timesteps", type=positive_int, default=TOTAL_TIMESTEPS, help="environment steps per seed")
+            s.add_argument("--n-envs", type=positive_int, default=N_ENVS, help="vectorised environments")
+            s.add_argument("--rollout", type=positive_int, default=ROLLOUT, help="PPO steps per update over all environments")
+            s.add_argument("--batch", type=positive_int, default=BATCH, help="PPO minibatch")
             s.add_argument("--checkpoint-every", type=non_negative_int, default=CHECKPOINT_EVERY,
-                           help=f"steps between checkpoints, 0 for none (default: {CHECKPOINT_EVERY})")
-            s.add_argument("--gamma", type=discount, default=GAMMA, help=f"discount (default: {GAMMA}; SB3's and the original's: 0.99)")
-            s.add_argument("--raw-observations", action="store_true", default=not SCALE_OBSERVATIONS,
-                           help="feed the policy raw observations, as the original (default: scaled to [-1, 1] by the bounds)")
-            s.add_argument("--episode-end", default=EPISODE_END, choices=envs.EPISODE_ENDS,
-                           help=f"how an episode ends after its last step (default: {EPISODE_END}, the original's; "
-                                "truncate makes SB3 bootstrap from the last state)")
+                           help="steps between checkpoints, 0 for none")
+            s.add_argument("--gamma", type=discount, default=GAMMA, help="discount (SB3's and the original's: 0.99)")
+            s.add_argument("--raw-observations", action="store_true",
+                           help="feed the policy raw observations, as the original (otherwise scaled to [-1, 1] by the bounds)")
+            s.add_argument("--episode-end", default=envs.EPISODE_END, choices=envs.EPISODE_ENDS,
+                           help="how an episode ends after its last step: terminate is the original's; truncate makes "
+                                "SB3 bootstrap from the last state")
             s.add_argument("--run-dir", type=writable_dir, help=f"parent folder of the runs (default: {RUNS_DIR}/<env>)")
             s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
         else:
@@ -275,21 +281,18 @@ def parse_args(argv=None) -> argparse.Namespace:
         s.add_argument("--rsm", help="surrogate file for the environment (default: the shipped one; a bare state_dict "
                                      "in the authors' format works for LayerSplit-Paper-v0)")
         s.add_argument("--eval-episodes", type=non_negative_int, default=EVAL_EPISODES,
-                       help=f"evaluation episodes per seed and policy, 0 to skip (default: {EVAL_EPISODES})")
-        s.add_argument("--eval-seed", type=int, default=EVAL_SEED, help=f"first evaluation reset seed (default: {EVAL_SEED})")
-        s.add_argument("--results-dir", type=writable_dir, default=RESULTS_DIR, help=f"where summaries go (default: {RESULTS_DIR})")
+                       help="evaluation episodes per seed and policy, 0 to skip")
+        s.add_argument("--eval-seed", type=non_negative_int, default=EVAL_SEED, help="first evaluation reset seed")
+        s.add_argument("--results-dir", type=writable_dir, default=RESULTS_DIR, help="where summaries go")
         s.add_argument("--name", help="stem of the result files (default: rl_<env>_<algo>, e.g. rl_paper_ppo)")
-        s.add_argument("--torch-threads", type=positive_int, default=TORCH_THREADS, help=f"torch threads (default: {TORCH_THREADS})")
+        s.add_argument("--torch-threads", type=positive_int, default=TORCH_THREADS, help="torch threads")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        return {"fit": cmd_fit, "train": cmd_train, "evaluate": cmd_evaluate}[args.command](args)
-    except UserError as e:
-        print(f"train_rsm.py: error: {e}", file=sys.stderr)
-        return 2
+    command = {"fit": cmd_fit, "train": cmd_train, "evaluate": cmd_evaluate}[args.command]
+    return cli.run_main("train_rsm.py", lambda: command(args))
 
 
 if __name__ == "__main__":

@@ -21,11 +21,10 @@ Prints, measured here in one run:
    of the exact optimum with a 95% t interval over seeds. Episodes terminate in all of them, as
    the original's (--episode-end truncate to compare).
 The surrogate is the authors' released one when it is found beside this checkout (its optimum is
-the threshold policy PPO is known to learn), else the shipped reward_predictor.pth.
+the threshold policy PPO is known to learn), else the shipped reward_predictor.pth (envs.PAPER_RSM).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -33,28 +32,29 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from layersplit import envs, policies, training  # noqa: E402
-from layersplit.cli import positive_int  # noqa: E402
-from layersplit.data import load_text, tokenize  # noqa: E402
-from layersplit.models import EMBEDDED_MODEL, keep_freed_memory, load_model  # noqa: E402
-from train_rsm import GAMMA, hyperparameters  # noqa: E402  (the project's defaults)
+# light modules only before the arguments are parsed; torch, Stable-Baselines3 and the model after
+from layersplit import cli, envs  # noqa: E402
+from layersplit.cli import non_negative_int, positive_int  # noqa: E402
+# the project's defaults: the original's budget, n_steps and batch, and this project's copies and discount
+from train_rsm import BATCH, EVAL_EPISODES, EVAL_SEED, GAMMA, N_ENVS, ROLLOUT, TOTAL_TIMESTEPS  # noqa: E402
+from train_rsm import hyperparameters  # noqa: E402
 
 AUTHORS_RSM = ROOT.parent / "shared" / "reference" / "authors_reward_predictor.pth"  # if present
 LLM_STEPS = 5  # LLM environment steps timed (after one reset)
 SURROGATE_STEPS = 20_000  # surrogate environment steps timed
-PPO_STEPS = 240_000  # the original's budget; both set-ups run it in full unless --steps says less
-FULL_RUN = 240_000  # what the times are extrapolated to
-EVAL_EPISODES = 200  # evaluation episodes of each final policy (the same for both)
-EVAL_SEED = 10_000  # the evaluation episodes start from resets seeded EVAL_SEED, EVAL_SEED + 1, ...
-N_ENVS = 8  # batched copies of the fast set-up
+# both set-ups run TOTAL_TIMESTEPS (the original's budget) unless --steps says less, and the times are
+# extrapolated to it; each final policy plays the same EVAL_EPISODES episodes from resets EVAL_SEED, +1, ...
 SEED = 0  # environment resets, the timed actions and the PPO runs (--seed)
+ABLATION_SEEDS = "0,1,2"  # training seeds of the ablation (--seeds)
 
 
 def time_llm_step(tokens: int, seed: int) -> float:
+    from layersplit.data import load_text, tokenize
+    from layersplit.models import EMBEDDED_MODEL, load_model
+
     model, tokenizer = load_model(EMBEDDED_MODEL)
     ids = tokenize(tokenizer, load_text("wiki"), tokens)
     env = gym.make("LayerSplit-LLM-v0", model=model, token_ids=ids, tokens=tokens, context_length=tokens)
@@ -67,6 +67,8 @@ def time_llm_step(tokens: int, seed: int) -> float:
 
 
 def time_surrogate_steps(rsm: Path, seed: int) -> tuple[float, float]:
+    from layersplit.training import PaperVecEnv
+
     env = gym.make("LayerSplit-Paper-v0", rsm_path=rsm)
     env.reset(seed=seed)
     actions = np.random.default_rng(seed).integers(9, size=SURROGATE_STEPS)
@@ -75,7 +77,7 @@ def time_surrogate_steps(rsm: Path, seed: int) -> tuple[float, float]:
         if env.step(int(a))[3]:
             env.reset()
     single = (time.perf_counter() - start) / SURROGATE_STEPS
-    vec = envs.PaperVecEnv(N_ENVS, rsm_path=rsm)
+    vec = PaperVecEnv(N_ENVS, rsm_path=rsm)
     vec.seed(seed)
     vec.reset()
     batches = actions[: SURROGATE_STEPS - SURROGATE_STEPS % N_ENVS].reshape(-1, N_ENVS)
@@ -94,11 +96,15 @@ SETUPS = {"original: 1 env, raw obs., gamma .99": (1, False, 0.99),
 
 
 def ppo_run(rsm: Path, steps: int, setup: tuple, folder: Path, seed: int, episode_end: str = envs.EPISODE_END) -> dict:
-    """PPO with one of SETUPS (n_steps 400 over all environments, batch 100); the summary with the
-    final policy's mean return on the EVAL_EPISODES evaluation episodes."""
+    """PPO with one of SETUPS (ROLLOUT steps per update over all environments, minibatch BATCH); the
+    summary with the final policy's mean return on the EVAL_EPISODES evaluation episodes."""
+    import torch
+
+    from layersplit import policies, training
+
     torch.set_num_threads(1)
     n_envs, scaled, gamma = setup
-    params = hyperparameters("ppo", n_envs, 400, 100, gamma=gamma)
+    params = hyperparameters("ppo", n_envs, ROLLOUT, BATCH, gamma=gamma)
     model, summary = training.train("LayerSplit-Paper-v0", "ppo", folder, steps, seed, n_envs, params,
                                     {"rsm_path": rsm, "episode_end": episode_end}, progress=False,
                                     batched=n_envs > 1, scale_observations=scaled)
@@ -108,20 +114,22 @@ def ppo_run(rsm: Path, steps: int, setup: tuple, folder: Path, seed: int, episod
 
 def optimum_return(rsm: Path) -> float:
     """The exact optimum's mean return on the same evaluation episodes (one DP plan per episode)."""
+    from layersplit import policies
+
     env = gym.make("LayerSplit-Paper-v0", rsm_path=rsm)
     return policies.evaluate(env, policies.baseline("optimum", env.unwrapped), EVAL_EPISODES, seed=EVAL_SEED).mean
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=positive_int, default=PPO_STEPS, help=f"PPO steps per set-up (default: {PPO_STEPS})")
-    p.add_argument("--llm-tokens", type=positive_int, default=envs.LLM_TOKENS, help=f"tokens per LLM step (default: {envs.LLM_TOKENS})")
-    p.add_argument("--seed", type=int, default=SEED, help=f"seed (default: {SEED})")
-    p.add_argument("--rsm", type=Path, help="surrogate (default: the authors' if found, else reward_predictor.pth)")
+    p = cli.parser(__doc__)
+    p.add_argument("--steps", type=positive_int, default=TOTAL_TIMESTEPS, help="PPO steps per set-up")
+    p.add_argument("--llm-tokens", type=positive_int, default=envs.LLM_TOKENS, help="tokens per LLM step")
+    p.add_argument("--seed", type=non_negative_int, default=SEED, help="seed of the resets, the timed actions and the PPO runs")
+    p.add_argument("--rsm", type=Path, help="surrogate (default: the authors' if found, else the shipped envs.PAPER_RSM)")
     p.add_argument("--ablation", action="store_true", help="only part 3: every set-up over --seeds")
-    p.add_argument("--seeds", default="0,1,2", help="training seeds of the ablation (default: 0,1,2)")
+    p.add_argument("--seeds", default=ABLATION_SEEDS, help="training seeds of the ablation")
     p.add_argument("--episode-end", default=envs.EPISODE_END, choices=envs.EPISODE_ENDS,
-                   help=f"episode end in the ablation (default: {envs.EPISODE_END}, the original's)")
+                   help="episode end in the ablation: terminate is the original's")
     args = p.parse_args(argv)
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
@@ -129,8 +137,16 @@ def main(argv=None) -> int:
         p.error(f"--seeds {args.seeds!r}: give comma-separated integers, like 0,1,2")
     if args.rsm is not None and not args.rsm.is_file():
         p.error(f"--rsm {args.rsm}: no such file")
+    return cli.run_main("bench/rl.py", lambda: run(args, seeds))
+
+
+def run(args, seeds: list[int]) -> int:
+    import torch
+
+    from layersplit.models import keep_freed_memory
+
     keep_freed_memory()
-    rsm = args.rsm or (AUTHORS_RSM if AUTHORS_RSM.exists() else ROOT / "reward_predictor.pth")
+    rsm = args.rsm or (AUTHORS_RSM if AUTHORS_RSM.exists() else envs.PAPER_RSM)
     print(f"surrogate: {rsm}\n")
     if args.ablation:
         return ablation(rsm, args.steps, seeds, args.episode_end)
@@ -141,25 +157,27 @@ def main(argv=None) -> int:
     print(f"   real LLM ({args.llm_tokens} tokens)      {llm * 1e3:10.1f} ms")
     print(f"   surrogate, single env          {single * 1e6:10.1f} us   LLM / surrogate = {llm / single:,.0f}x")
     print(f"   surrogate, batched (per copy)  {batched * 1e6:10.1f} us   LLM / surrogate = {llm / batched:,.0f}x")
-    print(f"   {FULL_RUN:,} steps of the LLM environment: {llm * FULL_RUN / 86400:.1f} days (environment alone)\n")
+    print(f"   {TOTAL_TIMESTEPS:,} steps of the LLM environment: {llm * TOTAL_TIMESTEPS / 86400:.1f} days (environment alone)\n")
 
     with tempfile.TemporaryDirectory() as tmp:
         setups = list(SETUPS.values())
         original = ppo_run(rsm, args.steps, setups[0], Path(tmp) / "original", args.seed)
         fast = ppo_run(rsm, args.steps, setups[1], Path(tmp) / "fast", args.seed)
     optimum = optimum_return(rsm)
-    print(f"2. PPO on LayerSplit-Paper-v0, n_steps 400, batch 100, {args.steps:,} steps each, one torch thread")
+    print(f"2. PPO on LayerSplit-Paper-v0, n_steps {ROLLOUT}, batch {BATCH}, {args.steps:,} steps each, one torch thread")
     print(f"   {'set-up':38s}{'steps/s':>9s}{'240k run':>11s}{'return':>9s}{'of optimum':>12s}")
     for name, r in zip(SETUPS, (original, fast)):
-        print(f"   {name:38s}{r['steps_per_s']:9.0f}{FULL_RUN / r['steps_per_s']:10.1f}s{r['return']:9.3f}"
+        print(f"   {name:38s}{r['steps_per_s']:9.0f}{TOTAL_TIMESTEPS / r['steps_per_s']:10.1f}s{r['return']:9.3f}"
               f"{100 * r['return'] / optimum:11.2f}%")
     print(f"   speed-up {fast['steps_per_s'] / original['steps_per_s']:.2f}x; the 240k run in "
-          f"{FULL_RUN / fast['steps_per_s']:.0f} s (target 120 s; the paper reported 7.7 min)")
-    print(f"   LLM-in-the-loop 240k run / surrogate 240k run = {llm * FULL_RUN / (FULL_RUN / fast['steps_per_s']):,.0f}x")
+          f"{TOTAL_TIMESTEPS / fast['steps_per_s']:.0f} s (target 120 s; the paper reported 7.7 min)")
+    print(f"   LLM-in-the-loop 240k run / surrogate 240k run = {llm * TOTAL_TIMESTEPS / (TOTAL_TIMESTEPS / fast['steps_per_s']):,.0f}x")
     return 0
 
 
 def ablation(rsm: Path, steps: int, seeds: list[int], episode_end: str) -> int:
+    from layersplit import policies
+
     optimum = optimum_return(rsm)
     print(f"3. PPO set-ups, {steps:,} steps, episodes end by {episode_end}; share of the exact optimum "
           f"({optimum:.4f}) on {EVAL_EPISODES} evaluation episodes, 95% interval over seeds {seeds}")

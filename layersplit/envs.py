@@ -9,6 +9,9 @@ LayerSplit-Wireless-v0  the physical version: SNR follows an AR(1) process, the 
 the original code. An episode ends by termination after its last step, as the original's: its old
 gym API returned done=True, which Stable-Baselines3 (through shimmy) takes as terminated=True, so no
 value is bootstrapped from the last state. episode_end="truncate" is an option, for comparison.
+
+No torch or Stable-Baselines3 here (the scripts read these settings before parsing their arguments);
+the batched surrogate environment, an SB3 VecEnv, is training.PaperVecEnv.
 """
 from __future__ import annotations
 
@@ -18,7 +21,6 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
-from stable_baselines3.common.vec_env import VecEnv
 
 from . import UserError, channel, compute
 from . import surrogate as rsm
@@ -30,6 +32,7 @@ P_MAX = 0.3  # element loss probabilities live in [0, P_MAX] (the original's cli
 EPISODE_STEPS = 5  # the original's episodes: 5 decisions
 SPLIT_MIN, SPLIT_MAX = 1, 10  # the original's split values
 LOAD_WEIGHT = 1.0  # the original's weight on the load term (10 - split) / 10
+PAPER_INFERENCE_WEIGHT = 10.0  # the original's weight on the surrogate's inference reward (original_reward)
 EPISODE_ENDS = ("terminate", "truncate")
 EPISODE_END = "terminate"  # the original's (done=True under the old gym API); "truncate" bootstraps the last state
 
@@ -46,7 +49,6 @@ def episode_over(steps: int, episode_steps: int, episode_end: str) -> tuple[bool
     return over and episode_end == "terminate", over and episode_end == "truncate"
 
 # --- LayerSplit-Paper-v0: the original surrogate environment ---------------------------------------
-PAPER_INFERENCE_WEIGHT = 10.0  # reward = 10 * RSM([p, split]) + 1 * (10 - split) / 10
 PAPER_RESET_P = (0.01, 0.3)  # p ~ U(0.01, 0.3) at reset
 PAPER_RESET_SPLITS = (1, 9)  # split ~ {1..9} at reset
 # action -> (split change, p factor); 1/3/5/7 shallower by 1..4, 2/4/6/8 deeper by 1..4
@@ -70,11 +72,17 @@ def load_term(split) -> np.ndarray | float:
     return LOAD_WEIGHT * (10 - np.asarray(split, dtype=np.float64)) / 10
 
 
+def original_reward(inference, split, inference_weight: float = PAPER_INFERENCE_WEIGHT):
+    """The original's reward, the one place it is written: inference_weight * inference + the load term;
+    10 * RSM([p, split]) + (10 - split) / 10 on LayerSplit-Paper-v0 (LLM_INFERENCE_WEIGHT on -LLM-v0)."""
+    return inference_weight * inference + load_term(split)
+
+
 class PaperSplitEnv(gym.Env):
     """The original surrogate MDP. Observation [p, split]; Discrete(9) relative moves of the split,
     an action past the bounds 1..10 remapped to the largest legal move first (paper_bound_action),
     then the move and the remapped action's p drift factor (p clipped to [0, 0.3]); reward
-    10 * RSM([p, split]) + (10 - split) / 10 after the move; 5 steps, then termination.
+    original_reward(RSM([p, split]), split) after the move; 5 steps, then termination.
 
     reset(options={"p": .., "split": ..}) starts from a given state (evaluation, tests)."""
 
@@ -102,7 +110,7 @@ class PaperSplitEnv(gym.Env):
         return self.surrogate.predict(np.stack([np.ravel(p), np.ravel(split)], 1))[:, 0]
 
     def reward(self, p, split) -> np.ndarray:
-        return PAPER_INFERENCE_WEIGHT * self.inference_reward(p, split) + load_term(np.ravel(split))
+        return original_reward(self.inference_reward(p, split), np.ravel(split))
 
     def _obs(self) -> np.ndarray:
         return np.array([self.p, self.split], dtype=np.float32)
@@ -120,82 +128,14 @@ class PaperSplitEnv(gym.Env):
         self.p, self.split = float(p), int(split)
         self.steps += 1
         inference = float(self.inference_reward(self.p, self.split)[0])
-        load = float(load_term(self.split))
-        reward = PAPER_INFERENCE_WEIGHT * inference + load
-        info = {"inference_reward": inference, "load_reward": load, "p": self.p, "split": self.split}
+        reward = float(original_reward(inference, self.split))
+        info = {"inference_reward": inference, "load_reward": float(load_term(self.split)), "p": self.p,
+                "split": self.split}
         return self._obs(), reward, *episode_over(self.steps, self.episode_steps, self.episode_end), info
 
 
-class PaperVecEnv(VecEnv):
-    """n copies of LayerSplit-Paper-v0 stepped as arrays: one surrogate call per step for all copies
-    and no per-copy wrappers. The rules are PaperSplitEnv's own (transition, reward); finished
-    episodes reset automatically, with terminal_observation and TimeLimit.truncated in their info,
-    as in Stable-Baselines3's vectorised environments. Wrap it in VecMonitor for episode logs."""
-
-    def __init__(self, n_envs: int, rsm_path: str | Path = PAPER_RSM, surrogate: rsm.Surrogate | None = None,
-                 episode_steps: int = EPISODE_STEPS, episode_end: str = EPISODE_END):
-        self.rules = PaperSplitEnv(rsm_path, surrogate, episode_steps, episode_end)
-        super().__init__(n_envs, self.rules.observation_space, self.rules.action_space)
-        self.rng = np.random.default_rng()
-        self.p, self.split = np.zeros(n_envs), np.zeros(n_envs, dtype=np.int64)
-        self.steps = np.zeros(n_envs, dtype=np.int64)
-        self.actions = np.zeros(n_envs, dtype=np.int64)
-
-    def _restart(self, which: np.ndarray) -> None:
-        n = int(which.sum())
-        self.p[which] = self.rng.uniform(*PAPER_RESET_P, size=n)
-        self.split[which] = self.rng.integers(PAPER_RESET_SPLITS[0], PAPER_RESET_SPLITS[1] + 1, size=n)
-        self.steps[which] = 0
-
-    def _obs(self) -> np.ndarray:
-        return np.stack([self.p, self.split], 1).astype(np.float32)
-
-    def reset(self):
-        if self._seeds[0] is not None:  # one generator drives every copy
-            self.rng = np.random.default_rng(self._seeds[0])
-        self._reset_seeds()
-        self._restart(np.ones(self.num_envs, dtype=bool))
-        return self._obs()
-
-    def step_async(self, actions) -> None:
-        self.actions = np.asarray(actions, dtype=np.int64).reshape(self.num_envs)
-
-    def step_wait(self):
-        self.p, self.split = self.rules.transition(self.p, self.split, self.actions)
-        inference = self.rules.inference_reward(self.p, self.split)
-        load = load_term(self.split)
-        rewards = (PAPER_INFERENCE_WEIGHT * inference + load).astype(np.float32)
-        self.steps += 1
-        done = self.steps >= self.rules.episode_steps
-        obs = self._obs()
-        infos = [{"inference_reward": float(i), "load_reward": float(l), "p": float(p), "split": int(s)}
-                 for i, l, p, s in zip(inference, load, self.p, self.split)]
-        if done.any():
-            for i in np.flatnonzero(done):
-                infos[i].update({"terminal_observation": obs[i],
-                                 "TimeLimit.truncated": self.rules.episode_end == "truncate"})
-            self._restart(done)
-            obs = self._obs()
-        return obs, rewards, done, infos
-
-    def close(self) -> None:
-        pass
-
-    def get_attr(self, attr_name, indices=None):
-        return [getattr(self.rules, attr_name)] * len(self._get_indices(indices))
-
-    def set_attr(self, attr_name, value, indices=None) -> None:
-        raise NotImplementedError("PaperVecEnv copies share one set of rules")
-
-    def env_method(self, method_name, *method_args, indices=None, **method_kwargs):
-        return [getattr(self.rules, method_name)(*method_args, **method_kwargs) for _ in self._get_indices(indices)]
-
-    def env_is_wrapped(self, wrapper_class, indices=None):
-        return [False] * len(self._get_indices(indices))
-
-
 # --- LayerSplit-LLM-v0: the real model in the loop ------------------------------------------------
-LLM_INFERENCE_WEIGHT = 10.5  # reward = 10.5 * (PPL_initial - PPL) / PPL_initial + (10 - split) / 10
+LLM_INFERENCE_WEIGHT = 10.5  # original_reward's weight on (PPL_initial - PPL) / PPL_initial here
 LLM_RESET_P = (0.08, 0.22)  # p ~ U(0.08, 0.22) at reset
 LLM_RESET_SPLITS = (3, 6)  # split ~ {3..6} at reset
 LLM_P_DEEPER, LLM_P_SHALLOWER = 0.9995, 1.0005  # p drift when the split moves deeper / shallower
@@ -269,9 +209,9 @@ class LLMSplitEnv(gym.Env):
         self.steps += 1
         ppl = self.perplexity(self.p, self.split)
         inference = (self.ppl_initial - ppl) / self.ppl_initial
-        load = float(load_term(self.split))
-        reward = LLM_INFERENCE_WEIGHT * inference + load
-        info = {"inference_reward": inference, "load_reward": load, "ppl": ppl, "p": self.p, "split": self.split}
+        reward = original_reward(inference, self.split, LLM_INFERENCE_WEIGHT)
+        info = {"inference_reward": inference, "load_reward": float(load_term(self.split)), "ppl": ppl, "p": self.p,
+                "split": self.split}
         return self._obs(), float(reward), *episode_over(self.steps, self.episode_steps, self.episode_end), info
 
     def close(self):

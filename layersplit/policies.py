@@ -27,7 +27,8 @@ import numpy as np
 from scipy import stats
 
 from . import UserError
-from .envs import PAPER_MOVES, SPLIT_MAX, SPLIT_MIN, LLMSplitEnv, PaperSplitEnv, WirelessSplitEnv, make
+from .envs import (PAPER_MOVES, PAPER_RESET_P, PAPER_RESET_SPLITS, SNR_RANGE_DB, SPLIT_MAX, SPLIT_MIN, LLMSplitEnv,
+                   PaperSplitEnv, WirelessSplitEnv, make)
 from .surrogate import REFERENCE_SPLIT
 
 Policy = Callable[[np.ndarray, object], int]
@@ -36,6 +37,7 @@ PAPER_ONLY = ("best-static-per-start",)  # baselines defined on LayerSplit-Paper
 CONFIDENCE = 0.95  # confidence level of the intervals over seeds
 BEST_STATIC_EPISODES = 200  # training starts on which best-static picks its choice (reset seeds 0..N-1)
 BEST_STATIC_SEED = 0  # first reset seed of those starts; evaluations start at 10,000 and above
+MAP_POINTS = 30  # p values of the split-against-p map (split_versus_condition)
 
 
 # --- the Paper environment -----------------------------------------------------------------------
@@ -212,9 +214,9 @@ def baseline(name: str, env, seed: int = 0, best_static_episodes: int = BEST_STA
 
 
 def split_chooser(run_dir, rsm_path=None) -> Callable[[float], int]:
-    """A policy trained on LayerSplit-Wireless-v0 as `snr_db -> layers on the UE` (what serve.py's
-    UE asks per request): the policy's action at that SNR, its split + 1 (the withheld share it
-    also picks is not applied by serve.py)."""
+    """A policy trained on LayerSplit-Wireless-v0 as `snr_db -> split` (what serve.py's UE asks per
+    request): the split of the policy's action at that SNR, 0-based as everywhere (split n puts n + 1
+    layers on the UE; the withheld share the action also picks is not applied by serve.py)."""
     from .training import load_policy  # here: Stable-Baselines3 is only imported when a policy is loaded
 
     config_path = Path(run_dir) / "config.json"
@@ -231,7 +233,7 @@ def split_chooser(run_dir, rsm_path=None) -> Callable[[float], int]:
     def choose(snr_db: float) -> int:
         low, high = float(env.observation_space.low[0]), float(env.observation_space.high[0])
         obs = np.array([min(max(snr_db, low), high)], dtype=np.float32)  # the SNR range the policy was trained on
-        return int(env.actions[int(model.predict(obs, deterministic=True)[0]), 0]) + 1
+        return int(env.actions[int(model.predict(obs, deterministic=True)[0]), 0])
 
     return choose
 
@@ -292,16 +294,17 @@ def confidence_interval(values, confidence: float = CONFIDENCE) -> tuple[float, 
 
 def split_versus_condition(env_id: str, policy_for: Callable[[object], Policy], env_kwargs: dict) -> list[dict]:
     """Where each policy puts the split as a function of the channel condition.
-    Paper: the split after a whole episode from each start split 1..9, averaged, per p on a grid;
-    Wireless: the action chosen at each SNR on a grid (split and withheld share)."""
+    Paper: the split after a whole episode from each start split 1..9, averaged, per p on a grid over the
+    start states' range; Wireless: the action chosen at each SNR of the observed range, 1 dB apart
+    (split and withheld share)."""
     env = make(env_id, **env_kwargs)
     base = env.unwrapped
     policy = policy_for(base)
     rows = []
     if isinstance(base, PaperSplitEnv):
-        for p in np.round(np.linspace(0.01, 0.30, 30), 4):
+        for p in np.round(np.linspace(*PAPER_RESET_P, MAP_POINTS), 4):
             finals = []
-            for start in range(1, 10):
+            for start in range(PAPER_RESET_SPLITS[0], PAPER_RESET_SPLITS[1] + 1):
                 obs, _ = env.reset(seed=0, options={"p": float(p), "split": start})
                 done = False
                 while not done:
@@ -310,7 +313,7 @@ def split_versus_condition(env_id: str, policy_for: Callable[[object], Policy], 
                 finals.append(info["split"])
             rows.append({"condition": "p", "value": float(p), "split": float(np.mean(finals)), "withheld": 0.0})
     elif isinstance(base, WirelessSplitEnv):
-        for snr in np.arange(10.0, 40.01, 1.0):
+        for snr in np.arange(SNR_RANGE_DB[0], SNR_RANGE_DB[1] + 0.01, 1.0):
             obs, _ = env.reset(seed=0, options={"snr_db": float(snr)})
             split, withheld = base.actions[policy(obs, base)]
             rows.append({"condition": "snr_db", "value": float(snr), "split": float(split), "withheld": float(withheld)})

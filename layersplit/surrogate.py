@@ -16,19 +16,24 @@ wireless  [SNR dB, split, withheld share] -> [log-perplexity, token accuracy, la
 
 `split` is the 0-based decoder layer after which the link sits (split + 1 layers on the UE), as
 in the sweep CSV and the original code. Predictions go through numpy (`predict`), which costs a few
-microseconds per point instead of a torch call's framework overhead.
+microseconds per point instead of a torch call's framework overhead. torch is imported only where a
+network is built, fitted, saved or loaded: the scripts read this module's settings before that.
 """
 from __future__ import annotations
 
 import os
 import sys
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from . import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT = "layersplit-rsm/1"  # tag of files written here; a bare fc.* state_dict is the authors' format
 HIDDEN = 128  # the original's width
@@ -45,16 +50,14 @@ LEARNING_RATE = 3e-3
 AUTHORS_KEYS = {"fc.0.weight", "fc.0.bias", "fc.2.weight", "fc.2.bias", "fc.4.weight", "fc.4.bias"}
 
 
-class RewardMLP(torch.nn.Module):
-    """The original RSM: Linear(n_in, 128)-ReLU-Linear(128, 128)-ReLU-Linear(128, n_out) as `fc`."""
+def network(n_in: int = 2, n_out: int = 1, hidden: int = HIDDEN) -> torch.nn.Module:
+    """The original RSM: Linear(n_in, 128)-ReLU-Linear(128, 128)-ReLU-Linear(128, n_out), named `fc` (the
+    authors' state_dict keys fc.0, fc.2, fc.4)."""
+    import torch
 
-    def __init__(self, n_in: int = 2, n_out: int = 1, hidden: int = HIDDEN):
-        super().__init__()
-        self.fc = torch.nn.Sequential(torch.nn.Linear(n_in, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, hidden),
-                                      torch.nn.ReLU(), torch.nn.Linear(hidden, n_out))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x)
+    nn = torch.nn
+    return nn.Sequential(OrderedDict(fc=nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
+                                                      nn.ReLU(), nn.Linear(hidden, n_out))))
 
 
 @dataclass
@@ -62,7 +65,7 @@ class Surrogate:
     """A fitted RSM with what it needs to be used and trusted: its form, scaling and provenance."""
 
     form: str
-    net: RewardMLP
+    net: torch.nn.Module  # network()
     in_mean: np.ndarray
     in_std: np.ndarray
     out_mean: np.ndarray
@@ -71,6 +74,8 @@ class Surrogate:
     metrics: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        import torch
+
         self._weights = [(m.weight.detach().double().numpy().T.copy(), m.bias.detach().double().numpy().copy())
                          for m in self.net.fc if isinstance(m, torch.nn.Linear)]
 
@@ -94,6 +99,8 @@ class Surrogate:
     def save(self, path: str | Path) -> None:
         """Written to a temporary sibling, then renamed: a kill mid-write never leaves half a file in
         place of a good surrogate (the shipped reward_predictor.pth among them)."""
+        import torch
+
         path = Path(path)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
@@ -111,6 +118,8 @@ class Surrogate:
 def load(path: str | Path, form: str | None = None) -> Surrogate:
     """A surrogate written by `Surrogate.save`, or a bare state_dict in the authors' format (keys
     fc.0/fc.2/fc.4, raw [p, split] in, inference reward out). `form`: the form the caller needs."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no reward surrogate at {path} (fit one with: python train_rsm.py fit)")
@@ -134,7 +143,7 @@ def load(path: str | Path, form: str | None = None) -> Surrogate:
         raise UserError(f"{path} is a '{found}' surrogate ({', '.join(FORMS[found]['inputs'])} in), but this needs a "
                         f"'{form}' one ({', '.join(FORMS[form]['inputs'])} in)")
     spec = FORMS[found]
-    net = RewardMLP(len(spec["inputs"]), len(spec["outputs"]))
+    net = network(len(spec["inputs"]), len(spec["outputs"]))
     try:
         net.load_state_dict(state)
     except RuntimeError as e:
@@ -248,6 +257,8 @@ def fit(form: str, x: np.ndarray, y: np.ndarray, seed: int = 0, epochs: int = EP
         metadata: dict | None = None) -> Surrogate:
     """Fit the form's network to inputs x (n x inputs) and targets y (n x outputs) by full-batch Adam
     on standardised data (mean squared error)."""
+    import torch
+
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64).reshape(len(x), -1)
     spec = FORMS[form]
     if x.shape[1] != len(spec["inputs"]) or y.shape[1] != len(spec["outputs"]):
@@ -272,9 +283,11 @@ def fit(form: str, x: np.ndarray, y: np.ndarray, seed: int = 0, epochs: int = EP
     return Surrogate(form, net, in_mean, in_std, out_mean, out_std, metadata=dict(metadata or {}))
 
 
-def _train(x, y, in_mean, in_std, out_mean, out_std, seed, epochs, lr) -> RewardMLP:
+def _train(x, y, in_mean, in_std, out_mean, out_std, seed, epochs, lr) -> torch.nn.Module:
+    import torch
+
     torch.manual_seed(seed)
-    net = RewardMLP(x.shape[1], y.shape[1])
+    net = network(x.shape[1], y.shape[1])
     xt = torch.tensor((x - in_mean) / in_std, dtype=torch.float32)
     yt = torch.tensor((y - out_mean) / out_std, dtype=torch.float32)
     optimiser = torch.optim.Adam(net.parameters(), lr=lr)
@@ -288,7 +301,9 @@ def _train(x, y, in_mean, in_std, out_mean, out_std, seed, epochs, lr) -> Reward
     return net.eval()
 
 
-def r_squared(y: np.ndarray, prediction: np.ndarray) -> float:
+def r_squared(y, prediction) -> float:
+    """The coefficient of determination of `prediction` for `y` (nan when y is constant); figures.py's too."""
+    y, prediction = np.asarray(y, dtype=np.float64), np.asarray(prediction, dtype=np.float64)
     residual = float(np.sum((y - prediction) ** 2))
     total = float(np.sum((y - np.mean(y)) ** 2))
     return 1.0 - residual / total if total > 0 else float("nan")

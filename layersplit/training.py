@@ -1,5 +1,6 @@
-"""Train Stable-Baselines3 agents on the layer-splitting environments: vectorised environments,
-TensorBoard and CSV logs, periodic checkpoints and resumption after an interruption."""
+"""Train Stable-Baselines3 agents on the layer-splitting environments: vectorised environments (the
+batched surrogate environment PaperVecEnv among them), TensorBoard and CSV logs, periodic checkpoints
+and resumption after an interruption."""
 from __future__ import annotations
 
 import functools
@@ -9,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from stable_baselines3 import A2C, DQN, PPO
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
@@ -16,16 +18,87 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.preprocessing import get_flattened_obs_dim
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
-from stable_baselines3.common.vec_env import VecMonitor
+from stable_baselines3.common.monitor import get_monitor_files, load_results
+from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 from tqdm.auto import tqdm
 
 from . import UserError
 from . import envs  # registers the environment ids
+from .surrogate import Surrogate
 
 ALGOS = {"ppo": PPO, "a2c": A2C, "dqn": DQN}
 POLICY_FILE = "policy.zip"  # the trained agent, loadable with ALGOS[algo].load
 CHECKPOINTS = "checkpoints"  # folder of periodic saves inside a run folder
 SCALE_OBSERVATIONS = True  # policy inputs mapped to [-1, 1] by the observation bounds (False: raw, as the original)
+
+
+# --- LayerSplit-Paper-v0 stepped as arrays ------------------------------------------------------------
+class PaperVecEnv(VecEnv):
+    """n copies of LayerSplit-Paper-v0 stepped as arrays: one surrogate call per step for all copies
+    and no per-copy wrappers. The rules are PaperSplitEnv's own (transition, reward); finished
+    episodes reset automatically, with terminal_observation and TimeLimit.truncated in their info,
+    as in Stable-Baselines3's vectorised environments. Wrap it in VecMonitor for episode logs."""
+
+    def __init__(self, n_envs: int, rsm_path: str | Path = envs.PAPER_RSM, surrogate: Surrogate | None = None,
+                 episode_steps: int = envs.EPISODE_STEPS, episode_end: str = envs.EPISODE_END):
+        self.rules = envs.PaperSplitEnv(rsm_path, surrogate, episode_steps, episode_end)
+        super().__init__(n_envs, self.rules.observation_space, self.rules.action_space)
+        self.rng = np.random.default_rng()
+        self.p, self.split = np.zeros(n_envs), np.zeros(n_envs, dtype=np.int64)
+        self.steps = np.zeros(n_envs, dtype=np.int64)
+        self.actions = np.zeros(n_envs, dtype=np.int64)
+
+    def _restart(self, which: np.ndarray) -> None:
+        n = int(which.sum())
+        self.p[which] = self.rng.uniform(*envs.PAPER_RESET_P, size=n)
+        self.split[which] = self.rng.integers(envs.PAPER_RESET_SPLITS[0], envs.PAPER_RESET_SPLITS[1] + 1, size=n)
+        self.steps[which] = 0
+
+    def _obs(self) -> np.ndarray:
+        return np.stack([self.p, self.split], 1).astype(np.float32)
+
+    def reset(self):
+        if self._seeds[0] is not None:  # one generator drives every copy
+            self.rng = np.random.default_rng(self._seeds[0])
+        self._reset_seeds()
+        self._restart(np.ones(self.num_envs, dtype=bool))
+        return self._obs()
+
+    def step_async(self, actions) -> None:
+        self.actions = np.asarray(actions, dtype=np.int64).reshape(self.num_envs)
+
+    def step_wait(self):
+        self.p, self.split = self.rules.transition(self.p, self.split, self.actions)
+        inference = self.rules.inference_reward(self.p, self.split)
+        load = envs.load_term(self.split)
+        rewards = envs.original_reward(inference, self.split).astype(np.float32)
+        self.steps += 1
+        done = self.steps >= self.rules.episode_steps
+        obs = self._obs()
+        infos = [{"inference_reward": float(i), "load_reward": float(l), "p": float(p), "split": int(s)}
+                 for i, l, p, s in zip(inference, load, self.p, self.split)]
+        if done.any():
+            for i in np.flatnonzero(done):
+                infos[i].update({"terminal_observation": obs[i],
+                                 "TimeLimit.truncated": self.rules.episode_end == "truncate"})
+            self._restart(done)
+            obs = self._obs()
+        return obs, rewards, done, infos
+
+    def close(self) -> None:
+        pass
+
+    def get_attr(self, attr_name, indices=None):
+        return [getattr(self.rules, attr_name)] * len(self._get_indices(indices))
+
+    def set_attr(self, attr_name, value, indices=None) -> None:
+        raise NotImplementedError("PaperVecEnv copies share one set of rules")
+
+    def env_method(self, method_name, *method_args, indices=None, **method_kwargs):
+        return [getattr(self.rules, method_name)(*method_args, **method_kwargs) for _ in self._get_indices(indices)]
+
+    def env_is_wrapped(self, wrapper_class, indices=None):
+        return [False] * len(self._get_indices(indices))
 
 
 class ScaledObservation(BaseFeaturesExtractor):
@@ -83,9 +156,9 @@ class StepTimer(BaseCallback):
 def make_env(env_id: str, n_envs: int, seed: int, env_kwargs: dict | None, monitor_dir: Path | None,
              batched: bool = True):
     """n_envs copies of env_id as one VecEnv, logging episodes to monitor_dir. LayerSplit-Paper-v0 is
-    stepped as arrays (envs.PaperVecEnv) unless batched is False; the others through DummyVecEnv."""
+    stepped as arrays (PaperVecEnv) unless batched is False; the others through DummyVecEnv."""
     if batched and env_id == "LayerSplit-Paper-v0":
-        env = envs.PaperVecEnv(n_envs, **(env_kwargs or {}))
+        env = PaperVecEnv(n_envs, **(env_kwargs or {}))
         env.seed(seed)
         if monitor_dir is None:
             return env
@@ -224,16 +297,16 @@ def load_policy(path: str | Path, algo: str | None = None):
 
 
 def episode_log(run_dir: str | Path):
-    """Every training episode of a run as (timesteps at its end, return), from the monitor files."""
+    """Every training episode of a run as (timesteps at its end, return), from the monitor files: one
+    folder per (re)start, from_<its first step>, read by Stable-Baselines3's load_results."""
     import pandas as pd
 
-    frames = []
-    for folder in sorted(Path(run_dir, "monitor").glob("from_*")):
-        start = int(folder.name.removeprefix("from_"))
-        for path in folder.glob("*.monitor.csv"):
-            frames.append(pd.read_csv(path, skiprows=1).assign(start=start))
-    if not frames:
+    folders = [f for f in Path(run_dir, "monitor").glob("from_*") if get_monitor_files(str(f))]
+    if not folders:
         raise UserError(f"{run_dir} has no monitor files: is it a training run folder?")
-    log = pd.concat(frames).sort_values(["start", "t"])
+    log = pd.concat(load_results(str(f)).assign(start=int(f.name.removeprefix("from_"))) for f in folders)
+    # in the order they ended; episodes that ended at once stay in their file's order (load_results'
+    # sort is not stable)
+    log = log.sort_values(["start", "t", "index"], kind="stable")
     log["timesteps"] = log.groupby("start")["l"].cumsum() + log["start"]
     return log[["timesteps", "r"]].rename(columns={"r": "return"}).reset_index(drop=True)

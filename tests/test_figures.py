@@ -323,7 +323,7 @@ def test_cost_figure_shows_the_llm_comparison_of_a_full_train_py_run(results, tm
     figures.fig_cost(results, tmp_path)
     panel = drawn["cost"].axes[2]
     assert [t.get_text() for t in panel.get_yticklabels()] == [
-        "learned (LLM in the loop)", "surrogate ppo_s0", "fixed", "best-static (split 1)", "random"]
+        "learned (LLM in the loop)", "surrogate ppo_s0", "fixed", "best-static:\nsplit 1 (2 layers on the UE)", "random"]
     assert [p.get_width() for p in panel.patches] == [-3.0, -1.0, -5.0, 0.5, -9.0]
 
 
@@ -345,3 +345,20 @@ def test_snr_figure_ignores_the_sweeps_cell_tables_and_rsm_fit_takes_empty_inter
                                               for i, r in enumerate(rows)])  # pandas writes a NaN as ''
     out = tmp_path / "figures"
     assert figures.main(["--only", "snr", "rsm_fit", "--results-dir", str(results), "--figures-dir", str(out)]) == 0
+
+
+@pytest.mark.parametrize("columns", [("split", "layers_on_ue"), ("layers_on_ue",), ("split",)])
+def test_latency_figure_plots_against_the_0_based_split(results, tmp_path, monkeypatch, columns):
+    """The table's split column when it has one, else layers_on_ue - 1; the fastest split in the titles."""
+    rows = list(csv.DictReader((results / figures.LATENCY_FILE).open()))
+    write_csv(results / figures.LATENCY_FILE,
+              [{**{k: v for k, v in r.items() if k != "layers_on_ue"},
+                **({"split": int(r["layers_on_ue"]) - 1} if "split" in columns else {}),
+                **({"layers_on_ue": r["layers_on_ue"]} if "layers_on_ue" in columns else {})} for r in rows])
+    drawn = {}
+    monkeypatch.setattr(figures, "save", lambda fig, folder, name: drawn.setdefault(name, fig) and folder / name)
+    figures.fig_latency(results, tmp_path)
+    panel = drawn["latency"].axes[0]  # SmolLM2 prefill at 10 dB: layers 1..3 on the UE
+    assert sorted({round(p.get_x() + p.get_width() / 2, 6) for p in panel.patches}) == [0, 1, 2]
+    assert "fastest: split 0 (1 layers on the UE)" in panel.get_title()
+    assert drawn["latency"].axes[-1].get_xlabel() == figures.SPLIT_AXIS

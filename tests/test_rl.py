@@ -21,7 +21,7 @@ IDS = torch.randint(0, 300, (96,), generator=torch.Generator().manual_seed(1))
 def constant_surrogate(form: str = "paper", value: float = 0.0) -> surrogate.Surrogate:
     """A surrogate whose every output is `value`: rewards that can be checked by hand."""
     spec = surrogate.FORMS[form]
-    net = surrogate.RewardMLP(len(spec["inputs"]), len(spec["outputs"]))
+    net = surrogate.network(len(spec["inputs"]), len(spec["outputs"]))
     for p in net.parameters():
         torch.nn.init.zeros_(p)
     with torch.no_grad():
@@ -254,7 +254,7 @@ def test_paper_p_is_clipped_and_start_states_follow_the_original():
 
 @pytest.mark.parametrize("episode_end", envs.EPISODE_ENDS)
 def test_batched_paper_env_tells_sb3_whether_to_bootstrap(episode_end):
-    vec = envs.PaperVecEnv(3, episode_end=episode_end)
+    vec = training.PaperVecEnv(3, episode_end=episode_end)
     vec.seed(1)
     vec.reset()
     for _ in range(5):
@@ -263,7 +263,7 @@ def test_batched_paper_env_tells_sb3_whether_to_bootstrap(episode_end):
 
 
 def test_batched_paper_env_steps_exactly_like_the_single_one():
-    vec = envs.PaperVecEnv(4)
+    vec = training.PaperVecEnv(4)
     vec.seed(5)
     obs = vec.reset()
     singles = [gym.make("LayerSplit-Paper-v0") for _ in range(4)]
@@ -586,7 +586,7 @@ def test_a_wireless_policy_chooses_the_split_from_the_snr(tmp_path):
     env = envs.make("LayerSplit-Wireless-v0").unwrapped
     for snr in (5.0, 12.0, 25.0, 60.0):
         obs = np.array([min(max(snr, 10.0), 40.0)], dtype=np.float32)
-        assert choose(snr) == env.actions[int(model.predict(obs, deterministic=True)[0]), 0] + 1
+        assert choose(snr) == env.actions[int(model.predict(obs, deterministic=True)[0]), 0]  # 0-based split
     training.train("LayerSplit-Paper-v0", "ppo", tmp_path / "p", 400, 0, 8, {"n_steps": 50, "batch_size": 100},
                    progress=False)
     with pytest.raises(UserError, match="needs a LayerSplit-Wireless-v0 policy"):
