@@ -192,4 +192,4 @@ def parse_floats(text: str, name: str) -> list[float]:
 
 def on_ue(split: int) -> str:
     """How every human-facing output names a split."""
-    return f"split {split} ({split + 1} layers on the UE)"
+    return f"split {split} ({split + 1} layer{'s' if split else ''} on the UE)"

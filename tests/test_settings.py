@@ -22,9 +22,11 @@ print("heavy:", *(m for m in {heavy!r} if m in sys.modules))
 """
 
 
-@pytest.mark.parametrize("argv", [["train_rsm.py", "--help"], ["train_rsm.py", "fit", "--help"],
-                                  ["train_rsm.py", "train", "--help"], ["train.py", "--help"],
-                                  ["figures.py", "--help"], ["bench/rl.py", "--help"]], ids=" ".join)
+@pytest.mark.parametrize("argv", [["add_noise.py", "--help"], ["serve.py", "--help"], ["serve.py", "edge", "--help"],
+                                  ["serve.py", "ue", "--help"], ["train_rsm.py", "--help"],
+                                  ["train_rsm.py", "fit", "--help"], ["train_rsm.py", "train", "--help"],
+                                  ["train.py", "--help"], ["figures.py", "--help"], ["bench/rl.py", "--help"],
+                                  ["bench/serve.py", "--help"], ["bench/sweep.py", "--help"]], ids=" ".join)
 def test_help_imports_no_heavy_library(argv):
     done = subprocess.run([sys.executable, "-c", PROBE.format(heavy=HEAVY), *argv], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
