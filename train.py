@@ -27,8 +27,9 @@ from pathlib import Path
 # Stable-Baselines3 are imported once they are
 from layersplit import UserError, cli, envs
 from layersplit.cli import non_negative_int, positive_int, writable_dir, writable_file
+from layersplit.models import EMBEDDED_MODEL
 
-MODEL = "smollm2-135m"  # the LLM in the loop: the embedded SmolLM2-135M, a local folder or a Hugging Face id
+MODEL = EMBEDDED_MODEL  # the LLM in the loop: the embedded SmolLM2-135M, a local folder or a Hugging Face id
 DATASET = "wiki"  # the text its perplexity is measured on (embedded Wikipedia test split)
 SEED = 0  # seeds the agent, the environment's start states and the link's noise draws
 TOTAL_TIMESTEPS = 6_000  # the original's budget

@@ -24,6 +24,8 @@ from gymnasium import spaces
 
 from . import UserError, channel, compute
 from . import surrogate as rsm
+from .data import EMBEDDED_DATASET
+from .models import EMBEDDED_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_RSM = ROOT / "reward_predictor.pth"  # the shipped paper-form surrogate (embedded model)
@@ -154,7 +156,7 @@ class LLMSplitEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, model="smollm2-135m", dataset="wiki", tokens: int = LLM_TOKENS,
+    def __init__(self, model=EMBEDDED_MODEL, dataset=EMBEDDED_DATASET, tokens: int = LLM_TOKENS,
                  context_length: int = LLM_CONTEXT, device: str = "auto", dtype: str = "auto",
                  episode_steps: int = EPISODE_STEPS, token_ids=None, tokenizer=None, episode_end: str = EPISODE_END):
         from .data import load_text, tokenize

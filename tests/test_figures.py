@@ -360,5 +360,5 @@ def test_latency_figure_plots_against_the_0_based_split(results, tmp_path, monke
     figures.fig_latency(results, tmp_path)
     panel = drawn["latency"].axes[0]  # SmolLM2 prefill at 10 dB: layers 1..3 on the UE
     assert sorted({round(p.get_x() + p.get_width() / 2, 6) for p in panel.patches}) == [0, 1, 2]
-    assert "fastest: split 0 (1 layers on the UE)" in panel.get_title()
+    assert "fastest: split 0 (1 layer on the UE)" in panel.get_title()
     assert drawn["latency"].axes[-1].get_xlabel() == figures.SPLIT_AXIS
