@@ -37,9 +37,8 @@ LAYERS_ARGS = --splits all --draws 4 --max-tokens 256
 WIRELESS_ARGS = --splits 1-10 --dropouts '' --snrs 10,15,20,25,30,40 --withheld 0.05,0.1,0.2,0.3 --draws 1 --max-tokens 512
 SNR_ARGS = --splits 4,12,24 --dropouts '' --draws 1 --max-tokens 512 --snrs $(SNR_GRID)
 SEEDS = 0,1,2
-PPO_STEPS = 240000
-OTHER_SEEDS = 0,1,2
-OTHER_STEPS = 240000
+ALGOS = ppo,a2c,dqn
+RL_STEPS = 240000
 WIRELESS_STEPS = 100000
 # train.py in the pipeline: the measured cost of the LLM in the loop (make llm: the original's 6,000 steps)
 LLM_ARGS = --total-timesteps 100 --eval-episodes 0
@@ -68,25 +67,17 @@ pipeline: $(STAMP)
 	$(PY) -m layersplit.channel --latency-table $(R)/latency_breakdown.csv
 	$(PY) train_rsm.py fit --sweep $(R)/sweep_smollm2-135m.csv --wireless-sweep $(R)/sweep_wireless_smollm2-135m.csv \
 		--output $(OUT)/reward_predictor.pth --wireless-output $(OUT)/reward_predictor_wireless.pth --results-dir $(R) $(FIT_ARGS)
-	@echo "training agents on the surrogates, two at a time (one per core); logs in $(LOGS)/"
+	@echo "training agents on the surrogates: each run a Ray task on one CPU (train_rsm.py train --ray); logs in $(LOGS)/"
 	mkdir -p $(LOGS)
-	( for algo in ppo a2c dqn; do \
-	    seeds=$$([ $$algo = ppo ] && echo $(SEEDS) || echo $(OTHER_SEEDS)); \
-	    steps=$$([ $$algo = ppo ] && echo $(PPO_STEPS) || echo $(OTHER_STEPS)); \
-	    $(TRAIN) --algo $$algo --seeds $$seeds --total-timesteps $$steps --rsm $(OUT)/reward_predictor.pth \
-		--run-dir $(OUT)/runs/LayerSplit-Paper-v0 > $(LOGS)/rl_paper_$$algo.log 2>&1 || exit 1; done ) & first=$$!; \
-	( $(TRAIN) --env LayerSplit-Wireless-v0 --seeds $(SEEDS) --total-timesteps $(WIRELESS_STEPS) \
+	$(TRAIN) --ray --algo $(ALGOS) --seeds $(SEEDS) --total-timesteps $(RL_STEPS) --rsm $(OUT)/reward_predictor.pth \
+		--run-dir $(OUT)/runs/LayerSplit-Paper-v0 > $(LOGS)/rl_paper.log 2>&1 || { tail -20 $(LOGS)/rl_paper.log; exit 1; }
+	$(TRAIN) --ray --env LayerSplit-Wireless-v0 --seeds $(SEEDS) --total-timesteps $(WIRELESS_STEPS) \
 		--rsm $(OUT)/reward_predictor_wireless.pth --run-dir $(OUT)/runs/LayerSplit-Wireless-v0 \
-		> $(LOGS)/rl_wireless_ppo.log 2>&1 || exit 1; \
-	  if [ -f "$(AUTHORS_RSM)" ]; then for algo in ppo a2c dqn; do \
-	    seeds=$$([ $$algo = ppo ] && echo $(SEEDS) || echo $(OTHER_SEEDS)); \
-	    steps=$$([ $$algo = ppo ] && echo $(PPO_STEPS) || echo $(OTHER_STEPS)); \
-	    $(TRAIN) --algo $$algo --seeds $$seeds --total-timesteps $$steps --rsm $(AUTHORS_RSM) \
-		--run-dir $(OUT)/runs/authors --name rl_paper_$${algo}_authors > $(LOGS)/rl_paper_$${algo}_authors.log 2>&1 \
-		|| exit 1; done; fi ) & second=$$!; \
-	status=0; wait $$first || status=1; wait $$second || status=1; \
-	grep -h -A8 "mean return over" $(LOGS)/rl_*.log; \
-	if [ $$status != 0 ]; then echo "training failed: see $(LOGS)/rl_*.log"; exit 1; fi
+		> $(LOGS)/rl_wireless_ppo.log 2>&1 || { tail -20 $(LOGS)/rl_wireless_ppo.log; exit 1; }
+	if [ -f "$(AUTHORS_RSM)" ]; then $(TRAIN) --ray --algo $(ALGOS) --seeds $(SEEDS) --total-timesteps $(RL_STEPS) \
+		--rsm $(AUTHORS_RSM) --run-dir $(OUT)/runs/authors --name 'rl_paper_{algo}_authors' \
+		> $(LOGS)/rl_paper_authors.log 2>&1 || { tail -20 $(LOGS)/rl_paper_authors.log; exit 1; }; fi
+	grep -h -A8 "mean return over" $(LOGS)/rl_*.log
 	$(PY) train.py $(LLM_ARGS) --run-dir $(OUT)/runs/LayerSplit-LLM-v0-cost --results $(R)/rl_llm_cost.json
 	$(PY) figures.py --results-dir $(R) --figures-dir $(OUT)/figures
 	@echo "results in $(R), figures in $(OUT)/figures, surrogates in $(OUT)/reward_predictor*.pth, runs in $(OUT)/runs"
@@ -114,7 +105,7 @@ quick: $(STAMP)
 		LAYERS_ARGS="--splits 0-10 --dropouts 0.1,0.3 --draws 1 --max-tokens 128" \
 		WIRELESS_ARGS="--splits 1-10 --dropouts '' --snrs 10,20,30 --withheld 0.2 --draws 1 --max-tokens 128" \
 		SNR_ARGS="--splits 4,24 --dropouts '' --draws 1 --snrs 5,15,25,35 --max-tokens 128" \
-		FIT_ARGS="--holdout-repeats 1" SEEDS=0,1 OTHER_SEEDS=0 PPO_STEPS=20000 OTHER_STEPS=10000 WIRELESS_STEPS=4000 EVAL_ARGS="--eval-episodes 30" \
+		FIT_ARGS="--holdout-repeats 1" SEEDS=0,1 RL_STEPS=10000 WIRELESS_STEPS=4000 EVAL_ARGS="--eval-episodes 30" \
 		LLM_ARGS="--total-timesteps 10 --n-steps 10 --batch 5 --tokens 64 --eval-episodes 0"
 
 test: $(STAMP)

@@ -31,6 +31,7 @@ from layersplit import UserError, cli
 from layersplit.channel import add_link_arguments, average_ber, link_config_from_args
 from layersplit.cli import non_negative_int, parse_floats, parse_splits, positive_int, probability, writable_file
 from layersplit.data import EMBEDDED_DATASET
+from layersplit.distributed import ADDRESS_HELP
 from layersplit.grid import LINK_MODES, PAPER_DROPOUTS, draws_of, make_conditions, validate_probability
 from layersplit.models import EMBEDDED_MODEL
 
@@ -57,6 +58,7 @@ SWEEP_MAX_TOKENS = 4096  # tokens of text per cell: 8 windows, so a cell pools 8
 SWEEP_CONTEXT = 512  # disjoint 512-token windows: each token is computed once per variant
 SWEEP_BATCH = 16  # impaired variants per forward of the edge's layers
 SWEEP_OUTPUT = "results/sweep_{model}.csv"  # {model}: the model name with / replaced
+SWEEP_WORKERS = 0  # Ray workers of --sweep --ray, one model each; 0: one per GPU of the cluster, else one per CPU
 VERIFY_RTOL = 1e-4  # --verify: largest relative difference of NLL or accuracy that counts as the same number
 
 
@@ -91,6 +93,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--output", type=writable_file, default=SWEEP_OUTPUT, help="results CSV; rerun the same command to resume")
     g.add_argument("--batch-size", type=positive_int, default=SWEEP_BATCH, help="impaired variants per forward")
     g.add_argument("--naive", action="store_true", help="one full forward per cell and draw (the reference; slow)")
+    g.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run the grid on Ray workers, one model each (one GPU each on a GPU cluster); this process "
+                        f"alone writes the CSV, with the single-process numbers. ADDRESS: {ADDRESS_HELP} (default: local)")
+    g.add_argument("--workers", type=non_negative_int, default=SWEEP_WORKERS,
+                   help="Ray workers of --ray; 0: one per GPU of the cluster, else one per CPU")
     g.add_argument("--verify", metavar="RESULTS_CSV",
                    help="after the sweep, check its rows against the same rows of this results file (a spot check of a "
                         f"committed sweep: a sub-grid recomputes them exactly); exit 1 on a difference above {VERIFY_RTOL:g}")
@@ -109,6 +116,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--generate needs a non-empty prompt, e.g. --generate 'The capital of France is'")
     if args.verify and not args.sweep:
         p.error("--verify checks a sweep: give --sweep")
+    if args.ray and (not args.sweep or args.naive):
+        p.error("--ray runs the sweep's fast path: give --sweep, without --naive")
     if args.sweep:
         if args.verify and os.path.abspath(args.verify) == os.path.abspath(args.output.format(model=args.model.replace('/', '_'))):
             p.error("--verify needs a results file other than --output")
@@ -182,7 +191,15 @@ def run_sweep(args: argparse.Namespace) -> int:
     from layersplit.segments import SplitModel, check_composition
 
     start = time.perf_counter()
-    model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
+    if args.ray:  # join or start Ray first: a bad address or missing GPUs are refused before the model loads
+        from layersplit import distributed
+
+        distributed.connect(args.ray)
+        workers = distributed.workers_for(args.device, args.workers)
+        if distributed.uses_gpus(args.device) and args.dtype == "auto":
+            args.dtype = "bfloat16"  # what auto picks on a GPU with bfloat16 (this process loads on its CPU)
+    model, tokenizer = load_model(args.model, device="cpu" if args.ray else args.device, dtype=args.dtype,
+                                  device_map=None if args.ray else args.device_map)
     splits = parse_splits(args.splits, len(find_decoder_layers(model)))  # a bad grid fails here, before any evaluation
     ids = tokenize(tokenizer, load_text(args.dataset), args.max_tokens or None)
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
@@ -202,7 +219,14 @@ def run_sweep(args: argparse.Namespace) -> int:
         except UserError as e:
             print(f"warning: {e}; using the naive path", file=sys.stderr)
             naive = True
-    (sweep.run_naive if naive else sweep.run_fast)(model, ids, cfg, store, progress=not args.no_progress)
+    if args.ray and not naive:
+        from layersplit import compute
+
+        counts = distributed.run_sweep(args.model, args.device, args.dtype, ids, cfg, store,
+                                       compute.model_dims(model.config), workers, progress=not args.no_progress)
+        print(f"Ray: {counts['tasks']} tasks on {workers} workers ({counts['restarted']} restarted)", file=sys.stderr)
+    else:
+        (sweep.run_naive if naive else sweep.run_fast)(model, ids, cfg, store, progress=not args.no_progress)
     sweep.write_cells(store.rows, sweep.cells_path(output))
     print(sweep.summarise(store.rows))
     print(f"{len(store.rows)} rows in {output}, cells with 95% intervals in {sweep.cells_path(output)}; "

@@ -3,6 +3,8 @@
     python train_rsm.py fit                        # sweep CSVs -> reward_predictor.pth (+ _wireless), held-out R2/MAE
     python train_rsm.py train                      # PPO on LayerSplit-Paper-v0, the original's settings, + evaluation
     python train_rsm.py train --seeds 0,1,2 --algo a2c
+    python train_rsm.py train --seeds 0,1,2 --algo ppo,a2c,dqn --ray   # 9 runs as Ray tasks, one CPU each
+    python train_rsm.py tune --samples 16 --budget 60000      # Ray Tune (ASHA) over PPO's hyperparameters
     python train_rsm.py train --env LayerSplit-Wireless-v0 --total-timesteps 100000
     python train_rsm.py train --rsm ../shared/reference/authors_reward_predictor.pth --run-dir runs/authors --name rl_paper_ppo_authors
     python train_rsm.py evaluate runs/LayerSplit-Paper-v0/ppo_s0 runs/LayerSplit-Paper-v0/ppo_s1
@@ -14,11 +16,16 @@ evaluates the seeds against the baselines (fixed split of the paper, the best st
 on training starts, random, greedy, exact optimum) on the same episodes and writes
 results/rl_<env>_<algo>.json, the learning curves
 results/rl_<env>_<algo>_curves.csv and the chosen split against the channel condition
-results/rl_<env>_<algo>_policy.csv (--name changes the rl_<env>_<algo> stem). Every constant below can be
-overridden from the command line.
+results/rl_<env>_<algo>_policy.csv (--name changes the rl_<env>_<algo> stem). With --ray the runs are
+Ray tasks (layersplit/distributed.py) on this machine or a cluster, with the numbers of a run in one
+process. `tune` searches PPO's learning rate, discount, rollout, environments and entropy bonus on
+the surrogate, scored as the share of the exact optimum, stopping poor trials early (ASHA); the best
+configuration is printed and saved to results/tune_ppo.json. Every constant below can be overridden
+from the command line.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -31,6 +38,7 @@ import numpy as np
 from layersplit import UserError, cli, envs, surrogate
 from layersplit.cli import discount, non_negative_int, open_fraction, parse_floats, positive_int, writable_dir
 from layersplit.cli import writable_file
+from layersplit.distributed import ADDRESS_HELP
 
 # --- fit ----------------------------------------------------------------------------------------
 SWEEP = "results/sweep_smollm2-135m.csv"  # the original link's sweep (p x split): the paper-form RSM
@@ -55,6 +63,11 @@ RESULTS_DIR = "results"  # evaluation summaries, curves and policy maps (what fi
 EVAL_EPISODES = 200  # episodes per seed and policy, the same start states for every policy
 EVAL_SEED = 10_000  # episodes of evaluation seed k start from resets seeded EVAL_SEED + 1000 k + i
 CURVE_POINTS = 60  # learning-curve resolution (bins over training steps)
+# --- tune: Ray Tune over PPO's hyperparameters on the surrogate (distributed.search_space) ------------
+TUNE_SAMPLES = 8  # configurations tried
+TUNE_BUDGET = 60_000  # environment steps of a trial that ASHA does not stop
+TUNE_REPORT_EVERY = 10_000  # steps between a trial's scores (ASHA's rungs)
+TUNE_EVAL_EPISODES = 50  # episodes per score (the same start states for the policy and the optimum)
 
 
 def hyperparameters(algo: str, n_envs: int, rollout: int, batch: int, gamma: float = GAMMA) -> dict:
@@ -95,9 +108,9 @@ def cmd_fit(args) -> int:
 
 
 # --- train and evaluate ---------------------------------------------------------------------------
-def run_dir(args, seed: int) -> Path:
+def run_dir(args, algo: str, seed: int) -> Path:
     base = Path(args.run_dir) if args.run_dir else Path(RUNS_DIR) / args.env
-    return base / f"{args.algo}_s{seed}"
+    return base / f"{algo}_s{seed}"
 
 
 def cmd_train(args) -> int:
@@ -110,20 +123,38 @@ def cmd_train(args) -> int:
     if not seeds or any(s != int(s) or s < 0 for s in seeds):
         raise UserError(f"--seeds {args.seeds!r}: give one or more comma-separated integers >= 0, like 0,1,2")
     seeds = [int(s) for s in seeds]
+    algos = [a.strip() for a in args.algo.split(",") if a.strip()]
+    unknown = [a for a in algos if a not in training.ALGOS] or ([] if algos else [args.algo])
+    if unknown:
+        raise UserError(f"unknown algorithm {unknown[0]!r} in --algo: use one or more of {', '.join(training.ALGOS)}, "
+                        "comma-separated")
+    if len(algos) > 1 and args.name and "{algo}" not in args.name:
+        raise UserError("--name needs {algo} in it with several --algo, e.g. rl_paper_{algo}_authors")
     env_kwargs = env_kwargs_for(args.env, args.rsm, args.episode_end)
     envs.make(args.env, **env_kwargs).close()  # a bad id or surrogate fails here, before any training
-    params = hyperparameters(args.algo, args.n_envs, args.rollout, args.batch, args.gamma)
-    runs = []
-    for seed in seeds:
-        folder = run_dir(args, seed)
-        print(f"training {args.algo} on {args.env}, seed {seed}, {args.total_timesteps} steps -> {folder}", file=sys.stderr)
-        _, summary = training.train(args.env, args.algo, folder, args.total_timesteps, seed, args.n_envs, params,
-                                    env_kwargs, args.checkpoint_every, progress=not args.no_progress,
-                                    scale_observations=not args.raw_observations)
-        print(f"  {summary['wall_s']:.1f} s, {summary['steps_per_s']:.0f} steps/s", file=sys.stderr)
-        runs.append(folder)
+    jobs = [dict(env_id=args.env, algo=algo, run_dir=str(run_dir(args, algo, seed)), total_timesteps=args.total_timesteps,
+                 seed=seed, n_envs=args.n_envs, checkpoint_every=args.checkpoint_every, env_kwargs=env_kwargs,
+                 hyperparameters=hyperparameters(algo, args.n_envs, args.rollout, args.batch, args.gamma),
+                 progress=not args.no_progress and not args.ray, scale_observations=not args.raw_observations)
+            for algo in algos for seed in seeds]
+    for job in jobs:
+        print(f"training {job['algo']} on {args.env}, seed {job['seed']}, {args.total_timesteps} steps -> "
+              f"{job['run_dir']}{' (a Ray task)' if args.ray else ''}", file=sys.stderr)
+    if args.ray:
+        from layersplit import distributed
+
+        distributed.connect(args.ray)
+        summaries = distributed.train_runs(jobs, args.torch_threads)
+    else:
+        summaries = [training.train(**job)[1] for job in jobs]
+    for job, summary in zip(jobs, summaries):
+        print(f"  {job['algo']} seed {job['seed']}: {summary['wall_s']:.1f} s, {summary['steps_per_s']:.0f} steps/s",
+              file=sys.stderr)
     if args.eval_episodes:
-        return evaluate_runs(runs, args)
+        for algo in algos:
+            name = args.name.format(algo=algo) if args.name else None
+            evaluate_runs([Path(j["run_dir"]) for j in jobs if j["algo"] == algo],
+                          argparse.Namespace(**{**vars(args), "algo": algo, "name": name}))
     return 0
 
 
@@ -140,6 +171,33 @@ def cmd_evaluate(args) -> int:
     args.rsm = args.rsm or configs[0]["env_kwargs"].get("rsm_path")
     args.episode_end = configs[0]["env_kwargs"].get("episode_end", envs.EPISODE_END)
     return evaluate_runs([Path(r) for r in args.runs], args)
+
+
+def cmd_tune(args) -> int:
+    from layersplit import distributed
+
+    if args.report_every > args.budget:
+        raise UserError(f"--report-every {args.report_every} is beyond --budget {args.budget}: a trial would never be scored")
+    env_kwargs = env_kwargs_for("LayerSplit-Paper-v0", args.rsm)
+    envs.make("LayerSplit-Paper-v0", **env_kwargs).close()  # a bad surrogate fails here
+    distributed.connect(args.ray)
+    print(f"tuning PPO on LayerSplit-Paper-v0: {args.samples} configurations, up to {args.budget} steps each, "
+          f"scored every {args.report_every} steps (ASHA stops the poor ones)", file=sys.stderr)
+    start = time.perf_counter()
+    found = distributed.tune_ppo(env_kwargs, args.samples, args.budget, args.report_every, args.eval_episodes,
+                                 args.eval_seed, BATCH, args.seed, args.runs_dir)
+    found.update(samples=args.samples, budget=args.budget, report_every=args.report_every,
+                 eval_episodes=args.eval_episodes, rsm=str(args.rsm or "default"), wall_s=time.perf_counter() - start)
+    path = Path(args.results_dir) / "tune_ppo.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(found, indent=2, default=float))
+    for trial in sorted(found["trials"], key=lambda t: -(t[distributed.TUNE_METRIC] or -1)):
+        score = trial[distributed.TUNE_METRIC]
+        print(f"  {'n/a' if score is None else f'{100 * score:6.2f}%'} of the optimum after {trial['timesteps']} steps: "
+              f"{trial['config']}")
+    print(f"best: {100 * found['best']:.2f}% of the optimum with {found['best_config']} -> {path} "
+          f"({found['wall_s']:.0f} s)")
+    return 0
 
 
 def evaluate_runs(runs: list[Path], args) -> int:
@@ -254,12 +312,25 @@ def parse_args(argv=None):
                    help="further held-out draws whose R2 is reported as a spread (0: none); the shipped fit is unchanged")
     f.add_argument("--seed", type=non_negative_int, default=FIT_SEED, help="seed of the held-out draw and the initial weights")
     f.add_argument("--results-dir", type=writable_dir, default=RESULTS_DIR, help="where fit reports go")
+    t = sub.add_parser("tune", help="search PPO's hyperparameters with Ray Tune (ASHA) on the surrogate",
+                       formatter_class=cli.HelpFormatter)
+    t.add_argument("--samples", type=positive_int, default=TUNE_SAMPLES, help="configurations tried")
+    t.add_argument("--budget", type=positive_int, default=TUNE_BUDGET, help="environment steps of a full trial")
+    t.add_argument("--report-every", type=positive_int, default=TUNE_REPORT_EVERY, help="steps between a trial's scores")
+    t.add_argument("--eval-episodes", type=positive_int, default=TUNE_EVAL_EPISODES, help="episodes per score")
+    t.add_argument("--eval-seed", type=non_negative_int, default=EVAL_SEED, help="first reset seed of the scoring episodes")
+    t.add_argument("--seed", type=non_negative_int, default=0, help="seeds the search and every trial's training")
+    t.add_argument("--rsm", help="surrogate file (default: the shipped one; the authors' state_dict works too)")
+    t.add_argument("--ray", default="local", metavar="ADDRESS", help=ADDRESS_HELP)
+    t.add_argument("--runs-dir", type=writable_dir, default=f"{RUNS_DIR}/tune", help="where Ray Tune keeps the trials")
+    t.add_argument("--results-dir", type=writable_dir, default=RESULTS_DIR, help="where tune_ppo.json goes")
     for name, helptext in (("train", "train agents on an environment, then evaluate them"),
                            ("evaluate", "evaluate trained runs against the baselines")):
         s = sub.add_parser(name, help=helptext, formatter_class=cli.HelpFormatter)
         if name == "train":
             s.add_argument("--env", default=ENV, help=", ".join(envs.ENV_IDS))
-            s.add_argument("--algo", default=ALGO, help="ppo (the paper's), a2c or dqn (Stable-Baselines3)")
+            s.add_argument("--algo", default=ALGO, help="ppo (the paper's), a2c or dqn (Stable-Baselines3); several "
+                                                        "comma-separated, each evaluated on its own")
             s.add_argument("--seeds", default=SEEDS, help="comma-separated training seeds")
             s.add_argument("--seed", dest="seeds", help="one training seed (same as --seeds N)")
             s.add_argument("--total-timesteps", type=positive_int, default=TOTAL_TIMESTEPS, help="environment steps per seed")
@@ -276,6 +347,9 @@ def parse_args(argv=None):
                                 "SB3 bootstrap from the last state")
             s.add_argument("--run-dir", type=writable_dir, help=f"parent folder of the runs (default: {RUNS_DIR}/<env>)")
             s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+            s.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                           help="train the runs (seeds x algorithms) as Ray tasks, one CPU each; ADDRESS: "
+                                f"{ADDRESS_HELP} (default: local)")
         else:
             s.add_argument("runs", nargs="+", help="training run folders (one per seed) of one env and algorithm")
         s.add_argument("--rsm", help="surrogate file for the environment (default: the shipped one; a bare state_dict "
@@ -284,14 +358,14 @@ def parse_args(argv=None):
                        help="evaluation episodes per seed and policy, 0 to skip")
         s.add_argument("--eval-seed", type=non_negative_int, default=EVAL_SEED, help="first evaluation reset seed")
         s.add_argument("--results-dir", type=writable_dir, default=RESULTS_DIR, help="where summaries go")
-        s.add_argument("--name", help="stem of the result files (default: rl_<env>_<algo>, e.g. rl_paper_ppo)")
+        s.add_argument("--name", help="stem of the result files, {algo} replaced (default: rl_<env>_<algo>, e.g. rl_paper_ppo)")
         s.add_argument("--torch-threads", type=positive_int, default=TORCH_THREADS, help="torch threads")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    command = {"fit": cmd_fit, "train": cmd_train, "evaluate": cmd_evaluate}[args.command]
+    command = {"fit": cmd_fit, "train": cmd_train, "evaluate": cmd_evaluate, "tune": cmd_tune}[args.command]
     return cli.run_main("train_rsm.py", lambda: command(args))
 
 

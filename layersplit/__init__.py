@@ -18,6 +18,7 @@ One module per concept:
     envs        the Gymnasium environments; policies: baselines, the exact optimum, evaluation
     training    Stable-Baselines3 training with logs, checkpoints and resumption
     serving     split inference over a socket (serve.py): protocol, edge, ue
+    distributed Ray: the sweep on worker actors, training runs as tasks, the PPO search
 
 Splits are 0-based everywhere: split n cuts after decoder layer n, so n + 1 layers run on the UE.
 """

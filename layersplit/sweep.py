@@ -225,44 +225,85 @@ def link_columns(template: channel.LinkConfig) -> dict:
     return {k: v for k, v in asdict(template).items() if k in LINK_COLUMNS}
 
 
-def run_fast(model, token_ids: torch.Tensor, cfg: SweepConfig, store: ResultsStore, progress: bool = True) -> None:
-    """Walk every window split by split; at each split, score all pending (condition, draw) at once."""
-    segments = SplitModel(model)
+# The fast path in two halves, so that a worker process can run the first on part of the grid and the
+# driver the second: walk() scores (split, window) pairs; fold() adds them up into a split's rows.
+WindowScores = list  # [((c, d), nll sum, correct count)] of one (split, window), in the order computed
+
+
+def work_list(cfg: SweepConfig, store: ResultsStore) -> tuple[list[tuple[int, list]], int | None]:
+    """([(split, its pending (c, d) cells)] for the splits with work left, and the split where the clean
+    reference is scored: the first with a clean cell pending; later splits reuse its numbers, which
+    the clean link gives at every split)."""
+    work = [(split, pending) for split in cfg.splits if (pending := _pending(cfg, split, store))]
+    clean_split = next((split for split, pending in work if any(is_clean(cfg.conditions[c]) for c, _ in pending)), None)
+    return work, clean_split
+
+
+def walk(segments: SplitModel, token_ids: torch.Tensor, cfg: SweepConfig, work, clean_split: int | None,
+         window_ids=None):
+    """Yield (split, window, WindowScores, scored tokens) for every split of `work` in order and every
+    window of window_ids (default: all) inside it, walking each window's hidden state from split to
+    split. The clean cell is scored at clean_split only."""
     impairments = [impairment_of(cond, cfg.link_template) for cond in cfg.conditions]
-    dims = compute.model_dims(model.config)
     windows = sliding_windows(len(token_ids), cfg.context_length, cfg.stride)
-    hidden = [token_ids[w.begin:w.end][None] for w in windows]  # token ids until the first segment runs
-    walked = [0] * len(windows)  # layers already applied to hidden[i]
-    clean = {}  # window -> (nll, correct): the clean link gives the same numbers at every split
-    bar = tqdm(total=len(cfg.splits) * len(windows), desc="sweep", unit="window", disable=not progress)
-    for split in cfg.splits:
-        pending = _pending(cfg, split, store)
-        bar.set_postfix_str(f"split {split}")
-        if not pending:
-            bar.update(len(windows))
-            continue
-        totals = CellTotals(len(cfg.conditions), cfg.draws)
-        for i, w in enumerate(windows):
+    window_ids = range(len(windows)) if window_ids is None else window_ids
+    hidden = {i: token_ids[windows[i].begin:windows[i].end][None] for i in window_ids}  # token ids at first
+    walked = dict.fromkeys(window_ids, 0)  # layers already applied to hidden[i]
+    for split, pending in work:
+        for i in window_ids:
+            w = windows[i]
             hidden[i] = segments.hidden_after(hidden[i], walked[i], split + 1)
             walked[i] = split + 1
             targets = token_ids[w.first_target:w.end]
-            to_run, variants = [], []
-            for c, d in pending:
-                if is_clean(cfg.conditions[c]) and i in clean:
-                    totals.add(c, d, *clean[i], len(targets))
-                    continue
-                to_run.append((c, d))
-                gen = uplink.generator(uplink.stream_seed(cfg.seed, i, d))
-                variants.append(uplink.impair(hidden[i], impairments[c], gen)[0])
+            to_run = [(c, d) for c, d in pending if split == clean_split or not is_clean(cfg.conditions[c])]
+            variants = [uplink.impair(hidden[i], impairments[c], uplink.generator(uplink.stream_seed(cfg.seed, i, d)))[0]
+                        for c, d in to_run]
+            scores = []
             for lo in range(0, len(variants), cfg.batch_size):
-                batch = torch.cat(variants[lo:lo + cfg.batch_size])
-                nll, correct = segments.score_from(batch, split + 1, targets)
-                for (c, d), n, k in zip(to_run[lo:lo + cfg.batch_size], nll.tolist(), correct.tolist()):
-                    totals.add(c, d, n, k, len(targets))
-                    if is_clean(cfg.conditions[c]):
-                        clean[i] = (n, k)
-            bar.update(1)
-        store.append(_rows(cfg, split, totals, pending, dims))
+                nll, correct = segments.score_from(torch.cat(variants[lo:lo + cfg.batch_size]), split + 1, targets)
+                scores += zip(to_run[lo:lo + cfg.batch_size], nll.tolist(), correct.tolist())
+            yield split, i, scores, len(targets)
+
+
+def fold(cfg: SweepConfig, split: int, pending, scored: dict, clean: dict, dims) -> list[dict]:
+    """A split's rows from its windows' scores, added in window order ({window: (WindowScores, tokens)});
+    `clean` ({window: (nll, correct)}) gives the clean cell where it was scored at another split."""
+    totals = CellTotals(len(cfg.conditions), cfg.draws)
+    for i in sorted(scored):
+        scores, n_targets = scored[i]
+        for c, d in pending:
+            if is_clean(cfg.conditions[c]) and i in clean:
+                totals.add(c, d, *clean[i], n_targets)
+        for (c, d), nll, correct in scores:
+            if not (is_clean(cfg.conditions[c]) and i in clean):
+                totals.add(c, d, nll, correct, n_targets)
+    return _rows(cfg, split, totals, pending, dims)
+
+
+def clean_scores(cfg: SweepConfig, scored: dict) -> dict:
+    """{window: (nll, correct)} of the clean cell, from the windows scored at the clean split."""
+    return {i: (nll, correct) for i, (scores, _) in scored.items()
+            for (c, _), nll, correct in scores if is_clean(cfg.conditions[c])}
+
+
+def run_fast(model, token_ids: torch.Tensor, cfg: SweepConfig, store: ResultsStore, progress: bool = True) -> None:
+    """Walk every window split by split; at each split, score all pending (condition, draw) at once."""
+    segments = SplitModel(model)
+    dims = compute.model_dims(model.config)
+    n_windows = len(sliding_windows(len(token_ids), cfg.context_length, cfg.stride))
+    work, clean_split = work_list(cfg, store)
+    bar = tqdm(total=len(cfg.splits) * n_windows, initial=(len(cfg.splits) - len(work)) * n_windows, desc="sweep",
+               unit="window", disable=not progress)
+    pending_of, scored, clean = dict(work), {}, {}
+    for split, i, scores, n_targets in walk(segments, token_ids, cfg, work, clean_split):
+        bar.set_postfix_str(f"split {split}", refresh=False)
+        scored[i] = (scores, n_targets)
+        bar.update(1)
+        if len(scored) == n_windows:  # the split is complete: its rows go to the file
+            if split == clean_split:
+                clean = clean_scores(cfg, scored)
+            store.append(fold(cfg, split, pending_of[split], scored, clean, dims))
+            scored = {}
     bar.close()
 
 

@@ -214,7 +214,7 @@ def newest_loadable(cls, saves: list[tuple[int, Path]]):
 def train(env_id: str, algo: str, run_dir: str | Path, total_timesteps: int, seed: int, n_envs: int,
           hyperparameters: dict, env_kwargs: dict | None = None, checkpoint_every: int = 0,
           progress: bool = True, resume: bool = True, batched: bool = True,
-          scale_observations: bool = SCALE_OBSERVATIONS):
+          scale_observations: bool = SCALE_OBSERVATIONS, callbacks: tuple = ()):
     """Train (or resume) an agent; returns (model, summary). A run folder holding a finished policy is
     reused as is; one holding checkpoints continues from the newest of them."""
     if algo not in ALGOS:
@@ -263,7 +263,7 @@ def train(env_id: str, algo: str, run_dir: str | Path, total_timesteps: int, see
         (run_dir / "progress.csv").rename(free_name(run_dir / f"progress_until_{done}.csv"))
     model.set_logger(configure(str(run_dir), ["csv", "tensorboard"]))
     timer = StepTimer()
-    callbacks = [ProgressBar(total_timesteps, done, progress), timer]
+    callbacks = [ProgressBar(total_timesteps, done, progress), timer, *callbacks]
     if checkpoint_every > 0:
         callbacks.append(CheckpointCallback(max(checkpoint_every // n_envs, 1), str(run_dir / CHECKPOINTS), "model"))
     start = time.perf_counter()

@@ -37,3 +37,9 @@ def test_bench_sweep_fast_and_naive_paths_agree():
     done = run_script("bench/sweep.py", "--tokens", "32", "--draws", "1", timeout=900)  # about 100 s on a quiet 2-core CPU, 9 min when it is shared
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("max |dPPL|/PPL 0.0e+00") == 2
+
+
+def test_bench_distributed_writes_the_same_rows_on_one_and_two_workers():
+    done = run_script("bench/distributed.py", "--tokens", "32", "--splits", "1-2", timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "scaling efficiency" in done.stdout and "same rows in every run (the results files byte for byte): yes" in done.stdout

@@ -26,7 +26,8 @@ print("heavy:", *(m for m in {heavy!r} if m in sys.modules))
                                   ["serve.py", "ue", "--help"], ["train_rsm.py", "--help"],
                                   ["train_rsm.py", "fit", "--help"], ["train_rsm.py", "train", "--help"],
                                   ["train.py", "--help"], ["figures.py", "--help"], ["bench/rl.py", "--help"],
-                                  ["bench/serve.py", "--help"], ["bench/sweep.py", "--help"]], ids=" ".join)
+                                  ["bench/serve.py", "--help"], ["bench/sweep.py", "--help"],
+                                  ["bench/distributed.py", "--help"], ["train_rsm.py", "tune", "--help"]], ids=" ".join)
 def test_help_imports_no_heavy_library(argv):
     done = subprocess.run([sys.executable, "-c", PROBE.format(heavy=HEAVY), *argv], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
