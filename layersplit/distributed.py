@@ -76,8 +76,8 @@ def workers_for(device: str, workers: int = 0) -> int:
     gpus = uses_gpus(device)
     workers = workers or (cluster_gpus() if gpus else max(1, int(ray.cluster_resources().get("CPU", 1))))
     if gpus and cluster_gpus() < max(workers, 1):
-        raise UserError(f"--device {device}: {max(workers, 1)} workers need as many GPUs; the Ray cluster has "
-                        f"{cluster_gpus()} (use --device cpu, or fewer --workers)")
+        raise UserError(f"--device {device}: the Ray workers need a GPU each ({max(workers, 1)} wanted) and the "
+                        f"cluster has {cluster_gpus()} (use --device cpu, or fewer --workers)")
     return workers
 
 
