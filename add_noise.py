@@ -42,6 +42,7 @@ MAX_TOKENS = 4096  # evaluate the first this many tokens of the text (0: all of 
 # --- the split and the link -------------------------------------------------------------------
 SPLIT = 4  # 0-based decoder layer after which the hidden state crosses: 5 layers on the UE, the paper's fixed baseline
 DROPOUT = 0.1  # probability that each element of the hidden state is lost on the link
+PROTECT = 0  # each token's K largest-magnitude elements also cross a protected path (ARQ: they always arrive)
 SEED = 0  # seeds the link's random stream (uplink.stream_seed(SEED, 0): serve.py's first request at this seed)
 # --- the perplexity protocol ------------------------------------------------------------------
 CONTEXT_LENGTH = 1024  # tokens per sliding window, as in Hugging Face's perplexity guide
@@ -78,6 +79,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="what the link does: dropout (the original, --dropout p; default without --snr-db), erasure "
                         "(packets lost at --snr-db, zero-filled; default with --snr-db), awgn, bitflip (stress test)")
     add_link_arguments(p.add_argument_group("physical link (with --snr-db)"), snr_db_default=None)
+    p.add_argument("--protect", type=non_negative_int, default=PROTECT, metavar="K",
+                   help="also send each token's K largest-magnitude elements (index and value) over a protected path, "
+                        "retransmitted until received, its bits and expected air time counted (beyond the paper)")
     p.add_argument("--generate", metavar="PROMPT", help="print greedy text generated clean and through the impaired link, instead of perplexity")
     p.add_argument("--max-new-tokens", type=positive_int, default=MAX_NEW_TOKENS, help="tokens for --generate")
     p.add_argument("--sleep-delay", action="store_true", help="really sleep each transfer's link delay (default: only account it)")
@@ -123,6 +127,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error("--verify needs a results file other than --output")
         if args.verify and not os.path.isfile(args.verify):
             p.error(f"--verify {args.verify}: no such results file")
+        if args.protect:
+            p.error("--protect is not in the sweep yet: measure one operating point at a time")
         if args.snr_db is not None or args.dropout is not None or args.generate is not None:
             p.error("--sweep takes its grid from --splits, --dropouts and --snrs, not --snr-db, --dropout or --generate")
         args.snr_db = 0.0  # a placeholder in the link template: each SNR condition sets its own
@@ -156,17 +162,19 @@ def configure_link(link, args: argparse.Namespace, model, tokens: int) -> dict:
     """Set the impaired link (a link.SplitLink) from the arguments; return what to report about it."""
     from layersplit.compute import latency_breakdown, model_dims
 
+    link.set_protect(args.protect)
     if args.link == "dropout":
         link.set_dropout(args.dropout)
-        return {"link": "dropout", "snr_db": None, "element_loss": args.dropout}
+        return {"link": "dropout", "snr_db": None, "element_loss": args.dropout, "protect": args.protect}
     link.set_channel(args.channel, args.link)
     link.set_withheld(args.withheld_share)
     dims = model_dims(model.config)
     cfg = args.channel
-    report = {"link": args.link, "dropout": link.dropout, "withheld": link.withheld, "element_loss": link.element_loss, **dataclasses.asdict(cfg),
+    report = {"link": args.link, "protect": args.protect, "dropout": link.dropout, "withheld": link.withheld, "element_loss": link.element_loss, **dataclasses.asdict(cfg),
               "ber": average_ber(cfg.modulation, cfg.snr_db, cfg.fading, cfg.nakagami_m)}
     for phase in ("prefill", "decode"):
-        times = latency_breakdown(cfg, dims, args.split, tokens, phase=phase, withheld=link.withheld)
+        times = latency_breakdown(cfg, dims, args.split, tokens, phase=phase, withheld=link.withheld,
+                                  protect=args.protect)
         report.update({f"{key.removesuffix('_s')}_{phase}_s": value for key, value in times.items()})
     report["tx_latency_prefill_s"], report["tx_latency_decode_s"] = report.pop("tx_prefill_s"), report.pop("tx_decode_s")
     report["latency_tokens"] = tokens
@@ -295,8 +303,9 @@ def run(args: argparse.Namespace) -> dict:
 
 def print_table(r: dict) -> None:
     print(f"model {r['model']} ({r['n_layers']} decoder layers, {r['dtype']}, {r['device']})")
+    protected = f", {r['protect']} elements per token protected" if r["protect"] else ""
     print(f"split {r['split']}: {r['layers_on_ue']} layers on the UE, {r['n_layers'] - r['layers_on_ue']} on the edge; "
-          f"link {r['link']}, element loss {r['element_loss']:.4g}; seed {r['seed']}")
+          f"link {r['link']}, element loss {r['element_loss']:.4g}{protected}; seed {r['seed']}")
     if r["snr_db"] is not None:
         print(f"channel: Es/N0 {r['snr_db']:g} dB, {r['modulation']}, {r['fading']} fading; packets of "
               f"{r['elements_per_packet']} x {r['bits_per_element']} bits + {r['header_bits']}; "

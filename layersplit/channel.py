@@ -275,6 +275,31 @@ def tx_latency_s(cfg: LinkConfig, tokens: int, hidden_size: int, withheld: float
     return payload_bits(cfg, tokens, hidden_size, withheld) / achievable_rate_bps(cfg)
 
 
+# ---- the protected path (--protect K) --------------------------------------------------------
+# The K largest-magnitude elements of each token also go over a protected path: as (index, value) pairs
+# in packets of the same size and modulation, each retransmitted until it is received (ARQ), so they
+# always arrive; the cost is their bits and the expected retransmissions, in air time.
+def protected_payload_bits(tokens: int, protect: int, hidden_size: int, bits_per_element: int) -> int:
+    """The protected pairs' bits: per token, K x (an index of ceil(log2 d) bits + a value)."""
+    return tokens * protect * (math.ceil(math.log2(hidden_size)) + bits_per_element) if protect else 0
+
+
+def protected_air_bits(cfg: LinkConfig, tokens: int, protect: int, hidden_size: int) -> float:
+    """Expected bits on air of the protected path: whole packets with headers, each sent 1 / (1 - PER)
+    times on average (retransmitted until received)."""
+    payload = protected_payload_bits(tokens, protect, hidden_size, cfg.bits_per_element)
+    if not payload:
+        return 0.0
+    packets = math.ceil(payload / (cfg.elements_per_packet * cfg.bits_per_element))
+    per = packet_error_rate(cfg)
+    return math.inf if per >= 1.0 else packets * cfg.bits_per_packet / (1.0 - per)
+
+
+def protected_tx_s(cfg: LinkConfig, tokens: int, protect: int, hidden_size: int) -> float:
+    """Expected seconds of the protected path on air."""
+    return protected_air_bits(cfg, tokens, protect, hidden_size) / achievable_rate_bps(cfg)
+
+
 # ---- SNR over time ---------------------------------------------------------------------------
 # The uplink's Es/N0 from one request to the next: the wireless environment trains under this process
 # and serve.py serves under it, so a policy is served under the SNR spread it was trained on.

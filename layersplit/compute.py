@@ -82,14 +82,17 @@ def latency_breakdown(
     ue_flops: float = UE_FLOPS,
     edge_flops: float = EDGE_FLOPS,
     withheld: float = 0.0,
+    protect: int = 0,
 ) -> dict[str, float]:
     """Seconds spent on the UE, on air and on the edge for one forward pass, run in sequence.
 
-    split: 0-based, split + 1 decoder layers on the UE (0..n_layers - 1). prefill: `tokens` prompt tokens cross the link
-    and the LM head scores all of them (as in perplexity evaluation); decode: one new token with a
-    KV cache of `context_len` - 1 (default: the prompt, context_len = tokens + 1). `withheld`: share of
-    the activation the UE deliberately does not send (shortens air time only). Compute time is
-    FLOPs over sustained throughput; decode is memory-bound in practice, so it is a lower bound there.
+    split: 0-based, split + 1 decoder layers on the UE (0..n_layers - 1). prefill: `tokens` prompt
+    tokens cross the link and the LM head scores all of them (as in perplexity evaluation); decode:
+    one new token with a KV cache of `context_len` - 1 (default: the prompt, context_len = tokens + 1).
+    `withheld`: share of the activation the UE deliberately does not send (shortens air time only);
+    `protect`: the K elements per token also sent over the protected path (channel.protected_tx_s).
+    Compute time is FLOPs over sustained throughput; decode is memory-bound in practice, so it is a
+    lower bound there.
     """
     if not 0 <= split < model.n_layers:
         raise ValueError(f"split must be between 0 and n_layers - 1 = {model.n_layers - 1}, got {split}")
@@ -104,6 +107,7 @@ def latency_breakdown(
     ue = (split + 1) * layer / ue_flops
     edge = ((model.n_layers - split - 1) * layer + lm_head_flops(model.hidden_size, model.vocab_size, new)) / edge_flops
     tx = channel.tx_latency_s(cfg, new, model.hidden_size, withheld)
+    tx += channel.protected_tx_s(cfg, new, protect, model.hidden_size) if protect else 0.0
     return {"ue_compute_s": ue, "tx_s": tx, "edge_compute_s": edge, "total_s": ue + tx + edge}
 
 

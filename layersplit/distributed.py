@@ -1,4 +1,5 @@
-"""Work beyond one process on Ray: the sweep's grid as tasks on worker actors, and training runs as tasks.
+"""Work beyond one process on Ray: the sweep's grid as tasks on worker actors, training runs as tasks,
+and the search over PPO's hyperparameters with Ray Tune (ASHA).
 
     connect("local")        a private Ray instance on this machine (stopped at exit)
     connect("auto")         the cluster this machine joined (`ray start --head` or `ray start --address`)
@@ -11,6 +12,10 @@ CSV, split by split in order, so the file is the single-process run's. The masks
 (seed, window, draw), so where a task runs does not change a number. A worker that dies mid-task is
 restarted by Ray and the task run again (max_restarts, max_task_retries): nothing is lost, and the
 driver takes each task's result once. A killed driver resumes like a single-process sweep.
+
+Training: each (algorithm, seed) run is a task on one CPU, in the driver's folder; a task whose worker
+dies is run again and resumes from its run's newest checkpoint. Tuning: each trial trains PPO on the
+surrogate and reports its share of the exact optimum; ASHA stops the poor trials early.
 """
 from __future__ import annotations
 

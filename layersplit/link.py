@@ -30,7 +30,7 @@ class Transfer:
 
     tokens: int  # positions that crossed (batch x sequence); 1 per decoding step with a KV cache
     elements: int  # numbers sent: tokens x hidden size
-    bits: int  # bits on air: packets with headers under a channel, else the activation dtype's size
+    bits: float  # bits on air: packets with headers under a channel (the protected path's expected), else the dtype's size
     impaired: int  # elements zeroed (dropout, erasure), altered by bit errors (bitflip), or noisy (awgn: all)
     delay_s: float  # link time: the channel's transmission time, else the original's random delay
 
@@ -77,7 +77,7 @@ class SplitLink:
 
     def set_dropout(self, p: float) -> None:
         """The original's link: each element lost with probability p."""
-        self.impairment = uplink.direct(p, self.impairment.withheld)
+        self.impairment = uplink.direct(p, self.impairment.withheld).protecting(self.impairment.protect)
 
     def set_withheld(self, share: float) -> None:
         """Withhold a share of the activation: those elements are not sent (the edge zero-fills them,
@@ -86,7 +86,11 @@ class SplitLink:
 
     def set_channel(self, cfg: channel.LinkConfig, mode: str = "erasure") -> None:
         """A physical link at operating point `cfg` (SNR, modulation, fading, packets)."""
-        self.impairment = uplink.physical(cfg, mode, self.impairment.withheld)
+        self.impairment = uplink.physical(cfg, mode, self.impairment.withheld).protecting(self.impairment.protect)
+
+    def set_protect(self, k: int) -> None:
+        """Send each token's k largest-magnitude elements over the protected path too: they always arrive."""
+        self.impairment = self.impairment.protecting(k)
 
     # what the link does now, read from its impairment
     mode = property(lambda self: self.impairment.mode)
@@ -130,16 +134,22 @@ class SplitLink:
     # --- the link itself: the impairment engine (uplink.py) on this transfer's elements -----------------
     def transmit(self, hidden: torch.Tensor) -> torch.Tensor:
         """What the edge receives for `hidden` (batch x tokens x hidden size)."""
+        tokens = hidden.numel() // hidden.shape[-1]
         hidden, impaired, sent = uplink.impair(hidden, self.impairment, self.generator)
+        k = self.impairment.protect
         if self.channel is not None:
             bits = wire.n_packets(sent, self.channel.elements_per_packet) * self.channel.bits_per_packet
             delay = bits / channel.achievable_rate_bps(self.channel)
+            if k:  # the protected path: expected bits and air time, retransmissions included
+                bits += channel.protected_air_bits(self.channel, tokens, k, hidden.shape[-1])
+                delay += channel.protected_tx_s(self.channel, tokens, k, hidden.shape[-1])
         else:
             bits = sent * hidden.element_size() * 8
+            bits += channel.protected_payload_bits(tokens, k, hidden.shape[-1], hidden.element_size() * 8)
             delay = self._delay_rng.uniform(*self.delay_range_s)
         if self.sleep:
             time.sleep(delay)
-        self.transfers.append(Transfer(tokens=hidden.numel() // hidden.shape[-1], elements=hidden.numel(), bits=bits,
+        self.transfers.append(Transfer(tokens=tokens, elements=hidden.numel(), bits=bits,
                                        impaired=impaired, delay_s=delay))
         return hidden
 

@@ -3,12 +3,15 @@
 Fast path. The clean prefix up to a split does not depend on the channel, so for every window the
 hidden state is walked once through the decoder stack, split by split, and at each split all the
 impaired versions (conditions x draws) run through the rest of the model as one batch. Segments
-of the stack run through the model's own forward (the decoder ModuleList is temporarily cut to the
-segment and the hidden state enters as inputs_embeds), so no model code is copied; a check on the
-first window compares the composition with a full forward and falls back to the naive path (one
-full forward per cell and draw, the link as a hook) for architectures where it does not hold.
+of the stack run through the model's own forward as non-mutating views (segments.py: the hidden
+state enters as inputs_embeds), so no model code is copied; segments.check_composition compares
+the composition with a full forward first and the naive path (one full forward per cell and draw,
+the link as a hook) is used for architectures where it does not hold. The fast path is walk()
+(scores of (split, window) pairs) then fold() (a split's rows), so the same code runs in one
+process or on Ray workers (distributed.py).
 
 Masks. The randomness of a (window, draw) comes from a generator seeded by (seed, window, draw)
+(uplink.stream_seed, the impairment engine's one seeding scheme)
 and is the same for every split and condition: one uniform field compared against every loss
 probability gives nested masks (each p keeps its exact Bernoulli marginal), smooth curves, and
 numbers that do not depend on the order of work. The fast and naive paths give the same numbers.

@@ -42,6 +42,7 @@ class Impairment:
     ber: float = 0.0  # bit error rate (bitflip)
     withheld: float = 0.0  # share of the elements the UE does not send
     channel: channel.LinkConfig | None = None  # the physical operating point (None: the original's direct p)
+    protect: int = 0  # each token's K largest-magnitude elements also go over the protected path (always arrive)
 
     @property
     def elements_per_packet(self) -> int:
@@ -58,6 +59,11 @@ class Impairment:
 
     def withholding(self, share: float) -> "Impairment":
         return replace(self, withheld=validate_probability(share, "withheld share"))
+
+    def protecting(self, k: int) -> "Impairment":
+        if isinstance(k, bool) or int(k) != k or k < 0:
+            raise UserError(f"--protect {k!r}: give a number of elements per token >= 0")
+        return replace(self, protect=int(k))
 
 
 def direct(p: float, withheld: float = 0.0) -> Impairment:
@@ -77,9 +83,27 @@ def physical(cfg: channel.LinkConfig, mode: str = "erasure", withheld: float = 0
     return Impairment(mode, loss=loss, ber=ber, channel=cfg).withholding(withheld)
 
 
+def protected(hidden: torch.Tensor, k: int) -> torch.Tensor:
+    """Flags of each token's k largest-magnitude elements (what --protect k sends over the protected path)."""
+    if k > hidden.shape[-1]:
+        raise UserError(f"--protect {k}: a token has only {hidden.shape[-1]} elements")
+    flags = torch.zeros(hidden.shape, dtype=torch.bool, device=hidden.device)
+    return flags.scatter_(-1, hidden.abs().topk(k, dim=-1).indices, True)
+
+
 def impair(hidden: torch.Tensor, imp: Impairment, gen: torch.Generator) -> tuple[torch.Tensor, int, int]:
-    """(what the edge receives for `hidden`, elements impaired, elements sent): one transfer, drawn
-    from `gen` in a fixed order (the packet field, then the withheld field)."""
+    """(what the edge receives for `hidden`, elements impaired, elements sent on the ordinary path): one
+    transfer, drawn from `gen` in a fixed order (the packet field, then the withheld field). Protected
+    elements (imp.protect) draw nothing: the rest is impaired exactly as without them."""
+    received, impaired, sent = _impair(hidden, imp, gen)
+    if imp.protect:
+        keep = protected(hidden, imp.protect)
+        received = torch.where(keep, hidden, received)
+        impaired = hidden.numel() - int(keep.sum()) if imp.mode == "awgn" else int((received != hidden).sum())
+    return received, impaired, sent
+
+
+def _impair(hidden: torch.Tensor, imp: Impairment, gen: torch.Generator) -> tuple[torch.Tensor, int, int]:
     n = hidden.numel()
     impaired, sent, k = 0, n, imp.elements_per_packet
     if imp.mode in ("dropout", "erasure") and (imp.loss > 0.0 or imp.withheld > 0.0):

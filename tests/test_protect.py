@@ -1,0 +1,117 @@
+"""The protected path (--protect K, beyond the paper): each token's K largest-magnitude elements also
+cross a path with retransmission until received. K = 0 is today's link; protected elements always
+arrive; the rest are impaired exactly as without protection; the bits and air time are counted."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import run_script
+from layersplit import UserError, channel, compute, uplink
+from layersplit.link import SplitLink
+
+TOKENS, D = 5, 64
+
+
+def hidden():
+    torch.manual_seed(0)
+    return torch.randn(1, TOKENS, D) * torch.logspace(-1, 1, D)  # a few large elements per token
+
+
+def same(a, b) -> bool:
+    """Equal element for element, NaN included (bit flips make some)."""
+    return a.shape == b.shape and bool(torch.allclose(a, b, rtol=0, atol=0, equal_nan=True))
+
+
+def links():
+    cfg = channel.LinkConfig(snr_db=8.0, elements_per_packet=8)
+    return {"dropout": uplink.direct(0.4), "erasure": uplink.physical(cfg, "erasure"),
+            "withheld": uplink.physical(cfg, "erasure", 0.3), "awgn": uplink.physical(cfg, "awgn"),
+            "bitflip": uplink.physical(channel.LinkConfig(snr_db=3.0), "bitflip")}
+
+
+@pytest.mark.parametrize("name", list(links()))
+@pytest.mark.parametrize("k", [1, 4, 16])
+def test_protected_elements_arrive_and_the_rest_is_impaired_as_without(name, k):
+    x, imp = hidden(), links()[name]
+    plain, _, sent_plain = uplink.impair(x, imp, uplink.generator(7))
+    kept, impaired, sent = uplink.impair(x, imp.protecting(k), uplink.generator(7))
+    keep = uplink.protected(x, k)
+    assert int(keep.sum()) == TOKENS * k
+    assert torch.equal(kept[keep], x[keep])  # the protected elements, intact
+    assert same(kept[~keep], plain[~keep])  # everything else: the same draws, the same damage
+    assert sent == sent_plain and impaired <= x.numel() - TOKENS * k
+    smallest_kept = x.abs().masked_fill(~keep, math.inf).amin(-1)
+    largest_other = x.abs().masked_fill(keep, 0.0).amax(-1)
+    assert bool((smallest_kept >= largest_other).all())  # they are the k largest of each token
+
+
+def test_protect_zero_is_todays_link_and_everything_lost_keeps_only_the_protected():
+    x = hidden()
+    for imp in links().values():
+        a = uplink.impair(x, imp, uplink.generator(3))
+        b = uplink.impair(x, imp.protecting(0), uplink.generator(3))
+        assert same(a[0], b[0]) and a[1:] == b[1:]
+    received, impaired, _ = uplink.impair(x, uplink.direct(1.0).protecting(4), uplink.generator(0))
+    assert torch.equal(received, torch.where(uplink.protected(x, 4), x, torch.zeros_like(x)))
+    assert impaired == x.numel() - TOKENS * 4
+    with pytest.raises(UserError, match="only 64 elements"):
+        uplink.impair(x, uplink.direct(0.1).protecting(65), uplink.generator(0))
+
+
+def test_protected_bits_and_air_time_hand_worked():
+    # d = 576: a 10-bit index + a 16-bit value per pair; 3 tokens x 4 pairs = 312 bits: one packet of 64 x 16
+    # payload bits + 32 header bits = 1056 bits. AWGN QPSK at Es/N0 = 15 (linear): Eb/N0 = 7.5,
+    # BER = Q(sqrt(15)) = erfc(sqrt(7.5)) / 2, PER = 1 - (1 - BER)^1056, sent 1 / (1 - PER) times on average;
+    # rate 20 MHz x log2(16) = 80 Mbit/s.
+    cfg = channel.LinkConfig(snr_db=10 * math.log10(15), fading="awgn")
+    assert channel.protected_payload_bits(3, 4, 576, 16) == 312
+    ber = 0.5 * math.erfc(math.sqrt(7.5))
+    per = 1 - (1 - ber) ** 1056
+    assert channel.packet_error_rate(cfg) == pytest.approx(per, rel=1e-9)
+    assert channel.protected_air_bits(cfg, 3, 4, 576) == pytest.approx(1056 / (1 - per), rel=1e-9)
+    assert channel.protected_tx_s(cfg, 3, 4, 576) == pytest.approx(1056 / (1 - per) / 80e6, rel=1e-9)
+    assert channel.protected_air_bits(cfg, 3, 0, 576) == 0.0
+    dims = compute.SMOLLM2_135M
+    with_k = compute.latency_breakdown(cfg, dims, 4, 3, protect=4)
+    without = compute.latency_breakdown(cfg, dims, 4, 3)
+    assert with_k["tx_s"] - without["tx_s"] == pytest.approx(1056 / (1 - per) / 80e6, rel=1e-9)
+    assert with_k["ue_compute_s"] == without["ue_compute_s"]
+
+
+def test_the_split_hook_counts_the_protected_bits(tiny_llama):
+    cfg = channel.LinkConfig(snr_db=10.0, elements_per_packet=16)
+    ids = torch.arange(3, 9)[None]
+    counts = {}
+    for k in (0, 4):
+        link = SplitLink(tiny_llama, split=1, seed=0)
+        link.set_channel(cfg, "erasure")
+        link.set_protect(k)
+        with torch.no_grad():
+            tiny_llama(input_ids=ids)
+        counts[k] = link.transfers[-1]
+        link.detach()
+    extra = channel.protected_air_bits(cfg, 6, 4, 64)
+    assert counts[4].bits == pytest.approx(counts[0].bits + extra)
+    assert counts[4].delay_s == pytest.approx(counts[0].delay_s + channel.protected_tx_s(cfg, 6, 4, 64))
+    assert counts[4].impaired < counts[0].impaired
+
+
+def test_add_noise_protect_on_the_cli(tiny_model_dir, sample_txt):
+    base = ["add_noise.py", "--model", str(tiny_model_dir), "--dataset", str(sample_txt), "--split", "1",
+            "--max-tokens", "200", "--context-length", "64", "--stride", "64", "--snr-db", "5", "--no-progress"]
+    reports = {}
+    for k in ("0", "8"):
+        done = run_script(*base, "--protect", k, "--json")
+        assert done.returncode == 0, done.stderr[-1500:]
+        reports[k] = json.loads(done.stdout)
+    assert reports["8"]["protect"] == 8 and reports["8"]["link_bits"] > reports["0"]["link_bits"]
+    assert reports["8"]["elements_impaired_fraction"] < reports["0"]["elements_impaired_fraction"]
+    assert reports["8"]["tx_latency_prefill_s"] > reports["0"]["tx_latency_prefill_s"]
+    done = run_script(*base, "--protect", "8")
+    assert "8 elements per token protected" in done.stdout
+    refused = run_script("add_noise.py", "--sweep", "--protect", "4", "--model", str(tiny_model_dir))
+    assert refused.returncode == 2 and "--protect is not in the sweep yet" in refused.stderr
