@@ -148,10 +148,11 @@ def run_sweep(model: str, device: str, dtype: str, token_ids, cfg, store, dims, 
     if not work:
         return {"tasks": 0, "workers": workers, "restarted": 0}
     cuda = uses_gpus(device)
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    threads = max(1, cpus // workers)
+    cpus = ray.cluster_resources().get("CPU", 1.0)
+    threads = max(1, int(cpus // workers))
+    share = min(threads, cpus / workers)  # more workers than CPUs: each a fraction, so that all of them start
     Worker = _worker_class()
-    actors = [Worker.options(num_cpus=0 if cuda else threads, num_gpus=1 if cuda else 0).remote(model, device, dtype, threads)
+    actors = [Worker.options(num_cpus=0 if cuda else share, num_gpus=1 if cuda else 0).remote(model, device, dtype, threads)
               for _ in range(workers)]
     pids = ray.get([a.pid.remote() for a in actors])
     if on_workers is not None:
@@ -210,7 +211,8 @@ def train_runs(jobs: list[dict], threads: int = 1) -> list[dict]:
     A task whose worker dies is run again, and its run resumes from its newest checkpoint."""
     import ray
 
-    task = ray.remote(max_retries=3)(_train).options(num_cpus=threads)
+    cpus = ray.cluster_resources().get("CPU", 1.0)
+    task = ray.remote(max_retries=3)(_train).options(num_cpus=min(threads, cpus))  # never more than the cluster has
     refs = [task.remote(job, threads, os.getcwd()) for job in jobs]
     remaining = list(refs)
     while remaining:

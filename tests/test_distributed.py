@@ -45,7 +45,8 @@ def test_the_distributed_sweep_writes_the_single_process_file_and_survives_a_kil
 
 
 def test_a_resumed_distributed_sweep_computes_only_what_is_missing(local_ray, tiny_model_dir, sample_txt, tmp_path):
-    args = sweep_args(tiny_model_dir, sample_txt, tmp_path / "part.csv", "--ray", "--workers", "2")
+    # 3 workers on 2 CPUs: each gets a fraction of a CPU, so that all of them start
+    args = sweep_args(tiny_model_dir, sample_txt, tmp_path / "part.csv", "--ray", "--workers", "3")
     assert add_noise.main([*args[:args.index("all")], "0-1", *args[args.index("all") + 1:]]) == 0  # splits 0-1 first
     assert add_noise.main(args) == 0  # then all: resumes
     assert add_noise.main(sweep_args(tiny_model_dir, sample_txt, tmp_path / "whole.csv")) == 0
