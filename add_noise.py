@@ -54,6 +54,7 @@ SWEEP_SPLITS = "1-10"  # the environments' split range, what the paper-form surr
 SWEEP_DROPOUTS = ",".join(f"{p:g}" for p in PAPER_DROPOUTS)  # the original's grid, 0.02..0.30
 SWEEP_SNRS = ""  # Es/N0 values in dB for physical-link conditions (--link, erasure by default); none by default
 SWEEP_WITHHELD = ""  # shares of the activation deliberately not sent, crossed with --snrs (0 is always run)
+SWEEP_PROTECTS = ""  # elements per token over the protected path, crossed with every condition (0 is always run)
 SWEEP_DRAWS = 8  # noise draws per cell: with the windows, enough samples to estimate the expected NLL (README)
 SWEEP_MAX_TOKENS = 4096  # tokens of text per cell: 8 windows, so a cell pools 8 x 8 (window, draw) samples
 SWEEP_CONTEXT = 512  # disjoint 512-token windows: each token is computed once per variant
@@ -93,6 +94,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--withheld", default=SWEEP_WITHHELD,
                    help="comma-separated shares of the activation the UE deliberately does not send (zero-filled at the "
                         "edge, less air time), crossed with --snrs; with --snr-db one share")
+    g.add_argument("--protects", default=SWEEP_PROTECTS,
+                   help="comma-separated K of --protect, crossed with every condition (K = 0, no protection, is always run)")
     g.add_argument("--draws", type=positive_int, default=SWEEP_DRAWS, help="noise draws per cell")
     g.add_argument("--output", type=writable_file, default=SWEEP_OUTPUT, help="results CSV; rerun the same command to resume")
     g.add_argument("--batch-size", type=positive_int, default=SWEEP_BATCH, help="impaired variants per forward")
@@ -128,7 +131,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         if args.verify and not os.path.isfile(args.verify):
             p.error(f"--verify {args.verify}: no such results file")
         if args.protect:
-            p.error("--protect is not in the sweep yet: measure one operating point at a time")
+            p.error("--sweep takes its K from --protects, not --protect")
         if args.snr_db is not None or args.dropout is not None or args.generate is not None:
             p.error("--sweep takes its grid from --splits, --dropouts and --snrs, not --snr-db, --dropout or --generate")
         args.snr_db = 0.0  # a placeholder in the link template: each SNR condition sets its own
@@ -146,8 +149,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.channel = link_config_from_args(args)
         if args.sweep:
             args.conditions = make_conditions(parse_floats(args.dropouts, "--dropouts"),
-                                                    parse_floats(args.snrs, "--snrs"), args.link,
-                                                    parse_floats(args.withheld, "--withheld"))
+                                              parse_floats(args.snrs, "--snrs"), args.link,
+                                              parse_floats(args.withheld, "--withheld"),
+                                              parse_floats(args.protects, "--protects"))
         else:
             shares = parse_floats(args.withheld, "--withheld") or [0.0]
             if len(shares) != 1:

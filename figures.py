@@ -225,7 +225,8 @@ def fig_sweep(results_dir: Path, figures_dir: Path) -> Path:
     remedy = SWEEP_COMMAND.format(path=path)
     rows = read_csv(path, {"model": str, "tokens": int, "split": int, "link": str, "snr_db": str, "dropout": float,
                            "draw": int, "ppl": float, "token_accuracy": float, **WINDOW_COLUMNS},
-                    remedy=remedy, optional={"withheld": (float, 0.0), **OPTIONAL_WINDOW_COLUMNS})
+                    remedy=remedy, optional={"withheld": (float, 0.0), "protect": (int, 0), **OPTIONAL_WINDOW_COLUMNS})
+    rows = [r for r in rows if r["protect"] == 0]  # without the protected path (--protects)
     for r in rows:
         r["snr"] = _snr_of(path, r, remedy)
         r["condition"] = (r["link"] != "dropout", r["snr"] if r["link"] != "dropout" else r["dropout"],
@@ -301,8 +302,9 @@ def read_snr_sweeps(results_dir: Path) -> dict[str, list[dict]]:
                                "dropout": float, "draw": int, "modulation": str, "fading": str,
                                "bits_per_element": str, "elements_per_packet": str, "header_bits": str,
                                "ppl": float, "token_accuracy": float, **WINDOW_COLUMNS},
-                        remedy=remedy, optional={"withheld": (float, 0.0), **OPTIONAL_WINDOW_COLUMNS})
-        rows = [r for r in rows if r["withheld"] == 0]
+                        remedy=remedy, optional={"withheld": (float, 0.0), "protect": (int, 0),
+                                                 **OPTIONAL_WINDOW_COLUMNS})
+        rows = [r for r in rows if r["withheld"] == 0 and r["protect"] == 0]
         physical = [r for r in rows if r["link"] != "dropout"]
         set_ups = {(r["link"], r["modulation"], r["fading"]) for r in physical}
         if len(set_ups) != 1:

@@ -69,7 +69,7 @@ def timed_sweep(model, ids, cfg, runner) -> tuple[float, dict]:
         start = time.perf_counter()
         runner(model, ids, cfg, store, progress=False)
         elapsed = time.perf_counter() - start
-    return elapsed, {sweep.row_key(r["split"], r["link"], r["snr_db"], r["dropout"], r["withheld"], r["draw"]): float(r["ppl"])
+    return elapsed, {sweep.row_key(r): float(r["ppl"])
                      for r in store.rows}
 
 

@@ -31,18 +31,23 @@ class Condition:
     dropout: float | None = None  # requested p (dropout link only)
     snr_db: float | None = None  # Es/N0 (physical links only)
     withheld: float = 0.0  # share of the activation the UE deliberately does not send (physical links)
+    protect: int = 0  # each token's K largest elements also cross the protected path (uplink.protected)
 
     @property
     def label(self) -> str:
+        protected = f", K={self.protect}" if self.protect else ""
         if self.link == "dropout":
-            return f"p={self.dropout:g}"
-        return f"{self.link} {self.snr_db:g} dB" + (f", {self.withheld:.0%} withheld" if self.withheld else "")
+            return f"p={self.dropout:g}{protected}"
+        return f"{self.link} {self.snr_db:g} dB" + (f", {self.withheld:.0%} withheld" if self.withheld else "") + protected
 
 
 def make_conditions(dropouts: list[float], snrs: list[float], link: str,
-                    withheld: list[float] = ()) -> list[Condition]:
+                    withheld: list[float] = (), protects: list[int] = ()) -> list[Condition]:
     """The clean reference (p = 0) first, then each p, then each SNR with the physical `link`, once
-    with the whole activation sent and once per share in `withheld`."""
+    with the whole activation sent and once per share in `withheld`; each of these once unprotected and
+    once per K in `protects` (K elements per token over the protected path)."""
+    if any(isinstance(k, bool) or k != int(k) or k < 0 for k in protects):
+        raise UserError(f"--protects {list(protects)}: give numbers of elements per token >= 0")
     for p in dropouts:
         validate_probability(p)
     for w in withheld:
@@ -51,9 +56,11 @@ def make_conditions(dropouts: list[float], snrs: list[float], link: str,
         raise UserError("--withheld applies to the physical link: give --snrs too")
     if snrs and link not in LINK_MODES[1:]:
         raise UserError(f"SNR conditions need a physical link: {', '.join(LINK_MODES[1:])}, not {link!r}")
-    conditions = [Condition("dropout", 0.0)] + [Condition("dropout", p) for p in sorted(set(dropouts)) if p > 0]
+    ks = sorted({0, *(int(k) for k in protects)})
+    conditions = [Condition("dropout", 0.0)] + [Condition("dropout", p, protect=k) for p in sorted(set(dropouts))
+                                                if p > 0 for k in ks]
     shares = sorted({0.0, *withheld})
-    conditions += [Condition(link, snr_db=s, withheld=w) for s in sorted(set(snrs)) for w in shares]
+    conditions += [Condition(link, snr_db=s, withheld=w, protect=k) for s in sorted(set(snrs)) for w in shares for k in ks]
     if len(conditions) == 1:
         raise UserError("the grid has no channel condition: give --dropouts and/or --snrs")
     return conditions

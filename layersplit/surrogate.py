@@ -189,6 +189,11 @@ def _read_sweep(path: str | Path, needed: tuple[str, ...]):
     return frame
 
 
+def unprotected(frame):
+    """The rows without the protected path (--protects K > 0 is not an input of the surrogates)."""
+    return frame[frame["protect"].fillna(0) == 0] if "protect" in frame else frame
+
+
 def _pooled(frame, keys: list[str]):
     """The rows of `frame` pooled over draws per `keys` (cells.pool: token-weighted NLL and accuracy,
     95% intervals over windows x draws)."""
@@ -206,7 +211,7 @@ def paper_cells(path: str | Path, splits=PAPER_SPLITS, reference_split: int = RE
     draws) with its 95% interval over windows x draws, the reference PPL at the same p, the inference
     reward, and that reward's standard error over the noise draws (inference_reward_se)."""
     frame = _read_sweep(path, ("link", "split", "dropout", "draw", "nll", "token_accuracy", "scored_tokens"))
-    frame = frame[frame["link"] == "dropout"]
+    frame = unprotected(frame[frame["link"] == "dropout"])
     cells = _pooled(frame, ["dropout", "split"]).drop(columns="latency_s")
     reference = cells[cells["split"] == reference_split].set_index("dropout")["ppl"]
     if reference.empty:
@@ -234,7 +239,7 @@ def wireless_cells(path: str | Path):
     95% interval), accuracy, latency."""
     frame = _read_sweep(path, ("link", "snr_db", "split", "withheld", "nll", "token_accuracy", "total_s",
                                "scored_tokens"))
-    frame = frame[frame["link"] != "dropout"]
+    frame = unprotected(frame[frame["link"] != "dropout"])
     if frame.empty:
         raise UserError(f"{path} has no physical-link rows: sweep with --snrs (and --withheld)")
     cells = _pooled(frame, ["snr_db", "split", "withheld"]).rename(columns={"nll": "log_ppl"})

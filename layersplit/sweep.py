@@ -41,17 +41,24 @@ RUN_COLUMNS = ("model", "dataset", "tokens", "context_length", "stride", "dtype"
 LINK_COLUMNS = ("modulation", "fading", "nakagami_m", "bits_per_element", "elements_per_packet", "header_bits",
                 "bandwidth_hz", "block_fading")
 TEXT_COLUMNS = ("model", "dataset", "dtype", "link", "modulation", "fading", "block_fading")  # the rest hold numbers
-COLUMNS = RUN_COLUMNS + ("split", "layers_on_ue", "link", "snr_db", "dropout", "withheld", "draw") + LINK_COLUMNS + (
+COLUMNS = RUN_COLUMNS + ("split", "layers_on_ue", "link", "snr_db", "dropout", "withheld", "protect", "draw") + LINK_COLUMNS + (
     "nll", "ppl", "token_accuracy", "scored_tokens", "nonfinite_windows", *cells.WINDOW_COLUMNS,
     "ue_compute_s", "tx_s", "edge_compute_s", "total_s", "tx_decode_s")
 
 
-def row_key(split, link, snr_db, dropout, withheld, draw) -> tuple:
-    """What identifies a row: physical links by SNR and withheld share, the direct link by p (floats as
-    written in the CSV)."""
-    snr = "" if snr_db in ("", None) else repr(float(snr_db))
-    p = repr(float(dropout)) if link == "dropout" else ""
-    return int(split), link, snr, p, repr(float(withheld or 0.0)), int(draw)
+def row_key(row: dict) -> tuple:
+    """What identifies a row: physical links by SNR and withheld share, the direct link by p, and the
+    protected elements per token (floats as written in the CSV)."""
+    snr = "" if row["snr_db"] in ("", None) else repr(float(row["snr_db"]))
+    p = repr(float(row["dropout"])) if row["link"] == "dropout" else ""
+    return (int(row["split"]), row["link"], snr, p, repr(float(row["withheld"] or 0.0)), int(row.get("protect") or 0),
+            int(row["draw"]))
+
+
+def cell_key(split: int, cond: Condition, draw: int) -> tuple:
+    """row_key of the row that (split, condition, draw) writes."""
+    return row_key({"split": split, "link": cond.link, "snr_db": cond.snr_db, "dropout": cond.dropout or 0.0,
+                    "withheld": cond.withheld, "protect": cond.protect, "draw": draw})
 
 
 # --- the results file ----------------------------------------------------------------------------
@@ -81,7 +88,7 @@ class ResultsStore:
                     detail = "; ".join(f"{k}: {a} in the file, {b} now" for k, (a, b) in differs.items())
                     raise UserError(f"{self.path} was made with another configuration ({detail}): "
                                     "use another --output, or the same options to resume")
-        self.done = {row_key(r["split"], r["link"], r["snr_db"], r["dropout"], r["withheld"], r["draw"]) for r in self.rows}
+        self.done = {row_key(r) for r in self.rows}
         if not self.rows:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("w", newline="") as f:
@@ -109,7 +116,7 @@ class ResultsStore:
                         break
                 else:
                     try:
-                        row_key(row["split"], row["link"], row["snr_db"], row["dropout"], row["withheld"], row["draw"])
+                        row_key(row)
                     except (ValueError, TypeError):
                         problem = "split and draw must be integers"
             if problem:
@@ -131,7 +138,7 @@ class ResultsStore:
             f.flush()
             os.fsync(f.fileno())
         self.rows += rows
-        self.done |= {row_key(r["split"], r["link"], r["snr_db"], r["dropout"], r["withheld"], r["draw"]) for r in rows}
+        self.done |= {row_key(r) for r in rows}
 
 
 # --- the sweep ---------------------------------------------------------------------------------------
@@ -185,14 +192,14 @@ class CellTotals:
 def impairment_of(condition: Condition, template: channel.LinkConfig) -> uplink.Impairment:
     """What the link does under `condition`: the original's p, or `template` at the condition's SNR."""
     if condition.link == "dropout":
-        return uplink.direct(condition.dropout, condition.withheld)
+        return uplink.direct(condition.dropout, condition.withheld).protecting(condition.protect)
     cfg = channel.LinkConfig(**{**asdict(template), "snr_db": condition.snr_db})
-    return uplink.physical(cfg, condition.link, condition.withheld)
+    return uplink.physical(cfg, condition.link, condition.withheld).protecting(condition.protect)
 
 
 def _pending(cfg: SweepConfig, split: int, store: ResultsStore) -> list[tuple[int, int]]:
     return [(c, d) for c, cond in enumerate(cfg.conditions) for d in range(draws_of(cond, cfg.draws))
-            if row_key(split, cond.link, cond.snr_db, cond.dropout or 0.0, cond.withheld, d) not in store.done]
+            if cell_key(split, cond, d) not in store.done]
 
 
 def _rows(cfg: SweepConfig, split: int, totals: CellTotals, pending, dims) -> list[dict]:
@@ -206,10 +213,11 @@ def _rows(cfg: SweepConfig, split: int, totals: CellTotals, pending, dims) -> li
         physical = cond.link != "dropout"
         # compute times do not depend on the channel; the direct-p link has no air time to report
         times = compute.latency_breakdown(link.channel or cfg.link_template, dims, split, cfg.context_length,
-                                          withheld=cond.withheld)
+                                          withheld=cond.withheld, protect=cond.protect)
         row = {
             "split": split, "layers_on_ue": split + 1, "link": cond.link,
-            "snr_db": cond.snr_db if physical else "", "dropout": link.loss, "withheld": cond.withheld, "draw": d,
+            "snr_db": cond.snr_db if physical else "", "dropout": link.loss, "withheld": cond.withheld,
+            "protect": cond.protect, "draw": d,
             **{k: (v if physical else "") for k, v in link_columns(cfg.link_template).items()},
             "nll": nll, "ppl": math.exp(nll) if math.isfinite(nll) else float("nan"),
             "token_accuracy": int(totals.correct[c, d]) / tokens if tokens else float("nan"),
@@ -217,7 +225,8 @@ def _rows(cfg: SweepConfig, split: int, totals: CellTotals, pending, dims) -> li
             "windows": int(totals.windows[c, d]), "nll_window_sd": nll_sd, "accuracy_window_sd": accuracy_sd,
             "ue_compute_s": times["ue_compute_s"], "edge_compute_s": times["edge_compute_s"],
             "tx_s": times["tx_s"] if physical else "", "total_s": times["total_s"] if physical else "",
-            "tx_decode_s": channel.tx_latency_s(link.channel, 1, dims.hidden_size, cond.withheld) if physical else "",
+            "tx_decode_s": (channel.tx_latency_s(link.channel, 1, dims.hidden_size, cond.withheld)
+                            + channel.protected_tx_s(link.channel, 1, cond.protect, dims.hidden_size)) if physical else "",
         }
         rows.append(row)
     return rows
@@ -352,14 +361,14 @@ def verify(rows: list[dict], reference: str | Path, rtol: float) -> str:
     if not rows:
         raise UserError("--verify: no rows were computed to compare")
     try:
-        ref = {row_key(r["split"], r["link"], r["snr_db"], r["dropout"], r["withheld"], r["draw"]): r for r in ref_rows}
+        ref = {row_key(r): r for r in ref_rows}
     except (ValueError, TypeError):
         raise UserError(f"--verify: {reference} has a damaged row (split, draw, p or SNR not a number)") from None
     worst = 0.0
     for row in rows:
-        key = row_key(row["split"], row["link"], row["snr_db"], row["dropout"], row["withheld"], row["draw"])
+        key = row_key(row)
         if key not in ref:
-            raise UserError(f"--verify: {reference} has no row for split {key[0]}, {key[1]} {key[3] or key[2]}, draw {key[5]}")
+            raise UserError(f"--verify: {reference} has no row for split {key[0]}, {key[1]} {key[3] or key[2]}, draw {key[6]}")
         other = ref[key]
         differs = [c for c in RUN_COLUMNS if str(other[c]) != str(row[c])]
         if differs:
@@ -369,12 +378,12 @@ def verify(rows: list[dict], reference: str | Path, rtol: float) -> str:
             gap = abs(a - b) / max(abs(b), 1e-12)
             worst = max(worst, gap)
             if not gap <= rtol:  # a NaN on either side fails too
-                raise UserError(f"--verify: split {key[0]}, draw {key[5]}: {column} {a!r} recomputed, {b!r} in "
+                raise UserError(f"--verify: split {key[0]}, draw {key[6]}: {column} {a!r} recomputed, {b!r} in "
                                 f"{reference} (relative difference {gap:.2g} > {rtol:g})")
     return f"verified: {len(rows)} rows agree with {reference} (largest relative difference {worst:.2g})"
 
 
-CELL_KEYS = ("split", "layers_on_ue", "link", "snr_db", "dropout", "withheld")  # what identifies a cell
+CELL_KEYS = ("split", "layers_on_ue", "link", "snr_db", "dropout", "withheld", "protect")  # what identifies a cell
 CELL_COLUMNS = CELL_KEYS + ("draws", "samples", "nll", "nll_ci95", "ppl", "ppl_low", "ppl_high", "token_accuracy",
                             "accuracy_ci95", "total_s")
 
@@ -409,8 +418,9 @@ def summarise(rows: list[dict]) -> str:
     frame = pd.DataFrame(cell_table(rows))
     if frame.empty:
         return "(no rows)"
-    frame["condition"] = [Condition(link, float(p), None if s == "" else float(s), float(w or 0.0)).label
-                          for link, s, p, w in zip(frame["link"], frame["snr_db"], frame["dropout"], frame["withheld"])]
+    frame["condition"] = [Condition(link, float(p), None if s == "" else float(s), float(w or 0.0), int(k or 0)).label
+                          for link, s, p, w, k in zip(frame["link"], frame["snr_db"], frame["dropout"], frame["withheld"],
+                                                      frame["protect"])]
     frame["split"] = frame["split"].astype(int)
     frame["cell"] = [f"{ppl:.3g} [{lo:.3g}, {hi:.3g}]" if math.isfinite(lo) else f"{ppl:.3g}"
                      for ppl, lo, hi in zip(frame["ppl"], frame["ppl_low"], frame["ppl_high"])]

@@ -39,7 +39,7 @@ def run(model, path, runner=sweep.run_fast, **kwargs) -> dict:
 def rows_by_key(path) -> dict:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    keys = [sweep.row_key(r["split"], r["link"], r["snr_db"], r["dropout"], r["withheld"], r["draw"]) for r in rows]
+    keys = [sweep.row_key(r) for r in rows]
     assert len(keys) == len(set(keys)), "duplicate rows"
     return dict(zip(keys, rows))
 
@@ -66,7 +66,7 @@ def test_window_spread_columns_are_the_spread_of_per_window_values(tiny_llama, t
 
     rows = run(tiny_llama, tmp_path / "r.csv")
     plain = evaluate(tiny_llama, TOKENS, 64, 64)  # the clean link: per-window mean NLLs
-    clean = rows[(1, "dropout", "", "0.0", "0.0", 0)]
+    clean = rows[(1, "dropout", "", "0.0", "0.0", 0, 0)]
     assert int(clean["windows"]) == 3 == len(plain.window_nlls)
     assert float(clean["nll_window_sd"]) == pytest.approx(statistics.stdev(plain.window_nlls), rel=1e-4)  # float32
     assert 0 <= float(clean["accuracy_window_sd"]) < 1
@@ -111,14 +111,14 @@ def test_clean_cells_equal_plain_perplexity_and_loss_grows_with_p(tiny_llama, tm
     rows = run(tiny_llama, tmp_path / "r.csv")
     plain = evaluate(tiny_llama, TOKENS, 64, 64)
     for split in range(4):
-        clean = rows[(split, "dropout", "", "0.0", "0.0", 0)]
+        clean = rows[(split, "dropout", "", "0.0", "0.0", 0, 0)]
         assert float(clean["nll"]) == pytest.approx(plain.nll, rel=1e-5)
         assert clean["tx_s"] == "" and float(clean["ue_compute_s"]) > 0
-        assert float(rows[(split, "erasure", "12.0", "", "0.0", 0)]["tx_s"]) > 0
-        withheld = rows[(split, "erasure", "12.0", "", "0.25", 0)]
-        assert float(withheld["tx_s"]) == pytest.approx(0.75 * float(rows[(split, "erasure", "12.0", "", "0.0", 0)]["tx_s"]),
+        assert float(rows[(split, "erasure", "12.0", "", "0.0", 0, 0)]["tx_s"]) > 0
+        withheld = rows[(split, "erasure", "12.0", "", "0.25", 0, 0)]
+        assert float(withheld["tx_s"]) == pytest.approx(0.75 * float(rows[(split, "erasure", "12.0", "", "0.0", 0, 0)]["tx_s"]),
                                                        rel=0.02)
-        assert withheld["nll"] != rows[(split, "erasure", "12.0", "", "0.0", 0)]["nll"]  # more zeroed: other numbers
+        assert withheld["nll"] != rows[(split, "erasure", "12.0", "", "0.0", 0, 0)]["nll"]  # more zeroed: other numbers
 
 
 def test_resume_between_cells_computes_only_what_is_missing(tiny_llama, tmp_path):
