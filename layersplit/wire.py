@@ -41,7 +41,8 @@ def encode(hidden: torch.Tensor, wire: str) -> tuple[np.ndarray, np.ndarray | No
         scale = torch.where(absmax > 0, absmax / 127.0, torch.ones_like(absmax))
         arr = torch.round(xf / scale).clamp_(-127, 127).to(torch.int8).numpy()
         scales = scale.squeeze(-1).numpy().astype("<f4").reshape(-1)
-    return np.ascontiguousarray(arr).reshape(-1).view(np.uint8), scales
+    # a copy, never a view of the activation: callers flip bits in these bytes in place
+    return np.array(arr, order="C", copy=True).reshape(-1).view(np.uint8), scales
 
 
 def decode(data: np.ndarray, scales: np.ndarray | None, shape: tuple[int, ...], wire: str) -> torch.Tensor:

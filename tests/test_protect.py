@@ -49,6 +49,16 @@ def test_protected_elements_arrive_and_the_rest_is_impaired_as_without(name, k):
     assert bool((smallest_kept >= largest_other).all())  # they are the k largest of each token
 
 
+def test_impairing_never_changes_the_activation_it_is_given():
+    """The fast sweep impairs many variants of one hidden state: bit flips on fp32 (whose wire bytes
+    could be a view of it) must not reach the original."""
+    for imp in [*links().values(), uplink.physical(channel.LinkConfig(snr_db=3.0, bits_per_element=32), "bitflip")]:
+        x = hidden()
+        before = x.clone()
+        uplink.impair(x, imp.protecting(2), uplink.generator(1))
+        assert torch.equal(x, before), imp.mode
+
+
 def test_protect_zero_is_todays_link_and_everything_lost_keeps_only_the_protected():
     x = hidden()
     for imp in links().values():
