@@ -134,9 +134,9 @@ def _worker_class():
 
 
 def run_sweep(model: str, device: str, dtype: str, token_ids, cfg, store, dims, workers: int,
-              progress: bool = True, on_workers=None) -> dict:
+              progress: bool = True) -> dict:
     """The fast path of sweep.run_fast on `workers` Ray actors; the same rows, written by this process.
-    on_workers(pids), if given, is called once the workers are up (the tests kill one). Returns counts."""
+    Returns the number of tasks and of workers restarted (a worker's process id changed)."""
     import ray
     from tqdm.auto import tqdm
 
@@ -155,8 +155,6 @@ def run_sweep(model: str, device: str, dtype: str, token_ids, cfg, store, dims, 
     actors = [Worker.options(num_cpus=0 if cuda else share, num_gpus=1 if cuda else 0).remote(model, device, dtype, threads)
               for _ in range(workers)]
     pids = ray.get([a.pid.remote() for a in actors])
-    if on_workers is not None:
-        on_workers(pids)
     tasks = plan(work, n_windows, workers)
     token_ref = ray.put(token_ids)
     queue, running = list(tasks), {}
