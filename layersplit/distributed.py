@@ -62,6 +62,19 @@ def connect(address: str, num_cpus: int | None = None) -> None:
         raise UserError(f"--ray {address}: cannot join the cluster ({first})") from None
 
 
+def result(ref):
+    """ray.get, with bad input found in a worker raised here as the one-line UserError it was (Ray's
+    wrapper would print the worker's traceback)."""
+    import ray
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, UserError):
+            raise UserError(str(e.cause)) from None
+        raise
+
+
 def cluster_gpus() -> int:
     import ray
 
@@ -176,7 +189,7 @@ def run_sweep(model: str, device: str, dtype: str, token_ids, cfg, store, dims, 
             done, _ = ray.wait(list(running), num_returns=1)
             actor = running.pop(done[0])
             submit(actor)
-            for split, i, scores, n_targets in ray.get(done[0]):
+            for split, i, scores, n_targets in result(done[0]):
                 scored[split][i] = (scores, n_targets)
                 bar.update(1)
             while order and len(scored[order[0]]) == n_windows:  # the next split is complete: write it
@@ -216,9 +229,9 @@ def train_runs(jobs: list[dict], threads: int = 1) -> list[dict]:
     while remaining:
         done, remaining = ray.wait(remaining, num_returns=1)
         job = jobs[refs.index(done[0])]
-        ray.get(done[0])  # raises here if the run failed
+        result(done[0])  # raises here if the run failed
         print(f"  done: {job['algo']} seed {job['seed']} ({len(jobs) - len(remaining)}/{len(jobs)})", file=sys.stderr, flush=True)
-    return ray.get(refs)
+    return result(refs)
 
 
 # --- hyperparameter search ------------------------------------------------------------------------------

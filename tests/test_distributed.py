@@ -53,6 +53,14 @@ def test_a_resumed_distributed_sweep_computes_only_what_is_missing(local_ray, ti
     assert (tmp_path / "part.csv").read_bytes() == (tmp_path / "whole.csv").read_bytes()
 
 
+def test_bad_input_found_in_a_worker_is_one_line(local_ray, tiny_model_dir, sample_txt, tmp_path, capsys):
+    args = sweep_args(tiny_model_dir, sample_txt, tmp_path / "s.csv", "--ray", "--workers", "2", "--protects", "65")
+    assert add_noise.main(args) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1] == "add_noise.py: error: --protect 65: a token has only 64 elements", lines[-3:]
+    assert (tmp_path / "s.csv").read_text().count("\n") == 1  # the header alone: no row lost or half-written
+
+
 def test_grid_tasks_cover_every_split_and_window_once():
     work = [(s, [(0, 0)]) for s in range(7)]
     for workers in (1, 2, 5):
