@@ -14,6 +14,7 @@ link (--link none, or --snr-db inf) and --wire fp32 the tokens are exactly the s
     python serve.py ue --prompt "The capital of France is" --link none --wire fp32   # = the single-process tokens
     python serve.py ue --prompt "One" --prompt "Two" --split 8 --wire int8 --max-new-tokens 64 --json
     python serve.py ue --prompt "Hello" --snr-db 15 --modulation 16qam --fading nakagami --sleep-air
+    python serve.py ue --prompt "Hello" --snr-db 12 --protect 4   # each token's 4 largest elements always arrive
     python serve.py ue --prompt "Hello" --policy runs/LayerSplit-Wireless-v0/ppo_s0   # split chosen per request from its SNR
     python serve.py edge --port 0 --splits 0-8 --max-sessions 2 --max-queue 4     # port 0: any free port, printed
     python serve.py edge --host 0.0.0.0 --model meta-llama/Llama-2-7b-hf --device cuda   # the paper's model, reachable from other hosts
@@ -49,6 +50,9 @@ SPLIT = 4  # 0-based: 5 layers on the UE, the paper's fixed baseline (the rest o
 WIRE = "fp16"  # activations on the wire: fp32, fp16, bf16, int8 (fp16: the channel's default 16 bits)
 LINK = "erasure"  # none (loss-free), erasure (packets lost at the PER and zero-filled), bitflip (no CRC)
 SEED = 0  # seeds the SNR process and every packet loss (one stream per request)
+# Each token's K largest-magnitude elements also cross a protected path (CRC + retransmission, as in
+# add_noise.py --protect): they always arrive, at the cost of their bits on air. 0: no protected path.
+PROTECT = 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "(default: the process)")
         elif action.dest == "bits_per_element":
             action.help = argparse.SUPPRESS  # --wire sets it
+    u.add_argument("--protect", type=int, default=PROTECT, metavar="K",
+                   help="also send each token's K largest-magnitude elements (index and value) over a protected path "
+                        "with retransmission: they always arrive intact, and their expected bits count on air; "
+                        "0..the model's hidden size")
     u.add_argument("--seed", type=int, default=SEED, help="seed of the SNR process and the packet losses")
     u.add_argument("--sleep-air", action="store_true",
                    help="really wait each transfer's time on air at the link rate before sending it (default: only report it)")
@@ -197,6 +205,8 @@ def check_numbers(args: argparse.Namespace) -> None:
                         "(--fading awgn for no fading)")
     if args.seed < 0:  # numpy seeds are non-negative
         raise UserError(f"--seed {args.seed} is negative: use an integer >= 0")
+    if args.protect < 0:  # its upper bound, the hidden size, is checked once the model is loaded (UEClient)
+        raise UserError(f"--protect {args.protect} is negative: use 0 (no protected path) up to the model's hidden size")
     if args.elements_per_packet > protocol.MAX_ELEMENTS_PER_PACKET:  # the edge would refuse the OPEN
         raise UserError(f"--elements-per-packet {args.elements_per_packet} is too large: "
                         f"use 1..{protocol.MAX_ELEMENTS_PER_PACKET}")
@@ -246,7 +256,7 @@ def build_client(args: argparse.Namespace, model, tokenizer, split_for_snr=None)
     # an infinite mean SNR is a loss-free link (the UE client's snr=None)
     snr = SnrProcess(args.snr_mean, args.snr_std, args.snr_rho, seed=args.seed) if math.isfinite(args.snr_mean) else None
     return UEClient(model, tokenizer, args.connect, split=split_for_snr or args.split, wire=args.wire,
-                    uplink=uplink, snr=snr, timeout_s=args.timeout, sleep_air=args.sleep_air)
+                    uplink=uplink, snr=snr, timeout_s=args.timeout, sleep_air=args.sleep_air, protect=args.protect)
 
 
 def describe_link(args: argparse.Namespace) -> str:
@@ -264,15 +274,17 @@ def print_request(r, sleep_air: bool) -> None:
     """One request's report (serving.ue.RequestReport) as text."""
     loss = ("loss-free" if not math.isfinite(r.snr_db) or r.link == "none" else
             f"PER {r.packet_error_rate:.4g}" if r.link == "erasure" else f"BER {r.bit_error_rate:.3g}")
+    protected = f"; {r.protect} elements per token protected" if r.protect else ""
     print(f"request {r.request}: split {r.split} ({r.split + 1} layers on the UE, {r.layers_on_edge} on the edge); "
-          f"SNR {r.snr_db:.1f} dB, {loss}; {r.wire} on the wire; {r.prompt_tokens} prompt tokens")
+          f"SNR {r.snr_db:.1f} dB, {loss}; {r.wire} on the wire{protected}; {r.prompt_tokens} prompt tokens")
     tpot = f"{1e3 * r.tpot_s:.1f} ms" if math.isfinite(r.tpot_s) else "n/a"
     print(f"  time to first token {1e3 * r.ttft_s:.1f} ms, time per output token {tpot}, "
           f"{r.tokens_per_s:.1f} tokens/s ({len(r.tokens)} tokens; compute UE {1e3 * r.ue_compute_s:.0f} ms, "
           f"edge {1e3 * r.edge_compute_s:.0f} ms)")
     per_token = f", {r.uplink_bytes_per_token:.0f} B per token after it" if math.isfinite(r.uplink_bytes_per_token) else ""
     flips = f", {r.bits_flipped} bits flipped" if r.link == "bitflip" else ""
-    air = (f"; on air {r.air_bits / 8e3:.1f} kB, {1e3 * r.air_s:.2f} ms at the link rate "
+    protected_air = f" (protected path {r.protected_air_bits / 8e3:.2f} kB)" if r.protected_air_bits else ""
+    air = (f"; on air {r.air_bits / 8e3:.1f} kB{protected_air}, {1e3 * r.air_s:.2f} ms at the link rate "
            f"({'slept' if sleep_air else 'accounted, not slept'})" if r.air_bits else "")
     print(f"  bytes on the wire {r.wire_bytes} (uplink {r.uplink_bytes}: prompt {r.uplink_bytes_prefill}{per_token}; "
           f"downlink {r.downlink_bytes}); packets lost {r.packets_lost} of {r.packets}{flips}{air}")
@@ -288,7 +300,8 @@ def run_ue(args: argparse.Namespace, split_for_snr=None) -> int:
     header = {"model": args.model, "n_layers": sm.n_layers, "dtype": str(sm.dtype).removeprefix("torch."),
               "device": str(sm.device), "edge": args.connect, "wire": args.wire, "link": args.link,
               "snr_mean_db": args.snr_mean, "snr_std_db": args.snr_std, "snr_rho": args.snr_rho, "seed": args.seed,
-              "split": "policy" if split_for_snr else args.split, "max_new_tokens": args.max_new_tokens}
+              "split": "policy" if split_for_snr else args.split, "protect": args.protect,
+              "max_new_tokens": args.max_new_tokens}
     if not args.json:
         print(f"UE: model {args.model} ({sm.n_layers} decoder layers, {header['dtype']}, {sm.device}) -> edge "
               f"{args.connect}; {describe_link(args)}; seed {args.seed}", flush=True)

@@ -22,6 +22,7 @@ import serve
 from conftest import ROOT, TINY_LAYERS, wait_until
 from layersplit import UserError, channel, segments
 from layersplit.serving import protocol
+from layersplit.uplink import protected
 from layersplit.serving.ue import UEClient, Uplink, generate_single_process
 from layersplit.serving.edge import EdgeServer
 from layersplit.wire import WIRE_FORMATS, decode, encode, n_packets
@@ -256,10 +257,12 @@ def test_packet_losses_are_counted_by_the_edge_and_reproducible(start_edge, spli
     assert clean.packets_lost == 0 and a.uplink_bytes_prefill < clean.uplink_bytes_prefill
 
 
+@pytest.mark.parametrize("protect", [0, 4])
 def test_add_noise_and_serve_impair_the_same_elements(start_edge, split_model, tokenizer, tiny_model_dir,
-                                                     monkeypatch, capsys):
+                                                     monkeypatch, capsys, protect):
     """One impairment engine, one seeding scheme: at the same seed, SNR, link and prompt, the split hook of
-    add_noise.py --generate and serve.py's uplink lose the same elements at every step."""
+    add_noise.py --generate and serve.py's uplink lose the same elements at every step, and with
+    --protect K both keep the same K elements of each token."""
     import add_noise
     from layersplit.link import SplitLink
     from layersplit.serving import edge
@@ -276,7 +279,7 @@ def test_add_noise_and_serve_impair_the_same_elements(start_edge, split_model, t
     monkeypatch.setattr(SplitLink, "transmit", record_hook)
     assert add_noise.main(["--model", str(tiny_model_dir), "--generate", PROMPT, "--split", str(split), "--snr-db",
                            str(snr_db), "--elements-per-packet", str(k), "--seed", str(seed),
-                           "--max-new-tokens", str(steps), "--json"]) == 0
+                           "--max-new-tokens", str(steps), "--protect", str(protect), "--json"]) == 0
     capsys.readouterr()
     edge_lost, real_decode = [], edge.decode
 
@@ -289,13 +292,180 @@ def test_add_noise_and_serve_impair_the_same_elements(start_edge, split_model, t
     server = start_edge()
     uplink = Uplink("erasure", channel.LinkConfig(elements_per_packet=k), seed=seed)
     with UEClient(split_model, tokenizer, server.address, split=split, wire="fp16", uplink=uplink,
-                  snr=channel.SnrProcess(snr_db, 0.0, 0.0)) as ue:
+                  snr=channel.SnrProcess(snr_db, 0.0, 0.0), protect=protect) as ue:
         report = ue.generate(PROMPT, steps)
     assert len(hook_lost) == len(edge_lost) == steps == len(report.tokens)
     assert hook_lost[0].numel() == len(tokenizer(PROMPT).input_ids) * split_model.hidden_size  # the prompt, then a token a step
     for step, (a, b) in enumerate(zip(hook_lost, edge_lost)):
         assert torch.equal(a, b), step
-    assert 0 < int(sum(m.sum() for m in edge_lost)) == report.packets_lost * k
+    zeroed = int(sum(m.sum() for m in edge_lost))
+    if protect:  # protected elements of lost packets arrive all the same
+        assert 0 < zeroed < report.packets_lost * k
+    else:
+        assert 0 < zeroed == report.packets_lost * k
+
+
+# --- the protected path (--protect K) -----------------------------------------------------------------
+def protected_activation(x, wire, protect, k=K, kept=None):
+    """(ACTIVATION payload of x with each token's `protect` largest elements protected and only the
+    packets `kept` delivered (default: none), the flags of the protected elements, x as the wire carries it)."""
+    tokens, d = x.shape
+    data, scales = encode(x, wire)
+    flags = protected(x, protect)
+    section = protocol.pack_protected(data, flags.nonzero()[:, 1].reshape(tokens, protect).numpy(), d, wire)
+    exact = decode(data, scales, (tokens, d), wire)
+    data ^= 0xFF  # whatever the air does to the packets afterwards cannot reach the protected copies
+    rows = protocol.packet_rows(data, n_packets(tokens * d, k), k * WIRE_FORMATS[wire][0])
+    kept = np.arange(0) if kept is None else kept
+    return protocol.pack_activation(3, tokens, d, rows, kept, scales, section), flags, exact
+
+
+@pytest.mark.parametrize("wire", list(WIRE_FORMATS))
+def test_protected_elements_arrive_exact_when_every_packet_is_lost(wire):
+    torch.manual_seed(0)
+    x = torch.randn(5, 64) * torch.logspace(-1, 1, 64)
+    payload, flags, exact = protected_activation(x, wire, protect=6)
+    # the frame: header, int8 scales, per token 6 uint16 indices and 6 elements, no packets
+    scale_bytes = 5 * 4 if wire == "int8" else 0
+    assert len(payload) == protocol.ACT_HEADER.size + scale_bytes + 5 * 6 * (2 + WIRE_FORMATS[wire][0])
+    step, tokens, data, scales, total, missing = protocol.unpack_activation(payload, 64, wire, K, protect=6)
+    assert (step, tokens, total, missing) == (3, 5, 20, 20)
+    y = decode(data, scales, (5, 64), wire)
+    assert int(flags.sum()) == 30
+    assert torch.equal(y[flags], exact[flags]) and torch.equal(y[~flags], torch.zeros(5 * 64 - 30))
+    if wire == "fp32":
+        assert torch.equal(y[flags], x[flags])
+    # delivered packets (here with every bit flipped) are overwritten at the protected positions only
+    payload, _, _ = protected_activation(x, wire, protect=6, kept=np.arange(20))
+    y = decode(*protocol.unpack_activation(payload, 64, wire, K, protect=6)[2:4], (5, 64), wire)
+    assert torch.equal(y[flags], exact[flags]) and not torch.equal(y[~flags], exact[~flags])
+
+
+def test_malformed_protected_sections_are_refused():
+    torch.manual_seed(0)
+    x = torch.randn(2, 64)
+    good, _, _ = protected_activation(x, "fp16", protect=3)
+    protocol.unpack_activation(good, 64, "fp16", K, protect=3)
+    head = protocol.ACT_HEADER.size
+    index = lambda token, i: head + token * 3 * (2 + 2) + 2 * i  # noqa: E731 (byte offset of an index)
+
+    def with_index(token, i, value):
+        b = bytearray(good)
+        b[index(token, i): index(token, i) + 2] = int(value).to_bytes(2, "little")
+        return bytes(b)
+
+    first = int.from_bytes(good[index(1, 0): index(1, 0) + 2], "little")
+    bad = {
+        "index = d": with_index(1, 2, 64),
+        "index beyond d": with_index(0, 2, 65535),
+        "repeated index": with_index(1, 1, first),
+        "truncated": good[:-1],
+        "one byte more": good + b"\x00",
+    }
+    for name, payload in bad.items():
+        with pytest.raises(protocol.ProtocolError) as e:
+            protocol.unpack_activation(payload, 64, "fp16", K, protect=3)
+        assert e.value.code == "malformed", name
+    for session_protect in (0, 2, 4):  # a section of another K does not fit this session's frame
+        with pytest.raises(protocol.ProtocolError, match="expected"):
+            protocol.unpack_activation(good, 64, "fp16", K, protect=session_protect)
+    assert protocol.protected_index_dtype(65536) == "<u2" and protocol.protected_index_dtype(65537) == "<u4"
+
+
+def test_every_element_protected_crosses_a_dead_link_exactly(start_edge, split_model, tokenizer):
+    """K = d: everything crosses the protected path, so at -5 dB, where nearly every packet is lost
+    (erasure) or a fifth of the bits flip (bitflip), the tokens are the loss-free ones; K = 0 there
+    gives other tokens."""
+    server = start_edge()
+    d = split_model.hidden_size
+    for wire in ("fp32", "int8"):
+        with UEClient(split_model, tokenizer, server.address, split=1, wire=wire) as ue:
+            clean = ue.generate(PROMPT, 6).tokens
+        if wire == "fp32":
+            assert clean == reference_tokens(split_model.model, tokenizer, PROMPT, 6)
+        for link in ("erasure", "bitflip"):
+            reports = {}
+            for protect in (0, d):
+                uplink = Uplink(link, channel.LinkConfig(elements_per_packet=64), seed=2)
+                with UEClient(split_model, tokenizer, server.address, split=1, wire=wire, uplink=uplink,
+                              snr=channel.SnrProcess(-5.0, 0.0, 0.0), protect=protect) as ue:
+                    reports[protect] = ue.generate(PROMPT, 6)
+            lost, kept = reports[0], reports[d]
+            if link == "erasure":
+                assert kept.packets_lost > 0.9 * kept.packets and kept.packet_error_rate > 0.9
+            else:
+                assert kept.bits_flipped > 0.1 * 8 * WIRE_FORMATS[wire][0] * d * (kept.prompt_tokens + 5)
+            assert kept.tokens == clean, (wire, link)
+            assert lost.tokens != clean, (wire, link)
+
+
+def test_protect_zero_is_todays_frame_and_k_adds_its_section(start_edge, split_model, tokenizer):
+    """K = 0 sends what an unprotected UE sends; K = 4 loses the same packets (the ordinary path's
+    draws do not depend on it) and adds, per token, 4 uint16 indices and 4 fp16 elements to the frame."""
+    server = start_edge()
+    reports = {}
+    for protect in (None, 0, 4):
+        uplink = Uplink("erasure", channel.LinkConfig(elements_per_packet=8), seed=5)
+        kwargs = {} if protect is None else {"protect": protect}
+        with UEClient(split_model, tokenizer, server.address, split=2, uplink=uplink,
+                      snr=channel.SnrProcess(12.0, 0.0, 0.0), **kwargs) as ue:
+            reports[protect] = ue.generate(PROMPT, 8)
+    plain, zero, four = reports[None], reports[0], reports[4]
+    assert len(plain.tokens) == len(four.tokens) == 8  # same steps, so the same packets drawn
+    for field in ("tokens", "uplink_bytes", "uplink_bytes_prefill", "packets", "packets_lost", "air_bits", "air_s"):
+        assert getattr(zero, field) == getattr(plain, field), field
+    assert zero.protect == 0 and zero.protected_air_bits == 0
+    assert 0 < four.packets_lost == plain.packets_lost and four.packets == plain.packets
+    assert four.uplink_bytes_prefill == plain.uplink_bytes_prefill + 24 * 4 * (2 + 2)  # 24 prompt tokens
+    assert four.uplink_bytes_per_token == plain.uplink_bytes_per_token + 4 * (2 + 2)
+
+
+def test_the_report_counts_the_protected_bits_on_air(start_edge, split_model, tokenizer):
+    server = start_edge()
+    reports = {}
+    for protect in (0, 4):
+        uplink = Uplink("erasure", channel.LinkConfig(elements_per_packet=16), seed=1)
+        with UEClient(split_model, tokenizer, server.address, split=2, wire="fp16", uplink=uplink,
+                      snr=channel.SnrProcess(12.0, 0.0, 0.0), protect=protect) as ue:
+            reports[protect] = ue.generate(PROMPT, 5)
+    r, plain = reports[4], reports[0]
+    assert r.prompt_tokens == 24 and len(r.tokens) == len(plain.tokens) == 5
+    # d = 64: a 6-bit index and a 16-bit fp16 value, 22 bits a pair. Prompt: 24 tokens x 4 pairs = 2112 bits
+    # in packets of 16 x 16 = 256 payload bits: 9 packets; each later step 88 bits: 1 packet. 13 packets of
+    # 256 + 32 header bits, each sent 1 / (1 - PER) times on average.
+    cfg = channel.LinkConfig(snr_db=12.0, bits_per_element=16, elements_per_packet=16)
+    per = channel.packet_error_rate(cfg)
+    assert r.packet_error_rate == per and 0.01 < per < 0.5
+    assert r.protect == 4 and r.protected_air_bits == pytest.approx(13 * 288 / (1 - per), rel=1e-12)
+    assert r.protected_air_bits == pytest.approx(channel.protected_air_bits(cfg, 24, 4, 64)
+                                                 + 4 * channel.protected_air_bits(cfg, 1, 4, 64), rel=1e-12)
+    assert r.air_bits == pytest.approx(plain.air_bits + r.protected_air_bits, rel=1e-12)
+    assert r.air_s == pytest.approx(plain.air_s + r.protected_air_bits / channel.achievable_rate_bps(cfg), rel=1e-12)
+    assert Uplink("erasure").air(math.inf, "fp16", 24, 64, protect=4) == (0, 0.0)  # a loss-free link: no air
+
+
+def test_bad_protect_values_are_refused(start_edge, split_model, tokenizer, tiny_model_dir, capsys):
+    with socket.socket() as s:  # a port where nothing listens: the errors come before any connection
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    common = ["ue", "--connect", f"127.0.0.1:{port}", "--model", str(tiny_model_dir), "--split", "1"]
+    for k, message in (("-1", "--protect -1 is negative"), ("65", "--protect 65: give a number of elements per "
+                                                                   "token from 0 to 64")):
+        assert serve.main([*common, "--protect", k]) == 2
+        err = capsys.readouterr().err  # (the model's loading bar before the 65's)
+        assert err.strip().splitlines()[-1].startswith(f"serve.py: error: {message}") and "Traceback" not in err, err
+    with pytest.raises(UserError, match="from 0 to 64"):
+        UEClient(split_model, tokenizer, "127.0.0.1:1", protect=True)
+    server = start_edge()  # the edge checks the OPEN's K itself
+    for k in (65, -1, True, "4", 2.5):
+        sock = connect(server)
+        protocol.send_json(sock, protocol.OPEN, {"protocol": protocol.PROTOCOL_VERSION, "split": 2, "wire": "fp16",
+                                                 "model": split_model.fingerprint, "elements_per_packet": K, "protect": k})
+        ftype, err = answer(sock)
+        assert ftype == protocol.ERROR and err["code"] == "malformed" and "protect" in err["message"], (k, err)
+        sock.close()
+    assert wait_until(lambda: not server.sessions)
+    still_serves(server, split_model, tokenizer)
 
 
 # --- reliability --------------------------------------------------------------------------------------
@@ -494,15 +664,17 @@ def test_cli_edge_and_ue_in_two_processes(tiny_model_dir, capsys):
         common = ["--connect", address, "--model", str(tiny_model_dir), "--max-new-tokens", "5"]
         # the UE in this process: the edge is the other one
         assert serve.main(["ue", *common, "--prompt", PROMPT, "--prompt", "Packets", "--split", "3", "--wire", "int8",
-                           "--snr-mean", "15", "--json"]) == 0
+                           "--snr-mean", "15", "--protect", "4", "--json"]) == 0
         out = json.loads(capsys.readouterr().out)
-        assert out["n_layers"] == TINY_LAYERS and len(out["requests"]) == 2
+        assert out["n_layers"] == TINY_LAYERS and len(out["requests"]) == 2 and out["protect"] == 4
         for r in out["requests"]:
             assert r["split"] == 3 and r["wire"] == "int8" and r["link"] == "erasure"
+            assert r["protect"] == 4 and 0 < r["protected_air_bits"] < r["air_bits"]
             assert len(r["tokens"]) == 5 and r["ttft_s"] > 0 and r["wire_bytes"] > 0 and 0 <= r["packets_lost"] <= r["packets"]
-        assert serve.main(["ue", *common, "--prompt", PROMPT, "--split", "2", "--link", "none"]) == 0
+        assert serve.main(["ue", *common, "--prompt", PROMPT, "--split", "2", "--link", "none", "--protect", "2"]) == 0
         text = capsys.readouterr().out
-        for expected in ("request 0: split 2 (3 layers on the UE, 1 on the edge)", "loss-free", "time to first token",
+        for expected in ("request 0: split 2 (3 layers on the UE, 1 on the edge)", "loss-free",
+                         "fp16 on the wire; 2 elements per token protected", "time to first token",
                          "time per output token", "bytes on the wire", "packets lost 0 of", "text: "):
             assert expected in text, text
         assert serve.main(["ue", *common, "--split", str(TINY_LAYERS)]) == 2

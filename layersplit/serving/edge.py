@@ -31,6 +31,7 @@ class EdgeSession:
     wire: str
     elements_per_packet: int
     cache: SegmentCache
+    protect: int = 0  # K: each token's protected elements in every ACTIVATION (protocol.py)
     step: int = 0  # the next ACTIVATION step expected
     context: int = 0  # tokens in the KV cache
     bytes_in: int = 0
@@ -362,8 +363,8 @@ class EdgeServer:
             return None
         raise ProtocolError("bad_frame", f"a UE does not send {FRAME_NAMES[ftype]} frames")
 
-    def _check_open(self, req: dict) -> tuple[int, str, int]:
-        """(split, wire dtype, elements per packet) of an OPEN this edge serves; ProtocolError otherwise."""
+    def _check_open(self, req: dict) -> tuple[int, str, int, int]:
+        """(split, wire dtype, elements per packet, protect) of an OPEN this edge serves; ProtocolError otherwise."""
         if req.get("protocol") != PROTOCOL_VERSION:
             raise ProtocolError("malformed", f"OPEN for protocol {req.get('protocol')!r}; this edge speaks {PROTOCOL_VERSION}")
         mine = self.split_model.fingerprint
@@ -379,19 +380,25 @@ class EdgeServer:
             raise ProtocolError("malformed", f"unknown wire dtype {wire!r}: use one of {', '.join(WIRE_FORMATS)}")
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_ELEMENTS_PER_PACKET:
             raise ProtocolError("malformed", f"elements_per_packet {k!r} outside 1..{MAX_ELEMENTS_PER_PACKET}")
-        return split, wire, k
+        protect = req.get("protect", 0)
+        if isinstance(protect, bool) or not isinstance(protect, int) or not 0 <= protect <= mine["hidden_size"]:
+            raise ProtocolError("malformed", f"protect {protect!r} outside 0..{mine['hidden_size']} "
+                                             "(elements per token of this model)")
+        return split, wire, k, protect
 
-    def _open(self, conn: socket.socket, params: tuple[int, str, int]) -> EdgeSession:
+    def _open(self, conn: socket.socket, params: tuple[int, str, int, int]) -> EdgeSession:
         """Start a session for a checked OPEN and answer READY."""
-        split, wire, k = params
+        split, wire, k, protect = params
         with self._state:
             self._next_session += 1
-            session = EdgeSession(self._next_session, split, wire, k, self.split_model.new_cache("edge", split))
+            session = EdgeSession(self._next_session, split, wire, k, self.split_model.new_cache("edge", split),
+                                  protect=protect)
             self.sessions[session.id] = session
             self._caches.add(session.cache)
             self.stats["sessions_opened"] += 1
-        log.info("session %d: split %d (%d layers on the UE, %d here), %s wire, packets of %d elements",
-                 session.id, split, split + 1, self.split_model.n_layers - split - 1, wire, k)
+        log.info("session %d: split %d (%d layers on the UE, %d here), %s wire, packets of %d elements, "
+                 "%d protected per token", session.id, split, split + 1, self.split_model.n_layers - split - 1,
+                 wire, k, protect)
         try:
             send_json(conn, READY, {"session": session.id, "split": split, "n_layers": self.split_model.n_layers,
                                     "max_frame_bytes": self.max_frame_bytes, "max_context": self.max_context})
@@ -402,7 +409,7 @@ class EdgeServer:
 
     def _step(self, session: EdgeSession, payload: bytes) -> tuple[int, int, float]:
         step, tokens, data, scales, total, missing = unpack_activation(
-            payload, self.split_model.hidden_size, session.wire, session.elements_per_packet)
+            payload, self.split_model.hidden_size, session.wire, session.elements_per_packet, session.protect)
         if step != session.step:
             raise ProtocolError("malformed", f"activation for step {step}; step {session.step} was expected")
         if session.context + tokens > self.max_context:

@@ -2,16 +2,25 @@
 
 Every frame: HEADER = magic b"LSPL", version, frame type, 2 reserved bytes, payload length (uint32,
 little-endian), then the payload.
-    UE -> edge  OPEN        JSON: protocol, model fingerprint, split, wire dtype, elements per packet
+    UE -> edge  OPEN        JSON: protocol, model fingerprint, split, wire dtype, elements per packet,
+                            protect (K elements per token on the protected path; absent: 0)
     edge -> UE  READY       JSON: session id, the edge's frame and context limits
     UE -> edge  ACTIVATION  ACT_HEADER (step, tokens, hidden size, packets in total, packets sent),
-                            then per-token float32 scales (int8 only), then each delivered packet as
-                            its uint32 sequence number and k elements (the last one zero-padded)
+                            then per-token float32 scales (int8 only), then the protected section
+                            (K > 0 only), then each delivered packet as its uint32 sequence number
+                            and k elements (the last one zero-padded)
     edge -> UE  TOKEN       TOKEN_BODY: step, next token, packets missing, edge compute seconds
     UE -> edge  CLOSE       (empty) the request is over: the edge frees the session's KV cache
     edge -> UE  CLOSED      JSON: the session's totals
     edge -> UE  ERROR       JSON: code, message (see ERROR_CODES)
 `split` in OPEN is 0-based like everywhere in this project: split n puts n + 1 layers on the UE.
+
+The protected section (version 3) carries each token's K largest-magnitude elements, which crossed
+the air on a path with CRC and retransmission (layersplit/uplink.py, --protect K), so they are
+never lost or flipped: for each token in order, its K element indices in increasing order (uint16
+little-endian when the hidden size d <= 65536, else uint32: protected_index_dtype) and then the K
+elements themselves, in the wire format's bytes as in the packets (int8: the codes; the token's
+scale is the one sent above). The edge writes them over the zero-filled packets before decoding.
 """
 from __future__ import annotations
 
@@ -26,7 +35,8 @@ from .. import UserError
 from ..wire import WIRE_FORMATS, n_packets
 
 # ---- protocol ---------------------------------------------------------------------------------
-PROTOCOL_VERSION = 2  # bumped on any incompatible change of the frames below (2: 0-based splits)
+PROTOCOL_VERSION = 3  # bumped on any incompatible change of the frames below (2: 0-based splits;
+                      # 3: protected pairs, the OPEN's "protect" and an ACTIVATION's protected section)
 MAGIC = b"LSPL"  # first bytes of every frame: a stray client or a desynchronised stream is caught at once
 HEADER = struct.Struct("<4sBBHI")  # magic, version, frame type, reserved, payload length
 ACT_HEADER = struct.Struct("<IIIII")  # step, tokens, hidden size, packets in total, packets sent
@@ -183,21 +193,44 @@ def packet_rows(data: np.ndarray, total: int, packet_bytes: int) -> np.ndarray:
     return rows.reshape(total, packet_bytes)
 
 
+def protected_index_dtype(hidden_size: int) -> str:
+    """The protected section's index type: uint16 while every index 0..d-1 fits, else uint32."""
+    return "<u2" if hidden_size <= 1 << 16 else "<u4"
+
+
+def pack_protected(data: np.ndarray, indices: np.ndarray, hidden_size: int, wire: str) -> bytes:
+    """The protected section: per token, its K indices (tokens x K, increasing along each row) and
+    then those elements' bytes, taken from `data` (the activation's wire bytes, before the air alters
+    any of them)."""
+    tokens, k = indices.shape
+    elem_bytes = WIRE_FORMATS[wire][0]
+    idx = indices.astype(protected_index_dtype(hidden_size)).view(np.uint8).reshape(tokens, -1)
+    values = data.reshape(tokens, hidden_size, elem_bytes)[np.arange(tokens)[:, None], indices]
+    return np.concatenate([idx, values.reshape(tokens, k * elem_bytes)], axis=1).tobytes()
+
+
+def protected_section_bytes(tokens: int, protect: int, hidden_size: int, wire: str) -> int:
+    index_bytes = np.dtype(protected_index_dtype(hidden_size)).itemsize
+    return tokens * protect * (index_bytes + WIRE_FORMATS[wire][0])
+
+
 def pack_activation(step: int, tokens: int, hidden_size: int, rows: np.ndarray, kept: np.ndarray,
-                    scales: np.ndarray | None) -> bytes:
-    """ACTIVATION payload carrying the packets `kept` (increasing indices into rows)."""
+                    scales: np.ndarray | None, protected: bytes = b"") -> bytes:
+    """ACTIVATION payload carrying the packets `kept` (increasing indices into rows) and the
+    protected section `protected` (pack_protected; empty when the session protects nothing)."""
     seqs = kept.astype("<u4").view(np.uint8).reshape(-1, 4)
     body = np.concatenate([seqs, rows[kept]], axis=1) if len(kept) else np.zeros((0, 4 + rows.shape[1]), np.uint8)
     head = ACT_HEADER.pack(step, tokens, hidden_size, rows.shape[0], len(kept))
-    return head + (scales.tobytes() if scales is not None else b"") + body.tobytes()
+    return head + (scales.tobytes() if scales is not None else b"") + protected + body.tobytes()
 
 
-def unpack_activation(payload: bytes, hidden_size: int, wire: str, elements_per_packet: int):
-    """Parse an ACTIVATION payload and zero-fill the packets that did not arrive.
+def unpack_activation(payload: bytes, hidden_size: int, wire: str, elements_per_packet: int, protect: int = 0):
+    """Parse an ACTIVATION payload, zero-fill the packets that did not arrive and write the
+    protected elements (each token's `protect` of them, the session's K) over them.
 
     Returns (step, tokens, element bytes, scales, packets in total, packets missing). Raises
-    ProtocolError("malformed") on any inconsistency: wrong hidden size, packet count, lengths or
-    sequence numbers out of order or range.
+    ProtocolError("malformed") on any inconsistency: wrong hidden size, packet count, lengths,
+    sequence numbers out of order or range, protected indices out of range or not increasing.
     """
     if len(payload) < ACT_HEADER.size:
         raise ProtocolError("malformed", f"activation of {len(payload)} bytes is shorter than its header")
@@ -210,7 +243,8 @@ def unpack_activation(payload: bytes, hidden_size: int, wire: str, elements_per_
     elem_bytes = WIRE_FORMATS[wire][0]
     packet_bytes = elements_per_packet * elem_bytes
     scale_bytes = 4 * tokens if wire == "int8" else 0
-    expected = ACT_HEADER.size + scale_bytes + sent * (SEQ.size + packet_bytes)
+    protected_bytes = protected_section_bytes(tokens, protect, d, wire)
+    expected = ACT_HEADER.size + scale_bytes + protected_bytes + sent * (SEQ.size + packet_bytes)
     if len(payload) != expected:
         raise ProtocolError("malformed", f"activation payload of {len(payload)} bytes, expected {expected}")
     scales = None
@@ -218,13 +252,23 @@ def unpack_activation(payload: bytes, hidden_size: int, wire: str, elements_per_
         scales = np.frombuffer(payload, dtype="<f4", count=tokens, offset=ACT_HEADER.size)
         if not np.all(np.isfinite(scales)):
             raise ProtocolError("malformed", "int8 scales are not finite")
-    body = np.frombuffer(payload, dtype=np.uint8, offset=ACT_HEADER.size + scale_bytes).reshape(sent, SEQ.size + packet_bytes)
+    offset = ACT_HEADER.size + scale_bytes
+    body = np.frombuffer(payload, dtype=np.uint8, offset=offset + protected_bytes).reshape(sent, SEQ.size + packet_bytes)
     seqs = body[:, :SEQ.size].copy().view("<u4").reshape(-1).astype(np.int64)
     if sent and (seqs[-1] >= total or np.any(np.diff(seqs) <= 0)):
         raise ProtocolError("malformed", "packet sequence numbers out of order or out of range")
     rows = np.zeros((total, packet_bytes), dtype=np.uint8)
     rows[seqs] = body[:, SEQ.size:]
     data = rows.reshape(-1)[: tokens * d * elem_bytes]
+    if protect:
+        index_type = np.dtype(protected_index_dtype(d))
+        section = np.frombuffer(payload, dtype=np.uint8, count=protected_bytes, offset=offset).reshape(tokens, -1)
+        indices = section[:, : protect * index_type.itemsize].copy().view(index_type).astype(np.int64)
+        if np.any(indices[:, -1] >= d) or np.any(np.diff(indices, axis=1) <= 0):
+            raise ProtocolError("malformed", f"protected indices out of 0..{d - 1} or not increasing within a token")
+        values = section[:, protect * index_type.itemsize:].reshape(tokens, protect, elem_bytes)
+        # after the zero-fill: a protected element arrives even when its packet did not
+        data.reshape(tokens, d, elem_bytes)[np.arange(tokens)[:, None], indices] = values
     return step, tokens, data, scales, total, total - sent
 
 

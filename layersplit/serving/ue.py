@@ -13,13 +13,13 @@ from transformers import DynamicCache
 
 from .. import UserError, channel
 from ..grid import SERVED_LINKS
-from ..uplink import flip_bits, generator, lost_packets, stream_seed
+from ..uplink import flip_bits, generator, lost_packets, protected, stream_seed
 from ..wire import WIRE_FORMATS, encode, n_packets, wire_bits
 from ..segments import SplitModel, cache_kwarg
 from .protocol import (ACTIVATION, CLIENT_TIMEOUT_S, CLOSE, CLOSED, ERROR, ERROR_CODES,
                        FRAME_NAMES, HEADER, MAX_FRAME_BYTES, OPEN, PROTOCOL_VERSION, READY, TOKEN, TOKEN_BODY,
-                       EdgeError, PeerClosed, ProtocolError, check_timeout, pack_activation, packet_rows, parse_json,
-                       parse_address, recv_frame, send_frame, send_json)
+                       EdgeError, PeerClosed, ProtocolError, check_timeout, pack_activation, pack_protected, packet_rows,
+                       parse_json, parse_address, recv_frame, send_frame, send_json)
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,9 @@ class Uplink:
     modulation, fading, packet size and bandwidth; the SNR and the bits per element (from the wire
     dtype) are set per request. An infinite SNR is a loss-free link. The losses come from the
     impairment engine (layersplit/uplink.py) and request r's stream, stream_seed(seed, r): the same seed, SNR,
-    link and tokens impair the same elements as add_noise.py's split hook.
+    link and tokens impair the same elements as add_noise.py's split hook. Elements on the protected
+    path (--protect K) are never impaired: they cross with CRC and retransmission, and only their air
+    time is counted here (protected_air).
     """
 
     mode: str = "erasure"
@@ -65,25 +67,39 @@ class Uplink:
         """The random stream of request `request`; its steps draw from it in order."""
         return generator(stream_seed(self.seed, request))
 
-    def transmit(self, data: np.ndarray, total: int, snr_db: float, wire: str,
-                 gen: torch.Generator) -> tuple[np.ndarray, int]:
+    def transmit(self, data: np.ndarray, total: int, snr_db: float, wire: str, gen: torch.Generator,
+                 loss: tuple[float, float] | None = None) -> tuple[np.ndarray, int]:
         """(indices of the `total` packets that arrive, bits flipped); bitflip alters `data` (the
-        activation's element bytes) in place."""
-        per, ber = self.loss(snr_db, wire)
+        activation's element bytes) in place. `loss`: self.loss(snr_db, wire) when the caller has it
+        (a request computes it once for all its steps)."""
+        per, ber = self.loss(snr_db, wire) if loss is None else loss
         if per == 0.0 and ber == 0.0:
             return np.arange(total), 0
         if self.mode == "erasure":
             return np.flatnonzero(~lost_packets(total, per, gen).numpy()), 0
         return np.arange(total), len(flip_bits(data, ber, gen))
 
-    def air(self, snr_db: float, wire: str, tokens: int, hidden_size: int) -> tuple[int, float]:
+    def air(self, snr_db: float, wire: str, tokens: int, hidden_size: int, protect: int = 0) -> tuple[float, float]:
         """(bits on air, seconds on air) of one transfer: whole packets with headers, plus the int8
-        scales (32 bits per token); (0, 0) for a link without a physical operating point."""
+        scales (32 bits per token), plus the protected path's (protected_air); (0, 0) for a link
+        without a physical operating point."""
         cfg = self.config(snr_db, wire)
         if cfg is None:
             return 0, 0.0
         bits = channel.payload_bits(cfg, tokens, hidden_size) + (32 * tokens if wire == "int8" else 0)
-        return bits, bits / channel.achievable_rate_bps(cfg)
+        extra_bits, extra_s = self.protected_air(snr_db, wire, tokens, hidden_size, protect)
+        return bits + extra_bits, bits / channel.achievable_rate_bps(cfg) + extra_s
+
+    def protected_air(self, snr_db: float, wire: str, tokens: int, hidden_size: int, protect: int) -> tuple[float, float]:
+        """(expected bits, expected seconds) on air of the protected path: each token's `protect`
+        (index, value) pairs in whole packets with headers, each sent 1 / (1 - PER) times on average
+        (channel.protected_air_bits; inf when every packet is lost); (0, 0) without protection or a
+        physical operating point."""
+        cfg = self.config(snr_db, wire)
+        if cfg is None or not protect:
+            return 0.0, 0.0
+        return (channel.protected_air_bits(cfg, tokens, protect, hidden_size),
+                channel.protected_tx_s(cfg, tokens, protect, hidden_size))
 
 
 def eos_ids(model, tokenizer) -> set[int]:
@@ -110,6 +126,7 @@ class RequestReport:
     snr_db: float
     link: str
     wire: str
+    protect: int  # K: each token's largest-magnitude elements on the protected path (they always arrive)
     packet_error_rate: float
     bit_error_rate: float
     ttft_s: float  # request start (OPEN) to the first token received
@@ -127,8 +144,9 @@ class RequestReport:
     packets: int  # packets of all activations (sent or lost)
     packets_lost: int  # as counted by the edge from the sequence numbers
     bits_flipped: int
-    air_bits: int  # bits on air for the physical link (whole packets, headers, int8 scales)
+    air_bits: float  # bits on air for the physical link (whole packets, headers, int8 scales, protected path)
     air_s: float  # their transmission time at the link rate (slept only with sleep_air)
+    protected_air_bits: float  # the protected path's share of air_bits (expected: retransmissions included)
 
     @property
     def wire_bytes(self) -> int:
@@ -147,12 +165,14 @@ class UEClient:
     `split` is a fixed 0-based split (split + 1 layers on the UE) or a callable
     split_for_snr(snr_db) -> split, asked once per request with that request's SNR. The SNR of request r is step r of
     `snr` (an channel.SnrProcess; None: a fixed infinite SNR, loss-free). One connection serves
-    the client's requests one after the other.
+    the client's requests one after the other. `protect` (K, 0..hidden size): each token's K
+    largest-magnitude elements also cross the protected path, so they always arrive; a policy may
+    later choose it per request by setting the attribute between requests.
     """
 
     def __init__(self, model, tokenizer, address: str | tuple[str, int], split: int | SplitChoice = 4,
                  wire: str = "fp16", uplink: Uplink | None = None, snr: channel.SnrProcess | None = None,
-                 timeout_s: float = CLIENT_TIMEOUT_S, sleep_air: bool = False):
+                 timeout_s: float = CLIENT_TIMEOUT_S, sleep_air: bool = False, protect: int = 0):
         self.split_model = model if isinstance(model, SplitModel) else SplitModel(model)
         self.tokenizer = tokenizer
         self.address = parse_address(address) if isinstance(address, str) else tuple(address)
@@ -163,6 +183,7 @@ class UEClient:
         self.snr = snr
         self.timeout_s = check_timeout(timeout_s, "timeout_s")
         self.sleep_air = sleep_air
+        self.protect = self.check_protect(protect)
         if callable(split):
             self.split_for_snr = split
         else:
@@ -171,6 +192,13 @@ class UEClient:
         self.eos = eos_ids(self.split_model.model, tokenizer)
         self.requests = 0
         self.sock: socket.socket | None = None
+
+    def check_protect(self, k) -> int:
+        """K of --protect: a whole number of elements per token, 0..hidden size."""
+        d = self.split_model.hidden_size
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k <= d:
+            raise UserError(f"--protect {k!r}: give a number of elements per token from 0 to {d} (the model's hidden size)")
+        return int(k)
 
     # --- connection ---
     def connect(self) -> "UEClient":
@@ -249,7 +277,8 @@ class UEClient:
         snr_db = self.next_snr()
         self.requests += 1
         split = self.split_model.validate_split(self.split_for_snr(snr_db))
-        per, ber = self.uplink.loss(snr_db, self.wire)
+        per, ber = self.uplink.loss(snr_db, self.wire)  # once: every step of the request has this SNR
+        protect = self.check_protect(self.protect)
         ids = self.tokenizer(prompt, return_tensors="pt").input_ids
         if ids.shape[1] == 0:
             raise UserError("the prompt is empty after tokenisation")
@@ -263,7 +292,7 @@ class UEClient:
         start = time.perf_counter()
         up += send_json(self.sock, OPEN, {"protocol": PROTOCOL_VERSION, "model": self.split_model.fingerprint,
                                           "split": split, "wire": wire, "elements_per_packet": k,
-                                          "request": request})
+                                          "protect": protect, "request": request})
         payload, n = self._expect(READY)
         down += n
         ready = parse_json(payload)
@@ -271,22 +300,27 @@ class UEClient:
         x = ids
         tokens, times, step_bytes = [], [], []
         ue_s = edge_s = air_s = 0.0
-        packets = lost = flipped = air_bits = 0
+        packets = lost = flipped = air_bits = protected_bits = 0
         try:
             for step in range(max_new_tokens):
                 t = time.perf_counter()
                 hidden = self.split_model.ue_forward(split, x, cache)[0]
                 data, scales = encode(hidden, wire)
+                section = b""
+                if protect:  # taken before the air flips any bit: the protected path has CRC and ARQ
+                    indices = protected(hidden, protect).nonzero()[:, 1].reshape(-1, protect).cpu().numpy()
+                    section = pack_protected(data, indices, d, wire)
                 ue_s += time.perf_counter() - t
                 total = n_packets(hidden.numel(), k)
-                kept, bits = self.uplink.transmit(data, total, snr_db, wire, stream)
+                kept, bits = self.uplink.transmit(data, total, snr_db, wire, stream, loss=(per, ber))
                 rows = packet_rows(data, total, packet_bytes)
-                frame = pack_activation(step, hidden.shape[0], d, rows, kept, scales)
+                frame = pack_activation(step, hidden.shape[0], d, rows, kept, scales, section)
                 if HEADER.size + len(frame) > ready["max_frame_bytes"]:
                     raise UserError(f"the prompt's activation ({len(frame)} bytes) exceeds the edge's frame limit "
                                     f"of {ready['max_frame_bytes']} bytes: use a shorter prompt or --max-frame-bytes")
-                b, s = self.uplink.air(snr_db, wire, hidden.shape[0], d)
+                b, s = self.uplink.air(snr_db, wire, hidden.shape[0], d, protect)
                 air_bits, air_s = air_bits + b, air_s + s
+                protected_bits += self.uplink.protected_air(snr_db, wire, hidden.shape[0], d, protect)[0]
                 if self.sleep_air and s > 0:
                     time.sleep(s)
                 sent = send_frame(self.sock, ACTIVATION, frame)
@@ -318,6 +352,7 @@ class UEClient:
             request=request, prompt=prompt, text=self.tokenizer.decode(tokens, skip_special_tokens=True),
             tokens=tokens, prompt_tokens=int(ids.shape[1]), split=split,
             layers_on_edge=self.split_model.n_layers - split - 1, snr_db=snr_db, link=self.uplink.mode, wire=wire,
+            protect=protect,
             packet_error_rate=per, bit_error_rate=ber, ttft_s=times[0] - start,
             tpot_s=(times[-1] - times[0]) / (n_tok - 1) if n_tok > 1 else math.nan,
             tokens_per_s=n_tok / total, total_s=total, ue_compute_s=ue_s, edge_compute_s=edge_s,
@@ -325,6 +360,7 @@ class UEClient:
             uplink_bytes=up, downlink_bytes=down, uplink_bytes_prefill=step_bytes[0],
             uplink_bytes_per_token=float(np.mean(step_bytes[1:])) if n_tok > 1 else math.nan,
             packets=packets, packets_lost=lost, bits_flipped=flipped, air_bits=air_bits, air_s=air_s,
+            protected_air_bits=protected_bits,
         )
 
 
