@@ -36,10 +36,22 @@ SWEEP_CHECK_ARGS = --splits 10 --dropouts 0.3
 LAYERS_ARGS = --splits all --draws 4 --max-tokens 256
 WIRELESS_ARGS = --splits 1-10 --dropouts '' --snrs 10,15,20,25,30,40 --withheld 0.05,0.1,0.2,0.3 --draws 1 --max-tokens 512
 SNR_ARGS = --splits 4,12,24 --dropouts '' --draws 1 --max-tokens 512 --snrs $(SNR_GRID)
+# the protected path (--protects K, beyond the paper): the grids of the committed sweeps (the wireless one
+# feeds the protect-form surrogate; about 50, 50 and 20 min on 2 shared CPU cores), so by default the pipeline
+# takes the committed files and recomputes a spot check of each (PROTECT_*_CHECK, every window and draw of
+# those cells, compared with --verify); PROTECT_SWEEPS=compute runs them all
+PROTECT_SWEEPS = committed
+PROTECT_WIRELESS_ARGS = $(WIRELESS_ARGS) --protects 1,4,16,64
+PROTECT_SNR_ARGS = --splits 1-10,12,16,24 --dropouts '' --snrs 5,10,15,20,25,30 --protects 1,4,16,64 --draws 2 --max-tokens 1024
+PROTECT_P_ARGS = --splits 1-10,12,16,24 --dropouts 0.02,0.1,0.3 --protects 1,4,16,64 --draws 2 --max-tokens 512
+PROTECT_WIRELESS_CHECK = --splits 6 --snrs 15 --withheld 0.1 --protects 4
+PROTECT_SNR_CHECK = --splits 12 --snrs 10 --protects 1,16
+PROTECT_P_CHECK = --splits 4 --dropouts 0.3 --protects 4,64
 SEEDS = 0,1,2
 ALGOS = ppo,a2c,dqn
 RL_STEPS = 240000
 WIRELESS_STEPS = 100000
+PROTECT_STEPS = 200000  # LayerSplit-Protect-v0: 250 actions (10 splits x 5 withheld shares x 5 K) against 50
 # train.py in the pipeline: the measured cost of the LLM in the loop (make llm: the original's 6,000 steps)
 LLM_ARGS = --total-timesteps 100 --eval-episodes 0
 LLM_FULL_ARGS = --total-timesteps 6000
@@ -51,6 +63,13 @@ AUTHORS_RSM = ../shared/reference/authors_reward_predictor.pth
 DEMO = $(PY) add_noise.py
 TRAIN = $(PY) train_rsm.py train --results-dir $(R) --no-progress $(EVAL_ARGS)
 LOGS = $(OUT)/runs/logs
+# $(call protect_sweep,NAME,ARGS,CHECK): results/sweep_protect_NAME_smollm2-135m.csv, computed or committed + spot check
+define protect_sweep
+	if [ "$(PROTECT_SWEEPS)" = compute ]; then $(PY) add_noise.py --sweep $(2) --output $(R)/sweep_protect_$(1)_{model}.csv; \
+	else mkdir -p $(R) $(OUT)/runs && f=results/sweep_protect_$(1)_smollm2-135m.csv && \
+	  { [ $$f -ef $(R)/sweep_protect_$(1)_smollm2-135m.csv ] || cp $$f $${f%.csv}_cells.csv $(R)/; } && \
+	  $(PY) add_noise.py --sweep $(2) $(3) --output $(OUT)/runs/sweep_check_protect_$(1)_{model}.csv --verify $$f; fi
+endef
 
 pipeline: $(STAMP)
 	$(DEMO)
@@ -63,10 +82,16 @@ pipeline: $(STAMP)
 	$(PY) add_noise.py --sweep $(WIRELESS_ARGS) --output $(R)/sweep_wireless_{model}.csv
 	for m in bpsk qpsk 16qam; do $(PY) add_noise.py --sweep --link erasure --modulation $$m $(SNR_ARGS) \
 		--output $(R)/sweep_snr_$$m.csv || exit 1; done
+	$(call protect_sweep,wireless,$(PROTECT_WIRELESS_ARGS),$(PROTECT_WIRELESS_CHECK))
+	$(call protect_sweep,snr,$(PROTECT_SNR_ARGS),$(PROTECT_SNR_CHECK))
+	$(call protect_sweep,p,$(PROTECT_P_ARGS),$(PROTECT_P_CHECK))
 	$(PY) -m layersplit.channel --table $(R)/channel_ber_per.csv
+	$(PY) -m layersplit.channel --protect-table $(R)/protect_cost.csv
 	$(PY) -m layersplit.channel --latency-table $(R)/latency_breakdown.csv
 	$(PY) train_rsm.py fit --sweep $(R)/sweep_smollm2-135m.csv --wireless-sweep $(R)/sweep_wireless_smollm2-135m.csv \
-		--output $(OUT)/reward_predictor.pth --wireless-output $(OUT)/reward_predictor_wireless.pth --results-dir $(R) $(FIT_ARGS)
+		--protect-sweep $(R)/sweep_protect_wireless_smollm2-135m.csv --output $(OUT)/reward_predictor.pth \
+		--wireless-output $(OUT)/reward_predictor_wireless.pth --protect-output $(OUT)/reward_predictor_protect.pth \
+		--results-dir $(R) $(FIT_ARGS)
 	@echo "training agents on the surrogates: each run a Ray task on one CPU (train_rsm.py train --ray); logs in $(LOGS)/"
 	mkdir -p $(LOGS)
 	$(TRAIN) --ray --algo $(ALGOS) --seeds $(SEEDS) --total-timesteps $(RL_STEPS) --rsm $(OUT)/reward_predictor.pth \
@@ -74,6 +99,9 @@ pipeline: $(STAMP)
 	$(TRAIN) --ray --env LayerSplit-Wireless-v0 --seeds $(SEEDS) --total-timesteps $(WIRELESS_STEPS) \
 		--rsm $(OUT)/reward_predictor_wireless.pth --run-dir $(OUT)/runs/LayerSplit-Wireless-v0 \
 		> $(LOGS)/rl_wireless_ppo.log 2>&1 || { tail -20 $(LOGS)/rl_wireless_ppo.log; exit 1; }
+	$(TRAIN) --ray --env LayerSplit-Protect-v0 --seeds $(SEEDS) --total-timesteps $(PROTECT_STEPS) \
+		--rsm $(OUT)/reward_predictor_protect.pth --run-dir $(OUT)/runs/LayerSplit-Protect-v0 \
+		> $(LOGS)/rl_protect_ppo.log 2>&1 || { tail -20 $(LOGS)/rl_protect_ppo.log; exit 1; }
 	if [ -f "$(AUTHORS_RSM)" ]; then $(TRAIN) --ray --algo $(ALGOS) --seeds $(SEEDS) --total-timesteps $(RL_STEPS) \
 		--rsm $(AUTHORS_RSM) --run-dir $(OUT)/runs/authors --name 'rl_paper_{algo}_authors' \
 		> $(LOGS)/rl_paper_authors.log 2>&1 || { tail -20 $(LOGS)/rl_paper_authors.log; exit 1; }; fi
@@ -96,7 +124,7 @@ llm: $(STAMP)
 # the paper's scale: every split x 8 p x 5+ draws over the whole test text, and the surrogate's grid with
 # 4096 tokens; hours on 2 CPU cores, minutes on a GPU (README)
 full: $(STAMP)
-	$(MAKE) pipeline OUT=runs/full SURROGATE_SWEEP=compute LAYERS_ARGS="--splits all --draws 5 --max-tokens 0"
+	$(MAKE) pipeline OUT=runs/full SURROGATE_SWEEP=compute PROTECT_SWEEPS=compute LAYERS_ARGS="--splits all --draws 5 --max-tokens 0"
 
 # the same pipeline at toy scale, to check an installation in a few minutes
 quick: $(STAMP)
@@ -105,6 +133,9 @@ quick: $(STAMP)
 		LAYERS_ARGS="--splits 0-10 --dropouts 0.1,0.3 --draws 1 --max-tokens 128" \
 		WIRELESS_ARGS="--splits 1-10 --dropouts '' --snrs 10,20,30 --withheld 0.2 --draws 1 --max-tokens 128" \
 		SNR_ARGS="--splits 4,24 --dropouts '' --draws 1 --snrs 5,15,25,35 --max-tokens 128" \
+		PROTECT_SWEEPS=compute PROTECT_WIRELESS_ARGS="--splits 1-10 --dropouts '' --snrs 10,30 --withheld 0.2 --protects 4 --draws 1 --max-tokens 128" \
+		PROTECT_SNR_ARGS="--splits 1,4,12,24 --dropouts '' --snrs 5,25 --protects 4 --draws 1 --max-tokens 128" \
+		PROTECT_P_ARGS="--splits 1,4,12,24 --dropouts 0.1,0.3 --protects 4 --draws 1 --max-tokens 128" PROTECT_STEPS=4000 \
 		FIT_ARGS="--holdout-repeats 1" SEEDS=0,1 RL_STEPS=10000 WIRELESS_STEPS=4000 EVAL_ARGS="--eval-episodes 30" \
 		LLM_ARGS="--total-timesteps 10 --n-steps 10 --batch 5 --tokens 64 --eval-episodes 0"
 

@@ -570,7 +570,8 @@ def fig_training(results_dir: Path, figures_dir: Path) -> Path:
 
 
 def _policy_rows(path: Path, remedy: str) -> dict[str, list[dict]]:
-    rows = read_csv(path, {"policy": str, "value": float, "split": float, "withheld": float}, remedy)
+    rows = read_csv(path, {"policy": str, "value": float, "split": float, "withheld": float}, remedy,
+                    optional={"protect": (float, 0.0)})
     by_policy: dict[str, list[dict]] = {}
     for r in rows:
         by_policy.setdefault(r["policy"], []).append(r)
@@ -583,24 +584,34 @@ def fig_policy(results_dir: Path, figures_dir: Path) -> Path:
     plt = pyplot()
     panels = [("rl_paper_ppo_policy.csv", "LayerSplit-Paper-v0, SmolLM2 surrogate", TRAIN_COMMAND.format(algo="ppo"))]
     optional = [("rl_paper_ppo_authors_policy.csv", "LayerSplit-Paper-v0, the authors' surrogate (Llama-2-7B)"),
-                ("rl_wireless_ppo_policy.csv", "LayerSplit-Wireless-v0")]
+                ("rl_wireless_ppo_policy.csv", "LayerSplit-Wireless-v0"),
+                ("rl_protect_ppo_policy.csv", "LayerSplit-Protect-v0 (dotted: K, right axis)")]
     panels += [(f, t, "") for f, t in optional if (results_dir / f).is_file()]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 4.2), squeeze=False)
     for ax, (name, title, remedy) in zip(axes[0], panels):
         by_policy = _policy_rows(results_dir / name, remedy or f"see {name} in the README")
-        wireless = "wireless" in name
+        wireless = "wireless" in name or "protect" in name
+        k_axis = ax.twinx() if "protect" in name else None
         for i, (policy, rows) in enumerate(sorted(by_policy.items(), key=lambda kv: kv[0] == "optimum")):
             optimum = policy == "optimum"
             label = {"optimum": "exact optimum", "best-static": "best static split"}.get(policy, f"learned ({policy})")
             ax.plot([r["value"] for r in rows], [r["split"] for r in rows], color="k" if optimum else f"C{i}",
                     lw=2.5 if optimum else 1.2, ls="-" if optimum else ("-." if policy == "best-static" else "--"),
                     marker=None if optimum else ".", label=label, alpha=0.6 if optimum else 1.0)
-            if wireless and any(r["withheld"] for r in rows):
+            if k_axis is not None:
+                k_axis.plot([r["value"] for r in rows], [r["protect"] for r in rows], color="k" if optimum else f"C{i}",
+                            ls=":", lw=1.2 if optimum else 1.0, drawstyle="steps-mid")
+            elif wireless and any(r["withheld"] for r in rows):
                 ax.plot([r["value"] for r in rows], [10 * r["withheld"] for r in rows], color="k" if optimum else f"C{i}",
                         ls=":", lw=1, label=f"withheld share x 10 ({'optimum' if optimum else policy})")
         ax.set_xlabel("Es/N0 (dB)" if wireless else "element loss probability p")
         ax.set_ylabel(f"chosen {SPLIT_AXIS}" if wireless else
                       "split after 5 steps (0-based; n + 1 layers on the UE),\nmean over starts 1..9")
+        if k_axis is not None:
+            k_axis.set_yscale("symlog", base=2, linthresh=1)
+            k_axis.set_ylim(-0.3, 90)
+            k_axis.set_yticks([0, 1, 4, 16, 64], ["0", "1", "4", "16", "64"])
+            k_axis.set_ylabel("protected elements per token K (dotted)")
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
@@ -670,6 +681,94 @@ def fig_cost(results_dir: Path, figures_dir: Path) -> Path:
     return save(fig, figures_dir, "cost")
 
 
+PROTECT_SNR_FILE = "sweep_protect_snr_smollm2-135m.csv"  # erasure link: split x Es/N0 x K (the Makefile's PROTECT_SNR_ARGS)
+PROTECT_P_FILE = "sweep_protect_p_smollm2-135m.csv"  # the original's link: split x p x K (PROTECT_P_ARGS)
+PROTECT_COMMAND = "make reproduce, or python add_noise.py --sweep <the Makefile's {args}> --output {path}"
+PROTECT_SPLITS = (1, 4, 12, 24)  # the splits drawn in full; the right-hand panels show every split at one condition
+PROTECT_AT = {"snr": 15.0, "p": 0.1}  # that condition: Es/N0 (dB) and p, where protection is neither idle nor hopeless
+
+
+def read_protect_sweep(path: Path, args: str) -> list[dict]:
+    rows = read_csv(path, {"model": str, "tokens": int, "split": int, "link": str, "snr_db": str, "dropout": float,
+                           "protect": int, "draw": int, "ppl": float, "token_accuracy": float, **WINDOW_COLUMNS},
+                    remedy=PROTECT_COMMAND.format(args=args, path=path),
+                    optional={"withheld": (float, 0.0), **OPTIONAL_WINDOW_COLUMNS})
+    rows = [r for r in rows if r["withheld"] == 0]
+    for r in rows:
+        r["x"] = _snr_of(path, r, PROTECT_COMMAND.format(args=args, path=path)) if r["link"] != "dropout" else r["dropout"]
+    return rows
+
+
+def protect_curves(rows: list[dict], split: int, k: int) -> tuple[list[float], list[tuple[float, float, float]]]:
+    """Ascending condition values (Es/N0 or p) and the pooled perplexity with its 95% interval, at one
+    split and K (the clean row, K = 0 only, is not a condition)."""
+    cell = [r for r in rows if r["split"] == split and r["protect"] == k and not (r["link"] == "dropout" and r["dropout"] == 0)]
+    xs = sorted({r["x"] for r in cell})
+    return xs, [_pooled_interval([r for r in cell if r["x"] == x], "ppl") for x in xs]
+
+
+def fig_protect(results_dir: Path, figures_dir: Path) -> Path:
+    """Perplexity against Es/N0 (top) and p (bottom) per protection level K at a few splits, and
+    (right) against the split at one condition (PROTECT_AT), per K."""
+    plt = pyplot()
+    sweeps = {"snr": read_protect_sweep(results_dir / PROTECT_SNR_FILE, "PROTECT_SNR_ARGS"),
+              "p": read_protect_sweep(results_dir / PROTECT_P_FILE, "PROTECT_P_ARGS")}
+    ks = sorted({r["protect"] for rows in sweeps.values() for r in rows})
+    colors = {k: plt.get_cmap("viridis")(i / max(1, len(ks) - 1) * 0.9) for i, k in enumerate(ks)}
+    fig = plt.figure(figsize=(3.4 * len(PROTECT_SPLITS) + 4.4, 7.8))
+    grid = fig.add_gridspec(2, len(PROTECT_SPLITS) + 1, width_ratios=[1.0] * len(PROTECT_SPLITS) + [1.3])
+    for row, (kind, rows) in enumerate(sweeps.items()):
+        splits = sorted({r["split"] for r in rows})
+        clean = {s: _pooled_interval([r for r in rows if r["split"] == s and r["link"] == "dropout"
+                                      and r["dropout"] == 0], "ppl")[0] for s in splits}
+        first = None
+        for col, split in enumerate(PROTECT_SPLITS):
+            ax = fig.add_subplot(grid[row, col], sharey=first)
+            first = first or ax
+            if split not in splits:
+                ax.set_axis_off()
+                continue
+            ax.axhline(clean[split], color="k", ls="--", lw=1)
+            ax.axhline(RECOVERY * clean[split], color="k", ls=":", lw=0.9)
+            for k in ks:
+                xs, stats = protect_curves(rows, split, k)
+                ax.plot(xs, [m for m, _, _ in stats], "o-", color=colors[k], lw=1.4, ms=3)
+                ax.fill_between(xs, *_band(stats, "ppl"), color=colors[k], alpha=0.15, lw=0)
+            ax.set_yscale("log")
+            ax.set_title(on_ue(split), fontsize=10)
+            ax.set_xlabel("average Es/N0 (dB), erasure link" if kind == "snr" else "p (the original's element loss)")
+            ax.grid(True, which="major", alpha=0.3)
+            if col:
+                ax.tick_params(labelleft=False)
+            else:
+                ax.set_ylabel("perplexity (log scale)")
+        summary = fig.add_subplot(grid[row, -1], sharey=first)
+        at = PROTECT_AT[kind]
+        summary.plot(splits, [clean[s] for s in splits], "k--", lw=1)
+        for k in ks:
+            stats = [dict(zip(*protect_curves(rows, s, k))).get(at, (math.nan,) * 3) for s in splits]
+            summary.plot(splits, [m for m, _, _ in stats], "o-", color=colors[k], lw=1.4, ms=3)
+            summary.fill_between(splits, *_band(stats, "ppl"), color=colors[k], alpha=0.15, lw=0)
+        # a cell of few samples can have an interval spanning many decades: the measured values set the scale
+        means = [r["ppl"] for r in rows if math.isfinite(r["ppl"])]
+        summary.set_ylim(0.8 * min(clean.values()), 10 * max(means))
+        summary.set_xlabel(SPLIT_AXIS, fontsize=9)
+        summary.set_title(f"every split at {at:g} dB" if kind == "snr" else f"every split at p = {at:g}", fontsize=10)
+        summary.grid(True, which="major", alpha=0.3)
+    handles = [plt.Line2D([], [], color=colors[k], marker="o", ms=3, label=f"K = {k}" + (" (no protection)" if k == 0 else ""))
+               for k in ks]
+    handles += [plt.Line2D([], [], color="k", ls="--", lw=1, label="clean link"),
+                plt.Line2D([], [], color="k", ls=":", lw=0.9, label=f"clean + {RECOVERY - 1:.0%}")]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=9)
+    scale = "; ".join(f"{label}: {rows[0]['tokens']} tokens x {max(r['draw'] for r in rows) + 1} draw(s)"
+                      for label, rows in (("top", sweeps["snr"]), ("bottom", sweeps["p"])))
+    fig.suptitle(f"{sweeps['snr'][0]['model']}: each token's K largest-magnitude elements over a protected path (ARQ: "
+                 f"they always arrive), the rest as before\ntop: erasure link; bottom: the original's link; {scale}; "
+                 "band: 95% interval over windows x draws", fontsize=11)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return save(fig, figures_dir, "protect")
+
+
 FIGURES: dict[str, Callable[[Path, Path], Path]] = {  # name -> figure; --only takes these names
     "ber_per": fig_ber_per,
     "sweep": fig_sweep,
@@ -679,6 +778,7 @@ FIGURES: dict[str, Callable[[Path, Path], Path]] = {  # name -> figure; --only t
     "training": fig_training,
     "policy": fig_policy,
     "cost": fig_cost,
+    "protect": fig_protect,
 }
 
 

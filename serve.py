@@ -16,6 +16,7 @@ link (--link none, or --snr-db inf) and --wire fp32 the tokens are exactly the s
     python serve.py ue --prompt "Hello" --snr-db 15 --modulation 16qam --fading nakagami --sleep-air
     python serve.py ue --prompt "Hello" --snr-db 12 --protect 4   # each token's 4 largest elements always arrive
     python serve.py ue --prompt "Hello" --policy runs/LayerSplit-Wireless-v0/ppo_s0   # split chosen per request from its SNR
+    python serve.py ue --prompt "Hello" --policy runs/LayerSplit-Protect-v0/ppo_s0    # split and K chosen per request
     python serve.py edge --port 0 --splits 0-8 --max-sessions 2 --max-queue 4     # port 0: any free port, printed
     python serve.py edge --host 0.0.0.0 --model meta-llama/Llama-2-7b-hf --device cuda   # the paper's model, reachable from other hosts
 
@@ -100,8 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="0-based decoder layer after which the link sits: split n runs n + 1 layers on the UE, the "
                         "rest and the LM head on the edge")
     u.add_argument("--policy", metavar="RUN_DIR",
-                   help="choose each request's split from its SNR with a policy trained on LayerSplit-Wireless-v0 "
-                        "(a run folder of train_rsm.py, e.g. runs/LayerSplit-Wireless-v0/ppo_s0); overrides --split")
+                   help="choose each request's split from its SNR with a policy trained on LayerSplit-Wireless-v0, or its "
+                        "split and K on LayerSplit-Protect-v0 (a run folder of train_rsm.py, e.g. "
+                        "runs/LayerSplit-Wireless-v0/ppo_s0); overrides --split (and --protect)")
     u.add_argument("--wire", choices=list(WIRE_FORMATS), default=WIRE,
                    help="dtype of the activations on the wire; int8 adds a float32 scale per token")
     u.add_argument("--link", choices=SERVED_LINKS, default=LINK,

@@ -31,6 +31,7 @@ from layersplit.models import EMBEDDED_MODEL
 
 MODEL = EMBEDDED_MODEL  # the LLM in the loop: the embedded SmolLM2-135M, a local folder or a Hugging Face id
 DATASET = "wiki"  # the text its perplexity is measured on (embedded Wikipedia test split)
+PROTECT = 0  # elements per token over the protected path (add_noise.py --protect K; 0: the original's link)
 SEED = 0  # seeds the agent, the environment's start states and the link's noise draws
 TOTAL_TIMESTEPS = 6_000  # the original's budget
 N_STEPS = 100  # PPO steps per update (the original's n_steps, one environment)
@@ -53,6 +54,9 @@ def parse_args(argv=None):
                           seed_help="seeds the agent, the environment's start states and the link's noise draws")
     p.add_argument("--dataset", default=DATASET, help="evaluation text: wiki (embedded), wikitext-2 or a text file")
     p.add_argument("--tokens", type=positive_int, default=envs.LLM_TOKENS, help="tokens scored per step")
+    p.add_argument("--protect", type=non_negative_int, default=PROTECT, metavar="K",
+                   help="also send each token's K largest-magnitude elements over the protected path (they always "
+                        "arrive; add_noise.py --protect)")
     p.add_argument("--total-timesteps", type=positive_int, default=TOTAL_TIMESTEPS, help="environment steps")
     p.add_argument("--n-steps", type=positive_int, default=N_STEPS, help="PPO steps per update")
     p.add_argument("--batch", type=positive_int, default=BATCH, help="PPO minibatch")
@@ -129,7 +133,8 @@ def run(args) -> int:
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     env_kwargs = {"model": args.model, "dataset": args.dataset, "tokens": args.tokens, "context_length": args.tokens,
-                  "device": args.device, "dtype": args.dtype, "episode_end": args.episode_end}
+                  "device": args.device, "dtype": args.dtype, "episode_end": args.episode_end,
+                  **({"protect": args.protect} if args.protect else {})}
     run = Path(args.run_dir) / f"ppo_s{args.seed}"
     print(f"PPO on LayerSplit-LLM-v0 ({args.model}, {args.tokens} tokens per step), {args.total_timesteps} steps "
           f"-> {run}", file=sys.stderr)
@@ -139,7 +144,7 @@ def run(args) -> int:
                                     scale_observations=not args.raw_observations)
     print(f"{summary['timesteps']} steps in {summary['wall_s']:.1f} s: {summary['seconds_per_step']:.3f} s per "
           f"environment step (PPO updates included)")
-    report = {"model": args.model, "dataset": args.dataset, "tokens_per_step": args.tokens, "seed": args.seed,
+    report = {"model": args.model, "dataset": args.dataset, "tokens_per_step": args.tokens, "protect": args.protect, "seed": args.seed,
               "run": str(run), **summary}
     if args.eval_episodes:
         report["evaluation"] = evaluate(model, env_kwargs, args)

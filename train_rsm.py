@@ -1,11 +1,12 @@
 """Model-based RL for the split point: fit the reward surrogate (RSM), train agents on it, evaluate them.
 
-    python train_rsm.py fit                        # sweep CSVs -> reward_predictor.pth (+ _wireless), held-out R2/MAE
+    python train_rsm.py fit                        # sweep CSVs -> reward_predictor.pth (+ _wireless, _protect), held-out R2/MAE
     python train_rsm.py train                      # PPO on LayerSplit-Paper-v0, the original's settings, + evaluation
     python train_rsm.py train --seeds 0,1,2 --algo a2c
     python train_rsm.py train --seeds 0,1,2 --algo ppo,a2c,dqn --ray   # 9 runs as Ray tasks, one CPU each
     python train_rsm.py tune --samples 16 --budget 60000      # Ray Tune (ASHA) over PPO's hyperparameters
     python train_rsm.py train --env LayerSplit-Wireless-v0 --total-timesteps 100000
+    python train_rsm.py train --env LayerSplit-Protect-v0 --total-timesteps 200000   # K of the protected path too
     python train_rsm.py train --rsm ../shared/reference/authors_reward_predictor.pth --run-dir runs/authors --name rl_paper_ppo_authors
     python train_rsm.py evaluate runs/LayerSplit-Paper-v0/ppo_s0 runs/LayerSplit-Paper-v0/ppo_s1
     tensorboard --logdir runs
@@ -43,9 +44,10 @@ from layersplit.distributed import ADDRESS_HELP
 # --- fit ----------------------------------------------------------------------------------------
 SWEEP = "results/sweep_smollm2-135m.csv"  # the original link's sweep (p x split): the paper-form RSM
 WIRELESS_SWEEP = "results/sweep_wireless_smollm2-135m.csv"  # SNR x split x withheld: the wireless-form RSM
+PROTECT_SWEEP = "results/sweep_protect_wireless_smollm2-135m.csv"  # ... x K of the protected path: the protect-form RSM
 FIT_SEED = 0  # seeds the held-out draw and the initial weights
 # the fit's epochs and held-out shares: surrogate.EPOCHS, HOLDOUT_FRACTION, HOLDOUT_REPEATS; the files it
-# writes: envs.PAPER_RSM and envs.WIRELESS_RSM, the shipped surrogates the environments load
+# writes: envs.PAPER_RSM, envs.WIRELESS_RSM and envs.PROTECT_RSM, the shipped surrogates the environments load
 # --- train --------------------------------------------------------------------------------------
 ENV = "LayerSplit-Paper-v0"  # the original surrogate MDP
 ALGO = "ppo"  # ppo (the paper's), a2c or dqn (the paper's comparisons)
@@ -89,7 +91,8 @@ def env_kwargs_for(env_id: str, rsm_path: str | None, episode_end: str = envs.EP
 
 # --- fit ----------------------------------------------------------------------------------------
 def cmd_fit(args) -> int:
-    for form, sweep_path, out in (("paper", args.sweep, args.output), ("wireless", args.wireless_sweep, args.wireless_output)):
+    for form, sweep_path, out in (("paper", args.sweep, args.output), ("wireless", args.wireless_sweep, args.wireless_output),
+                                  ("protect", args.protect_sweep, args.protect_output)):
         if not sweep_path:
             continue
         start = time.perf_counter()
@@ -205,7 +208,7 @@ def evaluate_runs(runs: list[Path], args) -> int:
 
     env_kwargs = env_kwargs_for(args.env, args.rsm, args.episode_end)
     env = envs.make(args.env, **env_kwargs)
-    names = ["learned", *(b for b in policies.BASELINES if (b != "greedy" or args.env != "LayerSplit-Wireless-v0")
+    names = ["learned", *(b for b in policies.BASELINES if (b != "greedy" or args.env not in envs.SNR_ENV_IDS)
                           and (b not in policies.PAPER_ONLY or args.env == "LayerSplit-Paper-v0"))]
     means = {name: [] for name in names}
     models = [training.load_policy(r) for r in runs]
@@ -305,6 +308,9 @@ def parse_args(argv=None):
     f.add_argument("--wireless-sweep", default=WIRELESS_SWEEP, help="sweep with --snrs/--withheld for the wireless form ('' to skip)")
     f.add_argument("--output", type=writable_file, default=str(envs.PAPER_RSM), help="paper-form surrogate file")
     f.add_argument("--wireless-output", type=writable_file, default=str(envs.WIRELESS_RSM), help="wireless-form surrogate file")
+    f.add_argument("--protect-sweep", default=PROTECT_SWEEP,
+                   help="sweep with --snrs/--withheld/--protects for the protect form ('' to skip)")
+    f.add_argument("--protect-output", type=writable_file, default=str(envs.PROTECT_RSM), help="protect-form surrogate file")
     f.add_argument("--epochs", type=positive_int, default=surrogate.EPOCHS, help="full-batch Adam steps")
     f.add_argument("--holdout", type=open_fraction, default=surrogate.HOLDOUT_FRACTION,
                    help="share of sweep cells held out to measure the fit")

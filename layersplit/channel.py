@@ -75,6 +75,8 @@ TABLE_SEED = 0  # seed of the table's Monte Carlo (one numpy Generator for the w
 
 # ---- latency table (--latency-table) ---------------------------------------------------------
 LATENCY_TABLE_SNR_DB = (10.0, 20.0, 30.0)  # average Es/N0 in dB: a weak, a fair and a strong uplink
+PROTECT_TABLE_SNR_DB = (5.0, 10.0, 15.0, 20.0, 25.0, 30.0)  # Es/N0 of the protected path's cost table (--protect-table)
+PROTECT_TABLE_KS = (0, 1, 4, 16, 64)  # protection levels K of that table: the sweeps'
 
 
 def qfunc(x: np.ndarray | float) -> np.ndarray:
@@ -498,6 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write UE compute, air time and edge compute against the split (compute.py) for SmolLM2-135M and "
                         f"Llama-2-7B, prefill of --tokens tokens and one decoding step, at Es/N0 "
                         f"{', '.join(f'{s:g}' for s in LATENCY_TABLE_SNR_DB)} dB (uses the link options but --snr-db)")
+    p.add_argument("--protect-table", metavar="CSV", type=writable_file,
+                   help="write the protected path's extra bits and air time (--protect K, K in PROTECT_TABLE_KS) against "
+                        "Es/N0 for SmolLM2-135M and Llama-2-7B, prefill of --tokens tokens and one decoding step")
     p.add_argument("--mc-symbols", type=int, default=TABLE_MC_SYMBOLS, help="Monte Carlo symbols per table point")
     p.add_argument("--seed", type=int, default=TABLE_SEED, help="seed of the table's Monte Carlo")
     return p
@@ -526,6 +531,15 @@ def main(argv: list[str] | None = None) -> None:
                                      args.tokens, cfg)
         write_table(rows, args.latency_table)
         print(f"wrote {len(rows)} rows to {args.latency_table}")
+        return
+    if args.protect_table:
+        from . import compute
+
+        rows = compute.protect_table(list(PROTECT_TABLE_SNR_DB), {"smollm2-135m": compute.SMOLLM2_135M,
+                                                                  "llama2-7b": compute.LLAMA2_7B},
+                                     PROTECT_TABLE_KS, args.tokens, cfg)
+        write_table(rows, args.protect_table)
+        print(f"wrote {len(rows)} rows to {args.protect_table}")
         return
     summary = link_summary(cfg, args.tokens, args.hidden_size)
     if args.json:

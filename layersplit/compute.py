@@ -7,6 +7,7 @@ throughput (UE_FLOPS, EDGE_FLOPS); air time is the channel's (channel.tx_latency
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from . import channel
@@ -121,20 +122,52 @@ def latency_table(
     compute, air time and edge compute for prefill of `tokens` prompt tokens and for one decoding
     step after them, with the link set-up of `link` (its snr_db is replaced by each of snr_db_list)."""
     rows = []
+    for name, dims, phase, new_tokens, cfg in operating_points(snr_db_list, models, tokens, link):
+        for split in range(dims.n_layers):
+            rows.append({
+                "model": name, "n_layers": dims.n_layers, "hidden_size": dims.hidden_size,
+                "phase": phase, "tokens": tokens, "new_tokens": new_tokens,
+                "snr_db": cfg.snr_db, "modulation": cfg.modulation, "fading": cfg.fading,
+                "bandwidth_hz": cfg.bandwidth_hz, "rate_bps": channel.achievable_rate_bps(cfg),
+                "payload_bits": channel.payload_bits(cfg, new_tokens, dims.hidden_size),
+                "split": split, "layers_on_ue": split + 1,
+                **latency_breakdown(cfg, dims, split, tokens, phase=phase),
+                "ue_flops": UE_FLOPS, "edge_flops": EDGE_FLOPS,
+            })
+    return rows
+
+
+def operating_points(snr_db_list: list[float], models: dict[str, ModelDims], tokens: int, link: channel.LinkConfig):
+    """(model name, dims, phase, new tokens, link at that Es/N0) of the tables: prefill of `tokens` tokens
+    and one decoding step, for each model and Es/N0 (the set-up of `link`, its snr_db replaced)."""
     for name, dims in models.items():
         for phase in ("prefill", "decode"):
-            new_tokens = tokens if phase == "prefill" else 1
             for snr_db in snr_db_list:
-                cfg = channel.LinkConfig(**{**asdict(link), "snr_db": float(snr_db)})
-                for split in range(dims.n_layers):
-                    rows.append({
-                        "model": name, "n_layers": dims.n_layers, "hidden_size": dims.hidden_size,
-                        "phase": phase, "tokens": tokens, "new_tokens": new_tokens,
-                        "snr_db": float(snr_db), "modulation": cfg.modulation, "fading": cfg.fading,
-                        "bandwidth_hz": cfg.bandwidth_hz, "rate_bps": channel.achievable_rate_bps(cfg),
-                        "payload_bits": channel.payload_bits(cfg, new_tokens, dims.hidden_size),
-                        "split": split, "layers_on_ue": split + 1,
-                        **latency_breakdown(cfg, dims, split, tokens, phase=phase),
-                        "ue_flops": UE_FLOPS, "edge_flops": EDGE_FLOPS,
-                    })
+                yield (name, dims, phase, tokens if phase == "prefill" else 1,
+                       channel.LinkConfig(**{**asdict(link), "snr_db": float(snr_db)}))
+
+
+def protect_table(snr_db_list: list[float], models: dict[str, ModelDims], ks, tokens: int,
+                  link: channel.LinkConfig = channel.LinkConfig()) -> list[dict[str, float | int | str]]:
+    """What the protected path (--protect K) adds, per (model, phase, Es/N0, K): the pairs' payload bits,
+    their expected bits on air (whole packets, retransmitted until received) and air time, beside the
+    ordinary path's, for prefill of `tokens` tokens and one decoding step."""
+    rows = []
+    for name, dims, phase, new_tokens, cfg in operating_points(snr_db_list, models, tokens, link):
+        ordinary_bits = channel.payload_bits(cfg, new_tokens, dims.hidden_size)
+        ordinary_s = channel.tx_latency_s(cfg, new_tokens, dims.hidden_size)
+        for k in ks:
+            air_bits = channel.protected_air_bits(cfg, new_tokens, k, dims.hidden_size)
+            air_s = channel.protected_tx_s(cfg, new_tokens, k, dims.hidden_size) if k else 0.0
+            rows.append({
+                "model": name, "hidden_size": dims.hidden_size, "phase": phase, "new_tokens": new_tokens,
+                "snr_db": cfg.snr_db, "modulation": cfg.modulation, "fading": cfg.fading,
+                "packet_error_rate": channel.packet_error_rate(cfg), "protect": k,
+                "pair_bits": math.ceil(math.log2(dims.hidden_size)) + cfg.bits_per_element,
+                "protected_payload_bits": channel.protected_payload_bits(new_tokens, k, dims.hidden_size,
+                                                                         cfg.bits_per_element),
+                "protected_air_bits": air_bits, "ordinary_air_bits": ordinary_bits,
+                "extra_bits_share": air_bits / ordinary_bits, "protected_tx_s": air_s,
+                "ordinary_tx_s": ordinary_s, "extra_time_share": air_s / ordinary_s,
+            })
     return rows

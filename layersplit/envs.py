@@ -4,6 +4,8 @@ LayerSplit-Paper-v0     the original surrogate MDP (its train__rsm.py), rule for
 LayerSplit-LLM-v0       the original MDP with the real LLM in the loop (its train.py), defect fixed
 LayerSplit-Wireless-v0  the physical version: SNR follows an AR(1) process, the agent picks the
                         split and a withheld share, the reward weighs accuracy, latency, UE compute
+LayerSplit-Protect-v0   the same with the protection level K (elements per token sent over the
+                        protected path, add_noise.py --protect) as a third part of the action
 
 `split` is the 0-based decoder layer after which the link sits (split + 1 layers on the UE), as in
 the original code. An episode ends by termination after its last step, as the original's: its old
@@ -30,6 +32,7 @@ from .models import EMBEDDED_MODEL
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_RSM = ROOT / "reward_predictor.pth"  # the shipped paper-form surrogate (embedded model)
 WIRELESS_RSM = ROOT / "reward_predictor_wireless.pth"  # the shipped wireless-form surrogate
+PROTECT_RSM = ROOT / "reward_predictor_protect.pth"  # the shipped protect-form surrogate (K an input too)
 P_MAX = 0.3  # element loss probabilities live in [0, P_MAX] (the original's clip)
 EPISODE_STEPS = 5  # the original's episodes: 5 decisions
 SPLIT_MIN, SPLIT_MAX = 1, 10  # the original's split values
@@ -158,7 +161,8 @@ class LLMSplitEnv(gym.Env):
 
     def __init__(self, model=EMBEDDED_MODEL, dataset=EMBEDDED_DATASET, tokens: int = LLM_TOKENS,
                  context_length: int = LLM_CONTEXT, device: str = "auto", dtype: str = "auto",
-                 episode_steps: int = EPISODE_STEPS, token_ids=None, tokenizer=None, episode_end: str = EPISODE_END):
+                 episode_steps: int = EPISODE_STEPS, token_ids=None, tokenizer=None, episode_end: str = EPISODE_END,
+                 protect: int = 0):
         from .data import load_text, tokenize
         from .link import SplitLink
         from .models import load_model
@@ -172,6 +176,7 @@ class LLMSplitEnv(gym.Env):
         self.model, self.token_ids = model, token_ids[:tokens]
         self.context_length = min(context_length, len(self.token_ids))
         self.link = SplitLink(model, split=SPLIT_MIN)
+        self.link.set_protect(protect)  # add_noise.py --protect K: each token's K largest elements always arrive
         if self.link.n_layers <= SPLIT_MAX:
             raise UserError(f"LayerSplit-LLM-v0 moves the split over 1..{SPLIT_MAX}: the model needs at least "
                             f"{SPLIT_MAX + 1} decoder layers, it has {self.link.n_layers}")
@@ -228,10 +233,13 @@ SNR_RANGE_DB = (10.0, 40.0)  # the SNR is clipped to the surrogate's training ra
 ACCURACY_WEIGHT = 10.0  # reward per unit of token accuracy (0.01 accuracy = 0.1)
 LATENCY_WEIGHT = 20.0  # penalty per second of end-to-end latency (50 ms = 1, worth 0.1 of token accuracy)
 UE_COMPUTE_WEIGHT = 10.0  # extra penalty per second of UE compute: the UE's energy and load (10 ms = 0.1)
+PROTECTS = (0, 1, 4, 16, 64)  # LayerSplit-Protect-v0: elements per token over the protected path (the sweep's K)
 
 
 class WirelessSplitEnv(gym.Env):
-    """Observation [SNR dB]; Discrete(splits x withheld shares) picks both for the next request;
+    """Observation [SNR dB]; Discrete(splits x withheld shares x protection levels) picks all three for
+    the next request (one level, K = 0, on LayerSplit-Wireless-v0: splits x shares, the surrogate's
+    'wireless' form; LayerSplit-Protect-v0 has PROTECTS and a 'protect'-form surrogate, K an input);
     reward = ACCURACY_WEIGHT * accuracy - LATENCY_WEIGHT * latency_s - UE_COMPUTE_WEIGHT * ue_compute_s,
     accuracy and latency predicted by the wireless surrogate, UE compute from the model's FLOPs.
     The SNR evolves as an AR(1) process whatever the agent does, so the exact optimum is the
@@ -240,16 +248,22 @@ class WirelessSplitEnv(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, rsm_path: str | Path = WIRELESS_RSM, surrogate: rsm.Surrogate | None = None,
-                 splits=WIRELESS_SPLITS, withheld=WIRELESS_WITHHELD, episode_steps: int = WIRELESS_STEPS,
+                 splits=WIRELESS_SPLITS, withheld=WIRELESS_WITHHELD, protects=(0,), episode_steps: int = WIRELESS_STEPS,
                  snr_mean_db: float = channel.SNR_MEAN_DB, snr_std_db: float = channel.SNR_STD_DB,
                  snr_rho: float = channel.SNR_RHO,
                  model_dims: compute.ModelDims = compute.SMOLLM2_135M, tokens: int = 512,
                  episode_end: str = EPISODE_END):
-        self.surrogate = surrogate if surrogate is not None else rsm.load(rsm_path, form="wireless")
-        if self.surrogate.form != "wireless":
-            raise UserError(f"LayerSplit-Wireless-v0 needs a 'wireless' surrogate, got a '{self.surrogate.form}' one")
         self.splits, self.withheld = np.asarray(splits), np.asarray(withheld, dtype=np.float64)
-        self.actions = np.array([(s, w) for s in self.splits for w in self.withheld])  # action -> (split, share)
+        self.protects = np.asarray(protects, dtype=np.int64)
+        protecting = self.protects.tolist() != [0]
+        self.surrogate = surrogate if surrogate is not None else rsm.load(rsm_path, form="protect" if protecting else None)
+        if self.surrogate.form not in ("wireless", "protect"):
+            raise UserError(f"this environment needs a 'wireless' or 'protect' surrogate, got a '{self.surrogate.form}' one")
+        if self.surrogate.form == "wireless" and protecting:
+            raise UserError(f"protection levels {self.protects.tolist()} need a 'protect'-form surrogate (K an input: "
+                            f"python train_rsm.py fit --protect-sweep ...), not a '{self.surrogate.form}' one")
+        # action -> (split, withheld share, K); with one K = 0 the order of the (split, share) actions is unchanged
+        self.actions = np.array([(s, w, k) for s in self.splits for w in self.withheld for k in self.protects])
         self.episode_steps, self.episode_end = episode_steps, check_episode_end(episode_end)
         self.snr = channel.SnrProcess(snr_mean_db, snr_std_db, snr_rho)
         # UE seconds per request: layers on the UE times one layer's FLOPs over the UE's throughput
@@ -261,7 +275,7 @@ class WirelessSplitEnv(gym.Env):
 
     def rewards(self, snr_db: float) -> dict[str, np.ndarray]:
         """Every action's reward and its parts at this SNR (one surrogate call for all actions)."""
-        x = np.column_stack([np.full(len(self.actions), snr_db), self.actions])
+        x = np.column_stack([np.full(len(self.actions), snr_db), self.actions[:, :len(self.surrogate.inputs) - 1]])
         log_ppl, accuracy, latency = self.surrogate.predict(x).T
         accuracy_part = ACCURACY_WEIGHT * accuracy
         latency_part = -LATENCY_WEIGHT * latency
@@ -287,16 +301,18 @@ class WirelessSplitEnv(gym.Env):
         parts = self.rewards(self.snr_db)
         info = {k: float(v[a]) for k, v in parts.items() if k != "reward"}
         info.update(snr_db=self.snr_db, split=int(self.actions[a, 0]), withheld=float(self.actions[a, 1]),
-                    ppl=math.exp(info["log_ppl"]))
+                    protect=int(self.actions[a, 2]), ppl=math.exp(info["log_ppl"]))
         self.steps += 1
         obs = self._observe(self.snr.step())
         return obs, float(parts["reward"][a]), *episode_over(self.steps, self.episode_steps, self.episode_end), info
 
 
-ENV_IDS = ("LayerSplit-Paper-v0", "LayerSplit-LLM-v0", "LayerSplit-Wireless-v0")
-for _id, _cls in zip(ENV_IDS, (PaperSplitEnv, LLMSplitEnv, WirelessSplitEnv)):
+ENV_IDS = ("LayerSplit-Paper-v0", "LayerSplit-LLM-v0", "LayerSplit-Wireless-v0", "LayerSplit-Protect-v0")
+SNR_ENV_IDS = ENV_IDS[2:]  # the WirelessSplitEnv ones: the SNR observed, the action (split, share, K)
+for _id, _cls, _kwargs in zip(ENV_IDS, (PaperSplitEnv, LLMSplitEnv, WirelessSplitEnv, WirelessSplitEnv),
+                              ({}, {}, {}, {"rsm_path": PROTECT_RSM, "protects": PROTECTS})):
     if _id not in gym.registry:
-        gym.register(_id, entry_point=f"{__name__}:{_cls.__name__}")
+        gym.register(_id, entry_point=f"{__name__}:{_cls.__name__}", kwargs=_kwargs)
 
 
 def make(env_id: str, **kwargs) -> gym.Env:

@@ -27,8 +27,8 @@ import numpy as np
 from scipy import stats
 
 from . import UserError
-from .envs import (PAPER_MOVES, PAPER_RESET_P, PAPER_RESET_SPLITS, SNR_RANGE_DB, SPLIT_MAX, SPLIT_MIN, LLMSplitEnv,
-                   PaperSplitEnv, WirelessSplitEnv, make)
+from .envs import (PAPER_MOVES, PAPER_RESET_P, PAPER_RESET_SPLITS, SNR_ENV_IDS, SNR_RANGE_DB, SPLIT_MAX, SPLIT_MIN,
+                   LLMSplitEnv, PaperSplitEnv, WirelessSplitEnv, make)
 from .surrogate import REFERENCE_SPLIT
 
 Policy = Callable[[np.ndarray, object], int]
@@ -121,7 +121,8 @@ def wireless_optimum(obs, env: WirelessSplitEnv) -> int:
 
 
 def wireless_fixed(obs, env: WirelessSplitEnv) -> int:
-    return int(np.flatnonzero((env.actions[:, 0] == REFERENCE_SPLIT) & (env.actions[:, 1] == 0.0))[0])
+    return int(np.flatnonzero((env.actions[:, 0] == REFERENCE_SPLIT) & (env.actions[:, 1] == 0.0)
+                              & (env.actions[:, 2] == 0))[0])
 
 
 def llm_fixed(obs, env: LLMSplitEnv) -> int:
@@ -130,14 +131,32 @@ def llm_fixed(obs, env: LLMSplitEnv) -> int:
 
 def static_choices(env) -> dict[str, Policy]:
     """Every static choice of this environment, by label: hold one split (Paper, LLM), or one
-    (split, withheld share) action (Wireless)."""
+    (split, withheld share[, K]) action (Wireless, Protect)."""
     if isinstance(env, PaperSplitEnv):
         return {f"split {s}": paper_toward(s) for s in range(SPLIT_MIN, SPLIT_MAX + 1)}
     if isinstance(env, LLMSplitEnv):
         return {f"split {s}": (lambda obs, env_, a=s - SPLIT_MIN: a) for s in range(SPLIT_MIN, SPLIT_MAX + 1)}
     if isinstance(env, WirelessSplitEnv):
-        return {f"split {s}, {w:.0%} withheld": (lambda obs, env_, a=a: a) for a, (s, w) in enumerate(env.actions)}
+        protecting = len(env.protects) > 1
+        return {f"split {s}, {w:.0%} withheld" + (f", K={int(k)}" if protecting else ""): (lambda obs, env_, a=a: a)
+                for a, (s, w, k) in enumerate(env.actions)}
     raise UserError(f"no static choices defined for {type(env).__name__}")
+
+
+def static_returns(env: WirelessSplitEnv, episodes: int, seed: int = 0) -> np.ndarray:
+    """(episodes x actions): every static action's return on the episodes evaluate() plays from resets
+    seeded seed, seed + 1, ... The SNR path does not depend on the actions, so one rollout per episode
+    gives them all (the same sums as evaluating each static action on its own, tested), where the
+    Protect env's 250 actions would otherwise take 250 rollouts."""
+    totals = np.zeros((episodes, env.action_space.n))
+    for i in range(episodes):
+        env.reset(seed=seed + i)
+        done = False
+        while not done:
+            totals[i] += env.rewards(env.snr_db)["reward"]
+            _, _, terminated, truncated, _ = env.step(0)
+            done = terminated or truncated
+    return totals
 
 
 class BestStatic:
@@ -149,7 +168,10 @@ class BestStatic:
             raise UserError(f"best-static needs at least one training start, got {episodes}")
         self.choices, self.episodes, self.seed = static_choices(env), episodes, seed
         # every choice's return per training start (BestStaticPerStart regroups them by start split)
-        self.returns = {label: evaluate(env, policy, episodes, seed).returns for label, policy in self.choices.items()}
+        if isinstance(env.unwrapped, WirelessSplitEnv):  # one rollout per start serves every action
+            self.returns = dict(zip(self.choices, static_returns(env.unwrapped, episodes, seed).T))
+        else:
+            self.returns = {label: evaluate(env, policy, episodes, seed).returns for label, policy in self.choices.items()}
         self.scores = {label: float(r.mean()) for label, r in self.returns.items()}
         self.choice = max(self.scores, key=self.scores.get)
         self.policy = self.choices[self.choice]
@@ -213,10 +235,11 @@ def baseline(name: str, env, seed: int = 0, best_static_episodes: int = BEST_STA
     return table[name]
 
 
-def split_chooser(run_dir, rsm_path=None) -> Callable[[float], int]:
-    """A policy trained on LayerSplit-Wireless-v0 as `snr_db -> split` (what serve.py's UE asks per
-    request): the split of the policy's action at that SNR, 0-based as everywhere (split n puts n + 1
-    layers on the UE; the withheld share the action also picks is not applied by serve.py)."""
+def split_chooser(run_dir, rsm_path=None) -> Callable[[float], tuple[int, int]]:
+    """A policy trained on LayerSplit-Wireless-v0 or LayerSplit-Protect-v0 as `snr_db -> (split, K)` (what
+    serve.py's UE asks per request): the split and protection level of the policy's action at that SNR,
+    0-based as everywhere (split n puts n + 1 layers on the UE; K is 0 on the Wireless env; the withheld
+    share the action also picks is not applied by serve.py)."""
     from .training import load_policy  # here: Stable-Baselines3 is only imported when a policy is loaded
 
     config_path = Path(run_dir) / "config.json"
@@ -224,16 +247,17 @@ def split_chooser(run_dir, rsm_path=None) -> Callable[[float], int]:
         raise UserError(f"{run_dir} is not a training run folder (no config.json): train one with "
                         "python train_rsm.py train --env LayerSplit-Wireless-v0")
     config = json.loads(config_path.read_text())
-    if config["env"] != "LayerSplit-Wireless-v0":
+    if config["env"] not in SNR_ENV_IDS:
         raise UserError(f"{run_dir} was trained on {config['env']}; choosing a split from the SNR needs a "
-                        "LayerSplit-Wireless-v0 policy")
+                        f"policy of {' or '.join(SNR_ENV_IDS)}")
     model = load_policy(run_dir, config["algo"])
-    env = make("LayerSplit-Wireless-v0", **({"rsm_path": rsm_path} if rsm_path else {})).unwrapped
+    env = make(config["env"], **({"rsm_path": rsm_path} if rsm_path else {})).unwrapped
 
-    def choose(snr_db: float) -> int:
+    def choose(snr_db: float) -> tuple[int, int]:
         low, high = float(env.observation_space.low[0]), float(env.observation_space.high[0])
         obs = np.array([min(max(snr_db, low), high)], dtype=np.float32)  # the SNR range the policy was trained on
-        return int(env.actions[int(model.predict(obs, deterministic=True)[0]), 0])
+        split, _, protect = env.actions[int(model.predict(obs, deterministic=True)[0])]
+        return int(split), int(protect)
 
     return choose
 
@@ -315,8 +339,9 @@ def split_versus_condition(env_id: str, policy_for: Callable[[object], Policy], 
     elif isinstance(base, WirelessSplitEnv):
         for snr in np.arange(SNR_RANGE_DB[0], SNR_RANGE_DB[1] + 0.01, 1.0):
             obs, _ = env.reset(seed=0, options={"snr_db": float(snr)})
-            split, withheld = base.actions[policy(obs, base)]
-            rows.append({"condition": "snr_db", "value": float(snr), "split": float(split), "withheld": float(withheld)})
+            split, withheld, protect = base.actions[policy(obs, base)]
+            rows.append({"condition": "snr_db", "value": float(snr), "split": float(split), "withheld": float(withheld),
+                         "protect": int(protect)})
     else:
         raise UserError(f"split against channel condition is drawn for the surrogate environments, not {env_id}")
     env.close()

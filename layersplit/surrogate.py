@@ -13,6 +13,8 @@ paper     [p, split] -> inference reward, the original's input and output. The i
           authors' file (keys fc.0, fc.2, fc.4) and either loads in place of the other.
 wireless  [SNR dB, split, withheld share] -> [log-perplexity, token accuracy, latency s], with
           the input and output normalisation stored beside the weights.
+protect   [SNR dB, split, withheld share, K] -> the wireless outputs, K the elements per token sent
+          over the protected path (add_noise.py --protects): LayerSplit-Protect-v0's surrogate.
 
 `split` is the 0-based decoder layer after which the link sits (split + 1 layers on the UE), as
 in the sweep CSV and the original code. Predictions go through numpy (`predict`), which costs a few
@@ -42,6 +44,8 @@ PAPER_SPLITS = range(1, 11)  # the original surrogate environment's split values
 FORMS = {
     "paper": {"inputs": ("dropout", "split"), "outputs": ("inference_reward",)},
     "wireless": {"inputs": ("snr_db", "split", "withheld"), "outputs": ("log_ppl", "token_accuracy", "latency_s")},
+    "protect": {"inputs": ("snr_db", "split", "withheld", "protect"),
+                "outputs": ("log_ppl", "token_accuracy", "latency_s")},
 }
 HOLDOUT_FRACTION = 0.2  # share of cells kept out of the fit to measure its quality
 HOLDOUT_REPEATS = 8  # further held-out draws whose R2 is reported too: one draw of 18 cells is a noisy estimate
@@ -234,15 +238,19 @@ def paper_cells(path: str | Path, splits=PAPER_SPLITS, reference_split: int = RE
     return cells.reset_index(drop=True)
 
 
-def wireless_cells(path: str | Path):
-    """One row per (SNR, split, withheld) of a physical link: log-PPL (token-weighted over draws, with its
-    95% interval), accuracy, latency."""
-    frame = _read_sweep(path, ("link", "snr_db", "split", "withheld", "nll", "token_accuracy", "total_s",
-                               "scored_tokens"))
-    frame = unprotected(frame[frame["link"] != "dropout"])
+def wireless_cells(path: str | Path, protect: bool = False):
+    """One row per (SNR, split, withheld[, K with protect]) of a physical link: log-PPL (token-weighted
+    over draws, with its 95% interval), accuracy, latency. Without `protect` only the K = 0 rows."""
+    needed = ("link", "snr_db", "split", "withheld", "nll", "token_accuracy", "total_s", "scored_tokens")
+    frame = _read_sweep(path, needed + (("protect",) if protect else ()))
+    frame = frame[frame["link"] != "dropout"]
+    frame = frame.assign(protect=frame["protect"].fillna(0)) if protect else unprotected(frame)
     if frame.empty:
         raise UserError(f"{path} has no physical-link rows: sweep with --snrs (and --withheld)")
-    cells = _pooled(frame, ["snr_db", "split", "withheld"]).rename(columns={"nll": "log_ppl"})
+    if protect and frame["protect"].nunique() < 2:
+        raise UserError(f"{path} has one protection level only: sweep with --protects for a protect-form surrogate")
+    keys = ["snr_db", "split", "withheld"] + (["protect"] if protect else [])
+    cells = _pooled(frame, keys).rename(columns={"nll": "log_ppl"})
     finite = np.isfinite(cells["log_ppl"])
     if not finite.all():  # a cell whose perplexity overflowed has no log-PPL to fit: say so, then leave it out
         print(f"[layersplit] {path}: {int((~finite).sum())} of {len(cells)} cells have an infinite or undefined "
@@ -346,7 +354,7 @@ def fit_from_sweep(form: str, sweep_path: str | Path, seed: int = 0, epochs: int
     """Measure the fit on held-out cells, then fit every cell: returns (surrogate fitted on all cells,
     cells with a `held_out` flag and the held-out model's predictions). surrogate.metrics holds the
     held-out quality (of the model fitted without those cells) and the final fit's quality."""
-    cells = paper_cells(sweep_path) if form == "paper" else wireless_cells(sweep_path)
+    cells = paper_cells(sweep_path) if form == "paper" else wireless_cells(sweep_path, protect=form == "protect")
     spec = FORMS[form]
     inputs, outputs = list(spec["inputs"]), list(spec["outputs"])
     held = holdout_mask(len(cells), holdout, seed)

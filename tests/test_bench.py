@@ -43,3 +43,11 @@ def test_bench_distributed_writes_the_same_rows_on_one_and_two_workers():
     done = run_script("bench/distributed.py", "--tokens", "32", "--splits", "1-2", timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "scaling efficiency" in done.stdout and "same rows in every run (the results files byte for byte): yes" in done.stdout
+
+
+def test_bench_protect_rule_compares_top_k_with_a_calibrated_set(tmp_path):
+    done = run_script("bench/protect_rule.py", "--splits", "2", "--snrs", "10", "--ks", "4", "--tokens", "128",
+                      "--calibration-tokens", "128", "--draws", "1", "--output", str(tmp_path / "r.csv"), timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert re.search(r"K=  4: top-K ppl .*fixed-K \(4 ch\).*fixed-bits \(6 ch\)", done.stdout)
+    assert len((tmp_path / "r.csv").read_text().splitlines()) == 1 + 3  # one row per rule

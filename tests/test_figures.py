@@ -73,6 +73,20 @@ def write_results(folder: Path) -> Path:
                                          modulation=modulation, fading="rayleigh"), "withheld": 0.0})
         write_csv(folder / figures.SNR_FILE.format(modulation=modulation), rows)
 
+    protect_snr, protect_p = [], []  # the protected path: K = 0 as the plain link, K > 0 closer to clean
+    for split in (1, 4, 12):
+        for rows in (protect_snr, protect_p):
+            rows.append({**sweep_row(split, "dropout", "", 0.0, 0, CLEAN_PPL), "protect": 0})
+        for k in (0, 4, 64):
+            for snr in SNR_GRID:
+                loss = min(1.0, 3.0 / 10 ** (snr / 10))
+                protect_snr.append({**sweep_row(split, "erasure", snr, loss, 0, CLEAN_PPL * (1 + 100 * loss / (1 + k)),
+                                                modulation="qpsk", fading="nakagami"), "protect": k})
+            for p in (0.02, 0.1, 0.3):
+                protect_p.append({**sweep_row(split, "dropout", "", p, 0, CLEAN_PPL * (1 + 10 * p / (1 + k))), "protect": k})
+    write_csv(folder / figures.PROTECT_SNR_FILE, protect_snr)
+    write_csv(folder / figures.PROTECT_P_FILE, protect_p)
+
     latency = []
     for model, n_layers in (("smollm2-135m", 3), ("llama2-7b", 4)):
         for phase in ("prefill", "decode"):
@@ -109,6 +123,9 @@ def write_results(folder: Path) -> Path:
     write_csv(folder / "rl_paper_ppo_policy.csv", policy)
     write_csv(folder / "rl_wireless_ppo_policy.csv",
               [{**r, "condition": "snr_db", "value": 10 + r["value"] * 100, "withheld": 0.1} for r in policy])
+    write_csv(folder / "rl_protect_ppo_policy.csv",
+              [{**r, "condition": "snr_db", "value": 10 + r["value"] * 100, "withheld": 0.0, "protect": 4 * (r["value"] < 0.05)}
+               for r in policy])
     (folder / "rl_llm_cost.json").write_text(json.dumps(  # make reproduce's cost run; rl_llm_ppo.json: make llm
         {"model": "tiny", "tokens_per_step": 64, "seconds_per_step": 0.5, "timesteps": 20, "wall_s": 10.0}))
     return folder
@@ -124,6 +141,7 @@ FILES = {
     "training": ["rl_paper_ppo_curves.csv", "rl_paper_ppo.json"],  # A2C's and DQN's curves are optional
     "policy": ["rl_paper_ppo_policy.csv"],
     "cost": ["rl_llm_cost.json", "rl_paper_ppo.json"],
+    "protect": [figures.PROTECT_SNR_FILE, figures.PROTECT_P_FILE],
 }
 
 
@@ -214,6 +232,8 @@ MALFORMED = [  # (figure, file, how it is broken, what the message must say)
     ("rsm_fit", "rsm_fit_paper.csv", lambda p: set_value(p, 1, "held_out", "maybe"), "column held_out: 'maybe'"),
     ("training", "rl_paper_a2c_curves.csv", lambda p: drop_column(p, "mean_return"), "no column(s) mean_return"),
     ("cost", "rl_llm_cost.json", lambda p: p.write_text("{}"), "KeyError"),
+    ("protect", figures.PROTECT_P_FILE, lambda p: drop_column(p, "protect"), "no column(s) protect"),
+    ("protect", figures.PROTECT_SNR_FILE, lambda p: set_value(p, 3, "snr_db", "loud"), "column snr_db: 'loud'"),
     ("cost", "rl_paper_ppo.json", lambda p: p.write_text("not json"), "JSONDecodeError"),
 ]
 

@@ -92,6 +92,23 @@ def test_protected_bits_and_air_time_hand_worked():
     assert with_k["ue_compute_s"] == without["ue_compute_s"]
 
 
+def test_the_protect_table_counts_whole_packets_hand_worked():
+    # SmolLM2, 512 tokens, K = 4: 512 x 4 x (10 + 16) = 53,248 bits in ceil(53,248 / 1,024) = 52 packets of
+    # 1,056 bits, each sent 1 / (1 - PER) times; the ordinary path: 512 x 576 / 64 = 4,608 packets of 1,056 bits
+    link = channel.LinkConfig(snr_db=20.0, fading="awgn")
+    rows = compute.protect_table([20.0], {"smollm2-135m": compute.SMOLLM2_135M}, (0, 4), 512, link)
+    prefill = [r for r in rows if r["phase"] == "prefill"]
+    per = channel.packet_error_rate(link)
+    assert [r["protect"] for r in prefill] == [0, 4] and prefill[0]["protected_air_bits"] == 0.0
+    row = prefill[1]
+    assert row["pair_bits"] == 26 and row["protected_payload_bits"] == 53_248
+    assert row["protected_air_bits"] == pytest.approx(52 * 1056 / (1 - per), rel=1e-12)
+    assert row["ordinary_air_bits"] == 4_608 * 1056
+    assert row["extra_time_share"] == pytest.approx(52 / (1 - per) / 4_608, rel=1e-12)
+    decode = [r for r in rows if r["phase"] == "decode" and r["protect"] == 4][0]
+    assert decode["protected_payload_bits"] == 104 and decode["protected_air_bits"] == pytest.approx(1056 / (1 - per))
+
+
 def test_the_split_hook_counts_the_protected_bits(tiny_llama):
     cfg = channel.LinkConfig(snr_db=10.0, elements_per_packet=16)
     ids = torch.arange(3, 9)[None]
@@ -150,3 +167,13 @@ def test_the_sweep_crosses_every_condition_with_k(tiny_model_dir, sample_txt, tm
     by = {(r["split"], r["link"], r["protect"], r["draw"]): float(r["nll"]) for r in rows["fast"]}
     # protection changes what the edge gets (whether it helps is the real model's question, not the tiny one's)
     assert all(by[(s, "dropout", "16", d)] != by[(s, "dropout", "0", d)] for s in ("0", "2") for d in ("0", "1"))
+
+
+def test_the_protect_table_command(tmp_path):
+    from conftest import run_script
+
+    done = run_script("-m", "layersplit.channel", "--protect-table", str(tmp_path / "cost.csv"))
+    assert done.returncode == 0, done.stderr
+    lines = (tmp_path / "cost.csv").read_text().splitlines()
+    expected = 2 * 2 * len(channel.PROTECT_TABLE_SNR_DB) * len(channel.PROTECT_TABLE_KS)  # models x phases x SNRs x K
+    assert len(lines) == 1 + expected and "extra_time_share" in lines[0]

@@ -367,6 +367,14 @@ def test_best_static_holds_the_split_with_the_best_mean_return_on_training_start
         policies.BestStatic(env.unwrapped, episodes=0)
 
 
+def test_best_static_on_the_wireless_env_equals_each_static_action_played_on_its_own():
+    env = gym.make("LayerSplit-Wireless-v0")
+    best = policies.BestStatic(env.unwrapped, episodes=6)  # one rollout per start for all 50 actions
+    for label, policy in best.choices.items():  # each static action's episodes, played separately
+        assert np.array_equal(best.returns[label], policies.evaluate(env.unwrapped, policy, 6, policies.BEST_STATIC_SEED).returns)
+    assert best.choice == max(best.scores, key=best.scores.get)
+
+
 def test_best_static_per_start_picks_per_start_split_and_ignores_p():
     env = gym.make("LayerSplit-Paper-v0")
     n = 60
@@ -416,7 +424,7 @@ def test_wireless_optimum_is_the_per_step_argmax():
     base = env.unwrapped
     best = policies.baseline("optimum", base)(None, base)
     assert base.rewards(12.0)["reward"][best] == base.rewards(12.0)["reward"].max()
-    assert tuple(base.actions[policies.baseline("fixed", base)(None, base)]) == (surrogate.REFERENCE_SPLIT, 0.0)
+    assert tuple(base.actions[policies.baseline("fixed", base)(None, base)]) == (surrogate.REFERENCE_SPLIT, 0.0, 0)
 
 
 def test_confidence_interval_is_the_t_interval():
@@ -492,7 +500,7 @@ def test_train_rsm_fit_train_evaluate_smoke(tmp_path):
 
     write_sweep(tmp_path / "sweep.csv")
     fit = run_script("train_rsm.py", "fit", "--sweep", str(tmp_path / "sweep.csv"), "--wireless-sweep", "",
-                     "--output", str(tmp_path / "rsm.pth"), "--epochs", "300", "--holdout-repeats", "2",
+                     "--protect-sweep", "", "--output", str(tmp_path / "rsm.pth"), "--epochs", "300", "--holdout-repeats", "2",
                      "--results-dir", str(tmp_path / "res"))
     assert fit.returncode == 0, fit.stderr
     assert "held-out, fitted without them (8 cells)" in fit.stdout and (tmp_path / "res" / "rsm_fit_paper.csv").exists()
@@ -524,7 +532,7 @@ def test_train_rsm_fit_train_evaluate_smoke(tmp_path):
     (["train", "--env", "LayerSplit-Nope-v0"], "unknown environment"),
     (["train", "--rsm", "README.md"], "not a readable PyTorch file"),
     (["train", "--algo", "sac", "--total-timesteps", "10"], "unknown algorithm"),
-    (["fit", "--sweep", "results/channel_ber_per.csv", "--wireless-sweep", ""], "no column"),
+    (["fit", "--sweep", "results/channel_ber_per.csv", "--wireless-sweep", "", "--protect-sweep", ""], "no column"),
     (["evaluate", "figures"], "training run folder"),
 ])
 def test_train_rsm_bad_input_is_one_clear_line(args, message, tmp_path):
@@ -542,7 +550,7 @@ def test_train_py_smoke_with_a_tiny_model(tmp_path, sample_txt):
     make_tokenizer().save_pretrained(tmp_path / "m")
     training.train("LayerSplit-Paper-v0", "ppo", tmp_path / "paper" / "ppo_s0", 400, 0, 8,
                    {"n_steps": 50, "batch_size": 100}, progress=False)  # a surrogate-trained policy to compare
-    args = ["train.py", "--model", str(tmp_path / "m"), "--dataset", str(sample_txt), "--tokens", "32",
+    args = ["train.py", "--model", str(tmp_path / "m"), "--dataset", str(sample_txt), "--tokens", "32", "--protect", "2",
             "--total-timesteps", "20", "--n-steps", "10", "--batch", "5", "--eval-episodes", "2",
             "--best-static-episodes", "1", "--run-dir", str(tmp_path / "runs"), "--results", str(tmp_path / "llm.json"),
             "--compare", f"{tmp_path / 'paper' / 'ppo_s0'},{tmp_path / 'absent'}", "--no-progress"]
@@ -550,7 +558,7 @@ def test_train_py_smoke_with_a_tiny_model(tmp_path, sample_txt):
     assert result.returncode == 0, result.stderr
     assert "no surrogate-trained run at" in result.stderr  # the absent one is named, the rest goes on
     report = json.loads((tmp_path / "llm.json").read_text())
-    assert report["timesteps"] == 20 and report["seconds_per_step"] > 0
+    assert report["timesteps"] == 20 and report["seconds_per_step"] > 0 and report["protect"] == 2
     returns = report["evaluation"]["returns"]
     assert list(returns) == ["learned (LLM in the loop)", "surrogate ppo_s0", "fixed", "best-static", "random"]
     assert returns["fixed"]["splits"][0] == [surrogate.REFERENCE_SPLIT] * 5
@@ -586,10 +594,11 @@ def test_a_wireless_policy_chooses_the_split_from_the_snr(tmp_path):
     env = envs.make("LayerSplit-Wireless-v0").unwrapped
     for snr in (5.0, 12.0, 25.0, 60.0):
         obs = np.array([min(max(snr, 10.0), 40.0)], dtype=np.float32)
-        assert choose(snr) == env.actions[int(model.predict(obs, deterministic=True)[0]), 0]  # 0-based split
+        split = env.actions[int(model.predict(obs, deterministic=True)[0]), 0]
+        assert choose(snr) == (split, 0)  # the 0-based split, and K = 0 on this environment
     training.train("LayerSplit-Paper-v0", "ppo", tmp_path / "p", 400, 0, 8, {"n_steps": 50, "batch_size": 100},
                    progress=False)
-    with pytest.raises(UserError, match="needs a LayerSplit-Wireless-v0 policy"):
+    with pytest.raises(UserError, match="needs a policy of LayerSplit-Wireless-v0 or LayerSplit-Protect-v0"):
         policies.split_chooser(tmp_path / "p")
 
 

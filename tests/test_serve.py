@@ -240,6 +240,18 @@ def test_a_policy_chooses_each_requests_split_from_its_snr(start_edge, split_mod
     assert all(r.packet_error_rate == pytest.approx(uplink.loss(r.snr_db, "fp16")[0]) for r in reports)
 
 
+def test_a_protect_policy_chooses_each_requests_split_and_k(start_edge, split_model, tokenizer):
+    server = start_edge()
+    choose = lambda snr_db: (1, 4) if snr_db > 20 else (3, 0)  # what policies.split_chooser returns
+    snr = channel.SnrProcess(20.0, 6.0, 0.5, seed=1)
+    uplink = Uplink("erasure", channel.LinkConfig(), seed=1)
+    with UEClient(split_model, tokenizer, server.address, split=choose, uplink=uplink, snr=snr, protect=2) as ue:
+        reports = [ue.generate(PROMPT, 2) for _ in range(6)]
+    assert [(r.split, r.protect) for r in reports] == [choose(r.snr_db) for r in reports]
+    assert {r.protect for r in reports} == {0, 4}  # the policy's K, not the client's default of 2
+    assert all((r.protected_air_bits > 0) == (r.protect > 0) for r in reports)
+
+
 def test_packet_losses_are_counted_by_the_edge_and_reproducible(start_edge, split_model, tokenizer):
     server = start_edge()
     runs = []

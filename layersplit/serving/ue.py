@@ -156,18 +156,19 @@ class RequestReport:
         return {**asdict(self), "wire_bytes": self.wire_bytes}
 
 
-SplitChoice = Callable[[float], int]  # split_for_snr(snr_db) -> the 0-based split
+SplitChoice = Callable[[float], "int | tuple[int, int]"]  # split_for_snr(snr_db) -> the 0-based split, or (split, K)
 
 
 class UEClient:
     """The UE: runs layers 0..split, sends activations through the simulated uplink, receives tokens.
 
     `split` is a fixed 0-based split (split + 1 layers on the UE) or a callable
-    split_for_snr(snr_db) -> split, asked once per request with that request's SNR. The SNR of request r is step r of
+    split_for_snr(snr_db) -> split or (split, K), asked once per request with that request's SNR (a
+    policy of LayerSplit-Protect-v0 chooses K too: policies.split_chooser). The SNR of request r is step r of
     `snr` (an channel.SnrProcess; None: a fixed infinite SNR, loss-free). One connection serves
     the client's requests one after the other. `protect` (K, 0..hidden size): each token's K
-    largest-magnitude elements also cross the protected path, so they always arrive; a policy may
-    later choose it per request by setting the attribute between requests.
+    largest-magnitude elements also cross the protected path, so they always arrive, unless the
+    split's callable returns its own K for the request.
     """
 
     def __init__(self, model, tokenizer, address: str | tuple[str, int], split: int | SplitChoice = 4,
@@ -276,9 +277,10 @@ class UEClient:
         request = self.requests
         snr_db = self.next_snr()
         self.requests += 1
-        split = self.split_model.validate_split(self.split_for_snr(snr_db))
+        choice = self.split_for_snr(snr_db)
+        split, protect = choice if isinstance(choice, tuple) else (choice, self.protect)
+        split, protect = self.split_model.validate_split(split), self.check_protect(protect)
         per, ber = self.uplink.loss(snr_db, self.wire)  # once: every step of the request has this SNR
-        protect = self.check_protect(self.protect)
         ids = self.tokenizer(prompt, return_tensors="pt").input_ids
         if ids.shape[1] == 0:
             raise UserError("the prompt is empty after tokenisation")
