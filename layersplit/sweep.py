@@ -225,8 +225,9 @@ def _rows(cfg: SweepConfig, split: int, totals: CellTotals, pending, dims) -> li
             "windows": int(totals.windows[c, d]), "nll_window_sd": nll_sd, "accuracy_window_sd": accuracy_sd,
             "ue_compute_s": times["ue_compute_s"], "edge_compute_s": times["edge_compute_s"],
             "tx_s": times["tx_s"] if physical else "", "total_s": times["total_s"] if physical else "",
-            "tx_decode_s": (channel.tx_latency_s(link.channel, 1, dims.hidden_size, cond.withheld)
-                            + channel.protected_tx_s(link.channel, 1, cond.protect, dims.hidden_size)) if physical else "",
+            "tx_decode_s": compute.latency_breakdown(link.channel, dims, split, cfg.context_length, phase="decode",
+                                                     withheld=cond.withheld, protect=cond.protect)["tx_s"]
+                           if physical else "",
         }
         rows.append(row)
     return rows
