@@ -50,6 +50,7 @@ class SplitLink:
                  delay_range_s: tuple[float, float] = DELAY_RANGE_S, sleep: bool = False):
         self.layers = find_decoder_layers(model)
         self.n_layers = len(self.layers)
+        self.hidden_size = getattr(getattr(model, "config", None), "hidden_size", None)
         self.delay_range_s = delay_range_s
         self.sleep = sleep  # really wait for each transfer's delay (off: accounted only)
         self.impairment = uplink.direct(dropout)  # what the link does: the original's p until told otherwise
@@ -89,8 +90,12 @@ class SplitLink:
         self.impairment = uplink.physical(cfg, mode, self.impairment.withheld).protecting(self.impairment.protect)
 
     def set_protect(self, k: int) -> None:
-        """Send each token's k largest-magnitude elements over the protected path too: they always arrive."""
-        self.impairment = self.impairment.protecting(k)
+        """Send each token's k largest-magnitude elements over the protected path too: they always arrive.
+        A k beyond the model's width is refused here, before anything runs, not at the first transfer."""
+        impairment = self.impairment.protecting(k)
+        if self.hidden_size is not None:
+            uplink.check_protect(impairment.protect, self.hidden_size)
+        self.impairment = impairment
 
     # what the link does now, read from its impairment
     mode = property(lambda self: self.impairment.mode)

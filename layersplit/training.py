@@ -231,7 +231,6 @@ def train(env_id: str, algo: str, run_dir: str | Path, total_timesteps: int, see
             k: v for k, v in config.items() if k not in same}:
         raise UserError(f"{run_dir} holds a run with another configuration (see its config.json): "
                         "use another --run-dir, or the same options to resume")
-    config_path.write_text(json.dumps(config, indent=2))
     torch.distributions.Distribution.set_default_validate_args(False)  # per-step argument checks: pure overhead here
     cls = ALGOS[algo]
     start_step, checkpoint = 0, None
@@ -251,6 +250,8 @@ def train(env_id: str, algo: str, run_dir: str | Path, total_timesteps: int, see
             return loaded, summary
     # one monitor folder per (re)start, named by its first step: the episode log survives a resume
     env = make_env(env_id, n_envs, seed + start_step, env_kwargs, run_dir / "monitor" / f"from_{start_step}", batched)
+    # written once the environment is built: bad settings refused there leave no run to be refused next time
+    config_path.write_text(json.dumps(config, indent=2))
     if checkpoint is not None:
         model = cls.load(checkpoint, env=env, device="cpu")
     else:

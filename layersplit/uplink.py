@@ -83,10 +83,15 @@ def physical(cfg: channel.LinkConfig, mode: str = "erasure", withheld: float = 0
     return Impairment(mode, loss=loss, ber=ber, channel=cfg).withholding(withheld)
 
 
+def check_protect(k: int, hidden_size: int) -> None:
+    """--protect k fits a token of hidden_size elements."""
+    if k > hidden_size:
+        raise UserError(f"--protect {k}: a token has only {hidden_size} elements")
+
+
 def protected(hidden: torch.Tensor, k: int) -> torch.Tensor:
     """Flags of each token's k largest-magnitude elements (what --protect k sends over the protected path)."""
-    if k > hidden.shape[-1]:
-        raise UserError(f"--protect {k}: a token has only {hidden.shape[-1]} elements")
+    check_protect(k, hidden.shape[-1])
     flags = torch.zeros(hidden.shape, dtype=torch.bool, device=hidden.device)
     return flags.scatter_(-1, hidden.abs().topk(k, dim=-1).indices, True)
 

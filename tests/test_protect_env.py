@@ -163,3 +163,23 @@ def test_train_rsm_fits_and_trains_the_protect_env_from_the_command_line(tmp_pat
     flat = run_script("train_rsm.py", "fit", "--sweep", "", "--wireless-sweep", "", "--protect-sweep",
                       str(tmp_path / "flat.csv"), "--protect-output", str(tmp_path / "q.pth"), "--results-dir", str(tmp_path))
     assert flat.returncode == 2 and "one protection level only" in flat.stderr
+
+
+def test_train_py_refuses_a_k_beyond_the_width_before_the_run_exists(tmp_path, sample_txt):
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from conftest import make_tokenizer, run_script, tiny_config
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(tiny_config(num_hidden_layers=11)).save_pretrained(tmp_path / "m")
+    make_tokenizer().save_pretrained(tmp_path / "m")
+    common = ["train.py", "--model", str(tmp_path / "m"), "--dataset", str(sample_txt), "--tokens", "32",
+              "--total-timesteps", "4", "--n-steps", "4", "--batch", "2", "--eval-episodes", "0",
+              "--run-dir", str(tmp_path / "runs"), "--results", str(tmp_path / "llm.json"), "--no-progress"]
+    bad = run_script(*common, "--protect", "1000")
+    assert bad.returncode == 2 and "--protect 1000: a token has only 64 elements" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "runs" / "ppo_s0" / "config.json").exists()
+    good = run_script(*common, "--protect", "2")  # the corrected command is not refused as another run's folder
+    assert good.returncode == 0, good.stderr
+    assert json.loads((tmp_path / "llm.json").read_text())["protect"] == 2
