@@ -47,6 +47,18 @@ PROTECT_P_ARGS = --splits 1-10,12,16,24 --dropouts 0.02,0.1,0.3 --protects 1,4,1
 PROTECT_WIRELESS_CHECK = --splits 6 --snrs 15 --withheld 0.1 --protects 4
 PROTECT_SNR_CHECK = --splits 12 --snrs 10 --protects 1,16
 PROTECT_P_CHECK = --splits 4 --dropouts 0.3 --protects 4,64
+# the 5G NR coded link (--link nr, layersplit/nr.py): its BLER table is Sionna Monte Carlo (about 40 min on 2 CPU
+# cores), so by default the pipeline takes the committed table and simulates a few of its points afresh (NR_CHECK,
+# a minute); NR_TABLE=compute measures it all, and the NR runs of the pipeline then read that table. The NR wireless
+# sweep (for its surrogate) is taken committed with a spot check too (NR_SWEEPS=compute recomputes it)
+NR_TABLE = committed
+NR_CHECK = --check 3:0,14:10,28:30 --max-slots 64
+NR_SWEEPS = committed
+NR_WIRELESS_CHECK = --splits 6 --snrs 0 --withheld 0.1
+NR_SNR_GRID = -7.5,-5,-2.5,0,2.5,5,7.5,10,12.5,15,17.5,20,22.5,25,27.5,30,35,40
+NR_SNR_ARGS = --splits 4,12,24 --dropouts '' --draws 1 --max-tokens 512 --snrs=$(NR_SNR_GRID)
+NR_WIRELESS_ARGS = --splits 1-10 --dropouts '' --snrs=-5,0,5,10,15,20,30,40 --withheld 0.05,0.1,0.2,0.3 --draws 1 --max-tokens 512
+NR_TABLE_ARGS =
 SEEDS = 0,1,2
 ALGOS = ppo,a2c,dqn
 RL_STEPS = 240000
@@ -63,13 +75,15 @@ AUTHORS_RSM = ../shared/reference/authors_reward_predictor.pth
 DEMO = $(PY) add_noise.py
 TRAIN = $(PY) train_rsm.py train --results-dir $(R) --no-progress $(EVAL_ARGS)
 LOGS = $(OUT)/runs/logs
-# $(call protect_sweep,NAME,ARGS,CHECK): results/sweep_protect_NAME_smollm2-135m.csv, computed or committed + spot check
-define protect_sweep
-	if [ "$(PROTECT_SWEEPS)" = compute ]; then $(PY) add_noise.py --sweep $(2) --output $(R)/sweep_protect_$(1)_{model}.csv; \
-	else mkdir -p $(R) $(OUT)/runs && f=results/sweep_protect_$(1)_smollm2-135m.csv && \
-	  { [ $$f -ef $(R)/sweep_protect_$(1)_smollm2-135m.csv ] || cp $$f $${f%.csv}_cells.csv $(R)/; } && \
-	  $(PY) add_noise.py --sweep $(2) $(3) --output $(OUT)/runs/sweep_check_protect_$(1)_{model}.csv --verify $$f; fi
+# $(call committed_sweep,STEM,ARGS,CHECK,MODE): results/STEM_smollm2-135m.csv, computed (MODE compute) or the
+# committed file + a spot check of it (CHECK: a sub-grid recomputed and compared row by row, --verify)
+define committed_sweep
+	if [ "$(4)" = compute ]; then $(PY) add_noise.py --sweep $(2) --output $(R)/$(1)_{model}.csv; \
+	else mkdir -p $(R) $(OUT)/runs && f=results/$(1)_smollm2-135m.csv && \
+	  { [ $$f -ef $(R)/$(1)_smollm2-135m.csv ] || cp $$f $${f%.csv}_cells.csv $(R)/; } && \
+	  $(PY) add_noise.py --sweep $(2) $(3) --output $(OUT)/runs/check_$(1)_{model}.csv --verify $$f; fi
 endef
+protect_sweep = $(call committed_sweep,sweep_protect_$(1),$(2),$(3),$(PROTECT_SWEEPS))
 
 pipeline: $(STAMP)
 	$(DEMO)
@@ -85,12 +99,21 @@ pipeline: $(STAMP)
 	$(call protect_sweep,wireless,$(PROTECT_WIRELESS_ARGS),$(PROTECT_WIRELESS_CHECK))
 	$(call protect_sweep,snr,$(PROTECT_SNR_ARGS),$(PROTECT_SNR_CHECK))
 	$(call protect_sweep,p,$(PROTECT_P_ARGS),$(PROTECT_P_CHECK))
+	if [ "$(NR_TABLE)" = compute ]; then $(PY) -m layersplit.nr --table $(R)/nr_bler.csv $(NR_TABLE_ARGS); \
+	else mkdir -p $(R) && { [ results/nr_bler.csv -ef $(R)/nr_bler.csv ] || cp results/nr_bler.csv $(R)/; } && \
+	  $(PY) -m layersplit.nr $(NR_CHECK) --bler-table $(R)/nr_bler.csv; fi
+	export LAYERSPLIT_NR_BLER_TABLE=$(abspath $(R))/nr_bler.csv && \
+	  $(PY) add_noise.py --sweep --link nr $(NR_SNR_ARGS) --output $(R)/sweep_nr_snr_{model}.csv && \
+	  $(PY) add_noise.py --sweep --link nr --mcs-rule reliable $(NR_SNR_ARGS) --output $(R)/sweep_nr_reliable_snr_{model}.csv && \
+	  $(call committed_sweep,sweep_nr_wireless,--link nr $(NR_WIRELESS_ARGS),$(NR_WIRELESS_CHECK),$(NR_SWEEPS)) && \
+	  $(PY) -m layersplit.nr --latency-table $(R)/latency_breakdown_nr.csv
 	$(PY) -m layersplit.channel --table $(R)/channel_ber_per.csv
 	$(PY) -m layersplit.channel --protect-table $(R)/protect_cost.csv
 	$(PY) -m layersplit.channel --latency-table $(R)/latency_breakdown.csv
 	$(PY) train_rsm.py fit --sweep $(R)/sweep_smollm2-135m.csv --wireless-sweep $(R)/sweep_wireless_smollm2-135m.csv \
 		--protect-sweep $(R)/sweep_protect_wireless_smollm2-135m.csv --output $(OUT)/reward_predictor.pth \
 		--wireless-output $(OUT)/reward_predictor_wireless.pth --protect-output $(OUT)/reward_predictor_protect.pth \
+		--nr-wireless-sweep $(R)/sweep_nr_wireless_smollm2-135m.csv --nr-wireless-output $(OUT)/reward_predictor_wireless_nr.pth \
 		--results-dir $(R) $(FIT_ARGS)
 	@echo "training agents on the surrogates: each run a Ray task on one CPU (train_rsm.py train --ray); logs in $(LOGS)/"
 	mkdir -p $(LOGS)
@@ -99,6 +122,9 @@ pipeline: $(STAMP)
 	$(TRAIN) --ray --env LayerSplit-Wireless-v0 --seeds $(SEEDS) --total-timesteps $(WIRELESS_STEPS) \
 		--rsm $(OUT)/reward_predictor_wireless.pth --run-dir $(OUT)/runs/LayerSplit-Wireless-v0 \
 		> $(LOGS)/rl_wireless_ppo.log 2>&1 || { tail -20 $(LOGS)/rl_wireless_ppo.log; exit 1; }
+	$(TRAIN) --ray --env LayerSplit-Wireless-v0 --seeds $(SEEDS) --total-timesteps $(WIRELESS_STEPS) \
+		--rsm $(OUT)/reward_predictor_wireless_nr.pth --run-dir $(OUT)/runs/LayerSplit-Wireless-v0-nr --name rl_wireless_nr_ppo \
+		> $(LOGS)/rl_wireless_nr_ppo.log 2>&1 || { tail -20 $(LOGS)/rl_wireless_nr_ppo.log; exit 1; }
 	$(TRAIN) --ray --env LayerSplit-Protect-v0 --seeds $(SEEDS) --total-timesteps $(PROTECT_STEPS) \
 		--rsm $(OUT)/reward_predictor_protect.pth --run-dir $(OUT)/runs/LayerSplit-Protect-v0 \
 		> $(LOGS)/rl_protect_ppo.log 2>&1 || { tail -20 $(LOGS)/rl_protect_ppo.log; exit 1; }
@@ -136,6 +162,8 @@ quick: $(STAMP)
 		PROTECT_SWEEPS=compute PROTECT_WIRELESS_ARGS="--splits 1-10 --dropouts '' --snrs 10,30 --withheld 0.2 --protects 4 --draws 1 --max-tokens 128" \
 		PROTECT_SNR_ARGS="--splits 1,4,12,24 --dropouts '' --snrs 5,25 --protects 4 --draws 1 --max-tokens 128" \
 		PROTECT_P_ARGS="--splits 1,4,12,24 --dropouts 0.1,0.3 --protects 4 --draws 1 --max-tokens 128" PROTECT_STEPS=4000 \
+		NR_CHECK="--check 3:0 --max-slots 16" NR_SWEEPS=compute NR_SNR_ARGS="--splits 4,24 --dropouts '' --draws 1 --snrs=-5,5,15 --max-tokens 128" \
+		NR_WIRELESS_ARGS="--splits 1-10 --dropouts '' --snrs 0,10,30 --withheld 0.2 --draws 1 --max-tokens 128" \
 		FIT_ARGS="--holdout-repeats 1" SEEDS=0,1 RL_STEPS=10000 WIRELESS_STEPS=4000 EVAL_ARGS="--eval-episodes 30" \
 		LLM_ARGS="--total-timesteps 10 --n-steps 10 --batch 5 --tokens 64 --eval-episodes 0"
 

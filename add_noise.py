@@ -11,6 +11,7 @@ fading (awgn), or raw bit errors (bitflip), with the link's latency reported.
     python add_noise.py --split 4 --dropout 0.1 --json    # one JSON object on stdout
     python add_noise.py --snr-db 12 --modulation 16qam --fading rayleigh        # packet erasures at 12 dB
     python add_noise.py --snr-db 5 --link awgn --fading nakagami --nakagami-m 2
+    python add_noise.py --snr-db 10 --link nr                   # the 5G NR coded link (TBs, LDPC, MCS, HARQ)
     python add_noise.py --generate "The capital of France is" --dropout 0.05
     python add_noise.py --sweep                           # splits 1-10 x 8 p x 8 draws x 4096 tokens -> results/sweep_smollm2-135m.csv
     python add_noise.py --sweep --splits 0-9 --dropouts 0.1,0.3 --snrs 5,10,20 --draws 3 --output results/my.csv
@@ -27,7 +28,7 @@ import os
 import sys
 import time
 
-from layersplit import UserError, cli
+from layersplit import UserError, cli, nr
 from layersplit.channel import add_link_arguments, average_ber, link_config_from_args
 from layersplit.cli import non_negative_int, parse_floats, parse_splits, positive_int, probability, writable_file
 from layersplit.data import EMBEDDED_DATASET
@@ -78,8 +79,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="the original code's defective protocol, for comparison only: 20-token windows every 512 tokens, mean over windows")
     p.add_argument("--link", choices=LINK_MODES,
                    help="what the link does: dropout (the original, --dropout p; default without --snr-db), erasure "
-                        "(packets lost at --snr-db, zero-filled; default with --snr-db), awgn, bitflip (stress test)")
-    add_link_arguments(p.add_argument_group("physical link (with --snr-db)"), snr_db_default=None)
+                        "(uncoded packets lost at --snr-db, zero-filled; default with --snr-db), awgn, bitflip (stress test), "
+                        "nr (5G NR transport blocks, LDPC, MCS, HARQ: layersplit/nr.py)")
+    physical = p.add_argument_group("physical link (with --snr-db)")
+    add_link_arguments(physical, snr_db_default=None)
+    physical.add_argument("--mcs-rule", choices=nr.MCS_RULES, default=nr.MCS_RULE,
+                          help="--link nr: link adaptation: the highest MCS within the 10%% first-transmission BLER "
+                               "target; the best goodput; or reliable: within the target and a residual loss after "
+                               f"HARQ of at most {nr.RESIDUAL_TARGET:g} (layersplit/nr.py)")
     p.add_argument("--protect", type=non_negative_int, default=PROTECT, metavar="K",
                    help="also send each token's K largest-magnitude elements (index and value) over a protected path, "
                         "retransmitted until received, its bits and expected air time counted (beyond the paper)")
@@ -174,11 +181,20 @@ def configure_link(link, args: argparse.Namespace, model, tokens: int) -> dict:
     link.set_withheld(args.withheld_share)
     dims = model_dims(model.config)
     cfg = args.channel
-    report = {"link": args.link, "protect": args.protect, "dropout": link.dropout, "withheld": link.withheld, "element_loss": link.element_loss, **dataclasses.asdict(cfg),
-              "ber": average_ber(cfg.modulation, cfg.snr_db, cfg.fading, cfg.nakagami_m)}
+    report = {"link": args.link, "protect": args.protect, "dropout": link.dropout, "withheld": link.withheld, "element_loss": link.element_loss, **dataclasses.asdict(cfg)}
+    if args.link == "nr":  # the coded link's own set-up replaces the uncoded one's
+        from layersplit import nr
+
+        for key in ("modulation", "fading", "nakagami_m", "elements_per_packet", "header_bits", "bandwidth_hz", "block_fading"):
+            report.pop(key)
+        point = nr.operating_point(cfg.snr_db)
+        report.update({"mcs": point.mcs, "tb_size": point.tb_size, "bler": point.bler, "residual_tb_loss": point.residual,
+                       "transmissions_per_tb": point.transmissions, "goodput_bps": point.goodput_bps})
+    else:
+        report["ber"] = average_ber(cfg.modulation, cfg.snr_db, cfg.fading, cfg.nakagami_m)
     for phase in ("prefill", "decode"):
         times = latency_breakdown(cfg, dims, args.split, tokens, phase=phase, withheld=link.withheld,
-                                  protect=args.protect)
+                                  protect=args.protect, link=args.link)
         report.update({f"{key.removesuffix('_s')}_{phase}_s": value for key, value in times.items()})
     report["tx_latency_prefill_s"], report["tx_latency_decode_s"] = report.pop("tx_prefill_s"), report.pop("tx_decode_s")
     report["latency_tokens"] = tokens
@@ -218,7 +234,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     output = args.output.format(model=args.model.replace("/", "_"))
     store = sweep.ResultsStore(output, {"model": args.model, "dataset": args.dataset, "tokens": len(ids),
                                         "context_length": args.context_length, "stride": args.stride,
-                                        "dtype": dtype, "seed": args.seed}, sweep.link_columns(args.channel))
+                                        "dtype": dtype, "seed": args.seed}, sweep.link_columns(args.channel, args.link))
     cfg = sweep.SweepConfig(splits, args.conditions, args.draws, args.seed, args.context_length, args.stride,
                             args.channel, args.batch_size)
     cells = sum(draws_of(c, args.draws) for c in args.conditions) * len(splits)
@@ -310,10 +326,15 @@ def print_table(r: dict) -> None:
     protected = f", {r['protect']} elements per token protected" if r["protect"] else ""
     print(f"split {r['split']}: {r['layers_on_ue']} layers on the UE, {r['n_layers'] - r['layers_on_ue']} on the edge; "
           f"link {r['link']}, element loss {r['element_loss']:.4g}{protected}; seed {r['seed']}")
-    if r["snr_db"] is not None:
+    if r["snr_db"] is not None and r["link"] == "nr":
+        print(f"channel: Es/N0 {r['snr_db']:g} dB, 5G NR MCS {r['mcs']} (TBs of {r['tb_size']} bits), first-transmission "
+              f"BLER {r['bler']:.3g}, {r['transmissions_per_tb']:.2f} transmissions per TB, residual TB loss "
+              f"{r['residual_tb_loss']:.3g}; goodput {r['goodput_bps'] / 1e6:.3g} Mbit/s")
+    elif r["snr_db"] is not None:
         print(f"channel: Es/N0 {r['snr_db']:g} dB, {r['modulation']}, {r['fading']} fading; packets of "
               f"{r['elements_per_packet']} x {r['bits_per_element']} bits + {r['header_bits']}; "
               f"{r['bandwidth_hz'] / 1e6:g} MHz")
+    if r["snr_db"] is not None:
         print(f"latency of {r['latency_tokens']} tokens at prefill: UE {1e3 * r['ue_compute_prefill_s']:.2f} ms + "
               f"link {1e3 * r['tx_latency_prefill_s']:.2f} ms + edge {1e3 * r['edge_compute_prefill_s']:.2f} ms; "
               f"one decoding step: {1e3 * r['total_decode_s']:.3f} ms")
@@ -336,6 +357,7 @@ def print_table(r: dict) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    nr.MCS_RULE = args.mcs_rule  # the NR link reads its constant at each call
 
     def body() -> int:
         from layersplit.models import keep_freed_memory

@@ -49,7 +49,7 @@ PROMPT = "The capital of France is"  # used when no --prompt is given
 MAX_NEW_TOKENS = 32  # greedy tokens per request (fewer when the model ends the text)
 SPLIT = 4  # 0-based: 5 layers on the UE, the paper's fixed baseline (the rest on the edge)
 WIRE = "fp16"  # activations on the wire: fp32, fp16, bf16, int8 (fp16: the channel's default 16 bits)
-LINK = "erasure"  # none (loss-free), erasure (packets lost at the PER and zero-filled), bitflip (no CRC)
+LINK = "erasure"  # none (loss-free), erasure (packets lost at the PER and zero-filled), bitflip (no CRC), nr (5G NR TBs)
 SEED = 0  # seeds the SNR process and every packet loss (one stream per request)
 # Each token's K largest-magnitude elements also cross a protected path (CRC + retransmission, as in
 # add_noise.py --protect): they always arrive, at the cost of their bits on air. 0: no protected path.
@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dtype of the activations on the wire; int8 adds a float32 scale per token")
     u.add_argument("--link", choices=SERVED_LINKS, default=LINK,
                    help="none: loss-free; erasure: packets lost with the channel's PER and zero-filled by the edge; "
-                        "bitflip: payload bits flipped at the BER, no CRC")
+                        "bitflip: payload bits flipped at the BER, no CRC; nr: 5G NR transport blocks lost with their "
+                        "residual BLER after HARQ (layersplit/nr.py)")
     g = u.add_argument_group("SNR of each request: an AR(1) process in dB, one step per request (the wireless "
                              "environment's, layersplit/channel.py)")
     g.add_argument("--snr-mean", type=float, help=f"stationary mean Es/N0 in dB (default: {SNR_MEAN_DB:g})")
@@ -267,6 +268,11 @@ def describe_link(args: argparse.Namespace) -> str:
     t = args.template
     snr = (f"SNR {args.snr_mean:g} dB" if args.snr_std == 0 else
            f"SNR AR(1) mean {args.snr_mean:g} dB, std {args.snr_std:g} dB, rho {args.snr_rho:g}")
+    if args.link == "nr":
+        from layersplit import nr
+
+        return (f"link nr: 5G NR, {nr.NUM_PRBS} PRBs at {nr.SUBCARRIER_SPACING_KHZ} kHz, TDL-{nr.TDL_PROFILE}, "
+                f"MCS for {nr.TARGET_BLER:g} BLER ({nr.MCS_RULE}), up to {nr.HARQ_MAX_RETX} HARQ retransmissions; {snr}")
     return (f"link {args.link}: {t.modulation}, {t.fading}{f' m={t.nakagami_m:g}' if t.fading == 'nakagami' else ''}, "
             f"packets of {t.elements_per_packet} x {t.bits_per_element} bits + {t.header_bits}, "
             f"{t.bandwidth_hz / 1e6:g} MHz; {snr}")
@@ -275,7 +281,8 @@ def describe_link(args: argparse.Namespace) -> str:
 def print_request(r, sleep_air: bool) -> None:
     """One request's report (serving.ue.RequestReport) as text."""
     loss = ("loss-free" if not math.isfinite(r.snr_db) or r.link == "none" else
-            f"PER {r.packet_error_rate:.4g}" if r.link == "erasure" else f"BER {r.bit_error_rate:.3g}")
+            f"PER {r.packet_error_rate:.4g}" if r.link == "erasure" else
+            f"residual TB loss {r.packet_error_rate:.4g}" if r.link == "nr" else f"BER {r.bit_error_rate:.3g}")
     protected = f"; {r.protect} elements per token protected" if r.protect else ""
     print(f"request {r.request}: split {r.split} ({r.split + 1} layers on the UE, {r.layers_on_edge} on the edge); "
           f"SNR {r.snr_db:.1f} dB, {loss}; {r.wire} on the wire{protected}; {r.prompt_tokens} prompt tokens")

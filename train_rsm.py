@@ -45,6 +45,7 @@ from layersplit.distributed import ADDRESS_HELP
 SWEEP = "results/sweep_smollm2-135m.csv"  # the original link's sweep (p x split): the paper-form RSM
 WIRELESS_SWEEP = "results/sweep_wireless_smollm2-135m.csv"  # SNR x split x withheld: the wireless-form RSM
 PROTECT_SWEEP = "results/sweep_protect_wireless_smollm2-135m.csv"  # ... x K of the protected path: the protect-form RSM
+NR_WIRELESS_SWEEP = "results/sweep_nr_wireless_smollm2-135m.csv"  # the wireless grid over the 5G NR link (--link nr)
 FIT_SEED = 0  # seeds the held-out draw and the initial weights
 # the fit's epochs and held-out shares: surrogate.EPOCHS, HOLDOUT_FRACTION, HOLDOUT_REPEATS; the files it
 # writes: envs.PAPER_RSM, envs.WIRELESS_RSM and envs.PROTECT_RSM, the shipped surrogates the environments load
@@ -91,8 +92,10 @@ def env_kwargs_for(env_id: str, rsm_path: str | None, episode_end: str = envs.EP
 
 # --- fit ----------------------------------------------------------------------------------------
 def cmd_fit(args) -> int:
-    for form, sweep_path, out in (("paper", args.sweep, args.output), ("wireless", args.wireless_sweep, args.wireless_output),
-                                  ("protect", args.protect_sweep, args.protect_output)):
+    for form, sweep_path, out, report in (("paper", args.sweep, args.output, "paper"),
+                                          ("wireless", args.wireless_sweep, args.wireless_output, "wireless"),
+                                          ("protect", args.protect_sweep, args.protect_output, "protect"),
+                                          ("wireless", args.nr_wireless_sweep, args.nr_wireless_output, "wireless_nr")):
         if not sweep_path:
             continue
         start = time.perf_counter()
@@ -101,9 +104,9 @@ def cmd_fit(args) -> int:
         rsm.metadata["fit_seconds"] = time.perf_counter() - start
         rsm.save(out)
         Path(args.results_dir).mkdir(parents=True, exist_ok=True)
-        cells_path = Path(args.results_dir) / f"rsm_fit_{form}.csv"
+        cells_path = Path(args.results_dir) / f"rsm_fit_{report}.csv"
         cells.to_csv(cells_path, index=False)
-        (Path(args.results_dir) / f"rsm_fit_{form}.json").write_text(json.dumps(
+        (Path(args.results_dir) / f"rsm_fit_{report}.json").write_text(json.dumps(
             {"metadata": rsm.metadata, "metrics": rsm.metrics}, indent=2))
         print(surrogate.describe(rsm))
         print(f"  -> {out}; cells and predictions in {cells_path} ({rsm.metadata['fit_seconds']:.1f} s)")
@@ -311,6 +314,10 @@ def parse_args(argv=None):
     f.add_argument("--protect-sweep", default=PROTECT_SWEEP,
                    help="sweep with --snrs/--withheld/--protects for the protect form ('' to skip)")
     f.add_argument("--protect-output", type=writable_file, default=str(envs.PROTECT_RSM), help="protect-form surrogate file")
+    f.add_argument("--nr-wireless-sweep", default=NR_WIRELESS_SWEEP,
+                   help="the wireless grid swept over the 5G NR link (add_noise.py --link nr) for its wireless form ('' to skip)")
+    f.add_argument("--nr-wireless-output", type=writable_file, default=str(envs.WIRELESS_NR_RSM),
+                   help="the NR link's wireless-form surrogate file")
     f.add_argument("--epochs", type=positive_int, default=surrogate.EPOCHS, help="full-batch Adam steps")
     f.add_argument("--holdout", type=open_fraction, default=surrogate.HOLDOUT_FRACTION,
                    help="share of sweep cells held out to measure the fit")

@@ -11,6 +11,7 @@ One module per concept:
     segments    the model run in segments without mutating it; the composition check
     perplexity  sliding-window perplexity and next-token accuracy
     channel     radio physics: SNR -> bit/packet errors -> lost activations; rate; the SNR process
+    nr          the 5G NR coded link (Sionna): TBs, LDPC, MCS, TDL, HARQ; its BLER table and lookups
     compute     FLOPs, device throughputs, latency of a split forward pass
     sweep       the split x channel grid, its fast path and its resumable results file
     cells       a sweep cell pooled over its draws, with its 95% interval over windows x draws

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from . import channel
+from . import channel, nr
 
 # ---- devices (sustained dense fp16 matmul throughput, not peak) --------------------------------
 # Phone-class UE: flagship mobile GPUs/NPUs (e.g. Adreno 740, Apple A17) peak at a few TFLOP/s
@@ -84,6 +84,7 @@ def latency_breakdown(
     edge_flops: float = EDGE_FLOPS,
     withheld: float = 0.0,
     protect: int = 0,
+    link: str = "erasure",
 ) -> dict[str, float]:
     """Seconds spent on the UE, on air and on the edge for one forward pass, run in sequence.
 
@@ -92,6 +93,8 @@ def latency_breakdown(
     one new token with a KV cache of `context_len` - 1 (default: the prompt, context_len = tokens + 1).
     `withheld`: share of the activation the UE deliberately does not send (shortens air time only);
     `protect`: the K elements per token also sent over the protected path (channel.protected_tx_s).
+    `link`: "nr" takes the air time of the 5G NR link at cfg.snr_db (nr.py: TBs, MCS, HARQ); any other
+    mode the uncoded link's (channel.py: packets at the ergodic capacity).
     Compute time is FLOPs over sustained throughput; decode is memory-bound in practice, so it is a
     lower bound there.
     """
@@ -107,8 +110,13 @@ def latency_breakdown(
     layer = decoder_layer_flops(*dims, tokens=new, context_len=context)
     ue = (split + 1) * layer / ue_flops
     edge = ((model.n_layers - split - 1) * layer + lm_head_flops(model.hidden_size, model.vocab_size, new)) / edge_flops
-    tx = channel.tx_latency_s(cfg, new, model.hidden_size, withheld)
-    tx += channel.protected_tx_s(cfg, new, protect, model.hidden_size) if protect else 0.0
+    if link == "nr":
+        if protect:
+            raise ValueError("the protected path is not modelled on the NR link")
+        tx = nr.tx_latency_s(cfg.snr_db, new, model.hidden_size, cfg.bits_per_element, withheld)
+    else:
+        tx = channel.tx_latency_s(cfg, new, model.hidden_size, withheld)
+        tx += channel.protected_tx_s(cfg, new, protect, model.hidden_size) if protect else 0.0
     return {"ue_compute_s": ue, "tx_s": tx, "edge_compute_s": edge, "total_s": ue + tx + edge}
 
 

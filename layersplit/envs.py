@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAPER_RSM = ROOT / "reward_predictor.pth"  # the shipped paper-form surrogate (embedded model)
 WIRELESS_RSM = ROOT / "reward_predictor_wireless.pth"  # the shipped wireless-form surrogate
 PROTECT_RSM = ROOT / "reward_predictor_protect.pth"  # the shipped protect-form surrogate (K an input too)
+WIRELESS_NR_RSM = ROOT / "reward_predictor_wireless_nr.pth"  # the wireless form fitted over the 5G NR link (--link nr)
 P_MAX = 0.3  # element loss probabilities live in [0, P_MAX] (the original's clip)
 EPISODE_STEPS = 5  # the original's episodes: 5 decisions
 SPLIT_MIN, SPLIT_MAX = 1, 10  # the original's split values

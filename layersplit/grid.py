@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 from . import UserError
 
-LINK_MODES = ("dropout", "erasure", "awgn", "bitflip")  # the original's direct p, then the physical links
+LINK_MODES = ("dropout", "erasure", "awgn", "bitflip", "nr")  # the original's direct p, then the physical links
 # serve.py's simulated uplink: loss-free, or the physical links that act on packets and bits (awgn acts
 # on values, and withholding would need the edge to know which elements are missing)
-SERVED_LINKS = ("none", "erasure", "bitflip")
+SERVED_LINKS = ("none", "erasure", "bitflip", "nr")
 PAPER_DROPOUTS = (0.02, 0.06, 0.10, 0.14, 0.18, 0.22, 0.26, 0.30)  # the original's grid of p
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from transformers import LlamaForCausalLM
 
-from . import UserError, channel, uplink, wire
+from . import UserError, channel, nr, uplink, wire
 from .models import find_decoder_layers
 
 DELAY_RANGE_S = (0.005, 0.01)  # the original's per-transfer delay, U(5 ms, 10 ms), used when no channel is set
@@ -142,7 +142,9 @@ class SplitLink:
         tokens = hidden.numel() // hidden.shape[-1]
         hidden, impaired, sent = uplink.impair(hidden, self.impairment, self.generator)
         k = self.impairment.protect
-        if self.channel is not None:
+        if self.mode == "nr":  # whole TBs, every HARQ transmission counted
+            bits, delay = nr.transfer(self.channel.snr_db, sent, self.channel.bits_per_element)
+        elif self.channel is not None:
             bits = wire.n_packets(sent, self.channel.elements_per_packet) * self.channel.bits_per_packet
             delay = bits / channel.achievable_rate_bps(self.channel)
             if k:  # the protected path: expected bits and air time, retransmissions included

@@ -81,7 +81,7 @@ class ResultsStore:
                                     "use another --output")
                 self.rows = list(reader)
             self._check_rows()
-            first_physical = [r for r in self.rows if r["link"] != "dropout"][:1]
+            first_physical = [r for r in self.rows if r["link"] not in ("dropout", "nr")][:1]
             for row, wanted in [(r, self.run_config) for r in self.rows[:1]] + [(r, link_config) for r in first_physical]:
                 differs = {k: (row[k], v) for k, v in wanted.items() if row[k] != v}
                 if differs:
@@ -213,12 +213,12 @@ def _rows(cfg: SweepConfig, split: int, totals: CellTotals, pending, dims) -> li
         physical = cond.link != "dropout"
         # compute times do not depend on the channel; the direct-p link has no air time to report
         times = compute.latency_breakdown(link.channel or cfg.link_template, dims, split, cfg.context_length,
-                                          withheld=cond.withheld, protect=cond.protect)
+                                          withheld=cond.withheld, protect=cond.protect, link=cond.link)
         row = {
             "split": split, "layers_on_ue": split + 1, "link": cond.link,
             "snr_db": cond.snr_db if physical else "", "dropout": link.loss, "withheld": cond.withheld,
             "protect": cond.protect, "draw": d,
-            **{k: (v if physical else "") for k, v in link_columns(cfg.link_template).items()},
+            **link_columns(cfg.link_template, cond.link),
             "nll": nll, "ppl": math.exp(nll) if math.isfinite(nll) else float("nan"),
             "token_accuracy": int(totals.correct[c, d]) / tokens if tokens else float("nan"),
             "scored_tokens": tokens, "nonfinite_windows": int(totals.nonfinite[c, d]),
@@ -226,15 +226,22 @@ def _rows(cfg: SweepConfig, split: int, totals: CellTotals, pending, dims) -> li
             "ue_compute_s": times["ue_compute_s"], "edge_compute_s": times["edge_compute_s"],
             "tx_s": times["tx_s"] if physical else "", "total_s": times["total_s"] if physical else "",
             "tx_decode_s": compute.latency_breakdown(link.channel, dims, split, cfg.context_length, phase="decode",
-                                                     withheld=cond.withheld, protect=cond.protect)["tx_s"]
+                                                     withheld=cond.withheld, protect=cond.protect,
+                                                     link=cond.link)["tx_s"]
                            if physical else "",
         }
         rows.append(row)
     return rows
 
 
-def link_columns(template: channel.LinkConfig) -> dict:
-    """The LINK_COLUMNS values of physical-link rows made with `template`, as written in the CSV."""
+def link_columns(template: channel.LinkConfig, link: str = "erasure") -> dict:
+    """The LINK_COLUMNS values of rows of `link` made with `template`, as written in the CSV: the uncoded
+    link's set-up for its modes; for nr only the bits per element (its set-up is nr.py's and its table's);
+    none for the direct p."""
+    if link == "dropout":
+        return {k: "" for k in LINK_COLUMNS}
+    if link == "nr":
+        return {k: (template.bits_per_element if k == "bits_per_element" else "") for k in LINK_COLUMNS}
     return {k: v for k, v in asdict(template).items() if k in LINK_COLUMNS}
 
 

@@ -10,6 +10,8 @@ Modes (grid.LINK_MODES):
     erasure  each packet of k elements lost with the channel's packet error rate (failed CRC)
     awgn     y + n / |h| on power-normalised activations: one fade per packet, zero-forcing
     bitflip  raw bit errors on the wire format's bytes, no CRC (a stress test)
+    nr       5G NR transport blocks (nr.py): each TB of the activation lost with its residual BLER after
+             HARQ at the MCS link adaptation picks (erasure with TBs for packets)
 On top of any mode the UE may withhold a share of the elements (not sent; the edge zero-fills
 them); with dropout and erasure the packets are then filled with the elements that are sent.
 
@@ -29,7 +31,7 @@ import numpy as np
 import torch
 from scipy import special
 
-from . import UserError, channel, wire
+from . import UserError, channel, nr, wire
 from .grid import LINK_MODES, validate_probability
 
 
@@ -46,6 +48,8 @@ class Impairment:
 
     @property
     def elements_per_packet(self) -> int:
+        if self.mode == "nr":  # a TB: its size follows the MCS at this SNR
+            return nr.elements_per_tb(nr.operating_point(self.channel.snr_db), self.channel.bits_per_element)
         return self.channel.elements_per_packet if self.channel else 1
 
     @property
@@ -63,6 +67,8 @@ class Impairment:
     def protecting(self, k: int) -> "Impairment":
         if isinstance(k, bool) or int(k) != k or k < 0:
             raise UserError(f"--protect {k!r}: give a number of elements per token >= 0")
+        if k and self.mode == "nr":
+            raise UserError("--protect is not modelled on the NR link (--link nr) yet: use --link erasure")
         return replace(self, protect=int(k))
 
 
@@ -78,6 +84,8 @@ def physical(cfg: channel.LinkConfig, mode: str = "erasure", withheld: float = 0
     if mode == "bitflip" and cfg.bits_per_element not in wire.BITFLIP_WIRE:
         raise UserError(f"bitflip flips the bits of float16 or float32: use 16 or 32 bits per element, "
                         f"not {cfg.bits_per_element}")
+    if mode == "nr":
+        return Impairment(mode, loss=nr.operating_point(cfg.snr_db).residual, channel=cfg).withholding(withheld)
     loss = channel.packet_error_rate(cfg) if mode == "erasure" else 0.0
     ber = channel.average_ber(cfg.modulation, cfg.snr_db, cfg.fading, cfg.nakagami_m) if mode == "bitflip" else 0.0
     return Impairment(mode, loss=loss, ber=ber, channel=cfg).withholding(withheld)
@@ -111,7 +119,7 @@ def impair(hidden: torch.Tensor, imp: Impairment, gen: torch.Generator) -> tuple
 def _impair(hidden: torch.Tensor, imp: Impairment, gen: torch.Generator) -> tuple[torch.Tensor, int, int]:
     n = hidden.numel()
     impaired, sent, k = 0, n, imp.elements_per_packet
-    if imp.mode in ("dropout", "erasure") and (imp.loss > 0.0 or imp.withheld > 0.0):
+    if imp.mode in ("dropout", "erasure", "nr") and (imp.loss > 0.0 or imp.withheld > 0.0):
         lost, sent = lost_elements(n, k, imp.loss, imp.withheld, gen)
         lost = lost.view(hidden.shape).to(hidden.device)
         hidden = hidden.masked_fill(lost, 0.0)

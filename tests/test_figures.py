@@ -126,6 +126,22 @@ def write_results(folder: Path) -> Path:
     write_csv(folder / "rl_protect_ppo_policy.csv",
               [{**r, "condition": "snr_db", "value": 10 + r["value"] * 100, "withheld": 0.0, "protect": 4 * (r["value"] < 0.05)}
                for r in policy])
+    bler = []  # the NR link's table: two MCSs, each curve from all lost to none
+    for mcs, tbs, shift in ((3, 3624, 0.0), (15, 17424, 10.0)):
+        for snr, b, n in ((-4.0, 1.0, 32), (0.0, 0.5, 100), (4.0, 0.05, 100), (8.0, 0.0, 100)):
+            bler.append({"mcs": mcs, "modulation_order": 2 if mcs == 3 else 4, "code_rate": 0.25 if mcs == 3 else 0.6,
+                         "tb_size": tbs, "num_cb": 1, "snr_db": snr + shift, "slots": n, "errors": round(b * n),
+                         "bler": b, "bler_low": max(b - 0.1, 0), "bler_high": min(b + 0.1, 1), "channel": "tdl",
+                         "tdl_profile": "C", "delay_spread_s": 1e-7, "ue_speed_mps": 0.83, "receiver": "ls",
+                         "num_prbs": 51, "subcarrier_spacing_khz": 30, "seed": 0})
+    write_csv(folder / figures.NR_BLER_FILE, bler)
+    nr_rows = []
+    for split in SPLITS:
+        nr_rows.append(sweep_row(split, "dropout", "", 0.0, 0, CLEAN_PPL))
+        for snr in (-5.0, *SNR_GRID):
+            loss = min(1.0, 0.3 / 10 ** ((snr + 5) / 5))
+            nr_rows.append(sweep_row(split, "nr", snr, loss, 0, CLEAN_PPL * (1 + 100 * loss)))
+    write_csv(folder / figures.NR_SNR_FILE, nr_rows)
     (folder / "rl_llm_cost.json").write_text(json.dumps(  # make reproduce's cost run; rl_llm_ppo.json: make llm
         {"model": "tiny", "tokens_per_step": 64, "seconds_per_step": 0.5, "timesteps": 20, "wall_s": 10.0}))
     return folder
@@ -142,6 +158,8 @@ FILES = {
     "policy": ["rl_paper_ppo_policy.csv"],
     "cost": ["rl_llm_cost.json", "rl_paper_ppo.json"],
     "protect": [figures.PROTECT_SNR_FILE, figures.PROTECT_P_FILE],
+    "nr_bler": [figures.NR_BLER_FILE],
+    "nr_snr": [figures.NR_SNR_FILE, figures.NR_ERASURE_FILE],
 }
 
 
@@ -181,12 +199,12 @@ def test_every_figure_as_a_user_draws_it(results, tmp_path):
 
 
 def test_a_missing_file_is_named_and_the_others_are_drawn(results, tmp_path, capsys, low_dpi):
-    file = results / figures.SNR_FILE.format(modulation="qpsk")
+    file = results / figures.SNR_FILE.format(modulation="16qam")  # qpsk's feeds nr_snr too
     file.unlink()
     out = tmp_path / "figures"
     assert figures.main(["--results-dir", str(results), "--figures-dir", str(out)]) == 1
     err = capsys.readouterr().err
-    assert f"snr: missing {file} (make it with: python add_noise.py --sweep --link erasure --modulation qpsk" in err
+    assert f"snr: missing {file} (make it with: python add_noise.py --sweep --link erasure --modulation 16qam" in err
     assert "1 figure(s) failed: snr" in err
     assert not (out / "snr.png").exists() and not (out / "snr.pdf").exists()
     assert_drawn(out, [n for n in figures.FIGURES if n != "snr"])
@@ -235,6 +253,9 @@ MALFORMED = [  # (figure, file, how it is broken, what the message must say)
     ("protect", figures.PROTECT_P_FILE, lambda p: drop_column(p, "protect"), "no column(s) protect"),
     ("protect", figures.PROTECT_SNR_FILE, lambda p: set_value(p, 3, "snr_db", "loud"), "column snr_db: 'loud'"),
     ("cost", "rl_paper_ppo.json", lambda p: p.write_text("not json"), "JSONDecodeError"),
+    ("nr_bler", figures.NR_BLER_FILE, lambda p: set_value(p, 4, "errors", "3"), "the curve of MCS 3 stops at 8"),
+    ("nr_bler", figures.NR_BLER_FILE, lambda p: drop_column(p, "bler_high"), "no column(s) bler_high"),
+    ("nr_snr", figures.NR_SNR_FILE, lambda p: drop_column(p, "ppl"), "no column(s) ppl"),
 ]
 
 

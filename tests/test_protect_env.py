@@ -143,7 +143,7 @@ def test_train_rsm_fits_and_trains_the_protect_env_from_the_command_line(tmp_pat
     from conftest import run_script
 
     sweep = write_protect_sweep(tmp_path / "sweep.csv")
-    fit = run_script("train_rsm.py", "fit", "--sweep", "", "--wireless-sweep", "", "--protect-sweep", str(sweep),
+    fit = run_script("train_rsm.py", "fit", "--sweep", "", "--wireless-sweep", "", "--nr-wireless-sweep", "", "--protect-sweep", str(sweep),
                      "--protect-output", str(tmp_path / "p.pth"), "--epochs", "300", "--holdout-repeats", "0",
                      "--results-dir", str(tmp_path / "res"))
     assert fit.returncode == 0, fit.stderr
@@ -160,7 +160,7 @@ def test_train_rsm_fits_and_trains_the_protect_env_from_the_command_line(tmp_pat
     # a sweep without K cannot make a protect-form surrogate
     (tmp_path / "flat.csv").write_text("\n".join(l for i, l in enumerate(sweep.read_text().splitlines())
                                                  if i == 0 or l.split(",")[7] == "0") + "\n")
-    flat = run_script("train_rsm.py", "fit", "--sweep", "", "--wireless-sweep", "", "--protect-sweep",
+    flat = run_script("train_rsm.py", "fit", "--sweep", "", "--wireless-sweep", "", "--nr-wireless-sweep", "", "--protect-sweep",
                       str(tmp_path / "flat.csv"), "--protect-output", str(tmp_path / "q.pth"), "--results-dir", str(tmp_path))
     assert flat.returncode == 2 and "one protection level only" in flat.stderr
 

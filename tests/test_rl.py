@@ -500,7 +500,8 @@ def test_train_rsm_fit_train_evaluate_smoke(tmp_path):
 
     write_sweep(tmp_path / "sweep.csv")
     fit = run_script("train_rsm.py", "fit", "--sweep", str(tmp_path / "sweep.csv"), "--wireless-sweep", "",
-                     "--protect-sweep", "", "--output", str(tmp_path / "rsm.pth"), "--epochs", "300", "--holdout-repeats", "2",
+                     "--protect-sweep", "", "--nr-wireless-sweep", "", "--output", str(tmp_path / "rsm.pth"), "--epochs", "300",
+                     "--holdout-repeats", "2",
                      "--results-dir", str(tmp_path / "res"))
     assert fit.returncode == 0, fit.stderr
     assert "held-out, fitted without them (8 cells)" in fit.stdout and (tmp_path / "res" / "rsm_fit_paper.csv").exists()

@@ -269,28 +269,35 @@ def test_packet_losses_are_counted_by_the_edge_and_reproducible(start_edge, spli
     assert clean.packets_lost == 0 and a.uplink_bytes_prefill < clean.uplink_bytes_prefill
 
 
-@pytest.mark.parametrize("protect", [0, 4])
+def nr_snr_with_losses() -> float:
+    """An Es/N0 where the NR link loses some TBs and delivers others (from the committed BLER table)."""
+    from layersplit import nr
+
+    return next(float(s) for s in np.arange(-10.0, 20.0, 0.5) if 0.2 < nr.operating_point(float(s)).residual < 0.8)
+
+
+@pytest.mark.parametrize("link,protect", [("erasure", 0), ("erasure", 4), ("nr", 0)])
 def test_add_noise_and_serve_impair_the_same_elements(start_edge, split_model, tokenizer, tiny_model_dir,
-                                                     monkeypatch, capsys, protect):
+                                                     monkeypatch, capsys, link, protect):
     """One impairment engine, one seeding scheme: at the same seed, SNR, link and prompt, the split hook of
     add_noise.py --generate and serve.py's uplink lose the same elements at every step, and with
-    --protect K both keep the same K elements of each token."""
+    --protect K both keep the same K elements of each token. nr: whole TBs, sized by the MCS at that SNR."""
     import add_noise
     from layersplit.link import SplitLink
     from layersplit.serving import edge
 
-    seed, snr_db, k, split, steps = 7, 12.0, 8, 1, 4
+    seed, snr_db, k, split, steps = 7, 12.0 if link == "erasure" else nr_snr_with_losses(), 8, 1, 4
     hook_lost, real_transmit = [], SplitLink.transmit
 
     def record_hook(self, hidden):
         received = real_transmit(self, hidden)
-        if self.mode == "erasure":  # not the clean reference generation
+        if self.mode == link:  # not the clean reference generation
             hook_lost.append((received == 0).flatten())
         return received
 
     monkeypatch.setattr(SplitLink, "transmit", record_hook)
     assert add_noise.main(["--model", str(tiny_model_dir), "--generate", PROMPT, "--split", str(split), "--snr-db",
-                           str(snr_db), "--elements-per-packet", str(k), "--seed", str(seed),
+                           str(snr_db), "--elements-per-packet", str(k), "--seed", str(seed), "--link", link,
                            "--max-new-tokens", str(steps), "--protect", str(protect), "--json"]) == 0
     capsys.readouterr()
     edge_lost, real_decode = [], edge.decode
@@ -302,7 +309,7 @@ def test_add_noise_and_serve_impair_the_same_elements(start_edge, split_model, t
 
     monkeypatch.setattr(edge, "decode", record_edge)
     server = start_edge()
-    uplink = Uplink("erasure", channel.LinkConfig(elements_per_packet=k), seed=seed)
+    uplink = Uplink(link, channel.LinkConfig(elements_per_packet=k), seed=seed)
     with UEClient(split_model, tokenizer, server.address, split=split, wire="fp16", uplink=uplink,
                   snr=channel.SnrProcess(snr_db, 0.0, 0.0), protect=protect) as ue:
         report = ue.generate(PROMPT, steps)
@@ -313,6 +320,12 @@ def test_add_noise_and_serve_impair_the_same_elements(start_edge, split_model, t
     zeroed = int(sum(m.sum() for m in edge_lost))
     if protect:  # protected elements of lost packets arrive all the same
         assert 0 < zeroed < report.packets_lost * k
+    elif link == "nr":  # packets are TBs of the MCS at this SNR, the last of each transfer partly filled
+        from layersplit import nr
+
+        per_tb = nr.elements_per_tb(nr.operating_point(snr_db), 16)
+        assert report.packets == sum(math.ceil(m.numel() / per_tb) for m in edge_lost)
+        assert 0 < report.packets_lost < report.packets and 0 < zeroed <= report.packets_lost * per_tb
     else:
         assert 0 < zeroed == report.packets_lost * k
 

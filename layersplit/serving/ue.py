@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from .. import UserError, channel
+from .. import UserError, channel, nr
 from ..grid import SERVED_LINKS
 from ..uplink import flip_bits, generator, lost_packets, protected, stream_seed
 from ..wire import WIRE_FORMATS, encode, n_packets, wire_bits
@@ -55,13 +55,23 @@ class Uplink:
             raise UserError(str(e)) from e
 
     def loss(self, snr_db: float, wire: str) -> tuple[float, float]:
-        """(packet error rate, bit error rate) at this SNR; (0, 0) when loss-free."""
+        """(packet error rate, bit error rate) at this SNR; (0, 0) when loss-free. nr: the packets are
+        transport blocks, lost with their residual BLER after HARQ (nr.py)."""
         cfg = self.config(snr_db, wire)
         if cfg is None:
             return 0.0, 0.0
+        if self.mode == "nr":
+            return nr.operating_point(cfg.snr_db).residual, 0.0
         if self.mode == "erasure":
             return channel.packet_error_rate(cfg), 0.0
         return 0.0, channel.average_ber(cfg.modulation, cfg.snr_db, cfg.fading, cfg.nakagami_m)
+
+    def packet_elements(self, snr_db: float, wire: str) -> int:
+        """Elements per packet at this SNR: the template's, or for nr a TB's at the MCS chosen for it."""
+        cfg = self.config(snr_db, wire)
+        if self.mode == "nr" and cfg is not None:
+            return nr.elements_per_tb(nr.operating_point(cfg.snr_db), cfg.bits_per_element)
+        return self.template.elements_per_packet
 
     def stream(self, request: int) -> torch.Generator:
         """The random stream of request `request`; its steps draw from it in order."""
@@ -75,7 +85,7 @@ class Uplink:
         per, ber = self.loss(snr_db, wire) if loss is None else loss
         if per == 0.0 and ber == 0.0:
             return np.arange(total), 0
-        if self.mode == "erasure":
+        if self.mode in ("erasure", "nr"):
             return np.flatnonzero(~lost_packets(total, per, gen).numpy()), 0
         return np.arange(total), len(flip_bits(data, ber, gen))
 
@@ -86,6 +96,9 @@ class Uplink:
         cfg = self.config(snr_db, wire)
         if cfg is None:
             return 0, 0.0
+        if self.mode == "nr":  # whole TBs, every HARQ transmission; int8's scales fill TBs too
+            scales = math.ceil(32 * tokens / cfg.bits_per_element) if wire == "int8" else 0
+            return nr.transfer(cfg.snr_db, tokens * hidden_size + scales, cfg.bits_per_element)
         bits = channel.payload_bits(cfg, tokens, hidden_size) + (32 * tokens if wire == "int8" else 0)
         extra_bits, extra_s = self.protected_air(snr_db, wire, tokens, hidden_size, protect)
         return bits + extra_bits, bits / channel.achievable_rate_bps(cfg) + extra_s
@@ -199,6 +212,8 @@ class UEClient:
         d = self.split_model.hidden_size
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k <= d:
             raise UserError(f"--protect {k!r}: give a number of elements per token from 0 to {d} (the model's hidden size)")
+        if k and self.uplink.mode == "nr":
+            raise UserError("--protect is not modelled on the NR link (--link nr) yet: use --link erasure")
         return int(k)
 
     # --- connection ---
@@ -284,7 +299,7 @@ class UEClient:
         ids = self.tokenizer(prompt, return_tensors="pt").input_ids
         if ids.shape[1] == 0:
             raise UserError("the prompt is empty after tokenisation")
-        k = self.uplink.template.elements_per_packet
+        k = self.uplink.packet_elements(snr_db, self.wire)
         d, wire = self.split_model.hidden_size, self.wire
         packet_bytes = k * WIRE_FORMATS[wire][0]
         stream = self.uplink.stream(request)
