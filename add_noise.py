@@ -132,6 +132,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--verify checks a sweep: give --sweep")
     if args.ray and (not args.sweep or args.naive):
         p.error("--ray runs the sweep's fast path: give --sweep, without --naive")
+    if args.ray and args.mcs_rule != nr.MCS_RULE:  # the workers read nr.py's constant, not this process's
+        p.error(f"--mcs-rule {args.mcs_rule} does not reach Ray's workers yet: run this sweep without --ray, "
+                f"or set MCS_RULE in layersplit/nr.py")
     if args.sweep:
         if args.verify and os.path.abspath(args.verify) == os.path.abspath(args.output.format(model=args.model.replace('/', '_'))):
             p.error("--verify needs a results file other than --output")

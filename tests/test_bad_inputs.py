@@ -93,6 +93,8 @@ def cases():
         ("sweep-output-unknown-link", "add_noise.py", tiny + ["--sweep", "--splits", "1-2", "--output", "{bad}/unknown-link.csv"], "link 'carrier-pigeon' is not one of"),
         ("sweep-output-unwritable", "add_noise.py", tiny + ["--sweep", "--output", f"{NO_DIR}/s.csv"], "cannot write there"),
         ("unknown-dataset", "add_noise.py", ["--model", "{model}", "--split", "1", "--dataset", "no-such-corpus"], "unknown dataset 'no-such-corpus'"),
+        ("mcs-rule-on-ray", "add_noise.py", ["--sweep", "--link", "nr", "--snrs", "5", "--mcs-rule", "reliable", "--ray", "local"],
+         "does not reach Ray's workers"),
         # train_rsm.py fit
         ("fit-epochs-negative", "train_rsm.py", ["fit", "--epochs", "-1", "--wireless-sweep", "", "--output", "{tmp}/x.pth"], "-1 must be an integer >= 1"),
         ("fit-holdout-above-1", "train_rsm.py", ["fit", "--holdout", "1.5", "--output", "{tmp}/x.pth"], "strictly between 0 and 1"),
