@@ -139,7 +139,9 @@ def add_run_arguments(p, model: str | None = None, seed: int | None = None, seed
     """--model (when `model` is given), --device, --dtype, and --seed (when `seed` is given)."""
     if model is not None:
         p.add_argument("--model", default=model,
-                       help="the embedded SmolLM2-135M (smollm2-135m), a local folder, or a Hugging Face id")
+                       help="the embedded SmolLM2-135M (smollm2-135m), a local folder, a Hugging Face id, or "
+                            "random:SHAPE (llama-2-7b, llama-2-13b, mistral-7b, smollm2-135m: random weights, "
+                            "for timing only)")
     p.add_argument("--device", default=device, help="auto, cpu, cuda, cuda:N")
     p.add_argument("--dtype", default=dtype, choices=("auto", *DTYPES),
                    help="model dtype: auto is float32 on a CPU, bfloat16 (or float16) on CUDA")

@@ -37,6 +37,23 @@ HUB_PROBE_TIMEOUT_S = 3  # how long to wait for a Hugging Face hub before callin
 # Where decoder layers live in common architectures; other models are found by a scan (find_decoder_layers).
 DECODER_LAYER_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers", "transformer.blocks")
 
+# --model random:SHAPE: a random-weight model of a published architecture, built on the device in seconds with the
+# embedded tokenizer (vocabulary 49,152), to time the paper's shapes where their weights are absent. Its quality
+# figures mean nothing: loading one says so on stderr, and its name (the model column of every result) says so too.
+RANDOM_PREFIX = "random:"
+RANDOM_SEED = 0  # seeds the random weights: the same stand-in every time
+RANDOM_SHAPES = {  # shape -> (transformers model type, the published config.json values that set the FLOPs and bytes)
+    "smollm2-135m": ("llama", dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                                   num_key_value_heads=3, max_position_embeddings=8192, rope_theta=100000.0,
+                                   rms_norm_eps=1e-5, tie_word_embeddings=True)),
+    "llama-2-7b": ("llama", dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                                 num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-5)),
+    "llama-2-13b": ("llama", dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
+                                  num_key_value_heads=40, max_position_embeddings=4096, rms_norm_eps=1e-5)),
+    "mistral-7b": ("mistral", dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                                   num_key_value_heads=8, max_position_embeddings=32768, rope_theta=1000000.0,
+                                   rms_norm_eps=1e-5, sliding_window=None)),  # v0.2 and later: no sliding window
+}
 DTYPES = ("float32", "bfloat16", "float16")  # --dtype names of torch dtypes (torch loads with the model, not before)
 
 
@@ -252,6 +269,38 @@ def _from_pretrained(source: str | Path, dtype: torch.dtype, device: torch.devic
     return model, tokenizer
 
 
+def random_config(shape: str, vocab_size: int):
+    """The transformers config of a RANDOM_SHAPES architecture with `vocab_size` tokens."""
+    from transformers import AutoConfig
+
+    if shape not in RANDOM_SHAPES:
+        raise UserError(f"--model {RANDOM_PREFIX}{shape}: no such shape; use one of "
+                        f"{', '.join(RANDOM_PREFIX + s for s in RANDOM_SHAPES)}")
+    kind, arch = RANDOM_SHAPES[shape]
+    return AutoConfig.for_model(kind, vocab_size=vocab_size, **arch)
+
+
+def _random_model(shape: str, dtype: torch.dtype, device: torch.device):
+    """A RANDOM_SHAPES architecture with seeded random weights, built on `device` in `dtype`, and the embedded
+    tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = embedded_gguf_path()
+    folder = embedded_cache_dir(gguf)
+    if not _cache_is_complete(folder, gguf):
+        convert_embedded(gguf, folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    config = random_config(shape, len(tokenizer))
+    torch.manual_seed(RANDOM_SEED)
+    with torch.device(device):  # initialised where it runs: a 7B shape never passes through host memory
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.config.name_or_path = RANDOM_PREFIX + shape
+    print(f"[layersplit] {RANDOM_PREFIX}{shape}: random weights in {shape}'s architecture, for timing only; "
+          "its perplexity and accuracy mean nothing", file=sys.stderr)
+    return model, tokenizer
+
+
 def _hub_unreachable(repo_id: str) -> str | None:
     """Why no Hugging Face hub can be asked about `repo_id`, or None when one answers.
 
@@ -286,8 +335,8 @@ def _in_hf_cache(repo_id: str) -> bool:
 def load_model(name: str = EMBEDDED_MODEL, device: str = "auto", dtype: str = "auto", device_map: str | None = None):
     """Return (model, tokenizer) in eval mode.
 
-    `name` is the embedded default, a local folder, or a Hugging Face id (from the local HF cache,
-    or downloaded where a hub is reachable). `device_map="auto"` shards a large model over GPUs
+    `name` is the embedded default, a local folder, a Hugging Face id (from the local HF cache,
+    or downloaded where a hub is reachable), or random:SHAPE (RANDOM_SHAPES, random weights, timing only). `device_map="auto"` shards a large model over GPUs
     (the default when more than one GPU is visible).
     """
     import torch
@@ -296,7 +345,9 @@ def load_model(name: str = EMBEDDED_MODEL, device: str = "auto", dtype: str = "a
     if device_map is None and dev.type == "cuda" and device in ("auto", "cuda") and torch.cuda.device_count() > 1:
         device_map = "auto"
     torch_dtype = resolve_dtype(dtype, dev)
-    if name == EMBEDDED_MODEL:
+    if name.startswith(RANDOM_PREFIX):
+        model, tokenizer = _random_model(name.removeprefix(RANDOM_PREFIX), torch_dtype, dev)
+    elif name == EMBEDDED_MODEL:
         gguf = embedded_gguf_path()
         folder = embedded_cache_dir(gguf)
         if not _cache_is_complete(folder, gguf):

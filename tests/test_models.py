@@ -5,6 +5,7 @@ tested in seconds; tests/test_real_model.py loads the real thing.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -100,3 +101,48 @@ def test_local_folder_loads(tiny_model_dir):
     model, tokenizer = models.load_model(str(tiny_model_dir), device="cpu", dtype="bfloat16")
     assert next(model.parameters()).dtype == torch.bfloat16 and not model.training
     assert len(tokenizer("the edge server").input_ids) > 0
+
+
+# --- random:SHAPE, the shape stand-ins for timing where the weights are absent ----------------------------
+# The published parameter counts of each architecture at its own vocabulary (SmolLM2's is the embedded one).
+PUBLISHED_PARAMETERS = {"smollm2-135m": (49152, 134_515_008), "llama-2-7b": (32000, 6_738_415_616),
+                        "llama-2-13b": (32000, 13_015_864_320), "mistral-7b": (32000, 7_241_732_096)}
+
+
+@pytest.mark.parametrize("shape", list(models.RANDOM_SHAPES))
+def test_random_shapes_have_the_published_parameter_counts(shape):
+    from transformers import AutoModelForCausalLM
+
+    vocab, parameters = PUBLISHED_PARAMETERS[shape]
+    with torch.device("meta"):  # no memory: only the shapes
+        model = AutoModelForCausalLM.from_config(models.random_config(shape, vocab))
+    assert sum(p.numel() for p in model.parameters()) == parameters
+
+
+def test_a_random_stand_in_is_built_seeded_labelled_and_splittable(fake_conversion, capsys):
+    from layersplit import compute
+
+    model, tokenizer = models.load_model("random:smollm2-135m")
+    assert "random weights" in capsys.readouterr().err  # its quality figures mean nothing, and it says so
+    assert model.config.name_or_path == "random:smollm2-135m"
+    dims = compute.model_dims(model.config)
+    assert dims == compute.SMOLLM2_135M.__class__(**{**compute.SMOLLM2_135M.__dict__, "vocab_size": len(tokenizer)})
+    assert len(models.find_decoder_layers(model)) == 30
+    again, _ = models.load_model("random:smollm2-135m")
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters()))  # the same stand-in
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([tokenizer("the uplink").input_ids])).logits
+    assert torch.isfinite(logits).all()
+    with pytest.raises(UserError, match="random:llama-2-7b"):
+        models.load_model("random:llama-3-405b")
+
+
+@pytest.mark.real_model
+def test_add_noise_runs_on_a_random_stand_in_and_labels_it():
+    from conftest import run_script
+
+    out = run_script("add_noise.py", "--model", "random:smollm2-135m", "--max-tokens", "64", "--context-length", "32",
+                     "--stride", "32", "--json")
+    assert out.returncode == 0, out.stderr
+    assert "random weights" in out.stderr and "mean nothing" in out.stderr
+    assert json.loads(out.stdout)["model"] == "random:smollm2-135m"
