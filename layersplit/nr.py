@@ -491,12 +491,18 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    mcs_list = [int(m) for m in cli.parse_floats(args.mcs, "--mcs")]
-    snr_list = cli.parse_floats(args.snrs, "--snrs")
+    try:  # bad lists are refused here, before any Monte Carlo starts
+        mcs_list = cli.parse_floats(args.mcs, "--mcs")
+        snr_list = cli.parse_floats(args.snrs, "--snrs")
+    except UserError as e:
+        parser.error(str(e))
+    if any(m != int(m) for m in mcs_list):
+        parser.error(f"--mcs {args.mcs!r}: MCS indices are integers")
+    mcs_list = [int(m) for m in mcs_list]
     try:
         cases = [(int(a), float(b)) for a, b in (c.split(":") for c in args.check.split(","))] if args.check else []
     except ValueError:
-        parser.error(f"--check {args.check!r}: give MCS:SNR pairs, e.g. 15:10,3:0")
+        parser.error(f"--check {args.check!r}: give MCS:SNR pairs, e.g. 14:10,3:0")
 
     def body() -> int:
         if args.table:

@@ -253,7 +253,13 @@ def test_add_noise_and_the_nr_cli(tiny_model_dir, sample_txt, tmp_path):
     assert out.returncode == 0, out.stderr
     rows = list(csv.DictReader(open(table)))
     assert len(rows) == 2 * 3 * (30 + 32)
-    assert run_script("-m", "layersplit.nr", "--check", "3:x").returncode == 2
+    for bad, message in ((["--check", "3:x"], "give MCS:SNR pairs"), (["--snrs", "abc"], "--snrs 'abc'"),
+                         (["--mcs", "3.5"], "MCS indices are integers"), (["--check", "99:0"], "MCS 99 is not in"),
+                         (["--target-bler", "2", "--snr-db", "5"], "target BLER 2.0 is outside")):
+        out = run_script("-m", "layersplit.nr", *bad, "--table" if bad[0] in ("--snrs", "--mcs") else "--json",
+                         *([str(tmp_path / "never.csv")] if bad[0] in ("--snrs", "--mcs") else []))
+        assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, (bad, out.stderr)
+    assert not (tmp_path / "never.csv").exists()
 
 
 def test_the_ldpc_code_on_awgn_sits_a_few_db_from_shannon():
