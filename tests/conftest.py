@@ -20,6 +20,16 @@ SAMPLE_TEXT = (
 ) * 40
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked gpu need CUDA: skipped where torch sees none (CI is CPU-only)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (the gpu marker); run bench/gpu.sh on a GPU machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 def tiny_config(**overrides) -> LlamaConfig:
     kwargs = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=TINY_LAYERS,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
