@@ -30,10 +30,10 @@ import time
 
 from layersplit import UserError, cli, nr
 from layersplit.channel import add_link_arguments, average_ber, link_config_from_args
-from layersplit.cli import non_negative_int, parse_floats, parse_splits, positive_int, probability, writable_file
+from layersplit.cli import batch_size, non_negative_int, parse_floats, parse_splits, positive_int, probability, writable_file
 from layersplit.data import EMBEDDED_DATASET
 from layersplit.distributed import ADDRESS_HELP
-from layersplit.grid import LINK_MODES, PAPER_DROPOUTS, draws_of, make_conditions, validate_probability
+from layersplit.grid import CPU_BATCH, GPU_MEMORY_SHARE, LINK_MODES, MASK_DEVICES, PAPER_DROPOUTS, draws_of, make_conditions, validate_probability
 from layersplit.models import EMBEDDED_MODEL
 
 # --- what to evaluate -------------------------------------------------------------------------
@@ -59,7 +59,8 @@ SWEEP_PROTECTS = ""  # elements per token over the protected path, crossed with 
 SWEEP_DRAWS = 8  # noise draws per cell: with the windows, enough samples to estimate the expected NLL (README)
 SWEEP_MAX_TOKENS = 4096  # tokens of text per cell: 8 windows, so a cell pools 8 x 8 (window, draw) samples
 SWEEP_CONTEXT = 512  # disjoint 512-token windows: each token is computed once per variant
-SWEEP_BATCH = 16  # impaired variants per forward of the edge's layers
+SWEEP_BATCH = "auto"  # impaired variants per forward of the edge's layers; auto: from free GPU memory, 16 on a CPU
+MASK_DEVICE = "auto"  # where the sweep draws mask fields: auto (the model's device: a GPU's own streams), cpu (CPU numbers anywhere)
 SWEEP_OUTPUT = "results/sweep_{model}.csv"  # {model}: the model name with / replaced
 SWEEP_WORKERS = 0  # Ray workers of --sweep --ray, one model each; 0: one per GPU of the cluster, else one per CPU
 VERIFY_RTOL = 1e-4  # --verify: largest relative difference of NLL or accuracy that counts as the same number
@@ -105,7 +106,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="comma-separated K of --protect, crossed with every condition (K = 0, no protection, is always run)")
     g.add_argument("--draws", type=positive_int, default=SWEEP_DRAWS, help="noise draws per cell")
     g.add_argument("--output", type=writable_file, default=SWEEP_OUTPUT, help="results CSV; rerun the same command to resume")
-    g.add_argument("--batch-size", type=positive_int, default=SWEEP_BATCH, help="impaired variants per forward")
+    g.add_argument("--batch-size", type=batch_size, default=SWEEP_BATCH,
+                   help=f"impaired variants per forward; auto: as many as {100 * GPU_MEMORY_SHARE:.0f}%% of the free GPU "
+                        f"memory holds (measured), {CPU_BATCH} on a CPU")
+    g.add_argument("--mask-device", choices=MASK_DEVICES, default=MASK_DEVICE,
+                   help="where mask fields are drawn: auto, on the model's device (on a GPU its own seeded streams: "
+                        "other draws of the same distribution than a CPU's); cpu, the CPU's numbers on any device")
     g.add_argument("--naive", action="store_true", help="one full forward per cell and draw (the reference; slow)")
     g.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                    help="run the grid on Ray workers, one model each (one GPU each on a GPU cluster); this process "
@@ -239,7 +245,7 @@ def run_sweep(args: argparse.Namespace) -> int:
                                         "context_length": args.context_length, "stride": args.stride,
                                         "dtype": dtype, "seed": args.seed}, sweep.link_columns(args.channel, args.link))
     cfg = sweep.SweepConfig(splits, args.conditions, args.draws, args.seed, args.context_length, args.stride,
-                            args.channel, args.batch_size)
+                            args.channel, args.batch_size, args.mask_device)
     cells = sum(draws_of(c, args.draws) for c in args.conditions) * len(splits)
     print(f"sweep: {len(splits)} splits x {len(args.conditions)} conditions ({cells} cell-draws, "
           f"{len(store.done)} already in {output}), {len(ids)} tokens, {dtype}", file=sys.stderr)

@@ -1,16 +1,21 @@
-"""Benchmark of the sweep's fast path, measured in one process on the embedded SmolLM2.
+"""Benchmark of the sweep's fast path on any device, measured in one process against a peak measured in the same run.
 
-    python bench/sweep.py                 # about 6 minutes on 2 CPU cores
+    python bench/sweep.py                 # SmolLM2, float32, on the CPU: about 6 minutes on 2 cores
     python bench/sweep.py --tokens 512 --draws 2
+    python bench/sweep.py --model random:llama-2-7b --device cuda --dtype bfloat16 --tokens 2048 --draws 5 --grids paper
 
-Prints, for a small grid:
-1. fast path against the naive path (a full forward per cell and draw), same dtype: the measured
-   speed-up beside its bound from the FLOP count of the layers the fast path skips, on the paper's
-   early splits (1..9) and over every layer; and the largest perplexity difference between them;
-2. the default configuration (fast path, the sweep's auto dtype) against the original approach
-   (float32, a full forward per cell and draw) over every layer;
-3. the fast path's sustained GFLOP/s as a fraction of the dense matmul peak measured here in the
-   same dtype.
+Prints, on the paper's early splits (1..9) and over every layer, for clean + the paper's 8 p x --draws:
+1. the dense matmul peak of this device in this dtype, measured first (TFLOP/s);
+2. the fast path's time, its sustained TFLOP/s (FLOPs of the layers and LM head it runs, counted by
+   compute.py) and their share of that peak (targets: >= 70% on a CPU in float32, >= 60% on a GPU in bf16);
+   where --naive runs it: the naive path (a full forward per cell and draw, the link as a hook), the
+   measured speed-up beside its bound from the FLOP count of the layers the fast path skips, and the
+   largest perplexity difference between the paths. In float32 the naive path over every layer is the
+   original approach (float32, a full forward per cell and draw), against which the default
+   configuration (the fast path; float32 on a CPU) is compared.
+3. the projected time of the paper's grid over the whole WikiText-2 test text (about 300k tokens, in
+   windows of --tokens) with 5 draws, at the fast path's measured rate.
+--profile FILE writes a torch.profiler table of the fast path on the paper's splits (what to tune next).
 """
 from __future__ import annotations
 
@@ -23,20 +28,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from layersplit import channel, cli, compute  # noqa: E402
 from layersplit.cli import positive_int  # noqa: E402
 from layersplit.grid import PAPER_DROPOUTS, draws_of, make_conditions  # noqa: E402
+from layersplit.data import EMBEDDED_DATASET  # noqa: E402
+from layersplit.models import EMBEDDED_MODEL  # noqa: E402
 
+MODEL = EMBEDDED_MODEL  # what is timed (random:llama-2-7b: the paper's shape with random weights, for a GPU)
+DTYPE = "float32"  # the CPU's measured dtype (auto there); on a GPU pass --dtype bfloat16
 TOKENS = 256  # one window of text: enough to time, small enough to run the naive path over every layer
-DRAWS = 1  # draws per condition
+DRAWS = 1  # draws per condition (the paper's setting on a GPU: 5)
 EARLY_SPLITS = list(range(1, 10))  # the paper's grid: split n in 1..9
-MATMUL_SIZE = 2048  # square matmul for the peak measurement
+GRIDS = "paper,layers"  # grids timed: paper (the early splits), layers (every split)
+NAIVE = "all"  # grids the naive path also runs: all, paper (the early splits only), none
+PAPER_TEXT_TOKENS = 300_000  # the paper's text, WikiText-2's test split, in Llama tokens (about): for the projection
+PAPER_DRAWS = 5  # draws per cell of the projected paper-scale run
+PEAK_SIZE = {"cpu": 2048, "cuda": 8192}  # square matmul of the peak measurement, per device type
+PEAK_SECONDS = 2.0  # how long the peak matmul runs
+TARGET_SHARE = {"cpu": 0.70, "cuda": 0.60}  # the issue's targets for the fast path's share of the peak
 SEED = 0
 
 
-def grid(splits, tokens, draws):
-    """The sweep configuration: clean + the paper's p (the default sweep's conditions) at `splits`."""
+def grid(splits, tokens, draws, batch_size=None):
+    """The sweep configuration: clean + the paper's p (the default sweep's conditions) at `splits`,
+    one window of `tokens`; batch None: the sweep's automatic choice."""
     from layersplit import sweep
 
     conditions = make_conditions(list(PAPER_DROPOUTS), [], "erasure")
-    return sweep.SweepConfig(splits, conditions, draws, SEED, tokens, tokens, channel.LinkConfig(), batch_size=16)
+    return sweep.SweepConfig(splits, conditions, draws, SEED, tokens, tokens, channel.LinkConfig(), batch_size=batch_size)
 
 
 def flops(model, cfg, n_tokens: int) -> tuple[float, float]:
@@ -60,36 +76,76 @@ def flops(model, cfg, n_tokens: int) -> tuple[float, float]:
     return fast, naive
 
 
+def synchronize(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def timed_sweep(model, ids, cfg, runner) -> tuple[float, dict]:
     from layersplit import sweep
 
+    device = next(model.parameters()).device
     with tempfile.TemporaryDirectory() as tmp:
         store = sweep.ResultsStore(Path(tmp) / "bench.csv", {"model": "bench", "dataset": "wiki", "tokens": len(ids),
                                    "context_length": cfg.context_length, "stride": cfg.stride, "dtype": "-", "seed": SEED})
+        synchronize(device)
         start = time.perf_counter()
         runner(model, ids, cfg, store, progress=False)
+        synchronize(device)
         elapsed = time.perf_counter() - start
-    return elapsed, {sweep.row_key(r): float(r["ppl"])
-                     for r in store.rows}
+    return elapsed, {sweep.row_key(r): float(r["ppl"]) for r in store.rows}
 
 
-def matmul_peak(dtype) -> float:
+def matmul_peak(dtype, device) -> float:
+    """Dense matmul FLOP/s of this device in this dtype, measured now."""
     import torch
 
-    a, b = (torch.randn(MATMUL_SIZE, MATMUL_SIZE, dtype=dtype) for _ in range(2))
-    a @ b
-    start, n = time.perf_counter(), 0
-    while time.perf_counter() - start < 2.0:
+    size = PEAK_SIZE.get(device.type, PEAK_SIZE["cpu"])
+    a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))
+    for _ in range(3):  # warm-up: library initialisation and kernel choice
         a @ b
-        n += 1
-    return n * 2 * MATMUL_SIZE**3 / (time.perf_counter() - start)
+    synchronize(device)
+    start, n = time.perf_counter(), 0
+    while time.perf_counter() - start < PEAK_SECONDS:
+        for _ in range(1 if device.type == "cpu" else 10):  # a GPU queues a few before the clock is read
+            a @ b
+            n += 1
+        synchronize(device)
+    return n * 2 * size**3 / (time.perf_counter() - start)
 
 
-def main(argv=None) -> None:
+def profile(model, ids, cfg, path: Path) -> None:
+    """The fast path on cfg under torch.profiler: a table of the operators by self time."""
+    import torch
+    from torch.profiler import ProfilerActivity
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        from layersplit import sweep
+
+        timed_sweep(model, ids, cfg, sweep.run_fast)
+    sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    path.write_text(prof.key_averages().table(sort_by=sort, row_limit=40))
+    print(f"   profile of the fast path on the paper's splits: {path}")
+
+
+def main(argv=None) -> int:
     parser = cli.parser(__doc__)
-    parser.add_argument("--tokens", type=positive_int, default=TOKENS, help="tokens of text measured")
+    cli.add_run_arguments(parser, model=MODEL, dtype=DTYPE)
+    parser.add_argument("--dataset", default=EMBEDDED_DATASET, help="the text: the embedded Wikipedia, or a .txt file")
+    parser.add_argument("--tokens", type=positive_int, default=TOKENS, help="tokens of text measured (one window)")
     parser.add_argument("--draws", type=positive_int, default=DRAWS, help="noise draws per cell")
+    parser.add_argument("--grids", default=GRIDS, help="grids timed, comma-separated: paper (splits 1..9), layers (every split)")
+    parser.add_argument("--naive", choices=("all", "paper", "none"), default=NAIVE,
+                        help="grids on which the naive path runs too (every layer's is the slowest run)")
+    parser.add_argument("--batch-size", type=cli.batch_size, default="auto", help="variants per forward (auto: the sweep's)")
+    parser.add_argument("--profile", type=Path, metavar="FILE", help="write a profile of the fast path here")
     args = parser.parse_args(argv)
+    args.grids = [g.strip() for g in args.grids.split(",") if g.strip()]
+    if not args.grids or any(g not in ("paper", "layers") for g in args.grids):
+        parser.error("--grids: a comma-separated choice of paper, layers")
     import torch
 
     from layersplit import sweep
@@ -98,48 +154,50 @@ def main(argv=None) -> None:
 
     keep_freed_memory()  # as add_noise.py does, for every path measured here
     torch.manual_seed(SEED)
-    model32, tokenizer = load_model(device="cpu", dtype="float32")
-    default_model, _ = load_model(device="cpu", dtype="auto")
-    default_dtype = next(default_model.parameters()).dtype
-    ids = tokenize(tokenizer, load_text("wiki"), args.tokens)
-    n_layers = model32.config.num_hidden_layers
-    print(f"SmolLM2-135M, {len(ids)} tokens, conditions: clean + p in {PAPER_DROPOUTS} x {args.draws} draw(s); "
-          f"{torch.get_num_threads()} threads; sweep default dtype here: {default_dtype}")
+    model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    ids = tokenize(tokenizer, load_text(args.dataset), args.tokens)
+    n_layers = model.config.num_hidden_layers
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"{args.model}, {n_layers} layers, {str(dtype).removeprefix('torch.')}, {where}; {len(ids)} tokens; "
+          f"conditions: clean + p in {PAPER_DROPOUTS} x {args.draws} draw(s); batch {args.batch_size or 'auto'}")
 
-    print("\n1. fast path vs naive path, float32")
-    results = {}
-    for name, splits in (("paper's splits 1..9", EARLY_SPLITS), (f"every layer 0..{n_layers - 1}", list(range(n_layers)))):
-        cfg = grid(splits, len(ids), args.draws)
-        t_fast, ppl_fast = timed_sweep(model32, ids, cfg, sweep.run_fast)
-        t_naive, ppl_naive = timed_sweep(model32, ids, cfg, sweep.run_naive)
-        f_fast, f_naive = flops(model32, cfg, len(ids))
-        bound, speedup = f_naive / f_fast, t_naive / t_fast
-        diff = max(abs(ppl_fast[k] - ppl_naive[k]) / ppl_naive[k] for k in ppl_naive)
-        results[name] = (t_fast, t_naive, f_fast)
-        print(f"   {name:22s} fast {t_fast:6.1f} s  naive {t_naive:6.1f} s  speed-up {speedup:.2f}x  "
-              f"FLOP bound {bound:.2f}x  realised {100 * speedup / bound:.0f}% of the bound  "
-              f"max |dPPL|/PPL {diff:.1e}")
+    peak = matmul_peak(dtype, device)
+    size = PEAK_SIZE.get(device.type, PEAK_SIZE["cpu"])
+    print(f"\n1. dense matmul peak here ({size}^3, {str(dtype).removeprefix('torch.')}): {peak / 1e12:.3f} TFLOP/s")
+    timed_sweep(model, ids[:min(len(ids), 64)], grid([1], min(len(ids), 64), 1, args.batch_size), sweep.run_fast)  # warm-up
 
-    print("\n2. default configuration vs the original approach (float32, full forward per cell and draw), every layer")
-    cfg = grid(list(range(n_layers)), len(ids), args.draws)
-    t_fast32, t_original, _ = results[f"every layer 0..{n_layers - 1}"]
-    if default_dtype == torch.float32:  # the default here is exactly the fast path measured in 1
-        t_default, note = t_fast32, " (the float32 fast path measured in 1)"
-    else:
-        t_default, note = timed_sweep(default_model, ids, cfg, sweep.run_fast)[0], ""
-    print(f"   default ({default_dtype}, fast path) {t_default:.1f} s, original approach {t_original:.1f} s: "
-          f"{t_original / t_default:.2f}x (target >= 2x){note}")
-
-    print("\n3. sustained throughput of the fast path against the dense matmul peak, same dtype")
-    t_fast, _, f_fast = results[f"every layer 0..{n_layers - 1}"]
-    measured = [(torch.float32, t_fast, f_fast)]
-    if default_dtype != torch.float32:
-        measured.append((default_dtype, t_default, flops(default_model, cfg, len(ids))[0]))
-    for dtype, seconds, flop in measured:
-        achieved, peak = flop / seconds, matmul_peak(dtype)
-        print(f"   {str(dtype):15s} fast path {achieved / 1e9:6.1f} GFLOP/s, matmul peak {peak / 1e9:6.1f} GFLOP/s: "
-              f"{100 * achieved / peak:.0f}% (target >= 50%)")
+    target = TARGET_SHARE.get(device.type)
+    print(f"\n2. the fast path (and the naive one where --naive runs it); targets: >= {target:.0%} of the peak"
+          if target else "\n2. the fast path (and the naive one where --naive runs it)")
+    grids = {"paper": ("paper's splits 1..9", EARLY_SPLITS, args.naive in ("all", "paper")),
+             "layers": (f"every layer 0..{n_layers - 1}", list(range(n_layers)), args.naive == "all")}
+    rates = {}
+    for name, splits, with_naive in (grids[g] for g in args.grids):
+        cfg = grid(splits, len(ids), args.draws, args.batch_size)
+        t_fast, ppl_fast = timed_sweep(model, ids, cfg, sweep.run_fast)
+        f_fast, f_naive = flops(model, cfg, len(ids))
+        rates[name] = f_fast / t_fast
+        line = (f"   {name:22s} fast {t_fast:7.1f} s  {f_fast / t_fast / 1e12:7.3f} TFLOP/s  "
+                f"{100 * f_fast / t_fast / peak:4.0f}% of the peak")
+        if with_naive:
+            t_naive, ppl_naive = timed_sweep(model, ids, cfg, sweep.run_naive)
+            diff = max(abs(ppl_fast[k] - ppl_naive[k]) / ppl_naive[k] for k in ppl_naive)
+            bound, speedup = f_naive / f_fast, t_naive / t_fast
+            line += (f"  naive {t_naive:7.1f} s  speed-up {speedup:.2f}x  FLOP bound {bound:.2f}x  "
+                     f"max |dPPL|/PPL {diff:.1e}")
+            if dtype == torch.float32 and splits[0] == 0:
+                line += "  (naive in float32: the original approach)"
+        print(line, flush=True)
+    name = grids["paper"][0] if "paper" in args.grids else grids["layers"][0]
+    paper = grid(EARLY_SPLITS, len(ids), PAPER_DRAWS)
+    seconds = flops(model, paper, PAPER_TEXT_TOKENS)[0] / rates[name]
+    print(f"\n3. projected: the paper's grid (splits 1..9, clean + 8 p x {PAPER_DRAWS} draws) over {PAPER_TEXT_TOKENS:,} "
+          f"tokens in windows of {len(ids)}: {seconds / 3600:.2f} h at the rate of the {name} run")
+    if args.profile:
+        profile(model, ids, grid(EARLY_SPLITS, len(ids), args.draws, args.batch_size), args.profile)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run_main("bench/sweep.py", main))

@@ -43,6 +43,11 @@ def positive_int(text: str) -> int:
     return value
 
 
+def batch_size(text: str) -> int | None:
+    """A batch size >= 1, or auto (None: chosen at run time)."""
+    return None if text == "auto" else positive_int(text)
+
+
 def non_negative_int(text: str) -> int:
     value = _number(text, int)
     if value < 0:

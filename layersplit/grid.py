@@ -15,6 +15,14 @@ LINK_MODES = ("dropout", "erasure", "awgn", "bitflip", "nr")  # the original's d
 SERVED_LINKS = ("none", "erasure", "bitflip", "nr")
 PAPER_DROPOUTS = (0.02, 0.06, 0.10, 0.14, 0.18, 0.22, 0.26, 0.30)  # the original's grid of p
 
+# How the sweep runs its grid (sweep.py)
+CPU_BATCH = 16  # impaired variants per suffix forward where no accelerator's memory decides (sweep.auto_batch_size)
+GPU_MEMORY_SHARE = 0.8  # share of a GPU's free memory the auto batch may fill
+# Where the fast and naive paths draw mask fields. auto: on the model's device (on a CPU the same numbers
+# as ever; on a GPU its own seeded Philox streams, no host work or copy per variant); cpu: on the CPU
+# whatever the device (the CPU's numbers everywhere, at a host draw and copy per variant).
+MASK_DEVICES = ("auto", "cpu")
+
 
 def validate_probability(p: float, name: str = "dropout") -> float:
     p = float(p)

@@ -39,7 +39,7 @@ class SplitLink:
     """Cut a decoder-only model after decoder layer `split` and impair the hidden state that crosses.
 
     Randomness comes from a seeded CPU torch.Generator, so the same seed gives the same masks on
-    any device. Losses compare one uniform field per transfer (per element or per packet) against
+    any device (mask_device: another device's generator, as the sweep uses on an accelerator). Losses compare one uniform field per transfer (per element or per packet) against
     the loss probability, so masks at different probabilities are nested. Every transfer is
     recorded in `self.transfers`.
 
@@ -47,14 +47,15 @@ class SplitLink:
     """
 
     def __init__(self, model: torch.nn.Module, split: int = 0, dropout: float = 0.0, seed: int = 0,
-                 delay_range_s: tuple[float, float] = DELAY_RANGE_S, sleep: bool = False):
+                 delay_range_s: tuple[float, float] = DELAY_RANGE_S, sleep: bool = False,
+                 mask_device: str | torch.device = "cpu"):
         self.layers = find_decoder_layers(model)
         self.n_layers = len(self.layers)
         self.hidden_size = getattr(getattr(model, "config", None), "hidden_size", None)
         self.delay_range_s = delay_range_s
         self.sleep = sleep  # really wait for each transfer's delay (off: accounted only)
         self.impairment = uplink.direct(dropout)  # what the link does: the original's p until told otherwise
-        self.generator = uplink.generator(seed)
+        self.generator = uplink.generator(seed, mask_device)
         self._delay_rng = random.Random()
         self.reseed(seed)
         self.transfers: list[Transfer] = []

@@ -42,6 +42,9 @@ DECODER_LAYER_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "mode
 # figures mean nothing: loading one says so on stderr, and its name (the model column of every result) says so too.
 RANDOM_PREFIX = "random:"
 RANDOM_SEED = 0  # seeds the random weights: the same stand-in every time
+# A folder of tokenizer files the stand-ins use instead of the embedded one (bench/gpu.sh prepare writes one,
+# so that a GPU machine without the embedded package needs 3.5 MB of tokenizer, not the model's package)
+RANDOM_TOKENIZER_ENV = "LAYERSPLIT_TOKENIZER"
 RANDOM_SHAPES = {  # shape -> (transformers model type, the published config.json values that set the FLOPs and bytes)
     "smollm2-135m": ("llama", dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
                                    num_key_value_heads=3, max_position_embeddings=8192, rope_theta=100000.0,
@@ -280,17 +283,22 @@ def random_config(shape: str, vocab_size: int):
     return AutoConfig.for_model(kind, vocab_size=vocab_size, **arch)
 
 
+def embedded_folder() -> Path:
+    """The embedded model converted to a Hugging Face folder (converted once, then read from the cache)."""
+    gguf = embedded_gguf_path()
+    folder = embedded_cache_dir(gguf)
+    if not _cache_is_complete(folder, gguf):
+        convert_embedded(gguf, folder)
+    return folder
+
+
 def _random_model(shape: str, dtype: torch.dtype, device: torch.device):
     """A RANDOM_SHAPES architecture with seeded random weights, built on `device` in `dtype`, and the embedded
     tokenizer."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = embedded_gguf_path()
-    folder = embedded_cache_dir(gguf)
-    if not _cache_is_complete(folder, gguf):
-        convert_embedded(gguf, folder)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(os.environ.get(RANDOM_TOKENIZER_ENV) or embedded_folder())
     config = random_config(shape, len(tokenizer))
     torch.manual_seed(RANDOM_SEED)
     with torch.device(device):  # initialised where it runs: a 7B shape never passes through host memory

@@ -20,7 +20,7 @@ from transformers import DynamicCache
 
 from . import UserError
 from .models import find_decoder_layers
-from .perplexity import token_nll_and_correct
+from .perplexity import chunked_nll, token_nll_and_correct
 
 FINAL_NORM_NAMES = ("norm", "final_layernorm", "final_layer_norm", "ln_f", "final_norm")  # the decoder's last norm
 COMPOSITION_RTOL = 1e-3  # largest logit difference, relative to the logits' scale, that counts as the same model
@@ -108,6 +108,7 @@ class SplitModel:
         self.dtype = next(model.parameters()).dtype
         self.fingerprint = model_fingerprint(model)
         self._views: dict[tuple[int, int, bool], tuple[torch.nn.Module, str]] = {}
+        self._head_separable: bool | None = None  # see head_separable()
         self._lock = threading.Lock()
 
     def validate_split(self, split) -> int:
@@ -156,13 +157,35 @@ class SplitModel:
 
     @torch.no_grad()
     def score_from(self, hidden: torch.Tensor, start: int, targets: torch.Tensor):
-        """Per-variant NLL sum and correct count of `targets` (the window's last tokens), running
-        layers start.. and the LM head on a batch of hidden states."""
+        """Per-variant NLL sum (float64) and correct count of `targets` (the window's last tokens),
+        running layers start.. and the LM head on a batch of hidden states; left on the model's
+        device (reading them is a host sync: the sweep reads once per window). Where the head is
+        separable, its logits are made a slice of tokens at a time (perplexity.chunked_nll)."""
         n = len(targets)
         view, _ = self.view(start, self.n_layers, head=True)
+        if self.head_separable():
+            states = view.get_decoder()(**self._inputs(hidden), use_cache=False).last_hidden_state[:, -n - 1:-1]
+            return chunked_nll(states, view.get_output_embeddings(), targets)
         logits = view(**self._inputs(hidden), use_cache=False, logits_to_keep=n + 1).logits[:, :-1]
         nll, correct = token_nll_and_correct(logits, targets.to(logits.device).expand(len(logits), n))
-        return nll.double().sum(1).cpu(), correct.sum(1).cpu()
+        return nll.double().sum(1), correct.sum(1)
+
+    @torch.no_grad()
+    def head_separable(self) -> bool:
+        """Whether logits = get_output_embeddings()(get_decoder()'s output), checked once on a short
+        random input against the model's own forward: false where the causal LM does more after its
+        head (logit soft-capping, scaling), and then the whole forward is used."""
+        if self._head_separable is None:
+            try:
+                ids = torch.randint(0, self.model.config.vocab_size, (1, 8), generator=torch.Generator().manual_seed(0))
+                ids = ids.to(self.device)
+                ref = self.model(input_ids=ids, use_cache=False).logits.float()
+                states = self.model.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state
+                got = self.model.get_output_embeddings()(states).float()
+                self._head_separable = bool((ref - got).abs().max() <= COMPOSITION_RTOL * (ref.abs().max() + 1.0))
+            except (AttributeError, TypeError, NotImplementedError, RuntimeError):
+                self._head_separable = False
+        return self._head_separable
 
 
 @torch.no_grad()

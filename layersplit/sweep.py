@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import UserError, cells, channel, compute, uplink
-from .grid import LINK_MODES, Condition, draws_of, is_clean
+from .grid import CPU_BATCH, GPU_MEMORY_SHARE, LINK_MODES, MASK_DEVICES, Condition, draws_of, is_clean
 from .link import SplitLink
 from .perplexity import sliding_windows, token_nll_and_correct
 from .segments import SplitModel
@@ -151,7 +151,8 @@ class SweepConfig:
     context_length: int
     stride: int
     link_template: channel.LinkConfig  # modulation, fading, packets... for SNR conditions
-    batch_size: int = 16  # impaired variants per suffix forward
+    batch_size: int | None = CPU_BATCH  # impaired variants per suffix forward; None: from free memory (auto_batch_size)
+    mask_device: str = "auto"  # where mask fields are drawn (MASK_DEVICES)
 
 
 class CellTotals:
@@ -259,12 +260,36 @@ def work_list(cfg: SweepConfig, store: ResultsStore) -> tuple[list[tuple[int, li
     return work, clean_split
 
 
+def mask_device(cfg: SweepConfig, model_device: torch.device) -> torch.device:
+    """The device whose generators draw the mask fields (cfg.mask_device, MASK_DEVICES)."""
+    if cfg.mask_device not in MASK_DEVICES:
+        raise UserError(f"mask device {cfg.mask_device!r}: use one of {', '.join(MASK_DEVICES)}")
+    return torch.device("cpu") if cfg.mask_device == "cpu" else torch.device(model_device)
+
+
+def auto_batch_size(segments: SplitModel, hidden: torch.Tensor, start: int, targets: torch.Tensor) -> int:
+    """Variants per suffix forward: on CUDA, as many as GPU_MEMORY_SHARE of the free memory holds,
+    from the peak memory of one variant's suffix forward measured here; CPU_BATCH elsewhere."""
+    device = segments.device
+    if device.type != "cuda":
+        return CPU_BATCH
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    segments.score_from(hidden, start, targets)
+    per_variant = max(torch.cuda.max_memory_allocated(device) - before, 1)
+    free = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return max(1, int(GPU_MEMORY_SHARE * free // per_variant))
+
+
 def walk(segments: SplitModel, token_ids: torch.Tensor, cfg: SweepConfig, work, clean_split: int | None,
          window_ids=None):
     """Yield (split, window, WindowScores, scored tokens) for every split of `work` in order and every
     window of window_ids (default: all) inside it, walking each window's hidden state from split to
-    split. The clean cell is scored at clean_split only."""
+    split. The clean cell is scored at clean_split only. Variants are queued on the device without a
+    host sync; the scores are read once per window."""
     impairments = [impairment_of(cond, cfg.link_template) for cond in cfg.conditions]
+    masks_on, batch = mask_device(cfg, segments.device), cfg.batch_size
     windows = sliding_windows(len(token_ids), cfg.context_length, cfg.stride)
     window_ids = range(len(windows)) if window_ids is None else window_ids
     hidden = {i: token_ids[windows[i].begin:windows[i].end][None] for i in window_ids}  # token ids at first
@@ -274,14 +299,19 @@ def walk(segments: SplitModel, token_ids: torch.Tensor, cfg: SweepConfig, work, 
             w = windows[i]
             hidden[i] = segments.hidden_after(hidden[i], walked[i], split + 1)
             walked[i] = split + 1
-            targets = token_ids[w.first_target:w.end]
+            targets = token_ids[w.first_target:w.end].to(segments.device)  # once per window: a copy waits
             to_run = [(c, d) for c, d in pending if split == clean_split or not is_clean(cfg.conditions[c])]
-            variants = [uplink.impair(hidden[i], impairments[c], uplink.generator(uplink.stream_seed(cfg.seed, i, d)))[0]
-                        for c, d in to_run]
-            scores = []
-            for lo in range(0, len(variants), cfg.batch_size):
-                nll, correct = segments.score_from(torch.cat(variants[lo:lo + cfg.batch_size]), split + 1, targets)
-                scores += zip(to_run[lo:lo + cfg.batch_size], nll.tolist(), correct.tolist())
+            if batch is None and to_run:
+                batch = auto_batch_size(segments, hidden[i], split + 1, targets)
+            nlls, corrects = [], []
+            for lo in range(0, len(to_run), batch or 1):
+                variants = torch.cat([uplink.received(hidden[i], impairments[c],
+                                                      uplink.generator(uplink.stream_seed(cfg.seed, i, d), masks_on))
+                                      for c, d in to_run[lo:lo + batch]])
+                nll, correct = segments.score_from(variants, split + 1, targets)
+                nlls.append(nll)
+                corrects.append(correct)
+            scores = list(zip(to_run, torch.cat(nlls).tolist(), torch.cat(corrects).tolist())) if to_run else []
             yield split, i, scores, len(targets)
 
 
@@ -329,7 +359,7 @@ def run_fast(model, token_ids: torch.Tensor, cfg: SweepConfig, store: ResultsSto
 
 def run_naive(model, token_ids: torch.Tensor, cfg: SweepConfig, store: ResultsStore, progress: bool = True) -> None:
     """The reference: one full forward per cell, draw and window, with the link as a hook."""
-    link = SplitLink(model, split=0)
+    link = SplitLink(model, split=0, mask_device=mask_device(cfg, next(model.parameters()).device))
     dims = compute.model_dims(model.config)
     windows = sliding_windows(len(token_ids), cfg.context_length, cfg.stride)
     device = next(model.parameters()).device

@@ -15,8 +15,10 @@ Modes (grid.LINK_MODES):
 On top of any mode the UE may withhold a share of the elements (not sent; the edge zero-fills
 them); with dropout and erasure the packets are then filled with the elements that are sent.
 
-One seeding scheme: the randomness of a unit of work is a CPU torch.Generator seeded with
-stream_seed(seed, unit, draw), and its transfers draw from it in order. The sweep's unit is a
+One seeding scheme: the randomness of a unit of work is a torch.Generator seeded with
+stream_seed(seed, unit, draw), and its transfers draw from it in order. The generator is a CPU one
+everywhere except in the sweep on an accelerator, which draws its fields on the device (mask_device:
+the same Bernoulli marginals and nesting from another stream, without a host-to-device copy per variant). The sweep's unit is a
 (window, draw), with one transfer; serve.py's is a request (draw 0), whose steps are its transfers;
 add_noise.py's is its run (unit 0, draw 0), so `add_noise.py --generate` at a seed impairs what
 serve.py's first request at that seed does. Losses compare one uniform field per transfer with the
@@ -109,21 +111,33 @@ def impair(hidden: torch.Tensor, imp: Impairment, gen: torch.Generator) -> tuple
     transfer, drawn from `gen` in a fixed order (the packet field, then the withheld field). Protected
     elements (imp.protect) draw nothing: the rest is impaired exactly as without them."""
     received, impaired, sent = _impair(hidden, imp, gen)
+    return received, int(impaired), int(sent)
+
+
+def received(hidden: torch.Tensor, imp: Impairment, gen: torch.Generator) -> torch.Tensor:
+    """What the edge receives (impair's first value, the same draws) without counting: on an
+    accelerator this waits for nothing, so the sweep queues its variants without a host sync each."""
+    return _impair(hidden, imp, gen)[0]
+
+
+def _impair(hidden: torch.Tensor, imp: Impairment, gen: torch.Generator):
+    """impair() with the counts as 0-d tensors where they come from the device (not read yet)."""
+    received, impaired, sent = _impair_unprotected(hidden, imp, gen)
     if imp.protect:
         keep = protected(hidden, imp.protect)
         received = torch.where(keep, hidden, received)
-        impaired = hidden.numel() - int(keep.sum()) if imp.mode == "awgn" else int((received != hidden).sum())
+        impaired = hidden.numel() - keep.sum() if imp.mode == "awgn" else (received != hidden).sum()
     return received, impaired, sent
 
 
-def _impair(hidden: torch.Tensor, imp: Impairment, gen: torch.Generator) -> tuple[torch.Tensor, int, int]:
+def _impair_unprotected(hidden: torch.Tensor, imp: Impairment, gen: torch.Generator):
     n = hidden.numel()
     impaired, sent, k = 0, n, imp.elements_per_packet
     if imp.mode in ("dropout", "erasure", "nr") and (imp.loss > 0.0 or imp.withheld > 0.0):
         lost, sent = lost_elements(n, k, imp.loss, imp.withheld, gen)
         lost = lost.view(hidden.shape).to(hidden.device)
         hidden = hidden.masked_fill(lost, 0.0)
-        impaired = int(lost.sum())
+        impaired = lost.sum()
     elif imp.mode == "awgn":
         hidden = add_noise(hidden, imp.channel.snr_db, imp.channel.fade_m, k, gen)
         impaired = n
@@ -135,9 +149,9 @@ def _impair(hidden: torch.Tensor, imp: Impairment, gen: torch.Generator) -> tupl
         impaired = len(np.unique(flipped // imp.channel.bits_per_element))
     if imp.mode in ("awgn", "bitflip") and imp.withheld > 0.0:
         withheld = withheld_elements(n, imp.withheld, gen).view(hidden.shape).to(hidden.device)
-        sent = n - int(withheld.sum())
+        sent = n - withheld.sum()
         hidden = hidden.masked_fill(withheld, 0.0)
-        impaired = n if imp.mode == "awgn" else impaired + int(withheld.sum())  # bitflip: an upper bound
+        impaired = n if imp.mode == "awgn" else impaired + withheld.sum()  # bitflip: an upper bound
     return hidden, impaired, sent
 
 
@@ -146,25 +160,29 @@ def stream_seed(seed: int, unit: int, draw: int = 0) -> int:
     return int(np.random.SeedSequence([int(seed), int(unit), int(draw)]).generate_state(1)[0])
 
 
-def generator(seed: int) -> torch.Generator:
-    return torch.Generator(device="cpu").manual_seed(int(seed))
+def generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """The stream of one unit of work. A CPU generator gives the same fields on any device; one on an
+    accelerator (its Philox stream) gives other fields of the same distribution, drawn where they are used."""
+    return torch.Generator(device=device).manual_seed(int(seed))
 
 
 def uniform(n: int, gen: torch.Generator) -> torch.Tensor:
-    return torch.rand(n, generator=gen, dtype=torch.float32)
+    return torch.rand(n, generator=gen, dtype=torch.float32, device=gen.device)
 
 
 # --- losses: dropout, erasure, withholding ------------------------------------------------------------
 def lost_elements(n: int, k: int, loss: float, withheld: float, gen: torch.Generator) -> tuple[torch.Tensor, int]:
     """(flags of the n elements that do not arrive, elements sent) for packets of k elements lost
-    with probability `loss` (dropout: k = 1) after a share `withheld` of elements is not sent."""
+    with probability `loss` (dropout: k = 1) after a share `withheld` of elements is not sent. The count
+    sent is a 0-d tensor with withholding (on the generator's device: read it when needed)."""
     packet_field = uniform(math.ceil(n / k), gen)  # drawn first: no withholding keeps the same masks
     if withheld <= 0.0:
-        return packet_field.lt(loss).repeat_interleave(k)[:n], n
+        lost = packet_field.lt(loss)
+        return (lost if k == 1 else lost.repeat_interleave(k)[:n]), n
     kept = uniform(n, gen) >= withheld
     # packets are filled with the kept elements in order; each kept element takes its packet's fate
     packet_of = (torch.cumsum(kept, 0) - 1) // k
-    return ~kept | (kept & (packet_field[packet_of.clamp_(min=0)] < loss)), int(kept.sum())
+    return ~kept | (kept & (packet_field[packet_of.clamp_(min=0)] < loss)), kept.sum()
 
 
 def lost_packets(n_packets: int, loss: float, gen: torch.Generator) -> torch.Tensor:
@@ -182,7 +200,7 @@ def fades(n_packets: int, m: float, gen: torch.Generator) -> torch.Tensor:
     """|h| per packet: |h|^2 ~ Gamma(m, 1/m) by inverse CDF of seeded uniforms (m = inf: AWGN, |h| = 1)."""
     if math.isinf(m):
         return torch.ones(n_packets)
-    u = uniform(n_packets, gen).double().clamp_(1e-12, 1 - 1e-12).numpy()
+    u = uniform(n_packets, gen).double().clamp_(1e-12, 1 - 1e-12).cpu().numpy()  # scipy's inverse: on the host
     return torch.from_numpy(np.sqrt(special.gammaincinv(m, u) / m)).float()
 
 
@@ -192,7 +210,7 @@ def add_noise(x: torch.Tensor, snr_db: float, fade_m: float, k: int, gen: torch.
     fade = fades(math.ceil(n / k), fade_m, gen).repeat_interleave(k)[:n].view(x.shape).to(x.device)
     power = x.float().pow(2).mean()
     noise_std = torch.sqrt(power / 10.0 ** (snr_db / 10.0))
-    noise = torch.randn(x.shape, generator=gen).to(x.device)
+    noise = torch.randn(x.shape, generator=gen, device=gen.device).to(x.device)
     return (x.float() + noise * noise_std / fade).to(x.dtype)
 
 
@@ -200,6 +218,6 @@ def add_noise(x: torch.Tensor, snr_db: float, fade_m: float, k: int, gen: torch.
 def flip_bits(data: np.ndarray, ber: float, gen: torch.Generator) -> np.ndarray:
     """Flip each bit of the bytes `data` (uint8, little-endian elements) with probability ber, in place;
     return the indices of the bits flipped (bit i of byte j is bit 8 j + i)."""
-    flips = torch.nonzero(uniform(data.size * 8, gen) < ber).flatten().numpy()
+    flips = torch.nonzero(uniform(data.size * 8, gen) < ber).flatten().cpu().numpy()
     np.bitwise_xor.at(data, flips // 8, (1 << (flips % 8)).astype(np.uint8))
     return flips

@@ -81,6 +81,8 @@ def cases():
         ("bandwidth-negative", "add_noise.py", tiny + ["--snr-db", "10", "--bandwidth-hz", "-1"], "bandwidth_hz must be a positive"),
         ("sweep-draws-zero", "add_noise.py", tiny + ["--sweep", "--draws", "0"], "0 must be an integer >= 1"),
         ("sweep-batch-zero", "add_noise.py", tiny + ["--sweep", "--batch-size", "0"], "0 must be an integer >= 1"),
+        ("sweep-batch-word", "add_noise.py", tiny + ["--sweep", "--batch-size", "many"], "'many' is not"),
+        ("sweep-mask-device", "add_noise.py", tiny + ["--sweep", "--mask-device", "gpu"], "invalid choice: 'gpu'"),
         ("verify-without-sweep", "add_noise.py", tiny + ["--verify", "x.csv"], "--verify checks a sweep"),
         ("verify-missing", "add_noise.py", tiny + ["--sweep", "--output", "{tmp}/s.csv", "--verify", "{tmp}/none.csv"], "no such results file"),
         ("verify-itself", "add_noise.py", tiny + ["--sweep", "--output", "{tmp}/s.csv", "--verify", "{tmp}/s.csv"], "other than --output"),

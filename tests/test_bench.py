@@ -1,11 +1,14 @@
 """Smoke runs of the benchmarks with tiny budgets, as a user runs them: each finishes and prints its
 comparison. (What they measure is read from their output by people, not asserted here: these
 machines are shared and timings are noisy.)"""
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
-from conftest import run_script
+from conftest import ROOT, run_script
 
 pytestmark = pytest.mark.real_model
 
@@ -33,10 +36,15 @@ def test_bench_serve_gives_the_single_process_tokens_over_a_loss_free_socket():
     assert re.search(r"socket fp32 .* 1/1 requests", done.stdout)
 
 
-def test_bench_sweep_fast_and_naive_paths_agree():
-    done = run_script("bench/sweep.py", "--tokens", "32", "--draws", "1", timeout=900)  # about 100 s on a quiet 2-core CPU, 9 min when it is shared
+def test_bench_sweep_fast_and_naive_paths_agree_and_report_the_share_of_the_peak():
+    done = run_script("bench/sweep.py", "--tokens", "32", "--draws", "1", "--naive", "paper", timeout=900)  # about 50 s on a quiet 2-core CPU
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.count("max |dPPL|/PPL 0.0e+00") == 2
+    assert "1. dense matmul peak here (2048^3, float32)" in done.stdout
+    shares = [float(s) for s in re.findall(r"TFLOP/s\s+(\d+)% of the peak", done.stdout)]
+    assert len(shares) == 2 and all(0 < s < 200 for s in shares)  # both grids; a share far above 100% is a miscount
+    differences = [float(d) for d in re.findall(r"max \|dPPL\|/PPL (\S+)", done.stdout)]
+    assert len(differences) == 1 and differences[0] <= 1e-5  # the naive path on the paper's splits only
+    assert re.search(r"3\. projected: .* over 300,000 tokens in windows of 32: [\d.]+ h", done.stdout)
 
 
 def test_bench_distributed_writes_the_same_rows_on_one_and_two_workers():
@@ -51,3 +59,24 @@ def test_bench_protect_rule_compares_top_k_with_a_calibrated_set(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert re.search(r"K=  4: top-K ppl .*fixed-K \(4 ch\).*fixed-bits \(6 ch\)", done.stdout)
     assert len((tmp_path / "r.csv").read_text().splitlines()) == 1 + 3  # one row per rule
+
+
+def test_bench_gpu_sh_prepares_and_rehearses_every_step_on_the_cpu(tmp_path):
+    """bench/gpu.sh as it runs on a GPU machine, at toy scale on the CPU: every step ends with exit 0
+    and its output lands in the one folder (the GPU figures themselves need a GPU)."""
+    env = {**os.environ, "PY": sys.executable, "PY_HERE": sys.executable, "PREP": str(tmp_path / "prep"),
+           "FETCH_WHEELS": "0", "DEVICE": "cpu", "DTYPE": "float32", "MODEL": "random:smollm2-135m", "MODEL_LARGE": "",
+           "TOKENS": "32", "DRAWS": "1", "NEW_TOKENS": "3", "DECODE": "static", "LIMIT_SCALE": "4"}
+    prepare = subprocess.run(["bash", "bench/gpu.sh", "prepare"], cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert prepare.returncode == 0, prepare.stderr[-2000:]
+    assert (tmp_path / "prep" / "tokenizer" / "tokenizer.json").is_file() and (tmp_path / "prep" / "wiki_test.txt").is_file()
+    out = tmp_path / "out"
+    done = subprocess.run(["bash", "bench/gpu.sh", "run", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=1200)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for step in ("tests", "sweep_paper", "serve", "sweep_check"):
+        text = (out / f"{step}.txt").read_text()
+        assert re.search(rf"== {step}: exit 0 after \d+ s", text), text[-2000:]
+    assert "% of the peak" in (out / "sweep_paper.txt").read_text()
+    assert (out / "sweep_profile.txt").stat().st_size > 0 and (out / "machine.txt").is_file()

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Every GPU measurement of the paper's setting in one run of under 8 minutes, its results in one folder.
+#
+#   bash bench/gpu.sh prepare           # here (with the project installed): the tokenizer, the text and the
+#                                       # wheels a GPU machine without this project's packages needs, in .gpu/
+#   bash bench/gpu.sh run [OUT]         # there, from the repository root with .gpu/ beside it: OUT (default
+#                                       # results/gpu) gets one .txt per step and a profile
+#
+# No weights travel: the models are random-weight stand-ins of the published shapes (--model random:SHAPE),
+# built on the GPU with the embedded tokenizer. Each step has its own time limit, so a slow step costs
+# its own figure, not the others'. Settings below can be overridden from the environment.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PY:-python3}                     # the Python with torch (CUDA) on the GPU machine
+DEVICE=${DEVICE:-cuda}                # where everything runs (cpu: a rehearsal of this script, tiny shapes)
+DTYPE=${DTYPE:-bfloat16}              # the dtype of the models and of the matmul peak
+MODEL=${MODEL:-random:llama-2-7b}     # the paper's model's shape
+MODEL_LARGE=${MODEL_LARGE:-random:llama-2-13b}  # the paper's other shape ("" to skip)
+TOKENS=${TOKENS:-2048}                # tokens of text per sweep window
+DRAWS=${DRAWS:-5}                     # the paper's draws per cell
+NEW_TOKENS=${NEW_TOKENS:-64}          # greedy tokens per request in the decoding benchmark
+DECODE=${DECODE:-compiled}            # serve.py's decoding: eager, static, compiled
+LIMIT_SCALE=${LIMIT_SCALE:-1}         # multiplies every step's time limit (a rehearsal on a CPU needs more)
+PREP=${PREP:-.gpu}                    # what `prepare` writes and `run` reads
+FETCH_WHEELS=${FETCH_WHEELS:-1}       # prepare: download the wheels below (0: use the GPU machine's versions)
+WHEELS=("transformers==5.24.0" "tokenizers==0.23.3")  # the pins a stock torch image may lack (not torch: its CUDA build is there)
+
+prepare() {
+    mkdir -p "$PREP/tokenizer" "$PREP/wheels"
+    "${PY_HERE:-python}" - "$PREP" <<'EOF'
+import shutil, sys
+from pathlib import Path
+from layersplit.data import load_text
+from layersplit.models import embedded_folder
+out = Path(sys.argv[1])
+for f in embedded_folder().iterdir():
+    if f.name.startswith("tokenizer") or f.name == "chat_template.jinja":
+        shutil.copy(f, out / "tokenizer" / f.name)
+(out / "wiki_test.txt").write_text(load_text("wiki"), encoding="utf-8")
+EOF
+    [ "$FETCH_WHEELS" = 1 ] && "${PY_HERE:-python}" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        -d "$PREP/wheels" "${WHEELS[@]}" || echo "wheels not fetched: the GPU machine's own versions will be used"
+    true
+    du -sh "$PREP"
+}
+
+step() {  # step NAME SECONDS COMMAND...: run with a time limit, output to OUT/NAME.txt and the terminal
+    local name=$1 seconds=$2
+    shift 2
+    echo "== $name (limit $((seconds * LIMIT_SCALE)) s): $*" | tee "$OUT/$name.txt"
+    local start=$SECONDS
+    timeout $((seconds * LIMIT_SCALE)) "$@" 2>&1 | tee -a "$OUT/$name.txt"
+    local rc=${PIPESTATUS[0]}
+    echo "== $name: exit $rc after $((SECONDS - start)) s" | tee -a "$OUT/$name.txt"
+}
+
+run() {
+    OUT=${1:-results/gpu}
+    mkdir -p "$OUT"
+    export PYTHONUNBUFFERED=1 LAYERSPLIT_TOKENIZER=$PREP/tokenizer
+    if ls "$PREP"/wheels/*.whl >/dev/null 2>&1; then
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/layersplit-site \
+            "$PREP"/wheels/*.whl && export PYTHONPATH=/tmp/layersplit-site${PYTHONPATH:+:$PYTHONPATH}
+    fi
+    local text=$PREP/wiki_test.txt
+    { date -u; nvidia-smi 2>/dev/null || echo "no nvidia-smi"
+      "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())"
+    } >"$OUT/machine.txt" 2>&1
+    # correctness on the device first: device masks, fast = naive, host syncs, decoding tokens
+    step tests 120 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu_path.py tests/test_decoding.py
+    # the paper's grid on the 7B shape: splits 1..9 x (clean + 8 p x 5 draws), 2,048 tokens, with a profile
+    step sweep_paper 150 "$PY" bench/sweep.py --model "$MODEL" --device "$DEVICE" --dtype "$DTYPE" --dataset "$text" \
+        --tokens "$TOKENS" --draws "$DRAWS" --grids paper --naive none --profile "$OUT/sweep_profile.txt"
+    # decoding: single process against the socket path, TTFT and TPOT against the memory bound
+    step serve 180 "$PY" bench/serve.py --model "$MODEL" --device "$DEVICE" --dtype "$DTYPE" --decode "$DECODE" \
+        --prompts 2 --max-new-tokens "$NEW_TOKENS" --rounds 2 --wires bf16,fp16 --threads 0
+    # fast = naive on the device (1 draw keeps the naive path short), and every layer
+    step sweep_check 100 "$PY" bench/sweep.py --model "$MODEL" --device "$DEVICE" --dtype "$DTYPE" --dataset "$text" \
+        --tokens "$TOKENS" --draws 1 --grids paper,layers --naive paper
+    if [ -n "$MODEL_LARGE" ]; then
+        step sweep_paper_large 90 "$PY" bench/sweep.py --model "$MODEL_LARGE" --device "$DEVICE" --dtype "$DTYPE" \
+            --dataset "$text" --tokens "$TOKENS" --draws "$DRAWS" --grids paper --naive none
+    fi
+    ls -la "$OUT"
+}
+
+case "${1:-}" in
+    prepare) prepare ;;
+    run) shift; run "$@" ;;
+    *) echo "usage: bash bench/gpu.sh prepare | run [OUT]" >&2; exit 2 ;;
+esac
