@@ -19,6 +19,7 @@ link (--link none, or --snr-db inf) and --wire fp32 the tokens are exactly the s
     python serve.py ue --prompt "Hello" --policy runs/LayerSplit-Protect-v0/ppo_s0    # split and K chosen per request
     python serve.py edge --port 0 --splits 0-8 --max-sessions 2 --max-queue 4     # port 0: any free port, printed
     python serve.py edge --host 0.0.0.0 --model meta-llama/Llama-2-7b-hf --device cuda   # the paper's model, reachable from other hosts
+    python serve.py edge --device cuda --decode compiled --max-context 512   # static caches of 512 tokens, CUDA graphs
 
 Every constant below can be overridden from the command line (see `python serve.py edge --help`,
 `python serve.py ue --help`); the edge's limits are layersplit/serving/protocol.py's.

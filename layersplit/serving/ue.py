@@ -182,8 +182,9 @@ class UEClient:
     the client's requests one after the other. `protect` (K, 0..hidden size): each token's K
     largest-magnitude elements also cross the protected path, so they always arrive, unless the
     split's callable returns its own K for the request. `decode` (segments.DECODE_MODES, or auto):
-    how the UE's layers decode; a static cache holds the prompt and max_new_tokens, rounded up to a
-    power of two. The edge decodes its own way: nothing of it crosses the socket.
+    how the UE's layers decode; a static cache holds the prompt and max_new_tokens (at most the edge's
+    max_context), rounded up to a power of two. The edge decodes its own way: nothing of it crosses
+    the socket.
     """
 
     def __init__(self, model, tokenizer, address: str | tuple[str, int], split: int | SplitChoice = 4,
@@ -317,7 +318,10 @@ class UEClient:
         payload, n = self._expect(READY)
         down += n
         ready = parse_json(payload)
-        cache = self.split_model.new_cache("ue", split, self.decode, static_capacity(ids.shape[1] + max_new_tokens))
+        # a static cache for the prompt and the new tokens, or what the edge keeps if less (it refuses
+        # more: this side need not hold them)
+        room = min(ids.shape[1] + max_new_tokens, max(ids.shape[1], ready["max_context"]))
+        cache = self.split_model.new_cache("ue", split, self.decode, static_capacity(room))
         x = ids
         tokens, times, step_bytes = [], [], []
         ue_s = edge_s = air_s = 0.0
