@@ -86,8 +86,9 @@ class StaticSegmentCache(_LocalLayers, StaticCache):
     def __init__(self, config, start: int, stop: int, capacity: int, compiled: bool = False):
         StaticCache.__init__(self, config=config, max_cache_len=capacity)
         self._keep(start, stop)
-        self.start, self.stop, self.capacity, self.compiled = start, stop, capacity, compiled
-        self.tokens = 0
+        self.start, self.stop, self.capacity, self.tokens = start, stop, capacity, 0
+        # a sliding-window layer decides on a Python count of tokens, which would recompile every step
+        self.compiled = compiled and not any(self.is_sliding)
 
     def reserve(self, n: int) -> None:
         """Room for n more tokens, or a UserError (writing past the end would fail inside a kernel)."""
