@@ -19,6 +19,7 @@ link (--link none, or --snr-db inf) and --wire fp32 the tokens are exactly the s
     python serve.py ue --prompt "Hello" --policy runs/LayerSplit-Protect-v0/ppo_s0    # split and K chosen per request
     python serve.py edge --port 0 --splits 0-8 --max-sessions 2 --max-queue 4     # port 0: any free port, printed
     python serve.py edge --host 0.0.0.0 --model meta-llama/Llama-2-7b-hf --device cuda   # the paper's model, reachable from other hosts
+    python serve.py edge --device cuda --decode compiled --max-context 512   # static caches of 512 tokens, CUDA graphs
 
 Every constant below can be overridden from the command line (see `python serve.py edge --help`,
 `python serve.py ue --help`); the edge's limits are layersplit/serving/protocol.py's.
@@ -42,6 +43,15 @@ from layersplit.wire import WIRE_FORMATS, wire_bits
 # --- both sides -------------------------------------------------------------------------------
 MODEL = EMBEDDED_MODEL  # embedded SmolLM2-135M, a local folder, or a Hugging Face id (both sides load the same)
 THREADS = 0  # torch CPU threads of this process; 0: torch's default (one per core)
+# How each side decodes (layersplit/segments.py DECODE_MODES); each side picks its own, nothing of it
+# crosses the socket. eager: a growing KV cache, the model's forward every step (the reference);
+# static: a fixed-length KV cache written in place; compiled: that cache and a torch.compile'd
+# one-token step, on CUDA replayed as a CUDA graph (the first step of each split compiles: tens of
+# seconds). auto: compiled on CUDA, where a step is otherwise bound by launching hundreds of small
+# kernels from Python; eager on a CPU, where compiling costs tens of seconds and a static cache
+# makes each step attend over its whole length, so CPU numbers stay what they were.
+DECODE = "auto"
+DECODE_CHOICES = ("auto", "eager", "static", "compiled")  # auto and segments.DECODE_MODES (that module needs torch)
 # --- the edge ---------------------------------------------------------------------------------
 SPLITS = "all"  # the splits the edge serves: all = 0..L-1
 # --- the UE -----------------------------------------------------------------------------------
@@ -65,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--threads", type=int, default=THREADS,
                        help="torch CPU threads of this process, 0 for torch's default of one per core; with the UE and "
                             "the edge on one machine, or a loaded one, 1 each avoids OpenMP threads waiting on each other")
+        q.add_argument("--decode", choices=DECODE_CHOICES, default=DECODE,
+                       help="eager: a growing KV cache, the model's forward each step; static: a fixed-length KV cache "
+                            "(the edge's holds --max-context tokens, the UE's the prompt and --max-new-tokens); "
+                            "compiled: static and a compiled decoding step (CUDA graphs on CUDA); auto: compiled on "
+                            "CUDA, eager elsewhere. Each side chooses its own")
 
     e = sub.add_parser("edge", help="run the edge server: the last layers and the LM head", formatter_class=cli.HelpFormatter,
                        description="The edge server: runs decoder layers split + 1..L-1 and the LM head for every UE session.")
@@ -228,10 +243,11 @@ def run_edge(args: argparse.Namespace) -> int:
                         max_queue=args.max_queue, queue_timeout_s=args.queue_timeout,
                         idle_timeout_s=args.idle_timeout, max_frame_bytes=args.max_frame_bytes,
                         max_context=args.max_context, handshake_timeout_s=args.handshake_timeout,
-                        max_handshakes=args.max_handshakes)
+                        max_handshakes=args.max_handshakes, decode=args.decode)
     sm = server.split_model
     print(f"edge listening on {server.address} (model {args.model}: {sm.n_layers} decoder layers, "
-          f"{str(sm.dtype).removeprefix('torch.')}, {sm.device}; serves splits {format_splits(splits)}, 0-based; "
+          f"{str(sm.dtype).removeprefix('torch.')}, {sm.device}, {server.decode} decoding; serves splits "
+          f"{format_splits(splits)}, 0-based; "
           f"{args.max_sessions} sessions at once, {args.max_queue} queued)", flush=True)
 
     def stop(signum, frame):
@@ -259,7 +275,8 @@ def build_client(args: argparse.Namespace, model, tokenizer, split_for_snr=None)
     # an infinite mean SNR is a loss-free link (the UE client's snr=None)
     snr = SnrProcess(args.snr_mean, args.snr_std, args.snr_rho, seed=args.seed) if math.isfinite(args.snr_mean) else None
     return UEClient(model, tokenizer, args.connect, split=split_for_snr or args.split, wire=args.wire,
-                    uplink=uplink, snr=snr, timeout_s=args.timeout, sleep_air=args.sleep_air, protect=args.protect)
+                    uplink=uplink, snr=snr, timeout_s=args.timeout, sleep_air=args.sleep_air, protect=args.protect,
+                    decode=args.decode)
 
 
 def describe_link(args: argparse.Namespace) -> str:
@@ -310,9 +327,10 @@ def run_ue(args: argparse.Namespace, split_for_snr=None) -> int:
               "device": str(sm.device), "edge": args.connect, "wire": args.wire, "link": args.link,
               "snr_mean_db": args.snr_mean, "snr_std_db": args.snr_std, "snr_rho": args.snr_rho, "seed": args.seed,
               "split": "policy" if split_for_snr else args.split, "protect": args.protect,
-              "max_new_tokens": args.max_new_tokens}
+              "max_new_tokens": args.max_new_tokens, "decode": client.decode}
     if not args.json:
-        print(f"UE: model {args.model} ({sm.n_layers} decoder layers, {header['dtype']}, {sm.device}) -> edge "
+        print(f"UE: model {args.model} ({sm.n_layers} decoder layers, {header['dtype']}, {sm.device}, "
+              f"{client.decode} decoding) -> edge "
               f"{args.connect}; {describe_link(args)}; seed {args.seed}", flush=True)
     reports = []
     with client:

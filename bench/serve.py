@@ -3,6 +3,7 @@
     python bench/serve.py                                  # about 2 minutes on 2 CPU cores
     python bench/serve.py --prompts 2 --max-new-tokens 16 --rounds 1 --split 8
     python bench/serve.py --model meta-llama/Llama-2-7b-hf --device cuda
+    python bench/serve.py --model random:llama-2-7b --device cuda --decode compiled --wires bf16,fp16
 
 The UE runs in this process, the edge in a second process (`python serve.py edge`) on loopback,
 with a loss-free link so that every run generates the same number of tokens. On the same prompts,
@@ -12,11 +13,17 @@ interleaved round by round so that a change in the machine's load hits every pat
    whether the tokens are identical to the single-process model's (they must be for fp32);
 2. per wire dtype: bytes per token on the wire (uplink, frames and packet headers included, beside
    the bare activation), bytes of the prompt's activation per prompt token, and where the time of a
-   decoding step goes (UE layers, edge layers, the rest: serialisation, socket, Python).
+   decoding step goes (UE layers, edge layers, the rest: serialisation, socket, Python);
+3. decoding against the memory bound: the weights a decoding step reads over the time per output
+   token (bytes/s) beside the device's memory bandwidth measured in the same run (a large copy),
+   and the bound, weight bytes / bandwidth, for each path.
+Both processes decode in the mode --decode (serve.py's; auto: compiled on CUDA, eager on a CPU);
+in another mode than eager the single-process tokens are also checked against eager decoding's.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import signal
 import statistics
@@ -30,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from layersplit import UserError, cli  # noqa: E402
 from layersplit.cli import non_negative_int  # noqa: E402
 from layersplit.models import EMBEDDED_MODEL  # noqa: E402
+from serve import DECODE, DECODE_CHOICES  # noqa: E402
 from layersplit.serving import protocol  # noqa: E402
 from layersplit.wire import WIRE_FORMATS  # noqa: E402
 
@@ -51,6 +59,13 @@ WIRES = tuple(WIRE_FORMATS)  # fp32, fp16, bf16, int8
 # thread each, the single-process model and the split path each compute on one core at a time.
 THREADS = 1
 EDGE_START_TIMEOUT_S = 300  # the edge process loads the model before it listens
+# How long each process waits for the other during a step (the UE's --timeout, the edge's
+# --idle-timeout): a compiled decoding step compiles at its first call, tens of seconds per split and
+# side, minutes for a large model on a CPU.
+STEP_TIMEOUT_S = 1800
+# The copy that measures the memory bandwidth: far larger than any cache (an H200's L2 is 50 MB).
+BANDWIDTH_BYTES = {"cuda": 1 << 30, "cpu": 1 << 28}
+BANDWIDTH_REPEATS = 5  # the best of these copies
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -62,6 +77,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--split", type=int, default=SPLIT, help="0-based split: split n runs n + 1 layers on the UE")
     p.add_argument("--wires", default=",".join(WIRES), help="wire dtypes to measure")
     p.add_argument("--threads", type=non_negative_int, default=THREADS, help="torch CPU threads per process, 0: torch's default")
+    p.add_argument("--decode", choices=DECODE_CHOICES, default=DECODE,
+                   help="how both processes decode (serve.py --decode): eager, static (a fixed-length KV cache), "
+                        "compiled (and a compiled step, CUDA graphs on CUDA); auto: compiled on CUDA, eager elsewhere")
     args = p.parse_args(argv)
     if not 1 <= args.prompts <= len(PROMPTS) or args.max_new_tokens < 2 or args.rounds < 1:
         p.error(f"--prompts must be in 1..{len(PROMPTS)}, --max-new-tokens >= 2, --rounds >= 1")
@@ -71,9 +89,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def start_edge(args) -> tuple[subprocess.Popen, str]:
+def start_edge(args, max_context: int) -> tuple[subprocess.Popen, str]:
+    """The edge process; its static caches hold max_context tokens, read whole at every step."""
     edge = subprocess.Popen([sys.executable, str(ROOT / "serve.py"), "edge", "--port", "0", "--model", args.model,
-                             "--device", args.device, "--dtype", args.dtype, "--quiet", "--max-sessions", str(len(args.wires)), "--threads", str(args.threads)],
+                             "--device", args.device, "--dtype", args.dtype, "--quiet", "--max-sessions", str(len(args.wires)),
+                             "--threads", str(args.threads), "--decode", args.decode, "--max-context", str(max_context),
+                             "--idle-timeout", str(STEP_TIMEOUT_S)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     deadline = time.monotonic() + EDGE_START_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -87,10 +108,10 @@ def start_edge(args) -> tuple[subprocess.Popen, str]:
     raise UserError("the edge process did not start (run `python serve.py edge --port 0` to see why)")
 
 
-def single(model, tokenizer, prompt: str, n: int) -> dict:
+def single(split_model, tokenizer, prompt: str, n: int, decode: str) -> dict:
     from layersplit.serving.ue import generate_single_process
 
-    tokens, times, start = generate_single_process(model, tokenizer, prompt, n)
+    tokens, times, start = generate_single_process(split_model, tokenizer, prompt, n, decode)
     return {"tokens": tokens, "ttft": times[0] - start, "tpot": (times[-1] - times[0]) / (len(tokens) - 1),
             "seconds": times[-1] - start}
 
@@ -104,12 +125,40 @@ def socket_path(client, prompt: str, n: int) -> dict:
             "edge_step": (r.edge_compute_s - r.edge_prefill_s) / (steps - 1), "wire_bytes": r.wire_bytes}
 
 
+def measure_bandwidth(torch, device) -> float:
+    """The device's memory bandwidth in bytes/s: a large device-to-device copy, bytes read + written
+    over its time, the best of BANDWIDTH_REPEATS."""
+    size = BANDWIDTH_BYTES[device.type if device.type in BANDWIDTH_BYTES else "cpu"]
+    src = torch.ones(size // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda *a: None)
+    dst.copy_(src)  # first touch: page faults, allocation
+    sync(device)
+    best = math.inf
+    for _ in range(BANDWIDTH_REPEATS):
+        start = time.perf_counter()
+        dst.copy_(src)
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size / best
+
+
+def weight_bytes_per_token(model) -> int:
+    """Bytes of weights one decoding step reads: every parameter once (tied ones once), but of the
+    input embedding only one row, unless it is the LM head too (read whole)."""
+    embedding = model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    total = sum(p.numel() * p.element_size() for p in model.parameters())  # parameters() lists a tied one once
+    tied = head is not None and head.weight.data_ptr() == embedding.data_ptr()
+    return total if tied else total - embedding.numel() * embedding.element_size()
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
     from layersplit.models import keep_freed_memory, load_model
-    from layersplit.segments import SplitModel
+    from layersplit.segments import SplitModel, resolve_decode, static_capacity
     from layersplit.serving.ue import UEClient
 
     keep_freed_memory()
@@ -118,25 +167,38 @@ def main(argv=None) -> int:
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
     split_model = SplitModel(model)
     split_model.validate_split(args.split)
+    args.decode = decode = resolve_decode(args.decode, split_model.device)
     prompts = PROMPTS[: args.prompts]
     n = args.max_new_tokens
     dtype = str(split_model.dtype).removeprefix("torch.")
+    bandwidth = measure_bandwidth(torch, split_model.device)
+    weight_bytes = weight_bytes_per_token(model)
     print(f"model {args.model} ({split_model.n_layers} decoder layers, {dtype}, {split_model.device}, "
           f"{torch.get_num_threads()} threads); split {args.split} ({args.split + 1} layers on the UE); "
-          f"{len(prompts)} prompts x {n} new tokens x {args.rounds} rounds; edge in a second process on loopback, "
-          f"loss-free link", flush=True)
-    edge, address = start_edge(args)
+          f"{len(prompts)} prompts x {n} new tokens x {args.rounds} rounds; {decode} decoding; edge in a second "
+          f"process on loopback, loss-free link", flush=True)
+    context = static_capacity(max(len(tokenizer(p).input_ids) for p in prompts) + n)
+    edge, address = start_edge(args, context)
     start = time.perf_counter()
     try:
-        clients = {w: UEClient(split_model, tokenizer, address, split=args.split, wire=w).connect() for w in args.wires}
-        single(model, tokenizer, prompts[0], 2)  # warm-up: first calls allocate and pick kernels
-        for client in clients.values():
-            client.generate(prompts[0], 2)
+        clients = {w: UEClient(split_model, tokenizer, address, split=args.split, wire=w, decode=decode,
+                               timeout_s=STEP_TIMEOUT_S).connect() for w in args.wires}
+        # warm-up: first calls allocate and pick kernels; a static cache's length compiles its own
+        # step, recorded as a CUDA graph at its second call: one whole request per length
+        warm = {static_capacity(len(tokenizer(p).input_ids) + n): p for p in prompts} if decode != "eager" else {0: prompts[0]}
+        for p in warm.values():
+            single(split_model, tokenizer, p, n if decode != "eager" else 2, decode)
+            for client in clients.values():
+                client.generate(p, n if decode != "eager" else 2)
+        # today's tokens: eager decoding, untimed
+        eager = {p: single(split_model, tokenizer, p, n, "eager")["tokens"] for p in prompts} if decode != "eager" else {}
         runs = {"single": [], **{w: [] for w in args.wires}}
         reference = {}
         for rnd in range(args.rounds):
             for prompt in prompts:
-                runs["single"].append(single(model, tokenizer, prompt, n))
+                runs["single"].append(single(split_model, tokenizer, prompt, n, decode))
+                if eager:
+                    runs["single"][-1]["same_as_eager"] = runs["single"][-1]["tokens"] == eager[prompt]
                 reference.setdefault(prompt, runs["single"][-1]["tokens"])
                 for w, client in clients.items():
                     run = socket_path(client, prompt, n)
@@ -184,7 +246,18 @@ def main(argv=None) -> int:
     print(f"\nsocket path overhead per decoding step (serialisation, packets, loopback, Python): "
           f"{1e3 * min(rests):.2f}-{1e3 * max(rests):.2f} ms, {min(rests) / base['tpot']:.1%}-{max(rests) / base['tpot']:.1%} "
           f"of the single-process time per output token")
-    print(f"B/token: uplink bytes of one decoding step (frame header {protocol.HEADER.size} + activation header "
+    print(f"\ndecoding against the memory bound: {weight_bytes / 1e6:.1f} MB of weights read per token (the KV cache "
+          f"not counted); memory bandwidth {bandwidth / 1e9:.1f} GB/s measured now (a large copy on {split_model.device}, "
+          f"bytes read + written); bound: {1e3 * weight_bytes / bandwidth:.2f} ms per token")
+    print(f"{'path':16s}{'TPOT ms':>9s}{'bound ms':>10s}{'TPOT/bound':>12s}{'weights GB/s':>14s}{'of bandwidth':>14s}")
+    for name, rs in (("single process", runs["single"]), *((f"socket {w}", runs[w]) for w in args.wires)):
+        tpot = summary(rs)["tpot"]
+        print(f"{name:16s}{1e3 * tpot:9.2f}{1e3 * weight_bytes / bandwidth:10.2f}{tpot * bandwidth / weight_bytes:12.2f}"
+              f"{weight_bytes / tpot / 1e9:14.2f}{weight_bytes / tpot / bandwidth:14.1%}")
+    if eager:
+        same = sum(r["same_as_eager"] for r in runs["single"])
+        print(f"\nsingle-process tokens in {decode} decoding equal to eager decoding's: {same}/{len(runs['single'])} requests")
+    print(f"\nB/token: uplink bytes of one decoding step (frame header {protocol.HEADER.size} + activation header "
           f"{protocol.ACT_HEADER.size} + a {protocol.SEQ.size}-byte sequence number per packet of 64 elements); bare: "
           f"the activation alone ({d} elements; int8 with its 4-byte scale). Downlink: "
           f"{protocol.HEADER.size + protocol.TOKEN_BODY.size} bytes per token. Total {time.perf_counter() - start:.0f} s.")

@@ -6,8 +6,9 @@ walks the splits, and concurrent sessions never mutate shared modules. Views run
 model's own forward (no copied model code). Splits are 0-based as everywhere in this project:
 split n runs layers 0..n on the UE (n + 1 layers) and layers n + 1.. and the LM head on the edge.
 
-`SegmentCache` gives each side a KV cache whose layer indices are local to its segment.
-`check_composition` is the one check that UE + edge segments reproduce the full model.
+`SegmentCache` gives each side a KV cache whose layer indices are local to its segment;
+`StaticSegmentCache` is its fixed-length twin, whose one-token decoding step can be compiled
+(DECODE_MODES). `check_composition` is the one check that UE + edge segments reproduce the full model.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import inspect
 import threading
 
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, StaticCache
 
 from . import UserError
 from .models import find_decoder_layers
@@ -26,23 +27,75 @@ FINAL_NORM_NAMES = ("norm", "final_layernorm", "final_layer_norm", "ln_f", "fina
 COMPOSITION_RTOL = 1e-3  # largest logit difference, relative to the logits' scale, that counts as the same model
 
 
-class SegmentCache(DynamicCache):
-    """A KV cache for decoder layers [start, stop) of a model, indexed locally from 0.
+# How a side decodes. eager: a growing DynamicCache, every step through the model's forward (the
+# reference). static: a fixed-length StaticCache (allocated once, written in place), still eager.
+# compiled: the static cache with the one-token decoding step compiled by torch.compile, and on CUDA
+# captured as a CUDA graph (mode reduce-overhead), so a step is one graph replay instead of hundreds
+# of kernel launches from Python. The prompt's step (prefill, of any length) always runs eager.
+DECODE_MODES = ("eager", "static", "compiled")
+STATIC_MIN_TOKENS = 64  # a static cache holds a power of two of tokens, at least this: few shapes to compile
 
-    Attention layers index the cache by their global layer_idx; this cache shifts it, so
+
+def resolve_decode(decode: str, device) -> str:
+    """auto: compiled on CUDA, where a decoding step is bound by kernel launches and memory; eager
+    elsewhere: on a CPU compiling takes tens of seconds per shape and a static cache makes every step
+    attend over its whole length, so the CPU keeps today's numbers and behaviour."""
+    if decode == "auto":
+        return "compiled" if torch.device(device).type == "cuda" else "eager"
+    if decode not in DECODE_MODES:
+        raise UserError(f"unknown decoding mode {decode!r}: use auto or one of {', '.join(DECODE_MODES)}")
+    return decode
+
+
+def static_capacity(tokens: int) -> int:
+    """The static cache length for `tokens`: the next power of two, at least STATIC_MIN_TOKENS."""
+    return max(STATIC_MIN_TOKENS, 1 << max(int(tokens) - 1, 0).bit_length())
+
+
+class _LocalLayers:
+    """Keeps the cache layers [start, stop) of a cache built for the whole model and indexes them
+    locally from 0: attention layers index the cache by their global layer_idx; this shifts it, so
     get_seq_length() (which reads its layer 0, giving the positions) and the causal mask see the
     segment's own first layer. Built from the model config, so per-layer cache types (sliding
-    window, ...) are those of the segment's layers.
-    """
+    window, ...) are those of the segment's layers."""
 
-    def __init__(self, config, start: int, stop: int):
-        super().__init__(config=config)
+    def _keep(self, start: int, stop: int) -> None:
         if len(self.layers) >= stop:
             self.layers = self.layers[start:stop]
         self.offset = start
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         return super().update(key_states, value_states, layer_idx - self.offset, *args, **kwargs)
+
+
+class SegmentCache(_LocalLayers, DynamicCache):
+    """A KV cache for decoder layers [start, stop) of a model, indexed locally from 0 (growing)."""
+
+    def __init__(self, config, start: int, stop: int):
+        DynamicCache.__init__(self, config=config)
+        self._keep(start, stop)
+
+
+class StaticSegmentCache(_LocalLayers, StaticCache):
+    """A KV cache for decoder layers [start, stop) holding at most `capacity` tokens, allocated at
+    the first forward and written in place, so that a compiled decoding step (compiled=True) and its
+    CUDA graph find its tensors at the same addresses every step. `tokens` counts what it holds on
+    the host (its device counter would cost a synchronisation); SplitModel.release puts it back in
+    its SplitModel's pool for the next session of the same shape."""
+
+    def __init__(self, config, start: int, stop: int, capacity: int, compiled: bool = False):
+        StaticCache.__init__(self, config=config, max_cache_len=capacity)
+        self._keep(start, stop)
+        self.start, self.stop, self.capacity, self.tokens = start, stop, capacity, 0
+        # a sliding-window layer decides on a Python count of tokens, which would recompile every step
+        self.compiled = compiled and not any(self.is_sliding)
+
+    def reserve(self, n: int) -> None:
+        """Room for n more tokens, or a UserError (writing past the end would fail inside a kernel)."""
+        if self.tokens + n > self.capacity:
+            raise UserError(f"the static KV cache holds {self.capacity} tokens and already has {self.tokens}: "
+                            f"{n} more do not fit (size it from the prompt and max_new_tokens, or --max-context)")
+        self.tokens += n
 
 
 def _module_path(model: torch.nn.Module, target: torch.nn.Module) -> list[str]:
@@ -110,6 +163,8 @@ class SplitModel:
         self._views: dict[tuple[int, int, bool], tuple[torch.nn.Module, str]] = {}
         self._head_separable: bool | None = None  # see head_separable()
         self._lock = threading.Lock()
+        self._idle: dict[tuple[int, int, int, bool], list[StaticSegmentCache]] = {}  # released static caches
+        self._steps: dict[tuple[int, int, bool], object] = {}  # compiled decoding steps per segment
 
     def validate_split(self, split) -> int:
         if isinstance(split, bool) or not isinstance(split, int) and not hasattr(split, "__index__") \
@@ -131,22 +186,94 @@ class SplitModel:
         return {"input_ids": x.to(self.device)} if x.dtype == torch.long else {"inputs_embeds": x.to(self.device, self.dtype)}
 
     # --- serving: one side of a split, with its KV cache ---
-    def new_cache(self, side: str, split: int) -> SegmentCache:
-        start, stop = (0, split + 1) if side == "ue" else (split + 1, self.n_layers)
-        return SegmentCache(self.model.config, start, stop)
+    def _bounds(self, side: str, split: int | None) -> tuple[int, int]:
+        """Decoder layers [start, stop) of a side: ue, edge, or full (the whole model, single-process)."""
+        if side == "full":
+            return 0, self.n_layers
+        return (0, split + 1) if side == "ue" else (split + 1, self.n_layers)
+
+    def new_cache(self, side: str, split: int | None, decode: str = "eager",
+                  capacity: int | None = None) -> SegmentCache | StaticSegmentCache:
+        """A KV cache for one session of a side (ue, edge, or full: the whole model). decode eager: a
+        growing SegmentCache; static or compiled: a StaticSegmentCache of `capacity` tokens, a released
+        one of the same shape when there is one. Give it back with release()."""
+        start, stop = self._bounds(side, split)
+        if decode == "eager":
+            return SegmentCache(self.model.config, start, stop)
+        if decode not in DECODE_MODES or not capacity or capacity < 1:
+            raise UserError(f"a {decode!r} KV cache needs a mode among {', '.join(DECODE_MODES)} and a capacity >= 1")
+        with self._lock:
+            idle = self._idle.get((start, stop, capacity, decode == "compiled"))
+            if idle:
+                return idle.pop()
+        return StaticSegmentCache(self.model.config, start, stop, capacity, compiled=decode == "compiled")
+
+    def release(self, cache) -> None:
+        """A session's cache is done with. A growing one is simply dropped; a static one is emptied and
+        kept for the next session of its shape: a compiled step's CUDA graph reads and writes its
+        tensors where they are, so reusing them replays the graph instead of recording another. The
+        caches kept are at most the sessions that were open at once per shape."""
+        if isinstance(cache, StaticSegmentCache):
+            cache.reset()
+            cache.tokens = 0
+            with self._lock:
+                self._idle.setdefault((cache.start, cache.stop, cache.capacity, cache.compiled), []).append(cache)
+
+    def idle_caches(self) -> int:
+        """Static caches released and kept for reuse."""
+        with self._lock:
+            return sum(len(v) for v in self._idle.values())
+
+    def _run(self, start: int, stop: int, head: bool, inputs: dict, cache):
+        """Layers [start, stop) (and the LM head) on new tokens with their cache: the last position's
+        logits with the head, else the hidden states. One token on a compiled cache that already
+        holds the prompt runs the compiled step; everything else the view's own forward."""
+        n = next(iter(inputs.values())).shape[1]
+        if isinstance(cache, StaticSegmentCache):
+            cache.reserve(n)
+            if cache.compiled and n == 1 and cache.tokens > 1:
+                step = self._compiled_step(start, stop, head)
+                if self.device.type == "cuda":
+                    torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are done with
+                return step(inputs, cache).clone()  # a CUDA graph's output is overwritten by its next replay
+        view, kw = self.view(start, stop, head)
+        if head:
+            return view(use_cache=True, logits_to_keep=1, **inputs, **{kw: cache}).logits
+        return view(use_cache=True, **inputs, **{kw: cache}).last_hidden_state
+
+    def _compiled_step(self, start: int, stop: int, head: bool):
+        """The one-token decoding step of a segment, compiled once per segment (and per cache length):
+        fixed shapes (dynamic=False); positions come from the cache's device counter, so no shape or
+        Python number changes from one step to the next."""
+        view, kw = self.view(start, stop, head)
+        with self._lock:
+            if (start, stop, head) not in self._steps:
+                def step(inputs, cache):
+                    if head:
+                        return view(use_cache=True, logits_to_keep=1, **inputs, **{kw: cache}).logits
+                    return view(use_cache=True, **inputs, **{kw: cache}).last_hidden_state
+
+                # every segment's step is this one function's code, which torch keeps at most
+                # recompile_limit compiled versions of (8 by default): an edge serves many splits
+                torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 8 * self.n_layers)
+                mode = "reduce-overhead" if self.device.type == "cuda" else None
+                self._steps[(start, stop, head)] = torch.compile(step, mode=mode, dynamic=False)
+            return self._steps[(start, stop, head)]
 
     @torch.no_grad()
-    def ue_forward(self, split: int, input_ids: torch.Tensor, cache: SegmentCache) -> torch.Tensor:
+    def ue_forward(self, split: int, input_ids: torch.Tensor, cache) -> torch.Tensor:
         """Hidden state after layer `split` for the new tokens (1 x tokens x d)."""
-        view, kw = self.view(0, split + 1, head=False)
-        return view(input_ids=input_ids.to(self.device), use_cache=True, **{kw: cache}).last_hidden_state
+        return self._run(0, split + 1, False, {"input_ids": input_ids.to(self.device)}, cache)
 
     @torch.no_grad()
-    def edge_logits(self, split: int, hidden: torch.Tensor, cache: SegmentCache) -> torch.Tensor:
+    def edge_logits(self, split: int, hidden: torch.Tensor, cache) -> torch.Tensor:
         """Logits of the last position after layers split + 1.. and the LM head (vocabulary,)."""
-        view, kw = self.view(split + 1, self.n_layers, head=True)
-        out = view(inputs_embeds=hidden.to(self.device, self.dtype), use_cache=True, logits_to_keep=1, **{kw: cache})
-        return out.logits[0, -1]
+        return self._run(split + 1, self.n_layers, True, {"inputs_embeds": hidden.to(self.device, self.dtype)}, cache)[0, -1]
+
+    @torch.no_grad()
+    def logits(self, input_ids: torch.Tensor, cache) -> torch.Tensor:
+        """Logits of the last position of the whole model (vocabulary,), with a cache of side full."""
+        return self._run(0, self.n_layers, True, {"input_ids": input_ids.to(self.device)}, cache)[0, -1]
 
     # --- the sweep: windows without a cache, a split at a time ---
     @torch.no_grad()
@@ -189,21 +316,24 @@ class SplitModel:
 
 
 @torch.no_grad()
-def check_composition(split_model: SplitModel, split: int | None = None, tokens: int = 8) -> float:
+def check_composition(split_model: SplitModel, split: int | None = None, tokens: int = 8, decode: str = "eager") -> float:
     """Largest |logit| difference between UE + edge segments and one full forward, over a prompt
-    and one cached decoding step; raises UserError when the segments do not reproduce the model."""
+    and one cached decoding step; raises UserError when the segments do not reproduce the model.
+    decode: the segments' caches (DECODE_MODES); the full forward's is always a DynamicCache."""
     split = split_model.n_layers // 2 if split is None else split
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, split_model.model.config.vocab_size, (1, tokens + 1), generator=gen)
     model, kw = split_model.model, cache_kwarg(split_model.model)
     full_cache = DynamicCache(config=model.config)
-    ue_cache, edge_cache = split_model.new_cache("ue", split), split_model.new_cache("edge", split)
+    ue_cache, edge_cache = (split_model.new_cache(side, split, decode, static_capacity(tokens + 1)) for side in ("ue", "edge"))
     worst = scale = 0.0
     for chunk in (ids[:, :tokens], ids[:, tokens:]):
         ref = model(input_ids=chunk.to(split_model.device), use_cache=True, logits_to_keep=1, **{kw: full_cache}).logits[0, -1]
         got = split_model.edge_logits(split, split_model.ue_forward(split, chunk, ue_cache), edge_cache)
         worst = max(worst, float((ref.float() - got.float()).abs().max()))
         scale = max(scale, float(ref.float().abs().max()) + 1.0)
+    split_model.release(ue_cache)
+    split_model.release(edge_cache)
     if not worst <= COMPOSITION_RTOL * scale:
         raise UserError(f"{type(model).__name__} cannot be run split: its segments differ from a full forward by "
                         f"{worst:.3g} in the logits (this architecture does something outside its decoder layers)")

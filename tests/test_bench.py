@@ -31,9 +31,17 @@ def test_bench_rl_ablation_runs_every_setup_over_the_seeds():
 
 
 def test_bench_serve_gives_the_single_process_tokens_over_a_loss_free_socket():
-    done = run_script("bench/serve.py", "--prompts", "1", "--max-new-tokens", "4", "--rounds", "1", timeout=300)
+    # static decoding (a fixed-length KV cache on both sides, no compilation): checked against eager's tokens too
+    done = run_script("bench/serve.py", "--prompts", "1", "--max-new-tokens", "4", "--rounds", "1", "--decode", "static",
+                      timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert re.search(r"socket fp32 .* 1/1 requests", done.stdout)
+    assert "static decoding" in done.stdout and "equal to eager decoding's: 1/1 requests" in done.stdout
+    bound = re.search(r"memory bandwidth ([\d.]+) GB/s .* bound: ([\d.]+) ms per token", done.stdout)
+    assert bound and float(bound[1]) > 0 and float(bound[2]) > 0
+    rows = re.findall(r"^(single process|socket \w+) +([\d.]+) +([\d.]+) +([\d.]+) +([\d.]+) +([\d.]+)%$", done.stdout, re.M)
+    assert [r[0] for r in rows] == ["single process", "socket fp32", "socket fp16", "socket bf16", "socket int8"]
+    assert all(float(r[2]) == float(bound[2]) and float(r[3]) > 0 for r in rows)  # the bound beside each TPOT
 
 
 def test_bench_sweep_fast_and_naive_paths_agree_and_report_the_share_of_the_peak():

@@ -6,12 +6,13 @@ import socket
 import threading
 import time
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
 
 from .. import UserError
-from ..segments import SegmentCache, SplitModel, check_composition
+from ..segments import SegmentCache, SplitModel, StaticSegmentCache, check_composition, resolve_decode
 from ..wire import WIRE_FORMATS, decode
 from .protocol import (ACTIVATION, CLOSE, CLOSED, DEFAULT_HOST, DEFAULT_PORT, ERROR, ERROR_CODES, FRAME_NAMES,
                        HANDSHAKE_TIMEOUT_S, HEADER, IDLE_TIMEOUT_S, MAX_CONTEXT, MAX_ELEMENTS_PER_PACKET,
@@ -30,7 +31,7 @@ class EdgeSession:
     split: int
     wire: str
     elements_per_packet: int
-    cache: SegmentCache
+    cache: SegmentCache | StaticSegmentCache
     protect: int = 0  # K: each token's protected elements in every ACTIVATION (protocol.py)
     step: int = 0  # the next ACTIVATION step expected
     context: int = 0  # tokens in the KV cache
@@ -49,8 +50,11 @@ class EdgeServer:
     it waits in the queue, and beyond the queue it is refused with an ERROR "busy" (at once when it
     connects to an edge that is already full that way). A thread per connection, so at most
     max_handshakes + max_queue + max_sessions threads. Forward passes of all sessions take turns on
-    one lock (on a CPU one forward already uses every core). Every way a session can end (CLOSE,
-    disconnect, bad frame, timeout, server fault) frees its KV cache.
+    one compute thread (on a CPU one forward already uses every core; on CUDA a compiled step's
+    graphs are recorded per thread, so one thread records them once). Every way a session can end
+    (CLOSE, disconnect, bad frame, timeout, server fault) frees its KV cache, or gives a static one
+    back for the next session (`decode`: segments.DECODE_MODES or auto; a static cache holds
+    max_context tokens, and every decoding step reads all of them).
     """
 
     def __init__(self, model: torch.nn.Module, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
@@ -58,8 +62,9 @@ class EdgeServer:
                  queue_timeout_s: float = QUEUE_TIMEOUT_S, idle_timeout_s: float = IDLE_TIMEOUT_S,
                  max_frame_bytes: int = MAX_FRAME_BYTES, max_context: int = MAX_CONTEXT,
                  handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S, max_handshakes: int = MAX_HANDSHAKES,
-                 check: bool = True):
+                 check: bool = True, decode: str = "eager"):
         self.split_model = model if isinstance(model, SplitModel) else SplitModel(model)
+        self.decode = resolve_decode(decode, self.split_model.device)
         n = self.split_model.n_layers
         self.splits = sorted(set(splits)) if splits else list(range(n))  # default: every split, 0..L-1
         for s in self.splits:
@@ -87,7 +92,7 @@ class EdgeServer:
         self._active = 0  # connections holding a session slot
         self._waiting = 0  # connections queued for one (after a valid OPEN)
         self._pending: dict[socket.socket, tuple] = {}  # connections waiting for their OPEN -> peer, oldest first
-        self._compute = threading.Lock()
+        self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-compute")
         self._stopping = threading.Event()
         self._threads: set[threading.Thread] = set()
         self._conns: set[socket.socket] = set()  # open connections, shut down by stop()
@@ -140,6 +145,7 @@ class EdgeServer:
             threads = list(self._threads)
         for t in threads:
             t.join(timeout_s)
+        self._compute.shutdown(wait=False)
 
     def __enter__(self):
         return self.start()
@@ -148,7 +154,8 @@ class EdgeServer:
         self.stop()
 
     def live_caches(self) -> int:
-        """KV caches still in memory (open sessions, and ended ones not yet collected)."""
+        """KV caches of sessions still in memory (open sessions, and ended ones not yet collected);
+        static caches given back for reuse are counted by split_model.idle_caches()."""
         return len(self._caches)
 
     # --- admission ---
@@ -337,8 +344,15 @@ class EdgeServer:
         """Forget a session: its KV cache is freed with the last reference."""
         if session is not None:
             with self._state:
-                if self.sessions.pop(session.id, None) is not None:
+                ended = self.sessions.pop(session.id, None) is not None
+                if ended:
                     self.stats["sessions_closed"] += 1
+            if ended and isinstance(session.cache, StaticSegmentCache):
+                self._caches.discard(session.cache)
+                try:  # on the compute thread: emptying it must not race a graph being recorded
+                    self._compute.submit(self.split_model.release, session.cache).result()
+                except RuntimeError:  # the server stopped: nothing will reuse it
+                    pass
         return None
 
     def _handle(self, conn: socket.socket, ftype: int, payload: bytes, session: EdgeSession | None):
@@ -391,8 +405,8 @@ class EdgeServer:
         split, wire, k, protect = params
         with self._state:
             self._next_session += 1
-            session = EdgeSession(self._next_session, split, wire, k, self.split_model.new_cache("edge", split),
-                                  protect=protect)
+            cache = self.split_model.new_cache("edge", split, self.decode, self.max_context)
+            session = EdgeSession(self._next_session, split, wire, k, cache, protect=protect)
             self.sessions[session.id] = session
             self._caches.add(session.cache)
             self.stats["sessions_opened"] += 1
@@ -416,10 +430,13 @@ class EdgeServer:
             raise ProtocolError("too_long", f"the session would hold {session.context + tokens} tokens; this edge "
                                             f"keeps at most {self.max_context} per session (--max-context)")
         hidden = decode(data, scales, (1, tokens, self.split_model.hidden_size), session.wire)
-        with self._compute:
+
+        def forward() -> tuple[int, float]:
             start = time.perf_counter()
             token = int(self.split_model.edge_logits(session.split, hidden, session.cache).argmax())
-            seconds = time.perf_counter() - start
+            return token, time.perf_counter() - start
+
+        token, seconds = self._compute.submit(forward).result()
         session.step += 1
         session.context += tokens
         session.bytes_in += HEADER.size + len(payload)

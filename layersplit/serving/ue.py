@@ -15,7 +15,7 @@ from .. import UserError, channel, nr
 from ..grid import SERVED_LINKS
 from ..uplink import flip_bits, generator, lost_packets, protected, stream_seed
 from ..wire import WIRE_FORMATS, encode, n_packets, wire_bits
-from ..segments import SplitModel, cache_kwarg
+from ..segments import SplitModel, cache_kwarg, resolve_decode, static_capacity
 from .protocol import (ACTIVATION, CLIENT_TIMEOUT_S, CLOSE, CLOSED, ERROR, ERROR_CODES,
                        FRAME_NAMES, HEADER, MAX_FRAME_BYTES, OPEN, PROTOCOL_VERSION, READY, TOKEN, TOKEN_BODY,
                        EdgeError, PeerClosed, ProtocolError, check_timeout, pack_activation, pack_protected, packet_rows,
@@ -181,13 +181,18 @@ class UEClient:
     `snr` (an channel.SnrProcess; None: a fixed infinite SNR, loss-free). One connection serves
     the client's requests one after the other. `protect` (K, 0..hidden size): each token's K
     largest-magnitude elements also cross the protected path, so they always arrive, unless the
-    split's callable returns its own K for the request.
+    split's callable returns its own K for the request. `decode` (segments.DECODE_MODES, or auto):
+    how the UE's layers decode; a static cache holds the prompt and max_new_tokens (at most the edge's
+    max_context), rounded up to a power of two. The edge decodes its own way: nothing of it crosses
+    the socket.
     """
 
     def __init__(self, model, tokenizer, address: str | tuple[str, int], split: int | SplitChoice = 4,
                  wire: str = "fp16", uplink: Uplink | None = None, snr: channel.SnrProcess | None = None,
-                 timeout_s: float = CLIENT_TIMEOUT_S, sleep_air: bool = False, protect: int = 0):
+                 timeout_s: float = CLIENT_TIMEOUT_S, sleep_air: bool = False, protect: int = 0,
+                 decode: str = "eager"):
         self.split_model = model if isinstance(model, SplitModel) else SplitModel(model)
+        self.decode = resolve_decode(decode, self.split_model.device)
         self.tokenizer = tokenizer
         self.address = parse_address(address) if isinstance(address, str) else tuple(address)
         if wire not in WIRE_FORMATS:
@@ -313,7 +318,10 @@ class UEClient:
         payload, n = self._expect(READY)
         down += n
         ready = parse_json(payload)
-        cache = self.split_model.new_cache("ue", split)
+        # a static cache for the prompt and the new tokens, or what the edge keeps if less (it refuses
+        # more: this side need not hold them)
+        room = min(ids.shape[1] + max_new_tokens, max(ids.shape[1], ready["max_context"]))
+        cache = self.split_model.new_cache("ue", split, self.decode, static_capacity(room))
         x = ids
         tokens, times, step_bytes = [], [], []
         ue_s = edge_s = air_s = 0.0
@@ -363,6 +371,8 @@ class UEClient:
         except BaseException:
             self.close()  # a half-finished session must not linger: the edge frees it on disconnect
             raise
+        finally:
+            self.split_model.release(cache)
         total = times[-1] - start
         n_tok = len(tokens)
         return RequestReport(
@@ -382,27 +392,46 @@ class UEClient:
 
 
 @torch.no_grad()
-def generate_single_process(model, tokenizer, prompt: str, max_new_tokens: int) -> tuple[list[int], list[float], float]:
+def generate_single_process(model, tokenizer, prompt: str, max_new_tokens: int,
+                            decode: str = "eager") -> tuple[list[int], list[float], float]:
     """The reference: greedy tokens of the whole model in one process, with a KV cache.
 
     Returns (tokens, arrival times, start time) measured like UEClient.generate, so that time to
     first token and time per output token compare like for like. Stops after an end-of-sequence token.
+    decode eager: the model's forward with a DynamicCache (the reference itself); static or compiled
+    (segments.DECODE_MODES; auto as resolve_decode): a static cache sized like the UE's. `model`
+    may be a SplitModel: pass the same one on every call, so that its compiled steps and cache are
+    reused.
     """
+    split_model = model if isinstance(model, SplitModel) else None
+    model = model.model if split_model is not None else model
     device = next(model.parameters()).device
-    kw = cache_kwarg(model)
+    decode = resolve_decode(decode, device)
     eos = eos_ids(model, tokenizer)
     ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
-    cache = DynamicCache(config=model.config)
+    if decode == "eager":
+        kw, cache = cache_kwarg(model), DynamicCache(config=model.config)
+
+        def forward(x):
+            return model(input_ids=x, use_cache=True, logits_to_keep=1, **{kw: cache}).logits[0, -1]
+    else:
+        split_model = split_model or SplitModel(model)
+        cache = split_model.new_cache("full", None, decode, static_capacity(ids.shape[1] + max_new_tokens))
+
+        def forward(x):
+            return split_model.logits(x, cache)
     tokens, times = [], []
     start = time.perf_counter()
     x = ids
-    for _ in range(max_new_tokens):
-        logits = model(input_ids=x, use_cache=True, logits_to_keep=1, **{kw: cache}).logits[0, -1]
-        token = int(logits.argmax())
-        times.append(time.perf_counter())
-        tokens.append(token)
-        if token in eos:
-            break
-        x = torch.tensor([[token]], device=device)
+    try:
+        for _ in range(max_new_tokens):
+            token = int(forward(x).argmax())
+            times.append(time.perf_counter())
+            tokens.append(token)
+            if token in eos:
+                break
+            x = torch.tensor([[token]], device=device)
+    finally:
+        if split_model is not None:
+            split_model.release(cache)
     return tokens, times, start
-
