@@ -69,18 +69,19 @@ run() {
       "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())"
     } >"$OUT/machine.txt" 2>&1
     # correctness on the device first: device masks, fast = naive, host syncs, decoding tokens
-    step tests 120 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu_path.py tests/test_decoding.py
+    step tests 90 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu_path.py tests/test_decode.py
     # the paper's grid on the 7B shape: splits 1..9 x (clean + 8 p x 5 draws), 2,048 tokens, with a profile
-    step sweep_paper 150 "$PY" bench/sweep.py --model "$MODEL" --device "$DEVICE" --dtype "$DTYPE" --dataset "$text" \
+    step sweep_paper 120 "$PY" bench/sweep.py --model "$MODEL" --device "$DEVICE" --dtype "$DTYPE" --dataset "$text" \
         --tokens "$TOKENS" --draws "$DRAWS" --grids paper --naive none --profile "$OUT/sweep_profile.txt"
-    # decoding: single process against the socket path, TTFT and TPOT against the memory bound
-    step serve 180 "$PY" bench/serve.py --model "$MODEL" --device "$DEVICE" --dtype "$DTYPE" --decode "$DECODE" \
-        --prompts 2 --max-new-tokens "$NEW_TOKENS" --rounds 2 --wires bf16,fp16 --threads 0
     # fast = naive on the device (1 draw keeps the naive path short), and every layer
-    step sweep_check 100 "$PY" bench/sweep.py --model "$MODEL" --device "$DEVICE" --dtype "$DTYPE" --dataset "$text" \
+    step sweep_check 90 "$PY" bench/sweep.py --model "$MODEL" --device "$DEVICE" --dtype "$DTYPE" --dataset "$text" \
         --tokens "$TOKENS" --draws 1 --grids paper,layers --naive paper
+    # decoding: single process against the socket path, TTFT and TPOT against the memory bound (compiling
+    # the 7B steps takes a while: one graph per segment and cache length)
+    step serve 200 "$PY" bench/serve.py --model "$MODEL" --device "$DEVICE" --dtype "$DTYPE" --decode "$DECODE" \
+        --prompts 2 --max-new-tokens "$NEW_TOKENS" --rounds 2 --wires bf16,fp16 --threads 0
     if [ -n "$MODEL_LARGE" ]; then
-        step sweep_paper_large 90 "$PY" bench/sweep.py --model "$MODEL_LARGE" --device "$DEVICE" --dtype "$DTYPE" \
+        step sweep_paper_large 60 "$PY" bench/sweep.py --model "$MODEL_LARGE" --device "$DEVICE" --dtype "$DTYPE" \
             --dataset "$text" --tokens "$TOKENS" --draws "$DRAWS" --grids paper --naive none
     fi
     ls -la "$OUT"
