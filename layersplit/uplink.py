@@ -18,10 +18,10 @@ them); with dropout and erasure the packets are then filled with the elements th
 One seeding scheme: the randomness of a unit of work is a torch.Generator seeded with
 stream_seed(seed, unit, draw), and its transfers draw from it in order. The generator is a CPU one
 everywhere except in the sweep on an accelerator, which draws its fields on the device (mask_device:
-the same Bernoulli marginals and nesting from another stream, without a host-to-device copy per variant). The sweep's unit is a
-(window, draw), with one transfer; serve.py's is a request (draw 0), whose steps are its transfers;
-add_noise.py's is its run (unit 0, draw 0), so `add_noise.py --generate` at a seed impairs what
-serve.py's first request at that seed does. Losses compare one uniform field per transfer with the
+the same Bernoulli marginals and nesting from another stream, without a host-to-device copy per
+variant). The sweep's unit is a (window, draw), with one transfer; serve.py's is a request (draw 0),
+whose steps are its transfers; add_noise.py's is its run (unit 0, draw 0), so `add_noise.py
+--generate` at a seed impairs what serve.py's first request at that seed does. Losses compare one uniform field per transfer with the
 loss probability, so masks at different probabilities are nested.
 """
 from __future__ import annotations
@@ -171,7 +171,8 @@ def uniform(n: int, gen: torch.Generator) -> torch.Tensor:
 
 
 # --- losses: dropout, erasure, withholding ------------------------------------------------------------
-def lost_elements(n: int, k: int, loss: float, withheld: float, gen: torch.Generator) -> tuple[torch.Tensor, int]:
+def lost_elements(n: int, k: int, loss: float, withheld: float,
+                  gen: torch.Generator) -> tuple[torch.Tensor, int | torch.Tensor]:
     """(flags of the n elements that do not arrive, elements sent) for packets of k elements lost
     with probability `loss` (dropout: k = 1) after a share `withheld` of elements is not sent. The count
     sent is a 0-d tensor with withholding (on the generator's device: read it when needed)."""
