@@ -5,6 +5,7 @@
 #                                       # wheels a GPU machine without this project's packages needs, in .gpu/
 #   bash bench/gpu.sh run [OUT]         # there, from the repository root with .gpu/ beside it: OUT (default
 #                                       # results/gpu) gets one .txt per step and a profile
+# .gpu/ is git-ignored: send it with the working tree (rsync, or a remote runner's list of extra paths).
 #
 # No weights travel: the models are random-weight stand-ins of the published shapes (--model random:SHAPE),
 # built on the GPU with the embedded tokenizer. Each step has its own time limit, so a slow step costs
