@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU measurement of the paper's setting in one run of under 8 minutes, its results in one folder.
+# Every GPU measurement of the paper's setting in one run planned for 8 minutes (its step limits add to 9.3), its results in one folder.
 #
 #   bash bench/gpu.sh prepare           # here (with the project installed): the tokenizer, the text and the
 #                                       # wheels a GPU machine without this project's packages needs, in .gpu/
