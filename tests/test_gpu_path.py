@@ -176,4 +176,5 @@ def test_on_cuda_the_host_waits_once_per_window_not_per_variant(cuda_llama):
         finally:
             torch.cuda.set_sync_debug_mode("default")
         counts.append(sum("synchroniz" in str(w.message) for w in caught))
+    assert counts[0] > 0, "the walk reads its scores, a synchronising call the counter must see"
     assert counts[1] == counts[0], counts
