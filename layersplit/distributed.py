@@ -139,7 +139,10 @@ def _worker_class():
                 scores.append(scored)
                 marker = os.environ.get(KILL_ONCE_ENV)
                 if marker and not os.path.exists(marker):  # fault injection for the tests: die mid-task, once
-                    open(marker, "w").close()
+                    try:  # created atomically: of two workers here at once, only the one that made it dies
+                        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                    except FileExistsError:
+                        continue
                     os._exit(1)
             return scores
 
