@@ -147,6 +147,14 @@ def model_fingerprint(model: torch.nn.Module) -> dict:
             "vocab_size": cfg.vocab_size, "name": getattr(cfg, "_name_or_path", "")}
 
 
+def _segment_forward(view: torch.nn.Module, kw: str, head: bool, inputs: dict, cache):
+    """A view's forward on new tokens with its cache: the last position's logits with the head, else
+    the hidden states (eager, and the body of the compiled decoding step)."""
+    if head:
+        return view(use_cache=True, logits_to_keep=1, **inputs, **{kw: cache}).logits
+    return view(use_cache=True, **inputs, **{kw: cache}).last_hidden_state
+
+
 class SplitModel:
     """One loaded model, run as segments: the UE's layers 0..split and the edge's split + 1.. + LM head.
 
@@ -236,10 +244,7 @@ class SplitModel:
                 if self.device.type == "cuda":
                     torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are done with
                 return step(inputs, cache).clone()  # a CUDA graph's output is overwritten by its next replay
-        view, kw = self.view(start, stop, head)
-        if head:
-            return view(use_cache=True, logits_to_keep=1, **inputs, **{kw: cache}).logits
-        return view(use_cache=True, **inputs, **{kw: cache}).last_hidden_state
+        return _segment_forward(*self.view(start, stop, head), head, inputs, cache)
 
     def _compiled_step(self, start: int, stop: int, head: bool):
         """The one-token decoding step of a segment, compiled once per segment (and per cache length):
@@ -249,9 +254,7 @@ class SplitModel:
         with self._lock:
             if (start, stop, head) not in self._steps:
                 def step(inputs, cache):
-                    if head:
-                        return view(use_cache=True, logits_to_keep=1, **inputs, **{kw: cache}).logits
-                    return view(use_cache=True, **inputs, **{kw: cache}).last_hidden_state
+                    return _segment_forward(view, kw, head, inputs, cache)
 
                 # every segment's step is this one function's code, which torch keeps at most
                 # recompile_limit compiled versions of (8 by default): an edge serves many splits
