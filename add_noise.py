@@ -61,6 +61,7 @@ SWEEP_MAX_TOKENS = 4096  # tokens of text per cell: 8 windows, so a cell pools 8
 SWEEP_CONTEXT = 512  # disjoint 512-token windows: each token is computed once per variant
 SWEEP_BATCH = "auto"  # impaired variants per forward of the edge's layers; auto: from free GPU memory, 16 on a CPU
 MASK_DEVICE = "auto"  # where the sweep draws mask fields: auto (the model's device: a GPU's own streams), cpu (CPU numbers anywhere)
+SWEEP_COMPILE = False  # the edge's layers through torch.compile: a GPU's lever (not yet measured there); eager's speed on a CPU
 SWEEP_OUTPUT = "results/sweep_{model}.csv"  # {model}: the model name with / replaced
 SWEEP_WORKERS = 0  # Ray workers of --sweep --ray, one model each; 0: one per GPU of the cluster, else one per CPU
 VERIFY_RTOL = 1e-4  # --verify: largest relative difference of NLL or accuracy that counts as the same number
@@ -112,6 +113,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--mask-device", choices=MASK_DEVICES, default=MASK_DEVICE,
                    help="where mask fields are drawn: auto, on the model's device (on a GPU its own seeded streams: "
                         "other draws of the same distribution than a CPU's); cpu, the CPU's numbers on any device")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=SWEEP_COMPILE,
+                   help="run the edge's layers of the fast path through torch.compile (one graph shared by every "
+                        "layer, compiled at the start); the same numbers up to rounding")
     g.add_argument("--naive", action="store_true", help="one full forward per cell and draw (the reference; slow)")
     g.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                    help="run the grid on Ray workers, one model each (one GPU each on a GPU cluster); this process "
@@ -245,10 +249,11 @@ def run_sweep(args: argparse.Namespace) -> int:
                                         "context_length": args.context_length, "stride": args.stride,
                                         "dtype": dtype, "seed": args.seed}, sweep.link_columns(args.channel, args.link))
     cfg = sweep.SweepConfig(splits, args.conditions, args.draws, args.seed, args.context_length, args.stride,
-                            args.channel, args.batch_size, args.mask_device)
+                            args.channel, args.batch_size, args.mask_device, args.compile)
     cells = sum(draws_of(c, args.draws) for c in args.conditions) * len(splits)
     print(f"sweep: {len(splits)} splits x {len(args.conditions)} conditions ({cells} cell-draws, "
-          f"{len(store.done)} already in {output}), {len(ids)} tokens, {dtype}", file=sys.stderr)
+          f"{len(store.done)} already in {output}), {len(ids)} tokens, {dtype}"
+          f"{', edge layers compiled' if cfg.compile and not args.naive else ''}", file=sys.stderr)
     naive = args.naive
     if not naive:
         try:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU measurement of the paper's setting in one run planned for 8 minutes (its step limits add to 9.3), its results in one folder.
+# Every GPU measurement of the paper's setting in one run planned for 8 minutes (its step limits add to 9.7), its results in one folder.
 #
 #   bash bench/gpu.sh prepare           # here (with the project installed): the tokenizer, the text and the
 #                                       # wheels a GPU machine without this project's packages needs, in .gpu/
@@ -69,17 +69,19 @@ run() {
     { date -u; nvidia-smi 2>/dev/null || echo "no nvidia-smi"
       "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())"
     } >"$OUT/machine.txt" 2>&1
-    # correctness on the device first: device masks, fast = naive, host syncs, decoding tokens
-    step tests 90 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu_path.py tests/test_decode.py
-    # the paper's grid on the 7B shape: splits 1..9 x (clean + 8 p x 5 draws), 2,048 tokens, with a profile
-    step sweep_paper 120 "$PY" bench/sweep.py --model "$MODEL" --device "$DEVICE" --dtype "$DTYPE" --dataset "$text" \
-        --tokens "$TOKENS" --draws "$DRAWS" --grids paper --naive none --profile "$OUT/sweep_profile.txt"
+    # correctness on the device first (-v: a test cut off by the limit still shows which passed): device masks,
+    # fast = naive, compiled layers = naive, host syncs, decoding tokens
+    step tests 90 "$PY" -m pytest -v -m gpu -p no:cacheprovider tests/test_gpu_path.py tests/test_decode.py
+    # the paper's grid on the 7B shape: splits 1..9 x (clean + 8 p x 5 draws), 2,048 tokens, eager then with
+    # the edge's layers compiled (the lever if eager misses 60% of the peak), with a profile of the eager path
+    step sweep_paper 180 "$PY" bench/sweep.py --model "$MODEL" --device "$DEVICE" --dtype "$DTYPE" --dataset "$text" \
+        --tokens "$TOKENS" --draws "$DRAWS" --grids paper --naive none --compiled --profile "$OUT/sweep_profile.txt"
     # fast = naive on the device (1 draw keeps the naive path short), and every layer
-    step sweep_check 90 "$PY" bench/sweep.py --model "$MODEL" --device "$DEVICE" --dtype "$DTYPE" --dataset "$text" \
+    step sweep_check 70 "$PY" bench/sweep.py --model "$MODEL" --device "$DEVICE" --dtype "$DTYPE" --dataset "$text" \
         --tokens "$TOKENS" --draws 1 --grids paper,layers --naive paper
     # decoding: single process against the socket path, TTFT and TPOT against the memory bound (compiling
     # the 7B steps takes a while: one graph per segment and cache length)
-    step serve 200 "$PY" bench/serve.py --model "$MODEL" --device "$DEVICE" --dtype "$DTYPE" --decode "$DECODE" \
+    step serve 180 "$PY" bench/serve.py --model "$MODEL" --device "$DEVICE" --dtype "$DTYPE" --decode "$DECODE" \
         --prompts 2 --max-new-tokens "$NEW_TOKENS" --rounds 2 --wires bf16,fp16 --threads 0
     if [ -n "$MODEL_LARGE" ]; then
         step sweep_paper_large 60 "$PY" bench/sweep.py --model "$MODEL_LARGE" --device "$DEVICE" --dtype "$DTYPE" \

@@ -15,6 +15,8 @@ Prints, on the paper's early splits (1..9) and over every layer, for clean + the
    configuration (the fast path; float32 on a CPU) is compared.
 3. the projected time of the paper's grid over the whole WikiText-2 test text (about 300k tokens, in
    windows of --tokens) with 5 draws, at the fast path's measured rate.
+4. with --compiled: the fast path again with the edge's layers compiled (torch.compile), its compile
+   time apart, its rate against the eager one and its largest perplexity difference from it.
 --profile FILE writes a torch.profiler table of the fast path on the paper's splits (what to tune next).
 """
 from __future__ import annotations
@@ -46,13 +48,14 @@ TARGET_SHARE = {"cpu": 0.70, "cuda": 0.60}  # the issue's targets for the fast p
 SEED = 0
 
 
-def grid(splits, tokens, draws, batch_size=None):
+def grid(splits, tokens, draws, batch_size=None, compile=False):
     """The sweep configuration: clean + the paper's p (the default sweep's conditions) at `splits`,
-    one window of `tokens`; batch None: the sweep's automatic choice."""
+    one window of `tokens`; batch None: the sweep's automatic choice; compile: the edge's layers compiled."""
     from layersplit import sweep
 
     conditions = make_conditions(list(PAPER_DROPOUTS), [], "erasure")
-    return sweep.SweepConfig(splits, conditions, draws, SEED, tokens, tokens, channel.LinkConfig(), batch_size=batch_size)
+    return sweep.SweepConfig(splits, conditions, draws, SEED, tokens, tokens, channel.LinkConfig(), batch_size=batch_size,
+                             compile=compile)
 
 
 def flops(model, cfg, n_tokens: int) -> tuple[float, float]:
@@ -141,6 +144,8 @@ def main(argv=None) -> int:
     parser.add_argument("--naive", choices=("all", "paper", "none"), default=NAIVE,
                         help="grids on which the naive path runs too (every layer's is the slowest run)")
     parser.add_argument("--batch-size", type=cli.batch_size, default="auto", help="variants per forward (auto: the sweep's)")
+    parser.add_argument("--compiled", action="store_true",
+                        help="then time the fast path again with the edge's layers compiled (add_noise.py --compile)")
     parser.add_argument("--profile", type=Path, metavar="FILE", help="write a profile of the fast path here")
     args = parser.parse_args(argv)
     args.grids = [g.strip() for g in args.grids.split(",") if g.strip()]
@@ -172,10 +177,11 @@ def main(argv=None) -> int:
           if target else "\n2. the fast path (and the naive one where --naive runs it)")
     grids = {"paper": ("paper's splits 1..9", EARLY_SPLITS, args.naive in ("all", "paper")),
              "layers": (f"every layer 0..{n_layers - 1}", list(range(n_layers)), args.naive == "all")}
-    rates = {}
+    rates, eager_ppl = {}, {}
     for name, splits, with_naive in (grids[g] for g in args.grids):
         cfg = grid(splits, len(ids), args.draws, args.batch_size)
         t_fast, ppl_fast = timed_sweep(model, ids, cfg, sweep.run_fast)
+        eager_ppl[name] = ppl_fast
         f_fast, f_naive = flops(model, cfg, len(ids))
         rates[name] = f_fast / t_fast
         line = (f"   {name:22s} fast {t_fast:7.1f} s  {f_fast / t_fast / 1e12:7.3f} TFLOP/s  "
@@ -194,9 +200,30 @@ def main(argv=None) -> int:
     seconds = flops(model, paper, PAPER_TEXT_TOKENS)[0] / rates[name]
     print(f"\n3. projected: the paper's grid (splits 1..9, clean + 8 p x {PAPER_DRAWS} draws) over {PAPER_TEXT_TOKENS:,} "
           f"tokens in windows of {len(ids)}: {seconds / 3600:.2f} h at the rate of the {name} run")
+    if args.compiled:
+        timed_compiled(model, ids, args, [grids[g] for g in args.grids], eager_ppl, rates, peak)
     if args.profile:
         profile(model, ids, grid(EARLY_SPLITS, len(ids), args.draws, args.batch_size), args.profile)
     return 0
+
+
+def timed_compiled(model, ids, args, grids, eager_ppl, eager_rates, peak) -> None:
+    """The fast path again with the edge's layers compiled: compiling first (two splits of the first
+    grid, so both batch shapes of a grid are compiled before the clock runs), then each grid against
+    its eager time and numbers."""
+    from layersplit import sweep
+
+    print("\n4. the fast path with the edge's layers compiled (add_noise.py --compile)")
+    first = grids[0][1][:2]
+    t_compile, _ = timed_sweep(model, ids, grid(first, len(ids), args.draws, args.batch_size, compile=True), sweep.run_fast)
+    print(f"   compiling, with splits {first} run: {t_compile:.1f} s", flush=True)
+    for name, splits, _ in grids:
+        cfg = grid(splits, len(ids), args.draws, args.batch_size, compile=True)
+        t, ppl = timed_sweep(model, ids, cfg, sweep.run_fast)
+        rate = flops(model, cfg, len(ids))[0] / t
+        diff = max(abs(ppl[k] - eager_ppl[name][k]) / eager_ppl[name][k] for k in eager_ppl[name])
+        print(f"   {name:22s} compiled {t:7.1f} s  {rate / 1e12:7.3f} TFLOP/s  {100 * rate / peak:4.0f}% of the peak  "
+              f"{rate / eager_rates[name]:.2f}x the eager rate  max |dPPL|/PPL against eager {diff:.1e}", flush=True)
 
 
 if __name__ == "__main__":

@@ -105,15 +105,17 @@ def _module_path(model: torch.nn.Module, target: torch.nn.Module) -> list[str]:
     raise UserError(f"cannot locate the decoder layers inside {type(model).__name__}")
 
 
-def segment_view(model: torch.nn.Module, start: int, stop: int, head: bool) -> torch.nn.Module:
+def segment_view(model: torch.nn.Module, start: int, stop: int, head: bool, layers=None) -> torch.nn.Module:
     """A shallow copy of `model` that shares all parameters but runs only decoder layers [start, stop).
 
     head=False: the decoder (no LM head) with its final norm replaced by Identity, so its
     last_hidden_state is the raw output of layer stop - 1. head=True: the whole causal LM (LM head
-    included), fed with inputs_embeds. Nothing of `model` is modified.
+    included), fed with inputs_embeds. layers: what runs in place of the model's own decoder layers
+    (their compiled wrappers). Nothing of `model` is modified.
     """
-    layers = find_decoder_layers(model)
-    path = _module_path(model, layers)
+    own = find_decoder_layers(model)
+    path = _module_path(model, own)
+    layers = own if layers is None else layers
     root = copy.copy(model)
     root._modules = dict(model._modules)
     parent = root
@@ -173,6 +175,7 @@ class SplitModel:
         self._lock = threading.Lock()
         self._idle: dict[tuple[int, int, int, bool], list[StaticSegmentCache]] = {}  # released static caches
         self._steps: dict[tuple[int, int, bool], object] = {}  # compiled decoding steps per segment
+        self._compiled_layers: list[torch.nn.Module] | None = None  # see view(compiled=True)
 
     def validate_split(self, split) -> int:
         if isinstance(split, bool) or not isinstance(split, int) and not hasattr(split, "__index__") \
@@ -181,12 +184,17 @@ class SplitModel:
                             f"{self.n_layers} decoder layers on the UE)")
         return int(split)
 
-    def view(self, start: int, stop: int, head: bool) -> tuple[torch.nn.Module, str]:
-        """(the view running layers [start, stop), with the LM head or not; its cache argument's name)."""
+    def view(self, start: int, stop: int, head: bool, compiled: bool = False) -> tuple[torch.nn.Module, str]:
+        """(the view running layers [start, stop), with the LM head or not; its cache argument's name).
+        compiled: each decoder layer through torch.compile (regional compilation: the layers share one
+        code, so one graph serves them all; a second batch size recompiles it once with a symbolic
+        batch). The model itself is left eager."""
         with self._lock:
-            key = (start, stop, head)
+            key = (start, stop, head, compiled)
             if key not in self._views:
-                view = segment_view(self.model, start, stop, head)
+                if compiled and self._compiled_layers is None:
+                    self._compiled_layers = [torch.compile(layer) for layer in find_decoder_layers(self.model)]
+                view = segment_view(self.model, start, stop, head, self._compiled_layers if compiled else None)
                 self._views[key] = (view, cache_kwarg(view))
             return self._views[key]
 
@@ -286,13 +294,14 @@ class SplitModel:
         return view(**self._inputs(x), use_cache=False).last_hidden_state
 
     @torch.no_grad()
-    def score_from(self, hidden: torch.Tensor, start: int, targets: torch.Tensor):
+    def score_from(self, hidden: torch.Tensor, start: int, targets: torch.Tensor, compiled: bool = False):
         """Per-variant NLL sum (float64) and correct count of `targets` (the window's last tokens),
         running layers start.. and the LM head on a batch of hidden states; left on the model's
         device (reading them is a host sync: the sweep reads once per window). Where the head is
-        separable, its logits are made a slice of tokens at a time (perplexity.chunked_nll)."""
+        separable, its logits are made a slice of tokens at a time (perplexity.chunked_nll).
+        compiled: the layers through torch.compile (view)."""
         n = len(targets)
-        view, _ = self.view(start, self.n_layers, head=True)
+        view, _ = self.view(start, self.n_layers, True, compiled)
         if self.head_separable():
             states = view.get_decoder()(**self._inputs(hidden), use_cache=False).last_hidden_state[:, -n - 1:-1]
             return chunked_nll(states, view.get_output_embeddings(), targets)

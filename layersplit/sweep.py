@@ -153,6 +153,7 @@ class SweepConfig:
     link_template: channel.LinkConfig  # modulation, fading, packets... for SNR conditions
     batch_size: int | None = CPU_BATCH  # impaired variants per suffix forward; None: from free memory (auto_batch_size)
     mask_device: str = "auto"  # where mask fields are drawn (MASK_DEVICES)
+    compile: bool = False  # the edge's layers through torch.compile (SplitModel.view(compiled=True)); same numbers up to rounding
 
 
 class CellTotals:
@@ -267,16 +268,17 @@ def mask_device(cfg: SweepConfig, model_device: torch.device) -> torch.device:
     return torch.device("cpu") if cfg.mask_device == "cpu" else torch.device(model_device)
 
 
-def auto_batch_size(segments: SplitModel, hidden: torch.Tensor, start: int, targets: torch.Tensor) -> int:
+def auto_batch_size(segments: SplitModel, hidden: torch.Tensor, start: int, targets: torch.Tensor,
+                    compiled: bool = False) -> int:
     """Variants per suffix forward: on CUDA, as many as GPU_MEMORY_SHARE of the free memory holds,
-    from the peak memory of one variant's suffix forward measured here; CPU_BATCH elsewhere."""
+    from the peak memory of one variant's suffix forward (compiled or not) measured here; CPU_BATCH elsewhere."""
     device = segments.device
     if device.type != "cuda":
         return CPU_BATCH
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
-    segments.score_from(hidden, start, targets)
+    segments.score_from(hidden, start, targets, compiled)
     per_variant = max(torch.cuda.max_memory_allocated(device) - before, 1)
     free = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     return max(1, int(GPU_MEMORY_SHARE * free // per_variant))
@@ -302,13 +304,13 @@ def walk(segments: SplitModel, token_ids: torch.Tensor, cfg: SweepConfig, work, 
             targets = token_ids[w.first_target:w.end].to(segments.device)  # once per window: a copy waits
             to_run = [(c, d) for c, d in pending if split == clean_split or not is_clean(cfg.conditions[c])]
             if batch is None and to_run:
-                batch = auto_batch_size(segments, hidden[i], split + 1, targets)
+                batch = auto_batch_size(segments, hidden[i], split + 1, targets, cfg.compile)
             nlls, corrects = [], []
             for lo in range(0, len(to_run), batch or 1):
                 variants = torch.cat([uplink.received(hidden[i], impairments[c],
                                                       uplink.generator(uplink.stream_seed(cfg.seed, i, d), masks_on))
                                       for c, d in to_run[lo:lo + batch]])
-                nll, correct = segments.score_from(variants, split + 1, targets)
+                nll, correct = segments.score_from(variants, split + 1, targets, cfg.compile)
                 nlls.append(nll)
                 corrects.append(correct)
             scores = list(zip(to_run, torch.cat(nlls).tolist(), torch.cat(corrects).tolist())) if to_run else []

@@ -1,7 +1,8 @@
 """The sweep's accelerator path, tested on the CPU where it has an equivalent and on CUDA (gpu marker):
 mask fields drawn by a device generator keep their Bernoulli marginals and nesting, the CPU keeps its
 numbers, the LM head scored a slice of tokens at a time equals whole logits, the automatic batch size
-changes no number, and the host waits on the device once per window, not once per variant."""
+changes no number, the edge's layers compiled give the eager numbers, and the host waits on the
+device once per window, not once per variant."""
 from __future__ import annotations
 
 import math
@@ -13,6 +14,7 @@ from transformers import LlamaForCausalLM
 
 from conftest import tiny_config
 from layersplit import grid, perplexity, sweep, uplink
+from layersplit.models import find_decoder_layers
 from layersplit.segments import SplitModel
 from test_sweep import RUN, TOKENS, assert_same_numbers, config, rows_by_key
 
@@ -113,6 +115,25 @@ def test_cpu_mask_device_is_the_auto_one_on_a_cpu(tiny_llama, tmp_path):
         run_sweep(tiny_llama, tmp_path / "bad.csv", mask_device="gpu")
 
 
+def test_compiled_layers_give_the_eager_numbers_and_leave_the_model_eager(tiny_llama, tmp_path):
+    """The edge's layers through torch.compile: the same rows up to float rounding, over two batch
+    shapes (3 variants, then the remainder: one recompile, with a symbolic batch); the model's own
+    layers stay eager and the compiled ones share their parameters."""
+    eager = run_sweep(tiny_llama, tmp_path / "eager.csv", batch_size=3)
+    torch._dynamo.reset()  # compiled afresh here, whatever ran before
+    frames = torch._dynamo.utils.counters["frames"]["ok"]
+    compiled = run_sweep(tiny_llama, tmp_path / "compiled.csv", batch_size=3, compile=True)
+    assert torch._dynamo.utils.counters["frames"]["ok"] > frames  # the sweep did run compiled code
+    assert_same_numbers(compiled, eager, rel=1e-4)
+    segments = SplitModel(tiny_llama)
+    view, _ = segments.view(2, segments.n_layers, True, compiled=True)
+    layers, own = view.get_decoder().layers, find_decoder_layers(tiny_llama)
+    assert all(isinstance(layer, torch._dynamo.eval_frame.OptimizedModule) for layer in layers)
+    assert [layer._orig_mod for layer in layers] == list(own[2:])
+    assert not any(isinstance(layer, torch._dynamo.eval_frame.OptimizedModule) for layer in own)
+    assert segments.view(2, segments.n_layers, True)[0].get_decoder().layers[0] is own[2]  # the eager view
+
+
 def run_sweep(model, path, runner=sweep.run_fast, **overrides) -> dict:
     cfg = config(splits=(0, 2), draws=2)
     for key, value in overrides.items():
@@ -140,6 +161,16 @@ def test_on_cuda_the_fast_path_equals_the_naive_path_with_device_masks(cuda_llam
     for key in fast:
         for column in fast[key]:
             assert float(fast[key][column]) == pytest.approx(float(naive[key][column]), rel=1e-4), (key, column)
+
+
+@pytest.mark.gpu
+def test_on_cuda_compiled_layers_give_the_naive_numbers(cuda_llama, tmp_path):
+    compiled = numbers(run_sweep(cuda_llama, tmp_path / "compiled.csv", batch_size=None, compile=True))
+    naive = numbers(run_sweep(cuda_llama, tmp_path / "naive.csv", runner=sweep.run_naive))
+    assert compiled.keys() == naive.keys()
+    for key in compiled:
+        for column in compiled[key]:
+            assert float(compiled[key][column]) == pytest.approx(float(naive[key][column]), rel=1e-4), (key, column)
 
 
 @pytest.mark.gpu

@@ -246,17 +246,19 @@ def test_sweep_figure_from_a_results_file(tiny_llama, tmp_path):
 
 
 def test_cli_verify_spot_checks_a_sweep_with_a_sub_grid(tiny_model_dir, sample_txt, tmp_path):
-    """A sub-grid recomputes the full sweep's rows (masks seeded per seed, window and draw); a changed
-    number in the reference is caught, and so is a row the reference lacks."""
+    """A sub-grid recomputes the full sweep's rows (masks seeded per seed, window and draw), here with
+    the edge's layers compiled (--compile); a changed number in the reference is caught, and so is a
+    row the reference lacks."""
     full = tmp_path / "full.csv"
     base = ["--dropouts", "0.1,0.3", "--draws", "3", "--batch-size", "5"]
     assert subprocess.run(sweep_cli(tiny_model_dir, sample_txt, full, *base), cwd=ROOT, capture_output=True).returncode == 0
     check = sweep_cli(tiny_model_dir, sample_txt, tmp_path / "check.csv", "--dropouts", "0.3", "--draws", "3",
                       "--batch-size", "2", "--verify", str(full))
     check[check.index("--splits") + 1] = "2"
-    ok = subprocess.run(check, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    ok = subprocess.run(check + ["--compile"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stderr
     assert "verified: 4 rows agree" in ok.stdout  # clean + 3 draws at split 2
+    assert "edge layers compiled" in ok.stderr
 
     lines = full.read_text().splitlines()
     header = lines[0].split(",")
