@@ -8,6 +8,7 @@
 The UE runs in this process, the edge in a second process (`python serve.py edge`) on loopback,
 with a loss-free link so that every run generates the same number of tokens. On the same prompts,
 interleaved round by round so that a change in the machine's load hits every path alike, it prints:
+0. the warm-up time of each path, first (with compiled decoding, compiling its steps);
 1. the single-process model (greedy, KV cache) against the socket path in each wire dtype: time to
    first token, time per output token, tokens per second, and the socket path's overhead as ratios;
    whether the tokens are identical to the single-process model's (they must be for fp32);
@@ -186,10 +187,17 @@ def main(argv=None) -> int:
         # warm-up: first calls allocate and pick kernels; a static cache's length compiles its own
         # step, recorded as a CUDA graph at its second call: one whole request per length
         warm = {static_capacity(len(tokenizer(p).input_ids) + n): p for p in prompts} if decode != "eager" else {0: prompts[0]}
-        for p in warm.values():
+        warmed = {"single process": 0.0, **{f"socket {w}": 0.0 for w in clients}}  # compiling included: printed first,
+        for p in warm.values():                                                 # in case a time limit cuts the rest
+            tick = time.perf_counter()
             single(split_model, tokenizer, p, n if decode != "eager" else 2, decode)
-            for client in clients.values():
+            warmed["single process"] += time.perf_counter() - tick
+            for w, client in clients.items():
+                tick = time.perf_counter()
                 client.generate(p, n if decode != "eager" else 2)
+                warmed[f"socket {w}"] += time.perf_counter() - tick
+        print(f"warm-up ({decode} decoding{', compiling each step' if decode == 'compiled' else ''}): "
+              + ", ".join(f"{path} {seconds:.1f} s" for path, seconds in warmed.items()), flush=True)
         # today's tokens: eager decoding, untimed
         eager = {p: single(split_model, tokenizer, p, n, "eager")["tokens"] for p in prompts} if decode != "eager" else {}
         runs = {"single": [], **{w: [] for w in args.wires}}
