@@ -246,9 +246,9 @@ def test_sweep_figure_from_a_results_file(tiny_llama, tmp_path):
 
 
 def test_cli_verify_spot_checks_a_sweep_with_a_sub_grid(tiny_model_dir, sample_txt, tmp_path):
-    """A sub-grid recomputes the full sweep's rows (masks seeded per seed, window and draw), here with
-    the edge's layers compiled (--compile); a changed number in the reference is caught, and so is a
-    row the reference lacks."""
+    """A sub-grid recomputes the full sweep's rows (masks seeded per seed, window and draw), the first
+    check with the edge's layers compiled (--compile); a changed number in the reference is caught,
+    and so is a row the reference lacks."""
     full = tmp_path / "full.csv"
     base = ["--dropouts", "0.1,0.3", "--draws", "3", "--batch-size", "5"]
     assert subprocess.run(sweep_cli(tiny_model_dir, sample_txt, full, *base), cwd=ROOT, capture_output=True).returncode == 0
