@@ -153,33 +153,28 @@ def cuda_llama(tiny_llama):
     return tiny_llama.to("cuda")
 
 
-@pytest.mark.gpu
-def test_on_cuda_the_fast_path_equals_the_naive_path_with_device_masks(cuda_llama, tmp_path):
-    fast = numbers(run_sweep(cuda_llama, tmp_path / "fast.csv", batch_size=None))
-    naive = numbers(run_sweep(cuda_llama, tmp_path / "naive.csv", runner=sweep.run_naive))
-    assert fast.keys() == naive.keys()
-    for key in fast:
-        for column in fast[key]:
-            assert float(fast[key][column]) == pytest.approx(float(naive[key][column]), rel=1e-4), (key, column)
+def assert_close_numbers(got: dict, expected: dict) -> None:
+    """The same cells, their NLL, accuracy and token counts equal up to float rounding across devices."""
+    assert got.keys() == expected.keys()
+    for key in got:
+        for column in got[key]:
+            assert float(got[key][column]) == pytest.approx(float(expected[key][column]), rel=1e-4), (key, column)
 
 
 @pytest.mark.gpu
-def test_on_cuda_compiled_layers_give_the_naive_numbers(cuda_llama, tmp_path):
-    compiled = numbers(run_sweep(cuda_llama, tmp_path / "compiled.csv", batch_size=None, compile=True))
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+def test_on_cuda_the_fast_path_equals_the_naive_path_with_device_masks(cuda_llama, tmp_path, compile):
+    """Also with the edge's layers compiled (--compile)."""
+    fast = numbers(run_sweep(cuda_llama, tmp_path / "fast.csv", batch_size=None, compile=compile))
     naive = numbers(run_sweep(cuda_llama, tmp_path / "naive.csv", runner=sweep.run_naive))
-    assert compiled.keys() == naive.keys()
-    for key in compiled:
-        for column in compiled[key]:
-            assert float(compiled[key][column]) == pytest.approx(float(naive[key][column]), rel=1e-4), (key, column)
+    assert_close_numbers(fast, naive)
 
 
 @pytest.mark.gpu
 def test_on_cuda_cpu_masks_give_the_cpu_numbers(tiny_llama, tmp_path):
     on_cpu = numbers(run_sweep(tiny_llama, tmp_path / "cpu.csv"))
     on_cuda = numbers(run_sweep(tiny_llama.to("cuda"), tmp_path / "cuda.csv", mask_device="cpu"))
-    for key in on_cpu:
-        for column in on_cpu[key]:
-            assert float(on_cuda[key][column]) == pytest.approx(float(on_cpu[key][column]), rel=1e-4), (key, column)
+    assert_close_numbers(on_cuda, on_cpu)
 
 
 @pytest.mark.gpu
