@@ -20,9 +20,10 @@ stream_seed(seed, unit, draw), and its transfers draw from it in order. The gene
 everywhere except in the sweep on an accelerator, which draws its fields on the device (mask_device:
 the same Bernoulli marginals and nesting from another stream, without a host-to-device copy per
 variant). The sweep's unit is a (window, draw), with one transfer; serve.py's is a request (draw 0),
-whose steps are its transfers; add_noise.py's is its run (unit 0, draw 0), so `add_noise.py
---generate` at a seed impairs what serve.py's first request at that seed does. Losses compare one uniform field per transfer with the
-loss probability, so masks at different probabilities are nested.
+whose steps are its transfers; add_noise.py's is its run (unit 0, draw 0), so
+`add_noise.py --generate` at a seed impairs what serve.py's first request at that seed does. Losses
+compare one uniform field per transfer with the loss probability, so masks at different
+probabilities are nested.
 """
 from __future__ import annotations
 
