@@ -80,7 +80,7 @@ LOGS = $(OUT)/runs/logs
 define committed_sweep
 	if [ "$(4)" = compute ]; then $(PY) add_noise.py --sweep $(2) --output $(R)/$(1)_{model}.csv; \
 	else mkdir -p $(R) $(OUT)/runs && f=results/$(1)_smollm2-135m.csv && \
-	  { [ $$f -ef $(R)/$(1)_smollm2-135m.csv ] || cp $$f $${f%.csv}_cells.csv $(R)/; } && \
+	  { [ $$f -ef $(R)/$(1)_smollm2-135m.csv ] || cp $$f $${f%.csv}_cells.csv $$(ls $${f%.csv}_windows.csv 2>/dev/null) $(R)/; } && \
 	  $(PY) add_noise.py --sweep $(2) $(3) --output $(OUT)/runs/check_$(1)_{model}.csv --verify $$f; fi
 endef
 protect_sweep = $(call committed_sweep,sweep_protect_$(1),$(2),$(3),$(PROTECT_SWEEPS))
@@ -89,7 +89,7 @@ pipeline: $(STAMP)
 	$(DEMO)
 	if [ "$(SURROGATE_SWEEP)" = compute ]; then $(PY) add_noise.py --sweep $(SWEEP_ARGS) --output $(R)/sweep_{model}.csv; \
 	else mkdir -p $(R) $(OUT)/runs && { [ $(COMMITTED_SWEEP) -ef $(R)/sweep_smollm2-135m.csv ] || \
-	    cp $(COMMITTED_SWEEP) $(COMMITTED_SWEEP:.csv=_cells.csv) $(R)/; } && \
+	    cp $(COMMITTED_SWEEP) $(COMMITTED_SWEEP:.csv=_cells.csv) $$(ls $(COMMITTED_SWEEP:.csv=_windows.csv) 2>/dev/null) $(R)/; } && \
 	  $(PY) add_noise.py --sweep $(SWEEP_ARGS) $(SWEEP_CHECK_ARGS) --output $(OUT)/runs/sweep_check_{model}.csv \
 	    --verify $(R)/sweep_smollm2-135m.csv; fi
 	$(PY) add_noise.py --sweep $(LAYERS_ARGS) --output $(R)/sweep_layers_{model}.csv

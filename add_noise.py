@@ -269,8 +269,8 @@ def run_sweep(args: argparse.Namespace) -> int:
         print(f"Ray: {counts['tasks']} tasks on {workers} workers ({counts['restarted']} restarted)", file=sys.stderr)
     else:
         (sweep.run_naive if naive else sweep.run_fast)(model, ids, cfg, store, progress=not args.no_progress)
-    sweep.write_cells(store.rows, sweep.cells_path(output))
-    print(sweep.summarise(store.rows))
+    sweep.write_cells(store.rows, sweep.cells_path(output), store.windows)
+    print(sweep.summarise(store.rows, store.windows))
     print(f"{len(store.rows)} rows in {output}, cells with 95% intervals in {sweep.cells_path(output)}; "
           f"{time.perf_counter() - start:.0f} s", file=sys.stderr)
     if args.verify:

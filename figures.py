@@ -56,6 +56,7 @@ from layersplit.surrogate import REFERENCE_SPLIT, r_squared  # numpy only: torch
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+README = Path(__file__).resolve().parent / "README.md"  # where --claims writes the generated tables
 RESULTS_DIR = Path("results")  # where the experiment scripts write their CSV/JSON
 FIGURES_DIR = Path("figures")  # where the PNGs (and PDFs of the same figures) go
 DPI = 150  # readable in the README at ~1000 px width
@@ -67,6 +68,7 @@ FADING_LABELS = {"awgn": "AWGN (no fading)", "rayleigh": "Rayleigh", "nakagami":
 ERROR_RATE_FLOOR = 1e-7  # lower y limit of BER/PER plots; Monte Carlo cannot resolve less
 MIN_MC_EVENTS = 10  # Monte Carlo points resting on fewer errors (relative error > 30 %) are not drawn
 SWEEP_FILE = "sweep_layers_smollm2-135m.csv"  # the every-layer sweep (make reproduce's LAYERS_ARGS)
+SURROGATE_CELLS_FILE = "sweep_smollm2-135m_cells.csv"  # the surrogate sweep's cells: the rsm_fit figure's intervals
 # how the sweeps are made (the remedy a missing file names); their grids are the Makefile's, written there only
 SWEEP_COMMAND = "make reproduce, or python add_noise.py --sweep <the Makefile's LAYERS_ARGS> --output {path}"
 # --- snr: the physical view of the sweep, one results file per modulation (a file holds one link set-up)
@@ -193,6 +195,18 @@ def _float_or_nan(text: str) -> float:
     return math.nan if text == "" else float(text)
 
 
+def read_sweep(path: Path, columns: dict[str, type], remedy: str, optional: dict | None = None) -> list[dict]:
+    """A sweep results file's rows (read_csv) with each row's window scores from the windows file beside it
+    (cells.attach_windows), so that the intervals take the window as their unit."""
+    from layersplit import cells
+
+    rows = read_csv(path, columns, remedy, optional)
+    try:
+        return cells.attach_windows(rows, cells.read_windows(cells.windows_path(path)))
+    except cells.WindowsFileError as e:
+        raise FigureInputError(f"{e} (remake it with: {remedy})") from None
+
+
 WINDOW_COLUMNS = {"nll": float, "scored_tokens": float}  # what a sweep cell is pooled from
 OPTIONAL_WINDOW_COLUMNS = {"windows": (float, 1.0), "nll_window_sd": (_float_or_nan, math.nan),
                            "accuracy_window_sd": (_float_or_nan, math.nan)}  # absent in older files: no interval
@@ -200,7 +214,7 @@ OPTIONAL_WINDOW_COLUMNS = {"windows": (float, 1.0), "nll_window_sd": (_float_or_
 
 def _pooled_interval(rows: list[dict], column: str) -> tuple[float, float, float]:
     """One cell's draws pooled (cells.pool): the value of `column` (ppl or token_accuracy) and its
-    95% interval over windows x draws (nan where the cell has a single sample)."""
+    95% interval, over windows (over draws where there is one window; nan for a single sample)."""
     from layersplit import cells  # pooling of sweep cells with intervals (scipy)
 
     pooled = cells.pool(rows)
@@ -224,11 +238,11 @@ def _snr_of(path: Path, row: dict, remedy: str) -> float:
 def fig_sweep(results_dir: Path, figures_dir: Path) -> Path:
     """Perplexity (log) and token accuracy against the split, one curve per channel condition:
     pooled over noise draws (perplexity: exp of the mean NLL), shaded over the 95% interval over
-    windows x draws."""
+    windows (cells.pool: the draws of a window share its text)."""
     plt = pyplot()
     path = results_dir / SWEEP_FILE
     remedy = SWEEP_COMMAND.format(path=path)
-    rows = read_csv(path, {"model": str, "tokens": int, "split": int, "link": str, "snr_db": str, "dropout": float,
+    rows = read_sweep(path, {"model": str, "tokens": int, "split": int, "link": str, "snr_db": str, "dropout": float,
                            "draw": int, "ppl": float, "token_accuracy": float, **WINDOW_COLUMNS},
                     remedy=remedy, optional={"withheld": (float, 0.0), "protect": (int, 0), **OPTIONAL_WINDOW_COLUMNS})
     rows = [r for r in rows if r["protect"] == 0]  # without the protected path (--protects)
@@ -272,7 +286,7 @@ def fig_sweep(results_dir: Path, figures_dir: Path) -> Path:
     draws = max(r["draw"] for r in rows) + 1
     windows = int(max(r["windows"] for r in rows))
     fig.suptitle(f"{rows[0]['model']}: element loss at the split against its depth\n({rows[0]['tokens']} tokens = "
-                 f"{windows} window(s) x {draws} draw(s) pooled; band: 95% interval over windows x draws)")
+                 f"{windows} window(s) x {draws} draw(s) pooled; band: 95% interval over windows (over draws for one window))")
     fig.tight_layout(rect=(0, 0.1 if len(handles) <= 10 else 0.15, 1, 1))
     return save(fig, figures_dir, "sweep")
 
@@ -303,7 +317,7 @@ def read_snr_sweeps(results_dir: Path) -> dict[str, list[dict]]:
     sweeps: dict[str, list[dict]] = {}
     for path in paths:
         remedy = SNR_COMMAND.format(modulation=path.stem.removeprefix("sweep_snr_"), path=path)
-        rows = read_csv(path, {"model": str, "tokens": int, "split": int, "link": str, "snr_db": str,
+        rows = read_sweep(path, {"model": str, "tokens": int, "split": int, "link": str, "snr_db": str,
                                "dropout": float, "draw": int, "modulation": str, "fading": str,
                                "bits_per_element": str, "elements_per_packet": str, "header_bits": str,
                                "ppl": float, "token_accuracy": float, **WINDOW_COLUMNS},
@@ -327,7 +341,7 @@ def read_snr_sweeps(results_dir: Path) -> dict[str, list[dict]]:
 
 
 def snr_curves(rows: list[dict], split: int, column: str) -> tuple[list[float], list[tuple[float, float, float]]]:
-    """Ascending SNRs and (pooled, 95% low, high) of `column` over windows x draws at each, at one split."""
+    """Ascending SNRs and (pooled, 95% low, high) of `column` (interval over windows, or draws for one window) at each, at one split."""
     cell = [r for r in rows if r["link"] != "dropout" and r["split"] == split]
     snrs = sorted({r["snr"] for r in cell})
     return snrs, [_pooled_interval([r for r in cell if r["snr"] == s], column) for s in snrs]
@@ -415,7 +429,7 @@ def fig_snr(results_dir: Path, figures_dir: Path) -> Path:
     fig.suptitle(f"{r0['model']}: quality against the uplink SNR ({r0['link']} link: lost packets zero-filled; "
                  f"{FADING_LABELS.get(r0['fading'], r0['fading'])}, one fade per packet;\npackets of "
                  f"{r0['elements_per_packet']} x {r0['bits_per_element']} bit + {r0['header_bits']} bit; "
-                 f"{r0['tokens']} tokens, {draws} draw(s); band: 95% interval over windows x draws)", fontsize=11)
+                 f"{r0['tokens']} tokens, {draws} draw(s); band: 95% interval over windows (over draws for one window))", fontsize=11)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     return save(fig, figures_dir, "snr")
 
@@ -506,13 +520,28 @@ def read_json(path: Path, remedy: str, *keys: str) -> dict:
     return data
 
 
+def _measured_intervals(fit_rows: list[dict], cells_file: Path) -> None:
+    """The paper form's measured intervals from the surrogate sweep's cell table where it has the cell (its
+    intervals follow the sweep's windows file; the fit's own file keeps those of the fit that made it)."""
+    if not cells_file.is_file():
+        return
+    rows = read_csv(cells_file, {"link": str, "split": float, "dropout": float, "ppl_low": _float_or_nan,
+                                 "ppl_high": _float_or_nan}, FIT_COMMAND, optional={"protect": (float, 0.0)})
+    found = {(r["dropout"], r["split"]): r for r in rows if r["link"] == "dropout" and r["protect"] == 0}
+    for r in fit_rows:
+        if (cell := found.get((r["dropout"], r["split"]))) is not None:
+            r["ppl_low"], r["ppl_high"] = cell["ppl_low"], cell["ppl_high"]
+
+
 def fig_rsm_fit(results_dir: Path, figures_dir: Path) -> Path:
     """Predicted against measured on the cells held out of the fit: the paper form's perplexity
     (through its inference reward) and the wireless form's log-perplexity and token accuracy."""
     plt = pyplot()
     paper = read_csv(results_dir / "rsm_fit_paper.csv", {"ppl": float, "predicted_ppl": float, "held_out": _flag,
                      "inference_reward": float, "predicted_inference_reward": float}, FIT_COMMAND,
-                     optional={"ppl_low": (_float_or_nan, math.nan), "ppl_high": (_float_or_nan, math.nan)})
+                     optional={"ppl_low": (_float_or_nan, math.nan), "ppl_high": (_float_or_nan, math.nan),
+                               "dropout": (float, math.nan), "split": (float, math.nan)})
+    _measured_intervals(paper, results_dir / SURROGATE_CELLS_FILE)
     wireless = read_csv(results_dir / "rsm_fit_wireless.csv", {"log_ppl": float, "predicted_log_ppl": float,
                         "token_accuracy": float, "predicted_token_accuracy": float, "held_out": _flag}, FIT_COMMAND)
     panels = [
@@ -705,7 +734,7 @@ PROTECT_AT = {"snr": 15.0, "p": 0.1}  # that condition: Es/N0 (dB) and p, where 
 
 
 def read_protect_sweep(path: Path, args: str) -> list[dict]:
-    rows = read_csv(path, {"model": str, "tokens": int, "split": int, "link": str, "snr_db": str, "dropout": float,
+    rows = read_sweep(path, {"model": str, "tokens": int, "split": int, "link": str, "snr_db": str, "dropout": float,
                            "protect": int, "draw": int, "ppl": float, "token_accuracy": float, **WINDOW_COLUMNS},
                     remedy=PROTECT_COMMAND.format(args=args, path=path),
                     optional={"withheld": (float, 0.0), **OPTIONAL_WINDOW_COLUMNS})
@@ -780,7 +809,7 @@ def fig_protect(results_dir: Path, figures_dir: Path) -> Path:
                       for label, rows in (("top", sweeps["snr"]), ("bottom", sweeps["p"])))
     fig.suptitle(f"{sweeps['snr'][0]['model']}: each token's K largest-magnitude elements over a protected path (ARQ: "
                  f"they always arrive), the rest as before\ntop: erasure link; bottom: the original's link; {scale}; "
-                 "band: 95% interval over windows x draws", fontsize=11)
+                 "band: 95% interval over windows (over draws for one window)", fontsize=11)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     return save(fig, figures_dir, "protect")
 
@@ -897,7 +926,7 @@ def fig_nr_snr(results_dir: Path, figures_dir: Path) -> Path:
         if key == "nr_reliable" and not path.is_file():
             continue
         remedy = remedy.format(path=path, modulation="qpsk")
-        rows = read_csv(path, {"model": str, "tokens": int, "split": int, "link": str, "snr_db": str, "dropout": float,
+        rows = read_sweep(path, {"model": str, "tokens": int, "split": int, "link": str, "snr_db": str, "dropout": float,
                                "draw": int, "ppl": float, "token_accuracy": float, **WINDOW_COLUMNS},
                         remedy=remedy, optional={"withheld": (float, 0.0), "protect": (int, 0), **OPTIONAL_WINDOW_COLUMNS})
         rows = [r for r in rows if r["withheld"] == 0 and r["protect"] == 0 and r["link"] in (link, "dropout")]
@@ -909,7 +938,7 @@ def fig_nr_snr(results_dir: Path, figures_dir: Path) -> Path:
     fig = snr_panels(sweeps, LINK_COLORS, LINK_LABELS, "share of the activation lost (TB after HARQ, or packet)")
     r0 = next(r for r in sweeps["nr"] if r["link"] == "nr")
     fig.suptitle(f"{r0['model']}: quality against the uplink SNR, the 5G NR coded link beside the uncoded one "
-                 f"({r0['tokens']} tokens; band: 95% interval over windows x draws)", fontsize=11)
+                 f"({r0['tokens']} tokens; band: 95% interval over windows (over draws for one window))", fontsize=11)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     return save(fig, figures_dir, "nr_snr")
 
@@ -934,10 +963,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=list(FIGURES), help="draw only these figures")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the result files are")
     parser.add_argument("--figures-dir", type=writable_dir, default=str(FIGURES_DIR), help="where to write the figures (PNG and PDF)")
+    parser.add_argument("--claims", nargs="?", const=README, type=Path, metavar="README",
+                        help="no figures: write the README's generated tables (layersplit/claims.py) from --results-dir "
+                             "into README (default: this checkout's)")
     args = parser.parse_args(argv)
     if not args.results_dir.is_dir():
         parser.error(f"--results-dir {args.results_dir} is not a folder (make the results first: make reproduce)")
+    if args.claims is not None:
+        if not args.claims.is_file():
+            parser.error(f"--claims {args.claims}: no such file")
+        return cli.run_main("figures.py", lambda: write_claims(args.results_dir, args.claims))
     return cli.run_main("figures.py", lambda: draw(args.only or list(FIGURES), args.results_dir, Path(args.figures_dir)))
+
+
+def write_claims(results_dir: Path, readme: Path) -> int:
+    """The README's generated blocks rewritten from the result files (the rest of the README untouched)."""
+    from layersplit import claims
+
+    text = readme.read_text()
+    held = claims.in_readme(text)
+    if not held:
+        print(f"figures.py: {readme} holds no generated block (<!-- generated: NAME -->)", file=sys.stderr)
+        return 2
+    new = claims.blocks(results_dir)
+    readme.write_text(claims.update(text, {name: new[name] for name in held}))
+    changed = [name for name in held if held[name] != new[name]]
+    print(f"{readme}: {len(held)} generated block(s), {len(changed)} rewritten ({', '.join(changed) or 'none'})")
+    return 0
 
 
 def draw(names: list[str], results_dir: Path, figures_dir: Path) -> int:

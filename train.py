@@ -6,6 +6,7 @@ costs a forward pass of the LLM over TOKENS tokens; train_rsm.py does the same o
     python train.py                                   # the original's settings: 6,000 steps, n_steps 100, batch 25
     python train.py --total-timesteps 200 --tokens 128 --eval-episodes 2      # a short run that measures the cost
     python train.py --model meta-llama/Llama-2-7b-hf --dataset wikitext-2 --device cuda --tokens 1024
+    python train.py --eval-only                       # evaluate only (the LLM-trained policy if it is finished)
     tensorboard --logdir runs
 
 The run goes to runs/LayerSplit-LLM-v0/ppo_s<seed>/ (policy, progress.csv with time/step_s, the
@@ -14,12 +15,15 @@ its newest checkpoint when the same command is run again (a finished run is only
 The summary goes to results/rl_llm_ppo.json: the measured seconds per step, and the paper's own
 comparison: the policy learned here with the LLM in the loop against the PPO policies learned on
 the surrogate (train_rsm.py train, --compare), the paper's fixed split, the best static split and
-random choices, all on the same episodes of the real LLM. Every constant below can be overridden
-from the command line.
+random choices, all on the same episodes of the real LLM, each with its gap to the fixed and to
+the best static split paired by episode. The evaluation's measurements are kept in
+EVAL_MEASUREMENTS (one line each), so an interrupted evaluation resumes and policies that reach the
+same state share a measurement. Every constant below can be overridden from the command line.
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -37,13 +41,14 @@ TOTAL_TIMESTEPS = 6_000  # the original's budget
 N_STEPS = 100  # PPO steps per update (the original's n_steps, one environment)
 BATCH = 25  # PPO minibatch (the original's batch_size)
 CHECKPOINT_EVERY = 100  # save every update: a step is expensive, a lost update is not
-EVAL_EPISODES = 10  # evaluation episodes per policy (6 perplexity measurements each), the same for every policy
+EVAL_EPISODES = 100  # evaluation episodes per policy (6 perplexity measurements each), the same for every policy
 EVAL_SEED = 10_000  # evaluation episodes start from resets seeded EVAL_SEED + i (training starts use 0, 1, ...)
 BEST_STATIC_EPISODES = 5  # training starts on which best-static picks its split (x 10 splits x 6 measurements)
 # PPO policies trained on the surrogate (train_rsm.py train --seeds 0,1,2), evaluated here on the real LLM
 COMPARE = ",".join(f"runs/LayerSplit-Paper-v0/ppo_s{seed}" for seed in (0, 1, 2))
 RUNS_DIR = "runs/LayerSplit-LLM-v0"  # where the run folder goes
 RESULTS = "results/rl_llm_ppo.json"  # the summary
+EVAL_MEASUREMENTS = "eval_measurements.jsonl"  # the evaluation's perplexities, in the run's parent folder (resumable)
 TORCH_THREADS = 0  # 0: torch's default (the LLM forward uses every core)
 # tokens per step and how an episode ends: envs.LLM_TOKENS and envs.EPISODE_END (--tokens, --episode-end)
 
@@ -63,6 +68,8 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint-every", type=non_negative_int, default=CHECKPOINT_EVERY, help="steps between checkpoints")
     p.add_argument("--eval-episodes", type=non_negative_int, default=EVAL_EPISODES,
                    help="evaluation episodes per policy, 0 to skip")
+    p.add_argument("--eval-only", action="store_true",
+                   help="no training: evaluate (the LLM-trained policy only if its run is finished) into --results")
     p.add_argument("--best-static-episodes", type=positive_int, default=BEST_STATIC_EPISODES,
                    help="training starts on which best-static picks its split")
     p.add_argument("--compare", default=COMPARE,
@@ -79,7 +86,43 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.tokens < 2:  # the other counts are checked by their types
         p.error("--tokens must be at least 2")
+    if args.eval_only and not args.eval_episodes:
+        p.error("--eval-only needs --eval-episodes of at least 1")
     return args
+
+
+class Measurements(dict):
+    """LLMSplitEnv's measurement memo backed by a JSON-lines file: the settings first, then one
+    [link seed, p, split, perplexity] per line, appended as measured (a torn last line is dropped)."""
+
+    def __init__(self, path: Path, settings: dict):
+        super().__init__()
+        self.path = path
+        if path.exists():
+            lines = path.read_text().split("\n")
+            try:
+                found = json.loads(lines[0])
+            except ValueError:
+                raise UserError(f"{path} is not an evaluation measurement file: move it away") from None
+            if found != settings:
+                raise UserError(f"{path} holds measurements of other settings ({found}): move it away")
+            for line in lines[1:]:
+                try:
+                    seed, p, split, ppl = json.loads(line)
+                except (ValueError, TypeError):
+                    continue  # the empty last line, or one cut by a kill
+                super().__setitem__((seed, p, split), ppl)
+            path.write_text("\n".join([json.dumps(settings), *(json.dumps([*k, v]) for k, v in self.items())]) + "\n")
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(settings) + "\n")
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        with self.path.open("a") as f:
+            f.write(json.dumps([*key, value]) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def compared_policies(folders: str) -> dict:
@@ -100,25 +143,40 @@ def compared_policies(folders: str) -> dict:
 
 
 def evaluate(model, env_kwargs: dict, args) -> dict:
-    """The LLM-trained policy, the surrogate-trained ones, fixed, best-static and random on the same
-    episodes (resets seeded EVAL_SEED + i): mean return with a 95% t interval over the episodes."""
+    """The LLM-trained policy (when given), the surrogate-trained ones, fixed, best-static and random on
+    the same episodes (resets seeded EVAL_SEED + i): mean return with a 95% t interval over the episodes,
+    and the gaps to fixed and to best-static paired by episode (the unit: an episode, with its own start
+    and link draws)."""
+    import numpy as np
+
     from layersplit import policies
 
-    env = envs.make("LayerSplit-LLM-v0", **env_kwargs)
+    settings = {k: str(v) for k, v in env_kwargs.items()}
+    measurements = Measurements(Path(args.run_dir) / EVAL_MEASUREMENTS, settings)
+    env = envs.make("LayerSplit-LLM-v0", **env_kwargs, measurements=measurements)
     best_static = policies.BestStatic(env.unwrapped, args.best_static_episodes)
-    candidates = {"learned (LLM in the loop)": policies.learned(model), **compared_policies(args.compare),
+    learned = {"learned (LLM in the loop)": policies.learned(model)} if model is not None else {}
+    candidates = {**learned, **compared_policies(args.compare),
                   "fixed": policies.baseline("fixed", env.unwrapped), "best-static": best_static,
                   "random": policies.baseline("random", env.unwrapped, args.seed)}
     returns = {}
-    print(f"LayerSplit-LLM-v0: mean return over the same {args.eval_episodes} episodes, 95% interval over episodes")
+    print(f"LayerSplit-LLM-v0: mean return over the same {args.eval_episodes} episodes, 95% interval over episodes; "
+          "gaps paired by episode")
     for name, policy in candidates.items():
         result = policies.evaluate(env, policy, args.eval_episodes, seed=EVAL_SEED)
         mean, half = policies.confidence_interval(result.returns)
         returns[name] = {"mean": mean, "ci95": half, "per_episode": result.returns.tolist(), "splits": result.splits}
+    for name, r in returns.items():
+        for other in ("fixed", "best-static"):
+            gap, gap_half = policies.confidence_interval(np.subtract(r["per_episode"], returns[other]["per_episode"]))
+            r[f"minus_{other.replace('-', '_')}"], r[f"minus_{other.replace('-', '_')}_ci95"] = gap, gap_half
         label = f"best-static ({best_static.choice})" if name == "best-static" else name
-        print(f"  {label:28s} {mean:10.3f} +- {half:8.3f}   splits of episode 0: {result.splits[0]}")
+        print(f"  {label:28s} {r['mean']:9.3f} +- {r['ci95']:7.3f}   - fixed {r['minus_fixed']:+8.3f} +- "
+              f"{r['minus_fixed_ci95']:7.3f}   - best static {r['minus_best_static']:+8.3f} +- "
+              f"{r['minus_best_static_ci95']:7.3f}   splits of episode 0: {r['splits'][0]}")
     env.close()
-    return {"episodes": args.eval_episodes, "eval_seed": EVAL_SEED, "returns": returns,
+    return {"episodes": args.eval_episodes, "eval_seed": EVAL_SEED, "measurements": len(measurements),
+            "returns": returns,
             "best_static": {"choice": best_static.choice, "training_starts": args.best_static_episodes,
                             "scores": best_static.scores}}
 
@@ -136,6 +194,8 @@ def run(args) -> int:
                   "device": args.device, "dtype": args.dtype, "episode_end": args.episode_end,
                   **({"protect": args.protect} if args.protect else {})}
     run = Path(args.run_dir) / f"ppo_s{args.seed}"
+    if args.eval_only:
+        return evaluate_only(run, env_kwargs, args)
     print(f"PPO on LayerSplit-LLM-v0 ({args.model}, {args.tokens} tokens per step), {args.total_timesteps} steps "
           f"-> {run}", file=sys.stderr)
     model, summary = training.train("LayerSplit-LLM-v0", "ppo", run, args.total_timesteps, args.seed, 1,
@@ -151,6 +211,33 @@ def run(args) -> int:
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps(report, indent=2, default=float))
     print(f"summary in {args.results}", file=sys.stderr)
+    return 0
+
+
+def evaluate_only(run: Path, env_kwargs: dict, args) -> int:
+    """--eval-only: the evaluation without training, written into --results (its training summary kept)."""
+    from layersplit import training
+
+    model = None
+    if (run / training.POLICY_FILE).is_file() and (run / "summary.json").is_file():
+        model = training.load_policy(run)
+    else:
+        print(f"note: no finished LLM-trained policy at {run}: evaluating the others (train it: python train.py)",
+              file=sys.stderr)
+    results = Path(args.results)
+    report = {}
+    if results.is_file():
+        try:
+            report = json.loads(results.read_text())
+        except ValueError:
+            raise UserError(f"--results {results} is not a JSON summary: use another --results") from None
+    report["evaluation"] = evaluate(model, env_kwargs, args)
+    report["evaluation"]["llm_trained_policy"] = str(run) if model is not None else None
+    results.parent.mkdir(parents=True, exist_ok=True)
+    tmp = results.with_name(results.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2, default=float))
+    tmp.replace(results)
+    print(f"evaluation in {results}", file=sys.stderr)
     return 0
 
 

@@ -230,22 +230,25 @@ def evaluate_runs(runs: list[Path], args) -> int:
                 policy = policies.baseline(name, env.unwrapped, seed)
             means[name].append(policies.evaluate(env, policy, args.eval_episodes, seed).mean)
     env.close()
-    optimum = np.mean(means.get("optimum", [np.nan]))
+    optimum = means.get("optimum")
     table = {}
     print(f"\n{args.env}: mean return over {args.eval_episodes} episodes, {policies.CONFIDENCE:.0%} interval over "
           f"{len(models)} seed(s)")
     for name, values in means.items():
         mean, half = policies.confidence_interval(values)
-        share = mean / optimum if np.isfinite(optimum) else float("nan")
+        # each seed's share of the optimum on its own episodes, then the interval over seeds
+        share, share_half, shares = policies.share_of_optimum(values, optimum) if optimum else (np.nan, np.nan, [])
         # paired with the learned policy: seed k of both played the same episodes
         gap, gap_half = policies.confidence_interval(np.subtract(means["learned"], values))
         table[name] = {"mean": mean, "ci95": half, "per_seed": values, "share_of_optimum": share,
+                       "share_ci95": share_half, "share_per_seed": shares,
                        "learned_minus_this": gap, "learned_minus_this_ci95": gap_half}
         label = f"{args.algo} (learned)" if name == "learned" else name
         label = f"best-static ({best_static.choice})" if name == "best-static" else label
         label = "best-static-per-start (p-blind)" if name == "best-static-per-start" else label
         versus = "" if name == "learned" else f"   learned - this: {gap:+.4f} +- {gap_half:.4f}"
-        print(f"  {label:34s} {mean:9.4f} +- {half:.4f}   {100 * share:6.2f}% of optimum{versus}")
+        print(f"  {label:34s} {mean:9.4f} +- {half:.4f}   {100 * share:6.2f}% +- {100 * share_half:.2f} of optimum"
+              f"{versus}")
     summaries = [json.loads((r / "summary.json").read_text()) for r in runs]
     stem = args.name or f"rl_{args.env.removeprefix('LayerSplit-').removesuffix('-v0').lower()}_{args.algo}"
     results = Path(args.results_dir)

@@ -14,12 +14,13 @@ One module per concept:
     nr          the 5G NR coded link (Sionna): TBs, LDPC, MCS, TDL, HARQ; its BLER table and lookups
     compute     FLOPs, device throughputs, latency of a split forward pass
     sweep       the split x channel grid, its fast path and its resumable results file
-    cells       a sweep cell pooled over its draws, with its 95% interval over windows x draws
+    cells       a sweep cell pooled over its draws, its 95% interval over windows; paired split comparisons
     surrogate   the reward surrogate models (RSM)
     envs        the Gymnasium environments; policies: baselines, the exact optimum, evaluation
     training    Stable-Baselines3 training with logs, checkpoints and resumption
     serving     split inference over a socket (serve.py): protocol, edge, ue
     distributed Ray: the sweep on worker actors, training runs as tasks, the PPO search
+    claims      the README's quoted tables, generated from the result files
 
 Splits are 0-based everywhere: split n cuts after decoder layer n, so n + 1 layers run on the UE.
 """

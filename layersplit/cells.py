@@ -1,26 +1,52 @@
-"""A sweep cell (one split x one channel condition) pooled over its noise draws, with 95% intervals.
+"""A sweep cell (one split x one channel condition) pooled over its noise draws, with 95% intervals
+whose unit is what is independent, and paired comparisons of two splits.
 
 The sweep writes one row per (split, condition, draw): the token-weighted NLL and accuracy over the
-cell's windows, and the spread of the per-window values (`windows`, `nll_window_sd`,
-`accuracy_window_sd`). The samples of a cell are its (window, draw) pairs: every pair has its own
-mask generator (seeded by seed, window, draw), so they are independent draws of the link on
-different stretches of text, and the interval covers both the link's randomness and the text's.
+cell's windows of text, and the spread over windows (`windows`, `nll_window_sd`,
+`accuracy_window_sd`); its windows file (<stem>_windows.csv) holds each (row, window)'s own score.
+The draws of one window share its text, so they are not independent samples: the window is the unit.
 
-Pooled value: total NLL / total scored tokens over all draws (exp of it: the perplexity).
-Interval: the t interval of a mean over the N = windows x draws samples, their variance pooled from
-each draw's spread over windows and the spread of the draws' means. Windows hold the same number of
-tokens (one fewer in the first window, which has no target for its first token), so weighting the
-samples equally, as the interval does, differs from the token-weighted mean by a negligible amount.
-Pure Python (no numpy, no pandas): figures.py and the surrogate fit both use it.
+Pooled value: total NLL / total scored tokens over all windows and draws (exp of it: the perplexity).
+Interval (`interval_unit` in the cells file), a Student-t interval around that value:
+- "windows": over the W window means (each window's score averaged over its draws), W - 1 degrees
+  of freedom: it covers the text's variation and the link's;
+- "windows (bound)": several windows but no windows file (a sweep made before it was recorded): the SD
+  of the window means is bounded by the mean over draws of each draw's SD over windows (Cauchy-Schwarz:
+  a covariance is at most the product of the SDs), so the interval is conservative, never narrower;
+- "draws (one window)": a single window of text: over the draws, D - 1 degrees of freedom; it covers
+  the link's randomness on that text only, not the text's;
+- "none": one sample, no interval.
+Windows hold the same number of tokens (one fewer in the first, which has no target for its first
+token), so weighting windows equally, as the interval does, differs from the token-weighted mean by a
+negligible amount.
+
+Paired comparison (`paired`, `python -m layersplit.cells FILE --compare A,B`): two splits of the same
+condition share every window and every draw's masks (common random numbers), so the difference
+NLL(A) - NLL(B) is taken per (window, draw), averaged over draws per window, and its t interval is
+over windows (over draws where there is one window).
+
+Pure Python (csv, math; scipy for the t quantile): figures.py and the surrogate fit both use it.
 """
 from __future__ import annotations
 
+import argparse
+import csv
+import json
 import math
-
-from scipy import stats
+import sys
+from pathlib import Path
 
 CONFIDENCE = 0.95  # level of the intervals
 WINDOW_COLUMNS = ("windows", "nll_window_sd", "accuracy_window_sd")  # what the sweep writes for them
+WINDOW_SCORES = "window_scores"  # a row's [(window, mean NLL, accuracy)] once attached (attach_windows)
+# the windows file: one line per (row, window), keyed like the row (row_key) and the window's index
+WINDOW_FILE_COLUMNS = ("split", "link", "snr_db", "dropout", "withheld", "protect", "draw", "window", "nll_sum",
+                       "correct", "tokens")
+UNITS = ("windows", "windows (bound)", "draws (one window)", "none")  # interval_unit values, as above
+
+
+class WindowsFileError(ValueError):
+    """A windows file that cannot be read (the message names the file and line)."""
 
 
 def _float(value) -> float:
@@ -30,36 +56,274 @@ def _float(value) -> float:
         return float("nan")
 
 
-def _half_width(means: list[float], sds: list[float], counts: list[int], pooled_mean: float,
-                confidence: float) -> float:
-    n = sum(counts)
-    if n < 2:
-        return float("nan")
-    within = sum((k - 1) * sd * sd for sd, k in zip(sds, counts) if k > 1 and math.isfinite(sd))
-    between = sum(k * (m - pooled_mean) ** 2 for m, k in zip(means, counts))
-    sd = math.sqrt((within + between) / (n - 1))
-    return float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
+def _blank(value) -> bool:
+    """An empty field: "" or None as csv reads it, NaN as pandas does."""
+    return value in ("", None) or (isinstance(value, float) and math.isnan(value))
+
+
+def row_key(row: dict) -> tuple:
+    """What identifies a sweep row: physical links by SNR and withheld share, the direct link by p, and
+    the protected elements per token (floats as written in the CSV; strings, or numbers as pandas reads them)."""
+    snr = "" if _blank(row["snr_db"]) else repr(float(row["snr_db"]))
+    p = repr(float(row["dropout"])) if row["link"] == "dropout" else ""
+    withheld, protect = row["withheld"], row.get("protect")
+    return (int(row["split"]), row["link"], snr, p, repr(float(0.0 if _blank(withheld) else withheld)),
+            int(0 if _blank(protect) else protect), int(row["draw"]))
+
+
+def windows_path(results: str | Path) -> Path:
+    """Where the per-window scores of a sweep results file go: <stem>_windows.csv beside it."""
+    results = Path(results)
+    return results.with_name(f"{results.stem}_windows.csv")
+
+
+def read_windows(path: str | Path) -> dict[tuple, list[tuple[int, float, float]]]:
+    """{row_key: [(window, mean NLL, accuracy), ...] in window order} from a windows file ({} when there
+    is none: a sweep made before windows were recorded). A window written twice (a split redone after a
+    kill between the two files) counts once: the last line wins; both hold the same numbers."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    found: dict[tuple, dict[int, tuple[float, float]]] = {}
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if list(reader.fieldnames or []) != list(WINDOW_FILE_COLUMNS):
+            raise WindowsFileError(f"{path} is not a sweep windows file (other columns): move it away")
+        for line, row in enumerate(reader, start=2):
+            try:
+                tokens = int(row["tokens"])
+                scores = ((float(row["nll_sum"]) / tokens, float(row["correct"]) / tokens) if tokens > 0
+                          else (math.nan, math.nan))
+                found.setdefault(row_key(row), {})[int(row["window"])] = scores
+            except (ValueError, TypeError, KeyError):
+                raise WindowsFileError(f"{path}:{line}: a damaged row: delete that line (the sweep redoes its "
+                                       "split when the results file is rerun without that split's rows)") from None
+    return {key: [(w, *scores) for w, scores in sorted(by_window.items())] for key, by_window in found.items()}
+
+
+def attach_windows(rows: list[dict], windows: dict[tuple, list]) -> list[dict]:
+    """The rows with their window scores (WINDOW_SCORES) where the windows file has them."""
+    out = []
+    for row in rows:
+        try:
+            key = row_key(row)
+        except (ValueError, TypeError, KeyError):  # a damaged row: left to the reader's own check, which names it
+            key = None
+        out.append({**row, WINDOW_SCORES: windows[key]} if key in windows else row)
+    return out
+
+
+def _t(confidence: float, df: int) -> float:
+    # scipy here, not at import: the scripts import this module before parsing their options
+    from scipy import stats
+
+    return float(stats.t.ppf(0.5 + confidence / 2, df))
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def _window_table(rows: list[dict], column: int) -> dict[int, list[float]] | None:
+    """{window: [finite values over draws]} of one score (1: NLL, 2: accuracy), or None when a row with
+    several windows has no window scores. A row of one window is its own window 0."""
+    table: dict[int, list[float]] = {}
+    for row in rows:
+        scores = row.get(WINDOW_SCORES)
+        if scores is None:
+            if int(_float(row.get("windows", 1)) or 1) != 1:
+                return None
+            scores = [(0, _float(row["nll"]), _float(row["token_accuracy"]))]
+        for score in scores:
+            if math.isfinite(score[1]):
+                table.setdefault(int(score[0]), []).append(score[column])
+    return table
+
+
+def _half_width(rows: list[dict], column: int, sd_column: str, confidence: float) -> tuple[float, str]:
+    """(half-width, unit) of the interval of one score (1: NLL, 2: accuracy) of a cell's rows."""
+    table = _window_table(rows, column)
+    if table is None:  # several windows, no windows file: the conservative bound on the SD of window means
+        windows = min(int(_float(r.get("windows", 1))) for r in rows)
+        sds = [_float(r.get(sd_column)) for r in rows]
+        if windows < 2 or not all(math.isfinite(s) for s in sds):
+            return math.nan, "none"
+        return _t(confidence, windows - 1) * (sum(sds) / len(sds)) / math.sqrt(windows), "windows (bound)"
+    if len(table) >= 2:
+        means = [sum(v) / len(v) for v in table.values()]
+        return _t(confidence, len(means) - 1) * _mean_sd(means)[1] / math.sqrt(len(means)), "windows"
+    draws = next(iter(table.values()), [])
+    if len(draws) >= 2:
+        return _t(confidence, len(draws) - 1) * _mean_sd(draws)[1] / math.sqrt(len(draws)), "draws (one window)"
+    return math.nan, "none"
 
 
 def pool(rows: list[dict], confidence: float = CONFIDENCE) -> dict:
     """Pool the draws of one cell (rows: dicts with nll, token_accuracy, scored_tokens and the
-    WINDOW_COLUMNS; strings or numbers). Returns draws, samples, nll, nll_ci95 (half-width), ppl,
-    ppl_low, ppl_high, token_accuracy, accuracy_ci95; NaN where no finite window was scored."""
+    WINDOW_COLUMNS, strings or numbers, and WINDOW_SCORES where attached). Returns draws, samples,
+    nll, nll_ci95 (half-width), ppl, ppl_low, ppl_high, token_accuracy, accuracy_ci95 and
+    interval_unit (UNITS); NaN where no finite window was scored."""
     rows = [r for r in rows if _float(r["scored_tokens"]) > 0 and math.isfinite(_float(r["nll"]))]
     if not rows:
         nan = float("nan")
         return {"draws": 0, "samples": 0, "nll": nan, "nll_ci95": nan, "ppl": nan, "ppl_low": nan, "ppl_high": nan,
-                "token_accuracy": nan, "accuracy_ci95": nan}
+                "token_accuracy": nan, "accuracy_ci95": nan, "interval_unit": "none"}
     tokens = [_float(r["scored_tokens"]) for r in rows]
-    nlls = [_float(r["nll"]) for r in rows]
-    accuracies = [_float(r["token_accuracy"]) for r in rows]
     counts = [int(_float(r.get("windows", 1))) if math.isfinite(_float(r.get("windows", 1))) else 1 for r in rows]
     total = sum(tokens)
-    nll = sum(t * x for t, x in zip(tokens, nlls)) / total
-    accuracy = sum(t * x for t, x in zip(tokens, accuracies)) / total
-    nll_half = _half_width(nlls, [_float(r.get("nll_window_sd")) for r in rows], counts, nll, confidence)
-    accuracy_half = _half_width(accuracies, [_float(r.get("accuracy_window_sd")) for r in rows], counts, accuracy,
-                                confidence)
+    nll = sum(t * _float(r["nll"]) for t, r in zip(tokens, rows, strict=True)) / total
+    accuracy = sum(t * _float(r["token_accuracy"]) for t, r in zip(tokens, rows, strict=True)) / total
+    nll_half, unit = _half_width(rows, 1, "nll_window_sd", confidence)
+    accuracy_half, _ = _half_width(rows, 2, "accuracy_window_sd", confidence)
     return {"draws": len(rows), "samples": sum(counts), "nll": nll, "nll_ci95": nll_half, "ppl": math.exp(nll),
             "ppl_low": math.exp(nll - nll_half), "ppl_high": math.exp(nll + nll_half),
-            "token_accuracy": accuracy, "accuracy_ci95": accuracy_half}
+            "token_accuracy": accuracy, "accuracy_ci95": accuracy_half, "interval_unit": unit}
+
+
+def paired(rows_a: list[dict], rows_b: list[dict], confidence: float = CONFIDENCE) -> dict:
+    """NLL(A) - NLL(B) of two cells of one condition, paired on the same windows and draws: the mean over
+    windows of each window's difference averaged over its draws, with its t interval over windows (over
+    draws where there is one window). Rows need their window scores where they hold several windows."""
+    def scores(rows):
+        found = {}
+        for row in rows:
+            windows = row.get(WINDOW_SCORES)
+            if windows is None:
+                if int(_float(row.get("windows", 1)) or 1) != 1:
+                    raise ValueError("a paired comparison over several windows needs the sweep's windows file")
+                windows = [(0, _float(row["nll"]), _float(row["token_accuracy"]))]
+            found.update({(int(row["draw"]), int(w)): nll for w, nll, _ in windows if math.isfinite(nll)})
+        return found
+
+    a, b = scores(rows_a), scores(rows_b)
+    by_window: dict[int, list[float]] = {}
+    for draw, window in sorted(a.keys() & b.keys()):
+        by_window.setdefault(window, []).append(a[draw, window] - b[draw, window])
+    if len(by_window) >= 2:
+        values, unit = [sum(v) / len(v) for v in by_window.values()], "windows"
+    else:
+        values, unit = next(iter(by_window.values()), []), "draws (one window)"
+    pairs = sum(len(v) for v in by_window.values())
+    if len(values) < 2:
+        mean = values[0] if values else math.nan
+        return {"difference": mean, "ci95": math.nan, "pairs": pairs, "units": len(values), "interval_unit": "none"}
+    mean, sd = _mean_sd(values)
+    half = _t(confidence, len(values) - 1) * sd / math.sqrt(len(values))
+    return {"difference": mean, "ci95": half, "pairs": pairs, "units": len(values), "interval_unit": unit,
+            "significant": abs(mean) > half}
+
+
+CELL_KEYS = ("split", "layers_on_ue", "link", "snr_db", "dropout", "withheld", "protect")  # what identifies a cell
+CELL_COLUMNS = CELL_KEYS + ("draws", "samples", "nll", "nll_ci95", "ppl", "ppl_low", "ppl_high", "token_accuracy",
+                            "accuracy_ci95", "total_s", "interval_unit")
+
+
+def cell_table(rows: list[dict], windows: dict | None = None) -> list[dict]:
+    """The rows pooled over draws into cells (cells.pool, with the window scores of `windows`:
+    {row_key: [(window, nll, accuracy)]}), in the order of first appearance."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in attach_windows(rows, windows or {}):
+        groups.setdefault(tuple(str(row[k]) for k in CELL_KEYS), []).append(row)
+    return [{**dict(zip(CELL_KEYS, key)), **pool(group), "total_s": group[0]["total_s"]}
+            for key, group in groups.items()]
+
+
+def cells_path(output: str | Path) -> Path:
+    """Where the cell table of a sweep results file goes: <stem>_cells.csv beside it."""
+    output = Path(output)
+    return output.with_name(f"{output.stem}_cells.csv")
+
+
+def write_cells(rows: list[dict], path: str | Path, windows: dict | None = None) -> None:
+    """The cell table as CSV (rewritten whole: it is derived from the rows, which are the record)."""
+    with Path(path).open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CELL_COLUMNS)
+        writer.writeheader()
+        writer.writerows(cell_table(rows, windows))
+
+
+def condition_key(row: dict) -> tuple:
+    """The channel condition of a row (its row_key without split and draw)."""
+    return row_key(row)[1:6]
+
+
+def condition_label(key: tuple) -> str:
+    link, snr, p, withheld, protect = key
+    parts = [f"p = {float(p):g}" if link == "dropout" else f"{link} {float(snr):g} dB"]
+    if float(withheld):
+        parts.append(f"withheld {float(withheld):g}")
+    if protect:
+        parts.append(f"K = {protect}")
+    return ", ".join(parts)
+
+
+def compare_splits(rows: list[dict], a: int, b: int, confidence: float = CONFIDENCE) -> list[dict]:
+    """`paired` for splits a and b under every condition both have (rows with window scores attached)."""
+    groups: dict[tuple, dict[int, list[dict]]] = {}
+    for row in rows:
+        if int(row["split"]) in (a, b):
+            groups.setdefault(condition_key(row), {}).setdefault(int(row["split"]), []).append(row)
+    out = []
+    for key, by_split in groups.items():
+        if a in by_split and b in by_split:
+            out.append({"condition": condition_label(key), "split_a": a, "split_b": b,
+                        **paired(by_split[a], by_split[b], confidence)})
+    return out
+
+
+def read_sweep(path: str | Path) -> list[dict]:
+    """A sweep results file's rows with their window scores attached."""
+    path = Path(path)
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return attach_windows(rows, read_windows(windows_path(path)))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m layersplit.cells", description=(
+        "A sweep results file's cells: --compare A,B gives NLL(A) - NLL(B) paired on the same windows and draws, "
+        "with its 95%% t interval over windows; --write-cells rewrites its <stem>_cells.csv (the intervals from "
+        "the windows file beside it)."))
+    parser.add_argument("results", type=Path, help="sweep results CSV (add_noise.py --sweep --output)")
+    parser.add_argument("--compare", metavar="A,B", help="two splits (0-based, as in the file)")
+    parser.add_argument("--json", type=Path, help="with --compare: also write the comparison here")
+    parser.add_argument("--write-cells", action="store_true", help="rewrite the cell table beside the results")
+    args = parser.parse_args(argv)
+    if not args.compare and not args.write_cells:
+        parser.error("give --compare A,B or --write-cells")
+    if args.compare:
+        try:
+            a, b = (int(s) for s in args.compare.split(","))
+        except ValueError:
+            parser.error(f"--compare {args.compare!r}: give two splits, like 1,10")
+    if not args.results.is_file():
+        parser.error(f"{args.results}: no such file")
+    try:
+        rows = read_sweep(args.results)
+        if rows and not {"nll", "scored_tokens", "draw", *CELL_KEYS} <= set(rows[0]):
+            raise ValueError("not a sweep results file (columns missing)")
+        found = compare_splits(rows, a, b) if args.compare else None
+    except (WindowsFileError, ValueError, KeyError, TypeError) as e:
+        parser.error(f"{args.results}: {e}")
+    if args.write_cells:
+        write_cells(rows, cells_path(args.results))
+        print(f"{len(cell_table(rows))} cells with 95% intervals in {cells_path(args.results)}")
+    if found is None:
+        return 0
+    if not found:
+        parser.error(f"{args.results} has no condition with both split {a} and split {b}")
+    print(f"NLL(split {a}) - NLL(split {b}), paired on the same windows and draws; 95% t interval over the unit")
+    for r in found:
+        mark = "*" if r.get("significant") else " "
+        print(f"  {r['condition']:28s} {r['difference']:+8.4f} +- {r['ci95']:.4f} {mark} "
+              f"({r['pairs']} pairs, {r['units']} {r['interval_unit']})")
+    print("  * the interval excludes 0")
+    if args.json:
+        args.json.write_text(json.dumps({"results": str(args.results), "comparisons": found}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

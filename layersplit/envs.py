@@ -156,6 +156,11 @@ class LLMSplitEnv(gym.Env):
     reset (PPL_initial) and after every step, on the first `tokens` tokens of the text, with a fresh
     noise draw from the environment's seeded generator (the original reused a stale value when the
     split did not change; here every step measures). Needs a model of at least 11 decoder layers.
+
+    `measurements` (a dict, optional) memoises perplexity by (link seed, p, split): a measurement is a
+    deterministic function of them, and the link seed of an episode's k-th measurement depends only on
+    the reset seed, so policies evaluated on the same episodes share the measurements where their
+    states coincide (the same numbers as measuring again, tested).
     """
 
     metadata = {"render_modes": []}
@@ -163,7 +168,7 @@ class LLMSplitEnv(gym.Env):
     def __init__(self, model=EMBEDDED_MODEL, dataset=EMBEDDED_DATASET, tokens: int = LLM_TOKENS,
                  context_length: int = LLM_CONTEXT, device: str = "auto", dtype: str = "auto",
                  episode_steps: int = EPISODE_STEPS, token_ids=None, tokenizer=None, episode_end: str = EPISODE_END,
-                 protect: int = 0):
+                 protect: int = 0, measurements: dict | None = None):
         from .data import load_text, tokenize
         from .link import SplitLink
         from .models import load_model
@@ -185,15 +190,23 @@ class LLMSplitEnv(gym.Env):
         self.observation_space = spaces.Box(np.array([0.0, SPLIT_MIN], np.float32), np.array([P_MAX, SPLIT_MAX], np.float32))
         self.action_space = spaces.Discrete(SPLIT_MAX - SPLIT_MIN + 1)
         self.p, self.split, self.steps, self.ppl_initial = 0.0, SPLIT_MIN, 0, float("nan")
+        self.measurements = measurements
 
     def perplexity(self, p: float, split: int) -> float:
         from .perplexity import evaluate
 
+        seed = int(self.np_random.integers(2**31))
+        key = (seed, repr(float(p)), int(split))
+        if self.measurements is not None and key in self.measurements:
+            return self.measurements[key]
         self.link.set_split(split)
         self.link.set_dropout(p)
-        self.link.reseed(int(self.np_random.integers(2**31)))
+        self.link.reseed(seed)
         self.link.reset_stats()
-        return evaluate(self.model, self.token_ids, self.context_length, self.context_length, progress=False).ppl
+        ppl = evaluate(self.model, self.token_ids, self.context_length, self.context_length, progress=False).ppl
+        if self.measurements is not None:
+            self.measurements[key] = ppl
+        return ppl
 
     def _obs(self) -> np.ndarray:
         return np.array([self.p, self.split], dtype=np.float32)

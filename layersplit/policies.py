@@ -316,6 +316,14 @@ def confidence_interval(values, confidence: float = CONFIDENCE) -> tuple[float, 
     return float(values.mean()), float(half)
 
 
+def share_of_optimum(values, optimum_values, confidence: float = CONFIDENCE) -> tuple[float, float, list[float]]:
+    """Each seed's return over the optimum's return on that seed's own episodes (seed k of both played
+    the same episodes), their mean and the half-width of the t interval over seeds, and the shares."""
+    shares = [float(v / o) for v, o in zip(values, optimum_values, strict=True)]
+    mean, half = confidence_interval(shares, confidence)
+    return mean, half, shares
+
+
 def split_versus_condition(env_id: str, policy_for: Callable[[object], Policy], env_kwargs: dict) -> list[dict]:
     """Where each policy puts the split as a function of the channel condition.
     Paper: the split after a whole episode from each start split 1..9, averaged, per p on a grid over the

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import UserError
+from . import UserError, cells
 
 if TYPE_CHECKING:
     import torch
@@ -190,7 +190,20 @@ def _read_sweep(path: str | Path, needed: tuple[str, ...]):
     if "link" in needed and not (known := frame["link"].isin(LINK_MODES)).all():
         row = int(np.flatnonzero(~known.to_numpy())[0])
         raise UserError(f"{path}:{row + 2}: link is {frame['link'].iloc[row]!r}, not one of {', '.join(LINK_MODES)}")
-    return frame
+    return _with_windows(frame, path)
+
+
+def _with_windows(frame, path: Path):
+    """The frame with each row's window scores (cells.WINDOW_SCORES) from the sweep's windows file, where
+    it has them, so that the intervals take the window as their unit."""
+    try:
+        windows = cells.read_windows(cells.windows_path(path))
+    except cells.WindowsFileError as e:
+        raise UserError(str(e)) from None
+    if not windows or not {"split", "link", "snr_db", "dropout", "withheld", "draw"} <= set(frame.columns):
+        return frame
+    keys = [cells.row_key(r) for r in frame.to_dict("records")]
+    return frame.assign(**{cells.WINDOW_SCORES: [windows.get(k) for k in keys]})
 
 
 def unprotected(frame):
@@ -200,19 +213,17 @@ def unprotected(frame):
 
 def _pooled(frame, keys: list[str]):
     """The rows of `frame` pooled over draws per `keys` (cells.pool: token-weighted NLL and accuracy,
-    95% intervals over windows x draws)."""
+    95% intervals over windows)."""
     import pandas as pd
 
-    from .cells import pool
-
-    return pd.DataFrame([{**dict(zip(keys, key)), **pool(group.to_dict("records")),
+    return pd.DataFrame([{**dict(zip(keys, key)), **cells.pool(group.to_dict("records")),
                           "latency_s": group["total_s"].astype(float).mean() if "total_s" in group else np.nan}
                          for key, group in frame.groupby(keys, sort=True)])
 
 
 def paper_cells(path: str | Path, splits=PAPER_SPLITS, reference_split: int = REFERENCE_SPLIT):
     """One row per (p, split) of the original link: pooled PPL (exp of the token-weighted mean NLL over
-    draws) with its 95% interval over windows x draws, the reference PPL at the same p, the inference
+    draws) with its 95% interval over windows, the reference PPL at the same p, the inference
     reward, and that reward's standard error over the noise draws (inference_reward_se)."""
     frame = _read_sweep(path, ("link", "split", "dropout", "draw", "nll", "token_accuracy", "scored_tokens"))
     frame = unprotected(frame[frame["link"] == "dropout"])

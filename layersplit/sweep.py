@@ -46,13 +46,8 @@ COLUMNS = RUN_COLUMNS + ("split", "layers_on_ue", "link", "snr_db", "dropout", "
     "ue_compute_s", "tx_s", "edge_compute_s", "total_s", "tx_decode_s")
 
 
-def row_key(row: dict) -> tuple:
-    """What identifies a row: physical links by SNR and withheld share, the direct link by p, and the
-    protected elements per token (floats as written in the CSV)."""
-    snr = "" if row["snr_db"] in ("", None) else repr(float(row["snr_db"]))
-    p = repr(float(row["dropout"])) if row["link"] == "dropout" else ""
-    return (int(row["split"]), row["link"], snr, p, repr(float(row["withheld"] or 0.0)), int(row.get("protect") or 0),
-            int(row["draw"]))
+PER_WINDOW = "per_window"  # key of a computed row's [(window, nll sum, correct, tokens)]: the windows file's lines
+row_key, windows_path = cells.row_key, cells.windows_path  # what identifies a row; where its windows go
 
 
 def cell_key(split: int, cond: Condition, draw: int) -> tuple:
@@ -62,8 +57,16 @@ def cell_key(split: int, cond: Condition, draw: int) -> tuple:
 
 
 # --- the results file ----------------------------------------------------------------------------
+def _drop_partial_line(path: Path) -> None:
+    """A kill during a write can leave a last line without its newline: cut it off."""
+    with path.open("r+b") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
+
+
 class ResultsStore:
-    """An append-only CSV that survives being killed at any moment."""
+    """An append-only CSV that survives being killed at any moment, with its windows file beside it."""
 
     def __init__(self, path: str | Path, run_config: dict, link_config: dict | None = None):
         """run_config: RUN_COLUMNS values every row must share; link_config: LINK_COLUMNS values the
@@ -73,13 +76,14 @@ class ResultsStore:
         link_config = {k: str(v) for k, v in (link_config or {}).items()}
         self.rows: list[dict] = []
         if self.path.exists():
-            self._drop_partial_line()
+            with self.path.open("rb") as f:  # the header first: a file of another kind is never modified
+                header = f.readline().decode("utf-8", "replace").rstrip("\r\n")
+            if header and header.split(",") != list(COLUMNS):
+                raise UserError(f"{self.path} is not a sweep results file of this version (other columns): "
+                                "use another --output")
+            _drop_partial_line(self.path)
             with self.path.open(newline="") as f:
-                reader = csv.DictReader(f)
-                if reader.fieldnames and list(reader.fieldnames) != list(COLUMNS):
-                    raise UserError(f"{self.path} is not a sweep results file of this version (other columns): "
-                                    "use another --output")
-                self.rows = list(reader)
+                self.rows = list(csv.DictReader(f))
             self._check_rows()
             first_physical = [r for r in self.rows if r["link"] not in ("dropout", "nr")][:1]
             for row, wanted in [(r, self.run_config) for r in self.rows[:1]] + [(r, link_config) for r in first_physical]:
@@ -89,12 +93,23 @@ class ResultsStore:
                     raise UserError(f"{self.path} was made with another configuration ({detail}): "
                                     "use another --output, or the same options to resume")
         self.done = {row_key(r) for r in self.rows}
+        self.windows_path = windows_path(self.path)
+        if self.windows_path.exists():
+            _drop_partial_line(self.windows_path)
+        try:
+            self.windows = {k: v for k, v in cells.read_windows(self.windows_path).items() if k in self.done}
+        except cells.WindowsFileError as e:
+            raise UserError(str(e)) from None
         if not self.rows:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("w", newline="") as f:
-                csv.writer(f).writerow(COLUMNS)
-                f.flush()
-                os.fsync(f.fileno())
+            self._start(self.path, COLUMNS)
+
+    @staticmethod
+    def _start(path: Path, columns) -> None:
+        with path.open("w", newline="") as f:
+            csv.writer(f).writerow(columns)
+            f.flush()
+            os.fsync(f.fileno())
 
     def _check_rows(self) -> None:
         """Refuse a file with a damaged row, naming its line: resuming would skip or redo cells silently."""
@@ -123,14 +138,20 @@ class ResultsStore:
                 raise UserError(f"{self.path}:{line}: a damaged row ({problem}): delete that line to resume "
                                 "(the sweep then redoes it), or use another --output")
 
-    def _drop_partial_line(self) -> None:
-        """A kill during a write can leave a last line without its newline: cut it off."""
-        with self.path.open("r+b") as f:
-            data = f.read()
-            if data and not data.endswith(b"\n"):
-                f.truncate(data.rfind(b"\n") + 1)
-
     def append(self, rows: list[dict]) -> None:
+        """Write rows (each with its PER_WINDOW scores): the windows first, so that a row in the results
+        file always has its windows (a kill in between leaves windows of no row, which are redone)."""
+        rows = [dict(row) for row in rows]
+        per_window = [row.pop(PER_WINDOW, []) for row in rows]
+        if not self.windows_path.exists():  # a results file made before windows were recorded has none
+            self._start(self.windows_path, cells.WINDOW_FILE_COLUMNS)
+        with self.windows_path.open("a", newline="") as f:
+            writer = csv.writer(f)
+            for row, scores in zip(rows, per_window):
+                key_values = [row[k] for k in cells.WINDOW_FILE_COLUMNS[:7]]
+                writer.writerows([*key_values, window, nll, correct, tokens] for window, nll, correct, tokens in scores)
+            f.flush()
+            os.fsync(f.fileno())
         with self.path.open("a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=COLUMNS)
             for row in rows:
@@ -139,6 +160,9 @@ class ResultsStore:
             os.fsync(f.fileno())
         self.rows += rows
         self.done |= {row_key(r) for r in rows}
+        for row, scores in zip(rows, per_window):
+            self.windows[row_key(row)] = [(w, nll / t if t else math.nan, c / t if t else math.nan)
+                                          for w, nll, c, t in sorted(scores)]
 
 
 # --- the sweep ---------------------------------------------------------------------------------------
@@ -157,11 +181,13 @@ class SweepConfig:
 
 
 class CellTotals:
-    """Running sums over windows for every (condition, draw) of one split: the token totals, and the
-    sum and sum of squares of the per-window mean NLL and accuracy (for the spread over windows)."""
+    """Running sums over windows for every (condition, draw) of one split: the token totals, the sum
+    and sum of squares of the per-window mean NLL and accuracy (for the spread over windows), and each
+    window's own score (the windows file: intervals clustered by window, paired comparisons)."""
 
     def __init__(self, n_conditions: int, draws: int):
         shape = (n_conditions, draws)
+        self.per_window: dict[tuple[int, int], list[tuple]] = {}  # (c, d) -> [(window, nll sum, correct, tokens)]
         self.nll = torch.zeros(shape, dtype=torch.float64)
         self.correct = torch.zeros(shape, dtype=torch.long)
         self.tokens = torch.zeros(shape, dtype=torch.long)
@@ -169,7 +195,8 @@ class CellTotals:
         self.windows = torch.zeros(shape, dtype=torch.long)
         self.window_moments = torch.zeros(shape + (4,), dtype=torch.float64)  # sum nll, nll^2, acc, acc^2
 
-    def add(self, c: int, d: int, nll: float, correct: int, n_tokens: int) -> None:
+    def add(self, c: int, d: int, nll: float, correct: int, n_tokens: int, window: int) -> None:
+        self.per_window.setdefault((c, d), []).append((window, nll, correct, n_tokens))
         if math.isfinite(nll):
             self.nll[c, d] += nll
             self.correct[c, d] += correct
@@ -231,6 +258,7 @@ def _rows(cfg: SweepConfig, split: int, totals: CellTotals, pending, dims) -> li
                                                      withheld=cond.withheld, protect=cond.protect,
                                                      link=cond.link)["tx_s"]
                            if physical else "",
+            PER_WINDOW: totals.per_window.get((c, d), []),
         }
         rows.append(row)
     return rows
@@ -325,10 +353,10 @@ def fold(cfg: SweepConfig, split: int, pending, scored: dict, clean: dict, dims)
         scores, n_targets = scored[i]
         for c, d in pending:
             if is_clean(cfg.conditions[c]) and i in clean:
-                totals.add(c, d, *clean[i], n_targets)
+                totals.add(c, d, *clean[i], n_targets, i)
         for (c, d), nll, correct in scores:
             if not (is_clean(cfg.conditions[c]) and i in clean):
-                totals.add(c, d, nll, correct, n_targets)
+                totals.add(c, d, nll, correct, n_targets, i)
     return _rows(cfg, split, totals, pending, dims)
 
 
@@ -379,7 +407,7 @@ def run_naive(model, token_ids: torch.Tensor, cfg: SweepConfig, store: ResultsSt
                     logits = model(input_ids=token_ids[None, w.begin:w.end].to(device), use_cache=False,
                                    logits_to_keep=len(targets) + 1).logits[0, :-1]
                 nll, correct = token_nll_and_correct(logits, targets)
-                totals.add(c, d, nll.double().sum().item(), int(correct.sum()), len(targets))
+                totals.add(c, d, nll.double().sum().item(), int(correct.sum()), len(targets), i)
             bar.update(1)
         store.append(_rows(cfg, split, totals, pending, dims))
     bar.close()
@@ -423,39 +451,15 @@ def verify(rows: list[dict], reference: str | Path, rtol: float) -> str:
     return f"verified: {len(rows)} rows agree with {reference} (largest relative difference {worst:.2g})"
 
 
-CELL_KEYS = ("split", "layers_on_ue", "link", "snr_db", "dropout", "withheld", "protect")  # what identifies a cell
-CELL_COLUMNS = CELL_KEYS + ("draws", "samples", "nll", "nll_ci95", "ppl", "ppl_low", "ppl_high", "token_accuracy",
-                            "accuracy_ci95", "total_s")
+CELL_KEYS, CELL_COLUMNS = cells.CELL_KEYS, cells.CELL_COLUMNS  # the cell table (cells.py writes it)
+cell_table, cells_path, write_cells = cells.cell_table, cells.cells_path, cells.write_cells
 
 
-def cell_table(rows: list[dict]) -> list[dict]:
-    """The rows pooled over draws into cells (cells.pool), in the order of first appearance."""
-    groups: dict[tuple, list[dict]] = {}
-    for row in rows:
-        groups.setdefault(tuple(str(row[k]) for k in CELL_KEYS), []).append(row)
-    return [{**dict(zip(CELL_KEYS, key)), **cells.pool(group), "total_s": group[0]["total_s"]}
-            for key, group in groups.items()]
-
-
-def cells_path(output: str | Path) -> Path:
-    """Where the cell table of a sweep results file goes: <stem>_cells.csv beside it."""
-    output = Path(output)
-    return output.with_name(f"{output.stem}_cells.csv")
-
-
-def write_cells(rows: list[dict], path: str | Path) -> None:
-    """The cell table as CSV (rewritten whole: it is derived from the rows, which are the record)."""
-    with Path(path).open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CELL_COLUMNS)
-        writer.writeheader()
-        writer.writerows(cell_table(rows))
-
-
-def summarise(rows: list[dict]) -> str:
+def summarise(rows: list[dict], windows: dict | None = None) -> str:
     """Perplexity per split and condition pooled over draws with its 95% interval, as a text table."""
     import pandas as pd
 
-    frame = pd.DataFrame(cell_table(rows))
+    frame = pd.DataFrame(cell_table(rows, windows))
     if frame.empty:
         return "(no rows)"
     frame["condition"] = [Condition(link, float(p), None if s == "" else float(s), float(w or 0.0), int(k or 0)).label
@@ -467,5 +471,6 @@ def summarise(rows: list[dict]) -> str:
     table = frame.set_index(["split", "condition"])["cell"].unstack("condition")
     table = table[list(dict.fromkeys(frame["condition"]))]
     with pd.option_context("display.width", 250, "display.max_columns", 30):
-        return (f"perplexity pooled over draws, exp(mean NLL), [95% interval over windows x draws] "
+        return (f"perplexity pooled over draws, exp(mean NLL), [95% interval; its unit: the window, or the draw "
+                f"where there is one window] "
                 f"(rows: split, 0-based = layers on the UE - 1)\n{table}")

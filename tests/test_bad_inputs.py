@@ -50,6 +50,7 @@ def files(tmp_path_factory):
             writer.writeheader()
             writer.writerow(good_row)
             writer.writerow(good_row | damage)
+    (folder / "notes.txt").write_text("my notes\nwithout a final newline")  # not a sweep: must stay whole
     with (folder / "short-row.csv").open("w") as f:
         f.write(",".join(sweep.COLUMNS) + "\n" + ",".join(good_row[c] for c in sweep.COLUMNS) + "\ngarbage,line\n")
     return folder
@@ -79,6 +80,8 @@ def cases():
         ("snr-nan", "add_noise.py", tiny + ["--snr-db", "nan"], "snr_db must be a finite number"),
         ("nakagami-m-small", "add_noise.py", tiny + ["--snr-db", "10", "--nakagami-m", "0.2"], "nakagami_m must be >= 0.5"),
         ("bandwidth-negative", "add_noise.py", tiny + ["--snr-db", "10", "--bandwidth-hz", "-1"], "bandwidth_hz must be a positive"),
+        ("sweep-output-not-a-sweep", "add_noise.py", tiny + ["--sweep", "--splits", "0-3", "--output", "{bad}/notes.txt"],
+         "not a sweep results file"),
         ("sweep-draws-zero", "add_noise.py", tiny + ["--sweep", "--draws", "0"], "0 must be an integer >= 1"),
         ("sweep-batch-zero", "add_noise.py", tiny + ["--sweep", "--batch-size", "0"], "0 must be an integer >= 1"),
         ("sweep-batch-word", "add_noise.py", tiny + ["--sweep", "--batch-size", "many"], "'many' is not"),
@@ -124,6 +127,7 @@ def cases():
         ("llm-timesteps-zero", "train.py", ["--total-timesteps", "0"], "0 must be an integer >= 1"),
         ("llm-results-unwritable", "train.py", ["--results", f"{NO_DIR}/x.json"], "cannot write there"),
         ("llm-run-dir-is-file", "train.py", ["--run-dir", "{bad}/random-bytes.txt"], "is not a folder"),
+        ("llm-eval-only-no-episodes", "train.py", ["--eval-only", "--eval-episodes", "0"], "--eval-only needs"),
         # the channel module's CLI
         ("channel-table-unwritable", "layersplit/channel.py", ["--table", f"{NO_DIR}/x.csv"], "cannot write there"),
         ("channel-mc-symbols-zero", "layersplit/channel.py", ["--mc-symbols", "0"], "must be >= 1"),
@@ -133,6 +137,8 @@ def cases():
         ("figures-results-missing", "figures.py", ["--results-dir", "{tmp}/none"], "is not a folder"),
         ("figures-dir-unwritable", "figures.py", ["--figures-dir", f"{NO_DIR}/f"], "cannot write there"),
         ("figures-unknown", "figures.py", ["--only", "nope"], "invalid choice"),
+        ("figures-claims-missing", "figures.py", ["--claims", "{tmp}/none.md", "--results-dir", "{tmp}"],
+         "no such file"),
         # serve.py
         ("edge-port-too-large", "serve.py", ["edge", "--port", "99999"], "65535"),
         ("edge-port-negative", "serve.py", ["edge", "--port", "-1"], "65535"),
@@ -142,6 +148,15 @@ def cases():
         ("bench-rl-steps-negative", "bench/rl.py", ["--steps", "-1"], "-1 must be an integer >= 1"),
         ("bench-rl-seeds-text", "bench/rl.py", ["--ablation", "--seeds", "a,b"], "give comma-separated integers"),
         ("bench-rl-rsm-missing", "bench/rl.py", ["--rsm", "{tmp}/none.pth"], "no such file"),
+        ("bench-rl-surrogate-missing", "bench/rl.py", ["--ablation", "--surrogates", "{tmp}/none.pth"], "no such file"),
+        ("bench-rl-record-foreign", "bench/rl.py", ["--ablation", "--surrogates", "shipped", "--output",
+                                                    "{bad}/random-bytes.txt"], "not an ablation record"),
+        ("bench-rl-cost-unwritable", "bench/rl.py", ["--cost-output", f"{NO_DIR}/c.json"], "cannot write there"),
+        # the cells CLI
+        ("cells-nothing-asked", "layersplit/cells.py", ["{bad}/text-nll.csv"], "give --compare A,B or --write-cells"),
+        ("cells-compare-text", "layersplit/cells.py", ["{bad}/text-nll.csv", "--compare", "a,b"], "give two splits"),
+        ("cells-not-a-sweep", "layersplit/cells.py", ["{bad}/random-bytes.txt", "--write-cells"], "random-bytes.txt"),
+        ("cells-missing", "layersplit/cells.py", ["{tmp}/none.csv", "--write-cells"], "no such file"),
         ("bench-serve-prompts-zero", "bench/serve.py", ["--prompts", "0"], "--prompts must be in"),
         ("bench-serve-wires", "bench/serve.py", ["--wires", "fp8"], "--wires: choose among"),
         ("bench-serve-threads-negative", "bench/serve.py", ["--threads", "-1"], "-1 must be an integer >= 0"),

@@ -1,11 +1,13 @@
 """Smoke runs of the benchmarks with tiny budgets, as a user runs them: each finishes and prints its
 comparison. (What they measure is read from their output by people, not asserted here: these
 machines are shared and timings are noisy.)"""
+import json
 import os
 import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import ROOT, run_script
@@ -13,21 +15,44 @@ from conftest import ROOT, run_script
 pytestmark = pytest.mark.real_model
 
 
-def test_bench_rl_compares_llm_and_surrogate_steps_and_both_ppo_setups():
-    done = run_script("bench/rl.py", "--steps", "800", "--llm-tokens", "32", timeout=300)
+def test_bench_rl_compares_llm_and_surrogate_steps_and_both_ppo_setups(tmp_path):
+    done = run_script("bench/rl.py", "--steps", "800", "--llm-tokens", "32", "--cost-output", str(tmp_path / "c.json"),
+                      timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "1. one environment step" in done.stdout and "LLM / surrogate" in done.stdout
     shares = re.findall(r"([\d.]+)%\n", done.stdout)
     assert len(shares) == 2 and all(0 < float(s) <= 100.0 + 1e-9 for s in shares)  # original and default, vs the optimum
+    cost = json.loads((tmp_path / "c.json").read_text())  # what the README's cost claim is generated from
+    assert cost["llm_over_surrogate_step"] == pytest.approx(cost["llm_step_s"] / cost["surrogate_step_s"])
+    assert [round(100 * r["share_of_optimum"], 2) for r in cost["ppo"].values()] == [float(s) for s in shares]
+    threads = re.search(r"one environment step \((\d+) torch threads for the LLM\)", done.stdout)
+    assert threads and cost["torch_threads_llm"] == int(threads.group(1))  # the LLM's, not the PPO runs' one
 
 
-def test_bench_rl_ablation_runs_every_setup_over_the_seeds():
-    done = run_script("bench/rl.py", "--ablation", "--seeds", "0,1", "--steps", "400", timeout=300)
+def test_bench_rl_ablation_records_every_setup_and_resumes(tmp_path):
+    args = ["bench/rl.py", "--ablation", "--seeds", "0,1", "--steps", "400", "--surrogates", "shipped",
+            "--output", str(tmp_path / "a.json")]
+    done = run_script(*args, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    rows = re.findall(r"^   (.+?)\s+([\d.]+)% \+-\s+([\d.]+)\s+per seed: (.+)$", done.stdout, re.M)
-    assert [r[0].split(":")[0] for r in rows] == ["original", "default", "only 8 batched envs", "only scaled observations",
-                                                  "only gamma 0.9"]
-    assert all(len(r[3].split(", ")) == 2 for r in rows)  # one share per seed
+    record = json.loads((tmp_path / "a.json").read_text())
+    runs = record["surrogates"]["shipped"]["runs"]
+    assert len(runs) == 10 and all(len(r["returns"]) == 200 for r in runs.values())
+    setups = record["summary"]["shipped"]["setups"]
+    assert [name.split(":")[0] for name in setups] == ["original", "default", "only 8 batched envs",
+                                                       "only scaled observations", "only gamma 0.9"]
+    original = setups[next(iter(setups))]
+    assert original["minus_original"] == 0 and original["minus_original_ci95"] == 0  # paired with itself
+    for name, row in setups.items():
+        shares = [100 * np.mean(r["returns"]) / np.mean(record["surrogates"]["shipped"]["optimum"])
+                  for r in runs.values() if r["setup"] == name]
+        assert row["share_per_seed"] == pytest.approx(shares)
+        assert row["channel_blind_seeds"] == sum(r["policy_map"]["channel_blind"] for r in runs.values()
+                                                 if r["setup"] == name)
+    blind = next(iter(runs.values()))["policy_map"]
+    assert blind["channel_blind"] == all(len(set(a)) == 1 for a in blind["actions"].values())
+    again = run_script(*args, timeout=300)  # every run is in the record: none is trained again
+    assert again.returncode == 0 and "% of the optimum" not in again.stdout.split("3. PPO set-ups")[0]
+    assert json.loads((tmp_path / "a.json").read_text())["surrogates"] == record["surrogates"]
 
 
 def test_bench_serve_gives_the_single_process_tokens_over_a_loss_free_socket():

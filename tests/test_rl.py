@@ -512,10 +512,14 @@ def test_train_rsm_fit_train_evaluate_smoke(tmp_path):
     train = run_script("train_rsm.py", "train", "--total-timesteps", "800", "--seeds", "0,1", "--run-dir",
                        str(tmp_path / "runs"), "--no-progress", *common)
     assert train.returncode == 0, train.stderr
-    assert "% of optimum" in train.stdout
+    assert "of optimum" in train.stdout and "% +- " in train.stdout
     result = json.loads((tmp_path / "res" / "rl_paper_ppo.json").read_text())
     assert len(result["returns"]["learned"]["per_seed"]) == 2 and result["returns"]["optimum"]["share_of_optimum"] == 1
     returns = result["returns"]
+    learned, optimum = returns["learned"], returns["optimum"]["per_seed"]
+    assert learned["share_per_seed"] == pytest.approx([v / o for v, o in zip(learned["per_seed"], optimum)])
+    assert learned["share_of_optimum"] == pytest.approx(np.mean(learned["share_per_seed"]))  # per seed, then the mean
+    assert learned["share_ci95"] == pytest.approx(policies.confidence_interval(learned["share_per_seed"])[1])
     assert set(returns) == {"learned", "fixed", "best-static", "best-static-per-start", "random", "greedy", "optimum"}
     assert set(result["best_static_per_start"]["choices"]) == {str(s) for s in range(1, 11)}
     gaps = np.subtract(returns["learned"]["per_seed"], returns["best-static"]["per_seed"])  # paired by seed
@@ -567,9 +571,38 @@ def test_train_py_smoke_with_a_tiny_model(tmp_path, sample_txt):
     assert report["evaluation"]["best_static"]["choice"] in {f"split {s}" for s in range(1, 11)}
     progress = (tmp_path / "runs" / "ppo_s0" / "progress.csv").read_text()
     assert "time/step_s" in progress
+    for r in returns.values():  # the gaps are paired by episode
+        assert r["minus_fixed"] == pytest.approx(np.mean(np.subtract(r["per_episode"], returns["fixed"]["per_episode"])))
+    assert returns["best-static"]["minus_best_static"] == 0 and returns["fixed"]["minus_fixed_ci95"] == 0
+    measured = (tmp_path / "runs" / "eval_measurements.jsonl").read_text().splitlines()
+    assert len(measured) == 1 + report["evaluation"]["measurements"]  # the settings, then one line each
     again = run_script(*args)  # a finished run is reused: the same seed gives the same evaluation
     assert again.returncode == 0, again.stderr
     assert json.loads((tmp_path / "llm.json").read_text())["evaluation"] == report["evaluation"]
+    (tmp_path / "runs" / "eval_measurements.jsonl").unlink()  # measured afresh, --eval-only: the same numbers
+    only = run_script(*args[:args.index("--results")], "--results", str(tmp_path / "eval.json"),
+                      *args[args.index("--results") + 2:], "--eval-only")
+    assert only.returncode == 0, only.stderr
+    evaluation = json.loads((tmp_path / "eval.json").read_text())["evaluation"]
+    assert evaluation.pop("llm_trained_policy") == str(tmp_path / "runs" / "ppo_s0")
+    assert evaluation == report["evaluation"]
+
+
+def test_shared_measurements_give_the_numbers_of_measuring_again():
+    """The memo keyed by (link seed, p, split): two policies on the same episodes, with and without it.
+    A model of its own: an environment another test left open would still hook the module's one."""
+    torch.manual_seed(0)
+    llm11 = LlamaForCausalLM(tiny_config(num_hidden_layers=11)).eval()
+    stay, deeper = (lambda obs, env: env.split - 1), (lambda obs, env: min(env.split, 9))
+    env = make_env("LayerSplit-LLM-v0", llm11)
+    fresh = [policies.evaluate(env, policy, 2, seed=3).returns for policy in (stay, deeper)]
+    env.close()  # its link leaves the model
+    memo = {}
+    env = make_env("LayerSplit-LLM-v0", llm11, measurements=memo)
+    shared = [policies.evaluate(env, policy, 2, seed=3).returns for policy in (stay, deeper)]
+    env.close()
+    np.testing.assert_array_equal(np.array(fresh), np.array(shared))
+    assert 0 < len(memo) < 2 * 2 * 6  # the resets (and the first policy's states) were measured once
 
 
 def test_a_surrogate_policy_acts_on_the_llm_env_through_the_original_moves(llm11):

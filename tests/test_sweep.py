@@ -72,7 +72,24 @@ def test_window_spread_columns_are_the_spread_of_per_window_values(tiny_llama, t
     assert 0 <= float(clean["accuracy_window_sd"]) < 1
 
 
-def test_cells_pool_draws_and_windows_into_a_t_interval():
+def window_rows(per_window, accuracy=None, window_scores=True):
+    """Sweep rows of one cell from a (draws x windows) array of per-window mean NLLs (100 tokens each)."""
+    import numpy as np
+
+    accuracy = np.full_like(per_window, 0.4) if accuracy is None else accuracy
+    rows = []
+    for d, (w, a) in enumerate(zip(per_window, accuracy)):
+        row = {"split": 1, "link": "dropout", "snr_db": "", "dropout": "0.1", "withheld": "0.0", "protect": "0",
+               "draw": d, "nll": w.mean(), "token_accuracy": a.mean(), "scored_tokens": 100 * len(w), "windows": len(w),
+               "nll_window_sd": w.std(ddof=1) if len(w) > 1 else "",
+               "accuracy_window_sd": a.std(ddof=1) if len(w) > 1 else ""}
+        if window_scores:
+            row["window_scores"] = [(i, float(x), float(y)) for i, (x, y) in enumerate(zip(w, a))]
+        rows.append(row)
+    return rows
+
+
+def test_cells_interval_takes_the_window_as_its_unit():
     import math
 
     import numpy as np
@@ -81,22 +98,90 @@ def test_cells_pool_draws_and_windows_into_a_t_interval():
     from layersplit import cells
 
     rng = np.random.default_rng(0)
-    per_window = rng.normal(3.0, 0.5, size=(4, 6))  # 4 draws x 6 windows of 100 tokens each
+    text = rng.normal(3.0, 0.5, size=6)  # 6 windows whose text sets most of the NLL, shared by the 4 draws
+    per_window = text + rng.normal(0, 0.05, size=(4, 6))
     accuracy = rng.uniform(0.3, 0.5, size=(4, 6))
-    rows = [{"nll": w.mean(), "token_accuracy": a.mean(), "scored_tokens": 600, "windows": 6,
-             "nll_window_sd": w.std(ddof=1), "accuracy_window_sd": a.std(ddof=1)} for w, a in zip(per_window, accuracy)]
-    pooled = cells.pool(rows)
-    flat = per_window.ravel()
-    half = stats.t.ppf(0.975, 23) * flat.std(ddof=1) / math.sqrt(24)
-    assert pooled["nll"] == pytest.approx(flat.mean()) and pooled["nll_ci95"] == pytest.approx(half)
-    assert pooled["ppl_low"] == pytest.approx(math.exp(flat.mean() - half))
-    assert pooled["accuracy_ci95"] == pytest.approx(stats.t.ppf(0.975, 23) * accuracy.ravel().std(ddof=1) / math.sqrt(24))
-    assert (pooled["draws"], pooled["samples"]) == (4, 24)
+    pooled = cells.pool(window_rows(per_window, accuracy))
+    means = per_window.mean(axis=0)  # one value per window: the unit
+    half = stats.t.ppf(0.975, 5) * means.std(ddof=1) / math.sqrt(6)
+    assert pooled["nll"] == pytest.approx(per_window.mean()) and pooled["nll_ci95"] == pytest.approx(half)
+    assert pooled["interval_unit"] == "windows" and (pooled["draws"], pooled["samples"]) == (4, 24)
+    assert pooled["ppl_low"] == pytest.approx(math.exp(per_window.mean() - half))
+    acc_means = accuracy.mean(axis=0)
+    assert pooled["accuracy_ci95"] == pytest.approx(stats.t.ppf(0.975, 5) * acc_means.std(ddof=1) / math.sqrt(6))
+    # the 24 samples taken as independent, as before, give a far narrower interval on shared text
+    naive = stats.t.ppf(0.975, 23) * per_window.std(ddof=1) / math.sqrt(24)
+    assert half > 1.5 * naive
+    # no windows file: the conservative bound (the mean of the draws' SDs over windows), never narrower
+    bound = cells.pool(window_rows(per_window, accuracy, window_scores=False))
+    sds = per_window.std(axis=1, ddof=1)
+    assert bound["interval_unit"] == "windows (bound)"
+    assert bound["nll_ci95"] == pytest.approx(stats.t.ppf(0.975, 5) * sds.mean() / math.sqrt(6))
+    assert bound["nll_ci95"] >= half
+    # one window: over the draws, and it says so
+    one = cells.pool(window_rows(per_window[:, :1]))
+    assert one["interval_unit"] == "draws (one window)"
+    assert one["nll_ci95"] == pytest.approx(stats.t.ppf(0.975, 3) * per_window[:, 0].std(ddof=1) / 2)
+    assert cells.pool(window_rows(per_window[:1, :1]))["interval_unit"] == "none"
+    assert math.isnan(cells.pool(window_rows(per_window[:1, :1]))["nll_ci95"])
     # token weighting: a draw with twice the tokens counts twice in the pooled value
-    weighted = cells.pool([{**rows[0], "nll": 1.0, "scored_tokens": 200}, {**rows[1], "nll": 4.0, "scored_tokens": 100}])
+    rows = window_rows(per_window)
+    weighted = cells.pool([{**rows[0], "nll": 1.0, "scored_tokens": 200},
+                           {**rows[1], "nll": 4.0, "scored_tokens": 100}])
     assert weighted["nll"] == pytest.approx(2.0)
-    # a lone window has no spread: no interval rather than a made-up one
-    assert math.isnan(cells.pool([{**rows[0], "windows": 1, "nll_window_sd": ""}])["nll_ci95"])
+
+
+def test_paired_comparison_is_over_windows_of_the_same_text_and_masks():
+    import math
+
+    import numpy as np
+    from scipy import stats
+
+    from layersplit import cells
+
+    rng = np.random.default_rng(1)
+    text = rng.normal(3.0, 0.8, size=8)
+    a = text + rng.normal(0.10, 0.05, size=(3, 8))  # split A: 0.1 worse on every window, small noise
+    b = text + rng.normal(0.0, 0.05, size=(3, 8))
+    rows_a, rows_b = window_rows(a), [{**r, "split": 2} for r in window_rows(b)]
+    found = cells.paired(rows_a, rows_b)
+    diff = (a - b).mean(axis=0)
+    assert found["difference"] == pytest.approx(diff.mean()) and found["interval_unit"] == "windows"
+    assert found["ci95"] == pytest.approx(stats.t.ppf(0.975, 7) * diff.std(ddof=1) / math.sqrt(8))
+    assert found["significant"] and (found["pairs"], found["units"]) == (24, 8)
+    # the marginal intervals overlap although the paired difference is clear: pairing removes the text
+    pa, pb = cells.pool(rows_a), cells.pool(rows_b)
+    assert pa["nll"] - pa["nll_ci95"] < pb["nll"] + pb["nll_ci95"]
+    (compared,) = cells.compare_splits(rows_a + rows_b, 1, 2)
+    assert compared["condition"] == "p = 0.1" and compared["difference"] == found["difference"]
+    with pytest.raises(ValueError, match="windows file"):
+        cells.paired(window_rows(a, window_scores=False), rows_b)
+
+
+def test_the_windows_file_holds_each_rows_windows(tiny_llama, tmp_path):
+    import math
+
+    from layersplit import cells
+
+    rows = run(tiny_llama, tmp_path / "r.csv")
+    windows = cells.read_windows(sweep.windows_path(tmp_path / "r.csv"))
+    assert windows.keys() == rows.keys()
+    for key, row in rows.items():
+        scores = windows[key]
+        assert [w for w, _, _ in scores] == list(range(int(row["windows"])))
+        nll = [x for _, x, _ in scores]  # equal-token windows but the first: the row's NLL is near their mean
+        assert sum(nll) / len(nll) == pytest.approx(float(row["nll"]), rel=0.02)
+        if len(nll) > 1:
+            mean = sum(nll) / len(nll)
+            sd = math.sqrt(sum((x - mean) ** 2 for x in nll) / (len(nll) - 1))
+            assert sd == pytest.approx(float(row["nll_window_sd"]), rel=1e-6)
+    # the naive path writes the same windows
+    run(tiny_llama, tmp_path / "n.csv", runner=sweep.run_naive)
+    naive = cells.read_windows(sweep.windows_path(tmp_path / "n.csv"))
+    assert naive.keys() == windows.keys()
+    for key in windows:
+        assert [w for w, _, _ in naive[key]] == [w for w, _, _ in windows[key]]
+        assert [x for _, x, _ in naive[key]] == pytest.approx([x for _, x, _ in windows[key]], rel=1e-4)
 
 
 def test_masks_do_not_depend_on_the_order_of_work(tiny_llama, tmp_path):
@@ -139,6 +224,7 @@ def test_resume_between_cells_computes_only_what_is_missing(tiny_llama, tmp_path
         SplitModel.score_from = original
     assert calls["n"] == 2 * 3  # splits 2 and 3 only: 3 windows each, one batch per window
     assert_same_numbers(resumed, reference)
+    assert same_windows(path, tmp_path / "ref.csv")
 
 
 def test_resume_after_a_crash_inside_a_cell(tiny_llama, tmp_path, monkeypatch):
@@ -160,7 +246,16 @@ def test_resume_after_a_crash_inside_a_cell(tiny_llama, tmp_path, monkeypatch):
     assert {k[0] for k in rows_by_key(path)} == {0}
     with open(path, "a") as f:
         f.write("tiny,random,150,64")  # and a line half-written when the power went out
+    with open(sweep.windows_path(path), "a") as f:
+        f.write("1,dropout,,0.1")  # in both files
     assert_same_numbers(run(tiny_llama, path), reference)
+    assert same_windows(path, tmp_path / "ref.csv")
+
+
+def same_windows(a, b) -> bool:
+    from layersplit import cells
+
+    return cells.read_windows(sweep.windows_path(a)) == cells.read_windows(sweep.windows_path(b))
 
 
 def test_another_configuration_is_refused(tiny_llama, tmp_path):
@@ -280,3 +375,18 @@ def test_cli_verify_spot_checks_a_sweep_with_a_sub_grid(tiny_model_dir, sample_t
     check[check.index("--verify") + 1] = str(ROOT / "results" / "rsm_fit_paper.csv")  # a CSV, not a sweep's
     other = subprocess.run(check, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert other.returncode == 1 and "is not a sweep results file" in other.stderr
+
+
+def test_cells_cli_compares_two_splits_and_refuses_bad_input(tiny_llama, tmp_path):
+    import json
+
+    run(tiny_llama, tmp_path / "r.csv")
+    done = run_script("-m", "layersplit.cells", str(tmp_path / "r.csv"), "--compare", "1,3", "--json",
+                      str(tmp_path / "c.json"))
+    assert done.returncode == 0, done.stderr
+    found = json.loads((tmp_path / "c.json").read_text())["comparisons"]
+    assert len(found) == 6 and all(c["interval_unit"] == "windows" and c["units"] == 3 for c in found)
+    assert "p = 0.1" in done.stdout and "+-" in done.stdout
+    for args, message in ((["--compare", "1"], "give two splits"), (["--compare", "1,9"], "no condition with both")):
+        bad = run_script("-m", "layersplit.cells", str(tmp_path / "r.csv"), *args)
+        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr

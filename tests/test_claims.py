@@ -1,0 +1,91 @@
+"""The README's quoted tables are what layersplit/claims.py writes from the committed results."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, run_script
+from layersplit import claims
+
+REQUIRED = ("claims", "rl", "ablation", "sweep", "paired")  # the blocks the README must hold
+
+
+def test_the_readme_quotes_what_the_committed_results_give():
+    held = claims.in_readme((ROOT / "README.md").read_text())
+    assert set(REQUIRED) <= set(held), "a generated block is missing from the README"
+    fresh = claims.blocks(ROOT / "results")
+    for name, body in held.items():
+        assert body == fresh[name], f"README block {name!r} differs from the results: python figures.py --claims"
+
+
+def test_verdicts_follow_the_stated_rule():
+    assert claims.verdict([(1.0, 0.5), (0.2, 0.1)]) == "reproduced"
+    assert claims.verdict([(1.0, 0.5), (0.2, 0.3)]) == "partly"  # the second interval reaches 0
+    assert claims.verdict([(-1.0, 0.5), (0.0, 0.3)]) == "not reproduced"
+
+
+def test_shares_are_per_seed_and_gaps_paired_by_seed():
+    run = {"returns": {"learned": {"mean": 2.0, "ci95": 0, "per_seed": [1.0, 3.0]},
+                       "fixed": {"mean": 1.0, "ci95": 0, "per_seed": [0.5, 1.5]},
+                       "optimum": {"mean": 3.0, "ci95": 0, "per_seed": [1.0, 5.0]}}}
+    s = claims.run_stats(run, "learned")
+    assert s["share"] == pytest.approx((1.0 + 0.6) / 2)  # 1/1 and 3/5, not 2/3
+    gap = claims.run_stats(run, "fixed")["gap"]
+    half = 12.706 * np.std([0.5, 1.5], ddof=1) / np.sqrt(2)  # t(0.975, 1 df) x SD / sqrt(2)
+    assert gap[0] == pytest.approx(1.0) and gap[1] == pytest.approx(half, rel=1e-3)
+
+
+def test_figures_claims_rewrites_only_the_generated_blocks(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{claims.BEGIN.format('rl')}\nstale\n{claims.END.format('rl')}\noutro\n")
+    done = run_script("figures.py", "--claims", str(readme), "--results-dir", str(ROOT / "results"))
+    assert done.returncode == 0, done.stderr
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "stale" not in text
+    assert claims.in_readme(text)["rl"] == claims.block_rl(ROOT / "results")
+    again = run_script("figures.py", "--claims", str(readme), "--results-dir", str(ROOT / "results"))
+    assert "1 generated block(s), 0 rewritten" in again.stdout and readme.read_text() == text
+    (tmp_path / "plain.md").write_text("no blocks\n")
+    refused = run_script("figures.py", "--claims", str(tmp_path / "plain.md"))
+    assert refused.returncode == 2 and "holds no generated block" in refused.stderr
+
+
+def test_a_changed_result_changes_the_generated_table(tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(ROOT / "results", results)
+    before = claims.block_rl(results)
+    run = json.loads((results / "rl_paper_ppo.json").read_text())
+    run["returns"]["learned"]["per_seed"][0] += 1.0
+    (results / "rl_paper_ppo.json").write_text(json.dumps(run))
+    assert claims.block_rl(results) != before
+
+
+def test_the_committed_windows_belong_to_the_committed_rows():
+    """The surrogate sweep's windows file (recomputed with the current code) against its committed rows:
+    the same cells, and each row's token-weighted NLL, accuracy and window spread from its windows."""
+    import csv
+    import math
+
+    from layersplit import cells
+
+    path = ROOT / "results" / claims.SWEEP
+    with path.open(newline="") as f:
+        rows = {cells.row_key(r): r for r in csv.DictReader(f)}
+    with cells.windows_path(path).open(newline="") as f:
+        found = {}
+        for w in csv.DictReader(f):
+            found.setdefault(cells.row_key(w), []).append(w)
+    assert found.keys() == rows.keys()
+    for key, row in rows.items():
+        ws = found[key]
+        assert sorted(int(w["window"]) for w in ws) == list(range(int(row["windows"])))
+        tokens = sum(int(w["tokens"]) for w in ws)
+        assert tokens == int(row["scored_tokens"])
+        assert sum(float(w["nll_sum"]) for w in ws) / tokens == pytest.approx(float(row["nll"]), rel=1e-5)
+        # float32 rounding differs from the code that made the rows: a near-tie may flip one token's argmax
+        assert abs(sum(int(w["correct"]) for w in ws) - float(row["token_accuracy"]) * tokens) <= 1.01
+        means = [float(w["nll_sum"]) / int(w["tokens"]) for w in ws]
+        mean = sum(means) / len(means)
+        sd = math.sqrt(sum((x - mean) ** 2 for x in means) / (len(means) - 1))
+        assert sd == pytest.approx(float(row["nll_window_sd"]), rel=1e-4, abs=1e-6)
