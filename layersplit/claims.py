@@ -43,6 +43,7 @@ ABLATION_RUNS = {"authors": "rl_paper_ppo_authors", "shipped": "rl_paper_ppo"}  
 LLM = "rl_llm_ppo.json"  # train.py's run and its evaluation on the real LLM
 COST = "rl_cost.json"  # bench/rl.py parts 1-2
 ABLATION = "rl_ablation.json"  # bench/rl.py --ablation
+FIRST_SPLIT = 1  # the ablation table counts the evaluation episodes that end here (the authors' best static split)
 LOW_P, HIGH_P = 0.06, 0.22  # "more loss, deeper split": the policy maps' mean split at p <= LOW_P against p >= HIGH_P
 BEGIN, END = "<!-- generated: {} -->", "<!-- end: {} -->"
 
@@ -155,15 +156,19 @@ def block_ablation(results: Path) -> str:
         return "(no ablation record: python bench/rl.py --ablation)"
     rows = []
     for name, s in record["summary"].items():
+        runs = record["surrogates"][name]["runs"]
         for setup, t in s["setups"].items():
+            at_first = [sum(f == FIRST_SPLIT for f in runs[f"{setup} | seed {seed}"]["final_splits"])
+                        for seed in t["seeds"]]
             rows.append([ABLATION_NAMES.get(name, name), setup, f"{t['share_of_optimum']:.2f}% ± {t['share_ci95']:.2f}",
                          ", ".join(f"{x:.2f}" for x in t["share_per_seed"]),
                          pm(t["minus_best_static"], t["minus_best_static_ci95"], 4, True),
                          pm(t["minus_original"], t["minus_original_ci95"], 4, True),
                          f"{t['channel_blind_seeds']} of {len(t['seeds'])}",
-                         ", ".join(str(f) for f in t["final_splits"])])
+                         ", ".join(str(n) for n in at_first)])
+    episodes = record["settings"]["eval_episodes"]
     header = ["surrogate", "set-up", "share of the optimum", "per seed", "− best static", "− the original set-up",
-              "channel-blind seeds", "splits where episodes end"]
+              "channel-blind seeds", f"episodes (of {episodes}) ending at split {FIRST_SPLIT}, per seed"]
     best = "; ".join(f"{ABLATION_NAMES.get(n, n)}: best static {s['best_static']} at {s['best_static_share']:.2f}%"
                      for n, s in record["summary"].items())
     return table(header, rows) + f"\n\n{best}."
