@@ -56,6 +56,12 @@ def _float(value) -> float:
         return float("nan")
 
 
+def _window_count(row: dict) -> int:
+    """The row's number of scored windows (1 where the column is absent or empty, as in older files)."""
+    count = _float(row.get("windows", 1))
+    return int(count) if math.isfinite(count) and count >= 1 else 1
+
+
 def _blank(value) -> bool:
     """An empty field: "" or None as csv reads it, NaN as pandas does."""
     return value in ("", None) or (isinstance(value, float) and math.isnan(value))
@@ -133,7 +139,7 @@ def _window_table(rows: list[dict], column: int) -> dict[int, list[float]] | Non
     for row in rows:
         scores = row.get(WINDOW_SCORES)
         if scores is None:
-            if int(_float(row.get("windows", 1)) or 1) != 1:
+            if _window_count(row) != 1:
                 return None
             scores = [(0, _float(row["nll"]), _float(row["token_accuracy"]))]
         for score in scores:
@@ -146,7 +152,7 @@ def _half_width(rows: list[dict], column: int, sd_column: str, confidence: float
     """(half-width, unit) of the interval of one score (1: NLL, 2: accuracy) of a cell's rows."""
     table = _window_table(rows, column)
     if table is None:  # several windows, no windows file: the conservative bound on the SD of window means
-        windows = min(int(_float(r.get("windows", 1))) for r in rows)
+        windows = min(_window_count(r) for r in rows)
         sds = [_float(r.get(sd_column)) for r in rows]
         if windows < 2 or not all(math.isfinite(s) for s in sds):
             return math.nan, "none"
@@ -171,7 +177,7 @@ def pool(rows: list[dict], confidence: float = CONFIDENCE) -> dict:
         return {"draws": 0, "samples": 0, "nll": nan, "nll_ci95": nan, "ppl": nan, "ppl_low": nan, "ppl_high": nan,
                 "token_accuracy": nan, "accuracy_ci95": nan, "interval_unit": "none"}
     tokens = [_float(r["scored_tokens"]) for r in rows]
-    counts = [int(_float(r.get("windows", 1))) if math.isfinite(_float(r.get("windows", 1))) else 1 for r in rows]
+    counts = [_window_count(r) for r in rows]
     total = sum(tokens)
     nll = sum(t * _float(r["nll"]) for t, r in zip(tokens, rows, strict=True)) / total
     accuracy = sum(t * _float(r["token_accuracy"]) for t, r in zip(tokens, rows, strict=True)) / total
@@ -191,7 +197,7 @@ def paired(rows_a: list[dict], rows_b: list[dict], confidence: float = CONFIDENC
         for row in rows:
             windows = row.get(WINDOW_SCORES)
             if windows is None:
-                if int(_float(row.get("windows", 1)) or 1) != 1:
+                if _window_count(row) != 1:
                     raise ValueError("a paired comparison over several windows needs the sweep's windows file")
                 windows = [(0, _float(row["nll"]), _float(row["token_accuracy"]))]
             found.update({(int(row["draw"]), int(w)): nll for w, nll, _ in windows if math.isfinite(nll)})
