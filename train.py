@@ -234,9 +234,7 @@ def evaluate_only(run: Path, env_kwargs: dict, args) -> int:
     report["evaluation"] = evaluate(model, env_kwargs, args)
     report["evaluation"]["llm_trained_policy"] = str(run) if model is not None else None
     results.parent.mkdir(parents=True, exist_ok=True)
-    tmp = results.with_name(results.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=float))
-    tmp.replace(results)
+    cli.write_text_atomic(results, json.dumps(report, indent=2, default=float))
     print(f"evaluation in {results}", file=sys.stderr)
     return 0
 

@@ -248,9 +248,7 @@ def ablation_record(path: Path, steps: int, seeds: list[int], episode_end: str) 
 
 
 def _save(path: Path, record: dict) -> None:
-    tmp = Path(f"{path}.tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    tmp.replace(path)
+    cli.write_text_atomic(path, json.dumps(record, indent=1) + "\n")
 
 
 def ablation(surrogates: dict, steps: int, seeds: list[int], episode_end: str, output: Path) -> int:

@@ -112,6 +112,14 @@ def _writable(text: str, folder: bool) -> str:
     return text
 
 
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write `text` to a temporary file beside `path`, then rename it into place: a kill never leaves half."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def writable_file(text: str) -> str:
     return _writable(text, folder=False)
 
