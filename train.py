@@ -75,6 +75,9 @@ def parse_args(argv=None):
     p.add_argument("--compare", default=COMPARE,
                    help="comma-separated LayerSplit-Paper-v0 run folders (PPO trained on the surrogate) whose policies are "
                         "evaluated on the same LLM episodes; missing ones are skipped with a note, '' for none")
+    p.add_argument("--trust-zip", action="store_true",
+                   help="also read Stable-Baselines3's policy.zip saves (run folders without policy.safetensors): "
+                        "loading one unpickles it, which can run code stored in it; only for folders you made")
     p.add_argument("--raw-observations", action="store_true",
                    help="feed the policy raw observations, as the original (otherwise scaled to [-1, 1] by the bounds)")
     p.add_argument("--episode-end", default=envs.EPISODE_END, choices=envs.EPISODE_ENDS,
@@ -125,24 +128,24 @@ class Measurements(dict):
             os.fsync(f.fileno())
 
 
-def compared_policies(folders: str) -> dict:
+def compared_policies(folders: str, trust_zip: bool = False) -> dict:
     """name -> policy for each surrogate-trained run folder that exists (a note for each that does not)."""
     from layersplit import policies, training
 
     found = {}
     for folder in filter(None, (f.strip() for f in folders.split(","))):
-        config = Path(folder) / "config.json"
-        if not config.is_file():
+        if not (Path(folder) / training.CONFIG_FILE).is_file():
             print(f"note: no surrogate-trained run at {folder}; not compared (train it: python train_rsm.py train)",
                   file=sys.stderr)
             continue
-        if json.loads(config.read_text())["env"] != "LayerSplit-Paper-v0":
+        if training.run_config(folder)["env"] != "LayerSplit-Paper-v0":
             raise UserError(f"--compare {folder}: not a LayerSplit-Paper-v0 run")
-        found[f"surrogate {Path(folder).name}"] = policies.paper_policy_on_llm(training.load_policy(folder))
+        policy = training.load_policy(folder, trust_zip=trust_zip)
+        found[f"surrogate {Path(folder).name}"] = policies.paper_policy_on_llm(policy)
     return found
 
 
-def evaluate(model, env_kwargs: dict, args) -> dict:
+def evaluate(model, env_kwargs: dict, args, compared: dict) -> dict:
     """The LLM-trained policy (when given), the surrogate-trained ones, fixed, best-static and random on
     the same episodes (resets seeded EVAL_SEED + i): mean return with a 95% t interval over the episodes,
     and the gaps to fixed and to best-static paired by episode (the unit: an episode, with its own start
@@ -156,7 +159,7 @@ def evaluate(model, env_kwargs: dict, args) -> dict:
     env = envs.make("LayerSplit-LLM-v0", **env_kwargs, measurements=measurements)
     best_static = policies.BestStatic(env.unwrapped, args.best_static_episodes)
     learned = {"learned (LLM in the loop)": policies.learned(model)} if model is not None else {}
-    candidates = {**learned, **compared_policies(args.compare),
+    candidates = {**learned, **compared,
                   "fixed": policies.baseline("fixed", env.unwrapped), "best-static": best_static,
                   "random": policies.baseline("random", env.unwrapped, args.seed)}
     returns = {}
@@ -194,33 +197,36 @@ def run(args) -> int:
                   "device": args.device, "dtype": args.dtype, "episode_end": args.episode_end,
                   **({"protect": args.protect} if args.protect else {})}
     run = Path(args.run_dir) / f"ppo_s{args.seed}"
+    # the surrogate-trained policies are read first: a folder refused stops the run before any work
+    compared = compared_policies(args.compare, args.trust_zip) if args.eval_episodes else {}
     if args.eval_only:
-        return evaluate_only(run, env_kwargs, args)
+        return evaluate_only(run, env_kwargs, args, compared)
     print(f"PPO on LayerSplit-LLM-v0 ({args.model}, {args.tokens} tokens per step), {args.total_timesteps} steps "
           f"-> {run}", file=sys.stderr)
     model, summary = training.train("LayerSplit-LLM-v0", "ppo", run, args.total_timesteps, args.seed, 1,
                                     {"n_steps": args.n_steps, "batch_size": args.batch}, env_kwargs,
                                     args.checkpoint_every, progress=not args.no_progress,
-                                    scale_observations=not args.raw_observations)
+                                    scale_observations=not args.raw_observations, trust_zip=args.trust_zip)
     print(f"{summary['timesteps']} steps in {summary['wall_s']:.1f} s: {summary['seconds_per_step']:.3f} s per "
           f"environment step (PPO updates included)")
     report = {"model": args.model, "dataset": args.dataset, "tokens_per_step": args.tokens, "protect": args.protect, "seed": args.seed,
               "run": str(run), **summary}
     if args.eval_episodes:
-        report["evaluation"] = evaluate(model, env_kwargs, args)
+        report["evaluation"] = evaluate(model, env_kwargs, args, compared)
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.results).write_text(json.dumps(report, indent=2, default=float))
+    cli.write_text_atomic(args.results, json.dumps(report, indent=2, default=float))
     print(f"summary in {args.results}", file=sys.stderr)
     return 0
 
 
-def evaluate_only(run: Path, env_kwargs: dict, args) -> int:
+def evaluate_only(run: Path, env_kwargs: dict, args, compared: dict) -> int:
     """--eval-only: the evaluation without training, written into --results (its training summary kept)."""
     from layersplit import training
 
     model = None
-    if (run / training.POLICY_FILE).is_file() and (run / "summary.json").is_file():
-        model = training.load_policy(run)
+    if (run / training.SUMMARY_FILE).is_file() and any((run / f).is_file() for f in (training.POLICY_FILE,
+                                                                                   training.SB3_POLICY_FILE)):
+        model = training.load_policy(run, trust_zip=args.trust_zip)
     else:
         print(f"note: no finished LLM-trained policy at {run}: evaluating the others (train it: python train.py)",
               file=sys.stderr)
@@ -231,7 +237,7 @@ def evaluate_only(run: Path, env_kwargs: dict, args) -> int:
             report = json.loads(results.read_text())
         except ValueError:
             raise UserError(f"--results {results} is not a JSON summary: use another --results") from None
-    report["evaluation"] = evaluate(model, env_kwargs, args)
+    report["evaluation"] = evaluate(model, env_kwargs, args, compared)
     report["evaluation"]["llm_trained_policy"] = str(run) if model is not None else None
     results.parent.mkdir(parents=True, exist_ok=True)
     cli.write_text_atomic(results, json.dumps(report, indent=2, default=float))

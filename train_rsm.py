@@ -92,6 +92,13 @@ def env_kwargs_for(env_id: str, rsm_path: str | None, episode_end: str = envs.EP
 
 # --- fit ----------------------------------------------------------------------------------------
 def cmd_fit(args) -> int:
+    written = {}  # each surrogate its own file: two forms written to one path would leave only the last
+    for option, sweep_path, out in (("--output", args.sweep, args.output),
+                                    ("--wireless-output", args.wireless_sweep, args.wireless_output),
+                                    ("--protect-output", args.protect_sweep, args.protect_output),
+                                    ("--nr-wireless-output", args.nr_wireless_sweep, args.nr_wireless_output)):
+        if sweep_path and written.setdefault(Path(out).resolve(), option) != option:
+            raise UserError(f"{option} {out} is also {written[Path(out).resolve()]}: give each surrogate its own file")
     for form, sweep_path, out, report in (("paper", args.sweep, args.output, "paper"),
                                           ("wireless", args.wireless_sweep, args.wireless_output, "wireless"),
                                           ("protect", args.protect_sweep, args.protect_output, "protect"),
@@ -102,11 +109,12 @@ def cmd_fit(args) -> int:
         rsm, cells = surrogate.fit_from_sweep(form, sweep_path, seed=args.seed, epochs=args.epochs, holdout=args.holdout,
                                                  repeats=args.holdout_repeats)
         rsm.metadata["fit_seconds"] = time.perf_counter() - start
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
         rsm.save(out)
         Path(args.results_dir).mkdir(parents=True, exist_ok=True)
         cells_path = Path(args.results_dir) / f"rsm_fit_{report}.csv"
-        cells.to_csv(cells_path, index=False)
-        (Path(args.results_dir) / f"rsm_fit_{report}.json").write_text(json.dumps(
+        cli.write_text_atomic(cells_path, cells.to_csv(index=False))
+        cli.write_text_atomic(Path(args.results_dir) / f"rsm_fit_{report}.json", json.dumps(
             {"metadata": rsm.metadata, "metrics": rsm.metrics}, indent=2))
         print(surrogate.describe(rsm))
         print(f"  -> {out}; cells and predictions in {cells_path} ({rsm.metadata['fit_seconds']:.1f} s)")
@@ -138,10 +146,18 @@ def cmd_train(args) -> int:
         raise UserError("--name needs {algo} in it with several --algo, e.g. rl_paper_{algo}_authors")
     env_kwargs = env_kwargs_for(args.env, args.rsm, args.episode_end)
     envs.make(args.env, **env_kwargs).close()  # a bad id or surrogate fails here, before any training
+    for run in (run_dir(args, algo, seed) for algo in algos for seed in seeds):
+        try:  # each run folder must be creatable: refused here, not after the first run has trained
+            cli.writable_dir(str(run))
+        except argparse.ArgumentTypeError as e:
+            raise UserError(f"run folder {e}") from None
+        if run.is_dir():
+            training.run_saves(run, args.trust_zip)  # a folder of zips alone is refused before any training
     jobs = [dict(env_id=args.env, algo=algo, run_dir=str(run_dir(args, algo, seed)), total_timesteps=args.total_timesteps,
                  seed=seed, n_envs=args.n_envs, checkpoint_every=args.checkpoint_every, env_kwargs=env_kwargs,
                  hyperparameters=hyperparameters(algo, args.n_envs, args.rollout, args.batch, args.gamma),
-                 progress=not args.no_progress and not args.ray, scale_observations=not args.raw_observations)
+                 progress=not args.no_progress and not args.ray, scale_observations=not args.raw_observations,
+                 trust_zip=args.trust_zip)
             for algo in algos for seed in seeds]
     for job in jobs:
         print(f"training {job['algo']} on {args.env}, seed {job['seed']}, {args.total_timesteps} steps -> "
@@ -167,10 +183,10 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     import torch
 
+    from layersplit import training
+
     torch.set_num_threads(args.torch_threads)
-    configs = [json.loads((Path(r) / "config.json").read_text()) for r in args.runs if (Path(r) / "config.json").exists()]
-    if len(configs) != len(args.runs):
-        raise UserError("each run to evaluate must be a training run folder (with config.json and policy.zip)")
+    configs = [training.run_config(r) for r in args.runs]
     if len({(c["env"], c["algo"]) for c in configs}) != 1:
         raise UserError("evaluate runs of one environment and algorithm at a time")
     args.env, args.algo = configs[0]["env"], configs[0]["algo"]
@@ -196,7 +212,7 @@ def cmd_tune(args) -> int:
                  eval_episodes=args.eval_episodes, rsm=str(args.rsm or "default"), wall_s=time.perf_counter() - start)
     path = Path(args.results_dir) / "tune_ppo.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(found, indent=2, default=float))
+    cli.write_text_atomic(path, json.dumps(found, indent=2, default=float))
     for trial in sorted(found["trials"], key=lambda t: -(t[distributed.TUNE_METRIC] or -1)):
         score = trial[distributed.TUNE_METRIC]
         print(f"  {'n/a' if score is None else f'{100 * score:6.2f}%'} of the optimum after {trial['timesteps']} steps: "
@@ -214,7 +230,8 @@ def evaluate_runs(runs: list[Path], args) -> int:
     names = ["learned", *(b for b in policies.BASELINES if (b != "greedy" or args.env not in envs.SNR_ENV_IDS)
                           and (b not in policies.PAPER_ONLY or args.env == "LayerSplit-Paper-v0"))]
     means = {name: [] for name in names}
-    models = [training.load_policy(r) for r in runs]
+    models = [training.load_policy(r, trust_zip=args.trust_zip) for r in runs]
+    summaries = [training.read_json(r / training.SUMMARY_FILE) for r in runs]
     best_static = policies.BestStatic(env.unwrapped)  # chosen once, on training starts
     per_start = policies.BestStaticPerStart(env.unwrapped, best_static=best_static) if "best-static-per-start" in names else None
     for k, model in enumerate(models):  # evaluation seed k: the same episodes for every policy
@@ -249,11 +266,10 @@ def evaluate_runs(runs: list[Path], args) -> int:
         versus = "" if name == "learned" else f"   learned - this: {gap:+.4f} +- {gap_half:.4f}"
         print(f"  {label:34s} {mean:9.4f} +- {half:.4f}   {100 * share:6.2f}% +- {100 * share_half:.2f} of optimum"
               f"{versus}")
-    summaries = [json.loads((r / "summary.json").read_text()) for r in runs]
     stem = args.name or f"rl_{args.env.removeprefix('LayerSplit-').removesuffix('-v0').lower()}_{args.algo}"
     results = Path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)
-    (results / f"{stem}.json").write_text(json.dumps({
+    cli.write_text_atomic(results / f"{stem}.json", json.dumps({
         "env": args.env, "algo": args.algo, "rsm": str(args.rsm or "default"), "runs": [str(r) for r in runs],
         "eval_episodes": args.eval_episodes, "returns": table, "episode_end": env_kwargs["episode_end"],
         "best_static": {"choice": best_static.choice, "training_starts": policies.BEST_STATIC_EPISODES,
@@ -277,13 +293,13 @@ def write_curves(runs: list[Path], path: Path, args) -> None:
     rows = []
     for run in runs:
         log = training.episode_log(run)
-        seed = json.loads((run / "config.json").read_text())["seed"]
+        seed = training.run_config(run)["seed"]
         edges = np.linspace(0, log["timesteps"].max(), CURVE_POINTS + 1)
         log["bin"] = np.clip(np.searchsorted(edges, log["timesteps"], side="left"), 1, CURVE_POINTS)
         for b, group in log.groupby("bin"):
             rows.append({"env": args.env, "algo": args.algo, "seed": seed, "timesteps": int(edges[b]),
                          "mean_return": float(group["return"].mean()), "episodes": len(group)})
-    pd.DataFrame(rows).to_csv(path, index=False)
+    cli.write_text_atomic(path, pd.DataFrame(rows).to_csv(index=False))
 
 
 def write_policy_map(models, path: Path, args, env_kwargs, best_static) -> None:
@@ -302,10 +318,22 @@ def write_policy_map(models, path: Path, args, env_kwargs, best_static) -> None:
              for r in policies.split_versus_condition(args.env, lambda env: policies.baseline("optimum", env), env_kwargs)]
     rows += [{"policy": "best-static", **r}
              for r in policies.split_versus_condition(args.env, lambda env: best_static, env_kwargs)]
-    pd.DataFrame(rows).to_csv(path, index=False)
+    cli.write_text_atomic(path, pd.DataFrame(rows).to_csv(index=False))
 
 
 # --- command line --------------------------------------------------------------------------------
+def result_stem(text: str) -> str:
+    """--name: a file stem in --results-dir, where {algo} may stand for the algorithm."""
+    try:
+        stem = text.format(algo="ppo")
+    except (KeyError, IndexError, ValueError) as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: only {{algo}} may stand in braces ({type(e).__name__}: {e})") \
+            from None
+    if not stem.strip() or "/" in stem or "\\" in stem or stem in (".", ".."):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a file stem, not a path (the files go to --results-dir)")
+    return text
+
+
 def parse_args(argv=None):
     p = cli.parser(__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -374,7 +402,11 @@ def parse_args(argv=None):
                        help="evaluation episodes per seed and policy, 0 to skip")
         s.add_argument("--eval-seed", type=non_negative_int, default=EVAL_SEED, help="first evaluation reset seed")
         s.add_argument("--results-dir", type=writable_dir, default=RESULTS_DIR, help="where summaries go")
-        s.add_argument("--name", help="stem of the result files, {algo} replaced (default: rl_<env>_<algo>, e.g. rl_paper_ppo)")
+        s.add_argument("--name", type=result_stem,
+                       help="stem of the result files, {algo} replaced (default: rl_<env>_<algo>, e.g. rl_paper_ppo)")
+        s.add_argument("--trust-zip", action="store_true",
+                       help="also read Stable-Baselines3's policy.zip saves (runs without policy.safetensors): "
+                            "loading one unpickles it, which can run code stored in it; only for folders you made")
         s.add_argument("--torch-threads", type=positive_int, default=TORCH_THREADS, help="torch threads")
     return p.parse_args(argv)
 

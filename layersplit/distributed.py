@@ -30,6 +30,9 @@ from . import UserError
 CONNECT_TIMEOUT_S = 10.0  # how long an address may take to answer before it is called unreachable
 TASKS_PER_WORKER = 3  # grid tasks per worker: enough to balance the load, few enough to share window prefixes
 KILL_ONCE_ENV = "LAYERSPLIT_TEST_KILL_ONCE"  # tests: a marker path; the first worker to score a window dies
+# Ray's switch for clusters on one machine's loopback address (named for macOS and Windows, where it is
+# the default); set for --ray local so that no Ray service listens beyond this machine
+RAY_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 ADDRESS_HELP = ("local (a Ray instance on this machine), auto (the cluster this machine joined with `ray start`), "
                 "or HOST:PORT of a cluster's head")
 
@@ -44,6 +47,12 @@ def connect(address: str, num_cpus: int | None = None) -> None:
     options = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False,
                "runtime_env": {"py_modules": [str(Path(__file__).resolve().parent)]}}
     if address == "local":
+        # Ray's services listen on the node's address, reachable by anyone who reaches this host; a
+        # local instance needs none of that: its node address is made the loopback one
+        from ray._private import ray_constants
+
+        os.environ[RAY_LOOPBACK_ENV] = "0"  # for the processes Ray starts
+        ray_constants.ENABLE_RAY_CLUSTER = False  # read from the environment when ray was imported
         ray.init(num_cpus=num_cpus, **options)
         return
     if address != "auto":

@@ -17,10 +17,8 @@ baselines read its state; a learned policy ignores it). Baselines:
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -235,22 +233,18 @@ def baseline(name: str, env, seed: int = 0, best_static_episodes: int = BEST_STA
     return table[name]
 
 
-def split_chooser(run_dir, rsm_path=None) -> Callable[[float], tuple[int, int]]:
+def split_chooser(run_dir, rsm_path=None, trust_zip: bool = False) -> Callable[[float], tuple[int, int]]:
     """A policy trained on LayerSplit-Wireless-v0 or LayerSplit-Protect-v0 as `snr_db -> (split, K)` (what
     serve.py's UE asks per request): the split and protection level of the policy's action at that SNR,
     0-based as everywhere (split n puts n + 1 layers on the UE; K is 0 on the Wireless env; the withheld
     share the action also picks is not applied by serve.py)."""
-    from .training import load_policy  # here: Stable-Baselines3 is only imported when a policy is loaded
+    from .training import load_policy, run_config  # here: Stable-Baselines3 is only imported when needed
 
-    config_path = Path(run_dir) / "config.json"
-    if not config_path.is_file():
-        raise UserError(f"{run_dir} is not a training run folder (no config.json): train one with "
-                        "python train_rsm.py train --env LayerSplit-Wireless-v0")
-    config = json.loads(config_path.read_text())
+    config = run_config(run_dir)
     if config["env"] not in SNR_ENV_IDS:
         raise UserError(f"{run_dir} was trained on {config['env']}; choosing a split from the SNR needs a "
                         f"policy of {' or '.join(SNR_ENV_IDS)}")
-    model = load_policy(run_dir, config["algo"])
+    model = load_policy(run_dir, config["algo"], trust_zip)
     env = make(config["env"], **({"rsm_path": rsm_path} if rsm_path else {})).unwrapped
 
     def choose(snr_db: float) -> tuple[int, int]:

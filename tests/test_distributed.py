@@ -116,3 +116,20 @@ def test_tune_runs_trials_and_saves_the_best(local_ray, tmp_path):
     assert set(found["best_config"]) == {"learning_rate", "gamma", "rollout", "n_envs", "ent_coef"}
     assert 0 < found["best"] <= 1 + 1e-9  # a share of the exact optimum, on the same episodes
     assert found["best"] == max(t["share_of_optimum"] for t in found["trials"])
+
+
+def test_a_local_ray_listens_on_this_machine_only(local_ray):
+    """--ray local: every socket Ray's processes listen on is a loopback one (Ray's default is the
+    node's address, which anyone who reaches the host can use)."""
+    import ipaddress
+
+    psutil = pytest.importorskip("psutil")
+
+    def loopback(ip: str) -> bool:
+        address = ipaddress.ip_address(ip)
+        return address.is_loopback or getattr(address, "ipv4_mapped", None) is not None and address.ipv4_mapped.is_loopback
+
+    ray.get(ray.remote(lambda: 0).remote())  # a worker process too
+    processes = [psutil.Process(), *psutil.Process().children(recursive=True)]
+    listening = {c.laddr.ip for p in processes for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+    assert listening and all(loopback(ip) for ip in listening), listening

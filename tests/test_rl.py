@@ -438,9 +438,9 @@ def test_training_logs_checkpoints_and_resumes(tmp_path):
     params = {"n_steps": 50, "batch_size": 100}
     run = tmp_path / "run"
     training.train("LayerSplit-Paper-v0", "ppo", run, 800, 0, 8, params, checkpoint_every=400, progress=False)
-    assert (run / "policy.zip").exists() and (run / "progress.csv").exists()
-    assert list(run.glob("events.out.tfevents*")) and training.latest_checkpoint(run).name == "model_800_steps.zip"
-    (run / "policy.zip").unlink()  # as if killed after the last checkpoint
+    assert (run / "policy.safetensors").exists() and (run / "progress.csv").exists()
+    assert list(run.glob("events.out.tfevents*")) and training.latest_checkpoint(run).name == "model_800_steps.safetensors"
+    (run / "policy.safetensors").unlink()  # as if killed after the last checkpoint
     model, summary = training.train("LayerSplit-Paper-v0", "ppo", run, 1200, 0, 8, params, checkpoint_every=400,
                                     progress=False)
     assert model.num_timesteps == 1200 and summary["resumed_from"] == 800

@@ -16,7 +16,8 @@ def train(run, budget, checkpoint_every=400):
 
 
 def kill(run):
-    """The state a kill during training leaves: checkpoints and logs, but no policy.zip or summary.json."""
+    """The state a kill during training leaves: checkpoints and logs, but no final policy or summary.json."""
+    (run / "policy.safetensors").unlink()
     (run / "policy.zip").unlink()
     (run / "summary.json").unlink()
 
@@ -55,24 +56,24 @@ def test_a_truncated_checkpoint_is_set_aside_and_training_resumes_from_the_previ
     run = tmp_path / "run"
     train(run, 800)
     kill(run)
-    bad = run / "checkpoints" / "model_800_steps.zip"
+    bad = run / "checkpoints" / "model_800_steps.safetensors"
     half = truncate(bad)
     capsys.readouterr()
     model, summary = train(run, 1200)
     assert model.num_timesteps == 1200 and summary["resumed_from"] == 400
-    aside = run / "checkpoints" / "model_800_steps.zip.corrupt"
+    aside = run / "checkpoints" / "model_800_steps.safetensors.corrupt"
     assert aside.read_bytes() == half  # set aside, nothing lost
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(bad) in err[0] and aside.name in err[0]
-    assert training.latest_checkpoint(run).name == "model_1200_steps.zip"
-    assert training.load_policy(run / "checkpoints" / "model_800_steps.zip", "ppo").num_timesteps == 800  # saved anew
+    assert training.latest_checkpoint(run).name == "model_1200_steps.safetensors"
+    assert training.load_policy(run / "checkpoints" / "model_800_steps.safetensors", "ppo").num_timesteps == 800  # saved anew
 
 
 def test_with_no_readable_checkpoint_training_starts_over(tmp_path):
     run = tmp_path / "run"
     train(run, 800)
     kill(run)
-    for path in (run / "checkpoints").glob("*.zip"):
+    for path in (run / "checkpoints").glob("*.safetensors"):
         truncate(path)
     written = rows(run / "progress.csv")
     model, summary = train(run, 800)
@@ -84,14 +85,14 @@ def test_with_no_readable_checkpoint_training_starts_over(tmp_path):
 def test_a_finished_run_with_a_corrupt_policy_resumes_from_its_newest_good_checkpoint(tmp_path, capsys):
     run = tmp_path / "run"
     train(run, 800)  # finished
-    truncate(run / "policy.zip")
-    truncate(run / "checkpoints" / "model_800_steps.zip")
+    truncate(run / "policy.safetensors")
+    truncate(run / "checkpoints" / "model_800_steps.safetensors")
     capsys.readouterr()
     model, summary = train(run, 800)
     assert model.num_timesteps == 800 and summary["resumed_from"] == 400  # retrained from 400 to 800
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and "policy.zip" in err[0] and "model_800_steps.zip" in err[1]
-    assert (run / "policy.zip.corrupt").exists() and (run / "checkpoints" / "model_800_steps.zip.corrupt").exists()
+    assert len(err) == 2 and "policy.safetensors" in err[0] and "model_800_steps.safetensors" in err[1]
+    assert (run / "policy.safetensors.corrupt").exists() and (run / "checkpoints" / "model_800_steps.safetensors.corrupt").exists()
     assert training.load_policy(run).num_timesteps == 800
     model, summary = train(run, 800)  # now whole again: reused as is
     assert summary["resumed_from"] == 400
@@ -100,11 +101,12 @@ def test_a_finished_run_with_a_corrupt_policy_resumes_from_its_newest_good_check
 def test_load_policy_on_a_corrupt_file_is_one_clear_error(tmp_path):
     run = tmp_path / "run"
     train(run, 400, checkpoint_every=0)
-    truncate(run / "policy.zip")
+    truncate(run / "policy.safetensors")
     with pytest.raises(UserError) as e:
         training.load_policy(run)
     message = str(e.value)
-    assert str(run / "policy.zip") in message and "not a saved ppo policy" in message and "\n" not in message
+    assert str(run / "policy.safetensors") in message and "not a readable policy save" in message
+    assert "\n" not in message
 
 
 def test_a_truncated_summary_is_set_aside_and_training_goes_on_from_the_newest_checkpoint(tmp_path, capsys):
