@@ -18,7 +18,8 @@ from .protocol import (ACTIVATION, CLOSE, CLOSED, DEFAULT_HOST, DEFAULT_PORT, ER
                        HANDSHAKE_TIMEOUT_S, HEADER, IDLE_TIMEOUT_S, MAX_CONTEXT, MAX_ELEMENTS_PER_PACKET,
                        MAX_FRAME_BYTES, MAX_HANDSHAKES, MAX_OPEN_FRAME_BYTES, MAX_QUEUE, MAX_SESSIONS, OPEN,
                        PROTOCOL_VERSION, QUEUE_TIMEOUT_S, READY, TOKEN, TOKEN_BODY, PeerClosed, ProtocolError,
-                       check_port, check_timeout, parse_json, recv_frame, send_frame, send_json, unpack_activation)
+                       activation_header, check_port, check_timeout, parse_json, recv_frame, send_frame, send_json,
+                       unpack_activation)
 
 log = logging.getLogger("layersplit.serving")
 
@@ -422,13 +423,15 @@ class EdgeServer:
         return session
 
     def _step(self, session: EdgeSession, payload: bytes) -> tuple[int, int, float]:
-        step, tokens, data, scales, total, missing = unpack_activation(
-            payload, self.split_model.hidden_size, session.wire, session.elements_per_packet, session.protect)
+        # the header's numbers first: unpacking allocates the packets its token count implies
+        step, tokens = activation_header(payload)[:2]
         if step != session.step:
             raise ProtocolError("malformed", f"activation for step {step}; step {session.step} was expected")
         if session.context + tokens > self.max_context:
             raise ProtocolError("too_long", f"the session would hold {session.context + tokens} tokens; this edge "
                                             f"keeps at most {self.max_context} per session (--max-context)")
+        step, tokens, data, scales, total, missing = unpack_activation(
+            payload, self.split_model.hidden_size, session.wire, session.elements_per_packet, session.protect)
         hidden = decode(data, scales, (1, tokens, self.split_model.hidden_size), session.wire)
 
         def forward() -> tuple[int, float]:

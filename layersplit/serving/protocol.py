@@ -224,6 +224,15 @@ def pack_activation(step: int, tokens: int, hidden_size: int, rows: np.ndarray, 
     return head + (scales.tobytes() if scales is not None else b"") + protected + body.tobytes()
 
 
+def activation_header(payload: bytes) -> tuple[int, int, int, int, int]:
+    """(step, tokens, hidden size, packets in total, packets sent) of an ACTIVATION payload, read
+    before anything else of it: the edge checks the step and its context limit on these numbers
+    first, since a header may claim any count up to 2^32 - 1 tokens."""
+    if len(payload) < ACT_HEADER.size:
+        raise ProtocolError("malformed", f"activation of {len(payload)} bytes is shorter than its header")
+    return ACT_HEADER.unpack_from(payload)
+
+
 def unpack_activation(payload: bytes, hidden_size: int, wire: str, elements_per_packet: int, protect: int = 0):
     """Parse an ACTIVATION payload, zero-fill the packets that did not arrive and write the
     protected elements (each token's `protect` of them, the session's K) over them.
@@ -232,9 +241,7 @@ def unpack_activation(payload: bytes, hidden_size: int, wire: str, elements_per_
     ProtocolError("malformed") on any inconsistency: wrong hidden size, packet count, lengths,
     sequence numbers out of order or range, protected indices out of range or not increasing.
     """
-    if len(payload) < ACT_HEADER.size:
-        raise ProtocolError("malformed", f"activation of {len(payload)} bytes is shorter than its header")
-    step, tokens, d, total, sent = ACT_HEADER.unpack_from(payload)
+    step, tokens, d, total, sent = activation_header(payload)
     if d != hidden_size:
         raise ProtocolError("malformed", f"activation of width {d}; this model's hidden size is {hidden_size}")
     if tokens < 1 or total != n_packets(tokens * d, elements_per_packet) or sent > total:
