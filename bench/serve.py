@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import signal
 import statistics
@@ -96,6 +97,8 @@ def start_edge(args, max_context: int) -> tuple[subprocess.Popen, str]:
                              "--device", args.device, "--dtype", args.dtype, "--quiet", "--max-sessions", str(len(args.wires)),
                              "--threads", str(args.threads), "--decode", args.decode, "--max-context", str(max_context),
                              "--idle-timeout", str(STEP_TIMEOUT_S)],
+                            # on loopback without a token, whatever this shell exports: the UE here sends none
+                            env={k: v for k, v in os.environ.items() if k != protocol.TOKEN_ENV},
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     deadline = time.monotonic() + EDGE_START_TIMEOUT_S
     while time.monotonic() < deadline:

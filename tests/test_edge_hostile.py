@@ -72,3 +72,85 @@ def test_a_header_claiming_huge_token_counts_is_refused_before_allocating(start_
     assert answer(sock)[0] == protocol.READY
     sock.close()
     serves(server, split_model, tokenizer)
+
+
+# --- a shared token keeps strangers off the edge ------------------------------------------------------
+TOKEN = "a-token-for-the-tests_0123456789"
+
+
+def test_an_edge_with_a_token_serves_only_ues_that_send_it(start_edge, split_model, tokenizer):
+    server = start_edge(token=TOKEN, splits=[1, 2])
+    for extra in ({}, {"token": TOKEN[:-1] + "X"}, {"token": TOKEN[:16]}, {"token": 12345}, {"token": None}):
+        sock = connect(server)  # split 3 is not served, but the token is checked first
+        protocol.send_json(sock, protocol.OPEN, open_msg(split_model, split=3, **extra))
+        ftype, err = answer(sock)
+        assert ftype == protocol.ERROR and err["code"] == "unauthorized", (extra, err)
+        assert "split" not in err["message"] and "llama" not in err["message"]  # nothing about what it serves
+        assert sock.recv(1) == b""  # and the connection is closed
+        sock.close()
+    with pytest.raises(protocol.EdgeError, match=f"give it with --token or {protocol.TOKEN_ENV}") as e:
+        serves(server, split_model, tokenizer)
+    assert e.value.code == "unauthorized"
+    assert server.stats["unauthorized"] == 6 and server.stats["sessions_opened"] == 0
+    serves(server, split_model, tokenizer, token=TOKEN)
+    serves(start_edge(), split_model, tokenizer, token=TOKEN)  # an edge without a token ignores one
+
+
+@pytest.mark.parametrize("token", ["short", "x" * 1025, "sixteen chars ok", "caf\u00e9-" * 4, ""])
+def test_a_malformed_token_is_a_user_error(split_model, tokenizer, token):
+    from layersplit import UserError
+    from layersplit.serving.edge import EdgeServer
+
+    with pytest.raises(UserError, match="16..1024 printable ASCII characters without spaces"):
+        EdgeServer(split_model, port=0, check=False, token=token)
+    with pytest.raises(UserError, match="16..1024 printable ASCII"):
+        UEClient(split_model, tokenizer, "127.0.0.1:1", split=2, token=token)
+
+
+class ModelLoaded(Exception):
+    """Raised in place of loading a model: serve.py got past its checks."""
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    from layersplit import models
+
+    def load_model(*args, **kwargs):
+        raise ModelLoaded
+
+    monkeypatch.setattr(models, "load_model", load_model)  # serve.py imports it where it loads
+    monkeypatch.delenv(protocol.TOKEN_ENV, raising=False)
+    return monkeypatch
+
+
+@pytest.mark.parametrize("role", ["edge", "ue"])
+def test_cli_refuses_a_malformed_token_in_one_line(no_model, capsys, role):
+    import serve
+
+    assert serve.main([role, "--token", "short"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("serve.py: error: --token: the token of 5 characters is not 16..1024")
+    for value in ("", "has spaces in it, sixteen+"):
+        no_model.setenv(protocol.TOKEN_ENV, value)  # an empty variable is refused too, not taken for no token
+        assert serve.main([role]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"serve.py: error: {protocol.TOKEN_ENV}: the token of"), err
+    with pytest.raises(ModelLoaded):  # --token wins over the environment's
+        serve.main([role, "--token", TOKEN])
+
+
+def test_cli_warns_when_the_edge_listens_beyond_loopback_without_a_token(no_model, capsys):
+    import serve
+
+    for argv, warned in ((["--host", "0.0.0.0"], True), (["--host", "0.0.0.0", "--token", TOKEN], False),
+                         ([], False), (["--host", "localhost"], False)):
+        with pytest.raises(ModelLoaded):  # the warning comes before the model loads, and nothing listens yet
+            serve.main(["edge", "--port", "8999", *argv])
+        err = capsys.readouterr().err.strip().splitlines()
+        expected = ["serve.py: warning: the edge listens on 0.0.0.0, beyond loopback, without a token: anyone who "
+                    f"reaches port 8999 can use it (set {protocol.TOKEN_ENV} or --token)"]
+        assert err == (expected if warned else []), (argv, err)
+    no_model.setenv(protocol.TOKEN_ENV, TOKEN)
+    with pytest.raises(ModelLoaded):
+        serve.main(["edge", "--host", "0.0.0.0"])
+    assert capsys.readouterr().err == ""

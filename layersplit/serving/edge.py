@@ -1,6 +1,7 @@
 """The edge server: accepts UE connections, runs the edge's layers and the LM head, returns tokens."""
 from __future__ import annotations
 
+import hmac
 import logging
 import socket
 import threading
@@ -17,9 +18,9 @@ from ..wire import WIRE_FORMATS, decode
 from .protocol import (ACTIVATION, CLOSE, CLOSED, DEFAULT_HOST, DEFAULT_PORT, ERROR, ERROR_CODES, FRAME_NAMES,
                        HANDSHAKE_TIMEOUT_S, HEADER, IDLE_TIMEOUT_S, MAX_CONTEXT, MAX_ELEMENTS_PER_PACKET,
                        MAX_FRAME_BYTES, MAX_HANDSHAKES, MAX_OPEN_FRAME_BYTES, MAX_QUEUE, MAX_SESSIONS, OPEN,
-                       PROTOCOL_VERSION, QUEUE_TIMEOUT_S, READY, TOKEN, TOKEN_BODY, PeerClosed, ProtocolError,
-                       activation_header, check_port, check_timeout, parse_json, recv_frame, send_frame, send_json,
-                       unpack_activation)
+                       PROTOCOL_VERSION, QUEUE_TIMEOUT_S, READY, TOKEN, TOKEN_BODY, TOKEN_ENV, PeerClosed,
+                       ProtocolError, activation_header, check_port, check_timeout, check_token, parse_json,
+                       recv_frame, send_frame, send_json, unpack_activation)
 
 log = logging.getLogger("layersplit.serving")
 
@@ -55,7 +56,9 @@ class EdgeServer:
     graphs are recorded per thread, so one thread records them once). Every way a session can end
     (CLOSE, disconnect, bad frame, timeout, server fault) frees its KV cache, or gives a static one
     back for the next session (`decode`: segments.DECODE_MODES or auto; a static cache holds
-    max_context tokens, and every decoding step reads all of them).
+    max_context tokens, and every decoding step reads all of them). `token` (check_token; None: none):
+    the shared secret every OPEN must carry, compared in constant time; an OPEN without it is
+    refused as "unauthorized" before anything else of it is read.
     """
 
     def __init__(self, model: torch.nn.Module, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
@@ -63,7 +66,7 @@ class EdgeServer:
                  queue_timeout_s: float = QUEUE_TIMEOUT_S, idle_timeout_s: float = IDLE_TIMEOUT_S,
                  max_frame_bytes: int = MAX_FRAME_BYTES, max_context: int = MAX_CONTEXT,
                  handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S, max_handshakes: int = MAX_HANDSHAKES,
-                 check: bool = True, decode: str = "eager"):
+                 check: bool = True, decode: str = "eager", token: str | None = None):
         self.split_model = model if isinstance(model, SplitModel) else SplitModel(model)
         self.decode = resolve_decode(decode, self.split_model.device)
         n = self.split_model.n_layers
@@ -82,6 +85,7 @@ class EdgeServer:
         self.idle_timeout_s = check_timeout(idle_timeout_s, "idle_timeout_s")
         self.handshake_timeout_s = check_timeout(handshake_timeout_s, "handshake_timeout_s")
         self.max_frame_bytes, self.max_context = max_frame_bytes, max_context
+        self._token = check_token(token, "token")
         if check:
             check_composition(self.split_model, self.splits[len(self.splits) // 2])
         try:
@@ -100,8 +104,8 @@ class EdgeServer:
         self._next_session = 0
         self.sessions: dict[int, EdgeSession] = {}  # open sessions (each holds a KV cache)
         self._caches = weakref.WeakSet()  # every KV cache not yet garbage-collected (tests check it empties)
-        self.stats = {"connections": 0, "refused_busy": 0, "handshakes_dropped": 0, "sessions_opened": 0,
-                      "sessions_closed": 0, "errors": 0, "steps": 0}
+        self.stats = {"connections": 0, "refused_busy": 0, "handshakes_dropped": 0, "unauthorized": 0,
+                      "sessions_opened": 0, "sessions_closed": 0, "errors": 0, "steps": 0}
         self._accept_thread: threading.Thread | None = None
 
     # --- life cycle ---
@@ -380,6 +384,12 @@ class EdgeServer:
 
     def _check_open(self, req: dict) -> tuple[int, str, int, int]:
         """(split, wire dtype, elements per packet, protect) of an OPEN this edge serves; ProtocolError otherwise."""
+        if self._token is not None:  # first: the messages below would tell a stranger the model and splits
+            theirs = req.get("token")
+            if not isinstance(theirs, str) or not hmac.compare_digest(theirs.encode(), self._token.encode()):
+                self._count("unauthorized")
+                hint = f"give it with --token or {TOKEN_ENV}" if theirs is None else "this one is wrong"
+                raise ProtocolError("unauthorized", f"this edge serves only UEs with its token: {hint}")
         if req.get("protocol") != PROTOCOL_VERSION:
             raise ProtocolError("malformed", f"OPEN for protocol {req.get('protocol')!r}; this edge speaks {PROTOCOL_VERSION}")
         mine = self.split_model.fingerprint

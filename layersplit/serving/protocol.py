@@ -3,7 +3,8 @@
 Every frame: HEADER = magic b"LSPL", version, frame type, 2 reserved bytes, payload length (uint32,
 little-endian), then the payload.
     UE -> edge  OPEN        JSON: protocol, model fingerprint, split, wire dtype, elements per packet,
-                            protect (K elements per token on the protected path; absent: 0)
+                            protect (K elements per token on the protected path; absent: 0), token
+                            (the edge's shared secret, when it has one; absent otherwise)
     edge -> UE  READY       JSON: session id, the edge's frame and context limits
     UE -> edge  ACTIVATION  ACT_HEADER (step, tokens, hidden size, packets in total, packets sent),
                             then per-token float32 scales (int8 only), then the protected section
@@ -15,6 +16,11 @@ little-endian), then the payload.
     edge -> UE  ERROR       JSON: code, message (see ERROR_CODES)
 `split` in OPEN is 0-based like everywhere in this project: split n puts n + 1 layers on the UE.
 
+An edge started with a token (check_token) serves only OPENs that carry it and answers any other
+with ERROR "unauthorized", before it looks at anything else of the OPEN: a stranger learns neither
+the model nor the splits. The token crosses the socket in clear, like the activations: it keeps
+strangers off an edge's compute, not eavesdroppers off a network.
+
 The protected section (version 3) carries each token's K largest-magnitude elements, which crossed
 the air on a path with CRC and retransmission (layersplit/uplink.py, --protect K), so they are
 never lost or flipped: for each token in order, its K element indices in increasing order (uint16
@@ -24,6 +30,7 @@ scale is the one sent above). The edge writes them over the zero-filled packets 
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import socket
 import struct
@@ -47,6 +54,7 @@ FRAME_NAMES = {OPEN: "OPEN", READY: "READY", ACTIVATION: "ACTIVATION", TOKEN: "T
                CLOSED: "CLOSED", ERROR: "ERROR"}
 ERROR_CODES = {  # code -> does the edge close the connection after it
     "busy": True, "bad_frame": True, "too_large": True, "malformed": True, "timeout": True, "internal": True,
+    "unauthorized": True,
     "bad_split": False, "bad_model": False, "too_long": False, "no_session": False,
 }
 
@@ -80,6 +88,10 @@ MAX_OPEN_FRAME_BYTES = 64 * 2**10
 MAX_TIMEOUT_S = 1e6
 CLIENT_TIMEOUT_S = 120.0  # the UE gives up on an edge that does not answer for this long (queueing included)
 MAX_ELEMENTS_PER_PACKET = 1 << 20  # sanity bound on a session's packet size
+TOKEN_ENV = "LAYERSPLIT_EDGE_TOKEN"  # serve.py's --token, when not given, on both sides (not visible in ps)
+# A token's length: 16 characters of [A-Za-z0-9_-] are 96 bits, beyond guessing over a socket; the
+# upper bound keeps an OPEN small (MAX_OPEN_FRAME_BYTES).
+MIN_TOKEN_CHARS, MAX_TOKEN_CHARS = 16, 1024
 
 
 # ---- errors -------------------------------------------------------------------------------------
@@ -117,6 +129,31 @@ def check_timeout(seconds, what: str) -> float:
     if not 0 < seconds <= MAX_TIMEOUT_S:
         raise UserError(f"{what} {seconds:g} is not a timeout: use seconds > 0 and at most {MAX_TIMEOUT_S:.0f}")
     return float(seconds)
+
+
+def check_token(token, what: str = "--token") -> str | None:
+    """A shared secret for OPEN (None: no token): 16..1024 printable ASCII characters, no spaces."""
+    if token is None:
+        return None
+    if not isinstance(token, str) or not MIN_TOKEN_CHARS <= len(token) <= MAX_TOKEN_CHARS \
+            or not all("!" <= c <= "~" for c in token):
+        shown = f"of {len(token)} characters" if isinstance(token, str) else f"of type {type(token).__name__}"
+        raise UserError(f"{what}: the token {shown} is not {MIN_TOKEN_CHARS}..{MAX_TOKEN_CHARS} printable ASCII "
+                        "characters without spaces (make one with python -c \"import secrets; "
+                        "print(secrets.token_urlsafe(24))\")")
+    return token
+
+
+def is_loopback(host: str) -> bool:
+    """Whether every address `host` names is a loopback one, reachable from this machine only; a name
+    that does not resolve, or the empty host (every interface), is not."""
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP) if host else []
+    except (OSError, UnicodeError):
+        return False
+    addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+    return bool(addresses) and all(a.is_loopback or getattr(a, "ipv4_mapped", None) is not None
+                                   and a.ipv4_mapped.is_loopback for a in addresses)
 
 
 # ---- framing ------------------------------------------------------------------------------------

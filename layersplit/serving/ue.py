@@ -18,8 +18,8 @@ from ..wire import WIRE_FORMATS, encode, n_packets, wire_bits
 from ..segments import SplitModel, cache_kwarg, resolve_decode, static_capacity
 from .protocol import (ACTIVATION, CLIENT_TIMEOUT_S, CLOSE, CLOSED, ERROR, ERROR_CODES,
                        FRAME_NAMES, HEADER, MAX_FRAME_BYTES, OPEN, PROTOCOL_VERSION, READY, TOKEN, TOKEN_BODY,
-                       EdgeError, PeerClosed, ProtocolError, check_timeout, pack_activation, pack_protected, packet_rows,
-                       parse_json, parse_address, recv_frame, send_frame, send_json)
+                       EdgeError, PeerClosed, ProtocolError, check_timeout, check_token, pack_activation,
+                       pack_protected, packet_rows, parse_json, parse_address, recv_frame, send_frame, send_json)
 
 
 @dataclass(frozen=True)
@@ -184,13 +184,13 @@ class UEClient:
     split's callable returns its own K for the request. `decode` (segments.DECODE_MODES, or auto):
     how the UE's layers decode; a static cache holds the prompt and max_new_tokens (at most the edge's
     max_context), rounded up to a power of two. The edge decodes its own way: nothing of it crosses
-    the socket.
+    the socket. `token`: the edge's shared secret, sent in every OPEN (None: the edge has none).
     """
 
     def __init__(self, model, tokenizer, address: str | tuple[str, int], split: int | SplitChoice = 4,
                  wire: str = "fp16", uplink: Uplink | None = None, snr: channel.SnrProcess | None = None,
                  timeout_s: float = CLIENT_TIMEOUT_S, sleep_air: bool = False, protect: int = 0,
-                 decode: str = "eager"):
+                 decode: str = "eager", token: str | None = None):
         self.split_model = model if isinstance(model, SplitModel) else SplitModel(model)
         self.decode = resolve_decode(decode, self.split_model.device)
         self.tokenizer = tokenizer
@@ -202,6 +202,7 @@ class UEClient:
         self.snr = snr
         self.timeout_s = check_timeout(timeout_s, "timeout_s")
         self.sleep_air = sleep_air
+        self.token = check_token(token, "token")
         self.protect = self.check_protect(protect)
         if callable(split):
             self.split_for_snr = split
@@ -314,7 +315,8 @@ class UEClient:
         start = time.perf_counter()
         up += send_json(self.sock, OPEN, {"protocol": PROTOCOL_VERSION, "model": self.split_model.fingerprint,
                                           "split": split, "wire": wire, "elements_per_packet": k,
-                                          "protect": protect, "request": request})
+                                          "protect": protect, "request": request,
+                                          **({"token": self.token} if self.token is not None else {})})
         payload, n = self._expect(READY)
         down += n
         ready = parse_json(payload)
