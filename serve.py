@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a queued connection waits before a 'busy' refusal")
     e.add_argument("--idle-timeout", type=cli.positive_float, default=protocol.IDLE_TIMEOUT_S,
                    help="seconds without a complete frame before a connection is dropped")
+    e.add_argument("--evict-idle", type=cli.positive_float, default=protocol.EVICT_IDLE_S,
+                   help="while a connection waits for a session, a session whose UE has been silent this many seconds "
+                        "(since the edge's last answer) is closed to make room; shorter than --queue-timeout")
     e.add_argument("--handshake-timeout", type=cli.positive_float, default=protocol.HANDSHAKE_TIMEOUT_S,
                    help="seconds a new connection has to send its OPEN; until then it holds no session")
     e.add_argument("--max-handshakes", type=cli.positive_int, default=protocol.MAX_HANDSHAKES,
@@ -228,8 +231,11 @@ def check_numbers(args: argparse.Namespace) -> None:
         raise UserError(f"--threads {args.threads} is not a thread count: use 0 (torch's default) to {MAX_THREADS}")
     if args.role == "edge":
         protocol.check_port(args.port, "--port")
-        for option in ("queue_timeout", "idle_timeout", "handshake_timeout"):
+        for option in ("queue_timeout", "idle_timeout", "handshake_timeout", "evict_idle"):
             protocol.check_timeout(getattr(args, option), "--" + option.replace("_", "-"))
+        if args.evict_idle >= args.queue_timeout:
+            raise UserError(f"--evict-idle {args.evict_idle:g} must be shorter than --queue-timeout "
+                            f"{args.queue_timeout:g}: a waiting UE would be refused before any idle session is evicted")
         return
     protocol.check_timeout(args.timeout, "--timeout")
     if abs(args.snr_mean) > MAX_ABS_SNR_DB and args.snr_mean != math.inf:
@@ -266,7 +272,8 @@ def run_edge(args: argparse.Namespace) -> int:
                         max_queue=args.max_queue, queue_timeout_s=args.queue_timeout,
                         idle_timeout_s=args.idle_timeout, max_frame_bytes=args.max_frame_bytes,
                         max_context=args.max_context, handshake_timeout_s=args.handshake_timeout,
-                        max_handshakes=args.max_handshakes, decode=args.decode, token=args.token)
+                        max_handshakes=args.max_handshakes, decode=args.decode, token=args.token,
+                        evict_idle_s=args.evict_idle)
     sm = server.split_model
     print(f"edge listening on {server.address} (model {args.model}: {sm.n_layers} decoder layers, "
           f"{str(sm.dtype).removeprefix('torch.')}, {sm.device}, {server.decode} decoding; serves splits "

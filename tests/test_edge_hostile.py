@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
+import time
 import tracemalloc
 
+import numpy as np
 import pytest
+import torch
 
 from conftest import wait_until
 from layersplit.serving import protocol
 from layersplit.serving.ue import UEClient
-from layersplit.wire import n_packets
+from layersplit.wire import WIRE_FORMATS, encode, n_packets
 
 PROMPT = "The wireless uplink carries the hidden state"
 K = protocol.MAX_ELEMENTS_PER_PACKET  # the largest packets an OPEN may ask for: the fewest packets per claim
@@ -36,6 +40,15 @@ def open_msg(split_model, split=2, wire="fp32", k=16, **extra) -> dict:
 def answer(sock, timeout_s=10.0):
     ftype, payload = protocol.recv_frame(sock, timeout_s=timeout_s)
     return ftype, (json.loads(payload) if ftype in (protocol.READY, protocol.ERROR, protocol.CLOSED) else payload)
+
+
+def activation(split_model, split=2, tokens=5, step=0, k=16) -> bytes:
+    """A loss-free fp32 ACTIVATION payload of `tokens` tokens, computed by the UE's layers."""
+    ids = torch.arange(3, 3 + tokens)[None] % split_model.model.config.vocab_size
+    hidden = split_model.ue_forward(split, ids, split_model.new_cache("ue", split))[0]
+    data, _ = encode(hidden, "fp32")
+    rows = protocol.packet_rows(data, n_packets(tokens * split_model.hidden_size, k), k * WIRE_FORMATS["fp32"][0])
+    return protocol.pack_activation(step, tokens, split_model.hidden_size, rows, np.arange(len(rows)), None)
 
 
 def serves(server, split_model, tokenizer, **kwargs):
@@ -154,3 +167,80 @@ def test_cli_warns_when_the_edge_listens_beyond_loopback_without_a_token(no_mode
     with pytest.raises(ModelLoaded):
         serve.main(["edge", "--host", "0.0.0.0"])
     assert capsys.readouterr().err == ""
+
+
+# --- sessions that open and then say nothing ------------------------------------------------------------
+EVICT_S = 0.5  # evict_idle_s of these tests: the default 5 s, scaled down
+
+
+class IdleSessions:
+    """Clients that each keep a session open and say nothing in it; one evicted reconnects at once and
+    opens another (waiting in the queue if it must), as an attacker keeping the slots would."""
+
+    def __init__(self, server, split_model, n):
+        self.server, self.split_model = server, split_model
+        self.stop, self.errors, self.opened = threading.Event(), [], 0
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(n)]
+        for t in self.threads:
+            t.start()
+
+    def run(self):
+        while not self.stop.is_set():
+            with connect(self.server) as sock:
+                protocol.send_json(sock, protocol.OPEN, open_msg(self.split_model))
+                self.hold(sock)
+
+    def hold(self, sock):
+        """READY (perhaps after the queue), then silence until the edge ends the session."""
+        while not self.stop.is_set():
+            try:
+                ftype, body = answer(sock, timeout_s=0.2)
+            except socket.timeout:
+                continue
+            except (protocol.PeerClosed, OSError):
+                return
+            with self.lock:
+                if ftype == protocol.READY:
+                    self.opened += 1
+                else:
+                    self.errors.append(body["code"])
+
+    def close(self):
+        self.stop.set()
+        for t in self.threads:
+            t.join(5)
+
+
+def test_idle_sessions_that_reconnect_do_not_lock_out_a_real_ue(start_edge, split_model, tokenizer):
+    """Before eviction, four such sessions held every slot until the 60 s idle timeout, and a real UE
+    was refused as busy after the 30 s queue timeout; reconnecting at once kept it out for good."""
+    server = start_edge(evict_idle_s=EVICT_S, queue_timeout_s=5.0)  # 4 sessions, as by default
+    idle = IdleSessions(server, split_model, 4)
+    try:
+        assert wait_until(lambda: server._active == 4 and idle.opened == 4)
+        for _ in range(3):
+            start = time.monotonic()
+            serves(server, split_model, tokenizer)  # queued, then given the slot of a silent session
+            assert time.monotonic() - start < 5.0  # within the queue timeout: not refused as busy
+        # the evicted came back at once and waited in turn (evicting each other meanwhile)
+        assert idle.opened > 4 and server.stats["evicted"] >= 3 and server.stats["refused_busy"] == 0
+        assert set(idle.errors) == {"evicted"}
+    finally:
+        idle.close()
+
+
+def test_a_silent_session_keeps_its_slot_while_nobody_waits(start_edge, split_model, tokenizer):
+    server = start_edge(evict_idle_s=0.2, queue_timeout_s=5.0, max_sessions=1)
+    sock = connect(server)
+    protocol.send_json(sock, protocol.OPEN, open_msg(split_model))
+    assert answer(sock)[0] == protocol.READY
+    time.sleep(0.6)  # three times evict_idle_s: a slow UE, but nobody wants the slot
+    protocol.send_frame(sock, protocol.ACTIVATION, activation(split_model))
+    assert answer(sock)[0] == protocol.TOKEN
+    assert server.stats["evicted"] == 0
+    serves(server, split_model, tokenizer)  # now someone waits: the silent session goes after 0.2 s
+    ftype, err = answer(sock)
+    assert ftype == protocol.ERROR and err["code"] == "evicted" and "0.2 s" in err["message"]
+    assert sock.recv(1) == b""
+    sock.close()

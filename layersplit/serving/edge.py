@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 import weakref
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -15,8 +16,8 @@ import torch
 from .. import UserError
 from ..segments import SegmentCache, SplitModel, StaticSegmentCache, check_composition, resolve_decode
 from ..wire import WIRE_FORMATS, decode
-from .protocol import (ACTIVATION, CLOSE, CLOSED, DEFAULT_HOST, DEFAULT_PORT, ERROR, ERROR_CODES, FRAME_NAMES,
-                       HANDSHAKE_TIMEOUT_S, HEADER, IDLE_TIMEOUT_S, MAX_CONTEXT, MAX_ELEMENTS_PER_PACKET,
+from .protocol import (ACTIVATION, CLOSE, CLOSED, DEFAULT_HOST, DEFAULT_PORT, ERROR, ERROR_CODES, EVICT_IDLE_S,
+                       FRAME_NAMES, HANDSHAKE_TIMEOUT_S, HEADER, IDLE_TIMEOUT_S, MAX_CONTEXT, MAX_ELEMENTS_PER_PACKET,
                        MAX_FRAME_BYTES, MAX_HANDSHAKES, MAX_OPEN_FRAME_BYTES, MAX_QUEUE, MAX_SESSIONS, OPEN,
                        PROTOCOL_VERSION, QUEUE_TIMEOUT_S, READY, TOKEN, TOKEN_BODY, TOKEN_ENV, PeerClosed,
                        ProtocolError, activation_header, check_port, check_timeout, check_token, parse_json,
@@ -43,22 +44,40 @@ class EdgeSession:
     edge_s: float = 0.0
 
 
+@dataclass
+class _Holder:
+    """A connection that holds a session slot."""
+
+    idle_since: float | None = None  # when it began to wait for the UE's next frame; None while a frame is handled
+    evicted: bool = False  # its slot was claimed for a waiting connection: it leaves with ERROR "evicted"
+
+
 class EdgeServer:
     """The edge: accepts UE connections, serves up to max_sessions at once, queues max_queue more.
 
     A connection first sends its OPEN, within handshake_timeout_s (per frame) or it is closed; at
     most max_handshakes connections wait for theirs, a newer one pushing the oldest out. Only a
     valid OPEN takes a session slot, which the connection keeps until it closes; when all are taken
-    it waits in the queue, and beyond the queue it is refused with an ERROR "busy" (at once when it
-    connects to an edge that is already full that way). A thread per connection, so at most
-    max_handshakes + max_queue + max_sessions threads. Forward passes of all sessions take turns on
-    one compute thread (on a CPU one forward already uses every core; on CUDA a compiled step's
-    graphs are recorded per thread, so one thread records them once). Every way a session can end
-    (CLOSE, disconnect, bad frame, timeout, server fault) frees its KV cache, or gives a static one
-    back for the next session (`decode`: segments.DECODE_MODES or auto; a static cache holds
-    max_context tokens, and every decoding step reads all of them). `token` (check_token; None: none):
-    the shared secret every OPEN must carry, compared in constant time; an OPEN without it is
-    refused as "unauthorized" before anything else of it is read.
+    it waits in the queue, first come first served, and beyond the queue it is refused with an ERROR
+    "busy" (at once when it connects to an edge that is already full that way). A thread per
+    connection, so at most max_handshakes + max_queue + max_sessions threads. `token` (check_token;
+    None: none): the shared secret every OPEN must carry, compared in constant time; an OPEN
+    without it is refused as "unauthorized" before anything else of it is read.
+
+    While a connection waits, a slot whose UE has said nothing for evict_idle_s (from the edge's
+    last answer) is taken from it: that connection gets ERROR "evicted" and is closed, the longest
+    silent first, one per waiting connection. So sessions that open and then stay silent cannot
+    keep a real UE out, however often they reconnect: each newcomer queues behind it. Eviction
+    rather than an idle timeout shorter than the queue timeout: a slow UE (a long prompt on a slow
+    device) is never cut while nobody waits, and a waiting UE gets its slot after evict_idle_s, not
+    after the idle timeout. evict_idle_s None: never evict (with max_queue 0 nothing ever waits).
+
+    Forward passes of all sessions take turns on one compute thread (on a CPU one forward already
+    uses every core; on CUDA a compiled step's graphs are recorded per thread, so one thread records
+    them once). Every way a session can end (CLOSE, disconnect, bad frame, timeout, eviction, server
+    fault) frees its KV cache, or gives a static one back for the next session (`decode`:
+    segments.DECODE_MODES or auto; a static cache holds max_context tokens, and every decoding step
+    reads all of them).
     """
 
     def __init__(self, model: torch.nn.Module, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
@@ -66,7 +85,8 @@ class EdgeServer:
                  queue_timeout_s: float = QUEUE_TIMEOUT_S, idle_timeout_s: float = IDLE_TIMEOUT_S,
                  max_frame_bytes: int = MAX_FRAME_BYTES, max_context: int = MAX_CONTEXT,
                  handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S, max_handshakes: int = MAX_HANDSHAKES,
-                 check: bool = True, decode: str = "eager", token: str | None = None):
+                 check: bool = True, decode: str = "eager", token: str | None = None,
+                 evict_idle_s: float | None = EVICT_IDLE_S):
         self.split_model = model if isinstance(model, SplitModel) else SplitModel(model)
         self.decode = resolve_decode(decode, self.split_model.device)
         n = self.split_model.n_layers
@@ -84,6 +104,11 @@ class EdgeServer:
         self.queue_timeout_s = check_timeout(queue_timeout_s, "queue_timeout_s")
         self.idle_timeout_s = check_timeout(idle_timeout_s, "idle_timeout_s")
         self.handshake_timeout_s = check_timeout(handshake_timeout_s, "handshake_timeout_s")
+        self.evict_idle_s = None if evict_idle_s is None else check_timeout(evict_idle_s, "evict_idle_s")
+        if self.evict_idle_s is not None and self.evict_idle_s >= self.queue_timeout_s:
+            raise UserError(f"evict_idle_s {self.evict_idle_s:g} must be shorter than queue_timeout_s "
+                            f"{self.queue_timeout_s:g}: a waiting UE would be refused before any idle session "
+                            "is evicted")
         self.max_frame_bytes, self.max_context = max_frame_bytes, max_context
         self._token = check_token(token, "token")
         if check:
@@ -95,7 +120,9 @@ class EdgeServer:
         self.host, self.port = self._listener.getsockname()[:2]
         self._state = threading.Condition()
         self._active = 0  # connections holding a session slot
-        self._waiting = 0  # connections queued for one (after a valid OPEN)
+        self._holders: dict[socket.socket, _Holder] = {}  # those connections
+        self._queue: deque[object] = deque()  # tickets of connections waiting for one (after a valid OPEN), in order
+        self._evicting = 0  # holders evicted whose slot is not free yet
         self._pending: dict[socket.socket, tuple] = {}  # connections waiting for their OPEN -> peer, oldest first
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-compute")
         self._stopping = threading.Event()
@@ -104,7 +131,7 @@ class EdgeServer:
         self._next_session = 0
         self.sessions: dict[int, EdgeSession] = {}  # open sessions (each holds a KV cache)
         self._caches = weakref.WeakSet()  # every KV cache not yet garbage-collected (tests check it empties)
-        self.stats = {"connections": 0, "refused_busy": 0, "handshakes_dropped": 0, "unauthorized": 0,
+        self.stats = {"connections": 0, "refused_busy": 0, "handshakes_dropped": 0, "unauthorized": 0, "evicted": 0,
                       "sessions_opened": 0, "sessions_closed": 0, "errors": 0, "steps": 0}
         self._accept_thread: threading.Thread | None = None
 
@@ -165,7 +192,7 @@ class EdgeServer:
 
     # --- admission ---
     def _busy_message(self) -> str:
-        return (f"busy: {self._active} sessions are being served and {self._waiting} are waiting "
+        return (f"busy: {self._active} sessions are being served and {len(self._queue)} are waiting "
                 f"(limits: {self.max_sessions} sessions, {self.max_queue} queued); try again later")
 
     def _admit(self, conn: socket.socket, peer) -> None:
@@ -173,7 +200,7 @@ class EdgeServer:
         with self._state:
             self.stats["connections"] += 1
             # Only connections that sent a valid OPEN are counted here, so idle ones never cause this.
-            full = self._active >= self.max_sessions and self._waiting >= self.max_queue
+            full = self._active >= self.max_sessions and len(self._queue) >= self.max_queue
             if full:
                 self.stats["refused_busy"] += 1
                 message = self._busy_message()
@@ -218,42 +245,81 @@ class EdgeServer:
     def _take_slot(self, conn: socket.socket) -> bool:
         """After a valid OPEN: leave the handshakes and take a session slot, after a wait in the queue
         when all are taken. False when refused (the ERROR is sent) or pushed out meanwhile."""
-        queued = False
+        ticket = None
         with self._state:
             if conn not in self._pending:  # pushed out by newer connections: its socket is shut down
                 return False
             del self._pending[conn]
-            if self._active < self.max_sessions:
-                self._active += 1
+            if self._active < self.max_sessions and not self._queue:  # a free slot goes to the queue first
+                self._hold(conn)
                 return True
-            if self._waiting < self.max_queue:
-                self._waiting += 1
-                queued = True
+            if len(self._queue) < self.max_queue:
+                ticket = object()
+                self._queue.append(ticket)
             else:
                 self.stats["refused_busy"] += 1
                 message = self._busy_message()
-        if queued:
-            if self._wait_for_slot():
+        if ticket is not None:
+            if self._wait_for_slot(conn, ticket):
                 return True
             self._count("refused_busy")
             message = f"busy: no session free after {self.queue_timeout_s:g} s in the queue; try again later"
         self._send_error(conn, "busy", message)
         return False
 
-    def _wait_for_slot(self) -> bool:
+    def _hold(self, conn: socket.socket) -> None:  # with self._state held
+        self._active += 1
+        self._holders[conn] = _Holder()
+
+    def _wait_for_slot(self, conn: socket.socket, ticket: object) -> bool:
+        """Wait in the queue until this ticket is first and a slot is free, evicting idle holders meanwhile."""
         deadline = time.monotonic() + self.queue_timeout_s
         with self._state:
-            while self._active >= self.max_sessions and not self._stopping.is_set():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    self._waiting -= 1
-                    return False
-                self._state.wait(remaining)
-            self._waiting -= 1
-            if self._stopping.is_set():
+            try:
+                while not self._stopping.is_set():
+                    if self._queue[0] is ticket and self._active < self.max_sessions:
+                        self._hold(conn)
+                        return True
+                    now = time.monotonic()
+                    if now >= deadline:
+                        return False
+                    next_eviction = self._evict_idle(now)
+                    self._state.wait(min(deadline - now, next_eviction))
                 return False
-            self._active += 1
-            return True
+            finally:
+                self._queue.remove(ticket)
+                self._state.notify_all()  # the next in line may find a slot free too
+
+    def _evict_idle(self, now: float) -> float:
+        """With self._state held: evict as many idle holders as the queue needs beyond the free slots
+        and the evictions under way, the longest silent first; the seconds until another could be
+        evicted (inf: none is waiting for its UE, and one that starts to notifies)."""
+        need = len(self._queue) - (self.max_sessions - self._active) - self._evicting
+        if self.evict_idle_s is None or need <= 0:
+            return float("inf")
+        idle = sorted(((c, h) for c, h in self._holders.items() if h.idle_since is not None and not h.evicted),
+                      key=lambda item: item[1].idle_since)
+        for conn, holder in idle[:need]:
+            silent = now - holder.idle_since
+            if silent < self.evict_idle_s:
+                return self.evict_idle_s - silent
+            holder.evicted = True
+            self._evicting += 1
+            self.stats["evicted"] += 1
+            try:  # its thread, blocked in recv, reads the end of the stream and answers ERROR "evicted"
+                conn.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
+        return float("inf")
+
+    def _waiting_for_ue(self, conn: socket.socket, waiting: bool) -> bool:
+        """Mark a holder as waiting for its UE's next frame (evictable) or not; whether it was evicted."""
+        with self._state:
+            holder = self._holders[conn]
+            holder.idle_since = time.monotonic() if waiting else None
+            if waiting and self._queue:
+                self._state.notify_all()  # a waiting connection may evict it in evict_idle_s
+            return holder.evicted
 
     def _recv_before_open(self, conn: socket.socket) -> tuple[int, bytes] | None:
         """The next frame of a connection that holds no session slot yet, or None when it timed out
@@ -289,7 +355,11 @@ class EdgeServer:
             while not self._stopping.is_set():
                 try:
                     if holding:
-                        ftype, payload = recv_frame(conn, self.max_frame_bytes, self.idle_timeout_s)
+                        self._waiting_for_ue(conn, True)
+                        try:
+                            ftype, payload = recv_frame(conn, self.max_frame_bytes, self.idle_timeout_s)
+                        finally:
+                            self._waiting_for_ue(conn, False)
                     else:
                         frame = self._recv_before_open(conn)
                         if frame is None:
@@ -312,7 +382,11 @@ class EdgeServer:
                         break
                     session = self._end(session)
         except PeerClosed as e:
-            if session is not None:
+            if holding and self._waiting_for_ue(conn, False):  # the end of the stream came from an eviction
+                log.info("%s:%s: evicted after %g s without a frame while a UE waited", *peer[:2], self.evict_idle_s)
+                self._send_error(conn, "evicted", f"no frame for {self.evict_idle_s:g} s while another UE waited for "
+                                                  "a session; closing (reconnect to go on)")
+            elif session is not None:
                 log.info("%s:%s: %s in session %d at step %d", *peer[:2], e, session.id, session.step)
         except socket.timeout:
             self._count("errors")
@@ -328,8 +402,10 @@ class EdgeServer:
             _lingering_close(conn)
             with self._state:
                 self._pending.pop(conn, None)
-                if holding:
+                holder = self._holders.pop(conn, None)
+                if holder is not None:
                     self._active -= 1
+                    self._evicting -= holder.evicted
                 self._state.notify_all()
                 self._threads.discard(threading.current_thread())
                 self._conns.discard(conn)

@@ -54,7 +54,7 @@ FRAME_NAMES = {OPEN: "OPEN", READY: "READY", ACTIVATION: "ACTIVATION", TOKEN: "T
                CLOSED: "CLOSED", ERROR: "ERROR"}
 ERROR_CODES = {  # code -> does the edge close the connection after it
     "busy": True, "bad_frame": True, "too_large": True, "malformed": True, "timeout": True, "internal": True,
-    "unauthorized": True,
+    "unauthorized": True, "evicted": True,
     "bad_split": False, "bad_model": False, "too_long": False, "no_session": False,
 }
 
@@ -70,6 +70,12 @@ MAX_SESSIONS = 4  # sessions served at once; their steps interleave on the one m
 MAX_QUEUE = 8  # connections waiting for a free session beyond that; the rest are refused as busy
 QUEUE_TIMEOUT_S = 30.0  # a queued connection that waits longer is refused as busy
 IDLE_TIMEOUT_S = 60.0  # the edge drops a connection that sends no complete frame for this long
+# While a connection waits in the queue, a session slot whose UE has been silent this long (counted
+# from the edge's last answer, so the edge's own compute never counts) is taken from it (ERROR
+# "evicted"). A UE answers a TOKEN after one step of its own layers, milliseconds to a second or two,
+# so idle sessions free their slots within seconds; it must stay below QUEUE_TIMEOUT_S, or a waiting
+# UE would be refused before any idle session is evicted.
+EVICT_IDLE_S = 5.0
 # A connection takes a session slot only with its first valid OPEN, and until then each frame must come
 # within HANDSHAKE_TIMEOUT_S. A UE sends OPEN as soon as it connects, so 5 s is ample even on a slow
 # link, while idle or stray connections (port scans, clients that hang) are closed long before anyone
