@@ -121,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest frame accepted; bigger ones are refused and the connection closed")
     e.add_argument("--max-context", type=cli.positive_int, default=protocol.MAX_CONTEXT,
                    help="most tokens (prompt + generated) one session may hold in its KV cache")
+    e.add_argument("--prefill-chunk", type=cli.non_negative_int, default=protocol.PREFILL_CHUNK,
+                   help="run a prompt's activation in chunks of this many tokens, taking turns with the other "
+                        "sessions, so that their long prompts delay a session by one chunk each; 0: each prompt in "
+                        "one forward")
     e.add_argument("--quiet", action="store_true", help="log only errors")
 
     u = sub.add_parser("ue", help="run a UE client: the first layers, the uplink, the requests", formatter_class=cli.HelpFormatter,
@@ -273,7 +277,7 @@ def run_edge(args: argparse.Namespace) -> int:
                         idle_timeout_s=args.idle_timeout, max_frame_bytes=args.max_frame_bytes,
                         max_context=args.max_context, handshake_timeout_s=args.handshake_timeout,
                         max_handshakes=args.max_handshakes, decode=args.decode, token=args.token,
-                        evict_idle_s=args.evict_idle)
+                        evict_idle_s=args.evict_idle, prefill_chunk=args.prefill_chunk)
     sm = server.split_model
     print(f"edge listening on {server.address} (model {args.model}: {sm.n_layers} decoder layers, "
           f"{str(sm.dtype).removeprefix('torch.')}, {sm.device}, {server.decode} decoding; serves splits "

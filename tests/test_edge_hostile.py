@@ -244,3 +244,61 @@ def test_a_silent_session_keeps_its_slot_while_nobody_waits(start_edge, split_mo
     assert ftype == protocol.ERROR and err["code"] == "evicted" and "0.2 s" in err["message"]
     assert sock.recv(1) == b""
     sock.close()
+
+
+# --- long prompts take turns with everyone else's steps ----------------------------------------------------
+def test_long_prompts_take_turns_with_a_short_one(start_edge, split_model):
+    """Three sessions' 64-token prompts, in line before a fourth session's 5-token one, run in chunks
+    of 8 in turn: the short prompt's token comes after one chunk of each (24 of their tokens), not
+    after all 192 (prefill_chunk 0 runs each prompt in one forward: then it would). The order is the
+    compute thread's (server.turns), not a timing: that thread is held until every prompt is in line."""
+    server = start_edge(prefill_chunk=8)
+    socks, ids = [], []
+    for _ in range(4):
+        sock = connect(server)
+        protocol.send_json(sock, protocol.OPEN, open_msg(split_model))
+        ftype, ready = answer(sock)
+        socks.append(sock)
+        ids.append(ready["session"])
+    gate = threading.Event()
+    held = server._compute.call(gate.wait, 10)  # the compute thread busy, as with someone's long forward
+    assert wait_until(lambda: len(server._compute) == 0)  # that turn is running
+    long = activation(split_model, tokens=64)
+    for i, sock in enumerate(socks[:3]):
+        protocol.send_frame(sock, protocol.ACTIVATION, long)
+        assert wait_until(lambda: len(server._compute) == i + 1)  # in line in this order
+    protocol.send_frame(socks[3], protocol.ACTIVATION, activation(split_model, tokens=5))
+    assert wait_until(lambda: len(server._compute) == 4)
+    gate.set()
+    assert held.result(10)
+    tokens = []
+    for sock in socks:
+        ftype, body = answer(sock)
+        assert ftype == protocol.TOKEN
+        tokens.append(protocol.TOKEN_BODY.unpack(body)[1])
+    turns = list(server.turns)
+    assert turns[:4] == [(ids[0], 8), (ids[1], 8), (ids[2], 8), (ids[3], 5)]
+    assert turns[4:] == [(i, 8) for i in ids[:3]] * 7
+    # chunks of one prompt fill one KV cache: the same token as one forward over the whole prompt
+    whole = start_edge(prefill_chunk=0)
+    sock = connect(whole)
+    protocol.send_json(sock, protocol.OPEN, open_msg(split_model))
+    assert answer(sock)[0] == protocol.READY
+    protocol.send_frame(sock, protocol.ACTIVATION, long)
+    ftype, body = answer(sock)
+    assert whole.turns[-1][1] == 64 and tokens[:3] == [protocol.TOKEN_BODY.unpack(body)[1]] * 3
+    for s in [*socks, sock]:
+        s.close()
+
+
+def test_a_prompt_in_chunks_gives_the_single_process_tokens(start_edge, split_model, tokenizer):
+    prompt = PROMPT * 3  # 72 tokens: 9 chunks of 8
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = split_model.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False,
+                                         pad_token_id=tokenizer.pad_token_id)
+    server = start_edge(prefill_chunk=8)
+    with UEClient(split_model, tokenizer, server.address, split=1, wire="fp32") as ue:
+        report = ue.generate(prompt, 8)
+    assert report.tokens == out[0, ids.shape[1]:].tolist()
+    assert [n for _, n in server.turns] == [8] * 9 + [1] * 7

@@ -144,7 +144,8 @@ def test_a_large_frame_before_open_is_refused_at_once(start_edge):
 def test_limits_out_of_range_are_user_errors(split_model, tokenizer):
     for kwargs in ({"port": 99999}, {"port": -1}, {"idle_timeout_s": float("inf")}, {"handshake_timeout_s": 0},
                    {"queue_timeout_s": float("nan")}, {"max_handshakes": 0}, {"evict_idle_s": 0},
-                   {"evict_idle_s": protocol.QUEUE_TIMEOUT_S}, {"queue_timeout_s": 2.0}):  # evict_idle_s 5 s >= 2 s
+                   {"evict_idle_s": protocol.QUEUE_TIMEOUT_S}, {"queue_timeout_s": 2.0},  # evict_idle_s 5 s >= 2 s
+                   {"prefill_chunk": -1}, {"prefill_chunk": 2.5}, {"prefill_chunk": True}):
         with pytest.raises(UserError):
             EdgeServer(split_model, check=False, **{"port": 0, **kwargs})
     with pytest.raises(UserError, match="timeout_s inf is not a timeout"):

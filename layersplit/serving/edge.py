@@ -8,7 +8,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import torch
@@ -19,11 +19,87 @@ from ..wire import WIRE_FORMATS, decode
 from .protocol import (ACTIVATION, CLOSE, CLOSED, DEFAULT_HOST, DEFAULT_PORT, ERROR, ERROR_CODES, EVICT_IDLE_S,
                        FRAME_NAMES, HANDSHAKE_TIMEOUT_S, HEADER, IDLE_TIMEOUT_S, MAX_CONTEXT, MAX_ELEMENTS_PER_PACKET,
                        MAX_FRAME_BYTES, MAX_HANDSHAKES, MAX_OPEN_FRAME_BYTES, MAX_QUEUE, MAX_SESSIONS, OPEN,
-                       PROTOCOL_VERSION, QUEUE_TIMEOUT_S, READY, TOKEN, TOKEN_BODY, TOKEN_ENV, PeerClosed,
-                       ProtocolError, activation_header, check_port, check_timeout, check_token, parse_json,
-                       recv_frame, send_frame, send_json, unpack_activation)
+                       PREFILL_CHUNK, PROTOCOL_VERSION, QUEUE_TIMEOUT_S, READY, TOKEN, TOKEN_BODY, TOKEN_ENV,
+                       PeerClosed, ProtocolError, activation_header, check_port, check_timeout, check_token,
+                       parse_json, recv_frame, send_frame, send_json, unpack_activation)
 
 log = logging.getLogger("layersplit.serving")
+TURNS_KEPT = 4096  # EdgeServer.turns: the last forward passes, whose order shows how sessions took turns
+
+
+class TakeTurns:
+    """One compute thread that runs jobs a slice at a time, in turn.
+
+    A job is a generator that yields between its slices and returns its result (a plain function is
+    a job of one slice). Each turn runs one slice of the job first in line and puts the job back at
+    the end of the line, so a job waits for its first slice at most one slice of each job ahead of
+    it, however long they are. One thread: on a CPU one forward already uses every core, and on CUDA
+    a compiled step's graphs are recorded per thread, so one thread records them once.
+    """
+
+    def __init__(self, name: str):
+        self._line: deque[tuple] = deque()  # (generator, future) in turn order
+        self._cv = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def __len__(self) -> int:
+        """Jobs waiting for their next turn (not the one running)."""
+        with self._cv:
+            return len(self._line)
+
+    def submit(self, gen) -> Future:
+        """Run the generator `gen` (not started yet: its body runs on the compute thread) in turn; its
+        result is what it returns. RuntimeError once closed."""
+        future = Future()
+        with self._cv:
+            if self._closed:
+                gen.close()
+                raise RuntimeError("the edge's compute thread has stopped")
+            self._line.append((gen, future))
+            self._cv.notify()
+        return future
+
+    def call(self, fn, *args) -> Future:
+        """Run fn(*args) in one turn."""
+        def one_slice():
+            return fn(*args)
+            yield  # makes this a generator function: a job of one slice
+        return self.submit(one_slice())
+
+    def close(self) -> None:
+        """Stop after the slice that runs: jobs still in line fail with RuntimeError."""
+        with self._cv:
+            self._closed = True
+            line, self._line = list(self._line), deque()
+            self._cv.notify()
+        for gen, future in line:
+            gen.close()
+            future.set_exception(RuntimeError("the edge stopped"))
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._line and not self._closed:
+                    self._cv.wait()
+                if self._closed:
+                    return
+                gen, future = self._line.popleft()
+            try:
+                next(gen)
+            except StopIteration as done:
+                future.set_result(done.value)
+                continue
+            except BaseException as e:  # the job's fault, reported to whoever waits for it
+                future.set_exception(e)
+                continue
+            with self._cv:
+                if self._closed:
+                    gen.close()
+                    future.set_exception(RuntimeError("the edge stopped"))
+                else:
+                    self._line.append((gen, future))
 
 
 @dataclass
@@ -72,12 +148,13 @@ class EdgeServer:
     device) is never cut while nobody waits, and a waiting UE gets its slot after evict_idle_s, not
     after the idle timeout. evict_idle_s None: never evict (with max_queue 0 nothing ever waits).
 
-    Forward passes of all sessions take turns on one compute thread (on a CPU one forward already
-    uses every core; on CUDA a compiled step's graphs are recorded per thread, so one thread records
-    them once). Every way a session can end (CLOSE, disconnect, bad frame, timeout, eviction, server
-    fault) frees its KV cache, or gives a static one back for the next session (`decode`:
-    segments.DECODE_MODES or auto; a static cache holds max_context tokens, and every decoding step
-    reads all of them).
+    Forward passes of all sessions take turns on one compute thread (TakeTurns), a prompt's
+    activation in chunks of prefill_chunk tokens (0: whole), so that other sessions' long prompts
+    delay a session's step by at most one chunk each: fair turns rather than a compute budget, so
+    nobody is refused and a lone session runs at full speed. Every way a session can end (CLOSE,
+    disconnect, bad frame, timeout, eviction, server fault) frees its KV cache, or gives a static one
+    back for the next session (`decode`: segments.DECODE_MODES or auto; a static cache holds
+    max_context tokens, and every decoding step reads all of them).
     """
 
     def __init__(self, model: torch.nn.Module, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
@@ -86,7 +163,7 @@ class EdgeServer:
                  max_frame_bytes: int = MAX_FRAME_BYTES, max_context: int = MAX_CONTEXT,
                  handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S, max_handshakes: int = MAX_HANDSHAKES,
                  check: bool = True, decode: str = "eager", token: str | None = None,
-                 evict_idle_s: float | None = EVICT_IDLE_S):
+                 evict_idle_s: float | None = EVICT_IDLE_S, prefill_chunk: int = PREFILL_CHUNK):
         self.split_model = model if isinstance(model, SplitModel) else SplitModel(model)
         self.decode = resolve_decode(decode, self.split_model.device)
         n = self.split_model.n_layers
@@ -97,6 +174,10 @@ class EdgeServer:
                             ("max_context", max_context), ("max_handshakes", max_handshakes)):
             if value < 1:
                 raise UserError(f"{name} must be at least 1, got {value}")
+        if isinstance(prefill_chunk, bool) or not isinstance(prefill_chunk, int) or prefill_chunk < 0:
+            raise UserError(f"prefill_chunk must be a number of tokens >= 0 (0: a whole prompt at once), "
+                            f"got {prefill_chunk!r}")
+        self.prefill_chunk = prefill_chunk
         if max_queue < 0:
             raise UserError(f"max_queue must be >= 0, got {max_queue}")
         check_port(port)
@@ -124,7 +205,8 @@ class EdgeServer:
         self._queue: deque[object] = deque()  # tickets of connections waiting for one (after a valid OPEN), in order
         self._evicting = 0  # holders evicted whose slot is not free yet
         self._pending: dict[socket.socket, tuple] = {}  # connections waiting for their OPEN -> peer, oldest first
-        self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-compute")
+        self._compute = TakeTurns("edge-compute")
+        self.turns: deque[tuple[int, int]] = deque(maxlen=TURNS_KEPT)  # (session id, tokens) of each forward, in order
         self._stopping = threading.Event()
         self._threads: set[threading.Thread] = set()
         self._conns: set[socket.socket] = set()  # open connections, shut down by stop()
@@ -177,7 +259,7 @@ class EdgeServer:
             threads = list(self._threads)
         for t in threads:
             t.join(timeout_s)
-        self._compute.shutdown(wait=False)
+        self._compute.close()
 
     def __enter__(self):
         return self.start()
@@ -395,7 +477,10 @@ class EdgeServer:
             log.info("%s:%s: connection error %s", *peer[:2], e)
         except Exception as e:  # a fault of this server: report it, keep serving others
             self._count("errors")
-            log.exception("%s:%s: internal error", *peer[:2])
+            if self._stopping.is_set():  # a step cut short by stop()
+                log.info("%s:%s: stopped in the middle of a step (%s)", *peer[:2], e)
+            else:
+                log.exception("%s:%s: internal error", *peer[:2])
             self._send_error(conn, "internal", f"{type(e).__name__}: {e}")
         finally:
             self._end(session)
@@ -431,7 +516,7 @@ class EdgeServer:
             if ended and isinstance(session.cache, StaticSegmentCache):
                 self._caches.discard(session.cache)
                 try:  # on the compute thread: emptying it must not race a graph being recorded
-                    self._compute.submit(self.split_model.release, session.cache).result()
+                    self._compute.call(self.split_model.release, session.cache).result()
                 except RuntimeError:  # the server stopped: nothing will reuse it
                     pass
         return None
@@ -520,12 +605,22 @@ class EdgeServer:
             payload, self.split_model.hidden_size, session.wire, session.elements_per_packet, session.protect)
         hidden = decode(data, scales, (1, tokens, self.split_model.hidden_size), session.wire)
 
-        def forward() -> tuple[int, float]:
-            start = time.perf_counter()
-            token = int(self.split_model.edge_logits(session.split, hidden, session.cache).argmax())
-            return token, time.perf_counter() - start
+        chunk = self.prefill_chunk or tokens
 
-        token, seconds = self._compute.submit(forward).result()
+        def forward():  # a chunk per turn: the other sessions' chunks and steps run in between
+            seconds = 0.0
+            for first in range(0, tokens, chunk):
+                start = time.perf_counter()
+                self.turns.append((session.id, min(chunk, tokens - first)))
+                logits = self.split_model.edge_logits(session.split, hidden[:, first:first + chunk], session.cache)
+                if first + chunk >= tokens:
+                    token = int(logits.argmax())
+                seconds += time.perf_counter() - start
+                if first + chunk < tokens:
+                    yield
+            return token, seconds
+
+        token, seconds = self._compute.submit(forward()).result()
         session.step += 1
         session.context += tokens
         session.bytes_in += HEADER.size + len(payload)

@@ -66,6 +66,13 @@ DEFAULT_PORT = 8765  # TCP port of the edge (0: any free port, printed at start-
 # long fp32 prompts need a larger --max-frame-bytes.
 MAX_FRAME_BYTES = 16 * 2**20
 MAX_CONTEXT = 2048  # tokens (prompt + generated) per session: bounds each session's KV cache
+# The edge runs a prompt's activation in chunks of this many tokens, taking turns with the other
+# sessions' chunks and decoding steps, so that a session waits for at most one chunk of each other
+# session, not for their whole prompts (on 2 CPU cores, three SmolLM2 prompts of 2048 tokens held
+# the next UE's first token for about 26 s). 256 tokens take a fraction of a second there, and as
+# the chunks fill the same KV cache, the tokens are those of one forward up to float rounding.
+# 0: each prompt in one forward.
+PREFILL_CHUNK = 256
 MAX_SESSIONS = 4  # sessions served at once; their steps interleave on the one model
 MAX_QUEUE = 8  # connections waiting for a free session beyond that; the rest are refused as busy
 QUEUE_TIMEOUT_S = 30.0  # a queued connection that waits longer is refused as busy
