@@ -348,6 +348,8 @@ def print_request(r, sleep_air: bool) -> None:
            f"({'slept' if sleep_air else 'accounted, not slept'})" if r.air_bits else "")
     print(f"  bytes on the wire {r.wire_bytes} (uplink {r.uplink_bytes}: prompt {r.uplink_bytes_prefill}{per_token}; "
           f"downlink {r.downlink_bytes}); packets lost {r.packets_lost} of {r.packets}{flips}{air}")
+    if r.stop_message:
+        print(f"  ended by the edge ({r.stop_reason}) after {len(r.tokens)} tokens: {r.stop_message}")
     print(f"  text: {r.text!r}")
 
 
@@ -366,15 +368,24 @@ def run_ue(args: argparse.Namespace, split_for_snr=None) -> int:
         print(f"UE: model {args.model} ({sm.n_layers} decoder layers, {header['dtype']}, {sm.device}, "
               f"{client.decode} decoding) -> edge "
               f"{args.connect}; {describe_link(args)}; seed {args.seed}", flush=True)
-    reports = []
+    reports, ended = [], None
     with client:
         for prompt in args.prompts:
-            report = client.generate(prompt, args.max_new_tokens)
+            try:
+                report = client.generate(prompt, args.max_new_tokens)
+            except protocol.EdgeError as e:  # after some tokens: print them, then the error
+                if e.report is None:
+                    raise
+                report, ended = e.report, e
             reports.append(report)
             if not args.json:
                 print_request(report, args.sleep_air)
+            if ended is not None:
+                break
     if args.json:
         print(json.dumps({**header, "requests": [r.to_dict() for r in reports]}))
+    if ended is not None:
+        raise ended  # one line and exit status 2, as when the edge refuses before any token
     return 0
 
 

@@ -302,3 +302,55 @@ def test_a_prompt_in_chunks_gives_the_single_process_tokens(start_edge, split_mo
         report = ue.generate(prompt, 8)
     assert report.tokens == out[0, ids.shape[1]:].tolist()
     assert [n for _, n in server.turns] == [8] * 9 + [1] * 7
+
+
+# --- the UE keeps what it generated when the edge ends a request ----------------------------------------
+@pytest.mark.parametrize("decode", ["eager", "static"])
+def test_a_request_the_edge_ends_keeps_its_tokens(start_edge, split_model, tokenizer, decode):
+    """The edge keeps 64 tokens per session: a 24-token prompt gets 41 tokens (the 41st computed from
+    the 64th in the edge's cache), then the edge refuses the next step as too_long. A static cache on
+    the UE holds the refused step too (before, 64 tokens: it failed there itself, losing them all)."""
+    prompt_tokens = len(tokenizer(PROMPT).input_ids)
+    with UEClient(split_model, tokenizer, start_edge().address, split=2, wire="fp32") as ue:
+        full = ue.generate(PROMPT, 60)
+    assert full.stop_reason == "max_new_tokens" and full.stop_message == "" and len(full.tokens) == 60
+    server = start_edge(max_context=64)
+    with UEClient(split_model, tokenizer, server.address, split=2, wire="fp32", decode=decode) as ue:
+        with pytest.raises(protocol.EdgeError, match="would hold 65 tokens; this edge keeps at most 64") as e:
+            ue.generate(PROMPT, 60)
+        report = e.value.report
+        assert e.value.code == report.stop_reason == "too_long" and "at most 64" in report.stop_message
+        assert len(report.tokens) == 64 - prompt_tokens + 1 and report.tokens == full.tokens[:len(report.tokens)]
+        assert report.text == tokenizer.decode(report.tokens, skip_special_tokens=True) != ""
+        assert report.ttft_s > 0 and report.tpot_s > 0 and report.prompt_tokens == prompt_tokens
+        assert len(ue.generate(PROMPT, 3).tokens) == 3  # too_long ended the request, not the connection
+    assert server.stats["connections"] == 1
+    with pytest.raises(protocol.EdgeError) as e:  # refused at the prompt: nothing to keep
+        with UEClient(split_model, tokenizer, start_edge(max_context=prompt_tokens - 1).address, split=2) as ue:
+            ue.generate(PROMPT, 5)
+    assert e.value.code == "too_long" and e.value.report is None
+
+
+@pytest.mark.parametrize("json_out", [False, True])
+def test_cli_prints_what_the_ue_generated_before_the_edge_ended_it(start_edge, split_model, tokenizer,
+                                                                   tiny_model_dir, capsys, json_out):
+    import serve
+
+    prompt_tokens = len(tokenizer(PROMPT).input_ids)
+    server = start_edge(max_context=prompt_tokens + 6)
+    argv = ["ue", "--connect", server.address, "--model", str(tiny_model_dir), "--link", "none", "--split", "2",
+            "--wire", "fp32", "--max-new-tokens", "20", "--prompt", PROMPT, "--prompt", "a second prompt"]
+    assert serve.main(argv + (["--json"] if json_out else [])) == 2
+    out, err = capsys.readouterr()
+    assert err.strip().splitlines()[-1].startswith("serve.py: error: the edge refused (too_long): the session would "
+                                                   f"hold {prompt_tokens + 7} tokens")
+    with UEClient(split_model, tokenizer, start_edge().address, split=2, wire="fp32") as ue:
+        expected = ue.generate(PROMPT, 7)
+    if json_out:
+        requests = json.loads(out)["requests"]
+        assert len(requests) == 1 and requests[0]["stop_reason"] == "too_long"
+        assert requests[0]["tokens"] == expected.tokens and requests[0]["text"] == expected.text
+    else:
+        assert "request 0:" in out and "request 1:" not in out  # the run stops there, as before
+        assert f"  ended by the edge (too_long) after 7 tokens: the session would hold {prompt_tokens + 7}" in out
+        assert f"  text: {expected.text!r}" in out

@@ -605,8 +605,9 @@ def test_the_context_limit_bounds_each_session(start_edge, split_model, tokenize
     prompt_tokens = len(tokenizer(PROMPT).input_ids)
     server = start_edge(max_context=prompt_tokens + 6)
     with UEClient(split_model, tokenizer, server.address, split=2) as ue:
-        with pytest.raises(protocol.EdgeError, match=f"at most {prompt_tokens + 6}"):
+        with pytest.raises(protocol.EdgeError, match=f"at most {prompt_tokens + 6}") as e:
             ue.generate(PROMPT, 20)
+    assert len(e.value.report.tokens) == 7  # what came before (test_edge_hostile.py)
     assert wait_until(lambda: not server.sessions)
     still_serves(server, split_model, tokenizer)
 

@@ -121,11 +121,12 @@ class PeerClosed(ConnectionError):
 
 
 class EdgeError(UserError):
-    """The edge answered a request with an ERROR frame."""
+    """The edge answered a request with an ERROR frame. `report`: what the UE had generated when the
+    edge ended the request (serving.ue.RequestReport, its stop_reason the code), None before any token."""
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str, report=None):
         super().__init__(f"the edge refused ({code}): {message}")
-        self.code = code
+        self.code, self.message, self.report = code, message, report
 
 
 def check_port(port, what: str = "port") -> int:
