@@ -246,6 +246,25 @@ def test_a_silent_session_keeps_its_slot_while_nobody_waits(start_edge, split_mo
     sock.close()
 
 
+def test_a_session_in_the_middle_of_an_upload_is_not_idle(start_edge, split_model):
+    server = start_edge(evict_idle_s=0.2, queue_timeout_s=5.0, max_sessions=1)
+    sock = connect(server)
+    protocol.send_json(sock, protocol.OPEN, open_msg(split_model))
+    assert answer(sock)[0] == protocol.READY
+    frame = protocol.encode_frame(protocol.ACTIVATION, activation(split_model))
+    sock.sendall(frame[:100])  # a slow uplink: the frame has begun
+    waiting = connect(server)
+    protocol.send_json(waiting, protocol.OPEN, open_msg(split_model))
+    time.sleep(0.6)  # three times evict_idle_s, with someone waiting
+    assert server.stats["evicted"] == 0
+    sock.sendall(frame[100:])
+    assert answer(sock)[0] == protocol.TOKEN
+    assert answer(waiting)[0] == protocol.READY  # then silent again: evicted for the waiting one
+    assert answer(sock)[1]["code"] == "evicted" and server.stats["evicted"] == 1
+    for s in (sock, waiting):
+        s.close()
+
+
 # --- long prompts take turns with everyone else's steps ----------------------------------------------------
 def test_long_prompts_take_turns_with_a_short_one(start_edge, split_model):
     """Three sessions' 64-token prompts, in line before a fourth session's 5-token one, run in chunks

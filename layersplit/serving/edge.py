@@ -21,7 +21,7 @@ from .protocol import (ACTIVATION, CLOSE, CLOSED, DEFAULT_HOST, DEFAULT_PORT, ER
                        MAX_FRAME_BYTES, MAX_HANDSHAKES, MAX_OPEN_FRAME_BYTES, MAX_QUEUE, MAX_SESSIONS, OPEN,
                        PREFILL_CHUNK, PROTOCOL_VERSION, QUEUE_TIMEOUT_S, READY, TOKEN, TOKEN_BODY, TOKEN_ENV,
                        PeerClosed, ProtocolError, activation_header, check_port, check_timeout, check_token,
-                       parse_json, recv_frame, send_frame, send_json, unpack_activation)
+                       parse_json, recv_frame, send_frame, send_json, unpack_activation, wait_readable)
 
 log = logging.getLogger("layersplit.serving")
 TURNS_KEPT = 4096  # EdgeServer.turns: the last forward passes, whose order shows how sessions took turns
@@ -124,7 +124,7 @@ class EdgeSession:
 class _Holder:
     """A connection that holds a session slot."""
 
-    idle_since: float | None = None  # when it began to wait for the UE's next frame; None while a frame is handled
+    idle_since: float | None = None  # since when it waits for its UE's next frame; None once a byte of it came
     evicted: bool = False  # its slot was claimed for a waiting connection: it leaves with ERROR "evicted"
 
 
@@ -437,11 +437,15 @@ class EdgeServer:
             while not self._stopping.is_set():
                 try:
                     if holding:
-                        self._waiting_for_ue(conn, True)
+                        deadline = time.monotonic() + self.idle_timeout_s
+                        self._waiting_for_ue(conn, True)  # evictable until the first byte of its next frame
                         try:
-                            ftype, payload = recv_frame(conn, self.max_frame_bytes, self.idle_timeout_s)
+                            if not wait_readable(conn, self.idle_timeout_s):
+                                raise socket.timeout("no frame")
                         finally:
                             self._waiting_for_ue(conn, False)
+                        remaining = max(deadline - time.monotonic(), 1e-3)  # the idle timeout is per whole frame
+                        ftype, payload = recv_frame(conn, self.max_frame_bytes, remaining)
                     else:
                         frame = self._recv_before_open(conn)
                         if frame is None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import select
 import socket
 import struct
 import time
@@ -77,11 +78,11 @@ MAX_SESSIONS = 4  # sessions served at once; their steps interleave on the one m
 MAX_QUEUE = 8  # connections waiting for a free session beyond that; the rest are refused as busy
 QUEUE_TIMEOUT_S = 30.0  # a queued connection that waits longer is refused as busy
 IDLE_TIMEOUT_S = 60.0  # the edge drops a connection that sends no complete frame for this long
-# While a connection waits in the queue, a session slot whose UE has been silent this long (counted
-# from the edge's last answer, so the edge's own compute never counts) is taken from it (ERROR
-# "evicted"). A UE answers a TOKEN after one step of its own layers, milliseconds to a second or two,
-# so idle sessions free their slots within seconds; it must stay below QUEUE_TIMEOUT_S, or a waiting
-# UE would be refused before any idle session is evicted.
+# While a connection waits in the queue, a session slot whose UE has been silent this long (from the
+# edge's last answer to the first byte of the UE's next frame: neither the edge's compute nor a long
+# upload counts) is taken from it (ERROR "evicted"). A UE answers a TOKEN after one step of its own
+# layers, milliseconds to a second or two, so idle sessions free their slots within seconds; it must
+# stay below QUEUE_TIMEOUT_S, or a waiting UE would be refused before any idle session is evicted.
 EVICT_IDLE_S = 5.0
 # A connection takes a session slot only with its first valid OPEN, and until then each frame must come
 # within HANDSHAKE_TIMEOUT_S. A UE sends OPEN as soon as it connects, so 5 s is ample even on a slow
@@ -224,6 +225,15 @@ def recv_frame(sock: socket.socket, max_bytes: int = MAX_FRAME_BYTES, timeout_s:
         return ftype, _recv_exact(sock, length, deadline)
     finally:
         sock.settimeout(previous)
+
+
+def wait_readable(sock: socket.socket, timeout_s: float) -> bool:
+    """Whether `sock` has something to read (data, or the end of the stream) within timeout_s."""
+    if hasattr(select, "poll"):  # select.select fails on descriptors beyond FD_SETSIZE (1024)
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(max(0, int(timeout_s * 1000))))
+    return bool(select.select([sock], [], [], timeout_s)[0])
 
 
 def parse_json(payload: bytes) -> dict:
