@@ -111,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--idle-timeout", type=cli.positive_float, default=protocol.IDLE_TIMEOUT_S,
                    help="seconds without a complete frame before a connection is dropped")
     e.add_argument("--evict-idle", type=cli.positive_float, default=protocol.EVICT_IDLE_S,
-                   help="while a connection waits for a session, a session whose UE has been silent this many seconds "
-                        "(since the edge's last answer) is closed to make room; shorter than --queue-timeout")
+                   help="while a connection waits for a session, a session whose UE has sent nothing for this many "
+                        "seconds since the edge's last answer is closed to make room; shorter than --queue-timeout")
     e.add_argument("--handshake-timeout", type=cli.positive_float, default=protocol.HANDSHAKE_TIMEOUT_S,
                    help="seconds a new connection has to send its OPEN; until then it holds no session")
     e.add_argument("--max-handshakes", type=cli.positive_int, default=protocol.MAX_HANDSHAKES,
@@ -282,7 +282,8 @@ def run_edge(args: argparse.Namespace) -> int:
     print(f"edge listening on {server.address} (model {args.model}: {sm.n_layers} decoder layers, "
           f"{str(sm.dtype).removeprefix('torch.')}, {sm.device}, {server.decode} decoding; serves splits "
           f"{format_splits(splits)}, 0-based; "
-          f"{args.max_sessions} sessions at once, {args.max_queue} queued)", flush=True)
+          f"{args.max_sessions} sessions at once, {args.max_queue} queued; "
+          f"{'OPEN needs the token' if args.token else 'no token'})", flush=True)
 
     def stop(signum, frame):
         raise KeyboardInterrupt
