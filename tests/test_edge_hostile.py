@@ -310,17 +310,20 @@ def test_long_prompts_take_turns_with_a_short_one(start_edge, split_model):
         s.close()
 
 
-def test_a_prompt_in_chunks_gives_the_single_process_tokens(start_edge, split_model, tokenizer):
-    prompt = PROMPT * 3  # 72 tokens: 9 chunks of 8
+@pytest.mark.parametrize("decode", ["eager", "static"])
+@pytest.mark.parametrize("chunk", [8, 71])  # 72 tokens: 9 chunks of 8, or 71 and a last one of 1
+def test_a_prompt_in_chunks_gives_the_single_process_tokens(start_edge, split_model, tokenizer, decode, chunk):
+    prompt = PROMPT * 3
     ids = tokenizer(prompt, return_tensors="pt").input_ids
+    assert ids.shape[1] == 72
     with torch.no_grad():
         out = split_model.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False,
                                          pad_token_id=tokenizer.pad_token_id)
-    server = start_edge(prefill_chunk=8)
+    server = start_edge(prefill_chunk=chunk, decode=decode, max_context=128)
     with UEClient(split_model, tokenizer, server.address, split=1, wire="fp32") as ue:
         report = ue.generate(prompt, 8)
     assert report.tokens == out[0, ids.shape[1]:].tolist()
-    assert [n for _, n in server.turns] == [8] * 9 + [1] * 7
+    assert [n for _, n in server.turns] == ([8] * 9 if chunk == 8 else [71, 1]) + [1] * 7
 
 
 # --- the UE keeps what it generated when the edge ends a request ----------------------------------------
