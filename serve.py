@@ -18,11 +18,18 @@ link (--link none, or --snr-db inf) and --wire fp32 the tokens are exactly the s
     python serve.py ue --prompt "Hello" --policy runs/LayerSplit-Wireless-v0/ppo_s0   # split chosen per request from its SNR
     python serve.py ue --prompt "Hello" --policy runs/LayerSplit-Protect-v0/ppo_s0    # split and K chosen per request
     python serve.py edge --port 0 --splits 0-8 --max-sessions 2 --max-queue 4     # port 0: any free port, printed
-    python serve.py edge --host 0.0.0.0 --model meta-llama/Llama-2-7b-hf --device cuda   # the paper's model, reachable from other hosts
+    export LAYERSPLIT_EDGE_TOKEN=$(python -c "import secrets; print(secrets.token_urlsafe(24))")   # on both machines
+    python serve.py edge --host 0.0.0.0 --model meta-llama/Llama-2-7b-hf --device cuda   # reachable from other hosts
+    python serve.py ue --connect EDGE_HOST:8765 --model meta-llama/Llama-2-7b-hf          # sends the token it reads
     python serve.py edge --device cuda --decode compiled --max-context 512   # static caches of 512 tokens, CUDA graphs
 
 Every constant below can be overridden from the command line (see `python serve.py edge --help`,
 `python serve.py ue --help`); the edge's limits are layersplit/serving/protocol.py's.
+
+The edge listens on loopback unless --host says otherwise. Beyond loopback, anyone who reaches its
+port can run the model on its compute unless it has a token (--token or LAYERSPLIT_EDGE_TOKEN, the
+same on both sides); the token and the activations cross the network unencrypted, so on a network
+you do not trust run both ends through a VPN or an SSH tunnel (ssh -L 8765:127.0.0.1:8765 EDGE_HOST).
 """
 from __future__ import annotations
 
@@ -30,6 +37,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import signal
 import sys
 
@@ -80,10 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
                             "(the edge's holds --max-context tokens, the UE's the prompt and --max-new-tokens); "
                             "compiled: static and a compiled decoding step (CUDA graphs on CUDA); auto: compiled on "
                             "CUDA, eager elsewhere. Each side chooses its own")
+        q.add_argument("--token", help=f"the edge's shared secret ({protocol.MIN_TOKEN_CHARS}.."
+                                       f"{protocol.MAX_TOKEN_CHARS} printable ASCII characters); the same on the edge "
+                                       f"and every UE. Default: ${protocol.TOKEN_ENV}, which unlike an option does not "
+                                       "show in ps. It crosses the network unencrypted")
 
     e = sub.add_parser("edge", help="run the edge server: the last layers and the LM head", formatter_class=cli.HelpFormatter,
                        description="The edge server: runs decoder layers split + 1..L-1 and the LM head for every UE session.")
-    e.add_argument("--host", default=protocol.DEFAULT_HOST, help="address to listen on (0.0.0.0 for other hosts)")
+    e.add_argument("--host", default=protocol.DEFAULT_HOST,
+                   help="address to listen on. The default, loopback, is reachable from this machine only; any other "
+                        "(0.0.0.0: every interface) lets whoever reaches the port use the model and this machine's "
+                        "compute, unless a --token is set (a warning says so)")
     e.add_argument("--port", type=int, default=protocol.DEFAULT_PORT, help="TCP port, 0 for any free one")
     common(e)
     e.add_argument("--splits", default=SPLITS,
@@ -95,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a queued connection waits before a 'busy' refusal")
     e.add_argument("--idle-timeout", type=cli.positive_float, default=protocol.IDLE_TIMEOUT_S,
                    help="seconds without a complete frame before a connection is dropped")
+    e.add_argument("--evict-idle", type=cli.positive_float, default=protocol.EVICT_IDLE_S,
+                   help="while a connection waits for a session, a session whose UE has sent nothing for this many "
+                        "seconds since the edge's last answer is closed to make room; shorter than --queue-timeout")
     e.add_argument("--handshake-timeout", type=cli.positive_float, default=protocol.HANDSHAKE_TIMEOUT_S,
                    help="seconds a new connection has to send its OPEN; until then it holds no session")
     e.add_argument("--max-handshakes", type=cli.positive_int, default=protocol.MAX_HANDSHAKES,
@@ -103,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest frame accepted; bigger ones are refused and the connection closed")
     e.add_argument("--max-context", type=cli.positive_int, default=protocol.MAX_CONTEXT,
                    help="most tokens (prompt + generated) one session may hold in its KV cache")
+    e.add_argument("--prefill-chunk", type=cli.non_negative_int, default=protocol.PREFILL_CHUNK,
+                   help="run a prompt's activation in chunks of this many tokens, taking turns with the other "
+                        "sessions, so that their long prompts delay a session by one chunk each; 0: each prompt in "
+                        "one forward")
     e.add_argument("--quiet", action="store_true", help="log only errors")
 
     u = sub.add_parser("ue", help="run a UE client: the first layers, the uplink, the requests", formatter_class=cli.HelpFormatter,
@@ -204,13 +226,20 @@ MAX_NAKAGAMI_M = 1e6
 def check_numbers(args: argparse.Namespace) -> None:
     """Values argparse lets through that would otherwise end in a traceback (an OverflowError for
     --port 99999 or --idle-timeout inf, a crash in OpenMP for --threads 1000000): a UserError, which
-    main reports in one line with exit status 2, before any model is loaded."""
+    main reports in one line with exit status 2, before any model is loaded. The token too: --token,
+    else the environment's (an empty or malformed one is refused, not taken for none)."""
+    if args.token is None and protocol.TOKEN_ENV in os.environ:
+        args.token = protocol.check_token(os.environ[protocol.TOKEN_ENV], protocol.TOKEN_ENV)
+    args.token = protocol.check_token(args.token, "--token")
     if not 0 <= args.threads <= MAX_THREADS:
         raise UserError(f"--threads {args.threads} is not a thread count: use 0 (torch's default) to {MAX_THREADS}")
     if args.role == "edge":
         protocol.check_port(args.port, "--port")
-        for option in ("queue_timeout", "idle_timeout", "handshake_timeout"):
+        for option in ("queue_timeout", "idle_timeout", "handshake_timeout", "evict_idle"):
             protocol.check_timeout(getattr(args, option), "--" + option.replace("_", "-"))
+        if args.evict_idle >= args.queue_timeout:
+            raise UserError(f"--evict-idle {args.evict_idle:g} must be shorter than --queue-timeout "
+                            f"{args.queue_timeout:g}: a waiting UE would be refused before any idle session is evicted")
         return
     protocol.check_timeout(args.timeout, "--timeout")
     if abs(args.snr_mean) > MAX_ABS_SNR_DB and args.snr_mean != math.inf:
@@ -237,18 +266,24 @@ def run_edge(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s edge %(message)s")
+    if args.token is None and not protocol.is_loopback(args.host):  # before the model loads: seen at once
+        print(f"serve.py: warning: the edge listens on {args.host or 'every interface'}, beyond loopback, without a "
+              f"token: anyone who reaches port {args.port} can use it (set {protocol.TOKEN_ENV} or --token)",
+              file=sys.stderr, flush=True)
     model, _ = load_model(args.model, device=args.device, dtype=args.dtype)
     splits = cli.parse_splits(args.splits, len(find_decoder_layers(model)))
     server = EdgeServer(model, host=args.host, port=args.port, splits=splits, max_sessions=args.max_sessions,
                         max_queue=args.max_queue, queue_timeout_s=args.queue_timeout,
                         idle_timeout_s=args.idle_timeout, max_frame_bytes=args.max_frame_bytes,
                         max_context=args.max_context, handshake_timeout_s=args.handshake_timeout,
-                        max_handshakes=args.max_handshakes, decode=args.decode)
+                        max_handshakes=args.max_handshakes, decode=args.decode, token=args.token,
+                        evict_idle_s=args.evict_idle, prefill_chunk=args.prefill_chunk)
     sm = server.split_model
     print(f"edge listening on {server.address} (model {args.model}: {sm.n_layers} decoder layers, "
           f"{str(sm.dtype).removeprefix('torch.')}, {sm.device}, {server.decode} decoding; serves splits "
           f"{format_splits(splits)}, 0-based; "
-          f"{args.max_sessions} sessions at once, {args.max_queue} queued)", flush=True)
+          f"{args.max_sessions} sessions at once, {args.max_queue} queued; "
+          f"{'OPEN needs the token' if args.token else 'no token'})", flush=True)
 
     def stop(signum, frame):
         raise KeyboardInterrupt
@@ -276,7 +311,7 @@ def build_client(args: argparse.Namespace, model, tokenizer, split_for_snr=None)
     snr = SnrProcess(args.snr_mean, args.snr_std, args.snr_rho, seed=args.seed) if math.isfinite(args.snr_mean) else None
     return UEClient(model, tokenizer, args.connect, split=split_for_snr or args.split, wire=args.wire,
                     uplink=uplink, snr=snr, timeout_s=args.timeout, sleep_air=args.sleep_air, protect=args.protect,
-                    decode=args.decode)
+                    decode=args.decode, token=args.token)
 
 
 def describe_link(args: argparse.Namespace) -> str:
@@ -314,6 +349,8 @@ def print_request(r, sleep_air: bool) -> None:
            f"({'slept' if sleep_air else 'accounted, not slept'})" if r.air_bits else "")
     print(f"  bytes on the wire {r.wire_bytes} (uplink {r.uplink_bytes}: prompt {r.uplink_bytes_prefill}{per_token}; "
           f"downlink {r.downlink_bytes}); packets lost {r.packets_lost} of {r.packets}{flips}{air}")
+    if r.stop_message:
+        print(f"  ended by the edge ({r.stop_reason}) after {len(r.tokens)} tokens: {r.stop_message}")
     print(f"  text: {r.text!r}")
 
 
@@ -332,15 +369,24 @@ def run_ue(args: argparse.Namespace, split_for_snr=None) -> int:
         print(f"UE: model {args.model} ({sm.n_layers} decoder layers, {header['dtype']}, {sm.device}, "
               f"{client.decode} decoding) -> edge "
               f"{args.connect}; {describe_link(args)}; seed {args.seed}", flush=True)
-    reports = []
+    reports, ended = [], None
     with client:
         for prompt in args.prompts:
-            report = client.generate(prompt, args.max_new_tokens)
+            try:
+                report = client.generate(prompt, args.max_new_tokens)
+            except protocol.EdgeError as e:  # after some tokens: print them, then the error
+                if e.report is None:
+                    raise
+                report, ended = e.report, e
             reports.append(report)
             if not args.json:
                 print_request(report, args.sleep_air)
+            if ended is not None:
+                break
     if args.json:
         print(json.dumps({**header, "requests": [r.to_dict() for r in reports]}))
+    if ended is not None:
+        raise ended  # one line and exit status 2, as when the edge refuses before any token
     return 0
 
 

@@ -4,6 +4,7 @@
     python bench/serve.py --prompts 2 --max-new-tokens 16 --rounds 1 --split 8
     python bench/serve.py --model meta-llama/Llama-2-7b-hf --device cuda
     python bench/serve.py --model random:llama-2-7b --device cuda --decode compiled --wires bf16,fp16
+    python bench/serve.py --fairness --rounds 2            # the next UE behind three maximal prompts, about 3 minutes
 
 The UE runs in this process, the edge in a second process (`python serve.py edge`) on loopback,
 with a loss-free link so that every run generates the same number of tokens. On the same prompts,
@@ -20,13 +21,20 @@ interleaved round by round so that a change in the machine's load hits every pat
    and the bound, weight bytes / bandwidth, for each path.
 Both processes decode in the mode --decode (serve.py's; auto: compiled on CUDA, eager on a CPU);
 in another mode than eager the single-process tokens are also checked against eager decoding's.
+
+--fairness measures something else: three sessions each send a maximal prompt (the edge's context,
+MAX_CONTEXT tokens), and FAIRNESS_SETTLE_S later a UE sends a short one; its time to first token
+and the time until the three long prompts have their tokens, per edge --prefill-chunk (0: each
+prompt in one forward, so the UE waits for all three; else they take turns a chunk at a time).
 """
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -67,6 +75,10 @@ STEP_TIMEOUT_S = 1800
 # The copy that measures the memory bandwidth: far larger than any cache (an H200's L2 is 50 MB).
 BANDWIDTH_BYTES = {"cuda": 1 << 30, "cpu": 1 << 28}
 BANDWIDTH_REPEATS = 5  # the best of these copies
+FAIRNESS_LONG = 3  # --fairness: sessions that each send a maximal prompt just before the measured UE's
+FAIRNESS_CHUNKS = (0, protocol.PREFILL_CHUNK)  # --fairness: the edge's --prefill-chunk, whole prompts then the default
+FAIRNESS_SETTLE_S = 0.2  # --fairness: from sending the long prompts to the UE's OPEN: they are in the edge's line
+FAIRNESS_WIRE, FAIRNESS_PACKET = "fp16", 64  # --fairness: the long prompts' wire dtype and elements per packet
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -81,6 +93,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--decode", choices=DECODE_CHOICES, default=DECODE,
                    help="how both processes decode (serve.py --decode): eager, static (a fixed-length KV cache), "
                         "compiled (and a compiled step, CUDA graphs on CUDA); auto: compiled on CUDA, eager elsewhere")
+    p.add_argument("--fairness", action="store_true",
+                   help=f"instead: a UE's time to first token behind {FAIRNESS_LONG} maximal prompts, per edge "
+                        f"--prefill-chunk ({', '.join(map(str, FAIRNESS_CHUNKS))})")
     args = p.parse_args(argv)
     if not 1 <= args.prompts <= len(PROMPTS) or args.max_new_tokens < 2 or args.rounds < 1:
         p.error(f"--prompts must be in 1..{len(PROMPTS)}, --max-new-tokens >= 2, --rounds >= 1")
@@ -90,12 +105,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def start_edge(args, max_context: int) -> tuple[subprocess.Popen, str]:
-    """The edge process; its static caches hold max_context tokens, read whole at every step."""
+def start_edge(args, max_context: int, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+    """The edge process; its static caches hold max_context tokens, read whole at every step. extra:
+    more options (a later one overrides an earlier)."""
     edge = subprocess.Popen([sys.executable, str(ROOT / "serve.py"), "edge", "--port", "0", "--model", args.model,
                              "--device", args.device, "--dtype", args.dtype, "--quiet", "--max-sessions", str(len(args.wires)),
                              "--threads", str(args.threads), "--decode", args.decode, "--max-context", str(max_context),
-                             "--idle-timeout", str(STEP_TIMEOUT_S)],
+                             "--idle-timeout", str(STEP_TIMEOUT_S), *extra],
+                            # on loopback without a token, whatever this shell exports: the UE here sends none
+                            env={k: v for k, v in os.environ.items() if k != protocol.TOKEN_ENV},
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     deadline = time.monotonic() + EDGE_START_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -154,6 +172,74 @@ def weight_bytes_per_token(model) -> int:
     return total if tied else total - embedding.numel() * embedding.element_size()
 
 
+def stop_edge(edge: subprocess.Popen) -> None:
+    edge.send_signal(signal.SIGTERM)
+    try:
+        edge.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        edge.kill()
+
+
+def fairness(args, split_model, tokenizer) -> int:
+    """--fairness: a short prompt's time to first token behind FAIRNESS_LONG maximal ones."""
+    import numpy as np
+    import torch
+
+    from layersplit.serving.ue import UEClient
+    from layersplit.wire import encode, n_packets
+
+    n, d, k, wire = protocol.MAX_CONTEXT, split_model.hidden_size, FAIRNESS_PACKET, FAIRNESS_WIRE
+    ids = torch.randint(split_model.model.config.vocab_size, (1, n), generator=torch.Generator().manual_seed(0))
+    hidden = split_model.ue_forward(args.split, ids, split_model.new_cache("ue", args.split))[0]
+    data, scales = encode(hidden, wire)  # one long prompt's activation, sent by every long session
+    rows = protocol.packet_rows(data, n_packets(n * d, k), k * WIRE_FORMATS[wire][0])
+    payload = protocol.pack_activation(0, n, d, rows, np.arange(len(rows)), scales)
+    opening = {"protocol": protocol.PROTOCOL_VERSION, "model": split_model.fingerprint, "split": args.split,
+               "wire": wire, "elements_per_packet": k}
+    print(f"model {args.model} ({split_model.n_layers} decoder layers, {split_model.device}, {args.threads} thread(s) "
+          f"per process); split {args.split}; {FAIRNESS_LONG} sessions each send a {n}-token prompt, then "
+          f"{FAIRNESS_SETTLE_S:g} s later a UE sends {PROMPTS[0]!r}; {args.rounds} rounds", flush=True)
+    table = []
+    for chunk in FAIRNESS_CHUNKS:
+        edge, address = start_edge(args, n, ("--max-sessions", str(FAIRNESS_LONG + 1), "--prefill-chunk", str(chunk)))
+        host, port = protocol.parse_address(address)
+        ttfts, longs = [], []
+        try:
+            client = UEClient(split_model, tokenizer, address, split=args.split, wire=wire, decode=args.decode,
+                              timeout_s=STEP_TIMEOUT_S)
+            with client:
+                client.generate(PROMPTS[0], 2)  # warm-up
+            for _ in range(args.rounds):
+                socks = []
+                for _ in range(FAIRNESS_LONG):
+                    sock = socket.create_connection((host, port), timeout=STEP_TIMEOUT_S)
+                    protocol.send_json(sock, protocol.OPEN, opening)
+                    if protocol.recv_frame(sock, timeout_s=STEP_TIMEOUT_S)[0] != protocol.READY:
+                        raise UserError("the edge refused a long session")
+                    socks.append(sock)
+                start = time.perf_counter()
+                for sock in socks:
+                    protocol.send_frame(sock, protocol.ACTIVATION, payload)
+                time.sleep(FAIRNESS_SETTLE_S)
+                with client:
+                    ttfts.append(client.generate(PROMPTS[0], 2).ttft_s)
+                for sock in socks:
+                    if protocol.recv_frame(sock, timeout_s=STEP_TIMEOUT_S)[0] != protocol.TOKEN:
+                        raise UserError("a long session got no token")
+                longs.append(time.perf_counter() - start)
+                for sock in socks:
+                    sock.close()
+                print(f"--prefill-chunk {chunk}: TTFT {ttfts[-1]:.2f} s, long prompts done after {longs[-1]:.2f} s",
+                      file=sys.stderr, flush=True)
+        finally:
+            stop_edge(edge)
+        table.append((chunk, statistics.median(ttfts), statistics.median(longs)))
+    print(f"\n{'--prefill-chunk':>16s}{'short TTFT s':>14s}{'long prompts done s':>21s}  (medians of {args.rounds})")
+    for chunk, ttft, done in table:
+        print(f"{chunk or '0 (whole)':>16}{ttft:14.2f}{done:21.2f}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
@@ -169,6 +255,8 @@ def main(argv=None) -> int:
     split_model = SplitModel(model)
     split_model.validate_split(args.split)
     args.decode = decode = resolve_decode(args.decode, split_model.device)
+    if args.fairness:
+        return fairness(args, split_model, tokenizer)
     prompts = PROMPTS[: args.prompts]
     n = args.max_new_tokens
     dtype = str(split_model.dtype).removeprefix("torch.")
@@ -216,11 +304,7 @@ def main(argv=None) -> int:
         for client in clients.values():
             client.close()
     finally:
-        edge.send_signal(signal.SIGTERM)
-        try:
-            edge.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            edge.kill()
+        stop_edge(edge)
 
     def summary(rs):
         tokens = sum(len(r["tokens"]) for r in rs)

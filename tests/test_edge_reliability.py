@@ -143,7 +143,9 @@ def test_a_large_frame_before_open_is_refused_at_once(start_edge):
 
 def test_limits_out_of_range_are_user_errors(split_model, tokenizer):
     for kwargs in ({"port": 99999}, {"port": -1}, {"idle_timeout_s": float("inf")}, {"handshake_timeout_s": 0},
-                   {"queue_timeout_s": float("nan")}, {"max_handshakes": 0}):
+                   {"queue_timeout_s": float("nan")}, {"max_handshakes": 0}, {"evict_idle_s": 0},
+                   {"evict_idle_s": protocol.QUEUE_TIMEOUT_S}, {"queue_timeout_s": 2.0},  # evict_idle_s 5 s >= 2 s
+                   {"prefill_chunk": -1}, {"prefill_chunk": 2.5}, {"prefill_chunk": True}):
         with pytest.raises(UserError):
             EdgeServer(split_model, check=False, **{"port": 0, **kwargs})
     with pytest.raises(UserError, match="timeout_s inf is not a timeout"):
@@ -164,6 +166,9 @@ def test_cli_port_out_of_range_is_one_line(port):
     (["edge", "--idle-timeout", "inf"], "at most 1000000"),
     (["edge", "--queue-timeout", "1e300"], "at most 1000000"),
     (["edge", "--handshake-timeout", "1e10"], "at most 1000000"),
+    (["edge", "--evict-idle", "inf"], "at most 1000000"),
+    (["edge", "--evict-idle", "30"], "shorter than --queue-timeout 30"),
+    (["edge", "--queue-timeout", "4"], "--evict-idle 5 must be shorter than --queue-timeout 4"),
     (["edge", "--threads", "1000000"], "0 (torch's default) to 1024"),
     (["ue", "--threads", "-1"], "0 (torch's default) to 1024"),
     (["ue", "--timeout", "inf"], "at most 1000000"),

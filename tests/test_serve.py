@@ -605,14 +605,16 @@ def test_the_context_limit_bounds_each_session(start_edge, split_model, tokenize
     prompt_tokens = len(tokenizer(PROMPT).input_ids)
     server = start_edge(max_context=prompt_tokens + 6)
     with UEClient(split_model, tokenizer, server.address, split=2) as ue:
-        with pytest.raises(protocol.EdgeError, match=f"at most {prompt_tokens + 6}"):
+        with pytest.raises(protocol.EdgeError, match=f"at most {prompt_tokens + 6}") as e:
             ue.generate(PROMPT, 20)
+    assert len(e.value.report.tokens) == 7  # what came before (test_edge_hostile.py)
     assert wait_until(lambda: not server.sessions)
     still_serves(server, split_model, tokenizer)
 
 
 def test_sessions_beyond_the_limit_are_queued_then_refused_as_busy(start_edge, split_model, tokenizer):
-    server = start_edge(max_sessions=2, max_queue=1, queue_timeout_s=0.6)
+    # the queue alone: these sessions stay silent, and evicting them is test_edge_hostile.py's
+    server = start_edge(max_sessions=2, max_queue=1, queue_timeout_s=0.6, evict_idle_s=None)
     first, second = open_session(server, split_model), open_session(server, split_model)
     queued = connect(server)
     send_open(queued, split_model)

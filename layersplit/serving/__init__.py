@@ -15,8 +15,10 @@ one token's activation.
     ue        UEClient and its simulated Uplink; the single-process reference
 
 One connection carries any number of requests, one at a time; it takes one of the edge's session
-slots with its first valid OPEN, which must come within a short handshake timeout. Bad framing, an
-oversized frame, a malformed activation, an idle timeout or a server fault close the connection; a
-refused OPEN (a split this edge does not serve, another model) or a session over the context limit
-ends only that request.
+slots with its first valid OPEN, which must come within a short handshake timeout, and keeps it
+until it closes, or until it has been silent for a few seconds while another connection waits
+(it is then evicted). Bad framing, an oversized frame, a malformed activation, an OPEN without the
+edge's token, an idle timeout, an eviction or a server fault close the connection; a refused OPEN
+(a split this edge does not serve, another model) or a session over the context limit ends only
+that request.
 """

@@ -1,12 +1,14 @@
 """The edge server: accepts UE connections, runs the edge's layers and the LM head, returns tokens."""
 from __future__ import annotations
 
+import hmac
 import logging
 import socket
 import threading
 import time
 import weakref
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import torch
@@ -14,13 +16,90 @@ import torch
 from .. import UserError
 from ..segments import SegmentCache, SplitModel, StaticSegmentCache, check_composition, resolve_decode
 from ..wire import WIRE_FORMATS, decode
-from .protocol import (ACTIVATION, CLOSE, CLOSED, DEFAULT_HOST, DEFAULT_PORT, ERROR, ERROR_CODES, FRAME_NAMES,
-                       HANDSHAKE_TIMEOUT_S, HEADER, IDLE_TIMEOUT_S, MAX_CONTEXT, MAX_ELEMENTS_PER_PACKET,
+from .protocol import (ACTIVATION, CLOSE, CLOSED, DEFAULT_HOST, DEFAULT_PORT, ERROR, ERROR_CODES, EVICT_IDLE_S,
+                       FRAME_NAMES, HANDSHAKE_TIMEOUT_S, HEADER, IDLE_TIMEOUT_S, MAX_CONTEXT, MAX_ELEMENTS_PER_PACKET,
                        MAX_FRAME_BYTES, MAX_HANDSHAKES, MAX_OPEN_FRAME_BYTES, MAX_QUEUE, MAX_SESSIONS, OPEN,
-                       PROTOCOL_VERSION, QUEUE_TIMEOUT_S, READY, TOKEN, TOKEN_BODY, PeerClosed, ProtocolError,
-                       check_port, check_timeout, parse_json, recv_frame, send_frame, send_json, unpack_activation)
+                       PREFILL_CHUNK, PROTOCOL_VERSION, QUEUE_TIMEOUT_S, READY, TOKEN, TOKEN_BODY, TOKEN_ENV,
+                       PeerClosed, ProtocolError, activation_header, check_port, check_timeout, check_token,
+                       parse_json, recv_frame, send_frame, send_json, unpack_activation, wait_readable)
 
 log = logging.getLogger("layersplit.serving")
+TURNS_KEPT = 4096  # EdgeServer.turns: the last forward passes, whose order shows how sessions took turns
+
+
+class TakeTurns:
+    """One compute thread that runs jobs a slice at a time, in turn.
+
+    A job is a generator that yields between its slices and returns its result (a plain function is
+    a job of one slice). Each turn runs one slice of the job first in line and puts the job back at
+    the end of the line, so a job waits for its first slice at most one slice of each job ahead of
+    it, however long they are. One thread: on a CPU one forward already uses every core, and on CUDA
+    a compiled step's graphs are recorded per thread, so one thread records them once.
+    """
+
+    def __init__(self, name: str):
+        self._line: deque[tuple] = deque()  # (generator, future) in turn order
+        self._cv = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def __len__(self) -> int:
+        """Jobs waiting for their next turn (not the one running)."""
+        with self._cv:
+            return len(self._line)
+
+    def submit(self, gen) -> Future:
+        """Run the generator `gen` (not started yet: its body runs on the compute thread) in turn; its
+        result is what it returns. RuntimeError once closed."""
+        future = Future()
+        with self._cv:
+            if self._closed:
+                gen.close()
+                raise RuntimeError("the edge's compute thread has stopped")
+            self._line.append((gen, future))
+            self._cv.notify()
+        return future
+
+    def call(self, fn, *args) -> Future:
+        """Run fn(*args) in one turn."""
+        def one_slice():
+            return fn(*args)
+            yield  # makes this a generator function: a job of one slice
+        return self.submit(one_slice())
+
+    def close(self) -> None:
+        """Stop after the slice that runs: jobs still in line fail with RuntimeError."""
+        with self._cv:
+            self._closed = True
+            line, self._line = list(self._line), deque()
+            self._cv.notify()
+        for gen, future in line:
+            gen.close()
+            future.set_exception(RuntimeError("the edge stopped"))
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._line and not self._closed:
+                    self._cv.wait()
+                if self._closed:
+                    return
+                gen, future = self._line.popleft()
+            try:
+                next(gen)
+            except StopIteration as done:
+                future.set_result(done.value)
+                continue
+            except BaseException as e:  # the job's fault, reported to whoever waits for it
+                future.set_exception(e)
+                continue
+            with self._cv:
+                if self._closed:
+                    gen.close()
+                    future.set_exception(RuntimeError("the edge stopped"))
+                else:
+                    self._line.append((gen, future))
 
 
 @dataclass
@@ -41,18 +120,39 @@ class EdgeSession:
     edge_s: float = 0.0
 
 
+@dataclass
+class _Holder:
+    """A connection that holds a session slot."""
+
+    idle_since: float | None = None  # since when it waits for its UE's next frame; None once a byte of it came
+    evicted: bool = False  # its slot was claimed for a waiting connection: it leaves with ERROR "evicted"
+
+
 class EdgeServer:
     """The edge: accepts UE connections, serves up to max_sessions at once, queues max_queue more.
 
     A connection first sends its OPEN, within handshake_timeout_s (per frame) or it is closed; at
     most max_handshakes connections wait for theirs, a newer one pushing the oldest out. Only a
     valid OPEN takes a session slot, which the connection keeps until it closes; when all are taken
-    it waits in the queue, and beyond the queue it is refused with an ERROR "busy" (at once when it
-    connects to an edge that is already full that way). A thread per connection, so at most
-    max_handshakes + max_queue + max_sessions threads. Forward passes of all sessions take turns on
-    one compute thread (on a CPU one forward already uses every core; on CUDA a compiled step's
-    graphs are recorded per thread, so one thread records them once). Every way a session can end
-    (CLOSE, disconnect, bad frame, timeout, server fault) frees its KV cache, or gives a static one
+    it waits in the queue, first come first served, and beyond the queue it is refused with an ERROR
+    "busy" (at once when it connects to an edge that is already full that way). A thread per
+    connection, so at most max_handshakes + max_queue + max_sessions threads. `token` (check_token;
+    None: none): the shared secret every OPEN must carry, compared in constant time; an OPEN
+    without it is refused as "unauthorized" before anything else of it is read.
+
+    While a connection waits, a slot whose UE has said nothing for evict_idle_s (from the edge's
+    last answer) is taken from it: that connection gets ERROR "evicted" and is closed, the longest
+    silent first, one per waiting connection. So sessions that open and then stay silent cannot
+    keep a real UE out, however often they reconnect: each newcomer queues behind it. Eviction
+    rather than an idle timeout shorter than the queue timeout: a slow UE (a long prompt on a slow
+    device) is never cut while nobody waits, and a waiting UE gets its slot after evict_idle_s, not
+    after the idle timeout. evict_idle_s None: never evict (with max_queue 0 nothing ever waits).
+
+    Forward passes of all sessions take turns on one compute thread (TakeTurns), a prompt's
+    activation in chunks of prefill_chunk tokens (0: whole), so that other sessions' long prompts
+    delay a session's step by at most one chunk each: fair turns rather than a compute budget, so
+    nobody is refused and a lone session runs at full speed. Every way a session can end (CLOSE,
+    disconnect, bad frame, timeout, eviction, server fault) frees its KV cache, or gives a static one
     back for the next session (`decode`: segments.DECODE_MODES or auto; a static cache holds
     max_context tokens, and every decoding step reads all of them).
     """
@@ -62,7 +162,8 @@ class EdgeServer:
                  queue_timeout_s: float = QUEUE_TIMEOUT_S, idle_timeout_s: float = IDLE_TIMEOUT_S,
                  max_frame_bytes: int = MAX_FRAME_BYTES, max_context: int = MAX_CONTEXT,
                  handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S, max_handshakes: int = MAX_HANDSHAKES,
-                 check: bool = True, decode: str = "eager"):
+                 check: bool = True, decode: str = "eager", token: str | None = None,
+                 evict_idle_s: float | None = EVICT_IDLE_S, prefill_chunk: int = PREFILL_CHUNK):
         self.split_model = model if isinstance(model, SplitModel) else SplitModel(model)
         self.decode = resolve_decode(decode, self.split_model.device)
         n = self.split_model.n_layers
@@ -73,6 +174,10 @@ class EdgeServer:
                             ("max_context", max_context), ("max_handshakes", max_handshakes)):
             if value < 1:
                 raise UserError(f"{name} must be at least 1, got {value}")
+        if isinstance(prefill_chunk, bool) or not isinstance(prefill_chunk, int) or prefill_chunk < 0:
+            raise UserError(f"prefill_chunk must be a number of tokens >= 0 (0: a whole prompt at once), "
+                            f"got {prefill_chunk!r}")
+        self.prefill_chunk = prefill_chunk
         if max_queue < 0:
             raise UserError(f"max_queue must be >= 0, got {max_queue}")
         check_port(port)
@@ -80,7 +185,13 @@ class EdgeServer:
         self.queue_timeout_s = check_timeout(queue_timeout_s, "queue_timeout_s")
         self.idle_timeout_s = check_timeout(idle_timeout_s, "idle_timeout_s")
         self.handshake_timeout_s = check_timeout(handshake_timeout_s, "handshake_timeout_s")
+        self.evict_idle_s = None if evict_idle_s is None else check_timeout(evict_idle_s, "evict_idle_s")
+        if self.evict_idle_s is not None and self.evict_idle_s >= self.queue_timeout_s:
+            raise UserError(f"evict_idle_s {self.evict_idle_s:g} must be shorter than queue_timeout_s "
+                            f"{self.queue_timeout_s:g}: a waiting UE would be refused before any idle session "
+                            "is evicted")
         self.max_frame_bytes, self.max_context = max_frame_bytes, max_context
+        self._token = check_token(token, "token")
         if check:
             check_composition(self.split_model, self.splits[len(self.splits) // 2])
         try:
@@ -90,17 +201,20 @@ class EdgeServer:
         self.host, self.port = self._listener.getsockname()[:2]
         self._state = threading.Condition()
         self._active = 0  # connections holding a session slot
-        self._waiting = 0  # connections queued for one (after a valid OPEN)
+        self._holders: dict[socket.socket, _Holder] = {}  # those connections
+        self._queue: deque[object] = deque()  # tickets of connections waiting for one (after a valid OPEN), in order
+        self._evicting = 0  # holders evicted whose slot is not free yet
         self._pending: dict[socket.socket, tuple] = {}  # connections waiting for their OPEN -> peer, oldest first
-        self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-compute")
+        self._compute = TakeTurns("edge-compute")
+        self.turns: deque[tuple[int, int]] = deque(maxlen=TURNS_KEPT)  # (session id, tokens) of each forward, in order
         self._stopping = threading.Event()
         self._threads: set[threading.Thread] = set()
         self._conns: set[socket.socket] = set()  # open connections, shut down by stop()
         self._next_session = 0
         self.sessions: dict[int, EdgeSession] = {}  # open sessions (each holds a KV cache)
         self._caches = weakref.WeakSet()  # every KV cache not yet garbage-collected (tests check it empties)
-        self.stats = {"connections": 0, "refused_busy": 0, "handshakes_dropped": 0, "sessions_opened": 0,
-                      "sessions_closed": 0, "errors": 0, "steps": 0}
+        self.stats = {"connections": 0, "refused_busy": 0, "handshakes_dropped": 0, "unauthorized": 0, "evicted": 0,
+                      "sessions_opened": 0, "sessions_closed": 0, "errors": 0, "steps": 0}
         self._accept_thread: threading.Thread | None = None
 
     # --- life cycle ---
@@ -145,7 +259,7 @@ class EdgeServer:
             threads = list(self._threads)
         for t in threads:
             t.join(timeout_s)
-        self._compute.shutdown(wait=False)
+        self._compute.close()
 
     def __enter__(self):
         return self.start()
@@ -160,7 +274,7 @@ class EdgeServer:
 
     # --- admission ---
     def _busy_message(self) -> str:
-        return (f"busy: {self._active} sessions are being served and {self._waiting} are waiting "
+        return (f"busy: {self._active} sessions are being served and {len(self._queue)} are waiting "
                 f"(limits: {self.max_sessions} sessions, {self.max_queue} queued); try again later")
 
     def _admit(self, conn: socket.socket, peer) -> None:
@@ -168,7 +282,7 @@ class EdgeServer:
         with self._state:
             self.stats["connections"] += 1
             # Only connections that sent a valid OPEN are counted here, so idle ones never cause this.
-            full = self._active >= self.max_sessions and self._waiting >= self.max_queue
+            full = self._active >= self.max_sessions and len(self._queue) >= self.max_queue
             if full:
                 self.stats["refused_busy"] += 1
                 message = self._busy_message()
@@ -213,42 +327,81 @@ class EdgeServer:
     def _take_slot(self, conn: socket.socket) -> bool:
         """After a valid OPEN: leave the handshakes and take a session slot, after a wait in the queue
         when all are taken. False when refused (the ERROR is sent) or pushed out meanwhile."""
-        queued = False
+        ticket = None
         with self._state:
             if conn not in self._pending:  # pushed out by newer connections: its socket is shut down
                 return False
             del self._pending[conn]
-            if self._active < self.max_sessions:
-                self._active += 1
+            if self._active < self.max_sessions and not self._queue:  # a free slot goes to the queue first
+                self._hold(conn)
                 return True
-            if self._waiting < self.max_queue:
-                self._waiting += 1
-                queued = True
+            if len(self._queue) < self.max_queue:
+                ticket = object()
+                self._queue.append(ticket)
             else:
                 self.stats["refused_busy"] += 1
                 message = self._busy_message()
-        if queued:
-            if self._wait_for_slot():
+        if ticket is not None:
+            if self._wait_for_slot(conn, ticket):
                 return True
             self._count("refused_busy")
             message = f"busy: no session free after {self.queue_timeout_s:g} s in the queue; try again later"
         self._send_error(conn, "busy", message)
         return False
 
-    def _wait_for_slot(self) -> bool:
+    def _hold(self, conn: socket.socket) -> None:  # with self._state held
+        self._active += 1
+        self._holders[conn] = _Holder()
+
+    def _wait_for_slot(self, conn: socket.socket, ticket: object) -> bool:
+        """Wait in the queue until this ticket is first and a slot is free, evicting idle holders meanwhile."""
         deadline = time.monotonic() + self.queue_timeout_s
         with self._state:
-            while self._active >= self.max_sessions and not self._stopping.is_set():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    self._waiting -= 1
-                    return False
-                self._state.wait(remaining)
-            self._waiting -= 1
-            if self._stopping.is_set():
+            try:
+                while not self._stopping.is_set():
+                    if self._queue[0] is ticket and self._active < self.max_sessions:
+                        self._hold(conn)
+                        return True
+                    now = time.monotonic()
+                    if now >= deadline:
+                        return False
+                    next_eviction = self._evict_idle(now)
+                    self._state.wait(min(deadline - now, next_eviction))
                 return False
-            self._active += 1
-            return True
+            finally:
+                self._queue.remove(ticket)
+                self._state.notify_all()  # the next in line may find a slot free too
+
+    def _evict_idle(self, now: float) -> float:
+        """With self._state held: evict as many idle holders as the queue needs beyond the free slots
+        and the evictions under way, the longest silent first; the seconds until another could be
+        evicted (inf: none is waiting for its UE, and one that starts to notifies)."""
+        need = len(self._queue) - (self.max_sessions - self._active) - self._evicting
+        if self.evict_idle_s is None or need <= 0:
+            return float("inf")
+        idle = sorted(((c, h) for c, h in self._holders.items() if h.idle_since is not None and not h.evicted),
+                      key=lambda item: item[1].idle_since)
+        for conn, holder in idle[:need]:
+            silent = now - holder.idle_since
+            if silent < self.evict_idle_s:
+                return self.evict_idle_s - silent
+            holder.evicted = True
+            self._evicting += 1
+            self.stats["evicted"] += 1
+            try:  # its thread, blocked in recv, reads the end of the stream and answers ERROR "evicted"
+                conn.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
+        return float("inf")
+
+    def _waiting_for_ue(self, conn: socket.socket, waiting: bool) -> bool:
+        """Mark a holder as waiting for its UE's next frame (evictable) or not; whether it was evicted."""
+        with self._state:
+            holder = self._holders[conn]
+            holder.idle_since = time.monotonic() if waiting else None
+            if waiting and self._queue:
+                self._state.notify_all()  # a waiting connection may evict it in evict_idle_s
+            return holder.evicted
 
     def _recv_before_open(self, conn: socket.socket) -> tuple[int, bytes] | None:
         """The next frame of a connection that holds no session slot yet, or None when it timed out
@@ -284,7 +437,15 @@ class EdgeServer:
             while not self._stopping.is_set():
                 try:
                     if holding:
-                        ftype, payload = recv_frame(conn, self.max_frame_bytes, self.idle_timeout_s)
+                        deadline = time.monotonic() + self.idle_timeout_s
+                        self._waiting_for_ue(conn, True)  # evictable until the first byte of its next frame
+                        try:
+                            if not wait_readable(conn, self.idle_timeout_s):
+                                raise socket.timeout("no frame")
+                        finally:
+                            self._waiting_for_ue(conn, False)
+                        remaining = max(deadline - time.monotonic(), 1e-3)  # the idle timeout is per whole frame
+                        ftype, payload = recv_frame(conn, self.max_frame_bytes, remaining)
                     else:
                         frame = self._recv_before_open(conn)
                         if frame is None:
@@ -307,7 +468,11 @@ class EdgeServer:
                         break
                     session = self._end(session)
         except PeerClosed as e:
-            if session is not None:
+            if holding and self._waiting_for_ue(conn, False):  # the end of the stream came from an eviction
+                log.info("%s:%s: evicted after %g s without a frame while a UE waited", *peer[:2], self.evict_idle_s)
+                self._send_error(conn, "evicted", f"no frame for {self.evict_idle_s:g} s while another UE waited for "
+                                                  "a session; closing (reconnect to go on)")
+            elif session is not None:
                 log.info("%s:%s: %s in session %d at step %d", *peer[:2], e, session.id, session.step)
         except socket.timeout:
             self._count("errors")
@@ -316,15 +481,20 @@ class EdgeServer:
             log.info("%s:%s: connection error %s", *peer[:2], e)
         except Exception as e:  # a fault of this server: report it, keep serving others
             self._count("errors")
-            log.exception("%s:%s: internal error", *peer[:2])
+            if self._stopping.is_set():  # a step cut short by stop()
+                log.info("%s:%s: stopped in the middle of a step (%s)", *peer[:2], e)
+            else:
+                log.exception("%s:%s: internal error", *peer[:2])
             self._send_error(conn, "internal", f"{type(e).__name__}: {e}")
         finally:
             self._end(session)
             _lingering_close(conn)
             with self._state:
                 self._pending.pop(conn, None)
-                if holding:
+                holder = self._holders.pop(conn, None)
+                if holder is not None:
                     self._active -= 1
+                    self._evicting -= holder.evicted
                 self._state.notify_all()
                 self._threads.discard(threading.current_thread())
                 self._conns.discard(conn)
@@ -350,7 +520,7 @@ class EdgeServer:
             if ended and isinstance(session.cache, StaticSegmentCache):
                 self._caches.discard(session.cache)
                 try:  # on the compute thread: emptying it must not race a graph being recorded
-                    self._compute.submit(self.split_model.release, session.cache).result()
+                    self._compute.call(self.split_model.release, session.cache).result()
                 except RuntimeError:  # the server stopped: nothing will reuse it
                     pass
         return None
@@ -379,6 +549,12 @@ class EdgeServer:
 
     def _check_open(self, req: dict) -> tuple[int, str, int, int]:
         """(split, wire dtype, elements per packet, protect) of an OPEN this edge serves; ProtocolError otherwise."""
+        if self._token is not None:  # first: the messages below would tell a stranger the model and splits
+            theirs = req.get("token")
+            if not isinstance(theirs, str) or not hmac.compare_digest(theirs.encode(), self._token.encode()):
+                self._count("unauthorized")
+                hint = f"give it with --token or {TOKEN_ENV}" if theirs is None else "this one is wrong"
+                raise ProtocolError("unauthorized", f"this edge serves only UEs with its token: {hint}")
         if req.get("protocol") != PROTOCOL_VERSION:
             raise ProtocolError("malformed", f"OPEN for protocol {req.get('protocol')!r}; this edge speaks {PROTOCOL_VERSION}")
         mine = self.split_model.fingerprint
@@ -422,21 +598,33 @@ class EdgeServer:
         return session
 
     def _step(self, session: EdgeSession, payload: bytes) -> tuple[int, int, float]:
-        step, tokens, data, scales, total, missing = unpack_activation(
-            payload, self.split_model.hidden_size, session.wire, session.elements_per_packet, session.protect)
+        # the header's numbers first: unpacking allocates the packets its token count implies
+        step, tokens = activation_header(payload)[:2]
         if step != session.step:
             raise ProtocolError("malformed", f"activation for step {step}; step {session.step} was expected")
         if session.context + tokens > self.max_context:
             raise ProtocolError("too_long", f"the session would hold {session.context + tokens} tokens; this edge "
                                             f"keeps at most {self.max_context} per session (--max-context)")
+        step, tokens, data, scales, total, missing = unpack_activation(
+            payload, self.split_model.hidden_size, session.wire, session.elements_per_packet, session.protect)
         hidden = decode(data, scales, (1, tokens, self.split_model.hidden_size), session.wire)
 
-        def forward() -> tuple[int, float]:
-            start = time.perf_counter()
-            token = int(self.split_model.edge_logits(session.split, hidden, session.cache).argmax())
-            return token, time.perf_counter() - start
+        chunk = self.prefill_chunk or tokens
 
-        token, seconds = self._compute.submit(forward).result()
+        def forward():  # a chunk per turn: the other sessions' chunks and steps run in between
+            seconds = 0.0
+            for first in range(0, tokens, chunk):
+                start = time.perf_counter()
+                self.turns.append((session.id, min(chunk, tokens - first)))
+                logits = self.split_model.edge_logits(session.split, hidden[:, first:first + chunk], session.cache)
+                if first + chunk >= tokens:
+                    token = int(logits.argmax())
+                seconds += time.perf_counter() - start
+                if first + chunk < tokens:
+                    yield
+            return token, seconds
+
+        token, seconds = self._compute.submit(forward()).result()
         session.step += 1
         session.context += tokens
         session.bytes_in += HEADER.size + len(payload)

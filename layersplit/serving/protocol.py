@@ -3,7 +3,8 @@
 Every frame: HEADER = magic b"LSPL", version, frame type, 2 reserved bytes, payload length (uint32,
 little-endian), then the payload.
     UE -> edge  OPEN        JSON: protocol, model fingerprint, split, wire dtype, elements per packet,
-                            protect (K elements per token on the protected path; absent: 0)
+                            protect (K elements per token on the protected path; absent: 0), token
+                            (the edge's shared secret, when it has one; absent otherwise)
     edge -> UE  READY       JSON: session id, the edge's frame and context limits
     UE -> edge  ACTIVATION  ACT_HEADER (step, tokens, hidden size, packets in total, packets sent),
                             then per-token float32 scales (int8 only), then the protected section
@@ -15,6 +16,11 @@ little-endian), then the payload.
     edge -> UE  ERROR       JSON: code, message (see ERROR_CODES)
 `split` in OPEN is 0-based like everywhere in this project: split n puts n + 1 layers on the UE.
 
+An edge started with a token (check_token) serves only OPENs that carry it and answers any other
+with ERROR "unauthorized", before it looks at anything else of the OPEN: a stranger learns neither
+the model nor the splits. The token crosses the socket in clear, like the activations: it keeps
+strangers off an edge's compute, not eavesdroppers off a network.
+
 The protected section (version 3) carries each token's K largest-magnitude elements, which crossed
 the air on a path with CRC and retransmission (layersplit/uplink.py, --protect K), so they are
 never lost or flipped: for each token in order, its K element indices in increasing order (uint16
@@ -24,7 +30,9 @@ scale is the one sent above). The edge writes them over the zero-filled packets 
 """
 from __future__ import annotations
 
+import ipaddress
 import json
+import select
 import socket
 import struct
 import time
@@ -47,6 +55,7 @@ FRAME_NAMES = {OPEN: "OPEN", READY: "READY", ACTIVATION: "ACTIVATION", TOKEN: "T
                CLOSED: "CLOSED", ERROR: "ERROR"}
 ERROR_CODES = {  # code -> does the edge close the connection after it
     "busy": True, "bad_frame": True, "too_large": True, "malformed": True, "timeout": True, "internal": True,
+    "unauthorized": True, "evicted": True,
     "bad_split": False, "bad_model": False, "too_long": False, "no_session": False,
 }
 
@@ -58,10 +67,23 @@ DEFAULT_PORT = 8765  # TCP port of the edge (0: any free port, printed at start-
 # long fp32 prompts need a larger --max-frame-bytes.
 MAX_FRAME_BYTES = 16 * 2**20
 MAX_CONTEXT = 2048  # tokens (prompt + generated) per session: bounds each session's KV cache
+# The edge runs a prompt's activation in chunks of this many tokens, taking turns with the other
+# sessions' chunks and decoding steps, so that a session waits for at most one chunk of each other
+# session, not for their whole prompts (on 2 CPU cores, three SmolLM2 prompts of 2048 tokens held
+# the next UE's first token for about 26 s). 256 tokens take a fraction of a second there, and as
+# the chunks fill the same KV cache, the tokens are those of one forward up to float rounding.
+# 0: each prompt in one forward.
+PREFILL_CHUNK = 256
 MAX_SESSIONS = 4  # sessions served at once; their steps interleave on the one model
 MAX_QUEUE = 8  # connections waiting for a free session beyond that; the rest are refused as busy
 QUEUE_TIMEOUT_S = 30.0  # a queued connection that waits longer is refused as busy
 IDLE_TIMEOUT_S = 60.0  # the edge drops a connection that sends no complete frame for this long
+# While a connection waits in the queue, a session slot whose UE has been silent this long (from the
+# edge's last answer to the first byte of the UE's next frame: neither the edge's compute nor a long
+# upload counts) is taken from it (ERROR "evicted"). A UE answers a TOKEN after one step of its own
+# layers, milliseconds to a second or two, so idle sessions free their slots within seconds; it must
+# stay below QUEUE_TIMEOUT_S, or a waiting UE would be refused before any idle session is evicted.
+EVICT_IDLE_S = 5.0
 # A connection takes a session slot only with its first valid OPEN, and until then each frame must come
 # within HANDSHAKE_TIMEOUT_S. A UE sends OPEN as soon as it connects, so 5 s is ample even on a slow
 # link, while idle or stray connections (port scans, clients that hang) are closed long before anyone
@@ -80,6 +102,10 @@ MAX_OPEN_FRAME_BYTES = 64 * 2**10
 MAX_TIMEOUT_S = 1e6
 CLIENT_TIMEOUT_S = 120.0  # the UE gives up on an edge that does not answer for this long (queueing included)
 MAX_ELEMENTS_PER_PACKET = 1 << 20  # sanity bound on a session's packet size
+TOKEN_ENV = "LAYERSPLIT_EDGE_TOKEN"  # serve.py's --token, when not given, on both sides (not visible in ps)
+# A token's length: 16 characters of [A-Za-z0-9_-] are 96 bits, beyond guessing over a socket; the
+# upper bound keeps an OPEN small (MAX_OPEN_FRAME_BYTES).
+MIN_TOKEN_CHARS, MAX_TOKEN_CHARS = 16, 1024
 
 
 # ---- errors -------------------------------------------------------------------------------------
@@ -96,11 +122,12 @@ class PeerClosed(ConnectionError):
 
 
 class EdgeError(UserError):
-    """The edge answered a request with an ERROR frame."""
+    """The edge answered a request with an ERROR frame. `report`: what the UE had generated when the
+    edge ended the request (serving.ue.RequestReport, its stop_reason the code), None before any token."""
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str, report=None):
         super().__init__(f"the edge refused ({code}): {message}")
-        self.code = code
+        self.code, self.message, self.report = code, message, report
 
 
 def check_port(port, what: str = "port") -> int:
@@ -117,6 +144,31 @@ def check_timeout(seconds, what: str) -> float:
     if not 0 < seconds <= MAX_TIMEOUT_S:
         raise UserError(f"{what} {seconds:g} is not a timeout: use seconds > 0 and at most {MAX_TIMEOUT_S:.0f}")
     return float(seconds)
+
+
+def check_token(token, what: str = "--token") -> str | None:
+    """A shared secret for OPEN (None: no token): 16..1024 printable ASCII characters, no spaces."""
+    if token is None:
+        return None
+    if not isinstance(token, str) or not MIN_TOKEN_CHARS <= len(token) <= MAX_TOKEN_CHARS \
+            or not all("!" <= c <= "~" for c in token):
+        shown = f"of {len(token)} characters" if isinstance(token, str) else f"of type {type(token).__name__}"
+        raise UserError(f"{what}: the token {shown} is not {MIN_TOKEN_CHARS}..{MAX_TOKEN_CHARS} printable ASCII "
+                        "characters without spaces (make one with python -c \"import secrets; "
+                        "print(secrets.token_urlsafe(24))\")")
+    return token
+
+
+def is_loopback(host: str) -> bool:
+    """Whether every address `host` names is a loopback one, reachable from this machine only; a name
+    that does not resolve, or the empty host (every interface), is not."""
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP) if host else []
+    except (OSError, UnicodeError):
+        return False
+    addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+    return bool(addresses) and all(a.is_loopback or getattr(a, "ipv4_mapped", None) is not None
+                                   and a.ipv4_mapped.is_loopback for a in addresses)
 
 
 # ---- framing ------------------------------------------------------------------------------------
@@ -175,6 +227,15 @@ def recv_frame(sock: socket.socket, max_bytes: int = MAX_FRAME_BYTES, timeout_s:
         sock.settimeout(previous)
 
 
+def wait_readable(sock: socket.socket, timeout_s: float) -> bool:
+    """Whether `sock` has something to read (data, or the end of the stream) within timeout_s."""
+    if hasattr(select, "poll"):  # select.select fails on descriptors beyond FD_SETSIZE (1024)
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(max(0, int(timeout_s * 1000))))
+    return bool(select.select([sock], [], [], timeout_s)[0])
+
+
 def parse_json(payload: bytes) -> dict:
     try:
         obj = json.loads(payload.decode())
@@ -224,6 +285,15 @@ def pack_activation(step: int, tokens: int, hidden_size: int, rows: np.ndarray, 
     return head + (scales.tobytes() if scales is not None else b"") + protected + body.tobytes()
 
 
+def activation_header(payload: bytes) -> tuple[int, int, int, int, int]:
+    """(step, tokens, hidden size, packets in total, packets sent) of an ACTIVATION payload, read
+    before anything else of it: the edge checks the step and its context limit on these numbers
+    first, since a header may claim any count up to 2^32 - 1 tokens."""
+    if len(payload) < ACT_HEADER.size:
+        raise ProtocolError("malformed", f"activation of {len(payload)} bytes is shorter than its header")
+    return ACT_HEADER.unpack_from(payload)
+
+
 def unpack_activation(payload: bytes, hidden_size: int, wire: str, elements_per_packet: int, protect: int = 0):
     """Parse an ACTIVATION payload, zero-fill the packets that did not arrive and write the
     protected elements (each token's `protect` of them, the session's K) over them.
@@ -232,9 +302,7 @@ def unpack_activation(payload: bytes, hidden_size: int, wire: str, elements_per_
     ProtocolError("malformed") on any inconsistency: wrong hidden size, packet count, lengths,
     sequence numbers out of order or range, protected indices out of range or not increasing.
     """
-    if len(payload) < ACT_HEADER.size:
-        raise ProtocolError("malformed", f"activation of {len(payload)} bytes is shorter than its header")
-    step, tokens, d, total, sent = ACT_HEADER.unpack_from(payload)
+    step, tokens, d, total, sent = activation_header(payload)
     if d != hidden_size:
         raise ProtocolError("malformed", f"activation of width {d}; this model's hidden size is {hidden_size}")
     if tokens < 1 or total != n_packets(tokens * d, elements_per_packet) or sent > total:

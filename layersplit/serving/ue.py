@@ -18,8 +18,8 @@ from ..wire import WIRE_FORMATS, encode, n_packets, wire_bits
 from ..segments import SplitModel, cache_kwarg, resolve_decode, static_capacity
 from .protocol import (ACTIVATION, CLIENT_TIMEOUT_S, CLOSE, CLOSED, ERROR, ERROR_CODES,
                        FRAME_NAMES, HEADER, MAX_FRAME_BYTES, OPEN, PROTOCOL_VERSION, READY, TOKEN, TOKEN_BODY,
-                       EdgeError, PeerClosed, ProtocolError, check_timeout, pack_activation, pack_protected, packet_rows,
-                       parse_json, parse_address, recv_frame, send_frame, send_json)
+                       EdgeError, PeerClosed, ProtocolError, check_timeout, check_token, pack_activation,
+                       pack_protected, packet_rows, parse_json, parse_address, recv_frame, send_frame, send_json)
 
 
 @dataclass(frozen=True)
@@ -133,6 +133,8 @@ class RequestReport:
     prompt: str
     text: str
     tokens: list[int]
+    stop_reason: str  # eos, max_new_tokens, or the code of the edge's ERROR that ended the request (too_long, ...)
+    stop_message: str  # that ERROR's message; empty when the request ended on this side
     prompt_tokens: int
     split: int  # 0-based: split + 1 decoder layers on the UE
     layers_on_edge: int
@@ -184,13 +186,13 @@ class UEClient:
     split's callable returns its own K for the request. `decode` (segments.DECODE_MODES, or auto):
     how the UE's layers decode; a static cache holds the prompt and max_new_tokens (at most the edge's
     max_context), rounded up to a power of two. The edge decodes its own way: nothing of it crosses
-    the socket.
+    the socket. `token`: the edge's shared secret, sent in every OPEN (None: the edge has none).
     """
 
     def __init__(self, model, tokenizer, address: str | tuple[str, int], split: int | SplitChoice = 4,
                  wire: str = "fp16", uplink: Uplink | None = None, snr: channel.SnrProcess | None = None,
                  timeout_s: float = CLIENT_TIMEOUT_S, sleep_air: bool = False, protect: int = 0,
-                 decode: str = "eager"):
+                 decode: str = "eager", token: str | None = None):
         self.split_model = model if isinstance(model, SplitModel) else SplitModel(model)
         self.decode = resolve_decode(decode, self.split_model.device)
         self.tokenizer = tokenizer
@@ -202,6 +204,7 @@ class UEClient:
         self.snr = snr
         self.timeout_s = check_timeout(timeout_s, "timeout_s")
         self.sleep_air = sleep_air
+        self.token = check_token(token, "token")
         self.protect = self.check_protect(protect)
         if callable(split):
             self.split_for_snr = split
@@ -291,7 +294,11 @@ class UEClient:
         return self.snr.snr_db if self.requests == 0 else self.snr.step()
 
     def generate(self, prompt: str, max_new_tokens: int = 32) -> RequestReport:
-        """Greedy generation of up to max_new_tokens (stops after an end-of-sequence token)."""
+        """Greedy generation of up to max_new_tokens (stops after an end-of-sequence token).
+
+        When the edge ends the request with an ERROR after some tokens (too_long: the context limit;
+        evicted, timeout, internal), the EdgeError raised carries them: its `report` is the request
+        so far, with the edge's code as stop_reason."""
         if max_new_tokens < 1:
             raise UserError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         request = self.requests
@@ -314,18 +321,20 @@ class UEClient:
         start = time.perf_counter()
         up += send_json(self.sock, OPEN, {"protocol": PROTOCOL_VERSION, "model": self.split_model.fingerprint,
                                           "split": split, "wire": wire, "elements_per_packet": k,
-                                          "protect": protect, "request": request})
+                                          "protect": protect, "request": request,
+                                          **({"token": self.token} if self.token is not None else {})})
         payload, n = self._expect(READY)
         down += n
         ready = parse_json(payload)
-        # a static cache for the prompt and the new tokens, or what the edge keeps if less (it refuses
-        # more: this side need not hold them)
-        room = min(ids.shape[1] + max_new_tokens, max(ids.shape[1], ready["max_context"]))
+        # a static cache for the prompt and the new tokens, or what the edge keeps if less, plus the
+        # step it refuses as too_long: that refusal, not this cache, ends the request
+        room = min(ids.shape[1] + max_new_tokens, max(ids.shape[1], ready["max_context"] + 1))
         cache = self.split_model.new_cache("ue", split, self.decode, static_capacity(room))
         x = ids
         tokens, times, step_bytes = [], [], []
         ue_s = edge_s = air_s = 0.0
         packets = lost = flipped = air_bits = protected_bits = 0
+        stop, ended = "max_new_tokens", None  # ended: the edge's ERROR that ended the request
         try:
             for step in range(max_new_tokens):
                 t = time.perf_counter()
@@ -351,7 +360,13 @@ class UEClient:
                 sent = send_frame(self.sock, ACTIVATION, frame)
                 up += sent
                 step_bytes.append(sent)
-                payload, n = self._expect(TOKEN)
+                try:
+                    payload, n = self._expect(TOKEN)
+                except EdgeError as e:
+                    if not tokens:
+                        raise
+                    stop, ended = e.code, e  # the edge ended its session: keep what came before
+                    break
                 down += n
                 _, token, missing, seconds = TOKEN_BODY.unpack(payload)
                 times.append(time.perf_counter())
@@ -363,11 +378,13 @@ class UEClient:
                 if step == 0:
                     prefill = (ue_s, edge_s)
                 if token in self.eos:
+                    stop = "eos"
                     break
                 x = torch.tensor([[token]])
-            up += send_frame(self.sock, CLOSE)
-            _, n = self._expect(CLOSED)
-            down += n
+            if ended is None:
+                up += send_frame(self.sock, CLOSE)
+                _, n = self._expect(CLOSED)
+                down += n
         except BaseException:
             self.close()  # a half-finished session must not linger: the edge frees it on disconnect
             raise
@@ -375,9 +392,10 @@ class UEClient:
             self.split_model.release(cache)
         total = times[-1] - start
         n_tok = len(tokens)
-        return RequestReport(
+        report = RequestReport(
             request=request, prompt=prompt, text=self.tokenizer.decode(tokens, skip_special_tokens=True),
-            tokens=tokens, prompt_tokens=int(ids.shape[1]), split=split,
+            tokens=tokens, stop_reason=stop, stop_message="" if ended is None else ended.message,
+            prompt_tokens=int(ids.shape[1]), split=split,
             layers_on_edge=self.split_model.n_layers - split - 1, snr_db=snr_db, link=self.uplink.mode, wire=wire,
             protect=protect,
             packet_error_rate=per, bit_error_rate=ber, ttft_s=times[0] - start,
@@ -389,6 +407,9 @@ class UEClient:
             packets=packets, packets_lost=lost, bits_flipped=flipped, air_bits=air_bits, air_s=air_s,
             protected_air_bits=protected_bits,
         )
+        if ended is not None:
+            raise EdgeError(ended.code, ended.message, report)
+        return report
 
 
 @torch.no_grad()
