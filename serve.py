@@ -141,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="choose each request's split from its SNR with a policy trained on LayerSplit-Wireless-v0, or its "
                         "split and K on LayerSplit-Protect-v0 (a run folder of train_rsm.py, e.g. "
                         "runs/LayerSplit-Wireless-v0/ppo_s0); overrides --split (and --protect)")
+    u.add_argument("--trust-zip", action="store_true",
+                   help="also read a --policy folder's Stable-Baselines3 policy.zip (when it has no policy.safetensors): "
+                        "loading one unpickles it, which can run code stored in it; only for folders you made")
     u.add_argument("--wire", choices=list(WIRE_FORMATS), default=WIRE,
                    help="dtype of the activations on the wire; int8 adds a float32 scale per token")
     u.add_argument("--link", choices=SERVED_LINKS, default=LINK,
@@ -403,7 +406,7 @@ def main(argv=None, split_for_snr=None) -> int:
         if args.role == "ue" and args.policy and chooser is None:
             from layersplit.policies import split_chooser
 
-            chooser = split_chooser(args.policy)
+            chooser = split_chooser(args.policy, trust_zip=args.trust_zip)
         return run_edge(args) if args.role == "edge" else run_ue(args, chooser)
 
     return cli.run_main("serve.py", body)

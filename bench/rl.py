@@ -163,7 +163,9 @@ def main(argv=None) -> int:
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
-        p.error(f"--seeds {args.seeds!r}: give comma-separated integers, like 0,1,2")
+        seeds = []
+    if not seeds or not all(0 <= s < 2**32 for s in seeds):  # what numpy's and SB3's seeding accept
+        p.error(f"--seeds {args.seeds!r}: give comma-separated integers in 0..2**32-1, like 0,1,2")
     if args.rsm is not None and not args.rsm.is_file():
         p.error(f"--rsm {args.rsm}: no such file")
     surrogates = {}

@@ -30,6 +30,7 @@ prompt in one forward, so the UE waits for all three; else they take turns a chu
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import re
@@ -44,7 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from layersplit import UserError, cli  # noqa: E402
-from layersplit.cli import non_negative_int  # noqa: E402
+from layersplit.cli import non_negative_int, writable_file  # noqa: E402
 from layersplit.models import EMBEDDED_MODEL  # noqa: E402
 from serve import DECODE, DECODE_CHOICES  # noqa: E402
 from layersplit.serving import protocol  # noqa: E402
@@ -79,6 +80,7 @@ FAIRNESS_LONG = 3  # --fairness: sessions that each send a maximal prompt just b
 FAIRNESS_CHUNKS = (0, protocol.PREFILL_CHUNK)  # --fairness: the edge's --prefill-chunk, whole prompts then the default
 FAIRNESS_SETTLE_S = 0.2  # --fairness: from sending the long prompts to the UE's OPEN: they are in the edge's line
 FAIRNESS_WIRE, FAIRNESS_PACKET = "fp16", 64  # --fairness: the long prompts' wire dtype and elements per packet
+FAIRNESS_OUTPUT = "results/serve_fairness.json"  # --fairness: the measured times (what the README quotes)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -96,6 +98,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fairness", action="store_true",
                    help=f"instead: a UE's time to first token behind {FAIRNESS_LONG} maximal prompts, per edge "
                         f"--prefill-chunk ({', '.join(map(str, FAIRNESS_CHUNKS))})")
+    p.add_argument("--fairness-output", type=writable_file, default=str(ROOT / FAIRNESS_OUTPUT),
+                   help="--fairness: the times as JSON")
     args = p.parse_args(argv)
     if not 1 <= args.prompts <= len(PROMPTS) or args.max_new_tokens < 2 or args.rounds < 1:
         p.error(f"--prompts must be in 1..{len(PROMPTS)}, --max-new-tokens >= 2, --rounds >= 1")
@@ -199,7 +203,8 @@ def fairness(args, split_model, tokenizer) -> int:
     print(f"model {args.model} ({split_model.n_layers} decoder layers, {split_model.device}, {args.threads} thread(s) "
           f"per process); split {args.split}; {FAIRNESS_LONG} sessions each send a {n}-token prompt, then "
           f"{FAIRNESS_SETTLE_S:g} s later a UE sends {PROMPTS[0]!r}; {args.rounds} rounds", flush=True)
-    table = []
+    table, rows = [], []
+    load = os.getloadavg()[0]
     for chunk in FAIRNESS_CHUNKS:
         edge, address = start_edge(args, n, ("--max-sessions", str(FAIRNESS_LONG + 1), "--prefill-chunk", str(chunk)))
         host, port = protocol.parse_address(address)
@@ -234,9 +239,16 @@ def fairness(args, split_model, tokenizer) -> int:
         finally:
             stop_edge(edge)
         table.append((chunk, statistics.median(ttfts), statistics.median(longs)))
+        rows.append({"prefill_chunk": chunk, "ttft_s": ttfts, "long_prompts_done_s": longs,
+                     "ttft_median_s": table[-1][1], "long_prompts_done_median_s": table[-1][2]})
     print(f"\n{'--prefill-chunk':>16s}{'short TTFT s':>14s}{'long prompts done s':>21s}  (medians of {args.rounds})")
     for chunk, ttft, done in table:
         print(f"{chunk or '0 (whole)':>16}{ttft:14.2f}{done:21.2f}")
+    cli.write_text_atomic(args.fairness_output, json.dumps({
+        "model": args.model, "split": args.split, "threads_per_process": args.threads, "rounds": args.rounds,
+        "long_sessions": FAIRNESS_LONG, "long_prompt_tokens": n, "short_prompt": PROMPTS[0], "wire": wire,
+        "load_average_at_start": load, "rows": rows}, indent=2))
+    print(f"times in {args.fairness_output}", file=sys.stderr)
     return 0
 
 

@@ -332,8 +332,19 @@ def block_claims(results: Path) -> str:
     return table(["claim", "measured here (95% intervals)", "verdict"], rows)
 
 
+def block_fairness(results: Path) -> str:
+    """The next UE's time to first token behind maximal prompts, per edge --prefill-chunk (bench/serve.py --fairness)."""
+    found = _json(results, "serve_fairness.json")
+    if not found:
+        return "(not measured yet: `python bench/serve.py --fairness`)"
+    rows = [[f"{r['prefill_chunk']}" + (" (whole prompt in one forward)" if r["prefill_chunk"] == 0 else ""),
+             f"{r['ttft_median_s']:.2f} s", f"{r['long_prompts_done_median_s']:.2f} s"] for r in found["rows"]]
+    return table(["edge `--prefill-chunk`", f"short prompt's time to first token (median of {found['rounds']})",
+                  f"the {found['long_sessions']} long prompts' first tokens"], rows)
+
+
 BLOCKS = {"claims": block_claims, "rl": block_rl, "ablation": block_ablation, "sweep": block_sweep,
-          "paired": block_paired}
+          "paired": block_paired, "fairness": block_fairness}
 
 
 def blocks(results: Path) -> dict[str, str]:

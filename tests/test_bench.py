@@ -71,6 +71,20 @@ def test_bench_serve_gives_the_single_process_tokens_over_a_loss_free_socket():
     assert all(float(r[2]) == float(bound[2]) and float(r[3]) > 0 for r in rows)  # the bound beside each TPOT
 
 
+def test_bench_serve_fairness_writes_the_times_it_prints(tiny_model_dir, tmp_path):
+    out = tmp_path / "fairness.json"
+    done = run_script("bench/serve.py", "--fairness", "--rounds", "1", "--model", str(tiny_model_dir), "--split", "1",
+                      "--fairness-output", str(out), timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads(out.read_text())
+    assert [r["prefill_chunk"] for r in found["rows"]] == [0, 256] and found["long_sessions"] == 3
+    for r in found["rows"]:
+        assert len(r["ttft_s"]) == 1 and r["ttft_median_s"] == r["ttft_s"][0] > 0
+        assert r["long_prompts_done_median_s"] > 0
+        label = re.escape(str(r["prefill_chunk"] or "0 (whole)"))
+        assert re.search(rf"^ +{label} +{r['ttft_median_s']:.2f} ", done.stdout, re.M)
+
+
 def test_bench_sweep_fast_and_naive_paths_agree_and_report_the_share_of_the_peak():
     done = run_script("bench/sweep.py", "--tokens", "32", "--draws", "1", "--naive", "paper", "--compiled",
                       timeout=900)  # about 60 s on a quiet 2-core CPU, a third of it compiling

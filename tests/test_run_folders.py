@@ -17,9 +17,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+import serve
 import train
 import train_rsm
-from layersplit import UserError, policies, training
+from layersplit import UserError, training
 
 ENV = "LayerSplit-Paper-v0"
 PARAMS = {"ppo": {"n_steps": 50, "batch_size": 100, "n_epochs": 2},
@@ -126,8 +127,8 @@ def test_no_script_runs_code_from_a_run_folder(malicious_run, tiny_model_dir, sa
     shutil.copytree(run, wireless)
     config = json.loads((wireless / training.CONFIG_FILE).read_text())
     (wireless / training.CONFIG_FILE).write_text(json.dumps(config | {"env": "LayerSplit-Wireless-v0"}))
-    with pytest.raises(UserError, match="--trust-zip"):
-        policies.split_chooser(wireless)
+    code = serve.main(["ue", "--prompt", "Hello", "--policy", str(wireless)])
+    one_line_refusal(capsys, code, marker)
     assert not marker.exists() and not (tmp_path / "llm.json").exists()
 
 
