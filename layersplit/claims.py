@@ -333,7 +333,7 @@ def block_claims(results: Path) -> str:
 
 
 def block_fairness(results: Path) -> str:
-    """The next UE's time to first token behind maximal prompts, per edge --prefill-chunk (bench/serve.py --fairness)."""
+    """The next UE's first token behind maximal prompts, per edge --prefill-chunk (bench/serve.py --fairness)."""
     found = _json(results, "serve_fairness.json")
     if not found:
         return "(not measured yet: `python bench/serve.py --fairness`)"
