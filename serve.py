@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "runs/LayerSplit-Wireless-v0/ppo_s0); overrides --split (and --protect)")
     u.add_argument("--trust-zip", action="store_true",
                    help="also read a --policy folder's Stable-Baselines3 policy.zip (when it has no "
-                        "policy.safetensors): loading one unpickles it, which can run code stored in it; only for folders you made")
+                        "policy.safetensors): loading one unpickles it, which can run code stored in it; only for "
+                        "folders you made")
     u.add_argument("--wire", choices=list(WIRE_FORMATS), default=WIRE,
                    help="dtype of the activations on the wire; int8 adds a float32 scale per token")
     u.add_argument("--link", choices=SERVED_LINKS, default=LINK,
