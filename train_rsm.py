@@ -134,8 +134,8 @@ def cmd_train(args) -> int:
 
     torch.set_num_threads(args.torch_threads)
     seeds = parse_floats(args.seeds, "--seeds")
-    if not seeds or any(s != int(s) or s < 0 for s in seeds):
-        raise UserError(f"--seeds {args.seeds!r}: give one or more comma-separated integers >= 0, like 0,1,2")
+    if not seeds or any(s != int(s) or not 0 <= s < 2**32 for s in seeds):  # what numpy's and SB3's seeding take
+        raise UserError(f"--seeds {args.seeds!r}: give one or more comma-separated integers in 0..2**32-1, like 0,1,2")
     seeds = [int(s) for s in seeds]
     algos = [a.strip() for a in args.algo.split(",") if a.strip()]
     unknown = [a for a in algos if a not in training.ALGOS] or ([] if algos else [args.algo])
