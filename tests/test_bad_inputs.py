@@ -121,7 +121,7 @@ def cases():
         ("train-unknown-algo", "train_rsm.py", ["train", "--algo", "sarsa", "--run-dir", "{tmp}"], "unknown algorithm 'sarsa'"),
         ("train-unknown-env", "train_rsm.py", ["train", "--env", "CartPole-v1", "--run-dir", "{tmp}"], "CartPole-v1"),
         ("train-rsm-missing", "train_rsm.py", ["train", "--rsm", "{tmp}/none.pth", "--run-dir", "{tmp}"], "none.pth"),
-        ("evaluate-not-a-run", "train_rsm.py", ["evaluate", "{tmp}"], "must be a training run folder"),
+        ("evaluate-not-a-run", "train_rsm.py", ["evaluate", "{tmp}"], "is not a training run folder"),
         # train.py
         ("llm-tokens-one", "train.py", ["--tokens", "1"], "--tokens must be at least 2"),
         ("llm-timesteps-zero", "train.py", ["--total-timesteps", "0"], "0 must be an integer >= 1"),
