@@ -100,31 +100,41 @@ class FigureInputError(Exception):
     """A result file is missing or malformed; the message names it."""
 
 
-def read_csv(path: Path, columns: dict[str, type], remedy: str, optional: dict[str, tuple[type, object]] | None = None
-             ) -> list[dict]:
+def read_csv(path: Path, columns: dict[str, type], remedy: str, optional: dict[str, tuple[type, object]] | None = None,
+             check: Callable[[dict], str | None] | None = None) -> list[dict]:
     """Rows of `path` with `columns` converted to their types (columns are found by name, extra
-    ones are ignored); `optional`: column -> (type, value when the file has no such column).
-    FigureInputError names the file, the column and the line."""
+    ones are ignored); `optional`: column -> (type, value when the file has no such column); `check`:
+    what is wrong with a row as read (its fields as text), or None. FigureInputError names the file,
+    the column and the line."""
     if not path.is_file():
         raise FigureInputError(f"missing {path} (make it with: {remedy})")
-    with path.open(newline="") as f:
+    rows = []
+    with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        fieldnames = reader.fieldnames or []
-        missing = [c for c in columns if c not in fieldnames]
-        if missing:
-            raise FigureInputError(f"malformed {path}: no column(s) {', '.join(missing)} (remake it with: {remedy})")
-        wanted = {**columns, **{c: kind for c, (kind, _) in (optional or {}).items() if c in fieldnames}}
-        defaults = {c: default for c, (_, default) in (optional or {}).items() if c not in fieldnames}
-        rows = []
-        for row in reader:
-            converted = dict(defaults)
-            for c, kind in wanted.items():
-                try:
-                    converted[c] = kind(row[c])
-                except (TypeError, ValueError):
-                    raise FigureInputError(f"malformed {path}: line {reader.line_num}, column {c}: "
-                                           f"{row[c]!r} is not {kind.__name__} (remake it with: {remedy})") from None
-            rows.append(converted)
+        try:
+            fieldnames = reader.fieldnames or []
+            missing = ", ".join(c for c in columns if c not in fieldnames)
+            if missing:
+                raise FigureInputError(f"malformed {path}: no column(s) {missing} (remake it with: {remedy})")
+            wanted = {**columns, **{c: kind for c, (kind, _) in (optional or {}).items() if c in fieldnames}}
+            defaults = {c: default for c, (_, default) in (optional or {}).items() if c not in fieldnames}
+            for row in reader:
+                converted = dict(defaults)
+                for c, kind in wanted.items():
+                    try:
+                        converted[c] = kind(row[c])
+                    except (TypeError, ValueError):
+                        raise FigureInputError(f"malformed {path}: line {reader.line_num}, column {c}: {row[c]!r} "
+                                               f"is not {kind.__name__} (remake it with: {remedy})") from None
+                if check and (problem := check(row)):
+                    raise FigureInputError(f"malformed {path}: line {reader.line_num}: {problem} "
+                                           f"(remake it with: {remedy})")
+                rows.append(converted)
+        except UnicodeDecodeError:
+            raise FigureInputError(f"malformed {path}: not UTF-8 text (remake it with: {remedy})") from None
+        except csv.Error as e:
+            raise FigureInputError(f"malformed {path}: line {reader.line_num}: not CSV ({e}) "
+                                   f"(remake it with: {remedy})") from None
     if not rows:
         raise FigureInputError(f"malformed {path}: no data rows (remake it with: {remedy})")
     return rows
@@ -196,11 +206,13 @@ def _float_or_nan(text: str) -> float:
 
 
 def read_sweep(path: Path, columns: dict[str, type], remedy: str, optional: dict | None = None) -> list[dict]:
-    """A sweep results file's rows (read_csv) with each row's window scores from the windows file beside it
-    (cells.attach_windows), so that the intervals take the window as their unit."""
+    """A sweep results file's rows (read_csv), each valid by the rule every reader of sweep rows follows
+    (cells.row_problem: an impossible value is refused, naming its line, never drawn), with each row's
+    window scores from the windows file beside it (cells.attach_windows), so that the intervals take the
+    window as their unit."""
     from layersplit import cells
 
-    rows = read_csv(path, columns, remedy, optional)
+    rows = read_csv(path, columns, remedy, optional, check=cells.row_problem)
     try:
         return cells.attach_windows(rows, cells.read_windows(cells.windows_path(path)))
     except cells.WindowsFileError as e:

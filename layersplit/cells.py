@@ -25,6 +25,20 @@ condition share every window and every draw's masks (common random numbers), so 
 NLL(A) - NLL(B) is taken per (window, draw), averaged over draws per window, and its t interval is
 over windows (over draws where there is one window).
 
+The results file and what a valid row holds (`row_problem`, `read_rows`): every reader of sweep rows
+(the sweep when it resumes, --verify, this module's CLI, the surrogate fit, figures.py, claims.py) reads
+them through `read_rows` or checks each with `row_problem`, so a row is valid everywhere or nowhere:
+numbers where numbers belong, split, draw, protect and token counts whole and >= 0, p and the withheld
+share in [0, 1], a finite SNR on a physical link, and scores a model can give: nll finite and >= 0,
+ppl >= 1, token_accuracy in [0, 1], spreads and seconds >= 0. A reader refuses an invalid row with
+`file:line: what is wrong` (UserError: one line, exit status 2), a file that is not UTF-8 text, one
+without the columns it needs and one with a header only; two rows of the same cell and draw are
+refused too (they would be pooled twice). The sweep, resuming, recomputes a row whose values are
+invalid instead (sweep.ResultsStore). One kind of row is valid and left out of the pooling, as
+documented: a draw in which every window's NLL was non-finite (scored_tokens 0, nll nan, at least one
+non-finite window); each cell counts such draws in `draws_left_out`, and writing a cell table says
+how many on stderr.
+
 Pure Python (csv, math; scipy for the t quantile): figures.py and the surrogate fit both use it.
 """
 from __future__ import annotations
@@ -36,6 +50,9 @@ import math
 import sys
 from pathlib import Path
 
+from . import UserError
+from .grid import LINK_MODES
+
 CONFIDENCE = 0.95  # level of the intervals
 WINDOW_COLUMNS = ("windows", "nll_window_sd", "accuracy_window_sd")  # what the sweep writes for them
 WINDOW_SCORES = "window_scores"  # a row's [(window, mean NLL, accuracy)] once attached (attach_windows)
@@ -43,6 +60,151 @@ WINDOW_SCORES = "window_scores"  # a row's [(window, mean NLL, accuracy)] once a
 WINDOW_FILE_COLUMNS = ("split", "link", "snr_db", "dropout", "withheld", "protect", "draw", "window", "nll_sum",
                        "correct", "tokens")
 UNITS = ("windows", "windows (bound)", "draws (one window)", "none")  # interval_unit values, as above
+
+# --- the results file: its columns and what a valid row holds --------------------------------------
+RUN_COLUMNS = ("model", "dataset", "tokens", "context_length", "stride", "dtype", "seed")  # must match to resume
+LINK_COLUMNS = ("modulation", "fading", "nakagami_m", "bits_per_element", "elements_per_packet", "header_bits",
+                "bandwidth_hz", "block_fading")
+TEXT_COLUMNS = ("model", "dataset", "dtype", "link", "modulation", "fading", "block_fading")  # the rest hold numbers
+COLUMNS = RUN_COLUMNS + ("split", "layers_on_ue", "link", "snr_db", "dropout", "withheld", "protect", "draw") \
+    + LINK_COLUMNS + ("nll", "ppl", "token_accuracy", "scored_tokens", "nonfinite_windows", *WINDOW_COLUMNS,
+    "ue_compute_s", "tx_s", "edge_compute_s", "total_s", "tx_decode_s")
+INF = math.inf
+# column -> (low, high, whole number, may be empty): the range of every number column but the scores
+LIMITS = {
+    "tokens": (1, INF, True, False), "context_length": (1, INF, True, True), "stride": (1, INF, True, True),
+    "seed": (0, INF, True, True), "split": (0, INF, True, False), "layers_on_ue": (1, INF, True, True),
+    "snr_db": (-INF, INF, False, True), "dropout": (0, 1, False, False), "withheld": (0, 1, False, True),
+    "protect": (0, INF, True, True), "draw": (0, INF, True, False), "nakagami_m": (0.5, INF, False, True),
+    "bits_per_element": (1, INF, True, True), "elements_per_packet": (1, INF, True, True),
+    "header_bits": (0, INF, True, True), "bandwidth_hz": (0, INF, False, True),
+    "scored_tokens": (0, INF, True, False), "nonfinite_windows": (0, INF, True, True), "windows": (0, INF, True, True),
+    **{c: (0, INF, False, True) for c in ("ue_compute_s", "tx_s", "edge_compute_s", "total_s", "tx_decode_s")},
+}
+NAN_ALLOWED = ("nll_window_sd", "accuracy_window_sd")  # one window has no spread
+SCORES = ("nll", "ppl", "token_accuracy")  # checked against scored_tokens (row_problem)
+KEY_INTEGERS = ("split", "draw", "protect")  # what row_key needs whole
+
+
+def _number(value) -> float | None:
+    """A field as a float; None when it is empty; ValueError when it is not a number."""
+    if _blank(value):
+        return None
+    return float(value)
+
+
+def row_shape_problem(row: dict) -> str | None:
+    """What stops a sweep row from being read at all (fields missing or extra, text where a number
+    belongs, an unknown link, a split or draw that is not whole), or None. Checks the columns it has."""
+    if None in row or None in row.values():
+        fields = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None) or [])
+        return f"{fields} fields where the header has {len(row) - (None in row)}"
+    if "link" in row and row["link"] not in LINK_MODES:
+        return f"link is {row['link']!r}, not one of {', '.join(LINK_MODES)}"
+    for column, value in row.items():
+        if column in TEXT_COLUMNS or column not in LIMITS and column not in SCORES + NAN_ALLOWED:
+            continue
+        try:
+            number = _number(value)
+        except (TypeError, ValueError):
+            return f"{column} is {value!r}, not a number"
+        if column in KEY_INTEGERS and number is not None:
+            try:  # row_key reads these with int(): "1.0" is not one
+                int(value)
+            except (TypeError, ValueError):
+                return f"{column} is {value!r}, not a whole number"
+    return None
+
+
+def row_problem(row: dict) -> str | None:
+    """What makes a sweep row invalid (the rule in the module docstring), or None. `row`: a row as csv
+    reads it (strings; "" for an empty field); only the columns it has are checked."""
+    problem = row_shape_problem(row)
+    if problem:
+        return problem
+    n = {c: _number(v) for c, v in row.items() if c in LIMITS or c in SCORES or c in NAN_ALLOWED}
+    for column, (low, high, whole, may_be_empty) in LIMITS.items():
+        if column not in n:
+            continue
+        x = n[column]
+        if x is None:
+            if may_be_empty and not (column == "snr_db" and row.get("link", "dropout") != "dropout"):
+                continue
+            needs = "a physical link's SNR" if column == "snr_db" else "a number"
+            return f"{column} is empty, where {needs} belongs"
+        if (not low <= x <= high or (whole and not (math.isfinite(x) and x == int(x)))  # NaN fails the range
+                or (column == "snr_db" and math.isinf(x))):
+            valid = ("a finite number" if column == "snr_db" else f"{'a whole number' if whole else 'a number'} "
+                     + (f">= {low:g}" if high == INF else f"in [{low:g}, {high:g}]"))
+            return f"{column} is {row[column]}, not {valid}"
+    for column in NAN_ALLOWED:
+        if column in n and n[column] is not None and not (math.isnan(n[column]) or 0 <= n[column] < INF):
+            return f"{column} is {row[column]}, not a number >= 0 (or nan: one window)"
+    if "scored_tokens" in n and n["scored_tokens"] == 0:  # the documented skip: every window non-finite
+        for column in SCORES:
+            if column in n and n[column] is not None and not math.isnan(n[column]):
+                return f"{column} is {row[column]} with scored_tokens 0 (no window scored: it must be nan)"
+        if n.get("nonfinite_windows") == 0:
+            return "scored_tokens is 0 and nonfinite_windows 0: no window was scored, none was non-finite"
+        return None
+    for column, valid, ok in (("nll", "a finite number >= 0", lambda x: 0 <= x < INF),
+                              ("ppl", "a number >= 1", lambda x: x >= 1),
+                              ("token_accuracy", "a share in [0, 1]", lambda x: 0 <= x <= 1)):
+        if column in n and (n[column] is None or not ok(n[column])):
+            return f"{column} is {row[column] if row[column] != '' else 'empty'}, not {valid}"
+    return None
+
+
+def is_left_out(row: dict) -> bool:
+    """A valid row that pooling leaves out (the documented skip): no window of its draw was scored."""
+    return _float(row["scored_tokens"]) == 0 or not math.isfinite(_float(row["nll"]))
+
+
+def _key_or_none(row: dict) -> tuple | None:
+    try:
+        return row_key(row)
+    except (KeyError, ValueError, TypeError):  # a reader of a column subset: no key to compare
+        return None
+
+
+def iter_rows(path: str | Path, needed=COLUMNS, kind: str = "sweep results file"):
+    """(line, row) of a CSV whose header has the columns `needed`, rows as csv reads them; UserError
+    for a file that is not UTF-8 text, not CSV or without those columns."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file" + (" (a folder)" if path.is_dir() else ""))
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        try:
+            fields = reader.fieldnames or []
+            missing = [c for c in needed if c not in fields]
+            if missing:
+                shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+                raise UserError(f"{path} is not a {kind}: no column(s) {shown}")
+            for row in reader:
+                yield reader.line_num, row
+        except UnicodeDecodeError:
+            raise UserError(f"{path} is not a {kind}: not UTF-8 text") from None
+        except csv.Error as e:
+            raise UserError(f"{path}:{reader.line_num}: not CSV ({e})") from None
+
+
+def read_rows(path: str | Path, needed=COLUMNS, kind: str = "sweep results file") -> list[dict]:
+    """The rows of a sweep results file, each valid (row_problem) and each (split, condition, draw) once;
+    UserError naming the file and line of the first that is not, or the file (iter_rows, no rows)."""
+    rows, seen = [], {}
+    for line, row in iter_rows(path, needed, kind):
+        problem = row_problem(row)
+        if problem is None and (key := _key_or_none(row)) is not None:
+            if key in seen:
+                problem = f"the same split, condition and draw as line {seen[key]} (it would be pooled twice)"
+            seen.setdefault(key, line)
+        if problem:
+            raise UserError(f"{path}:{line}: {problem}")
+        rows.append(row)
+    if not rows:
+        raise UserError(f"{path} has a header and no rows: nothing to read (run its sweep first)")
+    return rows
 
 
 class WindowsFileError(ValueError):
@@ -170,11 +332,14 @@ def pool(rows: list[dict], confidence: float = CONFIDENCE) -> dict:
     """Pool the draws of one cell (rows: dicts with nll, token_accuracy, scored_tokens and the
     WINDOW_COLUMNS, strings or numbers, and WINDOW_SCORES where attached). Returns draws, samples,
     nll, nll_ci95 (half-width), ppl, ppl_low, ppl_high, token_accuracy, accuracy_ci95 and
-    interval_unit (UNITS); NaN where no finite window was scored."""
-    rows = [r for r in rows if _float(r["scored_tokens"]) > 0 and math.isfinite(_float(r["nll"]))]
+    interval_unit (UNITS); NaN where no finite window was scored; draws_left_out: the draws with no
+    window scored (the documented skip, is_left_out), which the rest does not count."""
+    left_out = sum(map(is_left_out, rows))
+    rows = [r for r in rows if not is_left_out(r)]
     if not rows:
         nan = float("nan")
-        return {"draws": 0, "samples": 0, "nll": nan, "nll_ci95": nan, "ppl": nan, "ppl_low": nan, "ppl_high": nan,
+        return {"draws": 0, "draws_left_out": left_out, "samples": 0,
+                "nll": nan, "nll_ci95": nan, "ppl": nan, "ppl_low": nan, "ppl_high": nan,
                 "token_accuracy": nan, "accuracy_ci95": nan, "interval_unit": "none"}
     tokens = [_float(r["scored_tokens"]) for r in rows]
     counts = [_window_count(r) for r in rows]
@@ -183,7 +348,8 @@ def pool(rows: list[dict], confidence: float = CONFIDENCE) -> dict:
     accuracy = sum(t * _float(r["token_accuracy"]) for t, r in zip(tokens, rows, strict=True)) / total
     nll_half, unit = _half_width(rows, 1, "nll_window_sd", confidence)
     accuracy_half, _ = _half_width(rows, 2, "accuracy_window_sd", confidence)
-    return {"draws": len(rows), "samples": sum(counts), "nll": nll, "nll_ci95": nll_half, "ppl": math.exp(nll),
+    return {"draws": len(rows), "draws_left_out": left_out, "samples": sum(counts),
+            "nll": nll, "nll_ci95": nll_half, "ppl": math.exp(nll),
             "ppl_low": math.exp(nll - nll_half), "ppl_high": math.exp(nll + nll_half),
             "token_accuracy": accuracy, "accuracy_ci95": accuracy_half, "interval_unit": unit}
 
@@ -222,8 +388,8 @@ def paired(rows_a: list[dict], rows_b: list[dict], confidence: float = CONFIDENC
 
 
 CELL_KEYS = ("split", "layers_on_ue", "link", "snr_db", "dropout", "withheld", "protect")  # what identifies a cell
-CELL_COLUMNS = CELL_KEYS + ("draws", "samples", "nll", "nll_ci95", "ppl", "ppl_low", "ppl_high", "token_accuracy",
-                            "accuracy_ci95", "total_s", "interval_unit")
+CELL_COLUMNS = CELL_KEYS + ("draws", "draws_left_out", "samples", "nll", "nll_ci95", "ppl", "ppl_low", "ppl_high",
+                            "token_accuracy", "accuracy_ci95", "total_s", "interval_unit")
 
 
 def cell_table(rows: list[dict], windows: dict | None = None) -> list[dict]:
@@ -242,12 +408,30 @@ def cells_path(output: str | Path) -> Path:
     return output.with_name(f"{output.stem}_cells.csv")
 
 
-def write_cells(rows: list[dict], path: str | Path, windows: dict | None = None) -> None:
-    """The cell table as CSV (rewritten whole: it is derived from the rows, which are the record)."""
-    with Path(path).open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CELL_COLUMNS)
-        writer.writeheader()
-        writer.writerows(cell_table(rows, windows))
+def write_cells(rows: list[dict], path: str | Path, windows: dict | None = None) -> list[dict]:
+    """The cell table as CSV, written beside and renamed (it is derived from the rows, which are the
+    record); the draws left out of their cells are counted on stderr. Returns the table."""
+    import io
+
+    from .cli import write_text_atomic
+
+    table = cell_table(rows, windows)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=CELL_COLUMNS)
+    writer.writeheader()
+    writer.writerows(table)
+    write_text_atomic(path, text.getvalue())
+    report_left_out(table, path)
+    return table
+
+
+def report_left_out(table: list[dict], where) -> None:
+    """Say on stderr how many draws of a cell table scored no window (left out of their cells)."""
+    left_out = sum(int(c["draws_left_out"]) for c in table)
+    if left_out:
+        cells = sum(int(c["draws_left_out"]) > 0 for c in table)
+        print(f"[layersplit] {where}: {left_out} draw(s) in {cells} cell(s) scored no finite window and are left out "
+              "of their cells (column draws_left_out)", file=sys.stderr)
 
 
 def condition_key(row: dict) -> tuple:
@@ -279,22 +463,29 @@ def compare_splits(rows: list[dict], a: int, b: int, confidence: float = CONFIDE
     return out
 
 
-def read_sweep(path: str | Path) -> list[dict]:
-    """A sweep results file's rows with their window scores attached."""
+def read_sweep(path: str | Path, needed=COLUMNS) -> list[dict]:
+    """A sweep results file's rows, checked (read_rows), with their window scores attached."""
     path = Path(path)
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    return attach_windows(rows, read_windows(windows_path(path)))
+    rows = read_rows(path, needed)
+    try:
+        return attach_windows(rows, read_windows(windows_path(path)))
+    except WindowsFileError as e:
+        raise UserError(str(e)) from None
+
+
+CLI_COLUMNS = (*CELL_KEYS, "draw", "nll", "token_accuracy", "scored_tokens", "total_s")  # what main reads
 
 
 def main(argv=None) -> int:
+    from .cli import writable_file, write_text_atomic
+
     parser = argparse.ArgumentParser(prog="python -m layersplit.cells", description=(
         "A sweep results file's cells: --compare A,B gives NLL(A) - NLL(B) paired on the same windows and draws, "
         "with its 95%% t interval over windows; --write-cells rewrites its <stem>_cells.csv (the intervals from "
         "the windows file beside it)."))
     parser.add_argument("results", type=Path, help="sweep results CSV (add_noise.py --sweep --output)")
     parser.add_argument("--compare", metavar="A,B", help="two splits (0-based, as in the file)")
-    parser.add_argument("--json", type=Path, help="with --compare: also write the comparison here")
+    parser.add_argument("--json", type=writable_file, help="with --compare: also write the comparison here")
     parser.add_argument("--write-cells", action="store_true", help="rewrite the cell table beside the results")
     args = parser.parse_args(argv)
     if not args.compare and not args.write_cells:
@@ -306,16 +497,16 @@ def main(argv=None) -> int:
             parser.error(f"--compare {args.compare!r}: give two splits, like 1,10")
     if not args.results.is_file():
         parser.error(f"{args.results}: no such file")
-    try:
-        rows = read_sweep(args.results)
-        if rows and not {"nll", "scored_tokens", "draw", *CELL_KEYS} <= set(rows[0]):
-            raise ValueError("not a sweep results file (columns missing)")
+    try:  # read_rows' messages name the file (and line); compare_splits' do not
+        rows = read_sweep(args.results, CLI_COLUMNS)
         found = compare_splits(rows, a, b) if args.compare else None
-    except (WindowsFileError, ValueError, KeyError, TypeError) as e:
+    except UserError as e:
+        parser.error(str(e))
+    except ValueError as e:
         parser.error(f"{args.results}: {e}")
     if args.write_cells:
-        write_cells(rows, cells_path(args.results))
-        print(f"{len(cell_table(rows))} cells with 95% intervals in {cells_path(args.results)}")
+        table = write_cells(rows, cells_path(args.results))
+        print(f"{len(table)} cells with 95% intervals in {cells_path(args.results)}")
     if found is None:
         return 0
     if not found:
@@ -327,7 +518,7 @@ def main(argv=None) -> int:
               f"({r['pairs']} pairs, {r['units']} {r['interval_unit']})")
     print("  * the interval excludes 0")
     if args.json:
-        args.json.write_text(json.dumps({"results": str(args.results), "comparisons": found}, indent=1) + "\n")
+        write_text_atomic(args.json, json.dumps({"results": str(args.results), "comparisons": found}, indent=1) + "\n")
     return 0
 
 

@@ -18,13 +18,18 @@ numbers that do not depend on the order of work. The fast and naive paths give t
 
 Resumable. Rows are appended (one fsync'd line each) when a split is finished; a rerun of the same
 command skips finished cells, drops a half-written last line, and refuses a results file made
-with another configuration.
+with another configuration. A file whose header is not this version's is refused before anything
+is read or changed (a typo in --output never touches another file), and so is one with a row that
+cannot be read (text for a number, fields missing: cells.row_shape_problem), naming its line. A row
+that reads but holds impossible values (cells.row_problem: a nan or negative nll, an accuracy above
+1, ...) is recomputed: the file is rewritten without it (beside, then renamed) and stderr says so.
 """
 from __future__ import annotations
 
 import csv
 import math
 import os
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,18 +37,14 @@ import torch
 from tqdm.auto import tqdm
 
 from . import UserError, cells, channel, compute, uplink
-from .grid import CPU_BATCH, GPU_MEMORY_SHARE, LINK_MODES, MASK_DEVICES, Condition, draws_of, is_clean
+from .grid import CPU_BATCH, GPU_MEMORY_SHARE, MASK_DEVICES, Condition, draws_of, is_clean
 from .link import SplitLink
 from .perplexity import sliding_windows, token_nll_and_correct
 from .segments import SplitModel
 
-RUN_COLUMNS = ("model", "dataset", "tokens", "context_length", "stride", "dtype", "seed")  # must match to resume
-LINK_COLUMNS = ("modulation", "fading", "nakagami_m", "bits_per_element", "elements_per_packet", "header_bits",
-                "bandwidth_hz", "block_fading")
-TEXT_COLUMNS = ("model", "dataset", "dtype", "link", "modulation", "fading", "block_fading")  # the rest hold numbers
-COLUMNS = RUN_COLUMNS + ("split", "layers_on_ue", "link", "snr_db", "dropout", "withheld", "protect", "draw") + LINK_COLUMNS + (
-    "nll", "ppl", "token_accuracy", "scored_tokens", "nonfinite_windows", *cells.WINDOW_COLUMNS,
-    "ue_compute_s", "tx_s", "edge_compute_s", "total_s", "tx_decode_s")
+# the results file's columns and what a valid row holds: cells.py (figures.py and the fit read them too)
+RUN_COLUMNS, LINK_COLUMNS, TEXT_COLUMNS = cells.RUN_COLUMNS, cells.LINK_COLUMNS, cells.TEXT_COLUMNS
+COLUMNS, row_problem = cells.COLUMNS, cells.row_problem
 
 
 PER_WINDOW = "per_window"  # key of a computed row's [(window, nll sum, correct, tokens)]: the windows file's lines
@@ -57,8 +58,16 @@ def cell_key(split: int, cond: Condition, draw: int) -> tuple:
 
 
 # --- the results file ----------------------------------------------------------------------------
+def _header_is(path: Path, columns) -> bool:
+    """Whether the file's first line is exactly this header (read as bytes: nothing else is read)."""
+    with path.open("rb") as f:
+        first = f.readline(64 * 1024)
+    return first.rstrip(b"\r\n") == ",".join(columns).encode()
+
+
 def _drop_partial_line(path: Path) -> None:
-    """A kill during a write can leave a last line without its newline: cut it off."""
+    """A kill during a write can leave a last line without its newline: cut it off (only ever called on
+    a file whose header is ours)."""
     with path.open("r+b") as f:
         data = f.read()
         if data and not data.endswith(b"\n"):
@@ -75,16 +84,19 @@ class ResultsStore:
         self.run_config = {k: str(v) for k, v in run_config.items()}
         link_config = {k: str(v) for k, v in (link_config or {}).items()}
         self.rows: list[dict] = []
-        if self.path.exists():
-            with self.path.open("rb") as f:  # the header first: a file of another kind is never modified
-                header = f.readline().decode("utf-8", "replace").rstrip("\r\n")
-            if header and header.split(",") != list(COLUMNS):
-                raise UserError(f"{self.path} is not a sweep results file of this version (other columns): "
-                                "use another --output")
+        self.windows_path = windows_path(self.path)
+        # both headers first: a file of another kind is refused before either file is changed
+        ours = self.path.is_file() and self.path.stat().st_size > 0
+        if ours and not _header_is(self.path, COLUMNS):
+            raise UserError(f"{self.path} is not a sweep results file of this version (other columns): "
+                            "use another --output")
+        if self.windows_path.is_file() and self.windows_path.stat().st_size and not _header_is(
+                self.windows_path, cells.WINDOW_FILE_COLUMNS):
+            raise UserError(f"{self.windows_path} is not a sweep windows file (other columns): move it away, "
+                            "or use another --output")
+        if ours:
             _drop_partial_line(self.path)
-            with self.path.open(newline="") as f:
-                self.rows = list(csv.DictReader(f))
-            self._check_rows()
+            self.rows = self._read_rows()
             first_physical = [r for r in self.rows if r["link"] not in ("dropout", "nr")][:1]
             for row, wanted in [(r, self.run_config) for r in self.rows[:1]] + [(r, link_config) for r in first_physical]:
                 differs = {k: (row[k], v) for k, v in wanted.items() if row[k] != v}
@@ -93,16 +105,45 @@ class ResultsStore:
                     raise UserError(f"{self.path} was made with another configuration ({detail}): "
                                     "use another --output, or the same options to resume")
         self.done = {row_key(r) for r in self.rows}
-        self.windows_path = windows_path(self.path)
         if self.windows_path.exists():
             _drop_partial_line(self.windows_path)
         try:
             self.windows = {k: v for k, v in cells.read_windows(self.windows_path).items() if k in self.done}
         except cells.WindowsFileError as e:
             raise UserError(str(e)) from None
-        if not self.rows:
+        if not ours:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._start(self.path, COLUMNS)
+
+    def _read_rows(self) -> list[dict]:
+        """The file's valid rows. A row that cannot be read is refused, naming its line (resuming would
+        skip or redo cells silently); rows with impossible values, or a second row of one cell and draw,
+        are taken out of the file (rewritten beside, then renamed) so that the sweep recomputes them."""
+        rows, dropped, seen = [], {}, set()
+        for line, row in cells.iter_rows(self.path, COLUMNS):
+            problem = cells.row_shape_problem(row)
+            if problem:
+                raise UserError(f"{self.path}:{line}: a damaged row ({problem}): delete that line to resume "
+                                "(the sweep then redoes it), or use another --output")
+            problem = row_problem(row) or (row_key(row) in seen and "a second row of the same cell and draw")
+            if problem:
+                dropped[line] = problem
+            else:
+                seen.add(row_key(row))
+                rows.append(row)
+        if dropped:
+            with self.path.open(newline="", encoding="utf-8") as f:
+                lines = f.read().splitlines(keepends=True)
+            if len(lines) != len(rows) + len(dropped) + 1:  # a quoted field over two lines: not the sweep's writing
+                raise UserError(f"{self.path}: blank lines or rows over several lines, which the sweep never "
+                                "writes: use another --output")
+            from .cli import write_text_atomic
+
+            write_text_atomic(self.path, "".join(text for i, text in enumerate(lines, start=1) if i not in dropped))
+            first = min(dropped)
+            print(f"[layersplit] {self.path}: {len(dropped)} row(s) with invalid values taken out to be recomputed "
+                  f"(line {first}: {dropped[first]})", file=sys.stderr)
+        return rows
 
     @staticmethod
     def _start(path: Path, columns) -> None:
@@ -110,33 +151,6 @@ class ResultsStore:
             csv.writer(f).writerow(columns)
             f.flush()
             os.fsync(f.fileno())
-
-    def _check_rows(self) -> None:
-        """Refuse a file with a damaged row, naming its line: resuming would skip or redo cells silently."""
-        for line, row in enumerate(self.rows, start=2):
-            problem = None
-            if None in row or None in row.values():
-                fields = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None, []))
-                problem = f"{fields} fields where the header has {len(COLUMNS)}"
-            elif row["link"] not in LINK_MODES:
-                problem = f"link {row['link']!r} is not one of {', '.join(LINK_MODES)}"
-            else:
-                for column in COLUMNS:
-                    if column in TEXT_COLUMNS or row[column] == "":
-                        continue
-                    try:
-                        float(row[column])
-                    except ValueError:
-                        problem = f"{column} is {row[column]!r}, not a number"
-                        break
-                else:
-                    try:
-                        row_key(row)
-                    except (ValueError, TypeError):
-                        problem = "split and draw must be integers"
-            if problem:
-                raise UserError(f"{self.path}:{line}: a damaged row ({problem}): delete that line to resume "
-                                "(the sweep then redoes it), or use another --output")
 
     def append(self, rows: list[dict]) -> None:
         """Write rows (each with its PER_WINDOW scores): the windows first, so that a row in the results
@@ -414,24 +428,24 @@ def run_naive(model, token_ids: torch.Tensor, cfg: SweepConfig, store: ResultsSt
     link.detach()
 
 
+def read_reference(reference: str | Path) -> list[dict]:
+    """The rows of a --verify reference, checked like every sweep file (cells.read_rows): a script calls
+    this before any work, so a bad reference is refused (one line, exit 2) before the sweep runs."""
+    try:
+        return cells.read_rows(reference)
+    except UserError as e:
+        raise UserError(f"--verify: {e}") from None
+
+
 def verify(rows: list[dict], reference: str | Path, rtol: float) -> str:
     """Check recomputed rows against the matching rows of another results file (made with the same
     run configuration): every recomputed row must be there and agree within rtol. Return a one-line
     summary; raise UserError naming the first row that does not agree."""
     reference = Path(reference)
-    if not reference.is_file():
-        raise UserError(f"--verify: {reference} does not exist")
-    with reference.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if list(reader.fieldnames or []) != list(COLUMNS):
-            raise UserError(f"--verify: {reference} is not a sweep results file of this version (other columns)")
-        ref_rows = list(reader)
+    ref_rows = read_reference(reference)
     if not rows:
         raise UserError("--verify: no rows were computed to compare")
-    try:
-        ref = {row_key(r): r for r in ref_rows}
-    except (ValueError, TypeError):
-        raise UserError(f"--verify: {reference} has a damaged row (split, draw, p or SNR not a number)") from None
+    ref = {row_key(r): r for r in ref_rows}
     worst = 0.0
     for row in rows:
         key = row_key(row)
@@ -443,6 +457,8 @@ def verify(rows: list[dict], reference: str | Path, rtol: float) -> str:
             raise UserError(f"--verify: {reference} was made with another {', '.join(differs)}")
         for column in ("nll", "token_accuracy"):
             a, b = float(row[column]), float(other[column])
+            if math.isnan(a) and math.isnan(b):  # a draw with no window scored, on both sides
+                continue
             gap = abs(a - b) / max(abs(b), 1e-12)
             worst = max(worst, gap)
             if not gap <= rtol:  # a NaN on either side fails too
