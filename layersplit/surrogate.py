@@ -24,6 +24,7 @@ network is built, fitted, saved or loaded: the scripts read this module's settin
 from __future__ import annotations
 
 import os
+import pickle
 import sys
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -119,6 +120,12 @@ class Surrogate:
             tmp.unlink(missing_ok=True)
 
 
+def _one_line(error: Exception, limit: int = 240) -> str:
+    """An exception's message as one short line (torch's span several)."""
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def load(path: str | Path, form: str | None = None) -> Surrogate:
     """A surrogate written by `Surrogate.save`, or a bare state_dict in the authors' format (keys
     fc.0/fc.2/fc.4, raw [p, split] in, inference reward out). `form`: the form the caller needs."""
@@ -127,20 +134,25 @@ def load(path: str | Path, form: str | None = None) -> Surrogate:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no reward surrogate at {path} (fit one with: python train_rsm.py fit)")
-    try:
+    try:  # weights_only: tensors and plain containers, never code (a surrogate file may come from anyone)
         blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle, zip and torch errors alike: the file is not a readable checkpoint
-        raise UserError(f"{path} is not a readable PyTorch file ({type(e).__name__}: {e})") from None
+    except pickle.UnpicklingError:  # weights_only refused an object: loading it would run its code
+        raise UserError(f"{path} holds Python objects besides tensors; refused, since loading them could run "
+                        "code (a surrogate holds tensors, numbers and strings only)") from None
+    except Exception as e:  # zip and torch errors alike: the file is not a readable checkpoint
+        raise UserError(f"{path} is not a readable PyTorch file ({type(e).__name__}: {_one_line(e)})") from None
     if isinstance(blob, dict) and blob.get("format") == FORMAT:
-        found = blob["form"]
-        state, norm = blob["state_dict"], blob["normalisation"]
+        found, state, norm = blob.get("form"), blob.get("state_dict"), blob.get("normalisation")
         metadata, metrics = blob.get("metadata", {}), blob.get("metrics", {})
+        if found not in FORMS or not isinstance(state, dict) or not isinstance(norm, dict):
+            raise UserError(f"{path} is a damaged {FORMAT} file: its form ({found!r}), state_dict or normalisation "
+                            "is missing or of another kind")
     elif isinstance(blob, dict) and set(blob) == AUTHORS_KEYS:
         found, state = "paper", blob
         norm = {"in_mean": [0.0, 0.0], "in_std": [1.0, 1.0], "out_mean": [0.0], "out_std": [1.0]}
         metadata, metrics = {"source": "a bare state_dict in the authors' format", "file": str(path)}, {}
     else:
-        keys = sorted(blob)[:8] if isinstance(blob, dict) else type(blob).__name__
+        keys = sorted(map(str, blob))[:8] if isinstance(blob, dict) else type(blob).__name__
         raise UserError(f"{path} is not a reward surrogate: neither a {FORMAT} file nor the authors' state_dict "
                         f"(keys fc.0/fc.2/fc.4); found {keys}")
     if form is not None and found != form:
@@ -150,46 +162,43 @@ def load(path: str | Path, form: str | None = None) -> Surrogate:
     net = network(len(spec["inputs"]), len(spec["outputs"]))
     try:
         net.load_state_dict(state)
-    except RuntimeError as e:
-        raise UserError(f"{path}: weights do not fit the {found} surrogate's network: {str(e).splitlines()[0]}") from None
-    return Surrogate(found, net.eval(), *(np.asarray(norm[k], dtype=np.float64)
-                                           for k in ("in_mean", "in_std", "out_mean", "out_std")),
-                     metadata=metadata, metrics=metrics)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise UserError(f"{path}: weights do not fit the {found} surrogate's network: {_one_line(e)}") from None
+    if not all(bool(torch.isfinite(t).all()) for t in net.state_dict().values()):
+        raise UserError(f"{path}: the {found} surrogate's weights hold NaN or infinite values")
+    scaling = []
+    for name, size in (("in_mean", len(spec["inputs"])), ("in_std", len(spec["inputs"])),
+                       ("out_mean", len(spec["outputs"])), ("out_std", len(spec["outputs"]))):
+        try:
+            values = np.asarray(norm[name], dtype=np.float64)
+        except (KeyError, TypeError, ValueError):
+            values = None
+        if values is None or values.shape != (size,) or not np.isfinite(values).all() or (
+                name.endswith("std") and not (values > 0).all()):
+            raise UserError(f"{path}: normalisation {name} must be {size} finite number(s)"
+                            f"{' > 0' if name.endswith('std') else ''}")
+        scaling.append(values)
+    return Surrogate(found, net.eval(), *scaling, metadata=metadata if isinstance(metadata, dict) else {},
+                     metrics=metrics if isinstance(metrics, dict) else {})
 
 
 # --- the training data, from sweep results -------------------------------------------------------
 def _read_sweep(path: str | Path, needed: tuple[str, ...]):
+    """The sweep's rows as a frame, each checked first (cells.read_rows: a row with an impossible value
+    is refused, naming its line, never fitted on nor dropped), with their window scores."""
     import pandas as pd
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no sweep results at {path} (make them with: python add_noise.py --sweep)")
+    cells.read_rows(path, needed)
     try:
-        frame = pd.read_csv(path)
-    except Exception as e:
-        raise UserError(f"{path} is not a readable CSV: {e}") from None
-    missing = [c for c in needed if c not in frame.columns]
-    if missing:
-        raise UserError(f"{path} has no column(s) {', '.join(missing)}: is it a sweep results file "
-                        "(python add_noise.py --sweep)?")
-    from .grid import LINK_MODES
-    from .sweep import TEXT_COLUMNS
-
-    # a sweep writes numbers and known link names only: refuse anything else, naming its line, rather
-    # than fit on what is left after dropping it
+        frame = pd.read_csv(path)  # the numbers as pandas parses them (the fits of the committed sweeps rest on it)
+    except (ValueError, UnicodeDecodeError) as e:  # csv read it, so this is rare: a quoting only pandas minds
+        raise UserError(f"{path} is not a CSV pandas can read ({str(e).splitlines()[0]})") from None
     for column in needed:
-        if column in TEXT_COLUMNS:
-            continue
-        values = pd.to_numeric(frame[column], errors="coerce")
-        bad = values.isna() & frame[column].notna()
-        if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise UserError(f"{path}:{row + 2}: {column} is {frame[column].iloc[row]!r}, not a number "
-                            f"({int(bad.sum())} such row(s)): fix or delete them, or rerun the sweep")
-        frame[column] = values
-    if "link" in needed and not (known := frame["link"].isin(LINK_MODES)).all():
-        row = int(np.flatnonzero(~known.to_numpy())[0])
-        raise UserError(f"{path}:{row + 2}: link is {frame['link'].iloc[row]!r}, not one of {', '.join(LINK_MODES)}")
+        if column not in cells.TEXT_COLUMNS:
+            frame[column] = pd.to_numeric(frame[column])
     return _with_windows(frame, path)
 
 
@@ -211,14 +220,17 @@ def unprotected(frame):
     return frame[frame["protect"].fillna(0) == 0] if "protect" in frame else frame
 
 
-def _pooled(frame, keys: list[str]):
+def _pooled(frame, keys: list[str], where):
     """The rows of `frame` pooled over draws per `keys` (cells.pool: token-weighted NLL and accuracy,
     95% intervals over windows)."""
     import pandas as pd
 
-    return pd.DataFrame([{**dict(zip(keys, key)), **cells.pool(group.to_dict("records")),
-                          "latency_s": group["total_s"].astype(float).mean() if "total_s" in group else np.nan}
-                         for key, group in frame.groupby(keys, sort=True)])
+    pooled = pd.DataFrame([{**dict(zip(keys, key)), **cells.pool(group.to_dict("records")),
+                            "latency_s": group["total_s"].astype(float).mean() if "total_s" in group else np.nan}
+                           for key, group in frame.groupby(keys, sort=True)])
+    if not pooled.empty:
+        cells.report_left_out(pooled.to_dict("records"), where)
+    return pooled
 
 
 def paper_cells(path: str | Path, splits=PAPER_SPLITS, reference_split: int = REFERENCE_SPLIT):
@@ -227,7 +239,9 @@ def paper_cells(path: str | Path, splits=PAPER_SPLITS, reference_split: int = RE
     reward, and that reward's standard error over the noise draws (inference_reward_se)."""
     frame = _read_sweep(path, ("link", "split", "dropout", "draw", "nll", "token_accuracy", "scored_tokens"))
     frame = unprotected(frame[frame["link"] == "dropout"])
-    cells = _pooled(frame, ["dropout", "split"]).drop(columns="latency_s")
+    if frame.empty:
+        raise UserError(f"{path} has no rows of the original link (p): sweep with --dropouts")
+    cells = _pooled(frame, ["dropout", "split"], path).drop(columns="latency_s")
     reference = cells[cells["split"] == reference_split].set_index("dropout")["ppl"]
     if reference.empty:
         raise UserError(f"{path} has no cells at the reference split {reference_split} (the paper's fixed split): "
@@ -261,7 +275,7 @@ def wireless_cells(path: str | Path, protect: bool = False):
     if protect and frame["protect"].nunique() < 2:
         raise UserError(f"{path} has one protection level only: sweep with --protects for a protect-form surrogate")
     keys = ["snr_db", "split", "withheld"] + (["protect"] if protect else [])
-    cells = _pooled(frame, keys).rename(columns={"nll": "log_ppl"})
+    cells = _pooled(frame, keys, path).rename(columns={"nll": "log_ppl"})
     finite = np.isfinite(cells["log_ppl"])
     if not finite.all():  # a cell whose perplexity overflowed has no log-PPL to fit: say so, then leave it out
         print(f"[layersplit] {path}: {int((~finite).sum())} of {len(cells)} cells have an infinite or undefined "
