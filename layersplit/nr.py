@@ -79,8 +79,10 @@ TAIL_SLOPE_DB = -1.0  # decades of BLER per dB past a curve's last lost TB when 
 # with losses (otherwise the slope of its last two: a fading channel's BLER falls as a power of the SNR)
 
 # ---- the table's Monte Carlo -------------------------------------------------------------------
-# the table the link reads: the committed one, or the file LAYERSPLIT_NR_BLER_TABLE names (a recomputed table)
-BLER_TABLE = Path(os.environ.get("LAYERSPLIT_NR_BLER_TABLE") or Path(__file__).resolve().parent.parent / "results" / "nr_bler.csv")
+# the table the link reads: the committed one, or the file LAYERSPLIT_NR_BLER_TABLE names (a recomputed table;
+# empty: unset); scripts check it before any work with check_environment()
+TABLE_ENV = "LAYERSPLIT_NR_BLER_TABLE"
+BLER_TABLE = Path(os.environ.get(TABLE_ENV) or Path(__file__).resolve().parent.parent / "results" / "nr_bler.csv")
 TABLE_SNR_DB = tuple(float(s) for s in range(-8, 41, 2))  # Es/N0 grid, 2 dB steps (the fading curves span ~12 dB)
 TABLE_BATCH = 32  # slots simulated per Sionna call
 TABLE_MAX_SLOTS = 192  # slots per point at most (a BLER of 0/192: the 95% upper bound is 1.9%)
@@ -220,13 +222,12 @@ def write_table(path: Path, mcs_list, snr_list, seed: int = TABLE_SEED, channel:
 
     path = Path(path)
     done = {}
-    if path.exists():
-        with path.open() as f:
-            for row in csv.DictReader(f):
-                if (row["channel"], row["receiver"], int(row["seed"])) != (channel, receiver, seed):
-                    raise UserError(f"{path} holds a table of another set-up; write to a new file")
-                done.setdefault(int(row["mcs"]), []).append((float(row["snr_db"]), int(row["errors"]), int(row["slots"])))
-    new = not path.exists()
+    if path.exists():  # read (and checked) before anything is appended: another file is never changed
+        for row in read_table(path, allow_empty=True):
+            if (row["channel"], row["receiver"], int(row["seed"])) != (channel, receiver, seed):
+                raise UserError(f"{path} holds a table of another set-up; write to a new file")
+            done.setdefault(int(row["mcs"]), []).append((float(row["snr_db"]), int(row["errors"]), int(row["slots"])))
+    new = not path.exists() or path.stat().st_size == 0
     path.parent.mkdir(parents=True, exist_ok=True)
     simulated = 0
     with path.open("a", newline="") as f:
@@ -287,18 +288,92 @@ class BlerCurve:
         return float(10.0 ** (logs[-1] + slope * (snr_db - x[-1])))
 
 
-@functools.lru_cache(maxsize=8)
-def load_table(path: str | Path = BLER_TABLE) -> dict[int, BlerCurve]:
-    """The BLER curves of a table written by write_table, by MCS."""
+READ_COLUMNS = ("mcs", "modulation_order", "code_rate", "tb_size", "snr_db", "slots", "errors", "bler", "bler_low",
+                "bler_high", "channel", "receiver", "seed")  # what the readers use of TABLE_COLUMNS
+# column -> (low, high, whole): the range of each number a table row holds (bler_low <= bler <= bler_high too)
+TABLE_LIMITS = {"mcs": (0, 28, True), "modulation_order": (1, 10, True), "code_rate": (0, 1, False),
+                "tb_size": (1, math.inf, True), "snr_db": (-math.inf, math.inf, False), "slots": (1, math.inf, True),
+                "errors": (0, math.inf, True), "bler": (0, 1, False), "bler_low": (0, 1, False),
+                "bler_high": (0, 1, False), "seed": (-math.inf, math.inf, True)}
+
+
+def _table_row_problem(row: dict) -> str | None:
+    """What is wrong with a BLER table row as csv reads it, or None."""
+    if None in row or None in row.values():
+        return "fields missing or extra"
+    values = {}
+    for column, (low, high, whole) in TABLE_LIMITS.items():
+        try:
+            x = float(int(row[column]) if whole else row[column])  # whole: "3", as write_table writes it
+        except ValueError:
+            return f"{column} is {row[column]!r}, not {'a whole number' if whole else 'a number'}"
+        if not (low <= x <= high and math.isfinite(x)) or (whole and x != int(x)):
+            kind = "a whole number" if whole else "a finite number"
+            return f"{column} is {row[column]}, not {kind}" + (f" in [{low:g}, {high:g}]" if math.isfinite(high) else "")
+        values[column] = x
+    if values["errors"] > values["slots"]:
+        return f"errors {row['errors']} > slots {row['slots']}"
+    if not values["bler_low"] <= values["bler"] <= values["bler_high"]:
+        return f"bler {row['bler']} is outside its interval [{row['bler_low']}, {row['bler_high']}]"
+    return None
+
+
+def read_table(path: str | Path, allow_empty: bool = False) -> list[dict]:
+    """The rows of a BLER table (write_table's format), each checked: the columns present, numbers finite
+    and in range (BLER and its interval in [0, 1], MCS and counts whole), one row per (MCS, SNR).
+    UserError names the file and line of the first that is not, or the file."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not an NR BLER table")
     if not path.exists():
         raise UserError(f"{path}: no NR BLER table; make it with python -m layersplit.nr --table {path}")
-    rows: dict[int, list[dict]] = {}
-    with path.open() as f:
-        for row in csv.DictReader(f):
-            rows.setdefault(int(row["mcs"]), []).append(row)
-    if not rows:
+    rows, seen = [], {}
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in READ_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing and (reader.fieldnames or not allow_empty):
+                raise UserError(f"{path} is not an NR BLER table: no column(s) {', '.join(missing[:4])}"
+                                + (f" and {len(missing) - 4} more" if len(missing) > 4 else ""))
+            for row in reader:
+                problem = _table_row_problem(row)
+                key = None if problem else (int(row["mcs"]), float(row["snr_db"]))
+                if key in seen:
+                    problem = f"MCS {key[0]} at {key[1]:g} dB again (line {seen[key]} has it)"
+                if problem:
+                    raise UserError(f"{path}:{reader.line_num}: {problem}")
+                seen[key] = reader.line_num
+                rows.append(row)
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not an NR BLER table: not UTF-8 text") from None
+    except csv.Error as e:
+        raise UserError(f"{path} is not an NR BLER table: not CSV ({e})") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the NR BLER table ({e.strerror or e})") from None
+    if not rows and not allow_empty:
         raise UserError(f"{path}: the NR BLER table is empty")
+    return rows
+
+
+def check_environment() -> None:
+    """Refuse a LAYERSPLIT_NR_BLER_TABLE that is set but does not name a valid BLER table (missing, a
+    folder, not a table, a bad row), naming the variable: scripts call this before any work."""
+    value = os.environ.get(TABLE_ENV)
+    if not value:  # unset or empty: the committed table
+        return
+    try:
+        load_table(Path(value))
+    except UserError as e:
+        raise UserError(f"{TABLE_ENV}={value}: {e}") from None
+
+
+@functools.lru_cache(maxsize=8)
+def load_table(path: str | Path = BLER_TABLE) -> dict[int, BlerCurve]:
+    """The BLER curves of a table written by write_table, by MCS (read_table checks every row)."""
+    path = Path(path)
+    rows: dict[int, list[dict]] = {}
+    for row in read_table(path):
+        rows.setdefault(int(row["mcs"]), []).append(row)
     curves = {}
     top = max(float(r["snr_db"]) for group in rows.values() for r in group)
     for mcs, group in sorted(rows.items()):
@@ -306,6 +381,8 @@ def load_table(path: str | Path = BLER_TABLE) -> dict[int, BlerCurve]:
         if int(group[-1]["errors"]) and float(group[-1]["snr_db"]) < top:
             raise UserError(f"{path}: the curve of MCS {mcs} stops at {group[-1]['snr_db']} dB with TBs still lost "
                             f"(an interrupted run?): resume it with python -m layersplit.nr --table {path}")
+        if len({r["tb_size"] for r in group}) > 1:
+            raise UserError(f"{path}: the rows of MCS {mcs} give more than one TB size")
         curves[mcs] = BlerCurve(mcs, int(group[0]["tb_size"]), int(group[0]["modulation_order"]),
                                 float(group[0]["code_rate"]), tuple(float(r["snr_db"]) for r in group),
                                 tuple(float(r["bler"]) for r in group), tuple(float(r["bler_high"]) for r in group))
@@ -366,6 +443,8 @@ def operating_point(snr_db: float, rule: str | None = None, target_bler: float |
                     max_retx: int | None = None, table: str | Path | None = None) -> OperatingPoint:
     """The NR link at average Es/N0 `snr_db`, from the BLER table; None takes the module's constant as it
     is at the call (a script's --mcs-rule sets MCS_RULE)."""
+    if table is None and os.environ.get(TABLE_ENV):  # the table the variable names: a bad one is named by it
+        check_environment()
     return _operating_point(float(snr_db), MCS_RULE if rule is None else rule,
                             TARGET_BLER if target_bler is None else target_bler,
                             HARQ_MAX_RETX if max_retx is None else max_retx, str(BLER_TABLE if table is None else table),
@@ -410,9 +489,8 @@ def check(cases: list[tuple[int, float]], slots: int, seed: int, table: str | Pa
     curve: `agrees` when the fresh 95% interval meets the table's (at one of its points) or holds the
     table's interpolated value (between them)."""
     curves = load_table(table)
-    with Path(table).open() as f:
-        measured = {(int(r["mcs"]), float(r["snr_db"])): (float(r["bler_low"]), float(r["bler_high"]))
-                    for r in csv.DictReader(f)}
+    measured = {(int(r["mcs"]), float(r["snr_db"])): (float(r["bler_low"]), float(r["bler_high"]))
+                for r in read_table(table)}
     rows = []
     for mcs, snr in cases:
         if mcs not in curves:
@@ -467,7 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bler-table", type=Path, default=BLER_TABLE, help="the BLER table the link reads")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     g = p.add_argument_group("the BLER table (Monte Carlo with Sionna)")
-    g.add_argument("--table", metavar="CSV", type=Path,
+    g.add_argument("--table", metavar="CSV", type=cli.writable_file,
                    help="measure BLER against Es/N0 per MCS by Monte Carlo and append to CSV (resumes)")
     g.add_argument("--check", metavar="MCS:SNR,...",
                    help="simulate these (MCS, Es/N0) cases afresh (seed --seed + 1) and compare with --bler-table")
@@ -505,9 +583,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--check {args.check!r}: give MCS:SNR pairs, e.g. 14:10,3:0")
 
     def body() -> int:
+        if args.bler_table == BLER_TABLE:  # the table the variable names, if set: a bad one is named by it
+            check_environment()
         if args.table:
             start = time.time()
-            n = write_table(args.table, mcs_list, snr_list, args.seed, args.channel, args.receiver,
+            n = write_table(Path(args.table), mcs_list, snr_list, args.seed, args.channel, args.receiver,
                             args.max_slots, args.min_errors, args.batch)
             print(f"simulated {n} points into {args.table} in {time.time() - start:.0f} s")
         elif cases:
