@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
+import io
 import json
 import math
 import sys
@@ -39,7 +40,7 @@ from typing import Callable
 import numpy as np
 from scipy import integrate, special
 
-from . import cli
+from . import UserError, cli
 from .cli import writable_file
 
 # ---- link -----------------------------------------------------------------------------------
@@ -432,13 +433,19 @@ def ber_per_table(
 
 
 def write_table(rows: list[dict[str, float | str]], path: str | Path) -> None:
+    """The rows as CSV (floats to 6 significant digits), written beside and renamed: a kill or a full disk
+    never leaves half a table in place of the previous one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cli.write_text_atomic(path, text.getvalue())
+    except OSError as e:
+        raise UserError(f"cannot write {path} ({e.strerror or type(e).__name__})") from None
 
 
 # ---- CLI -------------------------------------------------------------------------------------
@@ -508,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -517,36 +524,41 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(e))
     if args.tokens < 1 or args.hidden_size < 1 or args.mc_symbols < 1:
         parser.error("--tokens, --hidden-size and --mc-symbols must be >= 1")
-    if args.table:
-        start = time.time()
-        rows = ber_per_table(list(TABLE_SNR_DB), list(MODULATIONS), list(FADINGS), args.mc_symbols, args.seed, cfg)
-        write_table(rows, args.table)
-        print(f"wrote {len(rows)} rows to {args.table} in {time.time() - start:.1f} s")
-        return
-    if args.latency_table:
-        from . import compute
 
-        rows = compute.latency_table(list(LATENCY_TABLE_SNR_DB), {"smollm2-135m": compute.SMOLLM2_135M,
-                                                                  "llama2-7b": compute.LLAMA2_7B},
-                                     args.tokens, cfg)
-        write_table(rows, args.latency_table)
-        print(f"wrote {len(rows)} rows to {args.latency_table}")
-        return
-    if args.protect_table:
-        from . import compute
+    def body() -> int:
+        if args.table:
+            start = time.time()
+            rows = ber_per_table(list(TABLE_SNR_DB), list(MODULATIONS), list(FADINGS), args.mc_symbols, args.seed, cfg)
+            write_table(rows, args.table)
+            print(f"wrote {len(rows)} rows to {args.table} in {time.time() - start:.1f} s")
+            return 0
+        if args.latency_table:
+            from . import compute
 
-        rows = compute.protect_table(list(PROTECT_TABLE_SNR_DB), {"smollm2-135m": compute.SMOLLM2_135M,
-                                                                  "llama2-7b": compute.LLAMA2_7B},
-                                     PROTECT_TABLE_KS, args.tokens, cfg)
-        write_table(rows, args.protect_table)
-        print(f"wrote {len(rows)} rows to {args.protect_table}")
-        return
-    summary = link_summary(cfg, args.tokens, args.hidden_size)
-    if args.json:
-        print(json.dumps(summary))
-        return
-    for key, value in summary.items():
-        print(f"{key:22s} {value:.4g}" if isinstance(value, float) else f"{key:22s} {value}")
+            rows = compute.latency_table(list(LATENCY_TABLE_SNR_DB), {"smollm2-135m": compute.SMOLLM2_135M,
+                                                                      "llama2-7b": compute.LLAMA2_7B},
+                                         args.tokens, cfg)
+            write_table(rows, args.latency_table)
+            print(f"wrote {len(rows)} rows to {args.latency_table}")
+            return 0
+        if args.protect_table:
+            from . import compute
+
+            rows = compute.protect_table(list(PROTECT_TABLE_SNR_DB), {"smollm2-135m": compute.SMOLLM2_135M,
+                                                                      "llama2-7b": compute.LLAMA2_7B},
+                                         PROTECT_TABLE_KS, args.tokens, cfg)
+            write_table(rows, args.protect_table)
+            print(f"wrote {len(rows)} rows to {args.protect_table}")
+            return 0
+        summary = link_summary(cfg, args.tokens, args.hidden_size)
+        if args.json:
+            print(json.dumps(summary))
+            return 0
+        for key, value in summary.items():
+            print(f"{key:22s} {value:.4g}" if isinstance(value, float) else f"{key:22s} {value}")
+        return 0
+
+    return cli.run_main(parser.prog, body)
 
 
 if __name__ == "__main__":
