@@ -101,10 +101,10 @@ class FigureInputError(Exception):
 
 
 def read_csv(path: Path, columns: dict[str, type], remedy: str, optional: dict[str, tuple[type, object]] | None = None,
-             check: Callable[[dict], str | None] | None = None) -> list[dict]:
+             check: Callable[[dict, int], str | None] | None = None) -> list[dict]:
     """Rows of `path` with `columns` converted to their types (columns are found by name, extra
     ones are ignored); `optional`: column -> (type, value when the file has no such column); `check`:
-    what is wrong with a row as read (its fields as text), or None. FigureInputError names the file,
+    what is wrong with a row as read (its fields as text) on a line, or None. FigureInputError names the file,
     the column and the line."""
     if not path.is_file():
         raise FigureInputError(f"missing {path} (make it with: {remedy})")
@@ -126,7 +126,7 @@ def read_csv(path: Path, columns: dict[str, type], remedy: str, optional: dict[s
                     except (TypeError, ValueError):
                         raise FigureInputError(f"malformed {path}: line {reader.line_num}, column {c}: {row[c]!r} "
                                                f"is not {kind.__name__} (remake it with: {remedy})") from None
-                if check and (problem := check(row)):
+                if check and (problem := check(row, reader.line_num)):
                     raise FigureInputError(f"malformed {path}: line {reader.line_num}: {problem} "
                                            f"(remake it with: {remedy})")
                 rows.append(converted)
@@ -207,12 +207,12 @@ def _float_or_nan(text: str) -> float:
 
 def read_sweep(path: Path, columns: dict[str, type], remedy: str, optional: dict | None = None) -> list[dict]:
     """A sweep results file's rows (read_csv), each valid by the rule every reader of sweep rows follows
-    (cells.row_problem: an impossible value is refused, naming its line, never drawn), with each row's
+    (cells.RowCheck: an impossible value or a row given twice is refused, naming its line), with each row's
     window scores from the windows file beside it (cells.attach_windows), so that the intervals take the
     window as their unit."""
     from layersplit import cells
 
-    rows = read_csv(path, columns, remedy, optional, check=cells.row_problem)
+    rows = read_csv(path, columns, remedy, optional, check=cells.RowCheck())
     try:
         return cells.attach_windows(rows, cells.read_windows(cells.windows_path(path)))
     except cells.WindowsFileError as e:

@@ -189,17 +189,28 @@ def iter_rows(path: str | Path, needed=COLUMNS, kind: str = "sweep results file"
             raise UserError(f"{path}:{reader.line_num}: not CSV ({e})") from None
 
 
-def read_rows(path: str | Path, needed=COLUMNS, kind: str = "sweep results file") -> list[dict]:
-    """The rows of a sweep results file, each valid (row_problem) and each (split, condition, draw) once;
-    UserError naming the file and line of the first that is not, or the file (iter_rows, no rows)."""
-    rows, seen = [], {}
-    for line, row in iter_rows(path, needed, kind):
+class RowCheck:
+    """row_problem of each row of one file, and each (split, condition, draw) once: a second row of one
+    would be pooled twice. Call it with each row and its line, in order."""
+
+    def __init__(self):
+        self.seen: dict[tuple, int] = {}
+
+    def __call__(self, row: dict, line: int) -> str | None:
         problem = row_problem(row)
         if problem is None and (key := _key_or_none(row)) is not None:
-            if key in seen:
-                problem = f"the same split, condition and draw as line {seen[key]} (it would be pooled twice)"
-            seen.setdefault(key, line)
-        if problem:
+            if key in self.seen:
+                return f"the same split, condition and draw as line {self.seen[key]} (it would be pooled twice)"
+            self.seen[key] = line
+        return problem
+
+
+def read_rows(path: str | Path, needed=COLUMNS, kind: str = "sweep results file") -> list[dict]:
+    """The rows of a sweep results file, each valid (RowCheck); UserError naming the file and line of the
+    first that is not, or the file (iter_rows; a header without rows)."""
+    rows, check = [], RowCheck()
+    for line, row in iter_rows(path, needed, kind):
+        if problem := check(row, line):
             raise UserError(f"{path}:{line}: {problem}")
         rows.append(row)
     if not rows:
@@ -234,7 +245,7 @@ def row_key(row: dict) -> tuple:
     the protected elements per token (floats as written in the CSV; strings, or numbers as pandas reads them)."""
     snr = "" if _blank(row["snr_db"]) else repr(float(row["snr_db"]))
     p = repr(float(row["dropout"])) if row["link"] == "dropout" else ""
-    withheld, protect = row["withheld"], row.get("protect")
+    withheld, protect = row.get("withheld"), row.get("protect")  # absent in older files: none
     return (int(row["split"]), row["link"], snr, p, repr(float(0.0 if _blank(withheld) else withheld)),
             int(0 if _blank(protect) else protect), int(row["draw"]))
 

@@ -136,10 +136,10 @@ def load(path: str | Path, form: str | None = None) -> Surrogate:
         raise UserError(f"no reward surrogate at {path} (fit one with: python train_rsm.py fit)")
     try:  # weights_only: tensors and plain containers, never code (a surrogate file may come from anyone)
         blob = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # weights_only refused an object: loading it would run its code
-        raise UserError(f"{path} holds Python objects besides tensors; refused, since loading them could run "
-                        "code (a surrogate holds tensors, numbers and strings only)") from None
-    except Exception as e:  # zip and torch errors alike: the file is not a readable checkpoint
+    except Exception as e:  # pickle, zip and torch errors alike: the file is not a readable checkpoint
+        if isinstance(e, pickle.UnpicklingError) and "Unsupported global" in str(e):  # an object refused
+            raise UserError(f"{path} holds Python objects besides tensors; refused, since loading them could run "
+                            "code (a surrogate holds tensors, numbers and strings only)") from None
         raise UserError(f"{path} is not a readable PyTorch file ({type(e).__name__}: {_one_line(e)})") from None
     if isinstance(blob, dict) and blob.get("format") == FORMAT:
         found, state, norm = blob.get("form"), blob.get("state_dict"), blob.get("normalisation")

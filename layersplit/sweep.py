@@ -74,6 +74,31 @@ def _drop_partial_line(path: Path) -> None:
             f.truncate(data.rfind(b"\n") + 1)
 
 
+def check_output(path: str | Path) -> bool:
+    """Refuse a results path whose file, or windows file beside it, is of another kind, or holds a row
+    that cannot be read (cells.row_shape_problem), changing nothing: a script calls it before any work.
+    True when there is a results file to resume."""
+    path = Path(path)
+    ours = path.is_file() and path.stat().st_size > 0
+    if ours and not _header_is(path, COLUMNS):
+        raise UserError(f"{path} is not a sweep results file of this version (other columns): use another --output")
+    beside = windows_path(path)
+    if beside.is_file() and beside.stat().st_size and not _header_is(beside, cells.WINDOW_FILE_COLUMNS):
+        raise UserError(f"{beside} is not a sweep windows file (other columns): move it away, or use another --output")
+    for line, row in cells.iter_rows(path, COLUMNS) if ours else ():
+        if problem := cells.row_shape_problem(row):  # (a torn last line is cut when the store opens the file)
+            if line == _last_line(path) and not path.read_bytes().endswith(b"\n"):
+                break
+            raise UserError(f"{path}:{line}: a damaged row ({problem}): delete that line to resume "
+                            "(the sweep then redoes it), or use another --output")
+    return ours
+
+
+def _last_line(path: Path) -> int:
+    with path.open("rb") as f:
+        return sum(1 for _ in f)
+
+
 class ResultsStore:
     """An append-only CSV that survives being killed at any moment, with its windows file beside it."""
 
@@ -85,15 +110,7 @@ class ResultsStore:
         link_config = {k: str(v) for k, v in (link_config or {}).items()}
         self.rows: list[dict] = []
         self.windows_path = windows_path(self.path)
-        # both headers first: a file of another kind is refused before either file is changed
-        ours = self.path.is_file() and self.path.stat().st_size > 0
-        if ours and not _header_is(self.path, COLUMNS):
-            raise UserError(f"{self.path} is not a sweep results file of this version (other columns): "
-                            "use another --output")
-        if self.windows_path.is_file() and self.windows_path.stat().st_size and not _header_is(
-                self.windows_path, cells.WINDOW_FILE_COLUMNS):
-            raise UserError(f"{self.windows_path} is not a sweep windows file (other columns): move it away, "
-                            "or use another --output")
+        ours = check_output(self.path)  # before either file is changed
         if ours:
             _drop_partial_line(self.path)
             self.rows = self._read_rows()
