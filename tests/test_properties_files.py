@@ -1,0 +1,104 @@
+"""A property-based pass over malformed sweep rows: whatever a row's fields hold (any text, numbers
+with nan and inf, fields missing), every reader of sweep rows either accepts a valid row or refuses it
+naming the file and its line (the project's UserError, or figures.py's FigureInputError) - never
+another exception, and never pools an invalid value."""
+from __future__ import annotations
+
+import csv
+import math
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+import figures
+from conftest import ROOT
+from layersplit import UserError, cells, surrogate, sweep
+
+with open(ROOT / "results" / "sweep_smollm2-135m.csv", newline="") as f:
+    GOOD = list(csv.DictReader(f))[:2]  # two valid rows of different draws: line 2 stays, line 3 is mutated
+FIGURE_COLUMNS = {"model": str, "tokens": int, "split": int, "link": str, "snr_db": str, "dropout": float, "draw": int,
+                  "ppl": float, "token_accuracy": float, **figures.WINDOW_COLUMNS}
+FIT_COLUMNS = ("link", "split", "dropout", "draw", "nll", "token_accuracy", "scored_tokens")
+
+field = st.one_of(
+    st.text(alphabet=st.characters(blacklist_characters="\r\n\x00", blacklist_categories=("Cs",)), max_size=8),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.integers(min_value=-3, max_value=10**20).map(str),
+    st.sampled_from(["", "nan", "inf", "-inf", "-0.0", "1.5", "-50", "1e309", " 1", "0", "True", "erasure", "nr"]),
+)
+mutations = st.tuples(st.dictionaries(st.sampled_from(sweep.COLUMNS), field, min_size=1, max_size=6),
+                      st.one_of(st.none(), st.integers(min_value=1, max_value=len(sweep.COLUMNS) - 1)))
+
+
+def write(path: Path, changes: dict, keep: int | None) -> None:
+    """The header, a good row, then the second good row with `changes` and only its first `keep` fields."""
+    values = [{**GOOD[1], **changes}[c] for c in sweep.COLUMNS]
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(sweep.COLUMNS)
+        writer.writerow([GOOD[0][c] for c in sweep.COLUMNS])
+        writer.writerow(values if keep is None else values[:keep])
+
+
+def assert_pooled_values_valid(rows: list[dict]) -> None:
+    for row in rows:
+        assert cells.row_problem(row) is None, row
+    pooled = cells.pool(rows)
+    assert pooled["draws"] + pooled["draws_left_out"] == len(rows)
+    if pooled["draws"]:
+        assert 0 <= pooled["nll"] < math.inf and 0 <= pooled["token_accuracy"] <= 1
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mutation=mutations)
+def test_every_reader_accepts_a_valid_row_or_names_its_line(mutation):
+    changes, keep = mutation
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "sweep.csv"
+        write(path, changes, keep)
+        where = f"{path}:3: "
+        readers = {  # reader -> its rows, or the exception it raised
+            "read_rows": lambda: cells.read_rows(path),
+            "cells CLI": lambda: cells.read_sweep(path, cells.CLI_COLUMNS),
+            "verify": lambda: sweep.read_reference(path),
+            "fit": lambda: surrogate._read_sweep(path, FIT_COLUMNS).to_dict("records"),
+        }
+        outcomes = {}
+        for name, read in readers.items():
+            try:
+                outcomes[name] = read()
+            except UserError as e:
+                assert where in str(e), (name, str(e))
+                outcomes[name] = e
+        accepted = {n for n, o in outcomes.items() if not isinstance(o, Exception)}
+        assert accepted in (set(), set(readers)), f"the readers disagree: {accepted} accept the row"
+        event("accepted" if accepted else "refused")
+        if accepted:
+            assert_pooled_values_valid(outcomes["read_rows"])
+            assert cells.row_problem({**GOOD[1], **changes}) is None
+        try:
+            drawn = figures.read_sweep(path, FIGURE_COLUMNS, "remedy")
+        except figures.FigureInputError as e:
+            assert f"malformed {path}: line 3" in str(e), str(e)
+        else:
+            assert accepted, "figures.py drew a row the other readers refuse"
+            assert len(drawn) == 2
+        try:  # the resumed sweep: reads it, or refuses it by line, or takes the row out to recompute it
+            store = sweep.ResultsStore(path, {k: GOOD[0][k] for k in sweep.RUN_COLUMNS})
+        except UserError as e:
+            assert where in str(e) or "was made with another configuration" in str(e), str(e)
+        else:
+            assert all(cells.row_problem(r) is None for r in store.rows)
+            assert len(store.rows) == (2 if accepted else 1)
+
+
+@pytest.mark.parametrize("changes", [{"nll": "nan"}, {"nll": "-50"}, {"token_accuracy": "1.5"}, {"nll": ""}])
+def test_the_examples_of_the_issue_are_refused_by_every_reader(changes, tmp_path):
+    path = tmp_path / "sweep.csv"
+    write(path, changes, None)
+    for read in (cells.read_rows, sweep.read_reference, lambda p: surrogate._read_sweep(p, FIT_COLUMNS)):
+        with pytest.raises(UserError, match=f"{path}:3: "):
+            read(path)
