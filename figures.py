@@ -537,8 +537,11 @@ def _measured_intervals(fit_rows: list[dict], cells_file: Path) -> None:
     intervals follow the sweep's windows file; the fit's own file keeps those of the fit that made it)."""
     if not cells_file.is_file():
         return
+    from layersplit import cells
+
     rows = read_csv(cells_file, {"link": str, "split": float, "dropout": float, "ppl_low": _float_or_nan,
-                                 "ppl_high": _float_or_nan}, FIT_COMMAND, optional={"protect": (float, 0.0)})
+                                 "ppl_high": _float_or_nan}, FIT_COMMAND, optional={"protect": (float, 0.0)},
+                    check=cells.cell_problem)
     found = {(r["dropout"], r["split"]): r for r in rows if r["link"] == "dropout" and r["protect"] == 0}
     for r in fit_rows:
         if (cell := found.get((r["dropout"], r["split"]))) is not None:

@@ -445,6 +445,51 @@ def report_left_out(table: list[dict], where) -> None:
               "of their cells (column draws_left_out)", file=sys.stderr)
 
 
+def cell_problem(row: dict, line: int | None = None) -> str | None:
+    """What makes a row of a cell table (CELL_COLUMNS; the columns it has) invalid, or None: its cell
+    as row_problem checks a row's, whole counts, and, where a draw was pooled, nll finite >= 0, ppl >= 1,
+    token_accuracy in [0, 1], interval half-widths >= 0 or nan, a known interval_unit."""
+    problem = row_problem({k: row[k] for k in (*CELL_KEYS, "total_s") if k in row})
+    if problem:
+        return problem
+    try:
+        counts = {c: _number(row[c]) for c in ("draws", "draws_left_out", "samples") if c in row}
+        scores = {c: _number(row[c]) for c in ("nll", "nll_ci95", "ppl", "ppl_low", "ppl_high", "token_accuracy",
+                                               "accuracy_ci95") if c in row}
+    except (TypeError, ValueError):
+        return "a number column holds text"
+    for column, x in counts.items():
+        if x is None or not (math.isfinite(x) and x >= 0 and x == int(x)):
+            return f"{column} is {row[column] or 'empty'}, not a whole number >= 0"
+    if "interval_unit" in row and row["interval_unit"] not in UNITS:
+        return f"interval_unit is {row['interval_unit']!r}, not one of {', '.join(UNITS)}"
+    if not counts.get("draws", 1):  # no draw pooled: nothing to check
+        return None
+    for column, valid, ok in (("nll", "a finite number >= 0", lambda x: 0 <= x < INF),
+                              ("ppl", "a number >= 1", lambda x: x >= 1),
+                              ("token_accuracy", "a share in [0, 1]", lambda x: 0 <= x <= 1),
+                              ("nll_ci95", "a number >= 0 or nan", lambda x: math.isnan(x) or x >= 0),
+                              ("accuracy_ci95", "a number >= 0 or nan", lambda x: math.isnan(x) or x >= 0),
+                              ("ppl_low", "a number > 0 or nan", lambda x: math.isnan(x) or x > 0),
+                              ("ppl_high", "a number > 0 or nan", lambda x: math.isnan(x) or x > 0)):
+        if column in scores and (scores[column] is None or not ok(scores[column])):
+            return f"{column} is {row[column] or 'empty'}, not {valid}"
+    return None
+
+
+def read_cells(path: str | Path, needed=CELL_COLUMNS) -> list[dict]:
+    """The rows of a cell table (write_cells), each valid (cell_problem); UserError naming the file and
+    line of the first that is not, or the file."""
+    rows = []
+    for line, row in iter_rows(path, needed, "sweep cell table"):
+        if problem := cell_problem(row):
+            raise UserError(f"{path}:{line}: {problem}")
+        rows.append(row)
+    if not rows:
+        raise UserError(f"{path} has a header and no rows: nothing to read (rerun its sweep)")
+    return rows
+
+
 def condition_key(row: dict) -> tuple:
     """The channel condition of a row (its row_key without split and draw)."""
     return row_key(row)[1:6]

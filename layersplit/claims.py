@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import cells
+from . import UserError, cells
 from .policies import confidence_interval, share_of_optimum
 
 SURROGATE_RUNS = {  # result stem -> how the tables name it
@@ -72,8 +72,16 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 # --- reading -----------------------------------------------------------------------------------
 def _json(results: Path, name: str) -> dict | None:
+    """A JSON result file (None when there is none); UserError naming it when it is not JSON."""
     path = results / name
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not JSON: not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{e.lineno}: not JSON ({e.msg})") from None
 
 
 def run_stats(run: dict, name: str) -> dict:
@@ -105,10 +113,17 @@ def policy_map_shift(results: Path, stem: str, policy: str) -> tuple[float, floa
     path = results / f"{stem}_policy.csv"
     if not path.is_file():
         return None
-    with path.open(newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["condition"] == "p" and r["policy"].startswith(policy)]
-    low = [float(r["split"]) for r in rows if float(r["value"]) <= LOW_P]
-    high = [float(r["split"]) for r in rows if float(r["value"]) >= HIGH_P]
+    points = []  # (p, split) of `policy`
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            for r in reader:
+                if r["condition"] == "p" and r["policy"].startswith(policy):
+                    points.append((float(r["value"]), float(r["split"])))
+    except (KeyError, TypeError, ValueError, csv.Error) as e:  # UnicodeDecodeError is a ValueError
+        raise UserError(f"{path}:{reader.line_num}: not a policy map row ({type(e).__name__}: {e})") from None
+    low = [split for p, split in points if p <= LOW_P]
+    high = [split for p, split in points if p >= HIGH_P]
     return (float(np.mean(low)), float(np.mean(high))) if low and high else None
 
 
@@ -174,11 +189,13 @@ def block_ablation(results: Path) -> str:
     return table(header, rows) + f"\n\n{best}."
 
 
+CELLS_READ = ("link", "protect", "split", "dropout", "ppl", "ppl_low", "ppl_high", "interval_unit", "samples")
+
+
 def block_sweep(results: Path) -> str:
     """The surrogate sweep's cells: split x p, perplexity [95% interval] and the interval's unit."""
     path = results / SWEEP.replace(".csv", "_cells.csv")
-    with path.open(newline="") as f:
-        found = [r for r in csv.DictReader(f) if r["link"] == "dropout" and r["protect"] in ("0", "")]
+    found = [r for r in cells.read_cells(path, CELLS_READ) if r["link"] == "dropout" and r["protect"] in ("0", "")]
     ps = sorted({float(r["dropout"]) for r in found})
     splits = sorted({int(r["split"]) for r in found})
     cell = {(int(r["split"]), float(r["dropout"])): r for r in found}
