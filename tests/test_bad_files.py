@@ -216,13 +216,31 @@ def test_figures_name_the_bad_sweep_and_draw_nothing_from_it(name, bad, tmp_path
     assert not (tmp_path / "f" / "sweep.png").exists()
 
 
-def test_claims_refuse_a_bad_surrogate_sweep(tmp_path, capsys):
+def damage_cells(path):
+    rows = rows_of(path)
+    write_rows(path, damaged(rows, 5, ppl="-1"))
+
+
+CLAIMS_DAMAGE = [  # (file in results/, how it is damaged, what the one line says)
+    ("sweep_smollm2-135m.csv", lambda p: write_rows(p, damaged(rows_of(SWEEP), LINE, nll="-50")),
+     f"sweep_smollm2-135m.csv:{LINE}: nll is -50"),
+    ("sweep_smollm2-135m_cells.csv", damage_cells, "sweep_smollm2-135m_cells.csv:5: ppl is -1, not a number >= 1"),
+    ("sweep_smollm2-135m_cells.csv", lambda p: p.write_bytes(bytes(range(256))), "not UTF-8 text"),
+    ("rl_paper_ppo.json", lambda p: p.write_text('{"returns": \n'), "rl_paper_ppo.json:2: not JSON"),
+    ("rl_paper_ppo_policy.csv", lambda p: p.write_text("policy,condition,value,split\nppo,p,0.1,deep\n"),
+     "rl_paper_ppo_policy.csv:2: not a policy map row"),
+]
+
+
+@pytest.mark.parametrize("name, damage, message", CLAIMS_DAMAGE, ids=[f"{n}-{m[-14:]}" for n, _, m in CLAIMS_DAMAGE])
+def test_claims_refuse_a_bad_result_file(name, damage, message, tmp_path, capsys):
+    """figures.py --claims reads the committed results: a damaged one is one line, and the README is untouched."""
     results = shutil.copytree(ROOT / "results", tmp_path / "results")
-    write_rows(results / "sweep_smollm2-135m.csv", damaged(rows_of(SWEEP), LINE, nll="-50"))
+    damage(results / name)
     readme = shutil.copy(ROOT / "README.md", tmp_path / "README.md")
     before = readme.read_bytes()
     code, err = run_main("figures.py", ["--claims", str(readme), "--results-dir", str(results)], capsys)
-    assert code == 2 and f"sweep_smollm2-135m.csv:{LINE}: nll is -50" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert readme.read_bytes() == before
 
 
