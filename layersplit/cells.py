@@ -256,6 +256,30 @@ def windows_path(results: str | Path) -> Path:
     return results.with_name(f"{results.stem}_windows.csv")
 
 
+def _windows_of(path: Path, reader: csv.DictReader) -> dict[tuple, dict[int, tuple[float, float]]]:
+    """read_windows' rows: {row_key: {window: (mean NLL, accuracy)}}, each line checked."""
+    if list(reader.fieldnames or []) != list(WINDOW_FILE_COLUMNS):
+        raise WindowsFileError(f"{path} is not a sweep windows file (other columns): move it away")
+    found: dict[tuple, dict[int, tuple[float, float]]] = {}
+    for row in reader:
+        line = reader.line_num
+        try:
+            tokens, window, nll, correct = int(row["tokens"]), int(row["window"]), float(row["nll_sum"]), \
+                float(row["correct"])
+            key = row_key(row)
+            # a window's NLL may be non-finite (the sweep records it; pooling leaves it out), never negative
+            valid = tokens >= 0 and window >= 0 and not nll < 0 and 0 <= correct <= tokens
+        except (ValueError, TypeError, KeyError):
+            valid = False
+        if not valid:
+            raise WindowsFileError(f"{path}:{line}: a damaged row (tokens and window whole and >= 0, nll_sum "
+                                   "not negative, correct in 0..tokens): delete that line (the sweep redoes its "
+                                   "split when the results file is rerun without that split's rows)")
+        scores = (nll / tokens, correct / tokens) if tokens > 0 else (math.nan, math.nan)
+        found.setdefault(key, {})[window] = scores
+    return found
+
+
 def read_windows(path: str | Path) -> dict[tuple, list[tuple[int, float, float]]]:
     """{row_key: [(window, mean NLL, accuracy), ...] in window order} from a windows file ({} when there
     is none: a sweep made before windows were recorded). A window written twice (a split redone after a
@@ -263,20 +287,13 @@ def read_windows(path: str | Path) -> dict[tuple, list[tuple[int, float, float]]
     path = Path(path)
     if not path.is_file():
         return {}
-    found: dict[tuple, dict[int, tuple[float, float]]] = {}
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if list(reader.fieldnames or []) != list(WINDOW_FILE_COLUMNS):
-            raise WindowsFileError(f"{path} is not a sweep windows file (other columns): move it away")
-        for line, row in enumerate(reader, start=2):
-            try:
-                tokens = int(row["tokens"])
-                scores = ((float(row["nll_sum"]) / tokens, float(row["correct"]) / tokens) if tokens > 0
-                          else (math.nan, math.nan))
-                found.setdefault(row_key(row), {})[int(row["window"])] = scores
-            except (ValueError, TypeError, KeyError):
-                raise WindowsFileError(f"{path}:{line}: a damaged row: delete that line (the sweep redoes its "
-                                       "split when the results file is rerun without that split's rows)") from None
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            found = _windows_of(path, csv.DictReader(f))
+    except UnicodeDecodeError:
+        raise WindowsFileError(f"{path} is not a sweep windows file (not UTF-8 text): move it away") from None
+    except csv.Error as e:
+        raise WindowsFileError(f"{path} is not a sweep windows file (not CSV: {e}): move it away") from None
     return {key: [(w, *scores) for w, scores in sorted(by_window.items())] for key, by_window in found.items()}
 
 

@@ -69,6 +69,13 @@ def bad(tmp_path_factory):
     (folder / "blank-first-line.csv").write_bytes(b"\n" + bytes(range(128, 256)))  # nothing read as a header
     (folder / "out.csv").write_text(",".join(sweep.COLUMNS) + "\n")  # ours, beside a windows file that is not
     (folder / "out_windows.csv").write_text("my,own\nfile")
+    # windows files beside a valid sweep: a negative NLL sum, more correct tokens than tokens, binary
+    windows = rows_of(sweep.windows_path(SWEEP))
+    for name, change in (("win-negative", {"nll_sum": "-3"}), ("win-correct", {"correct": "1e9"})):
+        shutil.copy(SWEEP, folder / f"{name}.csv")
+        write_rows(sweep.windows_path(folder / f"{name}.csv"), damaged(windows, 7, **change))
+    shutil.copy(SWEEP, folder / "win-binary.csv")
+    sweep.windows_path(folder / "win-binary.csv").write_bytes(bytes(range(256)))
     # surrogates that are not
     good = (ROOT / "reward_predictor.pth").read_bytes()
     (folder / "truncated.pth").write_bytes(good[:len(good) // 2])
@@ -113,7 +120,10 @@ def sweep_cases():
 
 def cases():
     tiny = ["--model", "{model}", "--dataset", "{data}", "--no-progress", "--sweep", "--splits", "1-2"]
-    return sweep_cases() + [
+    windows = [(f"cells-{n}", "layersplit/cells.py", ["{bad}/" + n + ".csv", "--write-cells"], m) for n, m in (
+        ("win-negative", "win-negative_windows.csv:7: a damaged row"), ("win-correct", "win-correct_windows.csv:7: a"),
+        ("win-binary", "win-binary_windows.csv is not a sweep windows file (not UTF-8 text)"))]
+    return sweep_cases() + windows + [
         # the sweep's --output: a file of another kind is refused and left as it was, byte for byte
         ("output-binary", "add_noise.py", tiny + ["--output", "{bad}/binary.csv"], "not a sweep results file"),
         ("output-text", "add_noise.py", tiny + ["--output", "{bad}/notes.txt"], "not a sweep results file"),
