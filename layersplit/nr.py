@@ -18,6 +18,11 @@ Clopper-Pearson intervals) and the link reads that table:
 - rate and loss from the same link: the goodput is the TB bits per slot x (1 - BLER), the air time
   counts every transmission and the HARQ round trips of the last TBs, and the residual loss of a TB
   is P(all HARQ_MAX_RETX + 1 transmissions fail).
+The table is read through one reader, read_table, which refuses (UserError, file:line) a folder, a file
+that is not UTF-8 CSV with the columns READ_COLUMNS, a number that is not finite or out of range (BLER and
+its interval in [0, 1], the BLER inside its interval, MCS 0-28, counts whole, errors <= slots) and a second
+row of one (MCS, SNR); load_table, check() and the table writer's resume all use it. LAYERSPLIT_NR_BLER_TABLE
+names another table; check_environment() refuses a set but bad one naming the variable, before any work.
 SNR convention, as in channel.py: `snr_db` is the average received SNR per resource element, Es/N0,
 E|h|^2 = 1 over the TDL's realisations (the channel is not normalised per slot).
 

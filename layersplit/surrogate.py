@@ -16,6 +16,12 @@ wireless  [SNR dB, split, withheld share] -> [log-perplexity, token accuracy, la
 protect   [SNR dB, split, withheld share, K] -> the wireless outputs, K the elements per token sent
           over the protected path (add_noise.py --protects): LayerSplit-Protect-v0's surrogate.
 
+Files: `load` reads with torch.load(weights_only=True), so a file holding anything besides tensors,
+numbers and strings is refused rather than unpickled (no code from a .pth runs), and refuses in one line
+naming the file what is not a surrogate: unreadable or truncated, another zip, another form, weights of
+other shapes or not finite, normalisation of the wrong length, not finite or with a std <= 0. The fit
+reads sweep rows through cells.read_rows (an invalid row is refused by file:line, never fitted on).
+
 `split` is the 0-based decoder layer after which the link sits (split + 1 layers on the UE), as
 in the sweep CSV and the original code. Predictions go through numpy (`predict`), which costs a few
 microseconds per point instead of a torch call's framework overhead. torch is imported only where a
