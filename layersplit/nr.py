@@ -314,7 +314,8 @@ def _table_row_problem(row: dict) -> str | None:
             return f"{column} is {row[column]!r}, not {'a whole number' if whole else 'a number'}"
         if not (low <= x <= high and math.isfinite(x)) or (whole and x != int(x)):
             kind = "a whole number" if whole else "a finite number"
-            return f"{column} is {row[column]}, not {kind}" + (f" in [{low:g}, {high:g}]" if math.isfinite(high) else "")
+            within = f" in [{low:g}, {high:g}]" if math.isfinite(high) else ""
+            return f"{column} is {row[column]}, not {kind}{within}"
         values[column] = x
     if values["errors"] > values["slots"]:
         return f"errors {row['errors']} > slots {row['slots']}"
