@@ -1,5 +1,5 @@
-"""A property-based pass over malformed sweep rows: whatever a row's fields hold (any text, numbers
-with nan and inf, fields missing), every reader of sweep rows either accepts a valid row or refuses it
+"""A property-based pass over malformed sweep rows and BLER table rows: whatever a row's fields hold (any
+text, numbers with nan and inf, fields missing), every reader either accepts a valid row or refuses it
 naming the file and its line (the project's UserError, or figures.py's FigureInputError) - never
 another exception, and never pools an invalid value."""
 from __future__ import annotations
@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import figures
 from conftest import ROOT
-from layersplit import UserError, cells, surrogate, sweep
+from layersplit import UserError, cells, nr, surrogate, sweep
 
 with open(ROOT / "results" / "sweep_smollm2-135m.csv", newline="") as f:
     GOOD = list(csv.DictReader(f))[:2]  # two valid rows of different draws: line 2 stays, line 3 is mutated
@@ -102,3 +102,34 @@ def test_the_examples_of_the_issue_are_refused_by_every_reader(changes, tmp_path
     for read in (cells.read_rows, sweep.read_reference, lambda p: surrogate._read_sweep(p, FIT_COLUMNS)):
         with pytest.raises(UserError, match=f"{path}:3: "):
             read(path)
+
+
+with open(ROOT / "results" / "nr_bler.csv", newline="") as f:
+    BLER_ROWS = list(csv.DictReader(f))[:3]  # MCS 3's first points: line 3 is mutated
+bler_mutations = st.tuples(st.dictionaries(st.sampled_from(nr.TABLE_COLUMNS), field, min_size=1, max_size=4),
+                           st.one_of(st.none(), st.integers(min_value=1, max_value=len(nr.TABLE_COLUMNS) - 1)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(mutation=bler_mutations)
+def test_the_bler_table_reader_accepts_a_valid_row_or_names_its_line(mutation):
+    changes, keep = mutation
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "bler.csv"
+        values = [{**BLER_ROWS[1], **changes}[c] for c in nr.TABLE_COLUMNS]
+        with path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(nr.TABLE_COLUMNS)
+            writer.writerow([BLER_ROWS[0][c] for c in nr.TABLE_COLUMNS])
+            writer.writerow(values if keep is None else values[:keep])
+            writer.writerow([BLER_ROWS[2][c] for c in nr.TABLE_COLUMNS])
+        try:
+            rows = nr.read_table(path)
+        except UserError as e:
+            assert f"{path}:3: " in str(e) or f"{path}:4: " in str(e) and "(line 3 has it)" in str(e), str(e)
+            event("refused")
+        else:
+            event("accepted")
+            for row in rows:
+                assert 0 <= float(row["bler_low"]) <= float(row["bler"]) <= float(row["bler_high"]) <= 1
+                assert math.isfinite(float(row["snr_db"])) and 0 <= int(row["errors"]) <= int(row["slots"])
