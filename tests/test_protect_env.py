@@ -134,7 +134,8 @@ def write_protect_sweep(path: Path) -> Path:
                 for k in (0, 4, 64):
                     damage = np.exp(-(snr - 10) / 4) / (1 + k)
                     lines.append(f"m,d,{split},erasure,{snr},0.1,{withheld},{k},0,{2.7 + 5 * damage + withheld},"
-                                 f"{0.45 - 0.4 * damage - 0.3 * withheld},511,{0.03 + 0.002 * split + 2e-4 * k}")
+                                 f"{max(0.45 - 0.4 * damage - 0.3 * withheld, 0.0)},511,"  # a share: never < 0
+                                 f"{0.03 + 0.002 * split + 2e-4 * k}")
     path.write_text("\n".join(lines) + "\n")
     return path
 
