@@ -57,6 +57,10 @@ def files(tmp_path_factory):
 
 
 NO_DIR = "/proc/nope"  # a folder nobody can create
+SEED_OVER = str(2**32)  # one past what numpy's and SB3's seeding take
+HUGE = "9" * 30  # an integer beyond int64
+LONG_SPLITS = ",".join(map(str, range(100_000)))  # a 588,889-character list
+MAX_MESSAGE = 300  # characters of the error line at most: a long list is summarised, never echoed whole
 
 
 def cases():
@@ -100,6 +104,58 @@ def cases():
         ("unknown-dataset", "add_noise.py", ["--model", "{model}", "--split", "1", "--dataset", "no-such-corpus"], "unknown dataset 'no-such-corpus'"),
         ("mcs-rule-on-ray", "add_noise.py", ["--sweep", "--link", "nr", "--snrs", "5", "--mcs-rule", "reliable", "--ray", "local"],
          "does not reach Ray's workers"),
+        # add_noise.py: numbers at parse time
+        ("seed-over", "add_noise.py", tiny + ["--seed", SEED_OVER], "0..4294967295"),
+        ("seed-negative", "add_noise.py", tiny + ["--seed", "-1"], "-1 is not a seed"),
+        ("seed-nan", "add_noise.py", tiny + ["--seed", "nan"], "'nan' is not an integer"),
+        ("seed-huge", "add_noise.py", tiny + ["--seed", HUGE], "is too large"),
+        ("snr-1e308", "add_noise.py", tiny + ["--snr-db", "1e308"], "outside the SNRs modelled: use -50..100 dB"),
+        ("snr-minus-1e308", "add_noise.py", tiny + ["--snr-db=-1e308"], "outside the SNRs modelled: use -50..100 dB"),
+        ("snr-inf", "add_noise.py", tiny + ["--snr-db", "inf"], "'inf' is not a finite number"),
+        ("snr-text", "add_noise.py", tiny + ["--snr-db", "loud"], "'loud' is not a number"),
+        ("nakagami-m-huge", "add_noise.py", tiny + ["--snr-db", "10", "--fading", "nakagami", "--nakagami-m", "1e308"],
+         "use 0.5..1e+06"),
+        ("bandwidth-inf", "add_noise.py", tiny + ["--snr-db", "10", "--bandwidth-hz", "inf"], "not a finite number"),
+        ("elements-per-packet-huge", "add_noise.py", tiny + ["--snr-db", "10", "--elements-per-packet", "99999999999999"],
+         "use 1..1048576"),
+        ("bits-per-element-huge", "add_noise.py", tiny + ["--snr-db", "10", "--bits-per-element", "1000"], "use 1..64"),
+        ("header-bits-huge", "add_noise.py", tiny + ["--snr-db", "10", "--header-bits", HUGE], "is too large"),
+        ("max-tokens-huge", "add_noise.py", tiny + ["--max-tokens", HUGE], "is too large"),
+        ("split-text", "add_noise.py", tiny + ["--split", "deep"], "'deep' is not an integer"),
+        ("protect-too-many", "add_noise.py", tiny + ["--protect", "100000"], "a token has only 64 elements"),
+        ("stride-over-context", "add_noise.py", tiny + ["--context-length", "64", "--stride", "128"],
+         "--stride 128 is longer than --context-length 64"),
+        ("sweep-stride-over-context", "add_noise.py", tiny + ["--sweep", "--splits", "1", "--context-length", "64",
+                                                              "--stride", "65", "--output", "{tmp}/s.csv"], "never be scored"),
+        # add_noise.py --sweep: lists and outputs, refused before the results file exists
+        ("sweep-snrs-5000", "add_noise.py", tiny + ["--sweep", "--splits", "1", "--snrs", "5000", "--output", "{tmp}/s.csv"],
+         "5000 dB is outside the SNRs modelled"),
+        ("sweep-snrs-minus-1e308", "add_noise.py", tiny + ["--sweep", "--splits", "1", "--snrs=-1e308", "--output",
+                                                           "{tmp}/s.csv"], "is outside the SNRs modelled"),
+        ("sweep-snrs-nan", "add_noise.py", tiny + ["--sweep", "--splits", "1", "--snrs", "5,nan", "--output", "{tmp}/s.csv"],
+         "values must be finite"),
+        ("sweep-protects-too-many", "add_noise.py", tiny + ["--sweep", "--splits", "1", "--snrs", "5", "--protects", "100000",
+                                                            "--output", "{tmp}/s.csv"], "a token has only 64 elements"),
+        ("sweep-protects-fraction", "add_noise.py", tiny + ["--sweep", "--splits", "1", "--protects", "1.5", "--output",
+                                                            "{tmp}/s.csv"], "give numbers of elements per token >= 0"),
+        ("sweep-withheld-above-1", "add_noise.py", tiny + ["--sweep", "--splits", "1", "--snrs", "5", "--withheld", "2",
+                                                           "--output", "{tmp}/s.csv"], "outside [0, 1]"),
+        ("sweep-dropouts-above-1", "add_noise.py", tiny + ["--sweep", "--splits", "1", "--dropouts", "0.1,7", "--output",
+                                                           "{tmp}/s.csv"], "outside [0, 1]"),
+        ("sweep-splits-3000000", "add_noise.py", tiny + ["--sweep", "--splits", "0-3000000", "--output", "{tmp}/s.csv"],
+         "splits 4-3000000 are outside 0..3"),
+        ("sweep-splits-long-list", "add_noise.py", tiny + ["--sweep", "--splits", LONG_SPLITS, "--output", "{tmp}/s.csv"],
+         "(588889 characters): splits 4-99999 are outside 0..3"),
+        ("sweep-splits-backwards", "add_noise.py", tiny + ["--sweep", "--splits", "3-1", "--output", "{tmp}/s.csv"],
+         "runs backwards: write 1-3"),
+        ("sweep-draws-huge", "add_noise.py", tiny + ["--sweep", "--draws", HUGE, "--output", "{tmp}/s.csv"], "is too large"),
+        ("sweep-verify-cells", "add_noise.py", tiny + ["--sweep", "--output", "{tmp}/s.csv", "--verify", "{tmp}/s_cells.csv"],
+         "other than --output"),
+        ("sweep-verify-windows", "add_noise.py", tiny + ["--sweep", "--output", "{tmp}/s.csv", "--verify",
+                                                         "{tmp}/s_windows.csv"], "other than --output"),
+        ("sweep-output-template", "add_noise.py", tiny + ["--sweep", "--output", "{tmp}/s{x}.csv"],
+         "only {model} may stand in braces"),
+        ("sweep-output-folder", "add_noise.py", tiny + ["--sweep", "--output", "{tmp}"], "a folder, not a file"),
         # train_rsm.py fit
         ("fit-epochs-negative", "train_rsm.py", ["fit", "--epochs", "-1", "--wireless-sweep", "", "--output", "{tmp}/x.pth"], "-1 must be an integer >= 1"),
         ("fit-holdout-above-1", "train_rsm.py", ["fit", "--holdout", "1.5", "--output", "{tmp}/x.pth"], "strictly between 0 and 1"),
@@ -110,6 +166,21 @@ def cases():
                                                     "--output", "{tmp}/x.pth", "--results-dir", "{tmp}"], "link is 'carrier-pigeon'"),
         ("fit-sweep-missing", "train_rsm.py", ["fit", "--sweep", "{tmp}/none.csv", "--wireless-sweep", "", "--output", "{tmp}/x.pth"], "no sweep results at"),
         ("fit-output-unwritable", "train_rsm.py", ["fit", "--output", f"{NO_DIR}/x.pth"], "cannot write there"),
+        ("fit-seed-over", "train_rsm.py", ["fit", "--seed", SEED_OVER, "--output", "{tmp}/x.pth"], "is not a seed"),
+        ("fit-epochs-huge", "train_rsm.py", ["fit", "--epochs", HUGE, "--output", "{tmp}/x.pth"], "is too large"),
+        ("fit-holdout-nan", "train_rsm.py", ["fit", "--holdout", "nan", "--output", "{tmp}/x.pth"], "not a finite number"),
+        ("fit-outputs-shared", "train_rsm.py", ["fit", "--output", "{tmp}/x.pth", "--wireless-output", "{tmp}/x.pth"],
+         "is also --output"),
+        ("fit-nr-output-shared", "train_rsm.py", ["fit", "--output", "{tmp}/x.pth", "--nr-wireless-output", "{tmp}/x.pth"],
+         "is also --output"),
+        ("fit-output-over-sweep", "train_rsm.py", ["fit", "--sweep", "{bad}/text-nll.csv", "--output", "{bad}/text-nll.csv",
+                                                   "--wireless-sweep", ""], "is the input --sweep"),
+        ("fit-output-over-report", "train_rsm.py", ["fit", "--output", "{tmp}/rsm_fit_paper.json", "--results-dir", "{tmp}"],
+         "is also --output"),
+        ("fit-results-dir-unwritable", "train_rsm.py", ["fit", "--results-dir", f"{NO_DIR}/r"], "cannot write there"),
+        ("tune-seed-over", "train_rsm.py", ["tune", "--seed", SEED_OVER], "is not a seed"),
+        ("tune-eval-seed-negative", "train_rsm.py", ["tune", "--eval-seed", "-1"], "is not a seed"),
+        ("tune-runs-dir-unwritable", "train_rsm.py", ["tune", "--runs-dir", f"{NO_DIR}/t"], "cannot write there"),
         # train_rsm.py train / evaluate
         ("train-eval-episodes-negative", "train_rsm.py", ["train", "--eval-episodes", "-3", "--total-timesteps", "800"], "-3 must be an integer >= 0"),
         ("train-n-envs-zero", "train_rsm.py", ["train", "--n-envs", "0"], "0 must be an integer >= 1"),
@@ -117,6 +188,18 @@ def cases():
         ("train-gamma-above-1", "train_rsm.py", ["train", "--gamma", "1.5"], "must be a discount in (0, 1]"),
         ("train-seeds-empty", "train_rsm.py", ["train", "--seeds", "", "--run-dir", "{tmp}"], "give one or more comma-separated integers"),
         ("train-seeds-fraction", "train_rsm.py", ["train", "--seeds", "1.5", "--run-dir", "{tmp}"], "give one or more comma-separated integers"),
+        ("train-seeds-over", "train_rsm.py", ["train", "--seeds", f"0,{SEED_OVER}", "--run-dir", "{tmp}"], "in 0..4294967295"),
+        ("train-seed-negative", "train_rsm.py", ["train", "--seed", "-1", "--run-dir", "{tmp}"], "in 0..4294967295"),
+        ("train-seeds-long", "train_rsm.py", ["train", "--seeds", LONG_SPLITS + ",x", "--run-dir", "{tmp}"],
+         "(588891 characters): give one or more"),
+        ("train-eval-seed-over", "train_rsm.py", ["train", "--eval-seed", SEED_OVER, "--run-dir", "{tmp}"], "is not a seed"),
+        ("train-threads-huge", "train_rsm.py", ["train", "--torch-threads", "1000000"], "is not a thread count here"),
+        ("train-threads-zero", "train_rsm.py", ["train", "--torch-threads", "0"], "is not a thread count here: use 1 to"),
+        ("train-gamma-nan", "train_rsm.py", ["train", "--gamma", "nan"], "'nan' is not a finite number"),
+        ("train-timesteps-huge", "train_rsm.py", ["train", "--total-timesteps", HUGE], "is too large"),
+        ("train-run-dir-unwritable", "train_rsm.py", ["train", "--run-dir", f"{NO_DIR}/r"], "cannot write there"),
+        ("train-results-dir-unwritable", "train_rsm.py", ["train", "--results-dir", f"{NO_DIR}/r"], "cannot write there"),
+        ("evaluate-eval-seed-nan", "train_rsm.py", ["evaluate", "{tmp}", "--eval-seed", "nan"], "'nan' is not an integer"),
         ("train-rollout-not-multiple", "train_rsm.py", ["train", "--rollout", "401", "--run-dir", "{tmp}"], "must be a multiple of --n-envs"),
         ("train-unknown-algo", "train_rsm.py", ["train", "--algo", "sarsa", "--run-dir", "{tmp}"], "unknown algorithm 'sarsa'"),
         ("train-unknown-env", "train_rsm.py", ["train", "--env", "CartPole-v1", "--run-dir", "{tmp}"], "CartPole-v1"),
@@ -128,6 +211,14 @@ def cases():
         ("llm-results-unwritable", "train.py", ["--results", f"{NO_DIR}/x.json"], "cannot write there"),
         ("llm-run-dir-is-file", "train.py", ["--run-dir", "{bad}/random-bytes.txt"], "is not a folder"),
         ("llm-eval-only-no-episodes", "train.py", ["--eval-only", "--eval-episodes", "0"], "--eval-only needs"),
+        ("llm-seed-over", "train.py", ["--seed", SEED_OVER], "is not a seed"),
+        ("llm-seed-nan", "train.py", ["--seed", "nan"], "'nan' is not an integer"),
+        ("llm-threads-huge", "train.py", ["--torch-threads", "1000000"], "is not a thread count here"),  # was a segfault
+        ("llm-tokens-huge", "train.py", ["--tokens", HUGE], "is too large"),
+        ("llm-results-in-run", "train.py", ["--run-dir", "{tmp}", "--results", "{tmp}/ppo_s0/summary.json"],
+         "is one of the run's own files"),
+        ("llm-results-is-measurements", "train.py", ["--run-dir", "{tmp}", "--results", "{tmp}/eval_measurements.jsonl"],
+         "is one of the run's own files"),
         # the channel module's CLI
         ("channel-table-unwritable", "layersplit/channel.py", ["--table", f"{NO_DIR}/x.csv"], "cannot write there"),
         ("channel-mc-symbols-zero", "layersplit/channel.py", ["--mc-symbols", "0"], "must be >= 1"),
@@ -142,9 +233,25 @@ def cases():
         # serve.py
         ("edge-port-too-large", "serve.py", ["edge", "--port", "99999"], "65535"),
         ("edge-port-negative", "serve.py", ["edge", "--port", "-1"], "65535"),
+        ("edge-threads-huge", "serve.py", ["edge", "--threads", "1000000"], "is not a thread count here"),
+        ("edge-splits-text", "serve.py", ["edge", "--splits", "deep"], "use 'all' or 0-based split layers"),
+        ("edge-splits-backwards", "serve.py", ["edge", "--splits", "9-2"], "runs backwards"),
+        ("edge-max-queue-negative", "serve.py", ["edge", "--max-queue", "-1"], "--max-queue must be >= 0"),
+        ("ue-seed-over", "serve.py", ["ue", "--seed", SEED_OVER], "is not a seed"),
+        ("ue-threads-negative", "serve.py", ["ue", "--threads", "-1"], "is not a thread count here"),
+        ("ue-snr-1e308", "serve.py", ["ue", "--snr-db", "1e308"], "use -50..100 dB, or inf"),
+        ("ue-snr-minus-1e308", "serve.py", ["ue", "--snr-db=-1e308"], "use -50..100 dB, or inf"),
+        ("ue-snr-mean-5000", "serve.py", ["ue", "--snr-mean", "5000"], "use -50..100 dB, or inf"),
+        ("ue-snr-std-huge", "serve.py", ["ue", "--snr-std", "1e300"], "use 0..30 dB"),
+        ("ue-snr-rho-nan", "serve.py", ["ue", "--snr-rho", "nan"], "not a finite number"),
+        ("ue-protect-negative", "serve.py", ["ue", "--protect", "-1"], "-1 must be an integer >= 0"),
+        ("ue-split-huge", "serve.py", ["ue", "--split", HUGE], "is too large"),
         # the benchmarks
         ("bench-sweep-tokens-zero", "bench/sweep.py", ["--tokens", "0"], "0 must be an integer >= 1"),
         ("bench-sweep-draws-text", "bench/sweep.py", ["--draws", "many"], "'many' is not an integer"),
+        ("bench-sweep-profile-unwritable", "bench/sweep.py", ["--profile", f"{NO_DIR}/p.txt"], "cannot write there"),
+        ("bench-sweep-profile-folder", "bench/sweep.py", ["--profile", "{tmp}"], "a folder, not a file"),
+        ("bench-sweep-tokens-huge", "bench/sweep.py", ["--tokens", HUGE], "is too large"),
         ("bench-rl-steps-negative", "bench/rl.py", ["--steps", "-1"], "-1 must be an integer >= 1"),
         ("bench-rl-seeds-text", "bench/rl.py", ["--ablation", "--seeds", "a,b"], "give one or more comma-separated integers"),
         ("bench-rl-rsm-missing", "bench/rl.py", ["--rsm", "{tmp}/none.pth"], "no such file"),
@@ -152,6 +259,21 @@ def cases():
         ("bench-rl-record-foreign", "bench/rl.py", ["--ablation", "--surrogates", "shipped", "--output",
                                                     "{bad}/random-bytes.txt"], "not an ablation record"),
         ("bench-rl-cost-unwritable", "bench/rl.py", ["--cost-output", f"{NO_DIR}/c.json"], "cannot write there"),
+        ("bench-rl-output-unwritable", "bench/rl.py", ["--ablation", "--output", f"{NO_DIR}/a.json"], "cannot write there"),
+        ("bench-rl-cost-is-output", "bench/rl.py", ["--output", "{tmp}/r.json", "--cost-output", "{tmp}/r.json"],
+         "is also --output"),
+        ("bench-rl-seed-over", "bench/rl.py", ["--seed", SEED_OVER], "is not a seed"),
+        ("bench-rl-seeds-over", "bench/rl.py", ["--ablation", "--seeds", f"1,{SEED_OVER}"], "in 0..4294967295"),
+        # bench/protect_rule.py and bench/distributed.py
+        ("bench-protect-output-unwritable", "bench/protect_rule.py", ["--output", f"{NO_DIR}/p.csv"], "cannot write there"),
+        ("bench-protect-snrs-5000", "bench/protect_rule.py", ["--snrs", "10,5000"], "5000 dB is outside the SNRs modelled"),
+        ("bench-protect-snrs-empty", "bench/protect_rule.py", ["--snrs", ""], "need one value or more"),
+        ("bench-protect-ks-text", "bench/protect_rule.py", ["--ks", "4,many"], "use comma-separated integers >= 0"),
+        ("bench-protect-ks-negative", "bench/protect_rule.py", ["--ks", "-4"], "use comma-separated integers >= 0"),
+        ("bench-protect-splits-text", "bench/protect_rule.py", ["--splits", "deep"], "use 'all' or 0-based split layers"),
+        ("bench-protect-seed-over", "bench/protect_rule.py", ["--seed", SEED_OVER], "is not a seed"),
+        ("bench-distributed-splits-text", "bench/distributed.py", ["--splits", "1-x"], "use 'all' or 0-based split layers"),
+        ("bench-distributed-draws-zero", "bench/distributed.py", ["--draws", "0"], "0 must be an integer >= 1"),
         # the cells CLI
         ("cells-nothing-asked", "layersplit/cells.py", ["{bad}/text-nll.csv"], "give --compare A,B or --write-cells"),
         ("cells-compare-text", "layersplit/cells.py", ["{bad}/text-nll.csv", "--compare", "a,b"], "give two splits"),
@@ -160,6 +282,10 @@ def cases():
         ("bench-serve-prompts-zero", "bench/serve.py", ["--prompts", "0"], "--prompts must be in"),
         ("bench-serve-wires", "bench/serve.py", ["--wires", "fp8"], "--wires: choose among"),
         ("bench-serve-threads-negative", "bench/serve.py", ["--threads", "-1"], "-1 is not a thread count here"),
+        ("bench-serve-threads-huge", "bench/serve.py", ["--threads", "1000000"], "is not a thread count here"),
+        ("bench-serve-fairness-unwritable", "bench/serve.py", ["--fairness", "--fairness-output", f"{NO_DIR}/f.json"],
+         "cannot write there"),
+        ("bench-serve-rounds-huge", "bench/serve.py", ["--rounds", HUGE], "is too large"),
     ]
 
 
@@ -175,8 +301,10 @@ def test_bad_input_gives_one_line_and_exit_2(name, script_name, argv, message, f
     assert code == 2, err
     assert "Traceback" not in err
     assert lines and "error" in lines[-1] and message in lines[-1], lines[-1:]
+    assert sum("error:" in line for line in lines) == 1, lines  # the usage argparse prints above it aside
+    assert len(lines[-1]) < MAX_MESSAGE, f"{len(lines[-1])} characters: {lines[-1][:200]}"
     assert before == {p: p.stat().st_mtime_ns for p in files.iterdir()}, "a bad input changed a file"
-    assert not list(tmp_path.glob("*.pth")), "a bad input wrote a surrogate"
+    assert not list(tmp_path.iterdir()), "a bad input created a file (a header-only CSV, a surrogate, a folder)"
 
 
 
