@@ -103,7 +103,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--sweep", action="store_true", help="sweep split layer x channel condition x draw into a resumable CSV")
     g.add_argument("--splits", type=cli.split_list, default=SWEEP_SPLITS, help="0-based split layers: all (0..L-1), or like 0-4,9")
     g.add_argument("--dropouts", default=SWEEP_DROPOUTS, help="comma-separated p of the original's link ('' for none)")
-    g.add_argument("--snrs", default=SWEEP_SNRS, help="comma-separated Es/N0 in dB for physical-link conditions")
+    g.add_argument("--snrs", default=SWEEP_SNRS, help="comma-separated Es/N0 in dB for physical-link conditions, each within "
+                        f"{cli.SNR_DB_MIN:g}..{cli.SNR_DB_MAX:g} dB")
     g.add_argument("--withheld", default=SWEEP_WITHHELD,
                    help="comma-separated shares of the activation the UE deliberately does not send (zero-filled at the "
                         "edge, less air time), crossed with --snrs; with --snr-db one share")
