@@ -101,9 +101,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sleep-delay", action="store_true", help="really sleep each transfer's link delay (default: only account it)")
     g = p.add_argument_group("sweep (--sweep)")
     g.add_argument("--sweep", action="store_true", help="sweep split layer x channel condition x draw into a resumable CSV")
-    g.add_argument("--splits", type=cli.split_list, default=SWEEP_SPLITS, help="0-based split layers: all (0..L-1), or like 0-4,9")
+    g.add_argument("--splits", type=cli.split_list, default=SWEEP_SPLITS,
+                   help="0-based split layers: all (0..L-1), or like 0-4,9")
     g.add_argument("--dropouts", default=SWEEP_DROPOUTS, help="comma-separated p of the original's link ('' for none)")
-    g.add_argument("--snrs", default=SWEEP_SNRS, help="comma-separated Es/N0 in dB for physical-link conditions, each within "
+    g.add_argument("--snrs", default=SWEEP_SNRS,
+                   help=f"comma-separated Es/N0 in dB for physical-link conditions, each within "
                         f"{cli.SNR_DB_MIN:g}..{cli.SNR_DB_MAX:g} dB")
     g.add_argument("--withheld", default=SWEEP_WITHHELD,
                    help="comma-separated shares of the activation the UE deliberately does not send (zero-filled at the "
@@ -181,7 +183,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             args.conditions = make_conditions(parse_floats(args.dropouts, "--dropouts"),
                                               cli.parse_snrs(args.snrs, "--snrs"), args.link,
                                               parse_floats(args.withheld, "--withheld"),
-                                              parse_floats(args.protects, "--protects"))
+                                              cli.parse_counts(args.protects, "--protects"))
         else:
             shares = parse_floats(args.withheld, "--withheld") or [0.0]
             if len(shares) != 1:

@@ -154,8 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = u.add_argument_group("SNR of each request: an AR(1) process in dB, one step per request (the wireless "
                              "environment's, layersplit/channel.py)")
     g.add_argument("--snr-mean", type=cli.snr_db_or_inf, help=f"stationary mean Es/N0 in dB (default: {SNR_MEAN_DB:g})")
-    g.add_argument("--snr-std", type=snr_std, help=f"stationary standard deviation in dB, 0 for a fixed SNR (default: {SNR_STD_DB:g})")
-    g.add_argument("--snr-rho", type=correlation, help=f"lag-1 correlation between consecutive requests (default: {SNR_RHO:g})")
+    g.add_argument("--snr-std", type=snr_std,
+                   help=f"stationary standard deviation in dB, 0 for a fixed SNR (default: {SNR_STD_DB:g})")
+    g.add_argument("--snr-rho", type=correlation,
+                   help=f"lag-1 correlation between consecutive requests (default: {SNR_RHO:g})")
     add_link_arguments(u.add_argument_group("physical link (the erasure and bitflip links)"), snr_db_default=None)
     cli.bound_link_arguments(u, snr=cli.snr_db_or_inf)  # inf: a loss-free link
     u.set_defaults(bits_per_element=None)  # set by --wire
