@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(q: argparse.ArgumentParser) -> None:
         cli.add_run_arguments(q, model=MODEL)
-        q.add_argument("--threads", type=int, default=THREADS,
+        q.add_argument("--threads", type=cli.threads, default=THREADS,
                        help="torch CPU threads of this process, 0 for torch's default of one per core; with the UE and "
                             "the edge on one machine, or a loaded one, 1 each avoids OpenMP threads waiting on each other")
         q.add_argument("--decode", choices=DECODE_CHOICES, default=DECODE,
@@ -99,12 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="address to listen on. The default, loopback, is reachable from this machine only; any other "
                         "(0.0.0.0: every interface) lets whoever reaches the port use the model and this machine's "
                         "compute, unless a --token is set (a warning says so)")
-    e.add_argument("--port", type=int, default=protocol.DEFAULT_PORT, help="TCP port, 0 for any free one")
+    e.add_argument("--port", type=cli.integer, default=protocol.DEFAULT_PORT, help="TCP port, 0 for any free one")
     common(e)
-    e.add_argument("--splits", default=SPLITS,
+    e.add_argument("--splits", type=cli.split_list, default=SPLITS,
                    help="the 0-based splits this edge serves (split n: n + 1 layers on the UE): all (0..L-1) or like 0-8,14")
     e.add_argument("--max-sessions", type=cli.positive_int, default=protocol.MAX_SESSIONS, help="sessions served at once")
-    e.add_argument("--max-queue", type=int, default=protocol.MAX_QUEUE,
+    e.add_argument("--max-queue", type=cli.integer, default=protocol.MAX_QUEUE,
                    help="connections queued when all sessions are busy; more are refused with a 'busy' error")
     e.add_argument("--queue-timeout", type=cli.positive_float, default=protocol.QUEUE_TIMEOUT_S,
                    help="seconds a queued connection waits before a 'busy' refusal")
@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--connect", default=default_edge, metavar="HOST:PORT", help="the edge")
     u.add_argument("--prompt", action="append", help=f"a prompt; repeat for several requests (default: {PROMPT!r})")
     u.add_argument("--max-new-tokens", type=cli.positive_int, default=MAX_NEW_TOKENS, help="greedy tokens per request")
-    u.add_argument("--split", type=int, default=SPLIT,
+    u.add_argument("--split", type=cli.integer, default=SPLIT,
                    help="0-based decoder layer after which the link sits: split n runs n + 1 layers on the UE, the "
                         "rest and the LM head on the edge")
     u.add_argument("--policy", metavar="RUN_DIR",
@@ -153,10 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "residual BLER after HARQ (layersplit/nr.py)")
     g = u.add_argument_group("SNR of each request: an AR(1) process in dB, one step per request (the wireless "
                              "environment's, layersplit/channel.py)")
-    g.add_argument("--snr-mean", type=float, help=f"stationary mean Es/N0 in dB (default: {SNR_MEAN_DB:g})")
-    g.add_argument("--snr-std", type=float, help=f"stationary standard deviation in dB, 0 for a fixed SNR (default: {SNR_STD_DB:g})")
-    g.add_argument("--snr-rho", type=float, help=f"lag-1 correlation between consecutive requests (default: {SNR_RHO:g})")
+    g.add_argument("--snr-mean", type=cli.snr_db_or_inf, help=f"stationary mean Es/N0 in dB (default: {SNR_MEAN_DB:g})")
+    g.add_argument("--snr-std", type=snr_std,
+                   help=f"stationary standard deviation in dB, 0 for a fixed SNR (default: {SNR_STD_DB:g})")
+    g.add_argument("--snr-rho", type=correlation,
+                   help=f"lag-1 correlation between consecutive requests (default: {SNR_RHO:g})")
     add_link_arguments(u.add_argument_group("physical link (the erasure and bitflip links)"), snr_db_default=None)
+    cli.bound_link_arguments(u, snr=cli.snr_db_or_inf)  # inf: a loss-free link
     u.set_defaults(bits_per_element=None)  # set by --wire
     for action in u._actions:  # the shared link options, as this client reads them
         if action.dest == "snr_db":
@@ -164,11 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "(default: the process)")
         elif action.dest == "bits_per_element":
             action.help = argparse.SUPPRESS  # --wire sets it
-    u.add_argument("--protect", type=int, default=PROTECT, metavar="K",
+    u.add_argument("--protect", type=cli.non_negative_int, default=PROTECT, metavar="K",
                    help="also send each token's K largest-magnitude elements (index and value) over a protected path "
                         "with retransmission: they always arrive intact, and their expected bits count on air; "
                         "0..the model's hidden size")
-    u.add_argument("--seed", type=int, default=SEED, help="seed of the SNR process and the packet losses")
+    u.add_argument("--seed", type=cli.seed, default=SEED, help="seed of the SNR process and the packet losses")
     u.add_argument("--sleep-air", action="store_true",
                    help="really wait each transfer's time on air at the link rate before sending it (default: only report it)")
     u.add_argument("--timeout", type=cli.positive_float, default=protocol.CLIENT_TIMEOUT_S, help="seconds to wait for the edge")
@@ -214,29 +217,36 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-# --- bounds on the options (check_numbers): limits of validity, not settings -------------------
-# The most --threads accepted: more than any machine's cores. torch takes any count, but 10^6 makes
-# OpenMP crash at the first forward.
-MAX_THREADS = 1024
-# The SNR options' range, wider than any radio link's. Far beyond it the channel model breaks down:
-# 10^(SNR/10) overflows near +3000 dB, and near -300 dB the link rate underflows to 0 (a division by
-# zero). The spread is bounded too, so that the AR(1) process stays within +-300 dB (6.7 std).
-MAX_ABS_SNR_DB = 100.0
+# --- bounds on the options: limits of validity, not settings ---------------------------------------
+# The SNR options' range is cli.SNR_DB_MIN..SNR_DB_MAX (and inf for --snr-db and --snr-mean: a
+# loss-free link). The spread is bounded too, so that the AR(1) process stays within +-300 dB
+# (6.7 std), where 10^(SNR/10) neither overflows nor underflows the link rate to 0.
 MAX_SNR_STD_DB = 30.0
-# Nakagami fading of a larger m is AWGN (--fading awgn) to many digits; the fade integrals fail near 1e308.
-MAX_NAKAGAMI_M = 1e6
+
+
+def snr_std(text: str) -> float:
+    value = cli.finite_float(text)
+    if not 0 <= value <= MAX_SNR_STD_DB:
+        raise argparse.ArgumentTypeError(f"{value:g} dB is out of range: use 0..{MAX_SNR_STD_DB:g} dB")
+    return value
+
+
+def correlation(text: str) -> float:
+    value = cli.finite_float(text)
+    if not -1 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{value:g} is not a correlation: use -1..1")
+    return value
 
 
 def check_numbers(args: argparse.Namespace) -> None:
-    """Values argparse lets through that would otherwise end in a traceback (an OverflowError for
-    --port 99999 or --idle-timeout inf, a crash in OpenMP for --threads 1000000): a UserError, which
-    main reports in one line with exit status 2, before any model is loaded. The token too: --token,
-    else the environment's (an empty or malformed one is refused, not taken for none)."""
+    """What the argparse types cannot check alone, which would otherwise end in a traceback (an
+    OverflowError for --port 99999 or --idle-timeout inf): a UserError, which main reports in one line
+    with exit status 2, before any model is loaded. The token too: --token, else the environment's (an
+    empty or malformed one is refused, not taken for none). Seeds, threads, SNRs and the link's shape
+    are bounded by their types (layersplit/cli.py)."""
     if args.token is None and protocol.TOKEN_ENV in os.environ:
         args.token = protocol.check_token(os.environ[protocol.TOKEN_ENV], protocol.TOKEN_ENV)
     args.token = protocol.check_token(args.token, "--token")
-    if not 0 <= args.threads <= MAX_THREADS:
-        raise UserError(f"--threads {args.threads} is not a thread count: use 0 (torch's default) to {MAX_THREADS}")
     if args.role == "edge":
         protocol.check_port(args.port, "--port")
         for option in ("queue_timeout", "idle_timeout", "handshake_timeout", "evict_idle"):
@@ -246,18 +256,7 @@ def check_numbers(args: argparse.Namespace) -> None:
                             f"{args.queue_timeout:g}: a waiting UE would be refused before any idle session is evicted")
         return
     protocol.check_timeout(args.timeout, "--timeout")
-    if abs(args.snr_mean) > MAX_ABS_SNR_DB and args.snr_mean != math.inf:
-        raise UserError(f"SNR {args.snr_mean:g} dB (--snr-db or --snr-mean) is out of range: use "
-                        f"-{MAX_ABS_SNR_DB:g}..{MAX_ABS_SNR_DB:g} dB, or inf for a loss-free link")
-    if args.snr_std > MAX_SNR_STD_DB:
-        raise UserError(f"--snr-std {args.snr_std:g} dB is out of range: use 0..{MAX_SNR_STD_DB:g} dB")
-    if args.nakagami_m > MAX_NAKAGAMI_M:
-        raise UserError(f"--nakagami-m {args.nakagami_m:g} is out of range: use 0.5..{MAX_NAKAGAMI_M:g} "
-                        "(--fading awgn for no fading)")
-    if args.seed < 0:  # numpy seeds are non-negative
-        raise UserError(f"--seed {args.seed} is negative: use an integer >= 0")
-    if args.protect < 0:  # its upper bound, the hidden size, is checked once the model is loaded (UEClient)
-        raise UserError(f"--protect {args.protect} is negative: use 0 (no protected path) up to the model's hidden size")
+    # --protect's upper bound, the hidden size, is checked once the model is loaded (UEClient)
     if args.elements_per_packet > protocol.MAX_ELEMENTS_PER_PACKET:  # the edge would refuse the OPEN
         raise UserError(f"--elements-per-packet {args.elements_per_packet} is too large: "
                         f"use 1..{protocol.MAX_ELEMENTS_PER_PACKET}")

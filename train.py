@@ -84,13 +84,19 @@ def parse_args(argv=None):
                    help="how an episode ends after its last step: terminate is the original's")
     p.add_argument("--run-dir", type=writable_dir, default=RUNS_DIR, help="parent folder of the run")
     p.add_argument("--results", type=writable_file, default=RESULTS, help="summary JSON")
-    p.add_argument("--torch-threads", type=non_negative_int, default=TORCH_THREADS, help="torch threads, 0 for torch's default")
+    p.add_argument("--torch-threads", type=cli.threads, default=TORCH_THREADS,
+                   help="torch threads, 0 for torch's default, at most this machine's CPUs")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = p.parse_args(argv)
     if args.tokens < 2:  # the other counts are checked by their types
         p.error("--tokens must be at least 2")
     if args.eval_only and not args.eval_episodes:
         p.error("--eval-only needs --eval-episodes of at least 1")
+    # the summary is written beside the run, never over it: the run folder and the measurements are the run's
+    results, run_dir = Path(args.results).absolute(), Path(args.run_dir).absolute()
+    if results == run_dir / EVAL_MEASUREMENTS or run_dir / f"ppo_s{args.seed}" in results.parents:
+        p.error(f"--results {args.results} is one of the run's own files (in --run-dir {args.run_dir}): "
+                "give the summary another path")
     return args
 
 
@@ -115,10 +121,12 @@ class Measurements(dict):
                 except (ValueError, TypeError):
                     continue  # the empty last line, or one cut by a kill
                 super().__setitem__((seed, p, split), ppl)
-            path.write_text("\n".join([json.dumps(settings), *(json.dumps([*k, v]) for k, v in self.items())]) + "\n")
+            # rewritten without the torn line (renamed into place: a kill leaves the old file or the new one)
+            cli.write_text_atomic(path, "\n".join([json.dumps(settings), *(json.dumps([*k, v])
+                                                                          for k, v in self.items())]) + "\n")
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(settings) + "\n")
+            cli.write_text_atomic(path, json.dumps(settings) + "\n")
 
     def __setitem__(self, key, value):
         super().__setitem__(key, value)

@@ -37,7 +37,7 @@ import numpy as np
 # light modules only before the arguments are parsed (--help answers at once); torch, Stable-Baselines3,
 # pandas and the policies are imported by the commands that use them
 from layersplit import UserError, cli, envs, surrogate
-from layersplit.cli import discount, non_negative_int, open_fraction, parse_floats, positive_int, writable_dir
+from layersplit.cli import discount, non_negative_int, open_fraction, positive_int, writable_dir
 from layersplit.cli import writable_file
 from layersplit.distributed import ADDRESS_HELP
 
@@ -92,13 +92,7 @@ def env_kwargs_for(env_id: str, rsm_path: str | None, episode_end: str = envs.EP
 
 # --- fit ----------------------------------------------------------------------------------------
 def cmd_fit(args) -> int:
-    written = {}  # each surrogate its own file: two forms written to one path would leave only the last
-    for option, sweep_path, out in (("--output", args.sweep, args.output),
-                                    ("--wireless-output", args.wireless_sweep, args.wireless_output),
-                                    ("--protect-output", args.protect_sweep, args.protect_output),
-                                    ("--nr-wireless-output", args.nr_wireless_sweep, args.nr_wireless_output)):
-        if sweep_path and written.setdefault(Path(out).resolve(), option) != option:
-            raise UserError(f"{option} {out} is also {written[Path(out).resolve()]}: give each surrogate its own file")
+    check_fit_outputs(args)  # parse_args did; again for a caller that built its own arguments
     for form, sweep_path, out, report in (("paper", args.sweep, args.output, "paper"),
                                           ("wireless", args.wireless_sweep, args.wireless_output, "wireless"),
                                           ("protect", args.protect_sweep, args.protect_output, "protect"),
@@ -133,10 +127,7 @@ def cmd_train(args) -> int:
     from layersplit import training
 
     torch.set_num_threads(args.torch_threads)
-    seeds = parse_floats(args.seeds, "--seeds")
-    if not seeds or any(s != int(s) or not 0 <= s < 2**32 for s in seeds):  # what numpy's and SB3's seeding take
-        raise UserError(f"--seeds {args.seeds!r}: give one or more comma-separated integers in 0..2**32-1, like 0,1,2")
-    seeds = [int(s) for s in seeds]
+    seeds = args.seeds  # cli.seeds: integers in 0..2**32-1, what numpy's and SB3's seeding take
     algos = [a.strip() for a in args.algo.split(",") if a.strip()]
     unknown = [a for a in algos if a not in training.ALGOS] or ([] if algos else [args.algo])
     if unknown:
@@ -322,6 +313,29 @@ def write_policy_map(models, path: Path, args, env_kwargs, best_static) -> None:
 
 
 # --- command line --------------------------------------------------------------------------------
+FIT_FORMS = (("paper", "sweep", "output", "paper"), ("wireless", "wireless_sweep", "wireless_output", "wireless"),
+             ("protect", "protect_sweep", "protect_output", "protect"),
+             ("wireless", "nr_wireless_sweep", "nr_wireless_output", "wireless_nr"))  # form, input, output, report
+
+
+def check_fit_outputs(args) -> None:
+    """Every file fit writes is its own and none is an input: two surrogates written to one path would
+    leave only the last, and a surrogate written over a sweep would destroy it (a UserError otherwise)."""
+    written, inputs = {}, {Path(getattr(args, i)).resolve(): i for _, i, _, _ in FIT_FORMS if getattr(args, i)}
+    for _, sweep_option, out_option, report in FIT_FORMS:
+        if not getattr(args, sweep_option):
+            continue
+        for option, path in ((f"--{out_option.replace('_', '-')}", getattr(args, out_option)),
+                             (f"report rsm_fit_{report}.csv", Path(args.results_dir) / f"rsm_fit_{report}.csv"),
+                             (f"report rsm_fit_{report}.json", Path(args.results_dir) / f"rsm_fit_{report}.json")):
+            path = Path(path).resolve()
+            if path in inputs:
+                raise UserError(f"{option} {path} is the input --{inputs[path].replace('_', '-')}: "
+                                "a fit never writes over a sweep")
+            if written.setdefault(path, option) != option:
+                raise UserError(f"{option} {path} is also {written[path]}: give each file written its own path")
+
+
 def result_stem(text: str) -> str:
     """--name: a file stem in --results-dir, where {algo} may stand for the algorithm."""
     try:
@@ -354,7 +368,7 @@ def parse_args(argv=None):
                    help="share of sweep cells held out to measure the fit")
     f.add_argument("--holdout-repeats", type=non_negative_int, default=surrogate.HOLDOUT_REPEATS,
                    help="further held-out draws whose R2 is reported as a spread (0: none); the shipped fit is unchanged")
-    f.add_argument("--seed", type=non_negative_int, default=FIT_SEED, help="seed of the held-out draw and the initial weights")
+    f.add_argument("--seed", type=cli.seed, default=FIT_SEED, help="seed of the held-out draw and the initial weights")
     f.add_argument("--results-dir", type=writable_dir, default=RESULTS_DIR, help="where fit reports go")
     t = sub.add_parser("tune", help="search PPO's hyperparameters with Ray Tune (ASHA) on the surrogate",
                        formatter_class=cli.HelpFormatter)
@@ -362,8 +376,8 @@ def parse_args(argv=None):
     t.add_argument("--budget", type=positive_int, default=TUNE_BUDGET, help="environment steps of a full trial")
     t.add_argument("--report-every", type=positive_int, default=TUNE_REPORT_EVERY, help="steps between a trial's scores")
     t.add_argument("--eval-episodes", type=positive_int, default=TUNE_EVAL_EPISODES, help="episodes per score")
-    t.add_argument("--eval-seed", type=non_negative_int, default=EVAL_SEED, help="first reset seed of the scoring episodes")
-    t.add_argument("--seed", type=non_negative_int, default=0, help="seeds the search and every trial's training")
+    t.add_argument("--eval-seed", type=cli.seed, default=EVAL_SEED, help="first reset seed of the scoring episodes")
+    t.add_argument("--seed", type=cli.seed, default=0, help="seeds the search and every trial's training")
     t.add_argument("--rsm", help="surrogate file (default: the shipped one; the authors' state_dict works too)")
     t.add_argument("--ray", default="local", metavar="ADDRESS", help=ADDRESS_HELP)
     t.add_argument("--runs-dir", type=writable_dir, default=f"{RUNS_DIR}/tune", help="where Ray Tune keeps the trials")
@@ -375,8 +389,8 @@ def parse_args(argv=None):
             s.add_argument("--env", default=ENV, help=", ".join(envs.ENV_IDS))
             s.add_argument("--algo", default=ALGO, help="ppo (the paper's), a2c or dqn (Stable-Baselines3); several "
                                                         "comma-separated, each evaluated on its own")
-            s.add_argument("--seeds", default=SEEDS, help="comma-separated training seeds")
-            s.add_argument("--seed", dest="seeds", help="one training seed (same as --seeds N)")
+            s.add_argument("--seeds", type=cli.seeds, default=SEEDS, help="comma-separated training seeds")
+            s.add_argument("--seed", dest="seeds", type=cli.seeds, help="one training seed (same as --seeds N)")
             s.add_argument("--total-timesteps", type=positive_int, default=TOTAL_TIMESTEPS, help="environment steps per seed")
             s.add_argument("--n-envs", type=positive_int, default=N_ENVS, help="vectorised environments")
             s.add_argument("--rollout", type=positive_int, default=ROLLOUT, help="PPO steps per update over all environments")
@@ -400,15 +414,22 @@ def parse_args(argv=None):
                                      "in the authors' format works for LayerSplit-Paper-v0)")
         s.add_argument("--eval-episodes", type=non_negative_int, default=EVAL_EPISODES,
                        help="evaluation episodes per seed and policy, 0 to skip")
-        s.add_argument("--eval-seed", type=non_negative_int, default=EVAL_SEED, help="first evaluation reset seed")
+        s.add_argument("--eval-seed", type=cli.seed, default=EVAL_SEED, help="first evaluation reset seed")
         s.add_argument("--results-dir", type=writable_dir, default=RESULTS_DIR, help="where summaries go")
         s.add_argument("--name", type=result_stem,
                        help="stem of the result files, {algo} replaced (default: rl_<env>_<algo>, e.g. rl_paper_ppo)")
         s.add_argument("--trust-zip", action="store_true",
                        help="also read Stable-Baselines3's policy.zip saves (runs without policy.safetensors): "
                             "loading one unpickles it, which can run code stored in it; only for folders you made")
-        s.add_argument("--torch-threads", type=positive_int, default=TORCH_THREADS, help="torch threads")
-    return p.parse_args(argv)
+        s.add_argument("--torch-threads", type=cli.positive_threads, default=TORCH_THREADS,
+                       help="torch threads (of each Ray task with --ray), at most this machine's CPUs")
+    args = p.parse_args(argv)
+    if args.command == "fit":
+        try:
+            check_fit_outputs(args)
+        except UserError as e:
+            p.error(str(e))
+    return args
 
 
 def main(argv=None) -> int:

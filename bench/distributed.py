@@ -30,7 +30,7 @@ SEED = 0
 def main(argv=None) -> int:
     p = cli.parser(__doc__)
     p.add_argument("--tokens", type=positive_int, default=TOKENS, help="tokens of text swept")
-    p.add_argument("--splits", default=SPLITS, help="0-based splits")
+    p.add_argument("--splits", type=cli.split_list, default=SPLITS, help="0-based splits")
     p.add_argument("--draws", type=positive_int, default=DRAWS, help="noise draws per cell")
     args = p.parse_args(argv)
     import ray

@@ -20,6 +20,7 @@ cell to --output. Perplexities pool the tokens of every window and draw (token-w
 from __future__ import annotations
 
 import csv
+import io
 import math
 import sys
 import time
@@ -27,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from layersplit import channel, cli, models  # noqa: E402
-from layersplit.cli import parse_floats, positive_int  # noqa: E402
+from layersplit.cli import positive_int  # noqa: E402
 
 SPLITS = "2,6,12"  # 0-based splits compared
 SNRS = "10,20"  # Es/N0 of the erasure link (QPSK, the channel module's defaults): PER 0.65 and 0.02 at 64 elements
@@ -41,14 +42,21 @@ OUTPUT = "results/protect_rule.csv"
 def parse_args(argv=None):
     p = cli.parser(__doc__)
     cli.add_run_arguments(p, model=models.EMBEDDED_MODEL, seed=0)
-    p.add_argument("--splits", default=SPLITS, help="0-based splits")
+    p.add_argument("--splits", type=cli.split_list, default=SPLITS, help="0-based splits")
     p.add_argument("--snrs", default=SNRS, help="Es/N0 in dB of the erasure link")
-    p.add_argument("--ks", default=KS, help="protection levels K")
+    p.add_argument("--ks", default=KS, help="protection levels K (elements per token, 0..the hidden size)")
     p.add_argument("--tokens", type=positive_int, default=TOKENS, help="evaluated tokens")
     p.add_argument("--calibration-tokens", type=positive_int, default=CALIBRATION_TOKENS, help="calibration tokens")
     p.add_argument("--draws", type=positive_int, default=DRAWS, help="loss draws per cell")
-    p.add_argument("--output", default=OUTPUT, help="CSV of every cell")
-    return p.parse_args(argv)
+    p.add_argument("--output", type=cli.writable_file, default=OUTPUT, help="CSV of every cell")
+    args = p.parse_args(argv)
+    try:  # the lists are checked here, not after the model has loaded
+        args.snr_list, args.k_list = cli.parse_snrs(args.snrs, "--snrs"), cli.parse_counts(args.ks, "--ks")
+    except cli.UserError as e:
+        p.error(str(e))
+    if not args.snr_list or not args.k_list:
+        p.error("--snrs and --ks need one value or more")
+    return args
 
 
 def main(argv=None) -> int:
@@ -68,8 +76,10 @@ def run(args) -> int:
     model, tokenizer = models.load_model(args.model, args.device, args.dtype)
     segments = SplitModel(model)
     splits = parse_splits(args.splits, segments.n_layers)
-    snrs, ks = parse_floats(args.snrs, "--snrs"), [int(k) for k in parse_floats(args.ks, "--ks")]
+    snrs, ks = args.snr_list, args.k_list
     d = segments.hidden_size
+    if max(ks) > d:
+        raise cli.UserError(f"--ks {max(ks)}: a token has only {d} elements (use 0..{d})")
     index_bits, value_bits = math.ceil(math.log2(d)), channel.LinkConfig().bits_per_element
     context = min(512, model.config.max_position_embeddings)
     test_ids = data.tokenize(tokenizer, data.load_text(part="test"), args.tokens)
@@ -120,10 +130,11 @@ def run(args) -> int:
                       + "; ".join(f"{r['rule']} ({r['elements']} ch) {r['ppl']:9.2f} = {r['ppl'] / top:.2f}x"
                                   for r in rows[-2:]), flush=True)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.output, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    cli.write_text_atomic(args.output, table.getvalue())  # renamed into place: a kill never leaves half a table
     worse = sum(r["ppl"] > top_r["ppl"] for top_r, *fixed in zip(rows[::3], rows[1::3], rows[2::3]) for r in fixed)
     print(f"{len(rows) // 3} cells: a fixed set was worse than top-K in {worse} of {2 * len(rows) // 3} comparisons "
           f"-> {args.output} ({time.perf_counter() - start:.0f} s)")

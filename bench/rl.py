@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 # light modules only before the arguments are parsed; torch, Stable-Baselines3 and the model after
 from layersplit import cli, envs  # noqa: E402
-from layersplit.cli import non_negative_int, positive_int  # noqa: E402
+from layersplit.cli import positive_int  # noqa: E402
 # the project's defaults: the original's budget, n_steps and batch, and this project's copies and discount
 from train_rsm import BATCH, EVAL_EPISODES, EVAL_SEED, GAMMA, N_ENVS, ROLLOUT, TOTAL_TIMESTEPS  # noqa: E402
 from train_rsm import hyperparameters  # noqa: E402
@@ -147,10 +147,10 @@ def main(argv=None) -> int:
     p = cli.parser(__doc__)
     p.add_argument("--steps", type=positive_int, default=TOTAL_TIMESTEPS, help="PPO steps per set-up")
     p.add_argument("--llm-tokens", type=positive_int, default=envs.LLM_TOKENS, help="tokens per LLM step")
-    p.add_argument("--seed", type=non_negative_int, default=SEED, help="seed of the resets, the timed actions and the PPO runs")
+    p.add_argument("--seed", type=cli.seed, default=SEED, help="seed of the resets, the timed actions and the PPO runs")
     p.add_argument("--rsm", type=Path, help="surrogate (default: the authors' if found, else the shipped envs.PAPER_RSM)")
     p.add_argument("--ablation", action="store_true", help="only part 3: every set-up over --seeds")
-    p.add_argument("--seeds", default=ABLATION_SEEDS, help="training seeds of the ablation")
+    p.add_argument("--seeds", type=cli.seeds, default=ABLATION_SEEDS, help="training seeds of the ablation")
     p.add_argument("--episode-end", default=envs.EPISODE_END, choices=envs.EPISODE_ENDS,
                    help="episode end in the ablation: terminate is the original's")
     p.add_argument("--surrogates", default=ABLATION_SURROGATES,
@@ -160,12 +160,9 @@ def main(argv=None) -> int:
     p.add_argument("--cost-output", type=cli.writable_file, default=COST_OUTPUT,
                    help="parts 1-2: their figures as JSON (what the README's cost claim is generated from)")
     args = p.parse_args(argv)
-    try:
-        seeds = [int(s) for s in args.seeds.split(",")]
-    except ValueError:
-        seeds = []
-    if not seeds or not all(0 <= s < 2**32 for s in seeds):  # what numpy's and SB3's seeding accept
-        p.error(f"--seeds {args.seeds!r}: give comma-separated integers in 0..2**32-1, like 0,1,2")
+    seeds = args.seeds  # cli.seeds: integers in 0..2**32-1, what numpy's and SB3's seeding accept
+    if Path(args.output).absolute() == Path(args.cost_output).absolute():  # the cost would replace the record
+        p.error(f"--cost-output {args.cost_output} is also --output: give the cost figures their own file")
     if args.rsm is not None and not args.rsm.is_file():
         p.error(f"--rsm {args.rsm}: no such file")
     surrogates = {}
@@ -229,7 +226,7 @@ def run(args, seeds: list[int], surrogates: dict) -> int:
             "ppo": {name: {"steps_per_s": r["steps_per_s"], "run_s": TOTAL_TIMESTEPS / r["steps_per_s"],
                            "share_of_optimum": r["return"] / optimum} for name, r in zip(SETUPS, (original, fast))},
             "llm_run_over_surrogate_run": llm * fast["steps_per_s"]}
-    Path(args.cost_output).write_text(json.dumps(cost, indent=1) + "\n")
+    cli.write_text_atomic(args.cost_output, json.dumps(cost, indent=1) + "\n")
     print(f"-> {args.cost_output}")
     return 0
 

@@ -45,7 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from layersplit import UserError, cli  # noqa: E402
-from layersplit.cli import non_negative_int, writable_file  # noqa: E402
+from layersplit.cli import writable_file  # noqa: E402
 from layersplit.models import EMBEDDED_MODEL  # noqa: E402
 from serve import DECODE, DECODE_CHOICES  # noqa: E402
 from layersplit.serving import protocol  # noqa: E402
@@ -86,12 +86,15 @@ FAIRNESS_OUTPUT = "results/serve_fairness.json"  # --fairness: the measured time
 def parse_args(argv=None) -> argparse.Namespace:
     p = cli.parser(__doc__)
     cli.add_run_arguments(p, model=MODEL)
-    p.add_argument("--prompts", type=int, default=N_PROMPTS, help=f"how many of the built-in prompts (1..{len(PROMPTS)})")
-    p.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS, help="tokens per request")
-    p.add_argument("--rounds", type=int, default=ROUNDS, help="repetitions of every path and prompt")
-    p.add_argument("--split", type=int, default=SPLIT, help="0-based split: split n runs n + 1 layers on the UE")
+    p.add_argument("--prompts", type=cli.integer, default=N_PROMPTS,
+                   help=f"how many of the built-in prompts (1..{len(PROMPTS)})")
+    p.add_argument("--max-new-tokens", type=cli.integer, default=MAX_NEW_TOKENS, help="tokens per request")
+    p.add_argument("--rounds", type=cli.integer, default=ROUNDS, help="repetitions of every path and prompt")
+    p.add_argument("--split", type=cli.integer, default=SPLIT,
+                   help="0-based split: split n runs n + 1 layers on the UE")
     p.add_argument("--wires", default=",".join(WIRES), help="wire dtypes to measure")
-    p.add_argument("--threads", type=non_negative_int, default=THREADS, help="torch CPU threads per process, 0: torch's default")
+    p.add_argument("--threads", type=cli.threads, default=THREADS,
+                   help="torch CPU threads per process, 0: torch's default")
     p.add_argument("--decode", choices=DECODE_CHOICES, default=DECODE,
                    help="how both processes decode (serve.py --decode): eager, static (a fixed-length KV cache), "
                         "compiled (and a compiled step, CUDA graphs on CUDA); auto: compiled on CUDA, eager elsewhere")

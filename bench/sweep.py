@@ -130,7 +130,7 @@ def profile(model, ids, cfg, path: Path) -> None:
 
         timed_sweep(model, ids, cfg, sweep.run_fast)
     sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
-    path.write_text(prof.key_averages().table(sort_by=sort, row_limit=40))
+    cli.write_text_atomic(path, prof.key_averages().table(sort_by=sort, row_limit=40))
     print(f"   profile of the fast path on the paper's splits: {path}")
 
 
@@ -146,7 +146,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=cli.batch_size, default="auto", help="variants per forward (auto: the sweep's)")
     parser.add_argument("--compiled", action="store_true",
                         help="then time the fast path again with the edge's layers compiled (add_noise.py --compile)")
-    parser.add_argument("--profile", type=Path, metavar="FILE", help="write a profile of the fast path here")
+    parser.add_argument("--profile", type=cli.writable_file, metavar="FILE",
+                        help="write a profile of the fast path here (checked writable before the minutes of timing)")
     args = parser.parse_args(argv)
     args.grids = [g.strip() for g in args.grids.split(",") if g.strip()]
     if not args.grids or any(g not in ("paper", "layers") for g in args.grids):
@@ -203,7 +204,7 @@ def main(argv=None) -> int:
     if args.compiled:
         timed_compiled(model, ids, args, [grids[g] for g in args.grids], eager_ppl, rates, peak)
     if args.profile:
-        profile(model, ids, grid(EARLY_SPLITS, len(ids), args.draws, args.batch_size), args.profile)
+        profile(model, ids, grid(EARLY_SPLITS, len(ids), args.draws, args.batch_size), Path(args.profile))
     return 0
 
 

@@ -16,7 +16,7 @@ import pytest
 
 import serve
 from conftest import run_script, wait_until
-from layersplit import UserError
+from layersplit import UserError, cli
 from layersplit.serving import protocol
 from layersplit.serving.ue import UEClient
 from layersplit.serving.edge import EdgeServer
@@ -169,22 +169,33 @@ def test_cli_port_out_of_range_is_one_line(port):
     (["edge", "--evict-idle", "inf"], "at most 1000000"),
     (["edge", "--evict-idle", "30"], "shorter than --queue-timeout 30"),
     (["edge", "--queue-timeout", "4"], "--evict-idle 5 must be shorter than --queue-timeout 4"),
-    (["edge", "--threads", "1000000"], "0 (torch's default) to 1024"),
-    (["ue", "--threads", "-1"], "0 (torch's default) to 1024"),
+    (["edge", "--threads", "1000000"], f"0 (torch's default) to {cli.cpu_count()}"),
+    (["ue", "--threads", "-1"], f"0 (torch's default) to {cli.cpu_count()}"),
     (["ue", "--timeout", "inf"], "at most 1000000"),
-    (["ue", "--seed", "-1"], "integer >= 0"),
+    (["ue", "--seed", "-1"], "0..4294967295"),
+    (["ue", "--seed", "4294967296"], "0..4294967295"),
     (["ue", "--elements-per-packet", "99999999999"], f"1..{protocol.MAX_ELEMENTS_PER_PACKET}"),
-    (["ue", "--snr-db", "1e308"], "-100..100 dB, or inf"),  # 10^(SNR/10) overflowed
+    (["ue", "--snr-db", "1e308"], "-50..100 dB, or inf"),  # 10^(SNR/10) overflowed
+    (["ue", "--snr-mean", "-100"], "-50..100 dB, or inf"),
     (["ue", "--snr-std", "1e300"], "0..30 dB"),
+    (["ue", "--snr-rho", "nan"], "not a finite number"),
     (["ue", "--nakagami-m", "1e308", "--fading", "nakagami"], "0.5..1e+06"),  # a division by zero
 ])
 def test_cli_numbers_out_of_range_are_one_line(argv, valid, capsys, monkeypatch):
+    """Refused by the option's type (argparse: SystemExit 2, 'serve.py ROLE: error: argument ...') or by
+    serve.check_numbers (main returns 2, 'serve.py: error: ...'), never past them."""
     def not_checked(*args, **kwargs):  # and not an edge serving forever in this process
         raise AssertionError(f"{argv} got past the checks to loading a model")
 
     from layersplit import models
 
     monkeypatch.setattr(models, "load_model", not_checked)  # serve.py imports it where it loads
-    assert serve.main(argv) == 2
+    try:
+        code = serve.main(argv)
+    except SystemExit as e:
+        code = e.code
+    assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("serve.py: error: ") and argv[1] in err[0] and valid in err[0], err
+    assert err[-1].startswith(("serve.py: error: ", f"serve.py {argv[0]}: error: ")), err
+    assert argv[1] in err[-1] and valid in err[-1], err
+    assert sum("error:" in line for line in err) == 1, err
