@@ -257,6 +257,9 @@ def run_sweep(args: argparse.Namespace) -> int:
     from layersplit.segments import SplitModel, check_composition
 
     start = time.perf_counter()
+    sweep.check_output(args.output_path)  # a results file of another kind, or damaged, is refused untouched
+    if args.verify:
+        sweep.read_reference(args.verify)  # and a bad reference before the sweep, not after it
     if args.ray:  # join or start Ray first: a bad address or missing GPUs are refused before the model loads
         from layersplit import distributed
 

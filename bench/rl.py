@@ -278,7 +278,7 @@ def ablation(surrogates: dict, steps: int, seeds: list[int], episode_end: str, o
                 _save(output, record)
                 print(f"  {name}: {key}: {100 * np.mean(r['returns']) / np.mean(entry['optimum']):.2f}% of the optimum",
                       flush=True)
-    record["summary"] = summarise_ablation(record, seeds, list(surrogates))
+    record["summary"] = summarise_ablation(record, seeds, list(record["surrogates"]))  # those of earlier runs too
     _save(output, record)
     print_ablation(record)
     print(f"-> {output}")

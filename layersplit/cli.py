@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import UserError
-from .models import DTYPES
+from .models import DTYPES, RANDOM_TOKENIZER_ENV
 
 DEVICE = "auto"  # auto: CUDA when present, else CPU
 DTYPE = "auto"  # auto: float32 on CPU, bfloat16 (or float16) on CUDA
@@ -322,9 +322,22 @@ def retype(p: argparse.ArgumentParser, option: str, kind: Callable[[str], object
     action.type = kind
 
 
+def check_environment() -> None:
+    """The project's environment variables, checked like options before any work: a bad one is named."""
+    from . import nr
+
+    nr.check_environment()  # LAYERSPLIT_NR_BLER_TABLE
+    folder = os.environ.get(RANDOM_TOKENIZER_ENV)
+    if folder and not Path(folder).is_dir():
+        raise UserError(f"{RANDOM_TOKENIZER_ENV}={folder}: not a folder (a tokenizer's folder, for --model "
+                        "random:SHAPE)")
+
+
 def run_main(prog: str, body: Callable[[], int]) -> int:
-    """Run a script's work; bad input found during it (a UserError) is one line and exit status 2."""
+    """Run a script's work, the environment checked first; bad input found during it (a UserError) is one
+    line and exit status 2."""
     try:
+        check_environment()
         return body()
     except UserError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)

@@ -115,7 +115,7 @@ def cases():
          "short-row.csv:3: a damaged row (2 fields"),
         ("sweep-output-unknown-link", "add_noise.py", tiny + ["--sweep", "--splits", "1-2", "--output",
                                                               "{bad}/unknown-link.csv"],
-         "link 'carrier-pigeon' is not one of"),
+         "link is 'carrier-pigeon', not one of"),
         ("sweep-output-unwritable", "add_noise.py", tiny + ["--sweep", "--output", f"{NO_DIR}/s.csv"],
          "cannot write there"),
         ("unknown-dataset", "add_noise.py", ["--model", "{model}", "--split", "1", "--dataset", "no-such-corpus"],
@@ -388,3 +388,29 @@ def test_a_surrogate_save_cut_short_leaves_the_previous_file_whole(tmp_path, mon
     with pytest.raises(surrogate.UserError, match="cannot write the surrogate"):
         rsm.save(target)
     assert target.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+@pytest.mark.parametrize("variable, value, message", [
+    ("LAYERSPLIT_NR_BLER_TABLE", "{bad}/random-bytes.txt", "LAYERSPLIT_NR_BLER_TABLE="),
+    ("LAYERSPLIT_NR_BLER_TABLE", "{bad}", "LAYERSPLIT_NR_BLER_TABLE="),
+    ("LAYERSPLIT_TOKENIZER", "{bad}/no-such-folder", "LAYERSPLIT_TOKENIZER="),
+])
+@pytest.mark.parametrize("script_name, argv", [
+    ("add_noise.py", ["--model", "{model}", "--dataset", "{data}", "--split", "1", "--no-progress"]),
+    ("train_rsm.py", ["fit", "--output", "{tmp}/x.pth", "--results-dir", "{tmp}"]),
+    ("train.py", ["--model", "{model}", "--run-dir", "{tmp}/runs", "--results", "{tmp}/r.json"]),
+])
+def test_a_bad_environment_variable_is_named_before_any_work(variable, value, message, script_name, argv, files,
+                                                            tiny_model_dir, sample_txt, tmp_path, capsys,
+                                                            monkeypatch):
+    """Environment variables are checked like options (cli.run_main): one line naming the variable, exit 2,
+    nothing written."""
+    monkeypatch.chdir(tmp_path)
+    fill = {"{model}": str(tiny_model_dir), "{data}": str(sample_txt), "{bad}": str(files), "{tmp}": str(tmp_path)}
+    argv = [next((a.replace(k, v) for k, v in fill.items() if k in a), a) for a in argv]
+    monkeypatch.setenv(variable, value.replace("{bad}", str(files)))
+    code, err = run_main(script_name, argv, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and "Traceback" not in err, err
+    assert len(lines) == 1 and message in lines[0], lines
+    assert not list(tmp_path.iterdir()), "a bad environment variable let the script write"

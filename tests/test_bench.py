@@ -50,9 +50,14 @@ def test_bench_rl_ablation_records_every_setup_and_resumes(tmp_path):
                                                  if r["setup"] == name)
     blind = next(iter(runs.values()))["policy_map"]
     assert blind["channel_blind"] == all(len(set(a)) == 1 for a in blind["actions"].values())
+    # a record holding another surrogate's runs (as after --surrogates authors): rerun on this one only
+    record["surrogates"]["other"] = record["surrogates"]["shipped"]
+    (tmp_path / "a.json").write_text(json.dumps(record))
     again = run_script(*args, timeout=300)  # every run is in the record: none is trained again
     assert again.returncode == 0 and "% of the optimum" not in again.stdout.split("3. PPO set-ups")[0]
-    assert json.loads((tmp_path / "a.json").read_text())["surrogates"] == record["surrogates"]
+    resumed = json.loads((tmp_path / "a.json").read_text())
+    assert resumed["surrogates"] == record["surrogates"]
+    assert resumed["summary"]["other"] == resumed["summary"]["shipped"]  # the other surrogate's summary is kept
 
 
 def test_bench_serve_gives_the_single_process_tokens_over_a_loss_free_socket():
