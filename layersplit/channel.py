@@ -497,8 +497,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = cli.parser("BER, packet error rate, element loss and link latency of the split-layer uplink.",
                    prog="python -m layersplit.channel")
     add_link_arguments(p)
-    p.add_argument("--tokens", type=int, default=DEFAULT_TOKENS, help="prompt tokens sent at prefill")
-    p.add_argument("--hidden-size", type=int, default=DEFAULT_HIDDEN_SIZE, help="d_model of the split model")
+    cli.bound_link_arguments(p)  # finite and in range at parse time (an SNR of 1e308 overflowed)
+    p.add_argument("--tokens", type=cli.positive_int, default=DEFAULT_TOKENS, help="prompt tokens sent at prefill")
+    p.add_argument("--hidden-size", type=cli.positive_int, default=DEFAULT_HIDDEN_SIZE,
+                   help="d_model of the split model")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--table", metavar="CSV", type=writable_file,
                    help="write the closed-form vs Monte Carlo BER/PER table over all SNRs, modulations and fadings"
@@ -511,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the protected path's extra bits and air time (--protect K, K in PROTECT_TABLE_KS) against "
                         "Es/N0 for SmolLM2-135M and Llama-2-7B, prefill of --tokens tokens and one decoding step")
     p.add_argument("--mc-symbols", type=int, default=TABLE_MC_SYMBOLS, help="Monte Carlo symbols per table point")
-    p.add_argument("--seed", type=int, default=TABLE_SEED, help="seed of the table's Monte Carlo")
+    p.add_argument("--seed", type=cli.seed, default=TABLE_SEED, help="seed of the table's Monte Carlo")
     return p
 
 

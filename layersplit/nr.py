@@ -540,13 +540,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = cli.parser("The 5G NR coded uplink (Sionna): the link at one SNR, its BLER table, the table's check, "
                    "its latency table.", prog="python -m layersplit.nr")
-    p.add_argument("--snr-db", type=float, default=channel.DEFAULT_SNR_DB, help="average received Es/N0 in dB")
+    p.add_argument("--snr-db", type=cli.snr_db, default=channel.DEFAULT_SNR_DB, help="average received Es/N0 in dB")
     p.add_argument("--tokens", type=cli.positive_int, default=channel.DEFAULT_TOKENS, help="prompt tokens sent at prefill")
     p.add_argument("--hidden-size", type=cli.positive_int, default=channel.DEFAULT_HIDDEN_SIZE, help="d_model of the split model")
     p.add_argument("--bits-per-element", type=cli.positive_int, default=channel.DEFAULT_BITS_PER_ELEMENT,
                    help="bits per activation on the wire")
     p.add_argument("--mcs-rule", choices=MCS_RULES, default=MCS_RULE, help="link adaptation rule")
-    p.add_argument("--target-bler", type=float, default=TARGET_BLER, help="first-transmission BLER target (--mcs-rule target)")
+    p.add_argument("--target-bler", type=cli.finite_float, default=TARGET_BLER, help="first-transmission BLER target (--mcs-rule target)")
     p.add_argument("--harq-max-retx", type=cli.non_negative_int, default=HARQ_MAX_RETX, help="HARQ retransmissions at most")
     p.add_argument("--bler-table", type=Path, default=BLER_TABLE, help="the BLER table the link reads")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -566,7 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="slots per point at most (--check: slots per case)")
     g.add_argument("--min-errors", type=cli.positive_int, default=TABLE_MIN_ERRORS, help="lost TBs that end a point")
     g.add_argument("--batch", type=cli.positive_int, default=TABLE_BATCH, help="slots per Sionna call")
-    g.add_argument("--seed", type=int, default=TABLE_SEED, help="seed of the Monte Carlo")
+    g.add_argument("--seed", type=cli.seed, default=TABLE_SEED, help="seed of the Monte Carlo")
     return p
 
 
@@ -577,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:  # bad lists are refused here, before any Monte Carlo starts
         mcs_list = cli.parse_floats(args.mcs, "--mcs")
-        snr_list = cli.parse_floats(args.snrs, "--snrs")
+        snr_list = cli.parse_snrs(args.snrs)
     except UserError as e:
         parser.error(str(e))
     if any(m != int(m) for m in mcs_list):
@@ -586,11 +586,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cases = [(int(a), float(b)) for a, b in (c.split(":") for c in args.check.split(","))] if args.check else []
     except ValueError:
-        parser.error(f"--check {args.check!r}: give MCS:SNR pairs, e.g. 14:10,3:0")
+        parser.error(f"--check {cli.shown(args.check)}: give MCS:SNR pairs, e.g. 14:10,3:0")
+    if any(not cli.SNR_DB_MIN <= snr <= cli.SNR_DB_MAX for _, snr in cases):  # NaN too
+        parser.error(f"--check {cli.shown(args.check)}: SNRs must lie in {cli.SNR_DB_MIN:g}..{cli.SNR_DB_MAX:g} dB")
+
+    if args.latency_table and args.bler_table != BLER_TABLE:  # the rows read the link's table, not the option
+        parser.error("--latency-table reads the table the link uses: set LAYERSPLIT_NR_BLER_TABLE instead of "
+                     "--bler-table")
 
     def body() -> int:
         if args.bler_table == BLER_TABLE:  # the table the variable names, if set: a bad one is named by it
             check_environment()
+        else:
+            read_table(args.bler_table)  # a bad table is named before any Monte Carlo
         if args.table:
             start = time.time()
             n = write_table(Path(args.table), mcs_list, snr_list, args.seed, args.channel, args.receiver,

@@ -233,7 +233,7 @@ def test_cli_help_states_snr_convention():
 
 
 @pytest.mark.parametrize("args, message", [(["--bandwidth-hz", "-5"], "bandwidth_hz must be a positive"),
-                                           (["--nakagami-m", "0.2"], "nakagami_m must be >= 0.5"),
+                                           (["--nakagami-m", "0.2"], "is not a Nakagami m here: use 0.5"),
                                            (["--modulation", "8psk"], "invalid choice: '8psk'")])
 def test_cli_bad_input(args, message):
     result = run_cli("-m", "layersplit.channel", *args, "--json")
