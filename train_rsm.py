@@ -93,6 +93,9 @@ def env_kwargs_for(env_id: str, rsm_path: str | None, episode_end: str = envs.EP
 # --- fit ----------------------------------------------------------------------------------------
 def cmd_fit(args) -> int:
     check_fit_outputs(args)  # parse_args did; again for a caller that built its own arguments
+    for _, sweep_option, _, _ in FIT_FORMS:  # every input before the first fit: a bad last one wastes no work
+        if getattr(args, sweep_option):
+            surrogate.check_sweep(getattr(args, sweep_option))
     for form, sweep_path, out, report in (("paper", args.sweep, args.output, "paper"),
                                           ("wireless", args.wireless_sweep, args.wireless_output, "wireless"),
                                           ("protect", args.protect_sweep, args.protect_output, "protect"),

@@ -189,15 +189,22 @@ def load(path: str | Path, form: str | None = None) -> Surrogate:
 
 
 # --- the training data, from sweep results -------------------------------------------------------
+def check_sweep(path: str | Path, needed: tuple[str, ...] = ("split", "nll", "token_accuracy")) -> None:
+    """A sweep results file that is there and whose every row is valid (cells.read_rows), else UserError:
+    train_rsm.py fit checks all its inputs so before it fits the first."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no sweep results at {path} (make them with: python add_noise.py --sweep)")
+    cells.read_rows(path, needed)  # every row checked, on every column it has
+
+
 def _read_sweep(path: str | Path, needed: tuple[str, ...]):
     """The sweep's rows as a frame, each checked first (cells.read_rows: a row with an impossible value
     is refused, naming its line, never fitted on nor dropped), with their window scores."""
     import pandas as pd
 
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"no sweep results at {path} (make them with: python add_noise.py --sweep)")
-    cells.read_rows(path, needed)
+    check_sweep(path, needed)
     try:
         frame = pd.read_csv(path)  # the numbers as pandas parses them (the fits of the committed sweeps rest on it)
     except (ValueError, UnicodeDecodeError) as e:  # csv read it, so this is rare: a quoting only pandas minds

@@ -198,6 +198,9 @@ def cases():
         ("fit-sweep-unknown-link", "train_rsm.py", ["fit", "--sweep", "{bad}/unknown-link.csv", "--wireless-sweep", "",
                                                     "--output", "{tmp}/x.pth", "--results-dir", "{tmp}"],
          "link is 'carrier-pigeon'"),
+        ("fit-later-sweep-missing", "train_rsm.py", ["fit", "--sweep", str(ROOT / "results" / "sweep_smollm2-135m.csv"),
+                                                     "--output", "{tmp}/x.pth", "--results-dir", "{tmp}/res"],
+         "no sweep results at results/sweep_wireless"),  # before the first fit: nothing written
         ("fit-sweep-missing", "train_rsm.py", ["fit", "--sweep", "{tmp}/none.csv", "--wireless-sweep", "",
                                                "--output", "{tmp}/x.pth"],
          "no sweep results at"),
