@@ -53,12 +53,21 @@ def test_a_resumed_distributed_sweep_computes_only_what_is_missing(local_ray, ti
     assert (tmp_path / "part.csv").read_bytes() == (tmp_path / "whole.csv").read_bytes()
 
 
-def test_bad_input_found_in_a_worker_is_one_line(local_ray, tiny_model_dir, sample_txt, tmp_path, capsys):
+def test_bad_input_is_one_line_before_any_task_and_from_a_worker(local_ray, tiny_model_dir, sample_txt, tmp_path,
+                                                                  capsys):
     args = sweep_args(tiny_model_dir, sample_txt, tmp_path / "s.csv", "--ray", "--workers", "2", "--protects", "65")
-    assert add_noise.main(args) == 2
+    assert add_noise.main(args) == 2  # found by the main process: no task starts, no file is made
     lines = capsys.readouterr().err.strip().splitlines()
-    assert lines[-1] == "add_noise.py: error: --protect 65: a token has only 64 elements", lines[-3:]
-    assert (tmp_path / "s.csv").read_text().count("\n") == 1  # the header alone: no row lost or half-written
+    assert lines[-1] == "add_noise.py: error: --protects 65: a token has only 64 elements (use 0..64)", lines[-3:]
+    assert not (tmp_path / "s.csv").exists()
+
+    @ray.remote
+    def refuse():
+        raise UserError("--protect 65: a token has only 64 elements")
+
+    with pytest.raises(UserError) as caught:  # what a worker finds: its one line, not Ray's wrapper
+        distributed.result(refuse.remote())
+    assert str(caught.value) == "--protect 65: a token has only 64 elements"
 
 
 def test_grid_tasks_cover_every_split_and_window_once():

@@ -373,8 +373,10 @@ def test_cli_verify_spot_checks_a_sweep_with_a_sub_grid(tiny_model_dir, sample_t
     assert missing.returncode == 1 and "has no row for split 2" in missing.stderr
 
     check[check.index("--verify") + 1] = str(ROOT / "results" / "rsm_fit_paper.csv")  # a CSV, not a sweep's
+    check[check.index("--output") + 1] = str(tmp_path / "never.csv")
     other = subprocess.run(check, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert other.returncode == 1 and "is not a sweep results file" in other.stderr
+    assert other.returncode == 2 and "is not a sweep results file" in other.stderr  # bad input, before any work
+    assert not (tmp_path / "never.csv").exists()
 
 
 def test_cells_cli_compares_two_splits_and_refuses_bad_input(tiny_llama, tmp_path):
