@@ -70,6 +70,7 @@ COLUMNS = RUN_COLUMNS + ("split", "layers_on_ue", "link", "snr_db", "dropout", "
     + LINK_COLUMNS + ("nll", "ppl", "token_accuracy", "scored_tokens", "nonfinite_windows", *WINDOW_COLUMNS,
     "ue_compute_s", "tx_s", "edge_compute_s", "total_s", "tx_decode_s")
 INF = math.inf
+LOG_FLOAT_MAX = math.log(sys.float_info.max)  # exp beyond it overflows: a perplexity of inf
 # column -> (low, high, whole number, may be empty): the range of every number column but the scores
 LIMITS = {
     "tokens": (1, INF, True, False), "context_length": (1, INF, True, True), "stride": (1, INF, True, True),
@@ -356,6 +357,11 @@ def _half_width(rows: list[dict], column: int, sd_column: str, confidence: float
     return math.nan, "none"
 
 
+def _exp(x: float) -> float:
+    """exp, inf beyond the largest float (a perplexity that overflowed) instead of an OverflowError."""
+    return math.exp(x) if x < LOG_FLOAT_MAX else math.inf
+
+
 def pool(rows: list[dict], confidence: float = CONFIDENCE) -> dict:
     """Pool the draws of one cell (rows: dicts with nll, token_accuracy, scored_tokens and the
     WINDOW_COLUMNS, strings or numbers, and WINDOW_SCORES where attached). Returns draws, samples,
@@ -377,8 +383,8 @@ def pool(rows: list[dict], confidence: float = CONFIDENCE) -> dict:
     nll_half, unit = _half_width(rows, 1, "nll_window_sd", confidence)
     accuracy_half, _ = _half_width(rows, 2, "accuracy_window_sd", confidence)
     return {"draws": len(rows), "draws_left_out": left_out, "samples": sum(counts),
-            "nll": nll, "nll_ci95": nll_half, "ppl": math.exp(nll),
-            "ppl_low": math.exp(nll - nll_half), "ppl_high": math.exp(nll + nll_half),
+            "nll": nll, "nll_ci95": nll_half, "ppl": _exp(nll),
+            "ppl_low": _exp(nll - nll_half), "ppl_high": _exp(nll + nll_half),
             "token_accuracy": accuracy, "accuracy_ci95": accuracy_half, "interval_unit": unit}
 
 
