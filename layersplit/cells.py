@@ -84,6 +84,9 @@ LIMITS = {
 }
 NAN_ALLOWED = ("nll_window_sd", "accuracy_window_sd")  # one window has no spread
 SCORES = ("nll", "ppl", "token_accuracy")  # checked against scored_tokens (row_problem)
+# column, what is valid, the test: the scores of a row or a cell where a draw was scored
+SCORE_RULES = (("nll", "a finite number >= 0", lambda x: 0 <= x < INF), ("ppl", "a number >= 1", lambda x: x >= 1),
+               ("token_accuracy", "a share in [0, 1]", lambda x: 0 <= x <= 1))
 KEY_INTEGERS = ("split", "draw", "protect")  # what row_key needs whole
 
 
@@ -148,9 +151,7 @@ def row_problem(row: dict) -> str | None:
         if n.get("nonfinite_windows") == 0:
             return "scored_tokens is 0 and nonfinite_windows 0: no window was scored, none was non-finite"
         return None
-    for column, valid, ok in (("nll", "a finite number >= 0", lambda x: 0 <= x < INF),
-                              ("ppl", "a number >= 1", lambda x: x >= 1),
-                              ("token_accuracy", "a share in [0, 1]", lambda x: 0 <= x <= 1)):
+    for column, valid, ok in SCORE_RULES:
         if column in n and (n[column] is None or not ok(n[column])):
             return f"{column} is {row[column] if row[column] != '' else 'empty'}, not {valid}"
     return None
@@ -468,7 +469,7 @@ def report_left_out(table: list[dict], where) -> None:
               "of their cells (column draws_left_out)", file=sys.stderr)
 
 
-def cell_problem(row: dict, line: int | None = None) -> str | None:
+def cell_problem(row: dict) -> str | None:
     """What makes a row of a cell table (CELL_COLUMNS; the columns it has) invalid, or None: its cell
     as row_problem checks a row's, whole counts, and, where a draw was pooled, nll finite >= 0, ppl >= 1,
     token_accuracy in [0, 1], interval half-widths >= 0 or nan, a known interval_unit."""
@@ -488,9 +489,7 @@ def cell_problem(row: dict, line: int | None = None) -> str | None:
         return f"interval_unit is {row['interval_unit']!r}, not one of {', '.join(UNITS)}"
     if not counts.get("draws", 1):  # no draw pooled: nothing to check
         return None
-    for column, valid, ok in (("nll", "a finite number >= 0", lambda x: 0 <= x < INF),
-                              ("ppl", "a number >= 1", lambda x: x >= 1),
-                              ("token_accuracy", "a share in [0, 1]", lambda x: 0 <= x <= 1),
+    for column, valid, ok in (*SCORE_RULES,
                               ("nll_ci95", "a number >= 0 or nan", lambda x: math.isnan(x) or x >= 0),
                               ("accuracy_ci95", "a number >= 0 or nan", lambda x: math.isnan(x) or x >= 0),
                               ("ppl_low", "a number > 0 or nan", lambda x: math.isnan(x) or x > 0),

@@ -524,8 +524,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = link_config_from_args(args)
     except ValueError as e:
         parser.error(str(e))
-    if args.tokens < 1 or args.hidden_size < 1 or args.mc_symbols < 1:
-        parser.error("--tokens, --hidden-size and --mc-symbols must be >= 1")
+    if args.mc_symbols < 1:  # (--tokens and --hidden-size: by their types)
+        parser.error("--mc-symbols must be >= 1")
 
     def body() -> int:
         if args.table:
@@ -537,18 +537,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.latency_table:
             from . import compute
 
-            rows = compute.latency_table(list(LATENCY_TABLE_SNR_DB), {"smollm2-135m": compute.SMOLLM2_135M,
-                                                                      "llama2-7b": compute.LLAMA2_7B},
-                                         args.tokens, cfg)
+            rows = compute.latency_table(list(LATENCY_TABLE_SNR_DB), compute.TABLE_MODELS, args.tokens, cfg)
             write_table(rows, args.latency_table)
             print(f"wrote {len(rows)} rows to {args.latency_table}")
             return 0
         if args.protect_table:
             from . import compute
 
-            rows = compute.protect_table(list(PROTECT_TABLE_SNR_DB), {"smollm2-135m": compute.SMOLLM2_135M,
-                                                                      "llama2-7b": compute.LLAMA2_7B},
-                                         PROTECT_TABLE_KS, args.tokens, cfg)
+            rows = compute.protect_table(list(PROTECT_TABLE_SNR_DB), compute.TABLE_MODELS, PROTECT_TABLE_KS,
+                                         args.tokens, cfg)
             write_table(rows, args.protect_table)
             print(f"wrote {len(rows)} rows to {args.protect_table}")
             return 0

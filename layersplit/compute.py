@@ -46,6 +46,7 @@ def model_dims(config) -> ModelDims:
 
 SMOLLM2_135M = ModelDims(30, 576, 1536, 9, 3, 64, 49152)  # the embedded default model
 LLAMA2_7B = ModelDims(32, 4096, 11008, 32, 32, 128, 32000)  # the paper's model
+TABLE_MODELS = {"smollm2-135m": SMOLLM2_135M, "llama2-7b": LLAMA2_7B}  # the rows of the latency and protect tables
 
 
 def decoder_layer_flops(

@@ -616,9 +616,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.latency_table:
             from . import channel, compute
 
-            rows = latency_table(list(channel.LATENCY_TABLE_SNR_DB), {"smollm2-135m": compute.SMOLLM2_135M,
-                                                                      "llama2-7b": compute.LLAMA2_7B},
-                                 args.tokens, args.bits_per_element)
+            rows = latency_table(list(channel.LATENCY_TABLE_SNR_DB), compute.TABLE_MODELS, args.tokens,
+                                 args.bits_per_element)
             channel.write_table(rows, args.latency_table)
             print(f"wrote {len(rows)} rows to {args.latency_table}")
         else:
