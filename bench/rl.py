@@ -278,24 +278,22 @@ def ablation(surrogates: dict, steps: int, seeds: list[int], episode_end: str, o
                 _save(output, record)
                 print(f"  {name}: {key}: {100 * np.mean(r['returns']) / np.mean(entry['optimum']):.2f}% of the optimum",
                       flush=True)
-    record["summary"] = summarise_ablation(record, seeds, list(record["surrogates"]))  # those of earlier runs too
+    record["summary"] = summarise_ablation(record, seeds)  # every surrogate's, those of earlier runs too
     _save(output, record)
     print_ablation(record)
     print(f"-> {output}")
     return 0
 
 
-def summarise_ablation(record: dict, seeds: list[int], names: list[str]) -> dict:
-    """Per surrogate of `names` and set-up: the share of the optimum (each seed's return over the optimum
+def summarise_ablation(record: dict, seeds: list[int]) -> dict:
+    """Per surrogate of the record and set-up: the share of the optimum (each seed's return over the optimum
     on the same episodes) and the gaps to best static and to the original set-up, paired by episode and
     seed, with 95% t intervals over seeds; whether the policies are channel-blind and where their
-    episodes end. Runs of other surrogates or seeds stay in the record, unsummarised."""
+    episodes end. Runs of other seeds stay in the record, unsummarised."""
     from layersplit import policies
 
     out = {}
     for name, entry in record["surrogates"].items():
-        if name not in names:
-            continue
         optimum, best = np.mean(entry["optimum"]), np.mean(entry["best_static"]["returns"])
         by_setup = {}
         for run in entry["runs"].values():

@@ -594,10 +594,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--latency-table reads the table the link uses: set LAYERSPLIT_NR_BLER_TABLE instead of "
                      "--bler-table")
 
-    def body() -> int:
-        if args.bler_table == BLER_TABLE:  # the table the variable names, if set: a bad one is named by it
-            check_environment()
-        else:
+    def body() -> int:  # (cli.run_main has checked the table LAYERSPLIT_NR_BLER_TABLE names)
+        if args.bler_table != BLER_TABLE:
             read_table(args.bler_table)  # a bad table is named before any Monte Carlo
         if args.table:
             start = time.time()
