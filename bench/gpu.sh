@@ -4,7 +4,7 @@
 #   bash bench/gpu.sh prepare           # here (with the project installed): the tokenizer, the text and the
 #                                       # wheels a GPU machine without this project's packages needs, in .gpu/
 #   bash bench/gpu.sh run [OUT]         # there, from the repository root with .gpu/ beside it: OUT (default
-#                                       # results/gpu) gets one .txt per step and a profile
+#                                       # results/gpu) gets one .txt per step, a profile and summary.json
 # .gpu/ is git-ignored: send it with the working tree (rsync, or a remote runner's list of extra paths).
 #
 # No weights travel: the models are random-weight stand-ins of the published shapes (--model random:SHAPE),
@@ -17,7 +17,7 @@ PY=${PY:-python3}                     # the Python with torch (CUDA) on the GPU 
 DEVICE=${DEVICE:-cuda}                # where everything runs (cpu: a rehearsal of this script, tiny shapes)
 DTYPE=${DTYPE:-bfloat16}              # the dtype of the models and of the matmul peak
 MODEL=${MODEL:-random:llama-2-7b}     # the paper's model's shape
-MODEL_LARGE=${MODEL_LARGE:-random:llama-2-13b}  # the paper's other shape ("" to skip)
+MODEL_LARGE=${MODEL_LARGE-random:llama-2-13b}  # the paper's other shape ("" to skip)
 TOKENS=${TOKENS:-2048}                # tokens of text per sweep window
 DRAWS=${DRAWS:-5}                     # the paper's draws per cell
 NEW_TOKENS=${NEW_TOKENS:-64}          # greedy tokens per request in the decoding benchmark
@@ -87,6 +87,7 @@ run() {
         step sweep_paper_large 60 "$PY" bench/sweep.py --model "$MODEL_LARGE" --device "$DEVICE" --dtype "$DTYPE" \
             --dataset "$text" --tokens "$TOKENS" --draws "$DRAWS" --grids paper --naive none
     fi
+    "$PY" bench/gpu_summary.py "$OUT"  # the figures of every step in OUT/summary.json (the README's GPU table)
     ls -la "$OUT"
 }
 

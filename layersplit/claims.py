@@ -9,6 +9,8 @@ differs from what this module writes from the committed files):
     ablation   the original PPO set-up, the default, and each single change (bench/rl.py --ablation)
     sweep      the surrogate sweep's cells: perplexity with its interval over windows
     paired     split against split on the same windows and masks (cells.paired)
+    fairness   the next UE's first token behind long prompts, per edge --prefill-chunk
+    gpu        one bench/gpu.sh run on a GPU (bench/gpu_summary.py's summary)
 
 Intervals: over seeds for the surrogate-trained agents (seed k of every policy plays the same
 episodes, so gaps are paired by seed), over episodes on the real LLM (each episode its own start and
@@ -360,8 +362,62 @@ def block_fairness(results: Path) -> str:
                   f"the {found['long_sessions']} long prompts' first tokens"], rows)
 
 
+GPU = "gpu/summary.json"  # bench/gpu_summary.py over a bench/gpu.sh run folder
+RAY_GPUS = 8  # the projection's GPUs: the windows spread evenly over one Ray worker per GPU
+
+
+def block_gpu(results: Path) -> str:
+    """The GPU figures of one bench/gpu.sh run (bench/gpu_summary.py): sweep rates against the bf16 matmul
+    peak of the same run, decoding against the memory bound, compile times, the paper-scale projection."""
+    found = _json(results, GPU)
+    if not found:
+        return "(not measured yet: `bash bench/gpu.sh run results/gpu` on a GPU)"
+    paper, check, serve = found["sweep_paper"], found["sweep_check"], found["serve"]
+    large = found.get("sweep_paper_large")
+    large = large if large and "paper" in large else None  # a 13B step cut by its time limit has no figures
+
+    def rate(r: dict) -> str:
+        return f"{r['seconds']:.1f} s, {r['tflops']:.0f} TFLOP/s ({100 * r['share_of_peak']:.0f}% of the peak)"
+
+    comp, naive, paths = paper["paper_compiled"], check["paper"]["naive"], serve["paths"]
+    single, bf16, fp16 = paths["single process"], paths["socket bf16"], paths["socket fp16"]
+    hours = [paper["projected_paper_hours"]] + ([large["projected_paper_hours"]] if large else [])
+    rows = [
+        ["dense bf16 matmul peak, 8192^3, the same run", f"{paper['peak_tflops']:.0f} TFLOP/s", ""],
+        ["sweep, paper grid (splits 1..9, clean + 8 p x 5 draws), 7B", rate(paper["paper"]), ">= 60% of the peak"],
+        ["the same, the edge's layers compiled (`--compile`)",
+         f"{rate(comp)}, {comp['speedup_over_eager']:.2f}x eager; compiling {comp['compile_seconds']:.0f} s; "
+         f"max abs(dPPL)/PPL {comp['max_rel_dppl']:.1e}", ""],
+        ["sweep, every layer 0..31, 1 draw, 7B", rate(check["layers"]), ""],
+        ["fast / naive, paper grid, 1 draw, 7B", f"{naive['speedup']:.2f}x (FLOP bound {naive['flop_bound']:.2f}x), "
+         f"max abs(dPPL)/PPL {naive['max_rel_dppl']:.1e}", "fast = naive"],
+    ]
+    if large:
+        rows.append(["sweep, paper grid, 13B", rate(large["paper"]), ">= 60% of the peak"])
+    rows += [
+        ["single-process decoding, TTFT / TPOT, 7B", f"{single['ttft_ms']:.1f} / {single['tpot_ms']:.2f} ms: "
+         f"{single['tpot_over_bound']:.2f}x the bound ({serve['bound_ms']:.2f} ms, weights over "
+         f"{serve['bandwidth_gbs']:.0f} GB/s measured)", "TPOT <= 3x the bound"],
+        ["socket path TPOT, bf16 / fp16 wire", f"{bf16['tpot_ms']:.2f} / {fp16['tpot_ms']:.2f} ms: "
+         f"{bf16['tpot_ratio']:.2f}x / {fp16['tpot_ratio']:.2f}x single-process; protocol "
+         f"{serve['socket_overhead_ms'][0]:.2f}-{serve['socket_overhead_ms'][1]:.2f} ms per step",
+         "<= 1.1x single-process"],
+    ]
+    if serve.get("compile_seconds"):
+        rows.append(["compiling the decoding steps (warm-up: single process; socket bf16, then fp16 reusing them)",
+                     " s; ".join(f"{v:.1f}" for v in serve["compile_seconds"].values()) + " s", ""])
+    rows += [
+        ["paper's grid over WikiText-2's test text (300k tokens, 5 draws), one GPU, 7B" + (" / 13B" if large else ""),
+         " / ".join(f"{h:.2f} h" for h in hours), ""],
+        [f"the same on {RAY_GPUS} GPUs with Ray (projected: one GPU's time / {RAY_GPUS}, not measured)",
+         " / ".join(f"{60 * h / RAY_GPUS:.0f} min" for h in hours), ""],
+    ]
+    head = f"what ({found['gpu']}, torch {found['torch']}, bf16, random-weight stand-ins, 2,048-token windows)"
+    return table([head, "measured", "target"], rows)
+
+
 BLOCKS = {"claims": block_claims, "rl": block_rl, "ablation": block_ablation, "sweep": block_sweep,
-          "paired": block_paired, "fairness": block_fairness}
+          "paired": block_paired, "fairness": block_fairness, "gpu": block_gpu}
 
 
 def blocks(results: Path) -> dict[str, str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import inspect
 import threading
+from collections import defaultdict
 
 import torch
 from transformers import DynamicCache, StaticCache
@@ -33,6 +34,10 @@ COMPOSITION_RTOL = 1e-3  # largest logit difference, relative to the logits' sca
 # captured as a CUDA graph (mode reduce-overhead), so a step is one graph replay instead of hundreds
 # of kernel launches from Python. The prompt's step (prefill, of any length) always runs eager.
 DECODE_MODES = ("eager", "static", "compiled")
+# Compiled decoding rounds every bf16/fp16 intermediate as eager does (inductor's emulate_precision_casts),
+# so it gives eager's greedy tokens: with fp32 intermediates (False, a little faster) a bf16 split Llama's
+# tokens left eager's after 3 to 5 steps on a CPU and on an H200
+COMPILED_ROUNDS_LIKE_EAGER = True
 STATIC_MIN_TOKENS = 64  # a static cache holds a power of two of tokens, at least this: few shapes to compile
 
 
@@ -157,6 +162,17 @@ def _segment_forward(view: torch.nn.Module, kw: str, head: bool, inputs: dict, c
     return view(use_cache=True, **inputs, **{kw: cache}).last_hidden_state
 
 
+def _cuda_graph_state_for_this_thread() -> None:
+    """Give this thread CUDA graph trees' per-thread state if it has none. Torch before 2.13 set it up only
+    in the thread that imported torch._inductor and asserted in any other Python thread (pytorch#123177,
+    seen on torch 2.11 on an H200: an edge's compute thread replaying steps first run in the main thread);
+    2.13 sets it up lazily itself, so there this finds it in place and does nothing."""
+    from torch._inductor import cudagraph_trees as trees
+    if not hasattr(trees.local, "tree_manager_containers") and not torch._C._is_key_in_tls("tree_manager_containers"):
+        trees.local.tree_manager_containers = {}
+        trees.local.tree_manager_locks = defaultdict(threading.Lock)
+
+
 class SplitModel:
     """One loaded model, run as segments: the UE's layers 0..split and the edge's split + 1.. + LM head.
 
@@ -250,6 +266,7 @@ class SplitModel:
             if cache.compiled and n == 1 and cache.tokens > 1:
                 step = self._compiled_step(start, stop, head)
                 if self.device.type == "cuda":
+                    _cuda_graph_state_for_this_thread()
                     torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are done with
                 return step(inputs, cache).clone()  # a CUDA graph's output is overwritten by its next replay
         return _segment_forward(*self.view(start, stop, head), head, inputs, cache)
@@ -267,8 +284,10 @@ class SplitModel:
                 # every segment's step is this one function's code, which torch keeps at most
                 # recompile_limit compiled versions of (8 by default): an edge serves many splits
                 torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 8 * self.n_layers)
-                mode = "reduce-overhead" if self.device.type == "cuda" else None
-                self._steps[(start, stop, head)] = torch.compile(step, mode=mode, dynamic=False)
+                # CUDA graphs on CUDA (what mode="reduce-overhead" sets), and bf16/fp16 rounded as eager does
+                options = {"triton.cudagraphs": self.device.type == "cuda",
+                           "emulate_precision_casts": COMPILED_ROUNDS_LIKE_EAGER}
+                self._steps[(start, stop, head)] = torch.compile(step, options=options, dynamic=False)
             return self._steps[(start, stop, head)]
 
     @torch.no_grad()

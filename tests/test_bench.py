@@ -4,6 +4,7 @@ machines are shared and timings are noisy.)"""
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -138,3 +139,24 @@ def test_bench_gpu_sh_prepares_and_rehearses_every_step_on_the_cpu(tmp_path):
         assert re.search(rf"== {step}: exit 0 after \d+ s", text), text[-2000:]
     assert "% of the peak" in (out / "sweep_paper.txt").read_text()
     assert (out / "sweep_profile.txt").stat().st_size > 0 and (out / "machine.txt").is_file()
+    summary = json.loads((out / "summary.json").read_text())  # gpu.sh's last step read every step's figures
+    assert summary["sweep_paper"]["paper"]["tflops"] > 0 and summary["serve"]["paths"]["single process"]["tpot_ms"] > 0
+    assert summary["steps_seconds"] >= summary["sweep_paper"]["step"]["seconds"]
+
+
+def test_gpu_summary_reads_the_committed_run_into_the_committed_summary(tmp_path):
+    """results/gpu/summary.json is what bench/gpu_summary.py reads off the step outputs beside it."""
+    folder = tmp_path / "gpu"
+    shutil.copytree(ROOT / "results" / "gpu", folder)
+    (folder / "summary.json").unlink()
+    done = run_script("bench/gpu_summary.py", str(folder))
+    assert done.returncode == 0, done.stderr
+    committed = json.loads((ROOT / "results" / "gpu" / "summary.json").read_text())
+    assert json.loads((folder / "summary.json").read_text()) == committed
+    # a step output cut short is refused in one line naming the file, and nothing is written
+    (folder / "summary.json").unlink()
+    (folder / "serve.txt").write_text((ROOT / "results/gpu/serve.txt").read_text()[:400])
+    done = run_script("bench/gpu_summary.py", str(folder))
+    assert done.returncode == 2 and "serve.txt" in done.stderr and len(done.stderr.splitlines()) == 1
+    assert not (folder / "summary.json").exists()
+    assert run_script("bench/gpu_summary.py", str(tmp_path / "none")).returncode == 2

@@ -187,10 +187,12 @@ def test_on_cuda_the_auto_batch_fills_free_memory(cuda_llama):
 
 @pytest.mark.gpu
 def test_on_cuda_the_host_waits_once_per_window_not_per_variant(cuda_llama):
-    """Synchronising calls during a walk do not grow with the number of variants (one batch each)."""
+    """Synchronising calls during a walk do not grow with the number of variants (one batch each). A
+    first walk, not counted, takes the one-off syncs of a first call (on an H200 they made the 1-variant
+    walk count 22 and the 8-variant one 18)."""
     segments = SplitModel(cuda_llama)
     counts = []
-    for probabilities in ([0.1], [0.02, 0.06, 0.1, 0.14, 0.18, 0.22, 0.26, 0.3]):
+    for probabilities in ([0.1], [0.1], [0.02, 0.06, 0.1, 0.14, 0.18, 0.22, 0.26, 0.3]):
         cfg = sweep.SweepConfig([1], grid.make_conditions(probabilities, [], "erasure"), 2, 0, 64, 64,
                                 config().link_template, batch_size=64)
         work = [(1, [(c, d) for c in range(len(cfg.conditions)) for d in range(grid.draws_of(cfg.conditions[c], 2))])]
@@ -202,5 +204,6 @@ def test_on_cuda_the_host_waits_once_per_window_not_per_variant(cuda_llama):
         finally:
             torch.cuda.set_sync_debug_mode("default")
         counts.append(sum("synchroniz" in str(w.message) for w in caught))
+    counts = counts[1:]  # the warm-up walk's count left out
     assert counts[0] > 0, "the walk reads its scores, a synchronising call the counter must see"
-    assert counts[1] == counts[0], counts
+    assert counts[1] <= counts[0], counts
