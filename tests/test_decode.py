@@ -154,3 +154,29 @@ def test_compiled_decoding_on_cuda_in_bf16_gives_the_eager_tokens(tokenizer):
                 assert ue.generate(PROMPT, N).tokens == eager
     finally:
         server.stop()
+
+
+def test_compiled_split_decoding_in_bf16_gives_the_eager_tokens_on_the_cpu():
+    """COMPILED_ROUNDS_LIKE_EAGER: the compiled UE and edge steps round bf16 as eager does, so a split
+    Llama's greedy tokens are the whole model's eager ones (in fp32 intermediates they left them after
+    3 steps here; bench/compiled_tokens.py shows every set-up, also on a GPU)."""
+    assert segments.COMPILED_ROUNDS_LIKE_EAGER
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_config(initializer_range=0.2)).eval().to(torch.bfloat16)
+    ids = torch.randint(0, model.config.vocab_size, (1, 12))
+    with torch.no_grad():
+        eager, x, past = [], ids, None
+        for _ in range(24):
+            out = model(input_ids=x, past_key_values=past, use_cache=True)
+            past, x = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            eager.append(int(x))
+    sm = SplitModel(model)
+    for _ in range(2):  # compiling, then the compiled steps reused
+        ue, edge = (sm.new_cache(side, 1, "compiled", static_capacity(40)) for side in ("ue", "edge"))
+        tokens, x = [], ids
+        for _ in range(24):
+            x = sm.edge_logits(1, sm.ue_forward(1, x, ue), edge).argmax().view(1, 1)
+            tokens.append(int(x))
+        sm.release(ue)
+        sm.release(edge)
+        assert tokens == eager
