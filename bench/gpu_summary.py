@@ -38,6 +38,8 @@ def sweep(path: Path) -> dict:
            "model": _find(r"== \S+ \(limit \d+ s\): .*--model (\S+)", text, "command", path)[1],
            "peak_tflops": float(_find(rf"dense matmul peak here \([^)]*\): {NUMBER} TFLOP/s", text, "peak", path)[1]),
            "projected_paper_hours": float(_find(rf"projected: .*: {NUMBER} h", text, "projection", path)[1])}
+    shape = _find(r"; (\d+) tokens; conditions: .* x (\d+) draw", text, "tokens and draws", path)
+    out["tokens"], out["draws"] = int(shape[1]), int(shape[2])
     for grid, key in (("paper's splits", "paper"), ("every layer", "layers")):
         m = re.search(rf"{grid} \S+\s+fast\s+{NUMBER} s\s+{NUMBER} TFLOP/s\s+(\d+)% of the peak(.*)", text)
         if m is None:
@@ -110,7 +112,8 @@ def summarise(folder: Path) -> dict:
     for name in ("tests", "tests_rerun"):
         if (folder / f"{name}.txt").is_file():
             out[name] = tests(folder / f"{name}.txt")
-    for name, read in (("sweep_paper", sweep), ("sweep_check", sweep), ("sweep_paper_large", sweep), ("serve", serve)):
+    for name, read in (("sweep_paper", sweep), ("sweep_check", sweep), ("sweep_paper_large", sweep), ("serve", serve),
+                       ("sweep_paper_long", sweep)):
         path = folder / f"{name}.txt"
         if path.is_file():
             step = step_seconds(path.read_text(encoding="utf-8"), name, path)

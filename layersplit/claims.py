@@ -394,6 +394,10 @@ def block_gpu(results: Path) -> str:
     ]
     if large:
         rows.append(["sweep, paper grid, 13B", rate(large["paper"]), ">= 60% of the peak"])
+    long = found.get("sweep_paper_long")
+    if long and "paper" in long:
+        rows.append([f"sweep, paper grid in {long['tokens']:,}-token windows, {long['draws']} draws, 7B",
+                     f"{rate(long['paper'])}; the paper-scale projection {long['projected_paper_hours']:.2f} h", ""])
     rows += [
         ["single-process decoding, TTFT / TPOT, 7B", f"{single['ttft_ms']:.1f} / {single['tpot_ms']:.2f} ms: "
          f"{single['tpot_over_bound']:.2f}x the bound ({serve['bound_ms']:.2f} ms, weights over "

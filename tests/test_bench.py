@@ -125,7 +125,8 @@ def test_bench_gpu_sh_prepares_and_rehearses_every_step_on_the_cpu(tmp_path):
     and its output lands in the one folder (the GPU figures themselves need a GPU)."""
     env = {**os.environ, "PY": sys.executable, "PY_HERE": sys.executable, "PREP": str(tmp_path / "prep"),
            "FETCH_WHEELS": "0", "DEVICE": "cpu", "DTYPE": "float32", "MODEL": "random:smollm2-135m", "MODEL_LARGE": "",
-           "TOKENS": "32", "DRAWS": "1", "NEW_TOKENS": "3", "DECODE": "static", "LIMIT_SCALE": "4"}
+           "TOKENS": "32", "DRAWS": "1", "TOKENS_LONG": "64", "DRAWS_LONG": "1", "NEW_TOKENS": "3", "DECODE": "static",
+           "LIMIT_SCALE": "4"}
     prepare = subprocess.run(["bash", "bench/gpu.sh", "prepare"], cwd=ROOT, env=env, capture_output=True, text=True,
                              timeout=300)
     assert prepare.returncode == 0, prepare.stderr[-2000:]
@@ -134,7 +135,7 @@ def test_bench_gpu_sh_prepares_and_rehearses_every_step_on_the_cpu(tmp_path):
     done = subprocess.run(["bash", "bench/gpu.sh", "run", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=1200)
     assert done.returncode == 0, done.stderr[-2000:]
-    for step in ("tests", "sweep_paper", "serve", "sweep_check"):
+    for step in ("tests", "sweep_paper", "serve", "sweep_check", "sweep_paper_long"):
         text = (out / f"{step}.txt").read_text()
         assert re.search(rf"== {step}: exit 0 after \d+ s", text), text[-2000:]
     assert "% of the peak" in (out / "sweep_paper.txt").read_text()
@@ -142,6 +143,7 @@ def test_bench_gpu_sh_prepares_and_rehearses_every_step_on_the_cpu(tmp_path):
     summary = json.loads((out / "summary.json").read_text())  # gpu.sh's last step read every step's figures
     assert summary["sweep_paper"]["paper"]["tflops"] > 0 and summary["serve"]["paths"]["single process"]["tpot_ms"] > 0
     assert summary["steps_seconds"] >= summary["sweep_paper"]["step"]["seconds"]
+    assert summary["sweep_paper_long"]["tokens"] == 64 and "sweep_paper_large" not in summary  # MODEL_LARGE="" skips
 
 
 def test_gpu_summary_reads_the_committed_run_into_the_committed_summary(tmp_path):
