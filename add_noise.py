@@ -13,12 +13,13 @@ fading (awgn), or raw bit errors (bitflip), with the link's latency reported.
     python add_noise.py --snr-db 5 --link awgn --fading nakagami --nakagami-m 2
     python add_noise.py --snr-db 10 --link nr                   # the 5G NR coded link (TBs, LDPC, MCS, HARQ)
     python add_noise.py --generate "The capital of France is" --dropout 0.05
-    python add_noise.py --sweep                           # splits 1-10 x 8 p x 8 draws x 4096 tokens -> results/sweep_smollm2-135m.csv
+    python add_noise.py --sweep       # splits 1-10 x 8 p x 8 draws x 4096 tokens -> results/sweep_smollm2-135m.csv
     python add_noise.py --sweep --splits 0-9 --dropouts 0.1,0.3 --snrs 5,10,20 --draws 3 --output results/my.csv
     python add_noise.py --model meta-llama/Llama-2-7b-hf --dataset wikitext-2 --device cuda   # the paper's setting
 
 Every constant below can be overridden from the command line (see --help).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,10 +32,27 @@ import time
 from layersplit import UserError, cli, nr
 from layersplit.cells import cells_path, windows_path
 from layersplit.channel import add_link_arguments, average_ber, link_config_from_args
-from layersplit.cli import batch_size, non_negative_int, parse_floats, parse_splits, positive_int, probability, writable_file
+from layersplit.cli import (
+    batch_size,
+    non_negative_int,
+    parse_floats,
+    parse_splits,
+    positive_int,
+    probability,
+    writable_file,
+)
 from layersplit.data import EMBEDDED_DATASET
 from layersplit.distributed import ADDRESS_HELP
-from layersplit.grid import CPU_BATCH, GPU_MEMORY_SHARE, LINK_MODES, MASK_DEVICES, PAPER_DROPOUTS, draws_of, make_conditions, validate_probability
+from layersplit.grid import (
+    CPU_BATCH,
+    GPU_MEMORY_SHARE,
+    LINK_MODES,
+    MASK_DEVICES,
+    PAPER_DROPOUTS,
+    draws_of,
+    make_conditions,
+    validate_probability,
+)
 from layersplit.models import EMBEDDED_MODEL
 
 # --- what to evaluate -------------------------------------------------------------------------
@@ -61,8 +79,11 @@ SWEEP_DRAWS = 8  # noise draws per cell: with the windows, enough samples to est
 SWEEP_MAX_TOKENS = 4096  # tokens of text per cell: 8 windows, so a cell pools 8 x 8 (window, draw) samples
 SWEEP_CONTEXT = 512  # disjoint 512-token windows: each token is computed once per variant
 SWEEP_BATCH = "auto"  # impaired variants per forward of the edge's layers; auto: from free GPU memory, 16 on a CPU
-MASK_DEVICE = "auto"  # where the sweep draws mask fields: auto (the model's device: a GPU's own streams), cpu (CPU numbers anywhere)
-SWEEP_COMPILE = False  # the edge's layers through torch.compile: a GPU's lever (not yet measured there); eager's speed on a CPU
+# where the sweep draws mask fields: auto (the model's device: a GPU's own streams), cpu (CPU numbers anywhere)
+MASK_DEVICE = "auto"
+SWEEP_COMPILE = (
+    False  # the edge's layers through torch.compile: a GPU's lever (not yet measured there); eager's speed on a CPU
+)
 SWEEP_OUTPUT = "results/sweep_{model}.csv"  # {model}: the model name with / replaced
 SWEEP_WORKERS = 0  # Ray workers of --sweep --ray, one model each; 0: one per GPU of the cluster, else one per CPU
 VERIFY_RTOL = 1e-4  # --verify: largest relative difference of NLL or accuracy that counts as the same number
@@ -70,70 +91,157 @@ VERIFY_RTOL = 1e-4  # --verify: largest relative difference of NLL or accuracy t
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = cli.parser(__doc__)
-    p.add_argument("--dataset", default=DATASET, help="evaluation text: wiki (embedded Wikipedia test split), "
-                                                      "wikitext-2, or a .txt/.jsonl/.parquet file")
-    p.add_argument("--split", type=cli.integer, default=SPLIT,
-                   help="0-based decoder layer after which the link sits: split n runs n + 1 layers on the UE")
-    p.add_argument("--dropout", type=probability, help=f"probability each hidden-state element is lost, the original's link (default: {DROPOUT} unless --snr-db is given)")
-    p.add_argument("--max-tokens", type=non_negative_int, help=f"evaluate this many tokens, 0 for all (default: {MAX_TOKENS}; sweep {SWEEP_MAX_TOKENS})")
-    p.add_argument("--context-length", type=positive_int, help=f"tokens per sliding window (default: {CONTEXT_LENGTH}; sweep {SWEEP_CONTEXT})")
-    p.add_argument("--stride", type=positive_int,
-                   help=f"new tokens scored per window, at most --context-length (default: {STRIDE} or the context "
-                        "length if shorter; sweep: the context length, disjoint windows)")
-    p.add_argument("--original-window", action="store_true",
-                   help="the original code's defective protocol, for comparison only: 20-token windows every 512 tokens, mean over windows")
-    p.add_argument("--link", choices=LINK_MODES,
-                   help="what the link does: dropout (the original, --dropout p; default without --snr-db), erasure "
-                        "(uncoded packets lost at --snr-db, zero-filled; default with --snr-db), awgn, bitflip (stress test), "
-                        "nr (5G NR transport blocks, LDPC, MCS, HARQ: layersplit/nr.py)")
+    p.add_argument(
+        "--dataset",
+        default=DATASET,
+        help="evaluation text: wiki (embedded Wikipedia test split), wikitext-2, or a .txt/.jsonl/.parquet file",
+    )
+    p.add_argument(
+        "--split",
+        type=cli.integer,
+        default=SPLIT,
+        help="0-based decoder layer after which the link sits: split n runs n + 1 layers on the UE",
+    )
+    p.add_argument(
+        "--dropout",
+        type=probability,
+        help=f"probability each hidden-state element is lost, the original's link "
+        f"(default: {DROPOUT} unless --snr-db is given)",
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=non_negative_int,
+        help=f"evaluate this many tokens, 0 for all (default: {MAX_TOKENS}; sweep {SWEEP_MAX_TOKENS})",
+    )
+    p.add_argument(
+        "--context-length",
+        type=positive_int,
+        help=f"tokens per sliding window (default: {CONTEXT_LENGTH}; sweep {SWEEP_CONTEXT})",
+    )
+    p.add_argument(
+        "--stride",
+        type=positive_int,
+        help=f"new tokens scored per window, at most --context-length (default: {STRIDE} or the context "
+        "length if shorter; sweep: the context length, disjoint windows)",
+    )
+    p.add_argument(
+        "--original-window",
+        action="store_true",
+        help="the original code's defective protocol, for comparison only: "
+        "20-token windows every 512 tokens, mean over windows",
+    )
+    p.add_argument(
+        "--link",
+        choices=LINK_MODES,
+        help="what the link does: dropout (the original, --dropout p; default without --snr-db), erasure "
+        "(uncoded packets lost at --snr-db, zero-filled; default with --snr-db), awgn, bitflip (stress test), "
+        "nr (5G NR transport blocks, LDPC, MCS, HARQ: layersplit/nr.py)",
+    )
     physical = p.add_argument_group("physical link (with --snr-db)")
     add_link_arguments(physical, snr_db_default=None)
     cli.bound_link_arguments(p)  # SNR, fading and packet within what the channel models, at parse time
-    physical.add_argument("--mcs-rule", choices=nr.MCS_RULES, default=nr.MCS_RULE,
-                          help="--link nr: link adaptation: the highest MCS within the 10%% first-transmission BLER "
-                               "target; the best goodput; or reliable: within the target and a residual loss after "
-                               f"HARQ of at most {nr.RESIDUAL_TARGET:g} (layersplit/nr.py)")
-    p.add_argument("--protect", type=non_negative_int, default=PROTECT, metavar="K",
-                   help="also send each token's K largest-magnitude elements (index and value) over a protected path, "
-                        "retransmitted until received, its bits and expected air time counted (beyond the paper)")
-    p.add_argument("--generate", metavar="PROMPT", help="print greedy text generated clean and through the impaired link, instead of perplexity")
+    physical.add_argument(
+        "--mcs-rule",
+        choices=nr.MCS_RULES,
+        default=nr.MCS_RULE,
+        help="--link nr: link adaptation: the highest MCS within the 10%% first-transmission BLER "
+        "target; the best goodput; or reliable: within the target and a residual loss after "
+        f"HARQ of at most {nr.RESIDUAL_TARGET:g} (layersplit/nr.py)",
+    )
+    p.add_argument(
+        "--protect",
+        type=non_negative_int,
+        default=PROTECT,
+        metavar="K",
+        help="also send each token's K largest-magnitude elements (index and value) over a protected path, "
+        "retransmitted until received, its bits and expected air time counted (beyond the paper)",
+    )
+    p.add_argument(
+        "--generate",
+        metavar="PROMPT",
+        help="print greedy text generated clean and through the impaired link, instead of perplexity",
+    )
     p.add_argument("--max-new-tokens", type=positive_int, default=MAX_NEW_TOKENS, help="tokens for --generate")
-    p.add_argument("--sleep-delay", action="store_true", help="really sleep each transfer's link delay (default: only account it)")
+    p.add_argument(
+        "--sleep-delay", action="store_true", help="really sleep each transfer's link delay (default: only account it)"
+    )
     g = p.add_argument_group("sweep (--sweep)")
-    g.add_argument("--sweep", action="store_true", help="sweep split layer x channel condition x draw into a resumable CSV")
-    g.add_argument("--splits", type=cli.split_list, default=SWEEP_SPLITS,
-                   help="0-based split layers: all (0..L-1), or like 0-4,9")
+    g.add_argument(
+        "--sweep", action="store_true", help="sweep split layer x channel condition x draw into a resumable CSV"
+    )
+    g.add_argument(
+        "--splits", type=cli.split_list, default=SWEEP_SPLITS, help="0-based split layers: all (0..L-1), or like 0-4,9"
+    )
     g.add_argument("--dropouts", default=SWEEP_DROPOUTS, help="comma-separated p of the original's link ('' for none)")
-    g.add_argument("--snrs", default=SWEEP_SNRS,
-                   help=f"comma-separated Es/N0 in dB for physical-link conditions, each within "
-                        f"{cli.SNR_DB_MIN:g}..{cli.SNR_DB_MAX:g} dB")
-    g.add_argument("--withheld", default=SWEEP_WITHHELD,
-                   help="comma-separated shares of the activation the UE deliberately does not send (zero-filled at the "
-                        "edge, less air time), crossed with --snrs; with --snr-db one share")
-    g.add_argument("--protects", default=SWEEP_PROTECTS,
-                   help="comma-separated K of --protect, crossed with every condition (K = 0, no protection, is always run)")
+    g.add_argument(
+        "--snrs",
+        default=SWEEP_SNRS,
+        help=f"comma-separated Es/N0 in dB for physical-link conditions, each within "
+        f"{cli.SNR_DB_MIN:g}..{cli.SNR_DB_MAX:g} dB",
+    )
+    g.add_argument(
+        "--withheld",
+        default=SWEEP_WITHHELD,
+        help="comma-separated shares of the activation the UE deliberately does not send (zero-filled at the "
+        "edge, less air time), crossed with --snrs; with --snr-db one share",
+    )
+    g.add_argument(
+        "--protects",
+        default=SWEEP_PROTECTS,
+        help="comma-separated K of --protect, crossed with every condition (K = 0, no protection, is always run)",
+    )
     g.add_argument("--draws", type=positive_int, default=SWEEP_DRAWS, help="noise draws per cell")
-    g.add_argument("--output", type=writable_file, default=SWEEP_OUTPUT, help="results CSV; rerun the same command to resume")
-    g.add_argument("--batch-size", type=batch_size, default=SWEEP_BATCH,
-                   help=f"impaired variants per forward; auto: as many as {100 * GPU_MEMORY_SHARE:.0f}%% of the free GPU "
-                        f"memory holds (measured), {CPU_BATCH} on a CPU")
-    g.add_argument("--mask-device", choices=MASK_DEVICES, default=MASK_DEVICE,
-                   help="where mask fields are drawn: auto, on the model's device (on a GPU its own seeded streams: "
-                        "other draws of the same distribution than a CPU's); cpu, the CPU's numbers on any device")
-    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=SWEEP_COMPILE,
-                   help="run the edge's layers of the fast path through torch.compile (one graph shared by every "
-                        "layer, compiled at the start); the same numbers up to rounding")
+    g.add_argument(
+        "--output", type=writable_file, default=SWEEP_OUTPUT, help="results CSV; rerun the same command to resume"
+    )
+    g.add_argument(
+        "--batch-size",
+        type=batch_size,
+        default=SWEEP_BATCH,
+        help=f"impaired variants per forward; auto: as many as {100 * GPU_MEMORY_SHARE:.0f}%% of the free GPU "
+        f"memory holds (measured), {CPU_BATCH} on a CPU",
+    )
+    g.add_argument(
+        "--mask-device",
+        choices=MASK_DEVICES,
+        default=MASK_DEVICE,
+        help="where mask fields are drawn: auto, on the model's device (on a GPU its own seeded streams: "
+        "other draws of the same distribution than a CPU's); cpu, the CPU's numbers on any device",
+    )
+    g.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=SWEEP_COMPILE,
+        help="run the edge's layers of the fast path through torch.compile (one graph shared by every "
+        "layer, compiled at the start); the same numbers up to rounding",
+    )
     g.add_argument("--naive", action="store_true", help="one full forward per cell and draw (the reference; slow)")
-    g.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
-                   help="run the grid on Ray workers, one model each (one GPU each on a GPU cluster); this process "
-                        f"alone writes the CSV, with the single-process numbers. ADDRESS: {ADDRESS_HELP} (default: local)")
-    g.add_argument("--workers", type=non_negative_int, default=SWEEP_WORKERS,
-                   help="Ray workers of --ray; 0: one per GPU of the cluster, else one per CPU")
-    g.add_argument("--verify", metavar="RESULTS_CSV",
-                   help="after the sweep, check its rows against the same rows of this results file (a spot check of a "
-                        f"committed sweep: a sub-grid recomputes them exactly); exit 1 on a difference above {VERIFY_RTOL:g}")
+    g.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="run the grid on Ray workers, one model each (one GPU each on a GPU cluster); this process "
+        f"alone writes the CSV, with the single-process numbers. ADDRESS: {ADDRESS_HELP} (default: local)",
+    )
+    g.add_argument(
+        "--workers",
+        type=non_negative_int,
+        default=SWEEP_WORKERS,
+        help="Ray workers of --ray; 0: one per GPU of the cluster, else one per CPU",
+    )
+    g.add_argument(
+        "--verify",
+        metavar="RESULTS_CSV",
+        help="after the sweep, check its rows against the same rows of this results file (a spot check of a "
+        f"committed sweep: a sub-grid recomputes them exactly); exit 1 on a difference above {VERIFY_RTOL:g}",
+    )
     cli.add_run_arguments(p, model=MODEL, seed=SEED, seed_help="seed of the link's random stream and delays")
-    p.add_argument("--device-map", choices=["auto"], help="shard a model larger than one GPU with accelerate (default: on when several GPUs are visible)")
+    p.add_argument(
+        "--device-map",
+        choices=["auto"],
+        help="shard a model larger than one GPU with accelerate (default: on when several GPUs are visible)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = p.parse_args(argv)
@@ -144,8 +252,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.stride is None:  # a sweep's windows are disjoint: each token is computed once per variant
         args.stride = args.context_length if args.sweep else min(STRIDE, args.context_length)
     if args.stride > args.context_length and not args.original_window:
-        p.error(f"--stride {args.stride} is longer than --context-length {args.context_length}: the tokens between "
-                "windows would never be scored; use a stride of at most the context length")
+        p.error(
+            f"--stride {args.stride} is longer than --context-length {args.context_length}: the tokens between "
+            "windows would never be scored; use a stride of at most the context length"
+        )
     if args.generate is not None and not args.generate.strip():
         p.error("--generate needs a non-empty prompt, e.g. --generate 'The capital of France is'")
     if args.verify and not args.sweep:
@@ -153,8 +263,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.ray and (not args.sweep or args.naive):
         p.error("--ray runs the sweep's fast path: give --sweep, without --naive")
     if args.ray and args.mcs_rule != nr.MCS_RULE:  # the workers read nr.py's constant, not this process's
-        p.error(f"--mcs-rule {args.mcs_rule} does not reach Ray's workers yet: run this sweep without --ray, "
-                f"or set MCS_RULE in layersplit/nr.py")
+        p.error(
+            f"--mcs-rule {args.mcs_rule} does not reach Ray's workers yet: run this sweep without --ray, "
+            f"or set MCS_RULE in layersplit/nr.py"
+        )
     if args.sweep:
         args.output_path = sweep_output(p, args)
         outputs = [args.output_path, cells_path(args.output_path), windows_path(args.output_path)]
@@ -165,7 +277,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         if args.protect:
             p.error("--sweep takes its K from --protects, not --protect")
         if args.snr_db is not None or args.dropout is not None or args.generate is not None:
-            p.error("--sweep takes its grid from --splits, --dropouts and --snrs, not --snr-db, --dropout or --generate")
+            p.error(
+                "--sweep takes its grid from --splits, --dropouts and --snrs, not --snr-db, --dropout or --generate"
+            )
         args.snr_db = 0.0  # a placeholder in the link template: each SNR condition sets its own
     elif args.snr_db is None:
         if args.link not in (None, "dropout"):
@@ -180,10 +294,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     try:
         args.channel = link_config_from_args(args)
         if args.sweep:
-            args.conditions = make_conditions(parse_floats(args.dropouts, "--dropouts"),
-                                              cli.parse_snrs(args.snrs, "--snrs"), args.link,
-                                              parse_floats(args.withheld, "--withheld"),
-                                              cli.parse_counts(args.protects, "--protects"))
+            args.conditions = make_conditions(
+                parse_floats(args.dropouts, "--dropouts"),
+                cli.parse_snrs(args.snrs, "--snrs"),
+                args.link,
+                parse_floats(args.withheld, "--withheld"),
+                cli.parse_counts(args.protects, "--protects"),
+            )
         else:
             shares = parse_floats(args.withheld, "--withheld") or [0.0]
             if len(shares) != 1:
@@ -219,22 +336,49 @@ def configure_link(link, args: argparse.Namespace, model, tokens: int) -> dict:
     link.set_withheld(args.withheld_share)
     dims = model_dims(model.config)
     cfg = args.channel
-    report = {"link": args.link, "protect": args.protect, "dropout": link.dropout, "withheld": link.withheld, "element_loss": link.element_loss, **dataclasses.asdict(cfg)}
+    report = {
+        "link": args.link,
+        "protect": args.protect,
+        "dropout": link.dropout,
+        "withheld": link.withheld,
+        "element_loss": link.element_loss,
+        **dataclasses.asdict(cfg),
+    }
     if args.link == "nr":  # the coded link's own set-up replaces the uncoded one's
         from layersplit import nr
 
-        for key in ("modulation", "fading", "nakagami_m", "elements_per_packet", "header_bits", "bandwidth_hz", "block_fading"):
+        for key in (
+            "modulation",
+            "fading",
+            "nakagami_m",
+            "elements_per_packet",
+            "header_bits",
+            "bandwidth_hz",
+            "block_fading",
+        ):
             report.pop(key)
         point = nr.operating_point(cfg.snr_db)
-        report.update({"mcs": point.mcs, "tb_size": point.tb_size, "bler": point.bler, "residual_tb_loss": point.residual,
-                       "transmissions_per_tb": point.transmissions, "goodput_bps": point.goodput_bps})
+        report.update(
+            {
+                "mcs": point.mcs,
+                "tb_size": point.tb_size,
+                "bler": point.bler,
+                "residual_tb_loss": point.residual,
+                "transmissions_per_tb": point.transmissions,
+                "goodput_bps": point.goodput_bps,
+            }
+        )
     else:
         report["ber"] = average_ber(cfg.modulation, cfg.snr_db, cfg.fading, cfg.nakagami_m)
     for phase in ("prefill", "decode"):
-        times = latency_breakdown(cfg, dims, args.split, tokens, phase=phase, withheld=link.withheld,
-                                  protect=args.protect, link=args.link)
+        times = latency_breakdown(
+            cfg, dims, args.split, tokens, phase=phase, withheld=link.withheld, protect=args.protect, link=args.link
+        )
         report.update({f"{key.removesuffix('_s')}_{phase}_s": value for key, value in times.items()})
-    report["tx_latency_prefill_s"], report["tx_latency_decode_s"] = report.pop("tx_prefill_s"), report.pop("tx_decode_s")
+    report["tx_latency_prefill_s"], report["tx_latency_decode_s"] = (
+        report.pop("tx_prefill_s"),
+        report.pop("tx_decode_s"),
+    )
     report["latency_tokens"] = tokens
     return report
 
@@ -245,9 +389,13 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
     device = next(model.parameters()).device
     inputs = tokenizer(prompt, return_tensors="pt").to(device)
     with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-    return tokenizer.decode(out[0, inputs.input_ids.shape[1]:], skip_special_tokens=True)
+        out = model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+        )
+    return tokenizer.decode(out[0, inputs.input_ids.shape[1] :], skip_special_tokens=True)
 
 
 def run_sweep(args: argparse.Namespace) -> int:
@@ -267,8 +415,12 @@ def run_sweep(args: argparse.Namespace) -> int:
         workers = distributed.workers_for(args.device, args.workers)
         if distributed.uses_gpus(args.device) and args.dtype == "auto":
             args.dtype = "bfloat16"  # what auto picks on a GPU with bfloat16 (this process loads on its CPU)
-    model, tokenizer = load_model(args.model, device="cpu" if args.ray else args.device, dtype=args.dtype,
-                                  device_map=None if args.ray else args.device_map)
+    model, tokenizer = load_model(
+        args.model,
+        device="cpu" if args.ray else args.device,
+        dtype=args.dtype,
+        device_map=None if args.ray else args.device_map,
+    )
     # a bad grid fails here, before any evaluation and before the results file is created
     splits = parse_splits(args.splits, len(find_decoder_layers(model)))
     hidden = model.config.hidden_size
@@ -278,15 +430,38 @@ def run_sweep(args: argparse.Namespace) -> int:
     ids = tokenize(tokenizer, load_text(args.dataset), args.max_tokens or None)
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     output = args.output_path
-    store = sweep.ResultsStore(output, {"model": args.model, "dataset": args.dataset, "tokens": len(ids),
-                                        "context_length": args.context_length, "stride": args.stride,
-                                        "dtype": dtype, "seed": args.seed}, sweep.link_columns(args.channel, args.link))
-    cfg = sweep.SweepConfig(splits, args.conditions, args.draws, args.seed, args.context_length, args.stride,
-                            args.channel, args.batch_size, args.mask_device, args.compile)
+    store = sweep.ResultsStore(
+        output,
+        {
+            "model": args.model,
+            "dataset": args.dataset,
+            "tokens": len(ids),
+            "context_length": args.context_length,
+            "stride": args.stride,
+            "dtype": dtype,
+            "seed": args.seed,
+        },
+        sweep.link_columns(args.channel, args.link),
+    )
+    cfg = sweep.SweepConfig(
+        splits,
+        args.conditions,
+        args.draws,
+        args.seed,
+        args.context_length,
+        args.stride,
+        args.channel,
+        args.batch_size,
+        args.mask_device,
+        args.compile,
+    )
     cells = sum(draws_of(c, args.draws) for c in args.conditions) * len(splits)
-    print(f"sweep: {len(splits)} splits x {len(args.conditions)} conditions ({cells} cell-draws, "
-          f"{len(store.done)} already in {output}), {len(ids)} tokens, {dtype}"
-          f"{', edge layers compiled' if cfg.compile and not args.naive else ''}", file=sys.stderr)
+    print(
+        f"sweep: {len(splits)} splits x {len(args.conditions)} conditions ({cells} cell-draws, "
+        f"{len(store.done)} already in {output}), {len(ids)} tokens, {dtype}"
+        f"{', edge layers compiled' if cfg.compile and not args.naive else ''}",
+        file=sys.stderr,
+    )
     naive = args.naive
     if not naive:
         try:
@@ -297,15 +472,27 @@ def run_sweep(args: argparse.Namespace) -> int:
     if args.ray and not naive:
         from layersplit import compute
 
-        counts = distributed.run_sweep(args.model, args.device, args.dtype, ids, cfg, store,
-                                       compute.model_dims(model.config), workers, progress=not args.no_progress)
+        counts = distributed.run_sweep(
+            args.model,
+            args.device,
+            args.dtype,
+            ids,
+            cfg,
+            store,
+            compute.model_dims(model.config),
+            workers,
+            progress=not args.no_progress,
+        )
         print(f"Ray: {counts['tasks']} tasks on {workers} workers ({counts['restarted']} restarted)", file=sys.stderr)
     else:
         (sweep.run_naive if naive else sweep.run_fast)(model, ids, cfg, store, progress=not args.no_progress)
     sweep.write_cells(store.rows, sweep.cells_path(output), store.windows)
     print(sweep.summarise(store.rows, store.windows))
-    print(f"{len(store.rows)} rows in {output}, cells with 95% intervals in {sweep.cells_path(output)}; "
-          f"{time.perf_counter() - start:.0f} s", file=sys.stderr)
+    print(
+        f"{len(store.rows)} rows in {output}, cells with 95% intervals in {sweep.cells_path(output)}; "
+        f"{time.perf_counter() - start:.0f} s",
+        file=sys.stderr,
+    )
     if args.verify:
         try:
             print(sweep.verify([{**row, **store.run_config} for row in store.rows], args.verify, VERIFY_RTOL))
@@ -329,8 +516,13 @@ def run(args: argparse.Namespace) -> dict:
     stream = stream_seed(args.seed, 0)  # the run's stream: serve.py's first request at this seed draws the same
     link = SplitLink(model, split=args.split, dropout=0.0, seed=stream, sleep=args.sleep_delay)
     report = {
-        "model": args.model, "n_layers": link.n_layers, "split": args.split, "layers_on_ue": args.split + 1,
-        "dropout": args.dropout, "seed": args.seed, "device": str(next(model.parameters()).device),
+        "model": args.model,
+        "n_layers": link.n_layers,
+        "split": args.split,
+        "layers_on_ue": args.split + 1,
+        "dropout": args.dropout,
+        "seed": args.seed,
+        "device": str(next(model.parameters()).device),
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
     }
     if args.generate is not None:
@@ -344,8 +536,11 @@ def run(args: argparse.Namespace) -> dict:
         report["elements_impaired_fraction"] = link.impaired_fraction
         return report
 
-    protocol = dict(ORIGINAL_PROTOCOL) if args.original_window else {
-        "context_length": args.context_length, "stride": args.stride, "weighting": "token"}
+    protocol = (
+        dict(ORIGINAL_PROTOCOL)
+        if args.original_window
+        else {"context_length": args.context_length, "stride": args.stride, "weighting": "token"}
+    )
     ids = tokenize(tokenizer, load_text(args.dataset), args.max_tokens or None)
     report.update(dataset=args.dataset, tokens=len(ids), **protocol)
     for label in ("clean", "impaired"):
@@ -358,48 +553,73 @@ def run(args: argparse.Namespace) -> dict:
         start = time.perf_counter()
         result = evaluate(model, ids, progress=not args.no_progress, desc=label, **protocol)
         suffix = "_clean" if label == "clean" else ""
-        report.update({f"ppl{suffix}": result.ppl, f"nll{suffix}": result.nll,
-                       f"token_accuracy{suffix}": result.token_accuracy, f"scored_tokens{suffix}": result.tokens,
-                       f"nonfinite_windows{suffix}": result.nonfinite_windows,
-                       f"elapsed_s{suffix}": time.perf_counter() - start})
-    report.update(transfers=len(link.transfers), elements_impaired_fraction=link.impaired_fraction,
-                  link_bits=sum(t.bits for t in link.transfers), link_delay_s=link.total_delay_s,
-                  delay_slept=args.sleep_delay)
+        report.update(
+            {
+                f"ppl{suffix}": result.ppl,
+                f"nll{suffix}": result.nll,
+                f"token_accuracy{suffix}": result.token_accuracy,
+                f"scored_tokens{suffix}": result.tokens,
+                f"nonfinite_windows{suffix}": result.nonfinite_windows,
+                f"elapsed_s{suffix}": time.perf_counter() - start,
+            }
+        )
+    report.update(
+        transfers=len(link.transfers),
+        elements_impaired_fraction=link.impaired_fraction,
+        link_bits=sum(t.bits for t in link.transfers),
+        link_delay_s=link.total_delay_s,
+        delay_slept=args.sleep_delay,
+    )
     return report
 
 
 def print_table(r: dict) -> None:
     print(f"model {r['model']} ({r['n_layers']} decoder layers, {r['dtype']}, {r['device']})")
     protected = f", {r['protect']} elements per token protected" if r["protect"] else ""
-    print(f"split {r['split']}: {r['layers_on_ue']} layers on the UE, {r['n_layers'] - r['layers_on_ue']} on the edge; "
-          f"link {r['link']}, element loss {r['element_loss']:.4g}{protected}; seed {r['seed']}")
+    print(
+        f"split {r['split']}: {r['layers_on_ue']} layers on the UE, {r['n_layers'] - r['layers_on_ue']} on the edge; "
+        f"link {r['link']}, element loss {r['element_loss']:.4g}{protected}; seed {r['seed']}"
+    )
     if r["snr_db"] is not None and r["link"] == "nr":
-        print(f"channel: Es/N0 {r['snr_db']:g} dB, 5G NR MCS {r['mcs']} (TBs of {r['tb_size']} bits), first-transmission "
-              f"BLER {r['bler']:.3g}, {r['transmissions_per_tb']:.2f} transmissions per TB, residual TB loss "
-              f"{r['residual_tb_loss']:.3g}; goodput {r['goodput_bps'] / 1e6:.3g} Mbit/s")
+        print(
+            f"channel: Es/N0 {r['snr_db']:g} dB, 5G NR MCS {r['mcs']} (TBs of {r['tb_size']} bits), first-transmission "
+            f"BLER {r['bler']:.3g}, {r['transmissions_per_tb']:.2f} transmissions per TB, residual TB loss "
+            f"{r['residual_tb_loss']:.3g}; goodput {r['goodput_bps'] / 1e6:.3g} Mbit/s"
+        )
     elif r["snr_db"] is not None:
-        print(f"channel: Es/N0 {r['snr_db']:g} dB, {r['modulation']}, {r['fading']} fading; packets of "
-              f"{r['elements_per_packet']} x {r['bits_per_element']} bits + {r['header_bits']}; "
-              f"{r['bandwidth_hz'] / 1e6:g} MHz")
+        print(
+            f"channel: Es/N0 {r['snr_db']:g} dB, {r['modulation']}, {r['fading']} fading; packets of "
+            f"{r['elements_per_packet']} x {r['bits_per_element']} bits + {r['header_bits']}; "
+            f"{r['bandwidth_hz'] / 1e6:g} MHz"
+        )
     if r["snr_db"] is not None:
-        print(f"latency of {r['latency_tokens']} tokens at prefill: UE {1e3 * r['ue_compute_prefill_s']:.2f} ms + "
-              f"link {1e3 * r['tx_latency_prefill_s']:.2f} ms + edge {1e3 * r['edge_compute_prefill_s']:.2f} ms; "
-              f"one decoding step: {1e3 * r['total_decode_s']:.3f} ms")
+        print(
+            f"latency of {r['latency_tokens']} tokens at prefill: UE {1e3 * r['ue_compute_prefill_s']:.2f} ms + "
+            f"link {1e3 * r['tx_latency_prefill_s']:.2f} ms + edge {1e3 * r['edge_compute_prefill_s']:.2f} ms; "
+            f"one decoding step: {1e3 * r['total_decode_s']:.3f} ms"
+        )
     if "prompt" in r:
         print(f"prompt:   {r['prompt']!r}\nclean:    {r['generated_clean']!r}\nimpaired: {r['generated']!r}")
         print(f"link: {r['transfers']} transfers, {100 * r['elements_impaired_fraction']:.2f}% of elements impaired")
         return
-    print(f"dataset {r['dataset']}: {r['tokens']} tokens, windows of {r['context_length']} every {r['stride']} "
-          f"({r['weighting']}-weighted)")
+    print(
+        f"dataset {r['dataset']}: {r['tokens']} tokens, windows of {r['context_length']} every {r['stride']} "
+        f"({r['weighting']}-weighted)"
+    )
     print(f"{'':10s}{'perplexity':>12s}{'token accuracy':>16s}{'seconds':>10s}")
     print(f"{'clean':10s}{r['ppl_clean']:12.3f}{r['token_accuracy_clean']:16.4f}{r['elapsed_s_clean']:10.1f}")
     print(f"{'impaired':10s}{r['ppl']:12.3f}{r['token_accuracy']:16.4f}{r['elapsed_s']:10.1f}")
-    print(f"link: {r['transfers']} transfers, {100 * r['elements_impaired_fraction']:.2f}% of elements impaired, "
-          f"{r['link_bits'] / 8e6:.1f} MB sent, link time {1e3 * r['link_delay_s']:.0f} ms "
-          f"{'slept' if r['delay_slept'] else 'accounted (not slept)'}")
+    print(
+        f"link: {r['transfers']} transfers, {100 * r['elements_impaired_fraction']:.2f}% of elements impaired, "
+        f"{r['link_bits'] / 8e6:.1f} MB sent, link time {1e3 * r['link_delay_s']:.0f} ms "
+        f"{'slept' if r['delay_slept'] else 'accounted (not slept)'}"
+    )
     if r["nonfinite_windows"] or r["nonfinite_windows_clean"]:
-        print(f"warning: non-finite NLL in {r['nonfinite_windows']} impaired and {r['nonfinite_windows_clean']} clean "
-              "windows, left out of the averages", file=sys.stderr)
+        print(
+            f"warning: non-finite NLL in {r['nonfinite_windows']} impaired and {r['nonfinite_windows_clean']} clean "
+            "windows, left out of the averages",
+            file=sys.stderr,
+        )
 
 
 def main(argv=None) -> int:
@@ -422,7 +642,9 @@ def main(argv=None) -> int:
     return cli.run_main("add_noise.py", body)
 
 
-def __getattr__(name):  # the original's class, importable from here (`from add_noise import ...`) without slowing --help
+def __getattr__(
+    name,
+):  # the original's class, importable from here (`from add_noise import ...`) without slowing --help
     if name == "LlamaForCausalLMWithChannel":
         from layersplit.link import LlamaForCausalLMWithChannel
 

@@ -19,7 +19,8 @@ with read_csv and ends with save(fig, figures_dir, name), and register it in FIG
 
     rsm_fit   results/rsm_fit_{paper,wireless}.csv (python train_rsm.py fit)
               the surrogates' predictions against the measurements on held-out sweep cells, with R^2.
-    training  results/rl_paper_{ppo,a2c,dqn}_curves.csv, rl_paper_ppo.json (python train_rsm.py train --seeds 0,1,2 --algo A)
+    training  results/rl_paper_{ppo,a2c,dqn}_curves.csv, rl_paper_ppo.json
+              (python train_rsm.py train --seeds 0,1,2 --algo A)
               training return against steps, mean and range over seeds, with the baselines' returns
               (A2C and DQN drawn when their curves exist).
     policy    results/rl_paper_ppo_policy.csv (+ rl_paper_ppo_authors_policy.csv, rl_wireless_ppo_policy.csv if present)
@@ -30,7 +31,8 @@ with read_csv and ends with save(fig, figures_dir, name), and register it in FIG
 
     nr_bler   results/nr_bler.csv (+ nr_bler_awgn.csv) (python -m layersplit.nr --table results/nr_bler.csv)
               BLER against Es/N0 per MCS with intervals, and the link they make: MCS, residual loss, goodput.
-    nr_snr    results/sweep_nr_snr_smollm2-135m.csv (+ sweep_nr_reliable_snr_...) beside sweep_snr_qpsk.csv (NR_SNR_COMMAND)
+    nr_snr    results/sweep_nr_snr_smollm2-135m.csv (+ sweep_nr_reliable_snr_...) beside sweep_snr_qpsk.csv
+              (NR_SNR_COMMAND)
               perplexity and accuracy against Es/N0, the NR link beside the uncoded one, and where each recovers.
 
 A split is 0-based everywhere: split n cuts after decoder layer n, n + 1 layers on the UE. The
@@ -74,13 +76,18 @@ SWEEP_COMMAND = "make reproduce, or python add_noise.py --sweep <the Makefile's 
 # --- snr: the physical view of the sweep, one results file per modulation (a file holds one link set-up)
 SNR_FILE = "sweep_snr_{modulation}.csv"  # further sweep_snr_*.csv files (e.g. 64qam) are drawn too
 SNR_MODULATIONS = ("bpsk", "qpsk", "16qam")  # the files the figure requires
-SNR_COMMAND = ("python add_noise.py --sweep --link erasure --modulation {modulation} <the Makefile's SNR_ARGS, "
-               "its SNR_GRID> --output {path}, or make reproduce")
+SNR_COMMAND = (
+    "python add_noise.py --sweep --link erasure --modulation {modulation} <the Makefile's SNR_ARGS, "
+    "its SNR_GRID> --output {path}, or make reproduce"
+)
 RECOVERY = 1.10  # "recovered": perplexity within 10 % of clean at this SNR and every higher one
 # --- latency: seconds per component, stacked; colours from ColorBrewer Dark2 (apart from the modulations')
 LATENCY_FILE = "latency_breakdown.csv"
-LATENCY_COMPONENTS = {"ue_compute_s": ("UE compute", "#7570b3"), "tx_s": ("transmission (uplink)", "#d95f02"),
-                      "edge_compute_s": ("edge compute (incl. LM head)", "#1b9e77")}  # bottom to top
+LATENCY_COMPONENTS = {
+    "ue_compute_s": ("UE compute", "#7570b3"),
+    "tx_s": ("transmission (uplink)", "#d95f02"),
+    "edge_compute_s": ("edge compute (incl. LM head)", "#1b9e77"),
+}  # bottom to top
 MODEL_LABELS = {"smollm2-135m": "SmolLM2-135M", "llama2-7b": "Llama-2-7B"}
 PHASE_LABELS = {"prefill": "prefill", "decode": "one decoding step"}
 SPLIT_AXIS = "split (0-based; split n = n + 1 layers on the UE)"  # every axis that shows a split
@@ -100,8 +107,13 @@ class FigureInputError(Exception):
     """A result file is missing or malformed; the message names it."""
 
 
-def read_csv(path: Path, columns: dict[str, type], remedy: str, optional: dict[str, tuple[type, object]] | None = None,
-             check: Callable[[dict, int], str | None] | None = None) -> list[dict]:
+def read_csv(
+    path: Path,
+    columns: dict[str, type],
+    remedy: str,
+    optional: dict[str, tuple[type, object]] | None = None,
+    check: Callable[[dict, int], str | None] | None = None,
+) -> list[dict]:
     """Rows of `path` with `columns` converted to their types (columns are found by name, extra
     ones are ignored); `optional`: column -> (type, value when the file has no such column); `check`:
     what is wrong with a row as read (its fields as text) on a line, or None. FigureInputError names the file,
@@ -124,17 +136,21 @@ def read_csv(path: Path, columns: dict[str, type], remedy: str, optional: dict[s
                     try:
                         converted[c] = kind(row[c])
                     except (TypeError, ValueError):
-                        raise FigureInputError(f"malformed {path}: line {reader.line_num}, column {c}: {row[c]!r} "
-                                               f"is not {kind.__name__} (remake it with: {remedy})") from None
+                        raise FigureInputError(
+                            f"malformed {path}: line {reader.line_num}, column {c}: {row[c]!r} "
+                            f"is not {kind.__name__} (remake it with: {remedy})"
+                        ) from None
                 if check and (problem := check(row, reader.line_num)):
-                    raise FigureInputError(f"malformed {path}: line {reader.line_num}: {problem} "
-                                           f"(remake it with: {remedy})")
+                    raise FigureInputError(
+                        f"malformed {path}: line {reader.line_num}: {problem} (remake it with: {remedy})"
+                    )
                 rows.append(converted)
         except UnicodeDecodeError:
             raise FigureInputError(f"malformed {path}: not UTF-8 text (remake it with: {remedy})") from None
         except csv.Error as e:
-            raise FigureInputError(f"malformed {path}: line {reader.line_num}: not CSV ({e}) "
-                                   f"(remake it with: {remedy})") from None
+            raise FigureInputError(
+                f"malformed {path}: line {reader.line_num}: not CSV ({e}) (remake it with: {remedy})"
+            ) from None
     if not rows:
         raise FigureInputError(f"malformed {path}: no data rows (remake it with: {remedy})")
     return rows
@@ -154,27 +170,41 @@ def fig_ber_per(results_dir: Path, figures_dir: Path) -> Path:
     path = results_dir / "channel_ber_per.csv"
     rows = read_csv(
         path,
-        {"snr_db": float, "modulation": str, "fading": str, "nakagami_m": float, "bits_per_packet": int,
-         "ber": float, "ber_mc": float, "per_fast": float, "per_block": float, "per_block_mc": float,
-         "mc_packets": int},
+        {
+            "snr_db": float,
+            "modulation": str,
+            "fading": str,
+            "nakagami_m": float,
+            "bits_per_packet": int,
+            "ber": float,
+            "ber_mc": float,
+            "per_fast": float,
+            "per_block": float,
+            "per_block_mc": float,
+            "mc_packets": int,
+        },
         remedy=f"python -m layersplit.channel --table {path}",
     )
     fadings = [f for f in FADING_ORDER if any(r["fading"] == f for r in rows)]
     modulations = [m for m in MODULATION_COLORS if any(r["modulation"] == m for r in rows)]
-    fig, axes = plt.subplots(2, len(fadings), figsize=(4.2 * len(fadings), 7.5), sharex=True, sharey="row",
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        2, len(fadings), figsize=(4.2 * len(fadings), 7.5), sharex=True, sharey="row", squeeze=False
+    )
     for col, fading in enumerate(fadings):
         m_values = {r["nakagami_m"] for r in rows if r["fading"] == fading}
         axes[0, col].set_title({"awgn": "AWGN", "rayleigh": "Rayleigh"}.get(fading, f"Nakagami, m = {min(m_values):g}"))
         for modulation in modulations:
-            points = sorted((r for r in rows if r["fading"] == fading and r["modulation"] == modulation),
-                            key=lambda r: r["snr_db"])
+            points = sorted(
+                (r for r in rows if r["fading"] == fading and r["modulation"] == modulation), key=lambda r: r["snr_db"]
+            )
             snr = [r["snr_db"] for r in points]
             color = MODULATION_COLORS[modulation]
             n_packets = [r["mc_packets"] for r in points]
             n_bits = [r["mc_packets"] * r["bits_per_packet"] for r in points]
-            for ax, closed, mc, trials in ((axes[0, col], "ber", "ber_mc", n_bits),
-                                           (axes[1, col], "per_block", "per_block_mc", n_packets)):
+            for ax, closed, mc, trials in (
+                (axes[0, col], "ber", "ber_mc", n_bits),
+                (axes[1, col], "per_block", "per_block_mc", n_packets),
+            ):
                 ax.plot(snr, [r[closed] for r in points], color=color, label=MODULATION_LABELS[modulation])
                 mc_values = [r[mc] if r[mc] * n >= MIN_MC_EVENTS else math.nan for r, n in zip(points, trials)]
                 ax.plot(snr, mc_values, "o", color=color, ms=3.5, mfc="none")
@@ -189,10 +219,11 @@ def fig_ber_per(results_dir: Path, figures_dir: Path) -> Path:
         ax.grid(True, which="major", alpha=0.3)
     for ax in axes[1]:
         ax.set_xlabel("average received SNR per symbol, Es/N0 (dB)")
-    style = [plt.Line2D([], [], color="k", label="closed form"),
-             plt.Line2D([], [], color="k", marker="o", ls="", mfc="none",
-                        label=f"Monte Carlo (>= {MIN_MC_EVENTS} errors)"),
-             plt.Line2D([], [], color="k", ls="--", lw=0.9, alpha=0.6, label="PER, independent bit errors")]
+    style = [
+        plt.Line2D([], [], color="k", label="closed form"),
+        plt.Line2D([], [], color="k", marker="o", ls="", mfc="none", label=f"Monte Carlo (>= {MIN_MC_EVENTS} errors)"),
+        plt.Line2D([], [], color="k", ls="--", lw=0.9, alpha=0.6, label="PER, independent bit errors"),
+    ]
     handles, _ = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles=handles + style, loc="lower center", ncol=len(modulations) + len(style), frameon=False)
     fig.suptitle("Uplink bit and packet error rates (Gray mapping, coherent detection; PER: one fade per packet)")
@@ -220,8 +251,11 @@ def read_sweep(path: Path, columns: dict[str, type], remedy: str, optional: dict
 
 
 WINDOW_COLUMNS = {"nll": float, "scored_tokens": float}  # what a sweep cell is pooled from
-OPTIONAL_WINDOW_COLUMNS = {"windows": (float, 1.0), "nll_window_sd": (_float_or_nan, math.nan),
-                           "accuracy_window_sd": (_float_or_nan, math.nan)}  # absent in older files: no interval
+OPTIONAL_WINDOW_COLUMNS = {
+    "windows": (float, 1.0),
+    "nll_window_sd": (_float_or_nan, math.nan),
+    "accuracy_window_sd": (_float_or_nan, math.nan),
+}  # absent in older files: no interval
 
 
 def _pooled_interval(rows: list[dict], column: str) -> tuple[float, float, float]:
@@ -243,8 +277,10 @@ def _snr_of(path: Path, row: dict, remedy: str) -> float:
     try:
         return float(row["snr_db"])
     except ValueError:
-        raise FigureInputError(f"malformed {path}: column snr_db: {row['snr_db']!r} is not a number for link "
-                               f"{row['link']} (remake it with: {remedy})") from None
+        raise FigureInputError(
+            f"malformed {path}: column snr_db: {row['snr_db']!r} is not a number for link "
+            f"{row['link']} (remake it with: {remedy})"
+        ) from None
 
 
 def fig_sweep(results_dir: Path, figures_dir: Path) -> Path:
@@ -254,14 +290,32 @@ def fig_sweep(results_dir: Path, figures_dir: Path) -> Path:
     plt = pyplot()
     path = results_dir / SWEEP_FILE
     remedy = SWEEP_COMMAND.format(path=path)
-    rows = read_sweep(path, {"model": str, "tokens": int, "split": int, "link": str, "snr_db": str, "dropout": float,
-                           "draw": int, "ppl": float, "token_accuracy": float, **WINDOW_COLUMNS},
-                    remedy=remedy, optional={"withheld": (float, 0.0), "protect": (int, 0), **OPTIONAL_WINDOW_COLUMNS})
+    rows = read_sweep(
+        path,
+        {
+            "model": str,
+            "tokens": int,
+            "split": int,
+            "link": str,
+            "snr_db": str,
+            "dropout": float,
+            "draw": int,
+            "ppl": float,
+            "token_accuracy": float,
+            **WINDOW_COLUMNS,
+        },
+        remedy=remedy,
+        optional={"withheld": (float, 0.0), "protect": (int, 0), **OPTIONAL_WINDOW_COLUMNS},
+    )
     rows = [r for r in rows if r["protect"] == 0]  # without the protected path (--protects)
     for r in rows:
         r["snr"] = _snr_of(path, r, remedy)
-        r["condition"] = (r["link"] != "dropout", r["snr"] if r["link"] != "dropout" else r["dropout"],
-                          r["withheld"], r["link"])
+        r["condition"] = (
+            r["link"] != "dropout",
+            r["snr"] if r["link"] != "dropout" else r["dropout"],
+            r["withheld"],
+            r["link"],
+        )
     conditions = sorted({r["condition"] for r in rows})
     dropouts = [c for c in conditions if not c[0] and c[1] > 0]
     snrs = [c for c in conditions if c[0]]
@@ -274,11 +328,19 @@ def fig_sweep(results_dir: Path, figures_dir: Path) -> Path:
         if not physical and value == 0:
             style = {"color": "k", "ls": "--", "label": f"clean (p = 0){suffix}"}
         elif physical:
-            style = {"color": plt.cm.autumn(snrs.index(condition) / max(len(snrs), 1)),
-                     "marker": "s", "ms": 3, "label": f"{link}, {value:g} dB{suffix}"}
+            style = {
+                "color": plt.cm.autumn(snrs.index(condition) / max(len(snrs), 1)),
+                "marker": "s",
+                "ms": 3,
+                "label": f"{link}, {value:g} dB{suffix}",
+            }
         else:
-            style = {"color": plt.cm.viridis(dropouts.index(condition) / max(len(dropouts) - 1, 1)),
-                     "marker": "o", "ms": 3, "label": f"p = {value:g}{suffix}"}
+            style = {
+                "color": plt.cm.viridis(dropouts.index(condition) / max(len(dropouts) - 1, 1)),
+                "marker": "o",
+                "ms": 3,
+                "label": f"p = {value:g}{suffix}",
+            }
         if withheld and not (not physical and value == 0):
             style["ls"] = ":"
         for ax, column in zip(axes, ("ppl", "token_accuracy")):
@@ -293,12 +355,21 @@ def fig_sweep(results_dir: Path, figures_dir: Path) -> Path:
         ax.set_xlabel(SPLIT_AXIS)
         ax.grid(True, which="major", alpha=0.3)
     handles, _ = axes[0].get_legend_handles_labels()
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 10), frameon=False, fontsize=9,
-               title="channel condition (p: probability that each element is lost)", title_fontsize=9)
+    fig.legend(
+        handles=handles,
+        loc="lower center",
+        ncol=min(len(handles), 10),
+        frameon=False,
+        fontsize=9,
+        title="channel condition (p: probability that each element is lost)",
+        title_fontsize=9,
+    )
     draws = max(r["draw"] for r in rows) + 1
     windows = int(max(r["windows"] for r in rows))
-    fig.suptitle(f"{rows[0]['model']}: element loss at the split against its depth\n({rows[0]['tokens']} tokens = "
-                 f"{windows} window(s) x {draws} draw(s) pooled; band: 95% interval over windows (over draws for one window))")
+    fig.suptitle(
+        f"{rows[0]['model']}: element loss at the split against its depth\n({rows[0]['tokens']} tokens = "
+        f"{windows} window(s) x {draws} draw(s) pooled; band: 95% interval over windows (over draws for one window))"
+    )
     fig.tight_layout(rect=(0, 0.1 if len(handles) <= 10 else 0.15, 1, 1))
     return save(fig, figures_dir, "sweep")
 
@@ -324,23 +395,42 @@ def read_snr_sweeps(results_dir: Path) -> dict[str, list[dict]]:
     """modulation -> the rows (without withholding) of its SNR sweep file: SNR_MODULATIONS are
     required, further sweep_snr_*.csv files are added. Each file must hold one physical link set-up."""
     paths = [results_dir / SNR_FILE.format(modulation=m) for m in SNR_MODULATIONS]
-    paths += sorted({p for p in results_dir.glob(SNR_FILE.format(modulation="*"))
-                     if not p.name.endswith("_cells.csv")} - set(paths))  # not the sweeps' cell tables
+    paths += sorted(
+        {p for p in results_dir.glob(SNR_FILE.format(modulation="*")) if not p.name.endswith("_cells.csv")} - set(paths)
+    )  # not the sweeps' cell tables
     sweeps: dict[str, list[dict]] = {}
     for path in paths:
         remedy = SNR_COMMAND.format(modulation=path.stem.removeprefix("sweep_snr_"), path=path)
-        rows = read_sweep(path, {"model": str, "tokens": int, "split": int, "link": str, "snr_db": str,
-                               "dropout": float, "draw": int, "modulation": str, "fading": str,
-                               "bits_per_element": str, "elements_per_packet": str, "header_bits": str,
-                               "ppl": float, "token_accuracy": float, **WINDOW_COLUMNS},
-                        remedy=remedy, optional={"withheld": (float, 0.0), "protect": (int, 0),
-                                                 **OPTIONAL_WINDOW_COLUMNS})
+        rows = read_sweep(
+            path,
+            {
+                "model": str,
+                "tokens": int,
+                "split": int,
+                "link": str,
+                "snr_db": str,
+                "dropout": float,
+                "draw": int,
+                "modulation": str,
+                "fading": str,
+                "bits_per_element": str,
+                "elements_per_packet": str,
+                "header_bits": str,
+                "ppl": float,
+                "token_accuracy": float,
+                **WINDOW_COLUMNS,
+            },
+            remedy=remedy,
+            optional={"withheld": (float, 0.0), "protect": (int, 0), **OPTIONAL_WINDOW_COLUMNS},
+        )
         rows = [r for r in rows if r["withheld"] == 0 and r["protect"] == 0]
         physical = [r for r in rows if r["link"] != "dropout"]
         set_ups = {(r["link"], r["modulation"], r["fading"]) for r in physical}
         if len(set_ups) != 1:
-            raise FigureInputError(f"malformed {path}: expected the rows of one physical link set-up, found "
-                                   f"{sorted(set_ups) or 'none'} (remake it with: {remedy})")
+            raise FigureInputError(
+                f"malformed {path}: expected the rows of one physical link set-up, found "
+                f"{sorted(set_ups) or 'none'} (remake it with: {remedy})"
+            )
         modulation = set_ups.pop()[1]
         if modulation in sweeps:
             raise FigureInputError(f"malformed {path}: a second file for {modulation} (keep one per modulation)")
@@ -353,7 +443,9 @@ def read_snr_sweeps(results_dir: Path) -> dict[str, list[dict]]:
 
 
 def snr_curves(rows: list[dict], split: int, column: str) -> tuple[list[float], list[tuple[float, float, float]]]:
-    """Ascending SNRs and (pooled, 95% low, high) of `column` (interval over windows, or draws for one window) at each, at one split."""
+    """Ascending SNRs and (pooled, 95% low, high) of `column` at each, at one split.
+
+    The interval is over windows, or over draws where the sweep has one window."""
     cell = [r for r in rows if r["link"] != "dropout" and r["split"] == split]
     snrs = sorted({r["snr"] for r in cell})
     return snrs, [_pooled_interval([r for r in cell if r["snr"] == s], column) for s in snrs]
@@ -396,10 +488,22 @@ def snr_panels(sweeps: dict[str, list[dict]], colors: dict[str, str], labels: di
                 if column == "ppl":
                     recovered_at[key] = recovery_snr(snrs, [m for m, _, _ in stats], clean_ppl)
                     if math.isfinite(recovered_at[key]):
-                        ax.plot(recovered_at[key], stats[snrs.index(recovered_at[key])][0], "o", ms=9, mfc="none",
-                                mec=colors[key], mew=1.6)
-        ax_ppl.set_title(on_ue(split) + "\nrecovers at " + ", ".join(
-            f"{r:g}" if math.isfinite(r) else "-" for r in recovered_at.values()) + " dB", fontsize=9)
+                        ax.plot(
+                            recovered_at[key],
+                            stats[snrs.index(recovered_at[key])][0],
+                            "o",
+                            ms=9,
+                            mfc="none",
+                            mec=colors[key],
+                            mew=1.6,
+                        )
+        ax_ppl.set_title(
+            on_ue(split)
+            + "\nrecovers at "
+            + ", ".join(f"{r:g}" if math.isfinite(r) else "-" for r in recovered_at.values())
+            + " dB",
+            fontsize=9,
+        )
         ax_ppl.set_yscale("log")
         ax_acc.set_xlabel("average Es/N0 (dB)")
         ax_ppl.tick_params(labelbottom=False)
@@ -412,8 +516,9 @@ def snr_panels(sweeps: dict[str, list[dict]], colors: dict[str, str], labels: di
     acc_axes[0].set_ylabel("top-1 next-token accuracy (fraction)")
     for key, rows in sweeps.items():
         points = sorted({(r["snr"], r["dropout"]) for r in rows if r["link"] != "dropout" and r["split"] == splits[0]})
-        loss_ax.plot([s for s, _ in points], [max(p, ERROR_RATE_FLOOR) for _, p in points], "o-", color=colors[key],
-                     lw=1.4, ms=3)
+        loss_ax.plot(
+            [s for s, _ in points], [max(p, ERROR_RATE_FLOOR) for _, p in points], "o-", color=colors[key], lw=1.4, ms=3
+        )
     loss_ax.set_yscale("log")
     loss_ax.set_ylim(bottom=max(ERROR_RATE_FLOOR, loss_ax.get_ylim()[0]), top=1.5)
     loss_ax.set_xlabel("average Es/N0 (dB)")
@@ -421,10 +526,20 @@ def snr_panels(sweeps: dict[str, list[dict]], colors: dict[str, str], labels: di
     loss_ax.set_title("what the link lost (same at every split)", fontsize=10)
     loss_ax.grid(True, which="major", alpha=0.3)
     handles = [plt.Line2D([], [], color=colors[k], marker="o", ms=3, label=labels.get(k, k)) for k in sweeps]
-    handles += [plt.Line2D([], [], color="k", ls="--", lw=1, label="clean link"),
-                plt.Line2D([], [], color="k", ls=":", lw=0.9, label=f"clean + {RECOVERY - 1:.0%}"),
-                plt.Line2D([], [], color="k", marker="o", ms=9, mfc="none", ls="",
-                           label=f"recovered: within {RECOVERY - 1:.0%} of clean from here on (in the title, in legend order)")]
+    handles += [
+        plt.Line2D([], [], color="k", ls="--", lw=1, label="clean link"),
+        plt.Line2D([], [], color="k", ls=":", lw=0.9, label=f"clean + {RECOVERY - 1:.0%}"),
+        plt.Line2D(
+            [],
+            [],
+            color="k",
+            marker="o",
+            ms=9,
+            mfc="none",
+            ls="",
+            label=f"recovered: within {RECOVERY - 1:.0%} of clean from here on (in the title, in legend order)",
+        ),
+    ]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), frameon=False, fontsize=9)
     return fig
 
@@ -438,10 +553,13 @@ def fig_snr(results_dir: Path, figures_dir: Path) -> Path:
     first = next(iter(sweeps.values()))
     r0 = next(r for r in first if r["link"] != "dropout")
     draws = max(r["draw"] for rows in sweeps.values() for r in rows) + 1
-    fig.suptitle(f"{r0['model']}: quality against the uplink SNR ({r0['link']} link: lost packets zero-filled; "
-                 f"{FADING_LABELS.get(r0['fading'], r0['fading'])}, one fade per packet;\npackets of "
-                 f"{r0['elements_per_packet']} x {r0['bits_per_element']} bit + {r0['header_bits']} bit; "
-                 f"{r0['tokens']} tokens, {draws} draw(s); band: 95% interval over windows (over draws for one window))", fontsize=11)
+    fig.suptitle(
+        f"{r0['model']}: quality against the uplink SNR ({r0['link']} link: lost packets zero-filled; "
+        f"{FADING_LABELS.get(r0['fading'], r0['fading'])}, one fade per packet;\npackets of "
+        f"{r0['elements_per_packet']} x {r0['bits_per_element']} bit + {r0['header_bits']} bit; "
+        f"{r0['tokens']} tokens, {draws} draw(s); band: 95% interval over windows (over draws for one window))",
+        fontsize=11,
+    )
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     return save(fig, figures_dir, "snr")
 
@@ -452,33 +570,60 @@ def fig_latency(results_dir: Path, figures_dir: Path) -> Path:
     plt = pyplot()
     path = results_dir / LATENCY_FILE
     remedy = f"python -m layersplit.channel --latency-table {path}"
-    rows = read_csv(path, {"model": str, "phase": str, "tokens": int, "snr_db": float, "ue_compute_s": float,
-                           "tx_s": float, "edge_compute_s": float, "modulation": str, "fading": str,
-                           "bandwidth_hz": float, "ue_flops": float, "edge_flops": float},
-                    remedy=remedy, optional={"split": (int, None), "layers_on_ue": (int, None)})
+    rows = read_csv(
+        path,
+        {
+            "model": str,
+            "phase": str,
+            "tokens": int,
+            "snr_db": float,
+            "ue_compute_s": float,
+            "tx_s": float,
+            "edge_compute_s": float,
+            "modulation": str,
+            "fading": str,
+            "bandwidth_hz": float,
+            "ue_flops": float,
+            "edge_flops": float,
+        },
+        remedy=remedy,
+        optional={"split": (int, None), "layers_on_ue": (int, None)},
+    )
     for r in rows:  # older tables count the layers on the UE instead
         if r["split"] is None:
             if r["layers_on_ue"] is None:
-                raise FigureInputError(f"malformed {path}: no column split (nor layers_on_ue) (remake it with: {remedy})")
+                raise FigureInputError(
+                    f"malformed {path}: no column split (nor layers_on_ue) (remake it with: {remedy})"
+                )
             r["split"] = r["layers_on_ue"] - 1
     models = list(dict.fromkeys(r["model"] for r in rows))
     phases = sorted({r["phase"] for r in rows}, key=lambda p: (list(PHASE_LABELS) + [p]).index(p))
     panel_rows = [(m, p) for m in models for p in phases if any(r["model"] == m and r["phase"] == p for r in rows)]
     snrs = sorted({r["snr_db"] for r in rows})
-    fig, axes = plt.subplots(len(panel_rows), len(snrs), figsize=(4.4 * len(snrs), 2.9 * len(panel_rows) + 0.8),
-                             sharey="row", squeeze=False)
+    fig, axes = plt.subplots(
+        len(panel_rows), len(snrs), figsize=(4.4 * len(snrs), 2.9 * len(panel_rows) + 0.8), sharey="row", squeeze=False
+    )
     for (model, phase), ax_row in zip(panel_rows, axes):
         for snr, ax in zip(snrs, ax_row):
-            points = sorted((r for r in rows if r["model"] == model and r["phase"] == phase and r["snr_db"] == snr),
-                            key=lambda r: r["split"])
+            points = sorted(
+                (r for r in rows if r["model"] == model and r["phase"] == phase and r["snr_db"] == snr),
+                key=lambda r: r["split"],
+            )
             splits = [r["split"] for r in points]
             bottom = [0.0] * len(points)
             for column, (label, color) in LATENCY_COMPONENTS.items():
                 heights = [1e3 * r[column] for r in points]
                 ax.bar(splits, heights, bottom=bottom, width=0.85, color=color, label=label)
                 bottom = [b + h for b, h in zip(bottom, heights)]
-            what = (f"prefill of {points[0]['tokens']} tokens" if phase == "prefill" else
-                    f"{PHASE_LABELS.get(phase, phase)} (context {points[0]['tokens']})") if points else phase
+            what = (
+                (
+                    f"prefill of {points[0]['tokens']} tokens"
+                    if phase == "prefill"
+                    else f"{PHASE_LABELS.get(phase, phase)} (context {points[0]['tokens']})"
+                )
+                if points
+                else phase
+            )
             title = f"{MODEL_LABELS.get(model, model)}, {what}, {snr:g} dB"
             if points:
                 best = min(range(len(points)), key=bottom.__getitem__)
@@ -493,20 +638,28 @@ def fig_latency(results_dir: Path, figures_dir: Path) -> Path:
     handles.append(plt.Line2D([], [], color="k", marker="v", ls="", ms=6, label="fastest split"))
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
     r0 = rows[0]
-    fig.suptitle(f"Latency of one forward pass, UE then uplink then edge: UE at {r0['ue_flops'] / 1e12:g} TFLOP/s, "
-                 f"edge at {r0['edge_flops'] / 1e12:g} TFLOP/s;\nuplink {MODULATION_LABELS.get(r0['modulation'], r0['modulation'])}"
-                 f" over {FADING_LABELS.get(r0['fading'], r0['fading'])}, {r0['bandwidth_hz'] / 1e6:g} MHz at the ergodic capacity, fp16 activations in packets",
-                 fontsize=11)
+    fig.suptitle(
+        f"Latency of one forward pass, UE then uplink then edge: UE at {r0['ue_flops'] / 1e12:g} TFLOP/s, "
+        f"edge at {r0['edge_flops'] / 1e12:g} TFLOP/s;\n"
+        f"uplink {MODULATION_LABELS.get(r0['modulation'], r0['modulation'])}"
+        f" over {FADING_LABELS.get(r0['fading'], r0['fading'])}, {r0['bandwidth_hz'] / 1e6:g} MHz "
+        "at the ergodic capacity, fp16 activations in packets",
+        fontsize=11,
+    )
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     return save(fig, figures_dir, "latency")
 
 
 # --- the surrogate and the RL ----------------------------------------------------------------------
 RL_ALGOS = {"ppo": ("PPO", "C0"), "a2c": ("A2C", "C1"), "dqn": ("DQN", "C2")}  # colour per algorithm
-BASELINE_STYLES = {"optimum": ("exact optimum", "k", "-"), "greedy": ("greedy one-step", "0.4", "--"),
-                   "random": ("random", "0.6", ":"), "fixed": (f"fixed {on_ue(REFERENCE_SPLIT)}", "C3", "-."),
-                   "best-static": ("best static split (chosen on training starts)", "C4", "-."),
-                   "best-static-per-start": ("best static split per start split (ignores p)", "C5", ":")}
+BASELINE_STYLES = {
+    "optimum": ("exact optimum", "k", "-"),
+    "greedy": ("greedy one-step", "0.4", "--"),
+    "random": ("random", "0.6", ":"),
+    "fixed": (f"fixed {on_ue(REFERENCE_SPLIT)}", "C3", "-."),
+    "best-static": ("best static split (chosen on training starts)", "C4", "-."),
+    "best-static-per-start": ("best static split per start split (ignores p)", "C5", ":"),
+}
 TRAIN_COMMAND = "python train_rsm.py train --seeds 0,1,2 --algo {algo}"
 FIT_COMMAND = "python train_rsm.py fit"
 
@@ -539,9 +692,13 @@ def _measured_intervals(fit_rows: list[dict], cells_file: Path) -> None:
         return
     from layersplit import cells
 
-    rows = read_csv(cells_file, {"link": str, "split": float, "dropout": float, "ppl_low": _float_or_nan,
-                                 "ppl_high": _float_or_nan}, FIT_COMMAND, optional={"protect": (float, 0.0)},
-                    check=cells.cell_problem)
+    rows = read_csv(
+        cells_file,
+        {"link": str, "split": float, "dropout": float, "ppl_low": _float_or_nan, "ppl_high": _float_or_nan},
+        FIT_COMMAND,
+        optional={"protect": (float, 0.0)},
+        check=cells.cell_problem,
+    )
     found = {(r["dropout"], r["split"]): r for r in rows if r["link"] == "dropout" and r["protect"] == 0}
     for r in fit_rows:
         if (cell := found.get((r["dropout"], r["split"]))) is not None:
@@ -552,32 +709,87 @@ def fig_rsm_fit(results_dir: Path, figures_dir: Path) -> Path:
     """Predicted against measured on the cells held out of the fit: the paper form's perplexity
     (through its inference reward) and the wireless form's log-perplexity and token accuracy."""
     plt = pyplot()
-    paper = read_csv(results_dir / "rsm_fit_paper.csv", {"ppl": float, "predicted_ppl": float, "held_out": _flag,
-                     "inference_reward": float, "predicted_inference_reward": float}, FIT_COMMAND,
-                     optional={"ppl_low": (_float_or_nan, math.nan), "ppl_high": (_float_or_nan, math.nan),
-                               "dropout": (float, math.nan), "split": (float, math.nan)})
+    paper = read_csv(
+        results_dir / "rsm_fit_paper.csv",
+        {
+            "ppl": float,
+            "predicted_ppl": float,
+            "held_out": _flag,
+            "inference_reward": float,
+            "predicted_inference_reward": float,
+        },
+        FIT_COMMAND,
+        optional={
+            "ppl_low": (_float_or_nan, math.nan),
+            "ppl_high": (_float_or_nan, math.nan),
+            "dropout": (float, math.nan),
+            "split": (float, math.nan),
+        },
+    )
     _measured_intervals(paper, results_dir / SURROGATE_CELLS_FILE)
-    wireless = read_csv(results_dir / "rsm_fit_wireless.csv", {"log_ppl": float, "predicted_log_ppl": float,
-                        "token_accuracy": float, "predicted_token_accuracy": float, "held_out": _flag}, FIT_COMMAND)
+    wireless = read_csv(
+        results_dir / "rsm_fit_wireless.csv",
+        {
+            "log_ppl": float,
+            "predicted_log_ppl": float,
+            "token_accuracy": float,
+            "predicted_token_accuracy": float,
+            "held_out": _flag,
+        },
+        FIT_COMMAND,
+    )
     panels = [
-        ("paper form: perplexity", [r for r in paper if r["held_out"]], "ppl", "predicted_ppl", True,
-         "inference_reward", "predicted_inference_reward", "R\u00b2 of the reward"),
-        ("wireless form: perplexity", [r for r in wireless if r["held_out"]], "log_ppl", "predicted_log_ppl", False,
-         "log_ppl", "predicted_log_ppl", "R\u00b2 of log-PPL"),
-        ("wireless form: token accuracy", [r for r in wireless if r["held_out"]], "token_accuracy",
-         "predicted_token_accuracy", False, "token_accuracy", "predicted_token_accuracy", "R\u00b2"),
+        (
+            "paper form: perplexity",
+            [r for r in paper if r["held_out"]],
+            "ppl",
+            "predicted_ppl",
+            True,
+            "inference_reward",
+            "predicted_inference_reward",
+            "R\u00b2 of the reward",
+        ),
+        (
+            "wireless form: perplexity",
+            [r for r in wireless if r["held_out"]],
+            "log_ppl",
+            "predicted_log_ppl",
+            False,
+            "log_ppl",
+            "predicted_log_ppl",
+            "R\u00b2 of log-PPL",
+        ),
+        (
+            "wireless form: token accuracy",
+            [r for r in wireless if r["held_out"]],
+            "token_accuracy",
+            "predicted_token_accuracy",
+            False,
+            "token_accuracy",
+            "predicted_token_accuracy",
+            "R\u00b2",
+        ),
     ]
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
     for ax, (title, rows, x, y, log, r2x, r2y, r2label) in zip(axes, panels, strict=True):
         if not rows:
-            raise FigureInputError(f"malformed {results_dir}/rsm_fit_*.csv: no held-out cells (remake with: {FIT_COMMAND})")
+            raise FigureInputError(
+                f"malformed {results_dir}/rsm_fit_*.csv: no held-out cells (remake with: {FIT_COMMAND})"
+            )
         xs = [math.exp(r[x]) if x == "log_ppl" else r[x] for r in rows]
         ys = [math.exp(r[y]) if y == "predicted_log_ppl" else r[y] for r in rows]
         ax.scatter(xs, ys, s=14, alpha=0.7, color="C0")
         if x == "ppl" and any(math.isfinite(r["ppl_low"]) for r in rows):  # the measurement's own 95% interval
-            ax.errorbar(xs, ys, xerr=[[v - r["ppl_low"] for v, r in zip(xs, rows)],
-                                      [r["ppl_high"] - v for v, r in zip(xs, rows)]],
-                        fmt="none", ecolor="C0", alpha=0.5, lw=0.8, label="measured: 95% interval")
+            ax.errorbar(
+                xs,
+                ys,
+                xerr=[[v - r["ppl_low"] for v, r in zip(xs, rows)], [r["ppl_high"] - v for v, r in zip(xs, rows)]],
+                fmt="none",
+                ecolor="C0",
+                alpha=0.5,
+                lw=0.8,
+                label="measured: 95% interval",
+            )
         lo, hi = min(xs + ys), max(xs + ys)
         ax.plot([lo, hi], [lo, hi], color="k", lw=0.8, label="predicted = measured")
         if log or x == "log_ppl":
@@ -612,14 +824,21 @@ def fig_training(results_dir: Path, figures_dir: Path) -> Path:
         means = [sum(by_step[t]) / len(by_step[t]) for t in steps]
         seeds = len({r["seed"] for r in rows})
         ax.plot(steps, means, color=color, label=f"{label} (mean of {seeds} seeds)")
-        ax.fill_between(steps, [min(by_step[t]) for t in steps], [max(by_step[t]) for t in steps], color=color, alpha=0.2)
+        ax.fill_between(
+            steps, [min(by_step[t]) for t in steps], [max(by_step[t]) for t in steps], color=color, alpha=0.2
+        )
     summary = read_json(results_dir / "rl_paper_ppo.json", TRAIN_COMMAND.format(algo="ppo"), "returns.optimum.mean")
     for name, (label, color, style) in BASELINE_STYLES.items():
         if name in summary["returns"]:
             ax.axhline(summary["returns"][name]["mean"], color=color, ls=style, lw=1, label=label)
     optimum = summary["returns"]["optimum"]  # its 95% interval over the evaluation seeds: the lines are estimates too
-    ax.axhspan(optimum["mean"] - optimum.get("ci95", 0), optimum["mean"] + optimum.get("ci95", 0), color="k", alpha=0.08,
-               label="optimum, 95% interval over evaluation seeds")
+    ax.axhspan(
+        optimum["mean"] - optimum.get("ci95", 0),
+        optimum["mean"] + optimum.get("ci95", 0),
+        color="k",
+        alpha=0.08,
+        label="optimum, 95% interval over evaluation seeds",
+    )
     ax.set_xlabel("environment steps")
     ax.set_ylabel("episode return (5 steps)")
     ax.set_title("Learning on the surrogate (LayerSplit-Paper-v0); bands: range over seeds", fontsize=10)
@@ -630,8 +849,12 @@ def fig_training(results_dir: Path, figures_dir: Path) -> Path:
 
 
 def _policy_rows(path: Path, remedy: str) -> dict[str, list[dict]]:
-    rows = read_csv(path, {"policy": str, "value": float, "split": float, "withheld": float}, remedy,
-                    optional={"protect": (float, 0.0)})
+    rows = read_csv(
+        path,
+        {"policy": str, "value": float, "split": float, "withheld": float},
+        remedy,
+        optional={"protect": (float, 0.0)},
+    )
     by_policy: dict[str, list[dict]] = {}
     for r in rows:
         by_policy.setdefault(r["policy"], []).append(r)
@@ -643,9 +866,11 @@ def fig_policy(results_dir: Path, figures_dir: Path) -> Path:
     optimum: on our surrogate (and on the authors' when its results exist) and on the wireless env."""
     plt = pyplot()
     panels = [("rl_paper_ppo_policy.csv", "LayerSplit-Paper-v0, SmolLM2 surrogate", TRAIN_COMMAND.format(algo="ppo"))]
-    optional = [("rl_paper_ppo_authors_policy.csv", "LayerSplit-Paper-v0, the authors' surrogate (Llama-2-7B)"),
-                ("rl_wireless_ppo_policy.csv", "LayerSplit-Wireless-v0"),
-                ("rl_protect_ppo_policy.csv", "LayerSplit-Protect-v0 (dotted: K, right axis)")]
+    optional = [
+        ("rl_paper_ppo_authors_policy.csv", "LayerSplit-Paper-v0, the authors' surrogate (Llama-2-7B)"),
+        ("rl_wireless_ppo_policy.csv", "LayerSplit-Wireless-v0"),
+        ("rl_protect_ppo_policy.csv", "LayerSplit-Protect-v0 (dotted: K, right axis)"),
+    ]
     panels += [(f, t, "") for f, t in optional if (results_dir / f).is_file()]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 4.2), squeeze=False)
     for ax, (name, title, remedy) in zip(axes[0], panels):
@@ -655,18 +880,40 @@ def fig_policy(results_dir: Path, figures_dir: Path) -> Path:
         for i, (policy, rows) in enumerate(sorted(by_policy.items(), key=lambda kv: kv[0] == "optimum")):
             optimum = policy == "optimum"
             label = {"optimum": "exact optimum", "best-static": "best static split"}.get(policy, f"learned ({policy})")
-            ax.plot([r["value"] for r in rows], [r["split"] for r in rows], color="k" if optimum else f"C{i}",
-                    lw=2.5 if optimum else 1.2, ls="-" if optimum else ("-." if policy == "best-static" else "--"),
-                    marker=None if optimum else ".", label=label, alpha=0.6 if optimum else 1.0)
+            ax.plot(
+                [r["value"] for r in rows],
+                [r["split"] for r in rows],
+                color="k" if optimum else f"C{i}",
+                lw=2.5 if optimum else 1.2,
+                ls="-" if optimum else ("-." if policy == "best-static" else "--"),
+                marker=None if optimum else ".",
+                label=label,
+                alpha=0.6 if optimum else 1.0,
+            )
             if k_axis is not None:
-                k_axis.plot([r["value"] for r in rows], [r["protect"] for r in rows], color="k" if optimum else f"C{i}",
-                            ls=":", lw=1.2 if optimum else 1.0, drawstyle="steps-mid")
+                k_axis.plot(
+                    [r["value"] for r in rows],
+                    [r["protect"] for r in rows],
+                    color="k" if optimum else f"C{i}",
+                    ls=":",
+                    lw=1.2 if optimum else 1.0,
+                    drawstyle="steps-mid",
+                )
             elif wireless and any(r["withheld"] for r in rows):
-                ax.plot([r["value"] for r in rows], [10 * r["withheld"] for r in rows], color="k" if optimum else f"C{i}",
-                        ls=":", lw=1, label=f"withheld share x 10 ({'optimum' if optimum else policy})")
+                ax.plot(
+                    [r["value"] for r in rows],
+                    [10 * r["withheld"] for r in rows],
+                    color="k" if optimum else f"C{i}",
+                    ls=":",
+                    lw=1,
+                    label=f"withheld share x 10 ({'optimum' if optimum else policy})",
+                )
         ax.set_xlabel("Es/N0 (dB)" if wireless else "element loss probability p")
-        ax.set_ylabel(f"chosen {SPLIT_AXIS}" if wireless else
-                      "split after 5 steps (0-based; n + 1 layers on the UE),\nmean over starts 1..9")
+        ax.set_ylabel(
+            f"chosen {SPLIT_AXIS}"
+            if wireless
+            else "split after 5 steps (0-based; n + 1 layers on the UE),\nmean over starts 1..9"
+        )
         if k_axis is not None:
             k_axis.set_yscale("symlog", base=2, linthresh=1)
             k_axis.set_ylim(-0.3, 90)
@@ -693,43 +940,62 @@ def fig_cost(results_dir: Path, figures_dir: Path) -> Path:
     same episodes of the real LLM."""
     plt = pyplot()
     name = "rl_llm_ppo.json" if (results_dir / "rl_llm_ppo.json").is_file() else "rl_llm_cost.json"
-    llm = read_json(results_dir / name, "python train.py (make llm), or the cost run of make reproduce",
-                    "seconds_per_step")
-    rsm = read_json(results_dir / "rl_paper_ppo.json", TRAIN_COMMAND.format(algo="ppo"), "training.wall_s",
-                    "training.timesteps")
+    llm = read_json(
+        results_dir / name, "python train.py (make llm), or the cost run of make reproduce", "seconds_per_step"
+    )
+    rsm = read_json(
+        results_dir / "rl_paper_ppo.json", TRAIN_COMMAND.format(algo="ppo"), "training.wall_s", "training.timesteps"
+    )
     rsm_step = sum(rsm["training"]["wall_s"]) / sum(rsm["training"]["timesteps"])
     rsm_run = sum(rsm["training"]["wall_s"]) / len(rsm["training"]["wall_s"])
     steps = rsm["training"]["timesteps"][0]
     llm_step = llm["seconds_per_step"]
     evaluation = llm.get("evaluation")
     fig, axes = plt.subplots(1, 3 if evaluation else 2, figsize=(16 if evaluation else 10, 4.3))
-    bars = [(f"real LLM\n({llm['model']}, {llm['tokens_per_step']} tokens)", llm_step, "C3"),
-            ("surrogate\n(batched PPO)", rsm_step, "C0")]
+    bars = [
+        (f"real LLM\n({llm['model']}, {llm['tokens_per_step']} tokens)", llm_step, "C3"),
+        ("surrogate\n(batched PPO)", rsm_step, "C0"),
+    ]
     axes[0].bar([b[0] for b in bars], [b[1] for b in bars], color=[b[2] for b in bars])
     axes[0].set_ylabel("seconds per environment step (PPO updates included)")
     axes[0].set_title(f"one step: {llm_step / rsm_step:,.0f}x", fontsize=10)
-    runs = [(f"real LLM\n{llm['timesteps']:,} steps\n(measured)", llm["wall_s"], "C3"),
-            (f"real LLM\n{steps:,} steps\n(extrapolated)", llm_step * steps, "#f4a582"),
-            (f"surrogate\n{steps:,} steps\n(measured)", rsm_run, "C0")]
+    runs = [
+        (f"real LLM\n{llm['timesteps']:,} steps\n(measured)", llm["wall_s"], "C3"),
+        (f"real LLM\n{steps:,} steps\n(extrapolated)", llm_step * steps, "#f4a582"),
+        (f"surrogate\n{steps:,} steps\n(measured)", rsm_run, "C0"),
+    ]
     axes[1].bar([r[0] for r in runs], [r[1] for r in runs], color=[r[2] for r in runs])
     axes[1].set_ylabel("wall time of the run (s)")
-    axes[1].set_title(f"a {steps:,}-step run: {llm_step * steps / 86400:.1f} days against {rsm_run / 60:.1f} min",
-                      fontsize=10)
+    axes[1].set_title(
+        f"a {steps:,}-step run: {llm_step * steps / 86400:.1f} days against {rsm_run / 60:.1f} min", fontsize=10
+    )
     for ax in axes[:2]:
         ax.set_yscale("log")
         ax.grid(alpha=0.3, axis="y")
         ax.tick_params(axis="x", labelsize=8)
         for patch in ax.patches:
-            ax.annotate(f"{patch.get_height():.3g} s", (patch.get_x() + patch.get_width() / 2, patch.get_height()),
-                        ha="center", va="bottom", fontsize=8)
+            ax.annotate(
+                f"{patch.get_height():.3g} s",
+                (patch.get_x() + patch.get_width() / 2, patch.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
     if evaluation:
         returns = evaluation["returns"]
         names = list(returns)
-        labels = [f"best-static:\n{_split_label(evaluation['best_static']['choice'])}" if n == "best-static" else n
-                  for n in names]
+        labels = [
+            f"best-static:\n{_split_label(evaluation['best_static']['choice'])}" if n == "best-static" else n
+            for n in names
+        ]
         colors = ["C3" if n.startswith("learned") else "C0" if n.startswith("surrogate") else "0.5" for n in names]
-        axes[2].barh(labels, [returns[n]["mean"] for n in names], xerr=[returns[n]["ci95"] for n in names],
-                     color=colors, capsize=3)
+        axes[2].barh(
+            labels,
+            [returns[n]["mean"] for n in names],
+            xerr=[returns[n]["ci95"] for n in names],
+            color=colors,
+            capsize=3,
+        )
         axes[2].invert_yaxis()
         axes[2].axvline(0, color="k", lw=0.8)
         axes[2].set_xlabel("mean return on the real LLM (95% interval over episodes)")
@@ -741,7 +1007,9 @@ def fig_cost(results_dir: Path, figures_dir: Path) -> Path:
     return save(fig, figures_dir, "cost")
 
 
-PROTECT_SNR_FILE = "sweep_protect_snr_smollm2-135m.csv"  # erasure link: split x Es/N0 x K (the Makefile's PROTECT_SNR_ARGS)
+PROTECT_SNR_FILE = (
+    "sweep_protect_snr_smollm2-135m.csv"  # erasure link: split x Es/N0 x K (the Makefile's PROTECT_SNR_ARGS)
+)
 PROTECT_P_FILE = "sweep_protect_p_smollm2-135m.csv"  # the original's link: split x p x K (PROTECT_P_ARGS)
 PROTECT_COMMAND = "make reproduce, or python add_noise.py --sweep <the Makefile's {args}> --output {path}"
 PROTECT_SPLITS = (1, 4, 12, 24)  # the splits drawn in full; the right-hand panels show every split at one condition
@@ -749,20 +1017,40 @@ PROTECT_AT = {"snr": 15.0, "p": 0.1}  # that condition: Es/N0 (dB) and p, where 
 
 
 def read_protect_sweep(path: Path, args: str) -> list[dict]:
-    rows = read_sweep(path, {"model": str, "tokens": int, "split": int, "link": str, "snr_db": str, "dropout": float,
-                           "protect": int, "draw": int, "ppl": float, "token_accuracy": float, **WINDOW_COLUMNS},
-                    remedy=PROTECT_COMMAND.format(args=args, path=path),
-                    optional={"withheld": (float, 0.0), **OPTIONAL_WINDOW_COLUMNS})
+    rows = read_sweep(
+        path,
+        {
+            "model": str,
+            "tokens": int,
+            "split": int,
+            "link": str,
+            "snr_db": str,
+            "dropout": float,
+            "protect": int,
+            "draw": int,
+            "ppl": float,
+            "token_accuracy": float,
+            **WINDOW_COLUMNS,
+        },
+        remedy=PROTECT_COMMAND.format(args=args, path=path),
+        optional={"withheld": (float, 0.0), **OPTIONAL_WINDOW_COLUMNS},
+    )
     rows = [r for r in rows if r["withheld"] == 0]
     for r in rows:
-        r["x"] = _snr_of(path, r, PROTECT_COMMAND.format(args=args, path=path)) if r["link"] != "dropout" else r["dropout"]
+        r["x"] = (
+            _snr_of(path, r, PROTECT_COMMAND.format(args=args, path=path)) if r["link"] != "dropout" else r["dropout"]
+        )
     return rows
 
 
 def protect_curves(rows: list[dict], split: int, k: int) -> tuple[list[float], list[tuple[float, float, float]]]:
     """Ascending condition values (Es/N0 or p) and the pooled perplexity with its 95% interval, at one
     split and K (the clean row, K = 0 only, is not a condition)."""
-    cell = [r for r in rows if r["split"] == split and r["protect"] == k and not (r["link"] == "dropout" and r["dropout"] == 0)]
+    cell = [
+        r
+        for r in rows
+        if r["split"] == split and r["protect"] == k and not (r["link"] == "dropout" and r["dropout"] == 0)
+    ]
     xs = sorted({r["x"] for r in cell})
     return xs, [_pooled_interval([r for r in cell if r["x"] == x], "ppl") for x in xs]
 
@@ -771,16 +1059,22 @@ def fig_protect(results_dir: Path, figures_dir: Path) -> Path:
     """Perplexity against Es/N0 (top) and p (bottom) per protection level K at a few splits, and
     (right) against the split at one condition (PROTECT_AT), per K."""
     plt = pyplot()
-    sweeps = {"snr": read_protect_sweep(results_dir / PROTECT_SNR_FILE, "PROTECT_SNR_ARGS"),
-              "p": read_protect_sweep(results_dir / PROTECT_P_FILE, "PROTECT_P_ARGS")}
+    sweeps = {
+        "snr": read_protect_sweep(results_dir / PROTECT_SNR_FILE, "PROTECT_SNR_ARGS"),
+        "p": read_protect_sweep(results_dir / PROTECT_P_FILE, "PROTECT_P_ARGS"),
+    }
     ks = sorted({r["protect"] for rows in sweeps.values() for r in rows})
     colors = {k: plt.get_cmap("viridis")(i / max(1, len(ks) - 1) * 0.9) for i, k in enumerate(ks)}
     fig = plt.figure(figsize=(3.4 * len(PROTECT_SPLITS) + 4.4, 7.8))
     grid = fig.add_gridspec(2, len(PROTECT_SPLITS) + 1, width_ratios=[1.0] * len(PROTECT_SPLITS) + [1.3])
     for row, (kind, rows) in enumerate(sweeps.items()):
         splits = sorted({r["split"] for r in rows})
-        clean = {s: _pooled_interval([r for r in rows if r["split"] == s and r["link"] == "dropout"
-                                      and r["dropout"] == 0], "ppl")[0] for s in splits}
+        clean = {
+            s: _pooled_interval(
+                [r for r in rows if r["split"] == s and r["link"] == "dropout" and r["dropout"] == 0], "ppl"
+            )[0]
+            for s in splits
+        }
         first = None
         for col, split in enumerate(PROTECT_SPLITS):
             ax = fig.add_subplot(grid[row, col], sharey=first)
@@ -815,16 +1109,25 @@ def fig_protect(results_dir: Path, figures_dir: Path) -> Path:
         summary.set_xlabel(SPLIT_AXIS, fontsize=9)
         summary.set_title(f"every split at {at:g} dB" if kind == "snr" else f"every split at p = {at:g}", fontsize=10)
         summary.grid(True, which="major", alpha=0.3)
-    handles = [plt.Line2D([], [], color=colors[k], marker="o", ms=3, label=f"K = {k}" + (" (no protection)" if k == 0 else ""))
-               for k in ks]
-    handles += [plt.Line2D([], [], color="k", ls="--", lw=1, label="clean link"),
-                plt.Line2D([], [], color="k", ls=":", lw=0.9, label=f"clean + {RECOVERY - 1:.0%}")]
+    handles = [
+        plt.Line2D([], [], color=colors[k], marker="o", ms=3, label=f"K = {k}" + (" (no protection)" if k == 0 else ""))
+        for k in ks
+    ]
+    handles += [
+        plt.Line2D([], [], color="k", ls="--", lw=1, label="clean link"),
+        plt.Line2D([], [], color="k", ls=":", lw=0.9, label=f"clean + {RECOVERY - 1:.0%}"),
+    ]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=9)
-    scale = "; ".join(f"{label}: {rows[0]['tokens']} tokens x {max(r['draw'] for r in rows) + 1} draw(s)"
-                      for label, rows in (("top", sweeps["snr"]), ("bottom", sweeps["p"])))
-    fig.suptitle(f"{sweeps['snr'][0]['model']}: each token's K largest-magnitude elements over a protected path (ARQ: "
-                 f"they always arrive), the rest as before\ntop: erasure link; bottom: the original's link; {scale}; "
-                 "band: 95% interval over windows (over draws for one window)", fontsize=11)
+    scale = "; ".join(
+        f"{label}: {rows[0]['tokens']} tokens x {max(r['draw'] for r in rows) + 1} draw(s)"
+        for label, rows in (("top", sweeps["snr"]), ("bottom", sweeps["p"]))
+    )
+    fig.suptitle(
+        f"{sweeps['snr'][0]['model']}: each token's K largest-magnitude elements over a protected path (ARQ: "
+        f"they always arrive), the rest as before\ntop: erasure link; bottom: the original's link; {scale}; "
+        "band: 95% interval over windows (over draws for one window)",
+        fontsize=11,
+    )
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     return save(fig, figures_dir, "protect")
 
@@ -838,14 +1141,32 @@ NR_RELIABLE_FILE = "sweep_nr_reliable_snr_smollm2-135m.csv"  # the same with --m
 NR_ERASURE_FILE = "sweep_snr_qpsk.csv"  # the uncoded link at the same splits and tokens (SNR_ARGS), beside it
 NR_SNR_COMMAND = "make reproduce, or python add_noise.py --sweep --link nr <the Makefile's NR_SNR_ARGS> --output {path}"
 LINK_COLORS = {"nr": "C0", "nr_reliable": "C2", "erasure": "C1"}  # the coded and the uncoded link in every NR figure
-LINK_LABELS = {"nr": "5G NR, MCS for 10% BLER", "nr_reliable": "5G NR, MCS for 10% BLER and residual <= 1e-4",
-               "erasure": "uncoded QPSK packets (erasure)"}
+LINK_LABELS = {
+    "nr": "5G NR, MCS for 10% BLER",
+    "nr_reliable": "5G NR, MCS for 10% BLER and residual <= 1e-4",
+    "erasure": "uncoded QPSK packets (erasure)",
+}
 
 
 def read_bler_table(path: Path) -> list[dict]:
-    return read_csv(path, {"mcs": int, "tb_size": int, "modulation_order": int, "code_rate": float, "snr_db": float,
-                           "slots": int, "errors": int, "bler": float, "bler_low": float, "bler_high": float,
-                           "channel": str, "receiver": str}, remedy=NR_BLER_COMMAND.format(path=path))
+    return read_csv(
+        path,
+        {
+            "mcs": int,
+            "tb_size": int,
+            "modulation_order": int,
+            "code_rate": float,
+            "snr_db": float,
+            "slots": int,
+            "errors": int,
+            "bler": float,
+            "bler_low": float,
+            "bler_high": float,
+            "channel": str,
+            "receiver": str,
+        },
+        remedy=NR_BLER_COMMAND.format(path=path),
+    )
 
 
 def fig_nr_bler(results_dir: Path, figures_dir: Path) -> Path:
@@ -874,58 +1195,118 @@ def fig_nr_bler(results_dir: Path, figures_dir: Path) -> Path:
         snr = np.array([r["snr_db"] for r in points])
         bler = np.array([r["bler"] for r in points])
         shown = bler > 0
-        ax.errorbar(snr[shown], bler[shown], yerr=[bler[shown] - [r["bler_low"] for r, s in zip(points, shown) if s],
-                                                   [r["bler_high"] for r, s in zip(points, shown) if s] - bler[shown]],
-                    fmt="o", ms=3, color=color, capsize=2, lw=0.8)
+        ax.errorbar(
+            snr[shown],
+            bler[shown],
+            yerr=[
+                bler[shown] - [r["bler_low"] for r, s in zip(points, shown) if s],
+                [r["bler_high"] for r, s in zip(points, shown) if s] - bler[shown],
+            ],
+            fmt="o",
+            ms=3,
+            color=color,
+            capsize=2,
+            lw=0.8,
+        )
         if (~shown).any():  # no TB lost: the BLER is below the interval's upper end
             ax.plot(snr[~shown], [r["bler_high"] for r, s in zip(points, shown) if not s], "v", ms=4, color=color)
         grid = np.linspace(snr[0], snr[-1], 200)
-        ax.plot(grid, [curves[mcs](g) for g in grid], "-", color=color, lw=1.2,
-                label=f"MCS {mcs}: {points[0]['modulation_order']}b, R {points[0]['code_rate']:.2f}, TB {points[0]['tb_size']}")
+        ax.plot(
+            grid,
+            [curves[mcs](g) for g in grid],
+            "-",
+            color=color,
+            lw=1.2,
+            label=f"MCS {mcs}: {points[0]['modulation_order']}b, R {points[0]['code_rate']:.2f}, "
+            f"TB {points[0]['tb_size']}",
+        )
         twin = sorted((r for r in awgn if r["mcs"] == mcs), key=lambda r: r["snr_db"])
         if twin:
-            ax.plot([r["snr_db"] for r in twin if r["bler"] > 0], [r["bler"] for r in twin if r["bler"] > 0],
-                    "--", color=color, lw=0.9)
+            ax.plot(
+                [r["snr_db"] for r in twin if r["bler"] > 0],
+                [r["bler"] for r in twin if r["bler"] > 0],
+                "--",
+                color=color,
+                lw=0.9,
+            )
     ax.set_yscale("log")
     ax.set_ylim(1e-3, 1.3)
     ax.axhline(nr.TARGET_BLER, color="k", ls=":", lw=0.9)
     ax.set_xlabel("average Es/N0 per resource element (dB)")
     ax.set_ylabel("block error rate of a TB (first transmission)")
     r0 = rows[0]
-    ax.set_title(f"TDL-{nr.TDL_PROFILE} {nr.DELAY_SPREAD_S * 1e9:g} ns, {nr.UE_SPEED_MPS * 3.6:g} km/h, "
-                 f"{r0['receiver'].upper() if r0['receiver'] == 'ls' else r0['receiver']} receiver (solid; "
-                 f"points: Monte Carlo with 95% intervals, v: none lost, below)" + ("; dashed: AWGN, perfect CSI" if awgn else ""),
-                 fontsize=9)
+    ax.set_title(
+        f"TDL-{nr.TDL_PROFILE} {nr.DELAY_SPREAD_S * 1e9:g} ns, {nr.UE_SPEED_MPS * 3.6:g} km/h, "
+        f"{r0['receiver'].upper() if r0['receiver'] == 'ls' else r0['receiver']} receiver (solid; "
+        f"points: Monte Carlo with 95% intervals, v: none lost, below)"
+        + ("; dashed: AWGN, perfect CSI" if awgn else ""),
+        fontsize=9,
+    )
     ax.legend(fontsize=6.5, ncol=2, loc="lower left")
     ax.grid(True, which="major", alpha=0.3)
     snrs = np.arange(min(r["snr_db"] for r in rows), 40.01, 0.5)
     points = [nr.operating_point(float(s), table=str(path)) for s in snrs]
     ax_link.plot(snrs, [p.bler for p in points], "-", color="C3", label="first-transmission BLER at the chosen MCS")
-    ax_link.plot(snrs, [max(p.residual, 1e-9) for p in points], "-", color="C1",
-                 label=f"residual TB loss after {nr.HARQ_MAX_RETX} HARQ retransmissions")
-    ax_link.plot(snrs, [channel.packet_error_rate(channel.LinkConfig(snr_db=float(s))) for s in snrs], ":", color="C1",
-                 label="uncoded link: packet error rate (QPSK, Nakagami m = 2)")
+    ax_link.plot(
+        snrs,
+        [max(p.residual, 1e-9) for p in points],
+        "-",
+        color="C1",
+        label=f"residual TB loss after {nr.HARQ_MAX_RETX} HARQ retransmissions",
+    )
+    ax_link.plot(
+        snrs,
+        [channel.packet_error_rate(channel.LinkConfig(snr_db=float(s))) for s in snrs],
+        ":",
+        color="C1",
+        label="uncoded link: packet error rate (QPSK, Nakagami m = 2)",
+    )
     ax_link.set_yscale("log")
     ax_link.set_ylim(1e-6, 1.5)
     ax_link.set_xlabel("average Es/N0 (dB)")
     ax_link.set_ylabel("loss probability")
     rate = ax_link.twinx()
-    rate.plot(snrs, [p.goodput_bps / 1e6 for p in points], "-", color="C0", lw=1.6, label="NR goodput TB bits x (1 - BLER) / slot")
-    rate.plot(snrs, [channel.achievable_rate_bps(channel.LinkConfig(snr_db=float(s))) / 1e6 for s in snrs], ":",
-              color="C0", label="uncoded link's rate: 20 MHz x ergodic capacity")
+    rate.plot(
+        snrs,
+        [p.goodput_bps / 1e6 for p in points],
+        "-",
+        color="C0",
+        lw=1.6,
+        label="NR goodput TB bits x (1 - BLER) / slot",
+    )
+    rate.plot(
+        snrs,
+        [channel.achievable_rate_bps(channel.LinkConfig(snr_db=float(s))) / 1e6 for s in snrs],
+        ":",
+        color="C0",
+        label="uncoded link's rate: 20 MHz x ergodic capacity",
+    )
     rate.set_ylabel("Mbit/s")
     rate.set_ylim(bottom=0)
     for s, p in zip(snrs, points):
         if s % 5 == 0:
-            rate.annotate(str(p.mcs), (s, p.goodput_bps / 1e6), textcoords="offset points", xytext=(0, 5), fontsize=7,
-                          ha="center", color="C0")
-    ax_link.set_title(f"the link: MCS for {nr.TARGET_BLER:.0%} BLER (numbers on the goodput), "
-                      f"{nr.NUM_PRBS} PRBs at {nr.SUBCARRIER_SPACING_KHZ} kHz", fontsize=9)
+            rate.annotate(
+                str(p.mcs),
+                (s, p.goodput_bps / 1e6),
+                textcoords="offset points",
+                xytext=(0, 5),
+                fontsize=7,
+                ha="center",
+                color="C0",
+            )
+    ax_link.set_title(
+        f"the link: MCS for {nr.TARGET_BLER:.0%} BLER (numbers on the goodput), "
+        f"{nr.NUM_PRBS} PRBs at {nr.SUBCARRIER_SPACING_KHZ} kHz",
+        fontsize=9,
+    )
     handles = ax_link.get_legend_handles_labels()[0] + rate.get_legend_handles_labels()[0]
     ax_link.legend(handles=handles, fontsize=7, loc="lower left")
     ax_link.grid(True, which="major", alpha=0.3)
-    fig.suptitle("5G NR PUSCH from Sionna: LDPC-coded transport blocks (TS 38.214 sizes) on an OFDM grid over a "
-                 "TR 38.901 TDL channel", fontsize=11)
+    fig.suptitle(
+        "5G NR PUSCH from Sionna: LDPC-coded transport blocks (TS 38.214 sizes) on an OFDM grid over a "
+        "TR 38.901 TDL channel",
+        fontsize=11,
+    )
     fig.tight_layout()
     return save(fig, figures_dir, "nr_bler")
 
@@ -934,16 +1315,32 @@ def fig_nr_snr(results_dir: Path, figures_dir: Path) -> Path:
     """Perplexity (top) and accuracy (bottom) against Es/N0 over the NR link beside the uncoded erasure
     link at the same splits, with where quality recovers; (right) what each link lost."""
     sweeps = {}
-    for key, link, name, remedy in (("nr", "nr", NR_SNR_FILE, NR_SNR_COMMAND),
-                                    ("nr_reliable", "nr", NR_RELIABLE_FILE, NR_SNR_COMMAND + " --mcs-rule reliable"),
-                                    ("erasure", "erasure", NR_ERASURE_FILE, SNR_COMMAND)):
+    for key, link, name, remedy in (
+        ("nr", "nr", NR_SNR_FILE, NR_SNR_COMMAND),
+        ("nr_reliable", "nr", NR_RELIABLE_FILE, NR_SNR_COMMAND + " --mcs-rule reliable"),
+        ("erasure", "erasure", NR_ERASURE_FILE, SNR_COMMAND),
+    ):
         path = results_dir / name
         if key == "nr_reliable" and not path.is_file():
             continue
         remedy = remedy.format(path=path, modulation="qpsk")
-        rows = read_sweep(path, {"model": str, "tokens": int, "split": int, "link": str, "snr_db": str, "dropout": float,
-                               "draw": int, "ppl": float, "token_accuracy": float, **WINDOW_COLUMNS},
-                        remedy=remedy, optional={"withheld": (float, 0.0), "protect": (int, 0), **OPTIONAL_WINDOW_COLUMNS})
+        rows = read_sweep(
+            path,
+            {
+                "model": str,
+                "tokens": int,
+                "split": int,
+                "link": str,
+                "snr_db": str,
+                "dropout": float,
+                "draw": int,
+                "ppl": float,
+                "token_accuracy": float,
+                **WINDOW_COLUMNS,
+            },
+            remedy=remedy,
+            optional={"withheld": (float, 0.0), "protect": (int, 0), **OPTIONAL_WINDOW_COLUMNS},
+        )
         rows = [r for r in rows if r["withheld"] == 0 and r["protect"] == 0 and r["link"] in (link, "dropout")]
         if not any(r["link"] == link for r in rows):
             raise FigureInputError(f"malformed {path}: no {link} rows (remake it with: {remedy})")
@@ -952,8 +1349,11 @@ def fig_nr_snr(results_dir: Path, figures_dir: Path) -> Path:
         sweeps[key] = rows
     fig = snr_panels(sweeps, LINK_COLORS, LINK_LABELS, "share of the activation lost (TB after HARQ, or packet)")
     r0 = next(r for r in sweeps["nr"] if r["link"] == "nr")
-    fig.suptitle(f"{r0['model']}: quality against the uplink SNR, the 5G NR coded link beside the uncoded one "
-                 f"({r0['tokens']} tokens; band: 95% interval over windows (over draws for one window))", fontsize=11)
+    fig.suptitle(
+        f"{r0['model']}: quality against the uplink SNR, the 5G NR coded link beside the uncoded one "
+        f"({r0['tokens']} tokens; band: 95% interval over windows (over draws for one window))",
+        fontsize=11,
+    )
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     return save(fig, figures_dir, "nr_snr")
 
@@ -977,10 +1377,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = cli.parser(__doc__)
     parser.add_argument("--only", nargs="+", choices=list(FIGURES), help="draw only these figures")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the result files are")
-    parser.add_argument("--figures-dir", type=writable_dir, default=str(FIGURES_DIR), help="where to write the figures (PNG and PDF)")
-    parser.add_argument("--claims", nargs="?", const=README, type=Path, metavar="README",
-                        help="no figures: write the README's generated tables (layersplit/claims.py) from --results-dir "
-                             "into README (default: this checkout's)")
+    parser.add_argument(
+        "--figures-dir", type=writable_dir, default=str(FIGURES_DIR), help="where to write the figures (PNG and PDF)"
+    )
+    parser.add_argument(
+        "--claims",
+        nargs="?",
+        const=README,
+        type=Path,
+        metavar="README",
+        help="no figures: write the README's generated tables (layersplit/claims.py) from --results-dir "
+        "into README (default: this checkout's)",
+    )
     args = parser.parse_args(argv)
     if not args.results_dir.is_dir():
         parser.error(f"--results-dir {args.results_dir} is not a folder (make the results first: make reproduce)")
@@ -988,7 +1396,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.claims.is_file():
             parser.error(f"--claims {args.claims}: no such file")
         return cli.run_main("figures.py", lambda: write_claims(args.results_dir, args.claims))
-    return cli.run_main("figures.py", lambda: draw(args.only or list(FIGURES), args.results_dir, Path(args.figures_dir)))
+    return cli.run_main(
+        "figures.py", lambda: draw(args.only or list(FIGURES), args.results_dir, Path(args.figures_dir))
+    )
 
 
 def write_claims(results_dir: Path, readme: Path) -> int:

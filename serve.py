@@ -15,7 +15,7 @@ link (--link none, or --snr-db inf) and --wire fp32 the tokens are exactly the s
     python serve.py ue --prompt "One" --prompt "Two" --split 8 --wire int8 --max-new-tokens 64 --json
     python serve.py ue --prompt "Hello" --snr-db 15 --modulation 16qam --fading nakagami --sleep-air
     python serve.py ue --prompt "Hello" --snr-db 12 --protect 4   # each token's 4 largest elements always arrive
-    python serve.py ue --prompt "Hello" --policy runs/LayerSplit-Wireless-v0/ppo_s0   # split chosen per request from its SNR
+    python serve.py ue --prompt "Hello" --policy runs/LayerSplit-Wireless-v0/ppo_s0  # split per request from its SNR
     python serve.py ue --prompt "Hello" --policy runs/LayerSplit-Protect-v0/ppo_s0    # split and K chosen per request
     python serve.py edge --port 0 --splits 0-8 --max-sessions 2 --max-queue 4     # port 0: any free port, printed
     export LAYERSPLIT_EDGE_TOKEN=$(python -c "import secrets; print(secrets.token_urlsafe(24))")   # on both machines
@@ -31,6 +31,7 @@ port can run the model on its compute unless it has a token (--token or LAYERSPL
 same on both sides); the token and the activations cross the network unencrypted, so on a network
 you do not trust run both ends through a VPN or an SSH tunnel (ssh -L 8765:127.0.0.1:8765 EDGE_HOST).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,7 +68,9 @@ PROMPT = "The capital of France is"  # used when no --prompt is given
 MAX_NEW_TOKENS = 32  # greedy tokens per request (fewer when the model ends the text)
 SPLIT = 4  # 0-based: 5 layers on the UE, the paper's fixed baseline (the rest on the edge)
 WIRE = "fp16"  # activations on the wire: fp32, fp16, bf16, int8 (fp16: the channel's default 16 bits)
-LINK = "erasure"  # none (loss-free), erasure (packets lost at the PER and zero-filled), bitflip (no CRC), nr (5G NR TBs)
+LINK = (
+    "erasure"  # none (loss-free), erasure (packets lost at the PER and zero-filled), bitflip (no CRC), nr (5G NR TBs)
+)
 SEED = 0  # seeds the SNR process and every packet loss (one stream per request)
 # Each token's K largest-magnitude elements also cross a protected path (CRC + retransmission, as in
 # add_noise.py --protect): they always arrive, at the cost of their bits on air. 0: no protected path.
@@ -80,101 +83,201 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(q: argparse.ArgumentParser) -> None:
         cli.add_run_arguments(q, model=MODEL)
-        q.add_argument("--threads", type=cli.threads, default=THREADS,
-                       help="torch CPU threads of this process, 0 for torch's default of one per core; with the UE and "
-                            "the edge on one machine, or a loaded one, 1 each avoids OpenMP threads waiting on each other")
-        q.add_argument("--decode", choices=DECODE_CHOICES, default=DECODE,
-                       help="eager: a growing KV cache, the model's forward each step; static: a fixed-length KV cache "
-                            "(the edge's holds --max-context tokens, the UE's the prompt and --max-new-tokens); "
-                            "compiled: static and a compiled decoding step (CUDA graphs on CUDA); auto: compiled on "
-                            "CUDA, eager elsewhere. Each side chooses its own")
-        q.add_argument("--token", help=f"the edge's shared secret ({protocol.MIN_TOKEN_CHARS}.."
-                                       f"{protocol.MAX_TOKEN_CHARS} printable ASCII characters); the same on the edge "
-                                       f"and every UE. Default: ${protocol.TOKEN_ENV}, which unlike an option does not "
-                                       "show in ps. It crosses the network unencrypted")
+        q.add_argument(
+            "--threads",
+            type=cli.threads,
+            default=THREADS,
+            help="torch CPU threads of this process, 0 for torch's default of one per core; with the UE and "
+            "the edge on one machine, or a loaded one, 1 each avoids OpenMP threads waiting on each other",
+        )
+        q.add_argument(
+            "--decode",
+            choices=DECODE_CHOICES,
+            default=DECODE,
+            help="eager: a growing KV cache, the model's forward each step; static: a fixed-length KV cache "
+            "(the edge's holds --max-context tokens, the UE's the prompt and --max-new-tokens); "
+            "compiled: static and a compiled decoding step (CUDA graphs on CUDA); auto: compiled on "
+            "CUDA, eager elsewhere. Each side chooses its own",
+        )
+        q.add_argument(
+            "--token",
+            help=f"the edge's shared secret ({protocol.MIN_TOKEN_CHARS}.."
+            f"{protocol.MAX_TOKEN_CHARS} printable ASCII characters); the same on the edge "
+            f"and every UE. Default: ${protocol.TOKEN_ENV}, which unlike an option does not "
+            "show in ps. It crosses the network unencrypted",
+        )
 
-    e = sub.add_parser("edge", help="run the edge server: the last layers and the LM head", formatter_class=cli.HelpFormatter,
-                       description="The edge server: runs decoder layers split + 1..L-1 and the LM head for every UE session.")
-    e.add_argument("--host", default=protocol.DEFAULT_HOST,
-                   help="address to listen on. The default, loopback, is reachable from this machine only; any other "
-                        "(0.0.0.0: every interface) lets whoever reaches the port use the model and this machine's "
-                        "compute, unless a --token is set (a warning says so)")
+    e = sub.add_parser(
+        "edge",
+        help="run the edge server: the last layers and the LM head",
+        formatter_class=cli.HelpFormatter,
+        description="The edge server: runs decoder layers split + 1..L-1 and the LM head for every UE session.",
+    )
+    e.add_argument(
+        "--host",
+        default=protocol.DEFAULT_HOST,
+        help="address to listen on. The default, loopback, is reachable from this machine only; any other "
+        "(0.0.0.0: every interface) lets whoever reaches the port use the model and this machine's "
+        "compute, unless a --token is set (a warning says so)",
+    )
     e.add_argument("--port", type=cli.integer, default=protocol.DEFAULT_PORT, help="TCP port, 0 for any free one")
     common(e)
-    e.add_argument("--splits", type=cli.split_list, default=SPLITS,
-                   help="the 0-based splits this edge serves (split n: n + 1 layers on the UE): all (0..L-1) or like 0-8,14")
-    e.add_argument("--max-sessions", type=cli.positive_int, default=protocol.MAX_SESSIONS, help="sessions served at once")
-    e.add_argument("--max-queue", type=cli.integer, default=protocol.MAX_QUEUE,
-                   help="connections queued when all sessions are busy; more are refused with a 'busy' error")
-    e.add_argument("--queue-timeout", type=cli.positive_float, default=protocol.QUEUE_TIMEOUT_S,
-                   help="seconds a queued connection waits before a 'busy' refusal")
-    e.add_argument("--idle-timeout", type=cli.positive_float, default=protocol.IDLE_TIMEOUT_S,
-                   help="seconds without a complete frame before a connection is dropped")
-    e.add_argument("--evict-idle", type=cli.positive_float, default=protocol.EVICT_IDLE_S,
-                   help="while a connection waits for a session, a session whose UE has sent nothing for this many "
-                        "seconds since the edge's last answer is closed to make room; shorter than --queue-timeout")
-    e.add_argument("--handshake-timeout", type=cli.positive_float, default=protocol.HANDSHAKE_TIMEOUT_S,
-                   help="seconds a new connection has to send its OPEN; until then it holds no session")
-    e.add_argument("--max-handshakes", type=cli.positive_int, default=protocol.MAX_HANDSHAKES,
-                   help="connections waiting for their OPEN at once; a newer one drops the oldest")
-    e.add_argument("--max-frame-bytes", type=cli.positive_int, default=protocol.MAX_FRAME_BYTES,
-                   help="largest frame accepted; bigger ones are refused and the connection closed")
-    e.add_argument("--max-context", type=cli.positive_int, default=protocol.MAX_CONTEXT,
-                   help="most tokens (prompt + generated) one session may hold in its KV cache")
-    e.add_argument("--prefill-chunk", type=cli.non_negative_int, default=protocol.PREFILL_CHUNK,
-                   help="run a prompt's activation in chunks of this many tokens, taking turns with the other "
-                        "sessions, so that their long prompts delay a session by one chunk each; 0: each prompt in "
-                        "one forward")
+    e.add_argument(
+        "--splits",
+        type=cli.split_list,
+        default=SPLITS,
+        help="the 0-based splits this edge serves (split n: n + 1 layers on the UE): all (0..L-1) or like 0-8,14",
+    )
+    e.add_argument(
+        "--max-sessions", type=cli.positive_int, default=protocol.MAX_SESSIONS, help="sessions served at once"
+    )
+    e.add_argument(
+        "--max-queue",
+        type=cli.integer,
+        default=protocol.MAX_QUEUE,
+        help="connections queued when all sessions are busy; more are refused with a 'busy' error",
+    )
+    e.add_argument(
+        "--queue-timeout",
+        type=cli.positive_float,
+        default=protocol.QUEUE_TIMEOUT_S,
+        help="seconds a queued connection waits before a 'busy' refusal",
+    )
+    e.add_argument(
+        "--idle-timeout",
+        type=cli.positive_float,
+        default=protocol.IDLE_TIMEOUT_S,
+        help="seconds without a complete frame before a connection is dropped",
+    )
+    e.add_argument(
+        "--evict-idle",
+        type=cli.positive_float,
+        default=protocol.EVICT_IDLE_S,
+        help="while a connection waits for a session, a session whose UE has sent nothing for this many "
+        "seconds since the edge's last answer is closed to make room; shorter than --queue-timeout",
+    )
+    e.add_argument(
+        "--handshake-timeout",
+        type=cli.positive_float,
+        default=protocol.HANDSHAKE_TIMEOUT_S,
+        help="seconds a new connection has to send its OPEN; until then it holds no session",
+    )
+    e.add_argument(
+        "--max-handshakes",
+        type=cli.positive_int,
+        default=protocol.MAX_HANDSHAKES,
+        help="connections waiting for their OPEN at once; a newer one drops the oldest",
+    )
+    e.add_argument(
+        "--max-frame-bytes",
+        type=cli.positive_int,
+        default=protocol.MAX_FRAME_BYTES,
+        help="largest frame accepted; bigger ones are refused and the connection closed",
+    )
+    e.add_argument(
+        "--max-context",
+        type=cli.positive_int,
+        default=protocol.MAX_CONTEXT,
+        help="most tokens (prompt + generated) one session may hold in its KV cache",
+    )
+    e.add_argument(
+        "--prefill-chunk",
+        type=cli.non_negative_int,
+        default=protocol.PREFILL_CHUNK,
+        help="run a prompt's activation in chunks of this many tokens, taking turns with the other "
+        "sessions, so that their long prompts delay a session by one chunk each; 0: each prompt in "
+        "one forward",
+    )
     e.add_argument("--quiet", action="store_true", help="log only errors")
 
-    u = sub.add_parser("ue", help="run a UE client: the first layers, the uplink, the requests", formatter_class=cli.HelpFormatter,
-                       description="A UE client: runs the embeddings and decoder layers 0..--split, sends the "
-                                   "activations through the simulated uplink to the edge and prints what it measured.")
+    u = sub.add_parser(
+        "ue",
+        help="run a UE client: the first layers, the uplink, the requests",
+        formatter_class=cli.HelpFormatter,
+        description="A UE client: runs the embeddings and decoder layers 0..--split, sends the "
+        "activations through the simulated uplink to the edge and prints what it measured.",
+    )
     default_edge = f"{protocol.DEFAULT_HOST}:{protocol.DEFAULT_PORT}"
     u.add_argument("--connect", default=default_edge, metavar="HOST:PORT", help="the edge")
     u.add_argument("--prompt", action="append", help=f"a prompt; repeat for several requests (default: {PROMPT!r})")
     u.add_argument("--max-new-tokens", type=cli.positive_int, default=MAX_NEW_TOKENS, help="greedy tokens per request")
-    u.add_argument("--split", type=cli.integer, default=SPLIT,
-                   help="0-based decoder layer after which the link sits: split n runs n + 1 layers on the UE, the "
-                        "rest and the LM head on the edge")
-    u.add_argument("--policy", metavar="RUN_DIR",
-                   help="choose each request's split from its SNR with a policy trained on LayerSplit-Wireless-v0, or its "
-                        "split and K on LayerSplit-Protect-v0 (a run folder of train_rsm.py, e.g. "
-                        "runs/LayerSplit-Wireless-v0/ppo_s0); overrides --split (and --protect)")
-    u.add_argument("--trust-zip", action="store_true",
-                   help="also read a --policy folder's Stable-Baselines3 policy.zip (when it has no "
-                        "policy.safetensors): loading one unpickles it, which can run code stored in it; only for "
-                        "folders you made")
-    u.add_argument("--wire", choices=list(WIRE_FORMATS), default=WIRE,
-                   help="dtype of the activations on the wire; int8 adds a float32 scale per token")
-    u.add_argument("--link", choices=SERVED_LINKS, default=LINK,
-                   help="none: loss-free; erasure: packets lost with the channel's PER and zero-filled by the edge; "
-                        "bitflip: payload bits flipped at the BER, no CRC; nr: 5G NR transport blocks lost with their "
-                        "residual BLER after HARQ (layersplit/nr.py)")
-    g = u.add_argument_group("SNR of each request: an AR(1) process in dB, one step per request (the wireless "
-                             "environment's, layersplit/channel.py)")
+    u.add_argument(
+        "--split",
+        type=cli.integer,
+        default=SPLIT,
+        help="0-based decoder layer after which the link sits: split n runs n + 1 layers on the UE, the "
+        "rest and the LM head on the edge",
+    )
+    u.add_argument(
+        "--policy",
+        metavar="RUN_DIR",
+        help="choose each request's split from its SNR with a policy trained on LayerSplit-Wireless-v0, or its "
+        "split and K on LayerSplit-Protect-v0 (a run folder of train_rsm.py, e.g. "
+        "runs/LayerSplit-Wireless-v0/ppo_s0); overrides --split (and --protect)",
+    )
+    u.add_argument(
+        "--trust-zip",
+        action="store_true",
+        help="also read a --policy folder's Stable-Baselines3 policy.zip (when it has no "
+        "policy.safetensors): loading one unpickles it, which can run code stored in it; only for "
+        "folders you made",
+    )
+    u.add_argument(
+        "--wire",
+        choices=list(WIRE_FORMATS),
+        default=WIRE,
+        help="dtype of the activations on the wire; int8 adds a float32 scale per token",
+    )
+    u.add_argument(
+        "--link",
+        choices=SERVED_LINKS,
+        default=LINK,
+        help="none: loss-free; erasure: packets lost with the channel's PER and zero-filled by the edge; "
+        "bitflip: payload bits flipped at the BER, no CRC; nr: 5G NR transport blocks lost with their "
+        "residual BLER after HARQ (layersplit/nr.py)",
+    )
+    g = u.add_argument_group(
+        "SNR of each request: an AR(1) process in dB, one step per request (the wireless "
+        "environment's, layersplit/channel.py)"
+    )
     g.add_argument("--snr-mean", type=cli.snr_db_or_inf, help=f"stationary mean Es/N0 in dB (default: {SNR_MEAN_DB:g})")
-    g.add_argument("--snr-std", type=snr_std,
-                   help=f"stationary standard deviation in dB, 0 for a fixed SNR (default: {SNR_STD_DB:g})")
-    g.add_argument("--snr-rho", type=correlation,
-                   help=f"lag-1 correlation between consecutive requests (default: {SNR_RHO:g})")
+    g.add_argument(
+        "--snr-std",
+        type=snr_std,
+        help=f"stationary standard deviation in dB, 0 for a fixed SNR (default: {SNR_STD_DB:g})",
+    )
+    g.add_argument(
+        "--snr-rho", type=correlation, help=f"lag-1 correlation between consecutive requests (default: {SNR_RHO:g})"
+    )
     add_link_arguments(u.add_argument_group("physical link (the erasure and bitflip links)"), snr_db_default=None)
     cli.bound_link_arguments(u, snr=cli.snr_db_or_inf)  # inf: a loss-free link
     u.set_defaults(bits_per_element=None)  # set by --wire
     for action in u._actions:  # the shared link options, as this client reads them
         if action.dest == "snr_db":
-            action.help = ("a fixed Es/N0 in dB for every request instead of the AR(1) process; inf: a loss-free link "
-                           "(default: the process)")
+            action.help = (
+                "a fixed Es/N0 in dB for every request instead of the AR(1) process; inf: a loss-free link "
+                "(default: the process)"
+            )
         elif action.dest == "bits_per_element":
             action.help = argparse.SUPPRESS  # --wire sets it
-    u.add_argument("--protect", type=cli.non_negative_int, default=PROTECT, metavar="K",
-                   help="also send each token's K largest-magnitude elements (index and value) over a protected path "
-                        "with retransmission: they always arrive intact, and their expected bits count on air; "
-                        "0..the model's hidden size")
+    u.add_argument(
+        "--protect",
+        type=cli.non_negative_int,
+        default=PROTECT,
+        metavar="K",
+        help="also send each token's K largest-magnitude elements (index and value) over a protected path "
+        "with retransmission: they always arrive intact, and their expected bits count on air; "
+        "0..the model's hidden size",
+    )
     u.add_argument("--seed", type=cli.seed, default=SEED, help="seed of the SNR process and the packet losses")
-    u.add_argument("--sleep-air", action="store_true",
-                   help="really wait each transfer's time on air at the link rate before sending it (default: only report it)")
-    u.add_argument("--timeout", type=cli.positive_float, default=protocol.CLIENT_TIMEOUT_S, help="seconds to wait for the edge")
+    u.add_argument(
+        "--sleep-air",
+        action="store_true",
+        help="really wait each transfer's time on air at the link rate before sending it (default: only report it)",
+    )
+    u.add_argument(
+        "--timeout", type=cli.positive_float, default=protocol.CLIENT_TIMEOUT_S, help="seconds to wait for the edge"
+    )
     common(u)
     u.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     return p
@@ -206,8 +309,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.snr_mean = SNR_MEAN_DB if args.snr_mean is None else args.snr_mean
         args.snr_std = SNR_STD_DB if args.snr_std is None else args.snr_std
         args.snr_rho = SNR_RHO if args.snr_rho is None else args.snr_rho
-    if not (math.isfinite(args.snr_mean) or args.snr_mean == math.inf) or not args.snr_std >= 0 \
-            or not -1 <= args.snr_rho <= 1 or math.isinf(args.snr_std):
+    if (
+        not (math.isfinite(args.snr_mean) or args.snr_mean == math.inf)
+        or not args.snr_std >= 0
+        or not -1 <= args.snr_rho <= 1
+        or math.isinf(args.snr_std)
+    ):
         p.error("the SNR process needs a finite (or +inf) mean, a finite std >= 0 and -1 <= rho <= 1")
     try:  # the packet, fading and bandwidth options; the SNR is set per request
         args.snr_db = args.snr_mean if math.isfinite(args.snr_mean) else SNR_MEAN_DB
@@ -252,14 +359,17 @@ def check_numbers(args: argparse.Namespace) -> None:
         for option in ("queue_timeout", "idle_timeout", "handshake_timeout", "evict_idle"):
             protocol.check_timeout(getattr(args, option), "--" + option.replace("_", "-"))
         if args.evict_idle >= args.queue_timeout:
-            raise UserError(f"--evict-idle {args.evict_idle:g} must be shorter than --queue-timeout "
-                            f"{args.queue_timeout:g}: a waiting UE would be refused before any idle session is evicted")
+            raise UserError(
+                f"--evict-idle {args.evict_idle:g} must be shorter than --queue-timeout "
+                f"{args.queue_timeout:g}: a waiting UE would be refused before any idle session is evicted"
+            )
         return
     protocol.check_timeout(args.timeout, "--timeout")
     # --protect's upper bound, the hidden size, is checked once the model is loaded (UEClient)
     if args.elements_per_packet > protocol.MAX_ELEMENTS_PER_PACKET:  # the edge would refuse the OPEN
-        raise UserError(f"--elements-per-packet {args.elements_per_packet} is too large: "
-                        f"use 1..{protocol.MAX_ELEMENTS_PER_PACKET}")
+        raise UserError(
+            f"--elements-per-packet {args.elements_per_packet} is too large: use 1..{protocol.MAX_ELEMENTS_PER_PACKET}"
+        )
 
 
 # --- the edge -----------------------------------------------------------------------------------
@@ -267,26 +377,45 @@ def run_edge(args: argparse.Namespace) -> int:
     from layersplit.models import find_decoder_layers, load_model
     from layersplit.serving.edge import EdgeServer, format_splits
 
-    logging.basicConfig(level=logging.ERROR if args.quiet else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s edge %(message)s")
+    logging.basicConfig(
+        level=logging.ERROR if args.quiet else logging.INFO, stream=sys.stderr, format="%(asctime)s edge %(message)s"
+    )
     if args.token is None and not protocol.is_loopback(args.host):  # before the model loads: seen at once
-        print(f"serve.py: warning: the edge listens on {args.host or 'every interface'}, beyond loopback, without a "
-              f"token: anyone who reaches port {args.port} can use it (set {protocol.TOKEN_ENV} or --token)",
-              file=sys.stderr, flush=True)
+        print(
+            f"serve.py: warning: the edge listens on {args.host or 'every interface'}, beyond loopback, without a "
+            f"token: anyone who reaches port {args.port} can use it (set {protocol.TOKEN_ENV} or --token)",
+            file=sys.stderr,
+            flush=True,
+        )
     model, _ = load_model(args.model, device=args.device, dtype=args.dtype)
     splits = cli.parse_splits(args.splits, len(find_decoder_layers(model)))
-    server = EdgeServer(model, host=args.host, port=args.port, splits=splits, max_sessions=args.max_sessions,
-                        max_queue=args.max_queue, queue_timeout_s=args.queue_timeout,
-                        idle_timeout_s=args.idle_timeout, max_frame_bytes=args.max_frame_bytes,
-                        max_context=args.max_context, handshake_timeout_s=args.handshake_timeout,
-                        max_handshakes=args.max_handshakes, decode=args.decode, token=args.token,
-                        evict_idle_s=args.evict_idle, prefill_chunk=args.prefill_chunk)
+    server = EdgeServer(
+        model,
+        host=args.host,
+        port=args.port,
+        splits=splits,
+        max_sessions=args.max_sessions,
+        max_queue=args.max_queue,
+        queue_timeout_s=args.queue_timeout,
+        idle_timeout_s=args.idle_timeout,
+        max_frame_bytes=args.max_frame_bytes,
+        max_context=args.max_context,
+        handshake_timeout_s=args.handshake_timeout,
+        max_handshakes=args.max_handshakes,
+        decode=args.decode,
+        token=args.token,
+        evict_idle_s=args.evict_idle,
+        prefill_chunk=args.prefill_chunk,
+    )
     sm = server.split_model
-    print(f"edge listening on {server.address} (model {args.model}: {sm.n_layers} decoder layers, "
-          f"{str(sm.dtype).removeprefix('torch.')}, {sm.device}, {server.decode} decoding; serves splits "
-          f"{format_splits(splits)}, 0-based; "
-          f"{args.max_sessions} sessions at once, {args.max_queue} queued; "
-          f"{'OPEN needs the token' if args.token else 'no token'})", flush=True)
+    print(
+        f"edge listening on {server.address} (model {args.model}: {sm.n_layers} decoder layers, "
+        f"{str(sm.dtype).removeprefix('torch.')}, {sm.device}, {server.decode} decoding; serves splits "
+        f"{format_splits(splits)}, 0-based; "
+        f"{args.max_sessions} sessions at once, {args.max_queue} queued; "
+        f"{'OPEN needs the token' if args.token else 'no token'})",
+        flush=True,
+    )
 
     def stop(signum, frame):
         raise KeyboardInterrupt
@@ -311,47 +440,85 @@ def build_client(args: argparse.Namespace, model, tokenizer, split_for_snr=None)
 
     uplink = Uplink(args.link, args.template, seed=args.seed)
     # an infinite mean SNR is a loss-free link (the UE client's snr=None)
-    snr = SnrProcess(args.snr_mean, args.snr_std, args.snr_rho, seed=args.seed) if math.isfinite(args.snr_mean) else None
-    return UEClient(model, tokenizer, args.connect, split=split_for_snr or args.split, wire=args.wire,
-                    uplink=uplink, snr=snr, timeout_s=args.timeout, sleep_air=args.sleep_air, protect=args.protect,
-                    decode=args.decode, token=args.token)
+    snr = (
+        SnrProcess(args.snr_mean, args.snr_std, args.snr_rho, seed=args.seed) if math.isfinite(args.snr_mean) else None
+    )
+    return UEClient(
+        model,
+        tokenizer,
+        args.connect,
+        split=split_for_snr or args.split,
+        wire=args.wire,
+        uplink=uplink,
+        snr=snr,
+        timeout_s=args.timeout,
+        sleep_air=args.sleep_air,
+        protect=args.protect,
+        decode=args.decode,
+        token=args.token,
+    )
 
 
 def describe_link(args: argparse.Namespace) -> str:
     if args.link == "none" or args.snr_mean == math.inf and args.snr_std == 0:
         return "link none (loss-free)"
     t = args.template
-    snr = (f"SNR {args.snr_mean:g} dB" if args.snr_std == 0 else
-           f"SNR AR(1) mean {args.snr_mean:g} dB, std {args.snr_std:g} dB, rho {args.snr_rho:g}")
+    snr = (
+        f"SNR {args.snr_mean:g} dB"
+        if args.snr_std == 0
+        else f"SNR AR(1) mean {args.snr_mean:g} dB, std {args.snr_std:g} dB, rho {args.snr_rho:g}"
+    )
     if args.link == "nr":
         from layersplit import nr
 
-        return (f"link nr: 5G NR, {nr.NUM_PRBS} PRBs at {nr.SUBCARRIER_SPACING_KHZ} kHz, TDL-{nr.TDL_PROFILE}, "
-                f"MCS for {nr.TARGET_BLER:g} BLER ({nr.MCS_RULE}), up to {nr.HARQ_MAX_RETX} HARQ retransmissions; {snr}")
-    return (f"link {args.link}: {t.modulation}, {t.fading}{f' m={t.nakagami_m:g}' if t.fading == 'nakagami' else ''}, "
-            f"packets of {t.elements_per_packet} x {t.bits_per_element} bits + {t.header_bits}, "
-            f"{t.bandwidth_hz / 1e6:g} MHz; {snr}")
+        return (
+            f"link nr: 5G NR, {nr.NUM_PRBS} PRBs at {nr.SUBCARRIER_SPACING_KHZ} kHz, TDL-{nr.TDL_PROFILE}, "
+            f"MCS for {nr.TARGET_BLER:g} BLER ({nr.MCS_RULE}), up to {nr.HARQ_MAX_RETX} HARQ retransmissions; {snr}"
+        )
+    return (
+        f"link {args.link}: {t.modulation}, {t.fading}{f' m={t.nakagami_m:g}' if t.fading == 'nakagami' else ''}, "
+        f"packets of {t.elements_per_packet} x {t.bits_per_element} bits + {t.header_bits}, "
+        f"{t.bandwidth_hz / 1e6:g} MHz; {snr}"
+    )
 
 
 def print_request(r, sleep_air: bool) -> None:
     """One request's report (serving.ue.RequestReport) as text."""
-    loss = ("loss-free" if not math.isfinite(r.snr_db) or r.link == "none" else
-            f"PER {r.packet_error_rate:.4g}" if r.link == "erasure" else
-            f"residual TB loss {r.packet_error_rate:.4g}" if r.link == "nr" else f"BER {r.bit_error_rate:.3g}")
+    loss = (
+        "loss-free"
+        if not math.isfinite(r.snr_db) or r.link == "none"
+        else f"PER {r.packet_error_rate:.4g}"
+        if r.link == "erasure"
+        else f"residual TB loss {r.packet_error_rate:.4g}"
+        if r.link == "nr"
+        else f"BER {r.bit_error_rate:.3g}"
+    )
     protected = f"; {r.protect} elements per token protected" if r.protect else ""
-    print(f"request {r.request}: split {r.split} ({r.split + 1} layers on the UE, {r.layers_on_edge} on the edge); "
-          f"SNR {r.snr_db:.1f} dB, {loss}; {r.wire} on the wire{protected}; {r.prompt_tokens} prompt tokens")
+    print(
+        f"request {r.request}: split {r.split} ({r.split + 1} layers on the UE, {r.layers_on_edge} on the edge); "
+        f"SNR {r.snr_db:.1f} dB, {loss}; {r.wire} on the wire{protected}; {r.prompt_tokens} prompt tokens"
+    )
     tpot = f"{1e3 * r.tpot_s:.1f} ms" if math.isfinite(r.tpot_s) else "n/a"
-    print(f"  time to first token {1e3 * r.ttft_s:.1f} ms, time per output token {tpot}, "
-          f"{r.tokens_per_s:.1f} tokens/s ({len(r.tokens)} tokens; compute UE {1e3 * r.ue_compute_s:.0f} ms, "
-          f"edge {1e3 * r.edge_compute_s:.0f} ms)")
-    per_token = f", {r.uplink_bytes_per_token:.0f} B per token after it" if math.isfinite(r.uplink_bytes_per_token) else ""
+    print(
+        f"  time to first token {1e3 * r.ttft_s:.1f} ms, time per output token {tpot}, "
+        f"{r.tokens_per_s:.1f} tokens/s ({len(r.tokens)} tokens; compute UE {1e3 * r.ue_compute_s:.0f} ms, "
+        f"edge {1e3 * r.edge_compute_s:.0f} ms)"
+    )
+    per_token = (
+        f", {r.uplink_bytes_per_token:.0f} B per token after it" if math.isfinite(r.uplink_bytes_per_token) else ""
+    )
     flips = f", {r.bits_flipped} bits flipped" if r.link == "bitflip" else ""
     protected_air = f" (protected path {r.protected_air_bits / 8e3:.2f} kB)" if r.protected_air_bits else ""
-    air = (f"; on air {r.air_bits / 8e3:.1f} kB{protected_air}, {1e3 * r.air_s:.2f} ms at the link rate "
-           f"({'slept' if sleep_air else 'accounted, not slept'})" if r.air_bits else "")
-    print(f"  bytes on the wire {r.wire_bytes} (uplink {r.uplink_bytes}: prompt {r.uplink_bytes_prefill}{per_token}; "
-          f"downlink {r.downlink_bytes}); packets lost {r.packets_lost} of {r.packets}{flips}{air}")
+    air = (
+        f"; on air {r.air_bits / 8e3:.1f} kB{protected_air}, {1e3 * r.air_s:.2f} ms at the link rate "
+        f"({'slept' if sleep_air else 'accounted, not slept'})"
+        if r.air_bits
+        else ""
+    )
+    print(
+        f"  bytes on the wire {r.wire_bytes} (uplink {r.uplink_bytes}: prompt {r.uplink_bytes_prefill}{per_token}; "
+        f"downlink {r.downlink_bytes}); packets lost {r.packets_lost} of {r.packets}{flips}{air}"
+    )
     if r.stop_message:
         print(f"  ended by the edge ({r.stop_reason}) after {len(r.tokens)} tokens: {r.stop_message}")
     print(f"  text: {r.text!r}")
@@ -363,15 +530,30 @@ def run_ue(args: argparse.Namespace, split_for_snr=None) -> int:
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
     client = build_client(args, model, tokenizer, split_for_snr)
     sm = client.split_model
-    header = {"model": args.model, "n_layers": sm.n_layers, "dtype": str(sm.dtype).removeprefix("torch."),
-              "device": str(sm.device), "edge": args.connect, "wire": args.wire, "link": args.link,
-              "snr_mean_db": args.snr_mean, "snr_std_db": args.snr_std, "snr_rho": args.snr_rho, "seed": args.seed,
-              "split": "policy" if split_for_snr else args.split, "protect": args.protect,
-              "max_new_tokens": args.max_new_tokens, "decode": client.decode}
+    header = {
+        "model": args.model,
+        "n_layers": sm.n_layers,
+        "dtype": str(sm.dtype).removeprefix("torch."),
+        "device": str(sm.device),
+        "edge": args.connect,
+        "wire": args.wire,
+        "link": args.link,
+        "snr_mean_db": args.snr_mean,
+        "snr_std_db": args.snr_std,
+        "snr_rho": args.snr_rho,
+        "seed": args.seed,
+        "split": "policy" if split_for_snr else args.split,
+        "protect": args.protect,
+        "max_new_tokens": args.max_new_tokens,
+        "decode": client.decode,
+    }
     if not args.json:
-        print(f"UE: model {args.model} ({sm.n_layers} decoder layers, {header['dtype']}, {sm.device}, "
-              f"{client.decode} decoding) -> edge "
-              f"{args.connect}; {describe_link(args)}; seed {args.seed}", flush=True)
+        print(
+            f"UE: model {args.model} ({sm.n_layers} decoder layers, {header['dtype']}, {sm.device}, "
+            f"{client.decode} decoding) -> edge "
+            f"{args.connect}; {describe_link(args)}; seed {args.seed}",
+            flush=True,
+        )
     reports, ended = [], None
     with client:
         for prompt in args.prompts:

@@ -20,6 +20,7 @@ the best static split paired by episode. The evaluation's measurements are kept 
 EVAL_MEASUREMENTS (one line each), so an interrupted evaluation resumes and policies that reach the
 same state share a measurement. Every constant below can be overridden from the command line.
 """
+
 from __future__ import annotations
 
 import json
@@ -55,37 +56,76 @@ TORCH_THREADS = 0  # 0: torch's default (the LLM forward uses every core)
 
 def parse_args(argv=None):
     p = cli.parser(__doc__)
-    cli.add_run_arguments(p, model=MODEL, seed=SEED,
-                          seed_help="seeds the agent, the environment's start states and the link's noise draws")
+    cli.add_run_arguments(
+        p,
+        model=MODEL,
+        seed=SEED,
+        seed_help="seeds the agent, the environment's start states and the link's noise draws",
+    )
     p.add_argument("--dataset", default=DATASET, help="evaluation text: wiki (embedded), wikitext-2 or a text file")
     p.add_argument("--tokens", type=positive_int, default=envs.LLM_TOKENS, help="tokens scored per step")
-    p.add_argument("--protect", type=non_negative_int, default=PROTECT, metavar="K",
-                   help="also send each token's K largest-magnitude elements over the protected path (they always "
-                        "arrive; add_noise.py --protect)")
+    p.add_argument(
+        "--protect",
+        type=non_negative_int,
+        default=PROTECT,
+        metavar="K",
+        help="also send each token's K largest-magnitude elements over the protected path (they always "
+        "arrive; add_noise.py --protect)",
+    )
     p.add_argument("--total-timesteps", type=positive_int, default=TOTAL_TIMESTEPS, help="environment steps")
     p.add_argument("--n-steps", type=positive_int, default=N_STEPS, help="PPO steps per update")
     p.add_argument("--batch", type=positive_int, default=BATCH, help="PPO minibatch")
-    p.add_argument("--checkpoint-every", type=non_negative_int, default=CHECKPOINT_EVERY, help="steps between checkpoints")
-    p.add_argument("--eval-episodes", type=non_negative_int, default=EVAL_EPISODES,
-                   help="evaluation episodes per policy, 0 to skip")
-    p.add_argument("--eval-only", action="store_true",
-                   help="no training: evaluate (the LLM-trained policy only if its run is finished) into --results")
-    p.add_argument("--best-static-episodes", type=positive_int, default=BEST_STATIC_EPISODES,
-                   help="training starts on which best-static picks its split")
-    p.add_argument("--compare", default=COMPARE,
-                   help="comma-separated LayerSplit-Paper-v0 run folders (PPO trained on the surrogate) whose policies are "
-                        "evaluated on the same LLM episodes; missing ones are skipped with a note, '' for none")
-    p.add_argument("--trust-zip", action="store_true",
-                   help="also read Stable-Baselines3's policy.zip saves (run folders without policy.safetensors): "
-                        "loading one unpickles it, which can run code stored in it; only for folders you made")
-    p.add_argument("--raw-observations", action="store_true",
-                   help="feed the policy raw observations, as the original (otherwise scaled to [-1, 1] by the bounds)")
-    p.add_argument("--episode-end", default=envs.EPISODE_END, choices=envs.EPISODE_ENDS,
-                   help="how an episode ends after its last step: terminate is the original's")
+    p.add_argument(
+        "--checkpoint-every", type=non_negative_int, default=CHECKPOINT_EVERY, help="steps between checkpoints"
+    )
+    p.add_argument(
+        "--eval-episodes",
+        type=non_negative_int,
+        default=EVAL_EPISODES,
+        help="evaluation episodes per policy, 0 to skip",
+    )
+    p.add_argument(
+        "--eval-only",
+        action="store_true",
+        help="no training: evaluate (the LLM-trained policy only if its run is finished) into --results",
+    )
+    p.add_argument(
+        "--best-static-episodes",
+        type=positive_int,
+        default=BEST_STATIC_EPISODES,
+        help="training starts on which best-static picks its split",
+    )
+    p.add_argument(
+        "--compare",
+        default=COMPARE,
+        help="comma-separated LayerSplit-Paper-v0 run folders (PPO trained on the surrogate) whose policies are "
+        "evaluated on the same LLM episodes; missing ones are skipped with a note, '' for none",
+    )
+    p.add_argument(
+        "--trust-zip",
+        action="store_true",
+        help="also read Stable-Baselines3's policy.zip saves (run folders without policy.safetensors): "
+        "loading one unpickles it, which can run code stored in it; only for folders you made",
+    )
+    p.add_argument(
+        "--raw-observations",
+        action="store_true",
+        help="feed the policy raw observations, as the original (otherwise scaled to [-1, 1] by the bounds)",
+    )
+    p.add_argument(
+        "--episode-end",
+        default=envs.EPISODE_END,
+        choices=envs.EPISODE_ENDS,
+        help="how an episode ends after its last step: terminate is the original's",
+    )
     p.add_argument("--run-dir", type=writable_dir, default=RUNS_DIR, help="parent folder of the run")
     p.add_argument("--results", type=writable_file, default=RESULTS, help="summary JSON")
-    p.add_argument("--torch-threads", type=cli.threads, default=TORCH_THREADS,
-                   help="torch threads, 0 for torch's default, at most this machine's CPUs")
+    p.add_argument(
+        "--torch-threads",
+        type=cli.threads,
+        default=TORCH_THREADS,
+        help="torch threads, 0 for torch's default, at most this machine's CPUs",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = p.parse_args(argv)
     if args.tokens < 2:  # the other counts are checked by their types
@@ -95,8 +135,10 @@ def parse_args(argv=None):
     # the summary is written beside the run, never over it: the run folder and the measurements are the run's
     results, run_dir = Path(args.results).absolute(), Path(args.run_dir).absolute()
     if results == run_dir / EVAL_MEASUREMENTS or run_dir / f"ppo_s{args.seed}" in results.parents:
-        p.error(f"--results {args.results} is one of the run's own files (in --run-dir {args.run_dir}): "
-                "give the summary another path")
+        p.error(
+            f"--results {args.results} is one of the run's own files (in --run-dir {args.run_dir}): "
+            "give the summary another path"
+        )
     return args
 
 
@@ -122,8 +164,9 @@ class Measurements(dict):
                     continue  # the empty last line, or one cut by a kill
                 super().__setitem__((seed, p, split), ppl)
             # rewritten without the torn line (renamed into place: a kill leaves the old file or the new one)
-            cli.write_text_atomic(path, "\n".join([json.dumps(settings), *(json.dumps([*k, v])
-                                                                          for k, v in self.items())]) + "\n")
+            cli.write_text_atomic(
+                path, "\n".join([json.dumps(settings), *(json.dumps([*k, v]) for k, v in self.items())]) + "\n"
+            )
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             cli.write_text_atomic(path, json.dumps(settings) + "\n")
@@ -143,8 +186,10 @@ def compared_policies(folders: str, trust_zip: bool = False) -> dict:
     found = {}
     for folder in filter(None, (f.strip() for f in folders.split(","))):
         if not (Path(folder) / training.CONFIG_FILE).is_file():
-            print(f"note: no surrogate-trained run at {folder}; not compared (train it: python train_rsm.py train)",
-                  file=sys.stderr)
+            print(
+                f"note: no surrogate-trained run at {folder}; not compared (train it: python train_rsm.py train)",
+                file=sys.stderr,
+            )
             continue
         if training.run_config(folder)["env"] != "LayerSplit-Paper-v0":
             raise UserError(f"--compare {folder}: not a LayerSplit-Paper-v0 run")
@@ -167,12 +212,18 @@ def evaluate(model, env_kwargs: dict, args, compared: dict) -> dict:
     env = envs.make("LayerSplit-LLM-v0", **env_kwargs, measurements=measurements)
     best_static = policies.BestStatic(env.unwrapped, args.best_static_episodes)
     learned = {"learned (LLM in the loop)": policies.learned(model)} if model is not None else {}
-    candidates = {**learned, **compared,
-                  "fixed": policies.baseline("fixed", env.unwrapped), "best-static": best_static,
-                  "random": policies.baseline("random", env.unwrapped, args.seed)}
+    candidates = {
+        **learned,
+        **compared,
+        "fixed": policies.baseline("fixed", env.unwrapped),
+        "best-static": best_static,
+        "random": policies.baseline("random", env.unwrapped, args.seed),
+    }
     returns = {}
-    print(f"LayerSplit-LLM-v0: mean return over the same {args.eval_episodes} episodes, 95% interval over episodes; "
-          "gaps paired by episode")
+    print(
+        f"LayerSplit-LLM-v0: mean return over the same {args.eval_episodes} episodes, 95% interval over episodes; "
+        "gaps paired by episode"
+    )
     for name, policy in candidates.items():
         result = policies.evaluate(env, policy, args.eval_episodes, seed=EVAL_SEED)
         mean, half = policies.confidence_interval(result.returns)
@@ -182,14 +233,23 @@ def evaluate(model, env_kwargs: dict, args, compared: dict) -> dict:
             gap, gap_half = policies.confidence_interval(np.subtract(r["per_episode"], returns[other]["per_episode"]))
             r[f"minus_{other.replace('-', '_')}"], r[f"minus_{other.replace('-', '_')}_ci95"] = gap, gap_half
         label = f"best-static ({best_static.choice})" if name == "best-static" else name
-        print(f"  {label:28s} {r['mean']:9.3f} +- {r['ci95']:7.3f}   - fixed {r['minus_fixed']:+8.3f} +- "
-              f"{r['minus_fixed_ci95']:7.3f}   - best static {r['minus_best_static']:+8.3f} +- "
-              f"{r['minus_best_static_ci95']:7.3f}   splits of episode 0: {r['splits'][0]}")
+        print(
+            f"  {label:28s} {r['mean']:9.3f} +- {r['ci95']:7.3f}   - fixed {r['minus_fixed']:+8.3f} +- "
+            f"{r['minus_fixed_ci95']:7.3f}   - best static {r['minus_best_static']:+8.3f} +- "
+            f"{r['minus_best_static_ci95']:7.3f}   splits of episode 0: {r['splits'][0]}"
+        )
     env.close()
-    return {"episodes": args.eval_episodes, "eval_seed": EVAL_SEED, "measurements": len(measurements),
-            "returns": returns,
-            "best_static": {"choice": best_static.choice, "training_starts": args.best_static_episodes,
-                            "scores": best_static.scores}}
+    return {
+        "episodes": args.eval_episodes,
+        "eval_seed": EVAL_SEED,
+        "measurements": len(measurements),
+        "returns": returns,
+        "best_static": {
+            "choice": best_static.choice,
+            "training_starts": args.best_static_episodes,
+            "scores": best_static.scores,
+        },
+    }
 
 
 def run(args) -> int:
@@ -201,24 +261,53 @@ def run(args) -> int:
     keep_freed_memory()
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
-    env_kwargs = {"model": args.model, "dataset": args.dataset, "tokens": args.tokens, "context_length": args.tokens,
-                  "device": args.device, "dtype": args.dtype, "episode_end": args.episode_end,
-                  **({"protect": args.protect} if args.protect else {})}
+    env_kwargs = {
+        "model": args.model,
+        "dataset": args.dataset,
+        "tokens": args.tokens,
+        "context_length": args.tokens,
+        "device": args.device,
+        "dtype": args.dtype,
+        "episode_end": args.episode_end,
+        **({"protect": args.protect} if args.protect else {}),
+    }
     run = Path(args.run_dir) / f"ppo_s{args.seed}"
     # the surrogate-trained policies are read first: a folder refused stops the run before any work
     compared = compared_policies(args.compare, args.trust_zip) if args.eval_episodes else {}
     if args.eval_only:
         return evaluate_only(run, env_kwargs, args, compared)
-    print(f"PPO on LayerSplit-LLM-v0 ({args.model}, {args.tokens} tokens per step), {args.total_timesteps} steps "
-          f"-> {run}", file=sys.stderr)
-    model, summary = training.train("LayerSplit-LLM-v0", "ppo", run, args.total_timesteps, args.seed, 1,
-                                    {"n_steps": args.n_steps, "batch_size": args.batch}, env_kwargs,
-                                    args.checkpoint_every, progress=not args.no_progress,
-                                    scale_observations=not args.raw_observations, trust_zip=args.trust_zip)
-    print(f"{summary['timesteps']} steps in {summary['wall_s']:.1f} s: {summary['seconds_per_step']:.3f} s per "
-          f"environment step (PPO updates included)")
-    report = {"model": args.model, "dataset": args.dataset, "tokens_per_step": args.tokens, "protect": args.protect, "seed": args.seed,
-              "run": str(run), **summary}
+    print(
+        f"PPO on LayerSplit-LLM-v0 ({args.model}, {args.tokens} tokens per step), {args.total_timesteps} steps "
+        f"-> {run}",
+        file=sys.stderr,
+    )
+    model, summary = training.train(
+        "LayerSplit-LLM-v0",
+        "ppo",
+        run,
+        args.total_timesteps,
+        args.seed,
+        1,
+        {"n_steps": args.n_steps, "batch_size": args.batch},
+        env_kwargs,
+        args.checkpoint_every,
+        progress=not args.no_progress,
+        scale_observations=not args.raw_observations,
+        trust_zip=args.trust_zip,
+    )
+    print(
+        f"{summary['timesteps']} steps in {summary['wall_s']:.1f} s: {summary['seconds_per_step']:.3f} s per "
+        f"environment step (PPO updates included)"
+    )
+    report = {
+        "model": args.model,
+        "dataset": args.dataset,
+        "tokens_per_step": args.tokens,
+        "protect": args.protect,
+        "seed": args.seed,
+        "run": str(run),
+        **summary,
+    }
     if args.eval_episodes:
         report["evaluation"] = evaluate(model, env_kwargs, args, compared)
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
@@ -232,12 +321,15 @@ def evaluate_only(run: Path, env_kwargs: dict, args, compared: dict) -> int:
     from layersplit import training
 
     model = None
-    if (run / training.SUMMARY_FILE).is_file() and any((run / f).is_file() for f in (training.POLICY_FILE,
-                                                                                   training.SB3_POLICY_FILE)):
+    if (run / training.SUMMARY_FILE).is_file() and any(
+        (run / f).is_file() for f in (training.POLICY_FILE, training.SB3_POLICY_FILE)
+    ):
         model = training.load_policy(run, trust_zip=args.trust_zip)
     else:
-        print(f"note: no finished LLM-trained policy at {run}: evaluating the others (train it: python train.py)",
-              file=sys.stderr)
+        print(
+            f"note: no finished LLM-trained policy at {run}: evaluating the others (train it: python train.py)",
+            file=sys.stderr,
+        )
     results = Path(args.results)
     report = {}
     if results.is_file():

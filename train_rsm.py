@@ -1,13 +1,14 @@
 """Model-based RL for the split point: fit the reward surrogate (RSM), train agents on it, evaluate them.
 
-    python train_rsm.py fit                        # sweep CSVs -> reward_predictor.pth (+ _wireless, _protect), held-out R2/MAE
+    python train_rsm.py fit      # sweep CSVs -> reward_predictor.pth (+ _wireless, _protect), held-out R2/MAE
     python train_rsm.py train                      # PPO on LayerSplit-Paper-v0, the original's settings, + evaluation
     python train_rsm.py train --seeds 0,1,2 --algo a2c
     python train_rsm.py train --seeds 0,1,2 --algo ppo,a2c,dqn --ray   # 9 runs as Ray tasks, one CPU each
     python train_rsm.py tune --samples 16 --budget 60000      # Ray Tune (ASHA) over PPO's hyperparameters
     python train_rsm.py train --env LayerSplit-Wireless-v0 --total-timesteps 100000
     python train_rsm.py train --env LayerSplit-Protect-v0 --total-timesteps 200000   # K of the protected path too
-    python train_rsm.py train --rsm ../shared/reference/authors_reward_predictor.pth --run-dir runs/authors --name rl_paper_ppo_authors
+    python train_rsm.py train --rsm ../shared/reference/authors_reward_predictor.pth \
+        --run-dir runs/authors --name rl_paper_ppo_authors
     python train_rsm.py evaluate runs/LayerSplit-Paper-v0/ppo_s0 runs/LayerSplit-Paper-v0/ppo_s1
     tensorboard --logdir runs
 
@@ -24,6 +25,7 @@ the surrogate, scored as the share of the exact optimum, stopping poor trials ea
 configuration is printed and saved to results/tune_ppo.json. Every constant below can be overridden
 from the command line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -96,23 +98,28 @@ def cmd_fit(args) -> int:
     for _, sweep_option, _, _ in FIT_FORMS:  # every input before the first fit: a bad last one wastes no work
         if getattr(args, sweep_option):
             surrogate.check_sweep(getattr(args, sweep_option))
-    for form, sweep_path, out, report in (("paper", args.sweep, args.output, "paper"),
-                                          ("wireless", args.wireless_sweep, args.wireless_output, "wireless"),
-                                          ("protect", args.protect_sweep, args.protect_output, "protect"),
-                                          ("wireless", args.nr_wireless_sweep, args.nr_wireless_output, "wireless_nr")):
+    for form, sweep_path, out, report in (
+        ("paper", args.sweep, args.output, "paper"),
+        ("wireless", args.wireless_sweep, args.wireless_output, "wireless"),
+        ("protect", args.protect_sweep, args.protect_output, "protect"),
+        ("wireless", args.nr_wireless_sweep, args.nr_wireless_output, "wireless_nr"),
+    ):
         if not sweep_path:
             continue
         start = time.perf_counter()
-        rsm, cells = surrogate.fit_from_sweep(form, sweep_path, seed=args.seed, epochs=args.epochs, holdout=args.holdout,
-                                                 repeats=args.holdout_repeats)
+        rsm, cells = surrogate.fit_from_sweep(
+            form, sweep_path, seed=args.seed, epochs=args.epochs, holdout=args.holdout, repeats=args.holdout_repeats
+        )
         rsm.metadata["fit_seconds"] = time.perf_counter() - start
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         rsm.save(out)
         Path(args.results_dir).mkdir(parents=True, exist_ok=True)
         cells_path = Path(args.results_dir) / f"rsm_fit_{report}.csv"
         cli.write_text_atomic(cells_path, cells.to_csv(index=False))
-        cli.write_text_atomic(Path(args.results_dir) / f"rsm_fit_{report}.json", json.dumps(
-            {"metadata": rsm.metadata, "metrics": rsm.metrics}, indent=2))
+        cli.write_text_atomic(
+            Path(args.results_dir) / f"rsm_fit_{report}.json",
+            json.dumps({"metadata": rsm.metadata, "metrics": rsm.metrics}, indent=2),
+        )
         print(surrogate.describe(rsm))
         print(f"  -> {out}; cells and predictions in {cells_path} ({rsm.metadata['fit_seconds']:.1f} s)")
     return 0
@@ -134,8 +141,10 @@ def cmd_train(args) -> int:
     algos = [a.strip() for a in args.algo.split(",") if a.strip()]
     unknown = [a for a in algos if a not in training.ALGOS] or ([] if algos else [args.algo])
     if unknown:
-        raise UserError(f"unknown algorithm {unknown[0]!r} in --algo: use one or more of {', '.join(training.ALGOS)}, "
-                        "comma-separated")
+        raise UserError(
+            f"unknown algorithm {unknown[0]!r} in --algo: use one or more of {', '.join(training.ALGOS)}, "
+            "comma-separated"
+        )
     if len(algos) > 1 and args.name and "{algo}" not in args.name:
         raise UserError("--name needs {algo} in it with several --algo, e.g. rl_paper_{algo}_authors")
     env_kwargs = env_kwargs_for(args.env, args.rsm, args.episode_end)
@@ -147,15 +156,30 @@ def cmd_train(args) -> int:
             raise UserError(f"run folder {e}") from None
         if run.is_dir():
             training.run_saves(run, args.trust_zip)  # a folder of zips alone is refused before any training
-    jobs = [dict(env_id=args.env, algo=algo, run_dir=str(run_dir(args, algo, seed)), total_timesteps=args.total_timesteps,
-                 seed=seed, n_envs=args.n_envs, checkpoint_every=args.checkpoint_every, env_kwargs=env_kwargs,
-                 hyperparameters=hyperparameters(algo, args.n_envs, args.rollout, args.batch, args.gamma),
-                 progress=not args.no_progress and not args.ray, scale_observations=not args.raw_observations,
-                 trust_zip=args.trust_zip)
-            for algo in algos for seed in seeds]
+    jobs = [
+        dict(
+            env_id=args.env,
+            algo=algo,
+            run_dir=str(run_dir(args, algo, seed)),
+            total_timesteps=args.total_timesteps,
+            seed=seed,
+            n_envs=args.n_envs,
+            checkpoint_every=args.checkpoint_every,
+            env_kwargs=env_kwargs,
+            hyperparameters=hyperparameters(algo, args.n_envs, args.rollout, args.batch, args.gamma),
+            progress=not args.no_progress and not args.ray,
+            scale_observations=not args.raw_observations,
+            trust_zip=args.trust_zip,
+        )
+        for algo in algos
+        for seed in seeds
+    ]
     for job in jobs:
-        print(f"training {job['algo']} on {args.env}, seed {job['seed']}, {args.total_timesteps} steps -> "
-              f"{job['run_dir']}{' (a Ray task)' if args.ray else ''}", file=sys.stderr)
+        print(
+            f"training {job['algo']} on {args.env}, seed {job['seed']}, {args.total_timesteps} steps -> "
+            f"{job['run_dir']}{' (a Ray task)' if args.ray else ''}",
+            file=sys.stderr,
+        )
     if args.ray:
         from layersplit import distributed
 
@@ -164,13 +188,17 @@ def cmd_train(args) -> int:
     else:
         summaries = [training.train(**job)[1] for job in jobs]
     for job, summary in zip(jobs, summaries):
-        print(f"  {job['algo']} seed {job['seed']}: {summary['wall_s']:.1f} s, {summary['steps_per_s']:.0f} steps/s",
-              file=sys.stderr)
+        print(
+            f"  {job['algo']} seed {job['seed']}: {summary['wall_s']:.1f} s, {summary['steps_per_s']:.0f} steps/s",
+            file=sys.stderr,
+        )
     if args.eval_episodes:
         for algo in algos:
             name = args.name.format(algo=algo) if args.name else None
-            evaluate_runs([Path(j["run_dir"]) for j in jobs if j["algo"] == algo],
-                          argparse.Namespace(**{**vars(args), "algo": algo, "name": name}))
+            evaluate_runs(
+                [Path(j["run_dir"]) for j in jobs if j["algo"] == algo],
+                argparse.Namespace(**{**vars(args), "algo": algo, "name": name}),
+            )
     return 0
 
 
@@ -193,26 +221,50 @@ def cmd_tune(args) -> int:
     from layersplit import distributed
 
     if args.report_every > args.budget:
-        raise UserError(f"--report-every {args.report_every} is beyond --budget {args.budget}: a trial would never be scored")
+        raise UserError(
+            f"--report-every {args.report_every} is beyond --budget {args.budget}: a trial would never be scored"
+        )
     env_kwargs = env_kwargs_for("LayerSplit-Paper-v0", args.rsm)
     envs.make("LayerSplit-Paper-v0", **env_kwargs).close()  # a bad surrogate fails here
     distributed.connect(args.ray)
-    print(f"tuning PPO on LayerSplit-Paper-v0: {args.samples} configurations, up to {args.budget} steps each, "
-          f"scored every {args.report_every} steps (ASHA stops the poor ones)", file=sys.stderr)
+    print(
+        f"tuning PPO on LayerSplit-Paper-v0: {args.samples} configurations, up to {args.budget} steps each, "
+        f"scored every {args.report_every} steps (ASHA stops the poor ones)",
+        file=sys.stderr,
+    )
     start = time.perf_counter()
-    found = distributed.tune_ppo(env_kwargs, args.samples, args.budget, args.report_every, args.eval_episodes,
-                                 args.eval_seed, BATCH, args.seed, args.runs_dir)
-    found.update(samples=args.samples, budget=args.budget, report_every=args.report_every,
-                 eval_episodes=args.eval_episodes, rsm=str(args.rsm or "default"), wall_s=time.perf_counter() - start)
+    found = distributed.tune_ppo(
+        env_kwargs,
+        args.samples,
+        args.budget,
+        args.report_every,
+        args.eval_episodes,
+        args.eval_seed,
+        BATCH,
+        args.seed,
+        args.runs_dir,
+    )
+    found.update(
+        samples=args.samples,
+        budget=args.budget,
+        report_every=args.report_every,
+        eval_episodes=args.eval_episodes,
+        rsm=str(args.rsm or "default"),
+        wall_s=time.perf_counter() - start,
+    )
     path = Path(args.results_dir) / "tune_ppo.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     cli.write_text_atomic(path, json.dumps(found, indent=2, default=float))
     for trial in sorted(found["trials"], key=lambda t: -(t[distributed.TUNE_METRIC] or -1)):
         score = trial[distributed.TUNE_METRIC]
-        print(f"  {'n/a' if score is None else f'{100 * score:6.2f}%'} of the optimum after {trial['timesteps']} steps: "
-              f"{trial['config']}")
-    print(f"best: {100 * found['best']:.2f}% of the optimum with {found['best_config']} -> {path} "
-          f"({found['wall_s']:.0f} s)")
+        print(
+            f"  {'n/a' if score is None else f'{100 * score:6.2f}%'} of the optimum after {trial['timesteps']} steps: "
+            f"{trial['config']}"
+        )
+    print(
+        f"best: {100 * found['best']:.2f}% of the optimum with {found['best_config']} -> {path} "
+        f"({found['wall_s']:.0f} s)"
+    )
     return 0
 
 
@@ -221,13 +273,24 @@ def evaluate_runs(runs: list[Path], args) -> int:
 
     env_kwargs = env_kwargs_for(args.env, args.rsm, args.episode_end)
     env = envs.make(args.env, **env_kwargs)
-    names = ["learned", *(b for b in policies.BASELINES if (b != "greedy" or args.env not in envs.SNR_ENV_IDS)
-                          and (b not in policies.PAPER_ONLY or args.env == "LayerSplit-Paper-v0"))]
+    names = [
+        "learned",
+        *(
+            b
+            for b in policies.BASELINES
+            if (b != "greedy" or args.env not in envs.SNR_ENV_IDS)
+            and (b not in policies.PAPER_ONLY or args.env == "LayerSplit-Paper-v0")
+        ),
+    ]
     means = {name: [] for name in names}
     models = [training.load_policy(r, trust_zip=args.trust_zip) for r in runs]
     summaries = [training.read_json(r / training.SUMMARY_FILE) for r in runs]
     best_static = policies.BestStatic(env.unwrapped)  # chosen once, on training starts
-    per_start = policies.BestStaticPerStart(env.unwrapped, best_static=best_static) if "best-static-per-start" in names else None
+    per_start = (
+        policies.BestStaticPerStart(env.unwrapped, best_static=best_static)
+        if "best-static-per-start" in names
+        else None
+    )
     for k, model in enumerate(models):  # evaluation seed k: the same episodes for every policy
         seed = args.eval_seed + 1000 * k
         for name in names:
@@ -243,35 +306,72 @@ def evaluate_runs(runs: list[Path], args) -> int:
     env.close()
     optimum = means.get("optimum")
     table = {}
-    print(f"\n{args.env}: mean return over {args.eval_episodes} episodes, {policies.CONFIDENCE:.0%} interval over "
-          f"{len(models)} seed(s)")
+    print(
+        f"\n{args.env}: mean return over {args.eval_episodes} episodes, {policies.CONFIDENCE:.0%} interval over "
+        f"{len(models)} seed(s)"
+    )
     for name, values in means.items():
         mean, half = policies.confidence_interval(values)
         # each seed's share of the optimum on its own episodes, then the interval over seeds
         share, share_half, shares = policies.share_of_optimum(values, optimum) if optimum else (np.nan, np.nan, [])
         # paired with the learned policy: seed k of both played the same episodes
         gap, gap_half = policies.confidence_interval(np.subtract(means["learned"], values))
-        table[name] = {"mean": mean, "ci95": half, "per_seed": values, "share_of_optimum": share,
-                       "share_ci95": share_half, "share_per_seed": shares,
-                       "learned_minus_this": gap, "learned_minus_this_ci95": gap_half}
+        table[name] = {
+            "mean": mean,
+            "ci95": half,
+            "per_seed": values,
+            "share_of_optimum": share,
+            "share_ci95": share_half,
+            "share_per_seed": shares,
+            "learned_minus_this": gap,
+            "learned_minus_this_ci95": gap_half,
+        }
         label = f"{args.algo} (learned)" if name == "learned" else name
         label = f"best-static ({best_static.choice})" if name == "best-static" else label
         label = "best-static-per-start (p-blind)" if name == "best-static-per-start" else label
         versus = "" if name == "learned" else f"   learned - this: {gap:+.4f} +- {gap_half:.4f}"
-        print(f"  {label:34s} {mean:9.4f} +- {half:.4f}   {100 * share:6.2f}% +- {100 * share_half:.2f} of optimum"
-              f"{versus}")
+        print(
+            f"  {label:34s} {mean:9.4f} +- {half:.4f}   {100 * share:6.2f}% +- {100 * share_half:.2f} of optimum"
+            f"{versus}"
+        )
     stem = args.name or f"rl_{args.env.removeprefix('LayerSplit-').removesuffix('-v0').lower()}_{args.algo}"
     results = Path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)
-    cli.write_text_atomic(results / f"{stem}.json", json.dumps({
-        "env": args.env, "algo": args.algo, "rsm": str(args.rsm or "default"), "runs": [str(r) for r in runs],
-        "eval_episodes": args.eval_episodes, "returns": table, "episode_end": env_kwargs["episode_end"],
-        "best_static": {"choice": best_static.choice, "training_starts": policies.BEST_STATIC_EPISODES,
-                        "scores": best_static.scores},
-        **({"best_static_per_start": {"choices": {str(k): v for k, v in per_start.choices.items()},
-                                      "training_starts": policies.BEST_STATIC_EPISODES}} if per_start else {}),
-        "training": {"wall_s": [s["wall_s"] for s in summaries], "steps_per_s": [s["steps_per_s"] for s in summaries],
-                     "timesteps": [s["timesteps"] for s in summaries]}}, indent=2))
+    cli.write_text_atomic(
+        results / f"{stem}.json",
+        json.dumps(
+            {
+                "env": args.env,
+                "algo": args.algo,
+                "rsm": str(args.rsm or "default"),
+                "runs": [str(r) for r in runs],
+                "eval_episodes": args.eval_episodes,
+                "returns": table,
+                "episode_end": env_kwargs["episode_end"],
+                "best_static": {
+                    "choice": best_static.choice,
+                    "training_starts": policies.BEST_STATIC_EPISODES,
+                    "scores": best_static.scores,
+                },
+                **(
+                    {
+                        "best_static_per_start": {
+                            "choices": {str(k): v for k, v in per_start.choices.items()},
+                            "training_starts": policies.BEST_STATIC_EPISODES,
+                        }
+                    }
+                    if per_start
+                    else {}
+                ),
+                "training": {
+                    "wall_s": [s["wall_s"] for s in summaries],
+                    "steps_per_s": [s["steps_per_s"] for s in summaries],
+                    "timesteps": [s["timesteps"] for s in summaries],
+                },
+            },
+            indent=2,
+        ),
+    )
     write_curves(runs, results / f"{stem}_curves.csv", args)
     write_policy_map(models, results / f"{stem}_policy.csv", args, env_kwargs, best_static)
     print(f"results in {results}/{stem}.json, {stem}_curves.csv, {stem}_policy.csv")
@@ -291,8 +391,16 @@ def write_curves(runs: list[Path], path: Path, args) -> None:
         edges = np.linspace(0, log["timesteps"].max(), CURVE_POINTS + 1)
         log["bin"] = np.clip(np.searchsorted(edges, log["timesteps"], side="left"), 1, CURVE_POINTS)
         for b, group in log.groupby("bin"):
-            rows.append({"env": args.env, "algo": args.algo, "seed": seed, "timesteps": int(edges[b]),
-                         "mean_return": float(group["return"].mean()), "episodes": len(group)})
+            rows.append(
+                {
+                    "env": args.env,
+                    "algo": args.algo,
+                    "seed": seed,
+                    "timesteps": int(edges[b]),
+                    "mean_return": float(group["return"].mean()),
+                    "episodes": len(group),
+                }
+            )
     cli.write_text_atomic(path, pd.DataFrame(rows).to_csv(index=False))
 
 
@@ -306,19 +414,28 @@ def write_policy_map(models, path: Path, args, env_kwargs, best_static) -> None:
         return
     rows = []
     for k, model in enumerate(models):
-        rows += [{"policy": f"{args.algo}_s{k}", **r}
-                 for r in policies.split_versus_condition(args.env, lambda env, m=model: policies.learned(m), env_kwargs)]
-    rows += [{"policy": "optimum", **r}
-             for r in policies.split_versus_condition(args.env, lambda env: policies.baseline("optimum", env), env_kwargs)]
-    rows += [{"policy": "best-static", **r}
-             for r in policies.split_versus_condition(args.env, lambda env: best_static, env_kwargs)]
+        rows += [
+            {"policy": f"{args.algo}_s{k}", **r}
+            for r in policies.split_versus_condition(args.env, lambda env, m=model: policies.learned(m), env_kwargs)
+        ]
+    rows += [
+        {"policy": "optimum", **r}
+        for r in policies.split_versus_condition(args.env, lambda env: policies.baseline("optimum", env), env_kwargs)
+    ]
+    rows += [
+        {"policy": "best-static", **r}
+        for r in policies.split_versus_condition(args.env, lambda env: best_static, env_kwargs)
+    ]
     cli.write_text_atomic(path, pd.DataFrame(rows).to_csv(index=False))
 
 
 # --- command line --------------------------------------------------------------------------------
-FIT_FORMS = (("paper", "sweep", "output", "paper"), ("wireless", "wireless_sweep", "wireless_output", "wireless"),
-             ("protect", "protect_sweep", "protect_output", "protect"),
-             ("wireless", "nr_wireless_sweep", "nr_wireless_output", "wireless_nr"))  # form, input, output, report
+FIT_FORMS = (
+    ("paper", "sweep", "output", "paper"),
+    ("wireless", "wireless_sweep", "wireless_output", "wireless"),
+    ("protect", "protect_sweep", "protect_output", "protect"),
+    ("wireless", "nr_wireless_sweep", "nr_wireless_output", "wireless_nr"),
+)  # form, input, output, report
 
 
 def check_fit_outputs(args) -> None:
@@ -328,13 +445,16 @@ def check_fit_outputs(args) -> None:
     for _, sweep_option, out_option, report in FIT_FORMS:
         if not getattr(args, sweep_option):
             continue
-        for option, path in ((f"--{out_option.replace('_', '-')}", getattr(args, out_option)),
-                             (f"report rsm_fit_{report}.csv", Path(args.results_dir) / f"rsm_fit_{report}.csv"),
-                             (f"report rsm_fit_{report}.json", Path(args.results_dir) / f"rsm_fit_{report}.json")):
+        for option, path in (
+            (f"--{out_option.replace('_', '-')}", getattr(args, out_option)),
+            (f"report rsm_fit_{report}.csv", Path(args.results_dir) / f"rsm_fit_{report}.csv"),
+            (f"report rsm_fit_{report}.json", Path(args.results_dir) / f"rsm_fit_{report}.json"),
+        ):
             path = Path(path).resolve()
             if path in inputs:
-                raise UserError(f"{option} {path} is the input --{inputs[path].replace('_', '-')}: "
-                                "a fit never writes over a sweep")
+                raise UserError(
+                    f"{option} {path} is the input --{inputs[path].replace('_', '-')}: a fit never writes over a sweep"
+                )
             if written.setdefault(path, option) != option:
                 raise UserError(f"{option} {path} is also {written[path]}: give each file written its own path")
 
@@ -344,8 +464,9 @@ def result_stem(text: str) -> str:
     try:
         stem = text.format(algo="ppo")
     except (KeyError, IndexError, ValueError) as e:
-        raise argparse.ArgumentTypeError(f"{text!r}: only {{algo}} may stand in braces ({type(e).__name__}: {e})") \
-            from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: only {{algo}} may stand in braces ({type(e).__name__}: {e})"
+        ) from None
     if not stem.strip() or "/" in stem or "\\" in stem or stem in (".", ".."):
         raise argparse.ArgumentTypeError(f"{text!r}: give a file stem, not a path (the files go to --results-dir)")
     return text
@@ -356,28 +477,59 @@ def parse_args(argv=None):
     sub = p.add_subparsers(dest="command", required=True)
     f = sub.add_parser("fit", help="fit the reward surrogates from sweep results", formatter_class=cli.HelpFormatter)
     f.add_argument("--sweep", default=SWEEP, help="sweep of the original link for the paper form ('' to skip)")
-    f.add_argument("--wireless-sweep", default=WIRELESS_SWEEP, help="sweep with --snrs/--withheld for the wireless form ('' to skip)")
+    f.add_argument(
+        "--wireless-sweep",
+        default=WIRELESS_SWEEP,
+        help="sweep with --snrs/--withheld for the wireless form ('' to skip)",
+    )
     f.add_argument("--output", type=writable_file, default=str(envs.PAPER_RSM), help="paper-form surrogate file")
-    f.add_argument("--wireless-output", type=writable_file, default=str(envs.WIRELESS_RSM), help="wireless-form surrogate file")
-    f.add_argument("--protect-sweep", default=PROTECT_SWEEP,
-                   help="sweep with --snrs/--withheld/--protects for the protect form ('' to skip)")
-    f.add_argument("--protect-output", type=writable_file, default=str(envs.PROTECT_RSM), help="protect-form surrogate file")
-    f.add_argument("--nr-wireless-sweep", default=NR_WIRELESS_SWEEP,
-                   help="the wireless grid swept over the 5G NR link (add_noise.py --link nr) for its wireless form ('' to skip)")
-    f.add_argument("--nr-wireless-output", type=writable_file, default=str(envs.WIRELESS_NR_RSM),
-                   help="the NR link's wireless-form surrogate file")
+    f.add_argument(
+        "--wireless-output", type=writable_file, default=str(envs.WIRELESS_RSM), help="wireless-form surrogate file"
+    )
+    f.add_argument(
+        "--protect-sweep",
+        default=PROTECT_SWEEP,
+        help="sweep with --snrs/--withheld/--protects for the protect form ('' to skip)",
+    )
+    f.add_argument(
+        "--protect-output", type=writable_file, default=str(envs.PROTECT_RSM), help="protect-form surrogate file"
+    )
+    f.add_argument(
+        "--nr-wireless-sweep",
+        default=NR_WIRELESS_SWEEP,
+        help="the wireless grid swept over the 5G NR link (add_noise.py --link nr) for its wireless form ('' to skip)",
+    )
+    f.add_argument(
+        "--nr-wireless-output",
+        type=writable_file,
+        default=str(envs.WIRELESS_NR_RSM),
+        help="the NR link's wireless-form surrogate file",
+    )
     f.add_argument("--epochs", type=positive_int, default=surrogate.EPOCHS, help="full-batch Adam steps")
-    f.add_argument("--holdout", type=open_fraction, default=surrogate.HOLDOUT_FRACTION,
-                   help="share of sweep cells held out to measure the fit")
-    f.add_argument("--holdout-repeats", type=non_negative_int, default=surrogate.HOLDOUT_REPEATS,
-                   help="further held-out draws whose R2 is reported as a spread (0: none); the shipped fit is unchanged")
+    f.add_argument(
+        "--holdout",
+        type=open_fraction,
+        default=surrogate.HOLDOUT_FRACTION,
+        help="share of sweep cells held out to measure the fit",
+    )
+    f.add_argument(
+        "--holdout-repeats",
+        type=non_negative_int,
+        default=surrogate.HOLDOUT_REPEATS,
+        help="further held-out draws whose R2 is reported as a spread (0: none); the shipped fit is unchanged",
+    )
     f.add_argument("--seed", type=cli.seed, default=FIT_SEED, help="seed of the held-out draw and the initial weights")
     f.add_argument("--results-dir", type=writable_dir, default=RESULTS_DIR, help="where fit reports go")
-    t = sub.add_parser("tune", help="search PPO's hyperparameters with Ray Tune (ASHA) on the surrogate",
-                       formatter_class=cli.HelpFormatter)
+    t = sub.add_parser(
+        "tune",
+        help="search PPO's hyperparameters with Ray Tune (ASHA) on the surrogate",
+        formatter_class=cli.HelpFormatter,
+    )
     t.add_argument("--samples", type=positive_int, default=TUNE_SAMPLES, help="configurations tried")
     t.add_argument("--budget", type=positive_int, default=TUNE_BUDGET, help="environment steps of a full trial")
-    t.add_argument("--report-every", type=positive_int, default=TUNE_REPORT_EVERY, help="steps between a trial's scores")
+    t.add_argument(
+        "--report-every", type=positive_int, default=TUNE_REPORT_EVERY, help="steps between a trial's scores"
+    )
     t.add_argument("--eval-episodes", type=positive_int, default=TUNE_EVAL_EPISODES, help="episodes per score")
     t.add_argument("--eval-seed", type=cli.seed, default=EVAL_SEED, help="first reset seed of the scoring episodes")
     t.add_argument("--seed", type=cli.seed, default=0, help="seeds the search and every trial's training")
@@ -385,47 +537,92 @@ def parse_args(argv=None):
     t.add_argument("--ray", default="local", metavar="ADDRESS", help=ADDRESS_HELP)
     t.add_argument("--runs-dir", type=writable_dir, default=f"{RUNS_DIR}/tune", help="where Ray Tune keeps the trials")
     t.add_argument("--results-dir", type=writable_dir, default=RESULTS_DIR, help="where tune_ppo.json goes")
-    for name, helptext in (("train", "train agents on an environment, then evaluate them"),
-                           ("evaluate", "evaluate trained runs against the baselines")):
+    for name, helptext in (
+        ("train", "train agents on an environment, then evaluate them"),
+        ("evaluate", "evaluate trained runs against the baselines"),
+    ):
         s = sub.add_parser(name, help=helptext, formatter_class=cli.HelpFormatter)
         if name == "train":
             s.add_argument("--env", default=ENV, help=", ".join(envs.ENV_IDS))
-            s.add_argument("--algo", default=ALGO, help="ppo (the paper's), a2c or dqn (Stable-Baselines3); several "
-                                                        "comma-separated, each evaluated on its own")
+            s.add_argument(
+                "--algo",
+                default=ALGO,
+                help="ppo (the paper's), a2c or dqn (Stable-Baselines3); several "
+                "comma-separated, each evaluated on its own",
+            )
             s.add_argument("--seeds", type=cli.seeds, default=SEEDS, help="comma-separated training seeds")
             s.add_argument("--seed", dest="seeds", type=cli.seeds, help="one training seed (same as --seeds N)")
-            s.add_argument("--total-timesteps", type=positive_int, default=TOTAL_TIMESTEPS, help="environment steps per seed")
+            s.add_argument(
+                "--total-timesteps", type=positive_int, default=TOTAL_TIMESTEPS, help="environment steps per seed"
+            )
             s.add_argument("--n-envs", type=positive_int, default=N_ENVS, help="vectorised environments")
-            s.add_argument("--rollout", type=positive_int, default=ROLLOUT, help="PPO steps per update over all environments")
+            s.add_argument(
+                "--rollout", type=positive_int, default=ROLLOUT, help="PPO steps per update over all environments"
+            )
             s.add_argument("--batch", type=positive_int, default=BATCH, help="PPO minibatch")
-            s.add_argument("--checkpoint-every", type=non_negative_int, default=CHECKPOINT_EVERY,
-                           help="steps between checkpoints, 0 for none")
+            s.add_argument(
+                "--checkpoint-every",
+                type=non_negative_int,
+                default=CHECKPOINT_EVERY,
+                help="steps between checkpoints, 0 for none",
+            )
             s.add_argument("--gamma", type=discount, default=GAMMA, help="discount (SB3's and the original's: 0.99)")
-            s.add_argument("--raw-observations", action="store_true",
-                           help="feed the policy raw observations, as the original (otherwise scaled to [-1, 1] by the bounds)")
-            s.add_argument("--episode-end", default=envs.EPISODE_END, choices=envs.EPISODE_ENDS,
-                           help="how an episode ends after its last step: terminate is the original's; truncate makes "
-                                "SB3 bootstrap from the last state")
-            s.add_argument("--run-dir", type=writable_dir, help=f"parent folder of the runs (default: {RUNS_DIR}/<env>)")
+            s.add_argument(
+                "--raw-observations",
+                action="store_true",
+                help="feed the policy raw observations, as the original (otherwise scaled to [-1, 1] by the bounds)",
+            )
+            s.add_argument(
+                "--episode-end",
+                default=envs.EPISODE_END,
+                choices=envs.EPISODE_ENDS,
+                help="how an episode ends after its last step: terminate is the original's; truncate makes "
+                "SB3 bootstrap from the last state",
+            )
+            s.add_argument(
+                "--run-dir", type=writable_dir, help=f"parent folder of the runs (default: {RUNS_DIR}/<env>)"
+            )
             s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-            s.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
-                           help="train the runs (seeds x algorithms) as Ray tasks, one CPU each; ADDRESS: "
-                                f"{ADDRESS_HELP} (default: local)")
+            s.add_argument(
+                "--ray",
+                nargs="?",
+                const="local",
+                metavar="ADDRESS",
+                help="train the runs (seeds x algorithms) as Ray tasks, one CPU each; ADDRESS: "
+                f"{ADDRESS_HELP} (default: local)",
+            )
         else:
             s.add_argument("runs", nargs="+", help="training run folders (one per seed) of one env and algorithm")
-        s.add_argument("--rsm", help="surrogate file for the environment (default: the shipped one; a bare state_dict "
-                                     "in the authors' format works for LayerSplit-Paper-v0)")
-        s.add_argument("--eval-episodes", type=non_negative_int, default=EVAL_EPISODES,
-                       help="evaluation episodes per seed and policy, 0 to skip")
+        s.add_argument(
+            "--rsm",
+            help="surrogate file for the environment (default: the shipped one; a bare state_dict "
+            "in the authors' format works for LayerSplit-Paper-v0)",
+        )
+        s.add_argument(
+            "--eval-episodes",
+            type=non_negative_int,
+            default=EVAL_EPISODES,
+            help="evaluation episodes per seed and policy, 0 to skip",
+        )
         s.add_argument("--eval-seed", type=cli.seed, default=EVAL_SEED, help="first evaluation reset seed")
         s.add_argument("--results-dir", type=writable_dir, default=RESULTS_DIR, help="where summaries go")
-        s.add_argument("--name", type=result_stem,
-                       help="stem of the result files, {algo} replaced (default: rl_<env>_<algo>, e.g. rl_paper_ppo)")
-        s.add_argument("--trust-zip", action="store_true",
-                       help="also read Stable-Baselines3's policy.zip saves (runs without policy.safetensors): "
-                            "loading one unpickles it, which can run code stored in it; only for folders you made")
-        s.add_argument("--torch-threads", type=cli.positive_threads, default=TORCH_THREADS,
-                       help="torch threads (of each Ray task with --ray), at most this machine's CPUs")
+        s.add_argument(
+            "--name",
+            type=result_stem,
+            help="stem of the result files, {algo} replaced (default: rl_<env>_<algo>, e.g. rl_paper_ppo)",
+        )
+        s.add_argument(
+            "--trust-zip",
+            action="store_true",
+            help="also read Stable-Baselines3's policy.zip saves (runs without policy.safetensors): "
+            "loading one unpickles it, which can run code stored in it; only for folders you made",
+        )
+        s.add_argument(
+            "--torch-threads",
+            type=cli.positive_threads,
+            default=TORCH_THREADS,
+            help="torch threads (of each Ray task with --ray), at most this machine's CPUs",
+        )
     args = p.parse_args(argv)
     if args.command == "fit":
         try:

@@ -8,6 +8,7 @@ A tiny random Llama with larger weights than the default init (clear top-1 margi
 each set-up decodes three times (warm-up, recording, replay) and each time is compared with the whole
 model's eager tokens: "same", or the first step where it differs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,9 @@ REPEATS = 3  # decodings per set-up: warm-up, recording, replay
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where the model runs")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"), help="model dtype")
     p.add_argument("--seed", type=cli.seed, default=0, help="seeds the model and the prompt")
@@ -93,8 +95,10 @@ def run(args) -> int:
     sm_worker = SplitModel(model)
     report("split compiled, all in one worker thread", lambda: one.submit(split_greedy, sm_worker, "compiled").result())
     sm_two = SplitModel(model)
-    report("split compiled, UE main + edge in a worker thread",
-           lambda: split_greedy(sm_two, "compiled", lambda f, *a: edge_thread.submit(f, *a).result()))
+    report(
+        "split compiled, UE main + edge in a worker thread",
+        lambda: split_greedy(sm_two, "compiled", lambda f, *a: edge_thread.submit(f, *a).result()),
+    )
     return 0
 
 

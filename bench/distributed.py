@@ -9,6 +9,7 @@ threads, and on 2 Ray workers with half each. It prints the wall times, the spee
 over 1 and its scaling efficiency (speed-up / 2), Ray's overhead over the single process, and
 whether every run wrote the same rows (it must: the masks are seeded per seed, window and draw).
 """
+
 from __future__ import annotations
 
 import sys
@@ -45,13 +46,30 @@ def main(argv=None) -> int:
     model, tokenizer = load_model(device="cpu", dtype="float32")
     ids = tokenize(tokenizer, load_text("wiki"), args.tokens)
     splits = cli.parse_splits(args.splits, model.config.num_hidden_layers)
-    cfg = sweep.SweepConfig(splits, make_conditions(list(PAPER_DROPOUTS), [], "erasure"), args.draws, SEED,
-                            args.tokens, args.tokens, channel.LinkConfig())
+    cfg = sweep.SweepConfig(
+        splits,
+        make_conditions(list(PAPER_DROPOUTS), [], "erasure"),
+        args.draws,
+        SEED,
+        args.tokens,
+        args.tokens,
+        channel.LinkConfig(),
+    )
     dims = compute.model_dims(model.config)
-    run_config = {"model": "bench", "dataset": "wiki", "tokens": len(ids), "context_length": args.tokens,
-                  "stride": args.tokens, "dtype": "float32", "seed": SEED}
-    print(f"SmolLM2-135M float32, {len(ids)} tokens, splits {args.splits}, clean + {len(PAPER_DROPOUTS)} p x "
-          f"{args.draws} draw(s); {threads} CPU threads in all", flush=True)
+    run_config = {
+        "model": "bench",
+        "dataset": "wiki",
+        "tokens": len(ids),
+        "context_length": args.tokens,
+        "stride": args.tokens,
+        "dtype": "float32",
+        "seed": SEED,
+    }
+    print(
+        f"SmolLM2-135M float32, {len(ids)} tokens, splits {args.splits}, clean + {len(PAPER_DROPOUTS)} p x "
+        f"{args.draws} draw(s); {threads} CPU threads in all",
+        flush=True,
+    )
     times, rows, files = {}, {}, {}  # files: the results CSVs, compared byte for byte
     with tempfile.TemporaryDirectory() as tmp:
         store = sweep.ResultsStore(Path(tmp) / "single.csv", run_config)
@@ -71,10 +89,14 @@ def main(argv=None) -> int:
     for label, seconds in times.items():
         print(f"  {label:34s} {seconds:7.1f} s")
     one, two = list(times.values())[1:]
-    print(f"2 workers over 1: speed-up {one / two:.2f}x, scaling efficiency {one / two / 2:.0%} "
-          f"(each worker loads the model: {len(splits)} splits x {len(cfg.conditions)} conditions)")
-    print(f"Ray, 1 worker, over one process: {list(times.values())[1] / times['one process']:.2f}x the wall time "
-          f"(start-up, model load in the worker, transfers)")
+    print(
+        f"2 workers over 1: speed-up {one / two:.2f}x, scaling efficiency {one / two / 2:.0%} "
+        f"(each worker loads the model: {len(splits)} splits x {len(cfg.conditions)} conditions)"
+    )
+    print(
+        f"Ray, 1 worker, over one process: {list(times.values())[1] / times['one process']:.2f}x the wall time "
+        f"(start-up, model load in the worker, transfers)"
+    )
     same = all(f == files["one process"] for f in files.values())
     print(f"same rows in every run (the results files byte for byte): {'yes' if same else 'NO'}")
     for label, r in rows.items():

@@ -6,6 +6,7 @@ The README's GPU table is written from that file (`python figures.py --claims`, 
 every GPU figure it quotes comes from a step output committed beside it. Standard library only: it
 also runs on the GPU machine as gpu.sh's last step.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,10 +35,12 @@ def sweep(path: Path) -> dict:
     """bench/sweep.py's figures: the matmul peak, each grid's fast (and compiled, naive) rate, the projection."""
     text = path.read_text(encoding="utf-8")
     name = path.stem
-    out = {"step": step_seconds(text, name, path),
-           "model": _find(r"== \S+ \(limit \d+ s\): .*--model (\S+)", text, "command", path)[1],
-           "peak_tflops": float(_find(rf"dense matmul peak here \([^)]*\): {NUMBER} TFLOP/s", text, "peak", path)[1]),
-           "projected_paper_hours": float(_find(rf"projected: .*: {NUMBER} h", text, "projection", path)[1])}
+    out = {
+        "step": step_seconds(text, name, path),
+        "model": _find(r"== \S+ \(limit \d+ s\): .*--model (\S+)", text, "command", path)[1],
+        "peak_tflops": float(_find(rf"dense matmul peak here \([^)]*\): {NUMBER} TFLOP/s", text, "peak", path)[1]),
+        "projected_paper_hours": float(_find(rf"projected: .*: {NUMBER} h", text, "projection", path)[1]),
+    }
     shape = _find(r"; (\d+) tokens; conditions: .* x (\d+) draw", text, "tokens and draws", path)
     out["tokens"], out["draws"] = int(shape[1]), int(shape[2])
     for grid, key in (("paper's splits", "paper"), ("every layer", "layers")):
@@ -45,18 +48,32 @@ def sweep(path: Path) -> dict:
         if m is None:
             continue
         out[key] = {"seconds": float(m[1]), "tflops": float(m[2]), "share_of_peak": int(m[3]) / 100}
-        naive = re.search(rf"naive\s+{NUMBER} s\s+speed-up {NUMBER}x\s+FLOP bound {NUMBER}x\s+"
-                          rf"max \|dPPL\|/PPL {NUMBER}", m[4])
+        naive = re.search(
+            rf"naive\s+{NUMBER} s\s+speed-up {NUMBER}x\s+FLOP bound {NUMBER}x\s+"
+            rf"max \|dPPL\|/PPL {NUMBER}",
+            m[4],
+        )
         if naive:
-            out[key]["naive"] = {"seconds": float(naive[1]), "speedup": float(naive[2]), "flop_bound": float(naive[3]),
-                                 "max_rel_dppl": float(naive[4])}
-    compiled = re.search(rf"compiling, with splits \S+ \S+ run: {NUMBER} s\n.*compiled\s+{NUMBER} s\s+{NUMBER} TFLOP/s"
-                         rf"\s+(\d+)% of the peak\s+{NUMBER}x the eager rate\s+max \|dPPL\|/PPL against eager {NUMBER}",
-                         text)
+            out[key]["naive"] = {
+                "seconds": float(naive[1]),
+                "speedup": float(naive[2]),
+                "flop_bound": float(naive[3]),
+                "max_rel_dppl": float(naive[4]),
+            }
+    compiled = re.search(
+        rf"compiling, with splits \S+ \S+ run: {NUMBER} s\n.*compiled\s+{NUMBER} s\s+{NUMBER} TFLOP/s"
+        rf"\s+(\d+)% of the peak\s+{NUMBER}x the eager rate\s+max \|dPPL\|/PPL against eager {NUMBER}",
+        text,
+    )
     if compiled:
-        out["paper_compiled"] = {"compile_seconds": float(compiled[1]), "seconds": float(compiled[2]),
-                                 "tflops": float(compiled[3]), "share_of_peak": int(compiled[4]) / 100,
-                                 "speedup_over_eager": float(compiled[5]), "max_rel_dppl": float(compiled[6])}
+        out["paper_compiled"] = {
+            "compile_seconds": float(compiled[1]),
+            "seconds": float(compiled[2]),
+            "tflops": float(compiled[3]),
+            "share_of_peak": int(compiled[4]) / 100,
+            "speedup_over_eager": float(compiled[5]),
+            "max_rel_dppl": float(compiled[6]),
+        }
     return out
 
 
@@ -65,22 +82,44 @@ def serve(path: Path) -> dict:
     text = path.read_text(encoding="utf-8")
     decode = _find(r"; (\w+) decoding; ", text, "decoding mode", path)[1]
     paths = {}
-    for m in re.finditer(rf"^(single process|socket bf16|socket fp16)\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}"
-                         rf"\s+{NUMBER}\s+{NUMBER}\s+(\d+)/(\d+) requests", text, re.M):
-        paths[m[1]] = {"ttft_ms": float(m[2]), "tpot_ms": float(m[3]), "tokens_per_s": float(m[4]),
-                       "tpot_ratio": float(m[6]), "same_tokens": [int(m[8]), int(m[9])]}
+    for m in re.finditer(
+        rf"^(single process|socket bf16|socket fp16)\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}"
+        rf"\s+{NUMBER}\s+{NUMBER}\s+(\d+)/(\d+) requests",
+        text,
+        re.M,
+    ):
+        paths[m[1]] = {
+            "ttft_ms": float(m[2]),
+            "tpot_ms": float(m[3]),
+            "tokens_per_s": float(m[4]),
+            "tpot_ratio": float(m[6]),
+            "same_tokens": [int(m[8]), int(m[9])],
+        }
     m = _find(rf"(?m)^single process\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}", text, "single-process row", path)
-    paths["single process"] = {"ttft_ms": float(m[1]), "tpot_ms": float(m[2]), "tokens_per_s": float(m[3]),
-                               "tpot_ratio": 1.0}
-    for m in re.finditer(rf"(?m)^(single process|socket bf16|socket fp16)\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}"
-                         rf"\s+{NUMBER}%$", text):
-        paths[m[1]].update(tpot_ms=float(m[2]), tpot_over_bound=float(m[4]),
-                           share_of_bandwidth=round(float(m[6]) / 100, 4))
+    paths["single process"] = {
+        "ttft_ms": float(m[1]),
+        "tpot_ms": float(m[2]),
+        "tokens_per_s": float(m[3]),
+        "tpot_ratio": 1.0,
+    }
+    for m in re.finditer(
+        rf"(?m)^(single process|socket bf16|socket fp16)\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}"
+        rf"\s+{NUMBER}%$",
+        text,
+    ):
+        paths[m[1]].update(
+            tpot_ms=float(m[2]), tpot_over_bound=float(m[4]), share_of_bandwidth=round(float(m[6]) / 100, 4)
+        )
     bound = _find(rf"bandwidth {NUMBER} GB/s measured now.*bound: {NUMBER} ms per token", text, "bound", path)
     overhead = _find(rf"overhead per decoding step[^:]*: {NUMBER}-{NUMBER} ms", text, "overhead", path)
-    out = {"step": step_seconds(text, path.stem, path), "decode": decode, "paths": paths,
-           "bandwidth_gbs": float(bound[1]), "bound_ms": float(bound[2]),
-           "socket_overhead_ms": [float(overhead[1]), float(overhead[2])]}
+    out = {
+        "step": step_seconds(text, path.stem, path),
+        "decode": decode,
+        "paths": paths,
+        "bandwidth_gbs": float(bound[1]),
+        "bound_ms": float(bound[2]),
+        "socket_overhead_ms": [float(overhead[1]), float(overhead[2])],
+    }
     # compiled decoding only: the warm-up that compiles each step, and its tokens against eager's
     warm = re.search(r"warm-up \(compiled decoding[^)]*\): (.*)", text)
     if warm:
@@ -112,8 +151,13 @@ def summarise(folder: Path) -> dict:
     for name in ("tests", "tests_rerun"):
         if (folder / f"{name}.txt").is_file():
             out[name] = tests(folder / f"{name}.txt")
-    for name, read in (("sweep_paper", sweep), ("sweep_check", sweep), ("sweep_paper_large", sweep), ("serve", serve),
-                       ("sweep_paper_long", sweep)):
+    for name, read in (
+        ("sweep_paper", sweep),
+        ("sweep_check", sweep),
+        ("sweep_paper_large", sweep),
+        ("serve", serve),
+        ("sweep_paper_long", sweep),
+    ):
         path = folder / f"{name}.txt"
         if path.is_file():
             step = step_seconds(path.read_text(encoding="utf-8"), name, path)
@@ -126,8 +170,10 @@ def summarise(folder: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or not Path(args[0]).is_dir() or not (Path(args[0]) / "machine.txt").is_file():
-        print("usage: python bench/gpu_summary.py FOLDER (a bench/gpu.sh run folder, with its machine.txt)",
-              file=sys.stderr)
+        print(
+            "usage: python bench/gpu_summary.py FOLDER (a bench/gpu.sh run folder, with its machine.txt)",
+            file=sys.stderr,
+        )
         return 2
     folder = Path(args[0])
     try:

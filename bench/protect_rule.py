@@ -17,6 +17,7 @@ impaired exactly as the sweep impairs it (same streams), then each rule restores
 Prints perplexity per rule and the ratio to top-K (< 1: the fixed set is better), and writes every
 cell to --output. Perplexities pool the tokens of every window and draw (token-weighted NLL).
 """
+
 from __future__ import annotations
 
 import csv
@@ -90,17 +91,19 @@ def run(args) -> int:
         # the calibration pass: mean h^2 per channel after layer `split`, over the held-out windows
         energy = torch.zeros(d, dtype=torch.float64)
         for w in sliding_windows(len(calib_ids), context, context):
-            h = segments.hidden_after(calib_ids[w.begin:w.end][None].to(model.device), 0, split + 1)
+            h = segments.hidden_after(calib_ids[w.begin : w.end][None].to(model.device), 0, split + 1)
             energy += h.double().pow(2).sum((0, 1)).cpu()
         ranked = energy.argsort(descending=True)
-        hidden = [segments.hidden_after(test_ids[w.begin:w.end][None].to(model.device), 0, split + 1) for w in windows]
+        hidden = [
+            segments.hidden_after(test_ids[w.begin : w.end][None].to(model.device), 0, split + 1) for w in windows
+        ]
         for snr in snrs:
             imp = uplink.physical(channel.LinkConfig(snr_db=snr, bits_per_element=value_bits), "erasure")
             for k in ks:
                 rules = {"top-K": None, "fixed-K": k, "fixed-bits": k * (index_bits + value_bits) // value_bits}
                 totals = {rule: [0.0, 0, 0] for rule in rules}  # NLL sum, correct, tokens
                 for i, (w, h) in enumerate(zip(windows, hidden)):
-                    targets = test_ids[w.first_target:w.end]
+                    targets = test_ids[w.first_target : w.end]
                     for draw in range(args.draws):
                         stream = uplink.stream_seed(args.seed, i, draw)
                         lost = uplink.impair(h, imp, uplink.generator(stream))[0]
@@ -110,7 +113,7 @@ def run(args) -> int:
                                 keep = uplink.protected(h, k)
                             else:
                                 keep = torch.zeros_like(h, dtype=torch.bool)
-                                keep[..., ranked[:min(n, d)]] = True
+                                keep[..., ranked[: min(n, d)]] = True
                             variants.append(torch.where(keep, h, lost))
                         engine = uplink.impair(h, imp.protecting(k), uplink.generator(stream))[0]
                         assert torch.equal(variants[0], engine), "top-K here must be the engine's --protect K"
@@ -122,13 +125,28 @@ def run(args) -> int:
                 for rule, (s, c, n) in totals.items():
                     elements = k if rules[rule] is None else min(rules[rule], d)
                     bits = k * (index_bits + value_bits) if rules[rule] is None else elements * value_bits
-                    rows.append({"split": split, "snr_db": snr, "packet_error_rate": imp.loss, "k": k, "rule": rule,
-                                 "elements": elements, "bits_per_token": bits, "ppl": math.exp(s / n),
-                                 "token_accuracy": c / n, "tokens": n})
+                    rows.append(
+                        {
+                            "split": split,
+                            "snr_db": snr,
+                            "packet_error_rate": imp.loss,
+                            "k": k,
+                            "rule": rule,
+                            "elements": elements,
+                            "bits_per_token": bits,
+                            "ppl": math.exp(s / n),
+                            "token_accuracy": c / n,
+                            "tokens": n,
+                        }
+                    )
                 top = rows[-3]["ppl"]
-                print(f"split {split:2d}, {snr:g} dB (PER {imp.loss:.3f}), K={k:3d}: top-K ppl {top:9.2f}; "
-                      + "; ".join(f"{r['rule']} ({r['elements']} ch) {r['ppl']:9.2f} = {r['ppl'] / top:.2f}x"
-                                  for r in rows[-2:]), flush=True)
+                print(
+                    f"split {split:2d}, {snr:g} dB (PER {imp.loss:.3f}), K={k:3d}: top-K ppl {top:9.2f}; "
+                    + "; ".join(
+                        f"{r['rule']} ({r['elements']} ch) {r['ppl']:9.2f} = {r['ppl'] / top:.2f}x" for r in rows[-2:]
+                    ),
+                    flush=True,
+                )
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=list(rows[0]))
@@ -136,8 +154,10 @@ def run(args) -> int:
     writer.writerows(rows)
     cli.write_text_atomic(args.output, table.getvalue())  # renamed into place: a kill never leaves half a table
     worse = sum(r["ppl"] > top_r["ppl"] for top_r, *fixed in zip(rows[::3], rows[1::3], rows[2::3]) for r in fixed)
-    print(f"{len(rows) // 3} cells: a fixed set was worse than top-K in {worse} of {2 * len(rows) // 3} comparisons "
-          f"-> {args.output} ({time.perf_counter() - start:.0f} s)")
+    print(
+        f"{len(rows) // 3} cells: a fixed set was worse than top-K in {worse} of {2 * len(rows) // 3} comparisons "
+        f"-> {args.output} ({time.perf_counter() - start:.0f} s)"
+    )
     return 0
 
 

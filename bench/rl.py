@@ -28,6 +28,7 @@ Prints, measured here in one run:
 Parts 1-2 use the authors' released surrogate when it is found beside this checkout (its optimum is
 the threshold policy PPO is known to learn), else the shipped reward_predictor.pth (envs.PAPER_RSM).
 """
+
 from __future__ import annotations
 
 import json
@@ -45,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 # light modules only before the arguments are parsed; torch, Stable-Baselines3 and the model after
 from layersplit import cli, envs  # noqa: E402
 from layersplit.cli import positive_int  # noqa: E402
+
 # the project's defaults: the original's budget, n_steps and batch, and this project's copies and discount
 from train_rsm import BATCH, EVAL_EPISODES, EVAL_SEED, GAMMA, N_ENVS, ROLLOUT, TOTAL_TIMESTEPS  # noqa: E402
 from train_rsm import hyperparameters  # noqa: E402
@@ -99,15 +101,24 @@ def time_surrogate_steps(rsm: Path, seed: int) -> tuple[float, float]:
 
 
 # set-up name -> (environments, observations scaled, gamma); the first has the original's settings
-SETUPS = {"original: 1 env, raw obs., gamma .99": (1, False, 0.99),
-          f"default: {N_ENVS} batched, scaled, {GAMMA:g}": (N_ENVS, True, GAMMA),
-          f"only {N_ENVS} batched envs": (N_ENVS, False, 0.99),
-          "only scaled observations": (1, True, 0.99),
-          f"only gamma {GAMMA:g}": (1, False, GAMMA)}
+SETUPS = {
+    "original: 1 env, raw obs., gamma .99": (1, False, 0.99),
+    f"default: {N_ENVS} batched, scaled, {GAMMA:g}": (N_ENVS, True, GAMMA),
+    f"only {N_ENVS} batched envs": (N_ENVS, False, 0.99),
+    "only scaled observations": (1, True, 0.99),
+    f"only gamma {GAMMA:g}": (1, False, GAMMA),
+}
 
 
-def ppo_run(rsm: Path, steps: int, setup: tuple, folder: Path, seed: int, episode_end: str = envs.EPISODE_END,
-            keep_model: bool = False) -> dict:
+def ppo_run(
+    rsm: Path,
+    steps: int,
+    setup: tuple,
+    folder: Path,
+    seed: int,
+    episode_end: str = envs.EPISODE_END,
+    keep_model: bool = False,
+) -> dict:
     """PPO with one of SETUPS (ROLLOUT steps per update over all environments, minibatch BATCH); the
     summary with the final policy's mean return on the EVAL_EPISODES evaluation episodes (and its
     per-episode returns, final splits and, with keep_model, the model)."""
@@ -118,13 +129,28 @@ def ppo_run(rsm: Path, steps: int, setup: tuple, folder: Path, seed: int, episod
     torch.set_num_threads(1)
     n_envs, scaled, gamma = setup
     params = hyperparameters("ppo", n_envs, ROLLOUT, BATCH, gamma=gamma)
-    model, summary = training.train("LayerSplit-Paper-v0", "ppo", folder, steps, seed, n_envs, params,
-                                    {"rsm_path": rsm, "episode_end": episode_end}, progress=False,
-                                    batched=n_envs > 1, scale_observations=scaled)
+    model, summary = training.train(
+        "LayerSplit-Paper-v0",
+        "ppo",
+        folder,
+        steps,
+        seed,
+        n_envs,
+        params,
+        {"rsm_path": rsm, "episode_end": episode_end},
+        progress=False,
+        batched=n_envs > 1,
+        scale_observations=scaled,
+    )
     env = gym.make("LayerSplit-Paper-v0", rsm_path=rsm, episode_end=episode_end)
     result = policies.evaluate(env, policies.learned(model), EVAL_EPISODES, seed=EVAL_SEED)
-    return {**summary, "return": result.mean, "returns": result.returns.tolist(),
-            "final_splits": [chosen[-1] for chosen in result.splits], **({"model": model} if keep_model else {})}
+    return {
+        **summary,
+        "return": result.mean,
+        "returns": result.returns.tolist(),
+        "final_splits": [chosen[-1] for chosen in result.splits],
+        **({"model": model} if keep_model else {}),
+    }
 
 
 def optimum_return(rsm: Path) -> float:
@@ -137,10 +163,15 @@ def optimum_return(rsm: Path) -> float:
 
 def policy_map(model) -> dict:
     """The deterministic action at every (p in MAP_P, split 1..10) and whether it ever depends on p."""
-    actions = {str(split): [int(model.predict(np.array([p, split], np.float32), deterministic=True)[0]) for p in MAP_P]
-               for split in range(envs.SPLIT_MIN, envs.SPLIT_MAX + 1)}
-    return {"p": MAP_P.tolist(), "actions": actions,
-            "channel_blind": all(len(set(row)) == 1 for row in actions.values())}
+    actions = {
+        str(split): [int(model.predict(np.array([p, split], np.float32), deterministic=True)[0]) for p in MAP_P]
+        for split in range(envs.SPLIT_MIN, envs.SPLIT_MAX + 1)
+    }
+    return {
+        "p": MAP_P.tolist(),
+        "actions": actions,
+        "channel_blind": all(len(set(row)) == 1 for row in actions.values()),
+    }
 
 
 def main(argv=None) -> int:
@@ -148,17 +179,34 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=positive_int, default=TOTAL_TIMESTEPS, help="PPO steps per set-up")
     p.add_argument("--llm-tokens", type=positive_int, default=envs.LLM_TOKENS, help="tokens per LLM step")
     p.add_argument("--seed", type=cli.seed, default=SEED, help="seed of the resets, the timed actions and the PPO runs")
-    p.add_argument("--rsm", type=Path, help="surrogate (default: the authors' if found, else the shipped envs.PAPER_RSM)")
+    p.add_argument(
+        "--rsm", type=Path, help="surrogate (default: the authors' if found, else the shipped envs.PAPER_RSM)"
+    )
     p.add_argument("--ablation", action="store_true", help="only part 3: every set-up over --seeds")
     p.add_argument("--seeds", type=cli.seeds, default=ABLATION_SEEDS, help="training seeds of the ablation")
-    p.add_argument("--episode-end", default=envs.EPISODE_END, choices=envs.EPISODE_ENDS,
-                   help="episode end in the ablation: terminate is the original's")
-    p.add_argument("--surrogates", default=ABLATION_SURROGATES,
-                   help="the ablation's surrogates: authors (skipped with a note when absent), shipped, or a .pth path")
-    p.add_argument("--output", type=cli.writable_file, default=ABLATION_OUTPUT,
-                   help="the ablation's JSON (resumed: runs already in it are skipped)")
-    p.add_argument("--cost-output", type=cli.writable_file, default=COST_OUTPUT,
-                   help="parts 1-2: their figures as JSON (what the README's cost claim is generated from)")
+    p.add_argument(
+        "--episode-end",
+        default=envs.EPISODE_END,
+        choices=envs.EPISODE_ENDS,
+        help="episode end in the ablation: terminate is the original's",
+    )
+    p.add_argument(
+        "--surrogates",
+        default=ABLATION_SURROGATES,
+        help="the ablation's surrogates: authors (skipped with a note when absent), shipped, or a .pth path",
+    )
+    p.add_argument(
+        "--output",
+        type=cli.writable_file,
+        default=ABLATION_OUTPUT,
+        help="the ablation's JSON (resumed: runs already in it are skipped)",
+    )
+    p.add_argument(
+        "--cost-output",
+        type=cli.writable_file,
+        default=COST_OUTPUT,
+        help="parts 1-2: their figures as JSON (what the README's cost claim is generated from)",
+    )
     args = p.parse_args(argv)
     seeds = args.seeds  # cli.seeds: integers in 0..2**32-1, what numpy's and SB3's seeding accept
     if Path(args.output).absolute() == Path(args.cost_output).absolute():  # the cost would replace the record
@@ -203,29 +251,55 @@ def run(args, seeds: list[int], surrogates: dict) -> int:
     print(f"   real LLM ({args.llm_tokens} tokens)      {llm * 1e3:10.1f} ms")
     print(f"   surrogate, single env          {single * 1e6:10.1f} us   LLM / surrogate = {llm / single:,.0f}x")
     print(f"   surrogate, batched (per copy)  {batched * 1e6:10.1f} us   LLM / surrogate = {llm / batched:,.0f}x")
-    print(f"   {TOTAL_TIMESTEPS:,} steps of the LLM environment: {llm * TOTAL_TIMESTEPS / 86400:.1f} days (environment alone)\n")
+    print(
+        f"   {TOTAL_TIMESTEPS:,} steps of the LLM environment: "
+        f"{llm * TOTAL_TIMESTEPS / 86400:.1f} days (environment alone)\n"
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         setups = list(SETUPS.values())
         original = ppo_run(rsm, args.steps, setups[0], Path(tmp) / "original", args.seed)
         fast = ppo_run(rsm, args.steps, setups[1], Path(tmp) / "fast", args.seed)
     optimum = optimum_return(rsm)
-    print(f"2. PPO on LayerSplit-Paper-v0, n_steps {ROLLOUT}, batch {BATCH}, {args.steps:,} steps each, one torch thread")
+    print(
+        f"2. PPO on LayerSplit-Paper-v0, n_steps {ROLLOUT}, batch {BATCH}, {args.steps:,} steps each, one torch thread"
+    )
     print(f"   {'set-up':38s}{'steps/s':>9s}{'240k run':>11s}{'return':>9s}{'of optimum':>12s}")
     for name, r in zip(SETUPS, (original, fast)):
-        print(f"   {name:38s}{r['steps_per_s']:9.0f}{TOTAL_TIMESTEPS / r['steps_per_s']:10.1f}s{r['return']:9.3f}"
-              f"{100 * r['return'] / optimum:11.2f}%")
-    print(f"   speed-up {fast['steps_per_s'] / original['steps_per_s']:.2f}x; the 240k run in "
-          f"{TOTAL_TIMESTEPS / fast['steps_per_s']:.0f} s (target 120 s; the paper reported 7.7 min)")
-    print(f"   LLM-in-the-loop 240k run / surrogate 240k run = {llm * TOTAL_TIMESTEPS / (TOTAL_TIMESTEPS / fast['steps_per_s']):,.0f}x")
-    cost = {"llm_tokens": args.llm_tokens, "llm_step_s": llm, "surrogate_step_s": single,
-            "surrogate_batched_step_s": batched, "llm_over_surrogate_step": llm / single,
-            "torch_threads_llm": llm_threads, "load_average_at_start": load,
-            "total_timesteps": TOTAL_TIMESTEPS, "steps_run": args.steps, "surrogate": Path(rsm).name,
-            "llm_run_days": llm * TOTAL_TIMESTEPS / 86400,
-            "ppo": {name: {"steps_per_s": r["steps_per_s"], "run_s": TOTAL_TIMESTEPS / r["steps_per_s"],
-                           "share_of_optimum": r["return"] / optimum} for name, r in zip(SETUPS, (original, fast))},
-            "llm_run_over_surrogate_run": llm * fast["steps_per_s"]}
+        print(
+            f"   {name:38s}{r['steps_per_s']:9.0f}{TOTAL_TIMESTEPS / r['steps_per_s']:10.1f}s{r['return']:9.3f}"
+            f"{100 * r['return'] / optimum:11.2f}%"
+        )
+    print(
+        f"   speed-up {fast['steps_per_s'] / original['steps_per_s']:.2f}x; the 240k run in "
+        f"{TOTAL_TIMESTEPS / fast['steps_per_s']:.0f} s (target 120 s; the paper reported 7.7 min)"
+    )
+    print(
+        f"   LLM-in-the-loop 240k run / surrogate 240k run = "
+        f"{llm * TOTAL_TIMESTEPS / (TOTAL_TIMESTEPS / fast['steps_per_s']):,.0f}x"
+    )
+    cost = {
+        "llm_tokens": args.llm_tokens,
+        "llm_step_s": llm,
+        "surrogate_step_s": single,
+        "surrogate_batched_step_s": batched,
+        "llm_over_surrogate_step": llm / single,
+        "torch_threads_llm": llm_threads,
+        "load_average_at_start": load,
+        "total_timesteps": TOTAL_TIMESTEPS,
+        "steps_run": args.steps,
+        "surrogate": Path(rsm).name,
+        "llm_run_days": llm * TOTAL_TIMESTEPS / 86400,
+        "ppo": {
+            name: {
+                "steps_per_s": r["steps_per_s"],
+                "run_s": TOTAL_TIMESTEPS / r["steps_per_s"],
+                "share_of_optimum": r["return"] / optimum,
+            }
+            for name, r in zip(SETUPS, (original, fast))
+        },
+        "llm_run_over_surrogate_run": llm * fast["steps_per_s"],
+    }
     cli.write_text_atomic(args.cost_output, json.dumps(cost, indent=1) + "\n")
     print(f"-> {args.cost_output}")
     return 0
@@ -259,11 +333,14 @@ def ablation(surrogates: dict, steps: int, seeds: list[int], episode_end: str, o
         entry = record["surrogates"].setdefault(name, {"rsm": rsm.name, "runs": {}})
         env = gym.make("LayerSplit-Paper-v0", rsm_path=rsm, episode_end=episode_end)
         if "optimum" not in entry:
-            entry["optimum"] = policies.evaluate(env, policies.baseline("optimum", env.unwrapped), EVAL_EPISODES,
-                                                 seed=EVAL_SEED).returns.tolist()
+            entry["optimum"] = policies.evaluate(
+                env, policies.baseline("optimum", env.unwrapped), EVAL_EPISODES, seed=EVAL_SEED
+            ).returns.tolist()
             best = policies.BestStatic(env.unwrapped)
-            entry["best_static"] = {"choice": best.choice, "returns": policies.evaluate(
-                env, best, EVAL_EPISODES, seed=EVAL_SEED).returns.tolist()}
+            entry["best_static"] = {
+                "choice": best.choice,
+                "returns": policies.evaluate(env, best, EVAL_EPISODES, seed=EVAL_SEED).returns.tolist(),
+            }
             _save(output, record)
         for setup_name, setup in SETUPS.items():
             for seed in seeds:
@@ -272,12 +349,19 @@ def ablation(surrogates: dict, steps: int, seeds: list[int], episode_end: str, o
                     continue
                 with tempfile.TemporaryDirectory() as tmp:
                     r = ppo_run(rsm, steps, setup, Path(tmp) / "run", seed, episode_end, keep_model=True)
-                entry["runs"][key] = {"setup": setup_name, "seed": seed, "returns": r["returns"],
-                                      "final_splits": r["final_splits"], "wall_s": r["wall_s"],
-                                      "policy_map": policy_map(r["model"])}
+                entry["runs"][key] = {
+                    "setup": setup_name,
+                    "seed": seed,
+                    "returns": r["returns"],
+                    "final_splits": r["final_splits"],
+                    "wall_s": r["wall_s"],
+                    "policy_map": policy_map(r["model"]),
+                }
                 _save(output, record)
-                print(f"  {name}: {key}: {100 * np.mean(r['returns']) / np.mean(entry['optimum']):.2f}% of the optimum",
-                      flush=True)
+                print(
+                    f"  {name}: {key}: {100 * np.mean(r['returns']) / np.mean(entry['optimum']):.2f}% of the optimum",
+                    flush=True,
+                )
     record["summary"] = summarise_ablation(record, seeds)  # every surrogate's, those of earlier runs too
     _save(output, record)
     print_ablation(record)
@@ -309,30 +393,44 @@ def summarise_ablation(record: dict, seeds: list[int]) -> dict:
             gap_original = policies.confidence_interval([returns[s] - np.mean(original[s]["returns"]) for s in common])
             finals = sorted({f for run in runs.values() for f in run["final_splits"]})
             table[setup_name] = {
-                "seeds": sorted(runs), "share_of_optimum": share[0], "share_ci95": share[1],
+                "seeds": sorted(runs),
+                "share_of_optimum": share[0],
+                "share_ci95": share[1],
                 "share_per_seed": [100 * returns[s] / optimum for s in sorted(runs)],
-                "minus_best_static": gap_best[0], "minus_best_static_ci95": gap_best[1],
-                "minus_original": gap_original[0], "minus_original_ci95": gap_original[1],
+                "minus_best_static": gap_best[0],
+                "minus_best_static_ci95": gap_best[1],
+                "minus_original": gap_original[0],
+                "minus_original_ci95": gap_original[1],
                 "channel_blind_seeds": sum(run["policy_map"]["channel_blind"] for run in runs.values()),
-                "final_splits": finals}
-        out[name] = {"optimum": optimum, "best_static": entry["best_static"]["choice"],
-                     "best_static_share": 100 * best / optimum, "setups": table}
+                "final_splits": finals,
+            }
+        out[name] = {
+            "optimum": optimum,
+            "best_static": entry["best_static"]["choice"],
+            "best_static_share": 100 * best / optimum,
+            "setups": table,
+        }
     return out
 
 
 def print_ablation(record: dict) -> None:
     settings = record["settings"]
-    print(f"3. PPO set-ups, {settings['steps']:,} steps, episodes end by {settings['episode_end']}; on "
-          f"{settings['eval_episodes']} evaluation episodes; 95% t intervals over seeds")
+    print(
+        f"3. PPO set-ups, {settings['steps']:,} steps, episodes end by {settings['episode_end']}; on "
+        f"{settings['eval_episodes']} evaluation episodes; 95% t intervals over seeds"
+    )
     for name, s in record["summary"].items():
         print(f"  surrogate {name}: best static ({s['best_static']}) {s['best_static_share']:.2f}% of the optimum")
-        print(f"    {'set-up':34s}{'% of optimum':>18s}{'- best static':>20s}{'- original':>20s}"
-              "  channel-blind  ends at")
+        print(
+            f"    {'set-up':34s}{'% of optimum':>18s}{'- best static':>20s}{'- original':>20s}  channel-blind  ends at"
+        )
         for setup_name, t in s["setups"].items():
-            print(f"    {setup_name:34s}{t['share_of_optimum']:10.2f} +- {t['share_ci95']:4.2f}"
-                  f"{t['minus_best_static']:+12.4f} +- {t['minus_best_static_ci95']:.4f}"
-                  f"{t['minus_original']:+12.4f} +- {t['minus_original_ci95']:.4f}"
-                  f"   {t['channel_blind_seeds']}/{len(t['seeds'])}        {t['final_splits']}")
+            print(
+                f"    {setup_name:34s}{t['share_of_optimum']:10.2f} +- {t['share_ci95']:4.2f}"
+                f"{t['minus_best_static']:+12.4f} +- {t['minus_best_static_ci95']:.4f}"
+                f"{t['minus_original']:+12.4f} +- {t['minus_original_ci95']:.4f}"
+                f"   {t['channel_blind_seeds']}/{len(t['seeds'])}        {t['final_splits']}"
+            )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ Prints, on the paper's early splits (1..9) and over every layer, for clean + the
    time apart, its rate against the eager one and its largest perplexity difference from it.
 --profile FILE writes a torch.profiler table of the fast path on the paper's splits (what to tune next).
 """
+
 from __future__ import annotations
 
 import sys
@@ -54,8 +55,9 @@ def grid(splits, tokens, draws, batch_size=None, compile=False):
     from layersplit import sweep
 
     conditions = make_conditions(list(PAPER_DROPOUTS), [], "erasure")
-    return sweep.SweepConfig(splits, conditions, draws, SEED, tokens, tokens, channel.LinkConfig(), batch_size=batch_size,
-                             compile=compile)
+    return sweep.SweepConfig(
+        splits, conditions, draws, SEED, tokens, tokens, channel.LinkConfig(), batch_size=batch_size, compile=compile
+    )
 
 
 def flops(model, cfg, n_tokens: int) -> tuple[float, float]:
@@ -91,8 +93,18 @@ def timed_sweep(model, ids, cfg, runner) -> tuple[float, dict]:
 
     device = next(model.parameters()).device
     with tempfile.TemporaryDirectory() as tmp:
-        store = sweep.ResultsStore(Path(tmp) / "bench.csv", {"model": "bench", "dataset": "wiki", "tokens": len(ids),
-                                   "context_length": cfg.context_length, "stride": cfg.stride, "dtype": "-", "seed": SEED})
+        store = sweep.ResultsStore(
+            Path(tmp) / "bench.csv",
+            {
+                "model": "bench",
+                "dataset": "wiki",
+                "tokens": len(ids),
+                "context_length": cfg.context_length,
+                "stride": cfg.stride,
+                "dtype": "-",
+                "seed": SEED,
+            },
+        )
         synchronize(device)
         start = time.perf_counter()
         runner(model, ids, cfg, store, progress=False)
@@ -140,14 +152,29 @@ def main(argv=None) -> int:
     parser.add_argument("--dataset", default=EMBEDDED_DATASET, help="the text: the embedded Wikipedia, or a .txt file")
     parser.add_argument("--tokens", type=positive_int, default=TOKENS, help="tokens of text measured (one window)")
     parser.add_argument("--draws", type=positive_int, default=DRAWS, help="noise draws per cell")
-    parser.add_argument("--grids", default=GRIDS, help="grids timed, comma-separated: paper (splits 1..9), layers (every split)")
-    parser.add_argument("--naive", choices=("all", "paper", "none"), default=NAIVE,
-                        help="grids on which the naive path runs too (every layer's is the slowest run)")
-    parser.add_argument("--batch-size", type=cli.batch_size, default="auto", help="variants per forward (auto: the sweep's)")
-    parser.add_argument("--compiled", action="store_true",
-                        help="then time the fast path again with the edge's layers compiled (add_noise.py --compile)")
-    parser.add_argument("--profile", type=cli.writable_file, metavar="FILE",
-                        help="write a profile of the fast path here (checked writable before the minutes of timing)")
+    parser.add_argument(
+        "--grids", default=GRIDS, help="grids timed, comma-separated: paper (splits 1..9), layers (every split)"
+    )
+    parser.add_argument(
+        "--naive",
+        choices=("all", "paper", "none"),
+        default=NAIVE,
+        help="grids on which the naive path runs too (every layer's is the slowest run)",
+    )
+    parser.add_argument(
+        "--batch-size", type=cli.batch_size, default="auto", help="variants per forward (auto: the sweep's)"
+    )
+    parser.add_argument(
+        "--compiled",
+        action="store_true",
+        help="then time the fast path again with the edge's layers compiled (add_noise.py --compile)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=cli.writable_file,
+        metavar="FILE",
+        help="write a profile of the fast path here (checked writable before the minutes of timing)",
+    )
     args = parser.parse_args(argv)
     args.grids = [g.strip() for g in args.grids.split(",") if g.strip()]
     if not args.grids or any(g not in ("paper", "layers") for g in args.grids):
@@ -165,19 +192,28 @@ def main(argv=None) -> int:
     ids = tokenize(tokenizer, load_text(args.dataset), args.tokens)
     n_layers = model.config.num_hidden_layers
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{args.model}, {n_layers} layers, {str(dtype).removeprefix('torch.')}, {where}; {len(ids)} tokens; "
-          f"conditions: clean + p in {PAPER_DROPOUTS} x {args.draws} draw(s); batch {args.batch_size or 'auto'}")
+    print(
+        f"{args.model}, {n_layers} layers, {str(dtype).removeprefix('torch.')}, {where}; {len(ids)} tokens; "
+        f"conditions: clean + p in {PAPER_DROPOUTS} x {args.draws} draw(s); batch {args.batch_size or 'auto'}"
+    )
 
     peak = matmul_peak(dtype, device)
     size = PEAK_SIZE.get(device.type, PEAK_SIZE["cpu"])
     print(f"\n1. dense matmul peak here ({size}^3, {str(dtype).removeprefix('torch.')}): {peak / 1e12:.3f} TFLOP/s")
-    timed_sweep(model, ids[:min(len(ids), 64)], grid([1], min(len(ids), 64), 1, args.batch_size), sweep.run_fast)  # warm-up
+    timed_sweep(
+        model, ids[: min(len(ids), 64)], grid([1], min(len(ids), 64), 1, args.batch_size), sweep.run_fast
+    )  # warm-up
 
     target = TARGET_SHARE.get(device.type)
-    print(f"\n2. the fast path (and the naive one where --naive runs it); targets: >= {target:.0%} of the peak"
-          if target else "\n2. the fast path (and the naive one where --naive runs it)")
-    grids = {"paper": ("paper's splits 1..9", EARLY_SPLITS, args.naive in ("all", "paper")),
-             "layers": (f"every layer 0..{n_layers - 1}", list(range(n_layers)), args.naive == "all")}
+    print(
+        f"\n2. the fast path (and the naive one where --naive runs it); targets: >= {target:.0%} of the peak"
+        if target
+        else "\n2. the fast path (and the naive one where --naive runs it)"
+    )
+    grids = {
+        "paper": ("paper's splits 1..9", EARLY_SPLITS, args.naive in ("all", "paper")),
+        "layers": (f"every layer 0..{n_layers - 1}", list(range(n_layers)), args.naive == "all"),
+    }
     rates, eager_ppl = {}, {}
     for name, splits, with_naive in (grids[g] for g in args.grids):
         cfg = grid(splits, len(ids), args.draws, args.batch_size)
@@ -185,22 +221,27 @@ def main(argv=None) -> int:
         eager_ppl[name] = ppl_fast
         f_fast, f_naive = flops(model, cfg, len(ids))
         rates[name] = f_fast / t_fast
-        line = (f"   {name:22s} fast {t_fast:7.1f} s  {f_fast / t_fast / 1e12:7.3f} TFLOP/s  "
-                f"{100 * f_fast / t_fast / peak:4.0f}% of the peak")
+        line = (
+            f"   {name:22s} fast {t_fast:7.1f} s  {f_fast / t_fast / 1e12:7.3f} TFLOP/s  "
+            f"{100 * f_fast / t_fast / peak:4.0f}% of the peak"
+        )
         if with_naive:
             t_naive, ppl_naive = timed_sweep(model, ids, cfg, sweep.run_naive)
             diff = max(abs(ppl_fast[k] - ppl_naive[k]) / ppl_naive[k] for k in ppl_naive)
             bound, speedup = f_naive / f_fast, t_naive / t_fast
-            line += (f"  naive {t_naive:7.1f} s  speed-up {speedup:.2f}x  FLOP bound {bound:.2f}x  "
-                     f"max |dPPL|/PPL {diff:.1e}")
+            line += (
+                f"  naive {t_naive:7.1f} s  speed-up {speedup:.2f}x  FLOP bound {bound:.2f}x  max |dPPL|/PPL {diff:.1e}"
+            )
             if dtype == torch.float32 and splits[0] == 0:
                 line += "  (naive in float32: the original approach)"
         print(line, flush=True)
     name = grids["paper"][0] if "paper" in args.grids else grids["layers"][0]
     paper = grid(EARLY_SPLITS, len(ids), PAPER_DRAWS)
     seconds = flops(model, paper, PAPER_TEXT_TOKENS)[0] / rates[name]
-    print(f"\n3. projected: the paper's grid (splits 1..9, clean + 8 p x {PAPER_DRAWS} draws) over {PAPER_TEXT_TOKENS:,} "
-          f"tokens in windows of {len(ids)}: {seconds / 3600:.2f} h at the rate of the {name} run")
+    print(
+        f"\n3. projected: the paper's grid (splits 1..9, clean + 8 p x {PAPER_DRAWS} draws) over {PAPER_TEXT_TOKENS:,} "
+        f"tokens in windows of {len(ids)}: {seconds / 3600:.2f} h at the rate of the {name} run"
+    )
     if args.compiled:
         timed_compiled(model, ids, args, [grids[g] for g in args.grids], eager_ppl, rates, peak)
     if args.profile:
@@ -216,15 +257,20 @@ def timed_compiled(model, ids, args, grids, eager_ppl, eager_rates, peak) -> Non
 
     print("\n4. the fast path with the edge's layers compiled (add_noise.py --compile)")
     first = grids[0][1][:2]
-    t_compile, _ = timed_sweep(model, ids, grid(first, len(ids), args.draws, args.batch_size, compile=True), sweep.run_fast)
+    t_compile, _ = timed_sweep(
+        model, ids, grid(first, len(ids), args.draws, args.batch_size, compile=True), sweep.run_fast
+    )
     print(f"   compiling, with splits {first} run: {t_compile:.1f} s", flush=True)
     for name, splits, _ in grids:
         cfg = grid(splits, len(ids), args.draws, args.batch_size, compile=True)
         t, ppl = timed_sweep(model, ids, cfg, sweep.run_fast)
         rate = flops(model, cfg, len(ids))[0] / t
         diff = max(abs(ppl[k] - eager_ppl[name][k]) / eager_ppl[name][k] for k in eager_ppl[name])
-        print(f"   {name:22s} compiled {t:7.1f} s  {rate / 1e12:7.3f} TFLOP/s  {100 * rate / peak:4.0f}% of the peak  "
-              f"{rate / eager_rates[name]:.2f}x the eager rate  max |dPPL|/PPL against eager {diff:.1e}", flush=True)
+        print(
+            f"   {name:22s} compiled {t:7.1f} s  {rate / 1e12:7.3f} TFLOP/s  {100 * rate / peak:4.0f}% of the peak  "
+            f"{rate / eager_rates[name]:.2f}x the eager rate  max |dPPL|/PPL against eager {diff:.1e}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ how many on stderr.
 
 Pure Python (csv, math; scipy for the t quantile): figures.py and the surrogate fit both use it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,36 +58,85 @@ CONFIDENCE = 0.95  # level of the intervals
 WINDOW_COLUMNS = ("windows", "nll_window_sd", "accuracy_window_sd")  # what the sweep writes for them
 WINDOW_SCORES = "window_scores"  # a row's [(window, mean NLL, accuracy)] once attached (attach_windows)
 # the windows file: one line per (row, window), keyed like the row (row_key) and the window's index
-WINDOW_FILE_COLUMNS = ("split", "link", "snr_db", "dropout", "withheld", "protect", "draw", "window", "nll_sum",
-                       "correct", "tokens")
+WINDOW_FILE_COLUMNS = (
+    "split",
+    "link",
+    "snr_db",
+    "dropout",
+    "withheld",
+    "protect",
+    "draw",
+    "window",
+    "nll_sum",
+    "correct",
+    "tokens",
+)
 UNITS = ("windows", "windows (bound)", "draws (one window)", "none")  # interval_unit values, as above
 
 # --- the results file: its columns and what a valid row holds --------------------------------------
 RUN_COLUMNS = ("model", "dataset", "tokens", "context_length", "stride", "dtype", "seed")  # must match to resume
-LINK_COLUMNS = ("modulation", "fading", "nakagami_m", "bits_per_element", "elements_per_packet", "header_bits",
-                "bandwidth_hz", "block_fading")
+LINK_COLUMNS = (
+    "modulation",
+    "fading",
+    "nakagami_m",
+    "bits_per_element",
+    "elements_per_packet",
+    "header_bits",
+    "bandwidth_hz",
+    "block_fading",
+)
 TEXT_COLUMNS = ("model", "dataset", "dtype", "link", "modulation", "fading", "block_fading")  # the rest hold numbers
-COLUMNS = RUN_COLUMNS + ("split", "layers_on_ue", "link", "snr_db", "dropout", "withheld", "protect", "draw") \
-    + LINK_COLUMNS + ("nll", "ppl", "token_accuracy", "scored_tokens", "nonfinite_windows", *WINDOW_COLUMNS,
-    "ue_compute_s", "tx_s", "edge_compute_s", "total_s", "tx_decode_s")
+COLUMNS = (
+    RUN_COLUMNS
+    + ("split", "layers_on_ue", "link", "snr_db", "dropout", "withheld", "protect", "draw")
+    + LINK_COLUMNS
+    + (
+        "nll",
+        "ppl",
+        "token_accuracy",
+        "scored_tokens",
+        "nonfinite_windows",
+        *WINDOW_COLUMNS,
+        "ue_compute_s",
+        "tx_s",
+        "edge_compute_s",
+        "total_s",
+        "tx_decode_s",
+    )
+)
 INF = math.inf
 LOG_FLOAT_MAX = math.log(sys.float_info.max)  # exp beyond it overflows: a perplexity of inf
 # column -> (low, high, whole number, may be empty): the range of every number column but the scores
 LIMITS = {
-    "tokens": (1, INF, True, False), "context_length": (1, INF, True, True), "stride": (1, INF, True, True),
-    "seed": (0, INF, True, True), "split": (0, INF, True, False), "layers_on_ue": (1, INF, True, True),
-    "snr_db": (-INF, INF, False, True), "dropout": (0, 1, False, False), "withheld": (0, 1, False, True),
-    "protect": (0, INF, True, True), "draw": (0, INF, True, False), "nakagami_m": (0.5, INF, False, True),
-    "bits_per_element": (1, INF, True, True), "elements_per_packet": (1, INF, True, True),
-    "header_bits": (0, INF, True, True), "bandwidth_hz": (0, INF, False, True),
-    "scored_tokens": (0, INF, True, False), "nonfinite_windows": (0, INF, True, True), "windows": (0, INF, True, True),
+    "tokens": (1, INF, True, False),
+    "context_length": (1, INF, True, True),
+    "stride": (1, INF, True, True),
+    "seed": (0, INF, True, True),
+    "split": (0, INF, True, False),
+    "layers_on_ue": (1, INF, True, True),
+    "snr_db": (-INF, INF, False, True),
+    "dropout": (0, 1, False, False),
+    "withheld": (0, 1, False, True),
+    "protect": (0, INF, True, True),
+    "draw": (0, INF, True, False),
+    "nakagami_m": (0.5, INF, False, True),
+    "bits_per_element": (1, INF, True, True),
+    "elements_per_packet": (1, INF, True, True),
+    "header_bits": (0, INF, True, True),
+    "bandwidth_hz": (0, INF, False, True),
+    "scored_tokens": (0, INF, True, False),
+    "nonfinite_windows": (0, INF, True, True),
+    "windows": (0, INF, True, True),
     **{c: (0, INF, False, True) for c in ("ue_compute_s", "tx_s", "edge_compute_s", "total_s", "tx_decode_s")},
 }
 NAN_ALLOWED = ("nll_window_sd", "accuracy_window_sd")  # one window has no spread
 SCORES = ("nll", "ppl", "token_accuracy")  # checked against scored_tokens (row_problem)
 # column, what is valid, the test: the scores of a row or a cell where a draw was scored
-SCORE_RULES = (("nll", "a finite number >= 0", lambda x: 0 <= x < INF), ("ppl", "a number >= 1", lambda x: x >= 1),
-               ("token_accuracy", "a share in [0, 1]", lambda x: 0 <= x <= 1))
+SCORE_RULES = (
+    ("nll", "a finite number >= 0", lambda x: 0 <= x < INF),
+    ("ppl", "a number >= 1", lambda x: x >= 1),
+    ("token_accuracy", "a share in [0, 1]", lambda x: 0 <= x <= 1),
+)
 KEY_INTEGERS = ("split", "draw", "protect")  # what row_key needs whole
 
 
@@ -136,10 +186,17 @@ def row_problem(row: dict) -> str | None:
                 continue
             needs = "a physical link's SNR" if column == "snr_db" else "a number"
             return f"{column} is empty, where {needs} belongs"
-        if (not low <= x <= high or (whole and not (math.isfinite(x) and x == int(x)))  # NaN fails the range
-                or (column == "snr_db" and math.isinf(x))):
-            valid = ("a finite number" if column == "snr_db" else f"{'a whole number' if whole else 'a number'} "
-                     + (f">= {low:g}" if high == INF else f"in [{low:g}, {high:g}]"))
+        if (
+            not low <= x <= high
+            or (whole and not (math.isfinite(x) and x == int(x)))  # NaN fails the range
+            or (column == "snr_db" and math.isinf(x))
+        ):
+            valid = (
+                "a finite number"
+                if column == "snr_db"
+                else f"{'a whole number' if whole else 'a number'} "
+                + (f">= {low:g}" if high == INF else f"in [{low:g}, {high:g}]")
+            )
             return f"{column} is {row[column]}, not {valid}"
     for column in NAN_ALLOWED:
         if column in n and n[column] is not None and not (math.isnan(n[column]) or 0 <= n[column] < INF):
@@ -248,8 +305,15 @@ def row_key(row: dict) -> tuple:
     snr = "" if _blank(row["snr_db"]) else repr(float(row["snr_db"]))
     p = repr(float(row["dropout"])) if row["link"] == "dropout" else ""
     withheld, protect = row.get("withheld"), row.get("protect")  # absent in older files: none
-    return (int(row["split"]), row["link"], snr, p, repr(float(0.0 if _blank(withheld) else withheld)),
-            int(0 if _blank(protect) else protect), int(row["draw"]))
+    return (
+        int(row["split"]),
+        row["link"],
+        snr,
+        p,
+        repr(float(0.0 if _blank(withheld) else withheld)),
+        int(0 if _blank(protect) else protect),
+        int(row["draw"]),
+    )
 
 
 def windows_path(results: str | Path) -> Path:
@@ -266,17 +330,23 @@ def _windows_of(path: Path, reader: csv.DictReader) -> dict[tuple, dict[int, tup
     for row in reader:
         line = reader.line_num
         try:
-            tokens, window, nll, correct = int(row["tokens"]), int(row["window"]), float(row["nll_sum"]), \
-                float(row["correct"])
+            tokens, window, nll, correct = (
+                int(row["tokens"]),
+                int(row["window"]),
+                float(row["nll_sum"]),
+                float(row["correct"]),
+            )
             key = row_key(row)
             # a window's NLL may be non-finite (the sweep records it; pooling leaves it out), never negative
             valid = tokens >= 0 and window >= 0 and not nll < 0 and 0 <= correct <= tokens
         except (ValueError, TypeError, KeyError):
             valid = False
         if not valid:
-            raise WindowsFileError(f"{path}:{line}: a damaged row (tokens and window whole and >= 0, nll_sum "
-                                   "not negative, correct in 0..tokens): delete that line (the sweep redoes its "
-                                   "split when the results file is rerun without that split's rows)")
+            raise WindowsFileError(
+                f"{path}:{line}: a damaged row (tokens and window whole and >= 0, nll_sum "
+                "not negative, correct in 0..tokens): delete that line (the sweep redoes its "
+                "split when the results file is rerun without that split's rows)"
+            )
         scores = (nll / tokens, correct / tokens) if tokens > 0 else (math.nan, math.nan)
         found.setdefault(key, {})[window] = scores
     return found
@@ -373,9 +443,19 @@ def pool(rows: list[dict], confidence: float = CONFIDENCE) -> dict:
     rows = [r for r in rows if not is_left_out(r)]
     if not rows:
         nan = float("nan")
-        return {"draws": 0, "draws_left_out": left_out, "samples": 0,
-                "nll": nan, "nll_ci95": nan, "ppl": nan, "ppl_low": nan, "ppl_high": nan,
-                "token_accuracy": nan, "accuracy_ci95": nan, "interval_unit": "none"}
+        return {
+            "draws": 0,
+            "draws_left_out": left_out,
+            "samples": 0,
+            "nll": nan,
+            "nll_ci95": nan,
+            "ppl": nan,
+            "ppl_low": nan,
+            "ppl_high": nan,
+            "token_accuracy": nan,
+            "accuracy_ci95": nan,
+            "interval_unit": "none",
+        }
     tokens = [_float(r["scored_tokens"]) for r in rows]
     counts = [_window_count(r) for r in rows]
     total = sum(tokens)
@@ -383,16 +463,26 @@ def pool(rows: list[dict], confidence: float = CONFIDENCE) -> dict:
     accuracy = sum(t * _float(r["token_accuracy"]) for t, r in zip(tokens, rows, strict=True)) / total
     nll_half, unit = _half_width(rows, 1, "nll_window_sd", confidence)
     accuracy_half, _ = _half_width(rows, 2, "accuracy_window_sd", confidence)
-    return {"draws": len(rows), "draws_left_out": left_out, "samples": sum(counts),
-            "nll": nll, "nll_ci95": nll_half, "ppl": _exp(nll),
-            "ppl_low": _exp(nll - nll_half), "ppl_high": _exp(nll + nll_half),
-            "token_accuracy": accuracy, "accuracy_ci95": accuracy_half, "interval_unit": unit}
+    return {
+        "draws": len(rows),
+        "draws_left_out": left_out,
+        "samples": sum(counts),
+        "nll": nll,
+        "nll_ci95": nll_half,
+        "ppl": _exp(nll),
+        "ppl_low": _exp(nll - nll_half),
+        "ppl_high": _exp(nll + nll_half),
+        "token_accuracy": accuracy,
+        "accuracy_ci95": accuracy_half,
+        "interval_unit": unit,
+    }
 
 
 def paired(rows_a: list[dict], rows_b: list[dict], confidence: float = CONFIDENCE) -> dict:
     """NLL(A) - NLL(B) of two cells of one condition, paired on the same windows and draws: the mean over
     windows of each window's difference averaged over its draws, with its t interval over windows (over
     draws where there is one window). Rows need their window scores where they hold several windows."""
+
     def scores(rows):
         found = {}
         for row in rows:
@@ -418,13 +508,31 @@ def paired(rows_a: list[dict], rows_b: list[dict], confidence: float = CONFIDENC
         return {"difference": mean, "ci95": math.nan, "pairs": pairs, "units": len(values), "interval_unit": "none"}
     mean, sd = _mean_sd(values)
     half = _t(confidence, len(values) - 1) * sd / math.sqrt(len(values))
-    return {"difference": mean, "ci95": half, "pairs": pairs, "units": len(values), "interval_unit": unit,
-            "significant": abs(mean) > half}
+    return {
+        "difference": mean,
+        "ci95": half,
+        "pairs": pairs,
+        "units": len(values),
+        "interval_unit": unit,
+        "significant": abs(mean) > half,
+    }
 
 
 CELL_KEYS = ("split", "layers_on_ue", "link", "snr_db", "dropout", "withheld", "protect")  # what identifies a cell
-CELL_COLUMNS = CELL_KEYS + ("draws", "draws_left_out", "samples", "nll", "nll_ci95", "ppl", "ppl_low", "ppl_high",
-                            "token_accuracy", "accuracy_ci95", "total_s", "interval_unit")
+CELL_COLUMNS = CELL_KEYS + (
+    "draws",
+    "draws_left_out",
+    "samples",
+    "nll",
+    "nll_ci95",
+    "ppl",
+    "ppl_low",
+    "ppl_high",
+    "token_accuracy",
+    "accuracy_ci95",
+    "total_s",
+    "interval_unit",
+)
 
 
 def cell_table(rows: list[dict], windows: dict | None = None) -> list[dict]:
@@ -433,8 +541,9 @@ def cell_table(rows: list[dict], windows: dict | None = None) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for row in attach_windows(rows, windows or {}):
         groups.setdefault(tuple(str(row[k]) for k in CELL_KEYS), []).append(row)
-    return [{**dict(zip(CELL_KEYS, key)), **pool(group), "total_s": group[0]["total_s"]}
-            for key, group in groups.items()]
+    return [
+        {**dict(zip(CELL_KEYS, key)), **pool(group), "total_s": group[0]["total_s"]} for key, group in groups.items()
+    ]
 
 
 def cells_path(output: str | Path) -> Path:
@@ -465,8 +574,11 @@ def report_left_out(table: list[dict], where) -> None:
     left_out = sum(int(c["draws_left_out"]) for c in table)
     if left_out:
         cells = sum(int(c["draws_left_out"]) > 0 for c in table)
-        print(f"[layersplit] {where}: {left_out} draw(s) in {cells} cell(s) scored no finite window and are left out "
-              "of their cells (column draws_left_out)", file=sys.stderr)
+        print(
+            f"[layersplit] {where}: {left_out} draw(s) in {cells} cell(s) scored no finite window and are left out "
+            "of their cells (column draws_left_out)",
+            file=sys.stderr,
+        )
 
 
 def cell_problem(row: dict) -> str | None:
@@ -478,8 +590,11 @@ def cell_problem(row: dict) -> str | None:
         return problem
     try:
         counts = {c: _number(row[c]) for c in ("draws", "draws_left_out", "samples") if c in row}
-        scores = {c: _number(row[c]) for c in ("nll", "nll_ci95", "ppl", "ppl_low", "ppl_high", "token_accuracy",
-                                               "accuracy_ci95") if c in row}
+        scores = {
+            c: _number(row[c])
+            for c in ("nll", "nll_ci95", "ppl", "ppl_low", "ppl_high", "token_accuracy", "accuracy_ci95")
+            if c in row
+        }
     except (TypeError, ValueError):
         return "a number column holds text"
     for column, x in counts.items():
@@ -489,11 +604,13 @@ def cell_problem(row: dict) -> str | None:
         return f"interval_unit is {row['interval_unit']!r}, not one of {', '.join(UNITS)}"
     if not counts.get("draws", 1):  # no draw pooled: nothing to check
         return None
-    for column, valid, ok in (*SCORE_RULES,
-                              ("nll_ci95", "a number >= 0 or nan", lambda x: math.isnan(x) or x >= 0),
-                              ("accuracy_ci95", "a number >= 0 or nan", lambda x: math.isnan(x) or x >= 0),
-                              ("ppl_low", "a number > 0 or nan", lambda x: math.isnan(x) or x > 0),
-                              ("ppl_high", "a number > 0 or nan", lambda x: math.isnan(x) or x > 0)):
+    for column, valid, ok in (
+        *SCORE_RULES,
+        ("nll_ci95", "a number >= 0 or nan", lambda x: math.isnan(x) or x >= 0),
+        ("accuracy_ci95", "a number >= 0 or nan", lambda x: math.isnan(x) or x >= 0),
+        ("ppl_low", "a number > 0 or nan", lambda x: math.isnan(x) or x > 0),
+        ("ppl_high", "a number > 0 or nan", lambda x: math.isnan(x) or x > 0),
+    ):
         if column in scores and (scores[column] is None or not ok(scores[column])):
             return f"{column} is {row[column] or 'empty'}, not {valid}"
     return None
@@ -536,8 +653,14 @@ def compare_splits(rows: list[dict], a: int, b: int, confidence: float = CONFIDE
     out = []
     for key, by_split in groups.items():
         if a in by_split and b in by_split:
-            out.append({"condition": condition_label(key), "split_a": a, "split_b": b,
-                        **paired(by_split[a], by_split[b], confidence)})
+            out.append(
+                {
+                    "condition": condition_label(key),
+                    "split_a": a,
+                    "split_b": b,
+                    **paired(by_split[a], by_split[b], confidence),
+                }
+            )
     return out
 
 
@@ -557,10 +680,14 @@ CLI_COLUMNS = (*CELL_KEYS, "draw", "nll", "token_accuracy", "scored_tokens", "to
 def main(argv=None) -> int:
     from .cli import writable_file, write_text_atomic
 
-    parser = argparse.ArgumentParser(prog="python -m layersplit.cells", description=(
-        "A sweep results file's cells: --compare A,B gives NLL(A) - NLL(B) paired on the same windows and draws, "
-        "with its 95%% t interval over windows; --write-cells rewrites its <stem>_cells.csv (the intervals from "
-        "the windows file beside it)."))
+    parser = argparse.ArgumentParser(
+        prog="python -m layersplit.cells",
+        description=(
+            "A sweep results file's cells: --compare A,B gives NLL(A) - NLL(B) paired on the same windows and draws, "
+            "with its 95%% t interval over windows; --write-cells rewrites its <stem>_cells.csv (the intervals from "
+            "the windows file beside it)."
+        ),
+    )
     parser.add_argument("results", type=Path, help="sweep results CSV (add_noise.py --sweep --output)")
     parser.add_argument("--compare", metavar="A,B", help="two splits (0-based, as in the file)")
     parser.add_argument("--json", type=writable_file, help="with --compare: also write the comparison here")
@@ -592,8 +719,10 @@ def main(argv=None) -> int:
     print(f"NLL(split {a}) - NLL(split {b}), paired on the same windows and draws; 95% t interval over the unit")
     for r in found:
         mark = "*" if r.get("significant") else " "
-        print(f"  {r['condition']:28s} {r['difference']:+8.4f} +- {r['ci95']:.4f} {mark} "
-              f"({r['pairs']} pairs, {r['units']} {r['interval_unit']})")
+        print(
+            f"  {r['condition']:28s} {r['difference']:+8.4f} +- {r['ci95']:.4f} {mark} "
+            f"({r['pairs']} pairs, {r['units']} {r['interval_unit']})"
+        )
     print("  * the interval excludes 0")
     if args.json:
         write_text_atomic(args.json, json.dumps({"results": str(args.results), "comparisons": found}, indent=1) + "\n")

@@ -316,8 +316,9 @@ class SnrProcess:
     x_{t+1} = mean + rho (x_t - mean) + sqrt(1 - rho^2) std eps_t, x_0 drawn from N(mean, std^2).
     """
 
-    def __init__(self, mean_db: float = SNR_MEAN_DB, std_db: float = SNR_STD_DB, rho: float = SNR_RHO,
-                 seed: int | None = None) -> None:
+    def __init__(
+        self, mean_db: float = SNR_MEAN_DB, std_db: float = SNR_STD_DB, rho: float = SNR_RHO, seed: int | None = None
+    ) -> None:
         if not std_db >= 0:
             raise ValueError(f"std_db must be >= 0, got {std_db}")
         if not -1 <= rho <= 1:
@@ -414,21 +415,23 @@ def ber_per_table(
                 block = LinkConfig(**{**asdict(link), **point, "block_fading": True})
                 mc_fast = monte_carlo_link(fast, n_packets, rng)
                 mc_block = mc_fast if fading == "awgn" else monte_carlo_link(block, n_packets, rng)
-                rows.append({
-                    **point,
-                    "ebn0_db": fast.ebn0_db,
-                    "nakagami_m": link.nakagami_m if fading == "nakagami" else math.nan,
-                    "bits_per_packet": link.bits_per_packet,
-                    "ber": average_ber(modulation, snr_db, fading, link.nakagami_m),
-                    "ber_mc": mc_fast["ber"],
-                    "ber_mc_se": mc_fast["ber_se"],
-                    "per_fast": packet_error_rate(fast),
-                    "per_fast_mc": mc_fast["per"],
-                    "per_block": packet_error_rate(block),
-                    "per_block_mc": mc_block["per"],
-                    "per_block_mc_se": mc_block["per_se"],
-                    "mc_packets": n_packets,
-                })
+                rows.append(
+                    {
+                        **point,
+                        "ebn0_db": fast.ebn0_db,
+                        "nakagami_m": link.nakagami_m if fading == "nakagami" else math.nan,
+                        "bits_per_packet": link.bits_per_packet,
+                        "ber": average_ber(modulation, snr_db, fading, link.nakagami_m),
+                        "ber_mc": mc_fast["ber"],
+                        "ber_mc_se": mc_fast["ber_se"],
+                        "per_fast": packet_error_rate(fast),
+                        "per_fast_mc": mc_fast["per"],
+                        "per_block": packet_error_rate(block),
+                        "per_block_mc": mc_block["per"],
+                        "per_block_mc_se": mc_block["per_se"],
+                        "mc_packets": n_packets,
+                    }
+                )
     return rows
 
 
@@ -471,47 +474,93 @@ def link_summary(cfg: LinkConfig, tokens: int, hidden_size: int) -> dict[str, fl
 def add_link_arguments(p: argparse.ArgumentParser, snr_db_default: float | None = DEFAULT_SNR_DB) -> None:
     """The operating-point options, shared by this CLI and the scripts that impair a model (their
     parsers show each default: cli.HelpFormatter)."""
-    p.add_argument("--snr-db", type=float, default=snr_db_default,
-                   help="average received SNR per symbol, Es/N0, in dB (Eb/N0 = Es/N0 / log2 M)")
-    p.add_argument("--modulation", choices=list(MODULATIONS), default=DEFAULT_MODULATION, help="Gray-mapped constellation")
+    p.add_argument(
+        "--snr-db",
+        type=float,
+        default=snr_db_default,
+        help="average received SNR per symbol, Es/N0, in dB (Eb/N0 = Es/N0 / log2 M)",
+    )
+    p.add_argument(
+        "--modulation", choices=list(MODULATIONS), default=DEFAULT_MODULATION, help="Gray-mapped constellation"
+    )
     p.add_argument("--fading", choices=FADINGS, default=DEFAULT_FADING, help="the fade of the received amplitude")
-    p.add_argument("--nakagami-m", type=float, default=DEFAULT_NAKAGAMI_M,
-                   help="Nakagami shape m >= 0.5 for --fading nakagami (1 = Rayleigh)")
-    p.add_argument("--bits-per-element", type=int, default=DEFAULT_BITS_PER_ELEMENT,
-                   help="bits per activation on the wire: 32 fp32, 16 fp16/bf16, 8 int8")
-    p.add_argument("--elements-per-packet", type=int, default=DEFAULT_ELEMENTS_PER_PACKET,
-                   help="activations per packet, k (k=1 with --header-bits 0: i.i.d. element loss)")
+    p.add_argument(
+        "--nakagami-m",
+        type=float,
+        default=DEFAULT_NAKAGAMI_M,
+        help="Nakagami shape m >= 0.5 for --fading nakagami (1 = Rayleigh)",
+    )
+    p.add_argument(
+        "--bits-per-element",
+        type=int,
+        default=DEFAULT_BITS_PER_ELEMENT,
+        help="bits per activation on the wire: 32 fp32, 16 fp16/bf16, 8 int8",
+    )
+    p.add_argument(
+        "--elements-per-packet",
+        type=int,
+        default=DEFAULT_ELEMENTS_PER_PACKET,
+        help="activations per packet, k (k=1 with --header-bits 0: i.i.d. element loss)",
+    )
     p.add_argument("--header-bits", type=int, default=DEFAULT_HEADER_BITS, help="header/CRC bits per packet")
     p.add_argument("--bandwidth-hz", type=float, default=DEFAULT_BANDWIDTH_HZ, help="uplink bandwidth")
-    p.add_argument("--block-fading", action=argparse.BooleanOptionalAction, default=DEFAULT_BLOCK_FADING,
-                   help="one fade per packet (--no-block-fading: independent bit errors)")
+    p.add_argument(
+        "--block-fading",
+        action=argparse.BooleanOptionalAction,
+        default=DEFAULT_BLOCK_FADING,
+        help="one fade per packet (--no-block-fading: independent bit errors)",
+    )
 
 
 def link_config_from_args(args: argparse.Namespace) -> LinkConfig:
     """The LinkConfig of parsed add_link_arguments options (raises ValueError on bad values)."""
-    return LinkConfig(args.snr_db, args.modulation, args.fading, args.nakagami_m, args.bits_per_element,
-                      args.elements_per_packet, args.header_bits, args.bandwidth_hz, args.block_fading)
+    return LinkConfig(
+        args.snr_db,
+        args.modulation,
+        args.fading,
+        args.nakagami_m,
+        args.bits_per_element,
+        args.elements_per_packet,
+        args.header_bits,
+        args.bandwidth_hz,
+        args.block_fading,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = cli.parser("BER, packet error rate, element loss and link latency of the split-layer uplink.",
-                   prog="python -m layersplit.channel")
+    p = cli.parser(
+        "BER, packet error rate, element loss and link latency of the split-layer uplink.",
+        prog="python -m layersplit.channel",
+    )
     add_link_arguments(p)
     cli.bound_link_arguments(p)  # finite and in range at parse time (an SNR of 1e308 overflowed)
     p.add_argument("--tokens", type=cli.positive_int, default=DEFAULT_TOKENS, help="prompt tokens sent at prefill")
-    p.add_argument("--hidden-size", type=cli.positive_int, default=DEFAULT_HIDDEN_SIZE,
-                   help="d_model of the split model")
+    p.add_argument(
+        "--hidden-size", type=cli.positive_int, default=DEFAULT_HIDDEN_SIZE, help="d_model of the split model"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--table", metavar="CSV", type=writable_file,
-                   help="write the closed-form vs Monte Carlo BER/PER table over all SNRs, modulations and fadings"
-                        " (uses the packet and --nakagami-m options)")
-    p.add_argument("--latency-table", metavar="CSV", type=writable_file,
-                   help="write UE compute, air time and edge compute against the split (compute.py) for SmolLM2-135M and "
-                        f"Llama-2-7B, prefill of --tokens tokens and one decoding step, at Es/N0 "
-                        f"{', '.join(f'{s:g}' for s in LATENCY_TABLE_SNR_DB)} dB (uses the link options but --snr-db)")
-    p.add_argument("--protect-table", metavar="CSV", type=writable_file,
-                   help="write the protected path's extra bits and air time (--protect K, K in PROTECT_TABLE_KS) against "
-                        "Es/N0 for SmolLM2-135M and Llama-2-7B, prefill of --tokens tokens and one decoding step")
+    p.add_argument(
+        "--table",
+        metavar="CSV",
+        type=writable_file,
+        help="write the closed-form vs Monte Carlo BER/PER table over all SNRs, modulations and fadings"
+        " (uses the packet and --nakagami-m options)",
+    )
+    p.add_argument(
+        "--latency-table",
+        metavar="CSV",
+        type=writable_file,
+        help="write UE compute, air time and edge compute against the split (compute.py) for SmolLM2-135M and "
+        f"Llama-2-7B, prefill of --tokens tokens and one decoding step, at Es/N0 "
+        f"{', '.join(f'{s:g}' for s in LATENCY_TABLE_SNR_DB)} dB (uses the link options but --snr-db)",
+    )
+    p.add_argument(
+        "--protect-table",
+        metavar="CSV",
+        type=writable_file,
+        help="write the protected path's extra bits and air time (--protect K, K in PROTECT_TABLE_KS) against "
+        "Es/N0 for SmolLM2-135M and Llama-2-7B, prefill of --tokens tokens and one decoding step",
+    )
     p.add_argument("--mc-symbols", type=int, default=TABLE_MC_SYMBOLS, help="Monte Carlo symbols per table point")
     p.add_argument("--seed", type=cli.seed, default=TABLE_SEED, help="seed of the table's Monte Carlo")
     return p
@@ -544,8 +593,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.protect_table:
             from . import compute
 
-            rows = compute.protect_table(list(PROTECT_TABLE_SNR_DB), compute.TABLE_MODELS, PROTECT_TABLE_KS,
-                                         args.tokens, cfg)
+            rows = compute.protect_table(
+                list(PROTECT_TABLE_SNR_DB), compute.TABLE_MODELS, PROTECT_TABLE_KS, args.tokens, cfg
+            )
             write_table(rows, args.protect_table)
             print(f"wrote {len(rows)} rows to {args.protect_table}")
             return 0

@@ -17,6 +17,7 @@ episodes, so gaps are paired by seed), over episodes on the real LLM (each episo
 link draws, the same for every policy), over windows of text for the sweep. A verdict is drawn from
 the intervals by a stated rule (`verdict`), never typed by hand.
 """
+
 from __future__ import annotations
 
 import csv
@@ -68,8 +69,9 @@ def verdict(gaps: list[tuple[float, float]]) -> str:
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
-    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                     + ["| " + " | ".join(row) + " |" for row in rows])
+    return "\n".join(
+        ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(row) + " |" for row in rows]
+    )
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -94,8 +96,13 @@ def run_stats(run: dict, name: str) -> dict:
     values = returns[name]["per_seed"]
     share, share_half, _ = share_of_optimum(values, returns["optimum"]["per_seed"])
     gap = confidence_interval(np.subtract(returns["learned"]["per_seed"], values))
-    return {"mean": returns[name]["mean"], "ci95": returns[name]["ci95"], "share": share, "share_ci95": share_half,
-            "gap": gap}
+    return {
+        "mean": returns[name]["mean"],
+        "ci95": returns[name]["ci95"],
+        "share": share,
+        "share_ci95": share_half,
+        "gap": gap,
+    }
 
 
 def llm_gaps(evaluation: dict, name: str, other: str) -> tuple[float, float]:
@@ -107,6 +114,7 @@ def llm_gaps(evaluation: dict, name: str, other: str) -> tuple[float, float]:
         if n == "surrogate":
             return np.mean([r["per_episode"] for k, r in returns.items() if k.startswith("surrogate ")], axis=0)
         return np.asarray(returns[n]["per_episode"])
+
     return confidence_interval(per_episode(name) - per_episode(other))
 
 
@@ -144,27 +152,58 @@ def block_rl(results: Path) -> str:
             continue
         s = {n: run_stats(run, n) for n in run["returns"]}
         blind = s.get("best-static-per-start")
-        rows.append([label, run["algo"].upper(), f"{pm(s['learned']['mean'], s['learned']['ci95'])} "
-                     f"({pct(s['learned']['share'], s['learned']['share_ci95'])})",
-                     f"{s['fixed']['mean']:.3f} ({pct(s['fixed']['share'])})",
-                     f"{s['best-static']['mean']:.3f}, {run['best_static']['choice']} "
-                     f"({pct(s['best-static']['share'])})",
-                     f"{blind['mean']:.3f} ({pct(blind['share'])})" if blind else "-",
-                     f"{s['random']['mean']:.3f} ({pct(s['random']['share'])})",
-                     f"{s['greedy']['mean']:.3f} ({pct(s['greedy']['share'])})" if "greedy" in s else "-",
-                     f"{s['optimum']['mean']:.3f}",
-                     pm(*s["best-static"]["gap"], sign=True), pm(*blind["gap"], sign=True) if blind else "-"])
+        rows.append(
+            [
+                label,
+                run["algo"].upper(),
+                f"{pm(s['learned']['mean'], s['learned']['ci95'])} "
+                f"({pct(s['learned']['share'], s['learned']['share_ci95'])})",
+                f"{s['fixed']['mean']:.3f} ({pct(s['fixed']['share'])})",
+                f"{s['best-static']['mean']:.3f}, {run['best_static']['choice']} ({pct(s['best-static']['share'])})",
+                f"{blind['mean']:.3f} ({pct(blind['share'])})" if blind else "-",
+                f"{s['random']['mean']:.3f} ({pct(s['random']['share'])})",
+                f"{s['greedy']['mean']:.3f} ({pct(s['greedy']['share'])})" if "greedy" in s else "-",
+                f"{s['optimum']['mean']:.3f}",
+                pm(*s["best-static"]["gap"], sign=True),
+                pm(*blind["gap"], sign=True) if blind else "-",
+            ]
+        )
         for algo in ("a2c", "dqn"):
             other = _json(results, f"{stem.replace('_ppo', f'_{algo}')}.json") if "paper" in stem else None
             if other:
                 o = {n: run_stats(other, n) for n in ("learned", "best-static", "best-static-per-start")}
-                rows.append([label, algo.upper(), f"{pm(o['learned']['mean'], o['learned']['ci95'])} "
-                             f"({pct(o['learned']['share'], o['learned']['share_ci95'])})", "", "", "", "", "", "",
-                             pm(*o["best-static"]["gap"], sign=True),
-                             pm(*o["best-static-per-start"]["gap"], sign=True)])
-    return table(["environment, surrogate", "agent", "learned (share of the optimum)", "fixed split", "best static",
-                  "best static per start (p-blind)", "random", "greedy", "optimum", "learned − best static",
-                  "learned − p-blind"], rows)
+                rows.append(
+                    [
+                        label,
+                        algo.upper(),
+                        f"{pm(o['learned']['mean'], o['learned']['ci95'])} "
+                        f"({pct(o['learned']['share'], o['learned']['share_ci95'])})",
+                        "",
+                        "",
+                        "",
+                        "",
+                        "",
+                        "",
+                        pm(*o["best-static"]["gap"], sign=True),
+                        pm(*o["best-static-per-start"]["gap"], sign=True),
+                    ]
+                )
+    return table(
+        [
+            "environment, surrogate",
+            "agent",
+            "learned (share of the optimum)",
+            "fixed split",
+            "best static",
+            "best static per start (p-blind)",
+            "random",
+            "greedy",
+            "optimum",
+            "learned − best static",
+            "learned − p-blind",
+        ],
+        rows,
+    )
 
 
 def block_ablation(results: Path) -> str:
@@ -175,19 +214,36 @@ def block_ablation(results: Path) -> str:
     for name, s in record["summary"].items():
         runs = record["surrogates"][name]["runs"]
         for setup, t in s["setups"].items():
-            at_first = [sum(f == FIRST_SPLIT for f in runs[f"{setup} | seed {seed}"]["final_splits"])
-                        for seed in t["seeds"]]
-            rows.append([ABLATION_NAMES.get(name, name), setup, f"{t['share_of_optimum']:.2f}% ± {t['share_ci95']:.2f}",
-                         ", ".join(f"{x:.2f}" for x in t["share_per_seed"]),
-                         pm(t["minus_best_static"], t["minus_best_static_ci95"], 4, True),
-                         pm(t["minus_original"], t["minus_original_ci95"], 4, True),
-                         f"{t['channel_blind_seeds']} of {len(t['seeds'])}",
-                         ", ".join(str(n) for n in at_first)])
+            at_first = [
+                sum(f == FIRST_SPLIT for f in runs[f"{setup} | seed {seed}"]["final_splits"]) for seed in t["seeds"]
+            ]
+            rows.append(
+                [
+                    ABLATION_NAMES.get(name, name),
+                    setup,
+                    f"{t['share_of_optimum']:.2f}% ± {t['share_ci95']:.2f}",
+                    ", ".join(f"{x:.2f}" for x in t["share_per_seed"]),
+                    pm(t["minus_best_static"], t["minus_best_static_ci95"], 4, True),
+                    pm(t["minus_original"], t["minus_original_ci95"], 4, True),
+                    f"{t['channel_blind_seeds']} of {len(t['seeds'])}",
+                    ", ".join(str(n) for n in at_first),
+                ]
+            )
     episodes = record["settings"]["eval_episodes"]
-    header = ["surrogate", "set-up", "share of the optimum", "per seed", "− best static", "− the original set-up",
-              "channel-blind seeds", f"episodes (of {episodes}) ending at split {FIRST_SPLIT}, per seed"]
-    best = "; ".join(f"{ABLATION_NAMES.get(n, n)}: best static {s['best_static']} at {s['best_static_share']:.2f}%"
-                     for n, s in record["summary"].items())
+    header = [
+        "surrogate",
+        "set-up",
+        "share of the optimum",
+        "per seed",
+        "− best static",
+        "− the original set-up",
+        "channel-blind seeds",
+        f"episodes (of {episodes}) ending at split {FIRST_SPLIT}, per seed",
+    ]
+    best = "; ".join(
+        f"{ABLATION_NAMES.get(n, n)}: best static {s['best_static']} at {s['best_static_share']:.2f}%"
+        for n, s in record["summary"].items()
+    )
     return table(header, rows) + f"\n\n{best}."
 
 
@@ -205,11 +261,14 @@ def block_sweep(results: Path) -> str:
     def show(r):
         low, high = float(r["ppl_low"]), float(r["ppl_high"])
         return f"{float(r['ppl']):.3g} [{low:.3g}, {high:.3g}]" if math.isfinite(low) else f"{float(r['ppl']):.3g}"
+
     rows = [[str(s)] + [show(cell[s, p]) if (s, p) in cell else "" for p in ps] for s in splits]
     units = sorted({r["interval_unit"] for r in found if float(r["dropout"]) > 0})
-    return (table(["split"] + [f"p = {p:g}" for p in ps], rows)
-            + f"\n\nInterval unit of the impaired cells: {', '.join(units)}; "
-              f"{cell[splits[0], 0.0]['samples']} window(s) in the clean cell.")
+    return (
+        table(["split"] + [f"p = {p:g}" for p in ps], rows)
+        + f"\n\nInterval unit of the impaired cells: {', '.join(units)}; "
+        f"{cell[splits[0], 0.0]['samples']} window(s) in the clean cell."
+    )
 
 
 def paired_table(rows: list[dict]) -> list[dict]:
@@ -229,13 +288,17 @@ def block_paired(results: Path) -> str:
 
     def show(c):
         return pm(c["difference"], c["ci95"], 2, True) + (" *" if c.get("significant") else "")
-    rows = [[f"split {a} − split {b}"] + [show(by[(a, b), p]) if ((a, b), p) in by else "" for p in ps]
-            for a, b in PAIRS]
+
+    rows = [
+        [f"split {a} − split {b}"] + [show(by[(a, b), p]) if ((a, b), p) in by else "" for p in ps] for a, b in PAIRS
+    ]
     units = {c["interval_unit"] for c in found}
     n = {c["units"] for c in found}
-    return (table(["NLL difference"] + ps, rows)
-            + f"\n\nPaired on the same windows and masks; 95% t interval over {', '.join(map(str, sorted(n)))} "
-              f"{', '.join(sorted(units))}; * the interval excludes 0 (negative: the first split has the lower NLL).")
+    return (
+        table(["NLL difference"] + ps, rows)
+        + f"\n\nPaired on the same windows and masks; 95% t interval over {', '.join(map(str, sorted(n)))} "
+        f"{', '.join(sorted(units))}; * the interval excludes 0 (negative: the first split has the lower NLL)."
+    )
 
 
 def block_claims(results: Path) -> str:
@@ -249,29 +312,44 @@ def block_claims(results: Path) -> str:
     parts, gaps = [], []
     for stem, s in stats.items():
         gaps.append(s["fixed"]["gap"])
-        parts.append(f"{SURROGATE_RUNS[stem]}: PPO {pct(s['learned']['share'], s['learned']['share_ci95'])} of the "
-                     f"optimum against {pct(s['fixed']['share'])} for the fixed split, PPO − fixed "
-                     f"{pm(*s['fixed']['gap'], sign=True)}")
+        parts.append(
+            f"{SURROGATE_RUNS[stem]}: PPO {pct(s['learned']['share'], s['learned']['share_ci95'])} of the "
+            f"optimum against {pct(s['fixed']['share'])} for the fixed split, PPO − fixed "
+            f"{pm(*s['fixed']['gap'], sign=True)}"
+        )
     held = ""
     if llm:
         gap = llm_gaps(llm, "learned (LLM in the loop)", "fixed")
         gaps.append(gap)
         splits = {s for episode in llm["returns"]["learned (LLM in the loop)"]["splits"] for s in episode}
-        held = (f"; on the real LLM the learned policy holds split {splits.pop()} in every episode: a learned "
-                "choice beats the fixed split there, not adaptation") if len(splits) == 1 else ""
+        held = (
+            (
+                f"; on the real LLM the learned policy holds split {splits.pop()} in every episode: a learned "
+                "choice beats the fixed split there, not adaptation"
+            )
+            if len(splits) == 1
+            else ""
+        )
         parts.append(f"real LLM ({llm['episodes']} episodes): LLM-trained PPO − fixed {pm(*gap, 1, True)}")
-    rows.append(["adaptive splitting beats the fixed split (5 layers on the UE)", "; ".join(parts),
-                 f"**{verdict(gaps)}**: PPO − fixed is above 0 in {sum(m - h > 0 for m, h in gaps)} of {len(gaps)} "
-                 f"settings{held}"])
+    rows.append(
+        [
+            "adaptive splitting beats the fixed split (5 layers on the UE)",
+            "; ".join(parts),
+            f"**{verdict(gaps)}**: PPO − fixed is above 0 in {sum(m - h > 0 for m, h in gaps)} of {len(gaps)} "
+            f"settings{held}",
+        ]
+    )
 
     # 2. adaptive beats the best static split, under the original's settings and the defaults
     parts, gaps = [], []
     for name, s in (ablation or {}).items():  # under the original's settings and the defaults
         for setup, t in list(s["setups"].items())[:2]:
             gaps.append((t["minus_best_static"], t["minus_best_static_ci95"]))
-            parts.append(f"{ABLATION_NAMES.get(name, name)}, {setup.split(':')[0]} set-up (ablation): PPO − best "
-                         f"static {pm(t['minus_best_static'], t['minus_best_static_ci95'], 4, True)}, channel-blind "
-                         f"in {t['channel_blind_seeds']} of {len(t['seeds'])} seeds")
+            parts.append(
+                f"{ABLATION_NAMES.get(name, name)}, {setup.split(':')[0]} set-up (ablation): PPO − best "
+                f"static {pm(t['minus_best_static'], t['minus_best_static_ci95'], 4, True)}, channel-blind "
+                f"in {t['channel_blind_seeds']} of {len(t['seeds'])} seeds"
+            )
     ablated = {stem for name, stem in ABLATION_RUNS.items() if name in (ablation or {})}
     blind_gaps = []
     for stem, s in stats.items():
@@ -286,10 +364,15 @@ def block_claims(results: Path) -> str:
         gaps.append(gap)
         choice = llm["best_static"]["choice"]
         parts.append(f"real LLM: LLM-trained PPO − best static ({choice}) {pm(*gap, 2, True)}")
-    rows.append(["adaptive splitting beats the best static split", "; ".join(parts),
-                 f"**{verdict(gaps)}**: above 0 in {sum(m - h > 0 for m, h in gaps)} of {len(gaps)} settings; "
-                 f"against the p-blind per-start baseline (a policy that never looks at the channel) in "
-                 f"{sum(m - h > 0 for m, h in blind_gaps)} of {len(blind_gaps)}"])
+    rows.append(
+        [
+            "adaptive splitting beats the best static split",
+            "; ".join(parts),
+            f"**{verdict(gaps)}**: above 0 in {sum(m - h > 0 for m, h in gaps)} of {len(gaps)} settings; "
+            f"against the p-blind per-start baseline (a policy that never looks at the channel) in "
+            f"{sum(m - h > 0 for m, h in blind_gaps)} of {len(blind_gaps)}",
+        ]
+    )
 
     # 3. PPO beats A2C and DQN
     parts, gaps = [], []
@@ -298,26 +381,36 @@ def block_claims(results: Path) -> str:
         for algo in ("a2c", "dqn"):
             other = _json(results, pattern.format(algo=algo) + ".json")
             if ppo and other:
-                gap = confidence_interval(np.subtract(ppo["returns"]["learned"]["per_seed"],
-                                                      other["returns"]["learned"]["per_seed"]))
+                gap = confidence_interval(
+                    np.subtract(ppo["returns"]["learned"]["per_seed"], other["returns"]["learned"]["per_seed"])
+                )
                 gaps.append(gap)
                 parts.append(f"{surrogate} surrogate: PPO − {algo.upper()} {pm(*gap, sign=True)}")
-    rows.append(["PPO beats A2C and DQN", "; ".join(parts) + " (paired by seed: the same episodes)",
-                 f"**{verdict(gaps)}**: above 0 in {sum(m - h > 0 for m, h in gaps)} of {len(gaps)} comparisons"])
+    rows.append(
+        [
+            "PPO beats A2C and DQN",
+            "; ".join(parts) + " (paired by seed: the same episodes)",
+            f"**{verdict(gaps)}**: above 0 in {sum(m - h > 0 for m, h in gaps)} of {len(gaps)} comparisons",
+        ]
+    )
 
     # 4. cost
     cost = _json(results, COST)
     if cost:
         default = list(cost["ppo"].values())[-1]
-        rows.append(["the surrogate cuts training from days to minutes",
-                     f"one LLM step ({cost['llm_tokens']} tokens) {1e3 * cost['llm_step_s']:.0f} ms against "
-                     f"{1e6 * cost['surrogate_step_s']:.0f} µs per surrogate step, "
-                     f"{cost['llm_over_surrogate_step']:,.0f}x "
-                     f"(`bench/rl.py`, one run, load {cost['load_average_at_start']:.1f} at its start); "
-                     f"{cost['total_timesteps']:,} steps: {cost['llm_run_days']:.1f} days of LLM steps against a "
-                     f"{default['run_s'] / 60:.1f}-min PPO run on the surrogate, "
-                     f"{cost['llm_run_over_surrogate_run']:,.0f}x",
-                     "**reproduced** in kind (SmolLM2 is 50x smaller than Llama-2-7B: fewer absolute days)"])
+        rows.append(
+            [
+                "the surrogate cuts training from days to minutes",
+                f"one LLM step ({cost['llm_tokens']} tokens) {1e3 * cost['llm_step_s']:.0f} ms against "
+                f"{1e6 * cost['surrogate_step_s']:.0f} µs per surrogate step, "
+                f"{cost['llm_over_surrogate_step']:,.0f}x "
+                f"(`bench/rl.py`, one run, load {cost['load_average_at_start']:.1f} at its start); "
+                f"{cost['total_timesteps']:,} steps: {cost['llm_run_days']:.1f} days of LLM steps against a "
+                f"{default['run_s'] / 60:.1f}-min PPO run on the surrogate, "
+                f"{cost['llm_run_over_surrogate_run']:,.0f}x",
+                "**reproduced** in kind (SmolLM2 is 50x smaller than Llama-2-7B: fewer absolute days)",
+            ]
+        )
 
     # 5. a surrogate-trained policy works on the real LLM
     if llm:
@@ -328,13 +421,17 @@ def block_claims(results: Path) -> str:
         returns = llm["returns"]
         surrogate = np.mean([r["per_episode"] for k, r in returns.items() if k.startswith("surrogate ")], axis=0)
         differ = int(np.sum(~np.isclose(surrogate, returns["learned (LLM in the loop)"]["per_episode"])))
-        rows.append(["a policy learned on the surrogate works on the real LLM",
-                     f"{llm['episodes']} episodes of the real LLM, the same for every policy; surrogate-trained PPO "
-                     f"(mean of 3 seeds per episode) − fixed {pm(*versus_fixed, 1, True)}, − the LLM-trained policy "
-                     f"{pm(*versus_llm, 1, True)} (their returns differ in {differ} of {llm['episodes']} episodes), "
-                     f"− best static {pm(*versus_best, 1, True)}",
-                     f"**{'reproduced' if ok else 'not reproduced'}**: rule: above the fixed split and not below "
-                     "the LLM-trained policy"])
+        rows.append(
+            [
+                "a policy learned on the surrogate works on the real LLM",
+                f"{llm['episodes']} episodes of the real LLM, the same for every policy; surrogate-trained PPO "
+                f"(mean of 3 seeds per episode) − fixed {pm(*versus_fixed, 1, True)}, − the LLM-trained policy "
+                f"{pm(*versus_llm, 1, True)} (their returns differ in {differ} of {llm['episodes']} episodes), "
+                f"− best static {pm(*versus_best, 1, True)}",
+                f"**{'reproduced' if ok else 'not reproduced'}**: rule: above the fixed split and not below "
+                "the LLM-trained policy",
+            ]
+        )
 
     # 6. more loss, deeper split
     parts, shifts = [], []
@@ -343,11 +440,18 @@ def block_claims(results: Path) -> str:
             found = policy_map_shift(results, stem, policy)
             if found:
                 shifts.append(found[1] - found[0] >= 1)
-                parts.append(f"{SURROGATE_RUNS[stem].split(', ')[1]}, {policy}: mean final split {found[0]:.1f} at "
-                             f"p <= {LOW_P:g}, {found[1]:.1f} at p >= {HIGH_P:g}")
-    rows.append(["more channel loss, deeper split", "; ".join(parts),
-                 f"**{'reproduced' if all(shifts) else 'partly' if any(shifts) else 'not reproduced'}**: a shift of "
-                 f"at least one layer in {sum(shifts)} of {len(shifts)} policy maps"])
+                parts.append(
+                    f"{SURROGATE_RUNS[stem].split(', ')[1]}, {policy}: mean final split {found[0]:.1f} at "
+                    f"p <= {LOW_P:g}, {found[1]:.1f} at p >= {HIGH_P:g}"
+                )
+    rows.append(
+        [
+            "more channel loss, deeper split",
+            "; ".join(parts),
+            f"**{'reproduced' if all(shifts) else 'partly' if any(shifts) else 'not reproduced'}**: a shift of "
+            f"at least one layer in {sum(shifts)} of {len(shifts)} policy maps",
+        ]
+    )
     return table(["claim", "measured here (95% intervals)", "verdict"], rows)
 
 
@@ -356,10 +460,22 @@ def block_fairness(results: Path) -> str:
     found = _json(results, "serve_fairness.json")
     if not found:
         return "(not measured yet: `python bench/serve.py --fairness`)"
-    rows = [[f"{r['prefill_chunk']}" + (" (whole prompt in one forward)" if r["prefill_chunk"] == 0 else ""),
-             f"{r['ttft_median_s']:.2f} s", f"{r['long_prompts_done_median_s']:.2f} s"] for r in found["rows"]]
-    return table(["edge `--prefill-chunk`", f"short prompt's time to first token (median of {found['rounds']})",
-                  f"the {found['long_sessions']} long prompts' first tokens"], rows)
+    rows = [
+        [
+            f"{r['prefill_chunk']}" + (" (whole prompt in one forward)" if r["prefill_chunk"] == 0 else ""),
+            f"{r['ttft_median_s']:.2f} s",
+            f"{r['long_prompts_done_median_s']:.2f} s",
+        ]
+        for r in found["rows"]
+    ]
+    return table(
+        [
+            "edge `--prefill-chunk`",
+            f"short prompt's time to first token (median of {found['rounds']})",
+            f"the {found['long_sessions']} long prompts' first tokens",
+        ],
+        rows,
+    )
 
 
 GPU = "gpu/summary.json"  # bench/gpu_summary.py over a bench/gpu.sh run folder
@@ -385,43 +501,81 @@ def block_gpu(results: Path) -> str:
     rows = [
         ["dense bf16 matmul peak, 8192^3, the same run", f"{paper['peak_tflops']:.0f} TFLOP/s", ""],
         ["sweep, paper grid (splits 1..9, clean + 8 p x 5 draws), 7B", rate(paper["paper"]), ">= 60% of the peak"],
-        ["the same, the edge's layers compiled (`--compile`)",
-         f"{rate(comp)}, {comp['speedup_over_eager']:.2f}x eager; compiling {comp['compile_seconds']:.0f} s; "
-         f"max abs(dPPL)/PPL {comp['max_rel_dppl']:.1e}", ""],
+        [
+            "the same, the edge's layers compiled (`--compile`)",
+            f"{rate(comp)}, {comp['speedup_over_eager']:.2f}x eager; compiling {comp['compile_seconds']:.0f} s; "
+            f"max abs(dPPL)/PPL {comp['max_rel_dppl']:.1e}",
+            "",
+        ],
         ["sweep, every layer 0..31, 1 draw, 7B", rate(check["layers"]), ""],
-        ["fast / naive, paper grid, 1 draw, 7B", f"{naive['speedup']:.2f}x (FLOP bound {naive['flop_bound']:.2f}x), "
-         f"max abs(dPPL)/PPL {naive['max_rel_dppl']:.1e}", "fast = naive"],
+        [
+            "fast / naive, paper grid, 1 draw, 7B",
+            f"{naive['speedup']:.2f}x (FLOP bound {naive['flop_bound']:.2f}x), "
+            f"max abs(dPPL)/PPL {naive['max_rel_dppl']:.1e}",
+            "fast = naive",
+        ],
     ]
     if large:
         rows.append(["sweep, paper grid, 13B", rate(large["paper"]), ">= 60% of the peak"])
     long = found.get("sweep_paper_long")
     if long and "paper" in long:
-        rows.append([f"sweep, paper grid in {long['tokens']:,}-token windows, {long['draws']} draws, 7B",
-                     f"{rate(long['paper'])}; the paper-scale projection {long['projected_paper_hours']:.2f} h", ""])
+        rows.append(
+            [
+                f"sweep, paper grid in {long['tokens']:,}-token windows, {long['draws']} draws, 7B",
+                f"{rate(long['paper'])}; the paper-scale projection {long['projected_paper_hours']:.2f} h",
+                "",
+            ]
+        )
     rows += [
-        ["single-process decoding, TTFT / TPOT, 7B", f"{single['ttft_ms']:.1f} / {single['tpot_ms']:.2f} ms: "
-         f"{single['tpot_over_bound']:.2f}x the bound ({serve['bound_ms']:.2f} ms, weights over "
-         f"{serve['bandwidth_gbs']:.0f} GB/s measured)", "TPOT <= 3x the bound"],
-        ["socket path TPOT, bf16 / fp16 wire", f"{bf16['tpot_ms']:.2f} / {fp16['tpot_ms']:.2f} ms: "
-         f"{bf16['tpot_ratio']:.2f}x / {fp16['tpot_ratio']:.2f}x single-process; protocol "
-         f"{serve['socket_overhead_ms'][0]:.2f}-{serve['socket_overhead_ms'][1]:.2f} ms per step",
-         "<= 1.1x single-process"],
+        [
+            "single-process decoding, TTFT / TPOT, 7B",
+            f"{single['ttft_ms']:.1f} / {single['tpot_ms']:.2f} ms: "
+            f"{single['tpot_over_bound']:.2f}x the bound ({serve['bound_ms']:.2f} ms, weights over "
+            f"{serve['bandwidth_gbs']:.0f} GB/s measured)",
+            "TPOT <= 3x the bound",
+        ],
+        [
+            "socket path TPOT, bf16 / fp16 wire",
+            f"{bf16['tpot_ms']:.2f} / {fp16['tpot_ms']:.2f} ms: "
+            f"{bf16['tpot_ratio']:.2f}x / {fp16['tpot_ratio']:.2f}x single-process; protocol "
+            f"{serve['socket_overhead_ms'][0]:.2f}-{serve['socket_overhead_ms'][1]:.2f} ms per step",
+            "<= 1.1x single-process",
+        ],
     ]
     if serve.get("compile_seconds"):
-        rows.append(["compiling the decoding steps (warm-up: single process; socket bf16, then fp16 reusing them)",
-                     " s; ".join(f"{v:.1f}" for v in serve["compile_seconds"].values()) + " s", ""])
+        rows.append(
+            [
+                "compiling the decoding steps (warm-up: single process; socket bf16, then fp16 reusing them)",
+                " s; ".join(f"{v:.1f}" for v in serve["compile_seconds"].values()) + " s",
+                "",
+            ]
+        )
     rows += [
-        ["paper's grid over WikiText-2's test text (300k tokens, 5 draws), one GPU, 7B" + (" / 13B" if large else ""),
-         " / ".join(f"{h:.2f} h" for h in hours), ""],
-        [f"the same on {RAY_GPUS} GPUs with Ray (projected: one GPU's time / {RAY_GPUS}, not measured)",
-         " / ".join(f"{60 * h / RAY_GPUS:.0f} min" for h in hours), ""],
+        [
+            "paper's grid over WikiText-2's test text (300k tokens, 5 draws), one GPU, 7B"
+            + (" / 13B" if large else ""),
+            " / ".join(f"{h:.2f} h" for h in hours),
+            "",
+        ],
+        [
+            f"the same on {RAY_GPUS} GPUs with Ray (projected: one GPU's time / {RAY_GPUS}, not measured)",
+            " / ".join(f"{60 * h / RAY_GPUS:.0f} min" for h in hours),
+            "",
+        ],
     ]
     head = f"what ({found['gpu']}, torch {found['torch']}, bf16, random-weight stand-ins, 2,048-token windows)"
     return table([head, "measured", "target"], rows)
 
 
-BLOCKS = {"claims": block_claims, "rl": block_rl, "ablation": block_ablation, "sweep": block_sweep,
-          "paired": block_paired, "fairness": block_fairness, "gpu": block_gpu}
+BLOCKS = {
+    "claims": block_claims,
+    "rl": block_rl,
+    "ablation": block_ablation,
+    "sweep": block_sweep,
+    "paired": block_paired,
+    "fairness": block_fairness,
+    "gpu": block_gpu,
+}
 
 
 def blocks(results: Path) -> dict[str, str]:

@@ -13,6 +13,7 @@
 
 No torch or transformers here: `--help` must answer before they are imported.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -109,8 +110,9 @@ def seeds(text: str) -> list[int]:
     except ValueError:
         values = []
     if not values or not all(0 <= v <= SEED_MAX for v in values):
-        raise argparse.ArgumentTypeError(f"{shown(text)}: give one or more comma-separated integers in "
-                                         f"0..{SEED_MAX} (2**32-1), like 0,1,2")
+        raise argparse.ArgumentTypeError(
+            f"{shown(text)}: give one or more comma-separated integers in 0..{SEED_MAX} (2**32-1), like 0,1,2"
+        )
     return values
 
 
@@ -123,8 +125,9 @@ def threads(text: str) -> int:
     and torch takes any count: 10^6 crashed OpenMP (a segfault) at the first forward."""
     value = _number(text, int)
     if not 0 <= value <= cpu_count():
-        raise argparse.ArgumentTypeError(f"{value} is not a thread count here: use 0 (torch's default) to "
-                                         f"{cpu_count()} (this machine's CPUs)")
+        raise argparse.ArgumentTypeError(
+            f"{value} is not a thread count here: use 0 (torch's default) to {cpu_count()} (this machine's CPUs)"
+        )
     return value
 
 
@@ -132,8 +135,9 @@ def positive_threads(text: str) -> int:
     """torch threads, 1 up to this machine's CPUs (where 0 has no meaning: a Ray task's CPUs)."""
     value = _number(text, int)
     if not 1 <= value <= cpu_count():
-        raise argparse.ArgumentTypeError(f"{value} is not a thread count here: use 1 to {cpu_count()} "
-                                         "(this machine's CPUs)")
+        raise argparse.ArgumentTypeError(
+            f"{value} is not a thread count here: use 1 to {cpu_count()} (this machine's CPUs)"
+        )
     return value
 
 
@@ -160,8 +164,10 @@ def snr_db_or_inf(text: str) -> float:
 def check_snr_db(value: float, option: str) -> float:
     """`value` within SNR_DB_MIN..SNR_DB_MAX (NaN refused), else an ArgumentTypeError naming `option`."""
     if not SNR_DB_MIN <= value <= SNR_DB_MAX:
-        raise argparse.ArgumentTypeError(f"{option + ' ' if option else ''}{value:g} dB is outside the SNRs "
-                                         f"modelled: use {SNR_DB_MIN:g}..{SNR_DB_MAX:g} dB")
+        raise argparse.ArgumentTypeError(
+            f"{option + ' ' if option else ''}{value:g} dB is outside the SNRs "
+            f"modelled: use {SNR_DB_MIN:g}..{SNR_DB_MAX:g} dB"
+        )
     return value
 
 
@@ -172,8 +178,10 @@ def finite_float(text: str) -> float:
 def nakagami_m(text: str) -> float:
     value = _number(text, float)
     if not NAKAGAMI_M_MIN <= value <= NAKAGAMI_M_MAX:
-        raise argparse.ArgumentTypeError(f"{value:g} is not a Nakagami m here: use {NAKAGAMI_M_MIN:g}.."
-                                         f"{NAKAGAMI_M_MAX:g} (--fading awgn for no fading)")
+        raise argparse.ArgumentTypeError(
+            f"{value:g} is not a Nakagami m here: use {NAKAGAMI_M_MIN:g}.."
+            f"{NAKAGAMI_M_MAX:g} (--fading awgn for no fading)"
+        )
     return value
 
 
@@ -193,9 +201,14 @@ def bits_per_element(text: str) -> int:
 
 def bound_link_arguments(p: argparse.ArgumentParser, snr: Callable[[str], float] | None = None) -> None:
     """The options of channel.add_link_arguments with the bounds above, checked at parse time."""
-    for option, kind in (("--snr-db", snr or snr_db), ("--nakagami-m", nakagami_m), ("--bandwidth-hz", finite_float),
-                         ("--bits-per-element", bits_per_element), ("--elements-per-packet", packet_elements),
-                         ("--header-bits", integer)):
+    for option, kind in (
+        ("--snr-db", snr or snr_db),
+        ("--nakagami-m", nakagami_m),
+        ("--bandwidth-hz", finite_float),
+        ("--bits-per-element", bits_per_element),
+        ("--elements-per-packet", packet_elements),
+        ("--header-bits", integer),
+    ):
         retype(p, option, kind)
 
 
@@ -290,8 +303,14 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action):
         text = action.help or ""
         default = action.default
-        if ("%(default)" in text or "default:" in text or not action.option_strings
-                or default is None or default is False or default is argparse.SUPPRESS):
+        if (
+            "%(default)" in text
+            or "default:" in text
+            or not action.option_strings
+            or default is None
+            or default is False
+            or default is argparse.SUPPRESS
+        ):
             return text
         value = "none" if default == "" else f"{default:g}" if isinstance(default, float) else default
         return f"{text} (default: {str(value).replace('%', '%%')})"
@@ -301,17 +320,30 @@ def parser(description: str | None, **kwargs) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter, **kwargs)
 
 
-def add_run_arguments(p, model: str | None = None, seed: int | None = None, seed_help: str = "seed",
-                      device: str = DEVICE, dtype: str = DTYPE) -> None:
+def add_run_arguments(
+    p,
+    model: str | None = None,
+    seed: int | None = None,
+    seed_help: str = "seed",
+    device: str = DEVICE,
+    dtype: str = DTYPE,
+) -> None:
     """--model (when `model` is given), --device, --dtype, and --seed (when `seed` is given)."""
     if model is not None:
-        p.add_argument("--model", default=model,
-                       help="the embedded SmolLM2-135M (smollm2-135m), a local folder, a Hugging Face id, or "
-                            "random:SHAPE (llama-2-7b, llama-2-13b, mistral-7b, smollm2-135m: random weights, "
-                            "for timing only)")
+        p.add_argument(
+            "--model",
+            default=model,
+            help="the embedded SmolLM2-135M (smollm2-135m), a local folder, a Hugging Face id, or "
+            "random:SHAPE (llama-2-7b, llama-2-13b, mistral-7b, smollm2-135m: random weights, "
+            "for timing only)",
+        )
     p.add_argument("--device", default=device, help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--dtype", default=dtype, choices=("auto", *DTYPES),
-                   help="model dtype: auto is float32 on a CPU, bfloat16 (or float16) on CUDA")
+    p.add_argument(
+        "--dtype",
+        default=dtype,
+        choices=("auto", *DTYPES),
+        help="model dtype: auto is float32 on a CPU, bfloat16 (or float16) on CUDA",
+    )
     if seed is not None:
         p.add_argument("--seed", type=_seed_type, default=seed, help=seed_help)
 
@@ -329,8 +361,9 @@ def check_environment() -> None:
     nr.check_environment()  # LAYERSPLIT_NR_BLER_TABLE
     folder = os.environ.get(RANDOM_TOKENIZER_ENV)
     if folder and not Path(folder).is_dir():
-        raise UserError(f"{RANDOM_TOKENIZER_ENV}={folder}: not a folder (a tokenizer's folder, for --model "
-                        "random:SHAPE)")
+        raise UserError(
+            f"{RANDOM_TOKENIZER_ENV}={folder}: not a folder (a tokenizer's folder, for --model random:SHAPE)"
+        )
 
 
 def run_main(prog: str, body: Callable[[], int]) -> int:
@@ -358,8 +391,10 @@ def _split_ranges(text: str, option: str) -> list[tuple[int, int]] | None:
         raise UserError(f"{option} {shown(text)}: use 'all' or 0-based split layers and ranges like 0-4,9") from None
     backwards = next((r for r in ranges if r[1] < r[0]), None)
     if backwards:
-        raise UserError(f"{option} {shown(text)}: the range {backwards[0]}-{backwards[1]} runs backwards: "
-                        f"write {backwards[1]}-{backwards[0]}")
+        raise UserError(
+            f"{option} {shown(text)}: the range {backwards[0]}-{backwards[1]} runs backwards: "
+            f"write {backwards[1]}-{backwards[0]}"
+        )
     return ranges
 
 
@@ -390,8 +425,10 @@ def parse_splits(text: str, n_layers: int, option: str = "--splits") -> list[int
                 merged.append([lo, hi])
         listed = ",".join(f"{lo}" if lo == hi else f"{lo}-{hi}" for lo, hi in merged[:LISTED_RANGES])
         more = f" and {len(merged) - LISTED_RANGES} more ranges" if len(merged) > LISTED_RANGES else ""
-        raise UserError(f"{option} {shown(text)}: splits {listed}{more} are outside 0..{n_layers - 1} (0-based: "
-                        f"split n puts n + 1 of {n_layers} layers on the UE)")
+        raise UserError(
+            f"{option} {shown(text)}: splits {listed}{more} are outside 0..{n_layers - 1} (0-based: "
+            f"split n puts n + 1 of {n_layers} layers on the UE)"
+        )
     return sorted({s for lo, hi in ranges for s in range(lo, hi + 1)})
 
 
@@ -416,8 +453,9 @@ def parse_snrs(text: str, name: str = "--snrs") -> list[float]:
     values = parse_floats(text, name)
     bad = [v for v in values if not SNR_DB_MIN <= v <= SNR_DB_MAX]
     if bad:
-        raise UserError(f"{name} {shown(text)}: {bad[0]:g} dB is outside the SNRs modelled: use "
-                        f"{SNR_DB_MIN:g}..{SNR_DB_MAX:g} dB")
+        raise UserError(
+            f"{name} {shown(text)}: {bad[0]:g} dB is outside the SNRs modelled: use {SNR_DB_MIN:g}..{SNR_DB_MAX:g} dB"
+        )
     return values
 
 

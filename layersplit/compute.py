@@ -5,6 +5,7 @@ Splits are 0-based as everywhere in this project: split n puts decoder layers 0.
 on the UE and the rest, with the LM head, on the edge. Compute time is FLOPs over a sustained
 throughput (UE_FLOPS, EDGE_FLOPS); air time is the channel's (channel.tx_latency_s).
 """
+
 from __future__ import annotations
 
 import math
@@ -37,10 +38,13 @@ def model_dims(config) -> ModelDims:
     """ModelDims of a Hugging Face model config (Llama-style attribute names)."""
     heads = config.num_attention_heads
     return ModelDims(
-        n_layers=config.num_hidden_layers, hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size, num_heads=heads,
+        n_layers=config.num_hidden_layers,
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_heads=heads,
         num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
-        head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads, vocab_size=config.vocab_size,
+        head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+        vocab_size=config.vocab_size,
     )
 
 
@@ -133,16 +137,27 @@ def latency_table(
     rows = []
     for name, dims, phase, new_tokens, cfg in operating_points(snr_db_list, models, tokens, link):
         for split in range(dims.n_layers):
-            rows.append({
-                "model": name, "n_layers": dims.n_layers, "hidden_size": dims.hidden_size,
-                "phase": phase, "tokens": tokens, "new_tokens": new_tokens,
-                "snr_db": cfg.snr_db, "modulation": cfg.modulation, "fading": cfg.fading,
-                "bandwidth_hz": cfg.bandwidth_hz, "rate_bps": channel.achievable_rate_bps(cfg),
-                "payload_bits": channel.payload_bits(cfg, new_tokens, dims.hidden_size),
-                "split": split, "layers_on_ue": split + 1,
-                **latency_breakdown(cfg, dims, split, tokens, phase=phase),
-                "ue_flops": UE_FLOPS, "edge_flops": EDGE_FLOPS,
-            })
+            rows.append(
+                {
+                    "model": name,
+                    "n_layers": dims.n_layers,
+                    "hidden_size": dims.hidden_size,
+                    "phase": phase,
+                    "tokens": tokens,
+                    "new_tokens": new_tokens,
+                    "snr_db": cfg.snr_db,
+                    "modulation": cfg.modulation,
+                    "fading": cfg.fading,
+                    "bandwidth_hz": cfg.bandwidth_hz,
+                    "rate_bps": channel.achievable_rate_bps(cfg),
+                    "payload_bits": channel.payload_bits(cfg, new_tokens, dims.hidden_size),
+                    "split": split,
+                    "layers_on_ue": split + 1,
+                    **latency_breakdown(cfg, dims, split, tokens, phase=phase),
+                    "ue_flops": UE_FLOPS,
+                    "edge_flops": EDGE_FLOPS,
+                }
+            )
     return rows
 
 
@@ -152,12 +167,22 @@ def operating_points(snr_db_list: list[float], models: dict[str, ModelDims], tok
     for name, dims in models.items():
         for phase in ("prefill", "decode"):
             for snr_db in snr_db_list:
-                yield (name, dims, phase, tokens if phase == "prefill" else 1,
-                       channel.LinkConfig(**{**asdict(link), "snr_db": float(snr_db)}))
+                yield (
+                    name,
+                    dims,
+                    phase,
+                    tokens if phase == "prefill" else 1,
+                    channel.LinkConfig(**{**asdict(link), "snr_db": float(snr_db)}),
+                )
 
 
-def protect_table(snr_db_list: list[float], models: dict[str, ModelDims], ks, tokens: int,
-                  link: channel.LinkConfig = channel.LinkConfig()) -> list[dict[str, float | int | str]]:
+def protect_table(
+    snr_db_list: list[float],
+    models: dict[str, ModelDims],
+    ks,
+    tokens: int,
+    link: channel.LinkConfig = channel.LinkConfig(),
+) -> list[dict[str, float | int | str]]:
     """What the protected path (--protect K) adds, per (model, phase, Es/N0, K): the pairs' payload bits,
     their expected bits on air (whole packets, retransmitted until received) and air time, beside the
     ordinary path's, for prefill of `tokens` tokens and one decoding step."""
@@ -168,15 +193,27 @@ def protect_table(snr_db_list: list[float], models: dict[str, ModelDims], ks, to
         for k in ks:
             air_bits = channel.protected_air_bits(cfg, new_tokens, k, dims.hidden_size)
             air_s = channel.protected_tx_s(cfg, new_tokens, k, dims.hidden_size) if k else 0.0
-            rows.append({
-                "model": name, "hidden_size": dims.hidden_size, "phase": phase, "new_tokens": new_tokens,
-                "snr_db": cfg.snr_db, "modulation": cfg.modulation, "fading": cfg.fading,
-                "packet_error_rate": channel.packet_error_rate(cfg), "protect": k,
-                "pair_bits": math.ceil(math.log2(dims.hidden_size)) + cfg.bits_per_element,
-                "protected_payload_bits": channel.protected_payload_bits(new_tokens, k, dims.hidden_size,
-                                                                         cfg.bits_per_element),
-                "protected_air_bits": air_bits, "ordinary_air_bits": ordinary_bits,
-                "extra_bits_share": air_bits / ordinary_bits, "protected_tx_s": air_s,
-                "ordinary_tx_s": ordinary_s, "extra_time_share": air_s / ordinary_s,
-            })
+            rows.append(
+                {
+                    "model": name,
+                    "hidden_size": dims.hidden_size,
+                    "phase": phase,
+                    "new_tokens": new_tokens,
+                    "snr_db": cfg.snr_db,
+                    "modulation": cfg.modulation,
+                    "fading": cfg.fading,
+                    "packet_error_rate": channel.packet_error_rate(cfg),
+                    "protect": k,
+                    "pair_bits": math.ceil(math.log2(dims.hidden_size)) + cfg.bits_per_element,
+                    "protected_payload_bits": channel.protected_payload_bits(
+                        new_tokens, k, dims.hidden_size, cfg.bits_per_element
+                    ),
+                    "protected_air_bits": air_bits,
+                    "ordinary_air_bits": ordinary_bits,
+                    "extra_bits_share": air_bits / ordinary_bits,
+                    "protected_tx_s": air_s,
+                    "ordinary_tx_s": ordinary_s,
+                    "extra_time_share": air_s / ordinary_s,
+                }
+            )
     return rows

@@ -3,6 +3,7 @@
 Each source yields one string: documents joined by blank lines, as the original joined the
 WikiText-2 test split ("\n\n".join), so that sliding windows can cross document boundaries.
 """
+
 from __future__ import annotations
 
 import importlib.util

@@ -17,6 +17,7 @@ Training: each (algorithm, seed) run is a task on one CPU, in the driver's folde
 dies is run again and resumes from its run's newest checkpoint. Tuning: each trial trains PPO on the
 surrogate and reports its share of the exact optimum; ASHA stops the poor trials early.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,8 +34,10 @@ KILL_ONCE_ENV = "LAYERSPLIT_TEST_KILL_ONCE"  # tests: a marker path; the first w
 # Ray's switch for clusters on one machine's loopback address (named for macOS and Windows, where it is
 # the default); set for --ray local so that no Ray service listens beyond this machine
 RAY_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-ADDRESS_HELP = ("local (a Ray instance on this machine), auto (the cluster this machine joined with `ray start`), "
-                "or HOST:PORT of a cluster's head")
+ADDRESS_HELP = (
+    "local (a Ray instance on this machine), auto (the cluster this machine joined with `ray start`), "
+    "or HOST:PORT of a cluster's head"
+)
 
 
 def connect(address: str, num_cpus: int | None = None) -> None:
@@ -44,8 +47,12 @@ def connect(address: str, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     # this package travels to every worker (py_modules), so a cluster needs only the same Python packages
-    options = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False,
-               "runtime_env": {"py_modules": [str(Path(__file__).resolve().parent)]}}
+    options = {
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "configure_logging": False,
+        "runtime_env": {"py_modules": [str(Path(__file__).resolve().parent)]},
+    }
     if address == "local":
         # Ray's services listen on the node's address, reachable by anyone who reaches this host; a
         # local instance needs none of that: its node address is made the loopback one
@@ -62,8 +69,10 @@ def connect(address: str, num_cpus: int | None = None) -> None:
         try:
             socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
         except OSError as e:
-            raise UserError(f"--ray {address}: no Ray cluster answers there ({e.strerror or e}); start one with "
-                            f"`ray start --head --port {port}` on {host}, or use --ray local") from None
+            raise UserError(
+                f"--ray {address}: no Ray cluster answers there ({e.strerror or e}); start one with "
+                f"`ray start --head --port {port}` on {host}, or use --ray local"
+            ) from None
     try:
         ray.init(address=address, **options)
     except (ConnectionError, RuntimeError, ValueError) as e:
@@ -103,8 +112,10 @@ def workers_for(device: str, workers: int = 0) -> int:
     gpus = uses_gpus(device)
     workers = workers or (cluster_gpus() if gpus else max(1, int(ray.cluster_resources().get("CPU", 1))))
     if gpus and cluster_gpus() < max(workers, 1):
-        raise UserError(f"--device {device}: the Ray workers need a GPU each ({max(workers, 1)} wanted) and the "
-                        f"cluster has {cluster_gpus()} (use --device cpu, or fewer --workers)")
+        raise UserError(
+            f"--device {device}: the Ray workers need a GPU each ({max(workers, 1)} wanted) and the "
+            f"cluster has {cluster_gpus()} (use --device cpu, or fewer --workers)"
+        )
     return workers
 
 
@@ -117,7 +128,7 @@ def plan(work: list, n_windows: int, workers: int, per_worker: int = TASKS_PER_W
     runs = min(len(work), math.ceil(target / blocks))
     windows = [list(range(n_windows))[b::blocks] for b in range(blocks)]
     windows = [sorted(w) for w in windows if w]
-    split_runs = [work[r * len(work) // runs:(r + 1) * len(work) // runs] for r in range(runs)]
+    split_runs = [work[r * len(work) // runs : (r + 1) * len(work) // runs] for r in range(runs)]
     return [(run, block) for run in split_runs if run for block in windows]
 
 
@@ -158,8 +169,9 @@ def _worker_class():
     return SweepWorker
 
 
-def run_sweep(model: str, device: str, dtype: str, token_ids, cfg, store, dims, workers: int,
-              progress: bool = True) -> dict:
+def run_sweep(
+    model: str, device: str, dtype: str, token_ids, cfg, store, dims, workers: int, progress: bool = True
+) -> dict:
     """The fast path of sweep.run_fast on `workers` Ray actors; the same rows, written by this process.
     Returns the number of tasks and of workers restarted (a worker's process id changed)."""
     import ray
@@ -177,8 +189,10 @@ def run_sweep(model: str, device: str, dtype: str, token_ids, cfg, store, dims, 
     threads = max(1, int(cpus // workers))
     share = min(threads, cpus / workers)  # more workers than CPUs: each a fraction, so that all of them start
     Worker = _worker_class()
-    actors = [Worker.options(num_cpus=0 if cuda else share, num_gpus=1 if cuda else 0).remote(model, device, dtype, threads)
-              for _ in range(workers)]
+    actors = [
+        Worker.options(num_cpus=0 if cuda else share, num_gpus=1 if cuda else 0).remote(model, device, dtype, threads)
+        for _ in range(workers)
+    ]
     pids = ray.get([a.pid.remote() for a in actors])
     tasks = plan(work, n_windows, workers)
     token_ref = ray.put(token_ids)
@@ -194,8 +208,7 @@ def run_sweep(model: str, device: str, dtype: str, token_ids, cfg, store, dims, 
     pending_of, order = dict(work), [split for split, _ in work]
     scored = {split: {} for split in order}
     clean = {}
-    bar = tqdm(total=len(work) * n_windows, desc=f"sweep on {workers} Ray workers", unit="window",
-               disable=not progress)
+    bar = tqdm(total=len(work) * n_windows, desc=f"sweep on {workers} Ray workers", unit="window", disable=not progress)
     try:
         while running:
             done, _ = ray.wait(list(running), num_returns=1)
@@ -242,7 +255,11 @@ def train_runs(jobs: list[dict], threads: int = 1) -> list[dict]:
         done, remaining = ray.wait(remaining, num_returns=1)
         job = jobs[refs.index(done[0])]
         result(done[0])  # raises here if the run failed
-        print(f"  done: {job['algo']} seed {job['seed']} ({len(jobs) - len(remaining)}/{len(jobs)})", file=sys.stderr, flush=True)
+        print(
+            f"  done: {job['algo']} seed {job['seed']} ({len(jobs) - len(remaining)}/{len(jobs)})",
+            file=sys.stderr,
+            flush=True,
+        )
     return result(refs)
 
 
@@ -255,13 +272,26 @@ def search_space() -> dict:
     0.9 here, rollout 400, one environment here 8, no entropy bonus)."""
     from ray import tune
 
-    return {"learning_rate": tune.loguniform(1e-4, 3e-3), "gamma": tune.choice([0.8, 0.9, 0.95, 0.99]),
-            "rollout": tune.choice([200, 400, 800]), "n_envs": tune.choice([1, 4, 8]),
-            "ent_coef": tune.choice([0.0, 0.001, 0.01])}
+    return {
+        "learning_rate": tune.loguniform(1e-4, 3e-3),
+        "gamma": tune.choice([0.8, 0.9, 0.95, 0.99]),
+        "rollout": tune.choice([200, 400, 800]),
+        "n_envs": tune.choice([1, 4, 8]),
+        "ent_coef": tune.choice([0.0, 0.001, 0.01]),
+    }
 
 
-def _trial(config: dict, env_kwargs: dict, budget: int, report_every: int, eval_episodes: int, eval_seed: int,
-           batch: int, seed: int, cwd: str) -> None:
+def _trial(
+    config: dict,
+    env_kwargs: dict,
+    budget: int,
+    report_every: int,
+    eval_episodes: int,
+    eval_seed: int,
+    batch: int,
+    seed: int,
+    cwd: str,
+) -> None:
     """One PPO run on LayerSplit-Paper-v0 with `config`, reporting its share of the optimum every
     report_every steps (what ASHA stops poor trials by)."""
     import torch
@@ -287,33 +317,83 @@ def _trial(config: dict, env_kwargs: dict, budget: int, report_every: int, eval_
                 tune.report({TUNE_METRIC: score, "timesteps": self.num_timesteps})
             return True
 
-    params = {"n_steps": config["rollout"] // config["n_envs"], "batch_size": batch, "gamma": config["gamma"],
-              "learning_rate": config["learning_rate"], "ent_coef": config["ent_coef"]}
+    params = {
+        "n_steps": config["rollout"] // config["n_envs"],
+        "batch_size": batch,
+        "gamma": config["gamma"],
+        "learning_rate": config["learning_rate"],
+        "ent_coef": config["ent_coef"],
+    }
     folder = Path(tune.get_context().get_trial_dir()) / "run"
-    training.train("LayerSplit-Paper-v0", "ppo", folder, budget, seed, config["n_envs"], params, env_kwargs,
-                   progress=False, callbacks=(Report(),))
+    training.train(
+        "LayerSplit-Paper-v0",
+        "ppo",
+        folder,
+        budget,
+        seed,
+        config["n_envs"],
+        params,
+        env_kwargs,
+        progress=False,
+        callbacks=(Report(),),
+    )
 
 
-def tune_ppo(env_kwargs: dict, samples: int, budget: int, report_every: int, eval_episodes: int, eval_seed: int,
-             batch: int, seed: int, storage: str) -> dict:
+def tune_ppo(
+    env_kwargs: dict,
+    samples: int,
+    budget: int,
+    report_every: int,
+    eval_episodes: int,
+    eval_seed: int,
+    batch: int,
+    seed: int,
+    storage: str,
+) -> dict:
     """Ray Tune over search_space() with ASHA early stopping; the best trial's configuration and score,
     and every trial's last score."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator
 
-    trainable = tune.with_resources(tune.with_parameters(
-        _trial, env_kwargs=env_kwargs, budget=budget, report_every=report_every, eval_episodes=eval_episodes,
-        eval_seed=eval_seed, batch=batch, seed=seed, cwd=os.getcwd()), {"cpu": 1})
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            _trial,
+            env_kwargs=env_kwargs,
+            budget=budget,
+            report_every=report_every,
+            eval_episodes=eval_episodes,
+            eval_seed=eval_seed,
+            batch=batch,
+            seed=seed,
+            cwd=os.getcwd(),
+        ),
+        {"cpu": 1},
+    )
     scheduler = ASHAScheduler(metric=TUNE_METRIC, mode="max", max_t=max(1, budget // report_every), grace_period=1)
-    tuner = tune.Tuner(trainable, param_space=search_space(),
-                       tune_config=tune.TuneConfig(num_samples=samples, scheduler=scheduler,
-                                                   search_alg=BasicVariantGenerator(random_state=seed)),
-                       run_config=tune.RunConfig(name="tune_ppo", storage_path=str(Path(storage).resolve()), verbose=0))
+    tuner = tune.Tuner(
+        trainable,
+        param_space=search_space(),
+        tune_config=tune.TuneConfig(
+            num_samples=samples, scheduler=scheduler, search_alg=BasicVariantGenerator(random_state=seed)
+        ),
+        run_config=tune.RunConfig(name="tune_ppo", storage_path=str(Path(storage).resolve()), verbose=0),
+    )
     results = tuner.fit()
     best = results.get_best_result(metric=TUNE_METRIC, mode="max", scope="last")  # a trial's final score
-    trials = [{"config": r.config, TUNE_METRIC: (r.metrics or {}).get(TUNE_METRIC),
-               "timesteps": (r.metrics or {}).get("timesteps"), "error": str(r.error) if r.error else None}
-              for r in results]
-    return {"metric": TUNE_METRIC, "best_config": best.config, "best": best.metrics.get(TUNE_METRIC),
-            "best_timesteps": best.metrics.get("timesteps"), "trials": trials}
+    trials = [
+        {
+            "config": r.config,
+            TUNE_METRIC: (r.metrics or {}).get(TUNE_METRIC),
+            "timesteps": (r.metrics or {}).get("timesteps"),
+            "error": str(r.error) if r.error else None,
+        }
+        for r in results
+    ]
+    return {
+        "metric": TUNE_METRIC,
+        "best_config": best.config,
+        "best": best.metrics.get(TUNE_METRIC),
+        "best_timesteps": best.metrics.get("timesteps"),
+        "trials": trials,
+    }

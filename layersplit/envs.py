@@ -15,6 +15,7 @@ value is bootstrapped from the last state. episode_end="truncate" is an option, 
 No torch or Stable-Baselines3 here (the scripts read these settings before parsing their arguments);
 the batched surrogate environment, an SB3 VecEnv, is training.PaperVecEnv.
 """
+
 from __future__ import annotations
 
 import math
@@ -53,6 +54,7 @@ def episode_over(steps: int, episode_steps: int, episode_end: str) -> tuple[bool
     """(terminated, truncated) after `steps` decisions of an episode of `episode_steps`."""
     over = steps >= episode_steps
     return over and episode_end == "terminate", over and episode_end == "truncate"
+
 
 # --- LayerSplit-Paper-v0: the original surrogate environment ---------------------------------------
 PAPER_RESET_P = (0.01, 0.3)  # p ~ U(0.01, 0.3) at reset
@@ -94,13 +96,20 @@ class PaperSplitEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, rsm_path: str | Path = PAPER_RSM, surrogate: rsm.Surrogate | None = None,
-                 episode_steps: int = EPISODE_STEPS, episode_end: str = EPISODE_END):
+    def __init__(
+        self,
+        rsm_path: str | Path = PAPER_RSM,
+        surrogate: rsm.Surrogate | None = None,
+        episode_steps: int = EPISODE_STEPS,
+        episode_end: str = EPISODE_END,
+    ):
         self.surrogate = surrogate if surrogate is not None else rsm.load(rsm_path, form="paper")
         if self.surrogate.form != "paper":
             raise UserError(f"LayerSplit-Paper-v0 needs a 'paper' surrogate, got a '{self.surrogate.form}' one")
         self.episode_steps, self.episode_end = episode_steps, check_episode_end(episode_end)
-        self.observation_space = spaces.Box(np.array([0.0, SPLIT_MIN], np.float32), np.array([P_MAX, SPLIT_MAX], np.float32))
+        self.observation_space = spaces.Box(
+            np.array([0.0, SPLIT_MIN], np.float32), np.array([P_MAX, SPLIT_MAX], np.float32)
+        )
         self.action_space = spaces.Discrete(len(PAPER_MOVES))
         self.p, self.split, self.steps = 0.0, SPLIT_MIN, 0
 
@@ -125,7 +134,9 @@ class PaperSplitEnv(gym.Env):
         super().reset(seed=seed)
         options = options or {}
         self.p = float(options.get("p", self.np_random.uniform(*PAPER_RESET_P)))
-        self.split = int(options.get("split", self.np_random.integers(PAPER_RESET_SPLITS[0], PAPER_RESET_SPLITS[1] + 1)))
+        self.split = int(
+            options.get("split", self.np_random.integers(PAPER_RESET_SPLITS[0], PAPER_RESET_SPLITS[1] + 1))
+        )
         self.steps = 0
         return self._obs(), {"p": self.p, "split": self.split}
 
@@ -135,8 +146,12 @@ class PaperSplitEnv(gym.Env):
         self.steps += 1
         inference = float(self.inference_reward(self.p, self.split)[0])
         reward = float(original_reward(inference, self.split))
-        info = {"inference_reward": inference, "load_reward": float(load_term(self.split)), "p": self.p,
-                "split": self.split}
+        info = {
+            "inference_reward": inference,
+            "load_reward": float(load_term(self.split)),
+            "p": self.p,
+            "split": self.split,
+        }
         return self._obs(), reward, *episode_over(self.steps, self.episode_steps, self.episode_end), info
 
 
@@ -165,10 +180,21 @@ class LLMSplitEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, model=EMBEDDED_MODEL, dataset=EMBEDDED_DATASET, tokens: int = LLM_TOKENS,
-                 context_length: int = LLM_CONTEXT, device: str = "auto", dtype: str = "auto",
-                 episode_steps: int = EPISODE_STEPS, token_ids=None, tokenizer=None, episode_end: str = EPISODE_END,
-                 protect: int = 0, measurements: dict | None = None):
+    def __init__(
+        self,
+        model=EMBEDDED_MODEL,
+        dataset=EMBEDDED_DATASET,
+        tokens: int = LLM_TOKENS,
+        context_length: int = LLM_CONTEXT,
+        device: str = "auto",
+        dtype: str = "auto",
+        episode_steps: int = EPISODE_STEPS,
+        token_ids=None,
+        tokenizer=None,
+        episode_end: str = EPISODE_END,
+        protect: int = 0,
+        measurements: dict | None = None,
+    ):
         from .data import load_text, tokenize
         from .link import SplitLink
         from .models import load_model
@@ -184,10 +210,14 @@ class LLMSplitEnv(gym.Env):
         self.link = SplitLink(model, split=SPLIT_MIN)
         self.link.set_protect(protect)  # add_noise.py --protect K: each token's K largest elements always arrive
         if self.link.n_layers <= SPLIT_MAX:
-            raise UserError(f"LayerSplit-LLM-v0 moves the split over 1..{SPLIT_MAX}: the model needs at least "
-                            f"{SPLIT_MAX + 1} decoder layers, it has {self.link.n_layers}")
+            raise UserError(
+                f"LayerSplit-LLM-v0 moves the split over 1..{SPLIT_MAX}: the model needs at least "
+                f"{SPLIT_MAX + 1} decoder layers, it has {self.link.n_layers}"
+            )
         self.episode_steps, self.episode_end = episode_steps, check_episode_end(episode_end)
-        self.observation_space = spaces.Box(np.array([0.0, SPLIT_MIN], np.float32), np.array([P_MAX, SPLIT_MAX], np.float32))
+        self.observation_space = spaces.Box(
+            np.array([0.0, SPLIT_MIN], np.float32), np.array([P_MAX, SPLIT_MAX], np.float32)
+        )
         self.action_space = spaces.Discrete(SPLIT_MAX - SPLIT_MIN + 1)
         self.p, self.split, self.steps, self.ppl_initial = 0.0, SPLIT_MIN, 0, float("nan")
         self.measurements = measurements
@@ -231,8 +261,13 @@ class LLMSplitEnv(gym.Env):
         ppl = self.perplexity(self.p, self.split)
         inference = (self.ppl_initial - ppl) / self.ppl_initial
         reward = original_reward(inference, self.split, LLM_INFERENCE_WEIGHT)
-        info = {"inference_reward": inference, "load_reward": float(load_term(self.split)), "ppl": ppl, "p": self.p,
-                "split": self.split}
+        info = {
+            "inference_reward": inference,
+            "load_reward": float(load_term(self.split)),
+            "ppl": ppl,
+            "p": self.p,
+            "split": self.split,
+        }
         return self._obs(), float(reward), *episode_over(self.steps, self.episode_steps, self.episode_end), info
 
     def close(self):
@@ -261,21 +296,36 @@ class WirelessSplitEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, rsm_path: str | Path = WIRELESS_RSM, surrogate: rsm.Surrogate | None = None,
-                 splits=WIRELESS_SPLITS, withheld=WIRELESS_WITHHELD, protects=(0,), episode_steps: int = WIRELESS_STEPS,
-                 snr_mean_db: float = channel.SNR_MEAN_DB, snr_std_db: float = channel.SNR_STD_DB,
-                 snr_rho: float = channel.SNR_RHO,
-                 model_dims: compute.ModelDims = compute.SMOLLM2_135M, tokens: int = 512,
-                 episode_end: str = EPISODE_END):
+    def __init__(
+        self,
+        rsm_path: str | Path = WIRELESS_RSM,
+        surrogate: rsm.Surrogate | None = None,
+        splits=WIRELESS_SPLITS,
+        withheld=WIRELESS_WITHHELD,
+        protects=(0,),
+        episode_steps: int = WIRELESS_STEPS,
+        snr_mean_db: float = channel.SNR_MEAN_DB,
+        snr_std_db: float = channel.SNR_STD_DB,
+        snr_rho: float = channel.SNR_RHO,
+        model_dims: compute.ModelDims = compute.SMOLLM2_135M,
+        tokens: int = 512,
+        episode_end: str = EPISODE_END,
+    ):
         self.splits, self.withheld = np.asarray(splits), np.asarray(withheld, dtype=np.float64)
         self.protects = np.asarray(protects, dtype=np.int64)
         protecting = self.protects.tolist() != [0]
-        self.surrogate = surrogate if surrogate is not None else rsm.load(rsm_path, form="protect" if protecting else None)
+        self.surrogate = (
+            surrogate if surrogate is not None else rsm.load(rsm_path, form="protect" if protecting else None)
+        )
         if self.surrogate.form not in ("wireless", "protect"):
-            raise UserError(f"this environment needs a 'wireless' or 'protect' surrogate, got a '{self.surrogate.form}' one")
+            raise UserError(
+                f"this environment needs a 'wireless' or 'protect' surrogate, got a '{self.surrogate.form}' one"
+            )
         if self.surrogate.form == "wireless" and protecting:
-            raise UserError(f"protection levels {self.protects.tolist()} need a 'protect'-form surrogate (K an input: "
-                            f"python train_rsm.py fit --protect-sweep ...), not a '{self.surrogate.form}' one")
+            raise UserError(
+                f"protection levels {self.protects.tolist()} need a 'protect'-form surrogate (K an input: "
+                f"python train_rsm.py fit --protect-sweep ...), not a '{self.surrogate.form}' one"
+            )
         # action -> (split, withheld share, K); with one K = 0 the order of the (split, share) actions is unchanged
         self.actions = np.array([(s, w, k) for s in self.splits for w in self.withheld for k in self.protects])
         self.episode_steps, self.episode_end = episode_steps, check_episode_end(episode_end)
@@ -289,14 +339,20 @@ class WirelessSplitEnv(gym.Env):
 
     def rewards(self, snr_db: float) -> dict[str, np.ndarray]:
         """Every action's reward and its parts at this SNR (one surrogate call for all actions)."""
-        x = np.column_stack([np.full(len(self.actions), snr_db), self.actions[:, :len(self.surrogate.inputs) - 1]])
+        x = np.column_stack([np.full(len(self.actions), snr_db), self.actions[:, : len(self.surrogate.inputs) - 1]])
         log_ppl, accuracy, latency = self.surrogate.predict(x).T
         accuracy_part = ACCURACY_WEIGHT * accuracy
         latency_part = -LATENCY_WEIGHT * latency
         ue_part = -UE_COMPUTE_WEIGHT * self.ue_seconds
-        return {"reward": accuracy_part + latency_part + ue_part, "accuracy_reward": accuracy_part,
-                "latency_reward": latency_part, "ue_compute_reward": ue_part, "log_ppl": log_ppl,
-                "token_accuracy": accuracy, "latency_s": latency}
+        return {
+            "reward": accuracy_part + latency_part + ue_part,
+            "accuracy_reward": accuracy_part,
+            "latency_reward": latency_part,
+            "ue_compute_reward": ue_part,
+            "log_ppl": log_ppl,
+            "token_accuracy": accuracy,
+            "latency_s": latency,
+        }
 
     def _observe(self, snr_db: float) -> np.ndarray:
         self.snr_db = float(np.clip(snr_db, *SNR_RANGE_DB))
@@ -314,8 +370,13 @@ class WirelessSplitEnv(gym.Env):
         a = int(action)
         parts = self.rewards(self.snr_db)
         info = {k: float(v[a]) for k, v in parts.items() if k != "reward"}
-        info.update(snr_db=self.snr_db, split=int(self.actions[a, 0]), withheld=float(self.actions[a, 1]),
-                    protect=int(self.actions[a, 2]), ppl=math.exp(info["log_ppl"]))
+        info.update(
+            snr_db=self.snr_db,
+            split=int(self.actions[a, 0]),
+            withheld=float(self.actions[a, 1]),
+            protect=int(self.actions[a, 2]),
+            ppl=math.exp(info["log_ppl"]),
+        )
         self.steps += 1
         obs = self._observe(self.snr.step())
         return obs, float(parts["reward"][a]), *episode_over(self.steps, self.episode_steps, self.episode_end), info
@@ -323,8 +384,11 @@ class WirelessSplitEnv(gym.Env):
 
 ENV_IDS = ("LayerSplit-Paper-v0", "LayerSplit-LLM-v0", "LayerSplit-Wireless-v0", "LayerSplit-Protect-v0")
 SNR_ENV_IDS = ENV_IDS[2:]  # the WirelessSplitEnv ones: the SNR observed, the action (split, share, K)
-for _id, _cls, _kwargs in zip(ENV_IDS, (PaperSplitEnv, LLMSplitEnv, WirelessSplitEnv, WirelessSplitEnv),
-                              ({}, {}, {}, {"rsm_path": PROTECT_RSM, "protects": PROTECTS})):
+for _id, _cls, _kwargs in zip(
+    ENV_IDS,
+    (PaperSplitEnv, LLMSplitEnv, WirelessSplitEnv, WirelessSplitEnv),
+    ({}, {}, {}, {"rsm_path": PROTECT_RSM, "protects": PROTECTS}),
+):
     if _id not in gym.registry:
         gym.register(_id, entry_point=f"{__name__}:{_cls.__name__}", kwargs=_kwargs)
 

@@ -3,6 +3,7 @@
 Light on purpose (no torch): the scripts build their command lines from it before importing models.
 The link modes are the impairment engine's (uplink.py says what each does).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -46,11 +47,14 @@ class Condition:
         protected = f", K={self.protect}" if self.protect else ""
         if self.link == "dropout":
             return f"p={self.dropout:g}{protected}"
-        return f"{self.link} {self.snr_db:g} dB" + (f", {self.withheld:.0%} withheld" if self.withheld else "") + protected
+        return (
+            f"{self.link} {self.snr_db:g} dB" + (f", {self.withheld:.0%} withheld" if self.withheld else "") + protected
+        )
 
 
-def make_conditions(dropouts: list[float], snrs: list[float], link: str,
-                    withheld: list[float] = (), protects: list[int] = ()) -> list[Condition]:
+def make_conditions(
+    dropouts: list[float], snrs: list[float], link: str, withheld: list[float] = (), protects: list[int] = ()
+) -> list[Condition]:
     """The clean reference (p = 0) first, then each p, then each SNR with the physical `link`, once
     with the whole activation sent and once per share in `withheld`; each of these once unprotected and
     once per K in `protects` (K elements per token over the protected path)."""
@@ -65,10 +69,13 @@ def make_conditions(dropouts: list[float], snrs: list[float], link: str,
     if snrs and link not in LINK_MODES[1:]:
         raise UserError(f"SNR conditions need a physical link: {', '.join(LINK_MODES[1:])}, not {link!r}")
     ks = sorted({0, *(int(k) for k in protects)})
-    conditions = [Condition("dropout", 0.0)] + [Condition("dropout", p, protect=k) for p in sorted(set(dropouts))
-                                                if p > 0 for k in ks]
+    conditions = [Condition("dropout", 0.0)] + [
+        Condition("dropout", p, protect=k) for p in sorted(set(dropouts)) if p > 0 for k in ks
+    ]
     shares = sorted({0.0, *withheld})
-    conditions += [Condition(link, snr_db=s, withheld=w, protect=k) for s in sorted(set(snrs)) for w in shares for k in ks]
+    conditions += [
+        Condition(link, snr_db=s, withheld=w, protect=k) for s in sorted(set(snrs)) for w in shares for k in ks
+    ]
     if len(conditions) == 1:
         raise UserError("the grid has no channel condition: give --dropouts and/or --snrs")
     return conditions

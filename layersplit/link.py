@@ -9,6 +9,7 @@ transformers upgrades and attaches to any decoder-only model). What it does to t
 is the impairment engine's (uplink.py: dropout, erasure, awgn, bitflip, withholding), drawn from
 the link's seeded stream (reseed), one transfer per forward pass.
 """
+
 from __future__ import annotations
 
 import random
@@ -30,7 +31,8 @@ class Transfer:
 
     tokens: int  # positions that crossed (batch x sequence); 1 per decoding step with a KV cache
     elements: int  # numbers sent: tokens x hidden size
-    bits: float  # bits on air: packets with headers under a channel (the protected path's expected), else the dtype's size
+    # bits on air: packets with headers under a channel (the protected path's expected), else the dtype's size
+    bits: float
     impaired: int  # elements zeroed (dropout, erasure), altered by bit errors (bitflip), or noisy (awgn: all)
     delay_s: float  # link time: the channel's transmission time, else the original's random delay
 
@@ -39,16 +41,24 @@ class SplitLink:
     """Cut a decoder-only model after decoder layer `split` and impair the hidden state that crosses.
 
     Randomness comes from a seeded CPU torch.Generator, so the same seed gives the same masks on
-    any device (mask_device: another device's generator, as the sweep uses on an accelerator). Losses compare one uniform field per transfer (per element or per packet) against
+    any device (mask_device: another device's generator, as the sweep uses on an accelerator). Losses
+    compare one uniform field per transfer (per element or per packet) against
     the loss probability, so masks at different probabilities are nested. Every transfer is
     recorded in `self.transfers`.
 
     set_dropout(p) selects the original's link; set_channel(cfg, mode) a physical one.
     """
 
-    def __init__(self, model: torch.nn.Module, split: int = 0, dropout: float = 0.0, seed: int = 0,
-                 delay_range_s: tuple[float, float] = DELAY_RANGE_S, sleep: bool = False,
-                 mask_device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        split: int = 0,
+        dropout: float = 0.0,
+        seed: int = 0,
+        delay_range_s: tuple[float, float] = DELAY_RANGE_S,
+        sleep: bool = False,
+        mask_device: str | torch.device = "cpu",
+    ):
         self.layers = find_decoder_layers(model)
         self.n_layers = len(self.layers)
         self.hidden_size = getattr(getattr(model, "config", None), "hidden_size", None)
@@ -157,8 +167,9 @@ class SplitLink:
             delay = self._delay_rng.uniform(*self.delay_range_s)
         if self.sleep:
             time.sleep(delay)
-        self.transfers.append(Transfer(tokens=tokens, elements=hidden.numel(), bits=bits,
-                                       impaired=impaired, delay_s=delay))
+        self.transfers.append(
+            Transfer(tokens=tokens, elements=hidden.numel(), bits=bits, impaired=impaired, delay_s=delay)
+        )
         return hidden
 
     def _hook(self, module, args, output):

@@ -7,6 +7,7 @@ named by the GGUF's content, so every checkout and virtual environment with the 
 and it is only ever created by renaming a finished folder into place: processes may convert and read
 it concurrently.
 """
+
 from __future__ import annotations
 
 import errno
@@ -46,16 +47,58 @@ RANDOM_SEED = 0  # seeds the random weights: the same stand-in every time
 # so that a GPU machine without the embedded package needs 3.5 MB of tokenizer, not the model's package)
 RANDOM_TOKENIZER_ENV = "LAYERSPLIT_TOKENIZER"
 RANDOM_SHAPES = {  # shape -> (transformers model type, the published config.json values that set the FLOPs and bytes)
-    "smollm2-135m": ("llama", dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                                   num_key_value_heads=3, max_position_embeddings=8192, rope_theta=100000.0,
-                                   rms_norm_eps=1e-5, tie_word_embeddings=True)),
-    "llama-2-7b": ("llama", dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                                 num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-5)),
-    "llama-2-13b": ("llama", dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
-                                  num_key_value_heads=40, max_position_embeddings=4096, rms_norm_eps=1e-5)),
-    "mistral-7b": ("mistral", dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                                   num_key_value_heads=8, max_position_embeddings=32768, rope_theta=1000000.0,
-                                   rms_norm_eps=1e-5, sliding_window=None)),  # v0.2 and later: no sliding window
+    "smollm2-135m": (
+        "llama",
+        dict(
+            hidden_size=576,
+            intermediate_size=1536,
+            num_hidden_layers=30,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            max_position_embeddings=8192,
+            rope_theta=100000.0,
+            rms_norm_eps=1e-5,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "llama-2-7b": (
+        "llama",
+        dict(
+            hidden_size=4096,
+            intermediate_size=11008,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+            max_position_embeddings=4096,
+            rms_norm_eps=1e-5,
+        ),
+    ),
+    "llama-2-13b": (
+        "llama",
+        dict(
+            hidden_size=5120,
+            intermediate_size=13824,
+            num_hidden_layers=40,
+            num_attention_heads=40,
+            num_key_value_heads=40,
+            max_position_embeddings=4096,
+            rms_norm_eps=1e-5,
+        ),
+    ),
+    "mistral-7b": (
+        "mistral",
+        dict(
+            hidden_size=4096,
+            intermediate_size=14336,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            max_position_embeddings=32768,
+            rope_theta=1000000.0,
+            rms_norm_eps=1e-5,
+            sliding_window=None,
+        ),
+    ),  # v0.2 and later: no sliding window
 }
 DTYPES = ("float32", "bfloat16", "float16")  # --dtype names of torch dtypes (torch loads with the model, not before)
 
@@ -157,8 +200,11 @@ def _gguf_fingerprint(gguf: Path) -> dict:
     takes about half a second once per process, against 15-30 s for a conversion.
     """
     st = gguf.stat()
-    return {"sha256": _sha256(str(gguf.resolve()), st.st_size, st.st_mtime_ns), "size": st.st_size,
-            "format": CACHE_FORMAT}
+    return {
+        "sha256": _sha256(str(gguf.resolve()), st.st_size, st.st_mtime_ns),
+        "size": st.st_size,
+        "format": CACHE_FORMAT,
+    }
 
 
 def _dequantise_gguf(gguf: Path):
@@ -258,8 +304,9 @@ def _cache_is_complete(folder: Path, gguf: Path) -> bool:
         return False
 
 
-def _from_pretrained(source: str | Path, dtype: torch.dtype, device: torch.device, device_map: str | None,
-                     local_files_only: bool = False):
+def _from_pretrained(
+    source: str | Path, dtype: torch.dtype, device: torch.device, device_map: str | None, local_files_only: bool = False
+):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"dtype": dtype, "local_files_only": local_files_only}
@@ -277,8 +324,10 @@ def random_config(shape: str, vocab_size: int):
     from transformers import AutoConfig
 
     if shape not in RANDOM_SHAPES:
-        raise UserError(f"--model {RANDOM_PREFIX}{shape}: no such shape; use one of "
-                        f"{', '.join(RANDOM_PREFIX + s for s in RANDOM_SHAPES)}")
+        raise UserError(
+            f"--model {RANDOM_PREFIX}{shape}: no such shape; use one of "
+            f"{', '.join(RANDOM_PREFIX + s for s in RANDOM_SHAPES)}"
+        )
     kind, arch = RANDOM_SHAPES[shape]
     return AutoConfig.for_model(kind, vocab_size=vocab_size, **arch)
 
@@ -304,8 +353,11 @@ def _random_model(shape: str, dtype: torch.dtype, device: torch.device):
     with torch.device(device):  # initialised where it runs: a 7B shape never passes through host memory
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.config.name_or_path = RANDOM_PREFIX + shape
-    print(f"[layersplit] {RANDOM_PREFIX}{shape}: random weights in {shape}'s architecture, for timing only; "
-          "its perplexity and accuracy mean nothing", file=sys.stderr)
+    print(
+        f"[layersplit] {RANDOM_PREFIX}{shape}: random weights in {shape}'s architecture, for timing only; "
+        "its perplexity and accuracy mean nothing",
+        file=sys.stderr,
+    )
     return model, tokenizer
 
 
@@ -344,7 +396,8 @@ def load_model(name: str = EMBEDDED_MODEL, device: str = "auto", dtype: str = "a
     """Return (model, tokenizer) in eval mode.
 
     `name` is the embedded default, a local folder, a Hugging Face id (from the local HF cache,
-    or downloaded where a hub is reachable), or random:SHAPE (RANDOM_SHAPES, random weights, timing only). `device_map="auto"` shards a large model over GPUs
+    or downloaded where a hub is reachable), or random:SHAPE (RANDOM_SHAPES, random weights, timing only).
+    `device_map="auto"` shards a large model over GPUs
     (the default when more than one GPU is visible).
     """
     import torch
@@ -365,7 +418,9 @@ def load_model(name: str = EMBEDDED_MODEL, device: str = "auto", dtype: str = "a
         except (MemoryError, torch.cuda.OutOfMemoryError):
             raise  # the cache is fine: this device is too small, and other processes may be reading it
         except Exception as e:  # a cache damaged after it was written: rebuild it once
-            print(f"[layersplit] the model cache {folder} is corrupt ({type(e).__name__}); rebuilding it", file=sys.stderr)
+            print(
+                f"[layersplit] the model cache {folder} is corrupt ({type(e).__name__}); rebuilding it", file=sys.stderr
+            )
             _set_aside(folder)
             convert_embedded(gguf, folder)
             model, tokenizer = _from_pretrained(folder, torch_dtype, dev, device_map)
@@ -404,8 +459,11 @@ def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
 
     declared = set(getattr(model, "_no_split_modules", None) or ())
     if declared:
-        stacks = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) > 0
-                  and all(type(layer).__name__ in declared for layer in m)]
+        stacks = [
+            m
+            for m in model.modules()
+            if isinstance(m, nn.ModuleList) and len(m) > 0 and all(type(layer).__name__ in declared for layer in m)
+        ]
         if len(stacks) == 1:
             return stacks[0]
     n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)

@@ -31,6 +31,7 @@ CLI:
     python -m layersplit.nr --table results/nr_bler.csv       # the Monte Carlo BLER table (resumable)
     python -m layersplit.nr --check 14:10 --max-slots 64      # simulate MCS 14 at 10 dB afresh vs the table
 """
+
 from __future__ import annotations
 
 import argparse
@@ -92,10 +93,30 @@ TABLE_SNR_DB = tuple(float(s) for s in range(-8, 41, 2))  # Es/N0 grid, 2 dB ste
 TABLE_BATCH = 32  # slots simulated per Sionna call
 TABLE_MAX_SLOTS = 192  # slots per point at most (a BLER of 0/192: the 95% upper bound is 1.9%)
 TABLE_MIN_ERRORS = 50  # a point stops once this many TBs are lost (its interval is then tight enough)
-TABLE_SEED = 0  # each (MCS, SNR) point draws from its own seeds: point_seed(seed, mcs, snr) + the slots before each batch
-TABLE_COLUMNS = ("mcs", "modulation_order", "code_rate", "tb_size", "num_cb", "snr_db", "slots", "errors",
-                 "bler", "bler_low", "bler_high", "channel", "tdl_profile", "delay_spread_s", "ue_speed_mps",
-                 "receiver", "num_prbs", "subcarrier_spacing_khz", "seed")
+TABLE_SEED = (
+    0  # each (MCS, SNR) point draws from its own seeds: point_seed(seed, mcs, snr) + the slots before each batch
+)
+TABLE_COLUMNS = (
+    "mcs",
+    "modulation_order",
+    "code_rate",
+    "tb_size",
+    "num_cb",
+    "snr_db",
+    "slots",
+    "errors",
+    "bler",
+    "bler_low",
+    "bler_high",
+    "channel",
+    "tdl_profile",
+    "delay_spread_s",
+    "ue_speed_mps",
+    "receiver",
+    "num_prbs",
+    "subcarrier_spacing_khz",
+    "seed",
+)
 
 
 # ---- TB sizes ----------------------------------------------------------------------------------
@@ -111,14 +132,27 @@ def _pusch_config(mcs: int):
     return cfg
 
 
-def tb_size(modulation_order: int, code_rate: float, num_prbs: int, num_ofdm_symbols: int,
-            num_dmrs_per_prb: int, num_layers: int = 1) -> tuple[int, int]:
+def tb_size(
+    modulation_order: int,
+    code_rate: float,
+    num_prbs: int,
+    num_ofdm_symbols: int,
+    num_dmrs_per_prb: int,
+    num_layers: int = 1,
+) -> tuple[int, int]:
     """(TB size in bits, code blocks) by TS 38.214 5.1.3.2, Sionna's calculate_tb_size."""
     from sionna.phy.nr.utils import calculate_tb_size
 
-    out = calculate_tb_size(modulation_order=modulation_order, target_coderate=code_rate, num_prbs=num_prbs,
-                            num_ofdm_symbols=num_ofdm_symbols, num_dmrs_per_prb=num_dmrs_per_prb,
-                            num_layers=num_layers, return_cw_length=False, device="cpu")
+    out = calculate_tb_size(
+        modulation_order=modulation_order,
+        target_coderate=code_rate,
+        num_prbs=num_prbs,
+        num_ofdm_symbols=num_ofdm_symbols,
+        num_dmrs_per_prb=num_dmrs_per_prb,
+        num_layers=num_layers,
+        return_cw_length=False,
+        device="cpu",
+    )
     return int(out[0]), int(out[2])
 
 
@@ -146,14 +180,25 @@ class Simulator:
             raise UserError(f"MCS {mcs}: {e}") from e
         self.mcs, self.channel, self.receiver = mcs, channel, receiver
         if channel == "tdl":
-            tdl = TDL(TDL_PROFILE, delay_spread=DELAY_SPREAD_S, carrier_frequency=CARRIER_FREQUENCY_HZ,
-                      min_speed=UE_SPEED_MPS, max_speed=UE_SPEED_MPS, device="cpu")
-            self.air = OFDMChannel(tdl, self.tx.resource_grid, add_awgn=True, normalize_channel=False,
-                                   return_channel=True, device="cpu")
+            tdl = TDL(
+                TDL_PROFILE,
+                delay_spread=DELAY_SPREAD_S,
+                carrier_frequency=CARRIER_FREQUENCY_HZ,
+                min_speed=UE_SPEED_MPS,
+                max_speed=UE_SPEED_MPS,
+                device="cpu",
+            )
+            self.air = OFDMChannel(
+                tdl, self.tx.resource_grid, add_awgn=True, normalize_channel=False, return_channel=True, device="cpu"
+            )
         else:
             self.air = AWGN(device="cpu")
-        self.rx = PUSCHReceiver(self.tx, channel_estimator="perfect" if receiver == "perfect" else None,
-                                return_tb_crc_status=True, device="cpu")
+        self.rx = PUSCHReceiver(
+            self.tx,
+            channel_estimator="perfect" if receiver == "perfect" else None,
+            return_tb_crc_status=True,
+            device="cpu",
+        )
 
     @property
     def tb_size(self) -> int:
@@ -190,8 +235,14 @@ def clopper_pearson(errors: int, n: int, level: float = 0.95) -> tuple[float, fl
     return low, high
 
 
-def simulate_point(sim: Simulator, snr_db: float, seed: int, max_slots: int = TABLE_MAX_SLOTS,
-                   min_errors: int = TABLE_MIN_ERRORS, batch: int = TABLE_BATCH) -> tuple[int, int]:
+def simulate_point(
+    sim: Simulator,
+    snr_db: float,
+    seed: int,
+    max_slots: int = TABLE_MAX_SLOTS,
+    min_errors: int = TABLE_MIN_ERRORS,
+    batch: int = TABLE_BATCH,
+) -> tuple[int, int]:
     """(slots, errors) at one SNR: batches of `batch` slots, each from its own seed, until `min_errors`
     TBs are lost, `max_slots` are simulated, or a first batch is lost in full (the BLER is then ~1)."""
     slots = errors = 0
@@ -207,18 +258,41 @@ def simulate_point(sim: Simulator, snr_db: float, seed: int, max_slots: int = TA
 def table_row(sim: Simulator, snr_db: float, slots: int, errors: int, seed: int) -> dict:
     low, high = clopper_pearson(errors, slots)
     tb = sim.cfg.tb
-    return {"mcs": sim.mcs, "modulation_order": int(tb.num_bits_per_symbol), "code_rate": float(tb.target_coderate),
-            "tb_size": sim.tb_size, "num_cb": sim.tx._tb_encoder.num_cbs,
-            "snr_db": snr_db, "slots": slots, "errors": errors, "bler": errors / slots, "bler_low": low,
-            "bler_high": high, "channel": sim.channel, "tdl_profile": TDL_PROFILE if sim.channel == "tdl" else "",
-            "delay_spread_s": DELAY_SPREAD_S if sim.channel == "tdl" else "",
-            "ue_speed_mps": UE_SPEED_MPS if sim.channel == "tdl" else "", "receiver": sim.receiver,
-            "num_prbs": NUM_PRBS, "subcarrier_spacing_khz": SUBCARRIER_SPACING_KHZ, "seed": seed}
+    return {
+        "mcs": sim.mcs,
+        "modulation_order": int(tb.num_bits_per_symbol),
+        "code_rate": float(tb.target_coderate),
+        "tb_size": sim.tb_size,
+        "num_cb": sim.tx._tb_encoder.num_cbs,
+        "snr_db": snr_db,
+        "slots": slots,
+        "errors": errors,
+        "bler": errors / slots,
+        "bler_low": low,
+        "bler_high": high,
+        "channel": sim.channel,
+        "tdl_profile": TDL_PROFILE if sim.channel == "tdl" else "",
+        "delay_spread_s": DELAY_SPREAD_S if sim.channel == "tdl" else "",
+        "ue_speed_mps": UE_SPEED_MPS if sim.channel == "tdl" else "",
+        "receiver": sim.receiver,
+        "num_prbs": NUM_PRBS,
+        "subcarrier_spacing_khz": SUBCARRIER_SPACING_KHZ,
+        "seed": seed,
+    }
 
 
-def write_table(path: Path, mcs_list, snr_list, seed: int = TABLE_SEED, channel: str = CHANNEL,
-                receiver: str = RECEIVER, max_slots: int = TABLE_MAX_SLOTS, min_errors: int = TABLE_MIN_ERRORS,
-                batch: int = TABLE_BATCH, progress: bool = True) -> int:
+def write_table(
+    path: Path,
+    mcs_list,
+    snr_list,
+    seed: int = TABLE_SEED,
+    channel: str = CHANNEL,
+    receiver: str = RECEIVER,
+    max_slots: int = TABLE_MAX_SLOTS,
+    min_errors: int = TABLE_MIN_ERRORS,
+    batch: int = TABLE_BATCH,
+    progress: bool = True,
+) -> int:
     """Measure BLER against SNR for each MCS and append the rows to `path` as each point is done, so an
     interrupted run resumes. Per MCS the SNRs are walked upwards: a point lost in full starts the curve,
     the first point with no TB lost ends it (higher SNRs are not simulated: BlerCurve extends the curve).
@@ -250,8 +324,12 @@ def write_table(path: Path, mcs_list, snr_list, seed: int = TABLE_SEED, channel:
                         continue
                     slots, errors = simulate_point(sim, snr, seed, max_slots, min_errors, batch)
                     points.append((snr, errors, slots))
-                    writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v
-                                     for k, v in table_row(sim, snr, slots, errors, seed).items()})
+                    writer.writerow(
+                        {
+                            k: f"{v:.6g}" if isinstance(v, float) else v
+                            for k, v in table_row(sim, snr, slots, errors, seed).items()
+                        }
+                    )
                     f.flush()
                     simulated += 1
                     if errors == 0:
@@ -293,13 +371,35 @@ class BlerCurve:
         return float(10.0 ** (logs[-1] + slope * (snr_db - x[-1])))
 
 
-READ_COLUMNS = ("mcs", "modulation_order", "code_rate", "tb_size", "snr_db", "slots", "errors", "bler", "bler_low",
-                "bler_high", "channel", "receiver", "seed")  # what the readers use of TABLE_COLUMNS
+READ_COLUMNS = (
+    "mcs",
+    "modulation_order",
+    "code_rate",
+    "tb_size",
+    "snr_db",
+    "slots",
+    "errors",
+    "bler",
+    "bler_low",
+    "bler_high",
+    "channel",
+    "receiver",
+    "seed",
+)  # what the readers use of TABLE_COLUMNS
 # column -> (low, high, whole): the range of each number a table row holds (bler_low <= bler <= bler_high too)
-TABLE_LIMITS = {"mcs": (0, 28, True), "modulation_order": (1, 10, True), "code_rate": (0, 1, False),
-                "tb_size": (1, math.inf, True), "snr_db": (-math.inf, math.inf, False), "slots": (1, math.inf, True),
-                "errors": (0, math.inf, True), "bler": (0, 1, False), "bler_low": (0, 1, False),
-                "bler_high": (0, 1, False), "seed": (-math.inf, math.inf, True)}
+TABLE_LIMITS = {
+    "mcs": (0, 28, True),
+    "modulation_order": (1, 10, True),
+    "code_rate": (0, 1, False),
+    "tb_size": (1, math.inf, True),
+    "snr_db": (-math.inf, math.inf, False),
+    "slots": (1, math.inf, True),
+    "errors": (0, math.inf, True),
+    "bler": (0, 1, False),
+    "bler_low": (0, 1, False),
+    "bler_high": (0, 1, False),
+    "seed": (-math.inf, math.inf, True),
+}
 
 
 def _table_row_problem(row: dict) -> str | None:
@@ -339,8 +439,10 @@ def read_table(path: str | Path, allow_empty: bool = False) -> list[dict]:
             reader = csv.DictReader(f)
             missing = [c for c in READ_COLUMNS if c not in (reader.fieldnames or [])]
             if missing and (reader.fieldnames or not allow_empty):
-                raise UserError(f"{path} is not an NR BLER table: no column(s) {', '.join(missing[:4])}"
-                                + (f" and {len(missing) - 4} more" if len(missing) > 4 else ""))
+                raise UserError(
+                    f"{path} is not an NR BLER table: no column(s) {', '.join(missing[:4])}"
+                    + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+                )
             for row in reader:
                 problem = _table_row_problem(row)
                 key = None if problem else (int(row["mcs"]), float(row["snr_db"]))
@@ -385,18 +487,31 @@ def load_table(path: str | Path = BLER_TABLE) -> dict[int, BlerCurve]:
     for mcs, group in sorted(rows.items()):
         group.sort(key=lambda r: float(r["snr_db"]))
         if int(group[-1]["errors"]) and float(group[-1]["snr_db"]) < top:
-            raise UserError(f"{path}: the curve of MCS {mcs} stops at {group[-1]['snr_db']} dB with TBs still lost "
-                            f"(an interrupted run?): resume it with python -m layersplit.nr --table {path}")
+            raise UserError(
+                f"{path}: the curve of MCS {mcs} stops at {group[-1]['snr_db']} dB with TBs still lost "
+                f"(an interrupted run?): resume it with python -m layersplit.nr --table {path}"
+            )
         if len({r["tb_size"] for r in group}) > 1:
             raise UserError(f"{path}: the rows of MCS {mcs} give more than one TB size")
-        curves[mcs] = BlerCurve(mcs, int(group[0]["tb_size"]), int(group[0]["modulation_order"]),
-                                float(group[0]["code_rate"]), tuple(float(r["snr_db"]) for r in group),
-                                tuple(float(r["bler"]) for r in group), tuple(float(r["bler_high"]) for r in group))
+        curves[mcs] = BlerCurve(
+            mcs,
+            int(group[0]["tb_size"]),
+            int(group[0]["modulation_order"]),
+            float(group[0]["code_rate"]),
+            tuple(float(r["snr_db"]) for r in group),
+            tuple(float(r["bler"]) for r in group),
+            tuple(float(r["bler_high"]) for r in group),
+        )
     return curves
 
 
-def choose_mcs(curves: dict[int, BlerCurve], snr_db: float, rule: str = MCS_RULE,
-               target_bler: float = TARGET_BLER, max_retx: int = HARQ_MAX_RETX) -> BlerCurve:
+def choose_mcs(
+    curves: dict[int, BlerCurve],
+    snr_db: float,
+    rule: str = MCS_RULE,
+    target_bler: float = TARGET_BLER,
+    max_retx: int = HARQ_MAX_RETX,
+) -> BlerCurve:
     """Link adaptation at average Es/N0 `snr_db`. target: the highest MCS whose BLER <= target_bler (the
     lowest MCS when none meets it: the link is then in outage); goodput: the highest TB bits x (1 - BLER);
     reliable: as target, among the MCSs whose residual loss after max_retx retransmissions is at most
@@ -408,8 +523,11 @@ def choose_mcs(curves: dict[int, BlerCurve], snr_db: float, rule: str = MCS_RULE
     ordered = sorted(curves.values(), key=lambda c: c.tb_size)
     if rule == "goodput":
         return max(ordered, key=lambda c: c.tb_size * (1.0 - c(snr_db)))
-    meeting = [c for c in ordered if c(snr_db) <= target_bler and
-               (rule == "target" or failed_all(c, snr_db, max_retx + 1) <= RESIDUAL_TARGET)]
+    meeting = [
+        c
+        for c in ordered
+        if c(snr_db) <= target_bler and (rule == "target" or failed_all(c, snr_db, max_retx + 1) <= RESIDUAL_TARGET)
+    ]
     return meeting[-1] if meeting else ordered[0]
 
 
@@ -445,28 +563,45 @@ class OperatingPoint:
         return SLOT_S * (n_tb * self.transmissions + (HARQ_RTT_SLOTS - 1) * tail)
 
 
-def operating_point(snr_db: float, rule: str | None = None, target_bler: float | None = None,
-                    max_retx: int | None = None, table: str | Path | None = None) -> OperatingPoint:
+def operating_point(
+    snr_db: float,
+    rule: str | None = None,
+    target_bler: float | None = None,
+    max_retx: int | None = None,
+    table: str | Path | None = None,
+) -> OperatingPoint:
     """The NR link at average Es/N0 `snr_db`, from the BLER table; None takes the module's constant as it
     is at the call (a script's --mcs-rule sets MCS_RULE)."""
     if table is None and os.environ.get(TABLE_ENV):  # the table the variable names: a bad one is named by it
         check_environment()
-    return _operating_point(float(snr_db), MCS_RULE if rule is None else rule,
-                            TARGET_BLER if target_bler is None else target_bler,
-                            HARQ_MAX_RETX if max_retx is None else max_retx, str(BLER_TABLE if table is None else table),
-                            RESIDUAL_TARGET)
+    return _operating_point(
+        float(snr_db),
+        MCS_RULE if rule is None else rule,
+        TARGET_BLER if target_bler is None else target_bler,
+        HARQ_MAX_RETX if max_retx is None else max_retx,
+        str(BLER_TABLE if table is None else table),
+        RESIDUAL_TARGET,
+    )
 
 
 @functools.lru_cache(maxsize=4096)
-def _operating_point(snr_db: float, rule: str, target_bler: float, max_retx: int, table: str,
-                     residual_target: float) -> OperatingPoint:  # residual_target: in the key, read by choose_mcs
+def _operating_point(
+    snr_db: float, rule: str, target_bler: float, max_retx: int, table: str, residual_target: float
+) -> OperatingPoint:  # residual_target: in the key, read by choose_mcs
     if isinstance(max_retx, bool) or int(max_retx) != max_retx or max_retx < 0:
         raise UserError(f"HARQ retransmissions {max_retx!r}: give an integer >= 0")
     curve = choose_mcs(load_table(table), snr_db, rule, target_bler, max_retx)
     q = tuple(failed_all(curve, snr_db, r) for r in range(1, max_retx + 1))
-    return OperatingPoint(float(snr_db), curve.mcs, curve.tb_size, q[0] if q else curve(snr_db),
-                          failed_all(curve, snr_db, max_retx + 1), 1.0 + sum(q), q,
-                          curve.tb_size * (1.0 - curve(snr_db)) / SLOT_S)
+    return OperatingPoint(
+        float(snr_db),
+        curve.mcs,
+        curve.tb_size,
+        q[0] if q else curve(snr_db),
+        failed_all(curve, snr_db, max_retx + 1),
+        1.0 + sum(q),
+        q,
+        curve.tb_size * (1.0 - curve(snr_db)) / SLOT_S,
+    )
 
 
 def elements_per_tb(point: OperatingPoint, bits_per_element: int) -> int:
@@ -489,14 +624,21 @@ def tx_latency_s(snr_db: float, tokens: int, hidden_size: int, bits_per_element:
     return transfer(snr_db, math.ceil(tokens * hidden_size * (1.0 - withheld)), bits_per_element)[1]
 
 
-def check(cases: list[tuple[int, float]], slots: int, seed: int, table: str | Path = BLER_TABLE,
-          channel: str = CHANNEL, receiver: str = RECEIVER) -> list[dict]:
+def check(
+    cases: list[tuple[int, float]],
+    slots: int,
+    seed: int,
+    table: str | Path = BLER_TABLE,
+    channel: str = CHANNEL,
+    receiver: str = RECEIVER,
+) -> list[dict]:
     """Simulate (MCS, Es/N0) cases afresh, from `seed` (not the table's), and set each beside the table's
     curve: `agrees` when the fresh 95% interval meets the table's (at one of its points) or holds the
     table's interpolated value (between them)."""
     curves = load_table(table)
-    measured = {(int(r["mcs"]), float(r["snr_db"])): (float(r["bler_low"]), float(r["bler_high"]))
-                for r in read_table(table)}
+    measured = {
+        (int(r["mcs"]), float(r["snr_db"])): (float(r["bler_low"]), float(r["bler_high"])) for r in read_table(table)
+    }
     rows = []
     for mcs, snr in cases:
         if mcs not in curves:
@@ -505,9 +647,21 @@ def check(cases: list[tuple[int, float]], slots: int, seed: int, table: str | Pa
         n, errors = simulate_point(sim, snr, seed, max_slots=slots, min_errors=slots + 1)
         low, high = clopper_pearson(errors, n)
         table_low, table_high = measured.get((mcs, snr), (curves[mcs](snr),) * 2)
-        rows.append({"mcs": mcs, "snr_db": snr, "slots": n, "errors": errors, "bler": errors / n, "bler_low": low,
-                     "bler_high": high, "table_bler": curves[mcs](snr), "table_low": table_low,
-                     "table_high": table_high, "agrees": low <= table_high and table_low <= high})
+        rows.append(
+            {
+                "mcs": mcs,
+                "snr_db": snr,
+                "slots": n,
+                "errors": errors,
+                "bler": errors / n,
+                "bler_low": low,
+                "bler_high": high,
+                "table_bler": curves[mcs](snr),
+                "table_low": table_low,
+                "table_high": table_high,
+                "agrees": low <= table_high and table_low <= high,
+            }
+        )
     return rows
 
 
@@ -518,19 +672,34 @@ def latency_table(snr_db_list, models: dict, tokens: int, bits_per_element: int)
 
     rows = []
     for name, dims, phase, new_tokens, cfg in compute.operating_points(
-            snr_db_list, models, tokens, channel.LinkConfig(bits_per_element=bits_per_element)):
+        snr_db_list, models, tokens, channel.LinkConfig(bits_per_element=bits_per_element)
+    ):
         point = operating_point(cfg.snr_db)
         bits, _ = transfer(cfg.snr_db, new_tokens * dims.hidden_size, bits_per_element)
         for split in range(dims.n_layers):
-            rows.append({
-                "model": name, "n_layers": dims.n_layers, "hidden_size": dims.hidden_size, "phase": phase,
-                "tokens": tokens, "new_tokens": new_tokens, "snr_db": cfg.snr_db, "mcs": point.mcs,
-                "tb_size": point.tb_size, "bler": point.bler, "residual_tb_loss": point.residual,
-                "transmissions_per_tb": point.transmissions, "goodput_bps": point.goodput_bps,
-                "air_bits": bits, "split": split, "layers_on_ue": split + 1,
-                **compute.latency_breakdown(cfg, dims, split, tokens, phase=phase, link="nr"),
-                "ue_flops": compute.UE_FLOPS, "edge_flops": compute.EDGE_FLOPS,
-            })
+            rows.append(
+                {
+                    "model": name,
+                    "n_layers": dims.n_layers,
+                    "hidden_size": dims.hidden_size,
+                    "phase": phase,
+                    "tokens": tokens,
+                    "new_tokens": new_tokens,
+                    "snr_db": cfg.snr_db,
+                    "mcs": point.mcs,
+                    "tb_size": point.tb_size,
+                    "bler": point.bler,
+                    "residual_tb_loss": point.residual,
+                    "transmissions_per_tb": point.transmissions,
+                    "goodput_bps": point.goodput_bps,
+                    "air_bits": bits,
+                    "split": split,
+                    "layers_on_ue": split + 1,
+                    **compute.latency_breakdown(cfg, dims, split, tokens, phase=phase, link="nr"),
+                    "ue_flops": compute.UE_FLOPS,
+                    "edge_flops": compute.EDGE_FLOPS,
+                }
+            )
     return rows
 
 
@@ -538,32 +707,66 @@ def latency_table(snr_db_list, models: dict, tokens: int, bits_per_element: int)
 def build_parser() -> argparse.ArgumentParser:
     from . import channel
 
-    p = cli.parser("The 5G NR coded uplink (Sionna): the link at one SNR, its BLER table, the table's check, "
-                   "its latency table.", prog="python -m layersplit.nr")
+    p = cli.parser(
+        "The 5G NR coded uplink (Sionna): the link at one SNR, its BLER table, the table's check, its latency table.",
+        prog="python -m layersplit.nr",
+    )
     p.add_argument("--snr-db", type=cli.snr_db, default=channel.DEFAULT_SNR_DB, help="average received Es/N0 in dB")
-    p.add_argument("--tokens", type=cli.positive_int, default=channel.DEFAULT_TOKENS, help="prompt tokens sent at prefill")
-    p.add_argument("--hidden-size", type=cli.positive_int, default=channel.DEFAULT_HIDDEN_SIZE, help="d_model of the split model")
-    p.add_argument("--bits-per-element", type=cli.positive_int, default=channel.DEFAULT_BITS_PER_ELEMENT,
-                   help="bits per activation on the wire")
+    p.add_argument(
+        "--tokens", type=cli.positive_int, default=channel.DEFAULT_TOKENS, help="prompt tokens sent at prefill"
+    )
+    p.add_argument(
+        "--hidden-size", type=cli.positive_int, default=channel.DEFAULT_HIDDEN_SIZE, help="d_model of the split model"
+    )
+    p.add_argument(
+        "--bits-per-element",
+        type=cli.positive_int,
+        default=channel.DEFAULT_BITS_PER_ELEMENT,
+        help="bits per activation on the wire",
+    )
     p.add_argument("--mcs-rule", choices=MCS_RULES, default=MCS_RULE, help="link adaptation rule")
-    p.add_argument("--target-bler", type=cli.finite_float, default=TARGET_BLER, help="first-transmission BLER target (--mcs-rule target)")
-    p.add_argument("--harq-max-retx", type=cli.non_negative_int, default=HARQ_MAX_RETX, help="HARQ retransmissions at most")
+    p.add_argument(
+        "--target-bler",
+        type=cli.finite_float,
+        default=TARGET_BLER,
+        help="first-transmission BLER target (--mcs-rule target)",
+    )
+    p.add_argument(
+        "--harq-max-retx", type=cli.non_negative_int, default=HARQ_MAX_RETX, help="HARQ retransmissions at most"
+    )
     p.add_argument("--bler-table", type=Path, default=BLER_TABLE, help="the BLER table the link reads")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     g = p.add_argument_group("the BLER table (Monte Carlo with Sionna)")
-    g.add_argument("--table", metavar="CSV", type=cli.writable_file,
-                   help="measure BLER against Es/N0 per MCS by Monte Carlo and append to CSV (resumes)")
-    g.add_argument("--check", metavar="MCS:SNR,...",
-                   help="simulate these (MCS, Es/N0) cases afresh (seed --seed + 1) and compare with --bler-table")
-    g.add_argument("--latency-table", metavar="CSV", type=cli.writable_file,
-                   help="write UE compute, air time and edge compute against the split over the NR link for "
-                        "SmolLM2-135M and Llama-2-7B (prefill of --tokens tokens and one decoding step)")
+    g.add_argument(
+        "--table",
+        metavar="CSV",
+        type=cli.writable_file,
+        help="measure BLER against Es/N0 per MCS by Monte Carlo and append to CSV (resumes)",
+    )
+    g.add_argument(
+        "--check",
+        metavar="MCS:SNR,...",
+        help="simulate these (MCS, Es/N0) cases afresh (seed --seed + 1) and compare with --bler-table",
+    )
+    g.add_argument(
+        "--latency-table",
+        metavar="CSV",
+        type=cli.writable_file,
+        help="write UE compute, air time and edge compute against the split over the NR link for "
+        "SmolLM2-135M and Llama-2-7B (prefill of --tokens tokens and one decoding step)",
+    )
     g.add_argument("--mcs", type=str, default=",".join(map(str, MCS_INDICES)), help="MCS indices of the table")
-    g.add_argument("--snrs", type=str, default=",".join(f"{s:g}" for s in TABLE_SNR_DB), help="Es/N0 grid of the table, dB")
+    g.add_argument(
+        "--snrs", type=str, default=",".join(f"{s:g}" for s in TABLE_SNR_DB), help="Es/N0 grid of the table, dB"
+    )
     g.add_argument("--channel", choices=CHANNELS, default=CHANNEL, help="TDL fading, or AWGN (the LDPC check)")
     g.add_argument("--receiver", choices=RECEIVERS, default=RECEIVER, help="LS channel estimation, or perfect CSI")
-    g.add_argument("--max-slots", type=cli.positive_int, default=TABLE_MAX_SLOTS,
-                   help="slots per point at most (--check: slots per case)")
+    g.add_argument(
+        "--max-slots",
+        type=cli.positive_int,
+        default=TABLE_MAX_SLOTS,
+        help="slots per point at most (--check: slots per case)",
+    )
     g.add_argument("--min-errors", type=cli.positive_int, default=TABLE_MIN_ERRORS, help="lost TBs that end a point")
     g.add_argument("--batch", type=cli.positive_int, default=TABLE_BATCH, help="slots per Sionna call")
     g.add_argument("--seed", type=cli.seed, default=TABLE_SEED, help="seed of the Monte Carlo")
@@ -591,41 +794,63 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--check {cli.shown(args.check)}: SNRs must lie in {cli.SNR_DB_MIN:g}..{cli.SNR_DB_MAX:g} dB")
 
     if args.latency_table and args.bler_table != BLER_TABLE:  # the rows read the link's table, not the option
-        parser.error("--latency-table reads the table the link uses: set LAYERSPLIT_NR_BLER_TABLE instead of "
-                     "--bler-table")
+        parser.error(
+            "--latency-table reads the table the link uses: set LAYERSPLIT_NR_BLER_TABLE instead of --bler-table"
+        )
 
     def body() -> int:  # (cli.run_main has checked the table LAYERSPLIT_NR_BLER_TABLE names)
         if args.bler_table != BLER_TABLE:
             read_table(args.bler_table)  # a bad table is named before any Monte Carlo
         if args.table:
             start = time.time()
-            n = write_table(Path(args.table), mcs_list, snr_list, args.seed, args.channel, args.receiver,
-                            args.max_slots, args.min_errors, args.batch)
+            n = write_table(
+                Path(args.table),
+                mcs_list,
+                snr_list,
+                args.seed,
+                args.channel,
+                args.receiver,
+                args.max_slots,
+                args.min_errors,
+                args.batch,
+            )
             print(f"simulated {n} points into {args.table} in {time.time() - start:.0f} s")
         elif cases:
             rows = check(cases, args.max_slots, args.seed + 1, args.bler_table, args.channel, args.receiver)
             for r in rows:
-                print(json.dumps(r) if args.json else
-                      f"MCS {r['mcs']:2d} at {r['snr_db']:5.1f} dB: {r['errors']}/{r['slots']} lost, BLER {r['bler']:.3f} "
-                      f"[{r['bler_low']:.3f}, {r['bler_high']:.3f}]; table {r['table_bler']:.3f} "
-                      f"[{r['table_low']:.3f}, {r['table_high']:.3f}]: "
-                      f"{'agrees' if r['agrees'] else 'OUTSIDE the interval'}")
+                print(
+                    json.dumps(r)
+                    if args.json
+                    else f"MCS {r['mcs']:2d} at {r['snr_db']:5.1f} dB: {r['errors']}/{r['slots']} lost, "
+                    f"BLER {r['bler']:.3f} "
+                    f"[{r['bler_low']:.3f}, {r['bler_high']:.3f}]; table {r['table_bler']:.3f} "
+                    f"[{r['table_low']:.3f}, {r['table_high']:.3f}]: "
+                    f"{'agrees' if r['agrees'] else 'OUTSIDE the interval'}"
+                )
             return 0 if all(r["agrees"] for r in rows) else 1
         elif args.latency_table:
             from . import channel, compute
 
-            rows = latency_table(list(channel.LATENCY_TABLE_SNR_DB), compute.TABLE_MODELS, args.tokens,
-                                 args.bits_per_element)
+            rows = latency_table(
+                list(channel.LATENCY_TABLE_SNR_DB), compute.TABLE_MODELS, args.tokens, args.bits_per_element
+            )
             channel.write_table(rows, args.latency_table)
             print(f"wrote {len(rows)} rows to {args.latency_table}")
         else:
             point = operating_point(args.snr_db, args.mcs_rule, args.target_bler, args.harq_max_retx, args.bler_table)
             k = elements_per_tb(point, args.bits_per_element)
-            out = {"snr_db": args.snr_db, "mcs": point.mcs, "tb_size": point.tb_size, "bler": point.bler,
-                   "residual_tb_loss": point.residual, "transmissions_per_tb": point.transmissions,
-                   "goodput_bps": point.goodput_bps, "elements_per_tb": k,
-                   "tx_latency_prefill_s": point.air_s(math.ceil(args.tokens * args.hidden_size / k)),
-                   "tx_latency_decode_s": point.air_s(math.ceil(args.hidden_size / k))}
+            out = {
+                "snr_db": args.snr_db,
+                "mcs": point.mcs,
+                "tb_size": point.tb_size,
+                "bler": point.bler,
+                "residual_tb_loss": point.residual,
+                "transmissions_per_tb": point.transmissions,
+                "goodput_bps": point.goodput_bps,
+                "elements_per_tb": k,
+                "tx_latency_prefill_s": point.air_s(math.ceil(args.tokens * args.hidden_size / k)),
+                "tx_latency_decode_s": point.air_s(math.ceil(args.hidden_size / k)),
+            }
             if args.json:
                 print(json.dumps(out))
             else:

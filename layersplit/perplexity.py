@@ -8,6 +8,7 @@ exp(total NLL / scored tokens): token-weighted, not a mean over windows.
 The original code used model.config.max_length (20 on a stock config) as the window and averaged
 per-window NLLs, skipping NaN windows; ORIGINAL_PROTOCOL reproduces that for comparison only.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -86,7 +87,9 @@ def token_nll_and_correct(logits: torch.Tensor, targets: torch.Tensor) -> tuple[
 NLL_CHUNK_ELEMENTS = 1 << 26  # logits made and scored at a time (batch x tokens x vocabulary): 256 MB in float32
 
 
-def chunked_nll(states: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def chunked_nll(
+    states: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sequence NLL sum (float64) and correct count of `targets` (tokens,) under head(states)
     (batch x tokens x d), left on the states' device. The LM head runs on a slice of the tokens at a
     time, so no logits of the whole batch (let alone a float32 copy of them) are ever held: on a 7B
@@ -97,7 +100,9 @@ def chunked_nll(states: torch.Tensor, head: torch.nn.Module, targets: torch.Tens
     correct = torch.zeros(batch, dtype=torch.long, device=states.device)
     targets = targets.to(states.device)
     for lo in range(0, n, step):
-        token_nll, hit = token_nll_and_correct(head(states[:, lo:lo + step]), targets[lo:lo + step].expand(batch, -1))
+        token_nll, hit = token_nll_and_correct(
+            head(states[:, lo : lo + step]), targets[lo : lo + step].expand(batch, -1)
+        )
         nll += token_nll.double().sum(1)
         correct += hit.sum(1)
     return nll, correct
@@ -115,13 +120,20 @@ def score_window(model, input_ids: torch.Tensor, n_targets: int) -> tuple[torch.
     if "logits_to_keep" in inspect.signature(model.forward).parameters:
         logits = model(input_ids=ids, use_cache=False, logits_to_keep=n_targets + 1).logits[0, :-1]
     else:  # an architecture without logits_to_keep: compute them all, keep the ones needed
-        logits = model(input_ids=ids, use_cache=False).logits[0, -n_targets - 1:-1]
+        logits = model(input_ids=ids, use_cache=False).logits[0, -n_targets - 1 : -1]
     nll, correct = token_nll_and_correct(logits, ids[0, -n_targets:])
     return nll.cpu(), correct.cpu()
 
 
-def evaluate(model, token_ids: torch.Tensor, context_length: int, stride: int,
-             weighting: str = "token", progress: bool = False, desc: str = "perplexity") -> EvalResult:
+def evaluate(
+    model,
+    token_ids: torch.Tensor,
+    context_length: int,
+    stride: int,
+    weighting: str = "token",
+    progress: bool = False,
+    desc: str = "perplexity",
+) -> EvalResult:
     """Perplexity and token accuracy of `model` on `token_ids` (1-D LongTensor).
 
     Windows with a non-finite NLL (a broken link can produce NaN) are kept out of the totals and
@@ -132,7 +144,7 @@ def evaluate(model, token_ids: torch.Tensor, context_length: int, stride: int,
     result = EvalResult(weighting=weighting)
     windows = sliding_windows(len(token_ids), context_length, stride)
     for w in tqdm(windows, desc=desc, disable=not progress, leave=False):
-        nll, correct = score_window(model, token_ids[w.begin:w.end], w.end - w.first_target)
+        nll, correct = score_window(model, token_ids[w.begin : w.end], w.end - w.first_target)
         window_nll = float(nll.mean())
         result.window_nlls.append(window_nll)
         if math.isfinite(window_nll):

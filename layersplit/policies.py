@@ -15,6 +15,7 @@ baselines read its state; a learned policy ignores it). Baselines:
              to an exhaustive search of all 9^5 action sequences, much cheaper); Wireless: the
              per-step argmax, which is exact there because the SNR does not depend on the actions
 """
+
 from __future__ import annotations
 
 import math
@@ -25,8 +26,19 @@ import numpy as np
 from scipy import stats
 
 from . import UserError
-from .envs import (PAPER_MOVES, PAPER_RESET_P, PAPER_RESET_SPLITS, SNR_ENV_IDS, SNR_RANGE_DB, SPLIT_MAX, SPLIT_MIN,
-                   LLMSplitEnv, PaperSplitEnv, WirelessSplitEnv, make)
+from .envs import (
+    PAPER_MOVES,
+    PAPER_RESET_P,
+    PAPER_RESET_SPLITS,
+    SNR_ENV_IDS,
+    SNR_RANGE_DB,
+    SPLIT_MAX,
+    SPLIT_MIN,
+    LLMSplitEnv,
+    PaperSplitEnv,
+    WirelessSplitEnv,
+    make,
+)
 from .surrogate import REFERENCE_SPLIT
 
 Policy = Callable[[np.ndarray, object], int]
@@ -104,9 +116,11 @@ def paper_greedy(obs, env: PaperSplitEnv) -> int:
 
 def paper_toward(target: int) -> Policy:
     """Move toward `target` (the largest legal move that does not overshoot), then stay there."""
+
     def policy(obs, env: PaperSplitEnv) -> int:
         wanted = int(np.clip(target - env.split, PAPER_MOVES.min(), PAPER_MOVES.max()))
         return int(np.flatnonzero(PAPER_MOVES == wanted)[0])
+
     return policy
 
 
@@ -119,8 +133,11 @@ def wireless_optimum(obs, env: WirelessSplitEnv) -> int:
 
 
 def wireless_fixed(obs, env: WirelessSplitEnv) -> int:
-    return int(np.flatnonzero((env.actions[:, 0] == REFERENCE_SPLIT) & (env.actions[:, 1] == 0.0)
-                              & (env.actions[:, 2] == 0))[0])
+    return int(
+        np.flatnonzero((env.actions[:, 0] == REFERENCE_SPLIT) & (env.actions[:, 1] == 0.0) & (env.actions[:, 2] == 0))[
+            0
+        ]
+    )
 
 
 def llm_fixed(obs, env: LLMSplitEnv) -> int:
@@ -136,8 +153,10 @@ def static_choices(env) -> dict[str, Policy]:
         return {f"split {s}": (lambda obs, env_, a=s - SPLIT_MIN: a) for s in range(SPLIT_MIN, SPLIT_MAX + 1)}
     if isinstance(env, WirelessSplitEnv):
         protecting = len(env.protects) > 1
-        return {f"split {s}, {w:.0%} withheld" + (f", K={int(k)}" if protecting else ""): (lambda obs, env_, a=a: a)
-                for a, (s, w, k) in enumerate(env.actions)}
+        return {
+            f"split {s}, {w:.0%} withheld" + (f", K={int(k)}" if protecting else ""): (lambda obs, env_, a=a: a)
+            for a, (s, w, k) in enumerate(env.actions)
+        }
     raise UserError(f"no static choices defined for {type(env).__name__}")
 
 
@@ -169,7 +188,9 @@ class BestStatic:
         if isinstance(env.unwrapped, WirelessSplitEnv):  # one rollout per start serves every action
             self.returns = dict(zip(self.choices, static_returns(env.unwrapped, episodes, seed).T))
         else:
-            self.returns = {label: evaluate(env, policy, episodes, seed).returns for label, policy in self.choices.items()}
+            self.returns = {
+                label: evaluate(env, policy, episodes, seed).returns for label, policy in self.choices.items()
+            }
         self.scores = {label: float(r.mean()) for label, r in self.returns.items()}
         self.choice = max(self.scores, key=self.scores.get)
         self.policy = self.choices[self.choice]
@@ -185,8 +206,13 @@ class BestStaticPerStart:
     training start began at gets the overall best static split. `choice` names the choices. Given
     `best_static` (a BestStatic of this env), it regroups that one's returns instead of replaying them."""
 
-    def __init__(self, env, episodes: int = BEST_STATIC_EPISODES, seed: int = BEST_STATIC_SEED,
-                 best_static: BestStatic | None = None):
+    def __init__(
+        self,
+        env,
+        episodes: int = BEST_STATIC_EPISODES,
+        seed: int = BEST_STATIC_SEED,
+        best_static: BestStatic | None = None,
+    ):
         if not isinstance(env, PaperSplitEnv):
             raise UserError("best-static-per-start is defined on LayerSplit-Paper-v0 only")
         if episodes < 1:
@@ -228,8 +254,10 @@ def baseline(name: str, env, seed: int = 0, best_static_episodes: int = BEST_STA
     }[type(env)]
     if name not in table:
         extra = ["best-static-per-start"] if isinstance(env, PaperSplitEnv) else []
-        raise UserError(f"baseline {name!r} is not available on {type(env).__name__}: use one of "
-                        f"{', '.join(['best-static', *extra, 'random', *table])}")
+        raise UserError(
+            f"baseline {name!r} is not available on {type(env).__name__}: use one of "
+            f"{', '.join(['best-static', *extra, 'random', *table])}"
+        )
     return table[name]
 
 
@@ -242,8 +270,10 @@ def split_chooser(run_dir, rsm_path=None, trust_zip: bool = False) -> Callable[[
 
     config = run_config(run_dir)
     if config["env"] not in SNR_ENV_IDS:
-        raise UserError(f"{run_dir} was trained on {config['env']}; choosing a split from the SNR needs a "
-                        f"policy of {' or '.join(SNR_ENV_IDS)}")
+        raise UserError(
+            f"{run_dir} was trained on {config['env']}; choosing a split from the SNR needs a "
+            f"policy of {' or '.join(SNR_ENV_IDS)}"
+        )
     model = load_policy(run_dir, config["algo"], trust_zip)
     env = make(config["env"], **({"rsm_path": rsm_path} if rsm_path else {})).unwrapped
 
@@ -266,9 +296,11 @@ def paper_policy_on_llm(model) -> Policy:
     splits), the paper's own comparison: the split its move leads to (cut at the bounds by the
     original's rule) is the split set. p then drifts by the LLM environment's rule (x0.9995 deeper,
     x1.0005 shallower), which differs from the surrogate environment's only in the fourth decimal."""
+
     def policy(obs, env: LLMSplitEnv) -> int:
         move = int(model.predict(obs, deterministic=True)[0])
         return int(PaperSplitEnv.transition(env.p, env.split, move)[1]) - SPLIT_MIN
+
     return policy
 
 
@@ -342,8 +374,15 @@ def split_versus_condition(env_id: str, policy_for: Callable[[object], Policy], 
         for snr in np.arange(SNR_RANGE_DB[0], SNR_RANGE_DB[1] + 0.01, 1.0):
             obs, _ = env.reset(seed=0, options={"snr_db": float(snr)})
             split, withheld, protect = base.actions[policy(obs, base)]
-            rows.append({"condition": "snr_db", "value": float(snr), "split": float(split), "withheld": float(withheld),
-                         "protect": int(protect)})
+            rows.append(
+                {
+                    "condition": "snr_db",
+                    "value": float(snr),
+                    "split": float(split),
+                    "withheld": float(withheld),
+                    "protect": int(protect),
+                }
+            )
     else:
         raise UserError(f"split against channel condition is drawn for the surrogate environments, not {env_id}")
     env.close()

@@ -10,6 +10,7 @@ split n runs layers 0..n on the UE (n + 1 layers) and layers n + 1.. and the LM 
 `StaticSegmentCache` is its fixed-length twin, whose one-token decoding step can be compiled
 (DECODE_MODES). `check_composition` is the one check that UE + edge segments reproduce the full model.
 """
+
 from __future__ import annotations
 
 import copy
@@ -98,8 +99,10 @@ class StaticSegmentCache(_LocalLayers, StaticCache):
     def reserve(self, n: int) -> None:
         """Room for n more tokens, or a UserError (writing past the end would fail inside a kernel)."""
         if self.tokens + n > self.capacity:
-            raise UserError(f"the static KV cache holds {self.capacity} tokens and already has {self.tokens}: "
-                            f"{n} more do not fit (size it from the prompt and max_new_tokens, or --max-context)")
+            raise UserError(
+                f"the static KV cache holds {self.capacity} tokens and already has {self.tokens}: "
+                f"{n} more do not fit (size it from the prompt and max_new_tokens, or --max-context)"
+            )
         self.tokens += n
 
 
@@ -134,8 +137,10 @@ def segment_view(model: torch.nn.Module, start: int, stop: int, head: bool, laye
         return root
     norms = [n for n in FINAL_NORM_NAMES if n in parent._modules]
     if not norms:
-        raise UserError(f"cannot split {type(model).__name__}: no final norm named one of "
-                        f"{', '.join(FINAL_NORM_NAMES)} next to its decoder layers")
+        raise UserError(
+            f"cannot split {type(model).__name__}: no final norm named one of "
+            f"{', '.join(FINAL_NORM_NAMES)} next to its decoder layers"
+        )
     parent._modules[norms[0]] = torch.nn.Identity()
     return parent
 
@@ -149,9 +154,13 @@ def cache_kwarg(module: torch.nn.Module) -> str:
 def model_fingerprint(model: torch.nn.Module) -> dict:
     """What both sides of a split must agree on: architecture and shapes (not the weights' dtype)."""
     cfg = model.config
-    return {"model_type": getattr(cfg, "model_type", type(model).__name__),
-            "n_layers": len(find_decoder_layers(model)), "hidden_size": cfg.hidden_size,
-            "vocab_size": cfg.vocab_size, "name": getattr(cfg, "_name_or_path", "")}
+    return {
+        "model_type": getattr(cfg, "model_type", type(model).__name__),
+        "n_layers": len(find_decoder_layers(model)),
+        "hidden_size": cfg.hidden_size,
+        "vocab_size": cfg.vocab_size,
+        "name": getattr(cfg, "_name_or_path", ""),
+    }
 
 
 def _segment_forward(view: torch.nn.Module, kw: str, head: bool, inputs: dict, cache):
@@ -168,6 +177,7 @@ def _cuda_graph_state_for_this_thread() -> None:
     seen on torch 2.11 on an H200: an edge's compute thread replaying steps first run in the main thread);
     2.13 sets it up lazily itself, so there this finds it in place and does nothing."""
     from torch._inductor import cudagraph_trees as trees
+
     if not hasattr(trees.local, "tree_manager_containers") and not torch._C._is_key_in_tls("tree_manager_containers"):
         trees.local.tree_manager_containers = {}
         trees.local.tree_manager_locks = defaultdict(threading.Lock)
@@ -194,10 +204,16 @@ class SplitModel:
         self._compiled_layers: list[torch.nn.Module] | None = None  # see view(compiled=True)
 
     def validate_split(self, split) -> int:
-        if isinstance(split, bool) or not isinstance(split, int) and not hasattr(split, "__index__") \
-                or not 0 <= split < self.n_layers:
-            raise UserError(f"split {split!r} is outside 0..{self.n_layers - 1} (0-based: split n puts n + 1 of "
-                            f"{self.n_layers} decoder layers on the UE)")
+        if (
+            isinstance(split, bool)
+            or not isinstance(split, int)
+            and not hasattr(split, "__index__")
+            or not 0 <= split < self.n_layers
+        ):
+            raise UserError(
+                f"split {split!r} is outside 0..{self.n_layers - 1} (0-based: split n puts n + 1 of "
+                f"{self.n_layers} decoder layers on the UE)"
+            )
         return int(split)
 
     def view(self, start: int, stop: int, head: bool, compiled: bool = False) -> tuple[torch.nn.Module, str]:
@@ -215,7 +231,11 @@ class SplitModel:
             return self._views[key]
 
     def _inputs(self, x: torch.Tensor) -> dict:
-        return {"input_ids": x.to(self.device)} if x.dtype == torch.long else {"inputs_embeds": x.to(self.device, self.dtype)}
+        return (
+            {"input_ids": x.to(self.device)}
+            if x.dtype == torch.long
+            else {"inputs_embeds": x.to(self.device, self.dtype)}
+        )
 
     # --- serving: one side of a split, with its KV cache ---
     def _bounds(self, side: str, split: int | None) -> tuple[int, int]:
@@ -224,8 +244,9 @@ class SplitModel:
             return 0, self.n_layers
         return (0, split + 1) if side == "ue" else (split + 1, self.n_layers)
 
-    def new_cache(self, side: str, split: int | None, decode: str = "eager",
-                  capacity: int | None = None) -> SegmentCache | StaticSegmentCache:
+    def new_cache(
+        self, side: str, split: int | None, decode: str = "eager", capacity: int | None = None
+    ) -> SegmentCache | StaticSegmentCache:
         """A KV cache for one session of a side (ue, edge, or full: the whole model). decode eager: a
         growing SegmentCache; static or compiled: a StaticSegmentCache of `capacity` tokens, a released
         one of the same shape when there is one. Give it back with release()."""
@@ -278,6 +299,7 @@ class SplitModel:
         view, kw = self.view(start, stop, head)
         with self._lock:
             if (start, stop, head) not in self._steps:
+
                 def step(inputs, cache):
                     return _segment_forward(view, kw, head, inputs, cache)
 
@@ -285,8 +307,10 @@ class SplitModel:
                 # recompile_limit compiled versions of (8 by default): an edge serves many splits
                 torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 8 * self.n_layers)
                 # CUDA graphs on CUDA (what mode="reduce-overhead" sets), and bf16/fp16 rounded as eager does
-                options = {"triton.cudagraphs": self.device.type == "cuda",
-                           "emulate_precision_casts": COMPILED_ROUNDS_LIKE_EAGER}
+                options = {
+                    "triton.cudagraphs": self.device.type == "cuda",
+                    "emulate_precision_casts": COMPILED_ROUNDS_LIKE_EAGER,
+                }
                 self._steps[(start, stop, head)] = torch.compile(step, options=options, dynamic=False)
             return self._steps[(start, stop, head)]
 
@@ -298,7 +322,9 @@ class SplitModel:
     @torch.no_grad()
     def edge_logits(self, split: int, hidden: torch.Tensor, cache) -> torch.Tensor:
         """Logits of the last position after layers split + 1.. and the LM head (vocabulary,)."""
-        return self._run(split + 1, self.n_layers, True, {"inputs_embeds": hidden.to(self.device, self.dtype)}, cache)[0, -1]
+        return self._run(split + 1, self.n_layers, True, {"inputs_embeds": hidden.to(self.device, self.dtype)}, cache)[
+            0, -1
+        ]
 
     @torch.no_grad()
     def logits(self, input_ids: torch.Tensor, cache) -> torch.Tensor:
@@ -322,7 +348,7 @@ class SplitModel:
         n = len(targets)
         view, _ = self.view(start, self.n_layers, True, compiled)
         if self.head_separable():
-            states = view.get_decoder()(**self._inputs(hidden), use_cache=False).last_hidden_state[:, -n - 1:-1]
+            states = view.get_decoder()(**self._inputs(hidden), use_cache=False).last_hidden_state[:, -n - 1 : -1]
             return chunked_nll(states, view.get_output_embeddings(), targets)
         logits = view(**self._inputs(hidden), use_cache=False, logits_to_keep=n + 1).logits[:, :-1]
         nll, correct = token_nll_and_correct(logits, targets.to(logits.device).expand(len(logits), n))
@@ -347,7 +373,9 @@ class SplitModel:
 
 
 @torch.no_grad()
-def check_composition(split_model: SplitModel, split: int | None = None, tokens: int = 8, decode: str = "eager") -> float:
+def check_composition(
+    split_model: SplitModel, split: int | None = None, tokens: int = 8, decode: str = "eager"
+) -> float:
     """Largest |logit| difference between UE + edge segments and one full forward, over a prompt
     and one cached decoding step; raises UserError when the segments do not reproduce the model.
     decode: the segments' caches (DECODE_MODES); the full forward's is always a DynamicCache."""
@@ -356,16 +384,22 @@ def check_composition(split_model: SplitModel, split: int | None = None, tokens:
     ids = torch.randint(0, split_model.model.config.vocab_size, (1, tokens + 1), generator=gen)
     model, kw = split_model.model, cache_kwarg(split_model.model)
     full_cache = DynamicCache(config=model.config)
-    ue_cache, edge_cache = (split_model.new_cache(side, split, decode, static_capacity(tokens + 1)) for side in ("ue", "edge"))
+    ue_cache, edge_cache = (
+        split_model.new_cache(side, split, decode, static_capacity(tokens + 1)) for side in ("ue", "edge")
+    )
     worst = scale = 0.0
     for chunk in (ids[:, :tokens], ids[:, tokens:]):
-        ref = model(input_ids=chunk.to(split_model.device), use_cache=True, logits_to_keep=1, **{kw: full_cache}).logits[0, -1]
+        ref = model(
+            input_ids=chunk.to(split_model.device), use_cache=True, logits_to_keep=1, **{kw: full_cache}
+        ).logits[0, -1]
         got = split_model.edge_logits(split, split_model.ue_forward(split, chunk, ue_cache), edge_cache)
         worst = max(worst, float((ref.float() - got.float()).abs().max()))
         scale = max(scale, float(ref.float().abs().max()) + 1.0)
     split_model.release(ue_cache)
     split_model.release(edge_cache)
     if not worst <= COMPOSITION_RTOL * scale:
-        raise UserError(f"{type(model).__name__} cannot be run split: its segments differ from a full forward by "
-                        f"{worst:.3g} in the logits (this architecture does something outside its decoder layers)")
+        raise UserError(
+            f"{type(model).__name__} cannot be run split: its segments differ from a full forward by "
+            f"{worst:.3g} in the logits (this architecture does something outside its decoder layers)"
+        )
     return worst

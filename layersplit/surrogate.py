@@ -27,6 +27,7 @@ in the sweep CSV and the original code. Predictions go through numpy (`predict`)
 microseconds per point instead of a torch call's framework overhead. torch is imported only where a
 network is built, fitted, saved or loaded: the scripts read this module's settings before that.
 """
+
 from __future__ import annotations
 
 import os
@@ -51,8 +52,10 @@ PAPER_SPLITS = range(1, 11)  # the original surrogate environment's split values
 FORMS = {
     "paper": {"inputs": ("dropout", "split"), "outputs": ("inference_reward",)},
     "wireless": {"inputs": ("snr_db", "split", "withheld"), "outputs": ("log_ppl", "token_accuracy", "latency_s")},
-    "protect": {"inputs": ("snr_db", "split", "withheld", "protect"),
-                "outputs": ("log_ppl", "token_accuracy", "latency_s")},
+    "protect": {
+        "inputs": ("snr_db", "split", "withheld", "protect"),
+        "outputs": ("log_ppl", "token_accuracy", "latency_s"),
+    },
 }
 HOLDOUT_FRACTION = 0.2  # share of cells kept out of the fit to measure its quality
 HOLDOUT_REPEATS = 8  # further held-out draws whose R2 is reported too: one draw of 18 cells is a noisy estimate
@@ -67,8 +70,13 @@ def network(n_in: int = 2, n_out: int = 1, hidden: int = HIDDEN) -> torch.nn.Mod
     import torch
 
     nn = torch.nn
-    return nn.Sequential(OrderedDict(fc=nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
-                                                      nn.ReLU(), nn.Linear(hidden, n_out))))
+    return nn.Sequential(
+        OrderedDict(
+            fc=nn.Sequential(
+                nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, n_out)
+            )
+        )
+    )
 
 
 @dataclass
@@ -87,8 +95,11 @@ class Surrogate:
     def __post_init__(self):
         import torch
 
-        self._weights = [(m.weight.detach().double().numpy().T.copy(), m.bias.detach().double().numpy().copy())
-                         for m in self.net.fc if isinstance(m, torch.nn.Linear)]
+        self._weights = [
+            (m.weight.detach().double().numpy().T.copy(), m.bias.detach().double().numpy().copy())
+            for m in self.net.fc
+            if isinstance(m, torch.nn.Linear)
+        ]
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -115,10 +126,21 @@ class Surrogate:
         path = Path(path)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
-            torch.save({"format": FORMAT, "form": self.form, "inputs": list(self.inputs), "outputs": list(self.outputs),
-                        "state_dict": self.net.state_dict(),
-                        "normalisation": {k: getattr(self, k).tolist() for k in ("in_mean", "in_std", "out_mean", "out_std")},
-                        "metadata": self.metadata, "metrics": self.metrics}, tmp)
+            torch.save(
+                {
+                    "format": FORMAT,
+                    "form": self.form,
+                    "inputs": list(self.inputs),
+                    "outputs": list(self.outputs),
+                    "state_dict": self.net.state_dict(),
+                    "normalisation": {
+                        k: getattr(self, k).tolist() for k in ("in_mean", "in_std", "out_mean", "out_std")
+                    },
+                    "metadata": self.metadata,
+                    "metrics": self.metrics,
+                },
+                tmp,
+            )
             os.replace(tmp, path)
         except OSError as e:
             raise UserError(f"cannot write the surrogate to {path} ({e.strerror or type(e).__name__})") from None
@@ -129,7 +151,7 @@ class Surrogate:
 def _one_line(error: Exception, limit: int = 240) -> str:
     """An exception's message as one short line (torch's span several)."""
     text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def load(path: str | Path, form: str | None = None) -> Surrogate:
@@ -144,26 +166,34 @@ def load(path: str | Path, form: str | None = None) -> Surrogate:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and torch errors alike: the file is not a readable checkpoint
         if isinstance(e, pickle.UnpicklingError) and "Unsupported global" in str(e):  # an object refused
-            raise UserError(f"{path} holds Python objects besides tensors; refused, since loading them could run "
-                            "code (a surrogate holds tensors, numbers and strings only)") from None
+            raise UserError(
+                f"{path} holds Python objects besides tensors; refused, since loading them could run "
+                "code (a surrogate holds tensors, numbers and strings only)"
+            ) from None
         raise UserError(f"{path} is not a readable PyTorch file ({type(e).__name__}: {_one_line(e)})") from None
     if isinstance(blob, dict) and blob.get("format") == FORMAT:
         found, state, norm = blob.get("form"), blob.get("state_dict"), blob.get("normalisation")
         metadata, metrics = blob.get("metadata", {}), blob.get("metrics", {})
         if found not in FORMS or not isinstance(state, dict) or not isinstance(norm, dict):
-            raise UserError(f"{path} is a damaged {FORMAT} file: its form ({found!r}), state_dict or normalisation "
-                            "is missing or of another kind")
+            raise UserError(
+                f"{path} is a damaged {FORMAT} file: its form ({found!r}), state_dict or normalisation "
+                "is missing or of another kind"
+            )
     elif isinstance(blob, dict) and set(blob) == AUTHORS_KEYS:
         found, state = "paper", blob
         norm = {"in_mean": [0.0, 0.0], "in_std": [1.0, 1.0], "out_mean": [0.0], "out_std": [1.0]}
         metadata, metrics = {"source": "a bare state_dict in the authors' format", "file": str(path)}, {}
     else:
         keys = sorted(map(str, blob))[:8] if isinstance(blob, dict) else type(blob).__name__
-        raise UserError(f"{path} is not a reward surrogate: neither a {FORMAT} file nor the authors' state_dict "
-                        f"(keys fc.0/fc.2/fc.4); found {keys}")
+        raise UserError(
+            f"{path} is not a reward surrogate: neither a {FORMAT} file nor the authors' state_dict "
+            f"(keys fc.0/fc.2/fc.4); found {keys}"
+        )
     if form is not None and found != form:
-        raise UserError(f"{path} is a '{found}' surrogate ({', '.join(FORMS[found]['inputs'])} in), but this needs a "
-                        f"'{form}' one ({', '.join(FORMS[form]['inputs'])} in)")
+        raise UserError(
+            f"{path} is a '{found}' surrogate ({', '.join(FORMS[found]['inputs'])} in), but this needs a "
+            f"'{form}' one ({', '.join(FORMS[form]['inputs'])} in)"
+        )
     spec = FORMS[found]
     net = network(len(spec["inputs"]), len(spec["outputs"]))
     try:
@@ -173,19 +203,33 @@ def load(path: str | Path, form: str | None = None) -> Surrogate:
     if not all(bool(torch.isfinite(t).all()) for t in net.state_dict().values()):
         raise UserError(f"{path}: the {found} surrogate's weights hold NaN or infinite values")
     scaling = []
-    for name, size in (("in_mean", len(spec["inputs"])), ("in_std", len(spec["inputs"])),
-                       ("out_mean", len(spec["outputs"])), ("out_std", len(spec["outputs"]))):
+    for name, size in (
+        ("in_mean", len(spec["inputs"])),
+        ("in_std", len(spec["inputs"])),
+        ("out_mean", len(spec["outputs"])),
+        ("out_std", len(spec["outputs"])),
+    ):
         try:
             values = np.asarray(norm[name], dtype=np.float64)
         except (KeyError, TypeError, ValueError):
             values = None
-        if values is None or values.shape != (size,) or not np.isfinite(values).all() or (
-                name.endswith("std") and not (values > 0).all()):
-            raise UserError(f"{path}: normalisation {name} must be {size} finite number(s)"
-                            f"{' > 0' if name.endswith('std') else ''}")
+        if (
+            values is None
+            or values.shape != (size,)
+            or not np.isfinite(values).all()
+            or (name.endswith("std") and not (values > 0).all())
+        ):
+            raise UserError(
+                f"{path}: normalisation {name} must be {size} finite number(s){' > 0' if name.endswith('std') else ''}"
+            )
         scaling.append(values)
-    return Surrogate(found, net.eval(), *scaling, metadata=metadata if isinstance(metadata, dict) else {},
-                     metrics=metrics if isinstance(metrics, dict) else {})
+    return Surrogate(
+        found,
+        net.eval(),
+        *scaling,
+        metadata=metadata if isinstance(metadata, dict) else {},
+        metrics=metrics if isinstance(metrics, dict) else {},
+    )
 
 
 # --- the training data, from sweep results -------------------------------------------------------
@@ -238,9 +282,16 @@ def _pooled(frame, keys: list[str], where):
     95% intervals over windows)."""
     import pandas as pd
 
-    pooled = pd.DataFrame([{**dict(zip(keys, key)), **cells.pool(group.to_dict("records")),
-                            "latency_s": group["total_s"].astype(float).mean() if "total_s" in group else np.nan}
-                           for key, group in frame.groupby(keys, sort=True)])
+    pooled = pd.DataFrame(
+        [
+            {
+                **dict(zip(keys, key)),
+                **cells.pool(group.to_dict("records")),
+                "latency_s": group["total_s"].astype(float).mean() if "total_s" in group else np.nan,
+            }
+            for key, group in frame.groupby(keys, sort=True)
+        ]
+    )
     if not pooled.empty:
         cells.report_left_out(pooled.to_dict("records"), where)
     return pooled
@@ -257,21 +308,28 @@ def paper_cells(path: str | Path, splits=PAPER_SPLITS, reference_split: int = RE
     cells = _pooled(frame, ["dropout", "split"], path).drop(columns="latency_s")
     reference = cells[cells["split"] == reference_split].set_index("dropout")["ppl"]
     if reference.empty:
-        raise UserError(f"{path} has no cells at the reference split {reference_split} (the paper's fixed split): "
-                        f"sweep with --splits covering {reference_split}")
+        raise UserError(
+            f"{path} has no cells at the reference split {reference_split} (the paper's fixed split): "
+            f"sweep with --splits covering {reference_split}"
+        )
     cells = cells[cells["split"].isin(list(splits)) & cells["dropout"].isin(reference.index)].copy()
     if cells["split"].nunique() < 2 or cells["dropout"].nunique() < 2:
-        raise UserError(f"{path} has too few cells of the original link (need several p and splits in "
-                        f"{min(splits)}..{max(splits)})")
+        raise UserError(
+            f"{path} has too few cells of the original link (need several p and splits in {min(splits)}..{max(splits)})"
+        )
     cells["ppl_ref"] = cells["dropout"].map(reference)
     cells["inference_reward"] = (cells["ppl_ref"] - cells["ppl"]) / cells["ppl_ref"]
     # the sweep's own noise in the reward: draw d of every split shares its masks and its text (common
     # random numbers), so the paired per-draw reward 1 - exp(nll_d - nll_ref_d) varies only with the masks;
     # its standard error over the draws is what no surrogate can predict on a held-out cell
     ref_draws = frame[frame["split"] == reference_split].set_index(["dropout", "draw"])["nll"]
-    paired = frame.assign(reward=1 - np.exp(frame["nll"] - [ref_draws.get((p, d), np.nan)
-                                                            for p, d in zip(frame["dropout"], frame["draw"])]))
-    se = paired.groupby(["dropout", "split"])["reward"].agg(lambda r: r.std(ddof=1) / np.sqrt(len(r)) if len(r) > 1 else 0.0)
+    paired = frame.assign(
+        reward=1
+        - np.exp(frame["nll"] - [ref_draws.get((p, d), np.nan) for p, d in zip(frame["dropout"], frame["draw"])])
+    )
+    se = paired.groupby(["dropout", "split"])["reward"].agg(
+        lambda r: r.std(ddof=1) / np.sqrt(len(r)) if len(r) > 1 else 0.0
+    )
     cells["inference_reward_se"] = [float(se.get((p, s), np.nan)) for p, s in zip(cells["dropout"], cells["split"])]
     return cells.reset_index(drop=True)
 
@@ -291,8 +349,11 @@ def wireless_cells(path: str | Path, protect: bool = False):
     cells = _pooled(frame, keys, path).rename(columns={"nll": "log_ppl"})
     finite = np.isfinite(cells["log_ppl"])
     if not finite.all():  # a cell whose perplexity overflowed has no log-PPL to fit: say so, then leave it out
-        print(f"[layersplit] {path}: {int((~finite).sum())} of {len(cells)} cells have an infinite or undefined "
-              "log-perplexity and are left out of the fit", file=sys.stderr)
+        print(
+            f"[layersplit] {path}: {int((~finite).sum())} of {len(cells)} cells have an infinite or undefined "
+            "log-perplexity and are left out of the fit",
+            file=sys.stderr,
+        )
     return cells[finite].reset_index(drop=True)
 
 
@@ -300,12 +361,19 @@ def wireless_cells(path: str | Path, protect: bool = False):
 def holdout_mask(n: int, fraction: float = HOLDOUT_FRACTION, seed: int = 0) -> np.ndarray:
     """True for the cells kept out of the fit (a seeded random share, at least one)."""
     held = np.zeros(n, dtype=bool)
-    held[np.random.default_rng(seed).permutation(n)[:max(1, round(fraction * n))]] = True
+    held[np.random.default_rng(seed).permutation(n)[: max(1, round(fraction * n))]] = True
     return held
 
 
-def fit(form: str, x: np.ndarray, y: np.ndarray, seed: int = 0, epochs: int = EPOCHS, lr: float = LEARNING_RATE,
-        metadata: dict | None = None) -> Surrogate:
+def fit(
+    form: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    seed: int = 0,
+    epochs: int = EPOCHS,
+    lr: float = LEARNING_RATE,
+    metadata: dict | None = None,
+) -> Surrogate:
     """Fit the form's network to inputs x (n x inputs) and targets y (n x outputs) by full-batch Adam
     on standardised data (mean squared error)."""
     import torch
@@ -372,10 +440,15 @@ def quality(surrogate: Surrogate, cells) -> dict:
     prediction = surrogate.predict(cells[list(surrogate.inputs)].to_numpy())
     measured_ppl = cells["ppl"].to_numpy() if surrogate.form == "paper" else np.exp(cells["log_ppl"].to_numpy())
     predicted_ppl = ppl_of(surrogate.form, cells, prediction)
-    metrics = {f"r2_{name}": r_squared(cells[name].to_numpy(), prediction[:, i])
-               for i, name in enumerate(surrogate.outputs)}
-    metrics.update({f"mae_{name}": float(np.mean(np.abs(cells[name].to_numpy() - prediction[:, i])))
-                    for i, name in enumerate(surrogate.outputs)})
+    metrics = {
+        f"r2_{name}": r_squared(cells[name].to_numpy(), prediction[:, i]) for i, name in enumerate(surrogate.outputs)
+    }
+    metrics.update(
+        {
+            f"mae_{name}": float(np.mean(np.abs(cells[name].to_numpy() - prediction[:, i])))
+            for i, name in enumerate(surrogate.outputs)
+        }
+    )
     metrics["mae_ppl"] = float(np.mean(np.abs(measured_ppl - predicted_ppl)))
     if "inference_reward_se" in cells and surrogate.form == "paper":
         # the share of the target's variance that is the sweep's own sampling noise: no fit can explain
@@ -387,8 +460,14 @@ def quality(surrogate: Surrogate, cells) -> dict:
     return metrics
 
 
-def fit_from_sweep(form: str, sweep_path: str | Path, seed: int = 0, epochs: int = EPOCHS,
-                   holdout: float = HOLDOUT_FRACTION, repeats: int = HOLDOUT_REPEATS):
+def fit_from_sweep(
+    form: str,
+    sweep_path: str | Path,
+    seed: int = 0,
+    epochs: int = EPOCHS,
+    holdout: float = HOLDOUT_FRACTION,
+    repeats: int = HOLDOUT_REPEATS,
+):
     """Measure the fit on held-out cells, then fit every cell: returns (surrogate fitted on all cells,
     cells with a `held_out` flag and the held-out model's predictions). surrogate.metrics holds the
     held-out quality (of the model fitted without those cells) and the final fit's quality."""
@@ -397,9 +476,21 @@ def fit_from_sweep(form: str, sweep_path: str | Path, seed: int = 0, epochs: int
     inputs, outputs = list(spec["inputs"]), list(spec["outputs"])
     held = holdout_mask(len(cells), holdout, seed)
     probe = fit(form, cells[~held][inputs].to_numpy(), cells[~held][outputs].to_numpy(), seed, epochs)
-    surrogate = fit(form, cells[inputs].to_numpy(), cells[outputs].to_numpy(), seed, epochs,
-                    metadata={"sweep_file": str(sweep_path), "seed": seed, "epochs": epochs, "cells": len(cells),
-                              "held_out_cells": int(held.sum()), "held_out_fraction": holdout})
+    surrogate = fit(
+        form,
+        cells[inputs].to_numpy(),
+        cells[outputs].to_numpy(),
+        seed,
+        epochs,
+        metadata={
+            "sweep_file": str(sweep_path),
+            "seed": seed,
+            "epochs": epochs,
+            "cells": len(cells),
+            "held_out_cells": int(held.sum()),
+            "held_out_fraction": holdout,
+        },
+    )
     first = _read_sweep(sweep_path, ("model", "dataset")).iloc[0]
     surrogate.metadata.update(model=str(first["model"]), dataset=str(first["dataset"]))
     if form == "paper":
@@ -426,12 +517,17 @@ def describe(surrogate: Surrogate) -> str:
         m = surrogate.metrics.get(part)
         if m:
             r2 = ", ".join(f"R2 {k[3:]} {v:.4f}" for k, v in m.items() if k.startswith("r2_"))
-            lines.append(f"  {label} ({m['cells']} cells): {r2}; MAE perplexity {m['mae_ppl']:.3g} "
-                         f"(median relative error {100 * m['median_relative_error_ppl']:.2f}%)")
+            lines.append(
+                f"  {label} ({m['cells']} cells): {r2}; MAE perplexity {m['mae_ppl']:.3g} "
+                f"(median relative error {100 * m['median_relative_error_ppl']:.2f}%)"
+            )
     repeats = surrogate.metrics.get("held_out_repeats")
     if repeats:
-        spread = ", ".join(f"R2 {k[3:]} mean {np.mean(v):.3f} [{min(v):.3f}, {max(v):.3f}]"
-                           for k, v in repeats.items() if k.startswith("r2_"))
+        spread = ", ".join(
+            f"R2 {k[3:]} mean {np.mean(v):.3f} [{min(v):.3f}, {max(v):.3f}]"
+            for k, v in repeats.items()
+            if k.startswith("r2_")
+        )
         if "noise_share" in repeats:
             spread += f"; noise share {np.mean(repeats['noise_share']):.3f}"
         lines.append(f"  {repeats['draws']} more held-out draws: {spread}")

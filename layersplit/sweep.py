@@ -24,6 +24,7 @@ cannot be read (text for a number, fields missing: cells.row_shape_problem), nam
 that reads but holds impossible values (cells.row_problem: a nan or negative nll, an accuracy above
 1, ...) is recomputed: the file is rewritten without it (beside, then renamed) and stderr says so.
 """
+
 from __future__ import annotations
 
 import csv
@@ -53,8 +54,17 @@ row_key, windows_path = cells.row_key, cells.windows_path  # what identifies a r
 
 def cell_key(split: int, cond: Condition, draw: int) -> tuple:
     """row_key of the row that (split, condition, draw) writes."""
-    return row_key({"split": split, "link": cond.link, "snr_db": cond.snr_db, "dropout": cond.dropout or 0.0,
-                    "withheld": cond.withheld, "protect": cond.protect, "draw": draw})
+    return row_key(
+        {
+            "split": split,
+            "link": cond.link,
+            "snr_db": cond.snr_db,
+            "dropout": cond.dropout or 0.0,
+            "withheld": cond.withheld,
+            "protect": cond.protect,
+            "draw": draw,
+        }
+    )
 
 
 # --- the results file ----------------------------------------------------------------------------
@@ -89,8 +99,10 @@ def check_output(path: str | Path) -> bool:
         if problem := cells.row_shape_problem(row):  # (a torn last line is cut when the store opens the file)
             if line == _last_line(path) and not path.read_bytes().endswith(b"\n"):
                 break
-            raise UserError(f"{path}:{line}: a damaged row ({problem}): delete that line to resume "
-                            "(the sweep then redoes it), or use another --output")
+            raise UserError(
+                f"{path}:{line}: a damaged row ({problem}): delete that line to resume "
+                "(the sweep then redoes it), or use another --output"
+            )
     return ours
 
 
@@ -115,12 +127,16 @@ class ResultsStore:
             _drop_partial_line(self.path)
             self.rows = self._read_rows()
             first_physical = [r for r in self.rows if r["link"] not in ("dropout", "nr")][:1]
-            for row, wanted in [(r, self.run_config) for r in self.rows[:1]] + [(r, link_config) for r in first_physical]:
+            for row, wanted in [(r, self.run_config) for r in self.rows[:1]] + [
+                (r, link_config) for r in first_physical
+            ]:
                 differs = {k: (row[k], v) for k, v in wanted.items() if row[k] != v}
                 if differs:
                     detail = "; ".join(f"{k}: {a} in the file, {b} now" for k, (a, b) in differs.items())
-                    raise UserError(f"{self.path} was made with another configuration ({detail}): "
-                                    "use another --output, or the same options to resume")
+                    raise UserError(
+                        f"{self.path} was made with another configuration ({detail}): "
+                        "use another --output, or the same options to resume"
+                    )
         self.done = {row_key(r) for r in self.rows}
         if self.windows_path.exists():
             _drop_partial_line(self.windows_path)
@@ -140,8 +156,10 @@ class ResultsStore:
         for line, row in cells.iter_rows(self.path, COLUMNS):
             problem = cells.row_shape_problem(row)
             if problem:
-                raise UserError(f"{self.path}:{line}: a damaged row ({problem}): delete that line to resume "
-                                "(the sweep then redoes it), or use another --output")
+                raise UserError(
+                    f"{self.path}:{line}: a damaged row ({problem}): delete that line to resume "
+                    "(the sweep then redoes it), or use another --output"
+                )
             problem = row_problem(row) or (row_key(row) in seen and "a second row of the same cell and draw")
             if problem:
                 dropped[line] = problem
@@ -152,14 +170,19 @@ class ResultsStore:
             with self.path.open(newline="", encoding="utf-8") as f:
                 lines = f.read().splitlines(keepends=True)
             if len(lines) != len(rows) + len(dropped) + 1:  # a quoted field over two lines: not the sweep's writing
-                raise UserError(f"{self.path}: blank lines or rows over several lines, which the sweep never "
-                                "writes: use another --output")
+                raise UserError(
+                    f"{self.path}: blank lines or rows over several lines, which the sweep never "
+                    "writes: use another --output"
+                )
             from .cli import write_text_atomic
 
             write_text_atomic(self.path, "".join(text for i, text in enumerate(lines, start=1) if i not in dropped))
             first = min(dropped)
-            print(f"[layersplit] {self.path}: {len(dropped)} row(s) with invalid values taken out to be recomputed "
-                  f"(line {first}: {dropped[first]})", file=sys.stderr)
+            print(
+                f"[layersplit] {self.path}: {len(dropped)} row(s) with invalid values taken out to be recomputed "
+                f"(line {first}: {dropped[first]})",
+                file=sys.stderr,
+            )
         return rows
 
     @staticmethod
@@ -192,8 +215,9 @@ class ResultsStore:
         self.rows += rows
         self.done |= {row_key(r) for r in rows}
         for row, scores in zip(rows, per_window):
-            self.windows[row_key(row)] = [(w, nll / t if t else math.nan, c / t if t else math.nan)
-                                          for w, nll, c, t in sorted(scores)]
+            self.windows[row_key(row)] = [
+                (w, nll / t if t else math.nan, c / t if t else math.nan) for w, nll, c, t in sorted(scores)
+            ]
 
 
 # --- the sweep ---------------------------------------------------------------------------------------
@@ -208,7 +232,9 @@ class SweepConfig:
     link_template: channel.LinkConfig  # modulation, fading, packets... for SNR conditions
     batch_size: int | None = CPU_BATCH  # impaired variants per suffix forward; None: from free memory (auto_batch_size)
     mask_device: str = "auto"  # where mask fields are drawn (MASK_DEVICES)
-    compile: bool = False  # the edge's layers through torch.compile (SplitModel.view(compiled=True)); same numbers up to rounding
+    compile: bool = (
+        False  # the edge's layers through torch.compile (SplitModel.view(compiled=True)); same numbers up to rounding
+    )
 
 
 class CellTotals:
@@ -234,8 +260,9 @@ class CellTotals:
             self.tokens[c, d] += n_tokens
             self.windows[c, d] += 1
             mean_nll, accuracy = nll / n_tokens, correct / n_tokens
-            self.window_moments[c, d] += torch.tensor([mean_nll, mean_nll ** 2, accuracy, accuracy ** 2],
-                                                      dtype=torch.float64)
+            self.window_moments[c, d] += torch.tensor(
+                [mean_nll, mean_nll**2, accuracy, accuracy**2], dtype=torch.float64
+            )
         else:
             self.nonfinite[c, d] += 1
 
@@ -245,8 +272,9 @@ class CellTotals:
         if k < 2:
             return float("nan"), float("nan")
         s_nll, s_nll2, s_acc, s_acc2 = self.window_moments[c, d].tolist()
-        return tuple(math.sqrt(max(sq - total * total / k, 0.0) / (k - 1))
-                     for total, sq in ((s_nll, s_nll2), (s_acc, s_acc2)))
+        return tuple(
+            math.sqrt(max(sq - total * total / k, 0.0) / (k - 1)) for total, sq in ((s_nll, s_nll2), (s_acc, s_acc2))
+        )
 
 
 def impairment_of(condition: Condition, template: channel.LinkConfig) -> uplink.Impairment:
@@ -258,8 +286,12 @@ def impairment_of(condition: Condition, template: channel.LinkConfig) -> uplink.
 
 
 def _pending(cfg: SweepConfig, split: int, store: ResultsStore) -> list[tuple[int, int]]:
-    return [(c, d) for c, cond in enumerate(cfg.conditions) for d in range(draws_of(cond, cfg.draws))
-            if cell_key(split, cond, d) not in store.done]
+    return [
+        (c, d)
+        for c, cond in enumerate(cfg.conditions)
+        for d in range(draws_of(cond, cfg.draws))
+        if cell_key(split, cond, d) not in store.done
+    ]
 
 
 def _rows(cfg: SweepConfig, split: int, totals: CellTotals, pending, dims) -> list[dict]:
@@ -272,23 +304,49 @@ def _rows(cfg: SweepConfig, split: int, totals: CellTotals, pending, dims) -> li
         nll_sd, accuracy_sd = totals.window_sd(c, d)
         physical = cond.link != "dropout"
         # compute times do not depend on the channel; the direct-p link has no air time to report
-        times = compute.latency_breakdown(link.channel or cfg.link_template, dims, split, cfg.context_length,
-                                          withheld=cond.withheld, protect=cond.protect, link=cond.link)
+        times = compute.latency_breakdown(
+            link.channel or cfg.link_template,
+            dims,
+            split,
+            cfg.context_length,
+            withheld=cond.withheld,
+            protect=cond.protect,
+            link=cond.link,
+        )
         row = {
-            "split": split, "layers_on_ue": split + 1, "link": cond.link,
-            "snr_db": cond.snr_db if physical else "", "dropout": link.loss, "withheld": cond.withheld,
-            "protect": cond.protect, "draw": d,
+            "split": split,
+            "layers_on_ue": split + 1,
+            "link": cond.link,
+            "snr_db": cond.snr_db if physical else "",
+            "dropout": link.loss,
+            "withheld": cond.withheld,
+            "protect": cond.protect,
+            "draw": d,
             **link_columns(cfg.link_template, cond.link),
-            "nll": nll, "ppl": math.exp(nll) if math.isfinite(nll) else float("nan"),
+            "nll": nll,
+            "ppl": math.exp(nll) if math.isfinite(nll) else float("nan"),
             "token_accuracy": int(totals.correct[c, d]) / tokens if tokens else float("nan"),
-            "scored_tokens": tokens, "nonfinite_windows": int(totals.nonfinite[c, d]),
-            "windows": int(totals.windows[c, d]), "nll_window_sd": nll_sd, "accuracy_window_sd": accuracy_sd,
-            "ue_compute_s": times["ue_compute_s"], "edge_compute_s": times["edge_compute_s"],
-            "tx_s": times["tx_s"] if physical else "", "total_s": times["total_s"] if physical else "",
-            "tx_decode_s": compute.latency_breakdown(link.channel, dims, split, cfg.context_length, phase="decode",
-                                                     withheld=cond.withheld, protect=cond.protect,
-                                                     link=cond.link)["tx_s"]
-                           if physical else "",
+            "scored_tokens": tokens,
+            "nonfinite_windows": int(totals.nonfinite[c, d]),
+            "windows": int(totals.windows[c, d]),
+            "nll_window_sd": nll_sd,
+            "accuracy_window_sd": accuracy_sd,
+            "ue_compute_s": times["ue_compute_s"],
+            "edge_compute_s": times["edge_compute_s"],
+            "tx_s": times["tx_s"] if physical else "",
+            "total_s": times["total_s"] if physical else "",
+            "tx_decode_s": compute.latency_breakdown(
+                link.channel,
+                dims,
+                split,
+                cfg.context_length,
+                phase="decode",
+                withheld=cond.withheld,
+                protect=cond.protect,
+                link=cond.link,
+            )["tx_s"]
+            if physical
+            else "",
             PER_WINDOW: totals.per_window.get((c, d), []),
         }
         rows.append(row)
@@ -327,8 +385,9 @@ def mask_device(cfg: SweepConfig, model_device: torch.device) -> torch.device:
     return torch.device("cpu") if cfg.mask_device == "cpu" else torch.device(model_device)
 
 
-def auto_batch_size(segments: SplitModel, hidden: torch.Tensor, start: int, targets: torch.Tensor,
-                    compiled: bool = False) -> int:
+def auto_batch_size(
+    segments: SplitModel, hidden: torch.Tensor, start: int, targets: torch.Tensor, compiled: bool = False
+) -> int:
     """Variants per suffix forward: on CUDA, as many as GPU_MEMORY_SHARE of the free memory holds,
     from the peak memory of one variant's suffix forward (compiled or not) measured here; CPU_BATCH elsewhere."""
     device = segments.device
@@ -343,8 +402,9 @@ def auto_batch_size(segments: SplitModel, hidden: torch.Tensor, start: int, targ
     return max(1, int(GPU_MEMORY_SHARE * free // per_variant))
 
 
-def walk(segments: SplitModel, token_ids: torch.Tensor, cfg: SweepConfig, work, clean_split: int | None,
-         window_ids=None):
+def walk(
+    segments: SplitModel, token_ids: torch.Tensor, cfg: SweepConfig, work, clean_split: int | None, window_ids=None
+):
     """Yield (split, window, WindowScores, scored tokens) for every split of `work` in order and every
     window of window_ids (default: all) inside it, walking each window's hidden state from split to
     split. The clean cell is scored at clean_split only. Variants are queued on the device without a
@@ -353,22 +413,27 @@ def walk(segments: SplitModel, token_ids: torch.Tensor, cfg: SweepConfig, work, 
     masks_on, batch = mask_device(cfg, segments.device), cfg.batch_size
     windows = sliding_windows(len(token_ids), cfg.context_length, cfg.stride)
     window_ids = range(len(windows)) if window_ids is None else window_ids
-    hidden = {i: token_ids[windows[i].begin:windows[i].end][None] for i in window_ids}  # token ids at first
+    hidden = {i: token_ids[windows[i].begin : windows[i].end][None] for i in window_ids}  # token ids at first
     walked = dict.fromkeys(window_ids, 0)  # layers already applied to hidden[i]
     for split, pending in work:
         for i in window_ids:
             w = windows[i]
             hidden[i] = segments.hidden_after(hidden[i], walked[i], split + 1)
             walked[i] = split + 1
-            targets = token_ids[w.first_target:w.end].to(segments.device)  # once per window: a copy waits
+            targets = token_ids[w.first_target : w.end].to(segments.device)  # once per window: a copy waits
             to_run = [(c, d) for c, d in pending if split == clean_split or not is_clean(cfg.conditions[c])]
             if batch is None and to_run:
                 batch = auto_batch_size(segments, hidden[i], split + 1, targets, cfg.compile)
             nlls, corrects = [], []
             for lo in range(0, len(to_run), batch or 1):
-                variants = torch.cat([uplink.received(hidden[i], impairments[c],
-                                                      uplink.generator(uplink.stream_seed(cfg.seed, i, d), masks_on))
-                                      for c, d in to_run[lo:lo + batch]])
+                variants = torch.cat(
+                    [
+                        uplink.received(
+                            hidden[i], impairments[c], uplink.generator(uplink.stream_seed(cfg.seed, i, d), masks_on)
+                        )
+                        for c, d in to_run[lo : lo + batch]
+                    ]
+                )
                 nll, correct = segments.score_from(variants, split + 1, targets, cfg.compile)
                 nlls.append(nll)
                 corrects.append(correct)
@@ -393,8 +458,12 @@ def fold(cfg: SweepConfig, split: int, pending, scored: dict, clean: dict, dims)
 
 def clean_scores(cfg: SweepConfig, scored: dict) -> dict:
     """{window: (nll, correct)} of the clean cell, from the windows scored at the clean split."""
-    return {i: (nll, correct) for i, (scores, _) in scored.items()
-            for (c, _), nll, correct in scores if is_clean(cfg.conditions[c])}
+    return {
+        i: (nll, correct)
+        for i, (scores, _) in scored.items()
+        for (c, _), nll, correct in scores
+        if is_clean(cfg.conditions[c])
+    }
 
 
 def run_fast(model, token_ids: torch.Tensor, cfg: SweepConfig, store: ResultsStore, progress: bool = True) -> None:
@@ -403,8 +472,13 @@ def run_fast(model, token_ids: torch.Tensor, cfg: SweepConfig, store: ResultsSto
     dims = compute.model_dims(model.config)
     n_windows = len(sliding_windows(len(token_ids), cfg.context_length, cfg.stride))
     work, clean_split = work_list(cfg, store)
-    bar = tqdm(total=len(cfg.splits) * n_windows, initial=(len(cfg.splits) - len(work)) * n_windows, desc="sweep",
-               unit="window", disable=not progress)
+    bar = tqdm(
+        total=len(cfg.splits) * n_windows,
+        initial=(len(cfg.splits) - len(work)) * n_windows,
+        desc="sweep",
+        unit="window",
+        disable=not progress,
+    )
     pending_of, scored, clean = dict(work), {}, {}
     for split, i, scores, n_targets in walk(segments, token_ids, cfg, work, clean_split):
         bar.set_postfix_str(f"split {split}", refresh=False)
@@ -430,13 +504,16 @@ def run_naive(model, token_ids: torch.Tensor, cfg: SweepConfig, store: ResultsSt
         pending = _pending(cfg, split, store)
         totals = CellTotals(len(cfg.conditions), cfg.draws)
         for i, w in enumerate(windows):
-            targets = token_ids[w.first_target:w.end].to(device)
+            targets = token_ids[w.first_target : w.end].to(device)
             for c, d in pending:
                 link.impairment = impairment_of(cfg.conditions[c], cfg.link_template)
                 link.reseed(uplink.stream_seed(cfg.seed, i, d))
                 with torch.no_grad():
-                    logits = model(input_ids=token_ids[None, w.begin:w.end].to(device), use_cache=False,
-                                   logits_to_keep=len(targets) + 1).logits[0, :-1]
+                    logits = model(
+                        input_ids=token_ids[None, w.begin : w.end].to(device),
+                        use_cache=False,
+                        logits_to_keep=len(targets) + 1,
+                    ).logits[0, :-1]
                 nll, correct = token_nll_and_correct(logits, targets)
                 totals.add(c, d, nll.double().sum().item(), int(correct.sum()), len(targets), i)
             bar.update(1)
@@ -467,7 +544,9 @@ def verify(rows: list[dict], reference: str | Path, rtol: float) -> str:
     for row in rows:
         key = row_key(row)
         if key not in ref:
-            raise UserError(f"--verify: {reference} has no row for split {key[0]}, {key[1]} {key[3] or key[2]}, draw {key[6]}")
+            raise UserError(
+                f"--verify: {reference} has no row for split {key[0]}, {key[1]} {key[3] or key[2]}, draw {key[6]}"
+            )
         other = ref[key]
         differs = [c for c in RUN_COLUMNS if str(other[c]) != str(row[c])]
         if differs:
@@ -479,8 +558,10 @@ def verify(rows: list[dict], reference: str | Path, rtol: float) -> str:
             gap = abs(a - b) / max(abs(b), 1e-12)
             worst = max(worst, gap)
             if not gap <= rtol:  # a NaN on either side fails too
-                raise UserError(f"--verify: split {key[0]}, draw {key[6]}: {column} {a!r} recomputed, {b!r} in "
-                                f"{reference} (relative difference {gap:.2g} > {rtol:g})")
+                raise UserError(
+                    f"--verify: split {key[0]}, draw {key[6]}: {column} {a!r} recomputed, {b!r} in "
+                    f"{reference} (relative difference {gap:.2g} > {rtol:g})"
+                )
     return f"verified: {len(rows)} rows agree with {reference} (largest relative difference {worst:.2g})"
 
 
@@ -495,15 +576,22 @@ def summarise(rows: list[dict], windows: dict | None = None) -> str:
     frame = pd.DataFrame(cell_table(rows, windows))
     if frame.empty:
         return "(no rows)"
-    frame["condition"] = [Condition(link, float(p), None if s == "" else float(s), float(w or 0.0), int(k or 0)).label
-                          for link, s, p, w, k in zip(frame["link"], frame["snr_db"], frame["dropout"], frame["withheld"],
-                                                      frame["protect"])]
+    frame["condition"] = [
+        Condition(link, float(p), None if s == "" else float(s), float(w or 0.0), int(k or 0)).label
+        for link, s, p, w, k in zip(
+            frame["link"], frame["snr_db"], frame["dropout"], frame["withheld"], frame["protect"]
+        )
+    ]
     frame["split"] = frame["split"].astype(int)
-    frame["cell"] = [f"{ppl:.3g} [{lo:.3g}, {hi:.3g}]" if math.isfinite(lo) else f"{ppl:.3g}"
-                     for ppl, lo, hi in zip(frame["ppl"], frame["ppl_low"], frame["ppl_high"])]
+    frame["cell"] = [
+        f"{ppl:.3g} [{lo:.3g}, {hi:.3g}]" if math.isfinite(lo) else f"{ppl:.3g}"
+        for ppl, lo, hi in zip(frame["ppl"], frame["ppl_low"], frame["ppl_high"])
+    ]
     table = frame.set_index(["split", "condition"])["cell"].unstack("condition")
     table = table[list(dict.fromkeys(frame["condition"]))]
     with pd.option_context("display.width", 250, "display.max_columns", 30):
-        return (f"perplexity pooled over draws, exp(mean NLL), [95% interval; its unit: the window, or the draw "
-                f"where there is one window] "
-                f"(rows: split, 0-based = layers on the UE - 1)\n{table}")
+        return (
+            f"perplexity pooled over draws, exp(mean NLL), [95% interval; its unit: the window, or the draw "
+            f"where there is one window] "
+            f"(rows: split, 0-based = layers on the UE - 1)\n{table}"
+        )

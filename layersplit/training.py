@@ -8,6 +8,7 @@ network settings, counters) from which the policy is rebuilt; classes are named 
 short list SAFE_CLASSES, never stored. Stable-Baselines3's own policy.zip is also written beside a
 finished policy for those who want PPO.load, but loading one unpickles whatever the file holds (code
 included), so it is read only with trust_zip (the scripts' --trust-zip), for folders one made oneself."""
+
 from __future__ import annotations
 
 import functools
@@ -56,8 +57,14 @@ class PaperVecEnv(VecEnv):
     episodes reset automatically, with terminal_observation and TimeLimit.truncated in their info,
     as in Stable-Baselines3's vectorised environments. Wrap it in VecMonitor for episode logs."""
 
-    def __init__(self, n_envs: int, rsm_path: str | Path = envs.PAPER_RSM, surrogate: Surrogate | None = None,
-                 episode_steps: int = envs.EPISODE_STEPS, episode_end: str = envs.EPISODE_END):
+    def __init__(
+        self,
+        n_envs: int,
+        rsm_path: str | Path = envs.PAPER_RSM,
+        surrogate: Surrogate | None = None,
+        episode_steps: int = envs.EPISODE_STEPS,
+        episode_end: str = envs.EPISODE_END,
+    ):
         self.rules = envs.PaperSplitEnv(rsm_path, surrogate, episode_steps, episode_end)
         super().__init__(n_envs, self.rules.observation_space, self.rules.action_space)
         self.rng = np.random.default_rng()
@@ -92,12 +99,15 @@ class PaperVecEnv(VecEnv):
         self.steps += 1
         done = self.steps >= self.rules.episode_steps
         obs = self._obs()
-        infos = [{"inference_reward": float(i), "load_reward": float(l), "p": float(p), "split": int(s)}
-                 for i, l, p, s in zip(inference, load, self.p, self.split)]
+        infos = [
+            {"inference_reward": float(i), "load_reward": float(ld), "p": float(p), "split": int(s)}
+            for i, ld, p, s in zip(inference, load, self.p, self.split)
+        ]
         if done.any():
             for i in np.flatnonzero(done):
-                infos[i].update({"terminal_observation": obs[i],
-                                 "TimeLimit.truncated": self.rules.episode_end == "truncate"})
+                infos[i].update(
+                    {"terminal_observation": obs[i], "TimeLimit.truncated": self.rules.episode_end == "truncate"}
+                )
             self._restart(done)
             obs = self._obs()
         return obs, rewards, done, infos
@@ -137,9 +147,23 @@ class ScaledObservation(BaseFeaturesExtractor):
 
 
 # the classes a save may name (policy network pieces and optimizers): rebuilt by name, never unpickled
-SAFE_CLASSES = {c.__name__: c for c in (torch.nn.Tanh, torch.nn.ReLU, torch.nn.LeakyReLU, torch.nn.ELU,
-                                        torch.nn.GELU, torch.nn.SiLU, torch.nn.Sigmoid, FlattenExtractor,
-                                        ScaledObservation, torch.optim.Adam, torch.optim.RMSprop, torch.optim.SGD)}
+SAFE_CLASSES = {
+    c.__name__: c
+    for c in (
+        torch.nn.Tanh,
+        torch.nn.ReLU,
+        torch.nn.LeakyReLU,
+        torch.nn.ELU,
+        torch.nn.GELU,
+        torch.nn.SiLU,
+        torch.nn.Sigmoid,
+        FlattenExtractor,
+        ScaledObservation,
+        torch.optim.Adam,
+        torch.optim.RMSprop,
+        torch.optim.SGD,
+    )
+}
 # what a save keeps of an agent beyond its weights: SB3's load restores the same from its zip
 COUNTERS = ("num_timesteps", "_n_updates", "_episode_num", "_n_calls")
 
@@ -203,15 +227,21 @@ def save(model, path: Path, with_optimizer: bool, config: dict | None = None) ->
     for k in ("observation_space", "action_space", "lr_schedule"):
         params.pop(k, None)
     tensors = {f"policy.{k}": v.detach().cpu().clone().contiguous() for k, v in model.policy.state_dict().items()}
-    spec = {"format": SAVE_FORMAT, "algo": algo_name(type(model)), "policy_class": type(model.policy).__name__,
-            "observation_space": _space_to_json(model.observation_space),
-            "action_space": _space_to_json(model.action_space), "policy_kwargs": _to_json(params),
-            "counters": {k: int(getattr(model, k)) for k in COUNTERS if hasattr(model, k)},
-            # each entry as [value, numpy type]: the logged means are then the same to the last digit
-            "ep_info_buffer": [{k: [float(v), np.asarray(v).dtype.name] for k, v in info.items()}
-                               for info in (model.ep_info_buffer or [])],
-            "ep_success_buffer": [float(v) for v in (model.ep_success_buffer or [])],
-            "config": config}
+    spec = {
+        "format": SAVE_FORMAT,
+        "algo": algo_name(type(model)),
+        "policy_class": type(model.policy).__name__,
+        "observation_space": _space_to_json(model.observation_space),
+        "action_space": _space_to_json(model.action_space),
+        "policy_kwargs": _to_json(params),
+        "counters": {k: int(getattr(model, k)) for k in COUNTERS if hasattr(model, k)},
+        # each entry as [value, numpy type]: the logged means are then the same to the last digit
+        "ep_info_buffer": [
+            {k: [float(v), np.asarray(v).dtype.name] for k, v in info.items()} for info in (model.ep_info_buffer or [])
+        ],
+        "ep_success_buffer": [float(v) for v in (model.ep_success_buffer or [])],
+        "config": config,
+    }
     if with_optimizer:
         state = model.policy.optimizer.state_dict()
         for index, entries in state["state"].items():
@@ -271,6 +301,7 @@ def restore(model, spec: dict, tensors: dict) -> None:
 @dataclass
 class SavedPolicy:
     """A trained policy rebuilt from a save; predict() as Stable-Baselines3's."""
+
     policy: torch.nn.Module
     algo: str
     num_timesteps: int
@@ -284,8 +315,12 @@ def policy_from_save(spec: dict, tensors: dict) -> SavedPolicy:
     if spec.get("policy_class") != cls.__name__:
         raise UnsafeSave(f"holds a {spec.get('policy_class')}, not the {cls.__name__} of {spec['algo']}")
     try:
-        policy = cls(_space_from_json(spec["observation_space"]), _space_from_json(spec["action_space"]),
-                     lambda _: 0.0, **_from_json(spec["policy_kwargs"]))
+        policy = cls(
+            _space_from_json(spec["observation_space"]),
+            _space_from_json(spec["action_space"]),
+            lambda _: 0.0,
+            **_from_json(spec["policy_kwargs"]),
+        )
         policy.load_state_dict(_policy_state(tensors), strict=True)
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         why = (str(e).strip().splitlines() or [""])[0]
@@ -343,8 +378,9 @@ class StepTimer(BaseCallback):
         return (time.perf_counter() - self.start) / max(self.steps, 1)
 
 
-def make_env(env_id: str, n_envs: int, seed: int, env_kwargs: dict | None, monitor_dir: Path | None,
-             batched: bool = True):
+def make_env(
+    env_id: str, n_envs: int, seed: int, env_kwargs: dict | None, monitor_dir: Path | None, batched: bool = True
+):
     """n_envs copies of env_id as one VecEnv, logging episodes to monitor_dir. LayerSplit-Paper-v0 is
     stepped as arrays (PaperVecEnv) unless batched is False; the others through DummyVecEnv."""
     if batched and env_id == "LayerSplit-Paper-v0":
@@ -355,16 +391,24 @@ def make_env(env_id: str, n_envs: int, seed: int, env_kwargs: dict | None, monit
         Path(monitor_dir).mkdir(parents=True, exist_ok=True)
         return VecMonitor(env, str(Path(monitor_dir) / "all"))
     # through envs.make, not the id: SB3 would ask for render_mode="rgb_array", which these envs lack
-    return make_vec_env(functools.partial(envs.make, env_id), n_envs=n_envs, seed=seed, env_kwargs=env_kwargs or {},
-                        monitor_dir=None if monitor_dir is None else str(monitor_dir))
+    return make_vec_env(
+        functools.partial(envs.make, env_id),
+        n_envs=n_envs,
+        seed=seed,
+        env_kwargs=env_kwargs or {},
+        monitor_dir=None if monitor_dir is None else str(monitor_dir),
+    )
 
 
 def checkpoints(run_dir: Path, trust_zip: bool = False) -> list[tuple[int, Path]]:
     """The run's periodic saves as (step, path), newest first; Stable-Baselines3's zips only with
     trust_zip (after the safetensors save of the same step)."""
     kinds = {".safetensors": 1, **({".zip": 0} if trust_zip else {})}
-    saved = [(int(m.group(1)), kinds[m.group(2)], p) for p in (run_dir / CHECKPOINTS).glob("model_*")
-             if (m := re.search(r"_(\d+)_steps(\.safetensors|\.zip)$", p.name)) and m.group(2) in kinds]
+    saved = [
+        (int(m.group(1)), kinds[m.group(2)], p)
+        for p in (run_dir / CHECKPOINTS).glob("model_*")
+        if (m := re.search(r"_(\d+)_steps(\.safetensors|\.zip)$", p.name)) and m.group(2) in kinds
+    ]
     return [(step, path) for step, _, path in sorted(saved, reverse=True)]
 
 
@@ -406,11 +450,16 @@ def run_config(run_dir: str | Path) -> dict:
     """A training run folder's config.json, checked; UserError in one line when missing or damaged."""
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
-        raise UserError(f"{run_dir} is not a training run folder (no {CONFIG_FILE}): train one with "
-                        "python train_rsm.py train")
+        raise UserError(
+            f"{run_dir} is not a training run folder (no {CONFIG_FILE}): train one with python train_rsm.py train"
+        )
     config = read_json(path)
-    if (config.get("env") not in envs.ENV_IDS or config.get("algo") not in ALGOS
-            or not isinstance(config.get("seed"), int) or not isinstance(config.get("env_kwargs"), dict)):
+    if (
+        config.get("env") not in envs.ENV_IDS
+        or config.get("algo") not in ALGOS
+        or not isinstance(config.get("seed"), int)
+        or not isinstance(config.get("env_kwargs"), dict)
+    ):
         raise UserError(f"{path}:1: not a training run's settings (env, algo, seed and env_kwargs expected)")
     return config
 
@@ -446,8 +495,10 @@ def newest_loadable(cls, saves: list[Path], trust_zip: bool = False):
     return found
 
 
-ZIP_REFUSED = ("{} holds only Stable-Baselines3 zips, and loading one unpickles it, which runs any code stored in "
-               "it: pass --trust-zip if you made this folder yourself")
+ZIP_REFUSED = (
+    "{} holds only Stable-Baselines3 zips, and loading one unpickles it, which runs any code stored in "
+    "it: pass --trust-zip if you made this folder yourself"
+)
 
 
 def run_saves(run_dir: Path, trust_zip: bool) -> list[Path]:
@@ -476,10 +527,23 @@ def read_summary(run_dir: Path) -> dict | None:
         return None
 
 
-def train(env_id: str, algo: str, run_dir: str | Path, total_timesteps: int, seed: int, n_envs: int,
-          hyperparameters: dict, env_kwargs: dict | None = None, checkpoint_every: int = 0,
-          progress: bool = True, resume: bool = True, batched: bool = True,
-          scale_observations: bool = SCALE_OBSERVATIONS, callbacks: tuple = (), trust_zip: bool = False):
+def train(
+    env_id: str,
+    algo: str,
+    run_dir: str | Path,
+    total_timesteps: int,
+    seed: int,
+    n_envs: int,
+    hyperparameters: dict,
+    env_kwargs: dict | None = None,
+    checkpoint_every: int = 0,
+    progress: bool = True,
+    resume: bool = True,
+    batched: bool = True,
+    scale_observations: bool = SCALE_OBSERVATIONS,
+    callbacks: tuple = (),
+    trust_zip: bool = False,
+):
     """Train (or resume) an agent; returns (model, summary). A run folder holding a finished policy is
     reused as is (model is then a SavedPolicy); one holding checkpoints continues from the newest of
     them. Stable-Baselines3 zips in the folder are read only with trust_zip."""
@@ -489,15 +553,26 @@ def train(env_id: str, algo: str, run_dir: str | Path, total_timesteps: int, see
         raise UserError("--total-timesteps and --n-envs must be at least 1")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    config = {"env": env_id, "algo": algo, "batched": batched, "seed": seed, "n_envs": n_envs, "total_timesteps": total_timesteps,
-              "hyperparameters": hyperparameters, "scale_observations": scale_observations, "env_kwargs": {k: str(v) for k, v in (env_kwargs or {}).items()}}
+    config = {
+        "env": env_id,
+        "algo": algo,
+        "batched": batched,
+        "seed": seed,
+        "n_envs": n_envs,
+        "total_timesteps": total_timesteps,
+        "hyperparameters": hyperparameters,
+        "scale_observations": scale_observations,
+        "env_kwargs": {k: str(v) for k, v in (env_kwargs or {}).items()},
+    }
     config_path = run_dir / CONFIG_FILE
     same = ("total_timesteps",)  # a resumed run may be given a larger budget; anything else must match
 
     def check(found: dict, where: Path) -> None:
         if {k: v for k, v in found.items() if k not in same} != {k: v for k, v in config.items() if k not in same}:
-            raise UserError(f"{run_dir} holds a run with another configuration (see {where}): "
-                            "use another --run-dir, or the same options to resume")
+            raise UserError(
+                f"{run_dir} holds a run with another configuration (see {where}): "
+                "use another --run-dir, or the same options to resume"
+            )
 
     if config_path.exists():
         try:
@@ -528,7 +603,9 @@ def train(env_id: str, algo: str, run_dir: str | Path, total_timesteps: int, see
     tmp.replace(config_path)
     policy_kwargs = {"features_extractor_class": ScaledObservation} if scale_observations else {}
     if isinstance(loaded, dict) or loaded is None:
-        model = cls("MlpPolicy", env, seed=seed, device="cpu", verbose=0, policy_kwargs=policy_kwargs, **hyperparameters)
+        model = cls(
+            "MlpPolicy", env, seed=seed, device="cpu", verbose=0, policy_kwargs=policy_kwargs, **hyperparameters
+        )
         if loaded is not None:
             restore(model, loaded["spec"], loaded["tensors"])
     else:  # a trusted zip
@@ -545,14 +622,23 @@ def train(env_id: str, algo: str, run_dir: str | Path, total_timesteps: int, see
         callbacks.append(SafeCheckpoint(max(checkpoint_every // n_envs, 1), run_dir / CHECKPOINTS, config))
     start = time.perf_counter()
     if total_timesteps > done:
-        model.learn(total_timesteps - done, callback=CallbackList(callbacks), reset_num_timesteps=checkpoint is None,
-                    tb_log_name="tb")
+        model.learn(
+            total_timesteps - done,
+            callback=CallbackList(callbacks),
+            reset_num_timesteps=checkpoint is None,
+            tb_log_name="tb",
+        )
     seconds = time.perf_counter() - start
     save(model, run_dir / POLICY_FILE, True, config)
     model.save(run_dir / SB3_POLICY_FILE)  # for PPO.load in one's own code; never read back without trust_zip
-    summary = {"timesteps": int(model.num_timesteps), "resumed_from": int(done), "wall_s": seconds,
-               "seconds_per_step": timer.seconds_per_step, "steps_per_s": (model.num_timesteps - done) / max(seconds, 1e-9),
-               "torch_threads": torch.get_num_threads()}
+    summary = {
+        "timesteps": int(model.num_timesteps),
+        "resumed_from": int(done),
+        "wall_s": seconds,
+        "seconds_per_step": timer.seconds_per_step,
+        "steps_per_s": (model.num_timesteps - done) / max(seconds, 1e-9),
+        "torch_threads": torch.get_num_threads(),
+    }
     tmp = run_dir / f"{SUMMARY_FILE}.tmp"
     tmp.write_text(json.dumps(summary, indent=2))
     tmp.replace(run_dir / SUMMARY_FILE)

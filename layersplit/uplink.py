@@ -25,6 +25,7 @@ whose steps are its transfers; add_noise.py's is its run (unit 0, draw 0), so
 compare one uniform field per transfer with the loss probability, so masks at different
 probabilities are nested.
 """
+
 from __future__ import annotations
 
 import math
@@ -85,8 +86,9 @@ def physical(cfg: channel.LinkConfig, mode: str = "erasure", withheld: float = 0
     if mode not in LINK_MODES[1:]:
         raise UserError(f"unknown link mode {mode!r} for a channel: use one of {', '.join(LINK_MODES[1:])}")
     if mode == "bitflip" and cfg.bits_per_element not in wire.BITFLIP_WIRE:
-        raise UserError(f"bitflip flips the bits of float16 or float32: use 16 or 32 bits per element, "
-                        f"not {cfg.bits_per_element}")
+        raise UserError(
+            f"bitflip flips the bits of float16 or float32: use 16 or 32 bits per element, not {cfg.bits_per_element}"
+        )
     if mode == "nr":
         return Impairment(mode, loss=nr.operating_point(cfg.snr_db).residual, channel=cfg).withholding(withheld)
     loss = channel.packet_error_rate(cfg) if mode == "erasure" else 0.0
@@ -172,8 +174,9 @@ def uniform(n: int, gen: torch.Generator) -> torch.Tensor:
 
 
 # --- losses: dropout, erasure, withholding ------------------------------------------------------------
-def lost_elements(n: int, k: int, loss: float, withheld: float,
-                  gen: torch.Generator) -> tuple[torch.Tensor, int | torch.Tensor]:
+def lost_elements(
+    n: int, k: int, loss: float, withheld: float, gen: torch.Generator
+) -> tuple[torch.Tensor, int | torch.Tensor]:
     """(flags of the n elements that do not arrive, elements sent) for packets of k elements lost
     with probability `loss` (dropout: k = 1) after a share `withheld` of elements is not sent. The count
     sent is a 0-d tensor with withholding (on the generator's device: read it when needed)."""

@@ -3,6 +3,7 @@
 Light on purpose (numpy; torch only inside encode and decode): the scripts read these tables to
 build their command lines before torch is imported.
 """
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny random Llama for mechanics, a tiny saved model folder for CLI smoke tests."""
+
 from __future__ import annotations
 
 import os
@@ -38,8 +39,15 @@ def pytest_collection_modifyitems(config, items):
 
 
 def tiny_config(**overrides) -> LlamaConfig:
-    kwargs = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=TINY_LAYERS,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    kwargs = dict(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=TINY_LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
     kwargs.update(overrides)
     return LlamaConfig(**kwargs)
 
@@ -57,8 +65,9 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator([SAMPLE_TEXT], trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<eos>")
 

@@ -1,4 +1,5 @@
 """add_noise.py as a user runs it: a tiny saved Llama and a small text file keep it fast."""
+
 from __future__ import annotations
 
 import json
@@ -6,19 +7,46 @@ import json
 
 from conftest import run_script
 
-REQUIRED_KEYS = {"model", "dataset", "tokens", "split", "dropout", "seed", "ppl", "ppl_clean",
-                 "token_accuracy", "token_accuracy_clean"}
+REQUIRED_KEYS = {
+    "model",
+    "dataset",
+    "tokens",
+    "split",
+    "dropout",
+    "seed",
+    "ppl",
+    "ppl_clean",
+    "token_accuracy",
+    "token_accuracy_clean",
+}
 
 
 def add_noise(tiny_model_dir, sample_txt, *extra):
     """The script on the tiny 4-layer model (split 1 unless `extra` says otherwise)."""
-    return run_script("add_noise.py", "--model", str(tiny_model_dir), "--dataset", str(sample_txt), "--split", "1",
-                      "--max-tokens", "300", "--context-length", "64", "--stride", "32", "--no-progress", *extra)
+    return run_script(
+        "add_noise.py",
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        str(sample_txt),
+        "--split",
+        "1",
+        "--max-tokens",
+        "300",
+        "--context-length",
+        "64",
+        "--stride",
+        "32",
+        "--no-progress",
+        *extra,
+    )
 
 
 def test_json_output_and_determinism(tiny_model_dir, sample_txt):
-    runs = [add_noise(tiny_model_dir, sample_txt, "--split", "2", "--dropout", "0.3", "--seed", "4", "--json")
-            for _ in range(2)]
+    runs = [
+        add_noise(tiny_model_dir, sample_txt, "--split", "2", "--dropout", "0.3", "--seed", "4", "--json")
+        for _ in range(2)
+    ]
     assert all(r.returncode == 0 for r in runs), runs[0].stderr
     first, second = (json.loads(r.stdout) for r in runs)
     assert REQUIRED_KEYS <= first.keys()
@@ -44,29 +72,61 @@ def test_original_window_protocol(tiny_model_dir, sample_txt):
 
 
 def test_generate(tiny_model_dir, sample_txt):
-    r = add_noise(tiny_model_dir, sample_txt, "--generate", "The edge", "--max-new-tokens", "5", "--dropout", "0.5", "--json")
+    r = add_noise(
+        tiny_model_dir, sample_txt, "--generate", "The edge", "--max-new-tokens", "5", "--dropout", "0.5", "--json"
+    )
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     assert {"generated", "generated_clean"} <= report.keys() and report["transfers"] == 5
 
 
 def test_physical_link_reports_channel_and_latency(tiny_model_dir, sample_txt):
-    r = add_noise(tiny_model_dir, sample_txt, "--snr-db", "12", "--modulation", "16qam", "--fading", "nakagami",
-                  "--nakagami-m", "2", "--elements-per-packet", "8", "--json")
+    r = add_noise(
+        tiny_model_dir,
+        sample_txt,
+        "--snr-db",
+        "12",
+        "--modulation",
+        "16qam",
+        "--fading",
+        "nakagami",
+        "--nakagami-m",
+        "2",
+        "--elements-per-packet",
+        "8",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     assert report["link"] == "erasure" and report["snr_db"] == 12.0 and report["modulation"] == "16qam"
     assert 0 < report["element_loss"] == report["dropout"] < 1
     assert abs(report["elements_impaired_fraction"] - report["element_loss"]) < 0.1
-    for key in ("tx_latency_prefill_s", "tx_latency_decode_s", "ue_compute_prefill_s", "edge_compute_prefill_s",
-                "total_prefill_s", "total_decode_s"):
+    for key in (
+        "tx_latency_prefill_s",
+        "tx_latency_decode_s",
+        "ue_compute_prefill_s",
+        "edge_compute_prefill_s",
+        "total_prefill_s",
+        "total_decode_s",
+    ):
         assert report[key] > 0, key
     assert report["tx_latency_prefill_s"] > 30 * report["tx_latency_decode_s"]  # 64 tokens against one
 
 
 def test_bitflip_reports_non_finite_windows(tiny_model_dir, sample_txt):
-    r = add_noise(tiny_model_dir, sample_txt, "--snr-db", "-3", "--link", "bitflip", "--fading", "awgn",
-                  "--modulation", "bpsk", "--json")
+    r = add_noise(
+        tiny_model_dir,
+        sample_txt,
+        "--snr-db",
+        "-3",
+        "--link",
+        "bitflip",
+        "--fading",
+        "awgn",
+        "--modulation",
+        "bpsk",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     assert report["link"] == "bitflip" and report["ber"] > 0.01 and "nonfinite_windows" in report

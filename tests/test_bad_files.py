@@ -3,6 +3,7 @@ one line naming the file (and its line), no traceback and no file changed; a fil
 project's is never modified. Bad data is never pooled in silence: the one documented skip (a draw with
 no window scored) is counted in the cell table, and a resumed sweep recomputes rows with invalid values.
 The same table form as tests/test_bad_inputs.py, run in-process."""
+
 from __future__ import annotations
 
 import csv
@@ -61,7 +62,7 @@ def bad(tmp_path_factory):
     rows = rows_of(SWEEP)
     for name, (change, _) in SWEEP_DAMAGE.items():
         write_rows(folder / name, damaged(rows, LINE, **change))
-    write_rows(folder / "duplicate.csv", rows[:LINE - 2] + [rows[0]] + rows[LINE - 2:])
+    write_rows(folder / "duplicate.csv", rows[: LINE - 2] + [rows[0]] + rows[LINE - 2 :])
     (folder / "header-only.csv").write_text(",".join(sweep.COLUMNS) + "\n")
     (folder / "binary.csv").write_bytes(bytes(range(256)) * 8)  # no final newline either
     (folder / "notes.txt").write_text("my notes\nwithout a final newline")
@@ -78,12 +79,19 @@ def bad(tmp_path_factory):
     sweep.windows_path(folder / "win-binary.csv").write_bytes(bytes(range(256)))
     # surrogates that are not
     good = (ROOT / "reward_predictor.pth").read_bytes()
-    (folder / "truncated.pth").write_bytes(good[:len(good) // 2])
+    (folder / "truncated.pth").write_bytes(good[: len(good) // 2])
     (folder / "text.pth").write_text("not a surrogate\n")
     with zipfile.ZipFile(folder / "other-zip.pth", "w") as z:
         z.writestr("a/data.txt", "something else")
-    torch.save({"format": surrogate.FORMAT, "form": "paper", "state_dict": {"fc.0.weight": torch.zeros(3, 3)},
-                "normalisation": {}}, folder / "shapes.pth")
+    torch.save(
+        {
+            "format": surrogate.FORMAT,
+            "form": "paper",
+            "state_dict": {"fc.0.weight": torch.zeros(3, 3)},
+            "normalisation": {},
+        },
+        folder / "shapes.pth",
+    )
     torch.save({"fc.0.weight": torch.zeros(2)}, folder / "other-keys.pth")
     # BLER tables
     table = rows_of(BLER)
@@ -104,65 +112,168 @@ def sweep_cases():
         stem = name.removesuffix(".csv")
         cases += [
             (f"cells-{stem}", "layersplit/cells.py", ["{bad}/" + name, "--write-cells"], f"{name}:{LINE}: {message}"),
-            (f"fit-{stem}", "train_rsm.py", ["fit", "--sweep", "{bad}/" + name, "--wireless-sweep", "", "--output",
-                                             "{tmp}/x.pth", "--results-dir", "{tmp}"], f"{name}:{LINE}: {message}"),
+            (
+                f"fit-{stem}",
+                "train_rsm.py",
+                [
+                    "fit",
+                    "--sweep",
+                    "{bad}/" + name,
+                    "--wireless-sweep",
+                    "",
+                    "--output",
+                    "{tmp}/x.pth",
+                    "--results-dir",
+                    "{tmp}",
+                ],
+                f"{name}:{LINE}: {message}",
+            ),
         ]
-    for name, message in (("duplicate.csv", f"duplicate.csv:{LINE}: the same split, condition and draw as line 2"),
-                          ("header-only.csv", "has a header and no rows"), ("binary.csv", "not UTF-8 text")):
+    for name, message in (
+        ("duplicate.csv", f"duplicate.csv:{LINE}: the same split, condition and draw as line 2"),
+        ("header-only.csv", "has a header and no rows"),
+        ("binary.csv", "not UTF-8 text"),
+    ):
         stem = name.removesuffix(".csv")
         cases += [
             (f"cells-{stem}", "layersplit/cells.py", ["{bad}/" + name, "--compare", "1,4"], message),
-            (f"fit-{stem}", "train_rsm.py", ["fit", "--sweep", "{bad}/" + name, "--wireless-sweep", "", "--output",
-                                             "{tmp}/x.pth", "--results-dir", "{tmp}"], message),
+            (
+                f"fit-{stem}",
+                "train_rsm.py",
+                [
+                    "fit",
+                    "--sweep",
+                    "{bad}/" + name,
+                    "--wireless-sweep",
+                    "",
+                    "--output",
+                    "{tmp}/x.pth",
+                    "--results-dir",
+                    "{tmp}",
+                ],
+                message,
+            ),
         ]
     return cases
 
 
 def cases():
     tiny = ["--model", "{model}", "--dataset", "{data}", "--no-progress", "--sweep", "--splits", "1-2"]
-    windows = [(f"cells-{n}", "layersplit/cells.py", ["{bad}/" + n + ".csv", "--write-cells"], m) for n, m in (
-        ("win-negative", "win-negative_windows.csv:7: a damaged row"), ("win-correct", "win-correct_windows.csv:7: a"),
-        ("win-binary", "win-binary_windows.csv is not a sweep windows file (not UTF-8 text)"))]
-    return sweep_cases() + windows + [
-        # the sweep's --output: a file of another kind is refused and left as it was, byte for byte
-        ("output-binary", "add_noise.py", tiny + ["--output", "{bad}/binary.csv"], "not a sweep results file"),
-        ("output-text", "add_noise.py", tiny + ["--output", "{bad}/notes.txt"], "not a sweep results file"),
-        ("output-surrogate", "add_noise.py", tiny + ["--output", "{bad}/reward_predictor.pth"],
-         "not a sweep results file"),
-        ("output-blank-first-line", "add_noise.py", tiny + ["--output", "{bad}/blank-first-line.csv"],
-         "not a sweep results file"),
-        ("output-windows-foreign", "add_noise.py", tiny + ["--output", "{bad}/out.csv"], "not a sweep windows file"),
-        # surrogates (train_rsm.py train --rsm, surrogate.load)
-        ("rsm-truncated", "train_rsm.py", ["train", "--rsm", "{bad}/truncated.pth", "--run-dir", "{tmp}/r"],
-         "truncated.pth is not a readable PyTorch file"),
-        ("rsm-text", "train_rsm.py", ["train", "--rsm", "{bad}/text.pth", "--run-dir", "{tmp}/r"],
-         "text.pth is not a readable PyTorch file"),
-        ("rsm-other-zip", "train_rsm.py", ["train", "--rsm", "{bad}/other-zip.pth", "--run-dir", "{tmp}/r"],
-         "other-zip.pth is not a readable PyTorch file"),
-        ("rsm-shapes", "train_rsm.py", ["train", "--rsm", "{bad}/shapes.pth", "--run-dir", "{tmp}/r"],
-         "weights do not fit the paper surrogate's network"),
-        ("rsm-other-keys", "train_rsm.py", ["train", "--rsm", "{bad}/other-keys.pth", "--run-dir", "{tmp}/r"],
-         "is not a reward surrogate"),
-        # the NR BLER table (python -m layersplit.nr)
-        ("bler-nan", "layersplit/nr.py", ["--bler-table", "{bad}/bler-nan.csv"], "bler-nan.csv:5: bler is nan"),
-        ("bler-above-1", "layersplit/nr.py", ["--bler-table", "{bad}/bler-above-1.csv"],
-         "bler-above-1.csv:6: bler is 1.5, not a finite number in [0, 1]"),
-        ("bler-snr-inf", "layersplit/nr.py", ["--bler-table", "{bad}/bler-snr-inf.csv"], ":7: snr_db is inf"),
-        ("bler-mcs-fraction", "layersplit/nr.py", ["--bler-table", "{bad}/bler-mcs-fraction.csv"],
-         ":3: mcs is '3.5', not a whole number"),
-        ("bler-duplicate", "layersplit/nr.py", ["--bler-table", "{bad}/bler-duplicate.csv"], "again (line 2 has it)"),
-        ("bler-no-column", "layersplit/nr.py", ["--bler-table", "{bad}/bler-no-column.csv"], "no column(s) bler_high"),
-        ("bler-garbage", "layersplit/nr.py", ["--bler-table", "{bad}/binary.csv"], "not UTF-8 text"),
-        ("bler-folder", "layersplit/nr.py", ["--bler-table", "{bad}/bler-folder"], "is a folder"),
-        ("bler-missing", "layersplit/nr.py", ["--bler-table", "{tmp}/none.csv"], "no NR BLER table"),
-        ("bler-check-nan", "layersplit/nr.py", ["--bler-table", "{bad}/bler-nan.csv", "--check", "14:10"],
-         "bler-nan.csv:5"),
-        ("bler-resume-foreign", "layersplit/nr.py", ["--table", "{bad}/notes.txt", "--mcs", "3"],
-         "is not an NR BLER table"),
-        ("nr-latency-folder", "layersplit/nr.py", ["--latency-table", "{bad}/bler-folder"], "a folder, not a file"),
-        ("channel-latency-folder", "layersplit/channel.py", ["--latency-table", "{bad}/bler-folder"],
-         "a folder, not a file"),
+    windows = [
+        (f"cells-{n}", "layersplit/cells.py", ["{bad}/" + n + ".csv", "--write-cells"], m)
+        for n, m in (
+            ("win-negative", "win-negative_windows.csv:7: a damaged row"),
+            ("win-correct", "win-correct_windows.csv:7: a"),
+            ("win-binary", "win-binary_windows.csv is not a sweep windows file (not UTF-8 text)"),
+        )
     ]
+    return (
+        sweep_cases()
+        + windows
+        + [
+            # the sweep's --output: a file of another kind is refused and left as it was, byte for byte
+            ("output-binary", "add_noise.py", tiny + ["--output", "{bad}/binary.csv"], "not a sweep results file"),
+            ("output-text", "add_noise.py", tiny + ["--output", "{bad}/notes.txt"], "not a sweep results file"),
+            (
+                "output-surrogate",
+                "add_noise.py",
+                tiny + ["--output", "{bad}/reward_predictor.pth"],
+                "not a sweep results file",
+            ),
+            (
+                "output-blank-first-line",
+                "add_noise.py",
+                tiny + ["--output", "{bad}/blank-first-line.csv"],
+                "not a sweep results file",
+            ),
+            (
+                "output-windows-foreign",
+                "add_noise.py",
+                tiny + ["--output", "{bad}/out.csv"],
+                "not a sweep windows file",
+            ),
+            # surrogates (train_rsm.py train --rsm, surrogate.load)
+            (
+                "rsm-truncated",
+                "train_rsm.py",
+                ["train", "--rsm", "{bad}/truncated.pth", "--run-dir", "{tmp}/r"],
+                "truncated.pth is not a readable PyTorch file",
+            ),
+            (
+                "rsm-text",
+                "train_rsm.py",
+                ["train", "--rsm", "{bad}/text.pth", "--run-dir", "{tmp}/r"],
+                "text.pth is not a readable PyTorch file",
+            ),
+            (
+                "rsm-other-zip",
+                "train_rsm.py",
+                ["train", "--rsm", "{bad}/other-zip.pth", "--run-dir", "{tmp}/r"],
+                "other-zip.pth is not a readable PyTorch file",
+            ),
+            (
+                "rsm-shapes",
+                "train_rsm.py",
+                ["train", "--rsm", "{bad}/shapes.pth", "--run-dir", "{tmp}/r"],
+                "weights do not fit the paper surrogate's network",
+            ),
+            (
+                "rsm-other-keys",
+                "train_rsm.py",
+                ["train", "--rsm", "{bad}/other-keys.pth", "--run-dir", "{tmp}/r"],
+                "is not a reward surrogate",
+            ),
+            # the NR BLER table (python -m layersplit.nr)
+            ("bler-nan", "layersplit/nr.py", ["--bler-table", "{bad}/bler-nan.csv"], "bler-nan.csv:5: bler is nan"),
+            (
+                "bler-above-1",
+                "layersplit/nr.py",
+                ["--bler-table", "{bad}/bler-above-1.csv"],
+                "bler-above-1.csv:6: bler is 1.5, not a finite number in [0, 1]",
+            ),
+            ("bler-snr-inf", "layersplit/nr.py", ["--bler-table", "{bad}/bler-snr-inf.csv"], ":7: snr_db is inf"),
+            (
+                "bler-mcs-fraction",
+                "layersplit/nr.py",
+                ["--bler-table", "{bad}/bler-mcs-fraction.csv"],
+                ":3: mcs is '3.5', not a whole number",
+            ),
+            (
+                "bler-duplicate",
+                "layersplit/nr.py",
+                ["--bler-table", "{bad}/bler-duplicate.csv"],
+                "again (line 2 has it)",
+            ),
+            (
+                "bler-no-column",
+                "layersplit/nr.py",
+                ["--bler-table", "{bad}/bler-no-column.csv"],
+                "no column(s) bler_high",
+            ),
+            ("bler-garbage", "layersplit/nr.py", ["--bler-table", "{bad}/binary.csv"], "not UTF-8 text"),
+            ("bler-folder", "layersplit/nr.py", ["--bler-table", "{bad}/bler-folder"], "is a folder"),
+            ("bler-missing", "layersplit/nr.py", ["--bler-table", "{tmp}/none.csv"], "no NR BLER table"),
+            (
+                "bler-check-nan",
+                "layersplit/nr.py",
+                ["--bler-table", "{bad}/bler-nan.csv", "--check", "14:10"],
+                "bler-nan.csv:5",
+            ),
+            (
+                "bler-resume-foreign",
+                "layersplit/nr.py",
+                ["--table", "{bad}/notes.txt", "--mcs", "3"],
+                "is not an NR BLER table",
+            ),
+            ("nr-latency-folder", "layersplit/nr.py", ["--latency-table", "{bad}/bler-folder"], "a folder, not a file"),
+            (
+                "channel-latency-folder",
+                "layersplit/channel.py",
+                ["--latency-table", "{bad}/bler-folder"],
+                "a folder, not a file",
+            ),
+        ]
+    )
 
 
 def snapshot(folder):
@@ -170,8 +281,9 @@ def snapshot(folder):
 
 
 @pytest.mark.parametrize("name, script_name, argv, message", cases(), ids=[c[0] for c in cases()])
-def test_a_bad_file_gives_one_line_and_exit_2(name, script_name, argv, message, bad, tiny_model_dir, sample_txt,
-                                             tmp_path, capsys, monkeypatch):
+def test_a_bad_file_gives_one_line_and_exit_2(
+    name, script_name, argv, message, bad, tiny_model_dir, sample_txt, tmp_path, capsys, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     fill = {"{model}": str(tiny_model_dir), "{data}": str(sample_txt), "{bad}": str(bad), "{tmp}": str(tmp_path)}
     argv = [next((a.replace(k, v) for k, v in fill.items() if k in a), a) for a in argv]
@@ -217,8 +329,12 @@ def test_verify_reference_is_checked_like_every_sweep(name, bad):
 def test_figures_name_the_bad_sweep_and_draw_nothing_from_it(name, bad, tmp_path, capsys):
     (tmp_path / "results").mkdir()
     shutil.copy(bad / name, tmp_path / "results" / figures.SWEEP_FILE)
-    assert figures.main(["--only", "sweep", "--results-dir", str(tmp_path / "results"), "--figures-dir",
-                         str(tmp_path / "f")]) == 1
+    assert (
+        figures.main(
+            ["--only", "sweep", "--results-dir", str(tmp_path / "results"), "--figures-dir", str(tmp_path / "f")]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert f"sweep: malformed {tmp_path / 'results' / figures.SWEEP_FILE}" in err and "Traceback" not in err
     if name in SWEEP_DAMAGE or name == "duplicate.csv":  # (an empty nll: figures' own "is not float")
@@ -232,13 +348,19 @@ def damage_cells(path):
 
 
 CLAIMS_DAMAGE = [  # (file in results/, how it is damaged, what the one line says)
-    ("sweep_smollm2-135m.csv", lambda p: write_rows(p, damaged(rows_of(SWEEP), LINE, nll="-50")),
-     f"sweep_smollm2-135m.csv:{LINE}: nll is -50"),
+    (
+        "sweep_smollm2-135m.csv",
+        lambda p: write_rows(p, damaged(rows_of(SWEEP), LINE, nll="-50")),
+        f"sweep_smollm2-135m.csv:{LINE}: nll is -50",
+    ),
     ("sweep_smollm2-135m_cells.csv", damage_cells, "sweep_smollm2-135m_cells.csv:5: ppl is -1, not a number >= 1"),
     ("sweep_smollm2-135m_cells.csv", lambda p: p.write_bytes(bytes(range(256))), "not UTF-8 text"),
     ("rl_paper_ppo.json", lambda p: p.write_text('{"returns": \n'), "rl_paper_ppo.json:2: not JSON"),
-    ("rl_paper_ppo_policy.csv", lambda p: p.write_text("policy,condition,value,split\nppo,p,0.1,deep\n"),
-     "rl_paper_ppo_policy.csv:2: not a policy map row"),
+    (
+        "rl_paper_ppo_policy.csv",
+        lambda p: p.write_text("policy,condition,value,split\nppo,p,0.1,deep\n"),
+        "rl_paper_ppo_policy.csv:2: not a policy map row",
+    ),
 ]
 
 
@@ -270,8 +392,16 @@ def test_a_draw_with_no_window_scored_is_counted_and_recorded(tmp_path, capsys):
     left out of its cell, counted on stderr and in the cell table's draws_left_out."""
     rows = rows_of(SWEEP)
     i = next(i for i, r in enumerate(rows) if r["split"] == "3" and r["dropout"] == "0.3" and r["draw"] == "2")
-    rows[i].update(nll="nan", ppl="nan", token_accuracy="nan", scored_tokens="0", nonfinite_windows="1",
-                   windows="0", nll_window_sd="nan", accuracy_window_sd="nan")
+    rows[i].update(
+        nll="nan",
+        ppl="nan",
+        token_accuracy="nan",
+        scored_tokens="0",
+        nonfinite_windows="1",
+        windows="0",
+        nll_window_sd="nan",
+        accuracy_window_sd="nan",
+    )
     path = write_rows(tmp_path / "skip.csv", rows)
     code, err = run_main("layersplit/cells.py", [str(path), "--write-cells"], capsys)
     assert code == 0, err
@@ -315,16 +445,27 @@ def test_a_resumed_sweep_recomputes_rows_with_invalid_values(tiny_llama, tmp_pat
 def test_a_torn_last_line_of_our_own_file_is_still_repaired_and_another_file_never(tmp_path):
     """The repair is for the sweep's own file only: a foreign file without a final newline keeps its bytes."""
     ours = tmp_path / "ours.csv"
-    row = {c: "1" for c in sweep.COLUMNS} | {"model": "m", "dataset": "d", "dtype": "float32", "link": "dropout",
-                                             "modulation": "", "fading": "", "block_fading": "", "layers_on_ue": "2",
-                                             "dropout": "0.1"}
+    row = {c: "1" for c in sweep.COLUMNS} | {
+        "model": "m",
+        "dataset": "d",
+        "dtype": "float32",
+        "link": "dropout",
+        "modulation": "",
+        "fading": "",
+        "block_fading": "",
+        "layers_on_ue": "2",
+        "dropout": "0.1",
+    }
     write_rows(ours, [row], sweep.COLUMNS)
     whole = ours.read_bytes()
     ours.write_bytes(whole + b"m,d,15")
     store = sweep.ResultsStore(ours, {k: row[k] for k in sweep.RUN_COLUMNS})
     assert ours.read_bytes() == whole and len(store.rows) == 1
-    for name, data in (("binary.bin", bytes(range(256)) * 4), ("text.txt", b"a,b\nno final newline"),
-                       ("surrogate.pth", (ROOT / "reward_predictor.pth").read_bytes())):
+    for name, data in (
+        ("binary.bin", bytes(range(256)) * 4),
+        ("text.txt", b"a,b\nno final newline"),
+        ("surrogate.pth", (ROOT / "reward_predictor.pth").read_bytes()),
+    ):
         other = tmp_path / name
         other.write_bytes(data)
         with pytest.raises(UserError, match="not a sweep results file"):
@@ -351,12 +492,18 @@ def test_a_surrogate_with_bad_normalisation_or_weights_is_refused(tmp_path):
     state = good.net.state_dict()
     norm = {k: getattr(good, k).tolist() for k in ("in_mean", "in_std", "out_mean", "out_std")}
     for name, blob, message in (
-            ("short.pth", {"normalisation": {**norm, "in_mean": [0.0, 0.0]}}, "in_mean must be 3 finite number"),
-            ("zero-std.pth", {"normalisation": {**norm, "out_std": [1.0, 0.0, 1.0]}}, "out_std must be 3 finite"),
-            ("nan-weights.pth", {"state_dict": {**state, "fc.0.bias": state["fc.0.bias"] * float("nan")}},
-             "NaN or infinite"),
-            ("unknown-form.pth", {"form": "telepathy"}, "damaged layersplit-rsm/1 file")):
-        torch.save({"format": surrogate.FORMAT, "form": "wireless", "state_dict": state, "normalisation": norm, **blob},
-                   tmp_path / name)
+        ("short.pth", {"normalisation": {**norm, "in_mean": [0.0, 0.0]}}, "in_mean must be 3 finite number"),
+        ("zero-std.pth", {"normalisation": {**norm, "out_std": [1.0, 0.0, 1.0]}}, "out_std must be 3 finite"),
+        (
+            "nan-weights.pth",
+            {"state_dict": {**state, "fc.0.bias": state["fc.0.bias"] * float("nan")}},
+            "NaN or infinite",
+        ),
+        ("unknown-form.pth", {"form": "telepathy"}, "damaged layersplit-rsm/1 file"),
+    ):
+        torch.save(
+            {"format": surrogate.FORMAT, "form": "wireless", "state_dict": state, "normalisation": norm, **blob},
+            tmp_path / name,
+        )
         with pytest.raises(UserError, match=message):
             surrogate.load(tmp_path / name)

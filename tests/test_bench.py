@@ -1,6 +1,7 @@
 """Smoke runs of the benchmarks with tiny budgets, as a user runs them: each finishes and prints its
 comparison. (What they measure is read from their output by people, not asserted here: these
 machines are shared and timings are noisy.)"""
+
 import json
 import os
 import re
@@ -17,12 +18,15 @@ pytestmark = pytest.mark.real_model
 
 
 def test_bench_rl_compares_llm_and_surrogate_steps_and_both_ppo_setups(tmp_path):
-    done = run_script("bench/rl.py", "--steps", "800", "--llm-tokens", "32", "--cost-output", str(tmp_path / "c.json"),
-                      timeout=300)
+    done = run_script(
+        "bench/rl.py", "--steps", "800", "--llm-tokens", "32", "--cost-output", str(tmp_path / "c.json"), timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "1. one environment step" in done.stdout and "LLM / surrogate" in done.stdout
     shares = re.findall(r"([\d.]+)%\n", done.stdout)
-    assert len(shares) == 2 and all(0 < float(s) <= 100.0 + 1e-9 for s in shares)  # original and default, vs the optimum
+    assert len(shares) == 2 and all(
+        0 < float(s) <= 100.0 + 1e-9 for s in shares
+    )  # original and default, vs the optimum
     cost = json.loads((tmp_path / "c.json").read_text())  # what the README's cost claim is generated from
     assert cost["llm_over_surrogate_step"] == pytest.approx(cost["llm_step_s"] / cost["surrogate_step_s"])
     assert [round(100 * r["share_of_optimum"], 2) for r in cost["ppo"].values()] == [float(s) for s in shares]
@@ -31,24 +35,43 @@ def test_bench_rl_compares_llm_and_surrogate_steps_and_both_ppo_setups(tmp_path)
 
 
 def test_bench_rl_ablation_records_every_setup_and_resumes(tmp_path):
-    args = ["bench/rl.py", "--ablation", "--seeds", "0,1", "--steps", "400", "--surrogates", "shipped",
-            "--output", str(tmp_path / "a.json")]
+    args = [
+        "bench/rl.py",
+        "--ablation",
+        "--seeds",
+        "0,1",
+        "--steps",
+        "400",
+        "--surrogates",
+        "shipped",
+        "--output",
+        str(tmp_path / "a.json"),
+    ]
     done = run_script(*args, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads((tmp_path / "a.json").read_text())
     runs = record["surrogates"]["shipped"]["runs"]
     assert len(runs) == 10 and all(len(r["returns"]) == 200 for r in runs.values())
     setups = record["summary"]["shipped"]["setups"]
-    assert [name.split(":")[0] for name in setups] == ["original", "default", "only 8 batched envs",
-                                                       "only scaled observations", "only gamma 0.9"]
+    assert [name.split(":")[0] for name in setups] == [
+        "original",
+        "default",
+        "only 8 batched envs",
+        "only scaled observations",
+        "only gamma 0.9",
+    ]
     original = setups[next(iter(setups))]
     assert original["minus_original"] == 0 and original["minus_original_ci95"] == 0  # paired with itself
     for name, row in setups.items():
-        shares = [100 * np.mean(r["returns"]) / np.mean(record["surrogates"]["shipped"]["optimum"])
-                  for r in runs.values() if r["setup"] == name]
+        shares = [
+            100 * np.mean(r["returns"]) / np.mean(record["surrogates"]["shipped"]["optimum"])
+            for r in runs.values()
+            if r["setup"] == name
+        ]
         assert row["share_per_seed"] == pytest.approx(shares)
-        assert row["channel_blind_seeds"] == sum(r["policy_map"]["channel_blind"] for r in runs.values()
-                                                 if r["setup"] == name)
+        assert row["channel_blind_seeds"] == sum(
+            r["policy_map"]["channel_blind"] for r in runs.values() if r["setup"] == name
+        )
     blind = next(iter(runs.values()))["policy_map"]
     assert blind["channel_blind"] == all(len(set(a)) == 1 for a in blind["actions"].values())
     # a record holding another surrogate's runs (as after --surrogates authors): rerun on this one only
@@ -63,8 +86,9 @@ def test_bench_rl_ablation_records_every_setup_and_resumes(tmp_path):
 
 def test_bench_serve_gives_the_single_process_tokens_over_a_loss_free_socket():
     # static decoding (a fixed-length KV cache on both sides, no compilation): checked against eager's tokens too
-    done = run_script("bench/serve.py", "--prompts", "1", "--max-new-tokens", "4", "--rounds", "1", "--decode", "static",
-                      timeout=300)
+    done = run_script(
+        "bench/serve.py", "--prompts", "1", "--max-new-tokens", "4", "--rounds", "1", "--decode", "static", timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert re.search(r"socket fp32 .* 1/1 requests", done.stdout)
     assert "static decoding" in done.stdout and "equal to eager decoding's: 1/1 requests" in done.stdout
@@ -72,15 +96,28 @@ def test_bench_serve_gives_the_single_process_tokens_over_a_loss_free_socket():
     assert warmed and float(warmed[1]) > 0 and float(warmed[2]) > 0  # printed before the rounds (compile times on CUDA)
     bound = re.search(r"memory bandwidth ([\d.]+) GB/s .* bound: ([\d.]+) ms per token", done.stdout)
     assert bound and float(bound[1]) > 0 and float(bound[2]) > 0
-    rows = re.findall(r"^(single process|socket \w+) +([\d.]+) +([\d.]+) +([\d.]+) +([\d.]+) +([\d.]+)%$", done.stdout, re.M)
+    rows = re.findall(
+        r"^(single process|socket \w+) +([\d.]+) +([\d.]+) +([\d.]+) +([\d.]+) +([\d.]+)%$", done.stdout, re.M
+    )
     assert [r[0] for r in rows] == ["single process", "socket fp32", "socket fp16", "socket bf16", "socket int8"]
     assert all(float(r[2]) == float(bound[2]) and float(r[3]) > 0 for r in rows)  # the bound beside each TPOT
 
 
 def test_bench_serve_fairness_writes_the_times_it_prints(tiny_model_dir, tmp_path):
     out = tmp_path / "fairness.json"
-    done = run_script("bench/serve.py", "--fairness", "--rounds", "1", "--model", str(tiny_model_dir), "--split", "1",
-                      "--fairness-output", str(out), timeout=300)
+    done = run_script(
+        "bench/serve.py",
+        "--fairness",
+        "--rounds",
+        "1",
+        "--model",
+        str(tiny_model_dir),
+        "--split",
+        "1",
+        "--fairness-output",
+        str(out),
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     found = json.loads(out.read_text())
     assert [r["prefill_chunk"] for r in found["rows"]] == [0, 256] and found["long_sessions"] == 3
@@ -92,16 +129,21 @@ def test_bench_serve_fairness_writes_the_times_it_prints(tiny_model_dir, tmp_pat
 
 
 def test_bench_sweep_fast_and_naive_paths_agree_and_report_the_share_of_the_peak():
-    done = run_script("bench/sweep.py", "--tokens", "32", "--draws", "1", "--naive", "paper", "--compiled",
-                      timeout=900)  # about 60 s on a quiet 2-core CPU, a third of it compiling
+    done = run_script(
+        "bench/sweep.py", "--tokens", "32", "--draws", "1", "--naive", "paper", "--compiled", timeout=900
+    )  # about 60 s on a quiet 2-core CPU, a third of it compiling
     assert done.returncode == 0, done.stderr[-2000:]
     assert "1. dense matmul peak here (2048^3, float32)" in done.stdout
     shares = [float(s) for s in re.findall(r"TFLOP/s\s+(\d+)% of the peak", done.stdout)]
-    assert len(shares) == 4 and all(0 < s < 200 for s in shares)  # both grids, eager then compiled; far above 100%: a miscount
+    assert len(shares) == 4 and all(
+        0 < s < 200 for s in shares
+    )  # both grids, eager then compiled; far above 100%: a miscount
     differences = [float(d) for d in re.findall(r"max \|dPPL\|/PPL (\d\S*)", done.stdout)]
     assert len(differences) == 1 and differences[0] <= 1e-5  # the naive path on the paper's splits only
     assert re.search(r"3\. projected: .* over 300,000 tokens in windows of 32: [\d.]+ h", done.stdout)
-    compiled = [float(d) for d in re.findall(r"compiled .* the eager rate  max \|dPPL\|/PPL against eager (\S+)", done.stdout)]
+    compiled = [
+        float(d) for d in re.findall(r"compiled .* the eager rate  max \|dPPL\|/PPL against eager (\S+)", done.stdout)
+    ]
     # fused float32 kernels round differently: 1.1e-5 seen at 32 tokens, inside add_noise.py's --verify tolerance
     assert len(compiled) == 2 and all(d <= 1e-4 for d in compiled), done.stdout
 
@@ -109,12 +151,31 @@ def test_bench_sweep_fast_and_naive_paths_agree_and_report_the_share_of_the_peak
 def test_bench_distributed_writes_the_same_rows_on_one_and_two_workers():
     done = run_script("bench/distributed.py", "--tokens", "32", "--splits", "1-2", timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "scaling efficiency" in done.stdout and "same rows in every run (the results files byte for byte): yes" in done.stdout
+    assert (
+        "scaling efficiency" in done.stdout
+        and "same rows in every run (the results files byte for byte): yes" in done.stdout
+    )
 
 
 def test_bench_protect_rule_compares_top_k_with_a_calibrated_set(tmp_path):
-    done = run_script("bench/protect_rule.py", "--splits", "2", "--snrs", "10", "--ks", "4", "--tokens", "128",
-                      "--calibration-tokens", "128", "--draws", "1", "--output", str(tmp_path / "r.csv"), timeout=300)
+    done = run_script(
+        "bench/protect_rule.py",
+        "--splits",
+        "2",
+        "--snrs",
+        "10",
+        "--ks",
+        "4",
+        "--tokens",
+        "128",
+        "--calibration-tokens",
+        "128",
+        "--draws",
+        "1",
+        "--output",
+        str(tmp_path / "r.csv"),
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert re.search(r"K=  4: top-K ppl .*fixed-K \(4 ch\).*fixed-bits \(6 ch\)", done.stdout)
     assert len((tmp_path / "r.csv").read_text().splitlines()) == 1 + 3  # one row per rule
@@ -123,17 +184,35 @@ def test_bench_protect_rule_compares_top_k_with_a_calibrated_set(tmp_path):
 def test_bench_gpu_sh_prepares_and_rehearses_every_step_on_the_cpu(tmp_path):
     """bench/gpu.sh as it runs on a GPU machine, at toy scale on the CPU: every step ends with exit 0
     and its output lands in the one folder (the GPU figures themselves need a GPU)."""
-    env = {**os.environ, "PY": sys.executable, "PY_HERE": sys.executable, "PREP": str(tmp_path / "prep"),
-           "FETCH_WHEELS": "0", "DEVICE": "cpu", "DTYPE": "float32", "MODEL": "random:smollm2-135m", "MODEL_LARGE": "",
-           "TOKENS": "32", "DRAWS": "1", "TOKENS_LONG": "64", "DRAWS_LONG": "1", "NEW_TOKENS": "3", "DECODE": "static",
-           "LIMIT_SCALE": "4"}
-    prepare = subprocess.run(["bash", "bench/gpu.sh", "prepare"], cwd=ROOT, env=env, capture_output=True, text=True,
-                             timeout=300)
+    env = {
+        **os.environ,
+        "PY": sys.executable,
+        "PY_HERE": sys.executable,
+        "PREP": str(tmp_path / "prep"),
+        "FETCH_WHEELS": "0",
+        "DEVICE": "cpu",
+        "DTYPE": "float32",
+        "MODEL": "random:smollm2-135m",
+        "MODEL_LARGE": "",
+        "TOKENS": "32",
+        "DRAWS": "1",
+        "TOKENS_LONG": "64",
+        "DRAWS_LONG": "1",
+        "NEW_TOKENS": "3",
+        "DECODE": "static",
+        "LIMIT_SCALE": "4",
+    }
+    prepare = subprocess.run(
+        ["bash", "bench/gpu.sh", "prepare"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert prepare.returncode == 0, prepare.stderr[-2000:]
-    assert (tmp_path / "prep" / "tokenizer" / "tokenizer.json").is_file() and (tmp_path / "prep" / "wiki_test.txt").is_file()
+    assert (tmp_path / "prep" / "tokenizer" / "tokenizer.json").is_file() and (
+        tmp_path / "prep" / "wiki_test.txt"
+    ).is_file()
     out = tmp_path / "out"
-    done = subprocess.run(["bash", "bench/gpu.sh", "run", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=1200)
+    done = subprocess.run(
+        ["bash", "bench/gpu.sh", "run", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     for step in ("tests", "sweep_paper", "serve", "sweep_check", "sweep_paper_long"):
         text = (out / f"{step}.txt").read_text()

@@ -51,7 +51,7 @@ def test_ber_reference_values(modulation, fading, ebn0_db, expected, rtol):
 
 
 def test_qam_terms_match_textbook_forms():
-    g_b = 10 ** 0.8  # Eb/N0 = 8 dB
+    g_b = 10**0.8  # Eb/N0 = 8 dB
     a16 = math.sqrt(0.8 * g_b)
     q = ch.qfunc
     assert ch.ber_awgn("16qam", 4 * g_b) == pytest.approx((3 * q(a16) + 2 * q(3 * a16) - q(5 * a16)) / 4, rel=1e-12)
@@ -74,11 +74,13 @@ def test_nakagami_m1_is_rayleigh_and_large_m_is_awgn(modulation):
     rayleigh = ch.LinkConfig(snr_db=snr, modulation=modulation, fading="rayleigh")
     nakagami1 = ch.LinkConfig(snr_db=snr, modulation=modulation, fading="nakagami", nakagami_m=1.0)
     assert ch.average_ber(modulation, snr, "nakagami", 1.0) == pytest.approx(
-        ch.average_ber(modulation, snr, "rayleigh"), rel=1e-6)
+        ch.average_ber(modulation, snr, "rayleigh"), rel=1e-6
+    )
     assert ch.packet_error_rate(nakagami1) == pytest.approx(ch.packet_error_rate(rayleigh), rel=1e-6)
     snr = esn0_db(modulation, 7.0)  # BER ~ 1e-3 in AWGN
     assert ch.average_ber(modulation, snr, "nakagami", 1e4) == pytest.approx(
-        ch.average_ber(modulation, snr, "awgn"), rel=1e-2)
+        ch.average_ber(modulation, snr, "awgn"), rel=1e-2
+    )
 
 
 @pytest.mark.parametrize("fading", ch.FADINGS)
@@ -86,8 +88,15 @@ def test_nakagami_m1_is_rayleigh_and_large_m_is_awgn(modulation):
 def test_closed_forms_match_monte_carlo(modulation, fading):
     """BER and PER (independent bit errors; one fade per packet) within Z_TOL standard errors."""
     rng = np.random.default_rng(1234)
-    base = dict(snr_db=esn0_db(modulation, MC_EBN0_DB[fading][modulation]), modulation=modulation, fading=fading,
-                nakagami_m=MC_NAKAGAMI_M, elements_per_packet=8, bits_per_element=16, header_bits=0)
+    base = dict(
+        snr_db=esn0_db(modulation, MC_EBN0_DB[fading][modulation]),
+        modulation=modulation,
+        fading=fading,
+        nakagami_m=MC_NAKAGAMI_M,
+        elements_per_packet=8,
+        bits_per_element=16,
+        header_bits=0,
+    )
     fast = ch.LinkConfig(**base, block_fading=False)
     mc = ch.monte_carlo_link(fast, MC_BITS // fast.bits_per_packet, rng)
     ber = ch.average_ber(modulation, fast.snr_db, fading, MC_NAKAGAMI_M)
@@ -114,8 +123,15 @@ def test_block_fading_per_is_not_mean_ber_plugged_in():
 
 def test_k1_erasure_statistic_equals_per():
     """k = 1, h = 0: each element is its own packet, so the zeroed fraction estimates PER."""
-    cfg = ch.LinkConfig(snr_db=12.0, modulation="16qam", fading="nakagami", nakagami_m=2.0,
-                        elements_per_packet=1, header_bits=0, bits_per_element=16)
+    cfg = ch.LinkConfig(
+        snr_db=12.0,
+        modulation="16qam",
+        fading="nakagami",
+        nakagami_m=2.0,
+        elements_per_packet=1,
+        header_bits=0,
+        bits_per_element=16,
+    )
     assert cfg.bits_per_packet == 16
     assert ch.element_loss(cfg) == ch.packet_error_rate(cfg)
     mc = ch.monte_carlo_link(cfg, 20_000, np.random.default_rng(7))
@@ -132,8 +148,9 @@ def test_capacity_reference_values():
 
 
 def test_llama2_payload_and_tx_time():
-    cfg = ch.LinkConfig(snr_db=10.0, fading="awgn", bits_per_element=16, elements_per_packet=1, header_bits=0,
-                        bandwidth_hz=20e6)
+    cfg = ch.LinkConfig(
+        snr_db=10.0, fading="awgn", bits_per_element=16, elements_per_packet=1, header_bits=0, bandwidth_hz=20e6
+    )
     assert ch.payload_bits(cfg, 512, 4096) == 33_554_432  # 33.55 Mbit
     assert ch.tx_latency_s(cfg, 512, 4096) == pytest.approx(0.485, abs=5e-4)
     assert ch.payload_bits(cfg, 1, 4096) == 65_536  # one decoding step: 65.5 kbit
@@ -155,11 +172,18 @@ def test_decoder_layer_flops():
 
 
 def test_latency_breakdown_hand_worked():
-    model = compute.ModelDims(n_layers=4, hidden_size=4, intermediate_size=8, num_heads=2, num_kv_heads=1,
-                              head_dim=2, vocab_size=10)
+    model = compute.ModelDims(
+        n_layers=4, hidden_size=4, intermediate_size=8, num_heads=2, num_kv_heads=1, head_dim=2, vocab_size=10
+    )
     # AWGN at SNR 3 (linear): log2(1 + 3) = 2 bit/s/Hz, at 1 kHz: 2000 bit/s. L = 4*16 + 8 = 72 bits.
-    cfg = ch.LinkConfig(snr_db=10 * math.log10(3), fading="awgn", elements_per_packet=4, header_bits=8,
-                        bits_per_element=16, bandwidth_hz=1000.0)
+    cfg = ch.LinkConfig(
+        snr_db=10 * math.log10(3),
+        fading="awgn",
+        elements_per_packet=4,
+        header_bits=8,
+        bits_per_element=16,
+        bandwidth_hz=1000.0,
+    )
     pre = compute.latency_breakdown(cfg, model, split=0, tokens=3, ue_flops=1000.0, edge_flops=1e4)  # 1 layer on the UE
     # layer: projections 2*3*4*12 = 288, mlp 576, attention 4*3*3*4 = 144 -> 1008; lm head 2*3*4*10 = 240.
     # 12 elements -> 3 packets -> 216 bits -> 0.108 s.
@@ -169,8 +193,9 @@ def test_latency_breakdown_hand_worked():
     assert pre["total_s"] == pytest.approx(1.008 + 0.108 + 0.3264)
     dec = compute.latency_breakdown(cfg, model, split=0, tokens=3, phase="decode", ue_flops=1000.0, edge_flops=1e4)
     # one token, context 4: projections 96, mlp 192, attention 64 -> 352; lm head 80; 1 packet = 72 bits.
-    assert dec == pytest.approx({"ue_compute_s": 0.352, "tx_s": 0.036, "edge_compute_s": 0.1136,
-                                 "total_s": 0.352 + 0.036 + 0.1136})
+    assert dec == pytest.approx(
+        {"ue_compute_s": 0.352, "tx_s": 0.036, "edge_compute_s": 0.1136, "total_s": 0.352 + 0.036 + 0.1136}
+    )
     every = compute.latency_breakdown(cfg, model, split=3, tokens=3, ue_flops=1000.0, edge_flops=1e4)
     assert every["ue_compute_s"] == pytest.approx(4 * 1.008) and every["edge_compute_s"] == pytest.approx(240 / 1e4)
     with pytest.raises(ValueError, match="split must be between 0 and n_layers - 1 = 3"):
@@ -215,13 +240,39 @@ def test_bad_config_raises_clear_value_error(kwargs, message):
 
 
 def test_cli_json():
-    result = run_cli("-m", "layersplit.channel", "--snr-db", "10", "--modulation", "16qam", "--fading", "nakagami",
-                     "--nakagami-m", "2", "--json")
+    result = run_cli(
+        "-m",
+        "layersplit.channel",
+        "--snr-db",
+        "10",
+        "--modulation",
+        "16qam",
+        "--fading",
+        "nakagami",
+        "--nakagami-m",
+        "2",
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
-    for key in ("ber", "per", "element_loss", "rate_bps", "tx_latency_prefill_s", "tx_latency_decode_s",
-                "snr_db", "modulation", "fading", "nakagami_m", "bits_per_element", "elements_per_packet",
-                "header_bits", "bandwidth_hz", "tokens", "hidden_size"):
+    for key in (
+        "ber",
+        "per",
+        "element_loss",
+        "rate_bps",
+        "tx_latency_prefill_s",
+        "tx_latency_decode_s",
+        "snr_db",
+        "modulation",
+        "fading",
+        "nakagami_m",
+        "bits_per_element",
+        "elements_per_packet",
+        "header_bits",
+        "bandwidth_hz",
+        "tokens",
+        "hidden_size",
+    ):
         assert key in out
     assert out["per"] == out["element_loss"] and 0 < out["ber"] < out["per"] < 1
     assert out["tx_latency_decode_s"] < out["tx_latency_prefill_s"]
@@ -232,9 +283,14 @@ def test_cli_help_states_snr_convention():
     assert result.returncode == 0 and "per symbol, Es/N0" in result.stdout
 
 
-@pytest.mark.parametrize("args, message", [(["--bandwidth-hz", "-5"], "bandwidth_hz must be a positive"),
-                                           (["--nakagami-m", "0.2"], "is not a Nakagami m here: use 0.5"),
-                                           (["--modulation", "8psk"], "invalid choice: '8psk'")])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--bandwidth-hz", "-5"], "bandwidth_hz must be a positive"),
+        (["--nakagami-m", "0.2"], "is not a Nakagami m here: use 0.5"),
+        (["--modulation", "8psk"], "invalid choice: '8psk'"),
+    ],
+)
 def test_cli_bad_input(args, message):
     result = run_cli("-m", "layersplit.channel", *args, "--json")
     assert result.returncode == 2
@@ -252,8 +308,9 @@ def small_table(tmp_path_factory) -> Path:
 
 
 def test_figures_ber_per_from_synthetic_csv(small_table, tmp_path):
-    result = run_cli("figures.py", "--only", "ber_per", "--results-dir", str(small_table.parent),
-                     "--figures-dir", str(tmp_path))
+    result = run_cli(
+        "figures.py", "--only", "ber_per", "--results-dir", str(small_table.parent), "--figures-dir", str(tmp_path)
+    )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "ber_per.png").stat().st_size > 10_000
 
@@ -272,7 +329,10 @@ def test_rayleigh_capacity_at_very_low_snr_is_finite_and_continuous():
     """exp(1/g) overflows below about -28.5 dB: the asymptotic branch must take over seamlessly, and
     agree with the low-SNR limit log2(e) g (capacity ~ g / ln 2 when g -> 0)."""
     edge_db = -10 * math.log10(700.0)
-    below, above = ch.spectral_efficiency(edge_db - 1e-9, "rayleigh"), ch.spectral_efficiency(edge_db + 1e-9, "rayleigh")
+    below, above = (
+        ch.spectral_efficiency(edge_db - 1e-9, "rayleigh"),
+        ch.spectral_efficiency(edge_db + 1e-9, "rayleigh"),
+    )
     assert below == pytest.approx(above, rel=1e-9)
     for snr_db in (-30.0, -60.0, -200.0):
         g = 10 ** (snr_db / 10)

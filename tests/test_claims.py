@@ -1,4 +1,5 @@
 """The README's quoted tables are what layersplit/claims.py writes from the committed results."""
+
 import json
 import shutil
 
@@ -26,9 +27,13 @@ def test_verdicts_follow_the_stated_rule():
 
 
 def test_shares_are_per_seed_and_gaps_paired_by_seed():
-    run = {"returns": {"learned": {"mean": 2.0, "ci95": 0, "per_seed": [1.0, 3.0]},
-                       "fixed": {"mean": 1.0, "ci95": 0, "per_seed": [0.5, 1.5]},
-                       "optimum": {"mean": 3.0, "ci95": 0, "per_seed": [1.0, 5.0]}}}
+    run = {
+        "returns": {
+            "learned": {"mean": 2.0, "ci95": 0, "per_seed": [1.0, 3.0]},
+            "fixed": {"mean": 1.0, "ci95": 0, "per_seed": [0.5, 1.5]},
+            "optimum": {"mean": 3.0, "ci95": 0, "per_seed": [1.0, 5.0]},
+        }
+    }
     s = claims.run_stats(run, "learned")
     assert s["share"] == pytest.approx((1.0 + 0.6) / 2)  # 1/1 and 3/5, not 2/3
     gap = claims.run_stats(run, "fixed")["gap"]

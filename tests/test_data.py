@@ -1,4 +1,5 @@
 """Evaluation text: the embedded Wikipedia split, local files, and clear errors."""
+
 from __future__ import annotations
 
 import json

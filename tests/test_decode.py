@@ -3,6 +3,7 @@ greedy tokens of eager decoding, in one process and over the socket, and a stati
 short is refused clearly. On the tiny random Llama; torch.compile runs on the CPU too (inductor),
 so only the CUDA graphs need the gpu marker. One model for the whole module: its compiled steps
 (about 10 s each on 2 cores) are compiled once and reused by every test."""
+
 from __future__ import annotations
 
 import gc
@@ -69,19 +70,25 @@ def test_static_and_compiled_decoding_give_the_eager_tokens_in_one_process(share
     assert ((0, TINY_LAYERS, True) in shared._steps) == (decode == "compiled")  # the compiled step ran
 
 
-@pytest.mark.parametrize("ue_decode,edge_decode", [("static", "static"), ("compiled", "compiled"), ("eager", "compiled")])
-def test_static_and_compiled_decoding_give_the_eager_tokens_over_the_socket(shared, tokenizer, eager_tokens,
-                                                                            ue_decode, edge_decode):
+@pytest.mark.parametrize(
+    "ue_decode,edge_decode", [("static", "static"), ("compiled", "compiled"), ("eager", "compiled")]
+)
+def test_static_and_compiled_decoding_give_the_eager_tokens_over_the_socket(
+    shared, tokenizer, eager_tokens, ue_decode, edge_decode
+):
     server = EdgeServer(shared, port=0, splits=[1], max_context=CONTEXT, decode=edge_decode).start()
     try:
-        with UEClient(shared, tokenizer, server.address, split=1, wire="fp32", uplink=Uplink("none"),
-                      decode=ue_decode) as ue:
+        with UEClient(
+            shared, tokenizer, server.address, split=1, wire="fp32", uplink=Uplink("none"), decode=ue_decode
+        ) as ue:
             for _ in range(2):
                 assert ue.generate(PROMPT, N).tokens == eager_tokens
         assert wait_until(lambda: not server.sessions)
         gc.collect()
         assert server.live_caches() == 0  # every session gave its static cache back
-        assert len(shared._idle[(2, TINY_LAYERS, CONTEXT, edge_decode == "compiled")]) == 1  # and the next one reused it
+        assert (
+            len(shared._idle[(2, TINY_LAYERS, CONTEXT, edge_decode == "compiled")]) == 1
+        )  # and the next one reused it
     finally:
         server.stop()
 
@@ -112,15 +119,47 @@ def test_cli_sides_each_take_their_decoding_mode(tiny_model_dir, tokenizer, caps
 
     model, tok = load_model(str(tiny_model_dir))
     expected = generate_single_process(model, tok, PROMPT, 6)[0]
-    edge = subprocess.Popen([sys.executable, "serve.py", "edge", "--port", "0", "--model", str(tiny_model_dir),
-                             "--decode", "static", "--max-context", "64"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    edge = subprocess.Popen(
+        [
+            sys.executable,
+            "serve.py",
+            "edge",
+            "--port",
+            "0",
+            "--model",
+            str(tiny_model_dir),
+            "--decode",
+            "static",
+            "--max-context",
+            "64",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = edge.stdout.readline()
         match = re.search(r"listening on (\S+):(\d+)", line)
         assert match and "static decoding" in line, line + edge.stderr.read()
-        argv = ["ue", "--connect", f"{match[1]}:{match[2]}", "--model", str(tiny_model_dir), "--max-new-tokens", "6",
-                "--prompt", PROMPT, "--split", "1", "--link", "none", "--wire", "fp32", "--json"]
+        argv = [
+            "ue",
+            "--connect",
+            f"{match[1]}:{match[2]}",
+            "--model",
+            str(tiny_model_dir),
+            "--max-new-tokens",
+            "6",
+            "--prompt",
+            PROMPT,
+            "--split",
+            "1",
+            "--link",
+            "none",
+            "--wire",
+            "fp32",
+            "--json",
+        ]
         for decode in ("auto", "static"):  # auto: eager on this CPU
             assert serve.main([*argv, "--decode", decode]) == 0
             out = json.loads(capsys.readouterr().out)

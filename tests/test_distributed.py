@@ -1,6 +1,7 @@
 """Work across processes on a local Ray instance (2 CPUs, the tiny random Llama): the distributed sweep
 writes the single-process file, a worker killed mid-task loses nothing, and bad addresses or devices
 are refused in one line."""
+
 from __future__ import annotations
 
 import re
@@ -26,13 +27,34 @@ def local_ray(tmp_path_factory):
 
 
 def sweep_args(tiny_model_dir, sample_txt, output, *extra):
-    return ["--sweep", "--model", str(tiny_model_dir), "--dataset", str(sample_txt), "--max-tokens", "300",
-            "--context-length", "64", "--splits", "all", "--draws", "2", "--dropouts", "0.1,0.3", "--snrs", "10",
-            "--output", str(output), "--no-progress", *extra]
+    return [
+        "--sweep",
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        str(sample_txt),
+        "--max-tokens",
+        "300",
+        "--context-length",
+        "64",
+        "--splits",
+        "all",
+        "--draws",
+        "2",
+        "--dropouts",
+        "0.1,0.3",
+        "--snrs",
+        "10",
+        "--output",
+        str(output),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def test_the_distributed_sweep_writes_the_single_process_file_and_survives_a_killed_worker(
-        local_ray, tiny_model_dir, sample_txt, tmp_path, capsys):
+    local_ray, tiny_model_dir, sample_txt, tmp_path, capsys
+):
     assert add_noise.main(sweep_args(tiny_model_dir, sample_txt, tmp_path / "single.csv")) == 0
     assert not local_ray.exists()
     assert add_noise.main(sweep_args(tiny_model_dir, sample_txt, tmp_path / "ray.csv", "--ray", "--workers", "2")) == 0
@@ -47,14 +69,15 @@ def test_the_distributed_sweep_writes_the_single_process_file_and_survives_a_kil
 def test_a_resumed_distributed_sweep_computes_only_what_is_missing(local_ray, tiny_model_dir, sample_txt, tmp_path):
     # 3 workers on 2 CPUs: each gets a fraction of a CPU, so that all of them start
     args = sweep_args(tiny_model_dir, sample_txt, tmp_path / "part.csv", "--ray", "--workers", "3")
-    assert add_noise.main([*args[:args.index("all")], "0-1", *args[args.index("all") + 1:]]) == 0  # splits 0-1 first
+    assert add_noise.main([*args[: args.index("all")], "0-1", *args[args.index("all") + 1 :]]) == 0  # splits 0-1 first
     assert add_noise.main(args) == 0  # then all: resumes
     assert add_noise.main(sweep_args(tiny_model_dir, sample_txt, tmp_path / "whole.csv")) == 0
     assert (tmp_path / "part.csv").read_bytes() == (tmp_path / "whole.csv").read_bytes()
 
 
-def test_bad_input_is_one_line_before_any_task_and_from_a_worker(local_ray, tiny_model_dir, sample_txt, tmp_path,
-                                                                  capsys):
+def test_bad_input_is_one_line_before_any_task_and_from_a_worker(
+    local_ray, tiny_model_dir, sample_txt, tmp_path, capsys
+):
     args = sweep_args(tiny_model_dir, sample_txt, tmp_path / "s.csv", "--ray", "--workers", "2", "--protects", "65")
     assert add_noise.main(args) == 2  # found by the main process: no task starts, no file is made
     lines = capsys.readouterr().err.strip().splitlines()
@@ -81,10 +104,14 @@ def test_grid_tasks_cover_every_split_and_window_once():
 
 def test_an_unreachable_address_is_one_line_at_once(tiny_model_dir, sample_txt, tmp_path):
     start = time.monotonic()
-    done = run_script("add_noise.py", *sweep_args(tiny_model_dir, sample_txt, tmp_path / "s.csv", "--ray", "127.0.0.1:9"))
+    done = run_script(
+        "add_noise.py", *sweep_args(tiny_model_dir, sample_txt, tmp_path / "s.csv", "--ray", "127.0.0.1:9")
+    )
     assert time.monotonic() - start < 30
     lines = done.stderr.strip().splitlines()
-    assert done.returncode == 2 and lines[-1].startswith("add_noise.py: error: --ray 127.0.0.1:9: no Ray cluster"), lines
+    assert done.returncode == 2 and lines[-1].startswith("add_noise.py: error: --ray 127.0.0.1:9: no Ray cluster"), (
+        lines
+    )
     assert not (tmp_path / "s.csv").exists()
 
 
@@ -99,18 +126,35 @@ def test_training_runs_as_ray_tasks_give_the_numbers_of_one_process(local_ray, t
 
     import train_rsm
 
-    common = ["train", "--algo", "ppo,a2c", "--seeds", "0,1", "--total-timesteps", "800", "--eval-episodes", "10",
-              "--no-progress", "--checkpoint-every", "0"]
+    common = [
+        "train",
+        "--algo",
+        "ppo,a2c",
+        "--seeds",
+        "0,1",
+        "--total-timesteps",
+        "800",
+        "--eval-episodes",
+        "10",
+        "--no-progress",
+        "--checkpoint-every",
+        "0",
+    ]
     for name, extra in (("one", []), ("ray", ["--ray"])):
-        assert train_rsm.main([*common, "--run-dir", str(tmp_path / name / "runs"), "--results-dir", str(tmp_path / name),
-                               *extra]) == 0
+        assert (
+            train_rsm.main(
+                [*common, "--run-dir", str(tmp_path / name / "runs"), "--results-dir", str(tmp_path / name), *extra]
+            )
+            == 0
+        )
     for algo in ("ppo", "a2c"):
         one, ray_ = (json.loads((tmp_path / name / f"rl_paper_{algo}.json").read_text()) for name in ("one", "ray"))
         for result in (one, ray_):
             del result["runs"], result["training"]  # folders and wall times
         assert one == ray_
-        assert ((tmp_path / "one" / f"rl_paper_{algo}_policy.csv").read_bytes()
-                == (tmp_path / "ray" / f"rl_paper_{algo}_policy.csv").read_bytes())
+        assert (tmp_path / "one" / f"rl_paper_{algo}_policy.csv").read_bytes() == (
+            tmp_path / "ray" / f"rl_paper_{algo}_policy.csv"
+        ).read_bytes()
 
 
 def test_tune_runs_trials_and_saves_the_best(local_ray, tmp_path):
@@ -118,8 +162,26 @@ def test_tune_runs_trials_and_saves_the_best(local_ray, tmp_path):
 
     import train_rsm
 
-    assert train_rsm.main(["tune", "--samples", "4", "--budget", "800", "--report-every", "400", "--eval-episodes", "10",
-                           "--runs-dir", str(tmp_path / "tune"), "--results-dir", str(tmp_path)]) == 0
+    assert (
+        train_rsm.main(
+            [
+                "tune",
+                "--samples",
+                "4",
+                "--budget",
+                "800",
+                "--report-every",
+                "400",
+                "--eval-episodes",
+                "10",
+                "--runs-dir",
+                str(tmp_path / "tune"),
+                "--results-dir",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     found = json.loads((tmp_path / "tune_ppo.json").read_text())
     assert len(found["trials"]) == 4 and not any(t["error"] for t in found["trials"])
     assert set(found["best_config"]) == {"learning_rate", "gamma", "rollout", "n_envs", "ent_coef"}
@@ -136,9 +198,13 @@ def test_a_local_ray_listens_on_this_machine_only(local_ray):
 
     def loopback(ip: str) -> bool:
         address = ipaddress.ip_address(ip)
-        return address.is_loopback or getattr(address, "ipv4_mapped", None) is not None and address.ipv4_mapped.is_loopback
+        return (
+            address.is_loopback or getattr(address, "ipv4_mapped", None) is not None and address.ipv4_mapped.is_loopback
+        )
 
     ray.get(ray.remote(lambda: 0).remote())  # a worker process too
     processes = [psutil.Process(), *psutil.Process().children(recursive=True)]
-    listening = {c.laddr.ip for p in processes for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+    listening = {
+        c.laddr.ip for p in processes for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN
+    }
     assert listening and all(loopback(ip) for ip in listening), listening

@@ -2,6 +2,7 @@
 without the edge's token, sessions that hold a slot and say nothing, long prefills that would hold
 up everyone else; and the UE keeping what it generated when the edge ends a request. Mechanics on
 the tiny random Llama over loopback, with small timeouts so that the tests take seconds."""
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,14 @@ def connect(server) -> socket.socket:
 
 
 def open_msg(split_model, split=2, wire="fp32", k=16, **extra) -> dict:
-    return {"protocol": protocol.PROTOCOL_VERSION, "model": split_model.fingerprint, "split": split, "wire": wire,
-            "elements_per_packet": k, **extra}
+    return {
+        "protocol": protocol.PROTOCOL_VERSION,
+        "model": split_model.fingerprint,
+        "split": split,
+        "wire": wire,
+        "elements_per_packet": k,
+        **extra,
+    }
 
 
 def answer(sock, timeout_s=10.0):
@@ -60,8 +67,7 @@ def serves(server, split_model, tokenizer, **kwargs):
 
 # --- an activation header is checked before anything is allocated for it --------------------------------
 @pytest.mark.parametrize("claimed", [2**32 - 1, 10**6])
-def test_a_header_claiming_huge_token_counts_is_refused_before_allocating(start_edge, split_model, tokenizer,
-                                                                          claimed):
+def test_a_header_claiming_huge_token_counts_is_refused_before_allocating(start_edge, split_model, tokenizer, claimed):
     """A header alone (no packets sent: every one 'lost') claims `claimed` tokens: unpacking it would
     zero-fill claimed x 64 fp32 elements, 1 TiB for 2^32 - 1 tokens and 256 MB for 10^6."""
     server = start_edge()
@@ -155,13 +161,19 @@ def test_cli_refuses_a_malformed_token_in_one_line(no_model, capsys, role):
 def test_cli_warns_when_the_edge_listens_beyond_loopback_without_a_token(no_model, capsys):
     import serve
 
-    for argv, warned in ((["--host", "0.0.0.0"], True), (["--host", "0.0.0.0", "--token", TOKEN], False),
-                         ([], False), (["--host", "localhost"], False)):
+    for argv, warned in (
+        (["--host", "0.0.0.0"], True),
+        (["--host", "0.0.0.0", "--token", TOKEN], False),
+        ([], False),
+        (["--host", "localhost"], False),
+    ):
         with pytest.raises(ModelLoaded):  # the warning comes before the model loads, and nothing listens yet
             serve.main(["edge", "--port", "8999", *argv])
         err = capsys.readouterr().err.strip().splitlines()
-        expected = ["serve.py: warning: the edge listens on 0.0.0.0, beyond loopback, without a token: anyone who "
-                    f"reaches port 8999 can use it (set {protocol.TOKEN_ENV} or --token)"]
+        expected = [
+            "serve.py: warning: the edge listens on 0.0.0.0, beyond loopback, without a token: anyone who "
+            f"reaches port 8999 can use it (set {protocol.TOKEN_ENV} or --token)"
+        ]
         assert err == (expected if warned else []), (argv, err)
     no_model.setenv(protocol.TOKEN_ENV, TOKEN)
     with pytest.raises(ModelLoaded):
@@ -317,12 +329,17 @@ def test_a_prompt_in_chunks_gives_the_single_process_tokens(start_edge, split_mo
     ids = tokenizer(prompt, return_tensors="pt").input_ids
     assert ids.shape[1] == 72
     with torch.no_grad():
-        out = split_model.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False,
-                                         pad_token_id=tokenizer.pad_token_id)
+        out = split_model.model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=8,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
     server = start_edge(prefill_chunk=chunk, decode=decode, max_context=128)
     with UEClient(split_model, tokenizer, server.address, split=1, wire="fp32") as ue:
         report = ue.generate(prompt, 8)
-    assert report.tokens == out[0, ids.shape[1]:].tolist()
+    assert report.tokens == out[0, ids.shape[1] :].tolist()
     assert [n for _, n in server.turns] == ([8] * 9 if chunk == 8 else [71, 1]) + [1] * 7
 
 
@@ -342,7 +359,7 @@ def test_a_request_the_edge_ends_keeps_its_tokens(start_edge, split_model, token
             ue.generate(PROMPT, 60)
         report = e.value.report
         assert e.value.code == report.stop_reason == "too_long" and "at most 64" in report.stop_message
-        assert len(report.tokens) == 64 - prompt_tokens + 1 and report.tokens == full.tokens[:len(report.tokens)]
+        assert len(report.tokens) == 64 - prompt_tokens + 1 and report.tokens == full.tokens[: len(report.tokens)]
         assert report.text == tokenizer.decode(report.tokens, skip_special_tokens=True) != ""
         assert report.ttft_s > 0 and report.tpot_s > 0 and report.prompt_tokens == prompt_tokens
         assert len(ue.generate(PROMPT, 3).tokens) == 3  # too_long ended the request, not the connection
@@ -354,18 +371,39 @@ def test_a_request_the_edge_ends_keeps_its_tokens(start_edge, split_model, token
 
 
 @pytest.mark.parametrize("json_out", [False, True])
-def test_cli_prints_what_the_ue_generated_before_the_edge_ended_it(start_edge, split_model, tokenizer,
-                                                                   tiny_model_dir, capsys, json_out):
+def test_cli_prints_what_the_ue_generated_before_the_edge_ended_it(
+    start_edge, split_model, tokenizer, tiny_model_dir, capsys, json_out
+):
     import serve
 
     prompt_tokens = len(tokenizer(PROMPT).input_ids)
     server = start_edge(max_context=prompt_tokens + 6)
-    argv = ["ue", "--connect", server.address, "--model", str(tiny_model_dir), "--link", "none", "--split", "2",
-            "--wire", "fp32", "--max-new-tokens", "20", "--prompt", PROMPT, "--prompt", "a second prompt"]
+    argv = [
+        "ue",
+        "--connect",
+        server.address,
+        "--model",
+        str(tiny_model_dir),
+        "--link",
+        "none",
+        "--split",
+        "2",
+        "--wire",
+        "fp32",
+        "--max-new-tokens",
+        "20",
+        "--prompt",
+        PROMPT,
+        "--prompt",
+        "a second prompt",
+    ]
     assert serve.main(argv + (["--json"] if json_out else [])) == 2
     out, err = capsys.readouterr()
-    assert err.strip().splitlines()[-1].startswith("serve.py: error: the edge refused (too_long): the session would "
-                                                   f"hold {prompt_tokens + 7} tokens")
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith(f"serve.py: error: the edge refused (too_long): the session would hold {prompt_tokens + 7} tokens")
+    )
     with UEClient(split_model, tokenizer, start_edge().address, split=2, wire="fp32") as ue:
         expected = ue.generate(PROMPT, 7)
     if json_out:

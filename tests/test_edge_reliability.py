@@ -5,6 +5,7 @@ slots until the 60 s idle timeout, so that a real UE was queued and then refused
 connection takes a slot only with a valid OPEN, which must come within the handshake timeout, and
 connections waiting for their OPEN are bounded. Mechanics on the tiny random Llama over loopback.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,8 +48,7 @@ def idle_sockets():
 def timed_request(server, split_model, tokenizer):
     """(seconds, report) of one request of a well-behaved UE that gives up after UE_DEADLINE_S."""
     start = time.monotonic()
-    with UEClient(split_model, tokenizer, server.address, split=2, wire="fp32",
-                          timeout_s=UE_DEADLINE_S) as ue:
+    with UEClient(split_model, tokenizer, server.address, split=2, wire="fp32", timeout_s=UE_DEADLINE_S) as ue:
         report = ue.generate(PROMPT, 4)
     return time.monotonic() - start, report
 
@@ -77,8 +77,9 @@ def test_idle_connections_do_not_keep_a_ue_waiting(start_edge, split_model, toke
     assert server.stats["sessions_opened"] == 1 and server.stats["refused_busy"] == 0
 
 
-def test_connections_without_open_are_closed_after_the_handshake_timeout(start_edge, split_model, tokenizer,
-                                                                         idle_sockets):
+def test_connections_without_open_are_closed_after_the_handshake_timeout(
+    start_edge, split_model, tokenizer, idle_sockets
+):
     server = start_edge(handshake_timeout_s=0.5)
     opened = time.monotonic()
     idle = idle_sockets(server, 20)
@@ -113,8 +114,17 @@ def test_a_flood_of_idle_connections_costs_bounded_threads(start_edge, split_mod
 def test_a_refused_open_takes_no_session(start_edge, split_model, tokenizer):
     server = start_edge(max_sessions=1, max_queue=0, splits=[1, 2])
     sock = socket.create_connection((server.host, server.port), timeout=5)
-    protocol.send_json(sock, protocol.OPEN, {"protocol": protocol.PROTOCOL_VERSION, "model": split_model.fingerprint,
-                                           "split": 3, "wire": "fp32", "elements_per_packet": 16})
+    protocol.send_json(
+        sock,
+        protocol.OPEN,
+        {
+            "protocol": protocol.PROTOCOL_VERSION,
+            "model": split_model.fingerprint,
+            "split": 3,
+            "wire": "fp32",
+            "elements_per_packet": 16,
+        },
+    )
     ftype, payload = protocol.recv_frame(sock, timeout_s=5)
     assert ftype == protocol.ERROR and json.loads(payload)["code"] == "bad_split"
     seconds, report = timed_request(server, split_model, tokenizer)  # the one session is still free
@@ -142,10 +152,20 @@ def test_a_large_frame_before_open_is_refused_at_once(start_edge):
 
 
 def test_limits_out_of_range_are_user_errors(split_model, tokenizer):
-    for kwargs in ({"port": 99999}, {"port": -1}, {"idle_timeout_s": float("inf")}, {"handshake_timeout_s": 0},
-                   {"queue_timeout_s": float("nan")}, {"max_handshakes": 0}, {"evict_idle_s": 0},
-                   {"evict_idle_s": protocol.QUEUE_TIMEOUT_S}, {"queue_timeout_s": 2.0},  # evict_idle_s 5 s >= 2 s
-                   {"prefill_chunk": -1}, {"prefill_chunk": 2.5}, {"prefill_chunk": True}):
+    for kwargs in (
+        {"port": 99999},
+        {"port": -1},
+        {"idle_timeout_s": float("inf")},
+        {"handshake_timeout_s": 0},
+        {"queue_timeout_s": float("nan")},
+        {"max_handshakes": 0},
+        {"evict_idle_s": 0},
+        {"evict_idle_s": protocol.QUEUE_TIMEOUT_S},
+        {"queue_timeout_s": 2.0},  # evict_idle_s 5 s >= 2 s
+        {"prefill_chunk": -1},
+        {"prefill_chunk": 2.5},
+        {"prefill_chunk": True},
+    ):
         with pytest.raises(UserError):
             EdgeServer(split_model, check=False, **{"port": 0, **kwargs})
     with pytest.raises(UserError, match="timeout_s inf is not a timeout"):
@@ -158,32 +178,37 @@ def test_cli_port_out_of_range_is_one_line(port):
     result = run_script("serve.py", "edge", "--port", port, timeout=120)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines() == [f"serve.py: error: --port {port} is not a TCP port: use 0..65535 "
-                                                  "(0: any free port)"]
+    assert result.stderr.strip().splitlines() == [
+        f"serve.py: error: --port {port} is not a TCP port: use 0..65535 (0: any free port)"
+    ]
 
 
-@pytest.mark.parametrize("argv, valid", [
-    (["edge", "--idle-timeout", "inf"], "at most 1000000"),
-    (["edge", "--queue-timeout", "1e300"], "at most 1000000"),
-    (["edge", "--handshake-timeout", "1e10"], "at most 1000000"),
-    (["edge", "--evict-idle", "inf"], "at most 1000000"),
-    (["edge", "--evict-idle", "30"], "shorter than --queue-timeout 30"),
-    (["edge", "--queue-timeout", "4"], "--evict-idle 5 must be shorter than --queue-timeout 4"),
-    (["edge", "--threads", "1000000"], f"0 (torch's default) to {cli.cpu_count()}"),
-    (["ue", "--threads", "-1"], f"0 (torch's default) to {cli.cpu_count()}"),
-    (["ue", "--timeout", "inf"], "at most 1000000"),
-    (["ue", "--seed", "-1"], "0..4294967295"),
-    (["ue", "--seed", "4294967296"], "0..4294967295"),
-    (["ue", "--elements-per-packet", "99999999999"], f"1..{protocol.MAX_ELEMENTS_PER_PACKET}"),
-    (["ue", "--snr-db", "1e308"], "-50..100 dB, or inf"),  # 10^(SNR/10) overflowed
-    (["ue", "--snr-mean", "-100"], "-50..100 dB, or inf"),
-    (["ue", "--snr-std", "1e300"], "0..30 dB"),
-    (["ue", "--snr-rho", "nan"], "not a finite number"),
-    (["ue", "--nakagami-m", "1e308", "--fading", "nakagami"], "0.5..1e+06"),  # a division by zero
-])
+@pytest.mark.parametrize(
+    "argv, valid",
+    [
+        (["edge", "--idle-timeout", "inf"], "at most 1000000"),
+        (["edge", "--queue-timeout", "1e300"], "at most 1000000"),
+        (["edge", "--handshake-timeout", "1e10"], "at most 1000000"),
+        (["edge", "--evict-idle", "inf"], "at most 1000000"),
+        (["edge", "--evict-idle", "30"], "shorter than --queue-timeout 30"),
+        (["edge", "--queue-timeout", "4"], "--evict-idle 5 must be shorter than --queue-timeout 4"),
+        (["edge", "--threads", "1000000"], f"0 (torch's default) to {cli.cpu_count()}"),
+        (["ue", "--threads", "-1"], f"0 (torch's default) to {cli.cpu_count()}"),
+        (["ue", "--timeout", "inf"], "at most 1000000"),
+        (["ue", "--seed", "-1"], "0..4294967295"),
+        (["ue", "--seed", "4294967296"], "0..4294967295"),
+        (["ue", "--elements-per-packet", "99999999999"], f"1..{protocol.MAX_ELEMENTS_PER_PACKET}"),
+        (["ue", "--snr-db", "1e308"], "-50..100 dB, or inf"),  # 10^(SNR/10) overflowed
+        (["ue", "--snr-mean", "-100"], "-50..100 dB, or inf"),
+        (["ue", "--snr-std", "1e300"], "0..30 dB"),
+        (["ue", "--snr-rho", "nan"], "not a finite number"),
+        (["ue", "--nakagami-m", "1e308", "--fading", "nakagami"], "0.5..1e+06"),  # a division by zero
+    ],
+)
 def test_cli_numbers_out_of_range_are_one_line(argv, valid, capsys, monkeypatch):
     """Refused by the option's type (argparse: SystemExit 2, 'serve.py ROLE: error: argument ...') or by
     serve.check_numbers (main returns 2, 'serve.py: error: ...'), never past them."""
+
     def not_checked(*args, **kwargs):  # and not an edge serving forever in this process
         raise AssertionError(f"{argv} got past the checks to loading a model")
 

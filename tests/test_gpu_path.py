@@ -3,6 +3,7 @@ mask fields drawn by a device generator keep their Bernoulli marginals and nesti
 numbers, the LM head scored a slice of tokens at a time equals whole logits, the automatic batch size
 changes no number, the edge's layers compiled give the eager numbers, and the host waits on the
 device once per window, not once per variant."""
+
 from __future__ import annotations
 
 import math
@@ -109,8 +110,9 @@ def test_auto_batch_and_small_slices_change_no_number(tiny_llama, tmp_path, monk
 
 
 def test_cpu_mask_device_is_the_auto_one_on_a_cpu(tiny_llama, tmp_path):
-    assert numbers(run_sweep(tiny_llama, tmp_path / "a.csv", mask_device="auto")) == \
-        numbers(run_sweep(tiny_llama, tmp_path / "c.csv", mask_device="cpu"))
+    assert numbers(run_sweep(tiny_llama, tmp_path / "a.csv", mask_device="auto")) == numbers(
+        run_sweep(tiny_llama, tmp_path / "c.csv", mask_device="cpu")
+    )
     with pytest.raises(Exception, match="mask device 'gpu'"):
         run_sweep(tiny_llama, tmp_path / "bad.csv", mask_device="gpu")
 
@@ -193,8 +195,9 @@ def test_on_cuda_the_host_waits_once_per_window_not_per_variant(cuda_llama):
     segments = SplitModel(cuda_llama)
     counts = []
     for probabilities in ([0.1], [0.1], [0.02, 0.06, 0.1, 0.14, 0.18, 0.22, 0.26, 0.3]):
-        cfg = sweep.SweepConfig([1], grid.make_conditions(probabilities, [], "erasure"), 2, 0, 64, 64,
-                                config().link_template, batch_size=64)
+        cfg = sweep.SweepConfig(
+            [1], grid.make_conditions(probabilities, [], "erasure"), 2, 0, 64, 64, config().link_template, batch_size=64
+        )
         work = [(1, [(c, d) for c in range(len(cfg.conditions)) for d in range(grid.draws_of(cfg.conditions[c], 2))])]
         torch.cuda.set_sync_debug_mode("warn")
         try:

@@ -1,4 +1,5 @@
 """The split-layer link on a tiny random Llama: where it cuts, what it zeroes, and that it leaves cleanly."""
+
 from __future__ import annotations
 
 import math
@@ -25,8 +26,9 @@ def capture_inputs(model):
     seen = {}
     layers = find_decoder_layers(model)
     targets = list(enumerate(layers)) + [(len(layers), model.model.norm)]
-    handles = [m.register_forward_pre_hook(lambda mod, args, i=i: seen.__setitem__(i, args[0].clone()))
-               for i, m in targets]
+    handles = [
+        m.register_forward_pre_hook(lambda mod, args, i=i: seen.__setitem__(i, args[0].clone())) for i, m in targets
+    ]
     return seen, handles
 
 
@@ -149,8 +151,16 @@ def test_original_subclass_keeps_the_original_methods(tmp_path):
 
 
 def tiny_qwen2():
-    return Qwen2ForCausalLM(Qwen2Config(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                                        num_attention_heads=4, num_key_value_heads=2)).eval()
+    return Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=300,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    ).eval()
 
 
 def tiny_gpt2():
@@ -251,7 +261,7 @@ def test_withheld_elements_are_zeroed_and_shorten_the_transmission(tiny_llama):
     assert sent.bits / link.transfers[0].bits == pytest.approx(0.7, abs=0.01)
     assert sent.bits == pytest.approx(channel.payload_bits(cfg, 1000, 64, withheld=0.3), rel=0.01)
     # a packet is lost whole: the elements it carried are zeroed together, wherever they sit
-    kept_and_received = (part != 0)
+    kept_and_received = part != 0
     assert kept_and_received.sum() > 0.5 * 0.7 * n * (1 - per)
     link.set_withheld(0.0)
     link.reseed(5)
@@ -287,7 +297,7 @@ def test_bitflip_flips_bits_at_the_ber(tiny_llama):
     link.set_channel(cfg, "bitflip")
     hidden = torch.randn(1, 2000, 64).to(torch.float16).float()  # exactly representable: no rounding on the wire
     received = link.transmit(hidden)
-    flipped = (hidden.to(torch.float16).view(torch.int16) ^ received.to(torch.float16).view(torch.int16))
+    flipped = hidden.to(torch.float16).view(torch.int16) ^ received.to(torch.float16).view(torch.int16)
     n_bits = flipped.numel() * 16
     bit_errors = sum(int(((flipped >> b) & 1).sum()) for b in range(16))
     assert abs(bit_errors / n_bits - link.ber) < 4 * (link.ber / n_bits) ** 0.5

@@ -7,6 +7,7 @@ user's real cache is never touched. Concurrency runs with a real second process 
 as its script, see _take_part) and the two meet at points given by files in a shared folder, so the
 interleaving is the same on every run.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -157,9 +158,14 @@ def test_two_processes_converting_at_once_both_succeed_and_never_break_a_reader(
     sync = tmp_path / "sync"
     sync.mkdir()
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    b = subprocess.Popen([sys.executable, __file__, "b", str(gguf), str(sync)], cwd=ROOT,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True)
+    b = subprocess.Popen(
+        [sys.executable, __file__, "b", str(gguf), str(sync)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         report = _take_part("a", gguf, sync, monkeypatch.setattr)
     finally:

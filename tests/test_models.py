@@ -3,6 +3,7 @@
 The slow GGUF dequantisation is replaced by a tiny random Llama here, so the cache logic itself is
 tested in seconds; tests/test_real_model.py loads the real thing.
 """
+
 from __future__ import annotations
 
 import json
@@ -105,8 +106,12 @@ def test_local_folder_loads(tiny_model_dir):
 
 # --- random:SHAPE, the shape stand-ins for timing where the weights are absent ----------------------------
 # The published parameter counts of each architecture at its own vocabulary (SmolLM2's is the embedded one).
-PUBLISHED_PARAMETERS = {"smollm2-135m": (49152, 134_515_008), "llama-2-7b": (32000, 6_738_415_616),
-                        "llama-2-13b": (32000, 13_015_864_320), "mistral-7b": (32000, 7_241_732_096)}
+PUBLISHED_PARAMETERS = {
+    "smollm2-135m": (49152, 134_515_008),
+    "llama-2-7b": (32000, 6_738_415_616),
+    "llama-2-13b": (32000, 13_015_864_320),
+    "mistral-7b": (32000, 7_241_732_096),
+}
 
 
 @pytest.mark.parametrize("shape", list(models.RANDOM_SHAPES))
@@ -141,8 +146,18 @@ def test_a_random_stand_in_is_built_seeded_labelled_and_splittable(fake_conversi
 def test_add_noise_runs_on_a_random_stand_in_and_labels_it():
     from conftest import run_script
 
-    out = run_script("add_noise.py", "--model", "random:smollm2-135m", "--max-tokens", "64", "--context-length", "32",
-                     "--stride", "32", "--json")
+    out = run_script(
+        "add_noise.py",
+        "--model",
+        "random:smollm2-135m",
+        "--max-tokens",
+        "64",
+        "--context-length",
+        "32",
+        "--stride",
+        "32",
+        "--json",
+    )
     assert out.returncode == 0, out.stderr
     assert "random weights" in out.stderr and "mean nothing" in out.stderr
     assert json.loads(out.stdout)["model"] == "random:smollm2-135m"

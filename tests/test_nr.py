@@ -1,6 +1,7 @@
 """The 5G NR coded link (--link nr, layersplit/nr.py): TB sizes against TS 38.214 worked by hand, the
 MCS choice, the HARQ arithmetic, the table lookup, a seconds-long Sionna Monte Carlo, and the link in
 the impairment engine, the latency model, the sweep, add_noise.py and serve.py."""
+
 from __future__ import annotations
 
 import csv
@@ -26,8 +27,13 @@ from layersplit.grid import Condition
 # MCS 28 (Qm 6, R 948/1024): N_info = 40793.6, n = 10, N'_info = 1024 round(39.81) = 40960:
 #   C = ceil(40984 / 8424) = 5, TBS = 40 ceil(40984 / 40) - 24 = 40976.
 # MCS 3 on 1 PRB: N_info = 70.6, n = 3, N'_info = 8 floor(8.82) = 64: the table entry 64.
-WORKED = [(2, 251 / 1024, 51, 3624, 1), (2, 379 / 1024, 51, 5376, 1), (4, 616 / 1024, 51, 17424, 3),
-          (6, 948 / 1024, 51, 40976, 5), (2, 251 / 1024, 1, 64, 1)]
+WORKED = [
+    (2, 251 / 1024, 51, 3624, 1),
+    (2, 379 / 1024, 51, 5376, 1),
+    (4, 616 / 1024, 51, 17424, 3),
+    (6, 948 / 1024, 51, 40976, 5),
+    (2, 251 / 1024, 1, 64, 1),
+]
 
 
 @pytest.mark.parametrize("qm,rate,prbs,tbs,cbs", WORKED)
@@ -49,20 +55,41 @@ def write_table(path, curves: dict[int, tuple[int, list[tuple[float, float]]]]):
         w.writeheader()
         for mcs, (tbs, points) in curves.items():
             for snr, bler, *high in points:
-                w.writerow({"mcs": mcs, "modulation_order": 2, "code_rate": 0.5, "tb_size": tbs, "num_cb": 1,
-                            "snr_db": snr, "slots": 100, "errors": round(100 * bler), "bler": bler, "bler_low": 0,
-                            "bler_high": high[0] if high else 1, "channel": "tdl", "tdl_profile": "C", "delay_spread_s": 1e-7,
-                            "ue_speed_mps": 0.83, "receiver": "ls", "num_prbs": 51, "subcarrier_spacing_khz": 30,
-                            "seed": 0})
+                w.writerow(
+                    {
+                        "mcs": mcs,
+                        "modulation_order": 2,
+                        "code_rate": 0.5,
+                        "tb_size": tbs,
+                        "num_cb": 1,
+                        "snr_db": snr,
+                        "slots": 100,
+                        "errors": round(100 * bler),
+                        "bler": bler,
+                        "bler_low": 0,
+                        "bler_high": high[0] if high else 1,
+                        "channel": "tdl",
+                        "tdl_profile": "C",
+                        "delay_spread_s": 1e-7,
+                        "ue_speed_mps": 0.83,
+                        "receiver": "ls",
+                        "num_prbs": 51,
+                        "subcarrier_spacing_khz": 30,
+                        "seed": 0,
+                    }
+                )
     return str(path)
 
 
 @pytest.fixture
 def table(tmp_path):
-    return write_table(tmp_path / "bler.csv", {
-        3: (1000, [(-4.0, 1.0), (0.0, 0.5), (4.0, 0.05), (8.0, 0.0)]),
-        9: (3000, [(0.0, 1.0), (4.0, 0.8), (8.0, 0.2), (12.0, 0.01), (16.0, 0.0)]),
-    })
+    return write_table(
+        tmp_path / "bler.csv",
+        {
+            3: (1000, [(-4.0, 1.0), (0.0, 0.5), (4.0, 0.05), (8.0, 0.0)]),
+            9: (3000, [(0.0, 1.0), (4.0, 0.8), (8.0, 0.2), (12.0, 0.01), (16.0, 0.0)]),
+        },
+    )
 
 
 def test_the_lookup_is_log_linear_between_points_and_keeps_the_tail_slope(table):
@@ -76,7 +103,9 @@ def test_the_lookup_is_log_linear_between_points_and_keeps_the_tail_slope(table)
 def test_a_steep_waterfall_passes_under_the_interval_of_its_loss_free_point(tmp_path):
     """Past its last lost TB a curve falls at least as fast as it must to pass under the upper end of the
     interval of the point with none lost (AWGN: all lost at -3 dB, none of 100 at -2 dB)."""
-    curve = nr.load_table(write_table(tmp_path / "steep.csv", {3: (1000, [(-4.0, 1.0), (-3.0, 0.9), (-2.0, 0.0, 0.03)])}))[3]
+    curve = nr.load_table(
+        write_table(tmp_path / "steep.csv", {3: (1000, [(-4.0, 1.0), (-3.0, 0.9), (-2.0, 0.0, 0.03)])})
+    )[3]
     assert curve(-3.0) == pytest.approx(0.9)
     assert curve(-2.0) == pytest.approx(0.03)  # not the 0.81 the last two lossy points' shallow line gives
     assert curve(-2.5) == pytest.approx(math.sqrt(0.9 * 0.03))
@@ -128,8 +157,9 @@ def test_harq_arithmetic(table):
 
 
 def test_an_interrupted_table_is_refused(tmp_path):
-    path = write_table(tmp_path / "cut.csv", {3: (1000, [(-4.0, 1.0), (0.0, 0.5), (4.0, 0.05), (8.0, 0.0)]),
-                                              9: (3000, [(0.0, 1.0)])})
+    path = write_table(
+        tmp_path / "cut.csv", {3: (1000, [(-4.0, 1.0), (0.0, 0.5), (4.0, 0.05), (8.0, 0.0)]), 9: (3000, [(0.0, 1.0)])}
+    )
     with pytest.raises(UserError, match="MCS 9 stops at"):
         nr.load_table(path)
 
@@ -146,8 +176,11 @@ def test_the_committed_table_is_complete_and_its_tails_stay_within_the_measured_
     # with one modulation, a higher code rate needs more SNR for the 10% target (across modulations not
     # always: in fading 16QAM at rate 0.37, MCS 11, reaches it before QPSK at rate 0.66, MCS 9)
     for order in {c.modulation_order for c in curves.values()}:
-        at_target = [min((s for s in range(-10, 60) if curves[m](s) <= 0.1), default=99)
-                     for m in nr.MCS_INDICES if curves[m].modulation_order == order]
+        at_target = [
+            min((s for s in range(-10, 60) if curves[m](s) <= 0.1), default=99)
+            for m in nr.MCS_INDICES
+            if curves[m].modulation_order == order
+        ]
         assert at_target == sorted(at_target), order
 
 
@@ -163,13 +196,18 @@ def test_sionna_monte_carlo_is_seeded_and_follows_the_snr():
 
 def test_the_table_writer_resumes_and_stops_a_curve_at_its_first_loss_free_point(tmp_path):
     path = tmp_path / "t.csv"
-    n = nr.write_table(path, [3], [-8.0, 6.0, 8.0], channel="awgn", receiver="perfect", max_slots=4, batch=4,
-                       progress=False)
+    n = nr.write_table(
+        path, [3], [-8.0, 6.0, 8.0], channel="awgn", receiver="perfect", max_slots=4, batch=4, progress=False
+    )
     rows = list(csv.DictReader(open(path)))
     assert n == 2 and [r["snr_db"] for r in rows] == ["-8", "6"]  # 6 dB lost none: 8 dB is not simulated
     assert rows[0]["bler"] == "1" and float(rows[0]["bler_low"]) > 0.3
-    assert nr.write_table(path, [3], [-8.0, 6.0, 8.0], channel="awgn", receiver="perfect", max_slots=4, batch=4,
-                          progress=False) == 0  # complete: nothing redone
+    assert (
+        nr.write_table(
+            path, [3], [-8.0, 6.0, 8.0], channel="awgn", receiver="perfect", max_slots=4, batch=4, progress=False
+        )
+        == 0
+    )  # complete: nothing redone
     with pytest.raises(UserError, match="another set-up"):
         nr.write_table(path, [3], [0.0], channel="tdl", max_slots=4, batch=4, progress=False)
 
@@ -189,8 +227,11 @@ def test_the_nr_link_loses_whole_tbs_with_the_residual_bler():
     assert bool((per_tb.all(1) | ~per_tb.any(1)).all())  # every TB arrives whole or not at all
     assert impaired == int(lost.sum()) and sent == x.numel()
     # the same elements as erasure with TB-sized packets at that loss
-    same = uplink.impair(x, uplink.Impairment("erasure", loss=imp.loss, channel=channel.LinkConfig(
-        snr_db=-2.0, elements_per_packet=k)), uplink.generator(3))[0]
+    same = uplink.impair(
+        x,
+        uplink.Impairment("erasure", loss=imp.loss, channel=channel.LinkConfig(snr_db=-2.0, elements_per_packet=k)),
+        uplink.generator(3),
+    )[0]
     assert torch.equal(received, same)
     with pytest.raises(UserError, match="not modelled on the NR link"):
         imp.protecting(4)
@@ -212,9 +253,19 @@ def test_a_sweep_over_the_nr_link(tiny_llama, tmp_path):
     ids = torch.randint(0, 300, (96,))
     conds = [Condition("nr", snr_db=s) for s in (-4.0, 20.0)]
     cfg = sweep.SweepConfig([1, 2], conds, 2, 0, 48, 48, channel.LinkConfig(snr_db=0.0), 4)
-    store = sweep.ResultsStore(tmp_path / "s.csv", {"model": "tiny", "dataset": "x", "tokens": 96,
-                                                    "context_length": 48, "stride": 48, "dtype": "float32",
-                                                    "seed": 0}, sweep.link_columns(cfg.link_template, "nr"))
+    store = sweep.ResultsStore(
+        tmp_path / "s.csv",
+        {
+            "model": "tiny",
+            "dataset": "x",
+            "tokens": 96,
+            "context_length": 48,
+            "stride": 48,
+            "dtype": "float32",
+            "seed": 0,
+        },
+        sweep.link_columns(cfg.link_template, "nr"),
+    )
     sweep.run_fast(tiny_llama, ids, cfg, store, progress=False)
     rows = list(csv.DictReader(open(tmp_path / "s.csv")))
     assert len(rows) == 2 * 2 * 2 and {r["link"] for r in rows} == {"nr"}
@@ -231,19 +282,61 @@ def test_a_sweep_over_the_nr_link(tiny_llama, tmp_path):
 
 
 def test_add_noise_and_the_nr_cli(tiny_model_dir, sample_txt, tmp_path):
-    out = run_script("add_noise.py", "--model", str(tiny_model_dir), "--dataset", str(sample_txt), "--split", "1", "--snr-db", "0",
-                     "--link", "nr", "--max-tokens", "64", "--json")
+    out = run_script(
+        "add_noise.py",
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        str(sample_txt),
+        "--split",
+        "1",
+        "--snr-db",
+        "0",
+        "--link",
+        "nr",
+        "--max-tokens",
+        "64",
+        "--json",
+    )
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     point = nr.operating_point(0.0)
     assert report["link"] == "nr" and report["mcs"] == point.mcs and report["residual_tb_loss"] == point.residual
     assert "modulation" not in report
-    out = run_script("add_noise.py", "--model", str(tiny_model_dir), "--dataset", str(sample_txt), "--split", "1", "--snr-db", "0",
-                     "--link", "nr", "--max-tokens", "64")
+    out = run_script(
+        "add_noise.py",
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        str(sample_txt),
+        "--split",
+        "1",
+        "--snr-db",
+        "0",
+        "--link",
+        "nr",
+        "--max-tokens",
+        "64",
+    )
     assert out.returncode == 0, out.stderr
     assert f"5G NR MCS {point.mcs} (TBs of {point.tb_size} bits)" in out.stdout and "latency of" in out.stdout
-    out = run_script("add_noise.py", "--model", str(tiny_model_dir), "--dataset", str(sample_txt), "--split", "1", "--snr-db", "0",
-                     "--link", "nr", "--protect", "2", "--max-tokens", "64")
+    out = run_script(
+        "add_noise.py",
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        str(sample_txt),
+        "--split",
+        "1",
+        "--snr-db",
+        "0",
+        "--link",
+        "nr",
+        "--protect",
+        "2",
+        "--max-tokens",
+        "64",
+    )
     assert out.returncode == 2 and "not modelled on the NR link" in out.stderr
     out = run_script("-m", "layersplit.nr", "--snr-db", "7", "--json")
     assert out.returncode == 0, out.stderr
@@ -253,11 +346,20 @@ def test_add_noise_and_the_nr_cli(tiny_model_dir, sample_txt, tmp_path):
     assert out.returncode == 0, out.stderr
     rows = list(csv.DictReader(open(table)))
     assert len(rows) == 2 * 3 * (30 + 32)
-    for bad, message in ((["--check", "3:x"], "give MCS:SNR pairs"), (["--snrs", "abc"], "--snrs 'abc'"),
-                         (["--mcs", "3.5"], "MCS indices are integers"), (["--check", "99:0"], "MCS 99 is not in"),
-                         (["--target-bler", "2", "--snr-db", "5"], "target BLER 2.0 is outside")):
-        out = run_script("-m", "layersplit.nr", *bad, "--table" if bad[0] in ("--snrs", "--mcs") else "--json",
-                         *([str(tmp_path / "never.csv")] if bad[0] in ("--snrs", "--mcs") else []))
+    for bad, message in (
+        (["--check", "3:x"], "give MCS:SNR pairs"),
+        (["--snrs", "abc"], "--snrs 'abc'"),
+        (["--mcs", "3.5"], "MCS indices are integers"),
+        (["--check", "99:0"], "MCS 99 is not in"),
+        (["--target-bler", "2", "--snr-db", "5"], "target BLER 2.0 is outside"),
+    ):
+        out = run_script(
+            "-m",
+            "layersplit.nr",
+            *bad,
+            "--table" if bad[0] in ("--snrs", "--mcs") else "--json",
+            *([str(tmp_path / "never.csv")] if bad[0] in ("--snrs", "--mcs") else []),
+        )
         assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, (bad, out.stderr)
     assert not (tmp_path / "never.csv").exists()
 

@@ -1,4 +1,5 @@
 """Sliding-window perplexity against a direct computation with plain transformers."""
+
 from __future__ import annotations
 
 import math
@@ -14,7 +15,9 @@ from layersplit.perplexity import evaluate, sliding_windows
 TOKENS = torch.randint(0, 300, (230,), generator=torch.Generator().manual_seed(2))
 
 
-@pytest.mark.parametrize("n, context, stride", [(230, 64, 32), (230, 64, 64), (230, 20, 50), (10, 64, 32), (64, 64, 16)])
+@pytest.mark.parametrize(
+    "n, context, stride", [(230, 64, 32), (230, 64, 64), (230, 20, 50), (10, 64, 32), (64, 64, 16)]
+)
 def test_windows_score_each_token_at_most_once(n, context, stride):
     windows = sliding_windows(n, context, stride)
     scored = [t for w in windows for t in range(w.first_target, w.end)]

@@ -2,6 +2,7 @@
 is given (words, floats with nan and inf, integers far beyond int64, unicode), parsing either accepts
 a value that is finite and within the option's bounds, or exits with status 2 and one error line,
 never another exception. Parse only: each script's own parse_args, no model is loaded."""
+
 from __future__ import annotations
 
 import contextlib
@@ -20,20 +21,46 @@ from layersplit import cli
 
 EXAMPLES = 60  # per option: 55 options x 60 parses, about 15 s in all
 # no example database: nothing is written into the checkout (.hypothesis/)
-SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+    max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 # what a user can type: any text, any float (nan, inf, subnormals, 1e308) and integers far beyond int64
 VALUES = st.one_of(
     st.text(max_size=40),
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
-    st.integers(min_value=-2**80, max_value=2**80).map(str),
+    st.integers(min_value=-(2**80), max_value=2**80).map(str),
     st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=1, max_size=5).map(
-        lambda xs: ",".join(map(repr, xs))),
+        lambda xs: ",".join(map(repr, xs))
+    ),
     st.lists(st.integers(min_value=-10, max_value=2**40), min_size=1, max_size=5).map(
-        lambda xs: ",".join(map(str, xs))),
-    st.sampled_from(["", " ", "-", "nan", "inf", "-inf", "1e308", "-1e308", "5000", "0x10", "1_000", "٣", "1-3",
-                     "3-1", "0-3000000", "all", "0,", ",", "4294967295", "4294967296", "-0"]),
+        lambda xs: ",".join(map(str, xs))
+    ),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "-",
+            "nan",
+            "inf",
+            "-inf",
+            "1e308",
+            "-1e308",
+            "5000",
+            "0x10",
+            "1_000",
+            "٣",
+            "1-3",
+            "3-1",
+            "0-3000000",
+            "all",
+            "0,",
+            ",",
+            "4294967295",
+            "4294967296",
+            "-0",
+        ]
+    ),
 )
 
 
@@ -58,7 +85,8 @@ THREADS_OK = lambda v: is_int(v, 0, cli.cpu_count())  # noqa: E731
 
 def conditions_ok(args) -> bool:
     return all(c.snr_db is None or snr_ok(c.snr_db) for c in args.conditions) and all(
-        (c.dropout is None or is_float(c.dropout, 0, 1)) and is_int(c.protect, 0) for c in args.conditions)
+        (c.dropout is None or is_float(c.dropout, 0, 1)) and is_int(c.protect, 0) for c in args.conditions
+    )
 
 
 def splits_ok(args) -> bool:  # the grammar is checked at parse time, the bounds once the model is known
@@ -76,11 +104,19 @@ ADD_NOISE = [
     ("--protect", [], "protect", lambda v: is_int(v, 0)),
     ("--max-new-tokens", [], "max_new_tokens", lambda v: is_int(v, 1)),
     ("--snr-db", [], "snr_db", snr_ok),
-    ("--nakagami-m", ["--snr-db", "10", "--fading", "nakagami"], "nakagami_m",
-     lambda v: is_float(v, cli.NAKAGAMI_M_MIN, cli.NAKAGAMI_M_MAX)),
+    (
+        "--nakagami-m",
+        ["--snr-db", "10", "--fading", "nakagami"],
+        "nakagami_m",
+        lambda v: is_float(v, cli.NAKAGAMI_M_MIN, cli.NAKAGAMI_M_MAX),
+    ),
     ("--bandwidth-hz", ["--snr-db", "10"], "bandwidth_hz", lambda v: is_float(v, 0) and v > 0),
-    ("--elements-per-packet", ["--snr-db", "10"], "elements_per_packet",
-     lambda v: is_int(v, 1, cli.PACKET_ELEMENTS_MAX)),
+    (
+        "--elements-per-packet",
+        ["--snr-db", "10"],
+        "elements_per_packet",
+        lambda v: is_int(v, 1, cli.PACKET_ELEMENTS_MAX),
+    ),
     ("--bits-per-element", ["--snr-db", "10"], "bits_per_element", lambda v: is_int(v, 1, cli.BITS_PER_ELEMENT_MAX)),
     ("--header-bits", ["--snr-db", "10"], "header_bits", lambda v: is_int(v, 0)),
     ("--draws", ["--sweep"], "draws", lambda v: is_int(v, 1)),
@@ -131,18 +167,24 @@ SERVE = [
     ("--max-context", ["edge"], "max_context", lambda v: is_int(v, 1)),
     ("--max-queue", ["edge"], "max_queue", lambda v: is_int(v, 0)),
 ]
-CASES = ([("add_noise.py", add_noise.parse_args, *c) for c in ADD_NOISE]
-         + [("train_rsm.py", train_rsm.parse_args, *c) for c in TRAIN_RSM]
-         + [("train.py", train.parse_args, *c) for c in TRAIN]
-         + [("serve.py", serve.parse_args, *c) for c in SERVE])
+CASES = (
+    [("add_noise.py", add_noise.parse_args, *c) for c in ADD_NOISE]
+    + [("train_rsm.py", train_rsm.parse_args, *c) for c in TRAIN_RSM]
+    + [("train.py", train.parse_args, *c) for c in TRAIN]
+    + [("serve.py", serve.parse_args, *c) for c in SERVE]
+)
 
 
-@pytest.mark.parametrize("script, parse, option, before, dest, holds", CASES,
-                         ids=[f"{c[0]}:{' '.join(c[3])}{' ' if c[3] else ''}{c[2]}" for c in CASES])
+@pytest.mark.parametrize(
+    "script, parse, option, before, dest, holds",
+    CASES,
+    ids=[f"{c[0]}:{' '.join(c[3])}{' ' if c[3] else ''}{c[2]}" for c in CASES],
+)
 @SETTINGS
 @given(value=VALUES)
-def test_a_numeric_option_is_in_bounds_or_one_line_and_exit_2(script, parse, option, before, dest, holds, value,
-                                                               tmp_path, monkeypatch):
+def test_a_numeric_option_is_in_bounds_or_one_line_and_exit_2(
+    script, parse, option, before, dest, holds, value, tmp_path, monkeypatch
+):
     monkeypatch.chdir(tmp_path)  # default outputs (results/...) are only ever tried here
     argv = [*before, f"{option}={value}"]  # '=': a value like '-1e308' is not taken for an option
     if script == "add_noise.py" and "--sweep" in before:

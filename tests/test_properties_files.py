@@ -2,6 +2,7 @@
 text, numbers with nan and inf, fields missing), every reader either accepts a valid row or refuses it
 naming the file and its line (the project's UserError, or figures.py's FigureInputError) - never
 another exception, and never pools an invalid value."""
+
 from __future__ import annotations
 
 import csv
@@ -19,8 +20,18 @@ from layersplit import UserError, cells, nr, surrogate, sweep
 
 with open(ROOT / "results" / "sweep_smollm2-135m.csv", newline="") as f:
     GOOD = list(csv.DictReader(f))[:2]  # two valid rows of different draws: line 2 stays, line 3 is mutated
-FIGURE_COLUMNS = {"model": str, "tokens": int, "split": int, "link": str, "snr_db": str, "dropout": float, "draw": int,
-                  "ppl": float, "token_accuracy": float, **figures.WINDOW_COLUMNS}
+FIGURE_COLUMNS = {
+    "model": str,
+    "tokens": int,
+    "split": int,
+    "link": str,
+    "snr_db": str,
+    "dropout": float,
+    "draw": int,
+    "ppl": float,
+    "token_accuracy": float,
+    **figures.WINDOW_COLUMNS,
+}
 FIT_COLUMNS = ("link", "split", "dropout", "draw", "nll", "token_accuracy", "scored_tokens")
 
 field = st.one_of(
@@ -29,8 +40,10 @@ field = st.one_of(
     st.integers(min_value=-3, max_value=10**20).map(str),
     st.sampled_from(["", "nan", "inf", "-inf", "-0.0", "1.5", "-50", "1e309", " 1", "0", "True", "erasure", "nr"]),
 )
-mutations = st.tuples(st.dictionaries(st.sampled_from(sweep.COLUMNS), field, min_size=1, max_size=6),
-                      st.one_of(st.none(), st.integers(min_value=1, max_value=len(sweep.COLUMNS) - 1)))
+mutations = st.tuples(
+    st.dictionaries(st.sampled_from(sweep.COLUMNS), field, min_size=1, max_size=6),
+    st.one_of(st.none(), st.integers(min_value=1, max_value=len(sweep.COLUMNS) - 1)),
+)
 
 
 def write(path: Path, changes: dict, keep: int | None) -> None:
@@ -52,8 +65,7 @@ def assert_pooled_values_valid(rows: list[dict]) -> None:
         assert 0 <= pooled["nll"] < math.inf and 0 <= pooled["token_accuracy"] <= 1
 
 
-@settings(max_examples=80, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(mutation=mutations)
 @example(mutation=({"nll_window_sd": "1691"}, None))  # found by a random run: the interval's exp overflowed
 def test_every_reader_accepts_a_valid_row_or_names_its_line(mutation):
@@ -108,8 +120,10 @@ def test_the_examples_of_the_issue_are_refused_by_every_reader(changes, tmp_path
 
 with open(ROOT / "results" / "nr_bler.csv", newline="") as f:
     BLER_ROWS = list(csv.DictReader(f))[:3]  # MCS 3's first points: line 3 is mutated
-bler_mutations = st.tuples(st.dictionaries(st.sampled_from(nr.TABLE_COLUMNS), field, min_size=1, max_size=4),
-                           st.one_of(st.none(), st.integers(min_value=1, max_value=len(nr.TABLE_COLUMNS) - 1)))
+bler_mutations = st.tuples(
+    st.dictionaries(st.sampled_from(nr.TABLE_COLUMNS), field, min_size=1, max_size=4),
+    st.one_of(st.none(), st.integers(min_value=1, max_value=len(nr.TABLE_COLUMNS) - 1)),
+)
 
 
 @settings(max_examples=60, deadline=None)

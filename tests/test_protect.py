@@ -1,6 +1,7 @@
 """The protected path (--protect K, beyond the paper): each token's K largest-magnitude elements also
 cross a path with retransmission until received. K = 0 is today's link; protected elements always
 arrive; the rest are impaired exactly as without protection; the bits and air time are counted."""
+
 from __future__ import annotations
 
 import json
@@ -28,9 +29,13 @@ def same(a, b) -> bool:
 
 def links():
     cfg = channel.LinkConfig(snr_db=8.0, elements_per_packet=8)
-    return {"dropout": uplink.direct(0.4), "erasure": uplink.physical(cfg, "erasure"),
-            "withheld": uplink.physical(cfg, "erasure", 0.3), "awgn": uplink.physical(cfg, "awgn"),
-            "bitflip": uplink.physical(channel.LinkConfig(snr_db=3.0), "bitflip")}
+    return {
+        "dropout": uplink.direct(0.4),
+        "erasure": uplink.physical(cfg, "erasure"),
+        "withheld": uplink.physical(cfg, "erasure", 0.3),
+        "awgn": uplink.physical(cfg, "awgn"),
+        "bitflip": uplink.physical(channel.LinkConfig(snr_db=3.0), "bitflip"),
+    }
 
 
 @pytest.mark.parametrize("name", list(links()))
@@ -128,8 +133,24 @@ def test_the_split_hook_counts_the_protected_bits(tiny_llama):
 
 
 def test_add_noise_protect_on_the_cli(tiny_model_dir, sample_txt):
-    base = ["add_noise.py", "--model", str(tiny_model_dir), "--dataset", str(sample_txt), "--split", "1",
-            "--max-tokens", "200", "--context-length", "64", "--stride", "64", "--snr-db", "5", "--no-progress"]
+    base = [
+        "add_noise.py",
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        str(sample_txt),
+        "--split",
+        "1",
+        "--max-tokens",
+        "200",
+        "--context-length",
+        "64",
+        "--stride",
+        "64",
+        "--snr-db",
+        "5",
+        "--no-progress",
+    ]
     reports = {}
     for k in ("0", "8"):
         done = run_script(*base, "--protect", k, "--json")
@@ -148,9 +169,27 @@ def test_the_sweep_crosses_every_condition_with_k(tiny_model_dir, sample_txt, tm
     """--protects: K = 0 rows are those of a sweep without it, and the fast path equals the naive one."""
     import csv
 
-    base = ["add_noise.py", "--sweep", "--model", str(tiny_model_dir), "--dataset", str(sample_txt), "--max-tokens",
-            "200", "--context-length", "64", "--splits", "0,2", "--draws", "2", "--dropouts", "0.3", "--snrs", "8",
-            "--no-progress"]
+    base = [
+        "add_noise.py",
+        "--sweep",
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        str(sample_txt),
+        "--max-tokens",
+        "200",
+        "--context-length",
+        "64",
+        "--splits",
+        "0,2",
+        "--draws",
+        "2",
+        "--dropouts",
+        "0.3",
+        "--snrs",
+        "8",
+        "--no-progress",
+    ]
     runs = {"plain": [], "fast": ["--protects", "4,16"], "naive": ["--protects", "4,16", "--naive"]}
     rows = {}
     for name, extra in runs.items():

@@ -1,5 +1,6 @@
 """LayerSplit-Protect-v0: the protection level K as part of the wireless environment's action, its
 'protect'-form surrogate, and the committed sweep it is fitted on."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,14 @@ def protect_rsm(tmp_path_factory) -> Path:
     channel is divided by 1 + K) and costs a little air time per protected element."""
     rng = np.random.default_rng(0)
     n = 3000
-    x = np.column_stack([rng.uniform(10, 40, n), rng.integers(1, 11, n), rng.choice(envs.WIRELESS_WITHHELD, n),
-                         rng.choice(envs.PROTECTS, n)])
+    x = np.column_stack(
+        [
+            rng.uniform(10, 40, n),
+            rng.integers(1, 11, n),
+            rng.choice(envs.WIRELESS_WITHHELD, n),
+            rng.choice(envs.PROTECTS, n),
+        ]
+    )
     damage = np.exp(-(x[:, 0] - 10) / 4) / (1 + x[:, 3])
     accuracy = 0.45 - 0.4 * damage - 0.3 * x[:, 2]
     y = np.column_stack([2.7 + 5 * damage + x[:, 2], accuracy, 0.03 + 0.002 * x[:, 1] + 2e-4 * x[:, 3]])
@@ -50,8 +57,9 @@ def test_the_reward_reads_k_protection_pays_at_a_low_snr_only(protect_rsm):
     chosen = {snr: base.actions[int(np.argmax(base.rewards(snr)["reward"]))] for snr in (10.0, 40.0)}
     assert chosen[10.0][2] > 0  # the surrogate's world: damage / (1 + K) outweighs K's air time near 10 dB
     assert chosen[40.0][2] == 0  # no damage left to undo: every protected element only costs
-    assert policies.wireless_fixed(None, base) == int(np.flatnonzero((base.actions[:, 0] == 4) & (base.actions[:, 1] == 0)
-                                                                     & (base.actions[:, 2] == 0))[0])
+    assert policies.wireless_fixed(None, base) == int(
+        np.flatnonzero((base.actions[:, 0] == 4) & (base.actions[:, 1] == 0) & (base.actions[:, 2] == 0))[0]
+    )
 
 
 def test_the_wireless_env_keeps_its_actions_and_refuses_protection_without_a_protect_surrogate(protect_rsm):
@@ -71,8 +79,17 @@ def test_the_wireless_env_keeps_its_actions_and_refuses_protection_without_a_pro
 
 
 def test_a_policy_trained_on_the_protect_env_chooses_split_and_k_from_the_snr(protect_rsm, tmp_path):
-    training.train("LayerSplit-Protect-v0", "ppo", tmp_path / "r", 256, 0, 2, {"n_steps": 64, "batch_size": 64},
-                   env_kwargs={"rsm_path": str(protect_rsm)}, progress=False)
+    training.train(
+        "LayerSplit-Protect-v0",
+        "ppo",
+        tmp_path / "r",
+        256,
+        0,
+        2,
+        {"n_steps": 64, "batch_size": 64},
+        env_kwargs={"rsm_path": str(protect_rsm)},
+        progress=False,
+    )
     choose = policies.split_chooser(tmp_path / "r", rsm_path=protect_rsm)
     model = training.load_policy(tmp_path / "r")
     env = envs.make("LayerSplit-Protect-v0", rsm_path=protect_rsm).unwrapped
@@ -122,7 +139,9 @@ def test_the_llm_env_takes_k_every_element_protected_is_the_clean_model():
         ppl[k] = [env.perplexity(p, 5) for p in (0.0, 0.3)]
         env.close()
     assert ppl[0][1] != ppl[0][0]  # the link loses elements
-    assert ppl[model.config.hidden_size][1] == ppl[model.config.hidden_size][0] == ppl[0][0]  # none lost when all protected
+    assert (
+        ppl[model.config.hidden_size][1] == ppl[model.config.hidden_size][0] == ppl[0][0]
+    )  # none lost when all protected
 
 
 def write_protect_sweep(path: Path) -> Path:
@@ -133,9 +152,11 @@ def write_protect_sweep(path: Path) -> Path:
             for withheld in (0.0, 0.1, 0.3):
                 for k in (0, 4, 64):
                     damage = np.exp(-(snr - 10) / 4) / (1 + k)
-                    lines.append(f"m,d,{split},erasure,{snr},0.1,{withheld},{k},0,{2.7 + 5 * damage + withheld},"
-                                 f"{max(0.45 - 0.4 * damage - 0.3 * withheld, 0.0)},511,"  # a share: never < 0
-                                 f"{0.03 + 0.002 * split + 2e-4 * k}")
+                    lines.append(
+                        f"m,d,{split},erasure,{snr},0.1,{withheld},{k},0,{2.7 + 5 * damage + withheld},"
+                        f"{max(0.45 - 0.4 * damage - 0.3 * withheld, 0.0)},511,"  # a share: never < 0
+                        f"{0.03 + 0.002 * split + 2e-4 * k}"
+                    )
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -144,25 +165,74 @@ def test_train_rsm_fits_and_trains_the_protect_env_from_the_command_line(tmp_pat
     from conftest import run_script
 
     sweep = write_protect_sweep(tmp_path / "sweep.csv")
-    fit = run_script("train_rsm.py", "fit", "--sweep", "", "--wireless-sweep", "", "--nr-wireless-sweep", "", "--protect-sweep", str(sweep),
-                     "--protect-output", str(tmp_path / "p.pth"), "--epochs", "300", "--holdout-repeats", "0",
-                     "--results-dir", str(tmp_path / "res"))
+    fit = run_script(
+        "train_rsm.py",
+        "fit",
+        "--sweep",
+        "",
+        "--wireless-sweep",
+        "",
+        "--nr-wireless-sweep",
+        "",
+        "--protect-sweep",
+        str(sweep),
+        "--protect-output",
+        str(tmp_path / "p.pth"),
+        "--epochs",
+        "300",
+        "--holdout-repeats",
+        "0",
+        "--results-dir",
+        str(tmp_path / "res"),
+    )
     assert fit.returncode == 0, fit.stderr
     assert "protect surrogate: snr_db, split, withheld, protect -> log_ppl" in fit.stdout
     assert (tmp_path / "res" / "rsm_fit_protect.csv").is_file()
-    train = run_script("train_rsm.py", "train", "--env", "LayerSplit-Protect-v0", "--rsm", str(tmp_path / "p.pth"),
-                       "--total-timesteps", "800", "--seeds", "0", "--run-dir", str(tmp_path / "runs"), "--no-progress",
-                       "--results-dir", str(tmp_path / "res"), "--eval-episodes", "3")
+    train = run_script(
+        "train_rsm.py",
+        "train",
+        "--env",
+        "LayerSplit-Protect-v0",
+        "--rsm",
+        str(tmp_path / "p.pth"),
+        "--total-timesteps",
+        "800",
+        "--seeds",
+        "0",
+        "--run-dir",
+        str(tmp_path / "runs"),
+        "--no-progress",
+        "--results-dir",
+        str(tmp_path / "res"),
+        "--eval-episodes",
+        "3",
+    )
     assert train.returncode == 0, train.stderr
     result = json.loads((tmp_path / "res" / "rl_protect_ppo.json").read_text())
     assert ", K=" in result["best_static"]["choice"] and "greedy" not in result["returns"]  # greedy is the optimum here
     policy = (tmp_path / "res" / "rl_protect_ppo_policy.csv").read_text().splitlines()
     assert "protect" in policy[0].split(",")
     # a sweep without K cannot make a protect-form surrogate
-    (tmp_path / "flat.csv").write_text("\n".join(l for i, l in enumerate(sweep.read_text().splitlines())
-                                                 if i == 0 or l.split(",")[7] == "0") + "\n")
-    flat = run_script("train_rsm.py", "fit", "--sweep", "", "--wireless-sweep", "", "--nr-wireless-sweep", "", "--protect-sweep",
-                      str(tmp_path / "flat.csv"), "--protect-output", str(tmp_path / "q.pth"), "--results-dir", str(tmp_path))
+    (tmp_path / "flat.csv").write_text(
+        "\n".join(line for i, line in enumerate(sweep.read_text().splitlines()) if i == 0 or line.split(",")[7] == "0")
+        + "\n"
+    )
+    flat = run_script(
+        "train_rsm.py",
+        "fit",
+        "--sweep",
+        "",
+        "--wireless-sweep",
+        "",
+        "--nr-wireless-sweep",
+        "",
+        "--protect-sweep",
+        str(tmp_path / "flat.csv"),
+        "--protect-output",
+        str(tmp_path / "q.pth"),
+        "--results-dir",
+        str(tmp_path),
+    )
     assert flat.returncode == 2 and "one protection level only" in flat.stderr
 
 
@@ -175,9 +245,28 @@ def test_train_py_refuses_a_k_beyond_the_width_before_the_run_exists(tmp_path, s
     torch.manual_seed(0)
     LlamaForCausalLM(tiny_config(num_hidden_layers=11)).save_pretrained(tmp_path / "m")
     make_tokenizer().save_pretrained(tmp_path / "m")
-    common = ["train.py", "--model", str(tmp_path / "m"), "--dataset", str(sample_txt), "--tokens", "32",
-              "--total-timesteps", "4", "--n-steps", "4", "--batch", "2", "--eval-episodes", "0",
-              "--run-dir", str(tmp_path / "runs"), "--results", str(tmp_path / "llm.json"), "--no-progress"]
+    common = [
+        "train.py",
+        "--model",
+        str(tmp_path / "m"),
+        "--dataset",
+        str(sample_txt),
+        "--tokens",
+        "32",
+        "--total-timesteps",
+        "4",
+        "--n-steps",
+        "4",
+        "--batch",
+        "2",
+        "--eval-episodes",
+        "0",
+        "--run-dir",
+        str(tmp_path / "runs"),
+        "--results",
+        str(tmp_path / "llm.json"),
+        "--no-progress",
+    ]
     bad = run_script(*common, "--protect", "1000")
     assert bad.returncode == 2 and "--protect 1000: a token has only 64 elements" in bad.stderr
     assert "Traceback" not in bad.stderr and not (tmp_path / "runs" / "ppo_s0" / "config.json").exists()

@@ -2,6 +2,7 @@
 
 The first test in a fresh environment converts the model into the user cache (about 30 s).
 """
+
 from __future__ import annotations
 
 import json
@@ -62,8 +63,21 @@ def test_clean_generation_matches_the_plain_model(smollm2):
 
 
 def test_cli_on_the_embedded_defaults():
-    r = run_script("add_noise.py", "--max-tokens", "512", "--context-length", "256", "--stride", "256",
-                   "--split", "4", "--dropout", "0.2", "--json", "--no-progress")
+    r = run_script(
+        "add_noise.py",
+        "--max-tokens",
+        "512",
+        "--context-length",
+        "256",
+        "--stride",
+        "256",
+        "--split",
+        "4",
+        "--dropout",
+        "0.2",
+        "--json",
+        "--no-progress",
+    )
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     assert report["model"] == "smollm2-135m" and report["dataset"] == "wiki" and report["tokens"] == 512
@@ -72,8 +86,21 @@ def test_cli_on_the_embedded_defaults():
 
 def test_sweep_perplexity_grows_with_p_at_a_fixed_split(tmp_path):
     output = tmp_path / "sweep.csv"
-    r = run_script("add_noise.py", "--sweep", "--splits", "4,20", "--dropouts", "0.05,0.2", "--draws", "2",
-                   "--max-tokens", "256", "--output", str(output), "--no-progress")
+    r = run_script(
+        "add_noise.py",
+        "--sweep",
+        "--splits",
+        "4,20",
+        "--dropouts",
+        "0.05,0.2",
+        "--draws",
+        "2",
+        "--max-tokens",
+        "256",
+        "--output",
+        str(output),
+        "--no-progress",
+    )
     assert r.returncode == 0, r.stderr
     import pandas as pd
 

@@ -1,4 +1,5 @@
 """The reward surrogate, the three environments, the baselines and exact optimum, and training."""
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,13 @@ def llm11():
 def test_fit_recovers_a_known_function_and_round_trips(tmp_path):
     rng = np.random.default_rng(0)
     x = np.column_stack([rng.uniform(5, 40, 400), rng.integers(1, 11, 400), rng.uniform(0, 0.3, 400)])
-    y = np.column_stack([np.log1p(np.exp(-(x[:, 0] - 15) / 4)) + 0.1 * x[:, 1], 0.4 / (1 + np.exp(-(x[:, 0] - 15) / 3)) - x[:, 2],
-                         0.02 + 0.5 / x[:, 0] + 0.004 * x[:, 1]])
+    y = np.column_stack(
+        [
+            np.log1p(np.exp(-(x[:, 0] - 15) / 4)) + 0.1 * x[:, 1],
+            0.4 / (1 + np.exp(-(x[:, 0] - 15) / 3)) - x[:, 2],
+            0.02 + 0.5 / x[:, 0] + 0.004 * x[:, 1],
+        ]
+    )
     held = surrogate.holdout_mask(len(x), 0.2, seed=0)
     rsm = surrogate.fit("wireless", x[~held], y[~held], seed=0, epochs=1500)
     prediction = rsm.predict(x[held])
@@ -84,7 +90,10 @@ def test_the_shipped_surrogates_load_with_their_metadata():
 def test_paper_cells_define_the_reward_against_the_fixed_split(tmp_path):
     rows = ["split,link,dropout,draw,nll,token_accuracy,scored_tokens,model,dataset"]
     for split, ppl in ((1, 20.0), (4, 40.0), (7, 30.0)):
-        rows += [f"{split},dropout,0.1,0,{np.log(ppl)},0.3,100,m,d", f"{split},dropout,0.2,0,{np.log(2 * ppl)},0.2,100,m,d"]
+        rows += [
+            f"{split},dropout,0.1,0,{np.log(ppl)},0.3,100,m,d",
+            f"{split},dropout,0.2,0,{np.log(2 * ppl)},0.2,100,m,d",
+        ]
     (tmp_path / "s.csv").write_text("\n".join(rows) + "\n")
     cells = surrogate.paper_cells(tmp_path / "s.csv")
     reward = cells.set_index(["dropout", "split"])["inference_reward"]
@@ -93,7 +102,9 @@ def test_paper_cells_define_the_reward_against_the_fixed_split(tmp_path):
 
 def test_paper_cells_pool_draws_by_tokens_and_pair_each_draw_with_the_reference(tmp_path):
     nll = {(1, 0): 3.0, (1, 1): 3.2, (1, 2): 2.9, (4, 0): 3.1, (4, 1): 3.5, (4, 2): 3.0}  # (split, draw) at p = 0.1
-    rows = ["split,link,dropout,draw,nll,token_accuracy,scored_tokens,windows,nll_window_sd,accuracy_window_sd,model,dataset"]
+    rows = [
+        "split,link,dropout,draw,nll,token_accuracy,scored_tokens,windows,nll_window_sd,accuracy_window_sd,model,dataset"
+    ]
     rows += [f"{s},dropout,0.1,{d},{v},0.3,100,2,0.1,0.01,m,d" for (s, d), v in nll.items()]
     rows += [f"{s},dropout,0.2,0,{v + 1},0.2,100,2,0.1,0.01,m,d" for s, v in ((1, 3.0), (4, 3.1))]
     (tmp_path / "s.csv").write_text("\n".join(rows) + "\n")
@@ -105,11 +116,14 @@ def test_paper_cells_pool_draws_by_tokens_and_pair_each_draw_with_the_reference(
     assert cells.loc[(0.1, 4), "inference_reward_se"] == 0 and cells.loc[(0.2, 1), "inference_reward_se"] == 0
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"\x00garbage" * 10, "not a readable PyTorch file"),
-    ("dict", "is not a reward surrogate"),
-    ("shapes", "do not fit"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"\x00garbage" * 10, "not a readable PyTorch file"),
+        ("dict", "is not a reward surrogate"),
+        ("shapes", "do not fit"),
+    ],
+)
 def test_bad_surrogate_files_are_clear_errors(tmp_path, content, message):
     path = tmp_path / "bad.pth"
     if content == "dict":
@@ -210,7 +224,9 @@ def test_paper_transitions_follow_the_original_step_for_every_split_and_action(s
         obs, reward, terminated, truncated, info = env.step(action)
         assert (info["split"], info["p"]) == (split, pytest.approx(0.2 * factor, rel=1e-12)), (start, action)
         rsm = env.unwrapped.surrogate.predict([[info["p"], split]])[0, 0]
-        assert info["inference_reward"] == pytest.approx(rsm) and info["load_reward"] == pytest.approx((10 - split) / 10)
+        assert info["inference_reward"] == pytest.approx(rsm) and info["load_reward"] == pytest.approx(
+            (10 - split) / 10
+        )
         assert reward == pytest.approx(10 * rsm + (10 - split) / 10)
         assert np.allclose(obs, [info["p"], split]) and not terminated and not truncated
     # the vectorised transition (used by the optimum and greedy) agrees on all 90 pairs at once
@@ -328,14 +344,19 @@ def test_optimum_on_a_hand_checkable_case():
 def test_dynamic_programming_equals_exhaustive_search():
     env = gym.make("LayerSplit-Paper-v0").unwrapped
     for p, split, horizon in ((0.05, 3, 5), (0.29, 9, 4), (0.21, 1, 5), (0.3, 10, 3)):
-        assert np.allclose(policies.paper_action_values(env, p, split, horizon),
-                           policies.paper_exhaustive_values(env, p, split, horizon), atol=1e-9)
+        assert np.allclose(
+            policies.paper_action_values(env, p, split, horizon),
+            policies.paper_exhaustive_values(env, p, split, horizon),
+            atol=1e-9,
+        )
 
 
 def test_optimum_beats_every_baseline_and_evaluation_is_reproducible():
     env = gym.make("LayerSplit-Paper-v0")
-    means = {name: policies.evaluate(env, policies.baseline(name, env.unwrapped, 0), 20, seed=7).mean
-             for name in policies.BASELINES}
+    means = {
+        name: policies.evaluate(env, policies.baseline(name, env.unwrapped, 0), 20, seed=7).mean
+        for name in policies.BASELINES
+    }
     assert means["optimum"] >= max(means.values()) - 1e-9
     again = policies.evaluate(env, policies.baseline("random", env.unwrapped, 0), 20, seed=7).mean
     assert again == means["random"]
@@ -371,7 +392,9 @@ def test_best_static_on_the_wireless_env_equals_each_static_action_played_on_its
     env = gym.make("LayerSplit-Wireless-v0")
     best = policies.BestStatic(env.unwrapped, episodes=6)  # one rollout per start for all 50 actions
     for label, policy in best.choices.items():  # each static action's episodes, played separately
-        assert np.array_equal(best.returns[label], policies.evaluate(env.unwrapped, policy, 6, policies.BEST_STATIC_SEED).returns)
+        assert np.array_equal(
+            best.returns[label], policies.evaluate(env.unwrapped, policy, 6, policies.BEST_STATIC_SEED).returns
+        )
     assert best.choice == max(best.scores, key=best.scores.get)
 
 
@@ -439,10 +462,13 @@ def test_training_logs_checkpoints_and_resumes(tmp_path):
     run = tmp_path / "run"
     training.train("LayerSplit-Paper-v0", "ppo", run, 800, 0, 8, params, checkpoint_every=400, progress=False)
     assert (run / "policy.safetensors").exists() and (run / "progress.csv").exists()
-    assert list(run.glob("events.out.tfevents*")) and training.latest_checkpoint(run).name == "model_800_steps.safetensors"
+    assert (
+        list(run.glob("events.out.tfevents*")) and training.latest_checkpoint(run).name == "model_800_steps.safetensors"
+    )
     (run / "policy.safetensors").unlink()  # as if killed after the last checkpoint
-    model, summary = training.train("LayerSplit-Paper-v0", "ppo", run, 1200, 0, 8, params, checkpoint_every=400,
-                                    progress=False)
+    model, summary = training.train(
+        "LayerSplit-Paper-v0", "ppo", run, 1200, 0, 8, params, checkpoint_every=400, progress=False
+    )
     assert model.num_timesteps == 1200 and summary["resumed_from"] == 800
     log = training.episode_log(run)
     assert log["timesteps"].max() == 1200 and len(log) == 1200 // 5
@@ -469,8 +495,9 @@ def test_policy_inputs_are_scaled_by_the_bounds_inside_the_saved_policy(tmp_path
     assert torch.allclose(extractor(bounds), torch.tensor([[-1.0, -1.0], [1.0, 1.0], [0.0, 0.0]]), atol=1e-6)
     params = {"n_steps": 50, "batch_size": 100}
     training.train("LayerSplit-Paper-v0", "ppo", tmp_path / "s", 400, 0, 8, params, progress=False)
-    raw, _ = training.train("LayerSplit-Paper-v0", "ppo", tmp_path / "r", 400, 0, 8, params, progress=False,
-                            scale_observations=False)
+    raw, _ = training.train(
+        "LayerSplit-Paper-v0", "ppo", tmp_path / "r", 400, 0, 8, params, progress=False, scale_observations=False
+    )
     loaded = training.load_policy(tmp_path / "s")  # a saved policy takes raw observations: the scaling is inside
     assert isinstance(loaded.policy.features_extractor, training.ScaledObservation)
     assert type(raw.policy.features_extractor).__name__ == "FlattenExtractor"
@@ -499,18 +526,47 @@ def test_train_rsm_fit_train_evaluate_smoke(tmp_path):
     from conftest import run_script
 
     write_sweep(tmp_path / "sweep.csv")
-    fit = run_script("train_rsm.py", "fit", "--sweep", str(tmp_path / "sweep.csv"), "--wireless-sweep", "",
-                     "--protect-sweep", "", "--nr-wireless-sweep", "", "--output", str(tmp_path / "rsm.pth"), "--epochs", "300",
-                     "--holdout-repeats", "2",
-                     "--results-dir", str(tmp_path / "res"))
+    fit = run_script(
+        "train_rsm.py",
+        "fit",
+        "--sweep",
+        str(tmp_path / "sweep.csv"),
+        "--wireless-sweep",
+        "",
+        "--protect-sweep",
+        "",
+        "--nr-wireless-sweep",
+        "",
+        "--output",
+        str(tmp_path / "rsm.pth"),
+        "--epochs",
+        "300",
+        "--holdout-repeats",
+        "2",
+        "--results-dir",
+        str(tmp_path / "res"),
+    )
     assert fit.returncode == 0, fit.stderr
     assert "held-out, fitted without them (8 cells)" in fit.stdout and (tmp_path / "res" / "rsm_fit_paper.csv").exists()
     repeats = json.loads((tmp_path / "res" / "rsm_fit_paper.json").read_text())["metrics"]["held_out_repeats"]
     assert "2 more held-out draws: R2 inference_reward mean" in fit.stdout and repeats["draws"] == 2
-    assert len(repeats["r2_inference_reward"]) == 2 and repeats["r2_inference_reward"][0] != repeats["r2_inference_reward"][1]
+    assert (
+        len(repeats["r2_inference_reward"]) == 2
+        and repeats["r2_inference_reward"][0] != repeats["r2_inference_reward"][1]
+    )
     common = ["--rsm", str(tmp_path / "rsm.pth"), "--results-dir", str(tmp_path / "res"), "--eval-episodes", "3"]
-    train = run_script("train_rsm.py", "train", "--total-timesteps", "800", "--seeds", "0,1", "--run-dir",
-                       str(tmp_path / "runs"), "--no-progress", *common)
+    train = run_script(
+        "train_rsm.py",
+        "train",
+        "--total-timesteps",
+        "800",
+        "--seeds",
+        "0,1",
+        "--run-dir",
+        str(tmp_path / "runs"),
+        "--no-progress",
+        *common,
+    )
     assert train.returncode == 0, train.stderr
     assert "of optimum" in train.stdout and "% +- " in train.stdout
     result = json.loads((tmp_path / "res" / "rl_paper_ppo.json").read_text())
@@ -526,20 +582,28 @@ def test_train_rsm_fit_train_evaluate_smoke(tmp_path):
     assert returns["best-static"]["learned_minus_this"] == pytest.approx(gaps.mean())
     assert returns["best-static"]["learned_minus_this_ci95"] == pytest.approx(policies.confidence_interval(gaps)[1])
     assert result["episode_end"] == "terminate" and result["best_static"]["choice"].startswith("split ")
-    assert (tmp_path / "res" / "rl_paper_ppo_curves.csv").exists() and (tmp_path / "res" / "rl_paper_ppo_policy.csv").exists()
-    again = run_script("train_rsm.py", "evaluate", str(tmp_path / "runs" / "ppo_s0"), str(tmp_path / "runs" / "ppo_s1"),
-                       *common)
+    assert (tmp_path / "res" / "rl_paper_ppo_curves.csv").exists() and (
+        tmp_path / "res" / "rl_paper_ppo_policy.csv"
+    ).exists()
+    again = run_script(
+        "train_rsm.py", "evaluate", str(tmp_path / "runs" / "ppo_s0"), str(tmp_path / "runs" / "ppo_s1"), *common
+    )
     assert again.returncode == 0, again.stderr
-    assert json.loads((tmp_path / "res" / "rl_paper_ppo.json").read_text())["returns"] == result["returns"]  # same seed, same numbers
+    assert (
+        json.loads((tmp_path / "res" / "rl_paper_ppo.json").read_text())["returns"] == result["returns"]
+    )  # same seed, same numbers
 
 
-@pytest.mark.parametrize("args, message", [
-    (["train", "--env", "LayerSplit-Nope-v0"], "unknown environment"),
-    (["train", "--rsm", "README.md"], "not a readable PyTorch file"),
-    (["train", "--algo", "sac", "--total-timesteps", "10"], "unknown algorithm"),
-    (["fit", "--sweep", "results/channel_ber_per.csv", "--wireless-sweep", "", "--protect-sweep", ""], "no column"),
-    (["evaluate", "figures"], "training run folder"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--env", "LayerSplit-Nope-v0"], "unknown environment"),
+        (["train", "--rsm", "README.md"], "not a readable PyTorch file"),
+        (["train", "--algo", "sac", "--total-timesteps", "10"], "unknown algorithm"),
+        (["fit", "--sweep", "results/channel_ber_per.csv", "--wireless-sweep", "", "--protect-sweep", ""], "no column"),
+        (["evaluate", "figures"], "training run folder"),
+    ],
+)
 def test_train_rsm_bad_input_is_one_clear_line(args, message, tmp_path):
     from conftest import run_script
 
@@ -553,12 +617,44 @@ def test_train_py_smoke_with_a_tiny_model(tmp_path, sample_txt):
     torch.manual_seed(0)
     LlamaForCausalLM(tiny_config(num_hidden_layers=11)).save_pretrained(tmp_path / "m")
     make_tokenizer().save_pretrained(tmp_path / "m")
-    training.train("LayerSplit-Paper-v0", "ppo", tmp_path / "paper" / "ppo_s0", 400, 0, 8,
-                   {"n_steps": 50, "batch_size": 100}, progress=False)  # a surrogate-trained policy to compare
-    args = ["train.py", "--model", str(tmp_path / "m"), "--dataset", str(sample_txt), "--tokens", "32", "--protect", "2",
-            "--total-timesteps", "20", "--n-steps", "10", "--batch", "5", "--eval-episodes", "2",
-            "--best-static-episodes", "1", "--run-dir", str(tmp_path / "runs"), "--results", str(tmp_path / "llm.json"),
-            "--compare", f"{tmp_path / 'paper' / 'ppo_s0'},{tmp_path / 'absent'}", "--no-progress"]
+    training.train(
+        "LayerSplit-Paper-v0",
+        "ppo",
+        tmp_path / "paper" / "ppo_s0",
+        400,
+        0,
+        8,
+        {"n_steps": 50, "batch_size": 100},
+        progress=False,
+    )  # a surrogate-trained policy to compare
+    args = [
+        "train.py",
+        "--model",
+        str(tmp_path / "m"),
+        "--dataset",
+        str(sample_txt),
+        "--tokens",
+        "32",
+        "--protect",
+        "2",
+        "--total-timesteps",
+        "20",
+        "--n-steps",
+        "10",
+        "--batch",
+        "5",
+        "--eval-episodes",
+        "2",
+        "--best-static-episodes",
+        "1",
+        "--run-dir",
+        str(tmp_path / "runs"),
+        "--results",
+        str(tmp_path / "llm.json"),
+        "--compare",
+        f"{tmp_path / 'paper' / 'ppo_s0'},{tmp_path / 'absent'}",
+        "--no-progress",
+    ]
     result = run_script(*args)
     assert result.returncode == 0, result.stderr
     assert "no surrogate-trained run at" in result.stderr  # the absent one is named, the rest goes on
@@ -572,7 +668,9 @@ def test_train_py_smoke_with_a_tiny_model(tmp_path, sample_txt):
     progress = (tmp_path / "runs" / "ppo_s0" / "progress.csv").read_text()
     assert "time/step_s" in progress
     for r in returns.values():  # the gaps are paired by episode
-        assert r["minus_fixed"] == pytest.approx(np.mean(np.subtract(r["per_episode"], returns["fixed"]["per_episode"])))
+        assert r["minus_fixed"] == pytest.approx(
+            np.mean(np.subtract(r["per_episode"], returns["fixed"]["per_episode"]))
+        )
     assert returns["best-static"]["minus_best_static"] == 0 and returns["fixed"]["minus_fixed_ci95"] == 0
     measured = (tmp_path / "runs" / "eval_measurements.jsonl").read_text().splitlines()
     assert len(measured) == 1 + report["evaluation"]["measurements"]  # the settings, then one line each
@@ -580,8 +678,13 @@ def test_train_py_smoke_with_a_tiny_model(tmp_path, sample_txt):
     assert again.returncode == 0, again.stderr
     assert json.loads((tmp_path / "llm.json").read_text())["evaluation"] == report["evaluation"]
     (tmp_path / "runs" / "eval_measurements.jsonl").unlink()  # measured afresh, --eval-only: the same numbers
-    only = run_script(*args[:args.index("--results")], "--results", str(tmp_path / "eval.json"),
-                      *args[args.index("--results") + 2:], "--eval-only")
+    only = run_script(
+        *args[: args.index("--results")],
+        "--results",
+        str(tmp_path / "eval.json"),
+        *args[args.index("--results") + 2 :],
+        "--eval-only",
+    )
     assert only.returncode == 0, only.stderr
     evaluation = json.loads((tmp_path / "eval.json").read_text())["evaluation"]
     assert evaluation.pop("llm_trained_policy") == str(tmp_path / "runs" / "ppo_s0")
@@ -621,8 +724,9 @@ def test_a_surrogate_policy_acts_on_the_llm_env_through_the_original_moves(llm11
 
 
 def test_a_wireless_policy_chooses_the_split_from_the_snr(tmp_path):
-    training.train("LayerSplit-Wireless-v0", "ppo", tmp_path / "w", 256, 0, 2, {"n_steps": 64, "batch_size": 64},
-                   progress=False)
+    training.train(
+        "LayerSplit-Wireless-v0", "ppo", tmp_path / "w", 256, 0, 2, {"n_steps": 64, "batch_size": 64}, progress=False
+    )
     choose = policies.split_chooser(tmp_path / "w")
     model = training.load_policy(tmp_path / "w")
     env = envs.make("LayerSplit-Wireless-v0").unwrapped
@@ -630,8 +734,9 @@ def test_a_wireless_policy_chooses_the_split_from_the_snr(tmp_path):
         obs = np.array([min(max(snr, 10.0), 40.0)], dtype=np.float32)
         split = env.actions[int(model.predict(obs, deterministic=True)[0]), 0]
         assert choose(snr) == (split, 0)  # the 0-based split, and K = 0 on this environment
-    training.train("LayerSplit-Paper-v0", "ppo", tmp_path / "p", 400, 0, 8, {"n_steps": 50, "batch_size": 100},
-                   progress=False)
+    training.train(
+        "LayerSplit-Paper-v0", "ppo", tmp_path / "p", 400, 0, 8, {"n_steps": 50, "batch_size": 100}, progress=False
+    )
     with pytest.raises(UserError, match="needs a policy of LayerSplit-Wireless-v0 or LayerSplit-Protect-v0"):
         policies.split_chooser(tmp_path / "p")
 
@@ -639,7 +744,10 @@ def test_a_wireless_policy_chooses_the_split_from_the_snr(tmp_path):
 def test_the_optimum_follows_its_plan_and_equals_replanning_every_step():
     env = gym.make("LayerSplit-Paper-v0")
     base = env.unwrapped
-    replanning = lambda obs, e: int(np.argmax(policies.paper_action_values(e, e.p, e.split, e.episode_steps - e.steps)))
+
+    def replanning(obs, e):
+        return int(np.argmax(policies.paper_action_values(e, e.p, e.split, e.episode_steps - e.steps)))
+
     planned = policies.evaluate(env, policies.PaperOptimum(), 15, seed=4)
     every_step = policies.evaluate(env, replanning, 15, seed=4)
     assert np.allclose(planned.returns, every_step.returns) and planned.splits == every_step.splits

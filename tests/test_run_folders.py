@@ -3,6 +3,7 @@ rebuilt without unpickling; a resumed run is the one Stable-Baselines3 resumes f
 folder whose zip carries code runs none of it through any script; a damaged config.json is set aside
 and rebuilt from the newest save; and the learning curve shows a stretch trained twice once. Tiny
 budgets on LayerSplit-Paper-v0 (no LLM)."""
+
 from __future__ import annotations
 
 import base64
@@ -23,14 +24,26 @@ import train_rsm
 from layersplit import UserError, training
 
 ENV = "LayerSplit-Paper-v0"
-PARAMS = {"ppo": {"n_steps": 50, "batch_size": 100, "n_epochs": 2},
-          "a2c": {"n_steps": 5},
-          "dqn": {"learning_starts": 100, "buffer_size": 2000, "train_freq": 4, "target_update_interval": 200}}
+PARAMS = {
+    "ppo": {"n_steps": 50, "batch_size": 100, "n_epochs": 2},
+    "a2c": {"n_steps": 5},
+    "dqn": {"learning_starts": 100, "buffer_size": 2000, "train_freq": 4, "target_update_interval": 200},
+}
 
 
 def fit(run, budget, algo="ppo", checkpoint_every=400, trust_zip=False):
-    return training.train(ENV, algo, run, budget, 0, 8, PARAMS[algo], checkpoint_every=checkpoint_every,
-                          progress=False, trust_zip=trust_zip)
+    return training.train(
+        ENV,
+        algo,
+        run,
+        budget,
+        0,
+        8,
+        PARAMS[algo],
+        checkpoint_every=checkpoint_every,
+        progress=False,
+        trust_zip=trust_zip,
+    )
 
 
 def progress_rows(run):
@@ -66,6 +79,7 @@ def test_a_saved_policy_acts_as_the_trained_agent(tmp_path):
 def poison(zip_path: pathlib.Path, marker: pathlib.Path) -> None:
     """Rewrite an SB3 zip so that loading it creates `marker`: a cloudpickle-serialised entry of its
     data JSON, as SB3 itself writes them, whose unpickling calls Path.touch."""
+
     class Payload:
         def __reduce__(self):
             return pathlib.Path.touch, (marker,)
@@ -73,8 +87,10 @@ def poison(zip_path: pathlib.Path, marker: pathlib.Path) -> None:
     with zipfile.ZipFile(zip_path) as z:
         files = {name: z.read(name) for name in z.namelist()}
     data = json.loads(files["data"])
-    data["lr_schedule"] = {":type:": "<class 'function'>",
-                           ":serialized:": base64.b64encode(pickle.dumps(Payload())).decode()}
+    data["lr_schedule"] = {
+        ":type:": "<class 'function'>",
+        ":serialized:": base64.b64encode(pickle.dumps(Payload())).decode(),
+    }
     files["data"] = json.dumps(data).encode()
     with zipfile.ZipFile(zip_path, "w") as z:
         for name, content in files.items():
@@ -86,8 +102,27 @@ def malicious_run(tmp_path):
     """A LayerSplit-Paper-v0 run folder (train_rsm.py's layout) whose only saves are SB3 zips, the
     final one poisoned; returns (parent folder, run folder, marker)."""
     parent, marker = tmp_path / "runs", tmp_path / "pwned"
-    assert train_rsm.main(["train", "--run-dir", str(parent), "--total-timesteps", "400", "--rollout", "400",
-                           "--batch", "100", "--checkpoint-every", "0", "--eval-episodes", "0", "--no-progress"]) == 0
+    assert (
+        train_rsm.main(
+            [
+                "train",
+                "--run-dir",
+                str(parent),
+                "--total-timesteps",
+                "400",
+                "--rollout",
+                "400",
+                "--batch",
+                "100",
+                "--checkpoint-every",
+                "0",
+                "--eval-episodes",
+                "0",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     run = parent / "ppo_s0"
     (run / training.POLICY_FILE).unlink()
     poison(run / training.SB3_POLICY_FILE, marker)
@@ -116,12 +151,47 @@ def test_no_script_runs_code_from_a_run_folder(malicious_run, tiny_model_dir, sa
     code = train_rsm.main(["evaluate", str(run), "--eval-episodes", "2", "--results-dir", str(tmp_path / "r")])
     one_line_refusal(capsys, code, marker)
     # resuming: the same command that made the run
-    code = train_rsm.main(["train", "--run-dir", str(parent), "--total-timesteps", "800", "--rollout", "400",
-                           "--batch", "100", "--checkpoint-every", "0", "--eval-episodes", "0", "--no-progress"])
+    code = train_rsm.main(
+        [
+            "train",
+            "--run-dir",
+            str(parent),
+            "--total-timesteps",
+            "800",
+            "--rollout",
+            "400",
+            "--batch",
+            "100",
+            "--checkpoint-every",
+            "0",
+            "--eval-episodes",
+            "0",
+            "--no-progress",
+        ]
+    )
     one_line_refusal(capsys, code, marker)
-    code = train.main(["--eval-only", "--eval-episodes", "1", "--best-static-episodes", "1", "--model",
-                       str(tiny_model_dir), "--dataset", str(sample_txt), "--tokens", "16", "--compare", str(run),
-                       "--run-dir", str(tmp_path / "llm"), "--results", str(tmp_path / "llm.json"), "--no-progress"])
+    code = train.main(
+        [
+            "--eval-only",
+            "--eval-episodes",
+            "1",
+            "--best-static-episodes",
+            "1",
+            "--model",
+            str(tiny_model_dir),
+            "--dataset",
+            str(sample_txt),
+            "--tokens",
+            "16",
+            "--compare",
+            str(run),
+            "--run-dir",
+            str(tmp_path / "llm"),
+            "--results",
+            str(tmp_path / "llm.json"),
+            "--no-progress",
+        ]
+    )
     one_line_refusal(capsys, code, marker)
     wireless = tmp_path / "wireless"  # serve.py ue --policy's path wants a policy of the SNR environments
     shutil.copytree(run, wireless)
@@ -147,7 +217,7 @@ def test_a_damaged_config_is_set_aside_and_rebuilt_from_the_newest_save(tmp_path
     for name in (training.POLICY_FILE, training.SB3_POLICY_FILE, training.SUMMARY_FILE):
         (run / name).unlink()  # killed after the last checkpoint
     config = (run / training.CONFIG_FILE).read_text()
-    (run / training.CONFIG_FILE).write_text(config[:len(config) // 2])  # cut short
+    (run / training.CONFIG_FILE).write_text(config[: len(config) // 2])  # cut short
     capsys.readouterr()
     model, summary = fit(run, 1200)
     err = capsys.readouterr().err.strip().splitlines()

@@ -1,6 +1,7 @@
 """Split inference over a real socket (layersplit.serving, serve.py): wire format, uplink, exactness,
 and an edge that survives bad clients. Mechanics on the tiny random Llama over loopback; one test
 on the embedded SmolLM2."""
+
 from __future__ import annotations
 
 import gc
@@ -37,17 +38,24 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thr
 def reference_tokens(model, tokenizer, prompt, n):
     ids = tokenizer(prompt, return_tensors="pt").input_ids
     with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id)
-    return out[0, ids.shape[1]:].tolist()
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=n,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    return out[0, ids.shape[1] :].tolist()
 
 
 def caches_freed(server):
     """A condition for wait_until: no KV cache left after a collection. A handler thread may still hold
     its ended session for a moment after leaving server.sessions, so this is polled, not asserted once."""
+
     def check():
         gc.collect()
         return server.live_caches() == 0
+
     return check
 
 
@@ -59,8 +67,17 @@ def connect(server) -> socket.socket:
 
 
 def send_open(sock, split_model, split=2, wire="fp32", k=K):
-    protocol.send_json(sock, protocol.OPEN, {"protocol": protocol.PROTOCOL_VERSION, "model": split_model.fingerprint,
-                                           "split": split, "wire": wire, "elements_per_packet": k})
+    protocol.send_json(
+        sock,
+        protocol.OPEN,
+        {
+            "protocol": protocol.PROTOCOL_VERSION,
+            "model": split_model.fingerprint,
+            "split": split,
+            "wire": wire,
+            "elements_per_packet": k,
+        },
+    )
 
 
 def answer(sock, timeout_s=5.0):
@@ -133,8 +150,8 @@ def test_malformed_activations_are_rejected():
     protocol.unpack_activation(good, 64, "fp16", 16)
     bad = {
         "truncated": good[:-1],
-        "wrong width": protocol.ACT_HEADER.pack(0, 2, 65, 8, 8) + good[protocol.ACT_HEADER.size:],
-        "packet count": protocol.ACT_HEADER.pack(0, 2, 64, 9, 8) + good[protocol.ACT_HEADER.size:],
+        "wrong width": protocol.ACT_HEADER.pack(0, 2, 65, 8, 8) + good[protocol.ACT_HEADER.size :],
+        "packet count": protocol.ACT_HEADER.pack(0, 2, 64, 9, 8) + good[protocol.ACT_HEADER.size :],
         "out of order": protocol.pack_activation(0, 2, 64, rows, np.array([1, 0, 2, 3, 4, 5, 6, 7]), None),
         "short header": good[:5],
     }
@@ -217,8 +234,12 @@ def test_every_wire_dtype_and_the_bytes_per_token(start_edge, split_model, token
         assert len(report.tokens) == 6
         per_token[wire] = report.uplink_bytes_per_token
     overhead = protocol.HEADER.size + protocol.ACT_HEADER.size + 4  # one 64-element packet and its sequence number
-    assert per_token == {"fp32": overhead + 256, "fp16": overhead + 128, "bf16": overhead + 128,
-                         "int8": overhead + 64 + 4}  # int8: one float32 scale per token
+    assert per_token == {
+        "fp32": overhead + 256,
+        "fp16": overhead + 128,
+        "bf16": overhead + 128,
+        "int8": overhead + 64 + 4,
+    }  # int8: one float32 scale per token
 
 
 def test_a_policy_chooses_each_requests_split_from_its_snr(start_edge, split_model, tokenizer):
@@ -242,7 +263,10 @@ def test_a_policy_chooses_each_requests_split_from_its_snr(start_edge, split_mod
 
 def test_a_protect_policy_chooses_each_requests_split_and_k(start_edge, split_model, tokenizer):
     server = start_edge()
-    choose = lambda snr_db: (1, 4) if snr_db > 20 else (3, 0)  # what policies.split_chooser returns
+
+    def choose(snr_db):  # what policies.split_chooser returns
+        return (1, 4) if snr_db > 20 else (3, 0)
+
     snr = channel.SnrProcess(20.0, 6.0, 0.5, seed=1)
     uplink = Uplink("erasure", channel.LinkConfig(), seed=1)
     with UEClient(split_model, tokenizer, server.address, split=choose, uplink=uplink, snr=snr, protect=2) as ue:
@@ -257,8 +281,14 @@ def test_packet_losses_are_counted_by_the_edge_and_reproducible(start_edge, spli
     runs = []
     for _ in range(2):
         uplink = Uplink("erasure", channel.LinkConfig(elements_per_packet=8), seed=5)
-        with UEClient(split_model, tokenizer, server.address, split=2, uplink=uplink,
-                              snr=channel.SnrProcess(12.0, 0.0, 0.0, seed=5)) as ue:
+        with UEClient(
+            split_model,
+            tokenizer,
+            server.address,
+            split=2,
+            uplink=uplink,
+            snr=channel.SnrProcess(12.0, 0.0, 0.0, seed=5),
+        ) as ue:
             runs.append(ue.generate(PROMPT, 8))
     a, b = runs
     assert a.tokens == b.tokens and a.packets_lost == b.packets_lost
@@ -277,8 +307,9 @@ def nr_snr_with_losses() -> float:
 
 
 @pytest.mark.parametrize("link,protect", [("erasure", 0), ("erasure", 4), ("nr", 0)])
-def test_add_noise_and_serve_impair_the_same_elements(start_edge, split_model, tokenizer, tiny_model_dir,
-                                                     monkeypatch, capsys, link, protect):
+def test_add_noise_and_serve_impair_the_same_elements(
+    start_edge, split_model, tokenizer, tiny_model_dir, monkeypatch, capsys, link, protect
+):
     """One impairment engine, one seeding scheme: at the same seed, SNR, link and prompt, the split hook of
     add_noise.py --generate and serve.py's uplink lose the same elements at every step, and with
     --protect K both keep the same K elements of each token. nr: whole TBs, sized by the MCS at that SNR."""
@@ -296,9 +327,32 @@ def test_add_noise_and_serve_impair_the_same_elements(start_edge, split_model, t
         return received
 
     monkeypatch.setattr(SplitLink, "transmit", record_hook)
-    assert add_noise.main(["--model", str(tiny_model_dir), "--generate", PROMPT, "--split", str(split), "--snr-db",
-                           str(snr_db), "--elements-per-packet", str(k), "--seed", str(seed), "--link", link,
-                           "--max-new-tokens", str(steps), "--protect", str(protect), "--json"]) == 0
+    assert (
+        add_noise.main(
+            [
+                "--model",
+                str(tiny_model_dir),
+                "--generate",
+                PROMPT,
+                "--split",
+                str(split),
+                "--snr-db",
+                str(snr_db),
+                "--elements-per-packet",
+                str(k),
+                "--seed",
+                str(seed),
+                "--link",
+                link,
+                "--max-new-tokens",
+                str(steps),
+                "--protect",
+                str(protect),
+                "--json",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     edge_lost, real_decode = [], edge.decode
 
@@ -310,11 +364,21 @@ def test_add_noise_and_serve_impair_the_same_elements(start_edge, split_model, t
     monkeypatch.setattr(edge, "decode", record_edge)
     server = start_edge()
     uplink = Uplink(link, channel.LinkConfig(elements_per_packet=k), seed=seed)
-    with UEClient(split_model, tokenizer, server.address, split=split, wire="fp16", uplink=uplink,
-                  snr=channel.SnrProcess(snr_db, 0.0, 0.0), protect=protect) as ue:
+    with UEClient(
+        split_model,
+        tokenizer,
+        server.address,
+        split=split,
+        wire="fp16",
+        uplink=uplink,
+        snr=channel.SnrProcess(snr_db, 0.0, 0.0),
+        protect=protect,
+    ) as ue:
         report = ue.generate(PROMPT, steps)
     assert len(hook_lost) == len(edge_lost) == steps == len(report.tokens)
-    assert hook_lost[0].numel() == len(tokenizer(PROMPT).input_ids) * split_model.hidden_size  # the prompt, then a token a step
+    assert (
+        hook_lost[0].numel() == len(tokenizer(PROMPT).input_ids) * split_model.hidden_size
+    )  # the prompt, then a token a step
     for step, (a, b) in enumerate(zip(hook_lost, edge_lost)):
         assert torch.equal(a, b), step
     zeroed = int(sum(m.sum() for m in edge_lost))
@@ -376,10 +440,10 @@ def test_malformed_protected_sections_are_refused():
 
     def with_index(token, i, value):
         b = bytearray(good)
-        b[index(token, i): index(token, i) + 2] = int(value).to_bytes(2, "little")
+        b[index(token, i) : index(token, i) + 2] = int(value).to_bytes(2, "little")
         return bytes(b)
 
-    first = int.from_bytes(good[index(1, 0): index(1, 0) + 2], "little")
+    first = int.from_bytes(good[index(1, 0) : index(1, 0) + 2], "little")
     bad = {
         "index = d": with_index(1, 2, 64),
         "index beyond d": with_index(0, 2, 65535),
@@ -412,8 +476,16 @@ def test_every_element_protected_crosses_a_dead_link_exactly(start_edge, split_m
             reports = {}
             for protect in (0, d):
                 uplink = Uplink(link, channel.LinkConfig(elements_per_packet=64), seed=2)
-                with UEClient(split_model, tokenizer, server.address, split=1, wire=wire, uplink=uplink,
-                              snr=channel.SnrProcess(-5.0, 0.0, 0.0), protect=protect) as ue:
+                with UEClient(
+                    split_model,
+                    tokenizer,
+                    server.address,
+                    split=1,
+                    wire=wire,
+                    uplink=uplink,
+                    snr=channel.SnrProcess(-5.0, 0.0, 0.0),
+                    protect=protect,
+                ) as ue:
                     reports[protect] = ue.generate(PROMPT, 6)
             lost, kept = reports[0], reports[d]
             if link == "erasure":
@@ -432,8 +504,15 @@ def test_protect_zero_is_todays_frame_and_k_adds_its_section(start_edge, split_m
     for protect in (None, 0, 4):
         uplink = Uplink("erasure", channel.LinkConfig(elements_per_packet=8), seed=5)
         kwargs = {} if protect is None else {"protect": protect}
-        with UEClient(split_model, tokenizer, server.address, split=2, uplink=uplink,
-                      snr=channel.SnrProcess(12.0, 0.0, 0.0), **kwargs) as ue:
+        with UEClient(
+            split_model,
+            tokenizer,
+            server.address,
+            split=2,
+            uplink=uplink,
+            snr=channel.SnrProcess(12.0, 0.0, 0.0),
+            **kwargs,
+        ) as ue:
             reports[protect] = ue.generate(PROMPT, 8)
     plain, zero, four = reports[None], reports[0], reports[4]
     assert len(plain.tokens) == len(four.tokens) == 8  # same steps, so the same packets drawn
@@ -450,8 +529,16 @@ def test_the_report_counts_the_protected_bits_on_air(start_edge, split_model, to
     reports = {}
     for protect in (0, 4):
         uplink = Uplink("erasure", channel.LinkConfig(elements_per_packet=16), seed=1)
-        with UEClient(split_model, tokenizer, server.address, split=2, wire="fp16", uplink=uplink,
-                      snr=channel.SnrProcess(12.0, 0.0, 0.0), protect=protect) as ue:
+        with UEClient(
+            split_model,
+            tokenizer,
+            server.address,
+            split=2,
+            wire="fp16",
+            uplink=uplink,
+            snr=channel.SnrProcess(12.0, 0.0, 0.0),
+            protect=protect,
+        ) as ue:
             reports[protect] = ue.generate(PROMPT, 5)
     r, plain = reports[4], reports[0]
     assert r.prompt_tokens == 24 and len(r.tokens) == len(plain.tokens) == 5
@@ -462,8 +549,9 @@ def test_the_report_counts_the_protected_bits_on_air(start_edge, split_model, to
     per = channel.packet_error_rate(cfg)
     assert r.packet_error_rate == per and 0.01 < per < 0.5
     assert r.protect == 4 and r.protected_air_bits == pytest.approx(13 * 288 / (1 - per), rel=1e-12)
-    assert r.protected_air_bits == pytest.approx(channel.protected_air_bits(cfg, 24, 4, 64)
-                                                 + 4 * channel.protected_air_bits(cfg, 1, 4, 64), rel=1e-12)
+    assert r.protected_air_bits == pytest.approx(
+        channel.protected_air_bits(cfg, 24, 4, 64) + 4 * channel.protected_air_bits(cfg, 1, 4, 64), rel=1e-12
+    )
     assert r.air_bits == pytest.approx(plain.air_bits + r.protected_air_bits, rel=1e-12)
     assert r.air_s == pytest.approx(plain.air_s + r.protected_air_bits / channel.achievable_rate_bps(cfg), rel=1e-12)
     assert Uplink("erasure").air(math.inf, "fp16", 24, 64, protect=4) == (0, 0.0)  # a loss-free link: no air
@@ -474,8 +562,10 @@ def test_bad_protect_values_are_refused(start_edge, split_model, tokenizer, tiny
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     common = ["ue", "--connect", f"127.0.0.1:{port}", "--model", str(tiny_model_dir), "--split", "1"]
-    for k, message in (("-1", "serve.py ue: error: argument --protect: -1 must be an integer >= 0"),  # its type
-                       ("65", "serve.py: error: --protect 65: give a number of elements per token from 0 to 64")):
+    for k, message in (
+        ("-1", "serve.py ue: error: argument --protect: -1 must be an integer >= 0"),  # its type
+        ("65", "serve.py: error: --protect 65: give a number of elements per token from 0 to 64"),
+    ):
         try:
             code = serve.main([*common, "--protect", k])
         except SystemExit as e:  # argparse's refusal
@@ -488,8 +578,18 @@ def test_bad_protect_values_are_refused(start_edge, split_model, tokenizer, tiny
     server = start_edge()  # the edge checks the OPEN's K itself
     for k in (65, -1, True, "4", 2.5):
         sock = connect(server)
-        protocol.send_json(sock, protocol.OPEN, {"protocol": protocol.PROTOCOL_VERSION, "split": 2, "wire": "fp16",
-                                                 "model": split_model.fingerprint, "elements_per_packet": K, "protect": k})
+        protocol.send_json(
+            sock,
+            protocol.OPEN,
+            {
+                "protocol": protocol.PROTOCOL_VERSION,
+                "split": 2,
+                "wire": "fp16",
+                "model": split_model.fingerprint,
+                "elements_per_packet": K,
+                "protect": k,
+            },
+        )
         ftype, err = answer(sock)
         assert ftype == protocol.ERROR and err["code"] == "malformed" and "protect" in err["message"], (k, err)
         sock.close()
@@ -531,10 +631,15 @@ def test_a_ue_client_interrupted_mid_generation_is_cleaned_up(start_edge, split_
     still_serves(server, split_model, tokenizer)
 
 
-@pytest.mark.parametrize("garbage", [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
-                                     protocol.HEADER.pack(protocol.MAGIC, 99, protocol.OPEN, 0, 0),
-                                     protocol.HEADER.pack(protocol.MAGIC, protocol.PROTOCOL_VERSION, 42, 0, 0)],
-                         ids=["http", "version", "type"])
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        protocol.HEADER.pack(protocol.MAGIC, 99, protocol.OPEN, 0, 0),
+        protocol.HEADER.pack(protocol.MAGIC, protocol.PROTOCOL_VERSION, 42, 0, 0),
+    ],
+    ids=["http", "version", "type"],
+)
 def test_a_malformed_frame_is_refused_and_the_edge_keeps_serving(start_edge, split_model, tokenizer, garbage):
     server = start_edge()
     sock = connect(server)
@@ -563,7 +668,7 @@ def test_malformed_payloads_inside_a_session(start_edge, split_model, tokenizer)
 def test_a_truncated_frame_does_not_hurt_the_edge(start_edge, split_model, tokenizer):
     server = start_edge()
     sock = connect(server)  # a header that promises more than ever comes
-    sock.sendall(protocol.HEADER.pack(protocol.MAGIC, protocol.PROTOCOL_VERSION, protocol.OPEN, 0, 1000) + b"{\"proto")
+    sock.sendall(protocol.HEADER.pack(protocol.MAGIC, protocol.PROTOCOL_VERSION, protocol.OPEN, 0, 1000) + b'{"proto')
     sock.close()
     sock = open_session(server, split_model)  # and half an activation inside a session
     frame = protocol.encode_frame(protocol.ACTIVATION, activation(split_model))
@@ -592,14 +697,19 @@ def test_a_split_the_edge_cannot_serve_is_refused_with_a_clear_message(start_edg
     server = start_edge(splits=[1, 2])
     splits = iter([3, 2])
     with UEClient(split_model, tokenizer, server.address, split=lambda snr: next(splits)) as ue:
-        with pytest.raises(protocol.EdgeError, match=r"split 3 cannot be served: this edge serves splits 1-2 \(0-based") as e:
+        with pytest.raises(
+            protocol.EdgeError, match=r"split 3 cannot be served: this edge serves splits 1-2 \(0-based"
+        ) as e:
             ue.generate(PROMPT, 3)
         assert e.value.code == "bad_split"
         assert len(ue.generate(PROMPT, 3).tokens) == 3  # the same connection goes on with a split it serves
     other = split_model.fingerprint | {"hidden_size": 32}
     sock = connect(server)
-    protocol.send_json(sock, protocol.OPEN, {"protocol": protocol.PROTOCOL_VERSION, "model": other, "split": 1,
-                                           "wire": "fp16", "elements_per_packet": 8})
+    protocol.send_json(
+        sock,
+        protocol.OPEN,
+        {"protocol": protocol.PROTOCOL_VERSION, "model": other, "split": 1, "wire": "fp16", "elements_per_packet": 8},
+    )
     assert answer(sock)[1]["code"] == "bad_model"
     with pytest.raises(UserError, match=r"outside 0\.\.3"):  # the UE knows the model's own bounds
         UEClient(split_model, tokenizer, server.address, split=TINY_LAYERS)
@@ -685,8 +795,13 @@ def test_a_port_in_use_is_a_user_error(split_model):
 
 # --- the CLI ------------------------------------------------------------------------------------------
 def test_cli_edge_and_ue_in_two_processes(tiny_model_dir, capsys):
-    edge = subprocess.Popen([sys.executable, "serve.py", "edge", "--port", "0", "--model", str(tiny_model_dir),
-                             "--max-sessions", "2"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    edge = subprocess.Popen(
+        [sys.executable, "serve.py", "edge", "--port", "0", "--model", str(tiny_model_dir), "--max-sessions", "2"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = edge.stdout.readline()
         match = re.search(r"listening on (\S+):(\d+)", line)
@@ -694,19 +809,51 @@ def test_cli_edge_and_ue_in_two_processes(tiny_model_dir, capsys):
         address = f"{match[1]}:{match[2]}"
         common = ["--connect", address, "--model", str(tiny_model_dir), "--max-new-tokens", "5"]
         # the UE in this process: the edge is the other one
-        assert serve.main(["ue", *common, "--prompt", PROMPT, "--prompt", "Packets", "--split", "3", "--wire", "int8",
-                           "--snr-mean", "15", "--protect", "4", "--json"]) == 0
+        assert (
+            serve.main(
+                [
+                    "ue",
+                    *common,
+                    "--prompt",
+                    PROMPT,
+                    "--prompt",
+                    "Packets",
+                    "--split",
+                    "3",
+                    "--wire",
+                    "int8",
+                    "--snr-mean",
+                    "15",
+                    "--protect",
+                    "4",
+                    "--json",
+                ]
+            )
+            == 0
+        )
         out = json.loads(capsys.readouterr().out)
         assert out["n_layers"] == TINY_LAYERS and len(out["requests"]) == 2 and out["protect"] == 4
         for r in out["requests"]:
             assert r["split"] == 3 and r["wire"] == "int8" and r["link"] == "erasure"
             assert r["protect"] == 4 and 0 < r["protected_air_bits"] < r["air_bits"]
-            assert len(r["tokens"]) == 5 and r["ttft_s"] > 0 and r["wire_bytes"] > 0 and 0 <= r["packets_lost"] <= r["packets"]
+            assert (
+                len(r["tokens"]) == 5
+                and r["ttft_s"] > 0
+                and r["wire_bytes"] > 0
+                and 0 <= r["packets_lost"] <= r["packets"]
+            )
         assert serve.main(["ue", *common, "--prompt", PROMPT, "--split", "2", "--link", "none", "--protect", "2"]) == 0
         text = capsys.readouterr().out
-        for expected in ("request 0: split 2 (3 layers on the UE, 1 on the edge)", "loss-free",
-                         "fp16 on the wire; 2 elements per token protected", "time to first token",
-                         "time per output token", "bytes on the wire", "packets lost 0 of", "text: "):
+        for expected in (
+            "request 0: split 2 (3 layers on the UE, 1 on the edge)",
+            "loss-free",
+            "fp16 on the wire; 2 elements per token protected",
+            "time to first token",
+            "time per output token",
+            "bytes on the wire",
+            "packets lost 0 of",
+            "text: ",
+        ):
             assert expected in text, text
         assert serve.main(["ue", *common, "--split", str(TINY_LAYERS)]) == 2
         assert capsys.readouterr().err.strip().splitlines()[-1].startswith("serve.py: error: split 4 is outside 0..3")
@@ -721,12 +868,20 @@ def test_cli_reports_user_errors_in_one_line(tiny_model_dir, capsys):
     with socket.socket() as s:  # a port where nothing listens
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    assert serve.main(["ue", "--connect", f"127.0.0.1:{port}", "--model", str(tiny_model_dir), "--link", "none",
-                       "--split", "2"]) == 2
+    assert (
+        serve.main(
+            ["ue", "--connect", f"127.0.0.1:{port}", "--model", str(tiny_model_dir), "--link", "none", "--split", "2"]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) >= 1 and err[-1].startswith("serve.py: error: cannot connect to the edge")
-    for argv in (["ue", "--wire", "int8", "--bits-per-element", "16"], ["ue", "--snr-db", "10", "--snr-std", "2"],
-                 ["ue", "--connect", "localhost:notaport"], ["ue", "--split", "x"]):
+    for argv in (
+        ["ue", "--wire", "int8", "--bits-per-element", "16"],
+        ["ue", "--snr-db", "10", "--snr-std", "2"],
+        ["ue", "--connect", "localhost:notaport"],
+        ["ue", "--split", "x"],
+    ):
         with pytest.raises(SystemExit) as e:
             serve.parse_args(argv)
         assert e.value.code == 2, argv
@@ -744,8 +899,15 @@ def test_real_model_over_the_socket_gives_exactly_its_own_greedy_tokens():
     prompt = "The capital of France is"
     expected = reference_tokens(model, tokenizer, prompt, 10)
     with EdgeServer(split_model, port=0) as server:
-        with UEClient(split_model, tokenizer, server.address, split=lambda snr: 5 if snr < 30 else 20,
-                              wire="fp32", uplink=Uplink("erasure"), snr=None) as ue:
+        with UEClient(
+            split_model,
+            tokenizer,
+            server.address,
+            split=lambda snr: 5 if snr < 30 else 20,
+            wire="fp32",
+            uplink=Uplink("erasure"),
+            snr=None,
+        ) as ue:
             report = ue.generate(prompt, 10)  # snr None: an infinite SNR, so the erasure link loses nothing
             assert report.split == 20  # the policy saw SNR = inf
             assert report.tokens == expected and report.packets_lost == 0

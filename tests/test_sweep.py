@@ -1,5 +1,6 @@
 """The sweep: the fast path equals the naive path, the masks ignore the order of work, and a killed
 sweep resumes with no lost and no duplicate rows."""
+
 from __future__ import annotations
 
 import csv
@@ -17,14 +18,23 @@ from layersplit.cli import parse_splits
 from layersplit.segments import SplitModel
 
 TOKENS = torch.randint(0, 300, (150,), generator=torch.Generator().manual_seed(3))
-RUN = {"model": "tiny", "dataset": "random", "tokens": 150, "context_length": 64, "stride": 64, "dtype": "float32",
-       "seed": 0}
+RUN = {
+    "model": "tiny",
+    "dataset": "random",
+    "tokens": 150,
+    "context_length": 64,
+    "stride": 64,
+    "dtype": "float32",
+    "seed": 0,
+}
 
 
 def config(splits=(0, 1, 2, 3), draws=2, batch_size=16, seed=0) -> sweep.SweepConfig:
     conditions = grid.make_conditions([0.1, 0.4], [], "erasure") + [
-        grid.Condition("erasure", snr_db=12.0), grid.Condition("erasure", snr_db=12.0, withheld=0.25),
-        grid.Condition("awgn", snr_db=5.0)]
+        grid.Condition("erasure", snr_db=12.0),
+        grid.Condition("erasure", snr_db=12.0, withheld=0.25),
+        grid.Condition("awgn", snr_db=5.0),
+    ]
     template = channel.LinkConfig(snr_db=0.0, elements_per_packet=8, fading="rayleigh")
     return sweep.SweepConfig(list(splits), conditions, draws, seed, 64, 64, template, batch_size)
 
@@ -47,8 +57,15 @@ def rows_by_key(path) -> dict:
 def assert_same_numbers(a: dict, b: dict, rel=1e-5):
     assert a.keys() == b.keys()
     for key in a:
-        for column in ("nll", "token_accuracy", "scored_tokens", "dropout", "windows", "nll_window_sd",
-                       "accuracy_window_sd"):
+        for column in (
+            "nll",
+            "token_accuracy",
+            "scored_tokens",
+            "dropout",
+            "windows",
+            "nll_window_sd",
+            "accuracy_window_sd",
+        ):
             assert float(a[key][column]) == pytest.approx(float(b[key][column]), rel=rel), (key, column)
 
 
@@ -79,10 +96,21 @@ def window_rows(per_window, accuracy=None, window_scores=True):
     accuracy = np.full_like(per_window, 0.4) if accuracy is None else accuracy
     rows = []
     for d, (w, a) in enumerate(zip(per_window, accuracy)):
-        row = {"split": 1, "link": "dropout", "snr_db": "", "dropout": "0.1", "withheld": "0.0", "protect": "0",
-               "draw": d, "nll": w.mean(), "token_accuracy": a.mean(), "scored_tokens": 100 * len(w), "windows": len(w),
-               "nll_window_sd": w.std(ddof=1) if len(w) > 1 else "",
-               "accuracy_window_sd": a.std(ddof=1) if len(w) > 1 else ""}
+        row = {
+            "split": 1,
+            "link": "dropout",
+            "snr_db": "",
+            "dropout": "0.1",
+            "withheld": "0.0",
+            "protect": "0",
+            "draw": d,
+            "nll": w.mean(),
+            "token_accuracy": a.mean(),
+            "scored_tokens": 100 * len(w),
+            "windows": len(w),
+            "nll_window_sd": w.std(ddof=1) if len(w) > 1 else "",
+            "accuracy_window_sd": a.std(ddof=1) if len(w) > 1 else "",
+        }
         if window_scores:
             row["window_scores"] = [(i, float(x), float(y)) for i, (x, y) in enumerate(zip(w, a))]
         rows.append(row)
@@ -126,8 +154,9 @@ def test_cells_interval_takes_the_window_as_its_unit():
     assert math.isnan(cells.pool(window_rows(per_window[:1, :1]))["nll_ci95"])
     # token weighting: a draw with twice the tokens counts twice in the pooled value
     rows = window_rows(per_window)
-    weighted = cells.pool([{**rows[0], "nll": 1.0, "scored_tokens": 200},
-                           {**rows[1], "nll": 4.0, "scored_tokens": 100}])
+    weighted = cells.pool(
+        [{**rows[0], "nll": 1.0, "scored_tokens": 200}, {**rows[1], "nll": 4.0, "scored_tokens": 100}]
+    )
     assert weighted["nll"] == pytest.approx(2.0)
 
 
@@ -201,8 +230,9 @@ def test_clean_cells_equal_plain_perplexity_and_loss_grows_with_p(tiny_llama, tm
         assert clean["tx_s"] == "" and float(clean["ue_compute_s"]) > 0
         assert float(rows[(split, "erasure", "12.0", "", "0.0", 0, 0)]["tx_s"]) > 0
         withheld = rows[(split, "erasure", "12.0", "", "0.25", 0, 0)]
-        assert float(withheld["tx_s"]) == pytest.approx(0.75 * float(rows[(split, "erasure", "12.0", "", "0.0", 0, 0)]["tx_s"]),
-                                                       rel=0.02)
+        assert float(withheld["tx_s"]) == pytest.approx(
+            0.75 * float(rows[(split, "erasure", "12.0", "", "0.0", 0, 0)]["tx_s"]), rel=0.02
+        )
         assert withheld["nll"] != rows[(split, "erasure", "12.0", "", "0.0", 0, 0)]["nll"]  # more zeroed: other numbers
 
 
@@ -290,9 +320,25 @@ def test_bad_conditions():
 
 
 def sweep_cli(tiny_model_dir, sample_txt, output, *extra):
-    return [sys.executable, "add_noise.py", "--sweep", "--model", str(tiny_model_dir), "--dataset", str(sample_txt),
-            "--max-tokens", "300", "--context-length", "64", "--splits", "all", "--output", str(output), "--no-progress",
-            *extra]
+    return [
+        sys.executable,
+        "add_noise.py",
+        "--sweep",
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        str(sample_txt),
+        "--max-tokens",
+        "300",
+        "--context-length",
+        "64",
+        "--splits",
+        "all",
+        "--output",
+        str(output),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def test_cli_sweep_survives_sigkill(tiny_model_dir, sample_txt, tmp_path):
@@ -318,12 +364,15 @@ def test_cli_sweep_survives_sigkill(tiny_model_dir, sample_txt, tmp_path):
     assert all(float(c["ppl_low"]) < float(c["ppl"]) < float(c["ppl_high"]) for c in impaired)
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--splits", "7"], "outside 0..3"),
-    (["--dropouts", "0.1,2"], "outside [0, 1]"),
-    (["--draws", "0"], "0 must be an integer >= 1"),
-    (["--snrs", "10", "--link", "dropout"], "need a physical link"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--splits", "7"], "outside 0..3"),
+        (["--dropouts", "0.1,2"], "outside [0, 1]"),
+        (["--draws", "0"], "0 must be an integer >= 1"),
+        (["--snrs", "10", "--link", "dropout"], "need a physical link"),
+    ],
+)
 def test_cli_bad_grid_fails_before_any_work(tiny_model_dir, sample_txt, tmp_path, extra, message):
     output = tmp_path / "never.csv"
     r = run_script(*sweep_cli(tiny_model_dir, sample_txt, output, *extra)[1:])
@@ -346,9 +395,23 @@ def test_cli_verify_spot_checks_a_sweep_with_a_sub_grid(tiny_model_dir, sample_t
     and so is a row the reference lacks."""
     full = tmp_path / "full.csv"
     base = ["--dropouts", "0.1,0.3", "--draws", "3", "--batch-size", "5"]
-    assert subprocess.run(sweep_cli(tiny_model_dir, sample_txt, full, *base), cwd=ROOT, capture_output=True).returncode == 0
-    check = sweep_cli(tiny_model_dir, sample_txt, tmp_path / "check.csv", "--dropouts", "0.3", "--draws", "3",
-                      "--batch-size", "2", "--verify", str(full))
+    assert (
+        subprocess.run(sweep_cli(tiny_model_dir, sample_txt, full, *base), cwd=ROOT, capture_output=True).returncode
+        == 0
+    )
+    check = sweep_cli(
+        tiny_model_dir,
+        sample_txt,
+        tmp_path / "check.csv",
+        "--dropouts",
+        "0.3",
+        "--draws",
+        "3",
+        "--batch-size",
+        "2",
+        "--verify",
+        str(full),
+    )
     check[check.index("--splits") + 1] = "2"
     ok = subprocess.run(check + ["--compile"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stderr
@@ -360,7 +423,11 @@ def test_cli_verify_spot_checks_a_sweep_with_a_sub_grid(tiny_model_dir, sample_t
     nll = header.index("nll")
     for i, line in enumerate(lines[1:], start=1):  # nudge the NLL of split 2, p = 0.3, draw 1
         fields = line.split(",")
-        if (fields[header.index("split")], fields[header.index("dropout")], fields[header.index("draw")]) == ("2", "0.3", "1"):
+        if (fields[header.index("split")], fields[header.index("dropout")], fields[header.index("draw")]) == (
+            "2",
+            "0.3",
+            "1",
+        ):
             fields[nll] = repr(float(fields[nll]) * 1.001)
             lines[i] = ",".join(fields)
     full.write_text("\n".join(lines) + "\n")
@@ -383,8 +450,9 @@ def test_cells_cli_compares_two_splits_and_refuses_bad_input(tiny_llama, tmp_pat
     import json
 
     run(tiny_llama, tmp_path / "r.csv")
-    done = run_script("-m", "layersplit.cells", str(tmp_path / "r.csv"), "--compare", "1,3", "--json",
-                      str(tmp_path / "c.json"))
+    done = run_script(
+        "-m", "layersplit.cells", str(tmp_path / "r.csv"), "--compare", "1,3", "--json", str(tmp_path / "c.json")
+    )
     assert done.returncode == 0, done.stderr
     found = json.loads((tmp_path / "c.json").read_text())["comparisons"]
     assert len(found) == 6 and all(c["interval_unit"] == "windows" and c["units"] == 3 for c in found)

@@ -1,6 +1,7 @@
 """Resuming a training run after a kill: no logged row is lost, and a damaged save is set aside
 (not deleted) while training goes on from the newest readable one. Tiny budgets on
 LayerSplit-Paper-v0 (no LLM): 8 envs x 50 steps = one PPO rollout, one progress row, per 400 steps."""
+
 import csv
 from collections import Counter
 
@@ -31,8 +32,8 @@ def rows(path):
 def truncate(path):
     """A save cut short, as a kill while it is written leaves it."""
     data = path.read_bytes()
-    path.write_bytes(data[:len(data) // 2])
-    return data[:len(data) // 2]
+    path.write_bytes(data[: len(data) // 2])
+    return data[: len(data) // 2]
 
 
 def test_two_restarts_from_the_same_checkpoint_lose_no_progress_rows(tmp_path):
@@ -66,7 +67,9 @@ def test_a_truncated_checkpoint_is_set_aside_and_training_resumes_from_the_previ
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(bad) in err[0] and aside.name in err[0]
     assert training.latest_checkpoint(run).name == "model_1200_steps.safetensors"
-    assert training.load_policy(run / "checkpoints" / "model_800_steps.safetensors", "ppo").num_timesteps == 800  # saved anew
+    assert (
+        training.load_policy(run / "checkpoints" / "model_800_steps.safetensors", "ppo").num_timesteps == 800
+    )  # saved anew
 
 
 def test_with_no_readable_checkpoint_training_starts_over(tmp_path):
@@ -92,7 +95,9 @@ def test_a_finished_run_with_a_corrupt_policy_resumes_from_its_newest_good_check
     assert model.num_timesteps == 800 and summary["resumed_from"] == 400  # retrained from 400 to 800
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "policy.safetensors" in err[0] and "model_800_steps.safetensors" in err[1]
-    assert (run / "policy.safetensors.corrupt").exists() and (run / "checkpoints" / "model_800_steps.safetensors.corrupt").exists()
+    assert (run / "policy.safetensors.corrupt").exists() and (
+        run / "checkpoints" / "model_800_steps.safetensors.corrupt"
+    ).exists()
     assert training.load_policy(run).num_timesteps == 800
     model, summary = train(run, 800)  # now whole again: reused as is
     assert summary["resumed_from"] == 400

@@ -1,4 +1,5 @@
 """The edge server: accepts UE connections, runs the edge's layers and the LM head, returns tokens."""
+
 from __future__ import annotations
 
 import hmac
@@ -16,12 +17,47 @@ import torch
 from .. import UserError
 from ..segments import SegmentCache, SplitModel, StaticSegmentCache, check_composition, resolve_decode
 from ..wire import WIRE_FORMATS, decode
-from .protocol import (ACTIVATION, CLOSE, CLOSED, DEFAULT_HOST, DEFAULT_PORT, ERROR, ERROR_CODES, EVICT_IDLE_S,
-                       FRAME_NAMES, HANDSHAKE_TIMEOUT_S, HEADER, IDLE_TIMEOUT_S, MAX_CONTEXT, MAX_ELEMENTS_PER_PACKET,
-                       MAX_FRAME_BYTES, MAX_HANDSHAKES, MAX_OPEN_FRAME_BYTES, MAX_QUEUE, MAX_SESSIONS, OPEN,
-                       PREFILL_CHUNK, PROTOCOL_VERSION, QUEUE_TIMEOUT_S, READY, TOKEN, TOKEN_BODY, TOKEN_ENV,
-                       PeerClosed, ProtocolError, activation_header, check_port, check_timeout, check_token,
-                       parse_json, recv_frame, send_frame, send_json, unpack_activation, wait_readable)
+from .protocol import (
+    ACTIVATION,
+    CLOSE,
+    CLOSED,
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    ERROR,
+    ERROR_CODES,
+    EVICT_IDLE_S,
+    FRAME_NAMES,
+    HANDSHAKE_TIMEOUT_S,
+    HEADER,
+    IDLE_TIMEOUT_S,
+    MAX_CONTEXT,
+    MAX_ELEMENTS_PER_PACKET,
+    MAX_FRAME_BYTES,
+    MAX_HANDSHAKES,
+    MAX_OPEN_FRAME_BYTES,
+    MAX_QUEUE,
+    MAX_SESSIONS,
+    OPEN,
+    PREFILL_CHUNK,
+    PROTOCOL_VERSION,
+    QUEUE_TIMEOUT_S,
+    READY,
+    TOKEN,
+    TOKEN_BODY,
+    TOKEN_ENV,
+    PeerClosed,
+    ProtocolError,
+    activation_header,
+    check_port,
+    check_timeout,
+    check_token,
+    parse_json,
+    recv_frame,
+    send_frame,
+    send_json,
+    unpack_activation,
+    wait_readable,
+)
 
 log = logging.getLogger("layersplit.serving")
 TURNS_KEPT = 4096  # EdgeServer.turns: the last forward passes, whose order shows how sessions took turns
@@ -63,9 +99,11 @@ class TakeTurns:
 
     def call(self, fn, *args) -> Future:
         """Run fn(*args) in one turn."""
+
         def one_slice():
             return fn(*args)
             yield  # makes this a generator function: a job of one slice
+
         return self.submit(one_slice())
 
     def close(self) -> None:
@@ -157,26 +195,44 @@ class EdgeServer:
     max_context tokens, and every decoding step reads all of them).
     """
 
-    def __init__(self, model: torch.nn.Module, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-                 splits: list[int] | None = None, max_sessions: int = MAX_SESSIONS, max_queue: int = MAX_QUEUE,
-                 queue_timeout_s: float = QUEUE_TIMEOUT_S, idle_timeout_s: float = IDLE_TIMEOUT_S,
-                 max_frame_bytes: int = MAX_FRAME_BYTES, max_context: int = MAX_CONTEXT,
-                 handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S, max_handshakes: int = MAX_HANDSHAKES,
-                 check: bool = True, decode: str = "eager", token: str | None = None,
-                 evict_idle_s: float | None = EVICT_IDLE_S, prefill_chunk: int = PREFILL_CHUNK):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        splits: list[int] | None = None,
+        max_sessions: int = MAX_SESSIONS,
+        max_queue: int = MAX_QUEUE,
+        queue_timeout_s: float = QUEUE_TIMEOUT_S,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
+        max_context: int = MAX_CONTEXT,
+        handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
+        max_handshakes: int = MAX_HANDSHAKES,
+        check: bool = True,
+        decode: str = "eager",
+        token: str | None = None,
+        evict_idle_s: float | None = EVICT_IDLE_S,
+        prefill_chunk: int = PREFILL_CHUNK,
+    ):
         self.split_model = model if isinstance(model, SplitModel) else SplitModel(model)
         self.decode = resolve_decode(decode, self.split_model.device)
         n = self.split_model.n_layers
         self.splits = sorted(set(splits)) if splits else list(range(n))  # default: every split, 0..L-1
         for s in self.splits:
             self.split_model.validate_split(s)
-        for name, value in (("max_sessions", max_sessions), ("max_frame_bytes", max_frame_bytes),
-                            ("max_context", max_context), ("max_handshakes", max_handshakes)):
+        for name, value in (
+            ("max_sessions", max_sessions),
+            ("max_frame_bytes", max_frame_bytes),
+            ("max_context", max_context),
+            ("max_handshakes", max_handshakes),
+        ):
             if value < 1:
                 raise UserError(f"{name} must be at least 1, got {value}")
         if isinstance(prefill_chunk, bool) or not isinstance(prefill_chunk, int) or prefill_chunk < 0:
-            raise UserError(f"prefill_chunk must be a number of tokens >= 0 (0: a whole prompt at once), "
-                            f"got {prefill_chunk!r}")
+            raise UserError(
+                f"prefill_chunk must be a number of tokens >= 0 (0: a whole prompt at once), got {prefill_chunk!r}"
+            )
         self.prefill_chunk = prefill_chunk
         if max_queue < 0:
             raise UserError(f"max_queue must be >= 0, got {max_queue}")
@@ -187,9 +243,11 @@ class EdgeServer:
         self.handshake_timeout_s = check_timeout(handshake_timeout_s, "handshake_timeout_s")
         self.evict_idle_s = None if evict_idle_s is None else check_timeout(evict_idle_s, "evict_idle_s")
         if self.evict_idle_s is not None and self.evict_idle_s >= self.queue_timeout_s:
-            raise UserError(f"evict_idle_s {self.evict_idle_s:g} must be shorter than queue_timeout_s "
-                            f"{self.queue_timeout_s:g}: a waiting UE would be refused before any idle session "
-                            "is evicted")
+            raise UserError(
+                f"evict_idle_s {self.evict_idle_s:g} must be shorter than queue_timeout_s "
+                f"{self.queue_timeout_s:g}: a waiting UE would be refused before any idle session "
+                "is evicted"
+            )
         self.max_frame_bytes, self.max_context = max_frame_bytes, max_context
         self._token = check_token(token, "token")
         if check:
@@ -197,7 +255,9 @@ class EdgeServer:
         try:
             self._listener = socket.create_server((host, port), backlog=64)
         except OSError as e:
-            raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}): choose another --port or --host") from e
+            raise UserError(
+                f"cannot listen on {host}:{port} ({e.strerror or e}): choose another --port or --host"
+            ) from e
         self.host, self.port = self._listener.getsockname()[:2]
         self._state = threading.Condition()
         self._active = 0  # connections holding a session slot
@@ -213,8 +273,17 @@ class EdgeServer:
         self._next_session = 0
         self.sessions: dict[int, EdgeSession] = {}  # open sessions (each holds a KV cache)
         self._caches = weakref.WeakSet()  # every KV cache not yet garbage-collected (tests check it empties)
-        self.stats = {"connections": 0, "refused_busy": 0, "handshakes_dropped": 0, "unauthorized": 0, "evicted": 0,
-                      "sessions_opened": 0, "sessions_closed": 0, "errors": 0, "steps": 0}
+        self.stats = {
+            "connections": 0,
+            "refused_busy": 0,
+            "handshakes_dropped": 0,
+            "unauthorized": 0,
+            "evicted": 0,
+            "sessions_opened": 0,
+            "sessions_closed": 0,
+            "errors": 0,
+            "steps": 0,
+        }
         self._accept_thread: threading.Thread | None = None
 
     # --- life cycle ---
@@ -274,8 +343,10 @@ class EdgeServer:
 
     # --- admission ---
     def _busy_message(self) -> str:
-        return (f"busy: {self._active} sessions are being served and {len(self._queue)} are waiting "
-                f"(limits: {self.max_sessions} sessions, {self.max_queue} queued); try again later")
+        return (
+            f"busy: {self._active} sessions are being served and {len(self._queue)} are waiting "
+            f"(limits: {self.max_sessions} sessions, {self.max_queue} queued); try again later"
+        )
 
     def _admit(self, conn: socket.socket, peer) -> None:
         pushed_out = None
@@ -293,8 +364,9 @@ class EdgeServer:
                     pushed_peer = self._pending.pop(pushed_out)
                     self.stats["handshakes_dropped"] += 1
                 self._pending[conn] = peer
-                t = threading.Thread(target=self._connection, args=(conn, peer), daemon=True,
-                                     name=f"edge-{peer[0]}:{peer[1]}")
+                t = threading.Thread(
+                    target=self._connection, args=(conn, peer), daemon=True, name=f"edge-{peer[0]}:{peer[1]}"
+                )
                 self._threads.add(t)
                 self._conns.add(conn)
         if full:
@@ -302,8 +374,11 @@ class EdgeServer:
             self._refuse(conn, message)
             return
         if pushed_out is not None:
-            log.info("dropped %s:%s: no OPEN yet and %d newer connections waiting for theirs",
-                     *pushed_peer[:2], self.max_handshakes)
+            log.info(
+                "dropped %s:%s: no OPEN yet and %d newer connections waiting for theirs",
+                *pushed_peer[:2],
+                self.max_handshakes,
+            )
             try:
                 pushed_out.shutdown(socket.SHUT_RDWR)  # its thread wakes from recv and closes it
             except OSError:
@@ -379,8 +454,10 @@ class EdgeServer:
         need = len(self._queue) - (self.max_sessions - self._active) - self._evicting
         if self.evict_idle_s is None or need <= 0:
             return float("inf")
-        idle = sorted(((c, h) for c, h in self._holders.items() if h.idle_since is not None and not h.evicted),
-                      key=lambda item: item[1].idle_since)
+        idle = sorted(
+            ((c, h) for c, h in self._holders.items() if h.idle_since is not None and not h.evicted),
+            key=lambda item: item[1].idle_since,
+        )
         for conn, holder in idle[:need]:
             silent = now - holder.idle_since
             if silent < self.evict_idle_s:
@@ -414,8 +491,9 @@ class EdgeServer:
             return recv_frame(conn, min(self.max_frame_bytes, MAX_OPEN_FRAME_BYTES), wait_s)
         except ProtocolError as e:
             if e.code == "too_large" and self.max_frame_bytes > MAX_OPEN_FRAME_BYTES:  # not --max-frame-bytes
-                raise ProtocolError("too_large", f"a frame before OPEN may have at most {MAX_OPEN_FRAME_BYTES} "
-                                                 "bytes (send OPEN first)") from e
+                raise ProtocolError(
+                    "too_large", f"a frame before OPEN may have at most {MAX_OPEN_FRAME_BYTES} bytes (send OPEN first)"
+                ) from e
             raise
         except socket.timeout:
             if self._slot_free():
@@ -423,8 +501,9 @@ class EdgeServer:
                 self._send_error(conn, "timeout", f"no OPEN within {wait_s:g} s; closing")
             else:
                 self._count("refused_busy")
-                self._send_error(conn, "busy", f"busy: no session free after {wait_s:g} s in the queue; "
-                                               "try again later")
+                self._send_error(
+                    conn, "busy", f"busy: no session free after {wait_s:g} s in the queue; try again later"
+                )
             return None
 
     # --- one connection ---
@@ -470,8 +549,12 @@ class EdgeServer:
         except PeerClosed as e:
             if holding and self._waiting_for_ue(conn, False):  # the end of the stream came from an eviction
                 log.info("%s:%s: evicted after %g s without a frame while a UE waited", *peer[:2], self.evict_idle_s)
-                self._send_error(conn, "evicted", f"no frame for {self.evict_idle_s:g} s while another UE waited for "
-                                                  "a session; closing (reconnect to go on)")
+                self._send_error(
+                    conn,
+                    "evicted",
+                    f"no frame for {self.evict_idle_s:g} s while another UE waited for "
+                    "a session; closing (reconnect to go on)",
+                )
             elif session is not None:
                 log.info("%s:%s: %s in session %d at step %d", *peer[:2], e, session.id, session.step)
         except socket.timeout:
@@ -539,9 +622,15 @@ class EdgeServer:
         if ftype == CLOSE:
             if session is None:
                 raise ProtocolError("no_session", "CLOSE outside a session")
-            totals = {"session": session.id, "steps": session.step, "context": session.context,
-                      "bytes_in": session.bytes_in, "packets": session.packets,
-                      "packets_missing": session.packets_missing, "edge_s": session.edge_s}
+            totals = {
+                "session": session.id,
+                "steps": session.step,
+                "context": session.context,
+                "bytes_in": session.bytes_in,
+                "packets": session.packets,
+                "packets_missing": session.packets_missing,
+                "edge_s": session.edge_s,
+            }
             self._end(session)
             send_json(conn, CLOSED, totals)
             return None
@@ -556,24 +645,32 @@ class EdgeServer:
                 hint = f"give it with --token or {TOKEN_ENV}" if theirs is None else "this one is wrong"
                 raise ProtocolError("unauthorized", f"this edge serves only UEs with its token: {hint}")
         if req.get("protocol") != PROTOCOL_VERSION:
-            raise ProtocolError("malformed", f"OPEN for protocol {req.get('protocol')!r}; this edge speaks {PROTOCOL_VERSION}")
+            raise ProtocolError(
+                "malformed", f"OPEN for protocol {req.get('protocol')!r}; this edge speaks {PROTOCOL_VERSION}"
+            )
         mine = self.split_model.fingerprint
         theirs = req.get("model")
-        if not isinstance(theirs, dict) or any(theirs.get(k) != mine[k] for k in ("model_type", "n_layers", "hidden_size", "vocab_size")):
+        if not isinstance(theirs, dict) or any(
+            theirs.get(k) != mine[k] for k in ("model_type", "n_layers", "hidden_size", "vocab_size")
+        ):
             raise ProtocolError("bad_model", f"the UE runs {theirs!r}; this edge serves {mine}")
         split, wire, k = req.get("split"), req.get("wire"), req.get("elements_per_packet")
         if isinstance(split, bool) or not isinstance(split, int) or split not in self.splits:
-            raise ProtocolError("bad_split", f"split {split!r} cannot be served: this edge serves "
-                                             f"splits {format_splits(self.splits)} (0-based: split n puts n + 1 of {mine['n_layers']} "
-                                             "layers on the UE)")
+            raise ProtocolError(
+                "bad_split",
+                f"split {split!r} cannot be served: this edge serves "
+                f"splits {format_splits(self.splits)} (0-based: split n puts n + 1 of {mine['n_layers']} "
+                "layers on the UE)",
+            )
         if wire not in WIRE_FORMATS:
             raise ProtocolError("malformed", f"unknown wire dtype {wire!r}: use one of {', '.join(WIRE_FORMATS)}")
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_ELEMENTS_PER_PACKET:
             raise ProtocolError("malformed", f"elements_per_packet {k!r} outside 1..{MAX_ELEMENTS_PER_PACKET}")
         protect = req.get("protect", 0)
         if isinstance(protect, bool) or not isinstance(protect, int) or not 0 <= protect <= mine["hidden_size"]:
-            raise ProtocolError("malformed", f"protect {protect!r} outside 0..{mine['hidden_size']} "
-                                             "(elements per token of this model)")
+            raise ProtocolError(
+                "malformed", f"protect {protect!r} outside 0..{mine['hidden_size']} (elements per token of this model)"
+            )
         return split, wire, k, protect
 
     def _open(self, conn: socket.socket, params: tuple[int, str, int, int]) -> EdgeSession:
@@ -586,12 +683,29 @@ class EdgeServer:
             self.sessions[session.id] = session
             self._caches.add(session.cache)
             self.stats["sessions_opened"] += 1
-        log.info("session %d: split %d (%d layers on the UE, %d here), %s wire, packets of %d elements, "
-                 "%d protected per token", session.id, split, split + 1, self.split_model.n_layers - split - 1,
-                 wire, k, protect)
+        log.info(
+            "session %d: split %d (%d layers on the UE, %d here), %s wire, packets of %d elements, "
+            "%d protected per token",
+            session.id,
+            split,
+            split + 1,
+            self.split_model.n_layers - split - 1,
+            wire,
+            k,
+            protect,
+        )
         try:
-            send_json(conn, READY, {"session": session.id, "split": split, "n_layers": self.split_model.n_layers,
-                                    "max_frame_bytes": self.max_frame_bytes, "max_context": self.max_context})
+            send_json(
+                conn,
+                READY,
+                {
+                    "session": session.id,
+                    "split": split,
+                    "n_layers": self.split_model.n_layers,
+                    "max_frame_bytes": self.max_frame_bytes,
+                    "max_context": self.max_context,
+                },
+            )
         except BaseException:
             self._end(session)  # the UE never learnt of it, so nothing else would end it
             raise
@@ -603,10 +717,14 @@ class EdgeServer:
         if step != session.step:
             raise ProtocolError("malformed", f"activation for step {step}; step {session.step} was expected")
         if session.context + tokens > self.max_context:
-            raise ProtocolError("too_long", f"the session would hold {session.context + tokens} tokens; this edge "
-                                            f"keeps at most {self.max_context} per session (--max-context)")
+            raise ProtocolError(
+                "too_long",
+                f"the session would hold {session.context + tokens} tokens; this edge "
+                f"keeps at most {self.max_context} per session (--max-context)",
+            )
         step, tokens, data, scales, total, missing = unpack_activation(
-            payload, self.split_model.hidden_size, session.wire, session.elements_per_packet, session.protect)
+            payload, self.split_model.hidden_size, session.wire, session.elements_per_packet, session.protect
+        )
         hidden = decode(data, scales, (1, tokens, self.split_model.hidden_size), session.wire)
 
         chunk = self.prefill_chunk or tokens
@@ -616,7 +734,7 @@ class EdgeServer:
             for first in range(0, tokens, chunk):
                 start = time.perf_counter()
                 self.turns.append((session.id, min(chunk, tokens - first)))
-                logits = self.split_model.edge_logits(session.split, hidden[:, first:first + chunk], session.cache)
+                logits = self.split_model.edge_logits(session.split, hidden[:, first : first + chunk], session.cache)
                 if first + chunk >= tokens:
                     token = int(logits.argmax())
                 seconds += time.perf_counter() - start
@@ -666,5 +784,3 @@ def format_splits(splits: list[int]) -> str:
         parts.append(str(splits[i]) if i == j else f"{splits[i]}-{splits[j]}")
         i = j + 1
     return ",".join(parts)
-
-

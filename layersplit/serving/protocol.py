@@ -28,6 +28,7 @@ little-endian when the hidden size d <= 65536, else uint32: protected_index_dtyp
 elements themselves, in the wire format's bytes as in the packets (int8: the codes; the token's
 scale is the one sent above). The edge writes them over the zero-filled packets before decoding.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -44,19 +45,35 @@ from ..wire import WIRE_FORMATS, n_packets
 
 # ---- protocol ---------------------------------------------------------------------------------
 PROTOCOL_VERSION = 3  # bumped on any incompatible change of the frames below (2: 0-based splits;
-                      # 3: protected pairs, the OPEN's "protect" and an ACTIVATION's protected section)
+# 3: protected pairs, the OPEN's "protect" and an ACTIVATION's protected section)
 MAGIC = b"LSPL"  # first bytes of every frame: a stray client or a desynchronised stream is caught at once
 HEADER = struct.Struct("<4sBBHI")  # magic, version, frame type, reserved, payload length
 ACT_HEADER = struct.Struct("<IIIII")  # step, tokens, hidden size, packets in total, packets sent
 TOKEN_BODY = struct.Struct("<IiIf")  # step, next token, packets missing, edge compute seconds
 SEQ = struct.Struct("<I")  # a packet's sequence number
 OPEN, READY, ACTIVATION, TOKEN, CLOSE, CLOSED, ERROR = range(1, 8)  # frame types
-FRAME_NAMES = {OPEN: "OPEN", READY: "READY", ACTIVATION: "ACTIVATION", TOKEN: "TOKEN", CLOSE: "CLOSE",
-               CLOSED: "CLOSED", ERROR: "ERROR"}
+FRAME_NAMES = {
+    OPEN: "OPEN",
+    READY: "READY",
+    ACTIVATION: "ACTIVATION",
+    TOKEN: "TOKEN",
+    CLOSE: "CLOSE",
+    CLOSED: "CLOSED",
+    ERROR: "ERROR",
+}
 ERROR_CODES = {  # code -> does the edge close the connection after it
-    "busy": True, "bad_frame": True, "too_large": True, "malformed": True, "timeout": True, "internal": True,
-    "unauthorized": True, "evicted": True,
-    "bad_split": False, "bad_model": False, "too_long": False, "no_session": False,
+    "busy": True,
+    "bad_frame": True,
+    "too_large": True,
+    "malformed": True,
+    "timeout": True,
+    "internal": True,
+    "unauthorized": True,
+    "evicted": True,
+    "bad_split": False,
+    "bad_model": False,
+    "too_long": False,
+    "no_session": False,
 }
 
 # ---- limits and defaults ------------------------------------------------------------------------
@@ -150,12 +167,17 @@ def check_token(token, what: str = "--token") -> str | None:
     """A shared secret for OPEN (None: no token): 16..1024 printable ASCII characters, no spaces."""
     if token is None:
         return None
-    if not isinstance(token, str) or not MIN_TOKEN_CHARS <= len(token) <= MAX_TOKEN_CHARS \
-            or not all("!" <= c <= "~" for c in token):
+    if (
+        not isinstance(token, str)
+        or not MIN_TOKEN_CHARS <= len(token) <= MAX_TOKEN_CHARS
+        or not all("!" <= c <= "~" for c in token)
+    ):
         shown = f"of {len(token)} characters" if isinstance(token, str) else f"of type {type(token).__name__}"
-        raise UserError(f"{what}: the token {shown} is not {MIN_TOKEN_CHARS}..{MAX_TOKEN_CHARS} printable ASCII "
-                        "characters without spaces (make one with python -c \"import secrets; "
-                        "print(secrets.token_urlsafe(24))\")")
+        raise UserError(
+            f"{what}: the token {shown} is not {MIN_TOKEN_CHARS}..{MAX_TOKEN_CHARS} printable ASCII "
+            'characters without spaces (make one with python -c "import secrets; '
+            'print(secrets.token_urlsafe(24))")'
+        )
     return token
 
 
@@ -167,8 +189,9 @@ def is_loopback(host: str) -> bool:
     except (OSError, UnicodeError):
         return False
     addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
-    return bool(addresses) and all(a.is_loopback or getattr(a, "ipv4_mapped", None) is not None
-                                   and a.ipv4_mapped.is_loopback for a in addresses)
+    return bool(addresses) and all(
+        a.is_loopback or getattr(a, "ipv4_mapped", None) is not None and a.ipv4_mapped.is_loopback for a in addresses
+    )
 
 
 # ---- framing ------------------------------------------------------------------------------------
@@ -202,7 +225,9 @@ def _recv_exact(sock: socket.socket, n: int, deadline: float | None) -> bytes:
     return bytes(buf)
 
 
-def recv_frame(sock: socket.socket, max_bytes: int = MAX_FRAME_BYTES, timeout_s: float | None = None) -> tuple[int, bytes]:
+def recv_frame(
+    sock: socket.socket, max_bytes: int = MAX_FRAME_BYTES, timeout_s: float | None = None
+) -> tuple[int, bytes]:
     """Read one frame: (type, payload). The whole frame must arrive within timeout_s.
 
     Raises PeerClosed on end of stream, socket.timeout, and ProtocolError for a bad header or a
@@ -220,8 +245,9 @@ def recv_frame(sock: socket.socket, max_bytes: int = MAX_FRAME_BYTES, timeout_s:
         if ftype not in FRAME_NAMES:
             raise ProtocolError("bad_frame", f"unknown frame type {ftype}")
         if length > max_bytes:
-            raise ProtocolError("too_large", f"frame of {length} bytes exceeds the limit of {max_bytes} bytes "
-                                             "(--max-frame-bytes)")
+            raise ProtocolError(
+                "too_large", f"frame of {length} bytes exceeds the limit of {max_bytes} bytes (--max-frame-bytes)"
+            )
         return ftype, _recv_exact(sock, length, deadline)
     finally:
         sock.settimeout(previous)
@@ -275,8 +301,15 @@ def protected_section_bytes(tokens: int, protect: int, hidden_size: int, wire: s
     return tokens * protect * (index_bytes + WIRE_FORMATS[wire][0])
 
 
-def pack_activation(step: int, tokens: int, hidden_size: int, rows: np.ndarray, kept: np.ndarray,
-                    scales: np.ndarray | None, protected: bytes = b"") -> bytes:
+def pack_activation(
+    step: int,
+    tokens: int,
+    hidden_size: int,
+    rows: np.ndarray,
+    kept: np.ndarray,
+    scales: np.ndarray | None,
+    protected: bytes = b"",
+) -> bytes:
     """ACTIVATION payload carrying the packets `kept` (increasing indices into rows) and the
     protected section `protected` (pack_protected; empty when the session protects nothing)."""
     seqs = kept.astype("<u4").view(np.uint8).reshape(-1, 4)
@@ -306,8 +339,11 @@ def unpack_activation(payload: bytes, hidden_size: int, wire: str, elements_per_
     if d != hidden_size:
         raise ProtocolError("malformed", f"activation of width {d}; this model's hidden size is {hidden_size}")
     if tokens < 1 or total != n_packets(tokens * d, elements_per_packet) or sent > total:
-        raise ProtocolError("malformed", f"activation of {tokens} tokens in {total} packets ({sent} sent) does not "
-                                         f"match packets of {elements_per_packet} elements")
+        raise ProtocolError(
+            "malformed",
+            f"activation of {tokens} tokens in {total} packets ({sent} sent) does not "
+            f"match packets of {elements_per_packet} elements",
+        )
     elem_bytes = WIRE_FORMATS[wire][0]
     packet_bytes = elements_per_packet * elem_bytes
     scale_bytes = 4 * tokens if wire == "int8" else 0
@@ -321,12 +357,14 @@ def unpack_activation(payload: bytes, hidden_size: int, wire: str, elements_per_
         if not np.all(np.isfinite(scales)):
             raise ProtocolError("malformed", "int8 scales are not finite")
     offset = ACT_HEADER.size + scale_bytes
-    body = np.frombuffer(payload, dtype=np.uint8, offset=offset + protected_bytes).reshape(sent, SEQ.size + packet_bytes)
-    seqs = body[:, :SEQ.size].copy().view("<u4").reshape(-1).astype(np.int64)
+    body = np.frombuffer(payload, dtype=np.uint8, offset=offset + protected_bytes).reshape(
+        sent, SEQ.size + packet_bytes
+    )
+    seqs = body[:, : SEQ.size].copy().view("<u4").reshape(-1).astype(np.int64)
     if sent and (seqs[-1] >= total or np.any(np.diff(seqs) <= 0)):
         raise ProtocolError("malformed", "packet sequence numbers out of order or out of range")
     rows = np.zeros((total, packet_bytes), dtype=np.uint8)
-    rows[seqs] = body[:, SEQ.size:]
+    rows[seqs] = body[:, SEQ.size :]
     data = rows.reshape(-1)[: tokens * d * elem_bytes]
     if protect:
         index_type = np.dtype(protected_index_dtype(d))
@@ -334,7 +372,7 @@ def unpack_activation(payload: bytes, hidden_size: int, wire: str, elements_per_
         indices = section[:, : protect * index_type.itemsize].copy().view(index_type).astype(np.int64)
         if np.any(indices[:, -1] >= d) or np.any(np.diff(indices, axis=1) <= 0):
             raise ProtocolError("malformed", f"protected indices out of 0..{d - 1} or not increasing within a token")
-        values = section[:, protect * index_type.itemsize:].reshape(tokens, protect, elem_bytes)
+        values = section[:, protect * index_type.itemsize :].reshape(tokens, protect, elem_bytes)
         # after the zero-fill: a protected element arrives even when its packet did not
         data.reshape(tokens, d, elem_bytes)[np.arange(tokens)[:, None], indices] = values
     return step, tokens, data, scales, total, total - sent

@@ -1,4 +1,5 @@
 """The UE: runs the UE's layers, sends activations through the simulated uplink, receives tokens."""
+
 from __future__ import annotations
 
 import math
@@ -16,10 +17,35 @@ from ..grid import SERVED_LINKS
 from ..uplink import flip_bits, generator, lost_packets, protected, stream_seed
 from ..wire import WIRE_FORMATS, encode, n_packets, wire_bits
 from ..segments import SplitModel, cache_kwarg, resolve_decode, static_capacity
-from .protocol import (ACTIVATION, CLIENT_TIMEOUT_S, CLOSE, CLOSED, ERROR, ERROR_CODES,
-                       FRAME_NAMES, HEADER, MAX_FRAME_BYTES, OPEN, PROTOCOL_VERSION, READY, TOKEN, TOKEN_BODY,
-                       EdgeError, PeerClosed, ProtocolError, check_timeout, check_token, pack_activation,
-                       pack_protected, packet_rows, parse_json, parse_address, recv_frame, send_frame, send_json)
+from .protocol import (
+    ACTIVATION,
+    CLIENT_TIMEOUT_S,
+    CLOSE,
+    CLOSED,
+    ERROR,
+    ERROR_CODES,
+    FRAME_NAMES,
+    HEADER,
+    MAX_FRAME_BYTES,
+    OPEN,
+    PROTOCOL_VERSION,
+    READY,
+    TOKEN,
+    TOKEN_BODY,
+    EdgeError,
+    PeerClosed,
+    ProtocolError,
+    check_timeout,
+    check_token,
+    pack_activation,
+    pack_protected,
+    packet_rows,
+    parse_json,
+    parse_address,
+    recv_frame,
+    send_frame,
+    send_json,
+)
 
 
 @dataclass(frozen=True)
@@ -77,8 +103,15 @@ class Uplink:
         """The random stream of request `request`; its steps draw from it in order."""
         return generator(stream_seed(self.seed, request))
 
-    def transmit(self, data: np.ndarray, total: int, snr_db: float, wire: str, gen: torch.Generator,
-                 loss: tuple[float, float] | None = None) -> tuple[np.ndarray, int]:
+    def transmit(
+        self,
+        data: np.ndarray,
+        total: int,
+        snr_db: float,
+        wire: str,
+        gen: torch.Generator,
+        loss: tuple[float, float] | None = None,
+    ) -> tuple[np.ndarray, int]:
         """(indices of the `total` packets that arrive, bits flipped); bitflip alters `data` (the
         activation's element bytes) in place. `loss`: self.loss(snr_db, wire) when the caller has it
         (a request computes it once for all its steps)."""
@@ -103,7 +136,9 @@ class Uplink:
         extra_bits, extra_s = self.protected_air(snr_db, wire, tokens, hidden_size, protect)
         return bits + extra_bits, bits / channel.achievable_rate_bps(cfg) + extra_s
 
-    def protected_air(self, snr_db: float, wire: str, tokens: int, hidden_size: int, protect: int) -> tuple[float, float]:
+    def protected_air(
+        self, snr_db: float, wire: str, tokens: int, hidden_size: int, protect: int
+    ) -> tuple[float, float]:
         """(expected bits, expected seconds) on air of the protected path: each token's `protect`
         (index, value) pairs in whole packets with headers, each sent 1 / (1 - PER) times on average
         (channel.protected_air_bits; inf when every packet is lost); (0, 0) without protection or a
@@ -111,8 +146,10 @@ class Uplink:
         cfg = self.config(snr_db, wire)
         if cfg is None or not protect:
             return 0.0, 0.0
-        return (channel.protected_air_bits(cfg, tokens, protect, hidden_size),
-                channel.protected_tx_s(cfg, tokens, protect, hidden_size))
+        return (
+            channel.protected_air_bits(cfg, tokens, protect, hidden_size),
+            channel.protected_tx_s(cfg, tokens, protect, hidden_size),
+        )
 
 
 def eos_ids(model, tokenizer) -> set[int]:
@@ -122,7 +159,6 @@ def eos_ids(model, tokenizer) -> set[int]:
     if ids is None:
         return set()
     return set(ids) if isinstance(ids, (list, tuple)) else {int(ids)}
-
 
 
 @dataclass
@@ -189,10 +225,21 @@ class UEClient:
     the socket. `token`: the edge's shared secret, sent in every OPEN (None: the edge has none).
     """
 
-    def __init__(self, model, tokenizer, address: str | tuple[str, int], split: int | SplitChoice = 4,
-                 wire: str = "fp16", uplink: Uplink | None = None, snr: channel.SnrProcess | None = None,
-                 timeout_s: float = CLIENT_TIMEOUT_S, sleep_air: bool = False, protect: int = 0,
-                 decode: str = "eager", token: str | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        address: str | tuple[str, int],
+        split: int | SplitChoice = 4,
+        wire: str = "fp16",
+        uplink: Uplink | None = None,
+        snr: channel.SnrProcess | None = None,
+        timeout_s: float = CLIENT_TIMEOUT_S,
+        sleep_air: bool = False,
+        protect: int = 0,
+        decode: str = "eager",
+        token: str | None = None,
+    ):
         self.split_model = model if isinstance(model, SplitModel) else SplitModel(model)
         self.decode = resolve_decode(decode, self.split_model.device)
         self.tokenizer = tokenizer
@@ -219,7 +266,9 @@ class UEClient:
         """K of --protect: a whole number of elements per token, 0..hidden size."""
         d = self.split_model.hidden_size
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k <= d:
-            raise UserError(f"--protect {k!r}: give a number of elements per token from 0 to {d} (the model's hidden size)")
+            raise UserError(
+                f"--protect {k!r}: give a number of elements per token from 0 to {d} (the model's hidden size)"
+            )
         if k and self.uplink.mode == "nr":
             raise UserError("--protect is not modelled on the NR link (--link nr) yet: use --link erasure")
         return int(k)
@@ -230,8 +279,10 @@ class UEClient:
             try:
                 self.sock = socket.create_connection(self.address, timeout=self.timeout_s)
             except OSError as e:
-                raise UserError(f"cannot connect to the edge at {self.address[0]}:{self.address[1]} ({e}); "
-                                f"start it with `python serve.py edge --port {self.address[1]}`") from e
+                raise UserError(
+                    f"cannot connect to the edge at {self.address[0]}:{self.address[1]} ({e}); "
+                    f"start it with `python serve.py edge --port {self.address[1]}`"
+                ) from e
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return self
 
@@ -319,10 +370,20 @@ class UEClient:
         self.connect()
         up = down = 0
         start = time.perf_counter()
-        up += send_json(self.sock, OPEN, {"protocol": PROTOCOL_VERSION, "model": self.split_model.fingerprint,
-                                          "split": split, "wire": wire, "elements_per_packet": k,
-                                          "protect": protect, "request": request,
-                                          **({"token": self.token} if self.token is not None else {})})
+        up += send_json(
+            self.sock,
+            OPEN,
+            {
+                "protocol": PROTOCOL_VERSION,
+                "model": self.split_model.fingerprint,
+                "split": split,
+                "wire": wire,
+                "elements_per_packet": k,
+                "protect": protect,
+                "request": request,
+                **({"token": self.token} if self.token is not None else {}),
+            },
+        )
         payload, n = self._expect(READY)
         down += n
         ready = parse_json(payload)
@@ -350,8 +411,10 @@ class UEClient:
                 rows = packet_rows(data, total, packet_bytes)
                 frame = pack_activation(step, hidden.shape[0], d, rows, kept, scales, section)
                 if HEADER.size + len(frame) > ready["max_frame_bytes"]:
-                    raise UserError(f"the prompt's activation ({len(frame)} bytes) exceeds the edge's frame limit "
-                                    f"of {ready['max_frame_bytes']} bytes: use a shorter prompt or --max-frame-bytes")
+                    raise UserError(
+                        f"the prompt's activation ({len(frame)} bytes) exceeds the edge's frame limit "
+                        f"of {ready['max_frame_bytes']} bytes: use a shorter prompt or --max-frame-bytes"
+                    )
                 b, s = self.uplink.air(snr_db, wire, hidden.shape[0], d, protect)
                 air_bits, air_s = air_bits + b, air_s + s
                 protected_bits += self.uplink.protected_air(snr_db, wire, hidden.shape[0], d, protect)[0]
@@ -393,18 +456,38 @@ class UEClient:
         total = times[-1] - start
         n_tok = len(tokens)
         report = RequestReport(
-            request=request, prompt=prompt, text=self.tokenizer.decode(tokens, skip_special_tokens=True),
-            tokens=tokens, stop_reason=stop, stop_message="" if ended is None else ended.message,
-            prompt_tokens=int(ids.shape[1]), split=split,
-            layers_on_edge=self.split_model.n_layers - split - 1, snr_db=snr_db, link=self.uplink.mode, wire=wire,
+            request=request,
+            prompt=prompt,
+            text=self.tokenizer.decode(tokens, skip_special_tokens=True),
+            tokens=tokens,
+            stop_reason=stop,
+            stop_message="" if ended is None else ended.message,
+            prompt_tokens=int(ids.shape[1]),
+            split=split,
+            layers_on_edge=self.split_model.n_layers - split - 1,
+            snr_db=snr_db,
+            link=self.uplink.mode,
+            wire=wire,
             protect=protect,
-            packet_error_rate=per, bit_error_rate=ber, ttft_s=times[0] - start,
+            packet_error_rate=per,
+            bit_error_rate=ber,
+            ttft_s=times[0] - start,
             tpot_s=(times[-1] - times[0]) / (n_tok - 1) if n_tok > 1 else math.nan,
-            tokens_per_s=n_tok / total, total_s=total, ue_compute_s=ue_s, edge_compute_s=edge_s,
-            ue_prefill_s=prefill[0], edge_prefill_s=prefill[1],
-            uplink_bytes=up, downlink_bytes=down, uplink_bytes_prefill=step_bytes[0],
+            tokens_per_s=n_tok / total,
+            total_s=total,
+            ue_compute_s=ue_s,
+            edge_compute_s=edge_s,
+            ue_prefill_s=prefill[0],
+            edge_prefill_s=prefill[1],
+            uplink_bytes=up,
+            downlink_bytes=down,
+            uplink_bytes_prefill=step_bytes[0],
             uplink_bytes_per_token=float(np.mean(step_bytes[1:])) if n_tok > 1 else math.nan,
-            packets=packets, packets_lost=lost, bits_flipped=flipped, air_bits=air_bits, air_s=air_s,
+            packets=packets,
+            packets_lost=lost,
+            bits_flipped=flipped,
+            air_bits=air_bits,
+            air_s=air_s,
             protected_air_bits=protected_bits,
         )
         if ended is not None:
@@ -413,8 +496,9 @@ class UEClient:
 
 
 @torch.no_grad()
-def generate_single_process(model, tokenizer, prompt: str, max_new_tokens: int,
-                            decode: str = "eager") -> tuple[list[int], list[float], float]:
+def generate_single_process(
+    model, tokenizer, prompt: str, max_new_tokens: int, decode: str = "eager"
+) -> tuple[list[int], list[float], float]:
     """The reference: greedy tokens of the whole model in one process, with a KV cache.
 
     Returns (tokens, arrival times, start time) measured like UEClient.generate, so that time to
@@ -441,6 +525,7 @@ def generate_single_process(model, tokenizer, prompt: str, max_new_tokens: int,
 
         def forward(x):
             return split_model.logits(x, cache)
+
     tokens, times = [], []
     start = time.perf_counter()
     x = ids
