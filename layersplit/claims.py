@@ -1,8 +1,10 @@
-"""The README's quoted numbers, generated from the committed result files, so they cannot drift.
+"""The quoted numbers of the README and docs/, generated from the committed result files, so they cannot drift.
 
-Each block is a Markdown table written from `results/` (`python figures.py --claims` writes them into
-the README between `<!-- generated: NAME -->` and `<!-- end: NAME -->`; a test fails when the README
-differs from what this module writes from the committed files):
+Each block is a Markdown table written from `results/` between `<!-- generated: NAME -->` and
+`<!-- end: NAME -->` in whichever file holds it: README.md or a page of docs/ (`doc_files`), each block
+in one file only (`held`). `python figures.py --claims FILE` rewrites the blocks of one file,
+`write_all` those of every file; a test fails when a file differs from what this module writes from
+the committed files:
 
     claims     the paper's claims: what was measured, with 95% intervals, and the verdict
     rl         mean return of every agent and baseline on every environment, per-seed shares of the optimum
@@ -40,7 +42,7 @@ SURROGATE_RUNS = {  # result stem -> how the tables name it
 }
 ALGO_RUNS = {"authors'": "rl_paper_{algo}_authors", "SmolLM2": "rl_paper_{algo}"}  # PPO against A2C and DQN
 SWEEP = "sweep_smollm2-135m.csv"  # the surrogate sweep
-PAIRS = ((10, 1), (10, 9), (1, 4), (2, 1), (3, 2))  # split comparisons behind the README's ranking sentences (A, B)
+PAIRS = ((10, 1), (10, 9), (1, 4), (2, 1), (3, 2))  # split comparisons behind docs/sweep.md's ranking sentences (A, B)
 ABLATION_NAMES = {"authors": "the authors' surrogate", "shipped": "SmolLM2 surrogate"}  # bench/rl.py --surrogates
 ABLATION_RUNS = {"authors": "rl_paper_ppo_authors", "shipped": "rl_paper_ppo"}  # the same surrogate's train_rsm run
 LLM = "rl_llm_ppo.json"  # train.py's run and its evaluation on the real LLM
@@ -587,12 +589,50 @@ def _pattern(name: str) -> re.Pattern:
 
 
 def in_readme(text: str) -> dict[str, str]:
-    """The generated blocks the README holds now, by name."""
+    """The generated blocks a Markdown text (the README, a docs/ page) holds now, by name."""
     return {name: m.group(1) or "" for name in BLOCKS if (m := _pattern(name).search(text))}
 
 
 def update(text: str, new: dict[str, str]) -> str:
-    """The README with every generated block it holds replaced by `new`'s."""
+    """The text with every generated block it holds replaced by `new`'s."""
     for name, body in new.items():
         text = _pattern(name).sub(lambda _m, n=name, b=body: f"{BEGIN.format(n)}\n{b}\n{END.format(n)}", text)
     return text
+
+
+# --- where the blocks live --------------------------------------------------------------------
+def doc_files(root: Path) -> list[Path]:
+    """The files that may hold generated blocks: README.md and every page of docs/."""
+    root = Path(root)
+    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+
+
+def held(root: Path) -> dict[str, tuple[Path, str]]:
+    """Every generated block of README.md and docs/, by name: the file that holds it and its body now.
+    UserError when two places hold the same block (each table lives in one place)."""
+    found: dict[str, tuple[Path, str]] = {}
+    for path in doc_files(root):
+        text = path.read_text(encoding="utf-8")
+        for name, body in in_readme(text).items():
+            if name in found or len(_pattern(name).findall(text)) > 1:
+                where = found[name][0] if name in found else path
+                raise UserError(f"{path}: generated block {name!r} is also in {where}: keep it in one place")
+            found[name] = (path, body)
+    return found
+
+
+def write_all(results: Path, root: Path) -> dict[Path, list[str]]:
+    """Rewrite every generated block of README.md and docs/ from `results`, in the file that holds it;
+    a file whose blocks are current is left untouched. Returns, per file with blocks, the names rewritten."""
+    new = blocks(results)
+    by_file: dict[Path, list[str]] = {}
+    for name, (path, _) in held(root).items():
+        by_file.setdefault(path, []).append(name)
+    changed = {}
+    for path, names in by_file.items():
+        text = path.read_text(encoding="utf-8")
+        now = in_readme(text)
+        changed[path] = [n for n in names if now[n] != new[n]]
+        if changed[path]:
+            path.write_text(update(text, {n: new[n] for n in names}), encoding="utf-8")
+    return changed

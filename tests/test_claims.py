@@ -1,4 +1,4 @@
-"""The README's quoted tables are what layersplit/claims.py writes from the committed results."""
+"""The quoted tables of the README and docs/ are what layersplit/claims.py writes from the committed results."""
 
 import json
 import shutil
@@ -7,17 +7,57 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_script
-from layersplit import claims
+from layersplit import UserError, claims
 
-REQUIRED = ("claims", "rl", "ablation", "sweep", "paired")  # the blocks the README must hold
+HOMES = {  # each generated block and the one file that holds it
+    "claims": "README.md",
+    "rl": "docs/surrogate-and-rl.md",
+    "ablation": "docs/surrogate-and-rl.md",
+    "sweep": "docs/sweep.md",
+    "paired": "docs/sweep.md",
+    "fairness": "docs/serving.md",
+    "gpu": "docs/gpu-and-ray.md",
+}
 
 
-def test_the_readme_quotes_what_the_committed_results_give():
-    held = claims.in_readme((ROOT / "README.md").read_text())
-    assert set(REQUIRED) <= set(held), "a generated block is missing from the README"
+def test_the_readme_and_docs_quote_what_the_committed_results_give():
+    held = claims.held(ROOT)
+    assert {name: path.relative_to(ROOT).as_posix() for name, (path, _) in held.items()} == HOMES
     fresh = claims.blocks(ROOT / "results")
-    for name, body in held.items():
-        assert body == fresh[name], f"README block {name!r} differs from the results: python figures.py --claims"
+    for name, (path, body) in held.items():
+        where = path.relative_to(ROOT).as_posix()
+        assert body == fresh[name], (
+            f"{where} block {name!r} differs from the results: python figures.py --claims {where}"
+        )
+
+
+def test_write_all_rewrites_each_block_where_it_lives(tmp_path):
+    (tmp_path / "docs").mkdir()
+    stale = "{}\nstale\n{}"
+    readme = tmp_path / "README.md"
+    readme.write_text("front\n" + stale.format(claims.BEGIN.format("claims"), claims.END.format("claims")) + "\nend\n")
+    page = tmp_path / "docs" / "rl.md"
+    page.write_text("# RL\n" + stale.format(claims.BEGIN.format("rl"), claims.END.format("rl")) + "\n")
+    plain = tmp_path / "docs" / "plain.md"
+    plain.write_text("no blocks\n")
+    changed = claims.write_all(ROOT / "results", tmp_path)
+    assert changed == {readme: ["claims"], page: ["rl"]}
+    assert claims.in_readme(readme.read_text())["claims"] == claims.block_claims(ROOT / "results")
+    assert claims.in_readme(page.read_text())["rl"] == claims.block_rl(ROOT / "results")
+    assert readme.read_text().startswith("front\n") and readme.read_text().endswith("\nend\n")
+    assert plain.read_text() == "no blocks\n"
+    before = {p: p.read_bytes() for p in (readme, page)}
+    assert claims.write_all(ROOT / "results", tmp_path) == {readme: [], page: []}  # current: nothing rewritten
+    assert {p: p.read_bytes() for p in (readme, page)} == before
+
+
+def test_a_block_in_two_places_is_refused(tmp_path):
+    (tmp_path / "docs").mkdir()
+    block = f"{claims.BEGIN.format('rl')}\nx\n{claims.END.format('rl')}\n"
+    (tmp_path / "README.md").write_text(block)
+    (tmp_path / "docs" / "rl.md").write_text(block)
+    with pytest.raises(UserError, match="'rl' is also in"):
+        claims.held(tmp_path)
 
 
 def test_verdicts_follow_the_stated_rule():
@@ -97,9 +137,9 @@ def test_the_committed_windows_belong_to_the_committed_rows():
 
 
 def test_the_readme_reading_of_the_ablation_holds_in_the_record():
-    """README: on SmolLM2's surrogate, every seed of the original set-up ends every episode at the best
-    static split with its return to the last digit; on both surrogates the default beats the best static
-    split and the original set-up with intervals above 0."""
+    """docs/surrogate-and-rl.md: on SmolLM2's surrogate, every seed of the original set-up ends every
+    episode at the best static split with its return to the last digit; on both surrogates the default
+    beats the best static split and the original set-up with intervals above 0."""
     record = json.loads((ROOT / "results" / "rl_ablation.json").read_text())
     shipped = record["surrogates"]["shipped"]
     originals = [r for r in shipped["runs"].values() if r["setup"].startswith("original")]
