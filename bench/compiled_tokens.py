@@ -15,13 +15,11 @@ import argparse
 import sys
 import traceback
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "tests")]
 
-import torch  # noqa: E402
+import torch
 
-from layersplit import cli  # noqa: E402
+from layersplit import cli
 
 NEW_TOKENS = 24  # greedy tokens per decoding
 PROMPT_TOKENS = 12  # random prompt tokens
@@ -44,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args) -> int:
     from transformers import LlamaForCausalLM
 
-    from conftest import tiny_config
+    from layersplit.models import tiny_config
     from layersplit.segments import SplitModel
 
     torch.manual_seed(args.seed)

@@ -17,10 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from layersplit import cli  # noqa: E402
-from layersplit.cli import positive_int  # noqa: E402
-from layersplit.grid import PAPER_DROPOUTS, make_conditions  # noqa: E402
+from layersplit import cli
+from layersplit.cli import positive_int
+from layersplit.grid import PAPER_DROPOUTS, make_conditions
 
 TOKENS = 512  # one 512-token window per cell
 SPLITS = "1-10"  # the environments' split range

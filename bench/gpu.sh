@@ -64,6 +64,8 @@ run() {
     OUT=${1:-results/gpu}
     mkdir -p "$OUT"
     export PYTHONUNBUFFERED=1 LAYERSPLIT_TOKENIZER=$PREP/tokenizer
+    # the project from this folder: a GPU machine has its copy here, not installed
+    export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
     if ls "$PREP"/wheels/*.whl >/dev/null 2>&1; then
         "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/layersplit-site \
             "$PREP"/wheels/*.whl && export PYTHONPATH=/tmp/layersplit-site${PYTHONPATH:+:$PYTHONPATH}
@@ -84,7 +86,7 @@ run() {
         --tokens "$TOKENS" --draws 1 --grids paper,layers --naive paper
     # decoding: single process against the socket path, TTFT and TPOT against the memory bound (compiling
     # the 7B steps takes a while: one graph per segment and cache length)
-    step serve 180 "$PY" bench/serve.py --model "$MODEL" --device "$DEVICE" --dtype "$DTYPE" --decode "$DECODE" \
+    step serve 180 "$PY" bench/decoding.py --model "$MODEL" --device "$DEVICE" --dtype "$DTYPE" --decode "$DECODE" \
         --prompts 2 --max-new-tokens "$NEW_TOKENS" --rounds 2 --wires bf16,fp16 --threads 0
     if [ -n "$MODEL_LARGE" ]; then
         step sweep_paper_large 60 "$PY" bench/sweep.py --model "$MODEL_LARGE" --device "$DEVICE" --dtype "$DTYPE" \

@@ -78,7 +78,7 @@ def sweep(path: Path) -> dict:
 
 
 def serve(path: Path) -> dict:
-    """bench/serve.py's figures: TTFT/TPOT per path, the memory bound, the socket overhead, compile times."""
+    """bench/decoding.py's figures: TTFT/TPOT per path, the memory bound, the socket overhead, compile times."""
     text = path.read_text(encoding="utf-8")
     decode = _find(r"; (\w+) decoding; ", text, "decoding mode", path)[1]
     paths = {}

@@ -27,9 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from layersplit import channel, cli, models  # noqa: E402
-from layersplit.cli import positive_int  # noqa: E402
+from layersplit import channel, cli, models
+from layersplit.cli import positive_int
 
 SPLITS = "2,6,12"  # 0-based splits compared
 SNRS = "10,20"  # Es/N0 of the erasure link (QPSK, the channel module's defaults): PER 0.65 and 0.02 at 64 elements

@@ -41,15 +41,15 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 # light modules only before the arguments are parsed; torch, Stable-Baselines3 and the model after
-from layersplit import cli, envs  # noqa: E402
-from layersplit.cli import positive_int  # noqa: E402
+from layersplit import cli, envs, paper
+from layersplit.cli import positive_int
 
 # the project's defaults: the original's budget, n_steps and batch, and this project's copies and discount
-from train_rsm import BATCH, EVAL_EPISODES, EVAL_SEED, GAMMA, N_ENVS, ROLLOUT, TOTAL_TIMESTEPS  # noqa: E402
-from train_rsm import hyperparameters  # noqa: E402
+from train_rsm import BATCH, EVAL_EPISODES, EVAL_SEED, GAMMA, N_ENVS, ROLLOUT, TOTAL_TIMESTEPS
+from train_rsm import hyperparameters
+
+ROOT = Path(__file__).resolve().parents[1]
 
 AUTHORS_RSM = ROOT.parent / "shared" / "reference" / "authors_reward_predictor.pth"  # if present
 LLM_STEPS = 5  # LLM environment steps timed (after one reset)
@@ -57,7 +57,7 @@ SURROGATE_STEPS = 20_000  # surrogate environment steps timed
 # both set-ups run TOTAL_TIMESTEPS (the original's budget) unless --steps says less, and the times are
 # extrapolated to it; each final policy plays the same EVAL_EPISODES episodes from resets EVAL_SEED, +1, ...
 SEED = 0  # environment resets, the timed actions and the PPO runs (--seed)
-ABLATION_SEEDS = "0,1,2"  # training seeds of the ablation (--seeds)
+ABLATION_SEEDS = paper.SEEDS  # training seeds of the ablation (--seeds)
 ABLATION_SURROGATES = "authors,shipped"  # the ablation's surrogates: the authors' (Llama-2-7B) and envs.PAPER_RSM
 ABLATION_OUTPUT = ROOT / "results" / "rl_ablation.json"  # the ablation's record (--output)
 COST_OUTPUT = ROOT / "results" / "rl_cost.json"  # parts 1-2's figures, for the README's cost claim (--cost-output)

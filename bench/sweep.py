@@ -27,12 +27,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from layersplit import channel, cli, compute  # noqa: E402
-from layersplit.cli import positive_int  # noqa: E402
-from layersplit.grid import PAPER_DROPOUTS, draws_of, make_conditions  # noqa: E402
-from layersplit.data import EMBEDDED_DATASET  # noqa: E402
-from layersplit.models import EMBEDDED_MODEL  # noqa: E402
+from layersplit import channel, cli, compute
+from layersplit.cli import positive_int
+from layersplit.grid import PAPER_DROPOUTS, draws_of, make_conditions
+from layersplit.data import EMBEDDED_DATASET
+from layersplit.models import EMBEDDED_MODEL
 
 MODEL = EMBEDDED_MODEL  # what is timed (random:llama-2-7b: the paper's shape with random weights, for a GPU)
 DTYPE = "float32"  # the CPU's measured dtype (auto there); on a GPU pass --dtype bfloat16

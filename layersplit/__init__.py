@@ -1,6 +1,7 @@
 """Adaptive layer splitting for wireless LLM inference: the shared logic behind the top-level scripts.
 
 One module per concept:
+    paper       the paper's setting and the embedded stand-ins, defined once (light)
     cli         what the scripts share on the command line (light: no torch)
     models      load the embedded SmolLM2 (GGUF -> cached safetensors) or any Hugging Face causal LM
     data        the evaluation text: embedded Wikipedia, wikitext-2, or a local file

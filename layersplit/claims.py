@@ -13,6 +13,7 @@ the committed files:
     paired     split against split on the same windows and masks (cells.paired)
     fairness   the next UE's first token behind long prompts, per edge --prefill-chunk
     gpu        one bench/gpu.sh run on a GPU (bench/gpu_summary.py's summary)
+    pipeline   every experiment of the pipeline (experiments.py) with its wall time in the committed run
 
 Intervals: over seeds for the surrogate-trained agents (seed k of every policy plays the same
 episodes, so gaps are paired by seed), over episodes on the real LLM (each episode its own start and
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import UserError, cells
+from . import UserError, cells, experiments
 from .policies import confidence_interval, share_of_optimum
 
 SURROGATE_RUNS = {  # result stem -> how the tables name it
@@ -458,10 +459,10 @@ def block_claims(results: Path) -> str:
 
 
 def block_fairness(results: Path) -> str:
-    """The next UE's first token behind maximal prompts, per edge --prefill-chunk (bench/serve.py --fairness)."""
+    """The next UE's first token behind maximal prompts, per edge --prefill-chunk (bench/decoding.py --fairness)."""
     found = _json(results, "serve_fairness.json")
     if not found:
-        return "(not measured yet: `python bench/serve.py --fairness`)"
+        return "(not measured yet: `python bench/decoding.py --fairness`)"
     rows = [
         [
             f"{r['prefill_chunk']}" + (" (whole prompt in one forward)" if r["prefill_chunk"] == 0 else ""),
@@ -569,6 +570,24 @@ def block_gpu(results: Path) -> str:
     return table([head, "measured", "target"], rows)
 
 
+def block_pipeline(results: Path) -> str:
+    """experiments.EXPERIMENTS in order: what each computes or takes committed at `make reproduce`, and
+    the wall time each step took in the run whose timings file is committed."""
+    found = _json(results, experiments.TIMINGS) or {}
+    recorded = found.get("steps", {})
+    plan = experiments.Plan("reproduce", "")
+    rows, total = [], 0.0
+    for e in experiments.EXPERIMENTS:
+        how = "committed file, a part recomputed and compared" if plan.uses_committed(e) else "computed"
+        if e.needs:
+            how += f" (when `{e.needs}` exists)"
+        seconds = recorded.get(e.name, {}).get("seconds")
+        total += seconds or 0.0
+        rows.append([f"`{e.name}`", e.what, how, "not run" if seconds is None else f"{seconds:,.0f} s"])
+    rows.append(["total", "", "", f"{total / 60:,.1f} min" if recorded else "not measured"])
+    return table(["step", "what", "at `make reproduce`", "wall time"], rows)
+
+
 BLOCKS = {
     "claims": block_claims,
     "rl": block_rl,
@@ -577,6 +596,7 @@ BLOCKS = {
     "paired": block_paired,
     "fairness": block_fairness,
     "gpu": block_gpu,
+    "pipeline": block_pipeline,
 }
 
 

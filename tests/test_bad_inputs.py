@@ -651,17 +651,17 @@ def cases():
         ("cells-compare-text", "layersplit/cells.py", ["{bad}/text-nll.csv", "--compare", "a,b"], "give two splits"),
         ("cells-not-a-sweep", "layersplit/cells.py", ["{bad}/random-bytes.txt", "--write-cells"], "random-bytes.txt"),
         ("cells-missing", "layersplit/cells.py", ["{tmp}/none.csv", "--write-cells"], "no such file"),
-        ("bench-serve-prompts-zero", "bench/serve.py", ["--prompts", "0"], "--prompts must be in"),
-        ("bench-serve-wires", "bench/serve.py", ["--wires", "fp8"], "--wires: choose among"),
-        ("bench-serve-threads-negative", "bench/serve.py", ["--threads", "-1"], "-1 is not a thread count here"),
-        ("bench-serve-threads-huge", "bench/serve.py", ["--threads", "1000000"], "is not a thread count here"),
+        ("bench-serve-prompts-zero", "bench/decoding.py", ["--prompts", "0"], "--prompts must be in"),
+        ("bench-serve-wires", "bench/decoding.py", ["--wires", "fp8"], "--wires: choose among"),
+        ("bench-serve-threads-negative", "bench/decoding.py", ["--threads", "-1"], "-1 is not a thread count here"),
+        ("bench-serve-threads-huge", "bench/decoding.py", ["--threads", "1000000"], "is not a thread count here"),
         (
             "bench-serve-fairness-unwritable",
-            "bench/serve.py",
+            "bench/decoding.py",
             ["--fairness", "--fairness-output", f"{NO_DIR}/f.json"],
             "cannot write there",
         ),
-        ("bench-serve-rounds-huge", "bench/serve.py", ["--rounds", HUGE], "is too large"),
+        ("bench-serve-rounds-huge", "bench/decoding.py", ["--rounds", HUGE], "is too large"),
     ]
 
 

@@ -87,7 +87,16 @@ def test_bench_rl_ablation_records_every_setup_and_resumes(tmp_path):
 def test_bench_serve_gives_the_single_process_tokens_over_a_loss_free_socket():
     # static decoding (a fixed-length KV cache on both sides, no compilation): checked against eager's tokens too
     done = run_script(
-        "bench/serve.py", "--prompts", "1", "--max-new-tokens", "4", "--rounds", "1", "--decode", "static", timeout=300
+        "bench/decoding.py",
+        "--prompts",
+        "1",
+        "--max-new-tokens",
+        "4",
+        "--rounds",
+        "1",
+        "--decode",
+        "static",
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert re.search(r"socket fp32 .* 1/1 requests", done.stdout)
@@ -106,7 +115,7 @@ def test_bench_serve_gives_the_single_process_tokens_over_a_loss_free_socket():
 def test_bench_serve_fairness_writes_the_times_it_prints(tiny_model_dir, tmp_path):
     out = tmp_path / "fairness.json"
     done = run_script(
-        "bench/serve.py",
+        "bench/decoding.py",
         "--fairness",
         "--rounds",
         "1",
@@ -241,3 +250,14 @@ def test_gpu_summary_reads_the_committed_run_into_the_committed_summary(tmp_path
     assert done.returncode == 2 and "serve.txt" in done.stderr and len(done.stderr.splitlines()) == 1
     assert not (folder / "summary.json").exists()
     assert run_script("bench/gpu_summary.py", str(tmp_path / "none")).returncode == 2
+
+
+def test_fresh_clone_refuses_a_folder_in_use_and_an_unknown_target_before_cloning(tmp_path):
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "keep.txt").write_text("mine")
+    done = run_script("bench/fresh_clone.py", "test", "--keep", str(used), timeout=120)
+    assert done.returncode == 2 and "not empty" in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    assert [p.name for p in used.iterdir()] == ["keep.txt"]
+    done = run_script("bench/fresh_clone.py", "everything", timeout=120)
+    assert done.returncode == 2 and "invalid choice" in done.stderr

@@ -17,6 +17,7 @@ HOMES = {  # each generated block and the one file that holds it
     "paired": "docs/sweep.md",
     "fairness": "docs/serving.md",
     "gpu": "docs/gpu-and-ray.md",
+    "pipeline": "docs/pipeline.md",
 }
 
 

@@ -36,7 +36,7 @@ print("heavy:", *(m for m in {heavy!r} if m in sys.modules))
         ["train.py", "--help"],
         ["figures.py", "--help"],
         ["bench/rl.py", "--help"],
-        ["bench/serve.py", "--help"],
+        ["bench/decoding.py", "--help"],
         ["bench/sweep.py", "--help"],
         ["bench/distributed.py", "--help"],
         ["train_rsm.py", "tune", "--help"],

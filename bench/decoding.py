@@ -1,10 +1,10 @@
 """Benchmark of split inference over a socket against the single-process model, measured in one run.
 
-    python bench/serve.py                                  # about 2 minutes on 2 CPU cores
-    python bench/serve.py --prompts 2 --max-new-tokens 16 --rounds 1 --split 8
-    python bench/serve.py --model meta-llama/Llama-2-7b-hf --device cuda
-    python bench/serve.py --model random:llama-2-7b --device cuda --decode compiled --wires bf16,fp16
-    python bench/serve.py --fairness --rounds 2            # the next UE behind three maximal prompts, about 3 minutes
+    python bench/decoding.py                              # about 2 minutes on 2 CPU cores
+    python bench/decoding.py --prompts 2 --max-new-tokens 16 --rounds 1 --split 8
+    python bench/decoding.py --model meta-llama/Llama-2-7b-hf --device cuda
+    python bench/decoding.py --model random:llama-2-7b --device cuda --decode compiled --wires bf16,fp16
+    python bench/decoding.py --fairness --rounds 2        # the next UE behind three maximal prompts, about 3 minutes
 
 The UE runs in this process, the edge in a second process (`python serve.py edge`) on loopback,
 with a loss-free link so that every run generates the same number of tokens. On the same prompts,
@@ -43,14 +43,14 @@ import sys
 import time
 from pathlib import Path
 
+from layersplit import UserError, cli
+from layersplit.cli import writable_file
+from layersplit.models import EMBEDDED_MODEL
+from serve import DECODE, DECODE_CHOICES
+from layersplit.serving import protocol
+from layersplit.wire import WIRE_FORMATS
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from layersplit import UserError, cli  # noqa: E402
-from layersplit.cli import writable_file  # noqa: E402
-from layersplit.models import EMBEDDED_MODEL  # noqa: E402
-from serve import DECODE, DECODE_CHOICES  # noqa: E402
-from layersplit.serving import protocol  # noqa: E402
-from layersplit.wire import WIRE_FORMATS  # noqa: E402
 
 MODEL = EMBEDDED_MODEL  # the model both processes load
 PROMPTS = (  # the same prompts for every path (a few lengths, so the prompt's bytes show)
@@ -511,4 +511,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run_main("bench/serve.py", main))
+    sys.exit(cli.run_main("bench/decoding.py", main))
