@@ -51,7 +51,7 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from layersplit import cli
+from layersplit import cli, schema
 from layersplit.cli import on_ue, writable_dir
 from layersplit.surrogate import REFERENCE_SPLIT, r_squared  # numpy only: torch is not imported
 
@@ -231,31 +231,23 @@ def fig_ber_per(results_dir: Path, figures_dir: Path) -> Path:
     return save(fig, figures_dir, "ber_per")
 
 
-def _float_or_nan(text: str) -> float:
-    """A number, or nan for an empty field (how pandas writes a missing value)."""
-    return math.nan if text == "" else float(text)
+# what a figure of quality against the condition reads
+SWEEP_COLUMNS = ("model", "tokens", "split", "link", "snr_db", "dropout", "draw", "ppl", "token_accuracy")
+SNR_LINK_COLUMNS = ("modulation", "fading", "bits_per_element", "elements_per_packet", "header_bits")  # for its title
+SNR_SWEEP_COLUMNS = SWEEP_COLUMNS[:7] + SNR_LINK_COLUMNS + SWEEP_COLUMNS[7:]  # the order names the first bad column
 
 
-def read_sweep(path: Path, columns: dict[str, type], remedy: str, optional: dict | None = None) -> list[dict]:
-    """A sweep results file's rows (read_csv), each valid by the rule every reader of sweep rows follows
-    (cells.RowCheck: an impossible value or a row given twice is refused, naming its line), with each row's
-    window scores from the windows file beside it (cells.attach_windows), so that the intervals take the
-    window as their unit."""
-    from layersplit import cells
-
-    rows = read_csv(path, columns, remedy, optional, check=cells.RowCheck())
+def read_sweep(path: Path, names: tuple[str, ...], remedy: str) -> list[dict]:
+    """A sweep results file's rows (read_csv) with the columns `names` and what pooling needs, typed as
+    schema.sweep_columns says, each valid by the rule every reader of sweep rows follows (schema.RowCheck: an
+    impossible value or a row given twice is refused, naming its line), with each row's window scores from the
+    windows file beside it (schema.attach_windows), so that the intervals take the window as their unit."""
+    columns, optional = schema.sweep_columns(*names)
+    rows = read_csv(path, columns, remedy, optional, check=schema.RowCheck())
     try:
-        return cells.attach_windows(rows, cells.read_windows(cells.windows_path(path)))
-    except cells.WindowsFileError as e:
+        return schema.attach_windows(rows, schema.read_windows(schema.windows_path(path)))
+    except schema.WindowsFileError as e:
         raise FigureInputError(f"{e} (remake it with: {remedy})") from None
-
-
-WINDOW_COLUMNS = {"nll": float, "scored_tokens": float}  # what a sweep cell is pooled from
-OPTIONAL_WINDOW_COLUMNS = {
-    "windows": (float, 1.0),
-    "nll_window_sd": (_float_or_nan, math.nan),
-    "accuracy_window_sd": (_float_or_nan, math.nan),
-}  # absent in older files: no interval
 
 
 def _pooled_interval(rows: list[dict], column: str) -> tuple[float, float, float]:
@@ -272,7 +264,7 @@ def _pooled_interval(rows: list[dict], column: str) -> tuple[float, float, float
 
 def _snr_of(path: Path, row: dict, remedy: str) -> float:
     """Es/N0 of a sweep row: a number for physical links, nan for the direct-p link."""
-    if row["link"] == "dropout":
+    if schema.is_original_link(row):
         return math.nan
     try:
         return float(row["snr_db"])
@@ -290,29 +282,13 @@ def fig_sweep(results_dir: Path, figures_dir: Path) -> Path:
     plt = pyplot()
     path = results_dir / SWEEP_FILE
     remedy = SWEEP_COMMAND.format(path=path)
-    rows = read_sweep(
-        path,
-        {
-            "model": str,
-            "tokens": int,
-            "split": int,
-            "link": str,
-            "snr_db": str,
-            "dropout": float,
-            "draw": int,
-            "ppl": float,
-            "token_accuracy": float,
-            **WINDOW_COLUMNS,
-        },
-        remedy=remedy,
-        optional={"withheld": (float, 0.0), "protect": (int, 0), **OPTIONAL_WINDOW_COLUMNS},
-    )
-    rows = [r for r in rows if r["protect"] == 0]  # without the protected path (--protects)
+    rows = read_sweep(path, SWEEP_COLUMNS, remedy)
+    rows = [r for r in rows if schema.is_unprotected(r)]  # without the protected path (--protects)
     for r in rows:
         r["snr"] = _snr_of(path, r, remedy)
         r["condition"] = (
-            r["link"] != "dropout",
-            r["snr"] if r["link"] != "dropout" else r["dropout"],
+            schema.is_physical(r),
+            r["snr"] if schema.is_physical(r) else r["dropout"],
             r["withheld"],
             r["link"],
         )
@@ -401,30 +377,9 @@ def read_snr_sweeps(results_dir: Path) -> dict[str, list[dict]]:
     sweeps: dict[str, list[dict]] = {}
     for path in paths:
         remedy = SNR_COMMAND.format(modulation=path.stem.removeprefix("sweep_snr_"), path=path)
-        rows = read_sweep(
-            path,
-            {
-                "model": str,
-                "tokens": int,
-                "split": int,
-                "link": str,
-                "snr_db": str,
-                "dropout": float,
-                "draw": int,
-                "modulation": str,
-                "fading": str,
-                "bits_per_element": str,
-                "elements_per_packet": str,
-                "header_bits": str,
-                "ppl": float,
-                "token_accuracy": float,
-                **WINDOW_COLUMNS,
-            },
-            remedy=remedy,
-            optional={"withheld": (float, 0.0), "protect": (int, 0), **OPTIONAL_WINDOW_COLUMNS},
-        )
-        rows = [r for r in rows if r["withheld"] == 0 and r["protect"] == 0]
-        physical = [r for r in rows if r["link"] != "dropout"]
+        rows = read_sweep(path, SNR_SWEEP_COLUMNS, remedy)
+        rows = [r for r in rows if schema.withholds_nothing(r) and schema.is_unprotected(r)]
+        physical = [r for r in rows if schema.is_physical(r)]
         set_ups = {(r["link"], r["modulation"], r["fading"]) for r in physical}
         if len(set_ups) != 1:
             raise FigureInputError(
@@ -434,7 +389,7 @@ def read_snr_sweeps(results_dir: Path) -> dict[str, list[dict]]:
         modulation = set_ups.pop()[1]
         if modulation in sweeps:
             raise FigureInputError(f"malformed {path}: a second file for {modulation} (keep one per modulation)")
-        if not any(r["link"] == "dropout" and r["dropout"] == 0 for r in rows):
+        if not any(schema.is_clean(r) for r in rows):
             raise FigureInputError(f"malformed {path}: no clean reference row (remake it with: {remedy})")
         for r in rows:
             r["snr"] = _snr_of(path, r, remedy)
@@ -446,7 +401,7 @@ def snr_curves(rows: list[dict], split: int, column: str) -> tuple[list[float], 
     """Ascending SNRs and (pooled, 95% low, high) of `column` at each, at one split.
 
     The interval is over windows, or over draws where the sweep has one window."""
-    cell = [r for r in rows if r["link"] != "dropout" and r["split"] == split]
+    cell = [r for r in rows if schema.is_physical(r) and r["split"] == split]
     snrs = sorted({r["snr"] for r in cell})
     return snrs, [_pooled_interval([r for r in cell if r["snr"] == s], column) for s in snrs]
 
@@ -454,7 +409,7 @@ def snr_curves(rows: list[dict], split: int, column: str) -> tuple[list[float], 
 def clean_value(sweeps: dict[str, list[dict]], split: int, column: str) -> float:
     """The clean reference at a split (the same rows in every file that has it: the first file's)."""
     for rows in sweeps.values():
-        clean = [r for r in rows if r["link"] == "dropout" and r["dropout"] == 0 and r["split"] == split]
+        clean = [r for r in rows if schema.is_clean(r) and r["split"] == split]
         if clean:
             return _pooled_interval(clean, column)[0]
     return math.nan
@@ -465,7 +420,7 @@ def snr_panels(sweeps: dict[str, list[dict]], colors: dict[str, str], labels: di
     (top) and accuracy (bottom) at each split with where each recovers (named in the titles), and (right)
     the element loss each applied. Returns the figure, its suptitle left to the caller."""
     plt = pyplot()
-    splits = sorted({r["split"] for rows in sweeps.values() for r in rows if r["link"] != "dropout"})
+    splits = sorted({r["split"] for rows in sweeps.values() for r in rows if schema.is_physical(r)})
     fig = plt.figure(figsize=(3.7 * len(splits) + 4.0, 7.6))
     grid = fig.add_gridspec(2, len(splits) + 1, width_ratios=[1.0] * len(splits) + [1.1])
     ppl_axes, acc_axes = [], []
@@ -515,7 +470,7 @@ def snr_panels(sweeps: dict[str, list[dict]], colors: dict[str, str], labels: di
     ppl_axes[0].set_ylabel("perplexity (log scale)")
     acc_axes[0].set_ylabel("top-1 next-token accuracy (fraction)")
     for key, rows in sweeps.items():
-        points = sorted({(r["snr"], r["dropout"]) for r in rows if r["link"] != "dropout" and r["split"] == splits[0]})
+        points = sorted({(r["snr"], r["dropout"]) for r in rows if schema.is_physical(r) and r["split"] == splits[0]})
         loss_ax.plot(
             [s for s, _ in points], [max(p, ERROR_RATE_FLOOR) for _, p in points], "o-", color=colors[key], lw=1.4, ms=3
         )
@@ -551,7 +506,7 @@ def fig_snr(results_dir: Path, figures_dir: Path) -> Path:
     colors = {m: MODULATION_COLORS.get(m, f"C{4 + i}") for i, m in enumerate(sweeps)}
     fig = snr_panels(sweeps, colors, MODULATION_LABELS, "element loss = packet error rate")
     first = next(iter(sweeps.values()))
-    r0 = next(r for r in first if r["link"] != "dropout")
+    r0 = next(r for r in first if schema.is_physical(r))
     draws = max(r["draw"] for rows in sweeps.values() for r in rows) + 1
     fig.suptitle(
         f"{r0['model']}: quality against the uplink SNR ({r0['link']} link: lost packets zero-filled; "
@@ -690,16 +645,20 @@ def _measured_intervals(fit_rows: list[dict], cells_file: Path) -> None:
     intervals follow the sweep's windows file; the fit's own file keeps those of the fit that made it)."""
     if not cells_file.is_file():
         return
-    from layersplit import cells
-
     rows = read_csv(
         cells_file,
-        {"link": str, "split": float, "dropout": float, "ppl_low": _float_or_nan, "ppl_high": _float_or_nan},
+        {
+            "link": str,
+            "split": float,
+            "dropout": float,
+            "ppl_low": schema.float_or_nan,
+            "ppl_high": schema.float_or_nan,
+        },
         FIT_COMMAND,
         optional={"protect": (float, 0.0)},
-        check=cells.cell_problem,
+        check=lambda row, line: schema.cell_problem(row),  # a cell table holds one row per cell
     )
-    found = {(r["dropout"], r["split"]): r for r in rows if r["link"] == "dropout" and r["protect"] == 0}
+    found = {(r["dropout"], r["split"]): r for r in rows if schema.is_original_link(r) and schema.is_unprotected(r)}
     for r in fit_rows:
         if (cell := found.get((r["dropout"], r["split"]))) is not None:
             r["ppl_low"], r["ppl_high"] = cell["ppl_low"], cell["ppl_high"]
@@ -720,8 +679,8 @@ def fig_rsm_fit(results_dir: Path, figures_dir: Path) -> Path:
         },
         FIT_COMMAND,
         optional={
-            "ppl_low": (_float_or_nan, math.nan),
-            "ppl_high": (_float_or_nan, math.nan),
+            "ppl_low": (schema.float_or_nan, math.nan),
+            "ppl_high": (schema.float_or_nan, math.nan),
             "dropout": (float, math.nan),
             "split": (float, math.nan),
         },
@@ -1017,28 +976,12 @@ PROTECT_AT = {"snr": 15.0, "p": 0.1}  # that condition: Es/N0 (dB) and p, where 
 
 
 def read_protect_sweep(path: Path, args: str) -> list[dict]:
-    rows = read_sweep(
-        path,
-        {
-            "model": str,
-            "tokens": int,
-            "split": int,
-            "link": str,
-            "snr_db": str,
-            "dropout": float,
-            "protect": int,
-            "draw": int,
-            "ppl": float,
-            "token_accuracy": float,
-            **WINDOW_COLUMNS,
-        },
-        remedy=PROTECT_COMMAND.format(args=args, path=path),
-        optional={"withheld": (float, 0.0), **OPTIONAL_WINDOW_COLUMNS},
-    )
-    rows = [r for r in rows if r["withheld"] == 0]
+    columns = ("model", "tokens", "split", "link", "snr_db", "dropout", "protect", "draw", "ppl", "token_accuracy")
+    rows = read_sweep(path, columns, PROTECT_COMMAND.format(args=args, path=path))
+    rows = [r for r in rows if schema.withholds_nothing(r)]
     for r in rows:
         r["x"] = (
-            _snr_of(path, r, PROTECT_COMMAND.format(args=args, path=path)) if r["link"] != "dropout" else r["dropout"]
+            _snr_of(path, r, PROTECT_COMMAND.format(args=args, path=path)) if schema.is_physical(r) else r["dropout"]
         )
     return rows
 
@@ -1046,11 +989,7 @@ def read_protect_sweep(path: Path, args: str) -> list[dict]:
 def protect_curves(rows: list[dict], split: int, k: int) -> tuple[list[float], list[tuple[float, float, float]]]:
     """Ascending condition values (Es/N0 or p) and the pooled perplexity with its 95% interval, at one
     split and K (the clean row, K = 0 only, is not a condition)."""
-    cell = [
-        r
-        for r in rows
-        if r["split"] == split and r["protect"] == k and not (r["link"] == "dropout" and r["dropout"] == 0)
-    ]
+    cell = [r for r in rows if r["split"] == split and r["protect"] == k and not (schema.is_clean(r))]
     xs = sorted({r["x"] for r in cell})
     return xs, [_pooled_interval([r for r in cell if r["x"] == x], "ppl") for x in xs]
 
@@ -1070,10 +1009,7 @@ def fig_protect(results_dir: Path, figures_dir: Path) -> Path:
     for row, (kind, rows) in enumerate(sweeps.items()):
         splits = sorted({r["split"] for r in rows})
         clean = {
-            s: _pooled_interval(
-                [r for r in rows if r["split"] == s and r["link"] == "dropout" and r["dropout"] == 0], "ppl"
-            )[0]
-            for s in splits
+            s: _pooled_interval([r for r in rows if r["split"] == s and schema.is_clean(r)], "ppl")[0] for s in splits
         }
         first = None
         for col, split in enumerate(PROTECT_SPLITS):
@@ -1324,24 +1260,14 @@ def fig_nr_snr(results_dir: Path, figures_dir: Path) -> Path:
         if key == "nr_reliable" and not path.is_file():
             continue
         remedy = remedy.format(path=path, modulation="qpsk")
-        rows = read_sweep(
-            path,
-            {
-                "model": str,
-                "tokens": int,
-                "split": int,
-                "link": str,
-                "snr_db": str,
-                "dropout": float,
-                "draw": int,
-                "ppl": float,
-                "token_accuracy": float,
-                **WINDOW_COLUMNS,
-            },
-            remedy=remedy,
-            optional={"withheld": (float, 0.0), "protect": (int, 0), **OPTIONAL_WINDOW_COLUMNS},
-        )
-        rows = [r for r in rows if r["withheld"] == 0 and r["protect"] == 0 and r["link"] in (link, "dropout")]
+        rows = read_sweep(path, SWEEP_COLUMNS, remedy)
+        rows = [
+            r
+            for r in rows
+            if schema.withholds_nothing(r)
+            and schema.is_unprotected(r)
+            and (r["link"] == link or schema.is_original_link(r))
+        ]
         if not any(r["link"] == link for r in rows):
             raise FigureInputError(f"malformed {path}: no {link} rows (remake it with: {remedy})")
         for r in rows:
