@@ -134,7 +134,7 @@ def row_problem(row: dict) -> str | None:
             continue
         x = n[column]
         if x is None:
-            if may_be_empty and not (column == "snr_db" and row.get("link", "dropout") != "dropout"):
+            if may_be_empty and not (column == "snr_db" and row.get("link", ORIGINAL_LINK) != ORIGINAL_LINK):
                 continue
             needs = "a physical link's SNR" if column == "snr_db" else "a number"
             return f"{column} is empty, where {needs} belongs"
@@ -237,7 +237,7 @@ def row_key(row: dict) -> tuple:
     """What identifies a sweep row: physical links by SNR and withheld share, the direct link by p, and
     the protected elements per token (floats as written in the CSV; strings, or numbers as pandas reads them)."""
     snr = "" if _blank(row["snr_db"]) else repr(float(row["snr_db"]))
-    p = repr(float(row["dropout"])) if row["link"] == "dropout" else ""
+    p = repr(float(row["dropout"])) if is_original_link(row) else ""
     withheld, protect = row.get("withheld"), row.get("protect")  # absent in older files: none
     return (
         int(row["split"]),
@@ -421,7 +421,7 @@ def read_sweep_frame(path: str | Path, needed: tuple[str, ...]):
     return frame.assign(**{WINDOW_SCORES: [windows.get(k) for k in keys]})
 
 
-# --- typed reading (figures.py) ----------------------------------------------------------------------
+# --- typed reading (figures.py, layersplit/plots/common.py) -----------------------------------------
 def float_or_nan(text: str) -> float:
     """A number, or nan for an empty field (how pandas writes a missing value)."""
     return math.nan if text == "" else float(text)
