@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import UserError, cells, experiments
+from . import UserError, cells, experiments, schema
 from .policies import confidence_interval, share_of_optimum
 
 SURROGATE_RUNS = {  # result stem -> how the tables name it
@@ -141,7 +141,7 @@ def policy_map_shift(results: Path, stem: str, policy: str) -> tuple[float, floa
 
 
 def sweep_rows(results: Path) -> list[dict]:
-    return cells.read_sweep(results / SWEEP)
+    return schema.read_sweep(results / SWEEP)
 
 
 # --- the blocks --------------------------------------------------------------------------------
@@ -256,7 +256,7 @@ CELLS_READ = ("link", "protect", "split", "dropout", "ppl", "ppl_low", "ppl_high
 def block_sweep(results: Path) -> str:
     """The surrogate sweep's cells: split x p, perplexity [95% interval] and the interval's unit."""
     path = results / SWEEP.replace(".csv", "_cells.csv")
-    found = [r for r in cells.read_cells(path, CELLS_READ) if r["link"] == "dropout" and r["protect"] in ("0", "")]
+    found = [r for r in schema.read_cells(path, CELLS_READ) if schema.is_original_link(r) and schema.is_unprotected(r)]
     ps = sorted({float(r["dropout"]) for r in found})
     splits = sorted({int(r["split"]) for r in found})
     cell = {(int(r["split"]), float(r["dropout"])): r for r in found}
@@ -283,7 +283,7 @@ def paired_table(rows: list[dict]) -> list[dict]:
 
 
 def block_paired(results: Path) -> str:
-    if not cells.windows_path(results / SWEEP).is_file():
+    if not schema.windows_path(results / SWEEP).is_file():
         return f"(no windows file beside {SWEEP}: rerun its sweep, python add_noise.py --sweep)"
     found = paired_table(sweep_rows(results))
     ps = list(dict.fromkeys(c["condition"] for c in found))

@@ -20,7 +20,7 @@ Files: `load` reads with torch.load(weights_only=True), so a file holding anythi
 numbers and strings is refused rather than unpickled (no code from a .pth runs), and refuses in one line
 naming the file what is not a surrogate: unreadable or truncated, another zip, another form, weights of
 other shapes or not finite, normalisation of the wrong length, not finite or with a std <= 0. The fit
-reads sweep rows through cells.read_rows (an invalid row is refused by file:line, never fitted on).
+reads sweep rows through schema.read_rows (an invalid row is refused by file:line, never fitted on).
 
 `split` is the 0-based decoder layer after which the link sits (split + 1 layers on the UE), as
 in the sweep CSV and the original code. Predictions go through numpy (`predict`), which costs a few
@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import UserError, cells
+from . import UserError, cells, schema
 
 if TYPE_CHECKING:
     import torch
@@ -234,47 +234,25 @@ def load(path: str | Path, form: str | None = None) -> Surrogate:
 
 # --- the training data, from sweep results -------------------------------------------------------
 def check_sweep(path: str | Path, needed: tuple[str, ...] = ("split", "nll", "token_accuracy")) -> None:
-    """A sweep results file that is there and whose every row is valid (cells.read_rows), else UserError:
+    """A sweep results file that is there and whose every row is valid (schema.read_rows), else UserError:
     train_rsm.py fit checks all its inputs so before it fits the first."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no sweep results at {path} (make them with: python add_noise.py --sweep)")
-    cells.read_rows(path, needed)  # every row checked, on every column it has
+    schema.read_rows(path, needed)  # every row checked, on every column it has
 
 
 def _read_sweep(path: str | Path, needed: tuple[str, ...]):
-    """The sweep's rows as a frame, each checked first (cells.read_rows: a row with an impossible value
-    is refused, naming its line, never fitted on nor dropped), with their window scores."""
-    import pandas as pd
-
-    path = Path(path)
-    check_sweep(path, needed)
-    try:
-        frame = pd.read_csv(path)  # the numbers as pandas parses them (the fits of the committed sweeps rest on it)
-    except (ValueError, UnicodeDecodeError) as e:  # csv read it, so this is rare: a quoting only pandas minds
-        raise UserError(f"{path} is not a CSV pandas can read ({str(e).splitlines()[0]})") from None
-    for column in needed:
-        if column not in cells.TEXT_COLUMNS:
-            frame[column] = pd.to_numeric(frame[column])
-    return _with_windows(frame, path)
-
-
-def _with_windows(frame, path: Path):
-    """The frame with each row's window scores (cells.WINDOW_SCORES) from the sweep's windows file, where
-    it has them, so that the intervals take the window as their unit."""
-    try:
-        windows = cells.read_windows(cells.windows_path(path))
-    except cells.WindowsFileError as e:
-        raise UserError(str(e)) from None
-    if not windows or not {"split", "link", "snr_db", "dropout", "withheld", "draw"} <= set(frame.columns):
-        return frame
-    keys = [cells.row_key(r) for r in frame.to_dict("records")]
-    return frame.assign(**{cells.WINDOW_SCORES: [windows.get(k) for k in keys]})
+    """The sweep's rows as a frame with their window scores, each checked first (schema.read_sweep_frame: a row
+    with an impossible value is refused, naming its line, never fitted on nor dropped)."""
+    if not Path(path).is_file():  # check_sweep's message: what makes the file
+        check_sweep(path, needed)
+    return schema.read_sweep_frame(path, needed)
 
 
 def unprotected(frame):
     """The rows without the protected path (--protects K > 0 is not an input of the surrogates)."""
-    return frame[frame["protect"].fillna(0) == 0] if "protect" in frame else frame
+    return frame[schema.is_unprotected(frame)] if "protect" in frame else frame
 
 
 def _pooled(frame, keys: list[str], where):
@@ -302,7 +280,7 @@ def paper_cells(path: str | Path, splits=PAPER_SPLITS, reference_split: int = RE
     draws) with its 95% interval over windows, the reference PPL at the same p, the inference
     reward, and that reward's standard error over the noise draws (inference_reward_se)."""
     frame = _read_sweep(path, ("link", "split", "dropout", "draw", "nll", "token_accuracy", "scored_tokens"))
-    frame = unprotected(frame[frame["link"] == "dropout"])
+    frame = unprotected(frame[schema.is_original_link(frame)])
     if frame.empty:
         raise UserError(f"{path} has no rows of the original link (p): sweep with --dropouts")
     cells = _pooled(frame, ["dropout", "split"], path).drop(columns="latency_s")
@@ -339,7 +317,7 @@ def wireless_cells(path: str | Path, protect: bool = False):
     over draws, with its 95% interval), accuracy, latency. Without `protect` only the K = 0 rows."""
     needed = ("link", "snr_db", "split", "withheld", "nll", "token_accuracy", "total_s", "scored_tokens")
     frame = _read_sweep(path, needed + (("protect",) if protect else ()))
-    frame = frame[frame["link"] != "dropout"]
+    frame = frame[schema.is_physical(frame)]
     frame = frame.assign(protect=frame["protect"].fillna(0)) if protect else unprotected(frame)
     if frame.empty:
         raise UserError(f"{path} has no physical-link rows: sweep with --snrs (and --withheld)")

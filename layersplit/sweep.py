@@ -20,8 +20,8 @@ Resumable. Rows are appended (one fsync'd line each) when a split is finished; a
 command skips finished cells, drops a half-written last line, and refuses a results file made
 with another configuration. A file whose header is not this version's is refused before anything
 is read or changed (a typo in --output never touches another file), and so is one with a row that
-cannot be read (text for a number, fields missing: cells.row_shape_problem), naming its line. A row
-that reads but holds impossible values (cells.row_problem: a nan or negative nll, an accuracy above
+cannot be read (text for a number, fields missing: schema.row_shape_problem), naming its line. A row
+that reads but holds impossible values (schema.row_problem: a nan or negative nll, an accuracy above
 1, ...) is recomputed: the file is rewritten without it (beside, then renamed) and stderr says so.
 """
 
@@ -37,19 +37,19 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import UserError, cells, channel, compute, uplink
+from . import UserError, cells, channel, compute, schema, uplink
 from .grid import CPU_BATCH, GPU_MEMORY_SHARE, MASK_DEVICES, Condition, draws_of, is_clean
 from .link import SplitLink
 from .perplexity import sliding_windows, token_nll_and_correct
 from .segments import SplitModel
 
-# the results file's columns and what a valid row holds: cells.py (figures.py and the fit read them too)
-RUN_COLUMNS, LINK_COLUMNS, TEXT_COLUMNS = cells.RUN_COLUMNS, cells.LINK_COLUMNS, cells.TEXT_COLUMNS
-COLUMNS, row_problem = cells.COLUMNS, cells.row_problem
+# the results file's columns and what a valid row holds: schema.py (every reader of the files goes through it)
+RUN_COLUMNS, LINK_COLUMNS, TEXT_COLUMNS = schema.RUN_COLUMNS, schema.LINK_COLUMNS, schema.TEXT_COLUMNS
+COLUMNS, row_problem = schema.COLUMNS, schema.row_problem
 
 
 PER_WINDOW = "per_window"  # key of a computed row's [(window, nll sum, correct, tokens)]: the windows file's lines
-row_key, windows_path = cells.row_key, cells.windows_path  # what identifies a row; where its windows go
+row_key, windows_path = schema.row_key, schema.windows_path  # what identifies a row; where its windows go
 
 
 def cell_key(split: int, cond: Condition, draw: int) -> tuple:
@@ -86,17 +86,17 @@ def _drop_partial_line(path: Path) -> None:
 
 def check_output(path: str | Path) -> bool:
     """Refuse a results path whose file, or windows file beside it, is of another kind, or holds a row
-    that cannot be read (cells.row_shape_problem), changing nothing: a script calls it before any work.
+    that cannot be read (schema.row_shape_problem), changing nothing: a script calls it before any work.
     True when there is a results file to resume."""
     path = Path(path)
     ours = path.is_file() and path.stat().st_size > 0
     if ours and not _header_is(path, COLUMNS):
         raise UserError(f"{path} is not a sweep results file of this version (other columns): use another --output")
     beside = windows_path(path)
-    if beside.is_file() and beside.stat().st_size and not _header_is(beside, cells.WINDOW_FILE_COLUMNS):
+    if beside.is_file() and beside.stat().st_size and not _header_is(beside, schema.WINDOW_FILE_COLUMNS):
         raise UserError(f"{beside} is not a sweep windows file (other columns): move it away, or use another --output")
-    for line, row in cells.iter_rows(path, COLUMNS) if ours else ():
-        if problem := cells.row_shape_problem(row):  # (a torn last line is cut when the store opens the file)
+    for line, row in schema.iter_rows(path, COLUMNS) if ours else ():
+        if problem := schema.row_shape_problem(row):  # (a torn last line is cut when the store opens the file)
             if line == _last_line(path) and not path.read_bytes().endswith(b"\n"):
                 break
             raise UserError(
@@ -141,8 +141,8 @@ class ResultsStore:
         if self.windows_path.exists():
             _drop_partial_line(self.windows_path)
         try:
-            self.windows = {k: v for k, v in cells.read_windows(self.windows_path).items() if k in self.done}
-        except cells.WindowsFileError as e:
+            self.windows = {k: v for k, v in schema.read_windows(self.windows_path).items() if k in self.done}
+        except schema.WindowsFileError as e:
             raise UserError(str(e)) from None
         if not ours:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -153,8 +153,8 @@ class ResultsStore:
         skip or redo cells silently); rows with impossible values, or a second row of one cell and draw,
         are taken out of the file (rewritten beside, then renamed) so that the sweep recomputes them."""
         rows, dropped, seen = [], {}, set()
-        for line, row in cells.iter_rows(self.path, COLUMNS):
-            problem = cells.row_shape_problem(row)
+        for line, row in schema.iter_rows(self.path, COLUMNS):
+            problem = schema.row_shape_problem(row)
             if problem:
                 raise UserError(
                     f"{self.path}:{line}: a damaged row ({problem}): delete that line to resume "
@@ -198,11 +198,11 @@ class ResultsStore:
         rows = [dict(row) for row in rows]
         per_window = [row.pop(PER_WINDOW, []) for row in rows]
         if not self.windows_path.exists():  # a results file made before windows were recorded has none
-            self._start(self.windows_path, cells.WINDOW_FILE_COLUMNS)
+            self._start(self.windows_path, schema.WINDOW_FILE_COLUMNS)
         with self.windows_path.open("a", newline="") as f:
             writer = csv.writer(f)
             for row, scores in zip(rows, per_window):
-                key_values = [row[k] for k in cells.WINDOW_FILE_COLUMNS[:7]]
+                key_values = [row[k] for k in schema.WINDOW_KEYS]
                 writer.writerows([*key_values, window, nll, correct, tokens] for window, nll, correct, tokens in scores)
             f.flush()
             os.fsync(f.fileno())
@@ -523,10 +523,10 @@ def run_naive(model, token_ids: torch.Tensor, cfg: SweepConfig, store: ResultsSt
 
 
 def read_reference(reference: str | Path) -> list[dict]:
-    """The rows of a --verify reference, checked like every sweep file (cells.read_rows): a script calls
+    """The rows of a --verify reference, checked like every sweep file (schema.read_rows): a script calls
     this before any work, so a bad reference is refused (one line, exit 2) before the sweep runs."""
     try:
-        return cells.read_rows(reference)
+        return schema.read_rows(reference)
     except UserError as e:
         raise UserError(f"--verify: {e}") from None
 
@@ -565,8 +565,8 @@ def verify(rows: list[dict], reference: str | Path, rtol: float) -> str:
     return f"verified: {len(rows)} rows agree with {reference} (largest relative difference {worst:.2g})"
 
 
-CELL_KEYS, CELL_COLUMNS = cells.CELL_KEYS, cells.CELL_COLUMNS  # the cell table (cells.py writes it)
-cell_table, cells_path, write_cells = cells.cell_table, cells.cells_path, cells.write_cells
+CELL_KEYS, CELL_COLUMNS = schema.CELL_KEYS, schema.CELL_COLUMNS  # the cell table (cells.py writes it)
+cell_table, cells_path, write_cells = cells.cell_table, schema.cells_path, cells.write_cells
 
 
 def summarise(rows: list[dict], windows: dict | None = None) -> str:

@@ -16,7 +16,7 @@ from test_bad_inputs import run_main
 
 import figures
 from conftest import ROOT
-from layersplit import UserError, cells, nr, surrogate, sweep
+from layersplit import UserError, cells, nr, schema, surrogate, sweep
 
 SWEEP = ROOT / "results" / "sweep_smollm2-135m.csv"  # a committed sweep of the original link: every reader takes it
 BLER = ROOT / "results" / "nr_bler.csv"
@@ -381,8 +381,8 @@ def test_every_committed_sweep_is_valid_for_every_reader():
     for path in sorted((ROOT / "results").glob("sweep_*.csv")):
         if path.name.endswith(("_cells.csv", "_windows.csv")):
             continue
-        rows = cells.read_rows(path)
-        assert all(cells.row_problem(r) is None for r in rows)
+        rows = schema.read_rows(path)
+        assert all(schema.row_problem(r) is None for r in rows)
         assert all(c["draws_left_out"] == 0 for c in cells.cell_table(rows))
 
 
@@ -406,7 +406,7 @@ def test_a_draw_with_no_window_scored_is_counted_and_recorded(tmp_path, capsys):
     code, err = run_main("layersplit/cells.py", [str(path), "--write-cells"], capsys)
     assert code == 0, err
     assert "1 draw(s) in 1 cell(s) scored no finite window and are left out" in err
-    table = {(c["split"], c["dropout"]): c for c in rows_of(cells.cells_path(path))}
+    table = {(c["split"], c["dropout"]): c for c in rows_of(schema.cells_path(path))}
     assert table["3", "0.3"]["draws_left_out"] == "1" and table["3", "0.3"]["draws"] == str(draws(rows, "3", "0.3") - 1)
     assert {c["draws_left_out"] for k, c in table.items() if k != ("3", "0.3")} == {"0"}
     rows[i]["nonfinite_windows"] = "0"  # no window scored and none non-finite: impossible
@@ -439,7 +439,7 @@ def test_a_resumed_sweep_recomputes_rows_with_invalid_values(tiny_llama, tmp_pat
     assert resumed.keys() == reference.keys()
     for key in reference:
         assert float(resumed[key]["nll"]) == pytest.approx(float(reference[key]["nll"]), rel=1e-6)
-    assert all(cells.row_problem(r) is None for r in rows_by_key(path).values())
+    assert all(schema.row_problem(r) is None for r in rows_by_key(path).values())
 
 
 def test_a_torn_last_line_of_our_own_file_is_still_repaired_and_another_file_never(tmp_path):

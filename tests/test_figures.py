@@ -13,6 +13,7 @@ import pytest
 
 import figures
 from conftest import run_script
+from layersplit.plots import channel, common, rl
 
 SNR_GRID = (0.0, 10.0, 20.0, 30.0)  # synthetic Es/N0 points (dB)
 SPLITS = (1, 2)  # synthetic split layers (0-based)
@@ -319,7 +320,7 @@ def results(tmp_path) -> Path:
 @pytest.fixture
 def low_dpi(monkeypatch):
     """In-process drawing at a low resolution: the same code, a fraction of the rendering time."""
-    monkeypatch.setattr(figures, "DPI", 30)
+    monkeypatch.setattr(common, "DPI", 30)  # save() reads it there
 
 
 def test_every_file_is_listed():
@@ -551,7 +552,7 @@ def test_cost_figure_shows_the_llm_comparison_of_a_full_train_py_run(results, tm
         )
     )
     drawn = {}
-    monkeypatch.setattr(figures, "save", lambda fig, folder, name: drawn.setdefault(name, fig) and folder / name)
+    monkeypatch.setattr(rl, "save", lambda fig, folder, name: drawn.setdefault(name, fig) and folder / name)
     figures.fig_cost(results, tmp_path)
     panel = drawn["cost"].axes[2]
     assert [t.get_text() for t in panel.get_yticklabels()] == [
@@ -604,7 +605,7 @@ def test_latency_figure_plots_against_the_0_based_split(results, tmp_path, monke
         ],
     )
     drawn = {}
-    monkeypatch.setattr(figures, "save", lambda fig, folder, name: drawn.setdefault(name, fig) and folder / name)
+    monkeypatch.setattr(channel, "save", lambda fig, folder, name: drawn.setdefault(name, fig) and folder / name)
     figures.fig_latency(results, tmp_path)
     panel = drawn["latency"].axes[0]  # SmolLM2 prefill at 10 dB: layers 1..3 on the UE
     assert sorted({round(p.get_x() + p.get_width() / 2, 6) for p in panel.patches}) == [0, 1, 2]

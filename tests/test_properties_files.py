@@ -16,22 +16,11 @@ from hypothesis import strategies as st
 
 import figures
 from conftest import ROOT
-from layersplit import UserError, cells, nr, surrogate, sweep
+from layersplit import UserError, cells, nr, schema, surrogate, sweep
 
 with open(ROOT / "results" / "sweep_smollm2-135m.csv", newline="") as f:
     GOOD = list(csv.DictReader(f))[:2]  # two valid rows of different draws: line 2 stays, line 3 is mutated
-FIGURE_COLUMNS = {
-    "model": str,
-    "tokens": int,
-    "split": int,
-    "link": str,
-    "snr_db": str,
-    "dropout": float,
-    "draw": int,
-    "ppl": float,
-    "token_accuracy": float,
-    **figures.WINDOW_COLUMNS,
-}
+FIGURE_COLUMNS = figures.SWEEP_COLUMNS  # what figures.py's sweep figure reads (and what pooling needs)
 FIT_COLUMNS = ("link", "split", "dropout", "draw", "nll", "token_accuracy", "scored_tokens")
 
 field = st.one_of(
@@ -58,7 +47,7 @@ def write(path: Path, changes: dict, keep: int | None) -> None:
 
 def assert_pooled_values_valid(rows: list[dict]) -> None:
     for row in rows:
-        assert cells.row_problem(row) is None, row
+        assert schema.row_problem(row) is None, row
     pooled = cells.pool(rows)
     assert pooled["draws"] + pooled["draws_left_out"] == len(rows)
     if pooled["draws"]:
@@ -75,7 +64,7 @@ def test_every_reader_accepts_a_valid_row_or_names_its_line(mutation):
         write(path, changes, keep)
         where = f"{path}:3: "
         readers = {  # reader -> its rows, or the exception it raised
-            "read_rows": lambda: cells.read_rows(path),
+            "read_rows": lambda: schema.read_rows(path),
             "cells CLI": lambda: cells.read_sweep(path, cells.CLI_COLUMNS),
             "verify": lambda: sweep.read_reference(path),
             "fit": lambda: surrogate._read_sweep(path, FIT_COLUMNS).to_dict("records"),
@@ -92,7 +81,7 @@ def test_every_reader_accepts_a_valid_row_or_names_its_line(mutation):
         event("accepted" if accepted else "refused")
         if accepted:
             assert_pooled_values_valid(outcomes["read_rows"])
-            assert cells.row_problem({**GOOD[1], **changes}) is None
+            assert schema.row_problem({**GOOD[1], **changes}) is None
         try:
             drawn = figures.read_sweep(path, FIGURE_COLUMNS, "remedy")
         except figures.FigureInputError as e:
@@ -105,7 +94,7 @@ def test_every_reader_accepts_a_valid_row_or_names_its_line(mutation):
         except UserError as e:
             assert where in str(e) or "was made with another configuration" in str(e), str(e)
         else:
-            assert all(cells.row_problem(r) is None for r in store.rows)
+            assert all(schema.row_problem(r) is None for r in store.rows)
             assert len(store.rows) == (2 if accepted else 1)
 
 
@@ -113,7 +102,7 @@ def test_every_reader_accepts_a_valid_row_or_names_its_line(mutation):
 def test_the_examples_of_the_issue_are_refused_by_every_reader(changes, tmp_path):
     path = tmp_path / "sweep.csv"
     write(path, changes, None)
-    for read in (cells.read_rows, sweep.read_reference, lambda p: surrogate._read_sweep(p, FIT_COLUMNS)):
+    for read in (schema.read_rows, sweep.read_reference, lambda p: surrogate._read_sweep(p, FIT_COLUMNS)):
         with pytest.raises(UserError, match=f"{path}:3: "):
             read(path)
 

@@ -190,10 +190,10 @@ def test_paired_comparison_is_over_windows_of_the_same_text_and_masks():
 def test_the_windows_file_holds_each_rows_windows(tiny_llama, tmp_path):
     import math
 
-    from layersplit import cells
+    from layersplit import schema
 
     rows = run(tiny_llama, tmp_path / "r.csv")
-    windows = cells.read_windows(sweep.windows_path(tmp_path / "r.csv"))
+    windows = schema.read_windows(sweep.windows_path(tmp_path / "r.csv"))
     assert windows.keys() == rows.keys()
     for key, row in rows.items():
         scores = windows[key]
@@ -206,7 +206,7 @@ def test_the_windows_file_holds_each_rows_windows(tiny_llama, tmp_path):
             assert sd == pytest.approx(float(row["nll_window_sd"]), rel=1e-6)
     # the naive path writes the same windows
     run(tiny_llama, tmp_path / "n.csv", runner=sweep.run_naive)
-    naive = cells.read_windows(sweep.windows_path(tmp_path / "n.csv"))
+    naive = schema.read_windows(sweep.windows_path(tmp_path / "n.csv"))
     assert naive.keys() == windows.keys()
     for key in windows:
         assert [w for w, _, _ in naive[key]] == [w for w, _, _ in windows[key]]
@@ -283,9 +283,9 @@ def test_resume_after_a_crash_inside_a_cell(tiny_llama, tmp_path, monkeypatch):
 
 
 def same_windows(a, b) -> bool:
-    from layersplit import cells
+    from layersplit import schema
 
-    return cells.read_windows(sweep.windows_path(a)) == cells.read_windows(sweep.windows_path(b))
+    return schema.read_windows(sweep.windows_path(a)) == schema.read_windows(sweep.windows_path(b))
 
 
 def test_another_configuration_is_refused(tiny_llama, tmp_path):
