@@ -71,7 +71,8 @@ from layersplit.plots.sweep import (  # noqa: F401
     recovery_snr,
 )
 
-README = Path(__file__).resolve().parent / "README.md"  # where --claims writes the generated tables
+README = Path(__file__).resolve().parent / "README.md"  # the front page; --claims writes it and docs/*.md
+ALL_DOCS = Path("<all>")  # --claims without a file: every file that holds a generated block
 RESULTS_DIR = Path("results")  # where the experiment scripts write their CSV/JSON
 FIGURES_DIR = Path("figures")  # where the PNGs (and PDFs of the same figures) go; format and DPI: plots/common.py
 
@@ -100,15 +101,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--claims",
         nargs="?",
-        const=README,
+        const=ALL_DOCS,
         type=Path,
-        metavar="README",
-        help="no figures: write the README's generated tables (layersplit/claims.py) from --results-dir "
-        "into README (default: this checkout's)",
+        metavar="FILE",
+        help="no figures: write the generated tables (layersplit/claims.py) from --results-dir into FILE "
+        "(default: every one in this checkout's README.md and docs/, each in the file that holds it)",
     )
     args = parser.parse_args(argv)
     if not args.results_dir.is_dir():
         parser.error(f"--results-dir {args.results_dir} is not a folder (make the results first: make reproduce)")
+    if args.claims == ALL_DOCS:
+        return cli.run_main("figures.py", lambda: write_all_claims(args.results_dir))
     if args.claims is not None:
         if not args.claims.is_file():
             parser.error(f"--claims {args.claims}: no such file")
@@ -131,6 +134,15 @@ def write_claims(results_dir: Path, readme: Path) -> int:
     readme.write_text(claims.update(text, {name: new[name] for name in held}))
     changed = [name for name in held if held[name] != new[name]]
     print(f"{readme}: {len(held)} generated block(s), {len(changed)} rewritten ({', '.join(changed) or 'none'})")
+    return 0
+
+
+def write_all_claims(results_dir: Path) -> int:
+    """Every generated block of README.md and docs/ rewritten from the result files, in the file that holds it."""
+    from layersplit import claims
+
+    for path, changed in claims.write_all(results_dir, README.parent).items():
+        print(f"{path}: {len(changed)} rewritten ({', '.join(changed) or 'none'})")
     return 0
 
 

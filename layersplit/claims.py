@@ -14,6 +14,7 @@ the committed files:
     fairness   the next UE's first token behind long prompts, per edge --prefill-chunk
     gpu        one bench/gpu.sh run on a GPU (bench/gpu_summary.py's summary)
     pipeline   every experiment of the pipeline (experiments.py) with its wall time in the committed run
+    fresh      make reproduce, quick and test timed on a fresh clone (bench/fresh_clone.py)
 
 Intervals: over seeds for the surrogate-trained agents (seed k of every policy plays the same
 episodes, so gaps are paired by seed), over episodes on the real LLM (each episode its own start and
@@ -588,6 +589,29 @@ def block_pipeline(results: Path) -> str:
     return table(["step", "what", "at `make reproduce`", "wall time"], rows)
 
 
+FRESH_TARGETS = ("reproduce", "quick", "test")  # bench/fresh_clone.py's records quoted by the README
+
+
+def block_fresh(results: Path) -> str:
+    """Each make target's wall time on a fresh clone, set-up included (results/timings_TARGET.json)."""
+    rows = []
+    for target in FRESH_TARGETS:
+        found = _json(results, f"timings_{target}.json")
+        if found is None:
+            rows.append([f"`make {target}`", "not measured (`python bench/fresh_clone.py " + target + "`)", ""])
+            continue
+        status = "passed" if found["exit"] == 0 else f"failed (exit {found['exit']})"
+        rows.append(
+            [
+                f"`make {target}`",
+                f"{found['total_seconds'] / 60:.1f} min (set-up {found['setup_seconds']:.0f} s), "
+                f"{found['cpus']} CPU cores, commit {found['commit'][:7]}",
+                f"{status}: {found['last_line'].strip('= ')}" if target == "test" else status,
+            ]
+        )
+    return table(["command", "wall time on a fresh clone", "outcome"], rows)
+
+
 BLOCKS = {
     "claims": block_claims,
     "rl": block_rl,
@@ -597,6 +621,7 @@ BLOCKS = {
     "fairness": block_fairness,
     "gpu": block_gpu,
     "pipeline": block_pipeline,
+    "fresh": block_fresh,
 }
 
 

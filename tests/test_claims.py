@@ -18,6 +18,7 @@ HOMES = {  # each generated block and the one file that holds it
     "fairness": "docs/serving.md",
     "gpu": "docs/gpu-and-ray.md",
     "pipeline": "docs/pipeline.md",
+    "fresh": "README.md",
 }
 
 
