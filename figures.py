@@ -14,7 +14,7 @@ Figures:
               BER and PER against Es/N0 per modulation and fading, closed form vs Monte Carlo.
     sweep     results/sweep_layers_smollm2-135m.csv (plots/sweep.py's SWEEP_COMMAND; make reproduce)
               perplexity and token accuracy against the split, one curve per channel condition.
-    snr       results/sweep_snr_{bpsk,qpsk,16qam}.csv (plots/sweep.py's SNR_COMMAND, once per modulation)
+    snr       results/sweep_snr_{bpsk,qpsk,16qam}.csv (experiments sweep_snr_*, one per modulation)
               perplexity and token accuracy against Es/N0, one curve per modulation, at a few splits;
               the element loss (packet error rate) the link applied, against Es/N0.
     latency   results/latency_breakdown.csv (python -m layersplit.channel --latency-table results/latency_breakdown.csv)
@@ -24,7 +24,7 @@ Figures:
     rsm_fit   results/rsm_fit_{paper,wireless}.csv (python train_rsm.py fit)
               the surrogates' predictions against the measurements on held-out sweep cells, with R^2.
     training  results/rl_paper_{ppo,a2c,dqn}_curves.csv, rl_paper_ppo.json
-              (python train_rsm.py train --seeds 0,1,2 --algo A)
+              (python train_rsm.py train --seeds 0,1,2 --algo A: make reproduce)
               training return against steps, mean and range over seeds, with the baselines' returns
               (A2C and DQN drawn when their curves exist).
     policy    results/rl_paper_ppo_policy.csv (+ rl_paper_ppo_authors_policy.csv, rl_wireless_ppo_policy.csv if present)
@@ -36,12 +36,12 @@ Figures:
     nr_bler   results/nr_bler.csv (+ nr_bler_awgn.csv) (python -m layersplit.nr --table results/nr_bler.csv)
               BLER against Es/N0 per MCS with intervals, and the link they make: MCS, residual loss, goodput.
     nr_snr    results/sweep_nr_snr_smollm2-135m.csv (+ sweep_nr_reliable_snr_...) beside sweep_snr_qpsk.csv
-              (plots/nr.py's NR_SNR_COMMAND)
+              (experiment sweep_nr_snr)
               perplexity and accuracy against Es/N0, the NR link beside the uncoded one, and where each recovers.
 
 A split is 0-based everywhere: split n cuts after decoder layer n, n + 1 layers on the UE. The
 figures take every grid (splits, SNRs, p) from the result files; the experiments' grids are written
-once, in the Makefile (LAYERS_ARGS, SNR_GRID). A missing or malformed result file is reported by
+once, in layersplit/experiments.py. A missing or malformed result file is reported by
 name; the other figures are still drawn and the exit status is non-zero.
 """
 

@@ -332,6 +332,15 @@ EXPERIMENTS: tuple[Experiment, ...] = (
 )
 
 BY_NAME = {e.name: e for e in EXPERIMENTS}
+
+
+def remedy(name: str) -> str:
+    """How a user makes experiment `name`'s output: its pipeline step, or its command at the committed scale."""
+    e = BY_NAME[name]
+    command = Plan("reproduce", ".").fill(e.command, e).replace(" ./", " ")  # paths as a user in the checkout types
+    return f"make reproduce ONLY={name}, or python {' '.join(command.split())}"
+
+
 NR_CHECK = {"quick": "--check 3:0 --max-slots 16", "reproduce": "--check 3:0,14:10,28:30 --max-slots 64"}
 
 

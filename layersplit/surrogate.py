@@ -40,15 +40,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import UserError, cells, schema
+from . import UserError, cells, paper, schema
 
 if TYPE_CHECKING:
     import torch
 
 FORMAT = "layersplit-rsm/1"  # tag of files written here; a bare fc.* state_dict is the authors' format
 HIDDEN = 128  # the original's width
-REFERENCE_SPLIT = 4  # 0-based: 5 layers on the UE, the paper's fixed split; the paper form's reward is relative to it
-PAPER_SPLITS = range(1, 11)  # the original surrogate environment's split values 1..10
+REFERENCE_SPLIT = paper.FIXED_SPLIT  # 5 layers on the UE; the paper form's reward is relative to it
+PAPER_SPLITS = paper.SPLITS  # the original surrogate environment's split values 1..10
 FORMS = {
     "paper": {"inputs": ("dropout", "split"), "outputs": ("inference_reward",)},
     "wireless": {"inputs": ("snr_db", "split", "withheld"), "outputs": ("log_ppl", "token_accuracy", "latency_s")},

@@ -345,7 +345,8 @@ def test_a_missing_file_is_named_and_the_others_are_drawn(results, tmp_path, cap
     out = tmp_path / "figures"
     assert figures.main(["--results-dir", str(results), "--figures-dir", str(out)]) == 1
     err = capsys.readouterr().err
-    assert f"snr: missing {file} (make it with: python add_noise.py --sweep --link erasure --modulation 16qam" in err
+    remedy = "make reproduce ONLY=sweep_snr_16qam, or python add_noise.py --sweep --link erasure --modulation 16qam"
+    assert f"snr: missing {file} (make it with: {remedy}" in err
     assert "1 figure(s) failed: snr" in err
     assert not (out / "snr.png").exists() and not (out / "snr.pdf").exists()
     assert_drawn(out, [n for n in figures.FIGURES if n != "snr"])

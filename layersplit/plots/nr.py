@@ -5,18 +5,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from layersplit import schema
+from layersplit import experiments, schema
 
 from .common import SWEEP_COLUMNS, FigureInputError, pyplot, read_csv, read_sweep, save, snr_of
-from .sweep import SNR_COMMAND, snr_panels
+from .sweep import snr_panels, snr_remedy
 
 NR_BLER_FILE = "nr_bler.csv"  # the TDL table the link reads
 NR_BLER_AWGN_FILE = "nr_bler_awgn.csv"  # the same code on AWGN with perfect CSI (the LDPC check), drawn if present
 NR_BLER_COMMAND = "python -m layersplit.nr --table {path}"
-NR_SNR_FILE = "sweep_nr_snr_smollm2-135m.csv"  # quality against Es/N0 over the NR link (the Makefile's NR_SNR_ARGS)
+NR_SNR_FILE = "sweep_nr_snr_smollm2-135m.csv"  # quality against Es/N0 over the NR link (experiment sweep_nr_snr)
 NR_RELIABLE_FILE = "sweep_nr_reliable_snr_smollm2-135m.csv"  # the same with --mcs-rule reliable, drawn if present
-NR_ERASURE_FILE = "sweep_snr_qpsk.csv"  # the uncoded link at the same splits and tokens (SNR_ARGS), beside it
-NR_SNR_COMMAND = "make reproduce, or python add_noise.py --sweep --link nr <the Makefile's NR_SNR_ARGS> --output {path}"
+NR_ERASURE_FILE = "sweep_snr_qpsk.csv"  # the uncoded link at the same splits and tokens (sweep_snr_qpsk), beside it
+NR_SNR_COMMAND = experiments.remedy("sweep_nr_snr")
 LINK_COLORS = {"nr": "C0", "nr_reliable": "C2", "erasure": "C1"}  # the coded and the uncoded link in every NR figure
 LINK_LABELS = {
     "nr": "5G NR, MCS for 10% BLER",
@@ -194,13 +194,12 @@ def fig_nr_snr(results_dir: Path, figures_dir: Path) -> Path:
     sweeps = {}
     for key, link, name, remedy in (
         ("nr", "nr", NR_SNR_FILE, NR_SNR_COMMAND),
-        ("nr_reliable", "nr", NR_RELIABLE_FILE, NR_SNR_COMMAND + " --mcs-rule reliable"),
-        ("erasure", "erasure", NR_ERASURE_FILE, SNR_COMMAND),
+        ("nr_reliable", "nr", NR_RELIABLE_FILE, experiments.remedy("sweep_nr_reliable_snr")),
+        ("erasure", "erasure", NR_ERASURE_FILE, snr_remedy("qpsk")),
     ):
         path = results_dir / name
         if key == "nr_reliable" and not path.is_file():
             continue
-        remedy = remedy.format(path=path, modulation="qpsk")
         rows = read_sweep(path, SWEEP_COLUMNS, remedy)
         rows = [
             r

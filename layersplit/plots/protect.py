@@ -6,28 +6,24 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from layersplit import schema
+from layersplit import experiments, schema
 from layersplit.cli import on_ue
 
 from .common import RECOVERY, SPLIT_AXIS, band, pooled_interval, pyplot, read_sweep, save, snr_of
 
-PROTECT_SNR_FILE = (
-    "sweep_protect_snr_smollm2-135m.csv"  # erasure link: split x Es/N0 x K (the Makefile's PROTECT_SNR_ARGS)
-)
-PROTECT_P_FILE = "sweep_protect_p_smollm2-135m.csv"  # the original's link: split x p x K (PROTECT_P_ARGS)
-PROTECT_COMMAND = "make reproduce, or python add_noise.py --sweep <the Makefile's {args}> --output {path}"
+PROTECT_SNR_FILE = "sweep_protect_snr_smollm2-135m.csv"  # erasure link: split x Es/N0 x K (sweep_protect_snr)
+PROTECT_P_FILE = "sweep_protect_p_smollm2-135m.csv"  # the original's link: split x p x K (sweep_protect_p)
 PROTECT_SPLITS = (1, 4, 12, 24)  # the splits drawn in full; the right-hand panels show every split at one condition
 PROTECT_AT = {"snr": 15.0, "p": 0.1}  # that condition: Es/N0 (dB) and p, where protection is neither idle nor hopeless
 
 
-def read_protect_sweep(path: Path, args: str) -> list[dict]:
+def read_protect_sweep(path: Path, experiment: str) -> list[dict]:
     columns = ("model", "tokens", "split", "link", "snr_db", "dropout", "protect", "draw", "ppl", "token_accuracy")
-    rows = read_sweep(path, columns, PROTECT_COMMAND.format(args=args, path=path))
+    remedy = experiments.remedy(experiment)
+    rows = read_sweep(path, columns, remedy)
     rows = [r for r in rows if schema.withholds_nothing(r)]
     for r in rows:
-        r["x"] = (
-            snr_of(path, r, PROTECT_COMMAND.format(args=args, path=path)) if schema.is_physical(r) else r["dropout"]
-        )
+        r["x"] = snr_of(path, r, remedy) if schema.is_physical(r) else r["dropout"]
     return rows
 
 
@@ -44,8 +40,8 @@ def fig_protect(results_dir: Path, figures_dir: Path) -> Path:
     (right) against the split at one condition (PROTECT_AT), per K."""
     plt = pyplot()
     sweeps = {
-        "snr": read_protect_sweep(results_dir / PROTECT_SNR_FILE, "PROTECT_SNR_ARGS"),
-        "p": read_protect_sweep(results_dir / PROTECT_P_FILE, "PROTECT_P_ARGS"),
+        "snr": read_protect_sweep(results_dir / PROTECT_SNR_FILE, "sweep_protect_snr"),
+        "p": read_protect_sweep(results_dir / PROTECT_P_FILE, "sweep_protect_p"),
     }
     ks = sorted({r["protect"] for rows in sweeps.values() for r in rows})
     colors = {k: plt.get_cmap("viridis")(i / max(1, len(ks) - 1) * 0.9) for i, k in enumerate(ks)}

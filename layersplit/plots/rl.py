@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from layersplit import schema
+from layersplit import paper, schema
 from layersplit.cli import on_ue
 from layersplit.surrogate import REFERENCE_SPLIT, r_squared  # numpy only: torch is not imported
 
@@ -22,7 +22,7 @@ BASELINE_STYLES = {
     "best-static": ("best static split (chosen on training starts)", "C4", "-."),
     "best-static-per-start": ("best static split per start split (ignores p)", "C5", ":"),
 }
-TRAIN_COMMAND = "python train_rsm.py train --seeds 0,1,2 --algo {algo}"
+TRAIN_COMMAND = f"python train_rsm.py train --seeds {paper.SEEDS} --algo {{algo}}"
 FIT_COMMAND = "python train_rsm.py fit"
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from layersplit import schema
+from layersplit import experiments, schema
 from layersplit.cli import on_ue
 
 from .common import (
@@ -26,16 +26,22 @@ from .common import (
     snr_of,
 )
 
-SWEEP_FILE = "sweep_layers_smollm2-135m.csv"  # the every-layer sweep (make reproduce's LAYERS_ARGS)
-# how the sweeps are made (the remedy a missing file names); their grids are the Makefile's, written there only
-SWEEP_COMMAND = "make reproduce, or python add_noise.py --sweep <the Makefile's LAYERS_ARGS> --output {path}"
+SWEEP_FILE = "sweep_layers_smollm2-135m.csv"  # the every-layer sweep (experiments.py's sweep_layers)
+# how the sweeps are made (the remedy a missing file names): their commands are declared in experiments.py only
+SWEEP_COMMAND = experiments.remedy("sweep_layers")
 # --- snr: the physical view of the sweep, one results file per modulation (a file holds one link set-up)
 SNR_FILE = "sweep_snr_{modulation}.csv"  # further sweep_snr_*.csv files (e.g. 64qam) are drawn too
 SNR_MODULATIONS = ("bpsk", "qpsk", "16qam")  # the files the figure requires
-SNR_COMMAND = (
-    "python add_noise.py --sweep --link erasure --modulation {modulation} <the Makefile's SNR_ARGS, "
-    "its SNR_GRID> --output {path}, or make reproduce"
-)
+
+
+def snr_remedy(modulation: str) -> str:
+    """How to make one modulation's SNR sweep: its experiment, or the QPSK one's grid at that modulation."""
+    name = f"sweep_snr_{modulation}"
+    if name in experiments.BY_NAME:
+        return experiments.remedy(name)
+    return experiments.remedy("sweep_snr_qpsk").split(", or ")[1].replace("qpsk", modulation)
+
+
 SNR_LINK_COLUMNS = ("modulation", "fading", "bits_per_element", "elements_per_packet", "header_bits")  # for its title
 SNR_SWEEP_COLUMNS = SWEEP_COLUMNS[:7] + SNR_LINK_COLUMNS + SWEEP_COLUMNS[7:]  # the order names the first bad column
 
@@ -46,7 +52,7 @@ def fig_sweep(results_dir: Path, figures_dir: Path) -> Path:
     windows (cells.pool: the draws of a window share its text)."""
     plt = pyplot()
     path = results_dir / SWEEP_FILE
-    remedy = SWEEP_COMMAND.format(path=path)
+    remedy = SWEEP_COMMAND
     rows = read_sweep(path, SWEEP_COLUMNS, remedy)
     rows = [r for r in rows if schema.is_unprotected(r)]  # without the protected path (--protects)
     for r in rows:
@@ -133,7 +139,7 @@ def read_snr_sweeps(results_dir: Path) -> dict[str, list[dict]]:
     )  # not the sweeps' cell tables
     sweeps: dict[str, list[dict]] = {}
     for path in paths:
-        remedy = SNR_COMMAND.format(modulation=path.stem.removeprefix("sweep_snr_"), path=path)
+        remedy = snr_remedy(path.stem.removeprefix("sweep_snr_"))
         rows = read_sweep(path, SNR_SWEEP_COLUMNS, remedy)
         rows = [r for r in rows if schema.withholds_nothing(r) and schema.is_unprotected(r)]
         physical = [r for r in rows if schema.is_physical(r)]
