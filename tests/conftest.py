@@ -30,13 +30,17 @@ SAMPLE_TEXT = (
 ) * 40
 
 
-# A test that starts a process (a script end to end, a server, a pipeline) or loads the real model is an
-# integration or smoke test: marked slow, so `make check` (pytest -m "not slow") runs the unit tests only
+# A test that starts a process (a script end to end, a server, a pipeline, Ray), loads the real model or
+# compiles is an integration or smoke test: marked slow, so `make check` (pytest -m "not slow") runs the
+# unit tests only
 PROCESS_CALLS = ("run_script(", "run_pipeline(", "subprocess.", "Popen(")
+SLOW_MODULES = ("test_distributed.py", "test_add_noise_cli.py")  # Ray clusters; add_noise.py's main end to end
 
 
 def _is_slow(item) -> bool:
-    if "real_model" in item.keywords or "slow" in item.keywords:
+    if "real_model" in item.keywords or "slow" in item.keywords or "compiled" in item.name:
+        return True
+    if item.path.name in SLOW_MODULES:
         return True
     try:
         source = inspect.getsource(item.function)

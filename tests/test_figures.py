@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import figures
-from conftest import run_script
+from conftest import ROOT, run_script
 from layersplit.plots import channel, common, rl
 
 SNR_GRID = (0.0, 10.0, 20.0, 30.0)  # synthetic Es/N0 points (dB)
@@ -573,11 +573,12 @@ def test_training_figure_draws_the_algorithms_that_were_run(results, tmp_path):
     assert (out / "training.png").is_file()
 
 
-def test_snr_figure_ignores_the_sweeps_cell_tables_and_rsm_fit_takes_empty_intervals(results, tmp_path):
+def test_snr_figure_ignores_the_sweeps_companion_files_and_rsm_fit_takes_empty_intervals(results, tmp_path):
     import shutil
 
     for m in figures.SNR_MODULATIONS:  # what add_noise.py --sweep writes beside each results file
         shutil.copy(results / figures.SNR_FILE.format(modulation=m), results / f"sweep_snr_{m}_cells.csv")
+        shutil.copy(ROOT / "results" / "sweep_smollm2-135m_windows.csv", results / f"sweep_snr_{m}_windows.csv")
     rows = list(csv.DictReader((results / "rsm_fit_paper.csv").open()))
     write_csv(
         results / "rsm_fit_paper.csv",

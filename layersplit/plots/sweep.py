@@ -32,6 +32,7 @@ SWEEP_COMMAND = experiments.remedy("sweep_layers")
 # --- snr: the physical view of the sweep, one results file per modulation (a file holds one link set-up)
 SNR_FILE = "sweep_snr_{modulation}.csv"  # further sweep_snr_*.csv files (e.g. 64qam) are drawn too
 SNR_MODULATIONS = ("bpsk", "qpsk", "16qam")  # the files the figure requires
+COMPANIONS = ("_cells.csv", "_windows.csv")  # what add_noise.py --sweep writes beside a results file
 
 
 def snr_remedy(modulation: str) -> str:
@@ -135,8 +136,8 @@ def read_snr_sweeps(results_dir: Path) -> dict[str, list[dict]]:
     required, further sweep_snr_*.csv files are added. Each file must hold one physical link set-up."""
     paths = [results_dir / SNR_FILE.format(modulation=m) for m in SNR_MODULATIONS]
     paths += sorted(
-        {p for p in results_dir.glob(SNR_FILE.format(modulation="*")) if not p.name.endswith("_cells.csv")} - set(paths)
-    )  # not the sweeps' cell tables
+        {p for p in results_dir.glob(SNR_FILE.format(modulation="*")) if not p.name.endswith(COMPANIONS)} - set(paths)
+    )  # not the companion files a sweep writes beside its results
     sweeps: dict[str, list[dict]] = {}
     for path in paths:
         remedy = snr_remedy(path.stem.removeprefix("sweep_snr_"))
