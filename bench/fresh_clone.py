@@ -5,8 +5,9 @@
     python bench/fresh_clone.py test --keep /tmp/clone # keep the clone (its .venv, runs/) afterwards
 
 The clone is of the committed HEAD (uncommitted changes are not in it). The JSON records the commit,
-the wall time with and without the set-up (make venv, timed on its own first), the exit status and
-the last line of the target's output (pytest's counts); the README and docs quote these files.
+the wall time with and without the set-up (make venv, timed on its own first), the exit status, the
+last line of the target's output (pytest's counts) and the machine's load when it started (other work
+slows it); the README and docs quote these files.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def run(args) -> int:
     folder = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="layersplit-clone-"))
     if folder.exists() and any(folder.iterdir()):
         raise UserError(f"--keep {folder}: not empty; give a new folder")
+    load = os.getloadavg()[0]  # other work on the machine slows the target: recorded beside its time
     try:
         subprocess.run(["git", "clone", "-q", str(ROOT), str(folder)], check=True)
         setup_s, setup_code = timed(["make", "venv"], folder, folder / "setup.log")
@@ -61,6 +63,7 @@ def run(args) -> int:
             "exit": code,
             "last_line": last_line(folder / f"{args.target}.log"),
             "cpus": os.cpu_count(),
+            "load_at_start": round(load, 2),
             "machine": platform.machine(),
             "date": time.strftime("%Y-%m-%d", time.gmtime()),
         }

@@ -605,7 +605,9 @@ def block_fresh(results: Path) -> str:
             [
                 f"`make {target}`",
                 f"{found['total_seconds'] / 60:.1f} min (set-up {found['setup_seconds']:.0f} s), "
-                f"{found['cpus']} CPU cores, commit {found['commit'][:7]}",
+                f"{found['cpus']} CPU cores"
+                + (f", load {found['load_at_start']:.1f} at its start" if "load_at_start" in found else "")
+                + f", commit {found['commit'][:7]}",
                 f"{status}: {found['last_line'].strip('= ')}" if target == "test" else status,
             ]
         )
