@@ -23,15 +23,14 @@ Every constant below can be overridden from the command line (see --help).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
 import time
 
-from layersplit import UserError, cli, nr
+from layersplit import UserError, cli, links, nr
 from layersplit.cells import cells_path, windows_path
-from layersplit.channel import add_link_arguments, average_ber, link_config_from_args
+from layersplit.channel import add_link_arguments, link_config_from_args
 from layersplit.cli import (
     batch_size,
     non_negative_int,
@@ -282,15 +281,15 @@ def parse_args(argv=None) -> argparse.Namespace:
             )
         args.snr_db = 0.0  # a placeholder in the link template: each SNR condition sets its own
     elif args.snr_db is None:
-        if args.link not in (None, "dropout"):
+        if args.link is not None and links.is_physical(args.link):
             p.error(f"--link {args.link} needs --snr-db (the channel sets its losses)")
         if args.withheld:
             p.error("--withheld needs a physical link: give --snr-db")
-        args.link, args.dropout = "dropout", DROPOUT if args.dropout is None else args.dropout
+        args.link, args.dropout = links.OriginalLink.name, DROPOUT if args.dropout is None else args.dropout
         return args
-    elif args.link == "dropout" or args.dropout is not None:
+    elif args.link is not None and not links.is_physical(args.link) or args.dropout is not None:
         p.error("give --dropout (the original's link) or --snr-db (a physical link), not both")
-    args.link = args.link or "erasure"  # the physical link of --snr-db or of the sweep's --snrs
+    args.link = args.link or links.ErasureLink.name  # the physical link of --snr-db or of the sweep's --snrs
     try:
         args.channel = link_config_from_args(args)
         if args.sweep:
@@ -329,50 +328,23 @@ def configure_link(link, args: argparse.Namespace, model, tokens: int) -> dict:
     from layersplit.compute import latency_breakdown, model_dims
 
     link.set_protect(args.protect)
-    if args.link == "dropout":
-        link.set_dropout(args.dropout)
-        return {"link": "dropout", "snr_db": None, "element_loss": args.dropout, "protect": args.protect}
-    link.set_channel(args.channel, args.link)
+    chosen = links.make_link(args.link, getattr(args, "channel", None), args.dropout or 0.0)
+    link.set_link(chosen)
+    if not chosen.physical:
+        return {"link": chosen.name, "snr_db": None, "element_loss": args.dropout, "protect": args.protect}
     link.set_withheld(args.withheld_share)
     dims = model_dims(model.config)
-    cfg = args.channel
     report = {
-        "link": args.link,
+        "link": chosen.name,
         "protect": args.protect,
         "dropout": link.dropout,
         "withheld": link.withheld,
         "element_loss": link.element_loss,
-        **dataclasses.asdict(cfg),
+        **chosen.describe(),
     }
-    if args.link == "nr":  # the coded link's own set-up replaces the uncoded one's
-        from layersplit import nr
-
-        for key in (
-            "modulation",
-            "fading",
-            "nakagami_m",
-            "elements_per_packet",
-            "header_bits",
-            "bandwidth_hz",
-            "block_fading",
-        ):
-            report.pop(key)
-        point = nr.operating_point(cfg.snr_db)
-        report.update(
-            {
-                "mcs": point.mcs,
-                "tb_size": point.tb_size,
-                "bler": point.bler,
-                "residual_tb_loss": point.residual,
-                "transmissions_per_tb": point.transmissions,
-                "goodput_bps": point.goodput_bps,
-            }
-        )
-    else:
-        report["ber"] = average_ber(cfg.modulation, cfg.snr_db, cfg.fading, cfg.nakagami_m)
     for phase in ("prefill", "decode"):
         times = latency_breakdown(
-            cfg, dims, args.split, tokens, phase=phase, withheld=link.withheld, protect=args.protect, link=args.link
+            chosen, dims, args.split, tokens, phase=phase, withheld=link.withheld, protect=args.protect
         )
         report.update({f"{key.removesuffix('_s')}_{phase}_s": value for key, value in times.items()})
     report["tx_latency_prefill_s"], report["tx_latency_decode_s"] = (
@@ -580,7 +552,7 @@ def print_table(r: dict) -> None:
         f"split {r['split']}: {r['layers_on_ue']} layers on the UE, {r['n_layers'] - r['layers_on_ue']} on the edge; "
         f"link {r['link']}, element loss {r['element_loss']:.4g}{protected}; seed {r['seed']}"
     )
-    if r["snr_db"] is not None and r["link"] == "nr":
+    if r["snr_db"] is not None and "mcs" in r:  # the NR link's report
         print(
             f"channel: Es/N0 {r['snr_db']:g} dB, 5G NR MCS {r['mcs']} (TBs of {r['tb_size']} bits), first-transmission "
             f"BLER {r['bler']:.3g}, {r['transmissions_per_tb']:.2f} transmissions per TB, residual TB loss "

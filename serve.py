@@ -42,7 +42,7 @@ import os
 import signal
 import sys
 
-from layersplit import UserError, cli
+from layersplit import UserError, cli, links
 from layersplit.channel import SNR_MEAN_DB, SNR_RHO, SNR_STD_DB, add_link_arguments, link_config_from_args
 from layersplit.grid import SERVED_LINKS
 from layersplit.models import EMBEDDED_MODEL
@@ -460,39 +460,21 @@ def build_client(args: argparse.Namespace, model, tokenizer, split_for_snr=None)
 
 
 def describe_link(args: argparse.Namespace) -> str:
-    if args.link == "none" or args.snr_mean == math.inf and args.snr_std == 0:
-        return "link none (loss-free)"
-    t = args.template
+    kind = links.link_class(args.link, links.SERVED)
+    if not kind.physical or args.snr_mean == math.inf and args.snr_std == 0:
+        return f"link {links.LossFreeLink.name} ({links.LossFreeLink().summary()})"
     snr = (
         f"SNR {args.snr_mean:g} dB"
         if args.snr_std == 0
         else f"SNR AR(1) mean {args.snr_mean:g} dB, std {args.snr_std:g} dB, rho {args.snr_rho:g}"
     )
-    if args.link == "nr":
-        from layersplit import nr
-
-        return (
-            f"link nr: 5G NR, {nr.NUM_PRBS} PRBs at {nr.SUBCARRIER_SPACING_KHZ} kHz, TDL-{nr.TDL_PROFILE}, "
-            f"MCS for {nr.TARGET_BLER:g} BLER ({nr.MCS_RULE}), up to {nr.HARQ_MAX_RETX} HARQ retransmissions; {snr}"
-        )
-    return (
-        f"link {args.link}: {t.modulation}, {t.fading}{f' m={t.nakagami_m:g}' if t.fading == 'nakagami' else ''}, "
-        f"packets of {t.elements_per_packet} x {t.bits_per_element} bits + {t.header_bits}, "
-        f"{t.bandwidth_hz / 1e6:g} MHz; {snr}"
-    )
+    return f"link {args.link}: {kind(args.template).summary()}; {snr}"
 
 
 def print_request(r, sleep_air: bool) -> None:
     """One request's report (serving.ue.RequestReport) as text."""
-    loss = (
-        "loss-free"
-        if not math.isfinite(r.snr_db) or r.link == "none"
-        else f"PER {r.packet_error_rate:.4g}"
-        if r.link == "erasure"
-        else f"residual TB loss {r.packet_error_rate:.4g}"
-        if r.link == "nr"
-        else f"BER {r.bit_error_rate:.3g}"
-    )
+    kind = links.link_class(r.link, links.SERVED)
+    loss = "loss-free" if not math.isfinite(r.snr_db) else kind.loss_text(r.packet_error_rate, r.bit_error_rate)
     protected = f"; {r.protect} elements per token protected" if r.protect else ""
     print(
         f"request {r.request}: split {r.split} ({r.split + 1} layers on the UE, {r.layers_on_edge} on the edge); "
@@ -507,7 +489,7 @@ def print_request(r, sleep_air: bool) -> None:
     per_token = (
         f", {r.uplink_bytes_per_token:.0f} B per token after it" if math.isfinite(r.uplink_bytes_per_token) else ""
     )
-    flips = f", {r.bits_flipped} bits flipped" if r.link == "bitflip" else ""
+    flips = f", {r.bits_flipped} bits flipped" if kind.flips_bits else ""
     protected_air = f" (protected path {r.protected_air_bits / 8e3:.2f} kB)" if r.protected_air_bits else ""
     air = (
         f"; on air {r.air_bits / 8e3:.1f} kB{protected_air}, {1e3 * r.air_s:.2f} ms at the link rate "

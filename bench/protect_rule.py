@@ -67,7 +67,7 @@ def main(argv=None) -> int:
 def run(args) -> int:
     import torch
 
-    from layersplit import data, uplink
+    from layersplit import data, links, uplink
     from layersplit.cli import parse_splits
     from layersplit.perplexity import sliding_windows
     from layersplit.segments import SplitModel
@@ -97,7 +97,7 @@ def run(args) -> int:
             segments.hidden_after(test_ids[w.begin : w.end][None].to(model.device), 0, split + 1) for w in windows
         ]
         for snr in snrs:
-            imp = uplink.physical(channel.LinkConfig(snr_db=snr, bits_per_element=value_bits), "erasure")
+            imp = links.physical(channel.LinkConfig(snr_db=snr, bits_per_element=value_bits), "erasure")
             for k in ks:
                 rules = {"top-K": None, "fixed-K": k, "fixed-bits": k * (index_bits + value_bits) // value_bits}
                 totals = {rule: [0.0, 0, 0] for rule in rules}  # NLL sum, correct, tokens

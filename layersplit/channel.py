@@ -435,15 +435,20 @@ def ber_per_table(
     return rows
 
 
+def format_row(row: dict) -> dict:
+    """A table row as the tables write it: floats to 6 significant digits."""
+    return {k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()}
+
+
 def write_table(rows: list[dict[str, float | str]], path: str | Path) -> None:
-    """The rows as CSV (floats to 6 significant digits), written beside and renamed: a kill or a full disk
-    never leaves half a table in place of the previous one."""
+    """The rows as CSV (format_row), written beside and renamed: a kill or a full disk never leaves half a
+    table in place of the previous one. The one table writer (the BLER table's rows: nr.measure_table)."""
     path = Path(path)
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=list(rows[0]))
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+        writer.writerow(format_row(row))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         cli.write_text_atomic(path, text.getvalue())
@@ -584,14 +589,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {len(rows)} rows to {args.table} in {time.time() - start:.1f} s")
             return 0
         if args.latency_table:
-            from . import compute
+            from . import compute, links  # the CLI is the top of the graph: they build on this module
 
-            rows = compute.latency_table(list(LATENCY_TABLE_SNR_DB), compute.TABLE_MODELS, args.tokens, cfg)
+            link = links.ErasureLink(cfg)  # the uncoded link's air time and columns
+            rows = compute.latency_table(list(LATENCY_TABLE_SNR_DB), compute.TABLE_MODELS, args.tokens, link)
             write_table(rows, args.latency_table)
             print(f"wrote {len(rows)} rows to {args.latency_table}")
             return 0
         if args.protect_table:
-            from . import compute
+            from . import compute  # (as above)
 
             rows = compute.protect_table(
                 list(PROTECT_TABLE_SNR_DB), compute.TABLE_MODELS, PROTECT_TABLE_KS, args.tokens, cfg

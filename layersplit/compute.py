@@ -3,15 +3,15 @@ seconds spent on the UE, on air and on the edge.
 
 Splits are 0-based as everywhere in this project: split n puts decoder layers 0..n (n + 1 layers)
 on the UE and the rest, with the LM head, on the edge. Compute time is FLOPs over a sustained
-throughput (UE_FLOPS, EDGE_FLOPS); air time is the channel's (channel.tx_latency_s).
+throughput (UE_FLOPS, EDGE_FLOPS); air time is the link's (links.Link.tx_s). The one latency table.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-from . import channel, nr
+from . import channel, links
 
 # ---- devices (sustained dense fp16 matmul throughput, not peak) --------------------------------
 # Phone-class UE: flagship mobile GPUs/NPUs (e.g. Adreno 740, Apple A17) peak at a few TFLOP/s
@@ -79,7 +79,7 @@ def lm_head_flops(hidden_size: int, vocab_size: int, tokens: int) -> float:
 
 
 def latency_breakdown(
-    cfg: channel.LinkConfig,
+    link: links.Link | channel.LinkConfig,
     model: ModelDims,
     split: int,
     tokens: int,
@@ -89,7 +89,6 @@ def latency_breakdown(
     edge_flops: float = EDGE_FLOPS,
     withheld: float = 0.0,
     protect: int = 0,
-    link: str = "erasure",
 ) -> dict[str, float]:
     """Seconds spent on the UE, on air and on the edge for one forward pass, run in sequence.
 
@@ -98,8 +97,7 @@ def latency_breakdown(
     one new token with a KV cache of `context_len` - 1 (default: the prompt, context_len = tokens + 1).
     `withheld`: share of the activation the UE deliberately does not send (shortens air time only);
     `protect`: the K elements per token also sent over the protected path (channel.protected_tx_s).
-    `link`: "nr" takes the air time of the 5G NR link at cfg.snr_db (nr.py: TBs, MCS, HARQ); any other
-    mode the uncoded link's (channel.py: packets at the ergodic capacity).
+    `link`: the air time is its tx_s (a bare LinkConfig: the uncoded erasure link's; the original's: nan).
     Compute time is FLOPs over sustained throughput; decode is memory-bound in practice, so it is a
     lower bound there.
     """
@@ -115,13 +113,9 @@ def latency_breakdown(
     layer = decoder_layer_flops(*dims, tokens=new, context_len=context)
     ue = (split + 1) * layer / ue_flops
     edge = ((model.n_layers - split - 1) * layer + lm_head_flops(model.hidden_size, model.vocab_size, new)) / edge_flops
-    if link == "nr":
-        if protect:
-            raise ValueError("the protected path is not modelled on the NR link")
-        tx = nr.tx_latency_s(cfg.snr_db, new, model.hidden_size, cfg.bits_per_element, withheld)
-    else:
-        tx = channel.tx_latency_s(cfg, new, model.hidden_size, withheld)
-        tx += channel.protected_tx_s(cfg, new, protect, model.hidden_size) if protect else 0.0
+    if not isinstance(link, links.Link):
+        link = links.ErasureLink(link)
+    tx = link.tx_s(new, model.hidden_size, withheld, protect)
     return {"ue_compute_s": ue, "tx_s": tx, "edge_compute_s": edge, "total_s": ue + tx + edge}
 
 
@@ -129,13 +123,15 @@ def latency_table(
     snr_db_list: list[float],
     models: dict[str, ModelDims],
     tokens: int,
-    link: channel.LinkConfig = channel.LinkConfig(),
+    link: links.Link = links.ErasureLink(),
 ) -> list[dict[str, float | int | str]]:
     """One row per (model, phase, Es/N0, split 0..n_layers - 1): latency_breakdown's UE
     compute, air time and edge compute for prefill of `tokens` prompt tokens and for one decoding
-    step after them, with the link set-up of `link` (its snr_db is replaced by each of snr_db_list)."""
+    step after them, over `link` at each Es/N0 of snr_db_list, with the columns the link describes
+    itself by (Link.table_columns)."""
     rows = []
-    for name, dims, phase, new_tokens, cfg in operating_points(snr_db_list, models, tokens, link):
+    for name, dims, phase, new_tokens, at_snr in operating_points(snr_db_list, models, tokens, link):
+        columns = at_snr.table_columns(new_tokens, dims.hidden_size)
         for split in range(dims.n_layers):
             rows.append(
                 {
@@ -145,15 +141,11 @@ def latency_table(
                     "phase": phase,
                     "tokens": tokens,
                     "new_tokens": new_tokens,
-                    "snr_db": cfg.snr_db,
-                    "modulation": cfg.modulation,
-                    "fading": cfg.fading,
-                    "bandwidth_hz": cfg.bandwidth_hz,
-                    "rate_bps": channel.achievable_rate_bps(cfg),
-                    "payload_bits": channel.payload_bits(cfg, new_tokens, dims.hidden_size),
+                    "snr_db": at_snr.cfg.snr_db,
+                    **columns,
                     "split": split,
                     "layers_on_ue": split + 1,
-                    **latency_breakdown(cfg, dims, split, tokens, phase=phase),
+                    **latency_breakdown(at_snr, dims, split, tokens, phase=phase),
                     "ue_flops": UE_FLOPS,
                     "edge_flops": EDGE_FLOPS,
                 }
@@ -161,19 +153,13 @@ def latency_table(
     return rows
 
 
-def operating_points(snr_db_list: list[float], models: dict[str, ModelDims], tokens: int, link: channel.LinkConfig):
-    """(model name, dims, phase, new tokens, link at that Es/N0) of the tables: prefill of `tokens` tokens
-    and one decoding step, for each model and Es/N0 (the set-up of `link`, its snr_db replaced)."""
+def operating_points(snr_db_list: list[float], models: dict[str, ModelDims], tokens: int, link: links.Link):
+    """(model name, dims, phase, new tokens, `link` at that Es/N0) of the tables: prefill of `tokens` tokens
+    and one decoding step, for each model and Es/N0."""
     for name, dims in models.items():
         for phase in ("prefill", "decode"):
             for snr_db in snr_db_list:
-                yield (
-                    name,
-                    dims,
-                    phase,
-                    tokens if phase == "prefill" else 1,
-                    channel.LinkConfig(**{**asdict(link), "snr_db": float(snr_db)}),
-                )
+                yield name, dims, phase, tokens if phase == "prefill" else 1, link.at(snr_db)
 
 
 def protect_table(
@@ -187,7 +173,8 @@ def protect_table(
     their expected bits on air (whole packets, retransmitted until received) and air time, beside the
     ordinary path's, for prefill of `tokens` tokens and one decoding step."""
     rows = []
-    for name, dims, phase, new_tokens, cfg in operating_points(snr_db_list, models, tokens, link):
+    for name, dims, phase, new_tokens, at_snr in operating_points(snr_db_list, models, tokens, links.ErasureLink(link)):
+        cfg = at_snr.cfg
         ordinary_bits = channel.payload_bits(cfg, new_tokens, dims.hidden_size)
         ordinary_s = channel.tx_latency_s(cfg, new_tokens, dims.hidden_size)
         for k in ks:

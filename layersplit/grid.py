@@ -43,9 +43,14 @@ class Condition:
     protect: int = 0  # each token's K largest elements also cross the protected path (uplink.protected)
 
     @property
+    def physical(self) -> bool:
+        """A physical link's condition (at an SNR), not the original's direct p (links.py: Link.physical)."""
+        return self.snr_db is not None
+
+    @property
     def label(self) -> str:
         protected = f", K={self.protect}" if self.protect else ""
-        if self.link == "dropout":
+        if not self.physical:
             return f"p={self.dropout:g}{protected}"
         return (
             f"{self.link} {self.snr_db:g} dB" + (f", {self.withheld:.0%} withheld" if self.withheld else "") + protected
@@ -82,7 +87,7 @@ def make_conditions(
 
 
 def is_clean(condition: Condition) -> bool:
-    return condition.link == "dropout" and condition.dropout == 0.0
+    return not condition.physical and condition.dropout == 0.0
 
 
 def draws_of(condition: Condition, draws: int) -> int:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from transformers import LlamaForCausalLM
 
-from . import UserError, channel, nr, uplink, wire
+from . import UserError, channel, links, uplink
 from .models import find_decoder_layers
 
 DELAY_RANGE_S = (0.005, 0.01)  # the original's per-transfer delay, U(5 ms, 10 ms), used when no channel is set
@@ -46,7 +46,7 @@ class SplitLink:
     the loss probability, so masks at different probabilities are nested. Every transfer is
     recorded in `self.transfers`.
 
-    set_dropout(p) selects the original's link; set_channel(cfg, mode) a physical one.
+    set_dropout(p) selects the original's link; set_channel(cfg, mode) a physical one; set_link(link) any.
     """
 
     def __init__(
@@ -64,7 +64,7 @@ class SplitLink:
         self.hidden_size = getattr(getattr(model, "config", None), "hidden_size", None)
         self.delay_range_s = delay_range_s
         self.sleep = sleep  # really wait for each transfer's delay (off: accounted only)
-        self.impairment = uplink.direct(dropout)  # what the link does: the original's p until told otherwise
+        self.impairment = links.direct(dropout)  # what the link does: the original's p until told otherwise
         self.generator = uplink.generator(seed, mask_device)
         self._delay_rng = random.Random()
         self.reseed(seed)
@@ -89,7 +89,7 @@ class SplitLink:
 
     def set_dropout(self, p: float) -> None:
         """The original's link: each element lost with probability p."""
-        self.impairment = uplink.direct(p, self.impairment.withheld).protecting(self.impairment.protect)
+        self.set_link(links.OriginalLink(p))
 
     def set_withheld(self, share: float) -> None:
         """Withhold a share of the activation: those elements are not sent (the edge zero-fills them,
@@ -98,7 +98,11 @@ class SplitLink:
 
     def set_channel(self, cfg: channel.LinkConfig, mode: str = "erasure") -> None:
         """A physical link at operating point `cfg` (SNR, modulation, fading, packets)."""
-        self.impairment = uplink.physical(cfg, mode, self.impairment.withheld).protecting(self.impairment.protect)
+        self.impairment = links.physical(cfg, mode, self.impairment.withheld).protecting(self.impairment.protect)
+
+    def set_link(self, link: links.Link) -> None:
+        """Any link (links.py), keeping the share withheld and the protection."""
+        self.impairment = links.impairment(link, self.impairment.withheld).protecting(self.impairment.protect)
 
     def set_protect(self, k: int) -> None:
         """Send each token's k largest-magnitude elements over the protected path too: they always arrive.
@@ -152,19 +156,14 @@ class SplitLink:
         """What the edge receives for `hidden` (batch x tokens x hidden size)."""
         tokens = hidden.numel() // hidden.shape[-1]
         hidden, impaired, sent = uplink.impair(hidden, self.impairment, self.generator)
-        k = self.impairment.protect
-        if self.mode == "nr":  # whole TBs, every HARQ transmission counted
-            bits, delay = nr.transfer(self.channel.snr_db, sent, self.channel.bits_per_element)
-        elif self.channel is not None:
-            bits = wire.n_packets(sent, self.channel.elements_per_packet) * self.channel.bits_per_packet
-            delay = bits / channel.achievable_rate_bps(self.channel)
-            if k:  # the protected path: expected bits and air time, retransmissions included
-                bits += channel.protected_air_bits(self.channel, tokens, k, hidden.shape[-1])
-                delay += channel.protected_tx_s(self.channel, tokens, k, hidden.shape[-1])
-        else:
-            bits = sent * hidden.element_size() * 8
-            bits += channel.protected_payload_bits(tokens, k, hidden.shape[-1], hidden.element_size() * 8)
-            delay = self._delay_rng.uniform(*self.delay_range_s)
+        bits, delay = self.impairment.link.transfer(
+            sent,
+            tokens,
+            hidden.shape[-1],
+            self.impairment.protect,
+            hidden.element_size() * 8,
+            lambda: self._delay_rng.uniform(*self.delay_range_s),  # the original's delay, drawn only there
+        )
         if self.sleep:
             time.sleep(delay)
         self.transfers.append(

@@ -21,8 +21,9 @@ Clopper-Pearson intervals) and the link reads that table:
 The table is read through one reader, read_table, which refuses (UserError, file:line) a folder, a file
 that is not UTF-8 CSV with the columns READ_COLUMNS, a number that is not finite or out of range (BLER and
 its interval in [0, 1], the BLER inside its interval, MCS 0-28, counts whole, errors <= slots) and a second
-row of one (MCS, SNR); load_table, check() and the table writer's resume all use it. LAYERSPLIT_NR_BLER_TABLE
+row of one (MCS, SNR); load_table, check() and measure_table's resume all use it. LAYERSPLIT_NR_BLER_TABLE
 names another table; check_environment() refuses a set but bad one naming the variable, before any work.
+links.NrLink is this link behind the one Link interface; its latency table is compute.latency_table's.
 SNR convention, as in channel.py: `snr_db` is the average received SNR per resource element, Es/N0,
 E|h|^2 = 1 over the TDL's realisations (the channel is not normalised per slot).
 
@@ -47,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from . import UserError, cli
+from .channel import format_row
 
 # ---- the OFDM grid (TS 38.211) ----------------------------------------------------------------
 SUBCARRIER_SPACING_KHZ = 30  # numerology mu = 1: 0.5 ms slots, the usual FR1 TDD choice
@@ -281,7 +283,7 @@ def table_row(sim: Simulator, snr_db: float, slots: int, errors: int, seed: int)
     }
 
 
-def write_table(
+def measure_table(
     path: Path,
     mcs_list,
     snr_list,
@@ -324,12 +326,7 @@ def write_table(
                         continue
                     slots, errors = simulate_point(sim, snr, seed, max_slots, min_errors, batch)
                     points.append((snr, errors, slots))
-                    writer.writerow(
-                        {
-                            k: f"{v:.6g}" if isinstance(v, float) else v
-                            for k, v in table_row(sim, snr, slots, errors, seed).items()
-                        }
-                    )
+                    writer.writerow(format_row(table_row(sim, snr, slots, errors, seed)))
                     f.flush()
                     simulated += 1
                     if errors == 0:
@@ -409,7 +406,7 @@ def _table_row_problem(row: dict) -> str | None:
     values = {}
     for column, (low, high, whole) in TABLE_LIMITS.items():
         try:
-            x = float(int(row[column]) if whole else row[column])  # whole: "3", as write_table writes it
+            x = float(int(row[column]) if whole else row[column])  # whole: "3", as measure_table writes it
         except ValueError:
             return f"{column} is {row[column]!r}, not {'a whole number' if whole else 'a number'}"
         if not (low <= x <= high and math.isfinite(x)) or (whole and x != int(x)):
@@ -425,7 +422,7 @@ def _table_row_problem(row: dict) -> str | None:
 
 
 def read_table(path: str | Path, allow_empty: bool = False) -> list[dict]:
-    """The rows of a BLER table (write_table's format), each checked: the columns present, numbers finite
+    """The rows of a BLER table (measure_table's format), each checked: the columns present, numbers finite
     and in range (BLER and its interval in [0, 1], MCS and counts whole), one row per (MCS, SNR).
     UserError names the file and line of the first that is not, or the file."""
     path = Path(path)
@@ -477,7 +474,7 @@ def check_environment() -> None:
 
 @functools.lru_cache(maxsize=8)
 def load_table(path: str | Path = BLER_TABLE) -> dict[int, BlerCurve]:
-    """The BLER curves of a table written by write_table, by MCS (read_table checks every row)."""
+    """The BLER curves of a table written by measure_table, by MCS (read_table checks every row)."""
     path = Path(path)
     rows: dict[int, list[dict]] = {}
     for row in read_table(path):
@@ -665,44 +662,6 @@ def check(
     return rows
 
 
-def latency_table(snr_db_list, models: dict, tokens: int, bits_per_element: int) -> list[dict]:
-    """compute.latency_table's rows for the NR link: per (model, phase, Es/N0, split), the MCS, the TBs'
-    goodput and the seconds on the UE, on air and on the edge."""
-    from . import channel, compute
-
-    rows = []
-    for name, dims, phase, new_tokens, cfg in compute.operating_points(
-        snr_db_list, models, tokens, channel.LinkConfig(bits_per_element=bits_per_element)
-    ):
-        point = operating_point(cfg.snr_db)
-        bits, _ = transfer(cfg.snr_db, new_tokens * dims.hidden_size, bits_per_element)
-        for split in range(dims.n_layers):
-            rows.append(
-                {
-                    "model": name,
-                    "n_layers": dims.n_layers,
-                    "hidden_size": dims.hidden_size,
-                    "phase": phase,
-                    "tokens": tokens,
-                    "new_tokens": new_tokens,
-                    "snr_db": cfg.snr_db,
-                    "mcs": point.mcs,
-                    "tb_size": point.tb_size,
-                    "bler": point.bler,
-                    "residual_tb_loss": point.residual,
-                    "transmissions_per_tb": point.transmissions,
-                    "goodput_bps": point.goodput_bps,
-                    "air_bits": bits,
-                    "split": split,
-                    "layers_on_ue": split + 1,
-                    **compute.latency_breakdown(cfg, dims, split, tokens, phase=phase, link="nr"),
-                    "ue_flops": compute.UE_FLOPS,
-                    "edge_flops": compute.EDGE_FLOPS,
-                }
-            )
-    return rows
-
-
 # ---- CLI ---------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from . import channel
@@ -803,7 +762,7 @@ def main(argv: list[str] | None = None) -> int:
             read_table(args.bler_table)  # a bad table is named before any Monte Carlo
         if args.table:
             start = time.time()
-            n = write_table(
+            n = measure_table(
                 Path(args.table),
                 mcs_list,
                 snr_list,
@@ -828,12 +787,11 @@ def main(argv: list[str] | None = None) -> int:
                     f"{'agrees' if r['agrees'] else 'OUTSIDE the interval'}"
                 )
             return 0 if all(r["agrees"] for r in rows) else 1
-        elif args.latency_table:
-            from . import channel, compute
+        elif args.latency_table:  # compute.py's one latency table, over this link
+            from . import channel, compute, links  # the CLI is the top of the graph: they build on this module
 
-            rows = latency_table(
-                list(channel.LATENCY_TABLE_SNR_DB), compute.TABLE_MODELS, args.tokens, args.bits_per_element
-            )
+            link = links.NrLink(channel.LinkConfig(bits_per_element=args.bits_per_element))
+            rows = compute.latency_table(list(channel.LATENCY_TABLE_SNR_DB), compute.TABLE_MODELS, args.tokens, link)
             channel.write_table(rows, args.latency_table)
             print(f"wrote {len(rows)} rows to {args.latency_table}")
         else:

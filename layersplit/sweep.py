@@ -31,13 +31,13 @@ import csv
 import math
 import os
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from . import UserError, cells, channel, compute, schema, uplink
+from . import UserError, cells, channel, compute, links, schema, uplink
 from .grid import CPU_BATCH, GPU_MEMORY_SHARE, MASK_DEVICES, Condition, draws_of, is_clean
 from .link import SplitLink
 from .perplexity import sliding_windows, token_nll_and_correct
@@ -277,12 +277,15 @@ class CellTotals:
         )
 
 
+def link_of(condition: Condition, template: channel.LinkConfig) -> links.Link:
+    """The link of `condition`: the original's at its p, or a physical one at `template` and its SNR."""
+    link = links.make_link(condition.link, template, condition.dropout or 0.0)
+    return link.at(condition.snr_db) if link.physical else link
+
+
 def impairment_of(condition: Condition, template: channel.LinkConfig) -> uplink.Impairment:
-    """What the link does under `condition`: the original's p, or `template` at the condition's SNR."""
-    if condition.link == "dropout":
-        return uplink.direct(condition.dropout, condition.withheld).protecting(condition.protect)
-    cfg = channel.LinkConfig(**{**asdict(template), "snr_db": condition.snr_db})
-    return uplink.physical(cfg, condition.link, condition.withheld).protecting(condition.protect)
+    """What the link does under `condition` (link_of), with its share withheld and its protection."""
+    return links.impairment(link_of(condition, template), condition.withheld).protecting(condition.protect)
 
 
 def _pending(cfg: SweepConfig, split: int, store: ResultsStore) -> list[tuple[int, int]]:
@@ -298,31 +301,25 @@ def _rows(cfg: SweepConfig, split: int, totals: CellTotals, pending, dims) -> li
     rows = []
     for c, d in pending:
         cond = cfg.conditions[c]
-        link = impairment_of(cond, cfg.link_template)
+        imp = impairment_of(cond, cfg.link_template)
         tokens = int(totals.tokens[c, d])
         nll = float(totals.nll[c, d]) / tokens if tokens else float("nan")
         nll_sd, accuracy_sd = totals.window_sd(c, d)
-        physical = cond.link != "dropout"
+        physical = imp.link.physical
         # compute times do not depend on the channel; the direct-p link has no air time to report
         times = compute.latency_breakdown(
-            link.channel or cfg.link_template,
-            dims,
-            split,
-            cfg.context_length,
-            withheld=cond.withheld,
-            protect=cond.protect,
-            link=cond.link,
+            imp.link, dims, split, cfg.context_length, withheld=cond.withheld, protect=cond.protect
         )
         row = {
             "split": split,
             "layers_on_ue": split + 1,
             "link": cond.link,
             "snr_db": cond.snr_db if physical else "",
-            "dropout": link.loss,
+            "dropout": imp.loss,
             "withheld": cond.withheld,
             "protect": cond.protect,
             "draw": d,
-            **link_columns(cfg.link_template, cond.link),
+            **imp.link.csv_columns(LINK_COLUMNS),
             "nll": nll,
             "ppl": math.exp(nll) if math.isfinite(nll) else float("nan"),
             "token_accuracy": int(totals.correct[c, d]) / tokens if tokens else float("nan"),
@@ -336,14 +333,7 @@ def _rows(cfg: SweepConfig, split: int, totals: CellTotals, pending, dims) -> li
             "tx_s": times["tx_s"] if physical else "",
             "total_s": times["total_s"] if physical else "",
             "tx_decode_s": compute.latency_breakdown(
-                link.channel,
-                dims,
-                split,
-                cfg.context_length,
-                phase="decode",
-                withheld=cond.withheld,
-                protect=cond.protect,
-                link=cond.link,
+                imp.link, dims, split, cfg.context_length, phase="decode", withheld=cond.withheld, protect=cond.protect
             )["tx_s"]
             if physical
             else "",
@@ -354,14 +344,9 @@ def _rows(cfg: SweepConfig, split: int, totals: CellTotals, pending, dims) -> li
 
 
 def link_columns(template: channel.LinkConfig, link: str = "erasure") -> dict:
-    """The LINK_COLUMNS values of rows of `link` made with `template`, as written in the CSV: the uncoded
-    link's set-up for its modes; for nr only the bits per element (its set-up is nr.py's and its table's);
-    none for the direct p."""
-    if link == "dropout":
-        return {k: "" for k in LINK_COLUMNS}
-    if link == "nr":
-        return {k: (template.bits_per_element if k == "bits_per_element" else "") for k in LINK_COLUMNS}
-    return {k: v for k, v in asdict(template).items() if k in LINK_COLUMNS}
+    """The LINK_COLUMNS values of rows of `link` made with `template`, as written in the CSV
+    (Link.csv_columns: the uncoded link's set-up; nr's bits per element; none for the direct p)."""
+    return links.make_link(link, template).csv_columns(LINK_COLUMNS)
 
 
 # The fast path in two halves, so that a worker process can run the first on part of the grid and the

@@ -5,7 +5,7 @@ order, cut into packets of k consecutive elements) and of a seeded random stream
 (link.SplitLink: add_noise.py, the LLM environment), the sweep and serve.py's simulated uplink all
 call these functions, so the same seed, link, SNR and tokens impair the same elements everywhere.
 
-Modes (grid.LINK_MODES):
+Links (links.py, one class each, which picks its function here: erase, noisy, flipped):
     dropout  the original: each element lost with probability p (packets of one element)
     erasure  each packet of k elements lost with the channel's packet error rate (failed CRC)
     awgn     y + n / |h| on power-normalised activations: one fade per packet, zero-forcing
@@ -30,40 +30,37 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from scipy import special
 
-from . import UserError, channel, nr, wire
-from .grid import LINK_MODES, validate_probability
+from . import UserError, wire
+from .grid import validate_probability
+
+if TYPE_CHECKING:
+    from .links import Link
 
 
 @dataclass(frozen=True)
 class Impairment:
-    """What the link does to a transfer: a mode (grid.LINK_MODES) at an operating point."""
+    """What the link does to a transfer: a link (links.py) at its operating point, and what the UE chooses."""
 
-    mode: str = "dropout"
-    loss: float = 0.0  # probability that an element (dropout) or a packet (erasure: the PER) is lost
+    link: Link  # links.Link: which engine function below impairs the transfer, and its packets
+    loss: float = 0.0  # probability that an element (dropout) or a packet (erasure, nr: a TB) is lost
     ber: float = 0.0  # bit error rate (bitflip)
     withheld: float = 0.0  # share of the elements the UE does not send
-    channel: channel.LinkConfig | None = None  # the physical operating point (None: the original's direct p)
     protect: int = 0  # each token's K largest-magnitude elements also go over the protected path (always arrive)
 
-    @property
-    def elements_per_packet(self) -> int:
-        if self.mode == "nr":  # a TB: its size follows the MCS at this SNR
-            return nr.elements_per_tb(nr.operating_point(self.channel.snr_db), self.channel.bits_per_element)
-        return self.channel.elements_per_packet if self.channel else 1
+    mode = property(lambda self: self.link.name)
+    channel = property(lambda self: self.link.cfg, doc="the physical operating point (None: the original's p)")
+    elements_per_packet = property(lambda self: self.link.elements_per_packet)
 
     @property
     def element_loss(self) -> float:
         """Probability that an element arrives zeroed (withheld, dropout, erasure) or altered (bitflip)."""
-        if self.mode == "bitflip":
-            on_air = -math.expm1(self.channel.bits_per_element * math.log1p(-self.ber))
-        else:
-            on_air = 0.0 if self.mode == "awgn" else self.loss
-        return self.withheld + (1.0 - self.withheld) * on_air
+        return self.withheld + (1.0 - self.withheld) * self.link.on_air_element_loss(self)
 
     def withholding(self, share: float) -> "Impairment":
         return replace(self, withheld=validate_probability(share, "withheld share"))
@@ -71,29 +68,8 @@ class Impairment:
     def protecting(self, k: int) -> "Impairment":
         if isinstance(k, bool) or int(k) != k or k < 0:
             raise UserError(f"--protect {k!r}: give a number of elements per token >= 0")
-        if k and self.mode == "nr":
-            raise UserError("--protect is not modelled on the NR link (--link nr) yet: use --link erasure")
+        self.link.check_protect(k)
         return replace(self, protect=int(k))
-
-
-def direct(p: float, withheld: float = 0.0) -> Impairment:
-    """The original's link: each element lost with probability p."""
-    return Impairment("dropout", loss=validate_probability(p)).withholding(withheld)
-
-
-def physical(cfg: channel.LinkConfig, mode: str = "erasure", withheld: float = 0.0) -> Impairment:
-    """A physical link at operating point `cfg` (SNR, modulation, fading, packets)."""
-    if mode not in LINK_MODES[1:]:
-        raise UserError(f"unknown link mode {mode!r} for a channel: use one of {', '.join(LINK_MODES[1:])}")
-    if mode == "bitflip" and cfg.bits_per_element not in wire.BITFLIP_WIRE:
-        raise UserError(
-            f"bitflip flips the bits of float16 or float32: use 16 or 32 bits per element, not {cfg.bits_per_element}"
-        )
-    if mode == "nr":
-        return Impairment(mode, loss=nr.operating_point(cfg.snr_db).residual, channel=cfg).withholding(withheld)
-    loss = channel.packet_error_rate(cfg) if mode == "erasure" else 0.0
-    ber = channel.average_ber(cfg.modulation, cfg.snr_db, cfg.fading, cfg.nakagami_m) if mode == "bitflip" else 0.0
-    return Impairment(mode, loss=loss, ber=ber, channel=cfg).withholding(withheld)
 
 
 def check_protect(k: int, hidden_size: int) -> None:
@@ -125,37 +101,55 @@ def received(hidden: torch.Tensor, imp: Impairment, gen: torch.Generator) -> tor
 
 def _impair(hidden: torch.Tensor, imp: Impairment, gen: torch.Generator):
     """impair() with the counts as 0-d tensors where they come from the device (not read yet)."""
-    received, impaired, sent = _impair_unprotected(hidden, imp, gen)
+    received, impaired, sent = imp.link.corrupt(hidden, imp, gen)  # the link picks its function below
     if imp.protect:
         keep = protected(hidden, imp.protect)
         received = torch.where(keep, hidden, received)
-        impaired = hidden.numel() - keep.sum() if imp.mode == "awgn" else (received != hidden).sum()
+        impaired = hidden.numel() - keep.sum() if imp.link.alters_every_element else (received != hidden).sum()
     return received, impaired, sent
 
 
-def _impair_unprotected(hidden: torch.Tensor, imp: Impairment, gen: torch.Generator):
+# --- what each link does to a transfer (links.py picks one): (received, impaired, sent) ----------------
+def erase(hidden: torch.Tensor, imp: Impairment, gen: torch.Generator):
+    """dropout, erasure, nr: the elements of lost packets (and the withheld ones) arrive zeroed."""
+    n, k = hidden.numel(), imp.elements_per_packet
+    if not (imp.loss > 0.0 or imp.withheld > 0.0):
+        return hidden, 0, n
+    lost, sent = lost_elements(n, k, imp.loss, imp.withheld, gen)
+    lost = lost.view(hidden.shape).to(hidden.device)
+    return hidden.masked_fill(lost, 0.0), lost.sum(), sent
+
+
+def noisy(hidden: torch.Tensor, imp: Impairment, gen: torch.Generator):
+    """awgn: every element arrives noisy (the withheld ones zeroed)."""
     n = hidden.numel()
-    impaired, sent, k = 0, n, imp.elements_per_packet
-    if imp.mode in ("dropout", "erasure", "nr") and (imp.loss > 0.0 or imp.withheld > 0.0):
-        lost, sent = lost_elements(n, k, imp.loss, imp.withheld, gen)
-        lost = lost.view(hidden.shape).to(hidden.device)
-        hidden = hidden.masked_fill(lost, 0.0)
-        impaired = lost.sum()
-    elif imp.mode == "awgn":
-        hidden = add_noise(hidden, imp.channel.snr_db, imp.channel.fade_m, k, gen)
-        impaired = n
-    elif imp.mode == "bitflip" and imp.ber > 0.0:
+    hidden = add_noise(hidden, imp.channel.snr_db, imp.channel.fade_m, imp.elements_per_packet, gen)
+    hidden, sent, _ = _withhold(hidden, imp, gen)
+    return hidden, n, sent
+
+
+def flipped(hidden: torch.Tensor, imp: Impairment, gen: torch.Generator):
+    """bitflip: bit errors on the wire bytes; the impaired count is an upper bound with withholding."""
+    impaired = 0
+    if imp.ber > 0.0:
         fmt = wire.BITFLIP_WIRE[imp.channel.bits_per_element]
         data, _ = wire.encode(hidden, fmt)
-        flipped = flip_bits(data, imp.ber, gen)
+        flips = flip_bits(data, imp.ber, gen)
         hidden = wire.decode(data, None, tuple(hidden.shape), fmt).to(device=hidden.device, dtype=hidden.dtype)
-        impaired = len(np.unique(flipped // imp.channel.bits_per_element))
-    if imp.mode in ("awgn", "bitflip") and imp.withheld > 0.0:
-        withheld = withheld_elements(n, imp.withheld, gen).view(hidden.shape).to(hidden.device)
-        sent = n - withheld.sum()
-        hidden = hidden.masked_fill(withheld, 0.0)
-        impaired = n if imp.mode == "awgn" else impaired + withheld.sum()  # bitflip: an upper bound
-    return hidden, impaired, sent
+        impaired = len(np.unique(flips // imp.channel.bits_per_element))
+    hidden, sent, withheld = _withhold(hidden, imp, gen)
+    return hidden, impaired + withheld, sent
+
+
+def _withhold(hidden: torch.Tensor, imp: Impairment, gen: torch.Generator):
+    """(hidden with the withheld elements zeroed, elements sent, elements withheld) for the links that send
+    every packet (awgn, bitflip); drawn after the link's own field."""
+    n = hidden.numel()
+    if not imp.withheld > 0.0:
+        return hidden, n, 0
+    withheld = withheld_elements(n, imp.withheld, gen).view(hidden.shape).to(hidden.device)
+    count = withheld.sum()
+    return hidden.masked_fill(withheld, 0.0), n - count, count
 
 
 def stream_seed(seed: int, unit: int, draw: int = 0) -> int:

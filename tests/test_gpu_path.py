@@ -14,7 +14,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from conftest import tiny_config
-from layersplit import grid, perplexity, sweep, uplink
+from layersplit import grid, links, perplexity, sweep, uplink
 from layersplit.models import find_decoder_layers
 from layersplit.segments import SplitModel
 from test_sweep import RUN, TOKENS, assert_same_numbers, config, rows_by_key
@@ -59,7 +59,7 @@ def test_the_cpu_stream_is_todays():
 
 def test_received_equals_impair_without_the_counts():
     x = torch.randn(1, 12, 64)
-    for imp in (uplink.direct(0.3), uplink.direct(0.2, withheld=0.3), uplink.direct(0.1).protecting(3)):
+    for imp in (links.direct(0.3), links.direct(0.2, withheld=0.3), links.direct(0.1).protecting(3)):
         full, impaired, sent = uplink.impair(x, imp, uplink.generator(9))
         assert torch.equal(uplink.received(x, imp, uplink.generator(9)), full)
         assert isinstance(impaired, int) and isinstance(sent, int)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import run_script
-from layersplit import UserError, channel, compute, nr, sweep, uplink
+from layersplit import UserError, channel, compute, links, nr, sweep, uplink
 from layersplit.grid import Condition
 
 
@@ -196,26 +196,26 @@ def test_sionna_monte_carlo_is_seeded_and_follows_the_snr():
 
 def test_the_table_writer_resumes_and_stops_a_curve_at_its_first_loss_free_point(tmp_path):
     path = tmp_path / "t.csv"
-    n = nr.write_table(
+    n = nr.measure_table(
         path, [3], [-8.0, 6.0, 8.0], channel="awgn", receiver="perfect", max_slots=4, batch=4, progress=False
     )
     rows = list(csv.DictReader(open(path)))
     assert n == 2 and [r["snr_db"] for r in rows] == ["-8", "6"]  # 6 dB lost none: 8 dB is not simulated
     assert rows[0]["bler"] == "1" and float(rows[0]["bler_low"]) > 0.3
     assert (
-        nr.write_table(
+        nr.measure_table(
             path, [3], [-8.0, 6.0, 8.0], channel="awgn", receiver="perfect", max_slots=4, batch=4, progress=False
         )
         == 0
     )  # complete: nothing redone
     with pytest.raises(UserError, match="another set-up"):
-        nr.write_table(path, [3], [0.0], channel="tdl", max_slots=4, batch=4, progress=False)
+        nr.measure_table(path, [3], [0.0], channel="tdl", max_slots=4, batch=4, progress=False)
 
 
 # ---- the link in the engine and the latency model -----------------------------------------------
 def test_the_nr_link_loses_whole_tbs_with_the_residual_bler():
     cfg = channel.LinkConfig(snr_db=-2.0)
-    imp = uplink.physical(cfg, "nr")
+    imp = links.physical(cfg, "nr")
     point = nr.operating_point(-2.0)
     assert imp.loss == point.residual > 0
     k = imp.elements_per_packet
@@ -229,7 +229,7 @@ def test_the_nr_link_loses_whole_tbs_with_the_residual_bler():
     # the same elements as erasure with TB-sized packets at that loss
     same = uplink.impair(
         x,
-        uplink.Impairment("erasure", loss=imp.loss, channel=channel.LinkConfig(snr_db=-2.0, elements_per_packet=k)),
+        uplink.Impairment(links.ErasureLink(channel.LinkConfig(snr_db=-2.0, elements_per_packet=k)), loss=imp.loss),
         uplink.generator(3),
     )[0]
     assert torch.equal(received, same)
@@ -242,11 +242,13 @@ def test_nr_air_time_counts_every_tb_and_transmission():
     cfg = channel.LinkConfig(snr_db=5.0)
     point = nr.operating_point(5.0)
     n_tb = math.ceil(512 * dims.hidden_size / (point.tb_size // 16))
-    times = compute.latency_breakdown(cfg, dims, 4, 512, link="nr")
+    times = compute.latency_breakdown(links.NrLink(cfg), dims, 4, 512)
     assert times["tx_s"] == pytest.approx(point.air_s(n_tb))
     assert times["total_s"] == pytest.approx(times["ue_compute_s"] + times["tx_s"] + times["edge_compute_s"])
     # a better channel: a higher MCS, fewer TBs, less air time
-    assert compute.latency_breakdown(channel.LinkConfig(snr_db=25.0), dims, 4, 512, link="nr")["tx_s"] < times["tx_s"]
+    assert (
+        compute.latency_breakdown(links.NrLink(channel.LinkConfig(snr_db=25.0)), dims, 4, 512)["tx_s"] < times["tx_s"]
+    )
 
 
 def test_a_sweep_over_the_nr_link(tiny_llama, tmp_path):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import run_script
-from layersplit import UserError, channel, compute, uplink
+from layersplit import UserError, channel, compute, links, uplink
 from layersplit.link import SplitLink
 
 TOKENS, D = 5, 64
@@ -27,21 +27,21 @@ def same(a, b) -> bool:
     return a.shape == b.shape and bool(torch.allclose(a, b, rtol=0, atol=0, equal_nan=True))
 
 
-def links():
+def impairments():
     cfg = channel.LinkConfig(snr_db=8.0, elements_per_packet=8)
     return {
-        "dropout": uplink.direct(0.4),
-        "erasure": uplink.physical(cfg, "erasure"),
-        "withheld": uplink.physical(cfg, "erasure", 0.3),
-        "awgn": uplink.physical(cfg, "awgn"),
-        "bitflip": uplink.physical(channel.LinkConfig(snr_db=3.0), "bitflip"),
+        "dropout": links.direct(0.4),
+        "erasure": links.physical(cfg, "erasure"),
+        "withheld": links.physical(cfg, "erasure", 0.3),
+        "awgn": links.physical(cfg, "awgn"),
+        "bitflip": links.physical(channel.LinkConfig(snr_db=3.0), "bitflip"),
     }
 
 
-@pytest.mark.parametrize("name", list(links()))
+@pytest.mark.parametrize("name", list(impairments()))
 @pytest.mark.parametrize("k", [1, 4, 16])
 def test_protected_elements_arrive_and_the_rest_is_impaired_as_without(name, k):
-    x, imp = hidden(), links()[name]
+    x, imp = hidden(), impairments()[name]
     plain, _, sent_plain = uplink.impair(x, imp, uplink.generator(7))
     kept, impaired, sent = uplink.impair(x, imp.protecting(k), uplink.generator(7))
     keep = uplink.protected(x, k)
@@ -57,7 +57,10 @@ def test_protected_elements_arrive_and_the_rest_is_impaired_as_without(name, k):
 def test_impairing_never_changes_the_activation_it_is_given():
     """The fast sweep impairs many variants of one hidden state: bit flips on fp32 (whose wire bytes
     could be a view of it) must not reach the original."""
-    for imp in [*links().values(), uplink.physical(channel.LinkConfig(snr_db=3.0, bits_per_element=32), "bitflip")]:
+    for imp in [
+        *impairments().values(),
+        links.physical(channel.LinkConfig(snr_db=3.0, bits_per_element=32), "bitflip"),
+    ]:
         x = hidden()
         before = x.clone()
         uplink.impair(x, imp.protecting(2), uplink.generator(1))
@@ -66,15 +69,15 @@ def test_impairing_never_changes_the_activation_it_is_given():
 
 def test_protect_zero_is_todays_link_and_everything_lost_keeps_only_the_protected():
     x = hidden()
-    for imp in links().values():
+    for imp in impairments().values():
         a = uplink.impair(x, imp, uplink.generator(3))
         b = uplink.impair(x, imp.protecting(0), uplink.generator(3))
         assert same(a[0], b[0]) and a[1:] == b[1:]
-    received, impaired, _ = uplink.impair(x, uplink.direct(1.0).protecting(4), uplink.generator(0))
+    received, impaired, _ = uplink.impair(x, links.direct(1.0).protecting(4), uplink.generator(0))
     assert torch.equal(received, torch.where(uplink.protected(x, 4), x, torch.zeros_like(x)))
     assert impaired == x.numel() - TOKENS * 4
     with pytest.raises(UserError, match="only 64 elements"):
-        uplink.impair(x, uplink.direct(0.1).protecting(65), uplink.generator(0))
+        uplink.impair(x, links.direct(0.1).protecting(65), uplink.generator(0))
 
 
 def test_protected_bits_and_air_time_hand_worked():

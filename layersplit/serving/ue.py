@@ -12,9 +12,8 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from .. import UserError, channel, nr
-from ..grid import SERVED_LINKS
-from ..uplink import flip_bits, generator, lost_packets, protected, stream_seed
+from .. import UserError, channel, links
+from ..uplink import generator, protected, stream_seed
 from ..wire import WIRE_FORMATS, encode, n_packets, wire_bits
 from ..segments import SplitModel, cache_kwarg, resolve_decode, static_capacity
 from .protocol import (
@@ -68,36 +67,30 @@ class Uplink:
     seed: int = 0
 
     def __post_init__(self):
-        if self.mode not in SERVED_LINKS:
-            raise UserError(f"unknown link {self.mode!r}: use one of {', '.join(SERVED_LINKS)}")
+        links.link_class(self.mode, links.SERVED)  # an unknown name is refused here
 
-    def config(self, snr_db: float, wire: str) -> channel.LinkConfig | None:
-        """The operating point of a request, or None when the link cannot lose anything."""
-        if self.mode == "none" or math.isinf(snr_db) and snr_db > 0:
-            return None
+    @property
+    def kind(self) -> type[links.Link]:
+        return links.SERVED[self.mode]
+
+    def link(self, snr_db: float, wire: str) -> links.Link:
+        """The link of a request at this SNR: loss-free under --link none or at an infinite SNR."""
+        if not self.kind.physical or math.isinf(snr_db) and snr_db > 0:
+            return links.LossFreeLink(self.template)
         try:
-            return replace(self.template, snr_db=float(snr_db), bits_per_element=wire_bits(wire))
+            return self.kind(replace(self.template, snr_db=float(snr_db), bits_per_element=wire_bits(wire)))
         except ValueError as e:
             raise UserError(str(e)) from e
 
     def loss(self, snr_db: float, wire: str) -> tuple[float, float]:
         """(packet error rate, bit error rate) at this SNR; (0, 0) when loss-free. nr: the packets are
         transport blocks, lost with their residual BLER after HARQ (nr.py)."""
-        cfg = self.config(snr_db, wire)
-        if cfg is None:
-            return 0.0, 0.0
-        if self.mode == "nr":
-            return nr.operating_point(cfg.snr_db).residual, 0.0
-        if self.mode == "erasure":
-            return channel.packet_error_rate(cfg), 0.0
-        return 0.0, channel.average_ber(cfg.modulation, cfg.snr_db, cfg.fading, cfg.nakagami_m)
+        link = self.link(snr_db, wire)
+        return link.loss, link.ber
 
     def packet_elements(self, snr_db: float, wire: str) -> int:
         """Elements per packet at this SNR: the template's, or for nr a TB's at the MCS chosen for it."""
-        cfg = self.config(snr_db, wire)
-        if self.mode == "nr" and cfg is not None:
-            return nr.elements_per_tb(nr.operating_point(cfg.snr_db), cfg.bits_per_element)
-        return self.template.elements_per_packet
+        return self.link(snr_db, wire).elements_per_packet
 
     def stream(self, request: int) -> torch.Generator:
         """The random stream of request `request`; its steps draw from it in order."""
@@ -118,23 +111,18 @@ class Uplink:
         per, ber = self.loss(snr_db, wire) if loss is None else loss
         if per == 0.0 and ber == 0.0:
             return np.arange(total), 0
-        if self.mode in ("erasure", "nr"):
-            return np.flatnonzero(~lost_packets(total, per, gen).numpy()), 0
-        return np.arange(total), len(flip_bits(data, ber, gen))
+        return self.link(snr_db, wire).deliver(data, total, per, ber, gen)
 
     def air(self, snr_db: float, wire: str, tokens: int, hidden_size: int, protect: int = 0) -> tuple[float, float]:
         """(bits on air, seconds on air) of one transfer: whole packets with headers, plus the int8
         scales (32 bits per token), plus the protected path's (protected_air); (0, 0) for a link
         without a physical operating point."""
-        cfg = self.config(snr_db, wire)
-        if cfg is None:
-            return 0, 0.0
-        if self.mode == "nr":  # whole TBs, every HARQ transmission; int8's scales fill TBs too
-            scales = math.ceil(32 * tokens / cfg.bits_per_element) if wire == "int8" else 0
-            return nr.transfer(cfg.snr_db, tokens * hidden_size + scales, cfg.bits_per_element)
-        bits = channel.payload_bits(cfg, tokens, hidden_size) + (32 * tokens if wire == "int8" else 0)
-        extra_bits, extra_s = self.protected_air(snr_db, wire, tokens, hidden_size, protect)
-        return bits + extra_bits, bits / channel.achievable_rate_bps(cfg) + extra_s
+        link = self.link(snr_db, wire)
+        bits, seconds = link.air(tokens * hidden_size, 32 * tokens if wire == "int8" else 0)
+        if not link.physical:
+            return bits, seconds
+        extra_bits, extra_s = link.protected_air(tokens, protect, hidden_size)
+        return bits + extra_bits, seconds + extra_s
 
     def protected_air(
         self, snr_db: float, wire: str, tokens: int, hidden_size: int, protect: int
@@ -143,13 +131,7 @@ class Uplink:
         (index, value) pairs in whole packets with headers, each sent 1 / (1 - PER) times on average
         (channel.protected_air_bits; inf when every packet is lost); (0, 0) without protection or a
         physical operating point."""
-        cfg = self.config(snr_db, wire)
-        if cfg is None or not protect:
-            return 0.0, 0.0
-        return (
-            channel.protected_air_bits(cfg, tokens, protect, hidden_size),
-            channel.protected_tx_s(cfg, tokens, protect, hidden_size),
-        )
+        return self.link(snr_db, wire).protected_air(tokens, protect, hidden_size)
 
 
 def eos_ids(model, tokenizer) -> set[int]:
@@ -269,8 +251,7 @@ class UEClient:
             raise UserError(
                 f"--protect {k!r}: give a number of elements per token from 0 to {d} (the model's hidden size)"
             )
-        if k and self.uplink.mode == "nr":
-            raise UserError("--protect is not modelled on the NR link (--link nr) yet: use --link erasure")
+        self.uplink.kind.check_protect(k)
         return int(k)
 
     # --- connection ---
