@@ -116,8 +116,9 @@ def _half_width(rows: list[dict], column: int, sd_column: str, confidence: float
 
 
 def _exp(x: float) -> float:
-    """exp, inf beyond the largest float (a perplexity that overflowed) instead of an OverflowError."""
-    return math.exp(x) if x < LOG_FLOAT_MAX else math.inf
+    """exp, inf beyond the largest float (a perplexity that overflowed) instead of an OverflowError; NaN
+    stays NaN (a one-sample cell has no interval, not an infinite one)."""
+    return math.inf if x >= LOG_FLOAT_MAX else math.exp(x)
 
 
 def pool(rows: list[dict], confidence: float = CONFIDENCE) -> dict:

@@ -151,7 +151,8 @@ def test_cells_interval_takes_the_window_as_its_unit():
     assert one["interval_unit"] == "draws (one window)"
     assert one["nll_ci95"] == pytest.approx(stats.t.ppf(0.975, 3) * per_window[:, 0].std(ddof=1) / 2)
     assert cells.pool(window_rows(per_window[:1, :1]))["interval_unit"] == "none"
-    assert math.isnan(cells.pool(window_rows(per_window[:1, :1]))["nll_ci95"])
+    single = cells.pool(window_rows(per_window[:1, :1]))  # one sample: no interval, not an infinite one
+    assert math.isnan(single["nll_ci95"]) and math.isnan(single["ppl_low"]) and math.isnan(single["ppl_high"])
     # token weighting: a draw with twice the tokens counts twice in the pooled value
     rows = window_rows(per_window)
     weighted = cells.pool(
