@@ -148,7 +148,11 @@ def run(plan: Plan, only: frozenset[str], python: str) -> int:
 def parser():
     p = cli.parser(__doc__)
     p.add_argument("preset", choices=PRESETS, help="the scale: quick (minutes), reproduce (committed), full (paper)")
-    p.add_argument("--out", help="the run's folder (default: runs/PRESET; another model's run goes in OUT/MODEL)")
+    p.add_argument(
+        "--out",
+        type=cli.writable_dir,
+        help="the run's folder (default: runs/PRESET; another model's run goes in OUT/MODEL)",
+    )
     p.add_argument("--model", default=paper.EMBEDDED_MODEL, help="the model: the embedded one, a folder or an HF id")
     p.add_argument("--dataset", default="", help="the evaluation text of every script (default: the embedded one)")
     p.add_argument("--device", default="", help="the device of every script that runs the model (default: auto)")

@@ -81,6 +81,17 @@ def test_the_pipeline_refuses_an_unknown_experiment_in_one_line_before_any_work(
     assert not out.exists()
 
 
+def test_the_pipeline_refuses_a_folder_it_cannot_write_and_a_damaged_timings_file(tmp_path):
+    (tmp_path / "file").write_text("x")
+    done = run_pipeline("quick", "--out", str(tmp_path / "file"), "--only", "latency_table", timeout=120)
+    assert done.returncode == 2 and "is not a folder" in done.stderr.strip().splitlines()[-1], done.stderr
+    (tmp_path / "run" / "results").mkdir(parents=True)
+    (tmp_path / "run" / "results" / pipeline.TIMINGS).write_text("{not json")
+    done = run_pipeline("quick", "--out", str(tmp_path / "run"), "--only", "latency_table", timeout=120)
+    assert done.returncode == 2 and done.stderr.startswith("pipeline: error: ") and done.stderr.count("\n") == 1
+    assert not (tmp_path / "run" / "results" / "latency_breakdown.csv").exists()
+
+
 def test_a_step_recorded_complete_is_skipped_and_a_changed_one_reruns(tmp_path):
     out = tmp_path / "run"
     first = run_pipeline("quick", "--out", str(out), "--only", "latency_table,protect_table", timeout=300)
