@@ -175,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         plan.out = f"{out}/{plan.folder_key}"
 
     def body() -> int:
+        if not Path("add_noise.py").is_file():  # the commands name the scripts and committed files by relative path
+            raise UserError("run it from the repository root (where add_noise.py is), as make does")
         if args.list:
             for e, commands in steps(plan):
                 print(f"{e.name}:")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -90,6 +91,15 @@ def test_the_pipeline_refuses_a_folder_it_cannot_write_and_a_damaged_timings_fil
     done = run_pipeline("quick", "--out", str(tmp_path / "run"), "--only", "latency_table", timeout=120)
     assert done.returncode == 2 and done.stderr.startswith("pipeline: error: ") and done.stderr.count("\n") == 1
     assert not (tmp_path / "run" / "results" / "latency_breakdown.csv").exists()
+    elsewhere = subprocess.run(  # the commands name the scripts relative to the repository root
+        [sys.executable, "-m", "layersplit.pipeline", "quick", "--out", "run", "--only", "latency_table"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert elsewhere.returncode == 2 and "repository root" in elsewhere.stderr, elsewhere.stderr
 
 
 def test_a_step_recorded_complete_is_skipped_and_a_changed_one_reruns(tmp_path):
