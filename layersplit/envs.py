@@ -25,16 +25,15 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from . import UserError, channel, compute
+from . import UserError, channel, compute, shipped_file
 from . import surrogate as rsm
 from .data import EMBEDDED_DATASET
 from .models import EMBEDDED_MODEL
 
-ROOT = Path(__file__).resolve().parents[1]
-PAPER_RSM = ROOT / "reward_predictor.pth"  # the shipped paper-form surrogate (embedded model)
-WIRELESS_RSM = ROOT / "reward_predictor_wireless.pth"  # the shipped wireless-form surrogate
-PROTECT_RSM = ROOT / "reward_predictor_protect.pth"  # the shipped protect-form surrogate (K an input too)
-WIRELESS_NR_RSM = ROOT / "reward_predictor_wireless_nr.pth"  # the wireless form fitted over the 5G NR link (--link nr)
+PAPER_RSM = shipped_file("reward_predictor.pth")  # the shipped paper-form surrogate (embedded model)
+WIRELESS_RSM = shipped_file("reward_predictor_wireless.pth")  # the shipped wireless-form surrogate
+PROTECT_RSM = shipped_file("reward_predictor_protect.pth")  # the shipped protect-form surrogate (K an input too)
+WIRELESS_NR_RSM = shipped_file("reward_predictor_wireless_nr.pth")  # the wireless form over the 5G NR link
 P_MAX = 0.3  # element loss probabilities live in [0, P_MAX] (the original's clip)
 EPISODE_STEPS = 5  # the original's episodes: 5 decisions
 SPLIT_MIN, SPLIT_MAX = 1, 10  # the original's split values

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import UserError, cli
+from . import UserError, cli, shipped_file
 from .channel import format_row
 
 # ---- the OFDM grid (TS 38.211) ----------------------------------------------------------------
@@ -90,7 +90,7 @@ TAIL_SLOPE_DB = -1.0  # decades of BLER per dB past a curve's last lost TB when 
 # the table the link reads: the committed one, or the file LAYERSPLIT_NR_BLER_TABLE names (a recomputed table;
 # empty: unset); scripts check it before any work with check_environment()
 TABLE_ENV = "LAYERSPLIT_NR_BLER_TABLE"
-BLER_TABLE = Path(os.environ.get(TABLE_ENV) or Path(__file__).resolve().parent.parent / "results" / "nr_bler.csv")
+BLER_TABLE = Path(os.environ.get(TABLE_ENV) or shipped_file("nr_bler.csv"))
 TABLE_SNR_DB = tuple(float(s) for s in range(-8, 41, 2))  # Es/N0 grid, 2 dB steps (the fading curves span ~12 dB)
 TABLE_BATCH = 32  # slots simulated per Sionna call
 TABLE_MAX_SLOTS = 192  # slots per point at most (a BLER of 0/192: the 95% upper bound is 1.9%)
