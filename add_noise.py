@@ -30,7 +30,7 @@ import time
 
 from layersplit import UserError, cli, links, nr
 from layersplit.cells import cells_path, windows_path
-from layersplit.channel import add_link_arguments, link_config_from_args
+from layersplit.channel_cli import add_link_arguments, link_config_from_args
 from layersplit.cli import (
     batch_size,
     non_negative_int,

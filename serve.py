@@ -43,7 +43,8 @@ import signal
 import sys
 
 from layersplit import UserError, cli, links
-from layersplit.channel import SNR_MEAN_DB, SNR_RHO, SNR_STD_DB, add_link_arguments, link_config_from_args
+from layersplit.channel import SNR_MEAN_DB, SNR_RHO, SNR_STD_DB
+from layersplit.channel_cli import add_link_arguments, link_config_from_args
 from layersplit.grid import SERVED_LINKS
 from layersplit.models import EMBEDDED_MODEL
 from layersplit.serving import protocol

@@ -43,7 +43,7 @@ INT_MAX = 2**63 - 1
 # modulation here is lost, at 100 dB none is). Far beyond it the channel model breaks down:
 # 10^(SNR/10) overflows near +3000 dB, and near -300 dB the link rate underflows to 0.
 SNR_DB_MIN, SNR_DB_MAX = -50.0, 100.0
-# The link's shape options (channel.add_link_arguments). Nakagami fading of a larger m is AWGN
+# The link's shape options (channel_cli.add_link_arguments). Nakagami fading of a larger m is AWGN
 # (--fading awgn) to many digits, and the fade integrals divide by zero near 1e308; m >= 0.5 is the
 # distribution's own domain. A packet of more elements than the edge accepts
 # (serving/protocol.MAX_ELEMENTS_PER_PACKET) is allocated whole: 10^14 asked for 100 TB.
@@ -200,7 +200,7 @@ def bits_per_element(text: str) -> int:
 
 
 def bound_link_arguments(p: argparse.ArgumentParser, snr: Callable[[str], float] | None = None) -> None:
-    """The options of channel.add_link_arguments with the bounds above, checked at parse time."""
+    """The options of channel_cli.add_link_arguments with the bounds above, checked at parse time."""
     for option, kind in (
         ("--snr-db", snr or snr_db),
         ("--nakagami-m", nakagami_m),
@@ -349,7 +349,7 @@ def add_run_arguments(
 
 
 def retype(p: argparse.ArgumentParser, option: str, kind: Callable[[str], object]) -> None:
-    """Give an option that a shared helper added (channel.add_link_arguments) one of the types above."""
+    """Give an option that a shared helper added (channel_cli.add_link_arguments) one of the types above."""
     action = next(a for a in p._actions if option in a.option_strings)
     action.type = kind
 

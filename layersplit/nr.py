@@ -21,34 +21,29 @@ Clopper-Pearson intervals) and the link reads that table:
 The table is read through one reader, read_table, which refuses (UserError, file:line) a folder, a file
 that is not UTF-8 CSV with the columns READ_COLUMNS, a number that is not finite or out of range (BLER and
 its interval in [0, 1], the BLER inside its interval, MCS 0-28, counts whole, errors <= slots) and a second
-row of one (MCS, SNR); load_table, check() and measure_table's resume all use it. LAYERSPLIT_NR_BLER_TABLE
-names another table; check_environment() refuses a set but bad one naming the variable, before any work.
+row of one (MCS, SNR); load_table, nr_sim's check() and measure_table's resume all use it.
+LAYERSPLIT_NR_BLER_TABLE names another table; check_environment() refuses a set but bad one naming the
+variable, before any work.
 links.NrLink is this link behind the one Link interface; its latency table is compute.latency_table's.
 SNR convention, as in channel.py: `snr_db` is the average received SNR per resource element, Es/N0,
 E|h|^2 = 1 over the TDL's realisations (the channel is not normalised per slot).
-
-CLI:
-    python -m layersplit.nr --snr-db 10                       # MCS, BLER, goodput, latency at 10 dB
-    python -m layersplit.nr --table results/nr_bler.csv       # the Monte Carlo BLER table (resumable)
-    python -m layersplit.nr --check 14:10 --max-slots 64      # simulate MCS 14 at 10 dB afresh vs the table
+The Monte Carlo that measures the table (Sionna's PUSCH link): nr_sim.py. The command line
+(`python -m layersplit.nr --snr-db 10`, `--table`, `--check`, `--latency-table`): nr_cli.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import functools
 import math
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from . import UserError, cli, shipped_file
-from .channel import format_row
+from . import UserError, shipped_file
 
 # ---- the OFDM grid (TS 38.211) ----------------------------------------------------------------
 SUBCARRIER_SPACING_KHZ = 30  # numerology mu = 1: 0.5 ms slots, the usual FR1 TDD choice
@@ -86,19 +81,12 @@ HARQ_RTT_SLOTS = 4  # slots from a transmission to its retransmission (decode, f
 TAIL_SLOPE_DB = -1.0  # decades of BLER per dB past a curve's last lost TB when it has only one point
 # with losses (otherwise the slope of its last two: a fading channel's BLER falls as a power of the SNR)
 
-# ---- the table's Monte Carlo -------------------------------------------------------------------
+# ---- the BLER table (measured by nr_sim.py) ----------------------------------------------------
 # the table the link reads: the committed one, or the file LAYERSPLIT_NR_BLER_TABLE names (a recomputed table;
 # empty: unset); scripts check it before any work with check_environment()
 TABLE_ENV = "LAYERSPLIT_NR_BLER_TABLE"
 BLER_TABLE = Path(os.environ.get(TABLE_ENV) or shipped_file("nr_bler.csv"))
-TABLE_SNR_DB = tuple(float(s) for s in range(-8, 41, 2))  # Es/N0 grid, 2 dB steps (the fading curves span ~12 dB)
-TABLE_BATCH = 32  # slots simulated per Sionna call
-TABLE_MAX_SLOTS = 192  # slots per point at most (a BLER of 0/192: the 95% upper bound is 1.9%)
-TABLE_MIN_ERRORS = 50  # a point stops once this many TBs are lost (its interval is then tight enough)
-TABLE_SEED = (
-    0  # each (MCS, SNR) point draws from its own seeds: point_seed(seed, mcs, snr) + the slots before each batch
-)
-TABLE_COLUMNS = (
+TABLE_COLUMNS = (  # its columns, as nr_sim.measure_table writes them
     "mcs",
     "modulation_order",
     "code_rate",
@@ -122,18 +110,6 @@ TABLE_COLUMNS = (
 
 
 # ---- TB sizes ----------------------------------------------------------------------------------
-def _pusch_config(mcs: int):
-    from sionna.phy.nr import PUSCHConfig
-
-    cfg = PUSCHConfig()
-    cfg.carrier.subcarrier_spacing = SUBCARRIER_SPACING_KHZ
-    cfg.carrier.n_size_grid = NUM_PRBS
-    cfg.dmrs.additional_position = DMRS_ADDITIONAL_POSITION
-    cfg.tb.mcs_table = MCS_TABLE
-    cfg.tb.mcs_index = mcs
-    return cfg
-
-
 def tb_size(
     modulation_order: int,
     code_rate: float,
@@ -156,184 +132,6 @@ def tb_size(
         device="cpu",
     )
     return int(out[0]), int(out[2])
-
-
-# ---- the Monte Carlo (direct simulation) --------------------------------------------------------
-def point_seed(seed: int, mcs: int, snr_db: float) -> int:
-    return int(np.random.SeedSequence([int(seed), int(mcs), int(round(snr_db * 10)) + 1000]).generate_state(1)[0])
-
-
-class Simulator:
-    """Sionna's PUSCH link for one MCS: transmitter, channel, receiver; `errors(snr_db, slots)`."""
-
-    def __init__(self, mcs: int, channel: str = CHANNEL, receiver: str = RECEIVER):
-        if mcs not in range(29):
-            raise UserError(f"MCS {mcs}: Table 5.1.3.1-1 has indices 0-28")
-        if channel not in CHANNELS or receiver not in RECEIVERS:
-            raise UserError(f"channel must be one of {CHANNELS} and receiver one of {RECEIVERS}")
-        from sionna.phy.channel import AWGN, OFDMChannel
-        from sionna.phy.channel.tr38901 import TDL
-        from sionna.phy.nr import PUSCHReceiver, PUSCHTransmitter
-
-        self.cfg = _pusch_config(mcs)
-        try:
-            self.tx = PUSCHTransmitter(self.cfg, return_bits=True)
-        except ValueError as e:  # the LDPC encoder refuses code rates below 1/5
-            raise UserError(f"MCS {mcs}: {e}") from e
-        self.mcs, self.channel, self.receiver = mcs, channel, receiver
-        if channel == "tdl":
-            tdl = TDL(
-                TDL_PROFILE,
-                delay_spread=DELAY_SPREAD_S,
-                carrier_frequency=CARRIER_FREQUENCY_HZ,
-                min_speed=UE_SPEED_MPS,
-                max_speed=UE_SPEED_MPS,
-                device="cpu",
-            )
-            self.air = OFDMChannel(
-                tdl, self.tx.resource_grid, add_awgn=True, normalize_channel=False, return_channel=True, device="cpu"
-            )
-        else:
-            self.air = AWGN(device="cpu")
-        self.rx = PUSCHReceiver(
-            self.tx,
-            channel_estimator="perfect" if receiver == "perfect" else None,
-            return_tb_crc_status=True,
-            device="cpu",
-        )
-
-    @property
-    def tb_size(self) -> int:
-        return int(self.cfg.tb_size)
-
-    def errors(self, snr_db: float, slots: int, seed: int) -> int:
-        """TBs lost (CRC failed) out of `slots` first transmissions at average Es/N0 `snr_db`."""
-        import sionna.phy
-        import torch
-
-        sionna.phy.config.seed = seed
-        no = torch.tensor(10.0 ** (-snr_db / 10.0))
-        with torch.no_grad():
-            x, _ = self.tx(slots)
-            if self.channel == "tdl":
-                y, h = self.air(x, no)
-            else:
-                y, h = self.air(x, no), None
-            if self.receiver == "perfect":
-                if h is None:  # AWGN: the channel is 1 on every resource element
-                    h = torch.ones(y.shape[:2] + (1, 1, 1) + y.shape[3:], dtype=y.dtype)
-                _, crc = self.rx(y, no, h)
-            else:
-                _, crc = self.rx(y, no)
-        return int((~crc.bool()).sum())
-
-
-def clopper_pearson(errors: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    from scipy import stats
-
-    a = (1 - level) / 2
-    low = 0.0 if errors == 0 else float(stats.beta.ppf(a, errors, n - errors + 1))
-    high = 1.0 if errors == n else float(stats.beta.ppf(1 - a, errors + 1, n - errors))
-    return low, high
-
-
-def simulate_point(
-    sim: Simulator,
-    snr_db: float,
-    seed: int,
-    max_slots: int = TABLE_MAX_SLOTS,
-    min_errors: int = TABLE_MIN_ERRORS,
-    batch: int = TABLE_BATCH,
-) -> tuple[int, int]:
-    """(slots, errors) at one SNR: batches of `batch` slots, each from its own seed, until `min_errors`
-    TBs are lost, `max_slots` are simulated, or a first batch is lost in full (the BLER is then ~1)."""
-    slots = errors = 0
-    while slots < max_slots and errors < min_errors:
-        n = min(batch, max_slots - slots)
-        errors += sim.errors(snr_db, n, point_seed(seed, sim.mcs, snr_db) + slots)
-        slots += n
-        if errors == slots:
-            break
-    return slots, errors
-
-
-def table_row(sim: Simulator, snr_db: float, slots: int, errors: int, seed: int) -> dict:
-    low, high = clopper_pearson(errors, slots)
-    tb = sim.cfg.tb
-    return {
-        "mcs": sim.mcs,
-        "modulation_order": int(tb.num_bits_per_symbol),
-        "code_rate": float(tb.target_coderate),
-        "tb_size": sim.tb_size,
-        "num_cb": sim.tx._tb_encoder.num_cbs,
-        "snr_db": snr_db,
-        "slots": slots,
-        "errors": errors,
-        "bler": errors / slots,
-        "bler_low": low,
-        "bler_high": high,
-        "channel": sim.channel,
-        "tdl_profile": TDL_PROFILE if sim.channel == "tdl" else "",
-        "delay_spread_s": DELAY_SPREAD_S if sim.channel == "tdl" else "",
-        "ue_speed_mps": UE_SPEED_MPS if sim.channel == "tdl" else "",
-        "receiver": sim.receiver,
-        "num_prbs": NUM_PRBS,
-        "subcarrier_spacing_khz": SUBCARRIER_SPACING_KHZ,
-        "seed": seed,
-    }
-
-
-def measure_table(
-    path: Path,
-    mcs_list,
-    snr_list,
-    seed: int = TABLE_SEED,
-    channel: str = CHANNEL,
-    receiver: str = RECEIVER,
-    max_slots: int = TABLE_MAX_SLOTS,
-    min_errors: int = TABLE_MIN_ERRORS,
-    batch: int = TABLE_BATCH,
-    progress: bool = True,
-) -> int:
-    """Measure BLER against SNR for each MCS and append the rows to `path` as each point is done, so an
-    interrupted run resumes. Per MCS the SNRs are walked upwards: a point lost in full starts the curve,
-    the first point with no TB lost ends it (higher SNRs are not simulated: BlerCurve extends the curve).
-    Returns the number of points simulated."""
-    from tqdm.auto import tqdm
-
-    path = Path(path)
-    done = {}
-    if path.exists():  # read (and checked) before anything is appended: another file is never changed
-        for row in read_table(path, allow_empty=True):
-            if (row["channel"], row["receiver"], int(row["seed"])) != (channel, receiver, seed):
-                raise UserError(f"{path} holds a table of another set-up; write to a new file")
-            done.setdefault(int(row["mcs"]), []).append((float(row["snr_db"]), int(row["errors"]), int(row["slots"])))
-    new = not path.exists() or path.stat().st_size == 0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    simulated = 0
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=TABLE_COLUMNS)
-        if new:
-            writer.writeheader()
-        floor = -math.inf  # higher MCSs need more SNR: each curve starts at the last SNR the previous lost in full
-        for mcs in tqdm(mcs_list, desc="BLER table", unit="MCS", disable=not progress):
-            points = sorted(done.get(mcs, []))
-            if not (points and points[-1][1] == 0):  # else this MCS's curve is complete
-                sim = Simulator(mcs, channel, receiver)
-                start = points[-1][0] if points else -math.inf
-                for snr in snr_list:
-                    if snr <= start or snr < floor:
-                        continue
-                    slots, errors = simulate_point(sim, snr, seed, max_slots, min_errors, batch)
-                    points.append((snr, errors, slots))
-                    writer.writerow(format_row(table_row(sim, snr, slots, errors, seed)))
-                    f.flush()
-                    simulated += 1
-                    if errors == 0:
-                        break
-            lost_in_full = [snr for snr, errors, slots in points if errors == slots]
-            floor = max(floor, max(lost_in_full, default=floor))
-    return simulated
 
 
 # ---- the link, read from the table ------------------------------------------------------------
@@ -621,203 +419,7 @@ def tx_latency_s(snr_db: float, tokens: int, hidden_size: int, bits_per_element:
     return transfer(snr_db, math.ceil(tokens * hidden_size * (1.0 - withheld)), bits_per_element)[1]
 
 
-def check(
-    cases: list[tuple[int, float]],
-    slots: int,
-    seed: int,
-    table: str | Path = BLER_TABLE,
-    channel: str = CHANNEL,
-    receiver: str = RECEIVER,
-) -> list[dict]:
-    """Simulate (MCS, Es/N0) cases afresh, from `seed` (not the table's), and set each beside the table's
-    curve: `agrees` when the fresh 95% interval meets the table's (at one of its points) or holds the
-    table's interpolated value (between them)."""
-    curves = load_table(table)
-    measured = {
-        (int(r["mcs"]), float(r["snr_db"])): (float(r["bler_low"]), float(r["bler_high"])) for r in read_table(table)
-    }
-    rows = []
-    for mcs, snr in cases:
-        if mcs not in curves:
-            raise UserError(f"MCS {mcs} is not in {table}: it has {', '.join(map(str, curves))}")
-        sim = Simulator(mcs, channel, receiver)
-        n, errors = simulate_point(sim, snr, seed, max_slots=slots, min_errors=slots + 1)
-        low, high = clopper_pearson(errors, n)
-        table_low, table_high = measured.get((mcs, snr), (curves[mcs](snr),) * 2)
-        rows.append(
-            {
-                "mcs": mcs,
-                "snr_db": snr,
-                "slots": n,
-                "errors": errors,
-                "bler": errors / n,
-                "bler_low": low,
-                "bler_high": high,
-                "table_bler": curves[mcs](snr),
-                "table_low": table_low,
-                "table_high": table_high,
-                "agrees": low <= table_high and table_low <= high,
-            }
-        )
-    return rows
+if __name__ == "__main__":  # python -m layersplit.nr: the command line is nr_cli's
+    from .nr_cli import main
 
-
-# ---- CLI ---------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    from . import channel
-
-    p = cli.parser(
-        "The 5G NR coded uplink (Sionna): the link at one SNR, its BLER table, the table's check, its latency table.",
-        prog="python -m layersplit.nr",
-    )
-    p.add_argument("--snr-db", type=cli.snr_db, default=channel.DEFAULT_SNR_DB, help="average received Es/N0 in dB")
-    p.add_argument(
-        "--tokens", type=cli.positive_int, default=channel.DEFAULT_TOKENS, help="prompt tokens sent at prefill"
-    )
-    p.add_argument(
-        "--hidden-size", type=cli.positive_int, default=channel.DEFAULT_HIDDEN_SIZE, help="d_model of the split model"
-    )
-    p.add_argument(
-        "--bits-per-element",
-        type=cli.positive_int,
-        default=channel.DEFAULT_BITS_PER_ELEMENT,
-        help="bits per activation on the wire",
-    )
-    p.add_argument("--mcs-rule", choices=MCS_RULES, default=MCS_RULE, help="link adaptation rule")
-    p.add_argument(
-        "--target-bler",
-        type=cli.finite_float,
-        default=TARGET_BLER,
-        help="first-transmission BLER target (--mcs-rule target)",
-    )
-    p.add_argument(
-        "--harq-max-retx", type=cli.non_negative_int, default=HARQ_MAX_RETX, help="HARQ retransmissions at most"
-    )
-    p.add_argument("--bler-table", type=Path, default=BLER_TABLE, help="the BLER table the link reads")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    g = p.add_argument_group("the BLER table (Monte Carlo with Sionna)")
-    g.add_argument(
-        "--table",
-        metavar="CSV",
-        type=cli.writable_file,
-        help="measure BLER against Es/N0 per MCS by Monte Carlo and append to CSV (resumes)",
-    )
-    g.add_argument(
-        "--check",
-        metavar="MCS:SNR,...",
-        help="simulate these (MCS, Es/N0) cases afresh (seed --seed + 1) and compare with --bler-table",
-    )
-    g.add_argument(
-        "--latency-table",
-        metavar="CSV",
-        type=cli.writable_file,
-        help="write UE compute, air time and edge compute against the split over the NR link for "
-        "SmolLM2-135M and Llama-2-7B (prefill of --tokens tokens and one decoding step)",
-    )
-    g.add_argument("--mcs", type=str, default=",".join(map(str, MCS_INDICES)), help="MCS indices of the table")
-    g.add_argument(
-        "--snrs", type=str, default=",".join(f"{s:g}" for s in TABLE_SNR_DB), help="Es/N0 grid of the table, dB"
-    )
-    g.add_argument("--channel", choices=CHANNELS, default=CHANNEL, help="TDL fading, or AWGN (the LDPC check)")
-    g.add_argument("--receiver", choices=RECEIVERS, default=RECEIVER, help="LS channel estimation, or perfect CSI")
-    g.add_argument(
-        "--max-slots",
-        type=cli.positive_int,
-        default=TABLE_MAX_SLOTS,
-        help="slots per point at most (--check: slots per case)",
-    )
-    g.add_argument("--min-errors", type=cli.positive_int, default=TABLE_MIN_ERRORS, help="lost TBs that end a point")
-    g.add_argument("--batch", type=cli.positive_int, default=TABLE_BATCH, help="slots per Sionna call")
-    g.add_argument("--seed", type=cli.seed, default=TABLE_SEED, help="seed of the Monte Carlo")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    import json
-
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:  # bad lists are refused here, before any Monte Carlo starts
-        mcs_list = cli.parse_floats(args.mcs, "--mcs")
-        snr_list = cli.parse_snrs(args.snrs)
-    except UserError as e:
-        parser.error(str(e))
-    if any(m != int(m) for m in mcs_list):
-        parser.error(f"--mcs {args.mcs!r}: MCS indices are integers")
-    mcs_list = [int(m) for m in mcs_list]
-    try:
-        cases = [(int(a), float(b)) for a, b in (c.split(":") for c in args.check.split(","))] if args.check else []
-    except ValueError:
-        parser.error(f"--check {cli.shown(args.check)}: give MCS:SNR pairs, e.g. 14:10,3:0")
-    if any(not cli.SNR_DB_MIN <= snr <= cli.SNR_DB_MAX for _, snr in cases):  # NaN too
-        parser.error(f"--check {cli.shown(args.check)}: SNRs must lie in {cli.SNR_DB_MIN:g}..{cli.SNR_DB_MAX:g} dB")
-
-    if args.latency_table and args.bler_table != BLER_TABLE:  # the rows read the link's table, not the option
-        parser.error(
-            "--latency-table reads the table the link uses: set LAYERSPLIT_NR_BLER_TABLE instead of --bler-table"
-        )
-
-    def body() -> int:  # (cli.run_main has checked the table LAYERSPLIT_NR_BLER_TABLE names)
-        if args.bler_table != BLER_TABLE:
-            read_table(args.bler_table)  # a bad table is named before any Monte Carlo
-        if args.table:
-            start = time.time()
-            n = measure_table(
-                Path(args.table),
-                mcs_list,
-                snr_list,
-                args.seed,
-                args.channel,
-                args.receiver,
-                args.max_slots,
-                args.min_errors,
-                args.batch,
-            )
-            print(f"simulated {n} points into {args.table} in {time.time() - start:.0f} s")
-        elif cases:
-            rows = check(cases, args.max_slots, args.seed + 1, args.bler_table, args.channel, args.receiver)
-            for r in rows:
-                print(
-                    json.dumps(r)
-                    if args.json
-                    else f"MCS {r['mcs']:2d} at {r['snr_db']:5.1f} dB: {r['errors']}/{r['slots']} lost, "
-                    f"BLER {r['bler']:.3f} "
-                    f"[{r['bler_low']:.3f}, {r['bler_high']:.3f}]; table {r['table_bler']:.3f} "
-                    f"[{r['table_low']:.3f}, {r['table_high']:.3f}]: "
-                    f"{'agrees' if r['agrees'] else 'OUTSIDE the interval'}"
-                )
-            return 0 if all(r["agrees"] for r in rows) else 1
-        elif args.latency_table:  # compute.py's one latency table, over this link
-            from . import channel, compute, links  # the CLI is the top of the graph: they build on this module
-
-            link = links.NrLink(channel.LinkConfig(bits_per_element=args.bits_per_element))
-            rows = compute.latency_table(list(channel.LATENCY_TABLE_SNR_DB), compute.TABLE_MODELS, args.tokens, link)
-            channel.write_table(rows, args.latency_table)
-            print(f"wrote {len(rows)} rows to {args.latency_table}")
-        else:
-            point = operating_point(args.snr_db, args.mcs_rule, args.target_bler, args.harq_max_retx, args.bler_table)
-            k = elements_per_tb(point, args.bits_per_element)
-            out = {
-                "snr_db": args.snr_db,
-                "mcs": point.mcs,
-                "tb_size": point.tb_size,
-                "bler": point.bler,
-                "residual_tb_loss": point.residual,
-                "transmissions_per_tb": point.transmissions,
-                "goodput_bps": point.goodput_bps,
-                "elements_per_tb": k,
-                "tx_latency_prefill_s": point.air_s(math.ceil(args.tokens * args.hidden_size / k)),
-                "tx_latency_decode_s": point.air_s(math.ceil(args.hidden_size / k)),
-            }
-            if args.json:
-                print(json.dumps(out))
-            else:
-                for key, value in out.items():
-                    print(f"{key:22s} {value:.4g}" if isinstance(value, float) else f"{key:22s} {value}")
-        return 0
-
-    return cli.run_main(parser.prog, body)
-
-
-if __name__ == "__main__":
     sys.exit(main())

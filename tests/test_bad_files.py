@@ -224,51 +224,56 @@ def cases():
                 "is not a reward surrogate",
             ),
             # the NR BLER table (python -m layersplit.nr)
-            ("bler-nan", "layersplit/nr.py", ["--bler-table", "{bad}/bler-nan.csv"], "bler-nan.csv:5: bler is nan"),
+            ("bler-nan", "layersplit/nr_cli.py", ["--bler-table", "{bad}/bler-nan.csv"], "bler-nan.csv:5: bler is nan"),
             (
                 "bler-above-1",
-                "layersplit/nr.py",
+                "layersplit/nr_cli.py",
                 ["--bler-table", "{bad}/bler-above-1.csv"],
                 "bler-above-1.csv:6: bler is 1.5, not a finite number in [0, 1]",
             ),
-            ("bler-snr-inf", "layersplit/nr.py", ["--bler-table", "{bad}/bler-snr-inf.csv"], ":7: snr_db is inf"),
+            ("bler-snr-inf", "layersplit/nr_cli.py", ["--bler-table", "{bad}/bler-snr-inf.csv"], ":7: snr_db is inf"),
             (
                 "bler-mcs-fraction",
-                "layersplit/nr.py",
+                "layersplit/nr_cli.py",
                 ["--bler-table", "{bad}/bler-mcs-fraction.csv"],
                 ":3: mcs is '3.5', not a whole number",
             ),
             (
                 "bler-duplicate",
-                "layersplit/nr.py",
+                "layersplit/nr_cli.py",
                 ["--bler-table", "{bad}/bler-duplicate.csv"],
                 "again (line 2 has it)",
             ),
             (
                 "bler-no-column",
-                "layersplit/nr.py",
+                "layersplit/nr_cli.py",
                 ["--bler-table", "{bad}/bler-no-column.csv"],
                 "no column(s) bler_high",
             ),
-            ("bler-garbage", "layersplit/nr.py", ["--bler-table", "{bad}/binary.csv"], "not UTF-8 text"),
-            ("bler-folder", "layersplit/nr.py", ["--bler-table", "{bad}/bler-folder"], "is a folder"),
-            ("bler-missing", "layersplit/nr.py", ["--bler-table", "{tmp}/none.csv"], "no NR BLER table"),
+            ("bler-garbage", "layersplit/nr_cli.py", ["--bler-table", "{bad}/binary.csv"], "not UTF-8 text"),
+            ("bler-folder", "layersplit/nr_cli.py", ["--bler-table", "{bad}/bler-folder"], "is a folder"),
+            ("bler-missing", "layersplit/nr_cli.py", ["--bler-table", "{tmp}/none.csv"], "no NR BLER table"),
             (
                 "bler-check-nan",
-                "layersplit/nr.py",
+                "layersplit/nr_cli.py",
                 ["--bler-table", "{bad}/bler-nan.csv", "--check", "14:10"],
                 "bler-nan.csv:5",
             ),
             (
                 "bler-resume-foreign",
-                "layersplit/nr.py",
+                "layersplit/nr_cli.py",
                 ["--table", "{bad}/notes.txt", "--mcs", "3"],
                 "is not an NR BLER table",
             ),
-            ("nr-latency-folder", "layersplit/nr.py", ["--latency-table", "{bad}/bler-folder"], "a folder, not a file"),
+            (
+                "nr-latency-folder",
+                "layersplit/nr_cli.py",
+                ["--latency-table", "{bad}/bler-folder"],
+                "a folder, not a file",
+            ),
             (
                 "channel-latency-folder",
-                "layersplit/channel.py",
+                "layersplit/channel_cli.py",
                 ["--latency-table", "{bad}/bler-folder"],
                 "a folder, not a file",
             ),
@@ -304,7 +309,7 @@ def test_a_bad_bler_table_variable_is_named(value, bad, tmp_path, capsys, monkey
     monkeypatch.setenv(nr.TABLE_ENV, value)
     with pytest.raises(UserError, match=f"^{nr.TABLE_ENV}={value}: "):
         nr.check_environment()
-    code, err = run_main("layersplit/nr.py", ["--snr-db", "10"], capsys)  # the link's default table: the variable's
+    code, err = run_main("layersplit/nr_cli.py", ["--snr-db", "10"], capsys)  # the link's default table: the variable's
     assert code == 2 and f"{nr.TABLE_ENV}={value}: " in err and len(err.strip().splitlines()) == 1
     monkeypatch.setenv(nr.TABLE_ENV, "")  # empty: unset, the committed table
     nr.check_environment()

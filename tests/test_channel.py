@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from layersplit import channel as ch
-from layersplit import compute
+from layersplit import channel_cli, compute
 
 REPO = Path(__file__).resolve().parents[1]
 Z_TOL = 3.5  # Monte Carlo tolerance in standard errors (about 3; a little more for ~30 comparisons)
@@ -98,12 +98,12 @@ def test_closed_forms_match_monte_carlo(modulation, fading):
         header_bits=0,
     )
     fast = ch.LinkConfig(**base, block_fading=False)
-    mc = ch.monte_carlo_link(fast, MC_BITS // fast.bits_per_packet, rng)
+    mc = channel_cli.monte_carlo_link(fast, MC_BITS // fast.bits_per_packet, rng)
     ber = ch.average_ber(modulation, fast.snr_db, fading, MC_NAKAGAMI_M)
     assert abs(mc["ber"] - ber) < Z_TOL * mc["ber_se"], (mc, ber)
     assert abs(mc["per"] - ch.packet_error_rate(fast)) < Z_TOL * mc["per_se"], (mc, ch.packet_error_rate(fast))
     block = ch.LinkConfig(**base, block_fading=True)
-    mc = ch.monte_carlo_link(block, MC_BITS // block.bits_per_packet, rng)
+    mc = channel_cli.monte_carlo_link(block, MC_BITS // block.bits_per_packet, rng)
     assert abs(mc["per"] - ch.packet_error_rate(block)) < Z_TOL * mc["per_se"], (mc, ch.packet_error_rate(block))
 
 
@@ -134,7 +134,7 @@ def test_k1_erasure_statistic_equals_per():
     )
     assert cfg.bits_per_packet == 16
     assert ch.element_loss(cfg) == ch.packet_error_rate(cfg)
-    mc = ch.monte_carlo_link(cfg, 20_000, np.random.default_rng(7))
+    mc = channel_cli.monte_carlo_link(cfg, 20_000, np.random.default_rng(7))
     assert abs(mc["per"] - ch.element_loss(cfg)) < Z_TOL * mc["per_se"]
 
 
@@ -300,10 +300,10 @@ def test_cli_bad_input(args, message):
 # ---- table and figures -----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def small_table(tmp_path_factory) -> Path:
-    rows = ch.ber_per_table([0.0, 10.0, 20.0], list(ch.MODULATIONS), list(ch.FADINGS), mc_symbols=2000, seed=0)
+    rows = channel_cli.ber_per_table([0.0, 10.0, 20.0], list(ch.MODULATIONS), list(ch.FADINGS), mc_symbols=2000, seed=0)
     assert len(rows) == 3 * 4 * 3 and {"ber", "ber_mc", "per_block", "per_block_mc"} <= set(rows[0])
     path = tmp_path_factory.mktemp("results") / "channel_ber_per.csv"
-    ch.write_table(rows, path)
+    channel_cli.write_table(rows, path)
     return path
 
 

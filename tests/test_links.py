@@ -187,7 +187,10 @@ ASKING_MODULES = [
     "layersplit/link.py",
     "layersplit/compute.py",
     "layersplit/channel.py",
+    "layersplit/channel_cli.py",
     "layersplit/nr.py",
+    "layersplit/nr_sim.py",
+    "layersplit/nr_cli.py",
     "layersplit/grid.py",
     "layersplit/serving/ue.py",
     "serve.py",
@@ -239,7 +242,7 @@ def _module_imports(name: str) -> set[str]:
 
 
 def test_no_import_circle_among_the_radio_and_compute_modules():
-    radio = ["channel", "nr", "links", "compute", "uplink", "wire", "grid"]
+    radio = ["channel", "nr", "links", "compute", "uplink", "wire", "grid", "channel_cli", "nr_sim", "nr_cli"]
     graph = {m: _module_imports(m) & set(radio) for m in radio}
     order = []
     while graph:  # peel modules that import nothing left: a circle would stop this
@@ -249,6 +252,7 @@ def test_no_import_circle_among_the_radio_and_compute_modules():
         graph = {m: d for m, d in graph.items() if m not in leaves}
     assert order.index("links") < order.index("compute")
     assert order.index("channel") < order.index("nr") < order.index("links")
+    assert order.index("compute") < order.index("channel_cli") < order.index("nr_sim") < order.index("nr_cli")
 
 
 def test_the_random_delay_is_drawn_only_by_the_original():

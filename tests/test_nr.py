@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import run_script
-from layersplit import UserError, channel, compute, links, nr, sweep, uplink
+from layersplit import UserError, channel, compute, links, nr, nr_sim, sweep, uplink
 from layersplit.grid import Condition
 
 
@@ -43,7 +43,7 @@ def test_tb_sizes_are_the_worked_cases_of_ts_38_214(qm, rate, prbs, tbs, cbs):
 
 def test_the_simulated_pusch_carries_the_worked_tb_sizes():
     for mcs, tbs in ((3, 3624), (5, 5376), (15, 17424), (28, 40976)):
-        assert int(nr._pusch_config(mcs).tb_size) == tbs
+        assert int(nr_sim._pusch_config(mcs).tb_size) == tbs
 
 
 # ---- the table, the MCS choice, HARQ ------------------------------------------------------------
@@ -186,30 +186,30 @@ def test_the_committed_table_is_complete_and_its_tails_stay_within_the_measured_
 
 # ---- a seconds-long Sionna Monte Carlo -----------------------------------------------------------
 def test_sionna_monte_carlo_is_seeded_and_follows_the_snr():
-    sim = nr.Simulator(3, channel="awgn", receiver="perfect")
+    sim = nr_sim.Simulator(3, channel="awgn", receiver="perfect")
     assert sim.tb_size == 3624
     assert sim.errors(-8.0, 4, seed=1) == 4  # far below the code's threshold: every TB lost
     assert sim.errors(6.0, 4, seed=1) == 0  # far above it (rate 0.24 QPSK needs about -3 dB on AWGN)
-    tdl = nr.Simulator(3)
+    tdl = nr_sim.Simulator(3)
     assert tdl.errors(0.0, 8, seed=5) == tdl.errors(0.0, 8, seed=5)  # the same seed, the same losses
 
 
 def test_the_table_writer_resumes_and_stops_a_curve_at_its_first_loss_free_point(tmp_path):
     path = tmp_path / "t.csv"
-    n = nr.measure_table(
+    n = nr_sim.measure_table(
         path, [3], [-8.0, 6.0, 8.0], channel="awgn", receiver="perfect", max_slots=4, batch=4, progress=False
     )
     rows = list(csv.DictReader(open(path)))
     assert n == 2 and [r["snr_db"] for r in rows] == ["-8", "6"]  # 6 dB lost none: 8 dB is not simulated
     assert rows[0]["bler"] == "1" and float(rows[0]["bler_low"]) > 0.3
     assert (
-        nr.measure_table(
+        nr_sim.measure_table(
             path, [3], [-8.0, 6.0, 8.0], channel="awgn", receiver="perfect", max_slots=4, batch=4, progress=False
         )
         == 0
     )  # complete: nothing redone
     with pytest.raises(UserError, match="another set-up"):
-        nr.measure_table(path, [3], [0.0], channel="tdl", max_slots=4, batch=4, progress=False)
+        nr_sim.measure_table(path, [3], [0.0], channel="tdl", max_slots=4, batch=4, progress=False)
 
 
 # ---- the link in the engine and the latency model -----------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import run_script
-from layersplit import UserError, channel, compute, links, uplink
+from layersplit import UserError, channel, channel_cli, compute, links, uplink
 from layersplit.link import SplitLink
 
 TOKENS, D = 5, 64
@@ -217,5 +217,6 @@ def test_the_protect_table_command(tmp_path):
     done = run_script("-m", "layersplit.channel", "--protect-table", str(tmp_path / "cost.csv"))
     assert done.returncode == 0, done.stderr
     lines = (tmp_path / "cost.csv").read_text().splitlines()
-    expected = 2 * 2 * len(channel.PROTECT_TABLE_SNR_DB) * len(channel.PROTECT_TABLE_KS)  # models x phases x SNRs x K
+    # models x phases x SNRs x K
+    expected = 2 * 2 * len(channel_cli.PROTECT_TABLE_SNR_DB) * len(channel_cli.PROTECT_TABLE_KS)
     assert len(lines) == 1 + expected and "extra_time_share" in lines[0]

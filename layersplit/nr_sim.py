@@ -1,0 +1,280 @@
+"""The Monte Carlo that measures the 5G NR link's BLER table, with Sionna (nr.py reads the table).
+
+Simulator is Sionna's PUSCH link for one MCS (PUSCHTransmitter, a TR 38.901 TDL channel on the OFDM
+grid or AWGN, PUSCHReceiver), set up by nr.py's constants. simulate_point runs seeded batches of slots
+at one average Es/N0 until enough TBs are lost; measure_table walks each MCS's curve upwards and appends
+a row per point (table_row: the BLER and its 95% Clopper-Pearson interval) as it is done, so an
+interrupted run resumes (`python -m layersplit.nr --table results/nr_bler.csv`, nr_cli.py). check
+simulates (MCS, Es/N0) cases afresh and sets each beside the table (`python -m layersplit.nr --check`).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+
+from . import UserError
+from .channel_cli import format_row
+from .nr import (
+    BLER_TABLE,
+    CARRIER_FREQUENCY_HZ,
+    CHANNEL,
+    CHANNELS,
+    DELAY_SPREAD_S,
+    DMRS_ADDITIONAL_POSITION,
+    MCS_TABLE,
+    NUM_PRBS,
+    RECEIVER,
+    RECEIVERS,
+    SUBCARRIER_SPACING_KHZ,
+    TABLE_COLUMNS,
+    TDL_PROFILE,
+    UE_SPEED_MPS,
+    load_table,
+    read_table,
+)
+
+# ---- the table's Monte Carlo -------------------------------------------------------------------
+TABLE_SNR_DB = tuple(float(s) for s in range(-8, 41, 2))  # Es/N0 grid, 2 dB steps (the fading curves span ~12 dB)
+TABLE_BATCH = 32  # slots simulated per Sionna call
+TABLE_MAX_SLOTS = 192  # slots per point at most (a BLER of 0/192: the 95% upper bound is 1.9%)
+TABLE_MIN_ERRORS = 50  # a point stops once this many TBs are lost (its interval is then tight enough)
+TABLE_SEED = (
+    0  # each (MCS, SNR) point draws from its own seeds: point_seed(seed, mcs, snr) + the slots before each batch
+)
+
+
+# ---- Sionna's PUSCH configuration (nr.py's grid and MCS table) --------------------------------
+def _pusch_config(mcs: int):
+    from sionna.phy.nr import PUSCHConfig
+
+    cfg = PUSCHConfig()
+    cfg.carrier.subcarrier_spacing = SUBCARRIER_SPACING_KHZ
+    cfg.carrier.n_size_grid = NUM_PRBS
+    cfg.dmrs.additional_position = DMRS_ADDITIONAL_POSITION
+    cfg.tb.mcs_table = MCS_TABLE
+    cfg.tb.mcs_index = mcs
+    return cfg
+
+
+# ---- the Monte Carlo (direct simulation) --------------------------------------------------------
+def point_seed(seed: int, mcs: int, snr_db: float) -> int:
+    return int(np.random.SeedSequence([int(seed), int(mcs), int(round(snr_db * 10)) + 1000]).generate_state(1)[0])
+
+
+class Simulator:
+    """Sionna's PUSCH link for one MCS: transmitter, channel, receiver; `errors(snr_db, slots)`."""
+
+    def __init__(self, mcs: int, channel: str = CHANNEL, receiver: str = RECEIVER):
+        if mcs not in range(29):
+            raise UserError(f"MCS {mcs}: Table 5.1.3.1-1 has indices 0-28")
+        if channel not in CHANNELS or receiver not in RECEIVERS:
+            raise UserError(f"channel must be one of {CHANNELS} and receiver one of {RECEIVERS}")
+        from sionna.phy.channel import AWGN, OFDMChannel
+        from sionna.phy.channel.tr38901 import TDL
+        from sionna.phy.nr import PUSCHReceiver, PUSCHTransmitter
+
+        self.cfg = _pusch_config(mcs)
+        try:
+            self.tx = PUSCHTransmitter(self.cfg, return_bits=True)
+        except ValueError as e:  # the LDPC encoder refuses code rates below 1/5
+            raise UserError(f"MCS {mcs}: {e}") from e
+        self.mcs, self.channel, self.receiver = mcs, channel, receiver
+        if channel == "tdl":
+            tdl = TDL(
+                TDL_PROFILE,
+                delay_spread=DELAY_SPREAD_S,
+                carrier_frequency=CARRIER_FREQUENCY_HZ,
+                min_speed=UE_SPEED_MPS,
+                max_speed=UE_SPEED_MPS,
+                device="cpu",
+            )
+            self.air = OFDMChannel(
+                tdl, self.tx.resource_grid, add_awgn=True, normalize_channel=False, return_channel=True, device="cpu"
+            )
+        else:
+            self.air = AWGN(device="cpu")
+        self.rx = PUSCHReceiver(
+            self.tx,
+            channel_estimator="perfect" if receiver == "perfect" else None,
+            return_tb_crc_status=True,
+            device="cpu",
+        )
+
+    @property
+    def tb_size(self) -> int:
+        return int(self.cfg.tb_size)
+
+    def errors(self, snr_db: float, slots: int, seed: int) -> int:
+        """TBs lost (CRC failed) out of `slots` first transmissions at average Es/N0 `snr_db`."""
+        import sionna.phy
+        import torch
+
+        sionna.phy.config.seed = seed
+        no = torch.tensor(10.0 ** (-snr_db / 10.0))
+        with torch.no_grad():
+            x, _ = self.tx(slots)
+            if self.channel == "tdl":
+                y, h = self.air(x, no)
+            else:
+                y, h = self.air(x, no), None
+            if self.receiver == "perfect":
+                if h is None:  # AWGN: the channel is 1 on every resource element
+                    h = torch.ones(y.shape[:2] + (1, 1, 1) + y.shape[3:], dtype=y.dtype)
+                _, crc = self.rx(y, no, h)
+            else:
+                _, crc = self.rx(y, no)
+        return int((~crc.bool()).sum())
+
+
+def clopper_pearson(errors: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    from scipy import stats
+
+    a = (1 - level) / 2
+    low = 0.0 if errors == 0 else float(stats.beta.ppf(a, errors, n - errors + 1))
+    high = 1.0 if errors == n else float(stats.beta.ppf(1 - a, errors + 1, n - errors))
+    return low, high
+
+
+def simulate_point(
+    sim: Simulator,
+    snr_db: float,
+    seed: int,
+    max_slots: int = TABLE_MAX_SLOTS,
+    min_errors: int = TABLE_MIN_ERRORS,
+    batch: int = TABLE_BATCH,
+) -> tuple[int, int]:
+    """(slots, errors) at one SNR: batches of `batch` slots, each from its own seed, until `min_errors`
+    TBs are lost, `max_slots` are simulated, or a first batch is lost in full (the BLER is then ~1)."""
+    slots = errors = 0
+    while slots < max_slots and errors < min_errors:
+        n = min(batch, max_slots - slots)
+        errors += sim.errors(snr_db, n, point_seed(seed, sim.mcs, snr_db) + slots)
+        slots += n
+        if errors == slots:
+            break
+    return slots, errors
+
+
+def table_row(sim: Simulator, snr_db: float, slots: int, errors: int, seed: int) -> dict:
+    low, high = clopper_pearson(errors, slots)
+    tb = sim.cfg.tb
+    return {
+        "mcs": sim.mcs,
+        "modulation_order": int(tb.num_bits_per_symbol),
+        "code_rate": float(tb.target_coderate),
+        "tb_size": sim.tb_size,
+        "num_cb": sim.tx._tb_encoder.num_cbs,
+        "snr_db": snr_db,
+        "slots": slots,
+        "errors": errors,
+        "bler": errors / slots,
+        "bler_low": low,
+        "bler_high": high,
+        "channel": sim.channel,
+        "tdl_profile": TDL_PROFILE if sim.channel == "tdl" else "",
+        "delay_spread_s": DELAY_SPREAD_S if sim.channel == "tdl" else "",
+        "ue_speed_mps": UE_SPEED_MPS if sim.channel == "tdl" else "",
+        "receiver": sim.receiver,
+        "num_prbs": NUM_PRBS,
+        "subcarrier_spacing_khz": SUBCARRIER_SPACING_KHZ,
+        "seed": seed,
+    }
+
+
+def measure_table(
+    path: Path,
+    mcs_list,
+    snr_list,
+    seed: int = TABLE_SEED,
+    channel: str = CHANNEL,
+    receiver: str = RECEIVER,
+    max_slots: int = TABLE_MAX_SLOTS,
+    min_errors: int = TABLE_MIN_ERRORS,
+    batch: int = TABLE_BATCH,
+    progress: bool = True,
+) -> int:
+    """Measure BLER against SNR for each MCS and append the rows to `path` as each point is done, so an
+    interrupted run resumes. Per MCS the SNRs are walked upwards: a point lost in full starts the curve,
+    the first point with no TB lost ends it (higher SNRs are not simulated: BlerCurve extends the curve).
+    Returns the number of points simulated."""
+    from tqdm.auto import tqdm
+
+    path = Path(path)
+    done = {}
+    if path.exists():  # read (and checked) before anything is appended: another file is never changed
+        for row in read_table(path, allow_empty=True):
+            if (row["channel"], row["receiver"], int(row["seed"])) != (channel, receiver, seed):
+                raise UserError(f"{path} holds a table of another set-up; write to a new file")
+            done.setdefault(int(row["mcs"]), []).append((float(row["snr_db"]), int(row["errors"]), int(row["slots"])))
+    new = not path.exists() or path.stat().st_size == 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    simulated = 0
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=TABLE_COLUMNS)
+        if new:
+            writer.writeheader()
+        floor = -math.inf  # higher MCSs need more SNR: each curve starts at the last SNR the previous lost in full
+        for mcs in tqdm(mcs_list, desc="BLER table", unit="MCS", disable=not progress):
+            points = sorted(done.get(mcs, []))
+            if not (points and points[-1][1] == 0):  # else this MCS's curve is complete
+                sim = Simulator(mcs, channel, receiver)
+                start = points[-1][0] if points else -math.inf
+                for snr in snr_list:
+                    if snr <= start or snr < floor:
+                        continue
+                    slots, errors = simulate_point(sim, snr, seed, max_slots, min_errors, batch)
+                    points.append((snr, errors, slots))
+                    writer.writerow(format_row(table_row(sim, snr, slots, errors, seed)))
+                    f.flush()
+                    simulated += 1
+                    if errors == 0:
+                        break
+            lost_in_full = [snr for snr, errors, slots in points if errors == slots]
+            floor = max(floor, max(lost_in_full, default=floor))
+    return simulated
+
+
+# ---- the table checked against fresh simulations (--check) -------------------------------------
+def check(
+    cases: list[tuple[int, float]],
+    slots: int,
+    seed: int,
+    table: str | Path = BLER_TABLE,
+    channel: str = CHANNEL,
+    receiver: str = RECEIVER,
+) -> list[dict]:
+    """Simulate (MCS, Es/N0) cases afresh, from `seed` (not the table's), and set each beside the table's
+    curve: `agrees` when the fresh 95% interval meets the table's (at one of its points) or holds the
+    table's interpolated value (between them)."""
+    curves = load_table(table)
+    measured = {
+        (int(r["mcs"]), float(r["snr_db"])): (float(r["bler_low"]), float(r["bler_high"])) for r in read_table(table)
+    }
+    rows = []
+    for mcs, snr in cases:
+        if mcs not in curves:
+            raise UserError(f"MCS {mcs} is not in {table}: it has {', '.join(map(str, curves))}")
+        sim = Simulator(mcs, channel, receiver)
+        n, errors = simulate_point(sim, snr, seed, max_slots=slots, min_errors=slots + 1)
+        low, high = clopper_pearson(errors, n)
+        table_low, table_high = measured.get((mcs, snr), (curves[mcs](snr),) * 2)
+        rows.append(
+            {
+                "mcs": mcs,
+                "snr_db": snr,
+                "slots": n,
+                "errors": errors,
+                "bler": errors / n,
+                "bler_low": low,
+                "bler_high": high,
+                "table_bler": curves[mcs](snr),
+                "table_low": table_low,
+                "table_high": table_high,
+                "agrees": low <= table_high and table_low <= high,
+            }
+        )
+    return rows
