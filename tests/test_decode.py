@@ -23,7 +23,8 @@ from layersplit import UserError, segments
 from layersplit.segments import DECODE_MODES, SplitModel, StaticSegmentCache, resolve_decode, static_capacity
 from layersplit.serving import protocol
 from layersplit.serving.edge import EdgeServer
-from layersplit.serving.ue import UEClient, Uplink, generate_single_process
+from layersplit.serving.simulated_uplink import Uplink
+from layersplit.serving.ue import UEClient, generate_single_process
 
 PROMPT = "The wireless uplink carries the hidden state"
 N = 10  # greedy tokens per request

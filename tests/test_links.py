@@ -193,6 +193,8 @@ ASKING_MODULES = [
     "layersplit/nr_cli.py",
     "layersplit/grid.py",
     "layersplit/serving/ue.py",
+    "layersplit/serving/simulated_uplink.py",
+    "layersplit/serving/roles.py",
     "serve.py",
     "add_noise.py",
 ]

@@ -24,7 +24,8 @@ from conftest import ROOT, TINY_LAYERS, wait_until
 from layersplit import UserError, channel, segments
 from layersplit.serving import protocol
 from layersplit.uplink import protected
-from layersplit.serving.ue import UEClient, Uplink, generate_single_process
+from layersplit.serving.simulated_uplink import Uplink
+from layersplit.serving.ue import UEClient, generate_single_process
 from layersplit.serving.edge import EdgeServer
 from layersplit.wire import WIRE_FORMATS, decode, encode, n_packets
 

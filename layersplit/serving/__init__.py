@@ -10,9 +10,14 @@ the sequence numbers it did receive. The edge runs the remaining layers and the 
 the greedy next token. Both sides keep a KV cache (segments.py), so after the prompt each step sends
 one token's activation.
 
-    protocol  frames, limits, an activation's packets (the wire protocol, version PROTOCOL_VERSION)
-    edge      EdgeServer: sessions, admission, timeouts, the edge's forward passes
-    ue        UEClient and its simulated Uplink; the single-process reference
+    protocol          frames, limits, an activation's packets (the wire protocol, version PROTOCOL_VERSION)
+    edge              EdgeServer: connections, sessions, timeouts, the edge's forward passes
+    admission         the edge's session slots: handshakes, the queue, eviction of silent sessions
+    session           an edge session (EdgeSession) and the checks of the OPEN that starts one
+    turns             TakeTurns: the compute thread the sessions' forward passes take turns on
+    ue                UEClient and its request reports; the single-process reference
+    simulated_uplink  Uplink: what the air does to a request's packets, bits and seconds on air
+    roles             serve.py's edge and UE, run from its checked arguments (and the UE's printed reports)
 
 One connection carries any number of requests, one at a time; it takes one of the edge's session
 slots with its first valid OPEN, which must come within a short handshake timeout, and keeps it

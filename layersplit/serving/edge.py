@@ -1,29 +1,30 @@
-"""The edge server: accepts UE connections, runs the edge's layers and the LM head, returns tokens."""
+"""The edge server: accepts UE connections, runs the edge's layers and the LM head, returns tokens.
+
+Its parts: admission.py (session slots, the queue, eviction), session.py (a session and the OPEN
+that starts one), turns.py (the compute thread the sessions' forward passes take turns on).
+"""
 
 from __future__ import annotations
 
-import hmac
 import logging
 import socket
 import threading
 import time
 import weakref
 from collections import deque
-from concurrent.futures import Future
-from dataclasses import dataclass
 
 import torch
 
 from .. import UserError
-from ..segments import SegmentCache, SplitModel, StaticSegmentCache, check_composition, resolve_decode
-from ..wire import WIRE_FORMATS, decode
+from ..segments import SplitModel, StaticSegmentCache, check_composition, resolve_decode
+from ..wire import decode
+from .admission import Admission, SlotHolder, lingering_close
 from .protocol import (
     ACTIVATION,
     CLOSE,
     CLOSED,
     DEFAULT_HOST,
     DEFAULT_PORT,
-    ERROR,
     ERROR_CODES,
     EVICT_IDLE_S,
     FRAME_NAMES,
@@ -31,20 +32,16 @@ from .protocol import (
     HEADER,
     IDLE_TIMEOUT_S,
     MAX_CONTEXT,
-    MAX_ELEMENTS_PER_PACKET,
     MAX_FRAME_BYTES,
     MAX_HANDSHAKES,
-    MAX_OPEN_FRAME_BYTES,
     MAX_QUEUE,
     MAX_SESSIONS,
     OPEN,
     PREFILL_CHUNK,
-    PROTOCOL_VERSION,
     QUEUE_TIMEOUT_S,
     READY,
     TOKEN,
     TOKEN_BODY,
-    TOKEN_ENV,
     PeerClosed,
     ProtocolError,
     activation_header,
@@ -58,115 +55,14 @@ from .protocol import (
     unpack_activation,
     wait_readable,
 )
+from .session import EdgeSession, check_open
+from .turns import TakeTurns
 
 log = logging.getLogger("layersplit.serving")
 TURNS_KEPT = 4096  # EdgeServer.turns: the last forward passes, whose order shows how sessions took turns
 
 
-class TakeTurns:
-    """One compute thread that runs jobs a slice at a time, in turn.
-
-    A job is a generator that yields between its slices and returns its result (a plain function is
-    a job of one slice). Each turn runs one slice of the job first in line and puts the job back at
-    the end of the line, so a job waits for its first slice at most one slice of each job ahead of
-    it, however long they are. One thread: on a CPU one forward already uses every core, and on CUDA
-    a compiled step's graphs are recorded per thread, so one thread records them once.
-    """
-
-    def __init__(self, name: str):
-        self._line: deque[tuple] = deque()  # (generator, future) in turn order
-        self._cv = threading.Condition()
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def __len__(self) -> int:
-        """Jobs waiting for their next turn (not the one running)."""
-        with self._cv:
-            return len(self._line)
-
-    def submit(self, gen) -> Future:
-        """Run the generator `gen` (not started yet: its body runs on the compute thread) in turn; its
-        result is what it returns. RuntimeError once closed."""
-        future = Future()
-        with self._cv:
-            if self._closed:
-                gen.close()
-                raise RuntimeError("the edge's compute thread has stopped")
-            self._line.append((gen, future))
-            self._cv.notify()
-        return future
-
-    def call(self, fn, *args) -> Future:
-        """Run fn(*args) in one turn."""
-
-        def one_slice():
-            return fn(*args)
-            yield  # makes this a generator function: a job of one slice
-
-        return self.submit(one_slice())
-
-    def close(self) -> None:
-        """Stop after the slice that runs: jobs still in line fail with RuntimeError."""
-        with self._cv:
-            self._closed = True
-            line, self._line = list(self._line), deque()
-            self._cv.notify()
-        for gen, future in line:
-            gen.close()
-            future.set_exception(RuntimeError("the edge stopped"))
-
-    def _run(self) -> None:
-        while True:
-            with self._cv:
-                while not self._line and not self._closed:
-                    self._cv.wait()
-                if self._closed:
-                    return
-                gen, future = self._line.popleft()
-            try:
-                next(gen)
-            except StopIteration as done:
-                future.set_result(done.value)
-                continue
-            except BaseException as e:  # the job's fault, reported to whoever waits for it
-                future.set_exception(e)
-                continue
-            with self._cv:
-                if self._closed:
-                    gen.close()
-                    future.set_exception(RuntimeError("the edge stopped"))
-                else:
-                    self._line.append((gen, future))
-
-
-@dataclass
-class EdgeSession:
-    """One request on the edge: its split, wire format and KV cache."""
-
-    id: int
-    split: int
-    wire: str
-    elements_per_packet: int
-    cache: SegmentCache | StaticSegmentCache
-    protect: int = 0  # K: each token's protected elements in every ACTIVATION (protocol.py)
-    step: int = 0  # the next ACTIVATION step expected
-    context: int = 0  # tokens in the KV cache
-    bytes_in: int = 0
-    packets: int = 0
-    packets_missing: int = 0
-    edge_s: float = 0.0
-
-
-@dataclass
-class _Holder:
-    """A connection that holds a session slot."""
-
-    idle_since: float | None = None  # since when it waits for its UE's next frame; None once a byte of it came
-    evicted: bool = False  # its slot was claimed for a waiting connection: it leaves with ERROR "evicted"
-
-
-class EdgeServer:
+class EdgeServer(Admission):
     """The edge: accepts UE connections, serves up to max_sessions at once, queues max_queue more.
 
     A connection first sends its OPEN, within handshake_timeout_s (per frame) or it is closed; at
@@ -261,7 +157,7 @@ class EdgeServer:
         self.host, self.port = self._listener.getsockname()[:2]
         self._state = threading.Condition()
         self._active = 0  # connections holding a session slot
-        self._holders: dict[socket.socket, _Holder] = {}  # those connections
+        self._holders: dict[socket.socket, SlotHolder] = {}  # those connections
         self._queue: deque[object] = deque()  # tickets of connections waiting for one (after a valid OPEN), in order
         self._evicting = 0  # holders evicted whose slot is not free yet
         self._pending: dict[socket.socket, tuple] = {}  # connections waiting for their OPEN -> peer, oldest first
@@ -341,171 +237,6 @@ class EdgeServer:
         static caches given back for reuse are counted by split_model.idle_caches()."""
         return len(self._caches)
 
-    # --- admission ---
-    def _busy_message(self) -> str:
-        return (
-            f"busy: {self._active} sessions are being served and {len(self._queue)} are waiting "
-            f"(limits: {self.max_sessions} sessions, {self.max_queue} queued); try again later"
-        )
-
-    def _admit(self, conn: socket.socket, peer) -> None:
-        pushed_out = None
-        with self._state:
-            self.stats["connections"] += 1
-            # Only connections that sent a valid OPEN are counted here, so idle ones never cause this.
-            full = self._active >= self.max_sessions and len(self._queue) >= self.max_queue
-            if full:
-                self.stats["refused_busy"] += 1
-                message = self._busy_message()
-            else:
-                if len(self._pending) >= self.max_handshakes:
-                    # the oldest is the likeliest to be idle: a real UE sends its OPEN as soon as it connects
-                    pushed_out = next(iter(self._pending))
-                    pushed_peer = self._pending.pop(pushed_out)
-                    self.stats["handshakes_dropped"] += 1
-                self._pending[conn] = peer
-                t = threading.Thread(
-                    target=self._connection, args=(conn, peer), daemon=True, name=f"edge-{peer[0]}:{peer[1]}"
-                )
-                self._threads.add(t)
-                self._conns.add(conn)
-        if full:
-            log.info("refused %s:%s: %s", *peer[:2], message)
-            self._refuse(conn, message)
-            return
-        if pushed_out is not None:
-            log.info(
-                "dropped %s:%s: no OPEN yet and %d newer connections waiting for theirs",
-                *pushed_peer[:2],
-                self.max_handshakes,
-            )
-            try:
-                pushed_out.shutdown(socket.SHUT_RDWR)  # its thread wakes from recv and closes it
-            except OSError:
-                pass
-        t.start()
-
-    @staticmethod
-    def _refuse(conn: socket.socket, message: str) -> None:
-        try:
-            conn.settimeout(1.0)
-            send_json(conn, ERROR, {"code": "busy", "message": message})
-        except OSError:
-            pass
-        finally:
-            _lingering_close(conn, linger_s=0.05)
-
-    def _slot_free(self) -> bool:
-        with self._state:
-            return self._active < self.max_sessions
-
-    def _take_slot(self, conn: socket.socket) -> bool:
-        """After a valid OPEN: leave the handshakes and take a session slot, after a wait in the queue
-        when all are taken. False when refused (the ERROR is sent) or pushed out meanwhile."""
-        ticket = None
-        with self._state:
-            if conn not in self._pending:  # pushed out by newer connections: its socket is shut down
-                return False
-            del self._pending[conn]
-            if self._active < self.max_sessions and not self._queue:  # a free slot goes to the queue first
-                self._hold(conn)
-                return True
-            if len(self._queue) < self.max_queue:
-                ticket = object()
-                self._queue.append(ticket)
-            else:
-                self.stats["refused_busy"] += 1
-                message = self._busy_message()
-        if ticket is not None:
-            if self._wait_for_slot(conn, ticket):
-                return True
-            self._count("refused_busy")
-            message = f"busy: no session free after {self.queue_timeout_s:g} s in the queue; try again later"
-        self._send_error(conn, "busy", message)
-        return False
-
-    def _hold(self, conn: socket.socket) -> None:  # with self._state held
-        self._active += 1
-        self._holders[conn] = _Holder()
-
-    def _wait_for_slot(self, conn: socket.socket, ticket: object) -> bool:
-        """Wait in the queue until this ticket is first and a slot is free, evicting idle holders meanwhile."""
-        deadline = time.monotonic() + self.queue_timeout_s
-        with self._state:
-            try:
-                while not self._stopping.is_set():
-                    if self._queue[0] is ticket and self._active < self.max_sessions:
-                        self._hold(conn)
-                        return True
-                    now = time.monotonic()
-                    if now >= deadline:
-                        return False
-                    next_eviction = self._evict_idle(now)
-                    self._state.wait(min(deadline - now, next_eviction))
-                return False
-            finally:
-                self._queue.remove(ticket)
-                self._state.notify_all()  # the next in line may find a slot free too
-
-    def _evict_idle(self, now: float) -> float:
-        """With self._state held: evict as many idle holders as the queue needs beyond the free slots
-        and the evictions under way, the longest silent first; the seconds until another could be
-        evicted (inf: none is waiting for its UE, and one that starts to notifies)."""
-        need = len(self._queue) - (self.max_sessions - self._active) - self._evicting
-        if self.evict_idle_s is None or need <= 0:
-            return float("inf")
-        idle = sorted(
-            ((c, h) for c, h in self._holders.items() if h.idle_since is not None and not h.evicted),
-            key=lambda item: item[1].idle_since,
-        )
-        for conn, holder in idle[:need]:
-            silent = now - holder.idle_since
-            if silent < self.evict_idle_s:
-                return self.evict_idle_s - silent
-            holder.evicted = True
-            self._evicting += 1
-            self.stats["evicted"] += 1
-            try:  # its thread, blocked in recv, reads the end of the stream and answers ERROR "evicted"
-                conn.shutdown(socket.SHUT_RD)
-            except OSError:
-                pass
-        return float("inf")
-
-    def _waiting_for_ue(self, conn: socket.socket, waiting: bool) -> bool:
-        """Mark a holder as waiting for its UE's next frame (evictable) or not; whether it was evicted."""
-        with self._state:
-            holder = self._holders[conn]
-            holder.idle_since = time.monotonic() if waiting else None
-            if waiting and self._queue:
-                self._state.notify_all()  # a waiting connection may evict it in evict_idle_s
-            return holder.evicted
-
-    def _recv_before_open(self, conn: socket.socket) -> tuple[int, bytes] | None:
-        """The next frame of a connection that holds no session slot yet, or None when it timed out
-        (the ERROR is sent). It must come within handshake_timeout_s; when all slots are taken, within
-        queue_timeout_s if that is shorter, as a queued connection would be refused as busy by then."""
-        wait_s = self.handshake_timeout_s
-        if not self._slot_free():
-            wait_s = min(wait_s, self.queue_timeout_s)
-        try:
-            return recv_frame(conn, min(self.max_frame_bytes, MAX_OPEN_FRAME_BYTES), wait_s)
-        except ProtocolError as e:
-            if e.code == "too_large" and self.max_frame_bytes > MAX_OPEN_FRAME_BYTES:  # not --max-frame-bytes
-                raise ProtocolError(
-                    "too_large", f"a frame before OPEN may have at most {MAX_OPEN_FRAME_BYTES} bytes (send OPEN first)"
-                ) from e
-            raise
-        except socket.timeout:
-            if self._slot_free():
-                self._count("handshakes_dropped")
-                self._send_error(conn, "timeout", f"no OPEN within {wait_s:g} s; closing")
-            else:
-                self._count("refused_busy")
-                self._send_error(
-                    conn, "busy", f"busy: no session free after {wait_s:g} s in the queue; try again later"
-                )
-            return None
-
     # --- one connection ---
     def _connection(self, conn: socket.socket, peer) -> None:
         holding = False  # a session slot: taken with the first valid OPEN, kept until the connection ends
@@ -571,7 +302,7 @@ class EdgeServer:
             self._send_error(conn, "internal", f"{type(e).__name__}: {e}")
         finally:
             self._end(session)
-            _lingering_close(conn)
+            lingering_close(conn)
             with self._state:
                 self._pending.pop(conn, None)
                 holder = self._holders.pop(conn, None)
@@ -581,17 +312,6 @@ class EdgeServer:
                 self._state.notify_all()
                 self._threads.discard(threading.current_thread())
                 self._conns.discard(conn)
-
-    def _count(self, key: str) -> None:
-        with self._state:
-            self.stats[key] += 1
-
-    def _send_error(self, conn: socket.socket, code: str, message: str) -> None:
-        try:
-            conn.settimeout(1.0)
-            send_json(conn, ERROR, {"code": code, "message": message})
-        except OSError:
-            pass
 
     def _end(self, session: EdgeSession | None) -> None:  # returns None so that `session = self._end(session)`
         """Forget a session: its KV cache is freed with the last reference."""
@@ -637,41 +357,13 @@ class EdgeServer:
         raise ProtocolError("bad_frame", f"a UE does not send {FRAME_NAMES[ftype]} frames")
 
     def _check_open(self, req: dict) -> tuple[int, str, int, int]:
-        """(split, wire dtype, elements per packet, protect) of an OPEN this edge serves; ProtocolError otherwise."""
-        if self._token is not None:  # first: the messages below would tell a stranger the model and splits
-            theirs = req.get("token")
-            if not isinstance(theirs, str) or not hmac.compare_digest(theirs.encode(), self._token.encode()):
+        """check_open against this edge's token, model and splits; a refused token is counted."""
+        try:
+            return check_open(req, self._token, self.split_model.fingerprint, self.splits)
+        except ProtocolError as e:
+            if e.code == "unauthorized":
                 self._count("unauthorized")
-                hint = f"give it with --token or {TOKEN_ENV}" if theirs is None else "this one is wrong"
-                raise ProtocolError("unauthorized", f"this edge serves only UEs with its token: {hint}")
-        if req.get("protocol") != PROTOCOL_VERSION:
-            raise ProtocolError(
-                "malformed", f"OPEN for protocol {req.get('protocol')!r}; this edge speaks {PROTOCOL_VERSION}"
-            )
-        mine = self.split_model.fingerprint
-        theirs = req.get("model")
-        if not isinstance(theirs, dict) or any(
-            theirs.get(k) != mine[k] for k in ("model_type", "n_layers", "hidden_size", "vocab_size")
-        ):
-            raise ProtocolError("bad_model", f"the UE runs {theirs!r}; this edge serves {mine}")
-        split, wire, k = req.get("split"), req.get("wire"), req.get("elements_per_packet")
-        if isinstance(split, bool) or not isinstance(split, int) or split not in self.splits:
-            raise ProtocolError(
-                "bad_split",
-                f"split {split!r} cannot be served: this edge serves "
-                f"splits {format_splits(self.splits)} (0-based: split n puts n + 1 of {mine['n_layers']} "
-                "layers on the UE)",
-            )
-        if wire not in WIRE_FORMATS:
-            raise ProtocolError("malformed", f"unknown wire dtype {wire!r}: use one of {', '.join(WIRE_FORMATS)}")
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_ELEMENTS_PER_PACKET:
-            raise ProtocolError("malformed", f"elements_per_packet {k!r} outside 1..{MAX_ELEMENTS_PER_PACKET}")
-        protect = req.get("protect", 0)
-        if isinstance(protect, bool) or not isinstance(protect, int) or not 0 <= protect <= mine["hidden_size"]:
-            raise ProtocolError(
-                "malformed", f"protect {protect!r} outside 0..{mine['hidden_size']} (elements per token of this model)"
-            )
-        return split, wire, k, protect
+            raise
 
     def _open(self, conn: socket.socket, params: tuple[int, str, int, int]) -> EdgeSession:
         """Start a session for a checked OPEN and answer READY."""
@@ -751,36 +443,3 @@ class EdgeServer:
         session.edge_s += seconds
         self._count("steps")
         return token, missing, seconds
-
-
-def _lingering_close(conn: socket.socket, linger_s: float = 0.2, drain_bytes: int = 1 << 16) -> None:
-    """Close after an ERROR so that the peer reads it: a socket closed with unread input sends a
-    reset that can destroy the frame in flight. Reads (and drops) at most drain_bytes for linger_s."""
-    try:
-        conn.shutdown(socket.SHUT_WR)
-        conn.settimeout(linger_s)
-        deadline, drained = time.monotonic() + linger_s, 0
-        while drained < drain_bytes and time.monotonic() < deadline:
-            chunk = conn.recv(min(4096, drain_bytes - drained))
-            if not chunk:
-                break
-            drained += len(chunk)
-    except OSError:
-        pass
-    finally:
-        try:
-            conn.close()
-        except OSError:
-            pass
-
-
-def format_splits(splits: list[int]) -> str:
-    """[1, 2, 3, 7] -> '1-3,7'."""
-    parts, i = [], 0
-    while i < len(splits):
-        j = i
-        while j + 1 < len(splits) and splits[j + 1] == splits[j] + 1:
-            j += 1
-        parts.append(str(splits[i]) if i == j else f"{splits[i]}-{splits[j]}")
-        i = j + 1
-    return ",".join(parts)
