@@ -181,19 +181,19 @@ class Measurements(dict):
 
 def compared_policies(folders: str, trust_zip: bool = False) -> dict:
     """name -> policy for each surrogate-trained run folder that exists (a note for each that does not)."""
-    from layersplit import policies, training
+    from layersplit import policies, run_folders
 
     found = {}
     for folder in filter(None, (f.strip() for f in folders.split(","))):
-        if not (Path(folder) / training.CONFIG_FILE).is_file():
+        if not (Path(folder) / run_folders.CONFIG_FILE).is_file():
             print(
                 f"note: no surrogate-trained run at {folder}; not compared (train it: python train_rsm.py train)",
                 file=sys.stderr,
             )
             continue
-        if training.run_config(folder)["env"] != "LayerSplit-Paper-v0":
+        if run_folders.run_config(folder)["env"] != "LayerSplit-Paper-v0":
             raise UserError(f"--compare {folder}: not a LayerSplit-Paper-v0 run")
-        policy = training.load_policy(folder, trust_zip=trust_zip)
+        policy = run_folders.load_policy(folder, trust_zip=trust_zip)
         found[f"surrogate {Path(folder).name}"] = policies.paper_policy_on_llm(policy)
     return found
 
@@ -318,13 +318,13 @@ def run(args) -> int:
 
 def evaluate_only(run: Path, env_kwargs: dict, args, compared: dict) -> int:
     """--eval-only: the evaluation without training, written into --results (its training summary kept)."""
-    from layersplit import training
+    from layersplit import run_folders
 
     model = None
-    if (run / training.SUMMARY_FILE).is_file() and any(
-        (run / f).is_file() for f in (training.POLICY_FILE, training.SB3_POLICY_FILE)
+    if (run / run_folders.SUMMARY_FILE).is_file() and any(
+        (run / f).is_file() for f in (run_folders.POLICY_FILE, run_folders.SB3_POLICY_FILE)
     ):
-        model = training.load_policy(run, trust_zip=args.trust_zip)
+        model = run_folders.load_policy(run, trust_zip=args.trust_zip)
     else:
         print(
             f"note: no finished LLM-trained policy at {run}: evaluating the others (train it: python train.py)",

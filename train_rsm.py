@@ -34,11 +34,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 # light modules only before the arguments are parsed (--help answers at once); torch, Stable-Baselines3,
 # pandas and the policies are imported by the commands that use them
-from layersplit import UserError, cli, envs, surrogate
+from layersplit import UserError, cli, envs, surrogate, surrogate_fit
 from layersplit.cli import discount, non_negative_int, open_fraction, positive_int, writable_dir
 from layersplit.cli import writable_file
 from layersplit.distributed import ADDRESS_HELP
@@ -49,8 +47,9 @@ WIRELESS_SWEEP = "results/sweep_wireless_smollm2-135m.csv"  # SNR x split x with
 PROTECT_SWEEP = "results/sweep_protect_wireless_smollm2-135m.csv"  # ... x K of the protected path: the protect-form RSM
 NR_WIRELESS_SWEEP = "results/sweep_nr_wireless_smollm2-135m.csv"  # the wireless grid over the 5G NR link (--link nr)
 FIT_SEED = 0  # seeds the held-out draw and the initial weights
-# the fit's epochs and held-out shares: surrogate.EPOCHS, HOLDOUT_FRACTION, HOLDOUT_REPEATS; the files it
-# writes: envs.PAPER_RSM, envs.WIRELESS_RSM and envs.PROTECT_RSM, the shipped surrogates the environments load
+# the fit's epochs and held-out shares: surrogate.EPOCHS, surrogate_fit.HOLDOUT_FRACTION and HOLDOUT_REPEATS;
+# the files it writes: envs.PAPER_RSM, envs.WIRELESS_RSM and envs.PROTECT_RSM, the shipped surrogates the
+# environments load
 # --- train --------------------------------------------------------------------------------------
 ENV = "LayerSplit-Paper-v0"  # the original surrogate MDP
 ALGO = "ppo"  # ppo (the paper's), a2c or dqn (the paper's comparisons)
@@ -97,31 +96,20 @@ def cmd_fit(args) -> int:
     check_fit_outputs(args)  # parse_args did; again for a caller that built its own arguments
     for _, sweep_option, _, _ in FIT_FORMS:  # every input before the first fit: a bad last one wastes no work
         if getattr(args, sweep_option):
-            surrogate.check_sweep(getattr(args, sweep_option))
-    for form, sweep_path, out, report in (
-        ("paper", args.sweep, args.output, "paper"),
-        ("wireless", args.wireless_sweep, args.wireless_output, "wireless"),
-        ("protect", args.protect_sweep, args.protect_output, "protect"),
-        ("wireless", args.nr_wireless_sweep, args.nr_wireless_output, "wireless_nr"),
-    ):
-        if not sweep_path:
-            continue
-        start = time.perf_counter()
-        rsm, cells = surrogate.fit_from_sweep(
-            form, sweep_path, seed=args.seed, epochs=args.epochs, holdout=args.holdout, repeats=args.holdout_repeats
-        )
-        rsm.metadata["fit_seconds"] = time.perf_counter() - start
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        rsm.save(out)
-        Path(args.results_dir).mkdir(parents=True, exist_ok=True)
-        cells_path = Path(args.results_dir) / f"rsm_fit_{report}.csv"
-        cli.write_text_atomic(cells_path, cells.to_csv(index=False))
-        cli.write_text_atomic(
-            Path(args.results_dir) / f"rsm_fit_{report}.json",
-            json.dumps({"metadata": rsm.metadata, "metrics": rsm.metrics}, indent=2),
-        )
-        print(surrogate.describe(rsm))
-        print(f"  -> {out}; cells and predictions in {cells_path} ({rsm.metadata['fit_seconds']:.1f} s)")
+            surrogate_fit.check_sweep(getattr(args, sweep_option))
+    for form, sweep_option, out_option, report in FIT_FORMS:
+        if getattr(args, sweep_option):
+            surrogate_fit.fit_and_report(
+                form,
+                getattr(args, sweep_option),
+                getattr(args, out_option),
+                report,
+                args.results_dir,
+                args.seed,
+                args.epochs,
+                args.holdout,
+                args.holdout_repeats,
+            )
     return 0
 
 
@@ -134,16 +122,15 @@ def run_dir(args, algo: str, seed: int) -> Path:
 def cmd_train(args) -> int:
     import torch
 
-    from layersplit import training
+    from layersplit import agents, run_folders, training
 
     torch.set_num_threads(args.torch_threads)
     seeds = args.seeds  # cli.seeds: integers in 0..2**32-1, what numpy's and SB3's seeding take
     algos = [a.strip() for a in args.algo.split(",") if a.strip()]
-    unknown = [a for a in algos if a not in training.ALGOS] or ([] if algos else [args.algo])
+    unknown = [a for a in algos if a not in agents.ALGOS] or ([] if algos else [args.algo])
     if unknown:
         raise UserError(
-            f"unknown algorithm {unknown[0]!r} in --algo: use one or more of {', '.join(training.ALGOS)}, "
-            "comma-separated"
+            f"unknown algorithm {unknown[0]!r} in --algo: use one or more of {', '.join(agents.ALGOS)}, comma-separated"
         )
     if len(algos) > 1 and args.name and "{algo}" not in args.name:
         raise UserError("--name needs {algo} in it with several --algo, e.g. rl_paper_{algo}_authors")
@@ -155,7 +142,7 @@ def cmd_train(args) -> int:
         except argparse.ArgumentTypeError as e:
             raise UserError(f"run folder {e}") from None
         if run.is_dir():
-            training.run_saves(run, args.trust_zip)  # a folder of zips alone is refused before any training
+            run_folders.run_saves(run, args.trust_zip)  # a folder of zips alone is refused before any training
     jobs = [
         dict(
             env_id=args.env,
@@ -205,10 +192,10 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     import torch
 
-    from layersplit import training
+    from layersplit import run_folders
 
     torch.set_num_threads(args.torch_threads)
-    configs = [training.run_config(r) for r in args.runs]
+    configs = [run_folders.run_config(r) for r in args.runs]
     if len({(c["env"], c["algo"]) for c in configs}) != 1:
         raise UserError("evaluate runs of one environment and algorithm at a time")
     args.env, args.algo = configs[0]["env"], configs[0]["algo"]
@@ -269,164 +256,23 @@ def cmd_tune(args) -> int:
 
 
 def evaluate_runs(runs: list[Path], args) -> int:
-    from layersplit import policies, training
+    """rl_results.evaluate_runs with the command line's settings."""
+    from layersplit import rl_results
 
-    env_kwargs = env_kwargs_for(args.env, args.rsm, args.episode_end)
-    env = envs.make(args.env, **env_kwargs)
-    names = [
-        "learned",
-        *(
-            b
-            for b in policies.BASELINES
-            if (b != "greedy" or args.env not in envs.SNR_ENV_IDS)
-            and (b not in policies.PAPER_ONLY or args.env == "LayerSplit-Paper-v0")
-        ),
-    ]
-    means = {name: [] for name in names}
-    models = [training.load_policy(r, trust_zip=args.trust_zip) for r in runs]
-    summaries = [training.read_json(r / training.SUMMARY_FILE) for r in runs]
-    best_static = policies.BestStatic(env.unwrapped)  # chosen once, on training starts
-    per_start = (
-        policies.BestStaticPerStart(env.unwrapped, best_static=best_static)
-        if "best-static-per-start" in names
-        else None
+    rl_results.evaluate_runs(
+        runs,
+        args.env,
+        args.algo,
+        env_kwargs_for(args.env, args.rsm, args.episode_end),
+        args.rsm,
+        args.eval_episodes,
+        args.eval_seed,
+        args.results_dir,
+        args.name,
+        args.trust_zip,
+        CURVE_POINTS,
     )
-    for k, model in enumerate(models):  # evaluation seed k: the same episodes for every policy
-        seed = args.eval_seed + 1000 * k
-        for name in names:
-            if name == "learned":
-                policy = policies.learned(model)
-            elif name == "best-static":
-                policy = best_static
-            elif name == "best-static-per-start":
-                policy = per_start
-            else:
-                policy = policies.baseline(name, env.unwrapped, seed)
-            means[name].append(policies.evaluate(env, policy, args.eval_episodes, seed).mean)
-    env.close()
-    optimum = means.get("optimum")
-    table = {}
-    print(
-        f"\n{args.env}: mean return over {args.eval_episodes} episodes, {policies.CONFIDENCE:.0%} interval over "
-        f"{len(models)} seed(s)"
-    )
-    for name, values in means.items():
-        mean, half = policies.confidence_interval(values)
-        # each seed's share of the optimum on its own episodes, then the interval over seeds
-        share, share_half, shares = policies.share_of_optimum(values, optimum) if optimum else (np.nan, np.nan, [])
-        # paired with the learned policy: seed k of both played the same episodes
-        gap, gap_half = policies.confidence_interval(np.subtract(means["learned"], values))
-        table[name] = {
-            "mean": mean,
-            "ci95": half,
-            "per_seed": values,
-            "share_of_optimum": share,
-            "share_ci95": share_half,
-            "share_per_seed": shares,
-            "learned_minus_this": gap,
-            "learned_minus_this_ci95": gap_half,
-        }
-        label = f"{args.algo} (learned)" if name == "learned" else name
-        label = f"best-static ({best_static.choice})" if name == "best-static" else label
-        label = "best-static-per-start (p-blind)" if name == "best-static-per-start" else label
-        versus = "" if name == "learned" else f"   learned - this: {gap:+.4f} +- {gap_half:.4f}"
-        print(
-            f"  {label:34s} {mean:9.4f} +- {half:.4f}   {100 * share:6.2f}% +- {100 * share_half:.2f} of optimum"
-            f"{versus}"
-        )
-    stem = args.name or f"rl_{args.env.removeprefix('LayerSplit-').removesuffix('-v0').lower()}_{args.algo}"
-    results = Path(args.results_dir)
-    results.mkdir(parents=True, exist_ok=True)
-    cli.write_text_atomic(
-        results / f"{stem}.json",
-        json.dumps(
-            {
-                "env": args.env,
-                "algo": args.algo,
-                "rsm": str(args.rsm or "default"),
-                "runs": [str(r) for r in runs],
-                "eval_episodes": args.eval_episodes,
-                "returns": table,
-                "episode_end": env_kwargs["episode_end"],
-                "best_static": {
-                    "choice": best_static.choice,
-                    "training_starts": policies.BEST_STATIC_EPISODES,
-                    "scores": best_static.scores,
-                },
-                **(
-                    {
-                        "best_static_per_start": {
-                            "choices": {str(k): v for k, v in per_start.choices.items()},
-                            "training_starts": policies.BEST_STATIC_EPISODES,
-                        }
-                    }
-                    if per_start
-                    else {}
-                ),
-                "training": {
-                    "wall_s": [s["wall_s"] for s in summaries],
-                    "steps_per_s": [s["steps_per_s"] for s in summaries],
-                    "timesteps": [s["timesteps"] for s in summaries],
-                },
-            },
-            indent=2,
-        ),
-    )
-    write_curves(runs, results / f"{stem}_curves.csv", args)
-    write_policy_map(models, results / f"{stem}_policy.csv", args, env_kwargs, best_static)
-    print(f"results in {results}/{stem}.json, {stem}_curves.csv, {stem}_policy.csv")
     return 0
-
-
-def write_curves(runs: list[Path], path: Path, args) -> None:
-    """Mean training-episode return per bin of steps, per seed (for curves with bands over seeds)."""
-    import pandas as pd
-
-    from layersplit import training
-
-    rows = []
-    for run in runs:
-        log = training.episode_log(run)
-        seed = training.run_config(run)["seed"]
-        edges = np.linspace(0, log["timesteps"].max(), CURVE_POINTS + 1)
-        log["bin"] = np.clip(np.searchsorted(edges, log["timesteps"], side="left"), 1, CURVE_POINTS)
-        for b, group in log.groupby("bin"):
-            rows.append(
-                {
-                    "env": args.env,
-                    "algo": args.algo,
-                    "seed": seed,
-                    "timesteps": int(edges[b]),
-                    "mean_return": float(group["return"].mean()),
-                    "episodes": len(group),
-                }
-            )
-    cli.write_text_atomic(path, pd.DataFrame(rows).to_csv(index=False))
-
-
-def write_policy_map(models, path: Path, args, env_kwargs, best_static) -> None:
-    """The split each policy chooses against the channel condition: every seed, best-static and the optimum."""
-    import pandas as pd
-
-    from layersplit import policies
-
-    if args.env == "LayerSplit-LLM-v0":
-        return
-    rows = []
-    for k, model in enumerate(models):
-        rows += [
-            {"policy": f"{args.algo}_s{k}", **r}
-            for r in policies.split_versus_condition(args.env, lambda env, m=model: policies.learned(m), env_kwargs)
-        ]
-    rows += [
-        {"policy": "optimum", **r}
-        for r in policies.split_versus_condition(args.env, lambda env: policies.baseline("optimum", env), env_kwargs)
-    ]
-    rows += [
-        {"policy": "best-static", **r}
-        for r in policies.split_versus_condition(args.env, lambda env: best_static, env_kwargs)
-    ]
-    cli.write_text_atomic(path, pd.DataFrame(rows).to_csv(index=False))
 
 
 # --- command line --------------------------------------------------------------------------------
@@ -447,8 +293,7 @@ def check_fit_outputs(args) -> None:
             continue
         for option, path in (
             (f"--{out_option.replace('_', '-')}", getattr(args, out_option)),
-            (f"report rsm_fit_{report}.csv", Path(args.results_dir) / f"rsm_fit_{report}.csv"),
-            (f"report rsm_fit_{report}.json", Path(args.results_dir) / f"rsm_fit_{report}.json"),
+            *((f"report {path.name}", path) for path in surrogate_fit.report_files(args.results_dir, report)),
         ):
             path = Path(path).resolve()
             if path in inputs:
@@ -509,13 +354,13 @@ def parse_args(argv=None):
     f.add_argument(
         "--holdout",
         type=open_fraction,
-        default=surrogate.HOLDOUT_FRACTION,
+        default=surrogate_fit.HOLDOUT_FRACTION,
         help="share of sweep cells held out to measure the fit",
     )
     f.add_argument(
         "--holdout-repeats",
         type=non_negative_int,
-        default=surrogate.HOLDOUT_REPEATS,
+        default=surrogate_fit.HOLDOUT_REPEATS,
         help="further held-out draws whose R2 is reported as a spread (0: none); the shipped fit is unchanged",
     )
     f.add_argument("--seed", type=cli.seed, default=FIT_SEED, help="seed of the held-out draw and the initial weights")

@@ -266,7 +266,7 @@ def split_chooser(run_dir, rsm_path=None, trust_zip: bool = False) -> Callable[[
     serve.py's UE asks per request): the split and protection level of the policy's action at that SNR,
     0-based as everywhere (split n puts n + 1 layers on the UE; K is 0 on the Wireless env; the withheld
     share the action also picks is not applied by serve.py)."""
-    from .training import load_policy, run_config  # here: Stable-Baselines3 is only imported when needed
+    from .run_folders import load_policy, run_config  # here: Stable-Baselines3 is only imported when needed
 
     config = run_config(run_dir)
     if config["env"] not in SNR_ENV_IDS:

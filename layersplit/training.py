@@ -1,52 +1,41 @@
 """Train Stable-Baselines3 agents on the layer-splitting environments: vectorised environments (the
 batched surrogate environment PaperVecEnv among them), TensorBoard and CSV logs, periodic checkpoints
-and resumption after an interruption.
-
-Saves hold no code. A policy or checkpoint is one safetensors file: the policy's weights (and, in a
-checkpoint, the optimizer's state), with a JSON description in its header (algorithm, spaces,
-network settings, counters) from which the policy is rebuilt; classes are named there, from the
-short list SAFE_CLASSES, never stored. Stable-Baselines3's own policy.zip is also written beside a
-finished policy for those who want PPO.load, but loading one unpickles whatever the file holds (code
-included), so it is read only with trust_zip (the scripts' --trust-zip), for folders one made oneself."""
+and resumption after an interruption (train). The agents and their saves are agents.py's; what a run
+folder holds and how it is read back, run_folders.py's."""
 
 from __future__ import annotations
 
 import functools
 import json
-import re
-import sys
 import time
-from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from gymnasium import spaces
-from safetensors import safe_open
-from safetensors.torch import save as safetensors_bytes
-from stable_baselines3 import A2C, DQN, PPO
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
-from stable_baselines3.common.preprocessing import get_flattened_obs_dim
-from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, FlattenExtractor
-from stable_baselines3.common.monitor import get_monitor_files, load_results
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 from tqdm.auto import tqdm
 
 from . import UserError
 from . import envs  # registers the environment ids
+from .agents import ALGOS, ScaledObservation, policy_from_save, restore, save
+from .run_folders import (
+    CHECKPOINTS,
+    CONFIG_FILE,
+    POLICY_FILE,
+    SB3_POLICY_FILE,
+    SUMMARY_FILE,
+    free_name,
+    newest_loadable,
+    read_json,
+    read_summary,
+    run_saves,
+    set_aside,
+)
 from .surrogate import Surrogate
 
-ALGOS = {"ppo": PPO, "a2c": A2C, "dqn": DQN}
-POLICY_FILE = "policy.safetensors"  # the trained policy: weights, and its JSON description in the header
-SB3_POLICY_FILE = "policy.zip"  # Stable-Baselines3's save of the same agent (unpickled on load: trust_zip only)
-CONFIG_FILE = "config.json"  # the run's settings, checked on every restart
-SUMMARY_FILE = "summary.json"  # the finished run's timing and step count
-CHECKPOINTS = "checkpoints"  # folder of periodic saves inside a run folder
-SAVE_FORMAT = 1  # version of the safetensors description, refused when it differs
-SPEC_KEY = "layersplit"  # the safetensors header entry holding a save's JSON description
 SCALE_OBSERVATIONS = True  # policy inputs mapped to [-1, 1] by the observation bounds (False: raw, as the original)
 
 
@@ -128,207 +117,6 @@ class PaperVecEnv(VecEnv):
         return [False] * len(self._get_indices(indices))
 
 
-class ScaledObservation(BaseFeaturesExtractor):
-    """The policy's first step: each observation entry mapped from its Box bounds to [-1, 1]. The
-    original fed [p, split] raw (p spans 0.3, split 10), and PPO then stopped short of the optimum
-    (README, "Observation scaling"). Inside the policy, a saved agent takes raw observations."""
-
-    def __init__(self, observation_space):
-        super().__init__(observation_space, get_flattened_obs_dim(observation_space))
-        low = torch.as_tensor(observation_space.low, dtype=torch.float32).flatten()
-        high = torch.as_tensor(observation_space.high, dtype=torch.float32).flatten()
-        if not (torch.isfinite(low).all() and torch.isfinite(high).all()):
-            raise UserError("observation scaling needs finite bounds: train with --raw-observations")
-        self.register_buffer("low", low)
-        self.register_buffer("scale", 2.0 / (high - low))
-
-    def forward(self, observations: torch.Tensor) -> torch.Tensor:
-        return (observations.flatten(1) - self.low) * self.scale - 1.0
-
-
-# the classes a save may name (policy network pieces and optimizers): rebuilt by name, never unpickled
-SAFE_CLASSES = {
-    c.__name__: c
-    for c in (
-        torch.nn.Tanh,
-        torch.nn.ReLU,
-        torch.nn.LeakyReLU,
-        torch.nn.ELU,
-        torch.nn.GELU,
-        torch.nn.SiLU,
-        torch.nn.Sigmoid,
-        FlattenExtractor,
-        ScaledObservation,
-        torch.optim.Adam,
-        torch.optim.RMSprop,
-        torch.optim.SGD,
-    )
-}
-# what a save keeps of an agent beyond its weights: SB3's load restores the same from its zip
-COUNTERS = ("num_timesteps", "_n_updates", "_episode_num", "_n_calls")
-
-
-# --- saves without pickles ----------------------------------------------------------------------------
-class UnsafeSave(Exception):
-    """A save that cannot be read (damaged, not a layersplit save, or naming a class not in SAFE_CLASSES)."""
-
-
-def _to_json(value):
-    if isinstance(value, type):
-        if SAFE_CLASSES.get(value.__name__) is not value:
-            raise ValueError(f"{value.__name__} cannot be saved by name: add it to SAFE_CLASSES")
-        return {"class": value.__name__}
-    if isinstance(value, dict):
-        return {str(k): _to_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_to_json(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    raise ValueError(f"a policy setting of type {type(value).__name__} cannot be saved as JSON")
-
-
-def _from_json(value):
-    if isinstance(value, dict):
-        if set(value) == {"class"}:
-            if value["class"] not in SAFE_CLASSES:
-                raise UnsafeSave(f"names the class {value['class']!r}, which is not one of SAFE_CLASSES")
-            return SAFE_CLASSES[value["class"]]
-        return {k: _from_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_from_json(v) for v in value]
-    return value
-
-
-def _space_to_json(space) -> dict:
-    if isinstance(space, spaces.Box):
-        return {"type": "Box", "low": space.low.tolist(), "high": space.high.tolist(), "dtype": str(space.dtype)}
-    if isinstance(space, spaces.Discrete):
-        return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
-    raise ValueError(f"a {type(space).__name__} space cannot be saved")
-
-
-def _space_from_json(d: dict):
-    if d.get("type") == "Box":
-        return spaces.Box(np.array(d["low"], dtype=d["dtype"]), np.array(d["high"], dtype=d["dtype"]), dtype=d["dtype"])
-    if d.get("type") == "Discrete":
-        return spaces.Discrete(int(d["n"]), start=int(d["start"]))
-    raise UnsafeSave(f"has a space of unknown type {d.get('type')!r}")
-
-
-def algo_name(cls) -> str:
-    return next(name for name, c in ALGOS.items() if c is cls)
-
-
-def save(model, path: Path, with_optimizer: bool, config: dict | None = None) -> None:
-    """The agent as one safetensors file (written beside, then renamed into place): the policy's
-    weights, with with_optimizer the optimizer's state too (what a resumed run needs), and the JSON
-    description load_save reads. Tensors that modules share are stored once per name."""
-    params = model.policy._get_constructor_parameters()
-    for k in ("observation_space", "action_space", "lr_schedule"):
-        params.pop(k, None)
-    tensors = {f"policy.{k}": v.detach().cpu().clone().contiguous() for k, v in model.policy.state_dict().items()}
-    spec = {
-        "format": SAVE_FORMAT,
-        "algo": algo_name(type(model)),
-        "policy_class": type(model.policy).__name__,
-        "observation_space": _space_to_json(model.observation_space),
-        "action_space": _space_to_json(model.action_space),
-        "policy_kwargs": _to_json(params),
-        "counters": {k: int(getattr(model, k)) for k in COUNTERS if hasattr(model, k)},
-        # each entry as [value, numpy type]: the logged means are then the same to the last digit
-        "ep_info_buffer": [
-            {k: [float(v), np.asarray(v).dtype.name] for k, v in info.items()} for info in (model.ep_info_buffer or [])
-        ],
-        "ep_success_buffer": [float(v) for v in (model.ep_success_buffer or [])],
-        "config": config,
-    }
-    if with_optimizer:
-        state = model.policy.optimizer.state_dict()
-        for index, entries in state["state"].items():
-            for name, value in entries.items():
-                tensors[f"optimizer.{index}.{name}"] = torch.as_tensor(value).detach().cpu().clone().contiguous()
-        spec["optimizer_groups"] = _to_json(state["param_groups"])
-    data = safetensors_bytes(tensors, metadata={SPEC_KEY: json.dumps(spec)})
-    tmp = path.with_name(f"{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
-def load_save(path: Path) -> tuple[dict, dict]:
-    """A save's (description, tensors); UnsafeSave when the file is not a whole layersplit save."""
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            spec = json.loads((f.metadata() or {})[SPEC_KEY])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # truncated, emptied, not safetensors, no description: whatever the reader says
-        why = (str(e).strip().splitlines() or [""])[0]
-        raise UnsafeSave(f"is not a readable policy save ({type(e).__name__}: {why})") from None
-    if not isinstance(spec, dict) or spec.get("format") != SAVE_FORMAT or spec.get("algo") not in ALGOS:
-        raise UnsafeSave(f"is not a layersplit policy save of format {SAVE_FORMAT}")
-    return spec, tensors
-
-
-def _policy_state(tensors: dict) -> dict:
-    return {k.removeprefix("policy."): v for k, v in tensors.items() if k.startswith("policy.")}
-
-
-def _number(value: float, dtype: str):
-    if np.dtype(dtype).kind not in "biuf":
-        raise UnsafeSave(f"has an episode entry of type {dtype!r}")
-    return np.dtype(dtype).type(value)
-
-
-def restore(model, spec: dict, tensors: dict) -> None:
-    """Put a save's weights, optimizer state and counters into a freshly built agent of the same
-    settings: the state Stable-Baselines3's load gives from its zip."""
-    model.policy.load_state_dict(_policy_state(tensors), strict=True)
-    if "optimizer_groups" in spec:
-        state = {}
-        for key, value in tensors.items():
-            if key.startswith("optimizer."):
-                _, index, name = key.split(".", 2)
-                state.setdefault(int(index), {})[name] = value
-        model.policy.optimizer.load_state_dict({"state": state, "param_groups": spec["optimizer_groups"]})
-    for k, v in spec.get("counters", {}).items():
-        if k in COUNTERS and hasattr(model, k):
-            setattr(model, k, int(v))
-    # the window of recent episodes behind rollout/ep_rew_mean (built by learn() when None)
-    episodes = [{k: _number(*v) for k, v in info.items()} for info in spec.get("ep_info_buffer", [])]
-    model.ep_info_buffer = deque(episodes, maxlen=model._stats_window_size)
-    model.ep_success_buffer = deque(spec.get("ep_success_buffer", []), maxlen=model._stats_window_size)
-
-
-@dataclass
-class SavedPolicy:
-    """A trained policy rebuilt from a save; predict() as Stable-Baselines3's."""
-
-    policy: torch.nn.Module
-    algo: str
-    num_timesteps: int
-
-    def predict(self, observation, state=None, episode_start=None, deterministic: bool = False):
-        return self.policy.predict(observation, state, episode_start, deterministic)
-
-
-def policy_from_save(spec: dict, tensors: dict) -> SavedPolicy:
-    cls = ALGOS[spec["algo"]].policy_aliases["MlpPolicy"]
-    if spec.get("policy_class") != cls.__name__:
-        raise UnsafeSave(f"holds a {spec.get('policy_class')}, not the {cls.__name__} of {spec['algo']}")
-    try:
-        policy = cls(
-            _space_from_json(spec["observation_space"]),
-            _space_from_json(spec["action_space"]),
-            lambda _: 0.0,
-            **_from_json(spec["policy_kwargs"]),
-        )
-        policy.load_state_dict(_policy_state(tensors), strict=True)
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        why = (str(e).strip().splitlines() or [""])[0]
-        raise UnsafeSave(f"does not rebuild into a {cls.__name__} ({type(e).__name__}: {why})") from None
-    policy.set_training_mode(False)
-    return SavedPolicy(policy, spec["algo"], int(spec.get("counters", {}).get("num_timesteps", 0)))
-
-
 class SafeCheckpoint(BaseCallback):
     """Every `every` calls (x n_envs steps), the agent with its optimizer to
     <folder>/model_<steps>_steps.safetensors: what CheckpointCallback does, without a pickle."""
@@ -398,133 +186,6 @@ def make_env(
         env_kwargs=env_kwargs or {},
         monitor_dir=None if monitor_dir is None else str(monitor_dir),
     )
-
-
-def checkpoints(run_dir: Path, trust_zip: bool = False) -> list[tuple[int, Path]]:
-    """The run's periodic saves as (step, path), newest first; Stable-Baselines3's zips only with
-    trust_zip (after the safetensors save of the same step)."""
-    kinds = {".safetensors": 1, **({".zip": 0} if trust_zip else {})}
-    saved = [
-        (int(m.group(1)), kinds[m.group(2)], p)
-        for p in (run_dir / CHECKPOINTS).glob("model_*")
-        if (m := re.search(r"_(\d+)_steps(\.safetensors|\.zip)$", p.name)) and m.group(2) in kinds
-    ]
-    return [(step, path) for step, _, path in sorted(saved, reverse=True)]
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    saved = checkpoints(run_dir)
-    return saved[0][1] if saved else None
-
-
-def free_name(path: Path) -> Path:
-    """path, or path with _2, _3, ... before its last suffix when that is taken: moving a file there
-    overwrites nothing."""
-    k, free = 2, path
-    while free.exists():
-        free, k = path.with_name(f"{path.stem}_{k}{path.suffix}"), k + 1
-    return free
-
-
-def set_aside(path: Path, why: str, then: str) -> None:
-    """Rename an unreadable file of a run to <name>.corrupt (kept, not deleted), said in one line."""
-    aside = free_name(path.with_name(path.name + ".corrupt"))
-    path.rename(aside)
-    print(f"[layersplit] {path} is unreadable ({why}): set aside as {aside.name}, {then}", file=sys.stderr)
-
-
-def read_json(path: Path) -> dict:
-    """A run folder's JSON object; UserError naming path:line when it is damaged."""
-    try:
-        value = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot be read ({getattr(e, 'strerror', None) or type(e).__name__})") from None
-    if not isinstance(value, dict):
-        raise UserError(f"{path}:1: not a JSON object")
-    return value
-
-
-def run_config(run_dir: str | Path) -> dict:
-    """A training run folder's config.json, checked; UserError in one line when missing or damaged."""
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise UserError(
-            f"{run_dir} is not a training run folder (no {CONFIG_FILE}): train one with python train_rsm.py train"
-        )
-    config = read_json(path)
-    if (
-        config.get("env") not in envs.ENV_IDS
-        or config.get("algo") not in ALGOS
-        or not isinstance(config.get("seed"), int)
-        or not isinstance(config.get("env_kwargs"), dict)
-    ):
-        raise UserError(f"{path}:1: not a training run's settings (env, algo, seed and env_kwargs expected)")
-    return config
-
-
-def _read_save(cls, path: Path, trust_zip: bool):
-    """(step, what) of one save: {"spec", "tensors"} of a safetensors save, or the agent of a trusted zip."""
-    if path.suffix == ".zip":
-        if not trust_zip:
-            raise UnsafeSave("is a Stable-Baselines3 zip, read only with --trust-zip")
-        model = cls.load(path, device="cpu")
-        return int(model.num_timesteps), model
-    spec, tensors = load_save(path)
-    if spec["algo"] != algo_name(cls):
-        raise UnsafeSave(f"holds a {spec['algo']} agent, not {algo_name(cls)}")
-    return int(spec.get("counters", {}).get("num_timesteps", 0)), {"spec": spec, "tensors": tensors}
-
-
-def newest_loadable(cls, saves: list[Path], trust_zip: bool = False):
-    """The first of saves (newest first) that loads, as (step, path, what), or (0, None, None) when
-    none does. A kill while a save is written leaves it truncated, and it would then fail every rerun:
-    each unreadable one is renamed to <name>.corrupt (kept, not deleted) and named in one line on stderr."""
-    bad, found = [], (0, None, None)
-    for path in saves:
-        try:
-            step, what = _read_save(cls, path, trust_zip)
-            found = step, path, what
-            break
-        except Exception as e:  # truncated, emptied, not a save, ...: whatever the loader says
-            bad.append((path, e))
-    then = f"resuming from {found[1]}" if found[1] else "training from scratch"
-    for path, e in bad:
-        set_aside(path, f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}", then)
-    return found
-
-
-ZIP_REFUSED = (
-    "{} holds only Stable-Baselines3 zips, and loading one unpickles it, which runs any code stored in "
-    "it: pass --trust-zip if you made this folder yourself"
-)
-
-
-def run_saves(run_dir: Path, trust_zip: bool) -> list[Path]:
-    """A run folder's saves, newest first: the finished policy, then the checkpoints. Zips are listed
-    only with trust_zip; a folder with zips and no safetensors save is refused without it."""
-    policies = [run_dir / POLICY_FILE] if (run_dir / POLICY_FILE).exists() else []
-    if not policies and trust_zip and (run_dir / SB3_POLICY_FILE).exists():
-        policies = [run_dir / SB3_POLICY_FILE]
-    saves = policies + [path for _, path in checkpoints(run_dir, trust_zip)]
-    if not saves and not trust_zip and ((run_dir / SB3_POLICY_FILE).exists() or checkpoints(run_dir, True)):
-        raise UserError(ZIP_REFUSED.format(run_dir))
-    return saves
-
-
-def read_summary(run_dir: Path) -> dict | None:
-    """The finished run's summary.json, or None when absent; one that a kill cut short is set aside."""
-    path = run_dir / SUMMARY_FILE
-    if not path.exists():
-        return None
-    try:
-        summary = json.loads(path.read_text())
-        int(summary["timesteps"])
-        return summary
-    except (ValueError, KeyError, TypeError) as e:  # cut short by a kill: the policy's step is unknown
-        set_aside(path, type(e).__name__, "going on from the newest save")
-        return None
 
 
 def train(
@@ -644,53 +305,3 @@ def train(
     tmp.replace(run_dir / SUMMARY_FILE)
     env.close()
     return model, summary
-
-
-def load_policy(path: str | Path, algo: str | None = None, trust_zip: bool = False):
-    """A saved policy (predict() as Stable-Baselines3's): a run folder's policy.safetensors, or that file
-    itself, or a checkpoint. A Stable-Baselines3 zip is read only with trust_zip (it unpickles)."""
-    path = Path(path)
-    if path.is_dir():
-        for name in (POLICY_FILE, SB3_POLICY_FILE):
-            if (path / name).is_file():
-                path = path / name
-                break
-    if not path.is_file():
-        raise UserError(f"no saved policy at {path} (train one with: python train_rsm.py train)")
-    if path.suffix == ".zip":
-        if not trust_zip:
-            raise UserError(ZIP_REFUSED.format(path.parent if path.name == SB3_POLICY_FILE else path))
-        if algo is None:
-            algo = run_config(path.parent)["algo"] if (path.parent / CONFIG_FILE).exists() else "ppo"
-        try:
-            return ALGOS[algo].load(path, device="cpu")
-        except Exception as e:
-            raise UserError(f"{path} is not a saved {algo} policy ({type(e).__name__}: {e})") from None
-    try:
-        policy = policy_from_save(*load_save(path))
-    except UnsafeSave as e:
-        raise UserError(f"{path} {e}") from None
-    if algo is not None and policy.algo != algo:
-        raise UserError(f"{path} holds a {policy.algo} policy, not a {algo} one")
-    return policy
-
-
-def episode_log(run_dir: str | Path):
-    """Every training episode of a run as (timesteps at its end, return), from the monitor files: one
-    folder per (re)start, from_<its first step>, read by Stable-Baselines3's load_results."""
-    import pandas as pd
-
-    folders = [f for f in Path(run_dir, "monitor").glob("from_*") if get_monitor_files(str(f))]
-    if not folders:
-        raise UserError(f"{run_dir} has no monitor files: is it a training run folder?")
-    log = pd.concat(load_results(str(f)).assign(start=int(f.name.removeprefix("from_"))) for f in folders)
-    # in the order they ended; episodes that ended at once stay in their file's order (load_results'
-    # sort is not stable)
-    log = log.sort_values(["start", "t", "index"], kind="stable")
-    log["timesteps"] = log.groupby("start")["l"].cumsum() + log["start"]
-    # a stretch abandoned by a kill and trained again from an earlier save is shown once: each part
-    # keeps the episodes that ended by the step the next part started from
-    starts = sorted(log["start"].unique())
-    until = dict(zip(starts, [*starts[1:], np.inf]))
-    log = log[log["timesteps"] <= log["start"].map(until)]
-    return log[["timesteps", "r"]].rename(columns={"r": "return"}).reset_index(drop=True)

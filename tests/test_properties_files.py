@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import figures
 from conftest import ROOT
-from layersplit import UserError, cells, nr, schema, surrogate, sweep
+from layersplit import UserError, cells, nr, schema, surrogate_fit, sweep
 
 with open(ROOT / "results" / "sweep_smollm2-135m.csv", newline="") as f:
     GOOD = list(csv.DictReader(f))[:2]  # two valid rows of different draws: line 2 stays, line 3 is mutated
@@ -67,7 +67,7 @@ def test_every_reader_accepts_a_valid_row_or_names_its_line(mutation):
             "read_rows": lambda: schema.read_rows(path),
             "cells CLI": lambda: cells.read_sweep(path, cells.CLI_COLUMNS),
             "verify": lambda: sweep.read_reference(path),
-            "fit": lambda: surrogate._read_sweep(path, FIT_COLUMNS).to_dict("records"),
+            "fit": lambda: surrogate_fit._read_sweep(path, FIT_COLUMNS).to_dict("records"),
         }
         outcomes = {}
         for name, read in readers.items():
@@ -102,7 +102,7 @@ def test_every_reader_accepts_a_valid_row_or_names_its_line(mutation):
 def test_the_examples_of_the_issue_are_refused_by_every_reader(changes, tmp_path):
     path = tmp_path / "sweep.csv"
     write(path, changes, None)
-    for read in (schema.read_rows, sweep.read_reference, lambda p: surrogate._read_sweep(p, FIT_COLUMNS)):
+    for read in (schema.read_rows, sweep.read_reference, lambda p: surrogate_fit._read_sweep(p, FIT_COLUMNS)):
         with pytest.raises(UserError, match=f"{path}:3: "):
             read(path)
 

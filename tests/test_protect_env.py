@@ -12,7 +12,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-from layersplit import UserError, envs, policies, surrogate, training
+from layersplit import UserError, envs, policies, run_folders, surrogate, surrogate_fit, training
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTECT_SWEEP = ROOT / "results" / "sweep_protect_wireless_smollm2-135m.csv"
@@ -91,7 +91,7 @@ def test_a_policy_trained_on_the_protect_env_chooses_split_and_k_from_the_snr(pr
         progress=False,
     )
     choose = policies.split_chooser(tmp_path / "r", rsm_path=protect_rsm)
-    model = training.load_policy(tmp_path / "r")
+    model = run_folders.load_policy(tmp_path / "r")
     env = envs.make("LayerSplit-Protect-v0", rsm_path=protect_rsm).unwrapped
     for snr in (5.0, 25.0, 60.0):
         obs = np.array([min(max(snr, 10.0), 40.0)], dtype=np.float32)
@@ -103,8 +103,8 @@ def test_a_policy_trained_on_the_protect_env_chooses_split_and_k_from_the_snr(pr
 def test_the_committed_protect_sweep_at_k0_is_the_committed_wireless_sweep():
     """K = 0 is today's link exactly: every unprotected cell of the protect sweep (same grid, seed and
     streams) equals the wireless sweep's, computed separately."""
-    protect = surrogate.wireless_cells(PROTECT_SWEEP, protect=True)
-    plain = surrogate.wireless_cells(WIRELESS_SWEEP)
+    protect = surrogate_fit.wireless_cells(PROTECT_SWEEP, protect=True)
+    plain = surrogate_fit.wireless_cells(WIRELESS_SWEEP)
     assert set(protect["protect"]) == set(envs.PROTECTS)
     at_zero = protect[protect["protect"] == 0].drop(columns="protect").reset_index(drop=True)
     assert len(at_zero) == len(plain) == 300

@@ -13,7 +13,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from transformers import LlamaForCausalLM
 
 from conftest import ROOT, tiny_config
-from layersplit import UserError, envs, policies, surrogate, training
+from layersplit import UserError, agents, envs, policies, run_folders, surrogate, surrogate_fit, training
 
 AUTHORS = ROOT.parent / "shared" / "reference" / "authors_reward_predictor.pth"
 IDS = torch.randint(0, 300, (96,), generator=torch.Generator().manual_seed(1))
@@ -48,11 +48,11 @@ def test_fit_recovers_a_known_function_and_round_trips(tmp_path):
             0.02 + 0.5 / x[:, 0] + 0.004 * x[:, 1],
         ]
     )
-    held = surrogate.holdout_mask(len(x), 0.2, seed=0)
+    held = surrogate_fit.holdout_mask(len(x), 0.2, seed=0)
     rsm = surrogate.fit("wireless", x[~held], y[~held], seed=0, epochs=1500)
     prediction = rsm.predict(x[held])
     for i in range(3):
-        assert surrogate.r_squared(y[held, i], prediction[:, i]) > 0.98
+        assert surrogate_fit.r_squared(y[held, i], prediction[:, i]) > 0.98
     rsm.metadata["note"] = "synthetic"
     rsm.save(tmp_path / "w.pth")
     again = surrogate.load(tmp_path / "w.pth", form="wireless")
@@ -66,7 +66,7 @@ def test_paper_form_takes_raw_inputs_like_the_original(tmp_path):
     rsm = surrogate.fit("paper", x, y, epochs=1500)
     raw = rsm.net(torch.tensor(x[:10], dtype=torch.float32)).detach().numpy()[:, 0]
     assert np.allclose(raw, rsm.predict(x[:10])[:, 0], atol=1e-5)  # the scaling is folded into the weights
-    assert surrogate.r_squared(y, rsm.predict(x)[:, 0]) > 0.98
+    assert surrogate_fit.r_squared(y, rsm.predict(x)[:, 0]) > 0.98
     torch.save(rsm.net.state_dict(), tmp_path / "bare.pth")  # the authors' format, written from ours
     assert np.allclose(surrogate.load(tmp_path / "bare.pth").predict(x[:10]), rsm.predict(x[:10]), atol=1e-6)
 
@@ -95,7 +95,7 @@ def test_paper_cells_define_the_reward_against_the_fixed_split(tmp_path):
             f"{split},dropout,0.2,0,{np.log(2 * ppl)},0.2,100,m,d",
         ]
     (tmp_path / "s.csv").write_text("\n".join(rows) + "\n")
-    cells = surrogate.paper_cells(tmp_path / "s.csv")
+    cells = surrogate_fit.paper_cells(tmp_path / "s.csv")
     reward = cells.set_index(["dropout", "split"])["inference_reward"]
     assert reward[(0.1, 1)] == pytest.approx(0.5) and reward[(0.1, 4)] == 0 and reward[(0.2, 7)] == pytest.approx(0.25)
 
@@ -108,7 +108,7 @@ def test_paper_cells_pool_draws_by_tokens_and_pair_each_draw_with_the_reference(
     rows += [f"{s},dropout,0.1,{d},{v},0.3,100,2,0.1,0.01,m,d" for (s, d), v in nll.items()]
     rows += [f"{s},dropout,0.2,0,{v + 1},0.2,100,2,0.1,0.01,m,d" for s, v in ((1, 3.0), (4, 3.1))]
     (tmp_path / "s.csv").write_text("\n".join(rows) + "\n")
-    cells = surrogate.paper_cells(tmp_path / "s.csv").set_index(["dropout", "split"])
+    cells = surrogate_fit.paper_cells(tmp_path / "s.csv").set_index(["dropout", "split"])
     assert cells.loc[(0.1, 1), "nll"] == pytest.approx(np.mean([3.0, 3.2, 2.9]))  # equal tokens: the plain mean
     assert cells.loc[(0.1, 1), "samples"] == 6 and cells.loc[(0.1, 1), "ppl_low"] < cells.loc[(0.1, 1), "ppl"]
     paired = [1 - np.exp(nll[(1, d)] - nll[(4, d)]) for d in range(3)]
@@ -146,9 +146,9 @@ def test_a_surrogate_of_the_other_form_is_refused():
 def test_a_sweep_without_the_needed_columns_is_a_clear_error(tmp_path):
     (tmp_path / "s.csv").write_text("split,ppl\n1,20\n")
     with pytest.raises(UserError, match="no column.*link.*dropout"):
-        surrogate.paper_cells(tmp_path / "s.csv")
+        surrogate_fit.paper_cells(tmp_path / "s.csv")
     with pytest.raises(UserError, match="no column.*snr_db"):
-        surrogate.wireless_cells(tmp_path / "s.csv")
+        surrogate_fit.wireless_cells(tmp_path / "s.csv")
 
 
 # --- the environments ----------------------------------------------------------------------------------
@@ -463,14 +463,15 @@ def test_training_logs_checkpoints_and_resumes(tmp_path):
     training.train("LayerSplit-Paper-v0", "ppo", run, 800, 0, 8, params, checkpoint_every=400, progress=False)
     assert (run / "policy.safetensors").exists() and (run / "progress.csv").exists()
     assert (
-        list(run.glob("events.out.tfevents*")) and training.latest_checkpoint(run).name == "model_800_steps.safetensors"
+        list(run.glob("events.out.tfevents*"))
+        and run_folders.latest_checkpoint(run).name == "model_800_steps.safetensors"
     )
     (run / "policy.safetensors").unlink()  # as if killed after the last checkpoint
     model, summary = training.train(
         "LayerSplit-Paper-v0", "ppo", run, 1200, 0, 8, params, checkpoint_every=400, progress=False
     )
     assert model.num_timesteps == 1200 and summary["resumed_from"] == 800
-    log = training.episode_log(run)
+    log = run_folders.episode_log(run)
     assert log["timesteps"].max() == 1200 and len(log) == 1200 // 5
     model, summary = training.train("LayerSplit-Paper-v0", "ppo", run, 1200, 0, 8, params, progress=False)
     assert summary["resumed_from"] == 800  # finished: reused, not retrained
@@ -490,7 +491,7 @@ def test_same_seed_same_policy(tmp_path):
 
 def test_policy_inputs_are_scaled_by_the_bounds_inside_the_saved_policy(tmp_path):
     env = envs.make("LayerSplit-Paper-v0")
-    extractor = training.ScaledObservation(env.observation_space)
+    extractor = agents.ScaledObservation(env.observation_space)
     bounds = torch.tensor([[0.0, 1.0], [0.3, 10.0], [0.15, 5.5]])
     assert torch.allclose(extractor(bounds), torch.tensor([[-1.0, -1.0], [1.0, 1.0], [0.0, 0.0]]), atol=1e-6)
     params = {"n_steps": 50, "batch_size": 100}
@@ -498,8 +499,8 @@ def test_policy_inputs_are_scaled_by_the_bounds_inside_the_saved_policy(tmp_path
     raw, _ = training.train(
         "LayerSplit-Paper-v0", "ppo", tmp_path / "r", 400, 0, 8, params, progress=False, scale_observations=False
     )
-    loaded = training.load_policy(tmp_path / "s")  # a saved policy takes raw observations: the scaling is inside
-    assert isinstance(loaded.policy.features_extractor, training.ScaledObservation)
+    loaded = run_folders.load_policy(tmp_path / "s")  # a saved policy takes raw observations: the scaling is inside
+    assert isinstance(loaded.policy.features_extractor, agents.ScaledObservation)
     assert type(raw.policy.features_extractor).__name__ == "FlattenExtractor"
     assert json.loads((tmp_path / "r" / "config.json").read_text())["scale_observations"] is False
 
@@ -728,7 +729,7 @@ def test_a_wireless_policy_chooses_the_split_from_the_snr(tmp_path):
         "LayerSplit-Wireless-v0", "ppo", tmp_path / "w", 256, 0, 2, {"n_steps": 64, "batch_size": 64}, progress=False
     )
     choose = policies.split_chooser(tmp_path / "w")
-    model = training.load_policy(tmp_path / "w")
+    model = run_folders.load_policy(tmp_path / "w")
     env = envs.make("LayerSplit-Wireless-v0").unwrapped
     for snr in (5.0, 12.0, 25.0, 60.0):
         obs = np.array([min(max(snr, 10.0), 40.0)], dtype=np.float32)

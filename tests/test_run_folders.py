@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 import serve
 import train
 import train_rsm
-from layersplit import UserError, training
+from layersplit import UserError, agents, run_folders, training
 
 ENV = "LayerSplit-Paper-v0"
 PARAMS = {
@@ -59,7 +59,7 @@ def test_resuming_from_the_safetensors_save_is_resuming_from_stable_baselines3s_
     ours, theirs = tmp_path / "ours", tmp_path / "theirs"
     shutil.copytree(first, ours)
     shutil.copytree(first, theirs)
-    (theirs / training.POLICY_FILE).unlink()  # only SB3's zip left: read with trust_zip
+    (theirs / run_folders.POLICY_FILE).unlink()  # only SB3's zip left: read with trust_zip
     a, summary_a = fit(ours, 800, algo, checkpoint_every=0)
     b, summary_b = fit(theirs, 800, algo, checkpoint_every=0, trust_zip=True)
     assert summary_a["resumed_from"] == summary_b["resumed_from"] == summary["timesteps"]  # DQN overshoots 400
@@ -70,8 +70,8 @@ def test_resuming_from_the_safetensors_save_is_resuming_from_stable_baselines3s_
 
 def test_a_saved_policy_acts_as_the_trained_agent(tmp_path):
     model, _ = fit(tmp_path / "run", 400, checkpoint_every=0)
-    loaded = training.load_policy(tmp_path / "run")
-    assert isinstance(loaded, training.SavedPolicy) and loaded.algo == "ppo" and loaded.num_timesteps == 400
+    loaded = run_folders.load_policy(tmp_path / "run")
+    assert isinstance(loaded, agents.SavedPolicy) and loaded.algo == "ppo" and loaded.num_timesteps == 400
     grid = torch.cartesian_prod(torch.linspace(0.0, 0.3, 7), torch.arange(1.0, 11.0)).numpy()
     assert (loaded.predict(grid, deterministic=True)[0] == model.predict(grid, deterministic=True)[0]).all()
 
@@ -124,8 +124,8 @@ def malicious_run(tmp_path):
         == 0
     )
     run = parent / "ppo_s0"
-    (run / training.POLICY_FILE).unlink()
-    poison(run / training.SB3_POLICY_FILE, marker)
+    (run / run_folders.POLICY_FILE).unlink()
+    poison(run / run_folders.SB3_POLICY_FILE, marker)
     return parent, run, marker
 
 
@@ -133,7 +133,7 @@ def test_the_poisoned_zip_runs_code_when_trusted(malicious_run):
     """The control: the payload is real, so the refusals below are what keeps it from running."""
     _, run, marker = malicious_run
     try:
-        training.load_policy(run, trust_zip=True)
+        run_folders.load_policy(run, trust_zip=True)
     except UserError:
         pass  # the payload ran before the load went wrong, if it did
     assert marker.exists()
@@ -195,8 +195,8 @@ def test_no_script_runs_code_from_a_run_folder(malicious_run, tiny_model_dir, sa
     one_line_refusal(capsys, code, marker)
     wireless = tmp_path / "wireless"  # serve.py ue --policy's path wants a policy of the SNR environments
     shutil.copytree(run, wireless)
-    config = json.loads((wireless / training.CONFIG_FILE).read_text())
-    (wireless / training.CONFIG_FILE).write_text(json.dumps(config | {"env": "LayerSplit-Wireless-v0"}))
+    config = json.loads((wireless / run_folders.CONFIG_FILE).read_text())
+    (wireless / run_folders.CONFIG_FILE).write_text(json.dumps(config | {"env": "LayerSplit-Wireless-v0"}))
     code = serve.main(["ue", "--prompt", "Hello", "--policy", str(wireless)])
     one_line_refusal(capsys, code, marker)
     assert not marker.exists() and not (tmp_path / "llm.json").exists()
@@ -204,46 +204,46 @@ def test_no_script_runs_code_from_a_run_folder(malicious_run, tiny_model_dir, sa
 
 def test_a_save_names_classes_only_from_the_safe_list(tmp_path):
     fit(tmp_path / "run", 400, checkpoint_every=0)
-    spec, tensors = training.load_save(tmp_path / "run" / training.POLICY_FILE)
+    spec, tensors = agents.load_save(tmp_path / "run" / run_folders.POLICY_FILE)
     spec["policy_kwargs"]["activation_fn"] = {"class": "system"}
-    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata={training.SPEC_KEY: json.dumps(spec)})
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata={agents.SPEC_KEY: json.dumps(spec)})
     with pytest.raises(UserError, match="names the class 'system'"):
-        training.load_policy(tmp_path / "bad.safetensors")
+        run_folders.load_policy(tmp_path / "bad.safetensors")
 
 
 def test_a_damaged_config_is_set_aside_and_rebuilt_from_the_newest_save(tmp_path, capsys):
     run = tmp_path / "run"
     fit(run, 800)  # checkpoints at 400 and 800
-    for name in (training.POLICY_FILE, training.SB3_POLICY_FILE, training.SUMMARY_FILE):
+    for name in (run_folders.POLICY_FILE, run_folders.SB3_POLICY_FILE, run_folders.SUMMARY_FILE):
         (run / name).unlink()  # killed after the last checkpoint
-    config = (run / training.CONFIG_FILE).read_text()
-    (run / training.CONFIG_FILE).write_text(config[: len(config) // 2])  # cut short
+    config = (run / run_folders.CONFIG_FILE).read_text()
+    (run / run_folders.CONFIG_FILE).write_text(config[: len(config) // 2])  # cut short
     capsys.readouterr()
     model, summary = fit(run, 1200)
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"{run / training.CONFIG_FILE}:" in err[0] and "config.json.corrupt" in err[0]
+    assert len(err) == 1 and f"{run / run_folders.CONFIG_FILE}:" in err[0] and "config.json.corrupt" in err[0]
     assert summary["resumed_from"] == 800 and model.num_timesteps == 1200
-    assert json.loads((run / training.CONFIG_FILE).read_text()) == json.loads(config) | {"total_timesteps": 1200}
-    (run / training.CONFIG_FILE).write_text("{")
+    assert json.loads((run / run_folders.CONFIG_FILE).read_text()) == json.loads(config) | {"total_timesteps": 1200}
+    (run / run_folders.CONFIG_FILE).write_text("{")
     with pytest.raises(UserError, match="another configuration"):  # the save's own copy still guards the run
         training.train(ENV, "ppo", run, 1200, 1, 8, PARAMS["ppo"], progress=False)
 
 
 def test_run_config_names_the_file_and_line(tmp_path):
-    (tmp_path / training.CONFIG_FILE).write_text('{\n  "env": "LayerSplit-Paper-v0",\n  oops\n}')
+    (tmp_path / run_folders.CONFIG_FILE).write_text('{\n  "env": "LayerSplit-Paper-v0",\n  oops\n}')
     with pytest.raises(UserError, match=r"config\.json:3: not valid JSON"):
-        training.run_config(tmp_path)
-    (tmp_path / training.CONFIG_FILE).write_text('{"env": "LayerSplit-Paper-v0"}')
+        run_folders.run_config(tmp_path)
+    (tmp_path / run_folders.CONFIG_FILE).write_text('{"env": "LayerSplit-Paper-v0"}')
     with pytest.raises(UserError, match=r"config\.json:1: not a training run's settings"):
-        training.run_config(tmp_path)
+        run_folders.run_config(tmp_path)
 
 
 def test_the_learning_curve_shows_a_stretch_trained_twice_once(tmp_path):
     run = tmp_path / "run"
     fit(run, 1200)  # checkpoints at 400, 800, 1200
-    for name in (training.POLICY_FILE, training.SB3_POLICY_FILE, training.SUMMARY_FILE):
+    for name in (run_folders.POLICY_FILE, run_folders.SB3_POLICY_FILE, run_folders.SUMMARY_FILE):
         (run / name).unlink()
     (run / "checkpoints" / "model_1200_steps.safetensors").unlink()  # killed just before the last save
     fit(run, 1200)  # 800 -> 1200 again
-    log = training.episode_log(run)
+    log = run_folders.episode_log(run)
     assert len(log) == 1200 // 5 and log["timesteps"].is_monotonic_increasing  # 5-step episodes, each once

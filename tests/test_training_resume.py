@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from layersplit import UserError, training
+from layersplit import UserError, run_folders, training
 
 ENV, PARAMS = "LayerSplit-Paper-v0", {"n_steps": 50, "batch_size": 100, "n_epochs": 1}
 
@@ -66,9 +66,9 @@ def test_a_truncated_checkpoint_is_set_aside_and_training_resumes_from_the_previ
     assert aside.read_bytes() == half  # set aside, nothing lost
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(bad) in err[0] and aside.name in err[0]
-    assert training.latest_checkpoint(run).name == "model_1200_steps.safetensors"
+    assert run_folders.latest_checkpoint(run).name == "model_1200_steps.safetensors"
     assert (
-        training.load_policy(run / "checkpoints" / "model_800_steps.safetensors", "ppo").num_timesteps == 800
+        run_folders.load_policy(run / "checkpoints" / "model_800_steps.safetensors", "ppo").num_timesteps == 800
     )  # saved anew
 
 
@@ -98,7 +98,7 @@ def test_a_finished_run_with_a_corrupt_policy_resumes_from_its_newest_good_check
     assert (run / "policy.safetensors.corrupt").exists() and (
         run / "checkpoints" / "model_800_steps.safetensors.corrupt"
     ).exists()
-    assert training.load_policy(run).num_timesteps == 800
+    assert run_folders.load_policy(run).num_timesteps == 800
     model, summary = train(run, 800)  # now whole again: reused as is
     assert summary["resumed_from"] == 400
 
@@ -108,7 +108,7 @@ def test_load_policy_on_a_corrupt_file_is_one_clear_error(tmp_path):
     train(run, 400, checkpoint_every=0)
     truncate(run / "policy.safetensors")
     with pytest.raises(UserError) as e:
-        training.load_policy(run)
+        run_folders.load_policy(run)
     message = str(e.value)
     assert str(run / "policy.safetensors") in message and "not a readable policy save" in message
     assert "\n" not in message

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from layersplit import paper, schema
 from layersplit.cli import on_ue
-from layersplit.surrogate import REFERENCE_SPLIT, r_squared  # numpy only: torch is not imported
+from layersplit.surrogate import REFERENCE_SPLIT  # numpy only: torch is not imported
+from layersplit.surrogate_fit import r_squared  # numpy only too
 
 from .common import SPLIT_AXIS, FigureInputError, pyplot, read_csv, read_json, save
 
