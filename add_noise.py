@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 from layersplit import UserError, cli, links, nr
 from layersplit.cells import cells_path, windows_path
@@ -35,7 +34,6 @@ from layersplit.cli import (
     batch_size,
     non_negative_int,
     parse_floats,
-    parse_splits,
     positive_int,
     probability,
     writable_file,
@@ -48,7 +46,6 @@ from layersplit.grid import (
     LINK_MODES,
     MASK_DEVICES,
     PAPER_DROPOUTS,
-    draws_of,
     make_conditions,
     validate_probability,
 )
@@ -323,226 +320,17 @@ def sweep_output(p: argparse.ArgumentParser, args: argparse.Namespace) -> str:
         p.error(f"--output: {e}")
 
 
-def configure_link(link, args: argparse.Namespace, model, tokens: int) -> dict:
-    """Set the impaired link (a link.SplitLink) from the arguments; return what to report about it."""
-    from layersplit.compute import latency_breakdown, model_dims
-
-    link.set_protect(args.protect)
-    chosen = links.make_link(args.link, getattr(args, "channel", None), args.dropout or 0.0)
-    link.set_link(chosen)
-    if not chosen.physical:
-        return {"link": chosen.name, "snr_db": None, "element_loss": args.dropout, "protect": args.protect}
-    link.set_withheld(args.withheld_share)
-    dims = model_dims(model.config)
-    report = {
-        "link": chosen.name,
-        "protect": args.protect,
-        "dropout": link.dropout,
-        "withheld": link.withheld,
-        "element_loss": link.element_loss,
-        **chosen.describe(),
-    }
-    for phase in ("prefill", "decode"):
-        times = latency_breakdown(
-            chosen, dims, args.split, tokens, phase=phase, withheld=link.withheld, protect=args.protect
-        )
-        report.update({f"{key.removesuffix('_s')}_{phase}_s": value for key, value in times.items()})
-    report["tx_latency_prefill_s"], report["tx_latency_decode_s"] = (
-        report.pop("tx_prefill_s"),
-        report.pop("tx_decode_s"),
-    )
-    report["latency_tokens"] = tokens
-    return report
-
-
-def generate(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
-    import torch
-
-    device = next(model.parameters()).device
-    inputs = tokenizer(prompt, return_tensors="pt").to(device)
-    with torch.no_grad():
-        out = model.generate(
-            **inputs,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
-        )
-    return tokenizer.decode(out[0, inputs.input_ids.shape[1] :], skip_special_tokens=True)
-
-
 def run_sweep(args: argparse.Namespace) -> int:
-    from layersplit import sweep
-    from layersplit.data import load_text, tokenize
-    from layersplit.models import find_decoder_layers, load_model
-    from layersplit.segments import SplitModel, check_composition
+    from layersplit import sweep_run, sweep_store
 
-    start = time.perf_counter()
-    sweep.check_output(args.output_path)  # a results file of another kind, or damaged, is refused untouched
-    if args.verify:
-        sweep.read_reference(args.verify)  # and a bad reference before the sweep, not after it
-    if args.ray:  # join or start Ray first: a bad address or missing GPUs are refused before the model loads
-        from layersplit import distributed
-
-        distributed.connect(args.ray)
-        workers = distributed.workers_for(args.device, args.workers)
-        if distributed.uses_gpus(args.device) and args.dtype == "auto":
-            args.dtype = "bfloat16"  # what auto picks on a GPU with bfloat16 (this process loads on its CPU)
-    model, tokenizer = load_model(
-        args.model,
-        device="cpu" if args.ray else args.device,
-        dtype=args.dtype,
-        device_map=None if args.ray else args.device_map,
-    )
-    # a bad grid fails here, before any evaluation and before the results file is created
-    splits = parse_splits(args.splits, len(find_decoder_layers(model)))
-    hidden = model.config.hidden_size
-    protects = max(c.protect for c in args.conditions)
-    if protects > hidden:
-        raise UserError(f"--protects {protects}: a token has only {hidden} elements (use 0..{hidden})")
-    ids = tokenize(tokenizer, load_text(args.dataset), args.max_tokens or None)
-    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    output = args.output_path
-    store = sweep.ResultsStore(
-        output,
-        {
-            "model": args.model,
-            "dataset": args.dataset,
-            "tokens": len(ids),
-            "context_length": args.context_length,
-            "stride": args.stride,
-            "dtype": dtype,
-            "seed": args.seed,
-        },
-        sweep.link_columns(args.channel, args.link),
-    )
-    cfg = sweep.SweepConfig(
-        splits,
-        args.conditions,
-        args.draws,
-        args.seed,
-        args.context_length,
-        args.stride,
-        args.channel,
-        args.batch_size,
-        args.mask_device,
-        args.compile,
-    )
-    cells = sum(draws_of(c, args.draws) for c in args.conditions) * len(splits)
-    print(
-        f"sweep: {len(splits)} splits x {len(args.conditions)} conditions ({cells} cell-draws, "
-        f"{len(store.done)} already in {output}), {len(ids)} tokens, {dtype}"
-        f"{', edge layers compiled' if cfg.compile and not args.naive else ''}",
-        file=sys.stderr,
-    )
-    naive = args.naive
-    if not naive:
-        try:
-            check_composition(SplitModel(model), splits[0])
-        except UserError as e:
-            print(f"warning: {e}; using the naive path", file=sys.stderr)
-            naive = True
-    if args.ray and not naive:
-        from layersplit import compute
-
-        counts = distributed.run_sweep(
-            args.model,
-            args.device,
-            args.dtype,
-            ids,
-            cfg,
-            store,
-            compute.model_dims(model.config),
-            workers,
-            progress=not args.no_progress,
-        )
-        print(f"Ray: {counts['tasks']} tasks on {workers} workers ({counts['restarted']} restarted)", file=sys.stderr)
-    else:
-        (sweep.run_naive if naive else sweep.run_fast)(model, ids, cfg, store, progress=not args.no_progress)
-    sweep.write_cells(store.rows, sweep.cells_path(output), store.windows)
-    print(sweep.summarise(store.rows, store.windows))
-    print(
-        f"{len(store.rows)} rows in {output}, cells with 95% intervals in {sweep.cells_path(output)}; "
-        f"{time.perf_counter() - start:.0f} s",
-        file=sys.stderr,
-    )
+    store = sweep_run.run(args)
     if args.verify:
         try:
-            print(sweep.verify([{**row, **store.run_config} for row in store.rows], args.verify, VERIFY_RTOL))
+            print(sweep_store.verify([{**row, **store.run_config} for row in store.rows], args.verify, VERIFY_RTOL))
         except UserError as e:
             print(f"add_noise.py: {e}", file=sys.stderr)
             return 1
     return 0
-
-
-def run(args: argparse.Namespace) -> dict:
-    import torch
-
-    from layersplit.data import load_text, tokenize
-    from layersplit.link import SplitLink
-    from layersplit.models import load_model
-    from layersplit.perplexity import ORIGINAL_PROTOCOL, evaluate
-    from layersplit.uplink import stream_seed
-
-    torch.manual_seed(args.seed)
-    model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
-    stream = stream_seed(args.seed, 0)  # the run's stream: serve.py's first request at this seed draws the same
-    link = SplitLink(model, split=args.split, dropout=0.0, seed=stream, sleep=args.sleep_delay)
-    report = {
-        "model": args.model,
-        "n_layers": link.n_layers,
-        "split": args.split,
-        "layers_on_ue": args.split + 1,
-        "dropout": args.dropout,
-        "seed": args.seed,
-        "device": str(next(model.parameters()).device),
-        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-    }
-    if args.generate is not None:
-        report["prompt"] = args.generate
-        report["generated_clean"] = generate(model, tokenizer, args.generate, args.max_new_tokens)
-        report.update(configure_link(link, args, model, len(tokenizer(args.generate).input_ids)))
-        link.reseed(stream)
-        link.reset_stats()
-        report["generated"] = generate(model, tokenizer, args.generate, args.max_new_tokens)
-        report["transfers"] = len(link.transfers)
-        report["elements_impaired_fraction"] = link.impaired_fraction
-        return report
-
-    protocol = (
-        dict(ORIGINAL_PROTOCOL)
-        if args.original_window
-        else {"context_length": args.context_length, "stride": args.stride, "weighting": "token"}
-    )
-    ids = tokenize(tokenizer, load_text(args.dataset), args.max_tokens or None)
-    report.update(dataset=args.dataset, tokens=len(ids), **protocol)
-    for label in ("clean", "impaired"):
-        if label == "clean":
-            link.set_dropout(0.0)
-        else:
-            report.update(configure_link(link, args, model, protocol["context_length"]))
-        link.reseed(stream)
-        link.reset_stats()
-        start = time.perf_counter()
-        result = evaluate(model, ids, progress=not args.no_progress, desc=label, **protocol)
-        suffix = "_clean" if label == "clean" else ""
-        report.update(
-            {
-                f"ppl{suffix}": result.ppl,
-                f"nll{suffix}": result.nll,
-                f"token_accuracy{suffix}": result.token_accuracy,
-                f"scored_tokens{suffix}": result.tokens,
-                f"nonfinite_windows{suffix}": result.nonfinite_windows,
-                f"elapsed_s{suffix}": time.perf_counter() - start,
-            }
-        )
-    report.update(
-        transfers=len(link.transfers),
-        elements_impaired_fraction=link.impaired_fraction,
-        link_bits=sum(t.bits for t in link.transfers),
-        link_delay_s=link.total_delay_s,
-        delay_slept=args.sleep_delay,
-    )
-    return report
 
 
 def print_table(r: dict) -> None:
@@ -604,7 +392,9 @@ def main(argv=None) -> int:
         keep_freed_memory()
         if args.sweep:
             return run_sweep(args)
-        report = run(args)
+        from layersplit import operating_point
+
+        report = operating_point.run(args)
         if args.json:
             print(json.dumps(report))
         else:

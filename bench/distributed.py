@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     import ray
     import torch
 
-    from layersplit import channel, compute, distributed, sweep
+    from layersplit import channel, compute, distributed, sweep, sweep_store
     from layersplit.data import load_text, tokenize
     from layersplit.models import keep_freed_memory, load_model
 
@@ -71,14 +71,14 @@ def main(argv=None) -> int:
     )
     times, rows, files = {}, {}, {}  # files: the results CSVs, compared byte for byte
     with tempfile.TemporaryDirectory() as tmp:
-        store = sweep.ResultsStore(Path(tmp) / "single.csv", run_config)
+        store = sweep_store.ResultsStore(Path(tmp) / "single.csv", run_config)
         start = time.perf_counter()
         sweep.run_fast(model, ids, cfg, store, progress=False)
         times["one process"], files["one process"] = time.perf_counter() - start, store.path.read_bytes()
         rows["one process"] = store.rows
         distributed.connect("local", num_cpus=threads)
         for workers in (1, 2):
-            store = sweep.ResultsStore(Path(tmp) / f"ray{workers}.csv", run_config)
+            store = sweep_store.ResultsStore(Path(tmp) / f"ray{workers}.csv", run_config)
             start = time.perf_counter()
             distributed.run_sweep("smollm2-135m", "cpu", "float32", ids, cfg, store, dims, workers, progress=False)
             label = f"Ray, {workers} worker{'s' if workers > 1 else ''} x {threads // workers} thread(s)"

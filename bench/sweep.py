@@ -88,11 +88,11 @@ def synchronize(device) -> None:
 
 
 def timed_sweep(model, ids, cfg, runner) -> tuple[float, dict]:
-    from layersplit import sweep
+    from layersplit import schema, sweep_store
 
     device = next(model.parameters()).device
     with tempfile.TemporaryDirectory() as tmp:
-        store = sweep.ResultsStore(
+        store = sweep_store.ResultsStore(
             Path(tmp) / "bench.csv",
             {
                 "model": "bench",
@@ -109,7 +109,7 @@ def timed_sweep(model, ids, cfg, runner) -> tuple[float, dict]:
         runner(model, ids, cfg, store, progress=False)
         synchronize(device)
         elapsed = time.perf_counter() - start
-    return elapsed, {sweep.row_key(r): float(r["ppl"]) for r in store.rows}
+    return elapsed, {schema.row_key(r): float(r["ppl"]) for r in store.rows}
 
 
 def matmul_peak(dtype, device) -> float:

@@ -71,8 +71,12 @@ def make_conditions(
         validate_probability(w, "withheld share")
     if withheld and not snrs:
         raise UserError("--withheld applies to the physical link: give --snrs too")
-    if snrs and link not in LINK_MODES[1:]:
-        raise UserError(f"SNR conditions need a physical link: {', '.join(LINK_MODES[1:])}, not {link!r}")
+    if snrs:
+        from .links import LINKS  # here, not above: links.py imports this module
+
+        physical = [name for name, kind in LINKS.items() if kind.physical]
+        if link not in physical:
+            raise UserError(f"SNR conditions need a physical link: {', '.join(physical)}, not {link!r}")
     ks = sorted({0, *(int(k) for k in protects)})
     conditions = [Condition("dropout", 0.0)] + [
         Condition("dropout", p, protect=k) for p in sorted(set(dropouts)) if p > 0 for k in ks

@@ -42,6 +42,8 @@ class Link:
     protectable: ClassVar[bool] = True  # the protected path (--protect K) is modelled on it
     alters_every_element: ClassVar[bool] = False  # every element arrives altered (awgn: noisy)
     flips_bits: ClassVar[bool] = False  # bit errors reach the edge (bitflip: no CRC)
+    # its sweep rows carry its set-up in LINK_COLUMNS (csv_columns), which a resumed sweep must match
+    rows_carry_setup: ClassVar[bool] = False
     cfg: channel.LinkConfig | None = None
 
     @classmethod
@@ -170,6 +172,7 @@ class UncodedLink(Link):
 
     cfg: channel.LinkConfig = channel.LinkConfig()
     title: ClassVar[str] = "uncoded link"
+    rows_carry_setup: ClassVar[bool] = True  # modulation, fading, packets... (nr.py holds the NR link's)
 
     def air(self, elements, scale_bits=0):
         bits = wire.n_packets(elements, self.cfg.elements_per_packet) * self.cfg.bits_per_packet + scale_bits

@@ -14,7 +14,7 @@ ppl >= 1, token_accuracy in [0, 1], spreads and seconds >= 0. A reader refuses a
 `file:line: what is wrong` (UserError: one line, exit status 2), a file that is not UTF-8 text, one
 without the columns it needs and one with a header only; two rows of the same cell and draw are
 refused too (they would be pooled twice). The sweep, resuming, recomputes a row whose values are
-invalid instead (sweep.ResultsStore). One kind of row is valid and left out of the pooling, as
+invalid instead (sweep_store.ResultsStore). One kind of row is valid and left out of the pooling, as
 documented: a draw in which every window's NLL was non-finite (scored_tokens 0, nll nan, at least one
 non-finite window); each cell counts such draws in `draws_left_out`, and writing a cell table says
 how many on stderr. A cell table's rows are checked the same way (`cell_problem`, `read_cells`).

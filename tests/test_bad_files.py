@@ -16,7 +16,7 @@ from test_bad_inputs import run_main
 
 import figures
 from conftest import ROOT
-from layersplit import UserError, cells, nr, schema, surrogate, sweep
+from layersplit import UserError, cells, nr, schema, surrogate, sweep_store
 
 SWEEP = ROOT / "results" / "sweep_smollm2-135m.csv"  # a committed sweep of the original link: every reader takes it
 BLER = ROOT / "results" / "nr_bler.csv"
@@ -63,20 +63,20 @@ def bad(tmp_path_factory):
     for name, (change, _) in SWEEP_DAMAGE.items():
         write_rows(folder / name, damaged(rows, LINE, **change))
     write_rows(folder / "duplicate.csv", rows[: LINE - 2] + [rows[0]] + rows[LINE - 2 :])
-    (folder / "header-only.csv").write_text(",".join(sweep.COLUMNS) + "\n")
+    (folder / "header-only.csv").write_text(",".join(schema.COLUMNS) + "\n")
     (folder / "binary.csv").write_bytes(bytes(range(256)) * 8)  # no final newline either
     (folder / "notes.txt").write_text("my notes\nwithout a final newline")
     shutil.copy(ROOT / "reward_predictor.pth", folder / "reward_predictor.pth")
     (folder / "blank-first-line.csv").write_bytes(b"\n" + bytes(range(128, 256)))  # nothing read as a header
-    (folder / "out.csv").write_text(",".join(sweep.COLUMNS) + "\n")  # ours, beside a windows file that is not
+    (folder / "out.csv").write_text(",".join(schema.COLUMNS) + "\n")  # ours, beside a windows file that is not
     (folder / "out_windows.csv").write_text("my,own\nfile")
     # windows files beside a valid sweep: a negative NLL sum, more correct tokens than tokens, binary
-    windows = rows_of(sweep.windows_path(SWEEP))
+    windows = rows_of(schema.windows_path(SWEEP))
     for name, change in (("win-negative", {"nll_sum": "-3"}), ("win-correct", {"correct": "1e9"})):
         shutil.copy(SWEEP, folder / f"{name}.csv")
-        write_rows(sweep.windows_path(folder / f"{name}.csv"), damaged(windows, 7, **change))
+        write_rows(schema.windows_path(folder / f"{name}.csv"), damaged(windows, 7, **change))
     shutil.copy(SWEEP, folder / "win-binary.csv")
-    sweep.windows_path(folder / "win-binary.csv").write_bytes(bytes(range(256)))
+    schema.windows_path(folder / "win-binary.csv").write_bytes(bytes(range(256)))
     # surrogates that are not
     good = (ROOT / "reward_predictor.pth").read_bytes()
     (folder / "truncated.pth").write_bytes(good[: len(good) // 2])
@@ -327,7 +327,7 @@ def test_a_nan_bler_no_longer_gives_nan_latencies(bad):
 @pytest.mark.parametrize("name", [*SWEEP_DAMAGE, "duplicate.csv", "header-only.csv", "binary.csv"])
 def test_verify_reference_is_checked_like_every_sweep(name, bad):
     with pytest.raises(UserError, match=f"^--verify: {bad / name}"):
-        sweep.read_reference(bad / name)
+        sweep_store.read_reference(bad / name)
 
 
 @pytest.mark.parametrize("name", [*SWEEP_DAMAGE, "duplicate.csv", "header-only.csv", "binary.csv"])
@@ -429,7 +429,7 @@ def test_a_resumed_sweep_recomputes_rows_with_invalid_values(tiny_llama, tmp_pat
     reference = run(tiny_llama, tmp_path / "ref.csv")
     path = tmp_path / "resumed.csv"
     shutil.copy(tmp_path / "ref.csv", path)
-    shutil.copy(sweep.windows_path(tmp_path / "ref.csv"), sweep.windows_path(path))
+    shutil.copy(schema.windows_path(tmp_path / "ref.csv"), schema.windows_path(path))
     lines = path.read_text().splitlines(keepends=True)
     header = lines[0].rstrip("\r\n").split(",")
     for n, value in ((5, "nan"), (9, "-50")):  # two rows of split 0 with an impossible nll
@@ -450,7 +450,7 @@ def test_a_resumed_sweep_recomputes_rows_with_invalid_values(tiny_llama, tmp_pat
 def test_a_torn_last_line_of_our_own_file_is_still_repaired_and_another_file_never(tmp_path):
     """The repair is for the sweep's own file only: a foreign file without a final newline keeps its bytes."""
     ours = tmp_path / "ours.csv"
-    row = {c: "1" for c in sweep.COLUMNS} | {
+    row = {c: "1" for c in schema.COLUMNS} | {
         "model": "m",
         "dataset": "d",
         "dtype": "float32",
@@ -461,10 +461,10 @@ def test_a_torn_last_line_of_our_own_file_is_still_repaired_and_another_file_nev
         "layers_on_ue": "2",
         "dropout": "0.1",
     }
-    write_rows(ours, [row], sweep.COLUMNS)
+    write_rows(ours, [row], schema.COLUMNS)
     whole = ours.read_bytes()
     ours.write_bytes(whole + b"m,d,15")
-    store = sweep.ResultsStore(ours, {k: row[k] for k in sweep.RUN_COLUMNS})
+    store = sweep_store.ResultsStore(ours, {k: row[k] for k in schema.RUN_COLUMNS})
     assert ours.read_bytes() == whole and len(store.rows) == 1
     for name, data in (
         ("binary.bin", bytes(range(256)) * 4),
@@ -474,8 +474,8 @@ def test_a_torn_last_line_of_our_own_file_is_still_repaired_and_another_file_nev
         other = tmp_path / name
         other.write_bytes(data)
         with pytest.raises(UserError, match="not a sweep results file"):
-            sweep.ResultsStore(other, {k: row[k] for k in sweep.RUN_COLUMNS})
-        assert other.read_bytes() == data and not sweep.windows_path(other).exists()
+            sweep_store.ResultsStore(other, {k: row[k] for k in schema.RUN_COLUMNS})
+        assert other.read_bytes() == data and not schema.windows_path(other).exists()
 
 
 def test_a_surrogate_file_is_never_unpickled(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import ROOT
 
-from layersplit import sweep
+from layersplit import schema
 
 SCRIPTS = {}
 
@@ -42,7 +42,7 @@ def files(tmp_path_factory):
     """The bad files of the table: undecodable text, sweep files with damaged rows."""
     folder = tmp_path_factory.mktemp("bad")
     (folder / "random-bytes.txt").write_bytes(bytes(range(128, 256)) * 8)
-    good_row = {c: "1" for c in sweep.COLUMNS} | {
+    good_row = {c: "1" for c in schema.COLUMNS} | {
         "model": "m",
         "dataset": "d",
         "dtype": "float32",
@@ -57,13 +57,13 @@ def files(tmp_path_factory):
         ("unknown-link.csv", {"link": "carrier-pigeon"}),
     ):
         with (folder / name).open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=sweep.COLUMNS)
+            writer = csv.DictWriter(f, fieldnames=schema.COLUMNS)
             writer.writeheader()
             writer.writerow(good_row)
             writer.writerow(good_row | damage)
     (folder / "notes.txt").write_text("my notes\nwithout a final newline")  # not a sweep: must stay whole
     with (folder / "short-row.csv").open("w") as f:
-        f.write(",".join(sweep.COLUMNS) + "\n" + ",".join(good_row[c] for c in sweep.COLUMNS) + "\ngarbage,line\n")
+        f.write(",".join(schema.COLUMNS) + "\n" + ",".join(good_row[c] for c in schema.COLUMNS) + "\ngarbage,line\n")
     return folder
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_script
-from layersplit import UserError, claims
+from layersplit import UserError, claims, claims_stats, claims_tables
 
 HOMES = {  # each generated block and the one file that holds it
     "claims": "README.md",
@@ -44,8 +44,8 @@ def test_write_all_rewrites_each_block_where_it_lives(tmp_path):
     plain.write_text("no blocks\n")
     changed = claims.write_all(ROOT / "results", tmp_path)
     assert changed == {readme: ["claims"], page: ["rl"]}
-    assert claims.in_readme(readme.read_text())["claims"] == claims.block_claims(ROOT / "results")
-    assert claims.in_readme(page.read_text())["rl"] == claims.block_rl(ROOT / "results")
+    assert claims.in_readme(readme.read_text())["claims"] == claims_tables.block_claims(ROOT / "results")
+    assert claims.in_readme(page.read_text())["rl"] == claims_tables.block_rl(ROOT / "results")
     assert readme.read_text().startswith("front\n") and readme.read_text().endswith("\nend\n")
     assert plain.read_text() == "no blocks\n"
     before = {p: p.read_bytes() for p in (readme, page)}
@@ -63,9 +63,9 @@ def test_a_block_in_two_places_is_refused(tmp_path):
 
 
 def test_verdicts_follow_the_stated_rule():
-    assert claims.verdict([(1.0, 0.5), (0.2, 0.1)]) == "reproduced"
-    assert claims.verdict([(1.0, 0.5), (0.2, 0.3)]) == "partly"  # the second interval reaches 0
-    assert claims.verdict([(-1.0, 0.5), (0.0, 0.3)]) == "not reproduced"
+    assert claims_stats.verdict([(1.0, 0.5), (0.2, 0.1)]) == "reproduced"
+    assert claims_stats.verdict([(1.0, 0.5), (0.2, 0.3)]) == "partly"  # the second interval reaches 0
+    assert claims_stats.verdict([(-1.0, 0.5), (0.0, 0.3)]) == "not reproduced"
 
 
 def test_shares_are_per_seed_and_gaps_paired_by_seed():
@@ -76,9 +76,9 @@ def test_shares_are_per_seed_and_gaps_paired_by_seed():
             "optimum": {"mean": 3.0, "ci95": 0, "per_seed": [1.0, 5.0]},
         }
     }
-    s = claims.run_stats(run, "learned")
+    s = claims_stats.run_stats(run, "learned")
     assert s["share"] == pytest.approx((1.0 + 0.6) / 2)  # 1/1 and 3/5, not 2/3
-    gap = claims.run_stats(run, "fixed")["gap"]
+    gap = claims_stats.run_stats(run, "fixed")["gap"]
     half = 12.706 * np.std([0.5, 1.5], ddof=1) / np.sqrt(2)  # t(0.975, 1 df) x SD / sqrt(2)
     assert gap[0] == pytest.approx(1.0) and gap[1] == pytest.approx(half, rel=1e-3)
 
@@ -90,7 +90,7 @@ def test_figures_claims_rewrites_only_the_generated_blocks(tmp_path):
     assert done.returncode == 0, done.stderr
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n") and "stale" not in text
-    assert claims.in_readme(text)["rl"] == claims.block_rl(ROOT / "results")
+    assert claims.in_readme(text)["rl"] == claims_tables.block_rl(ROOT / "results")
     again = run_script("figures.py", "--claims", str(readme), "--results-dir", str(ROOT / "results"))
     assert "1 generated block(s), 0 rewritten" in again.stdout and readme.read_text() == text
     (tmp_path / "plain.md").write_text("no blocks\n")
@@ -101,11 +101,11 @@ def test_figures_claims_rewrites_only_the_generated_blocks(tmp_path):
 def test_a_changed_result_changes_the_generated_table(tmp_path):
     results = tmp_path / "results"
     shutil.copytree(ROOT / "results", results)
-    before = claims.block_rl(results)
+    before = claims_tables.block_rl(results)
     run = json.loads((results / "rl_paper_ppo.json").read_text())
     run["returns"]["learned"]["per_seed"][0] += 1.0
     (results / "rl_paper_ppo.json").write_text(json.dumps(run))
-    assert claims.block_rl(results) != before
+    assert claims_tables.block_rl(results) != before
 
 
 def test_the_committed_windows_belong_to_the_committed_rows():
@@ -116,7 +116,7 @@ def test_the_committed_windows_belong_to_the_committed_rows():
 
     from layersplit import cells
 
-    path = ROOT / "results" / claims.SWEEP
+    path = ROOT / "results" / claims_stats.SWEEP
     with path.open(newline="") as f:
         rows = {cells.row_key(r): r for r in csv.DictReader(f)}
     with cells.windows_path(path).open(newline="") as f:

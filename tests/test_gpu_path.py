@@ -14,7 +14,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from conftest import tiny_config
-from layersplit import grid, links, perplexity, sweep, uplink
+from layersplit import grid, links, perplexity, sweep, sweep_store, uplink
 from layersplit.models import find_decoder_layers
 from layersplit.segments import SplitModel
 from test_sweep import RUN, TOKENS, assert_same_numbers, config, rows_by_key
@@ -94,7 +94,7 @@ def test_a_head_with_work_after_it_is_scored_through_the_whole_forward(tiny_llam
     cfg = config(splits=(1, 2), draws=1)
     results = {}
     for name, runner in (("fast", sweep.run_fast), ("naive", sweep.run_naive)):
-        store = sweep.ResultsStore(tmp_path / f"{name}.csv", RUN, sweep.link_columns(cfg.link_template))
+        store = sweep_store.ResultsStore(tmp_path / f"{name}.csv", RUN, sweep_store.link_columns(cfg.link_template))
         runner(scaled, TOKENS, cfg, store, progress=False)
         results[name] = rows_by_key(tmp_path / f"{name}.csv")
     assert_same_numbers(results["fast"], results["naive"])
@@ -140,7 +140,7 @@ def run_sweep(model, path, runner=sweep.run_fast, **overrides) -> dict:
     cfg = config(splits=(0, 2), draws=2)
     for key, value in overrides.items():
         setattr(cfg, key, value)
-    store = sweep.ResultsStore(path, RUN, sweep.link_columns(cfg.link_template))
+    store = sweep_store.ResultsStore(path, RUN, sweep_store.link_columns(cfg.link_template))
     runner(model, TOKENS, cfg, store, progress=False)
     return rows_by_key(path)
 

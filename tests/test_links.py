@@ -192,6 +192,10 @@ ASKING_MODULES = [
     "layersplit/nr_sim.py",
     "layersplit/nr_cli.py",
     "layersplit/grid.py",
+    "layersplit/sweep.py",
+    "layersplit/sweep_store.py",
+    "layersplit/sweep_run.py",
+    "layersplit/operating_point.py",
     "layersplit/serving/ue.py",
     "layersplit/serving/simulated_uplink.py",
     "layersplit/serving/roles.py",
@@ -220,10 +224,24 @@ def test_no_link_name_is_compared_outside_the_mapping(module):
     assert _compared_names(REPO / module) == []
 
 
-def test_the_sweep_compares_names_only_on_its_csv_rows():
-    """The results store reads rows back from the CSV, where the link is text (its filter is the store's)."""
-    source = (REPO / "layersplit" / "sweep.py").read_text().splitlines()
-    assert all('r["link"]' in source[n - 1] for n in _compared_names(REPO / "layersplit" / "sweep.py"))
+def test_the_results_store_asks_the_link_which_rows_carry_its_setup():
+    """A resumed sweep's link set-up is compared on the rows of the links that carry it in LINK_COLUMNS
+    (the uncoded links: modulation, fading, packets); the original's p has none, nr.py holds NR's."""
+    assert [name for name, kind in links.LINKS.items() if kind.rows_carry_setup] == ["erasure", "awgn", "bitflip"]
+    assert not any(kind.rows_carry_setup for name, kind in links.SERVED.items() if name not in links.LINKS)
+
+
+def test_snr_conditions_ask_the_link_whether_it_is_physical():
+    for name, kind in links.LINKS.items():
+        if kind.physical:
+            assert [c.link for c in grid.make_conditions([], [10.0], name)[1:]] == [name]
+        else:
+            with pytest.raises(UserError) as e:
+                grid.make_conditions([], [10.0], name)
+            assert str(e.value) == f"SNR conditions need a physical link: erasure, awgn, bitflip, nr, not {name!r}"
+    for name in ("none", "foo"):  # serve.py's loss-free link, and no link at all
+        with pytest.raises(UserError, match=f"need a physical link: .*, not {name!r}"):
+            grid.make_conditions([], [10.0], name)
 
 
 def test_the_check_catches_a_string_test(tmp_path):

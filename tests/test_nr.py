@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import run_script
-from layersplit import UserError, channel, compute, links, nr, nr_sim, sweep, uplink
+from layersplit import UserError, channel, compute, links, nr, nr_sim, schema, sweep, sweep_store, uplink
 from layersplit.grid import Condition
 
 
@@ -255,7 +255,7 @@ def test_a_sweep_over_the_nr_link(tiny_llama, tmp_path):
     ids = torch.randint(0, 300, (96,))
     conds = [Condition("nr", snr_db=s) for s in (-4.0, 20.0)]
     cfg = sweep.SweepConfig([1, 2], conds, 2, 0, 48, 48, channel.LinkConfig(snr_db=0.0), 4)
-    store = sweep.ResultsStore(
+    store = sweep_store.ResultsStore(
         tmp_path / "s.csv",
         {
             "model": "tiny",
@@ -266,7 +266,7 @@ def test_a_sweep_over_the_nr_link(tiny_llama, tmp_path):
             "dtype": "float32",
             "seed": 0,
         },
-        sweep.link_columns(cfg.link_template, "nr"),
+        sweep_store.link_columns(cfg.link_template, "nr"),
     )
     sweep.run_fast(tiny_llama, ids, cfg, store, progress=False)
     rows = list(csv.DictReader(open(tmp_path / "s.csv")))
@@ -276,11 +276,13 @@ def test_a_sweep_over_the_nr_link(tiny_llama, tmp_path):
     assert all(float(r["dropout"]) == pytest.approx(nr.operating_point(-4.0).residual) for r in low)
     assert all(float(r["tx_s"]) > 0 for r in rows)
     # the naive path (the split hook) gives the same numbers
-    store2 = sweep.ResultsStore(tmp_path / "n.csv", store.run_config, sweep.link_columns(cfg.link_template, "nr"))
+    store2 = sweep_store.ResultsStore(
+        tmp_path / "n.csv", store.run_config, sweep_store.link_columns(cfg.link_template, "nr")
+    )
     sweep.run_naive(tiny_llama, ids, cfg, store2, progress=False)
-    naive = {sweep.row_key(r): r for r in csv.DictReader(open(tmp_path / "n.csv"))}
+    naive = {schema.row_key(r): r for r in csv.DictReader(open(tmp_path / "n.csv"))}
     for r in rows:
-        assert float(naive[sweep.row_key(r)]["nll"]) == pytest.approx(float(r["nll"]), rel=1e-4)
+        assert float(naive[schema.row_key(r)]["nll"]) == pytest.approx(float(r["nll"]), rel=1e-4)
 
 
 def test_add_noise_and_the_nr_cli(tiny_model_dir, sample_txt, tmp_path):

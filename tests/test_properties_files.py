@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import figures
 from conftest import ROOT
-from layersplit import UserError, cells, nr, schema, surrogate_fit, sweep
+from layersplit import UserError, cells, nr, schema, surrogate_fit, sweep_store
 
 with open(ROOT / "results" / "sweep_smollm2-135m.csv", newline="") as f:
     GOOD = list(csv.DictReader(f))[:2]  # two valid rows of different draws: line 2 stays, line 3 is mutated
@@ -30,18 +30,18 @@ field = st.one_of(
     st.sampled_from(["", "nan", "inf", "-inf", "-0.0", "1.5", "-50", "1e309", " 1", "0", "True", "erasure", "nr"]),
 )
 mutations = st.tuples(
-    st.dictionaries(st.sampled_from(sweep.COLUMNS), field, min_size=1, max_size=6),
-    st.one_of(st.none(), st.integers(min_value=1, max_value=len(sweep.COLUMNS) - 1)),
+    st.dictionaries(st.sampled_from(schema.COLUMNS), field, min_size=1, max_size=6),
+    st.one_of(st.none(), st.integers(min_value=1, max_value=len(schema.COLUMNS) - 1)),
 )
 
 
 def write(path: Path, changes: dict, keep: int | None) -> None:
     """The header, a good row, then the second good row with `changes` and only its first `keep` fields."""
-    values = [{**GOOD[1], **changes}[c] for c in sweep.COLUMNS]
+    values = [{**GOOD[1], **changes}[c] for c in schema.COLUMNS]
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(sweep.COLUMNS)
-        writer.writerow([GOOD[0][c] for c in sweep.COLUMNS])
+        writer.writerow(schema.COLUMNS)
+        writer.writerow([GOOD[0][c] for c in schema.COLUMNS])
         writer.writerow(values if keep is None else values[:keep])
 
 
@@ -66,7 +66,7 @@ def test_every_reader_accepts_a_valid_row_or_names_its_line(mutation):
         readers = {  # reader -> its rows, or the exception it raised
             "read_rows": lambda: schema.read_rows(path),
             "cells CLI": lambda: cells.read_sweep(path, cells.CLI_COLUMNS),
-            "verify": lambda: sweep.read_reference(path),
+            "verify": lambda: sweep_store.read_reference(path),
             "fit": lambda: surrogate_fit._read_sweep(path, FIT_COLUMNS).to_dict("records"),
         }
         outcomes = {}
@@ -90,7 +90,7 @@ def test_every_reader_accepts_a_valid_row_or_names_its_line(mutation):
             assert accepted, "figures.py drew a row the other readers refuse"
             assert len(drawn) == 2
         try:  # the resumed sweep: reads it, or refuses it by line, or takes the row out to recompute it
-            store = sweep.ResultsStore(path, {k: GOOD[0][k] for k in sweep.RUN_COLUMNS})
+            store = sweep_store.ResultsStore(path, {k: GOOD[0][k] for k in schema.RUN_COLUMNS})
         except UserError as e:
             assert where in str(e) or "was made with another configuration" in str(e), str(e)
         else:
@@ -102,7 +102,7 @@ def test_every_reader_accepts_a_valid_row_or_names_its_line(mutation):
 def test_the_examples_of_the_issue_are_refused_by_every_reader(changes, tmp_path):
     path = tmp_path / "sweep.csv"
     write(path, changes, None)
-    for read in (schema.read_rows, sweep.read_reference, lambda p: surrogate_fit._read_sweep(p, FIT_COLUMNS)):
+    for read in (schema.read_rows, sweep_store.read_reference, lambda p: surrogate_fit._read_sweep(p, FIT_COLUMNS)):
         with pytest.raises(UserError, match=f"{path}:3: "):
             read(path)
 

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from conftest import ROOT
-from layersplit import UserError, cells, schema, sweep
+from layersplit import UserError, cells, schema, sweep_store
 
 with open(ROOT / "results" / "sweep_smollm2-135m.csv", newline="") as f:
     GOOD = list(csv.DictReader(f))[:2]  # two valid rows (different draws) of a committed sweep
@@ -77,8 +77,9 @@ def test_a_cell_table_with_an_impossible_value_is_refused(tmp_path):
         schema.read_cells(path)
 
 
-def test_the_store_and_verify_use_the_schemas_columns():
-    assert sweep.COLUMNS is schema.COLUMNS and sweep.RUN_COLUMNS is schema.RUN_COLUMNS
+def test_the_store_and_verify_use_the_schemas_columns(tmp_path):
+    sweep_store.ResultsStore(tmp_path / "r.csv", {})  # a new results file: the schema's header
+    assert (tmp_path / "r.csv").read_text().splitlines() == [",".join(schema.COLUMNS)]
     assert schema.WINDOW_FILE_COLUMNS[: len(schema.WINDOW_KEYS)] == schema.WINDOW_KEYS
     assert set(schema.CELL_KEYS) <= set(schema.COLUMNS)
 

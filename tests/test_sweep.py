@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import ROOT, run_script
-from layersplit import UserError, channel, grid, sweep
+from layersplit import UserError, channel, grid, schema, sweep, sweep_store
 from layersplit.cli import parse_splits
 from layersplit.segments import SplitModel
 
@@ -41,7 +41,7 @@ def config(splits=(0, 1, 2, 3), draws=2, batch_size=16, seed=0) -> sweep.SweepCo
 
 def run(model, path, runner=sweep.run_fast, **kwargs) -> dict:
     cfg = config(**kwargs)
-    store = sweep.ResultsStore(path, RUN, sweep.link_columns(cfg.link_template))
+    store = sweep_store.ResultsStore(path, RUN, sweep_store.link_columns(cfg.link_template))
     runner(model, TOKENS, cfg, store, progress=False)
     return rows_by_key(path)
 
@@ -49,7 +49,7 @@ def run(model, path, runner=sweep.run_fast, **kwargs) -> dict:
 def rows_by_key(path) -> dict:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    keys = [sweep.row_key(r) for r in rows]
+    keys = [schema.row_key(r) for r in rows]
     assert len(keys) == len(set(keys)), "duplicate rows"
     return dict(zip(keys, rows))
 
@@ -194,7 +194,7 @@ def test_the_windows_file_holds_each_rows_windows(tiny_llama, tmp_path):
     from layersplit import schema
 
     rows = run(tiny_llama, tmp_path / "r.csv")
-    windows = schema.read_windows(sweep.windows_path(tmp_path / "r.csv"))
+    windows = schema.read_windows(schema.windows_path(tmp_path / "r.csv"))
     assert windows.keys() == rows.keys()
     for key, row in rows.items():
         scores = windows[key]
@@ -207,7 +207,7 @@ def test_the_windows_file_holds_each_rows_windows(tiny_llama, tmp_path):
             assert sd == pytest.approx(float(row["nll_window_sd"]), rel=1e-6)
     # the naive path writes the same windows
     run(tiny_llama, tmp_path / "n.csv", runner=sweep.run_naive)
-    naive = schema.read_windows(sweep.windows_path(tmp_path / "n.csv"))
+    naive = schema.read_windows(schema.windows_path(tmp_path / "n.csv"))
     assert naive.keys() == windows.keys()
     for key in windows:
         assert [w for w, _, _ in naive[key]] == [w for w, _, _ in windows[key]]
@@ -277,7 +277,7 @@ def test_resume_after_a_crash_inside_a_cell(tiny_llama, tmp_path, monkeypatch):
     assert {k[0] for k in rows_by_key(path)} == {0}
     with open(path, "a") as f:
         f.write("tiny,random,150,64")  # and a line half-written when the power went out
-    with open(sweep.windows_path(path), "a") as f:
+    with open(schema.windows_path(path), "a") as f:
         f.write("1,dropout,,0.1")  # in both files
     assert_same_numbers(run(tiny_llama, path), reference)
     assert same_windows(path, tmp_path / "ref.csv")
@@ -286,18 +286,29 @@ def test_resume_after_a_crash_inside_a_cell(tiny_llama, tmp_path, monkeypatch):
 def same_windows(a, b) -> bool:
     from layersplit import schema
 
-    return schema.read_windows(sweep.windows_path(a)) == schema.read_windows(sweep.windows_path(b))
+    return schema.read_windows(schema.windows_path(a)) == schema.read_windows(schema.windows_path(b))
 
 
 def test_another_configuration_is_refused(tiny_llama, tmp_path):
     path = tmp_path / "r.csv"
     run(tiny_llama, path, splits=(0,))
     with pytest.raises(UserError, match="another configuration .*seed: 0 in the file, 1 now"):
-        sweep.ResultsStore(path, {**RUN, "seed": 1})
-    link = sweep.link_columns(config().link_template)
+        sweep_store.ResultsStore(path, {**RUN, "seed": 1})
+    link = sweep_store.link_columns(config().link_template)
     with pytest.raises(UserError, match="modulation: qpsk in the file, 16qam now"):
-        sweep.ResultsStore(path, RUN, {**link, "modulation": "16qam"})
-    assert len(sweep.ResultsStore(path, RUN, link).rows) == 1 + 5 * 2  # the same set-up resumes
+        sweep_store.ResultsStore(path, RUN, {**link, "modulation": "16qam"})
+    assert len(sweep_store.ResultsStore(path, RUN, link).rows) == 1 + 5 * 2  # the same set-up resumes
+
+
+def test_only_rows_that_carry_the_link_setup_are_compared(tiny_llama, tmp_path):
+    """Rows of the original's p and of the NR link carry no uncoded set-up (Link.rows_carry_setup): a file
+    of them resumes whatever the modulation or packets asked now."""
+    path, template = tmp_path / "r.csv", config().link_template
+    cfg = sweep.SweepConfig([0], grid.make_conditions([0.1], [20.0], "nr"), 1, 0, 64, 64, template, 16)
+    store = sweep_store.ResultsStore(path, RUN, sweep_store.link_columns(template, "nr"))
+    sweep.run_fast(tiny_llama, TOKENS, cfg, store, progress=False)
+    other = {**sweep_store.link_columns(template), "modulation": "16qam", "elements_per_packet": "64"}
+    assert [r["link"] for r in sweep_store.ResultsStore(path, RUN, other).rows] == ["dropout", "dropout", "nr"]
 
 
 @pytest.mark.parametrize("text, message", [("0-99", "outside 0..3"), ("a,b", "ranges like"), ("", "ranges like")])
@@ -358,7 +369,7 @@ def test_cli_sweep_survives_sigkill(tiny_model_dir, sample_txt, tmp_path):
     rows = rows_by_key(output)  # asserts no duplicates
     assert len(rows) == 4 * (1 + (8 + 2) * 12)  # every cell: splits x (clean + (8 p + 2 SNR) x draws)
     assert "perplexity pooled over draws" in finished.stdout
-    with open(sweep.cells_path(output), newline="") as f:  # the cell table with its intervals, beside the rows
+    with open(schema.cells_path(output), newline="") as f:  # the cell table with its intervals, beside the rows
         table = list(csv.DictReader(f))
     assert len(table) == 4 * (1 + 8 + 2) and all(int(c["draws"]) == (1 if c["dropout"] == "0.0" else 12) for c in table)
     impaired = [c for c in table if c["dropout"] != "0.0"]
