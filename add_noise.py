@@ -27,7 +27,7 @@ import json
 import os
 import sys
 
-from layersplit import UserError, cli, links, nr
+from layersplit import UserError, cli, links, nr, nr_frame
 from layersplit.cells import cells_path, windows_path
 from layersplit.channel_cli import add_link_arguments, link_config_from_args
 from layersplit.cli import (
@@ -143,6 +143,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="--link nr: link adaptation: the highest MCS within the 10%% first-transmission BLER "
         "target; the best goodput; or reliable: within the target and a residual loss after "
         f"HARQ of at most {nr.RESIDUAL_TARGET:g} (layersplit/nr.py)",
+    )
+    physical.add_argument(
+        "--nr-frame",
+        type=nr_frame.frame_name,
+        default=nr_frame.FRAME,
+        help="--link nr: the slot pattern (D, S, U: downlink, special, uplink) the uplink's air time follows, "
+        "or FDD (every slot uplink) (default: %(default)s; layersplit/nr_frame.py)",
     )
     p.add_argument(
         "--protect",
@@ -263,6 +270,11 @@ def parse_args(argv=None) -> argparse.Namespace:
             f"--mcs-rule {args.mcs_rule} does not reach Ray's workers yet: run this sweep without --ray, "
             f"or set MCS_RULE in layersplit/nr.py"
         )
+    if args.ray and args.nr_frame != nr_frame.frame().name:  # as --mcs-rule
+        p.error(
+            f"--nr-frame {args.nr_frame} does not reach Ray's workers yet: run this sweep without --ray, "
+            f"or set FRAME in layersplit/nr_frame.py"
+        )
     if args.sweep:
         args.output_path = sweep_output(p, args)
         outputs = [args.output_path, cells_path(args.output_path), windows_path(args.output_path)]
@@ -344,7 +356,7 @@ def print_table(r: dict) -> None:
         print(
             f"channel: Es/N0 {r['snr_db']:g} dB, 5G NR MCS {r['mcs']} (TBs of {r['tb_size']} bits), first-transmission "
             f"BLER {r['bler']:.3g}, {r['transmissions_per_tb']:.2f} transmissions per TB, residual TB loss "
-            f"{r['residual_tb_loss']:.3g}; goodput {r['goodput_bps'] / 1e6:.3g} Mbit/s"
+            f"{r['residual_tb_loss']:.3g}; {r['frame']} frame, goodput {r['goodput_bps'] / 1e6:.3g} Mbit/s"
         )
     elif r["snr_db"] is not None:
         print(
@@ -385,6 +397,7 @@ def print_table(r: dict) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     nr.MCS_RULE = args.mcs_rule  # the NR link reads its constant at each call
+    nr_frame.FRAME = args.nr_frame
 
     def body() -> int:
         from layersplit.models import keep_freed_memory

@@ -289,7 +289,8 @@ class NrLink(Link):
     def summary(self) -> str:
         return (
             f"5G NR, {nr.NUM_PRBS} PRBs at {nr.SUBCARRIER_SPACING_KHZ} kHz, TDL-{nr.TDL_PROFILE}, "
-            f"MCS for {nr.TARGET_BLER:g} BLER ({nr.MCS_RULE}), up to {nr.HARQ_MAX_RETX} HARQ retransmissions"
+            f"MCS for {nr.TARGET_BLER:g} BLER ({nr.MCS_RULE}), up to {nr.HARQ_MAX_RETX} HARQ retransmissions, "
+            f"{self.point.frame.name} frame"
         )
 
     @property
@@ -332,6 +333,7 @@ class NrLink(Link):
             "bler": point.bler,
             "residual_tb_loss": point.residual,
             "transmissions_per_tb": point.transmissions,
+            "frame": point.frame.name,
             "goodput_bps": point.goodput_bps,
         }
 

@@ -13,11 +13,13 @@ Clopper-Pearson intervals) and the link reads that table:
 - link adaptation: the highest MCS whose first-transmission BLER at the SNR is <= TARGET_BLER
   (MCS_RULE "target"), or the MCS of the highest goodput TB bits x (1 - BLER) (MCS_RULE "goodput");
 - HARQ, chase combining on a channel that stays put over the rounds (UE_SPEED_MPS makes the coherence
-  time, ~40 ms, 20x the HARQ round trip): r transmissions of a TB are r copies in the same fade, i.e. one
-  transmission at r times the SNR, so P(all r fail) = BLER(snr_db + 10 log10 r);
-- rate and loss from the same link: the goodput is the TB bits per slot x (1 - BLER), the air time
-  counts every transmission and the HARQ round trips of the last TBs, and the residual loss of a TB
-  is P(all HARQ_MAX_RETX + 1 transmissions fail).
+  time, ~40 ms, 16x the HARQ round trip of a DDDSU frame): r transmissions of a TB are r copies in the
+  same fade, i.e. one transmission at r times the SNR, so P(all r fail) = BLER(snr_db + 10 log10 r);
+- rate and loss from the same link, on the TDD frame of nr_frame.py (uplink in one slot of five by
+  default): the air time counts every transmission, the HARQ round trips of the last TBs and the slots
+  that carry no uplink; the residual loss of a TB is P(all HARQ_MAX_RETX + 1 transmissions fail); the
+  goodput is what the air time implies, TB bits x (1 - residual) / (transmissions per TB x slot) x the
+  frame's uplink share.
 The table is read through one reader, read_table, which refuses (UserError, file:line) a folder, a file
 that is not UTF-8 CSV with the columns READ_COLUMNS, a number that is not finite or out of range (BLER and
 its interval in [0, 1], the BLER inside its interval, MCS 0-28, counts whole, errors <= slots) and a second
@@ -44,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from . import UserError, shipped_file
+from .nr_frame import Frame, frame
 
 # ---- the OFDM grid (TS 38.211) ----------------------------------------------------------------
 SUBCARRIER_SPACING_KHZ = 30  # numerology mu = 1: 0.5 ms slots, the usual FR1 TDD choice
@@ -77,7 +80,6 @@ TARGET_BLER = 0.1  # the usual 10% first-transmission BLER target of outer-loop 
 # alone leaves up to 2.6% of TBs lost where an MCS's curve has a floor; README, "A 5G NR coded link")
 RESIDUAL_TARGET = 1e-4
 HARQ_MAX_RETX = 3  # retransmissions after the first: 4 transmissions in all, a common configuration
-HARQ_RTT_SLOTS = 4  # slots from a transmission to its retransmission (decode, feedback, new grant)
 TAIL_SLOPE_DB = -1.0  # decades of BLER per dB past a curve's last lost TB when it has only one point
 # with losses (otherwise the slope of its last two: a fading channel's BLER falls as a power of the SNR)
 
@@ -343,19 +345,28 @@ class OperatingPoint:
     residual: float  # P(a TB is still lost after 1 + max_retx transmissions): its elements are zero-filled
     transmissions: float  # expected transmissions per TB
     retx_needed: tuple[float, ...]  # q_r = P(the first r transmissions all fail), r = 1..max_retx
-    goodput_bps: float  # TB bits x (1 - BLER) per slot
+    frame: Frame  # which slots carry uplink (nr_frame.py)
+
+    @property
+    def goodput_bps(self) -> float:
+        """Delivered bits per second of the frame: a TB's bits, less its residual loss, per its expected
+        transmissions, in the U slots only."""
+        return self.tb_size * (1.0 - self.residual) * self.frame.uplink_share / (self.transmissions * SLOT_S)
 
     def tbs(self, bits: int) -> int:
         return math.ceil(bits / self.tb_size) if bits > 0 else 0
 
     def air_s(self, n_tb: int) -> float:
-        """Expected seconds to deliver n_tb TBs: one slot per transmission (HARQ processes keep every slot
-        busy), plus the round trips of the last retransmissions, which nothing else can fill: a TB needing
-        r + 1 transmissions ends (HARQ_RTT_SLOTS - 1) x r slots after its last slot would otherwise."""
+        """Expected seconds to deliver n_tb TBs: one U slot per transmission (HARQ processes keep every U slot
+        busy), plus the U slots left idle by the round trips of the last retransmissions, which nothing else
+        can fill (a TB needing r + 1 transmissions ends (gap - 1) x r U slots later than its last slot would
+        otherwise, gap the frame's retransmission gap in U slots); then placed on the frame: the wait for
+        the first U slot and the other slots between U slots count (nr_frame.Frame.slots_to_send)."""
         if n_tb == 0:
             return 0.0
         tail = sum(1.0 - (1.0 - q) ** n_tb for q in self.retx_needed)
-        return SLOT_S * (n_tb * self.transmissions + (HARQ_RTT_SLOTS - 1) * tail)
+        uplink_slots = n_tb * self.transmissions + (self.frame.retransmission_gap() - 1) * tail
+        return SLOT_S * self.frame.slots_to_send(uplink_slots)
 
 
 def operating_point(
@@ -364,9 +375,11 @@ def operating_point(
     target_bler: float | None = None,
     max_retx: int | None = None,
     table: str | Path | None = None,
+    frame_name: str | None = None,
 ) -> OperatingPoint:
-    """The NR link at average Es/N0 `snr_db`, from the BLER table; None takes the module's constant as it
-    is at the call (a script's --mcs-rule sets MCS_RULE)."""
+    """The NR link at average Es/N0 `snr_db`, from the BLER table, on the frame `frame_name` (nr_frame.py);
+    None takes the module's constant as it is at the call (a script's --mcs-rule sets MCS_RULE, its
+    --nr-frame nr_frame.FRAME)."""
     if table is None and os.environ.get(TABLE_ENV):  # the table the variable names: a bad one is named by it
         check_environment()
     return _operating_point(
@@ -376,12 +389,13 @@ def operating_point(
         HARQ_MAX_RETX if max_retx is None else max_retx,
         str(BLER_TABLE if table is None else table),
         RESIDUAL_TARGET,
+        frame(frame_name),
     )
 
 
 @functools.lru_cache(maxsize=4096)
 def _operating_point(
-    snr_db: float, rule: str, target_bler: float, max_retx: int, table: str, residual_target: float
+    snr_db: float, rule: str, target_bler: float, max_retx: int, table: str, residual_target: float, frame: Frame
 ) -> OperatingPoint:  # residual_target: in the key, read by choose_mcs
     if isinstance(max_retx, bool) or int(max_retx) != max_retx or max_retx < 0:
         raise UserError(f"HARQ retransmissions {max_retx!r}: give an integer >= 0")
@@ -395,7 +409,7 @@ def _operating_point(
         failed_all(curve, snr_db, max_retx + 1),
         1.0 + sum(q),
         q,
-        curve.tb_size * (1.0 - curve(snr_db)) / SLOT_S,
+        frame,
     )
 
 

@@ -17,7 +17,7 @@ import math
 import time
 from pathlib import Path
 
-from . import UserError, channel, channel_cli, cli, compute, links
+from . import UserError, channel, channel_cli, cli, compute, links, nr_frame
 from .nr import (
     BLER_TABLE,
     CHANNEL,
@@ -74,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--harq-max-retx", type=cli.non_negative_int, default=HARQ_MAX_RETX, help="HARQ retransmissions at most"
+    )
+    p.add_argument(
+        "--frame",
+        type=nr_frame.frame_name,
+        default=nr_frame.FRAME,
+        help="the slot pattern (D, S, U) the air time follows, or FDD (default: %(default)s; nr_frame.py)",
     )
     p.add_argument("--bler-table", type=Path, default=BLER_TABLE, help="the BLER table the link reads")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -140,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     def body() -> int:  # (cli.run_main has checked the table LAYERSPLIT_NR_BLER_TABLE names)
+        nr_frame.FRAME = args.frame  # the latency table's link reads it at each call
         if args.bler_table != BLER_TABLE:
             read_table(args.bler_table)  # a bad table is named before any Monte Carlo
         if args.table:
@@ -177,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
             channel_cli.write_table(rows, args.latency_table)
             print(f"wrote {len(rows)} rows to {args.latency_table}")
         else:
-            point = operating_point(args.snr_db, args.mcs_rule, args.target_bler, args.harq_max_retx, args.bler_table)
+            point = operating_point(
+                args.snr_db, args.mcs_rule, args.target_bler, args.harq_max_retx, args.bler_table, args.frame
+            )
             k = elements_per_tb(point, args.bits_per_element)
             out = {
                 "snr_db": args.snr_db,
@@ -186,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                 "bler": point.bler,
                 "residual_tb_loss": point.residual,
                 "transmissions_per_tb": point.transmissions,
+                "frame": point.frame.name,
                 "goodput_bps": point.goodput_bps,
                 "elements_per_tb": k,
                 "tx_latency_prefill_s": point.air_s(math.ceil(args.tokens * args.hidden_size / k)),

@@ -155,12 +155,13 @@ def test_one_latency_table_for_every_link():
     coded = compute.latency_table([10.0], models, 8, links.NrLink(NR_CFG))
     assert len(uncoded) == len(coded) == 2 * 30
     assert list(uncoded[0])[7:12] == ["modulation", "fading", "bandwidth_hz", "rate_bps", "payload_bits"]
-    assert list(coded[0])[7:14] == [
+    assert list(coded[0])[7:15] == [
         "mcs",
         "tb_size",
         "bler",
         "residual_tb_loss",
         "transmissions_per_tb",
+        "frame",
         "goodput_bps",
         "air_bits",
     ]

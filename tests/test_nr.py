@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import run_script
-from layersplit import UserError, channel, compute, links, nr, nr_sim, schema, sweep, sweep_store, uplink
+from layersplit import UserError, channel, compute, links, nr, nr_frame, nr_sim, schema, sweep, sweep_store, uplink
 from layersplit.grid import Condition
 
 
@@ -138,21 +138,22 @@ def test_the_reliable_rule_also_bounds_the_residual_loss(table, monkeypatch):
     assert nr.operating_point(12.0, table=table).mcs == 3
 
 
-def test_harq_arithmetic(table):
-    point = nr.operating_point(4.0, max_retx=2, table=table)
+def test_harq_arithmetic_on_fdd(table):
+    point = nr.operating_point(4.0, max_retx=2, table=table, frame_name="FDD")
     curve = nr.load_table(table)[3]
     q1, q2, q3 = curve(4.0), curve(4.0 + 10 * math.log10(2)), curve(4.0 + 10 * math.log10(3))
     assert point.mcs == 3 and point.bler == q1 == pytest.approx(0.05)
     assert point.retx_needed == (q1, q2)
     assert point.residual == q3  # all three transmissions fail: one at 3x the SNR in the same fade
     assert point.transmissions == pytest.approx(1 + q1 + q2)
-    assert point.goodput_bps == pytest.approx(1000 * 0.95 / nr.SLOT_S)
+    # the goodput the air time implies: delivered bits per transmission, every slot uplink
+    assert point.goodput_bps == pytest.approx(1000 * (1 - q3) / ((1 + q1 + q2) * nr.SLOT_S))
     # one TB: its slot, then a round trip per retransmission it needs
-    assert point.air_s(1) == pytest.approx(nr.SLOT_S * (1 + nr.HARQ_RTT_SLOTS * (q1 + q2)))
+    assert point.air_s(1) == pytest.approx(nr.SLOT_S * (1 + nr_frame.HARQ_RTT_SLOTS * (q1 + q2)))
     # many TBs: a slot per transmission, plus the round trips of the last ones
     n = 50
     tail = (1 - (1 - q1) ** n) + (1 - (1 - q2) ** n)
-    assert point.air_s(n) == pytest.approx(nr.SLOT_S * (n * (1 + q1 + q2) + (nr.HARQ_RTT_SLOTS - 1) * tail))
+    assert point.air_s(n) == pytest.approx(nr.SLOT_S * (n * (1 + q1 + q2) + (nr_frame.HARQ_RTT_SLOTS - 1) * tail))
     assert nr.operating_point(4.0, max_retx=0, table=table).residual == q1
 
 
