@@ -5,8 +5,8 @@ Each block is a Markdown table written from `results/` between `<!-- generated: 
 in one file only (`held`). `python figures.py --claims FILE` rewrites the blocks of one file,
 `write_all` those of every file; a test fails when a file differs from what is written from the
 committed files. This module puts each block in its place; the tables are claims_tables.py's (claims,
-rl, ablation, sweep, paired) and claims_timings.py's (fairness, gpu, pipeline, fresh), from the
-numbers claims_stats.py computes:
+rl, ablation, sweep, paired), claims_timings.py's (fairness, gpu, pipeline, fresh) and claims_radio.py's
+(nr_link, nr_latency, nr_ldpc), from the numbers claims_stats.py computes and the committed link tables:
 
     claims     the paper's claims: what was measured, with 95% intervals, and the verdict
     rl         mean return of every agent and baseline on every environment, per-seed shares of the optimum
@@ -17,6 +17,9 @@ numbers claims_stats.py computes:
     gpu        one bench/gpu.sh run on a GPU (bench/gpu_summary.py's summary)
     pipeline   every experiment of the pipeline (experiments.py) with its wall time in the committed run
     fresh      make reproduce, quick and test timed on a fresh clone (bench/fresh_clone.py)
+    nr_link    rate and loss per Es/N0: the uncoded link beside the NR link on FDD and its TDD frame
+    nr_latency the activation's air time: uncoded, NR on FDD, NR on its TDD frame
+    nr_ldpc    the LDPC code on AWGN against Shannon's limit and its constellation's
 
 Intervals: over seeds for the surrogate-trained agents (seed k of every policy plays the same
 episodes, so gaps are paired by seed), over episodes on the real LLM (each episode its own start and
@@ -30,6 +33,7 @@ import re
 from pathlib import Path
 
 from . import UserError
+from .claims_radio import block_nr_latency, block_nr_ldpc, block_nr_link
 from .claims_tables import block_ablation, block_claims, block_paired, block_rl, block_sweep
 from .claims_timings import block_fairness, block_fresh, block_gpu, block_pipeline
 
@@ -41,6 +45,9 @@ BLOCKS = {
     "ablation": block_ablation,
     "sweep": block_sweep,
     "paired": block_paired,
+    "nr_latency": block_nr_latency,
+    "nr_link": block_nr_link,
+    "nr_ldpc": block_nr_ldpc,
     "fairness": block_fairness,
     "gpu": block_gpu,
     "pipeline": block_pipeline,

@@ -219,6 +219,14 @@ EXPERIMENTS: tuple[Experiment, ...] = (
         nr_table=True,
     ),
     Experiment(
+        "nr_latency_fdd",
+        "the NR link's latency table on FDD (every slot uplink), beside the TDD one",
+        "-m layersplit.nr --frame FDD --latency-table {R}/latency_breakdown_nr_fdd.csv",
+        {},
+        outputs=("{R}/latency_breakdown_nr_fdd.csv",),
+        nr_table=True,
+    ),
+    Experiment(
         "channel_table",
         "BER/PER, closed form and Monte Carlo",
         "-m layersplit.channel --table {R}/channel_ber_per.csv",

@@ -337,3 +337,29 @@ def test_rayleigh_capacity_at_very_low_snr_is_finite_and_continuous():
     for snr_db in (-30.0, -60.0, -200.0):
         g = 10 ** (snr_db / 10)
         assert ch.spectral_efficiency(snr_db, "rayleigh") == pytest.approx(g / math.log(2.0), rel=2e-3)
+
+
+def test_bicm_capacity_against_closed_forms_and_a_monte_carlo():
+    # QPSK with Gray labels is two BPSK rails at Es/N0 each: at 0 dB a BPSK rail carries 0.4859 bits
+    # (the binary-input AWGN capacity at SNR 1, a textbook value)
+    assert ch.bicm_capacity(2, 0.0) == pytest.approx(2 * 0.4859, abs=2e-4)
+    # bounded by Shannon and by the bits a symbol has; full at high SNR
+    for q in (2, 4, 6):
+        for snr in (-5.0, 5.0, 15.0):
+            assert ch.bicm_capacity(q, snr) < min(q, math.log2(1 + 10 ** (snr / 10)))
+        assert ch.bicm_capacity(q, 45.0) == pytest.approx(q, abs=1e-6)
+    # 16QAM at 8 dB by Monte Carlo: I(bit; y) = 1 - E[log2(sum over all points / sum over the sent bit's)]
+    rng = np.random.default_rng(0)
+    levels = np.array([-3, -1, 1, 3]) / math.sqrt(10)  # unit symbol energy over two rails
+    gray = np.array([0, 1, 3, 2])
+    sigma = math.sqrt(0.5 / 10**0.8)
+    sent = rng.integers(0, 4, 400_000)
+    y = levels[sent] + sigma * rng.standard_normal(sent.size)
+    like = np.exp(-((y[:, None] - levels[None, :]) ** 2) / (2 * sigma**2))
+    info = 0.0
+    for bit in (0, 1):
+        same = ((gray[None, :] >> bit) & 1) == ((gray[sent][:, None] >> bit) & 1)
+        info += 1 - np.mean(np.log2(like.sum(1) / (like * same).sum(1)))
+    assert ch.bicm_capacity(4, 8.0) == pytest.approx(2 * info, abs=0.01)
+    with pytest.raises(ValueError):
+        ch.bicm_capacity(3, 0.0)

@@ -19,6 +19,9 @@ HOMES = {  # each generated block and the one file that holds it
     "gpu": "docs/gpu-and-ray.md",
     "pipeline": "docs/pipeline.md",
     "fresh": "README.md",
+    "nr_link": "docs/nr-link.md",
+    "nr_latency": "docs/nr-link.md",
+    "nr_ldpc": "docs/nr-link.md",
 }
 
 

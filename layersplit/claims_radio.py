@@ -1,0 +1,179 @@
+"""The generated tables of the radio pages (docs/nr-link.md), from the committed latency tables: the air
+time of a split's activation over the uncoded link, the NR link on FDD and on its TDD frame, with the MCS
+and the goodput (claims.py: where each goes)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from .claims_tables import table
+
+UNCODED = "latency_breakdown.csv"  # python -m layersplit.channel --latency-table
+NR_TDD = "latency_breakdown_nr.csv"  # python -m layersplit.nr --latency-table (the default frame)
+NR_FDD = "latency_breakdown_nr_fdd.csv"  # python -m layersplit.nr --frame FDD --latency-table
+SHOWN_SPLIT = 4  # the table's split: 5 layers on the UE (air time does not depend on it)
+MODEL_NAMES = {"smollm2-135m": "SmolLM2-135M", "llama2-7b": "Llama-2-7B"}
+
+
+def _rows(path: Path) -> dict[tuple[str, str, float], dict]:
+    with path.open(newline="", encoding="utf-8") as f:
+        return {
+            (r["model"], r["phase"], float(r["snr_db"])): r for r in csv.DictReader(f) if int(r["split"]) == SHOWN_SPLIT
+        }
+
+
+def _ms(seconds: str) -> str:
+    ms = 1e3 * float(seconds)
+    return f"{ms:.3g}" if ms < 100 else f"{ms:.0f}"
+
+
+def block_nr_latency(results: Path) -> str:
+    """Air time per model, phase and Es/N0: uncoded (ideal-coding rate), NR on FDD, NR on its TDD frame."""
+    missing = [name for name in (UNCODED, NR_TDD, NR_FDD) if not (results / name).is_file()]
+    if missing:
+        return f"(no {', '.join(missing)} in {results}: make them with make reproduce)"
+    uncoded, tdd, fdd = (_rows(results / name) for name in (UNCODED, NR_TDD, NR_FDD))
+    frame = next(iter(tdd.values()))["frame"]
+    rows = []
+    for key in sorted(tdd, key=lambda k: (list(MODEL_NAMES).index(k[0]), k[1] != "prefill", k[2])):
+        model, phase, snr = key
+        t, f = tdd[key], fdd[key]
+        rows.append(
+            [
+                MODEL_NAMES.get(model, model),
+                f"{phase}, {t['new_tokens']} token{'s' if int(t['new_tokens']) > 1 else ''}",
+                f"{snr:g}",
+                f"{t['mcs']}",
+                _ms(uncoded[key]["tx_s"]),
+                _ms(f["tx_s"]),
+                _ms(t["tx_s"]),
+                f"{float(t['tx_s']) / float(f['tx_s']):.1f}",
+                f"{float(f['goodput_bps']) / 1e6:.3g} / {float(t['goodput_bps']) / 1e6:.3g}",
+            ]
+        )
+    header = [
+        "model",
+        "phase",
+        "Es/N0 (dB)",
+        "NR MCS",
+        "uncoded (ms)",
+        "NR, FDD (ms)",
+        f"NR, {frame} (ms)",
+        f"{frame} / FDD",
+        "NR goodput, FDD / TDD (Mbit/s)",
+    ]
+    return table(header, rows) + f"\n\nAir time of the activation at split {SHOWN_SPLIT}, 16 bits an element."
+
+
+NR_LINK_SNRS = (0.0, 5.0, 10.0, 20.0, 30.0)  # the Es/N0 (dB) of the rate-and-loss table
+
+
+def block_nr_link(results: Path) -> str:
+    """Rate and loss per Es/N0: the uncoded link's packet error rate and rate (20 MHz x ergodic capacity)
+    beside the NR link's MCS, BLER, residual loss and goodput on FDD and the default frame, read from the
+    committed BLER table."""
+    from . import channel, nr, nr_frame
+
+    bler_table = results / "nr_bler.csv"
+    if not bler_table.is_file():
+        return f"(no nr_bler.csv in {results}: make it with python -m layersplit.nr --table)"
+    frame = nr_frame.Frame.named(nr_frame.FRAME).name
+    base = channel.LinkConfig()
+    rows = []
+    for snr in NR_LINK_SNRS:
+        cfg = channel.LinkConfig(snr_db=snr)
+        fdd, tdd = (nr.operating_point(snr, table=str(bler_table), frame_name=name) for name in ("FDD", frame))
+        rows.append(
+            [
+                f"{snr:g}",
+                f"{channel.packet_error_rate(cfg):.2g}",
+                f"{channel.achievable_rate_bps(cfg) / 1e6:.3g}",
+                str(fdd.mcs),
+                f"{fdd.bler:.2g}",
+                f"{fdd.residual:.2g}",
+                f"{fdd.goodput_bps / 1e6:.3g}",
+                f"{tdd.goodput_bps / 1e6:.3g}",
+            ]
+        )
+    header = [
+        "Es/N0 (dB)",
+        "uncoded PER",
+        "uncoded rate (Mbit/s)",
+        "NR MCS",
+        "NR BLER, 1st transmission",
+        "NR residual after HARQ",
+        "NR goodput, FDD (Mbit/s)",
+        f"NR goodput, {frame} (Mbit/s)",
+    ]
+    return table(header, rows) + (
+        f"\n\nUncoded: {base.modulation.upper()} packets of {base.elements_per_packet} elements, {base.fading} fading "
+        f"(m = {base.nakagami_m:g}), one fade per packet; "
+        f"NR: MCS rule {nr.MCS_RULE!r}, up to {nr.HARQ_MAX_RETX} HARQ retransmissions; goodput = TB bits x "
+        "(1 - residual) / (transmissions per TB x slot) x the share of slots that carry uplink."
+    )
+
+
+LDPC_TABLE = "nr_bler_awgn.csv"  # python -m layersplit.nr --table ... --channel awgn --receiver perfect
+LDPC_TARGET = 0.1  # the BLER at which the check reads each curve
+
+
+def snr_at(curve, target: float, low: float = -15.0, high: float = 45.0, step: float = 0.01) -> float | None:
+    """The lowest Es/N0 (dB, to `step`) at which a BLER curve reaches `target`; None if it never does."""
+    snr = low
+    while snr <= high:
+        if curve(snr) <= target:
+            return round(snr, 2)
+        snr += step
+    return None
+
+
+def constellation_limit_db(bits_per_symbol: int, code_rate: float) -> float:
+    """Where the Gray-mapped QAM's BICM capacity (channel.bicm_capacity) equals bits_per_symbol x code_rate."""
+    from scipy.optimize import brentq
+
+    from . import channel
+
+    return float(brentq(lambda s: channel.bicm_capacity(bits_per_symbol, s) - bits_per_symbol * code_rate, -20, 60))
+
+
+def block_nr_ldpc(results: Path) -> str:
+    """The AWGN check of the LDPC link: each MCS's 10% BLER point against Shannon's limit of its rate and the
+    limit of its constellation (BICM), and the gaps to each."""
+    import math
+
+    from . import nr
+
+    path = results / LDPC_TABLE
+    if not path.is_file():
+        return f"(no {LDPC_TABLE} in {results}: make it with python -m layersplit.nr --table --channel awgn)"
+    rows = []
+    for mcs, curve in sorted(nr.load_table(str(path)).items()):
+        at = snr_at(curve, LDPC_TARGET)
+        rate = curve.modulation_order * curve.code_rate
+        shannon = 10 * math.log10(2**rate - 1)
+        limit = constellation_limit_db(curve.modulation_order, curve.code_rate)
+        rows.append(
+            [
+                str(mcs),
+                f"{curve.modulation_order}, {curve.code_rate:.3f}",
+                "-" if at is None else f"{at:.1f}",
+                f"{shannon:.1f}",
+                f"{limit:.1f}",
+                f"{limit - shannon:.1f}",
+                "-" if at is None else f"{at - limit:.1f}",
+            ]
+        )
+    header = [
+        "MCS",
+        "Qm, code rate",
+        f"{LDPC_TARGET:.0%} BLER at (dB)",
+        "Shannon limit (dB)",
+        "constellation limit (dB)",
+        "constellation − Shannon",
+        "code − constellation",
+    ]
+    return table(header, rows) + (
+        "\n\nShannon limit: 2^(Qm R) − 1; constellation limit: where the Gray-mapped QAM's BICM capacity "
+        "(`channel.bicm_capacity`) equals Qm R; the curves are resolved to the table's SNR step."
+    )
