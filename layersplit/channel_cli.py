@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import UserError, cli, compute, links
+from . import UserError, cli, compute, links, protect_arq
 from .channel import (
     DEFAULT_BANDWIDTH_HZ,
     DEFAULT_BITS_PER_ELEMENT,
@@ -292,6 +292,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the protected path's extra bits and air time (--protect K, K in PROTECT_TABLE_KS) against "
         "Es/N0 for SmolLM2-135M and Llama-2-7B, prefill of --tokens tokens and one decoding step",
     )
+    p.add_argument(
+        "--arq-table",
+        metavar="CSV",
+        type=writable_file,
+        help="write how the protected path delivers in a block fade (protect_arq.py: ARQ with a retry cap and round "
+        "trips, a new fade each try, and NR's coded path) against Es/N0 and K, prefill of --tokens tokens",
+    )
     p.add_argument("--mc-symbols", type=int, default=TABLE_MC_SYMBOLS, help="Monte Carlo symbols per table point")
     p.add_argument("--seed", type=cli.seed, default=TABLE_SEED, help="seed of the table's Monte Carlo")
     return p
@@ -326,6 +333,13 @@ def main(argv: list[str] | None = None) -> int:
             )
             write_table(rows, args.protect_table)
             print(f"wrote {len(rows)} rows to {args.protect_table}")
+            return 0
+        if args.arq_table:
+            rows = protect_arq.design_table(
+                list(PROTECT_TABLE_SNR_DB), compute.TABLE_MODELS, PROTECT_TABLE_KS[1:], args.tokens, cfg
+            )
+            write_table(rows, args.arq_table)
+            print(f"wrote {len(rows)} rows to {args.arq_table}")
             return 0
         summary = link_summary(cfg, args.tokens, args.hidden_size)
         if args.json:

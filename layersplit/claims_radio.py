@@ -177,3 +177,48 @@ def block_nr_ldpc(results: Path) -> str:
         "\n\nShannon limit: 2^(Qm R) − 1; constellation limit: where the Gray-mapped QAM's BICM capacity "
         "(`channel.bicm_capacity`) equals Qm R; the curves are resolved to the table's SNR step."
     )
+
+
+ARQ_TABLE = "protect_arq.csv"  # python -m layersplit.channel --arq-table
+ARQ_SHOWN = {"model": "smollm2-135m", "ks": (4, 64), "snrs": (5.0, 10.0, 15.0, 20.0, 30.0)}  # the rows shown
+DESIGN_NAMES = {
+    "counted": "counted now: 1 / (1 − PER) tries",
+    "arq_independent": "ARQ, a new fade each try",
+    "arq_block": "ARQ in a block fade",
+    "nr_lowest": "NR, lowest MCS",
+    "nr_reliable": "NR, reliable MCS",
+}
+
+
+def block_protect_arq(results: Path) -> str:
+    """The protected path of SmolLM2's prefill per Es/N0 and design: mean and 95th-percentile latency,
+    all delivered by the deadline, and the share of packets (TBs) lost."""
+    path = results / ARQ_TABLE
+    if not path.is_file():
+        return f"(no {ARQ_TABLE} in {results}: make it with python -m layersplit.channel --arq-table)"
+    with path.open(newline="", encoding="utf-8") as f:
+        found = [r for r in csv.DictReader(f) if r["model"] == ARQ_SHOWN["model"]]
+    by = {(float(r["snr_db"]), int(r["protect"]), r["design"]): r for r in found}
+    rows = []
+    for snr in ARQ_SHOWN["snrs"]:
+        for design, label in DESIGN_NAMES.items():
+            cells = []
+            for k in ARQ_SHOWN["ks"]:
+                r = by[snr, k, design]
+                mcs = f" (MCS {r['mcs']})" if r["mcs"] and k == ARQ_SHOWN["ks"][0] else ""
+                cells.append(
+                    f"{_ms(r['mean_s'])} / {_ms(r['p95_s'])}{mcs}, {float(r['delivered_by_deadline']):.2g}, "
+                    f"{float(r['lost_share']):.2g}"
+                )
+            per = float(by[snr, ARQ_SHOWN["ks"][0], design]["packet_error_rate"])
+            rows.append([f"{snr:g} ({per:.2g})", label, *cells])
+    any_row = found[0]
+    header = ["Es/N0 (PER)", "design"] + [
+        f"K = {k}: mean / p95 (ms), P(all by {1e3 * float(any_row['deadline_s']):g} ms), lost" for k in ARQ_SHOWN["ks"]
+    ]
+    return table(header, rows) + (
+        f"\n\n{MODEL_NAMES[ARQ_SHOWN['model']]}, prefill of {any_row['tokens']} tokens; ARQ: at most "
+        f"{next(r['max_tries'] for r in found if r['design'] == 'arq_block')} tries, "
+        f"{1e3 * float(any_row['rtt_s']):g} ms a round trip; NR: FDD, up to 4 transmissions per TB; "
+        "lost: the share of protected packets (TBs) that never arrive."
+    )

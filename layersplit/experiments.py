@@ -241,6 +241,14 @@ EXPERIMENTS: tuple[Experiment, ...] = (
         outputs=("{R}/protect_cost.csv",),
     ),
     Experiment(
+        "protect_arq",
+        "the protected path in a block fade: ARQ with a cap and round trips, and NR's coded path",
+        "-m layersplit.channel --arq-table {R}/protect_arq.csv",
+        {},
+        outputs=("{R}/protect_arq.csv",),
+        nr_table=True,
+    ),
+    Experiment(
         "latency_table",
         "latency breakdown of a split forward pass",
         "-m layersplit.channel --latency-table {R}/latency_breakdown.csv",

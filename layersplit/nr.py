@@ -399,7 +399,11 @@ def _operating_point(
 ) -> OperatingPoint:  # residual_target: in the key, read by choose_mcs
     if isinstance(max_retx, bool) or int(max_retx) != max_retx or max_retx < 0:
         raise UserError(f"HARQ retransmissions {max_retx!r}: give an integer >= 0")
-    curve = choose_mcs(load_table(table), snr_db, rule, target_bler, max_retx)
+    return point_at(choose_mcs(load_table(table), snr_db, rule, target_bler, max_retx), snr_db, max_retx, frame)
+
+
+def point_at(curve: BlerCurve, snr_db: float, max_retx: int, frame: Frame) -> OperatingPoint:
+    """The NR link at average Es/N0 `snr_db` with the MCS of `curve`, whatever link adaptation would pick."""
     q = tuple(failed_all(curve, snr_db, r) for r in range(1, max_retx + 1))
     return OperatingPoint(
         float(snr_db),

@@ -22,6 +22,7 @@ HOMES = {  # each generated block and the one file that holds it
     "nr_link": "docs/nr-link.md",
     "nr_latency": "docs/nr-link.md",
     "nr_ldpc": "docs/nr-link.md",
+    "protect_arq": "docs/protected-path.md",
 }
 
 
