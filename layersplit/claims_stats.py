@@ -7,6 +7,8 @@ the tables, claims.py puts them in place.
 
 from __future__ import annotations
 
+import math
+
 import csv
 import json
 from pathlib import Path
@@ -57,7 +59,9 @@ def run_stats(run: dict, name: str) -> dict:
     learned - it."""
     returns = run["returns"]
     values = returns[name]["per_seed"]
-    share, share_half, _ = share_of_optimum(values, returns["optimum"]["per_seed"])
+    optimum = returns["optimum"]["per_seed"]
+    # a share of the optimum means something only for positive returns (latency-dominated rewards are negative)
+    share, share_half, _ = share_of_optimum(values, optimum) if min(optimum) > 0 else (math.nan, math.nan, [])
     gap = confidence_interval(np.subtract(returns["learned"]["per_seed"], values))
     return {
         "mean": returns[name]["mean"],

@@ -42,7 +42,9 @@ def pm(mean: float, half: float, digits: int = 3, sign: bool = False) -> str:
 
 
 def pct(mean: float, half: float | None = None) -> str:
-    """A share as a percentage, with its interval when given."""
+    """A share as a percentage, with its interval when given ("no share" where returns are below 0)."""
+    if math.isnan(mean):
+        return "no share: returns < 0"
     return f"{100 * mean:.1f}%" + ("" if half is None else f" ± {100 * half:.1f}")
 
 
@@ -214,11 +216,13 @@ def block_claims(results: Path) -> str:
     parts, gaps = [], []
     for stem, s in stats.items():
         gaps.append(s["fixed"]["gap"])
-        parts.append(
-            f"{SURROGATE_RUNS[stem]}: PPO {pct(s['learned']['share'], s['learned']['share_ci95'])} of the "
-            f"optimum against {pct(s['fixed']['share'])} for the fixed split, PPO − fixed "
-            f"{pm(*s['fixed']['gap'], sign=True)}"
+        against = (
+            f"PPO {pct(s['learned']['share'], s['learned']['share_ci95'])} of the optimum against "
+            f"{pct(s['fixed']['share'])} for the fixed split"
+            if not math.isnan(s["learned"]["share"])
+            else f"PPO {s['learned']['mean']:.1f} against {s['fixed']['mean']:.1f} for the fixed split (returns < 0)"
         )
+        parts.append(f"{SURROGATE_RUNS[stem]}: {against}, PPO − fixed {pm(*s['fixed']['gap'], sign=True)}")
     held = ""
     if llm:
         gap = llm_gaps(llm, "learned (LLM in the loop)", "fixed")

@@ -168,3 +168,16 @@ def test_the_readme_reading_of_the_ablation_holds_in_the_record():
     assert sum(r["returns"] != shipped["best_static"]["returns"] for r in batched) == 1  # one seed of three freed
     authors_batched = record["summary"]["authors"]["setups"]["only 8 batched envs"]
     assert abs(authors_batched["minus_original"]) <= authors_batched["minus_original_ci95"]  # none measurably
+
+
+def test_no_share_of_the_optimum_where_returns_are_below_zero():
+    def run(optimum):
+        per_seed = {"learned": [-9.0, -10.0, -11.0], "fixed": [-12.0, -13.0, -14.0], "optimum": optimum}
+        return {"returns": {k: {"per_seed": v, "mean": sum(v) / 3, "ci95": 0.0} for k, v in per_seed.items()}}
+
+    negative = claims_stats.run_stats(run([-8.0, -9.0, -10.0]), "fixed")
+    assert negative["share"] != negative["share"]  # NaN: -12 / -8 = 150% would read as better than the optimum
+    assert claims_tables.pct(negative["share"]) == "no share: returns < 0"
+    assert negative["gap"][0] == 3.0  # the paired gap learned - fixed stays
+    positive = claims_stats.run_stats(run([20.0, 20.0, 20.0]), "fixed")
+    assert positive["share"] == -0.65

@@ -52,7 +52,7 @@ def fig_nr_bler(results_dir: Path, figures_dir: Path) -> Path:
     and the goodput against the uncoded link's rate (bandwidth x ergodic capacity) and Shannon's."""
     import numpy as np
 
-    from layersplit import channel, nr
+    from layersplit import channel, nr, nr_frame
 
     plt = pyplot()
     path = results_dir / NR_BLER_FILE
@@ -149,8 +149,10 @@ def fig_nr_bler(results_dir: Path, figures_dir: Path) -> Path:
         "-",
         color="C0",
         lw=1.6,
-        label="NR goodput TB bits x (1 - BLER) / slot",
+        label=f"NR goodput on {points[0].frame.name}: TB bits x (1 - residual) / (transmissions x slot) x uplink share",
     )
+    fdd = [nr.operating_point(float(s), table=str(path), frame_name=nr_frame.FDD) for s in snrs]
+    rate.plot(snrs, [p.goodput_bps / 1e6 for p in fdd], "--", color="C0", lw=1.0, label="NR goodput on FDD")
     rate.plot(
         snrs,
         [channel.achievable_rate_bps(channel.LinkConfig(snr_db=float(s))) / 1e6 for s in snrs],
