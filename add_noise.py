@@ -131,7 +131,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         choices=LINK_MODES,
         help="what the link does: dropout (the original, --dropout p; default without --snr-db), erasure "
         "(uncoded packets lost at --snr-db, zero-filled; default with --snr-db), awgn, bitflip (stress test), "
-        "nr (5G NR transport blocks, LDPC, MCS, HARQ: layersplit/nr.py)",
+        "nr (5G NR transport blocks, LDPC, MCS, HARQ: layersplit/nr.py), burst (erasure in a fade held for "
+        "a coherence time: losses in bursts at the same mean)",
     )
     physical = p.add_argument_group("physical link (with --snr-db)")
     add_link_arguments(physical, snr_db_default=None)

@@ -10,7 +10,14 @@ from dataclasses import dataclass
 
 from . import UserError
 
-LINK_MODES = ("dropout", "erasure", "awgn", "bitflip", "nr")  # the original's direct p, then the physical links
+LINK_MODES = (
+    "dropout",
+    "erasure",
+    "awgn",
+    "bitflip",
+    "nr",
+    "burst",
+)  # the original's direct p, then the physical links
 # serve.py's simulated uplink: loss-free, or the physical links that act on packets and bits (awgn acts
 # on values, and withholding would need the edge to know which elements are missing)
 SERVED_LINKS = ("none", "erasure", "bitflip", "nr")

@@ -227,6 +227,21 @@ class ErasureLink(UncodedLink):
 
 
 @dataclass(frozen=True)
+class BurstLink(ErasureLink):
+    """Erasure with the fade held for a coherence time (channel.COHERENCE_S): consecutive packets share it, so
+    losses come in bursts at the same mean (uplink.burst_loss)."""
+
+    name: ClassVar[str] = "burst"
+    title: ClassVar[str] = "uncoded link with burst losses"
+
+    def corrupt(self, hidden, imp, gen):
+        return _engine().erase_in_bursts(hidden, imp, gen)
+
+    def deliver(self, data, total, loss, ber, gen):  # serve.py does not offer it (SERVED)
+        raise NotImplementedError("burst losses are not served")
+
+
+@dataclass(frozen=True)
 class AwgnLink(UncodedLink):
     """Every element arrives: y + n / |h| with one fade per packet (zero-forcing)."""
 
@@ -364,7 +379,9 @@ class LossFreeLink(Link):
 
 
 # The one place a CLI name is compared: name -> class.
-LINKS: dict[str, type[Link]] = {k.name: k for k in (OriginalLink, ErasureLink, AwgnLink, BitflipLink, NrLink)}
+LINKS: dict[str, type[Link]] = {
+    k.name: k for k in (OriginalLink, ErasureLink, AwgnLink, BitflipLink, NrLink, BurstLink)
+}
 SERVED: dict[str, type[Link]] = {k.name: k for k in (LossFreeLink, ErasureLink, BitflipLink, NrLink)}
 assert tuple(LINKS) == LINK_MODES and tuple(SERVED) == SERVED_LINKS  # grid.py's names (torch-free) are these
 

@@ -8,6 +8,7 @@ call these functions, so the same seed, link, SNR and tokens impair the same ele
 Links (links.py, one class each, which picks its function here: erase, noisy, flipped):
     dropout  the original: each element lost with probability p (packets of one element)
     erasure  each packet of k elements lost with the channel's packet error rate (failed CRC)
+    burst    erasure in a fade held for a coherence time: consecutive packets share it and are lost together
     awgn     y + n / |h| on power-normalised activations: one fade per packet, zero-forcing
     bitflip  raw bit errors on the wire format's bytes, no CRC (a stress test)
     nr       5G NR transport blocks (nr.py): each TB of the activation lost with its residual BLER after
@@ -120,6 +121,15 @@ def erase(hidden: torch.Tensor, imp: Impairment, gen: torch.Generator):
     return hidden.masked_fill(lost, 0.0), lost.sum(), sent
 
 
+def erase_in_bursts(hidden: torch.Tensor, imp: Impairment, gen: torch.Generator):
+    """burst: erasure whose packets share a fade for a coherence time (burst_loss), so they are lost together."""
+    n, k = hidden.numel(), imp.elements_per_packet
+    loss = burst_loss(math.ceil(n / k), imp.channel, gen)
+    lost, sent = lost_elements(n, k, loss, imp.withheld, gen)
+    lost = lost.view(hidden.shape).to(hidden.device)
+    return hidden.masked_fill(lost, 0.0), lost.sum(), sent
+
+
 def noisy(hidden: torch.Tensor, imp: Impairment, gen: torch.Generator):
     """awgn: every element arrives noisy (the withheld ones zeroed)."""
     n = hidden.numel()
@@ -172,7 +182,8 @@ def lost_elements(
     n: int, k: int, loss: float, withheld: float, gen: torch.Generator
 ) -> tuple[torch.Tensor, int | torch.Tensor]:
     """(flags of the n elements that do not arrive, elements sent) for packets of k elements lost
-    with probability `loss` (dropout: k = 1) after a share `withheld` of elements is not sent. The count
+    with probability `loss` (dropout: k = 1; burst: a tensor, one per packet) after a share `withheld` of
+    elements is not sent. The count
     sent is a 0-d tensor with withholding (on the generator's device: read it when needed)."""
     packet_field = uniform(math.ceil(n / k), gen)  # drawn first: no withholding keeps the same masks
     if withheld <= 0.0:
@@ -181,7 +192,25 @@ def lost_elements(
     kept = uniform(n, gen) >= withheld
     # packets are filled with the kept elements in order; each kept element takes its packet's fate
     packet_of = (torch.cumsum(kept, 0) - 1) // k
-    return ~kept | (kept & (packet_field[packet_of.clamp_(min=0)] < loss)), kept.sum()
+    packet_of.clamp_(min=0)
+    fate = packet_field[packet_of] < (loss[packet_of] if torch.is_tensor(loss) else loss)
+    return ~kept | (kept & fate), kept.sum()
+
+
+def burst_loss(n_packets: int, cfg, gen: torch.Generator) -> torch.Tensor:
+    """Each packet's loss probability when consecutive packets share a fade for channel.coherence_packets(cfg)
+    packets: the transfer starts at a uniform point of a coherence interval, each interval draws one fade
+    |h|^2 ~ Gamma(m, 1/m) (fades), and a packet is lost with channel.packet_loss_in_fade at its interval's fade.
+    Its mean over the fades is the packet error rate: bursts change how losses cluster, not how many there are.
+    Drawn first: one uniform for the offset, then one per interval."""
+    from . import channel
+
+    per_interval = channel.coherence_packets(cfg)
+    offset = int(uniform(1, gen).item() * per_interval)
+    intervals = (offset + n_packets - 1) // per_interval + 1
+    gain = fades(intervals, cfg.fade_m, gen).double().pow(2).numpy()
+    loss = torch.from_numpy(channel.packet_loss_in_fade(cfg, gain)).float()
+    return loss.repeat_interleave(per_interval)[offset : offset + n_packets].to(gen.device)
 
 
 def lost_packets(n_packets: int, loss: float, gen: torch.Generator) -> torch.Tensor:

@@ -21,7 +21,7 @@ NR_CFG = channel.LinkConfig(snr_db=10.0)
 
 def test_the_mapping_holds_the_cli_names():
     assert tuple(links.LINKS) == grid.LINK_MODES and tuple(links.SERVED) == grid.SERVED_LINKS
-    assert [links.LINKS[n].physical for n in grid.LINK_MODES] == [False, True, True, True, True]
+    assert [links.LINKS[n].physical for n in grid.LINK_MODES] == [False, True, True, True, True, True]
     assert not links.SERVED["none"].physical
 
 
@@ -33,7 +33,7 @@ def test_make_link_refuses_an_unknown_name(name):
 
 def test_make_link_builds_each_class():
     assert links.make_link("dropout", p=0.3) == links.OriginalLink(0.3)
-    for name in ("erasure", "awgn", "bitflip", "nr"):
+    for name in ("erasure", "awgn", "bitflip", "nr", "burst"):
         link = links.make_link(name, CFG)
         assert type(link) is links.LINKS[name] and link.cfg == CFG and link.name == name
     assert isinstance(links.make_link("none", CFG), links.LossFreeLink)
@@ -228,7 +228,12 @@ def test_no_link_name_is_compared_outside_the_mapping(module):
 def test_the_results_store_asks_the_link_which_rows_carry_its_setup():
     """A resumed sweep's link set-up is compared on the rows of the links that carry it in LINK_COLUMNS
     (the uncoded links: modulation, fading, packets); the original's p has none, nr.py holds NR's."""
-    assert [name for name, kind in links.LINKS.items() if kind.rows_carry_setup] == ["erasure", "awgn", "bitflip"]
+    assert [name for name, kind in links.LINKS.items() if kind.rows_carry_setup] == [
+        "erasure",
+        "awgn",
+        "bitflip",
+        "burst",
+    ]
     assert not any(kind.rows_carry_setup for name, kind in links.SERVED.items() if name not in links.LINKS)
 
 
@@ -239,7 +244,9 @@ def test_snr_conditions_ask_the_link_whether_it_is_physical():
         else:
             with pytest.raises(UserError) as e:
                 grid.make_conditions([], [10.0], name)
-            assert str(e.value) == f"SNR conditions need a physical link: erasure, awgn, bitflip, nr, not {name!r}"
+            assert (
+                str(e.value) == f"SNR conditions need a physical link: erasure, awgn, bitflip, nr, burst, not {name!r}"
+            )
     for name in ("none", "foo"):  # serve.py's loss-free link, and no link at all
         with pytest.raises(UserError, match=f"need a physical link: .*, not {name!r}"):
             grid.make_conditions([], [10.0], name)
