@@ -6,7 +6,9 @@ in one file only (`held`). `python figures.py --claims FILE` rewrites the blocks
 `write_all` those of every file; a test fails when a file differs from what is written from the
 committed files. This module puts each block in its place; the tables are claims_tables.py's (claims,
 rl, ablation, sweep, paired), claims_timings.py's (fairness, gpu, pipeline, fresh) and claims_radio.py's
-(nr_link, nr_latency, nr_ldpc, protect_arq), from the numbers claims_stats.py computes and the committed link tables:
+(nr_link, nr_latency, nr_ldpc, protect_arq, burst,
+nr_rule_cost), from the numbers claims_stats.py computes and the
+committed link tables:
 
     claims     the paper's claims: what was measured, with 95% intervals, and the verdict
     rl         mean return of every agent and baseline on every environment, per-seed shares of the optimum
@@ -21,6 +23,8 @@ rl, ablation, sweep, paired), claims_timings.py's (fairness, gpu, pipeline, fres
     nr_latency the activation's air time: uncoded, NR on FDD, NR on its TDD frame
     nr_ldpc    the LDPC code on AWGN against Shannon's limit and its constellation's
     protect_arq the protected path in a block fade: ARQ with a cap and round trips against NR's coded path
+    burst      burst losses against independent ones at the same PER, paired on windows (bench/burst.py)
+    nr_rule_cost the reliable MCS rule's air time against the target rule's, from the two NR sweeps
 
 Intervals: over seeds for the surrogate-trained agents (seed k of every policy plays the same
 episodes, so gaps are paired by seed), over episodes on the real LLM (each episode its own start and
@@ -34,7 +38,14 @@ import re
 from pathlib import Path
 
 from . import UserError
-from .claims_radio import block_nr_latency, block_nr_ldpc, block_nr_link, block_protect_arq
+from .claims_radio import (
+    block_burst,
+    block_nr_latency,
+    block_nr_ldpc,
+    block_nr_link,
+    block_nr_rule_cost,
+    block_protect_arq,
+)
 from .claims_tables import block_ablation, block_claims, block_paired, block_rl, block_sweep
 from .claims_timings import block_fairness, block_fresh, block_gpu, block_pipeline
 
@@ -50,6 +61,8 @@ BLOCKS = {
     "nr_link": block_nr_link,
     "nr_ldpc": block_nr_ldpc,
     "protect_arq": block_protect_arq,
+    "burst": block_burst,
+    "nr_rule_cost": block_nr_rule_cost,
     "fairness": block_fairness,
     "gpu": block_gpu,
     "pipeline": block_pipeline,

@@ -222,3 +222,67 @@ def block_protect_arq(results: Path) -> str:
         f"{1e3 * float(any_row['rtt_s']):g} ms a round trip; NR: FDD, up to 4 transmissions per TB; "
         "lost: the share of protected packets (TBs) that never arrive."
     )
+
+
+BURST_PAIRS = "burst_pairs.csv"  # python bench/burst.py
+
+
+def block_burst(results: Path) -> str:
+    """Burst against independent losses at the same PER: perplexity of each, and the paired NLL difference."""
+    path = results / BURST_PAIRS
+    if not path.is_file():
+        return f"(no {BURST_PAIRS} in {results}: make it with python bench/burst.py)"
+    with path.open(newline="", encoding="utf-8") as f:
+        found = list(csv.DictReader(f))
+    snrs = sorted({float(r["snr_db"]) for r in found})
+    by = {(int(r["split"]), float(r["snr_db"])): r for r in found}
+    rows = []
+    for split in sorted({int(r["split"]) for r in found}):
+        cells = []
+        for snr in snrs:
+            r = by.get((split, snr))
+            cells.append(
+                ""
+                if r is None
+                else f"{float(r['ppl_erasure']):.4g} / {float(r['ppl_burst']):.4g}, "
+                f"{float(r['nll_difference']):+.2f} ± {float(r['ci95']):.2f}"
+                + (" *" if r["significant"] == "True" else "")
+            )
+        rows.append([str(split), *cells])
+    header = ["split"] + [f"{s:g} dB: perplexity independent / burst, NLL burst − independent" for s in snrs]
+    return table(header, rows) + (
+        f"\n\n{found[0]['windows']} windows of 512 tokens, {found[0]['draws']} draws each; 95% t interval over the "
+        "windows (each window's difference averaged over its draws); * the interval excludes 0."
+    )
+
+
+NR_SWEEPS = ("sweep_nr_snr_smollm2-135m.csv", "sweep_nr_reliable_snr_smollm2-135m.csv")  # target, reliable rule
+RULE_SPLIT = 4  # the split whose air time the rule comparison quotes
+
+
+def block_nr_rule_cost(results: Path) -> str:
+    """What the reliable MCS rule costs in air time over the target rule: the 512-token prefill's tx_s at
+    RULE_SPLIT in the two NR sweeps, per Es/N0 where they differ."""
+    missing = [name for name in NR_SWEEPS if not (results / name).is_file()]
+    if missing:
+        return f"(no {', '.join(missing)} in {results}: make reproduce)"
+    tx = []
+    for name in NR_SWEEPS:
+        with (results / name).open(newline="", encoding="utf-8") as f:
+            tx.append(
+                {
+                    float(r["snr_db"]): float(r["tx_s"])
+                    for r in csv.DictReader(f)
+                    if r["snr_db"] and int(r["split"]) == RULE_SPLIT
+                }
+            )
+    target, reliable = tx
+    rows = [
+        [f"{s:g}", _ms(str(target[s])), _ms(str(reliable[s])), f"{reliable[s] / target[s]:.2f}"]
+        for s in sorted(target.keys() & reliable.keys())
+        if reliable[s] != target[s]
+    ]
+    same = [f"{s:g}" for s in sorted(target.keys() & reliable.keys()) if reliable[s] == target[s]]
+    return table(["Es/N0 (dB)", "target rule (ms)", "reliable rule (ms)", "reliable / target"], rows) + (
+        f"\n\nThe prefill's air time at split {RULE_SPLIT} in the two NR sweeps; equal at {', '.join(same)} dB."
+    )

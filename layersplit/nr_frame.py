@@ -50,6 +50,8 @@ class Frame:
             raise UserError(f"NR frame {self.pattern!r}: give D, S and U slots with at least one U, or {FDD}")
         if len(self.pattern) > MAX_PERIOD_SLOTS:
             raise UserError(f"NR frame {self.pattern[:30]!r}: at most {MAX_PERIOD_SLOTS} slots (10 ms at 30 kHz)")
+        if set(self.pattern) == {"U"}:  # every slot uplink, however written: FDD (and no D slot for grants)
+            object.__setattr__(self, "pattern", "U")
 
     @classmethod
     def named(cls, name: str) -> Frame:

@@ -31,6 +31,7 @@ transmissions all fail) from the BLER table, and the round trips' idle slots as 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from scipy import special
 
@@ -162,7 +163,7 @@ def design_table(
     rows = []
     for name, dims in models.items():
         for snr_db in snr_db_list:
-            cfg = channel.LinkConfig(**{**base.__dict__, "snr_db": float(snr_db)})
+            cfg = replace(base, snr_db=float(snr_db))
             for k in ks:
                 payload = channel.protected_payload_bits(tokens, k, dims.hidden_size, cfg.bits_per_element)
                 results = {

@@ -52,3 +52,38 @@ def test_on_awgn_bursts_are_erasure_at_its_loss():
     flat = channel.LinkConfig(snr_db=4.0, fading="awgn")
     loss = uplink.burst_loss(100, flat, uplink.generator(1))
     assert torch.allclose(loss, torch.full((100,), channel.packet_error_rate(flat)))
+
+
+def test_the_burst_table_pairs_on_windows_worked_by_hand():
+    import importlib.util
+
+    from conftest import ROOT
+    from layersplit import schema
+
+    spec = importlib.util.spec_from_file_location("burst_bench", ROOT / "bench" / "burst.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def rows(nlls):  # {draw: [window NLLs]}, 10 tokens a window
+        return [
+            {
+                "split": "4",
+                "snr_db": "15",
+                "draw": str(d),
+                "nll": str(sum(w) / len(w)),
+                "scored_tokens": str(10 * len(w)),
+                "token_accuracy": "0.5",
+                "windows": str(len(w)),
+                schema.WINDOW_SCORES: [(i, x, 0.5) for i, x in enumerate(w)],
+            }
+            for d, w in nlls.items()
+        ]
+
+    burst = rows({0: [3.0, 2.0, 4.0], 1: [5.0, 2.0, 2.0]})  # per window, mean over draws: 4, 2, 3
+    erasure = rows({0: [2.0, 2.0, 2.5], 1: [2.0, 2.0, 2.5]})  # 2, 2, 2.5
+    [cell] = bench.pairs(burst, erasure)
+    # differences per window 2, 0, 0.5: mean 2.5 / 3, t interval over 3 windows
+    assert cell["nll_difference"] == pytest.approx(2.5 / 3) and cell["windows"] == 3 and cell["draws"] == 2
+    sd = statistics.stdev([2.0, 0.0, 0.5])
+    assert cell["ci95"] == pytest.approx(4.302652729911275 * sd / 3**0.5)
+    assert cell["ppl_burst"] == pytest.approx(np.exp((3 + 2 + 4 + 5 + 2 + 2) / 6))

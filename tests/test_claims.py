@@ -23,6 +23,8 @@ HOMES = {  # each generated block and the one file that holds it
     "nr_latency": "docs/nr-link.md",
     "nr_ldpc": "docs/nr-link.md",
     "protect_arq": "docs/protected-path.md",
+    "burst": "docs/uncoded-link.md",
+    "nr_rule_cost": "docs/nr-link.md",
 }
 
 

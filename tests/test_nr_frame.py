@@ -40,6 +40,7 @@ def test_a_frame_with_two_uplink_slots_worked_by_hand():
 def test_fdd_is_one_slot_per_transmission_and_its_retransmission_waits_the_round_trip():
     f = Frame.named("fdd")
     assert f.pattern == "U" and f.fdd and f.name == "FDD" and f.uplink_share == 1.0
+    assert Frame("UUUU") == f  # every slot uplink however written
     assert f.retransmission_gap() == nr_frame.HARQ_RTT_SLOTS
     assert [f.slots_to_send(k) for k in (0.25, 1, 3, 10.5)] == [0.25, 1.0, 3.0, 10.5]
 

@@ -149,7 +149,7 @@ def fig_nr_bler(results_dir: Path, figures_dir: Path) -> Path:
         "-",
         color="C0",
         lw=1.6,
-        label=f"NR goodput on {points[0].frame.name}: TB bits x (1 - residual) / (transmissions x slot) x uplink share",
+        label=f"NR goodput on {points[0].frame.name}: TB bits x (1 - residual) per transmission, U slots only",
     )
     fdd = [nr.operating_point(float(s), table=str(path), frame_name=nr_frame.FDD) for s in snrs]
     rate.plot(snrs, [p.goodput_bps / 1e6 for p in fdd], "--", color="C0", lw=1.0, label="NR goodput on FDD")
@@ -179,7 +179,8 @@ def fig_nr_bler(results_dir: Path, figures_dir: Path) -> Path:
         fontsize=9,
     )
     handles = ax_link.get_legend_handles_labels()[0] + rate.get_legend_handles_labels()[0]
-    ax_link.legend(handles=handles, fontsize=7, loc="lower left")
+    # below the panel: inside it the legend would cover the curves
+    ax_link.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
     ax_link.grid(True, which="major", alpha=0.3)
     fig.suptitle(
         "5G NR PUSCH from Sionna: LDPC-coded transport blocks (TS 38.214 sizes) on an OFDM grid over a "
