@@ -80,6 +80,7 @@ def block_nr_link(results: Path) -> str:
         return f"(no nr_bler.csv in {results}: make it with python -m layersplit.nr --table)"
     frame = nr_frame.Frame.named(nr_frame.FRAME).name
     base = channel.LinkConfig()
+    curves = nr.load_table(str(bler_table))
     rows = []
     for snr in NR_LINK_SNRS:
         cfg = channel.LinkConfig(snr_db=snr)
@@ -92,6 +93,7 @@ def block_nr_link(results: Path) -> str:
                 str(fdd.mcs),
                 f"{fdd.bler:.2g}",
                 f"{fdd.residual:.2g}",
+                f"{nr.residual_bound(curves[fdd.mcs], snr):.2g}",
                 f"{fdd.goodput_bps / 1e6:.3g}",
                 f"{tdd.goodput_bps / 1e6:.3g}",
             ]
@@ -103,6 +105,7 @@ def block_nr_link(results: Path) -> str:
         "NR MCS",
         "NR BLER, 1st transmission",
         "NR residual after HARQ",
+        "its 95% bound from the data",
         "NR goodput, FDD (Mbit/s)",
         f"NR goodput, {frame} (Mbit/s)",
     ]
@@ -110,7 +113,10 @@ def block_nr_link(results: Path) -> str:
         f"\n\nUncoded: {base.modulation.upper()} packets of {base.elements_per_packet} elements, {base.fading} fading "
         f"(m = {base.nakagami_m:g}), one fade per packet; "
         f"NR: MCS rule {nr.MCS_RULE!r}, up to {nr.HARQ_MAX_RETX} HARQ retransmissions; goodput = TB bits x "
-        "(1 - residual) / (transmissions per TB x slot) x the share of slots that carry uplink."
+        "(1 - residual) / (transmissions per TB x slot) x the share of slots that carry uplink. The residual is "
+        "read from the BLER curve at the SNR of the combined transmissions, past the last lost TB an "
+        "extrapolation; its bound is the upper end of the 95% interval of the nearest measured point at or "
+        "below that SNR (what the measurements alone resolve)."
     )
 
 

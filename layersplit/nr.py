@@ -167,6 +167,13 @@ class BlerCurve:
             slope = min(slope, (math.log10(ends[0][1]) - logs[-1]) / (ends[0][0] - x[-1]))
         return float(10.0 ** (logs[-1] + slope * (snr_db - x[-1])))
 
+    def upper_bound(self, snr_db: float) -> float:
+        """What the measurements alone say of the BLER at `snr_db`: the upper end of the 95% interval of the
+        nearest measured point at or below it (BLER does not rise with the SNR); 1 below the first point.
+        Where the lookup extrapolates past a curve's last lost TB, this is the resolution the data have."""
+        below = [h for s, h in zip(self.snr_db, self.bler_high) if s <= snr_db]
+        return float(below[-1]) if below else 1.0
+
 
 READ_COLUMNS = (
     "mcs",
@@ -326,6 +333,11 @@ def choose_mcs(
         if c(snr_db) <= target_bler and (rule == "target" or failed_all(c, snr_db, max_retx + 1) <= RESIDUAL_TARGET)
     ]
     return meeting[-1] if meeting else ordered[0]
+
+
+def residual_bound(curve: BlerCurve, snr_db: float, transmissions: int = HARQ_MAX_RETX + 1) -> float:
+    """failed_all's value as the data bound it (BlerCurve.upper_bound at the combined SNR)."""
+    return curve.upper_bound(snr_db + 10.0 * math.log10(transmissions))
 
 
 def failed_all(curve: BlerCurve, snr_db: float, transmissions: int) -> float:

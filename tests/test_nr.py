@@ -398,3 +398,28 @@ def test_the_ldpc_code_on_awgn_sits_a_few_db_from_its_constellations_limit():
             assert limit - shannon > at_target - limit  # the constellation's share is the larger
         # fading and LS estimation cost SNR: the TDL curve reaches 10% later
         assert next(s / 10 for s in range(-100, 500) if tdl[mcs](s / 10) <= 0.1) > at_target
+
+
+def test_the_residual_bound_is_what_the_data_resolve(tmp_path):
+    path = write_table(
+        tmp_path / "b.csv", {3: (1000, [(-4.0, 1.0, 1.0), (0.0, 0.5, 0.6), (4.0, 0.05, 0.11), (8.0, 0.0, 0.037)])}
+    )
+    curve = nr.load_table(path)[3]
+    # the nearest measured point at or below: its interval's upper end (BLER does not rise with the SNR)
+    assert [curve.upper_bound(s) for s in (-6.0, -4.0, 2.0, 4.0, 7.9, 8.0, 30.0)] == [
+        1.0,
+        1.0,
+        0.6,
+        0.11,
+        0.11,
+        0.037,
+        0.037,
+    ]
+    # after 4 transmissions, at 2 dB + 6.02 dB the data say no more than the 8 dB point's 0.037, whatever the
+    # extrapolation below it says
+    assert nr.residual_bound(curve, 2.0, 4) == 0.037 > nr.failed_all(curve, 2.0, 4)
+    # the committed table resolves no residual below about 2%: 192 TBs with none lost, upper end 1 - 0.025^(1/192)
+    committed = nr.load_table()
+    assert min(nr.residual_bound(c, 40.0) for c in committed.values()) == pytest.approx(
+        1 - 0.025 ** (1 / 192), rel=1e-3
+    )
