@@ -7,10 +7,9 @@ the tables, claims.py puts them in place.
 
 from __future__ import annotations
 
-import math
-
 import csv
 import json
+import math
 from pathlib import Path
 
 import numpy as np

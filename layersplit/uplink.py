@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from scipy import special
 
-from . import UserError, wire
+from . import UserError, channel, wire
 from .grid import validate_probability
 
 if TYPE_CHECKING:
@@ -183,8 +183,8 @@ def lost_elements(
 ) -> tuple[torch.Tensor, int | torch.Tensor]:
     """(flags of the n elements that do not arrive, elements sent) for packets of k elements lost
     with probability `loss` (dropout: k = 1; burst: a tensor, one per packet) after a share `withheld` of
-    elements is not sent. The count
-    sent is a 0-d tensor with withholding (on the generator's device: read it when needed)."""
+    elements is not sent. The count sent is a 0-d tensor with withholding (on the generator's device: read
+    it when needed)."""
     packet_field = uniform(math.ceil(n / k), gen)  # drawn first: no withholding keeps the same masks
     if withheld <= 0.0:
         lost = packet_field.lt(loss)
@@ -203,8 +203,8 @@ def burst_loss(n_packets: int, cfg, gen: torch.Generator) -> torch.Tensor:
     |h|^2 ~ Gamma(m, 1/m) (fades), and a packet is lost with channel.packet_loss_in_fade at its interval's fade.
     Its mean over the fades is the packet error rate: bursts change how losses cluster, not how many there are.
     Drawn first: one uniform for the offset, then one per interval."""
-    from . import channel
-
+    if not cfg.block_fading:  # independent bit errors at the fade-averaged BER: no fade to hold
+        return torch.full((n_packets,), channel.packet_error_rate(cfg), device=gen.device)
     per_interval = channel.coherence_packets(cfg)
     offset = int(uniform(1, gen).item() * per_interval)
     intervals = (offset + n_packets - 1) // per_interval + 1

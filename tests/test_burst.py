@@ -48,10 +48,10 @@ def test_burst_draws_are_seeded_and_withholding_fills_packets_as_erasure():
     assert 0.19 < lost.float().mean()  # at least the withheld share
 
 
-def test_on_awgn_bursts_are_erasure_at_its_loss():
-    flat = channel.LinkConfig(snr_db=4.0, fading="awgn")
-    loss = uplink.burst_loss(100, flat, uplink.generator(1))
-    assert torch.allclose(loss, torch.full((100,), channel.packet_error_rate(flat)))
+def test_without_a_fade_to_hold_bursts_are_erasure_at_its_loss():
+    for cfg in (channel.LinkConfig(snr_db=4.0, fading="awgn"), channel.LinkConfig(snr_db=15.0, block_fading=False)):
+        loss = uplink.burst_loss(100, cfg, uplink.generator(1))
+        assert torch.allclose(loss, torch.full((100,), channel.packet_error_rate(cfg)))
 
 
 def test_the_burst_table_pairs_on_windows_worked_by_hand():
