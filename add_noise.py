@@ -27,7 +27,7 @@ import json
 import os
 import sys
 
-from layersplit import UserError, cli, links, nr, nr_frame
+from layersplit import UserError, cli, links, nr, nr_frame, protect_arq
 from layersplit.cells import cells_path, windows_path
 from layersplit.channel_cli import add_link_arguments, link_config_from_args
 from layersplit.cli import (
@@ -58,7 +58,7 @@ MAX_TOKENS = 4096  # evaluate the first this many tokens of the text (0: all of 
 # --- the split and the link -------------------------------------------------------------------
 SPLIT = 4  # 0-based decoder layer after which the hidden state crosses: 5 layers on the UE, the paper's fixed baseline
 DROPOUT = 0.1  # probability that each element of the hidden state is lost on the link
-PROTECT = 0  # each token's K largest-magnitude elements also cross a protected path (ARQ: they always arrive)
+PROTECT = 0  # each token's K largest-magnitude elements also cross a protected path (--protect-path's design)
 SEED = 0  # seeds the link's random stream (uplink.stream_seed(SEED, 0): serve.py's first request at this seed)
 # --- the perplexity protocol ------------------------------------------------------------------
 CONTEXT_LENGTH = 1024  # tokens per sliding window, as in Hugging Face's perplexity guide
@@ -146,6 +146,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         f"HARQ of at most {nr.RESIDUAL_TARGET:g} (layersplit/nr.py)",
     )
     physical.add_argument(
+        "--residual-read",
+        choices=nr.RESIDUAL_READS,
+        default=nr.RESIDUAL_READ,
+        help="--mcs-rule reliable: read each MCS's residual loss after HARQ from the curve's extrapolation past "
+        "its last lost TB, or as the bound the measured points certify (default: %(default)s; layersplit/nr.py)",
+    )
+    physical.add_argument(
         "--nr-frame",
         type=nr_frame.frame_name,
         default=nr_frame.FRAME,
@@ -157,8 +164,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=non_negative_int,
         default=PROTECT,
         metavar="K",
-        help="also send each token's K largest-magnitude elements (index and value) over a protected path, "
-        "retransmitted until received, its bits and expected air time counted (beyond the paper)",
+        help="also send each token's K largest-magnitude elements (index and value) over a protected path "
+        "(--protect-path), its bits and mean latency counted, its lost packets' elements lost (beyond the paper)",
+    )
+    p.add_argument(
+        "--protect-path",
+        choices=tuple(protect_arq.PROTECT_PATHS),
+        default=protect_arq.PROTECT_PATH,
+        help="the protected path's design: coded (5G NR transport blocks with HARQ at the reliable MCS), arq "
+        "(uncoded ARQ in a block fade, at most 7 tries) or counted (1 / (1 - PER) tries, nothing lost) "
+        "(default: %(default)s; layersplit/protect_arq.py)",
     )
     p.add_argument(
         "--generate",
@@ -275,6 +290,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(
             f"--nr-frame {args.nr_frame} does not reach Ray's workers yet: run this sweep without --ray, "
             f"or set FRAME in layersplit/nr_frame.py"
+        )
+    if args.ray and args.residual_read != nr.RESIDUAL_READ:  # as --mcs-rule
+        p.error(
+            f"--residual-read {args.residual_read} does not reach Ray's workers yet: run this sweep without --ray, "
+            f"or set RESIDUAL_READ in layersplit/nr.py"
+        )
+    if args.ray and args.protect_path != protect_arq.PROTECT_PATH:  # as --mcs-rule
+        p.error(
+            f"--protect-path {args.protect_path} does not reach Ray's workers yet: run this sweep without --ray, "
+            f"or set PROTECT_PATH in layersplit/protect_arq.py"
         )
     if args.sweep:
         args.output_path = sweep_output(p, args)
@@ -399,6 +424,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     nr.MCS_RULE = args.mcs_rule  # the NR link reads its constant at each call
     nr_frame.FRAME = args.nr_frame
+    nr.RESIDUAL_READ = args.residual_read
+    protect_arq.PROTECT_PATH = args.protect_path  # the links read it at each transfer
 
     def body() -> int:
         from layersplit.models import keep_freed_memory

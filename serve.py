@@ -14,7 +14,7 @@ link (--link none, or --snr-db inf) and --wire fp32 the tokens are exactly the s
     python serve.py ue --prompt "The capital of France is" --link none --wire fp32   # = the single-process tokens
     python serve.py ue --prompt "One" --prompt "Two" --split 8 --wire int8 --max-new-tokens 64 --json
     python serve.py ue --prompt "Hello" --snr-db 15 --modulation 16qam --fading nakagami --sleep-air
-    python serve.py ue --prompt "Hello" --snr-db 12 --protect 4   # each token's 4 largest elements always arrive
+    python serve.py ue --prompt "Hello" --snr-db 12 --protect 4   # each token's 4 largest elements protected
     python serve.py ue --prompt "Hello" --policy runs/LayerSplit-Wireless-v0/ppo_s0  # split per request from its SNR
     python serve.py ue --prompt "Hello" --policy runs/LayerSplit-Protect-v0/ppo_s0    # split and K chosen per request
     python serve.py edge --port 0 --splits 0-8 --max-sessions 2 --max-queue 4     # port 0: any free port, printed
@@ -70,8 +70,8 @@ LINK = (
     "erasure"  # none (loss-free), erasure (packets lost at the PER and zero-filled), bitflip (no CRC), nr (5G NR TBs)
 )
 SEED = 0  # seeds the SNR process and every packet loss (one stream per request)
-# Each token's K largest-magnitude elements also cross a protected path (CRC + retransmission, as in
-# add_noise.py --protect): they always arrive, at the cost of their bits on air. 0: no protected path.
+# Each token's K largest-magnitude elements also cross a protected path (as add_noise.py --protect, in the
+# design of layersplit/protect_arq.py's PROTECT_PATH), at the cost of its bits on air. 0: no protected path.
 PROTECT = 0
 
 
@@ -264,8 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=PROTECT,
         metavar="K",
         help="also send each token's K largest-magnitude elements (index and value) over a protected path "
-        "with retransmission: they always arrive intact, and their expected bits count on air; "
-        "0..the model's hidden size",
+        "(layersplit/protect_arq.py's PROTECT_PATH: NR transport blocks with HARQ), its expected bits on air "
+        "counted; 0..the model's hidden size",
     )
     u.add_argument("--seed", type=cli.seed, default=SEED, help="seed of the SNR process and the packet losses")
     u.add_argument(

@@ -298,9 +298,9 @@ def tx_latency_s(cfg: LinkConfig, tokens: int, hidden_size: int, withheld: float
 
 
 # ---- the protected path (--protect K) --------------------------------------------------------
-# The K largest-magnitude elements of each token also go over a protected path: as (index, value) pairs
-# in packets of the same size and modulation, each retransmitted until it is received (ARQ), so they
-# always arrive; the cost is their bits and the expected retransmissions, in air time.
+# The K largest-magnitude elements of each token also go over a protected path as (index, value) pairs.
+# Here: their bits, and the "counted" design's cost (packets of the same size and modulation, each sent
+# 1 / (1 - PER) times, nothing lost); protect_arq.py holds the other designs and picks the one in use.
 def protected_payload_bits(tokens: int, protect: int, hidden_size: int, bits_per_element: int) -> int:
     """The protected pairs' bits: per token, K x (an index of ceil(log2 d) bits + a value)."""
     return tokens * protect * (math.ceil(math.log2(hidden_size)) + bits_per_element) if protect else 0

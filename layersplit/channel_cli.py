@@ -293,6 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
         "Es/N0 for SmolLM2-135M and Llama-2-7B, prefill of --tokens tokens and one decoding step",
     )
     p.add_argument(
+        "--protect-path",
+        choices=tuple(protect_arq.PROTECT_PATHS),
+        default=protect_arq.PROTECT_PATH,
+        help="--protect-table: the protected path's design (layersplit/protect_arq.py)",
+    )
+    p.add_argument(
         "--arq-table",
         metavar="CSV",
         type=writable_file,
@@ -328,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {len(rows)} rows to {args.latency_table}")
             return 0
         if args.protect_table:
+            protect_arq.PROTECT_PATH = args.protect_path  # the links read it at each call
             rows = compute.protect_table(
                 list(PROTECT_TABLE_SNR_DB), compute.TABLE_MODELS, PROTECT_TABLE_KS, args.tokens, cfg
             )

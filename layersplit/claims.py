@@ -6,8 +6,8 @@ in one file only (`held`). `python figures.py --claims FILE` rewrites the blocks
 `write_all` those of every file; a test fails when a file differs from what is written from the
 committed files. This module puts each block in its place; the tables are claims_tables.py's (claims,
 rl, ablation, sweep, paired), claims_timings.py's (fairness, gpu, pipeline, fresh) and claims_radio.py's
-(nr_link, nr_latency, nr_ldpc, protect_arq, burst,
-nr_rule_cost), from the numbers claims_stats.py computes and the
+(nr_link, nr_latency, nr_ldpc, protect_arq, protect_cost, burst,
+nr_rule_cost, nr_residual_read), from the numbers claims_stats.py computes and the
 committed link tables:
 
     claims     the paper's claims: what was measured, with 95% intervals, and the verdict
@@ -23,8 +23,11 @@ committed link tables:
     nr_latency the activation's air time: uncoded, NR on FDD, NR on its TDD frame
     nr_ldpc    the LDPC code on AWGN against Shannon's limit and its constellation's
     protect_arq the protected path in a block fade: ARQ with a cap and round trips against NR's coded path
+    protect_cost what the protected path in use adds to a prefill's air time, and what it loses
+    protect_rl LayerSplit-Protect-v0's policies and what protection and adapting K are worth, paired by seed
     burst      burst losses against independent ones at the same PER, paired on windows (bench/burst.py)
     nr_rule_cost the reliable MCS rule's air time against the target rule's, from the two NR sweeps
+    nr_residual_read the reliable rule reading extrapolated residuals against the bounds the data certify
 
 Intervals: over seeds for the surrogate-trained agents (seed k of every policy plays the same
 episodes, so gaps are paired by seed), over episodes on the real LLM (each episode its own start and
@@ -43,10 +46,12 @@ from .claims_radio import (
     block_nr_latency,
     block_nr_ldpc,
     block_nr_link,
+    block_nr_residual_read,
     block_nr_rule_cost,
     block_protect_arq,
+    block_protect_cost,
 )
-from .claims_tables import block_ablation, block_claims, block_paired, block_rl, block_sweep
+from .claims_tables import block_ablation, block_claims, block_paired, block_protect_rl, block_rl, block_sweep
 from .claims_timings import block_fairness, block_fresh, block_gpu, block_pipeline
 
 BEGIN, END = "<!-- generated: {} -->", "<!-- end: {} -->"
@@ -61,8 +66,11 @@ BLOCKS = {
     "nr_link": block_nr_link,
     "nr_ldpc": block_nr_ldpc,
     "protect_arq": block_protect_arq,
+    "protect_cost": block_protect_cost,
+    "protect_rl": block_protect_rl,
     "burst": block_burst,
     "nr_rule_cost": block_nr_rule_cost,
+    "nr_residual_read": block_nr_residual_read,
     "fairness": block_fairness,
     "gpu": block_gpu,
     "pipeline": block_pipeline,

@@ -188,11 +188,11 @@ def block_nr_ldpc(results: Path) -> str:
 ARQ_TABLE = "protect_arq.csv"  # python -m layersplit.channel --arq-table
 ARQ_SHOWN = {"model": "smollm2-135m", "ks": (4, 64), "snrs": (5.0, 10.0, 15.0, 20.0, 30.0)}  # the rows shown
 DESIGN_NAMES = {
-    "counted": "counted now: 1 / (1 − PER) tries",
+    "counted": "counted: 1 / (1 − PER) tries",
     "arq_independent": "ARQ, a new fade each try",
     "arq_block": "ARQ in a block fade",
     "nr_lowest": "NR, lowest MCS",
-    "nr_reliable": "NR, reliable MCS",
+    "nr_reliable": "NR, reliable MCS (the default)",
 }
 
 
@@ -230,6 +230,42 @@ def block_protect_arq(results: Path) -> str:
     )
 
 
+PROTECT_COST_TABLE = "protect_cost.csv"  # python -m layersplit.channel --protect-table
+PROTECT_COST_KS = (1, 4, 16, 64)  # the K shown
+
+
+def block_protect_cost(results: Path) -> str:
+    """What the protected path in use adds to a prefill's air time per model, Es/N0 and K, and its loss."""
+    path = results / PROTECT_COST_TABLE
+    if not path.is_file():
+        return f"(no {PROTECT_COST_TABLE} in {results}: make it with python -m layersplit.channel --protect-table)"
+    with path.open(newline="", encoding="utf-8") as f:
+        found = [r for r in csv.DictReader(f) if r["phase"] == "prefill"]
+    by = {(r["model"], float(r["snr_db"]), int(r["protect"])): r for r in found}
+    rows = []
+    for model in MODEL_NAMES:
+        for snr in sorted({s for m, s, _ in by if m == model}):
+            first = by[model, snr, PROTECT_COST_KS[0]]
+            shares = [f"+{100 * float(by[model, snr, k]['extra_time_share']):.3g}%" for k in PROTECT_COST_KS]
+            rows.append(
+                [
+                    f"{MODEL_NAMES[model]} (d = {first['hidden_size']}, {first['pair_bits']} bits a pair)",
+                    f"{snr:g} ({float(first['packet_error_rate']):.2g})",
+                    *shares,
+                    f"{float(first['unit_loss']):.2g} (≤ {float(first['unit_loss_bound']):.2g})",
+                ]
+            )
+    header = ["model", "Es/N0 (PER)", *(f"K = {k}" for k in PROTECT_COST_KS), "packets (TBs) lost (the data's bound)"]
+    first = found[0]
+    return table(header, rows) + (
+        f"\n\nThe protected path in its `{first['protect_path']}` design: its mean latency over the ordinary "
+        f"path's air time, prefill of {first['new_tokens']} tokens ({first['modulation']}, {first['fading']}); "
+        "lost: the share of its packets (TBs) that never arrive, their pairs then lost with them; in the coded "
+        "design the NR link's residual after HARQ, extrapolated past the BLER table's last lost TB, beside the "
+        "upper end of the 95% interval of the measured point it rests on (`nr.residual_bound`)."
+    )
+
+
 BURST_PAIRS = "burst_pairs.csv"  # python bench/burst.py
 
 
@@ -259,6 +295,39 @@ def block_burst(results: Path) -> str:
     return table(header, rows) + (
         f"\n\n{found[0]['windows']} windows of 512 tokens, {found[0]['draws']} draws each; 95% t interval over the "
         "windows (each window's difference averaged over its draws); * the interval excludes 0."
+    )
+
+
+RESIDUAL_READ_SNRS = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0)  # the rows of the residual-read block
+RESIDUAL_READ_TOKENS = 512  # the prefill whose air time it quotes (SmolLM2's 576-element fp16 activations)
+
+
+def block_nr_residual_read(results: Path) -> str:
+    """The reliable rule when it reads residuals from the extrapolated curve and when it reads the bound the
+    measured points certify: its MCS, the residual and its bound, and a prefill's air time on the default
+    frame, from the committed BLER table."""
+    from . import compute, nr, nr_frame
+
+    bler_table = results / "nr_bler.csv"
+    if not bler_table.is_file():
+        return f"(no nr_bler.csv in {results}: make it with python -m layersplit.nr --table)"
+    curves, frame = nr.load_table(str(bler_table)), nr_frame.Frame.named(nr_frame.FRAME)
+    bits = RESIDUAL_READ_TOKENS * compute.SMOLLM2_135M.hidden_size * 16
+    rows = []
+    for snr in RESIDUAL_READ_SNRS:
+        cells = []
+        for read in nr.RESIDUAL_READS:
+            curve = nr.choose_mcs(curves, snr, "reliable", residual_read=read)
+            point = nr.point_at(curve, snr, nr.HARQ_MAX_RETX, frame)
+            cells.append(
+                f"{curve.mcs}, {point.residual:.2g} (bound {nr.residual_bound(curve, snr):.2g}), "
+                f"{_ms(str(point.air_s(point.tbs(bits))))} ms"
+            )
+        rows.append([f"{snr:g}", *cells])
+    header = ["Es/N0 (dB)"] + [f"reliable rule, {r}: MCS, residual (its bound), air time" for r in nr.RESIDUAL_READS]
+    return table(header, rows) + (
+        f"\n\nThe `reliable` rule (residual after HARQ at most {nr.RESIDUAL_TARGET:g}) on the committed BLER table; "
+        f"air time: SmolLM2's {RESIDUAL_READ_TOKENS}-token prefill in fp16 on the {frame.name} frame."
     )
 
 

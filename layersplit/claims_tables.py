@@ -359,3 +359,54 @@ def block_claims(results: Path) -> str:
         ]
     )
     return table(["claim", "measured here (95% intervals)", "verdict"], rows)
+
+
+PROTECT_RL, WIRELESS_RL = "rl_protect_ppo.json", "rl_wireless_ppo.json"  # LayerSplit-Protect-v0 and -Wireless-v0
+PROTECT_POLICIES = {  # the rows of the protect environment's table, in order
+    "optimum": "exact optimum (per-step argmax)",
+    "best-static": "best static: {choice}",
+    "learned": "PPO (learned)",
+    "fixed": "fixed split 4, K = 0",
+    "random": "random",
+}
+
+
+def block_protect_rl(results: Path) -> str:
+    """LayerSplit-Protect-v0: each policy's mean return over seeds with its share of the optimum, then the
+    gaps that say what protection and adapting K are worth, paired by seed (the two environments evaluate
+    each seed on the same episodes)."""
+    protect, wireless = read_json(results, PROTECT_RL), read_json(results, WIRELESS_RL)
+    if protect is None or wireless is None:
+        return f"(no {PROTECT_RL} or {WIRELESS_RL} in {results}: make them with `make reproduce`)"
+    rows = []
+    for name, label in PROTECT_POLICIES.items():
+        s = run_stats(protect, name)
+        rows.append(
+            [label.format(choice=protect["best_static"]["choice"]), pm(s["mean"], s["ci95"], 2), pct(s["share"])]
+        )
+    w = wireless["returns"]
+    rows.append(
+        [
+            "without protection (`LayerSplit-Wireless-v0`): its optimum / best static",
+            f"{w['optimum']['mean']:.2f} / {w['best-static']['mean']:.2f}",
+            "",
+        ]
+    )
+    p = protect["returns"]
+
+    def gap(a: list[float], b: list[float]) -> str:
+        mean, half = confidence_interval(np.subtract(a, b))
+        return pm(mean, half, 2, sign=True)
+
+    seeds = lambda returns, name: returns[name]["per_seed"]  # noqa: E731
+    gaps = [
+        ["best static with protection − best static without", gap(seeds(p, "best-static"), seeds(w, "best-static"))],
+        ["best static with protection − optimum without", gap(seeds(p, "best-static"), seeds(w, "optimum"))],
+        ["optimum − best static (what adapting is worth)", gap(seeds(p, "optimum"), seeds(p, "best-static"))],
+        ["PPO − best static", gap(seeds(p, "learned"), seeds(p, "best-static"))],
+    ]
+    return (
+        table(["policy", f"mean return ± 95% over {len(protect['runs'])} seeds", "share of the optimum"], rows)
+        + "\n\n"
+        + table(["paired by seed", "difference ± 95%"], gaps)
+    )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from . import channel, links
+from . import channel, links, protect_arq
 
 # ---- devices (sustained dense fp16 matmul throughput, not peak) --------------------------------
 # Phone-class UE: flagship mobile GPUs/NPUs (e.g. Adreno 740, Apple A17) peak at a few TFLOP/s
@@ -96,7 +96,7 @@ def latency_breakdown(
     tokens cross the link and the LM head scores all of them (as in perplexity evaluation); decode:
     one new token with a KV cache of `context_len` - 1 (default: the prompt, context_len = tokens + 1).
     `withheld`: share of the activation the UE deliberately does not send (shortens air time only);
-    `protect`: the K elements per token also sent over the protected path (channel.protected_tx_s).
+    `protect`: the K elements per token also sent over the protected path (Link.protected_cost).
     `link`: the air time is its tx_s (a bare LinkConfig: the uncoded erasure link's; the original's: nan).
     Compute time is FLOPs over sustained throughput; decode is memory-bound in practice, so it is a
     lower bound there.
@@ -169,17 +169,18 @@ def protect_table(
     tokens: int,
     link: channel.LinkConfig = channel.LinkConfig(),
 ) -> list[dict[str, float | int | str]]:
-    """What the protected path (--protect K) adds, per (model, phase, Es/N0, K): the pairs' payload bits,
-    their expected bits on air (whole packets, retransmitted until received) and air time, beside the
-    ordinary path's, for prefill of `tokens` tokens and one decoding step."""
+    """What the protected path (--protect K) adds in the design in use (protect_arq.PROTECT_PATH), per (model,
+    phase, Es/N0, K): the pairs' payload bits, their expected bits on air and mean latency, and the share of its
+    packets (TBs) lost, beside the ordinary path's bits and air time, for prefill of `tokens` tokens and one
+    decoding step."""
     rows = []
     for name, dims, phase, new_tokens, at_snr in operating_points(snr_db_list, models, tokens, links.ErasureLink(link)):
         cfg = at_snr.cfg
         ordinary_bits = channel.payload_bits(cfg, new_tokens, dims.hidden_size)
         ordinary_s = channel.tx_latency_s(cfg, new_tokens, dims.hidden_size)
         for k in ks:
-            air_bits = channel.protected_air_bits(cfg, new_tokens, k, dims.hidden_size)
-            air_s = channel.protected_tx_s(cfg, new_tokens, k, dims.hidden_size) if k else 0.0
+            cost = at_snr.protected_cost(new_tokens, k, dims.hidden_size)
+            air_bits, air_s = cost.air_bits, cost.air_s
             rows.append(
                 {
                     "model": name,
@@ -191,6 +192,7 @@ def protect_table(
                     "fading": cfg.fading,
                     "packet_error_rate": channel.packet_error_rate(cfg),
                     "protect": k,
+                    "protect_path": protect_arq.PROTECT_PATH,
                     "pair_bits": math.ceil(math.log2(dims.hidden_size)) + cfg.bits_per_element,
                     "protected_payload_bits": channel.protected_payload_bits(
                         new_tokens, k, dims.hidden_size, cfg.bits_per_element
@@ -201,6 +203,8 @@ def protect_table(
                     "protected_tx_s": air_s,
                     "ordinary_tx_s": ordinary_s,
                     "extra_time_share": air_s / ordinary_s,
+                    "unit_loss": cost.unit_loss if k else 0.0,
+                    "unit_loss_bound": cost.unit_loss_bound if k else 0.0,
                 }
             )
     return rows

@@ -207,7 +207,7 @@ class LLMSplitEnv(gym.Env):
         self.model, self.token_ids = model, token_ids[:tokens]
         self.context_length = min(context_length, len(self.token_ids))
         self.link = SplitLink(model, split=SPLIT_MIN)
-        self.link.set_protect(protect)  # add_noise.py --protect K: each token's K largest elements always arrive
+        self.link.set_protect(protect)  # add_noise.py --protect K (on the original's link they always arrive)
         if self.link.n_layers <= SPLIT_MAX:
             raise UserError(
                 f"LayerSplit-LLM-v0 moves the split over 1..{SPLIT_MAX}: the model needs at least "

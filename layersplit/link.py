@@ -105,7 +105,7 @@ class SplitLink:
         self.impairment = links.impairment(link, self.impairment.withheld).protecting(self.impairment.protect)
 
     def set_protect(self, k: int) -> None:
-        """Send each token's k largest-magnitude elements over the protected path too: they always arrive.
+        """Send each token's k largest-magnitude elements over the protected path too (protect_arq.py).
         A k beyond the model's width is refused here, before anything runs, not at the first transfer."""
         impairment = self.impairment.protecting(k)
         if self.hidden_size is not None:

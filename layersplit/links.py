@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable, ClassVar
 
 import numpy as np
 
-from . import UserError, channel, nr, wire
+from . import UserError, channel, nr, protect_arq, wire
 from .grid import LINK_MODES, SERVED_LINKS, validate_probability
 
 if TYPE_CHECKING:
@@ -96,9 +96,15 @@ class Link:
         """(bits on air, seconds on air) of `elements` activations and `scale_bits` of int8 scales."""
         raise NotImplementedError
 
+    def protected_cost(self, tokens: int, protect: int, hidden_size: int) -> protect_arq.PathCost:
+        """What the protected path of `tokens` tokens' K = `protect` pairs costs and loses (protect_arq.py's
+        design PROTECT_PATH); a link without air: nothing on air, nothing lost."""
+        return protect_arq.NO_PATH
+
     def protected_air(self, tokens: int, protect: int, hidden_size: int) -> tuple[float, float]:
         """(expected bits, expected seconds) on air of the protected path's pairs."""
-        return 0.0, 0.0
+        cost = self.protected_cost(tokens, protect, hidden_size)
+        return cost.air_bits, cost.air_s
 
     def transfer(
         self, sent: int, tokens: int, hidden_size: int, protect: int, element_bits: int, delay: Callable[[], float]
@@ -178,17 +184,12 @@ class UncodedLink(Link):
         bits = wire.n_packets(elements, self.cfg.elements_per_packet) * self.cfg.bits_per_packet + scale_bits
         return bits, bits / channel.achievable_rate_bps(self.cfg)
 
-    def protected_air(self, tokens, protect, hidden_size):
-        if not protect:
-            return 0.0, 0.0
-        return (
-            channel.protected_air_bits(self.cfg, tokens, protect, hidden_size),
-            channel.protected_tx_s(self.cfg, tokens, protect, hidden_size),
-        )
+    def protected_cost(self, tokens, protect, hidden_size):
+        return protect_arq.protected_path(self.cfg, tokens, protect, hidden_size)
 
     def tx_s(self, tokens, hidden_size, withheld=0.0, protect=0) -> float:
         tx = channel.tx_latency_s(self.cfg, tokens, hidden_size, withheld)
-        return tx + (channel.protected_tx_s(self.cfg, tokens, protect, hidden_size) if protect else 0.0)
+        return tx + (self.protected_cost(tokens, protect, hidden_size).air_s if protect else 0.0)
 
     def table_columns(self, tokens, hidden_size):
         return {

@@ -79,6 +79,12 @@ TARGET_BLER = 0.1  # the usual 10% first-transmission BLER target of outer-loop 
 # "reliable": also a residual TB loss after HARQ of at most this (activations are loss-sensitive: the 10% rule
 # alone leaves up to 2.6% of TBs lost where an MCS's curve has a floor; README, "A 5G NR coded link")
 RESIDUAL_TARGET = 1e-4
+# How the "reliable" rule reads a residual: "extrapolated" (the curve's lookup, a straight line in log BLER past
+# its last lost TB) or "bound" (residual_bound: the 95% upper end of the nearest measured point, what the data
+# alone certify). The committed table's points hold 192 TBs, so no bound is below about 0.019 and "bound"
+# leaves the lowest MCS at every SNR; the extrapolation stays the default until the tails are measured deeper.
+RESIDUAL_READS = ("extrapolated", "bound")
+RESIDUAL_READ = "extrapolated"
 HARQ_MAX_RETX = 3  # retransmissions after the first: 4 transmissions in all, a common configuration
 TAIL_SLOPE_DB = -1.0  # decades of BLER per dB past a curve's last lost TB when it has only one point
 # with losses (otherwise the slope of its last two: a fading channel's BLER falls as a power of the SNR)
@@ -315,13 +321,18 @@ def choose_mcs(
     rule: str = MCS_RULE,
     target_bler: float = TARGET_BLER,
     max_retx: int = HARQ_MAX_RETX,
+    residual_read: str | None = None,
 ) -> BlerCurve:
     """Link adaptation at average Es/N0 `snr_db`. target: the highest MCS whose BLER <= target_bler (the
     lowest MCS when none meets it: the link is then in outage); goodput: the highest TB bits x (1 - BLER);
-    reliable: as target, among the MCSs whose residual loss after max_retx retransmissions is at most
-    RESIDUAL_TARGET too."""
+    reliable: as target, among the MCSs whose residual loss after max_retx retransmissions, read as
+    `residual_read` says (RESIDUAL_READS; None: RESIDUAL_READ), is at most RESIDUAL_TARGET too."""
     if rule not in MCS_RULES:
         raise UserError(f"MCS rule {rule!r}: use one of {', '.join(MCS_RULES)}")
+    residual_read = RESIDUAL_READ if residual_read is None else residual_read
+    if residual_read not in RESIDUAL_READS:
+        raise UserError(f"residual read {residual_read!r}: use one of {', '.join(RESIDUAL_READS)}")
+    residual = residual_bound if residual_read == "bound" else failed_all
     if not 0.0 < target_bler < 1.0:
         raise UserError(f"target BLER {target_bler} is outside (0, 1)")
     ordered = sorted(curves.values(), key=lambda c: c.tb_size)
@@ -330,7 +341,7 @@ def choose_mcs(
     meeting = [
         c
         for c in ordered
-        if c(snr_db) <= target_bler and (rule == "target" or failed_all(c, snr_db, max_retx + 1) <= RESIDUAL_TARGET)
+        if c(snr_db) <= target_bler and (rule == "target" or residual(c, snr_db, max_retx + 1) <= RESIDUAL_TARGET)
     ]
     return meeting[-1] if meeting else ordered[0]
 
@@ -391,7 +402,7 @@ def operating_point(
 ) -> OperatingPoint:
     """The NR link at average Es/N0 `snr_db`, from the BLER table, on the frame `frame_name` (nr_frame.py);
     None takes the module's constant as it is at the call (a script's --mcs-rule sets MCS_RULE, its
-    --nr-frame nr_frame.FRAME)."""
+    --nr-frame nr_frame.FRAME, its --residual-read RESIDUAL_READ)."""
     if table is None and os.environ.get(TABLE_ENV):  # the table the variable names: a bad one is named by it
         check_environment()
     return _operating_point(
@@ -402,16 +413,25 @@ def operating_point(
         str(BLER_TABLE if table is None else table),
         RESIDUAL_TARGET,
         frame(frame_name),
+        RESIDUAL_READ,
     )
 
 
 @functools.lru_cache(maxsize=4096)
 def _operating_point(
-    snr_db: float, rule: str, target_bler: float, max_retx: int, table: str, residual_target: float, frame: Frame
+    snr_db: float,
+    rule: str,
+    target_bler: float,
+    max_retx: int,
+    table: str,
+    residual_target: float,
+    frame: Frame,
+    residual_read: str,
 ) -> OperatingPoint:  # residual_target: in the key, read by choose_mcs
     if isinstance(max_retx, bool) or int(max_retx) != max_retx or max_retx < 0:
         raise UserError(f"HARQ retransmissions {max_retx!r}: give an integer >= 0")
-    return point_at(choose_mcs(load_table(table), snr_db, rule, target_bler, max_retx), snr_db, max_retx, frame)
+    curve = choose_mcs(load_table(table), snr_db, rule, target_bler, max_retx, residual_read)
+    return point_at(curve, snr_db, max_retx, frame)
 
 
 def point_at(curve: BlerCurve, snr_db: float, max_retx: int, frame: Frame) -> OperatingPoint:

@@ -17,7 +17,7 @@ import math
 import time
 from pathlib import Path
 
-from . import UserError, channel, channel_cli, cli, compute, links, nr_frame
+from . import UserError, channel, channel_cli, cli, compute, links, nr, nr_frame
 from .nr import (
     BLER_TABLE,
     CHANNEL,
@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="bits per activation on the wire",
     )
     p.add_argument("--mcs-rule", choices=MCS_RULES, default=MCS_RULE, help="link adaptation rule")
+    p.add_argument(
+        "--residual-read",
+        choices=nr.RESIDUAL_READS,
+        default=nr.RESIDUAL_READ,
+        help="how --mcs-rule reliable reads a residual: the extrapolated curve or the measured points' bound",
+    )
     p.add_argument(
         "--target-bler",
         type=cli.finite_float,
@@ -147,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:  # (cli.run_main has checked the table LAYERSPLIT_NR_BLER_TABLE names)
         nr_frame.FRAME = args.frame  # the latency table's link reads it at each call
+        nr.RESIDUAL_READ = args.residual_read
         if args.bler_table != BLER_TABLE:
             read_table(args.bler_table)  # a bad table is named before any Monte Carlo
         if args.table:

@@ -1,11 +1,12 @@
 """How the protected path (--protect K) delivers in a block fade: uncoded ARQ with a retry cap and round trips,
 against a coded path, as delivery within a deadline, mean and 95th-percentile latency and the loss at the cap.
 
-The latency model (channel.protected_tx_s) counts 1 / (1 - PER) transmissions a packet: every retry a new fade,
-no round trip and no cap, so "those elements always arrive". A packet is far shorter than the coherence time
-(about 40 ms at 3 km/h and 3.5 GHz), so its retries see the fade that lost it; in a deep fade no number of
-retries gets it through. Four designs of the protected path of one transfer, its P packets (the K pairs of each
-token in the uncoded link's packets, channel.protected_payload_bits) after the ordinary ones:
+The first latency model (channel.protected_tx_s, now the "counted" design) counts 1 / (1 - PER) transmissions a
+packet: every retry a new fade, no round trip and no cap, so "those elements always arrive". A packet is far
+shorter than the coherence time (about 40 ms at 3 km/h and 3.5 GHz), so its retries see the fade that lost it;
+in a deep fade no number of retries gets it through. Five designs of the protected path of one transfer, its P
+packets (the K pairs of each token in the uncoded link's packets, channel.protected_payload_bits) after the
+ordinary ones:
 - "counted": what the latency model counts: P / (1 - PER) packet times, nothing lost;
 - "arq_independent": ARQ, a new fade every try, with the cap and the round trips below;
 - "arq_block": ARQ in a block fade: |h|^2 ~ Gamma(m, 1/m) drawn once per packet and kept over its retries
@@ -26,17 +27,26 @@ independent fades):
 - all delivered by the deadline D: every packet through within the k_D <= N rounds that fit, (1 - s_{k_D})^P.
 NR's HARQ is the same with TBs for packets, its rounds at most HARQ_MAX_RETX + 1, q_k = P(the first k
 transmissions all fail) from the BLER table, and the round trips' idle slots as nr.OperatingPoint.air_s has them.
+
+Which design --protect K uses (PROTECT_PATH, --protect-path; protected_path gives its cost): "coded" (nr_reliable,
+the default), "arq" (arq_block) or "counted". The pairs fill the design's packets (TBs) in order, token by token
+and by increasing index within a token (serve.py's order); a packet (TB) that never arrives loses its pairs, which
+then take what the ordinary path delivered (uplink.protected_arrived). Air time is the design's mean latency.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from scipy import special
 
 from . import channel, nr, nr_frame
-from .compute import ModelDims
+
+if TYPE_CHECKING:
+    from .compute import ModelDims
 
 ARQ_MAX_TRIES = 7  # tries a packet gets at most: IEEE 802.11's short retry limit, a common link layer's cap
 ARQ_RTT_S = 2e-3  # from a try to its retry: NR's HARQ round trip on FDD (4 slots of 0.5 ms), the same radio
@@ -47,8 +57,15 @@ DESIGNS = ("counted", "arq_independent", "arq_block", "nr_lowest", "nr_reliable"
 # the tries a packet or TB gets at most, by design ("": no cap)
 MAX_TRIES = {"counted": "", "arq_independent": ARQ_MAX_TRIES, "arq_block": ARQ_MAX_TRIES}
 MAX_TRIES.update({"nr_lowest": nr.HARQ_MAX_RETX + 1, "nr_reliable": nr.HARQ_MAX_RETX + 1})
+# --protect-path: the protected path's design (the CLI's name -> its row in DESIGNS)
+PROTECT_PATHS = {"coded": "nr_reliable", "arq": "arq_block", "counted": "counted"}
+# The default: NR TBs with HARQ at the reliable MCS, on FDD. Of the designs of results/protect_arq.csv it loses
+# orders of magnitude fewer pairs than uncoded ARQ in a block fade at every Es/N0 and delivers a K = 4 prefill's
+# pairs by the deadline from 5 dB up; "counted" (1 / (1 - PER) tries, nothing lost) was the default before.
+PROTECT_PATH = "coded"
 
 
+@functools.lru_cache(maxsize=4096)  # the sweep and the LLM environment ask at every transfer
 def tries_beyond(cfg: channel.LinkConfig, tries: int, block: bool) -> float:
     """s_k: P(a packet is lost on each of its first `tries` tries); block: one fade over all of them (else a
     new fade every try: PER^k)."""
@@ -106,9 +123,11 @@ def arq(
 
     return {
         "units": packets,
+        "unit_bits": cfg.elements_per_packet * cfg.bits_per_element,
         "tries_per_unit": tries,
         "mcs": "",
         **_rounds_summary(failed, packets, time_of_rounds, deadline_s),
+        "lost_bound": failed[max_tries],  # exact in the PER model: no bound beyond it
     }
 
 
@@ -132,11 +151,14 @@ def coded(
             else 0.0
         )
 
+    curve = nr.load_table(str(table or nr.BLER_TABLE))[point.mcs]
     return {
         "units": tbs,
+        "unit_bits": point.tb_size,
         "tries_per_unit": point.transmissions,
         "mcs": point.mcs,
         **_rounds_summary(failed, tbs, time_of_rounds, deadline_s),
+        "lost_bound": nr.residual_bound(curve, snr_db),  # what the BLER table's points certify of lost_share
     }
 
 
@@ -147,13 +169,58 @@ def counted(cfg: channel.LinkConfig, payload_bits: int, deadline_s: float = ARQ_
     seconds = packets * cfg.bits_per_packet / channel.achievable_rate_bps(cfg) / (1.0 - per) if per < 1 else math.inf
     return {
         "units": packets,
+        "unit_bits": cfg.elements_per_packet * cfg.bits_per_element,
         "tries_per_unit": 1.0 / (1.0 - per) if per < 1 else math.inf,
         "mcs": "",
         "mean_s": seconds,
         "p95_s": seconds,
         "delivered_by_deadline": float(seconds <= deadline_s),
         "lost_share": 0.0,
+        "lost_bound": 0.0,
     }
+
+
+@dataclass(frozen=True)
+class PathCost:
+    """What the protected path of one transfer costs and loses, in one design."""
+
+    air_bits: float  # expected bits on air, every transmission counted
+    air_s: float  # expected seconds on air: the design's mean latency
+    unit_bits: int  # payload bits of its packet (TB), which the pairs fill in order
+    unit_loss: float  # P(a packet (TB) never arrives): its pairs take what the ordinary path delivered
+    unit_loss_bound: float  # what the data certify of unit_loss (coded: nr.residual_bound; else unit_loss)
+
+
+NO_PATH = PathCost(0.0, 0.0, 1, 0.0, 0.0)  # nothing protected
+
+
+def check_path(path: str) -> str:
+    if path not in PROTECT_PATHS:
+        raise ValueError(f"protected path {path!r}: use one of {', '.join(PROTECT_PATHS)}")
+    return path
+
+
+def protected_path(
+    cfg: channel.LinkConfig, tokens: int, protect: int, hidden_size: int, path: str | None = None
+) -> PathCost:
+    """The protected path of `tokens` tokens' K = `protect` pairs over the uncoded link at `cfg`, in design
+    `path` (PROTECT_PATHS; None: PROTECT_PATH as it is at the call)."""
+    path = check_path(PROTECT_PATH if path is None else path)
+    payload = channel.protected_payload_bits(tokens, protect, hidden_size, cfg.bits_per_element)
+    if not payload:
+        return NO_PATH
+    if path == "counted":
+        out = counted(cfg, payload)
+        air_bits = channel.protected_air_bits(cfg, tokens, protect, hidden_size)
+        seconds = channel.protected_tx_s(cfg, tokens, protect, hidden_size)
+        return PathCost(air_bits, seconds, out["unit_bits"], 0.0, 0.0)
+    if path == "arq":
+        out = arq(cfg, payload, block=True)
+        air_bits = out["units"] * out["tries_per_unit"] * cfg.bits_per_packet
+    else:
+        out = coded(cfg.snr_db, payload, lowest=False)
+        air_bits = out["units"] * out["tries_per_unit"] * out["unit_bits"]  # as nr.transfer counts TBs
+    return PathCost(air_bits, out["mean_s"], out["unit_bits"], out["lost_share"], out["lost_bound"])
 
 
 def design_table(

@@ -29,6 +29,7 @@ probabilities are nested.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -52,7 +53,7 @@ class Impairment:
     loss: float = 0.0  # probability that an element (dropout) or a packet (erasure, nr: a TB) is lost
     ber: float = 0.0  # bit error rate (bitflip)
     withheld: float = 0.0  # share of the elements the UE does not send
-    protect: int = 0  # each token's K largest-magnitude elements also go over the protected path (always arrive)
+    protect: int = 0  # each token's K largest-magnitude elements also go over the protected path (protect_arq.py)
 
     mode = property(lambda self: self.link.name)
     channel = property(lambda self: self.link.cfg, doc="the physical operating point (None: the original's p)")
@@ -86,10 +87,30 @@ def protected(hidden: torch.Tensor, k: int) -> torch.Tensor:
     return flags.scatter_(-1, hidden.abs().topk(k, dim=-1).indices, True)
 
 
+def protected_arrived(keep: torch.Tensor, link: Link, protect: int, gen: torch.Generator) -> torch.Tensor:
+    """The flags `keep` (each token's `protect` elements on the protected path over `link`) less those whose
+    packet (TB) the protected path never delivers: the pairs fill its packets in order (token by token, by
+    increasing index), a packet is lost with the design's loss (Link.protected_cost), from one uniform field of
+    gen's side stream (side_stream: gen does not move), and a pair is lost with either packet it spans."""
+    d = keep.shape[-1]
+    tokens = keep.numel() // d
+    cost = link.protected_cost(tokens, protect, d)
+    if not cost.unit_loss > 0.0:
+        return keep
+    pair_bits = math.ceil(math.log2(d)) + link.cfg.bits_per_element
+    pairs = tokens * protect
+    lost_units = uniform(math.ceil(pairs * pair_bits / cost.unit_bits), side_stream(gen)) < cost.unit_loss
+    start = torch.arange(pairs, device=lost_units.device) * pair_bits
+    lost = lost_units[start // cost.unit_bits] | lost_units[(start + pair_bits - 1) // cost.unit_bits]
+    flat = keep.flatten().clone()
+    flat[flat.nonzero().squeeze(1)[lost.to(flat.device)]] = False
+    return flat.view(keep.shape)
+
+
 def impair(hidden: torch.Tensor, imp: Impairment, gen: torch.Generator) -> tuple[torch.Tensor, int, int]:
     """(what the edge receives for `hidden`, elements impaired, elements sent on the ordinary path): one
-    transfer, drawn from `gen` in a fixed order (the packet field, then the withheld field). Protected
-    elements (imp.protect) draw nothing: the rest is impaired exactly as without them."""
+    transfer, drawn from `gen` in a fixed order (the packet field, then the withheld field; the protected path's
+    losses from its side stream: protected_arrived): the rest is impaired exactly as without them."""
     received, impaired, sent = _impair(hidden, imp, gen)
     return received, int(impaired), int(sent)
 
@@ -104,7 +125,7 @@ def _impair(hidden: torch.Tensor, imp: Impairment, gen: torch.Generator):
     """impair() with the counts as 0-d tensors where they come from the device (not read yet)."""
     received, impaired, sent = imp.link.corrupt(hidden, imp, gen)  # the link picks its function below
     if imp.protect:
-        keep = protected(hidden, imp.protect)
+        keep = protected_arrived(protected(hidden, imp.protect), imp.link, imp.protect, gen)
         received = torch.where(keep, hidden, received)
         impaired = hidden.numel() - keep.sum() if imp.link.alters_every_element else (received != hidden).sum()
     return received, impaired, sent
@@ -171,6 +192,14 @@ def generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
     """The stream of one unit of work. A CPU generator gives the same fields on any device; one on an
     accelerator (its Philox stream) gives other fields of the same distribution, drawn where they are used."""
     return torch.Generator(device=device).manual_seed(int(seed))
+
+
+def side_stream(gen: torch.Generator) -> torch.Generator:
+    """A stream for draws that must leave `gen` where it is: seeded from gen's state (the same state, the same
+    side stream), which it only reads. The protected path draws from it, so that what the ordinary path loses,
+    in this transfer and the next ones of the stream, does not depend on K."""
+    digest = hashlib.blake2b(gen.get_state().cpu().numpy().tobytes(), digest_size=8).digest()
+    return generator(int.from_bytes(digest, "little"), gen.device)
 
 
 def uniform(n: int, gen: torch.Generator) -> torch.Tensor:

@@ -188,6 +188,20 @@ def cases():
             ["--sweep", "--link", "nr", "--snrs", "5", "--mcs-rule", "reliable", "--ray", "local"],
             "does not reach Ray's workers",
         ),
+        (
+            "residual-read-on-ray",
+            "add_noise.py",
+            ["--sweep", "--link", "nr", "--snrs", "5", "--residual-read", "bound", "--ray", "local"],
+            "does not reach Ray's workers",
+        ),
+        (
+            "protect-path-on-ray",
+            "add_noise.py",
+            ["--sweep", "--snrs", "5", "--protects", "4", "--protect-path", "arq", "--ray", "local"],
+            "does not reach Ray's workers",
+        ),
+        ("protect-path-unknown", "add_noise.py", tiny + ["--protect-path", "pigeon"], "invalid choice: 'pigeon'"),
+        ("residual-read-unknown", "add_noise.py", tiny + ["--residual-read", "guess"], "invalid choice: 'guess'"),
         # add_noise.py: numbers at parse time
         ("seed-over", "add_noise.py", tiny + ["--seed", SEED_OVER], "0..4294967295"),
         ("seed-negative", "add_noise.py", tiny + ["--seed", "-1"], "-1 is not a seed"),

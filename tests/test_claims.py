@@ -23,6 +23,9 @@ HOMES = {  # each generated block and the one file that holds it
     "nr_latency": "docs/nr-link.md",
     "nr_ldpc": "docs/nr-link.md",
     "protect_arq": "docs/protected-path.md",
+    "protect_cost": "docs/protected-path.md",
+    "protect_rl": "docs/protected-path.md",
+    "nr_residual_read": "docs/nr-link.md",
     "burst": "docs/uncoded-link.md",
     "nr_rule_cost": "docs/nr-link.md",
 }

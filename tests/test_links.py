@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from layersplit import UserError, channel, compute, grid, links, nr, uplink
+from layersplit import UserError, channel, compute, grid, links, nr, protect_arq, uplink
 
 REPO = Path(__file__).resolve().parents[1]
 CFG = channel.LinkConfig(snr_db=12.0, elements_per_packet=8)
@@ -59,14 +59,16 @@ def test_uncoded_bits_and_air_time_are_channels():
         assert bits == channel.payload_bits(CFG, 12, 64) and seconds == channel.tx_latency_s(CFG, 12, 64)
         assert link.tx_s(12, 64) == channel.tx_latency_s(CFG, 12, 64)
         assert link.tx_s(12, 64, withheld=0.3) == channel.tx_latency_s(CFG, 12, 64, 0.3)
-        assert link.tx_s(12, 64, protect=4) == channel.tx_latency_s(CFG, 12, 64) + channel.protected_tx_s(
-            CFG, 12, 4, 64
-        )
-        assert link.protected_air(12, 4, 64) == (
+        cost = protect_arq.protected_path(CFG, 12, 4, 64)  # the design in use, PROTECT_PATH
+        assert link.protected_cost(12, 4, 64) == cost and cost.unit_loss > 0  # coded: a residual TB loss
+        assert link.tx_s(12, 64, protect=4) == channel.tx_latency_s(CFG, 12, 64) + cost.air_s
+        assert link.protected_air(12, 4, 64) == (cost.air_bits, cost.air_s)
+        assert link.protected_air(12, 0, 64) == (0.0, 0.0)
+        counted = protect_arq.protected_path(CFG, 12, 4, 64, "counted")
+        assert (counted.air_bits, counted.air_s) == (
             channel.protected_air_bits(CFG, 12, 4, 64),
             channel.protected_tx_s(CFG, 12, 4, 64),
         )
-        assert link.protected_air(12, 0, 64) == (0.0, 0.0)
     # int8's scales: their bits added to the packets', on air at the link rate
     bits, seconds = links.ErasureLink(CFG).air(12 * 64, scale_bits=32 * 12)
     assert bits == channel.payload_bits(CFG, 12, 64) + 32 * 12
@@ -94,8 +96,9 @@ def test_split_hook_transfer_per_link():
     assert math.isnan(original.tx_s(3, 100))  # no air time: its delay is a draw per transfer
     erasure = links.ErasureLink(CFG)
     bits, seconds = erasure.transfer(300, 3, 100, 4, 16, lambda: 1 / 0)
-    assert bits == channel.payload_bits(CFG, 3, 100) + channel.protected_air_bits(CFG, 3, 4, 100)
-    assert seconds == channel.tx_latency_s(CFG, 3, 100) + channel.protected_tx_s(CFG, 3, 4, 100)
+    cost = protect_arq.protected_path(CFG, 3, 4, 100)
+    assert bits == channel.payload_bits(CFG, 3, 100) + cost.air_bits
+    assert seconds == channel.tx_latency_s(CFG, 3, 100) + cost.air_s
     assert erasure.transfer(300, 3, 100, 0, 16, None) == erasure.air(300)
 
 

@@ -423,3 +423,22 @@ def test_the_residual_bound_is_what_the_data_resolve(tmp_path):
     assert min(nr.residual_bound(c, 40.0) for c in committed.values()) == pytest.approx(
         1 - 0.025 ** (1 / 192), rel=1e-3
     )
+
+
+def test_the_reliable_rule_reads_the_bound_where_asked(tmp_path, monkeypatch):
+    """residual_read "bound": an MCS qualifies only when the data certify its residual. MCS 3's curve ends in a
+    deep loss-free point (bound 1e-5), MCS 5's in a shallow one (0.037): at 10 dB both meet the 10% target and
+    extrapolate far below 1e-4, but only MCS 3's bound is under it."""
+    deep = [(-4.0, 1.0, 1.0), (0.0, 0.2, 0.3), (2.0, 0.01, 0.02), (10.0, 0.0, 1e-5)]
+    shallow = [(-2.0, 1.0, 1.0), (2.0, 0.1, 0.2), (4.0, 0.01, 0.02), (6.0, 0.0, 0.037)]
+    path = write_table(tmp_path / "r.csv", {3: (1000, deep), 5: (2000, shallow)})
+    curves = nr.load_table(path)
+    assert nr.failed_all(curves[5], 10.0, 4) < nr.RESIDUAL_TARGET and curves[5](10.0) <= nr.TARGET_BLER
+    assert nr.choose_mcs(curves, 10.0, "reliable").mcs == 5  # the default: the extrapolation
+    assert nr.choose_mcs(curves, 10.0, "reliable", residual_read="bound").mcs == 3
+    assert nr.residual_bound(curves[3], 10.0) == 1e-5 and nr.residual_bound(curves[5], 10.0) == 0.037
+    monkeypatch.setattr(nr, "RESIDUAL_READ", "bound")  # the constant a script's --residual-read sets
+    assert nr.operating_point(10.0, rule="reliable", table=path).mcs == 3
+    assert nr.choose_mcs(curves, 10.0, "target").mcs == 5  # the other rules read no residual
+    with pytest.raises(UserError, match="residual read"):
+        nr.choose_mcs(curves, 10.0, "reliable", residual_read="guess")

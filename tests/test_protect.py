@@ -1,17 +1,19 @@
 """The protected path (--protect K, beyond the paper): each token's K largest-magnitude elements also
-cross a path with retransmission until received. K = 0 is today's link; protected elements always
-arrive; the rest are impaired exactly as without protection; the bits and air time are counted."""
+cross a protected path (protect_arq.py's designs). K = 0 is today's link; in the "counted" design protected
+elements always arrive, in the others a lost packet (TB) loses its pairs; the rest are impaired exactly as
+without protection, with the same draws; the bits and air time are counted."""
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 
 import pytest
 import torch
 
 from conftest import run_script
-from layersplit import UserError, channel, channel_cli, compute, links, uplink
+from layersplit import UserError, channel, channel_cli, compute, links, nr, protect_arq, uplink
 from layersplit.link import SplitLink
 
 TOKENS, D = 5, 64
@@ -40,7 +42,8 @@ def impairments():
 
 @pytest.mark.parametrize("name", list(impairments()))
 @pytest.mark.parametrize("k", [1, 4, 16])
-def test_protected_elements_arrive_and_the_rest_is_impaired_as_without(name, k):
+def test_protected_elements_arrive_and_the_rest_is_impaired_as_without(name, k, monkeypatch):
+    monkeypatch.setattr(protect_arq, "PROTECT_PATH", "counted")  # nothing lost on the protected path
     x, imp = hidden(), impairments()[name]
     plain, _, sent_plain = uplink.impair(x, imp, uplink.generator(7))
     kept, impaired, sent = uplink.impair(x, imp.protecting(k), uplink.generator(7))
@@ -80,7 +83,8 @@ def test_protect_zero_is_todays_link_and_everything_lost_keeps_only_the_protecte
         uplink.impair(x, links.direct(0.1).protecting(65), uplink.generator(0))
 
 
-def test_protected_bits_and_air_time_hand_worked():
+def test_protected_bits_and_air_time_hand_worked(monkeypatch):
+    monkeypatch.setattr(protect_arq, "PROTECT_PATH", "counted")
     # d = 576: a 10-bit index + a 16-bit value per pair; 3 tokens x 4 pairs = 312 bits: one packet of 64 x 16
     # payload bits + 32 header bits = 1056 bits. AWGN QPSK at Es/N0 = 15 (linear): Eb/N0 = 7.5,
     # BER = Q(sqrt(15)) = erfc(sqrt(7.5)) / 2, PER = 1 - (1 - BER)^1056, sent 1 / (1 - PER) times on average;
@@ -100,7 +104,8 @@ def test_protected_bits_and_air_time_hand_worked():
     assert with_k["ue_compute_s"] == without["ue_compute_s"]
 
 
-def test_the_protect_table_counts_whole_packets_hand_worked():
+def test_the_protect_table_counts_whole_packets_hand_worked(monkeypatch):
+    monkeypatch.setattr(protect_arq, "PROTECT_PATH", "counted")
     # SmolLM2, 512 tokens, K = 4: 512 x 4 x (10 + 16) = 53,248 bits in ceil(53,248 / 1,024) = 52 packets of
     # 1,056 bits, each sent 1 / (1 - PER) times; the ordinary path: 512 x 576 / 64 = 4,608 packets of 1,056 bits
     link = channel.LinkConfig(snr_db=20.0, fading="awgn")
@@ -117,7 +122,9 @@ def test_the_protect_table_counts_whole_packets_hand_worked():
     assert decode["protected_payload_bits"] == 104 and decode["protected_air_bits"] == pytest.approx(1056 / (1 - per))
 
 
-def test_the_split_hook_counts_the_protected_bits(tiny_llama):
+@pytest.mark.parametrize("path", list(protect_arq.PROTECT_PATHS))
+def test_the_split_hook_counts_the_protected_bits(tiny_llama, path, monkeypatch):
+    monkeypatch.setattr(protect_arq, "PROTECT_PATH", path)
     cfg = channel.LinkConfig(snr_db=10.0, elements_per_packet=16)
     ids = torch.arange(3, 9)[None]
     counts = {}
@@ -129,9 +136,9 @@ def test_the_split_hook_counts_the_protected_bits(tiny_llama):
             tiny_llama(input_ids=ids)
         counts[k] = link.transfers[-1]
         link.detach()
-    extra = channel.protected_air_bits(cfg, 6, 4, 64)
-    assert counts[4].bits == pytest.approx(counts[0].bits + extra)
-    assert counts[4].delay_s == pytest.approx(counts[0].delay_s + channel.protected_tx_s(cfg, 6, 4, 64))
+    cost = protect_arq.protected_path(cfg, 6, 4, 64, path)
+    assert counts[4].bits == pytest.approx(counts[0].bits + cost.air_bits)
+    assert counts[4].delay_s == pytest.approx(counts[0].delay_s + cost.air_s)
     assert counts[4].impaired < counts[0].impaired
 
 
@@ -162,6 +169,13 @@ def test_add_noise_protect_on_the_cli(tiny_model_dir, sample_txt):
     assert reports["8"]["protect"] == 8 and reports["8"]["link_bits"] > reports["0"]["link_bits"]
     assert reports["8"]["elements_impaired_fraction"] < reports["0"]["elements_impaired_fraction"]
     assert reports["8"]["tx_latency_prefill_s"] > reports["0"]["tx_latency_prefill_s"]
+    for path in ("arq", "counted"):  # at 5 dB (PER 0.98) ARQ in a block fade loses most protected packets
+        done = run_script(*base, "--protect", "8", "--protect-path", path, "--json")
+        assert done.returncode == 0, done.stderr[-1500:]
+        reports[path] = json.loads(done.stdout)
+    assert reports["8"]["elements_impaired_fraction"] == reports["counted"]["elements_impaired_fraction"]
+    assert reports["arq"]["elements_impaired_fraction"] > reports["8"]["elements_impaired_fraction"]
+    assert len({reports[k]["tx_latency_prefill_s"] for k in ("8", "arq", "counted")}) == 3
     done = run_script(*base, "--protect", "8")
     assert "8 elements per token protected" in done.stdout
     refused = run_script("add_noise.py", "--sweep", "--protect", "4", "--model", str(tiny_model_dir))
@@ -220,3 +234,65 @@ def test_the_protect_table_command(tmp_path):
     # models x phases x SNRs x K
     expected = 2 * 2 * len(channel_cli.PROTECT_TABLE_SNR_DB) * len(channel_cli.PROTECT_TABLE_KS)
     assert len(lines) == 1 + expected and "extra_time_share" in lines[0]
+
+
+@dataclass(frozen=True)
+class FixedLossLink(links.ErasureLink):
+    """The erasure link with a protected path whose packets carry `unit_bits` and are lost with `unit_loss`."""
+
+    unit_bits: int = 44
+    unit_loss: float = 0.0
+
+    def protected_cost(self, tokens, protect, hidden_size):
+        return protect_arq.PathCost(0.0, 0.0, self.unit_bits, self.unit_loss, self.unit_loss)
+
+
+def test_a_lost_protected_packet_loses_the_pairs_it_carries_hand_worked():
+    """d = 64, 16-bit values: 22 bits a pair. Packets of 44 bits hold pairs 0-1, 2-3, ...; packets of 33 bits:
+    pair 0 in packet 0, pair 1 in packets 0 and 1, pair 2 in packet 1 and 2 (bits 44-65), pair 3 in packet 2."""
+    x = hidden()
+    keep = uplink.protected(x, 4)
+    gen = uplink.generator(11)
+    for unit_bits in (44, 33):
+        link = FixedLossLink(channel.LinkConfig(snr_db=8.0), unit_bits=unit_bits, unit_loss=0.3)
+        lost_units = uplink.uniform(math.ceil(TOKENS * 4 * 22 / unit_bits), uplink.side_stream(gen)) < 0.3
+        expected = []
+        for pair in range(TOKENS * 4):
+            first, last = pair * 22 // unit_bits, (pair * 22 + 21) // unit_bits
+            expected.append(bool(lost_units[first] or lost_units[last]))
+        assert 0 < sum(expected) < TOKENS * 4
+        arrived = uplink.protected_arrived(keep, link, 4, gen)
+        lost_pairs = (keep & ~arrived).flatten()[keep.flatten()]  # in packing order: token-major, by index
+        assert lost_pairs.tolist() == expected
+    everything = FixedLossLink(channel.LinkConfig(snr_db=8.0), unit_loss=1.0)
+    assert not uplink.protected_arrived(keep, everything, 4, gen).any()
+    assert torch.equal(uplink.protected_arrived(keep, FixedLossLink(channel.LinkConfig(snr_db=8.0)), 4, gen), keep)
+
+
+def test_lost_protected_pairs_take_what_the_ordinary_path_delivered_and_draw_nothing_from_it():
+    """A protected path that loses every packet gives the unprotected result, and the transfer's stream ends
+    where it ends without protection: the next transfer's losses do not depend on K."""
+    x = hidden()
+    cfg = channel.LinkConfig(snr_db=8.0, elements_per_packet=8)
+    plain_gen, lossy_gen = uplink.generator(5), uplink.generator(5)
+    plain = uplink.impair(x, links.impairment(links.ErasureLink(cfg)), plain_gen)
+    lossy = links.impairment(FixedLossLink(cfg, unit_loss=1.0)).protecting(4)
+    assert same(uplink.impair(x, lossy, lossy_gen)[0], plain[0])
+    assert torch.equal(plain_gen.get_state(), lossy_gen.get_state())
+    half = FixedLossLink(cfg, unit_loss=0.5)
+    received, impaired, _ = uplink.impair(x, links.impairment(half).protecting(4), uplink.generator(5))
+    keep = uplink.protected(x, 4)
+    arrived = uplink.protected_arrived(keep, half, 4, plain_gen)  # plain_gen: where the ordinary draws end
+    assert 0 < int((keep & ~arrived).sum()) < TOKENS * 4
+    assert torch.equal(received, torch.where(arrived, x, plain[0])) and impaired == int((received != x).sum())
+
+
+def test_the_default_coded_path_loses_its_residual():
+    """The default design (coded: NR at the reliable MCS) loses TBs with the operating point's residual."""
+    cfg = channel.LinkConfig(snr_db=10.0)
+    cost = protect_arq.protected_path(cfg, 512, 16, 576)
+    point = nr.operating_point(10.0, rule="reliable", frame_name="FDD")
+    assert protect_arq.PROTECT_PATH == "coded" and cost.unit_loss == point.residual > 0
+    assert cost.unit_bits == point.tb_size
+    assert cost.unit_loss_bound == nr.residual_bound(nr.load_table()[point.mcs], 10.0) > cost.unit_loss
+    assert links.ErasureLink(cfg).protected_cost(512, 16, 576) == cost

@@ -21,7 +21,7 @@ import torch
 
 import serve
 from conftest import ROOT, TINY_LAYERS, wait_until
-from layersplit import UserError, channel, segments
+from layersplit import UserError, channel, protect_arq, segments
 from layersplit.serving import protocol
 from layersplit.uplink import protected
 from layersplit.serving.simulated_uplink import Uplink
@@ -307,15 +307,20 @@ def nr_snr_with_losses() -> float:
     return next(float(s) for s in np.arange(-10.0, 20.0, 0.5) if 0.2 < nr.operating_point(float(s)).residual < 0.8)
 
 
-@pytest.mark.parametrize("link,protect", [("erasure", 0), ("erasure", 4), ("nr", 0)])
+@pytest.mark.parametrize(
+    "link,protect,path", [("erasure", 0, "coded"), ("erasure", 4, "coded"), ("erasure", 4, "arq"), ("nr", 0, "coded")]
+)
 def test_add_noise_and_serve_impair_the_same_elements(
-    start_edge, split_model, tokenizer, tiny_model_dir, monkeypatch, capsys, link, protect
+    start_edge, split_model, tokenizer, tiny_model_dir, monkeypatch, capsys, link, protect, path
 ):
     """One impairment engine, one seeding scheme: at the same seed, SNR, link and prompt, the split hook of
     add_noise.py --generate and serve.py's uplink lose the same elements at every step, and with
-    --protect K both keep the same K elements of each token. nr: whole TBs, sized by the MCS at that SNR."""
+    --protect K both keep the same K elements of each token, and lose the same of them on the protected path
+    (arq: uncoded ARQ in a block fade loses many). nr: whole TBs, sized by the MCS at that SNR."""
     import add_noise
     from layersplit.link import SplitLink
+
+    monkeypatch.setattr(protect_arq, "PROTECT_PATH", path)  # add_noise.py sets it from --protect-path
     from layersplit.serving import edge
 
     seed, snr_db, k, split, steps = 7, 12.0 if link == "erasure" else nr_snr_with_losses(), 8, 1, 4
@@ -349,6 +354,8 @@ def test_add_noise_and_serve_impair_the_same_elements(
                 str(steps),
                 "--protect",
                 str(protect),
+                "--protect-path",
+                path,
                 "--json",
             ]
         )
@@ -462,10 +469,11 @@ def test_malformed_protected_sections_are_refused():
     assert protocol.protected_index_dtype(65536) == "<u2" and protocol.protected_index_dtype(65537) == "<u4"
 
 
-def test_every_element_protected_crosses_a_dead_link_exactly(start_edge, split_model, tokenizer):
-    """K = d: everything crosses the protected path, so at -5 dB, where nearly every packet is lost
-    (erasure) or a fifth of the bits flip (bitflip), the tokens are the loss-free ones; K = 0 there
-    gives other tokens."""
+def test_every_element_protected_crosses_a_dead_link_exactly(start_edge, split_model, tokenizer, monkeypatch):
+    """K = d: everything crosses the protected path (the "counted" design, which loses nothing), so at -5 dB,
+    where nearly every packet is lost (erasure) or a fifth of the bits flip (bitflip), the tokens are the
+    loss-free ones; K = 0 there gives other tokens."""
+    monkeypatch.setattr(protect_arq, "PROTECT_PATH", "counted")
     server = start_edge()
     d = split_model.hidden_size
     for wire in ("fp32", "int8"):
@@ -525,7 +533,8 @@ def test_protect_zero_is_todays_frame_and_k_adds_its_section(start_edge, split_m
     assert four.uplink_bytes_per_token == plain.uplink_bytes_per_token + 4 * (2 + 2)
 
 
-def test_the_report_counts_the_protected_bits_on_air(start_edge, split_model, tokenizer):
+def test_the_report_counts_the_protected_bits_on_air(start_edge, split_model, tokenizer, monkeypatch):
+    monkeypatch.setattr(protect_arq, "PROTECT_PATH", "counted")  # the hand-worked design
     server = start_edge()
     reports = {}
     for protect in (0, 4):

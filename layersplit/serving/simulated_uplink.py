@@ -25,8 +25,8 @@ class Uplink:
     dtype) are set per request. An infinite SNR is a loss-free link. The losses come from the
     impairment engine (layersplit/uplink.py) and request r's stream, stream_seed(seed, r): the same seed, SNR,
     link and tokens impair the same elements as add_noise.py's split hook. Elements on the protected
-    path (--protect K) are never impaired: they cross with CRC and retransmission, and only their air
-    time is counted here (protected_air).
+    path (--protect K) cross in its design (protect_arq.PROTECT_PATH): its air time is counted here
+    (protected_air), and the UE draws which of its packets are lost (UEClient._protected_section).
     """
 
     mode: str = "erasure"
@@ -95,7 +95,6 @@ class Uplink:
         self, snr_db: float, wire: str, tokens: int, hidden_size: int, protect: int
     ) -> tuple[float, float]:
         """(expected bits, expected seconds) on air of the protected path: each token's `protect`
-        (index, value) pairs in whole packets with headers, each sent 1 / (1 - PER) times on average
-        (channel.protected_air_bits; inf when every packet is lost); (0, 0) without protection or a
-        physical operating point."""
+        (index, value) pairs in the design's packets (TBs), every transmission counted (Link.protected_cost);
+        (0, 0) without protection or a physical operating point."""
         return self.link(snr_db, wire).protected_air(tokens, protect, hidden_size)

@@ -14,7 +14,7 @@ import torch
 from transformers import DynamicCache
 
 from .. import UserError, channel
-from ..uplink import protected
+from ..uplink import protected, protected_arrived
 from ..wire import WIRE_FORMATS, encode, n_packets
 from ..segments import SplitModel, cache_kwarg, resolve_decode, static_capacity
 from .protocol import (
@@ -74,7 +74,7 @@ class RequestReport:
     snr_db: float
     link: str
     wire: str
-    protect: int  # K: each token's largest-magnitude elements on the protected path (they always arrive)
+    protect: int  # K: each token's largest-magnitude elements on the protected path
     packet_error_rate: float
     bit_error_rate: float
     ttft_s: float  # request start (OPEN) to the first token received
@@ -115,8 +115,9 @@ class UEClient:
     policy of LayerSplit-Protect-v0 chooses K too: policies.split_chooser). The SNR of request r is step r of
     `snr` (an channel.SnrProcess; None: a fixed infinite SNR, loss-free). One connection serves
     the client's requests one after the other. `protect` (K, 0..hidden size): each token's K
-    largest-magnitude elements also cross the protected path, so they always arrive, unless the
-    split's callable returns its own K for the request. `decode` (segments.DECODE_MODES, or auto):
+    largest-magnitude elements also cross the protected path (protect_arq.PROTECT_PATH's design; a pair
+    it loses carries what the ordinary path delivered), unless the split's callable returns its own K for
+    the request. `decode` (segments.DECODE_MODES, or auto):
     how the UE's layers decode; a static cache holds the prompt and max_new_tokens (at most the edge's
     max_context), rounded up to a power of two. The edge decodes its own way: nothing of it crosses
     the socket. `token`: the edge's shared secret, sent in every OPEN (None: the edge has none).
@@ -211,6 +212,25 @@ class UEClient:
     def __exit__(self, *exc):
         self.close()
 
+    def _protected_section(self, flags, original, rows, kept, snr_db, wire, stream) -> bytes:
+        """The protected section of a transfer whose element bytes were `original` before the air and arrive
+        as the packets `rows` at indices `kept`: each token's flagged elements from `original`, but those of
+        pairs the protected path loses (uplink.protected_arrived, from the request stream's side stream after
+        the ordinary packets, as the split hook draws) as the ordinary path delivered them, so that the edge's
+        overwrite gives what add_noise.py's split hook gives."""
+        d, protect = flags.shape[-1], int(flags[0].sum())
+        arrived = protected_arrived(flags, self.uplink.link(snr_db, wire), protect, stream)
+        values = original
+        if not torch.equal(arrived, flags):
+            delivered = np.zeros_like(rows)
+            delivered[kept] = rows[kept]
+            elem_bytes = WIRE_FORMATS[wire][0]
+            lost = np.repeat((flags & ~arrived).flatten().cpu().numpy(), elem_bytes)
+            values = original.copy()
+            values[lost] = delivered.reshape(-1)[: original.size][lost]
+        indices = flags.nonzero()[:, 1].reshape(-1, protect).cpu().numpy()
+        return pack_protected(values, indices, d, wire)
+
     def _expect(self, wanted: int) -> tuple[bytes, int]:
         try:
             ftype, payload = recv_frame(self.sock, max(MAX_FRAME_BYTES, 1 << 20), self.timeout_s)
@@ -297,14 +317,14 @@ class UEClient:
                 t = time.perf_counter()
                 hidden = self.split_model.ue_forward(split, x, cache)[0]
                 data, scales = encode(hidden, wire)
-                section = b""
-                if protect:  # taken before the air flips any bit: the protected path has CRC and ARQ
-                    indices = protected(hidden, protect).nonzero()[:, 1].reshape(-1, protect).cpu().numpy()
-                    section = pack_protected(data, indices, d, wire)
+                if protect:  # taken before the air flips any bit: the protected path has its own CRC
+                    flags = protected(hidden, protect)
+                    original = data.copy()
                 ue_s += time.perf_counter() - t
                 total = n_packets(hidden.numel(), k)
                 kept, bits = self.uplink.transmit(data, total, snr_db, wire, stream, loss=(per, ber))
                 rows = packet_rows(data, total, packet_bytes)
+                section = self._protected_section(flags, original, rows, kept, snr_db, wire, stream) if protect else b""
                 frame = pack_activation(step, hidden.shape[0], d, rows, kept, scales, section)
                 if HEADER.size + len(frame) > ready["max_frame_bytes"]:
                     raise UserError(
