@@ -409,4 +409,61 @@ def block_protect_rl(results: Path) -> str:
         table(["policy", f"mean return ± 95% over {len(protect['runs'])} seeds", "share of the optimum"], rows)
         + "\n\n"
         + table(["paired by seed", "difference ± 95%"], gaps)
+        + "\n\n"
+        + block_protect_choices(results)
+        + protect_fit_line(results)
     )
+
+
+PROTECT_FIT = "rsm_fit_protect.json"  # the protect-form surrogate's held-out metrics (train_rsm.py fit)
+
+
+def protect_fit_line(results: Path) -> str:
+    fit = read_json(results, PROTECT_FIT)
+    if fit is None:
+        return ""
+    held = fit["metrics"]["held_out"]
+    return (
+        f"\n\nThe protect-form surrogate the agents train on (`results/{PROTECT_FIT}`): held-out R² "
+        f"{held['r2_log_ppl']:.3f} log-PPL, {held['r2_token_accuracy']:.3f} accuracy, {held['r2_latency_s']:.3f} "
+        f"latency on {held['cells']} cells; median relative error of perplexity "
+        f"{held['median_relative_error_ppl']:.1%}."
+    )
+
+
+PROTECT_POLICY_CSV = "rl_protect_ppo_policy.csv"  # each policy's action against the SNR (train_rsm.py train)
+
+
+def block_protect_choices(results: Path) -> str:
+    """What the optimum and each PPO seed choose on LayerSplit-Protect-v0 against the SNR, as runs of SNRs
+    with one (split, share withheld, K), from the policy file."""
+    path = results / PROTECT_POLICY_CSV
+    if not path.is_file():
+        return f"(no {PROTECT_POLICY_CSV} in {results})"
+    import csv
+
+    with path.open(newline="", encoding="utf-8") as f:
+        found = [r for r in csv.DictReader(f) if r["condition"] == "snr_db"]
+    names = ["optimum"] + sorted({r["policy"] for r in found if r["policy"].startswith("ppo_")})
+    rows = []
+    for name in names:
+        runs: list[list] = []  # [first SNR, last SNR, choice]
+        for r in sorted((r for r in found if r["policy"] == name), key=lambda r: float(r["value"])):
+            choice = (int(float(r["split"])), float(r["withheld"]), int(r["protect"]))
+            if runs and runs[-1][2] == choice:
+                runs[-1][1] = float(r["value"])
+            else:
+                runs.append([float(r["value"]), float(r["value"]), choice])
+        rows.append(
+            [
+                name.replace("ppo_s", "PPO, seed "),
+                "; ".join(
+                    (f"{a:g}" if a == b else f"{a:g}-{b:g}")
+                    + f" dB: split {c[0]}, "
+                    + (f"{c[1]:.0%} withheld, " if c[1] else "")
+                    + f"K = {c[2]}"
+                    for a, b, c in runs
+                ),
+            ]
+        )
+    return table(["policy", "choice against Es/N0 (split, share withheld, K)"], rows)
