@@ -132,7 +132,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="what the link does: dropout (the original, --dropout p; default without --snr-db), erasure "
         "(uncoded packets lost at --snr-db, zero-filled; default with --snr-db), awgn, bitflip (stress test), "
         "nr (5G NR transport blocks, LDPC, MCS, HARQ: layersplit/nr.py), burst (erasure in a fade held for "
-        "a coherence time: losses in bursts at the same mean)",
+        "a coherence time: losses in bursts at the same mean), nr_burst (nr whose TBs in one coherence time "
+        "are lost together, at nr's mean)",
     )
     physical = p.add_argument_group("physical link (with --snr-db)")
     add_link_arguments(physical, snr_db_default=None)

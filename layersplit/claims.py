@@ -6,8 +6,8 @@ in one file only (`held`). `python figures.py --claims FILE` rewrites the blocks
 `write_all` those of every file; a test fails when a file differs from what is written from the
 committed files. This module puts each block in its place; the tables are claims_tables.py's (claims,
 rl, ablation, sweep, paired), claims_timings.py's (fairness, gpu, pipeline, fresh) and claims_radio.py's
-(nr_link, nr_latency, nr_ldpc, protect_arq, protect_cost, burst,
-nr_rule_cost, nr_residual_read), from the numbers claims_stats.py computes and the
+(nr_link, nr_latency, nr_ldpc, protect_arq, protect_cost, burst, nr_burst,
+nr_rule_cost, nr_residual_read, nr_tails), from the numbers claims_stats.py computes and the
 committed link tables:
 
     claims     the paper's claims: what was measured, with 95% intervals, and the verdict
@@ -26,8 +26,10 @@ committed link tables:
     protect_cost what the protected path in use adds to a prefill's air time, and what it loses
     protect_rl LayerSplit-Protect-v0's policies and what protection and adapting K are worth, paired by seed
     burst      burst losses against independent ones at the same PER, paired on windows (bench/burst.py)
+    nr_burst   the same on the NR link at the same residual TB loss (bench/burst.py --pair nr)
     nr_rule_cost the reliable MCS rule's air time against the target rule's, from the two NR sweeps
     nr_residual_read the reliable rule reading extrapolated residuals against the bounds the data certify
+    nr_tails   the curves where residuals are read, against those points measured deeper (nr --tails)
 
 Intervals: over seeds for the surrogate-trained agents (seed k of every policy plays the same
 episodes, so gaps are paired by seed), over episodes on the real LLM (each episode its own start and
@@ -43,10 +45,12 @@ from pathlib import Path
 from . import UserError
 from .claims_radio import (
     block_burst,
+    block_nr_burst,
     block_nr_latency,
     block_nr_ldpc,
     block_nr_link,
     block_nr_residual_read,
+    block_nr_tails,
     block_nr_rule_cost,
     block_protect_arq,
     block_protect_cost,
@@ -69,8 +73,10 @@ BLOCKS = {
     "protect_cost": block_protect_cost,
     "protect_rl": block_protect_rl,
     "burst": block_burst,
+    "nr_burst": block_nr_burst,
     "nr_rule_cost": block_nr_rule_cost,
     "nr_residual_read": block_nr_residual_read,
+    "nr_tails": block_nr_tails,
     "fairness": block_fairness,
     "gpu": block_gpu,
     "pipeline": block_pipeline,

@@ -5,6 +5,7 @@ and the goodput (claims.py: where each goes)."""
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 from .claims_tables import table
@@ -267,13 +268,14 @@ def block_protect_cost(results: Path) -> str:
 
 
 BURST_PAIRS = "burst_pairs.csv"  # python bench/burst.py
+NR_BURST_PAIRS = "nr_burst_pairs.csv"  # python bench/burst.py --pair nr
 
 
-def block_burst(results: Path) -> str:
-    """Burst against independent losses at the same PER: perplexity of each, and the paired NLL difference."""
-    path = results / BURST_PAIRS
+def block_burst(results: Path, name: str = BURST_PAIRS, command: str = "python bench/burst.py") -> str:
+    """Burst against independent losses at the same mean loss: perplexity of each, and the paired NLL difference."""
+    path = results / name
     if not path.is_file():
-        return f"(no {BURST_PAIRS} in {results}: make it with python bench/burst.py)"
+        return f"(no {name} in {results}: make it with {command})"
     with path.open(newline="", encoding="utf-8") as f:
         found = list(csv.DictReader(f))
     snrs = sorted({float(r["snr_db"]) for r in found})
@@ -286,7 +288,7 @@ def block_burst(results: Path) -> str:
             cells.append(
                 ""
                 if r is None
-                else f"{float(r['ppl_erasure']):.4g} / {float(r['ppl_burst']):.4g}, "
+                else f"{float(r['ppl_independent']):.4g} / {float(r['ppl_burst']):.4g}, "
                 f"{float(r['nll_difference']):+.2f} ± {float(r['ci95']):.2f}"
                 + (" *" if r["significant"] == "True" else "")
             )
@@ -296,6 +298,50 @@ def block_burst(results: Path) -> str:
         f"\n\n{found[0]['windows']} windows of 512 tokens, {found[0]['draws']} draws each; 95% t interval over the "
         "windows (each window's difference averaged over its draws); * the interval excludes 0."
     )
+
+
+def block_nr_burst(results: Path) -> str:
+    """The NR link's burst losses (nr_burst) against its independent TB losses (nr) at the same residual, each
+    SNR headed by its MCS, residual TB loss and TBs per coherence interval."""
+    from . import nr
+
+    body = block_burst(results, NR_BURST_PAIRS, "python bench/burst.py --pair nr")
+    if not (results / NR_BURST_PAIRS).is_file():
+        return body
+    with (results / NR_BURST_PAIRS).open(newline="", encoding="utf-8") as f:
+        snrs = sorted({float(r["snr_db"]) for r in csv.DictReader(f)})
+    points = [nr.operating_point(s) for s in snrs]
+    clean = ""
+    sweep = results / NR_PAIR_SWEEP
+    if sweep.is_file():
+        with sweep.open(newline="", encoding="utf-8") as f:
+            found = [r for r in csv.DictReader(f) if r["link"] == "dropout" and float(r["dropout"]) == 0.0]
+        if found:
+            tokens = sum(int(r["scored_tokens"]) for r in found)
+            nll = sum(float(r["nll"]) * int(r["scored_tokens"]) for r in found) / tokens
+            clean = f" Clean perplexity on the same windows: {math.exp(nll):.4g}."
+    return (
+        table(
+            ["Es/N0", "MCS", "residual TB loss", "TBs per coherence interval", "TBs per 512-token transfer"],
+            [
+                [
+                    f"{p.snr_db:g} dB",
+                    str(p.mcs),
+                    f"{p.residual:.2g}",
+                    str(p.coherence_tbs),
+                    str(p.tbs(512 * NR_BURST_HIDDEN * NR_BURST_BITS)),
+                ]
+                for p in points
+            ],
+        )
+        + "\n\n"
+        + body
+        + clean
+    )
+
+
+NR_PAIR_SWEEP = "sweep_nr_pair_smollm2-135m.csv"  # --link nr on nr_burst's grid (bench/burst.py --pair nr)
+NR_BURST_HIDDEN, NR_BURST_BITS = 576, 16  # SmolLM2-135M's fp16 activations: the transfers nr_burst_pairs measures
 
 
 RESIDUAL_READ_SNRS = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0)  # the rows of the residual-read block
@@ -328,6 +374,53 @@ def block_nr_residual_read(results: Path) -> str:
     return table(header, rows) + (
         f"\n\nThe `reliable` rule (residual after HARQ at most {nr.RESIDUAL_TARGET:g}) on the committed BLER table; "
         f"air time: SmolLM2's {RESIDUAL_READ_TOKENS}-token prefill in fp16 on the {frame.name} frame."
+    )
+
+
+NR_TAILS = "nr_bler_tails.csv"  # python -m layersplit.nr --tails results/nr_bler_tails.csv
+
+
+def block_nr_tails(results: Path) -> str:
+    """The table's curve where HARQ's residuals are read, against the same points measured deeper (the tails
+    file): the lookup (an extrapolation past each curve's last lost TB), the bound the table's points certify,
+    and the deep measurement with its 95% interval; the verdict says where the lookup lies in that interval."""
+    from . import nr
+
+    tails, bler_table = results / NR_TAILS, results / "nr_bler.csv"
+    if not (tails.is_file() and bler_table.is_file()):
+        return f"(no {NR_TAILS} or nr_bler.csv in {results}: python -m layersplit.nr --tails {results}/{NR_TAILS})"
+    curves = nr.load_table(str(bler_table))
+    gain = 10.0 * math.log10(nr.HARQ_MAX_RETX + 1)  # chase combining of every transmission
+    rows = []
+    for r in sorted(nr.read_table(tails), key=lambda r: (int(r["mcs"]), float(r["snr_db"]))):
+        mcs, snr = int(r["mcs"]), float(r["snr_db"])
+        lookup, low, high = curves[mcs](snr), float(r["bler_low"]), float(r["bler_high"])
+        verdict = "inside" if low <= lookup <= high else "above: pessimistic" if lookup > high else "below: optimistic"
+        rows.append(
+            [
+                str(mcs),
+                f"{snr:g} dB",
+                f"{snr - gain:.1f} dB",
+                f"{lookup:.2g}",
+                f"{curves[mcs].upper_bound(snr):.2g}",
+                f"{int(r['errors'])} / {int(r['slots']):,}",
+                f"{float(r['bler']):.2g} [{low:.2g}, {high:.2g}]",
+                verdict,
+            ]
+        )
+    header = [
+        "MCS",
+        "Es/N0",
+        "residual of the point at",
+        "table's lookup",
+        "table's bound",
+        "deep: lost / slots",
+        "deep BLER [95%]",
+        "lookup against the deep interval",
+    ]
+    return table(header, rows) + (
+        f"\n\nA residual after {nr.HARQ_MAX_RETX + 1} transmissions is the curve at the SNR + {gain:.2f} dB; the "
+        "deep points draw from seeds of their own (independent of the table's), 95% Clopper-Pearson intervals."
     )
 
 

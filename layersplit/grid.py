@@ -17,6 +17,7 @@ LINK_MODES = (
     "bitflip",
     "nr",
     "burst",
+    "nr_burst",
 )  # the original's direct p, then the physical links
 # serve.py's simulated uplink: loss-free, or the physical links that act on packets and bits (awgn acts
 # on values, and withholding would need the edge to know which elements are missing)

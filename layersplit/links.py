@@ -238,6 +238,10 @@ class BurstLink(ErasureLink):
     def corrupt(self, hidden, imp, gen):
         return _engine().erase_in_bursts(hidden, imp, gen)
 
+    def fade_losses(self, n_packets: int, gen) -> torch.Tensor:
+        """Each packet's loss in the fade of its coherence interval."""
+        return _engine().burst_loss(n_packets, self.cfg, gen)
+
     def deliver(self, data, total, loss, ber, gen):  # serve.py does not offer it (SERVED)
         raise NotImplementedError("burst losses are not served")
 
@@ -358,6 +362,24 @@ class NrLink(Link):
 
 
 @dataclass(frozen=True)
+class NrBurstLink(NrLink):
+    """The NR link with the fade held for a coherence time: the TBs sent in one are lost together, or arrive,
+    at nr's mean loss (uplink.nr_burst_loss)."""
+
+    name: ClassVar[str] = "nr_burst"
+    title: ClassVar[str] = "NR link with burst losses"
+
+    def corrupt(self, hidden, imp, gen):
+        return _engine().erase_in_bursts(hidden, imp, gen)
+
+    def fade_losses(self, n_tbs: int, gen) -> torch.Tensor:
+        return _engine().nr_burst_loss(n_tbs, self.point, gen)
+
+    def deliver(self, data, total, loss, ber, gen):  # serve.py does not offer it (SERVED)
+        raise NotImplementedError("burst losses are not served")
+
+
+@dataclass(frozen=True)
 class LossFreeLink(Link):
     """serve.py's --link none (or an infinite SNR): every packet arrives, nothing is counted on air."""
 
@@ -381,7 +403,7 @@ class LossFreeLink(Link):
 
 # The one place a CLI name is compared: name -> class.
 LINKS: dict[str, type[Link]] = {
-    k.name: k for k in (OriginalLink, ErasureLink, AwgnLink, BitflipLink, NrLink, BurstLink)
+    k.name: k for k in (OriginalLink, ErasureLink, AwgnLink, BitflipLink, NrLink, BurstLink, NrBurstLink)
 }
 SERVED: dict[str, type[Link]] = {k.name: k for k in (LossFreeLink, ErasureLink, BitflipLink, NrLink)}
 assert tuple(LINKS) == LINK_MODES and tuple(SERVED) == SERVED_LINKS  # grid.py's names (torch-free) are these

@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from . import UserError, shipped_file
+from .channel import COHERENCE_S
 from .nr_frame import Frame, frame
 
 # ---- the OFDM grid (TS 38.211) ----------------------------------------------------------------
@@ -375,6 +376,12 @@ class OperatingPoint:
         """Delivered bits per second of the frame: a TB's bits, less its residual loss, per its expected
         transmissions, in the U slots only."""
         return self.tb_size * (1.0 - self.residual) * self.frame.uplink_share / (self.transmissions * SLOT_S)
+
+    @property
+    def coherence_tbs(self) -> int:
+        """TBs sent within one coherence time (channel.COHERENCE_S, the pedestrian's at this carrier) at the
+        frame's pace: they share a fade (--link nr_burst)."""
+        return max(1, math.floor(COHERENCE_S * self.frame.uplink_share / (self.transmissions * SLOT_S)))
 
     def tbs(self, bits: int) -> int:
         return math.ceil(bits / self.tb_size) if bits > 0 else 0

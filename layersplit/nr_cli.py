@@ -1,13 +1,15 @@
 """The 5G NR link's command line (python -m layersplit.nr; nr.py's `python -m` entry runs main here).
 
 One run does one of: the link at one SNR (MCS, BLER, residual loss, goodput, air time; nr.py), the BLER
-table's Monte Carlo (--table) or its check against fresh simulations (--check; nr_sim.py), or the latency
-table over the NR link (--latency-table; compute.latency_table, written by channel_cli.write_table).
+table's Monte Carlo (--table), its check against fresh simulations (--check) or its points measured deeper
+where HARQ's residuals are read (--tails; nr_sim.py), or the latency table over the NR link (--latency-table;
+compute.latency_table, written by channel_cli.write_table).
 
 CLI:
     python -m layersplit.nr --snr-db 10                       # MCS, BLER, goodput, latency at 10 dB
     python -m layersplit.nr --table results/nr_bler.csv       # the Monte Carlo BLER table (resumable)
     python -m layersplit.nr --check 14:10 --max-slots 64      # simulate MCS 14 at 10 dB afresh vs the table
+    python -m layersplit.nr --tails results/nr_bler_tails.csv # the residuals' points, to 2,000 slots (resumable)
 """
 
 from __future__ import annotations
@@ -37,9 +39,14 @@ from .nr_sim import (
     TABLE_BATCH,
     TABLE_MAX_SLOTS,
     TABLE_MIN_ERRORS,
+    TABLE_DEVICE,
     TABLE_SEED,
     TABLE_SNR_DB,
+    TAIL_MAX_SLOTS,
+    TAIL_POINTS,
+    TAIL_SEED_OFFSET,
     check,
+    measure_points,
     measure_table,
 )
 
@@ -102,6 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="simulate these (MCS, Es/N0) cases afresh (seed --seed + 1) and compare with --bler-table",
     )
     g.add_argument(
+        "--tails",
+        metavar="CSV",
+        type=cli.writable_file,
+        help="measure the --points deeper (up to --max-slots, default %d, seed --seed + %d) and append to CSV "
+        "(resumes): the BLER where the residuals after HARQ are read" % (TAIL_MAX_SLOTS, TAIL_SEED_OFFSET),
+    )
+    g.add_argument(
+        "--points",
+        metavar="MCS:SNR,...",
+        default=",".join(f"{m}:{s:g}" for m, s in TAIL_POINTS),
+        help="the (MCS, Es/N0) points of --tails",
+    )
+    g.add_argument(
         "--latency-table",
         metavar="CSV",
         type=cli.writable_file,
@@ -117,12 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--max-slots",
         type=cli.positive_int,
-        default=TABLE_MAX_SLOTS,
-        help="slots per point at most (--check: slots per case)",
+        help=f"slots per point at most (--check: slots per case; default {TABLE_MAX_SLOTS}, --tails {TAIL_MAX_SLOTS})",
     )
     g.add_argument("--min-errors", type=cli.positive_int, default=TABLE_MIN_ERRORS, help="lost TBs that end a point")
     g.add_argument("--batch", type=cli.positive_int, default=TABLE_BATCH, help="slots per Sionna call")
     g.add_argument("--seed", type=cli.seed, default=TABLE_SEED, help="seed of the Monte Carlo")
+    g.add_argument(
+        "--device",
+        default=TABLE_DEVICE,
+        help="where Sionna runs the Monte Carlo: cpu (the committed tables), cuda or cuda:N (its own random "
+        "streams; large --batch for deep tails)",
+    )
     return p
 
 
@@ -139,13 +164,30 @@ def main(argv: list[str] | None = None) -> int:
     if any(m != int(m) for m in mcs_list):
         parser.error(f"--mcs {args.mcs!r}: MCS indices are integers")
     mcs_list = [int(m) for m in mcs_list]
-    try:
-        cases = [(int(a), float(b)) for a, b in (c.split(":") for c in args.check.split(","))] if args.check else []
-    except ValueError:
-        parser.error(f"--check {cli.shown(args.check)}: give MCS:SNR pairs, e.g. 14:10,3:0")
-    if any(not cli.SNR_DB_MIN <= snr <= cli.SNR_DB_MAX for _, snr in cases):  # NaN too
-        parser.error(f"--check {cli.shown(args.check)}: SNRs must lie in {cli.SNR_DB_MIN:g}..{cli.SNR_DB_MAX:g} dB")
 
+    def pairs(option: str, text: str | None) -> list[tuple[int, float]]:
+        try:
+            found = [(int(a), float(b)) for a, b in (c.split(":") for c in text.split(","))] if text else []
+        except ValueError:
+            parser.error(f"{option} {cli.shown(text)}: give MCS:SNR pairs, e.g. 14:10,3:0")
+        if any(not cli.SNR_DB_MIN <= snr <= cli.SNR_DB_MAX for _, snr in found):  # NaN too
+            parser.error(f"{option} {cli.shown(text)}: SNRs must lie in {cli.SNR_DB_MIN:g}..{cli.SNR_DB_MAX:g} dB")
+        return found
+
+    cases = pairs("--check", args.check)
+    points = pairs("--points", args.points) if args.tails else []
+    if any(m not in range(29) for m, _ in points):  # refused before the file is touched
+        parser.error(f"--points {cli.shown(args.points)}: MCS indices are 0-28")
+    if args.max_slots is None:
+        args.max_slots = TAIL_MAX_SLOTS if args.tails else TABLE_MAX_SLOTS
+
+    if args.device != TABLE_DEVICE:
+        from .models import resolve_device  # torch: only when another device is asked for
+
+        try:
+            args.device = str(resolve_device(args.device))
+        except UserError as e:
+            parser.error(str(e))
     if args.latency_table and args.bler_table != BLER_TABLE:  # the rows read the link's table, not the option
         parser.error(
             "--latency-table reads the table the link uses: set LAYERSPLIT_NR_BLER_TABLE instead of --bler-table"
@@ -168,10 +210,27 @@ def main(argv: list[str] | None = None) -> int:
                 args.max_slots,
                 args.min_errors,
                 args.batch,
+                device=args.device,
             )
             print(f"simulated {n} points into {args.table} in {time.time() - start:.0f} s")
+        elif args.tails:
+            start = time.time()
+            n = measure_points(
+                Path(args.tails),
+                points,
+                args.seed + TAIL_SEED_OFFSET,
+                args.channel,
+                args.receiver,
+                args.max_slots,
+                args.min_errors,
+                args.batch,
+                device=args.device,
+            )
+            print(f"simulated {n} points into {args.tails} in {time.time() - start:.0f} s")
         elif cases:
-            rows = check(cases, args.max_slots, args.seed + 1, args.bler_table, args.channel, args.receiver)
+            rows = check(
+                cases, args.max_slots, args.seed + 1, args.bler_table, args.channel, args.receiver, args.device
+            )
             for r in rows:
                 print(
                     json.dumps(r)

@@ -45,6 +45,18 @@ TABLE_MIN_ERRORS = 50  # a point stops once this many TBs are lost (its interval
 TABLE_SEED = (
     0  # each (MCS, SNR) point draws from its own seeds: point_seed(seed, mcs, snr) + the slots before each batch
 )
+# ---- the tails: points measured deeper where HARQ's residuals are read (--tails) -------------------------------
+# The table's points stop at 192 slots, so it resolves no BLER below about 0.019, while a residual after HARQ is the
+# curve at the SNR + 6 dB (4 transmissions), past each curve's last lost TB. These are the points that the
+# residuals the docs quote rest on: MCS 7 at 16 dB (the 10 dB operating point's), MCS 20 at 26 dB (20 dB's, the
+# relapse of the target rule) and MCS 28 at 40 dB (its floor, read from 34 dB up).
+TAIL_POINTS = ((7, 16.0), (20, 26.0), (28, 40.0))
+TAIL_MAX_SLOTS = 2000  # slots per point at most (none lost: a 95% upper bound of 0.0018)
+TAIL_SEED_OFFSET = 2  # the tails draw from seed + 2: independent of the table's points (seed) and --check's (seed + 1)
+
+# where Sionna runs the link (--device): the committed tables are the CPU's; a GPU draws from its own random
+# streams (other numbers at the same seed, the same statistics) and runs the large batches deep tails need
+TABLE_DEVICE = "cpu"
 
 
 # ---- Sionna's PUSCH configuration (nr.py's grid and MCS table) --------------------------------
@@ -68,7 +80,7 @@ def point_seed(seed: int, mcs: int, snr_db: float) -> int:
 class Simulator:
     """Sionna's PUSCH link for one MCS: transmitter, channel, receiver; `errors(snr_db, slots)`."""
 
-    def __init__(self, mcs: int, channel: str = CHANNEL, receiver: str = RECEIVER):
+    def __init__(self, mcs: int, channel: str = CHANNEL, receiver: str = RECEIVER, device: str = TABLE_DEVICE):
         if mcs not in range(29):
             raise UserError(f"MCS {mcs}: Table 5.1.3.1-1 has indices 0-28")
         if channel not in CHANNELS or receiver not in RECEIVERS:
@@ -77,9 +89,9 @@ class Simulator:
         from sionna.phy.channel.tr38901 import TDL
         from sionna.phy.nr import PUSCHReceiver, PUSCHTransmitter
 
-        self.cfg = _pusch_config(mcs)
+        self.cfg, self.device = _pusch_config(mcs), str(device)
         try:
-            self.tx = PUSCHTransmitter(self.cfg, return_bits=True)
+            self.tx = PUSCHTransmitter(self.cfg, return_bits=True, device=self.device)
         except ValueError as e:  # the LDPC encoder refuses code rates below 1/5
             raise UserError(f"MCS {mcs}: {e}") from e
         self.mcs, self.channel, self.receiver = mcs, channel, receiver
@@ -90,18 +102,23 @@ class Simulator:
                 carrier_frequency=CARRIER_FREQUENCY_HZ,
                 min_speed=UE_SPEED_MPS,
                 max_speed=UE_SPEED_MPS,
-                device="cpu",
+                device=self.device,
             )
             self.air = OFDMChannel(
-                tdl, self.tx.resource_grid, add_awgn=True, normalize_channel=False, return_channel=True, device="cpu"
+                tdl,
+                self.tx.resource_grid,
+                add_awgn=True,
+                normalize_channel=False,
+                return_channel=True,
+                device=self.device,
             )
         else:
-            self.air = AWGN(device="cpu")
+            self.air = AWGN(device=self.device)
         self.rx = PUSCHReceiver(
             self.tx,
             channel_estimator="perfect" if receiver == "perfect" else None,
             return_tb_crc_status=True,
-            device="cpu",
+            device=self.device,
         )
 
     @property
@@ -114,7 +131,7 @@ class Simulator:
         import torch
 
         sionna.phy.config.seed = seed
-        no = torch.tensor(10.0 ** (-snr_db / 10.0))
+        no = torch.tensor(10.0 ** (-snr_db / 10.0), device=self.device)
         with torch.no_grad():
             x, _ = self.tx(slots)
             if self.channel == "tdl":
@@ -123,7 +140,7 @@ class Simulator:
                 y, h = self.air(x, no), None
             if self.receiver == "perfect":
                 if h is None:  # AWGN: the channel is 1 on every resource element
-                    h = torch.ones(y.shape[:2] + (1, 1, 1) + y.shape[3:], dtype=y.dtype)
+                    h = torch.ones(y.shape[:2] + (1, 1, 1) + y.shape[3:], dtype=y.dtype, device=y.device)
                 _, crc = self.rx(y, no, h)
             else:
                 _, crc = self.rx(y, no)
@@ -196,6 +213,7 @@ def measure_table(
     min_errors: int = TABLE_MIN_ERRORS,
     batch: int = TABLE_BATCH,
     progress: bool = True,
+    device: str = TABLE_DEVICE,
 ) -> int:
     """Measure BLER against SNR for each MCS and append the rows to `path` as each point is done, so an
     interrupted run resumes. Per MCS the SNRs are walked upwards: a point lost in full starts the curve,
@@ -221,7 +239,7 @@ def measure_table(
         for mcs in tqdm(mcs_list, desc="BLER table", unit="MCS", disable=not progress):
             points = sorted(done.get(mcs, []))
             if not (points and points[-1][1] == 0):  # else this MCS's curve is complete
-                sim = Simulator(mcs, channel, receiver)
+                sim = Simulator(mcs, channel, receiver, device)
                 start = points[-1][0] if points else -math.inf
                 for snr in snr_list:
                     if snr <= start or snr < floor:
@@ -238,6 +256,47 @@ def measure_table(
     return simulated
 
 
+def measure_points(
+    path: Path,
+    cases,
+    seed: int = TABLE_SEED + TAIL_SEED_OFFSET,
+    channel: str = CHANNEL,
+    receiver: str = RECEIVER,
+    max_slots: int = TAIL_MAX_SLOTS,
+    min_errors: int = TABLE_MIN_ERRORS,
+    batch: int = TABLE_BATCH,
+    progress: bool = True,
+    device: str = TABLE_DEVICE,
+) -> int:
+    """Measure each (MCS, Es/N0) point of `cases` to `max_slots` slots (or `min_errors` lost TBs) and append its
+    row to `path` (the table's format, so read_table reads it) as it is done; a point already there is skipped,
+    so an interrupted run resumes. Returns the number of points simulated."""
+    from tqdm.auto import tqdm
+
+    path = Path(path)
+    done = set()
+    if path.exists():
+        for row in read_table(path, allow_empty=True):
+            if (row["channel"], row["receiver"], int(row["seed"])) != (channel, receiver, seed):
+                raise UserError(f"{path} holds points of another set-up; write to a new file")
+            done.add((int(row["mcs"]), float(row["snr_db"])))
+    new = not path.exists() or path.stat().st_size == 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    simulated = 0
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=TABLE_COLUMNS)
+        if new:
+            writer.writeheader()
+        todo = [c for c in cases if c not in done]
+        for mcs, snr in tqdm(todo, desc="BLER tails", unit="point", disable=not progress):
+            sim = Simulator(mcs, channel, receiver, device)
+            slots, errors = simulate_point(sim, snr, seed, max_slots, min_errors, batch)
+            writer.writerow(format_row(table_row(sim, snr, slots, errors, seed)))
+            f.flush()
+            simulated += 1
+    return simulated
+
+
 # ---- the table checked against fresh simulations (--check) -------------------------------------
 def check(
     cases: list[tuple[int, float]],
@@ -246,6 +305,7 @@ def check(
     table: str | Path = BLER_TABLE,
     channel: str = CHANNEL,
     receiver: str = RECEIVER,
+    device: str = TABLE_DEVICE,
 ) -> list[dict]:
     """Simulate (MCS, Es/N0) cases afresh, from `seed` (not the table's), and set each beside the table's
     curve: `agrees` when the fresh 95% interval meets the table's (at one of its points) or holds the
@@ -258,7 +318,7 @@ def check(
     for mcs, snr in cases:
         if mcs not in curves:
             raise UserError(f"MCS {mcs} is not in {table}: it has {', '.join(map(str, curves))}")
-        sim = Simulator(mcs, channel, receiver)
+        sim = Simulator(mcs, channel, receiver, device)
         n, errors = simulate_point(sim, snr, seed, max_slots=slots, min_errors=slots + 1)
         low, high = clopper_pearson(errors, n)
         table_low, table_high = measured.get((mcs, snr), (curves[mcs](snr),) * 2)

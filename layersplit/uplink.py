@@ -13,6 +13,7 @@ Links (links.py, one class each, which picks its function here: erase, noisy, fl
     bitflip  raw bit errors on the wire format's bytes, no CRC (a stress test)
     nr       5G NR transport blocks (nr.py): each TB of the activation lost with its residual BLER after
              HARQ at the MCS link adaptation picks (erasure with TBs for packets)
+    nr_burst nr with the fade held for a coherence time: the TBs sent in it are lost together or arrive
 On top of any mode the UE may withhold a share of the elements (not sent; the edge zero-fills
 them); with dropout and erasure the packets are then filled with the elements that are sent.
 
@@ -143,9 +144,10 @@ def erase(hidden: torch.Tensor, imp: Impairment, gen: torch.Generator):
 
 
 def erase_in_bursts(hidden: torch.Tensor, imp: Impairment, gen: torch.Generator):
-    """burst: erasure whose packets share a fade for a coherence time (burst_loss), so they are lost together."""
+    """burst, nr_burst: erasure whose packets (TBs) share a fade for a coherence time, so they are lost together
+    (each packet's loss in its fade: the link's fade_losses, burst_loss or nr_burst_loss)."""
     n, k = hidden.numel(), imp.elements_per_packet
-    loss = burst_loss(math.ceil(n / k), imp.channel, gen)
+    loss = imp.link.fade_losses(math.ceil(n / k), gen)
     lost, sent = lost_elements(n, k, loss, imp.withheld, gen)
     lost = lost.view(hidden.shape).to(hidden.device)
     return hidden.masked_fill(lost, 0.0), lost.sum(), sent
@@ -234,12 +236,33 @@ def burst_loss(n_packets: int, cfg, gen: torch.Generator) -> torch.Tensor:
     Drawn first: one uniform for the offset, then one per interval."""
     if not cfg.block_fading:  # independent bit errors at the fade-averaged BER: no fade to hold
         return torch.full((n_packets,), channel.packet_error_rate(cfg), device=gen.device)
-    per_interval = channel.coherence_packets(cfg)
+
+    def in_fades(intervals: int) -> torch.Tensor:
+        gain = fades(intervals, cfg.fade_m, gen).double().pow(2).numpy()
+        return torch.from_numpy(channel.packet_loss_in_fade(cfg, gain)).float()
+
+    return _held_for_intervals(n_packets, channel.coherence_packets(cfg), in_fades, gen)
+
+
+def nr_burst_loss(n_tbs: int, point, gen: torch.Generator) -> torch.Tensor:
+    """Each TB's loss after HARQ (0 or 1) when consecutive TBs share a fade for point.coherence_tbs TBs: the
+    transfer starts at a uniform point of a coherence interval, and each interval's TBs are all lost with
+    probability point.residual, or all arrive. This is the limit of a steep LDPC waterfall: on AWGN the
+    BLER falls from every TB lost to none within 2 dB at every MCS measured (results/nr_bler_awgn.csv), steep
+    against how far the fades of a TDL channel move the SNR, so a fade either carries the MCS after HARQ or not.
+    Its mean is the residual, as nr's; of the models at that mean it is the burstiest (nr's independent TB
+    losses are the other end). Drawn first: one uniform for the offset, then one per interval."""
+    return _held_for_intervals(
+        n_tbs, point.coherence_tbs, lambda intervals: (uniform(intervals, gen) < point.residual).float(), gen
+    )
+
+
+def _held_for_intervals(n_packets: int, per_interval: int, interval_losses, gen: torch.Generator) -> torch.Tensor:
+    """Per packet, the loss of its coherence interval (interval_losses(count), drawn after the offset)."""
     offset = int(uniform(1, gen).item() * per_interval)
     intervals = (offset + n_packets - 1) // per_interval + 1
-    gain = fades(intervals, cfg.fade_m, gen).double().pow(2).numpy()
-    loss = torch.from_numpy(channel.packet_loss_in_fade(cfg, gain)).float()
-    return loss.repeat_interleave(per_interval)[offset : offset + n_packets].to(gen.device)
+    loss = interval_losses(intervals).to(gen.device)
+    return loss.repeat_interleave(per_interval)[offset : offset + n_packets]
 
 
 def lost_packets(n_packets: int, loss: float, gen: torch.Generator) -> torch.Tensor:

@@ -556,6 +556,14 @@ def cases():
         ("nr-check-snr-nan", "layersplit/nr_cli.py", ["--check", "14:nan"], "SNRs must lie in -50..100 dB"),
         ("nr-target-bler-nan", "layersplit/nr_cli.py", ["--target-bler", "nan"], "is not a finite number"),
         ("nr-seed-negative", "layersplit/nr_cli.py", ["--seed", "-1"], "in 0..4294967295"),
+        ("nr-device-unknown", "layersplit/nr_cli.py", ["--check", "14:10", "--device", "tpu9"], "unknown device"),
+        (
+            "nr-tails-mcs-out-of-table",
+            "layersplit/nr_cli.py",
+            ["--tails", "{tmp}/t.csv", "--points", "30:5"],
+            "MCS indices are 0-28",
+        ),
+        ("nr-tails-points-text", "layersplit/nr_cli.py", ["--tails", "{tmp}/t.csv", "--points", "7"], "MCS:SNR pairs"),
         (
             "nr-bler-table-folder",
             "layersplit/nr_cli.py",

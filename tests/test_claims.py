@@ -27,6 +27,8 @@ HOMES = {  # each generated block and the one file that holds it
     "protect_rl": "docs/protected-path.md",
     "nr_residual_read": "docs/nr-link.md",
     "burst": "docs/uncoded-link.md",
+    "nr_burst": "docs/nr-link.md",
+    "nr_tails": "docs/nr-link.md",
     "nr_rule_cost": "docs/nr-link.md",
 }
 

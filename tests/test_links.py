@@ -21,7 +21,7 @@ NR_CFG = channel.LinkConfig(snr_db=10.0)
 
 def test_the_mapping_holds_the_cli_names():
     assert tuple(links.LINKS) == grid.LINK_MODES and tuple(links.SERVED) == grid.SERVED_LINKS
-    assert [links.LINKS[n].physical for n in grid.LINK_MODES] == [False, True, True, True, True, True]
+    assert [links.LINKS[n].physical for n in grid.LINK_MODES] == [False, True, True, True, True, True, True]
     assert not links.SERVED["none"].physical
 
 
@@ -33,7 +33,7 @@ def test_make_link_refuses_an_unknown_name(name):
 
 def test_make_link_builds_each_class():
     assert links.make_link("dropout", p=0.3) == links.OriginalLink(0.3)
-    for name in ("erasure", "awgn", "bitflip", "nr", "burst"):
+    for name in ("erasure", "awgn", "bitflip", "nr", "burst", "nr_burst"):
         link = links.make_link(name, CFG)
         assert type(link) is links.LINKS[name] and link.cfg == CFG and link.name == name
     assert isinstance(links.make_link("none", CFG), links.LossFreeLink)
@@ -247,9 +247,8 @@ def test_snr_conditions_ask_the_link_whether_it_is_physical():
         else:
             with pytest.raises(UserError) as e:
                 grid.make_conditions([], [10.0], name)
-            assert (
-                str(e.value) == f"SNR conditions need a physical link: erasure, awgn, bitflip, nr, burst, not {name!r}"
-            )
+            physical = "erasure, awgn, bitflip, nr, burst, nr_burst"
+            assert str(e.value) == f"SNR conditions need a physical link: {physical}, not {name!r}"
     for name in ("none", "foo"):  # serve.py's loss-free link, and no link at all
         with pytest.raises(UserError, match=f"need a physical link: .*, not {name!r}"):
             grid.make_conditions([], [10.0], name)

@@ -206,6 +206,9 @@ def test_sionna_monte_carlo_is_seeded_and_follows_the_snr():
     assert sim.errors(6.0, 4, seed=1) == 0  # far above it (rate 0.24 QPSK needs about -3 dB on AWGN)
     tdl = nr_sim.Simulator(3)
     assert tdl.errors(0.0, 8, seed=5) == tdl.errors(0.0, 8, seed=5)  # the same seed, the same losses
+    # --device: every block of the link on the device asked for (the CPU's here; a GPU's where one is)
+    on = nr_sim.Simulator(3, device="cpu")
+    assert on.device == "cpu" and on.errors(0.0, 8, seed=5) == tdl.errors(0.0, 8, seed=5)
 
 
 def test_the_table_writer_resumes_and_stops_a_curve_at_its_first_loss_free_point(tmp_path):
@@ -224,6 +227,19 @@ def test_the_table_writer_resumes_and_stops_a_curve_at_its_first_loss_free_point
     )  # complete: nothing redone
     with pytest.raises(UserError, match="another set-up"):
         nr_sim.measure_table(path, [3], [0.0], channel="tdl", max_slots=4, batch=4, progress=False)
+
+
+def test_the_tails_measure_each_point_once_from_their_own_seeds_and_resume(tmp_path):
+    path = tmp_path / "tails.csv"
+    kw = dict(channel="awgn", receiver="perfect", max_slots=8, batch=4, progress=False)
+    assert nr_sim.measure_points(path, [(3, -8.0), (3, 6.0)], **kw) == 2
+    rows = nr.read_table(path)  # the table's format: its reader takes it
+    assert [(r["snr_db"], r["slots"], r["errors"]) for r in rows] == [("-8", "4", "4"), ("6", "8", "0")]
+    assert {r["seed"] for r in rows} == {str(nr_sim.TABLE_SEED + nr_sim.TAIL_SEED_OFFSET)}  # not the table's seed
+    assert nr_sim.measure_points(path, [(3, 6.0), (3, -6.0)], **kw) == 1  # only the new point
+    assert len(nr.read_table(path)) == 3
+    with pytest.raises(UserError, match="another set-up"):
+        nr_sim.measure_points(path, [(3, 0.0)], seed=9, **kw)
 
 
 # ---- the link in the engine and the latency model -----------------------------------------------
@@ -442,3 +458,27 @@ def test_the_reliable_rule_reads_the_bound_where_asked(tmp_path, monkeypatch):
     assert nr.choose_mcs(curves, 10.0, "target").mcs == 5  # the other rules read no residual
     with pytest.raises(UserError, match="residual read"):
         nr.choose_mcs(curves, 10.0, "reliable", residual_read="guess")
+
+
+def test_the_tails_block_says_where_the_lookup_lies_in_the_deep_interval(tmp_path):
+    import shutil
+
+    from layersplit import claims_radio
+
+    shutil.copy(nr.BLER_TABLE, tmp_path / "nr_bler.csv")
+    lookup = nr.load_table()[20](26.0)  # the table's extrapolation at the 20 dB point's residual
+    rows = []
+    for snr, errors, slots in ((26.0, 8, 2000), (28.0, 0, 2000), (24.0, 1000, 2000)):
+        low, high = nr_sim.clopper_pearson(errors, slots)
+        rows.append({**dict.fromkeys(nr.TABLE_COLUMNS, ""), "mcs": 20, "modulation_order": 6, "code_rate": 0.5,
+                     "tb_size": 24576, "snr_db": snr, "slots": slots, "errors": errors, "bler": errors / slots,
+                     "bler_low": low, "bler_high": high, "channel": "tdl", "receiver": "ls", "seed": 2})  # fmt: skip
+    with open(tmp_path / claims_radio.NR_TAILS, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=nr.TABLE_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    lines = [line for line in claims_radio.block_nr_tails(tmp_path).splitlines() if line.startswith("| 20 |")]
+    assert [line.rsplit("|", 2)[-2].strip() for line in lines] == ["below: optimistic", "inside", "above: pessimistic"]
+    low, high = nr_sim.clopper_pearson(8, 2000)
+    assert low <= lookup <= high  # 26 dB: 8 of 2,000 holds the extrapolation
+    assert "| 26 dB | 20.0 dB |" in lines[1] and "8 / 2,000" in lines[1]
