@@ -389,7 +389,7 @@ def block_nr_tails(results: Path) -> str:
     tails, bler_table = results / NR_TAILS, results / "nr_bler.csv"
     if not (tails.is_file() and bler_table.is_file()):
         return f"(no {NR_TAILS} or nr_bler.csv in {results}: python -m layersplit.nr --tails {results}/{NR_TAILS})"
-    curves = nr.load_table(str(bler_table))
+    curves, pooled = nr.load_table(str(bler_table), tails=None), nr.load_table(str(bler_table), tails=str(tails))
     gain = 10.0 * math.log10(nr.HARQ_MAX_RETX + 1)  # chase combining of every transmission
     rows = []
     for r in sorted(nr.read_table(tails), key=lambda r: (int(r["mcs"]), float(r["snr_db"]))):
@@ -406,6 +406,7 @@ def block_nr_tails(results: Path) -> str:
                 f"{int(r['errors'])} / {int(r['slots']):,}",
                 f"{float(r['bler']):.2g} [{low:.2g}, {high:.2g}]",
                 verdict,
+                f"{pooled[mcs](snr):.2g}",
             ]
         )
     header = [
@@ -417,10 +418,12 @@ def block_nr_tails(results: Path) -> str:
         "deep: lost / slots",
         "deep BLER [95%]",
         "lookup against the deep interval",
+        "the link's curve there (table and tails)",
     ]
     return table(header, rows) + (
         f"\n\nA residual after {nr.HARQ_MAX_RETX + 1} transmissions is the curve at the SNR + {gain:.2f} dB; the "
-        "deep points draw from seeds of their own (independent of the table's), 95% Clopper-Pearson intervals."
+        "deep points draw from seeds of their own (independent of the table's), 95% Clopper-Pearson intervals; "
+        "the link pools them with the table's points (the file beside the table: `nr.tails_of`)."
     )
 
 

@@ -95,6 +95,11 @@ TAIL_SLOPE_DB = -1.0  # decades of BLER per dB past a curve's last lost TB when 
 # empty: unset); scripts check it before any work with check_environment()
 TABLE_ENV = "LAYERSPLIT_NR_BLER_TABLE"
 BLER_TABLE = Path(os.environ.get(TABLE_ENV) or shipped_file("nr_bler.csv"))
+# A table's points measured deeper where the residuals are read (nr_sim's --tails) live beside it, as
+# <table>_tails.csv (the committed: results/nr_bler_tails.csv), and are read with it: each is pooled with the
+# table's point at its (MCS, SNR) or added to the curve (their seeds are independent of the table's), so the
+# residuals there rest on thousands of TBs. A table with no such file beside it is read alone.
+TAILS_SUFFIX = "_tails"
 TABLE_COLUMNS = (  # its columns, as nr_sim.measure_table writes them
     "mcs",
     "modulation_order",
@@ -160,8 +165,8 @@ class BlerCurve:
         """BLER at `snr_db`: log-linear between the measured points with losses; below the first point its
         value (the curves start where every TB is lost); past the last point with losses a straight line in
         log BLER: the one through the last two such points (a fading channel's BLER falls as a power of
-        the SNR), or a steeper one where that would pass above the upper end of the interval of the point
-        with no TB lost that ends the curve (a steep waterfall, as on AWGN)."""
+        the SNR), or a steeper one where that would pass above the upper end of the interval of a point
+        with no TB lost past it (a steep waterfall, as on AWGN; the deepest such point binds)."""
         lossy = [(s, b) for s, b in zip(self.snr_db, self.bler) if b > 0]
         if not lossy or snr_db <= self.snr_db[0]:
             return float(self.bler[0])
@@ -169,9 +174,9 @@ class BlerCurve:
         if snr_db <= x[-1]:
             return float(10.0 ** np.interp(snr_db, x, logs))
         slope = min((logs[-1] - logs[-2]) / (x[-1] - x[-2]) if len(x) > 1 else TAIL_SLOPE_DB, 0.0)
-        ends = [(s, h) for s, b, h in zip(self.snr_db, self.bler, self.bler_high) if b == 0 and s > x[-1]]
-        if ends:  # the line must pass under the loss-free point's upper end
-            slope = min(slope, (math.log10(ends[0][1]) - logs[-1]) / (ends[0][0] - x[-1]))
+        for s, b, h in zip(self.snr_db, self.bler, self.bler_high):  # the line passes under every loss-free
+            if b == 0 and s > x[-1]:  # point's upper end (the table's last point; a deeper one from the tails)
+                slope = min(slope, (math.log10(h) - logs[-1]) / (s - x[-1]))
         return float(10.0 ** (logs[-1] + slope * (snr_db - x[-1])))
 
     def upper_bound(self, snr_db: float) -> float:
@@ -286,15 +291,25 @@ def check_environment() -> None:
         raise UserError(f"{TABLE_ENV}={value}: {e}") from None
 
 
+def tails_of(table: str | Path) -> Path:
+    """Where the points measured deeper for `table` live: beside it, <table>_tails.csv (links resolved)."""
+    table = Path(table).resolve()
+    return table.with_name(f"{table.stem}{TAILS_SUFFIX}{table.suffix}")
+
+
 @functools.lru_cache(maxsize=8)
-def load_table(path: str | Path = BLER_TABLE) -> dict[int, BlerCurve]:
-    """The BLER curves of a table written by measure_table, by MCS (read_table checks every row)."""
+def load_table(path: str | Path = BLER_TABLE, tails: str | Path | None = "beside") -> dict[int, BlerCurve]:
+    """The BLER curves of a table written by measure_table, by MCS (read_table checks every row), with the
+    points of `tails` (a file --tails wrote) pooled in; "beside": tails_of(path) where it exists; None: the
+    table alone."""
     path = Path(path)
+    if tails == "beside":
+        tails = tails_of(path) if tails_of(path).is_file() else None
     rows: dict[int, list[dict]] = {}
     for row in read_table(path):
         rows.setdefault(int(row["mcs"]), []).append(row)
-    curves = {}
     top = max(float(r["snr_db"]) for group in rows.values() for r in group)
+    counts: dict[int, dict[float, list]] = {}  # MCS -> SNR -> [errors, slots, BLER, its upper end]
     for mcs, group in sorted(rows.items()):
         group.sort(key=lambda r: float(r["snr_db"]))
         if int(group[-1]["errors"]) and float(group[-1]["snr_db"]) < top:
@@ -304,16 +319,42 @@ def load_table(path: str | Path = BLER_TABLE) -> dict[int, BlerCurve]:
             )
         if len({r["tb_size"] for r in group}) > 1:
             raise UserError(f"{path}: the rows of MCS {mcs} give more than one TB size")
+        counts[mcs] = {
+            float(r["snr_db"]): [int(r["errors"]), int(r["slots"]), float(r["bler"]), float(r["bler_high"])]
+            for r in group
+        }
+    setup = {(r["channel"], r["receiver"]) for group in rows.values() for r in group}
+    for row in read_table(tails) if tails is not None else ():
+        mcs = int(row["mcs"])
+        if mcs not in rows or {(row["channel"], row["receiver"])} != setup or row["tb_size"] != rows[mcs][0]["tb_size"]:
+            raise UserError(f"{tails}: MCS {mcs} at {row['snr_db']} dB is not a point of {path}'s set-up")
+        point = counts[mcs].setdefault(float(row["snr_db"]), [0, 0, 0.0, 1.0])
+        point[0] += int(row["errors"])
+        point[1] += int(row["slots"])
+        point[2], point[3] = point[0] / point[1], clopper_pearson(point[0], point[1])[1]
+    curves = {}
+    for mcs, group in sorted(rows.items()):
+        snrs = sorted(counts[mcs])
         curves[mcs] = BlerCurve(
             mcs,
             int(group[0]["tb_size"]),
             int(group[0]["modulation_order"]),
             float(group[0]["code_rate"]),
-            tuple(float(r["snr_db"]) for r in group),
-            tuple(float(r["bler"]) for r in group),
-            tuple(float(r["bler_high"]) for r in group),
+            tuple(snrs),
+            tuple(counts[mcs][s][2] for s in snrs),
+            tuple(counts[mcs][s][3] for s in snrs),
         )
     return curves
+
+
+def clopper_pearson(errors: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) interval of a BLER of `errors` lost TBs in `n`."""
+    from scipy import stats
+
+    a = (1 - level) / 2
+    low = 0.0 if errors == 0 else float(stats.beta.ppf(a, errors, n - errors + 1))
+    high = 1.0 if errors == n else float(stats.beta.ppf(1 - a, errors + 1, n - errors))
+    return low, high
 
 
 def choose_mcs(

@@ -33,6 +33,7 @@ from .nr import (
     TABLE_COLUMNS,
     TDL_PROFILE,
     UE_SPEED_MPS,
+    clopper_pearson,
     load_table,
     read_table,
 )
@@ -145,15 +146,6 @@ class Simulator:
             else:
                 _, crc = self.rx(y, no)
         return int((~crc.bool()).sum())
-
-
-def clopper_pearson(errors: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    from scipy import stats
-
-    a = (1 - level) / 2
-    low = 0.0 if errors == 0 else float(stats.beta.ppf(a, errors, n - errors + 1))
-    high = 1.0 if errors == n else float(stats.beta.ppf(1 - a, errors + 1, n - errors))
-    return low, high
 
 
 def simulate_point(

@@ -434,10 +434,13 @@ def test_the_residual_bound_is_what_the_data_resolve(tmp_path):
     # after 4 transmissions, at 2 dB + 6.02 dB the data say no more than the 8 dB point's 0.037, whatever the
     # extrapolation below it says
     assert nr.residual_bound(curve, 2.0, 4) == 0.037 > nr.failed_all(curve, 2.0, 4)
-    # the committed table resolves no residual below about 2%: 192 TBs with none lost, upper end 1 - 0.025^(1/192)
+    # the committed table alone resolves no residual below about 2%: 192 TBs with none lost, upper end
+    # 1 - 0.025^(1/192); its tails, 2,000 TBs with none lost, resolve 1 - 0.025^(1/2000)
+    alone = nr.load_table(tails=None)
+    assert min(nr.residual_bound(c, 40.0) for c in alone.values()) == pytest.approx(1 - 0.025 ** (1 / 192), rel=1e-3)
     committed = nr.load_table()
-    assert min(nr.residual_bound(c, 40.0) for c in committed.values()) == pytest.approx(
-        1 - 0.025 ** (1 / 192), rel=1e-3
+    assert min(nr.residual_bound(c, 20.0) for c in committed.values()) == pytest.approx(
+        1 - 0.025 ** (1 / 2000), rel=1e-3
     )
 
 
@@ -466,7 +469,7 @@ def test_the_tails_block_says_where_the_lookup_lies_in_the_deep_interval(tmp_pat
     from layersplit import claims_radio
 
     shutil.copy(nr.BLER_TABLE, tmp_path / "nr_bler.csv")
-    lookup = nr.load_table()[20](26.0)  # the table's extrapolation at the 20 dB point's residual
+    lookup = nr.load_table(tails=None)[20](26.0)  # the table's extrapolation at the 20 dB point's residual
     rows = []
     for snr, errors, slots in ((26.0, 8, 2000), (28.0, 0, 2000), (24.0, 1000, 2000)):
         low, high = nr_sim.clopper_pearson(errors, slots)
@@ -478,7 +481,50 @@ def test_the_tails_block_says_where_the_lookup_lies_in_the_deep_interval(tmp_pat
         w.writeheader()
         w.writerows(rows)
     lines = [line for line in claims_radio.block_nr_tails(tmp_path).splitlines() if line.startswith("| 20 |")]
-    assert [line.rsplit("|", 2)[-2].strip() for line in lines] == ["below: optimistic", "inside", "above: pessimistic"]
+    verdicts = [line.split("|")[-3].strip() for line in lines]  # the last column but one
+    assert verdicts == ["below: optimistic", "inside", "above: pessimistic"]
     low, high = nr_sim.clopper_pearson(8, 2000)
     assert low <= lookup <= high  # 26 dB: 8 of 2,000 holds the extrapolation
     assert "| 26 dB | 20.0 dB |" in lines[1] and "8 / 2,000" in lines[1]
+
+
+def test_the_link_pools_the_tails_with_the_table_worked_by_hand(tmp_path):
+    """A tail point at a table point adds its TBs to that point's; one past the curve's end adds a point, and
+    the lookup past the last lost TB passes under every loss-free point's upper end (the steepest binds)."""
+    table = write_table(tmp_path / "t.csv", {3: (1000, [(0.0, 0.2, 0.3), (4.0, 0.1, 0.18), (8.0, 0.0, 0.036)])})
+    tails = tmp_path / "t_tails.csv"  # beside the table: read with it by default
+    with open(tails, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=nr.TABLE_COLUMNS)
+        w.writeheader()
+        for snr, errors, slots in ((8.0, 0, 900), (12.0, 0, 2000)):
+            low, high = nr.clopper_pearson(errors, slots)
+            w.writerow({**dict.fromkeys(nr.TABLE_COLUMNS, ""), "mcs": 3, "modulation_order": 2, "code_rate": 0.5,
+                        "tb_size": 1000, "snr_db": snr, "slots": slots, "errors": errors, "bler": errors / slots,
+                        "bler_low": low, "bler_high": high, "channel": "tdl", "receiver": "ls", "seed": 2})  # fmt: skip
+    alone, pooled = nr.load_table(table, tails=None)[3], nr.load_table(table)[3]
+    assert nr.tails_of(table) == tails and nr.load_table(table, tails=tails)[3] == pooled
+    assert alone.snr_db == (0.0, 4.0, 8.0) and pooled.snr_db == (0.0, 4.0, 8.0, 12.0)
+    assert pooled.bler[:2] == alone.bler[:2] == (0.2, 0.1)  # table points without tails: as the table gives them
+    eight, twelve = nr.clopper_pearson(0, 100 + 900)[1], nr.clopper_pearson(0, 2000)[1]  # 8 dB: 0 of 100 + 900
+    assert pooled.bler_high[2:] == pytest.approx((eight, twelve))
+    # past 4 dB (0.1): the line through 0 and 4 dB falls 0.075 decades a dB; under 8 dB's upper end it must
+    # fall (log10(0.036) + 1) / 4 a dB alone, and pooled the steeper of 8 dB's and 12 dB's
+    through = math.log10(0.1 / 0.2) / 4.0
+    alone_slope = min(through, (math.log10(0.036) + 1.0) / 4.0)
+    pooled_slope = min(through, (math.log10(eight) + 1.0) / 4.0, (math.log10(twelve) + 1.0) / 8.0)
+    assert alone(10.0) == pytest.approx(0.1 * 10 ** (alone_slope * 6.0))
+    assert pooled(10.0) == pytest.approx(0.1 * 10 ** (pooled_slope * 6.0)) and pooled(10.0) < alone(10.0)
+    assert pooled.upper_bound(12.5) == pytest.approx(twelve) and alone.upper_bound(12.5) == 0.036
+    # a tails file of another set-up is refused; a table with none beside it is read alone
+    other = write_table(tmp_path / "o.csv", {3: (2000, [(0.0, 0.5), (4.0, 0.0, 0.036)])})
+    with pytest.raises(UserError, match="not a point of"):
+        nr.load_table(other, tails=tails)
+    assert nr.load_table(other)[3].snr_db == (0.0, 4.0)
+
+
+def test_the_committed_link_reads_its_tails():
+    committed, alone = nr.load_table(), nr.load_table(tails=None)
+    assert committed[20].snr_db[-1] == 26.0 and 26.0 not in alone[20].snr_db
+    point = nr.operating_point(20.0)
+    deep_bound = 1 - 0.025 ** (1 / 2000)  # 26 dB, where 20 dB's residual is read: none of 2,000 TBs lost
+    assert point.mcs == 20 and point.residual <= deep_bound + 1e-12 < nr.failed_all(alone[20], 20.0, 4)

@@ -17,6 +17,7 @@ SHIPPED = {  # the package's name for each shipped file -> the committed file it
     "reward_predictor_protect.pth": "reward_predictor_protect.pth",
     "reward_predictor_wireless_nr.pth": "reward_predictor_wireless_nr.pth",
     "nr_bler.csv": "results/nr_bler.csv",
+    "nr_bler_tails.csv": "results/nr_bler_tails.csv",
 }
 PY_MODULES = ["add_noise.py", "figures.py", "serve.py", "train.py", "train_rsm.py"]  # pyproject.toml's py-modules
 
@@ -27,6 +28,7 @@ def test_every_shipped_file_is_the_committed_one():
         assert layersplit.shipped_file(name) == (ROOT / committed).resolve()
     assert envs.PAPER_RSM == ROOT / "reward_predictor.pth"  # what refitting writes by default: the committed file
     assert nr.BLER_TABLE == ROOT / "results" / "nr_bler.csv"
+    assert nr.tails_of(nr.BLER_TABLE) == ROOT / "results" / "nr_bler_tails.csv"  # read with the table
 
 
 @pytest.mark.slow
