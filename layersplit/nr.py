@@ -9,7 +9,8 @@ fails is retransmitted (HARQ) up to HARQ_MAX_RETX times; one still lost then los
 
 Per-TB link simulation is far too slow for a sweep, so the BLER of each MCS against the average SNR is
 measured once by seeded Monte Carlo (`python -m layersplit.nr --table results/nr_bler.csv`, with 95%
-Clopper-Pearson intervals) and the link reads that table:
+Clopper-Pearson intervals), with the points where residuals are read measured deeper beside it (`--tails
+results/nr_bler_tails.csv`, pooled in by load_table), and the link reads that table:
 - link adaptation: the highest MCS whose first-transmission BLER at the SNR is <= TARGET_BLER
   (MCS_RULE "target"), or the MCS of the highest goodput TB bits x (1 - BLER) (MCS_RULE "goodput");
 - HARQ, chase combining on a channel that stays put over the rounds (UE_SPEED_MPS makes the coherence
