@@ -6,7 +6,7 @@ in one file only (`held`). `python figures.py --claims FILE` rewrites the blocks
 `write_all` those of every file; a test fails when a file differs from what is written from the
 committed files. This module puts each block in its place; the tables are claims_tables.py's (claims,
 rl, ablation, sweep, paired), claims_timings.py's (fairness, gpu, pipeline, fresh) and claims_radio.py's
-(nr_link, nr_latency, nr_ldpc, protect_arq, protect_cost, burst, nr_burst,
+(nr_link, nr_latency, nr_ldpc, protect_arq, protect_cost, protect_quality_*, burst, nr_burst,
 nr_rule_cost, nr_residual_read, nr_tails), from the numbers claims_stats.py computes and the
 committed link tables:
 
@@ -25,6 +25,8 @@ committed link tables:
     protect_arq the protected path in a block fade: ARQ with a cap and round trips against NR's coded path
     protect_cost what the protected path in use adds to a prefill's air time, and what it loses
     protect_rl LayerSplit-Protect-v0's policies and what protection and adapting K are worth, paired by seed
+    protect_quality_snr, protect_quality_p  perplexity and accuracy with K protected elements against the SNR,
+               and against p (the two protect sweeps)
     burst      burst losses against independent ones at the same PER, paired on windows (bench/burst.py)
     nr_burst   the same on the NR link at the same residual TB loss (bench/burst.py --pair nr)
     nr_rule_cost the reliable MCS rule's air time against the target rule's, from the two NR sweeps
@@ -54,6 +56,8 @@ from .claims_radio import (
     block_nr_rule_cost,
     block_protect_arq,
     block_protect_cost,
+    block_protect_quality_p,
+    block_protect_quality_snr,
 )
 from .claims_tables import block_ablation, block_claims, block_paired, block_protect_rl, block_rl, block_sweep
 from .claims_timings import block_fairness, block_fresh, block_gpu, block_pipeline
@@ -72,6 +76,8 @@ BLOCKS = {
     "protect_arq": block_protect_arq,
     "protect_cost": block_protect_cost,
     "protect_rl": block_protect_rl,
+    "protect_quality_snr": block_protect_quality_snr,
+    "protect_quality_p": block_protect_quality_p,
     "burst": block_burst,
     "nr_burst": block_nr_burst,
     "nr_rule_cost": block_nr_rule_cost,

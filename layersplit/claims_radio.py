@@ -457,3 +457,58 @@ def block_nr_rule_cost(results: Path) -> str:
     return table(["Es/N0 (dB)", "target rule (ms)", "reliable rule (ms)", "reliable / target"], rows) + (
         f"\n\nThe prefill's air time at split {RULE_SPLIT} in the two NR sweeps; equal at {', '.join(same)} dB."
     )
+
+
+PROTECT_SNR_CELLS = "sweep_protect_snr_smollm2-135m_cells.csv"  # the protected path against the SNR
+PROTECT_P_CELLS = "sweep_protect_p_smollm2-135m_cells.csv"  # ... and against the original's p
+PROTECT_TABLE_SPLITS = (1, 4, 12, 24)  # the rows the docs show (the sweeps hold 13 splits)
+PROTECT_TABLE_CONDITIONS = {"snr_db": (10.0, 15.0), "dropout": (0.1, 0.3)}  # Es/N0 (dB), p
+
+
+def _ppl(x: float) -> str:
+    return f"{x:,.0f}" if 1e3 <= x < 1e6 else f"{x:.2g}" if x >= 1e6 else f"{x:.3g}"
+
+
+def block_protect_quality_snr(results: Path) -> str:
+    """Perplexity [95% interval] and top-1 accuracy with K protected elements per token at a few splits against
+    the SNR (the erasure link), from the protect SNR sweep's cells."""
+    return _protect_quality(results, PROTECT_SNR_CELLS, "snr_db")
+
+
+def block_protect_quality_p(results: Path) -> str:
+    """The same against the original's p, from the protect p sweep's cells."""
+    return _protect_quality(results, PROTECT_P_CELLS, "dropout")
+
+
+def _protect_quality(results: Path, name: str, column: str) -> str:
+    path = results / name
+    if not path.is_file():
+        return f"(no {name} in {results}: make reproduce)"
+    with path.open(newline="", encoding="utf-8") as f:
+        found = list(csv.DictReader(f))
+    clean = next(r for r in found if r["link"] == "dropout" and float(r["dropout"]) == 0.0)
+    ks = sorted({int(r["protect"]) for r in found})
+    cell = {
+        (int(r["split"]), float(r[column]), int(r["protect"])): r
+        for r in found
+        if r[column] and not (column == "dropout" and r["link"] != "dropout")
+    }
+    rows = []
+    for value in PROTECT_TABLE_CONDITIONS[column]:
+        for split in PROTECT_TABLE_SPLITS:
+            some = cell[split, value, 0]
+            label = f"{value:g} dB (PER {float(some['dropout']):.2g})" if column == "snr_db" else f"{value:g}"
+            rows.append(
+                [str(split), label]
+                + [
+                    f"{_ppl(float(r['ppl']))} [{_ppl(float(r['ppl_low']))}, {_ppl(float(r['ppl_high']))}], "
+                    f"{float(r['token_accuracy']):.3f}"
+                    for r in (cell[split, value, k] for k in ks)
+                ]
+            )
+    unit = sorted({r["interval_unit"] for r in found if r[column] and int(r["protect"]) > 0})
+    return (
+        table(["split", "Es/N0" if column == "snr_db" else "p"] + [f"K = {k}" for k in ks], rows)
+        + f"\n\n`results/{name}`: perplexity [95% interval, unit: {', '.join(unit)}], top-1 accuracy; "
+        f"clean perplexity {float(clean['ppl']):.4g}, accuracy {float(clean['token_accuracy']):.3f}."
+    )

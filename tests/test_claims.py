@@ -25,6 +25,8 @@ HOMES = {  # each generated block and the one file that holds it
     "protect_arq": "docs/protected-path.md",
     "protect_cost": "docs/protected-path.md",
     "protect_rl": "docs/protected-path.md",
+    "protect_quality_snr": "docs/protected-path.md",
+    "protect_quality_p": "docs/protected-path.md",
     "nr_residual_read": "docs/nr-link.md",
     "burst": "docs/uncoded-link.md",
     "nr_burst": "docs/nr-link.md",
