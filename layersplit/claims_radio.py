@@ -310,7 +310,8 @@ def block_nr_burst(results: Path) -> str:
         return body
     with (results / NR_BURST_PAIRS).open(newline="", encoding="utf-8") as f:
         snrs = sorted({float(r["snr_db"]) for r in csv.DictReader(f)})
-    points = [nr.operating_point(s) for s in snrs]
+    bler_table = results / "nr_bler.csv"  # the link of these results (its tails beside it)
+    points = [nr.operating_point(s, table=str(bler_table) if bler_table.is_file() else None) for s in snrs]
     clean = ""
     sweep = results / NR_PAIR_SWEEP
     if sweep.is_file():
