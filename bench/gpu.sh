@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Every GPU measurement of the paper's setting in one run of about 8 minutes on an H200 (its step limits add to 11.7), its
-# results in one folder (9 files: a remote runner that returns fewer can take a tar of it).
+# Every GPU measurement of the paper's setting in one run of about 8 minutes on an H200 (its step limits add to 13.7), its
+# results in one folder (11 files: a remote runner that returns fewer can take a tar of it), then the NR BLER tails
+# that the CPUs here cannot reach (cut by their limit, they keep what they measured).
 #
 #   bash bench/gpu.sh prepare           # here (with the project installed): the tokenizer, the text and the
 #                                       # wheels a GPU machine without this project's packages needs, in .gpu/
@@ -28,7 +29,14 @@ DECODE=${DECODE:-compiled}            # serve.py's decoding: eager, static, comp
 LIMIT_SCALE=${LIMIT_SCALE:-1}         # multiplies every step's time limit (a rehearsal on a CPU needs more)
 PREP=${PREP:-.gpu}                    # what `prepare` writes and `run` reads
 FETCH_WHEELS=${FETCH_WHEELS:-1}       # prepare: download the wheels below (0: use the GPU machine's versions)
+TAILS=${TAILS-reliable}               # the NR BLER points measured deeper (nr --points; "" to skip): the reliable rule's
+TAIL_SLOTS=${TAIL_SLOTS:-}            # slots per tail point ("": the count that certifies the residual target, 36,887)
+TAIL_BATCH=${TAIL_BATCH:-512}         # slots per Sionna call there
 WHEELS=("transformers==5.24.0" "tokenizers==0.23.3")  # the pins a stock torch image may lack (not torch: its CUDA build is there)
+# and, for the tails, Sionna with what it imports that such an image may lack (matplotlib and its own; 26 MB)
+TAIL_WHEELS=("sionna-no-rt==2.2.0" "importlib-resources==7.1.0" "matplotlib==3.11.2" "contourpy==1.3.3" "cycler==0.12.1"
+             "fonttools==4.69.1" "kiwisolver==1.5.1" "pillow==13.0.0" "pyparsing==3.3.3" "python-dateutil==4.0.0")
+[ -n "$TAILS" ] && WHEELS+=("${TAIL_WHEELS[@]}")
 
 prepare() {
     mkdir -p "$PREP/tokenizer" "$PREP/wheels"
@@ -92,10 +100,19 @@ run() {
         step sweep_paper_large 60 "$PY" bench/sweep.py --model "$MODEL_LARGE" --device "$DEVICE" --dtype "$DTYPE" \
             --dataset "$text" --tokens "$TOKENS" --draws "$DRAWS" --grids paper --naive none
     fi
-    # last, so that a run cut by an outer time limit loses only this: the paper grid in windows of Llama-2's
+    # last of the paper's figures, so that a run cut by an outer time limit loses only this (and the tails): the
+    # paper grid in windows of Llama-2's
     # whole context and 8 draws per cell (attention costs more per token than at 2,048)
     step sweep_paper_long 100 "$PY" bench/sweep.py --model "$MODEL" --device "$DEVICE" --dtype "$DTYPE" \
         --dataset "$text" --tokens "$TOKENS_LONG" --draws "$DRAWS_LONG" --grids paper --naive none
+    # the NR BLER tails where the reliable rule's bound is read (nr_sim.reliable_points), continuing the committed
+    # file: each point to the slots that certify RESIDUAL_TARGET, a row per 2,048 slots as they are done, so a run
+    # cut by its limit keeps what it measured and the next resumes (commit OUT/nr_bler_tails.csv as results/'s)
+    if [ -n "$TAILS" ]; then
+        cp results/nr_bler_tails.csv "$OUT/nr_bler_tails.csv"
+        step nr_tails 120 "$PY" -m layersplit.nr --tails "$OUT/nr_bler_tails.csv" --points "$TAILS" --device "$DEVICE" \
+            --batch "$TAIL_BATCH" ${TAIL_SLOTS:+--max-slots "$TAIL_SLOTS"}
+    fi
     "$PY" bench/gpu_summary.py "$OUT"  # the figures of every step in OUT/summary.json (the README's GPU table)
     ls -la "$OUT"
 }

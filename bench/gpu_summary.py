@@ -9,6 +9,7 @@ also runs on the GPU machine as gpu.sh's last step.
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import sys
@@ -142,6 +143,20 @@ def tests(path: Path) -> dict:
     return out
 
 
+def nr_tails(path: Path) -> dict:
+    """The NR BLER tails step: its seconds and, per (MCS, Es/N0) point of the file it continued (the committed
+    points and what it added), [TBs lost, slots], its chunks pooled."""
+    text = path.read_text(encoding="utf-8")
+    out = {"step": step_seconds(text, "nr_tails", path), "points": {}}
+    table = path.with_name("nr_bler_tails.csv")
+    if table.is_file():
+        with table.open(newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                point = out["points"].setdefault(f"{row['mcs']}:{row['snr_db']}", [0, 0])
+                point[0], point[1] = point[0] + int(row["errors"]), point[1] + int(row["slots"])
+    return out
+
+
 def summarise(folder: Path) -> dict:
     machine = (folder / "machine.txt").read_text(encoding="utf-8")
     gpu = re.search(r"\|\s+\d+\s+(NVIDIA [^|]*?)\s{2,}", machine)  # nvidia-smi's table (none in a CPU rehearsal)
@@ -163,6 +178,8 @@ def summarise(folder: Path) -> dict:
             step = step_seconds(path.read_text(encoding="utf-8"), name, path)
             # a step cut by its time limit (or failed) is recorded by its exit alone: its figures may be partial
             out[name] = read(path) if step["exit"] == 0 else {"step": step}
+    if (folder / "nr_tails.txt").is_file():
+        out["nr_tails"] = nr_tails(folder / "nr_tails.txt")
     out["steps_seconds"] = sum(v["step"]["seconds"] for v in out.values() if isinstance(v, dict) and "step" in v)
     return out
 

@@ -393,9 +393,12 @@ def block_nr_tails(results: Path) -> str:
     curves, pooled = nr.load_table(str(bler_table), tails=None), nr.load_table(str(bler_table), tails=str(tails))
     gain = 10.0 * math.log10(nr.HARQ_MAX_RETX + 1)  # chase combining of every transmission
     rows = []
-    for r in sorted(nr.read_table(tails), key=lambda r: (int(r["mcs"]), float(r["snr_db"]))):
-        mcs, snr = int(r["mcs"]), float(r["snr_db"])
-        lookup, low, high = curves[mcs](snr), float(r["bler_low"]), float(r["bler_high"])
+    deep: dict[tuple[int, float], list[int]] = {}  # (MCS, SNR) -> [lost, slots] over the point's chunks
+    for r in nr.read_table(tails, repeats=True):
+        counts = deep.setdefault((int(r["mcs"]), float(r["snr_db"])), [0, 0])
+        counts[0], counts[1] = counts[0] + int(r["errors"]), counts[1] + int(r["slots"])
+    for (mcs, snr), (errors, slots) in sorted(deep.items()):
+        (low, high), lookup = nr.clopper_pearson(errors, slots), curves[mcs](snr)
         verdict = "inside" if low <= lookup <= high else "above: pessimistic" if lookup > high else "below: optimistic"
         rows.append(
             [
@@ -404,8 +407,8 @@ def block_nr_tails(results: Path) -> str:
                 f"{snr - gain:.1f} dB",
                 f"{lookup:.2g}",
                 f"{curves[mcs].upper_bound(snr):.2g}",
-                f"{int(r['errors'])} / {int(r['slots']):,}",
-                f"{float(r['bler']):.2g} [{low:.2g}, {high:.2g}]",
+                f"{errors} / {slots:,}",
+                f"{errors / slots:.2g} [{low:.2g}, {high:.2g}]",
                 verdict,
                 f"{pooled[mcs](snr):.2g}",
             ]

@@ -241,9 +241,10 @@ def _table_row_problem(row: dict) -> str | None:
     return None
 
 
-def read_table(path: str | Path, allow_empty: bool = False) -> list[dict]:
+def read_table(path: str | Path, allow_empty: bool = False, repeats: bool = False) -> list[dict]:
     """The rows of a BLER table (measure_table's format), each checked: the columns present, numbers finite
-    and in range (BLER and its interval in [0, 1], MCS and counts whole), one row per (MCS, SNR).
+    and in range (BLER and its interval in [0, 1], MCS and counts whole), one row per (MCS, SNR) unless
+    `repeats` (a tails file: a deep point is written in chunks, pooled where it is read).
     UserError names the file and line of the first that is not, or the file."""
     path = Path(path)
     if path.is_dir():
@@ -263,7 +264,7 @@ def read_table(path: str | Path, allow_empty: bool = False) -> list[dict]:
             for row in reader:
                 problem = _table_row_problem(row)
                 key = None if problem else (int(row["mcs"]), float(row["snr_db"]))
-                if key in seen:
+                if key in seen and not repeats:
                     problem = f"MCS {key[0]} at {key[1]:g} dB again (line {seen[key]} has it)"
                 if problem:
                     raise UserError(f"{path}:{reader.line_num}: {problem}")
@@ -325,7 +326,7 @@ def load_table(path: str | Path = BLER_TABLE, tails: str | Path | None = "beside
             for r in group
         }
     setup = {(r["channel"], r["receiver"]) for group in rows.values() for r in group}
-    for row in read_table(tails) if tails is not None else ():
+    for row in read_table(tails, repeats=True) if tails is not None else ():
         mcs = int(row["mcs"])
         if mcs not in rows or {(row["channel"], row["receiver"])} != setup or row["tb_size"] != rows[mcs][0]["tb_size"]:
             raise UserError(f"{tails}: MCS {mcs} at {row['snr_db']} dB is not a point of {path}'s set-up")
@@ -356,6 +357,14 @@ def clopper_pearson(errors: int, n: int, level: float = 0.95) -> tuple[float, fl
     low = 0.0 if errors == 0 else float(stats.beta.ppf(a, errors, n - errors + 1))
     high = 1.0 if errors == n else float(stats.beta.ppf(1 - a, errors + 1, n - errors))
     return low, high
+
+
+def slots_to_certify(target: float, level: float = 0.95) -> int:
+    """The slots a point needs, none of them lost, for the upper end of its Clopper-Pearson interval to reach
+    `target`: 1 - ((1 - level) / 2)^(1/n) <= target (36,887 for 1e-4)."""
+    if not 0.0 < target < 1.0:
+        raise UserError(f"target {target} is outside (0, 1)")
+    return math.ceil(math.log((1.0 - level) / 2.0) / math.log1p(-target))
 
 
 def choose_mcs(

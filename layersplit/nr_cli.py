@@ -10,6 +10,8 @@ CLI:
     python -m layersplit.nr --table results/nr_bler.csv       # the Monte Carlo BLER table (resumable)
     python -m layersplit.nr --check 14:10 --max-slots 64      # simulate MCS 14 at 10 dB afresh vs the table
     python -m layersplit.nr --tails results/nr_bler_tails.csv # the residuals' points, to 2,000 slots (resumable)
+    python -m layersplit.nr --tails results/nr_bler_tails.csv --points reliable --device cuda --batch 512
+                                                              # the reliable rule's points, to 36,887 slots
 """
 
 from __future__ import annotations
@@ -30,10 +32,13 @@ from .nr import (
     MCS_RULES,
     RECEIVER,
     RECEIVERS,
+    RESIDUAL_TARGET,
     TARGET_BLER,
     elements_per_tb,
+    load_table,
     operating_point,
     read_table,
+    slots_to_certify,
 )
 from .nr_sim import (
     TABLE_BATCH,
@@ -48,6 +53,7 @@ from .nr_sim import (
     check,
     measure_points,
     measure_table,
+    reliable_points,
 )
 
 
@@ -119,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--points",
         metavar="MCS:SNR,...",
         default=",".join(f"{m}:{s:g}" for m, s in TAIL_POINTS),
-        help="the (MCS, Es/N0) points of --tails",
+        help="the (MCS, Es/N0) points of --tails, or 'reliable': where the reliable rule's bound is read at the "
+        "protect sweeps' SNRs (nr_sim.reliable_points), each to the slots that certify the residual target "
+        "(default --max-slots %d)" % slots_to_certify(RESIDUAL_TARGET),
     )
     g.add_argument(
         "--latency-table",
@@ -175,11 +183,13 @@ def main(argv: list[str] | None = None) -> int:
         return found
 
     cases = pairs("--check", args.check)
-    points = pairs("--points", args.points) if args.tails else []
+    reliable = args.tails and args.points == "reliable"  # the points are the table's: read in body()
+    points = pairs("--points", args.points) if args.tails and not reliable else []
     if any(m not in range(29) for m, _ in points):  # refused before the file is touched
         parser.error(f"--points {cli.shown(args.points)}: MCS indices are 0-28")
     if args.max_slots is None:
-        args.max_slots = TAIL_MAX_SLOTS if args.tails else TABLE_MAX_SLOTS
+        tail_slots = slots_to_certify(RESIDUAL_TARGET) if reliable else TAIL_MAX_SLOTS
+        args.max_slots = tail_slots if args.tails else TABLE_MAX_SLOTS
 
     if args.device != TABLE_DEVICE:
         from .models import resolve_device  # torch: only when another device is asked for
@@ -215,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"simulated {n} points into {args.table} in {time.time() - start:.0f} s")
         elif args.tails:
             start = time.time()
+            if reliable:
+                points = reliable_points(load_table(args.bler_table))
+                print("the reliable rule's points: " + ", ".join(f"MCS {m} at {s:g} dB" for m, s in points))
             n = measure_points(
                 Path(args.tails),
                 points,

@@ -54,6 +54,13 @@ TABLE_SEED = (
 TAIL_POINTS = ((7, 16.0), (20, 26.0), (28, 40.0))
 TAIL_MAX_SLOTS = 2000  # slots per point at most (none lost: a 95% upper bound of 0.0018)
 TAIL_SEED_OFFSET = 2  # the tails draw from seed + 2: independent of the table's points (seed) and --check's (seed + 1)
+# The points the reliable rule's bound reads where the coded protected path runs (--points reliable): at each of
+# these SNRs (the protect sweeps') the MCS the rule picks from the extrapolated curve, at the SNR + 6.02 dB of its
+# 4 transmissions rounded down to 0.5 dB, the lowest per MCS (a loss-free point bounds every SNR above it). To
+# certify RESIDUAL_TARGET each needs nr.slots_to_certify(RESIDUAL_TARGET) = 36,887 slots with none lost: about
+# 75 min a point for QPSK on one of these CPUs and hours for 16/64QAM, so a GPU's (bench/gpu.sh measures them).
+RELIABLE_SNR_DB = (5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0)
+TAIL_CHUNK_SLOTS = 2048  # a row per this many slots of a point: an interrupted deep point keeps what it has done
 
 # where Sionna runs the link (--device): the committed tables are the CPU's; a GPU draws from its own random
 # streams (other numbers at the same seed, the same statistics) and runs the large batches deep tails need
@@ -155,10 +162,12 @@ def simulate_point(
     max_slots: int = TABLE_MAX_SLOTS,
     min_errors: int = TABLE_MIN_ERRORS,
     batch: int = TABLE_BATCH,
+    start: tuple[int, int] = (0, 0),
 ) -> tuple[int, int]:
-    """(slots, errors) at one SNR: batches of `batch` slots, each from its own seed, until `min_errors`
-    TBs are lost, `max_slots` are simulated, or a first batch is lost in full (the BLER is then ~1)."""
-    slots = errors = 0
+    """(slots, errors) at one SNR: batches of `batch` slots, each from its own seed (the point's seed + the
+    slots before it), until `min_errors` TBs are lost, `max_slots` are simulated, or a first batch is lost in
+    full (the BLER is then ~1). `start`: the (slots, errors) of the point so far, which it continues."""
+    slots, errors = start
     while slots < max_slots and errors < min_errors:
         n = min(batch, max_slots - slots)
         errors += sim.errors(snr_db, n, point_seed(seed, sim.mcs, snr_db) + slots)
@@ -166,6 +175,11 @@ def simulate_point(
         if errors == slots:
             break
     return slots, errors
+
+
+def point_done(slots: int, errors: int, max_slots: int, min_errors: int) -> bool:
+    """Whether simulate_point would stop here: enough slots or lost TBs, or every TB so far lost."""
+    return slots >= max_slots or errors >= min_errors or (slots > 0 and errors == slots)
 
 
 def table_row(sim: Simulator, snr_db: float, slots: int, errors: int, seed: int) -> dict:
@@ -248,6 +262,20 @@ def measure_table(
     return simulated
 
 
+def reliable_points(curves: dict | None = None, snrs=RELIABLE_SNR_DB) -> list[tuple[int, float]]:
+    """The (MCS, Es/N0) points the `reliable` rule's bound reads at `snrs` (see RELIABLE_SNR_DB), by MCS."""
+    from .nr import HARQ_MAX_RETX, choose_mcs
+
+    curves = load_table() if curves is None else curves
+    gain = 10.0 * math.log10(HARQ_MAX_RETX + 1)
+    lowest: dict[int, float] = {}
+    for snr in snrs:
+        mcs = choose_mcs(curves, snr, "reliable", residual_read="extrapolated").mcs
+        read = math.floor((snr + gain) * 2.0) / 2.0  # at or below where the bound is read
+        lowest[mcs] = min(lowest.get(mcs, math.inf), read)
+    return sorted(lowest.items())
+
+
 def measure_points(
     path: Path,
     cases,
@@ -259,34 +287,50 @@ def measure_points(
     batch: int = TABLE_BATCH,
     progress: bool = True,
     device: str = TABLE_DEVICE,
+    chunk: int = TAIL_CHUNK_SLOTS,
 ) -> int:
-    """Measure each (MCS, Es/N0) point of `cases` to `max_slots` slots (or `min_errors` lost TBs) and append its
-    row to `path` (the table's format, so read_table reads it) as it is done; a point already there is skipped,
-    so an interrupted run resumes. Returns the number of points simulated."""
+    """Measure each (MCS, Es/N0) point of `cases` to `max_slots` slots (or `min_errors` lost TBs) and append
+    its rows to `path` (the table's format, so read_table reads it; load_table pools a point's rows): a row per
+    `chunk` slots (rounded up to whole batches), each as it is done. A point resumes where its rows stop, from
+    the seeds it would have drawn next, so an interrupted run, or one asked for more slots, ends with the counts
+    of a straight one. Returns the number of points simulated."""
     from tqdm.auto import tqdm
 
     path = Path(path)
-    done = set()
+    so_far: dict[tuple[int, float], list[int]] = {}  # (MCS, SNR) -> [slots, errors] of the rows there
     if path.exists():
-        for row in read_table(path, allow_empty=True):
+        for row in read_table(path, allow_empty=True, repeats=True):
             if (row["channel"], row["receiver"], int(row["seed"])) != (channel, receiver, seed):
                 raise UserError(f"{path} holds points of another set-up; write to a new file")
-            done.add((int(row["mcs"]), float(row["snr_db"])))
+            counts = so_far.setdefault((int(row["mcs"]), float(row["snr_db"])), [0, 0])
+            counts[0] += int(row["slots"])
+            counts[1] += int(row["errors"])
+    chunk = -(-chunk // batch) * batch  # whole batches: a chunked run draws the seeds of a straight one
+    todo = [c for c in dict.fromkeys(cases) if not point_done(*so_far.get(c, (0, 0)), max_slots, min_errors)]
     new = not path.exists() or path.stat().st_size == 0
     path.parent.mkdir(parents=True, exist_ok=True)
-    simulated = 0
-    with path.open("a", newline="") as f:
+    with (
+        path.open("a", newline="") as f,
+        tqdm(
+            total=sum(max_slots - so_far.get(c, (0, 0))[0] for c in todo),
+            desc="BLER tails",
+            unit="slot",
+            disable=not progress,
+        ) as bar,
+    ):
         writer = csv.DictWriter(f, fieldnames=TABLE_COLUMNS)
         if new:
             writer.writeheader()
-        todo = [c for c in cases if c not in done]
-        for mcs, snr in tqdm(todo, desc="BLER tails", unit="point", disable=not progress):
+        for mcs, snr in todo:
             sim = Simulator(mcs, channel, receiver, device)
-            slots, errors = simulate_point(sim, snr, seed, max_slots, min_errors, batch)
-            writer.writerow(format_row(table_row(sim, snr, slots, errors, seed)))
-            f.flush()
-            simulated += 1
-    return simulated
+            slots, errors = so_far.get((mcs, snr), (0, 0))
+            while not point_done(slots, errors, max_slots, min_errors):
+                more = simulate_point(sim, snr, seed, min(max_slots, slots + chunk), min_errors, batch, (slots, errors))
+                writer.writerow(format_row(table_row(sim, snr, more[0] - slots, more[1] - errors, seed)))
+                f.flush()
+                bar.update(more[0] - slots)
+                slots, errors = more
+    return len(todo)
 
 
 # ---- the table checked against fresh simulations (--check) -------------------------------------

@@ -210,6 +210,8 @@ def test_bench_gpu_sh_prepares_and_rehearses_every_step_on_the_cpu(tmp_path):
         "NEW_TOKENS": "3",
         "DECODE": "static",
         "LIMIT_SCALE": "4",
+        "TAIL_SLOTS": "8",
+        "TAIL_BATCH": "8",
     }
     prepare = subprocess.run(
         ["bash", "bench/gpu.sh", "prepare"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
@@ -232,6 +234,18 @@ def test_bench_gpu_sh_prepares_and_rehearses_every_step_on_the_cpu(tmp_path):
     assert summary["sweep_paper"]["paper"]["tflops"] > 0 and summary["serve"]["paths"]["single process"]["tpot_ms"] > 0
     assert summary["steps_seconds"] >= summary["sweep_paper"]["step"]["seconds"]
     assert summary["sweep_paper_long"]["tokens"] == 64 and "sweep_paper_large" not in summary  # MODEL_LARGE="" skips
+    # the tails continue the committed file: the reliable rule's points to 8 slots each here, the rest untouched
+    from layersplit import nr, nr_sim
+
+    committed = {}
+    for row in nr.read_table(ROOT / "results" / "nr_bler_tails.csv", repeats=True):
+        point = committed.setdefault(f"{row['mcs']}:{row['snr_db']}", [0, 0])
+        point[0], point[1] = point[0] + int(row["errors"]), point[1] + int(row["slots"])
+    tails = summary["nr_tails"]["points"]
+    assert summary["nr_tails"]["step"]["exit"] == 0
+    for mcs, snr in nr_sim.reliable_points():
+        assert tails.pop(f"{mcs}:{snr:g}")[1] == max(committed.pop(f"{mcs}:{snr:g}", [0, 0])[1], 8)
+    assert tails == committed
 
 
 def test_gpu_summary_reads_the_committed_run_into_the_committed_summary(tmp_path):

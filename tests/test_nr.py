@@ -60,7 +60,7 @@ def test_the_simulated_pusch_carries_the_worked_tb_sizes():
 
 
 # ---- the table, the MCS choice, HARQ ------------------------------------------------------------
-def write_table(path, curves: dict[int, tuple[int, list[tuple[float, float]]]]):
+def write_table(path, curves: dict[int, tuple[int, list[tuple[float, float]]]], channel="tdl", receiver="ls"):
     """A BLER table in write_table's format: {mcs: (tb_size, [(snr, bler[, upper end of its interval])])},
     100 slots a point."""
     with open(path, "w", newline="") as f:
@@ -81,11 +81,11 @@ def write_table(path, curves: dict[int, tuple[int, list[tuple[float, float]]]]):
                         "bler": bler,
                         "bler_low": 0,
                         "bler_high": high[0] if high else 1,
-                        "channel": "tdl",
+                        "channel": channel,
                         "tdl_profile": "C",
                         "delay_spread_s": 1e-7,
                         "ue_speed_mps": 0.83,
-                        "receiver": "ls",
+                        "receiver": receiver,
                         "num_prbs": 51,
                         "subcarrier_spacing_khz": 30,
                         "seed": 0,
@@ -240,6 +240,49 @@ def test_the_tails_measure_each_point_once_from_their_own_seeds_and_resume(tmp_p
     assert len(nr.read_table(path)) == 3
     with pytest.raises(UserError, match="another set-up"):
         nr_sim.measure_points(path, [(3, 0.0)], seed=9, **kw)
+
+
+def test_a_deep_point_is_written_in_chunks_and_resumes_to_the_counts_of_a_straight_run(tmp_path):
+    """MCS 3 on AWGN at -2.8 dB loses 2, 2, 1, 0 of its first four batches of 4 (seed 2): a chunked run, a run
+    cut at 8 slots and resumed, and a straight one draw the same seeds and pool to the same 5 of 16."""
+    kw = dict(channel="awgn", receiver="perfect", batch=4, progress=False)
+    point = [(3, -2.8)]
+
+    def counts(path):
+        return [(int(r["slots"]), int(r["errors"])) for r in nr.read_table(path, repeats=True)]
+
+    assert nr_sim.measure_points(tmp_path / "straight.csv", point, max_slots=16, chunk=16, **kw) == 1
+    assert nr_sim.measure_points(tmp_path / "chunked.csv", point, max_slots=16, chunk=6, **kw) == 1  # 6: 2 batches
+    assert nr_sim.measure_points(tmp_path / "resumed.csv", point, max_slots=8, chunk=16, **kw) == 1
+    assert nr_sim.measure_points(tmp_path / "resumed.csv", point, max_slots=16, chunk=16, **kw) == 1  # 8 more
+    assert counts(tmp_path / "straight.csv") == [(16, 5)]
+    assert counts(tmp_path / "chunked.csv") == counts(tmp_path / "resumed.csv") == [(8, 4), (8, 1)]
+    assert nr_sim.measure_points(tmp_path / "resumed.csv", point, max_slots=16, **kw) == 0  # done: nothing redone
+    # the link reads the chunks as one point: 5 of 16
+    tbs = int(nr.read_table(tmp_path / "straight.csv")[0]["tb_size"])
+    table = write_table(tmp_path / "t.csv", {3: (tbs, [(-4.0, 1.0), (-2.0, 0.0, 0.036)])}, "awgn", "perfect")
+    (tmp_path / "t_tails.csv").write_bytes((tmp_path / "chunked.csv").read_bytes())
+    curve = nr.load_table(table)[3]
+    assert dict(zip(curve.snr_db, curve.bler))[-2.8] == 5 / 16
+    assert nr_sim.point_done(8, 3, 16, 3) and nr_sim.point_done(4, 4, 16, 50) and not nr_sim.point_done(8, 4, 16, 50)
+
+
+def test_the_slots_that_certify_a_residual_and_the_reliable_rules_points():
+    n = nr.slots_to_certify(1e-4)
+    assert n == 36887 and nr.clopper_pearson(0, n)[1] <= 1e-4 < nr.clopper_pearson(0, n - 1)[1]
+    assert nr.slots_to_certify(0.019) == 193  # the table's 192-slot points stop just short of 0.019
+    with pytest.raises(UserError, match="outside"):
+        nr.slots_to_certify(0.0)
+    # each point is the rule's MCS at an SNR of RELIABLE_SNR_DB, at or below where its bound is read, the
+    # lowest per MCS; a loss-free point there with that many slots lets the bound pick what the curve picks
+    curves = nr.load_table()
+    points = nr_sim.reliable_points(curves)
+    assert len({m for m, _ in points}) == len(points)
+    for snr in nr_sim.RELIABLE_SNR_DB:
+        mcs = nr.choose_mcs(curves, snr, "reliable").mcs
+        read = snr + 10 * math.log10(nr.HARQ_MAX_RETX + 1)
+        assert any(m == mcs and s <= read for m, s in points)
+    assert points == [(3, 11.0), (5, 16.0), (14, 21.0), (17, 31.0), (24, 36.0)]  # on the committed table
 
 
 # ---- the link in the engine and the latency model -----------------------------------------------
