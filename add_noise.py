@@ -282,26 +282,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--verify checks a sweep: give --sweep")
     if args.ray and (not args.sweep or args.naive):
         p.error("--ray runs the sweep's fast path: give --sweep, without --naive")
-    if args.ray and args.mcs_rule != nr.MCS_RULE:  # the workers read nr.py's constant, not this process's
-        p.error(
-            f"--mcs-rule {args.mcs_rule} does not reach Ray's workers yet: run this sweep without --ray, "
-            f"or set MCS_RULE in layersplit/nr.py"
-        )
-    if args.ray and args.nr_frame != nr_frame.frame().name:  # as --mcs-rule
-        p.error(
-            f"--nr-frame {args.nr_frame} does not reach Ray's workers yet: run this sweep without --ray, "
-            f"or set FRAME in layersplit/nr_frame.py"
-        )
-    if args.ray and args.residual_read != nr.RESIDUAL_READ:  # as --mcs-rule
-        p.error(
-            f"--residual-read {args.residual_read} does not reach Ray's workers yet: run this sweep without --ray, "
-            f"or set RESIDUAL_READ in layersplit/nr.py"
-        )
-    if args.ray and args.protect_path != protect_arq.PROTECT_PATH:  # as --mcs-rule
-        p.error(
-            f"--protect-path {args.protect_path} does not reach Ray's workers yet: run this sweep without --ray, "
-            f"or set PROTECT_PATH in layersplit/protect_arq.py"
-        )
     if args.sweep:
         args.output_path = sweep_output(p, args)
         outputs = [args.output_path, cells_path(args.output_path), windows_path(args.output_path)]

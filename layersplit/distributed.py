@@ -132,6 +132,28 @@ def plan(work: list, n_windows: int, workers: int, per_worker: int = TASKS_PER_W
     return [(run, block) for run in split_runs if run for block in windows]
 
 
+def link_settings() -> dict:
+    """The link's settings a command line sets as module constants (add_noise.py's --mcs-rule, --nr-frame,
+    --residual-read, --protect-path). A worker is another process that reads its own copies, so they travel
+    with each task (apply_link_settings)."""
+    from . import nr, nr_frame, protect_arq
+
+    return {
+        "mcs_rule": nr.MCS_RULE,
+        "frame": nr_frame.FRAME,
+        "residual_read": nr.RESIDUAL_READ,
+        "protect_path": protect_arq.PROTECT_PATH,
+    }
+
+
+def apply_link_settings(settings: dict) -> None:
+    """Set what link_settings read (in a worker, before its task)."""
+    from . import nr, nr_frame, protect_arq
+
+    nr.MCS_RULE, nr_frame.FRAME = settings["mcs_rule"], settings["frame"]
+    nr.RESIDUAL_READ, protect_arq.PROTECT_PATH = settings["residual_read"], settings["protect_path"]
+
+
 def _worker_class():
     import ray
 
@@ -151,9 +173,11 @@ def _worker_class():
         def pid(self) -> int:
             return os.getpid()
 
-        def run(self, token_ids, cfg, work, clean_split, window_ids) -> list:
+        def run(self, token_ids, cfg, work, clean_split, window_ids, settings: dict) -> list:
+            from layersplit.distributed import apply_link_settings
             from layersplit.sweep import walk
 
+            apply_link_settings(settings)  # the driver's command line, not this process's defaults
             scores = []
             for scored in walk(self.segments, token_ids, cfg, work, clean_split, window_ids):
                 scores.append(scored)
@@ -195,13 +219,13 @@ def run_sweep(
     ]
     pids = ray.get([a.pid.remote() for a in actors])
     tasks = plan(work, n_windows, workers)
-    token_ref = ray.put(token_ids)
+    token_ref, settings = ray.put(token_ids), link_settings()
     queue, running = list(tasks), {}
 
     def submit(actor):
         if queue:
             run, block = queue.pop(0)
-            running[actor.run.remote(token_ref, cfg, run, clean_split, block)] = actor
+            running[actor.run.remote(token_ref, cfg, run, clean_split, block, settings)] = actor
 
     for actor in actors:
         submit(actor)

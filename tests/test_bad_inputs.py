@@ -182,24 +182,6 @@ def cases():
             ["--model", "{model}", "--split", "1", "--dataset", "no-such-corpus"],
             "unknown dataset 'no-such-corpus'",
         ),
-        (
-            "mcs-rule-on-ray",
-            "add_noise.py",
-            ["--sweep", "--link", "nr", "--snrs", "5", "--mcs-rule", "reliable", "--ray", "local"],
-            "does not reach Ray's workers",
-        ),
-        (
-            "residual-read-on-ray",
-            "add_noise.py",
-            ["--sweep", "--link", "nr", "--snrs", "5", "--residual-read", "bound", "--ray", "local"],
-            "does not reach Ray's workers",
-        ),
-        (
-            "protect-path-on-ray",
-            "add_noise.py",
-            ["--sweep", "--snrs", "5", "--protects", "4", "--protect-path", "arq", "--ray", "local"],
-            "does not reach Ray's workers",
-        ),
         ("protect-path-unknown", "add_noise.py", tiny + ["--protect-path", "pigeon"], "invalid choice: 'pigeon'"),
         ("residual-read-unknown", "add_noise.py", tiny + ["--residual-read", "guess"], "invalid choice: 'guess'"),
         # add_noise.py: numbers at parse time
@@ -704,6 +686,33 @@ def test_bad_input_gives_one_line_and_exit_2(
     assert len(lines[-1]) < MAX_MESSAGE, f"{len(lines[-1])} characters: {lines[-1][:200]}"
     assert before == {p: p.stat().st_mtime_ns for p in files.iterdir()}, "a bad input changed a file"
     assert not list(tmp_path.iterdir()), "a bad input created a file (a header-only CSV, a surrogate, a folder)"
+
+
+def test_the_docs_count_this_table():
+    """docs/reliability.md and docs/tests.md quote the size of the table above, per script."""
+    import collections
+    import re
+
+    per = collections.Counter(script for _, script, _, _ in cases())
+    benchmarks = sum(n for s, n in per.items() if s.startswith("bench/"))
+    clis = sum(n for s, n in per.items() if s.startswith("layersplit/") or s == "figures.py")
+    assert len({s for s in per if s.startswith("bench/")}) == 5
+    assert sum(per.values()) == per["add_noise.py"] + per["train_rsm.py"] + per["serve.py"] + per["train.py"] + (
+        benchmarks + clis
+    )  # every script in one of the groups the text names
+
+    def read(page: str) -> str:
+        return re.sub(r"\s+", " ", (ROOT / "docs" / page).read_text(encoding="utf-8"))
+
+    assert (
+        f"is the table: {len(cases())} cases over add_noise.py ({per['add_noise.py']}), train_rsm.py "
+        f"({per['train_rsm.py']}), serve.py ({per['serve.py']};" in read("reliability.md")
+    )
+    assert (
+        f"train.py ({per['train.py']}), the five benchmarks ({benchmarks}), the channel, NR, cells and figures "
+        f"CLIs ({clis})" in read("reliability.md")
+    )
+    assert f"the table of {len(cases())} bad inputs" in read("tests.md")
 
 
 def test_a_surrogate_save_cut_short_leaves_the_previous_file_whole(tmp_path, monkeypatch):

@@ -75,6 +75,37 @@ def test_a_resumed_distributed_sweep_computes_only_what_is_missing(local_ray, ti
     assert (tmp_path / "part.csv").read_bytes() == (tmp_path / "whole.csv").read_bytes()
 
 
+@pytest.mark.parametrize(
+    "common, settings",
+    [
+        (
+            ["--link", "nr", "--snrs", "0,20"],
+            ["--mcs-rule", "reliable", "--residual-read", "bound", "--nr-frame", "FDD"],
+        ),
+        (["--snrs", "10", "--protects", "0,2"], ["--protect-path", "arq"]),
+    ],
+    ids=["nr-link", "protect-path"],
+)
+def test_the_links_settings_reach_the_workers(
+    local_ray, tiny_model_dir, sample_txt, tmp_path, common, settings, monkeypatch
+):
+    """--mcs-rule, --residual-read, --nr-frame and --protect-path are module constants a worker reads in its own
+    process: they travel with each task, so the Ray file is the single-process one under the same settings (and
+    the settings change it: a worker on the defaults would not write it)."""
+    from layersplit import nr, nr_frame, protect_arq
+
+    for module, name in ((nr, "MCS_RULE"), (nr_frame, "FRAME"), (nr, "RESIDUAL_READ"), (protect_arq, "PROTECT_PATH")):
+        monkeypatch.setattr(module, name, getattr(module, name))  # main() sets them: restored after this test
+
+    def sweep(name: str, *extra: str) -> bytes:
+        args = sweep_args(tiny_model_dir, sample_txt, tmp_path / f"{name}.csv", "--dropouts", "", *common, *extra)
+        assert add_noise.main(args) == 0
+        return (tmp_path / f"{name}.csv").read_bytes() + (tmp_path / f"{name}_cells.csv").read_bytes()
+
+    default, single = sweep("default"), sweep("single", *settings)
+    assert sweep("ray", *settings, "--ray", "--workers", "2") == single != default
+
+
 def test_bad_input_is_one_line_before_any_task_and_from_a_worker(
     local_ray, tiny_model_dir, sample_txt, tmp_path, capsys
 ):

@@ -1,0 +1,119 @@
+"""The prose findings of docs/protected-path.md against the committed cells they read: each number the text
+quotes is recomputed here from the result file and must appear in the text as quoted (the tables beside the
+text are generated; this holds the sentences to the same files)."""
+
+from __future__ import annotations
+
+import csv
+import re
+
+from conftest import ROOT
+
+DOC = ROOT / "docs" / "protected-path.md"
+WITHIN = 1.1  # "within 10% of clean"
+
+
+def text() -> str:
+    return re.sub(r"\s+", " ", DOC.read_text(encoding="utf-8"))  # a phrase may break across lines
+
+
+def cells(name: str, key: str) -> tuple[float, float, dict]:
+    """(clean perplexity, clean accuracy, {(split, key's value, K): row}) of a protect sweep's cells file."""
+    rows = list(csv.DictReader(open(ROOT / "results" / name, newline="")))
+    clean = next(r for r in rows if r["link"] == "dropout" and float(r["dropout"]) == 0 and r["protect"] == "0")
+    out = {}
+    for r in rows:
+        if r[key] and float(r[key]) > 0:  # the impaired cells (not the clean ones)
+            out[(int(r["split"]), float(r[key]), int(r["protect"]))] = r
+    return float(clean["ppl"]), float(clean["token_accuracy"]), out
+
+
+def span(values, fmt: str = "{:.0f}", sep: str = "-") -> str:
+    return f"{fmt.format(min(values))}{sep}{fmt.format(max(values))}"
+
+
+def test_the_findings_against_the_snr_are_the_cells():
+    clean, clean_acc, cell = cells("sweep_protect_snr_smollm2-135m_cells.csv", "snr_db")
+    splits, snrs = sorted({k[0] for k in cell}), sorted({k[1] for k in cell})
+    doc = text()
+    assert f"clean perplexity {clean:.2f}, accuracy {clean_acc:.3f}" in doc
+
+    def within_from(k: int) -> float:  # the lowest SNR from which every split stays within 10% of clean
+        good = [s for s in snrs if all(float(cell[(sp, s, k)]["ppl"]) <= WITHIN * clean for sp in splits)]
+        assert good == [s for s in snrs if s >= good[0]]
+        return good[0]
+
+    per = {s: float(cell[(splits[0], s, 0)]["dropout"]) for s in snrs}  # the erasure link's PER at each SNR
+    zero, full = within_from(0), within_from(64)
+    assert (
+        f"within 10% of clean from {zero:.0f} dB on (PER {per[zero]:.0%}) without protection, and from "
+        f"{full:.0f} dB on (PER {per[full]:.0%}) with K = 64, at every one of the {len(splits)} splits" in doc
+    )
+    ppl = {k: [float(cell[(sp, 10.0, k)]["ppl"]) for sp in splits] for k in (0, 64)}
+    acc = {k: [float(cell[(sp, 10.0, k)]["token_accuracy"]) for sp in splits] for k in (0, 64)}
+    assert f"At 10 dB (PER {per[10.0]:.0%}) nothing recovers" in doc and min(ppl[64]) > WITHIN * clean
+    assert (
+        f"(perplexity {span(ppl[0], '{:,.0f}', ' to ')}, accuracy {span([100 * a for a in acc[0]])}%) into a "
+        f"usable one ({span(ppl[64])}, accuracy {span(acc[64], '{:.2f}')} against {clean_acc:.3f} clean)" in doc
+    )
+    at15 = {sp: float(cell[(sp, 15.0, 0)]["ppl"]) for sp in splits}
+    assert f"at 15 dB splits 12 and 16 are at {at15[12]:.0f} and {at15[16]:.0f}" in doc
+    assert f"splits 1 and 10 at {at15[1]:.0f} and {at15[10]:.0f}" in doc
+    k4, k64 = ([float(cell[(sp, 15.0, k)]["ppl"]) for sp in splits] for k in (4, 64))
+    assert f"(15 dB: {span(k4, '{:.1f}')} at K = 4, {span(k64, '{:.1f}')} at K = 64)" in doc
+    one = {sp: float(cell[(sp, 10.0, 1)]["ppl"]) for sp in (24, 12, 1)}
+    assert f"(10 dB, K = 1: {one[24]:,.0f} at split 24, {one[12]:,.0f} at 12, {one[1]:,.0f} at 1)" in doc
+
+
+def test_the_findings_against_p_are_the_cells():
+    clean, _, cell = cells("sweep_protect_p_smollm2-135m_cells.csv", "dropout")
+    splits, ps = sorted({k[0] for k in cell}), sorted({k[1] for k in cell})
+    doc = text()
+
+    def good(sp: int, k: int) -> list[float]:  # the p at which the split stays within 10% of clean
+        return [p for p in ps if float(cell[(sp, p, k)]["ppl"]) <= WITHIN * clean]
+
+    assert all(good(sp, 0) == [ps[0]] for sp in splits)
+    assert f"without protection perplexity is within 10% of clean only at p = {ps[0]:g} at every split" in doc
+    up_to_01 = [sp for sp in splits if good(sp, 16)[:2] == ps[:2]]
+    assert f"with K = 16 up to p = {ps[1]:g} at {len(up_to_01)} of the {len(splits)} splits" in doc
+    all_p = [sp for sp in splits if good(sp, 64) == ps]
+    assert f"(K = 64: up to p = {ps[2]:g} at splits {', '.join(map(str, all_p[:-1]))} and {all_p[-1]})" in doc
+    k64 = [float(cell[(sp, 0.3, 64)]["ppl"]) for sp in splits]
+    assert (
+        f"p = 0.3, costs {span([100 * (v / clean - 1) for v in k64])}% of perplexity "
+        f"({span(k64, '{:.1f}')} against {clean:.2f})" in doc
+    )
+    k0 = [float(cell[(sp, 0.3, 0)]["ppl"]) / clean for sp in splits]
+    assert f"instead of a factor of {span(k0)}" in doc
+
+
+def test_which_elements_is_the_rule_file():
+    rows = list(csv.DictReader(open(ROOT / "results" / "protect_rule.csv", newline="")))
+    ppl = {(int(r["split"]), float(r["snr_db"]), int(r["k"]), r["rule"]): float(r["ppl"]) for r in rows}
+    cases = sorted({k[:3] for k in ppl})
+    ratios = {(k, rule): ppl[k + (rule,)] / ppl[k + ("top-K",)] for k in cases for rule in ("fixed-K", "fixed-bits")}
+    worse = [r for r in ratios.values() if r > 1]
+    better = [1 - r for r in ratios.values() if r <= 1]
+    doc = text()
+    assert f"the fixed set was worse than top-K in {len(worse)} of {len(ratios)} comparisons" in doc
+    assert f"better by at most {100 * max(better):.1f}% in the other {len(better)}" in doc
+
+    def at(snr: float, rule: str) -> list[float]:
+        return [r for (k, ru), r in ratios.items() if k[1] == snr and ru == rule]
+
+    assert (
+        f"the fixed set's perplexity is {span(at(10.0, 'fixed-K'), '{:.1f}')}x top-K's at the same K and "
+        f"{span(at(10.0, 'fixed-bits'), '{:.1f}')}x at the same bits" in doc
+    )
+    split12 = [ppl[(12, 10.0, 16, rule)] for rule in ("top-K", "fixed-K", "fixed-bits")]
+    assert (
+        "(for example split 12, K = 16: top-K {:.1f}, fixed {:.1f}, fixed at equal bits {:.1f})".format(*split12) in doc
+    )
+    spread = max(
+        max(ppl[k + (r,)] for r in ("top-K", "fixed-K", "fixed-bits"))
+        / min(ppl[k + (r,)] for r in ("top-K", "fixed-K", "fixed-bits"))
+        for k in cases
+        if k[1] == 20.0
+    )
+    assert spread < 1.02 and "at 20 dB (PER 0.02) all three are within 2%" in doc
