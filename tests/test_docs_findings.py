@@ -1,6 +1,6 @@
-"""The prose findings of docs/protected-path.md against the committed cells they read: each number the text
-quotes is recomputed here from the result file and must appear in the text as quoted (the tables beside the
-text are generated; this holds the sentences to the same files)."""
+"""The prose findings of docs/protected-path.md and docs/nr-link.md against the committed cells they read: each
+number the text quotes is recomputed here from the result file and must appear in the text as quoted (the tables
+beside the text are generated; this holds the sentences to the same files)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ import re
 from conftest import ROOT
 
 DOC = ROOT / "docs" / "protected-path.md"
+NR_DOC = ROOT / "docs" / "nr-link.md"
 WITHIN = 1.1  # "within 10% of clean"
 
 
-def text() -> str:
-    return re.sub(r"\s+", " ", DOC.read_text(encoding="utf-8"))  # a phrase may break across lines
+def text(doc=DOC) -> str:
+    return re.sub(r"\s+", " ", doc.read_text(encoding="utf-8"))  # a phrase may break across lines
 
 
 def cells(name: str, key: str) -> tuple[float, float, dict]:
@@ -117,3 +118,62 @@ def test_which_elements_is_the_rule_file():
         if k[1] == 20.0
     )
     assert spread < 1.02 and "at 20 dB (PER 0.02) all three are within 2%" in doc
+
+
+def snr_cells(name: str) -> tuple[float, dict]:
+    """(clean perplexity, {(split, SNR): row}) of an SNR sweep's cells file."""
+    rows = list(csv.DictReader(open(ROOT / "results" / name, newline="")))
+    clean = next(r for r in rows if r["link"] == "dropout")
+    return float(clean["ppl"]), {(int(r["split"]), float(r["snr_db"])): r for r in rows if r["snr_db"]}
+
+
+def test_the_nr_links_findings_against_the_snr_are_the_cells():
+    clean, target = snr_cells("sweep_nr_snr_smollm2-135m_cells.csv")  # the default rule: 10% first-transmission BLER
+    _, reliable = snr_cells("sweep_nr_reliable_snr_smollm2-135m_cells.csv")
+    uncoded_clean, uncoded = snr_cells("sweep_snr_qpsk_cells.csv")
+    doc = text(NR_DOC)
+    splits = sorted({k[0] for k in target})
+    assert splits == [4, 12, 24] and uncoded_clean == clean and f"clean perplexity {clean:.2f}" in doc
+
+    def ppl(cells, split, snr):
+        return float(cells[(split, snr)]["ppl"])
+
+    def within_from(cells, split) -> float:  # the lowest SNR from which the split stays within 10% of clean
+        snrs = sorted(s for sp, s in cells if sp == split)
+        return min(s for s in snrs if all(ppl(cells, split, t) <= WITHIN * clean for t in snrs if t >= s))
+
+    assert {within_from(uncoded, sp) for sp in splits} == {20.0}
+    assert "within 10% of clean from 20 dB on at splits 4, 12 and 24" in doc
+    first = {sp: within_from(reliable, sp) for sp in splits}
+    assert f"from {first[4]:g} dB (split 4) or {first[12]:g} dB (splits 12 and 24) on" in doc and first[12] == first[24]
+    snrs = sorted({s for _, s in reliable})
+    printed = [
+        s
+        for s in snrs
+        if all(f"{ppl(reliable, sp, t):.1f}" == f"{clean:.1f}" for sp in splits for t in snrs[snrs.index(s) :])
+    ]
+    assert f"equal to clean to the printed digit from {min(printed):g} dB on" in doc
+    zero = [ppl(reliable, sp, 0.0) for sp in splits]
+    acc = [float(reliable[(sp, 0.0)]["token_accuracy"]) for sp in splits]
+    assert "at 0 dB perplexity is {:.1f}, {:.1f} and {:.1f}".format(*zero) in doc
+    assert f"(accuracy {span(acc, '{:.2f}')})" in doc
+    # the target rule's relapse: its residual (the cells' dropout column) and what it costs
+    loss = {s: float(target[(4, s)]["dropout"]) for s in (10.0, 17.5, 20.0, 35.0, 40.0)}
+    assert all(1e-3 <= loss[s] < 2e-3 for s in (10.0, 17.5, 20.0))
+    assert "the residual TB loss after HARQ climbs to 1-2e-3 (10, 17.5 and 20 dB;" in doc
+    worst10 = max(splits, key=lambda sp: ppl(target, sp, 10.0))
+    assert f"costs up to {ppl(target, worst10, 10.0) / clean - 1:.0%} of perplexity" in doc
+    assert f"at 10 dB ({ppl(target, worst10, 10.0):.1f} at split {worst10})" in doc
+    worst20 = max(splits, key=lambda sp: ppl(target, sp, 20.0))
+    assert (
+        f"and {ppl(target, worst20, 20.0) / clean - 1:.0%} at 20 dB ({ppl(target, worst20, 20.0):.1f} at split" in doc
+    )
+    assert f"floor leaves {100 * loss[40.0]:.1f}-{100 * loss[35.0]:.1f}% of TBs lost" in doc
+    at35 = [ppl(target, sp, 35.0) for sp in splits]
+    acc35 = [float(target[(sp, 35.0)]["token_accuracy"]) for sp in splits]
+    assert "(perplexity {:.1f}, {:.1f} and {:.1f} at 35 dB,".format(*at35) in doc
+    assert f"accuracy {span(acc35, '{:.2f}')})" in doc
+    # where the link is bad the split matters
+    minus5 = [ppl(target, sp, -5.0) for sp in splits]
+    assert f"at -5 dB (residual {float(target[(4, -5.0)]['dropout']):.0%}) perplexity is " in doc
+    assert "{:.0f}, {:.0f} and {:.0f} at splits 4, 12 and 24".format(*minus5) in doc
