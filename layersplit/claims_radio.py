@@ -393,11 +393,7 @@ def block_nr_tails(results: Path) -> str:
     curves, pooled = nr.load_table(str(bler_table), tails=None), nr.load_table(str(bler_table), tails=str(tails))
     gain = 10.0 * math.log10(nr.HARQ_MAX_RETX + 1)  # chase combining of every transmission
     rows = []
-    deep: dict[tuple[int, float], list[int]] = {}  # (MCS, SNR) -> [lost, slots] over the point's chunks
-    for r in nr.read_table(tails, repeats=True):
-        counts = deep.setdefault((int(r["mcs"]), float(r["snr_db"])), [0, 0])
-        counts[0], counts[1] = counts[0] + int(r["errors"]), counts[1] + int(r["slots"])
-    for (mcs, snr), (errors, slots) in sorted(deep.items()):
+    for (mcs, snr), (errors, slots) in sorted(nr.point_counts(nr.read_table(tails, repeats=True)).items()):
         (low, high), lookup = nr.clopper_pearson(errors, slots), curves[mcs](snr)
         verdict = "inside" if low <= lookup <= high else "above: pessimistic" if lookup > high else "below: optimistic"
         rows.append(

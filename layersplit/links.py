@@ -227,23 +227,28 @@ class ErasureLink(UncodedLink):
         return channel.packet_error_rate(self.cfg)
 
 
-@dataclass(frozen=True)
-class BurstLink(ErasureLink):
-    """Erasure with the fade held for a coherence time (channel.COHERENCE_S): consecutive packets share it, so
-    losses come in bursts at the same mean (uplink.burst_loss)."""
-
-    name: ClassVar[str] = "burst"
-    title: ClassVar[str] = "uncoded link with burst losses"
+class HeldFade:
+    """A link whose fade holds for a coherence time (channel.COHERENCE_S): erase_in_bursts loses the units
+    (packets, TBs) with the losses its fade_losses draws per coherence interval, at the link's mean loss."""
 
     def corrupt(self, hidden, imp, gen):
         return _engine().erase_in_bursts(hidden, imp, gen)
 
+    def deliver(self, data, total, loss, ber, gen):  # serve.py does not offer it (SERVED)
+        raise NotImplementedError("burst losses are not served")
+
+
+@dataclass(frozen=True)
+class BurstLink(HeldFade, ErasureLink):
+    """Erasure with the fade held for a coherence time: consecutive packets share it, so losses come in bursts
+    at the same mean (uplink.burst_loss)."""
+
+    name: ClassVar[str] = "burst"
+    title: ClassVar[str] = "uncoded link with burst losses"
+
     def fade_losses(self, n_packets: int, gen) -> torch.Tensor:
         """Each packet's loss in the fade of its coherence interval."""
         return _engine().burst_loss(n_packets, self.cfg, gen)
-
-    def deliver(self, data, total, loss, ber, gen):  # serve.py does not offer it (SERVED)
-        raise NotImplementedError("burst losses are not served")
 
 
 @dataclass(frozen=True)
@@ -362,21 +367,15 @@ class NrLink(Link):
 
 
 @dataclass(frozen=True)
-class NrBurstLink(NrLink):
+class NrBurstLink(HeldFade, NrLink):
     """The NR link with the fade held for a coherence time: the TBs sent in one are lost together, or arrive,
     at nr's mean loss (uplink.nr_burst_loss)."""
 
     name: ClassVar[str] = "nr_burst"
     title: ClassVar[str] = "NR link with burst losses"
 
-    def corrupt(self, hidden, imp, gen):
-        return _engine().erase_in_bursts(hidden, imp, gen)
-
     def fade_losses(self, n_tbs: int, gen) -> torch.Tensor:
         return _engine().nr_burst_loss(n_tbs, self.point, gen)
-
-    def deliver(self, data, total, loss, ber, gen):  # serve.py does not offer it (SERVED)
-        raise NotImplementedError("burst losses are not served")
 
 
 @dataclass(frozen=True)

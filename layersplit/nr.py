@@ -293,6 +293,16 @@ def check_environment() -> None:
         raise UserError(f"{TABLE_ENV}={value}: {e}") from None
 
 
+def point_counts(rows) -> dict[tuple[int, float], tuple[int, int]]:
+    """(lost TBs, slots) per (MCS, Es/N0) over `rows` (read_table's), a point's chunks pooled."""
+    counts: dict[tuple[int, float], tuple[int, int]] = {}
+    for row in rows:
+        key = (int(row["mcs"]), float(row["snr_db"]))
+        errors, slots = counts.get(key, (0, 0))
+        counts[key] = (errors + int(row["errors"]), slots + int(row["slots"]))
+    return counts
+
+
 def tails_of(table: str | Path) -> Path:
     """Where the points measured deeper for `table` live: beside it, <table>_tails.csv (links resolved)."""
     table = Path(table).resolve()
@@ -326,13 +336,15 @@ def load_table(path: str | Path = BLER_TABLE, tails: str | Path | None = "beside
             for r in group
         }
     setup = {(r["channel"], r["receiver"]) for group in rows.values() for r in group}
-    for row in read_table(tails, repeats=True) if tails is not None else ():
+    tail_rows = read_table(tails, repeats=True) if tails is not None else []
+    for row in tail_rows:
         mcs = int(row["mcs"])
         if mcs not in rows or {(row["channel"], row["receiver"])} != setup or row["tb_size"] != rows[mcs][0]["tb_size"]:
             raise UserError(f"{tails}: MCS {mcs} at {row['snr_db']} dB is not a point of {path}'s set-up")
-        point = counts[mcs].setdefault(float(row["snr_db"]), [0, 0, 0.0, 1.0])
-        point[0] += int(row["errors"])
-        point[1] += int(row["slots"])
+    for (mcs, snr), (errors, slots) in point_counts(tail_rows).items():
+        point = counts[mcs].setdefault(snr, [0, 0, 0.0, 1.0])
+        point[0] += errors
+        point[1] += slots
         point[2], point[3] = point[0] / point[1], clopper_pearson(point[0], point[1])[1]
     curves = {}
     for mcs, group in sorted(rows.items()):

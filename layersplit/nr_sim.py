@@ -35,6 +35,7 @@ from .nr import (
     UE_SPEED_MPS,
     clopper_pearson,
     load_table,
+    point_counts,
     read_table,
 )
 
@@ -297,14 +298,11 @@ def measure_points(
     from tqdm.auto import tqdm
 
     path = Path(path)
-    so_far: dict[tuple[int, float], list[int]] = {}  # (MCS, SNR) -> [slots, errors] of the rows there
-    if path.exists():
-        for row in read_table(path, allow_empty=True, repeats=True):
-            if (row["channel"], row["receiver"], int(row["seed"])) != (channel, receiver, seed):
-                raise UserError(f"{path} holds points of another set-up; write to a new file")
-            counts = so_far.setdefault((int(row["mcs"]), float(row["snr_db"])), [0, 0])
-            counts[0] += int(row["slots"])
-            counts[1] += int(row["errors"])
+    rows = read_table(path, allow_empty=True, repeats=True) if path.exists() else []
+    for row in rows:
+        if (row["channel"], row["receiver"], int(row["seed"])) != (channel, receiver, seed):
+            raise UserError(f"{path} holds points of another set-up; write to a new file")
+    so_far = {point: (slots, errors) for point, (errors, slots) in point_counts(rows).items()}
     chunk = -(-chunk // batch) * batch  # whole batches: a chunked run draws the seeds of a straight one
     todo = [c for c in dict.fromkeys(cases) if not point_done(*so_far.get(c, (0, 0)), max_slots, min_errors)]
     new = not path.exists() or path.stat().st_size == 0

@@ -237,10 +237,8 @@ def test_bench_gpu_sh_prepares_and_rehearses_every_step_on_the_cpu(tmp_path):
     # the tails continue the committed file: the reliable rule's points to 8 slots each here, the rest untouched
     from layersplit import nr, nr_sim
 
-    committed = {}
-    for row in nr.read_table(ROOT / "results" / "nr_bler_tails.csv", repeats=True):
-        point = committed.setdefault(f"{row['mcs']}:{row['snr_db']}", [0, 0])
-        point[0], point[1] = point[0] + int(row["errors"]), point[1] + int(row["slots"])
+    rows = nr.read_table(ROOT / "results" / "nr_bler_tails.csv", repeats=True)
+    committed = {f"{mcs}:{snr:g}": list(counts) for (mcs, snr), counts in nr.point_counts(rows).items()}
     tails = summary["nr_tails"]["points"]
     assert summary["nr_tails"]["step"]["exit"] == 0
     for mcs, snr in nr_sim.reliable_points():
