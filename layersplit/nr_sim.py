@@ -59,7 +59,7 @@ TAIL_SEED_OFFSET = 2  # the tails draw from seed + 2: independent of the table's
 # these SNRs (the protect sweeps') the MCS the rule picks from the extrapolated curve, at the SNR + 6.02 dB of its
 # 4 transmissions rounded down to 0.5 dB, the lowest per MCS (a loss-free point bounds every SNR above it). To
 # certify RESIDUAL_TARGET each needs nr.slots_to_certify(RESIDUAL_TARGET) = 36,887 slots with none lost: about
-# 75 min a point for QPSK on one of these CPUs and hours for 16/64QAM, so a GPU's (bench/gpu.sh measures them).
+# over an hour a point for QPSK on one of these CPUs, several for 16/64QAM: a GPU's work (bench/gpu.sh's last step).
 RELIABLE_SNR_DB = (5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0)
 TAIL_CHUNK_SLOTS = 2048  # a row per this many slots of a point: an interrupted deep point keeps what it has done
 

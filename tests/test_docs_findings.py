@@ -177,3 +177,16 @@ def test_the_nr_links_findings_against_the_snr_are_the_cells():
     minus5 = [ppl(target, sp, -5.0) for sp in splits]
     assert f"at -5 dB (residual {float(target[(4, -5.0)]['dropout']):.0%}) perplexity is " in doc
     assert "{:.0f}, {:.0f} and {:.0f} at splits 4, 12 and 24".format(*minus5) in doc
+
+
+def test_the_nr_links_deep_point_at_the_reliable_rules_10_db_is_quoted_as_measured():
+    from layersplit import nr
+
+    tails = nr.point_counts(nr.read_table(ROOT / "results" / "nr_bler_tails.csv", repeats=True))
+    errors, slots = tails[(5, 16.0)]
+    lookup = nr.load_table(tails=None)[5](16.0)  # the table's extrapolation where 10 dB's residual is read
+    doc = text(NR_DOC)
+    assert errors == 0 and f"none of {slots:,} TBs was lost" in doc and f"(0 of {slots:,} at 16 dB" in doc
+    assert f"the extrapolation, {lookup:.2g}, lies inside the interval" in doc
+    assert f"the bound, {nr.clopper_pearson(errors, slots)[1]:.2g}, meets the target" in doc
+    assert nr.clopper_pearson(errors, slots)[1] <= nr.RESIDUAL_TARGET
