@@ -225,12 +225,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"simulated {n} points into {args.table} in {time.time() - start:.0f} s")
         elif args.tails:
             start = time.time()
+            tail_points = reliable_points(load_table(args.bler_table)) if reliable else points
             if reliable:
-                points = reliable_points(load_table(args.bler_table))
-                print("the reliable rule's points: " + ", ".join(f"MCS {m} at {s:g} dB" for m, s in points))
+                print("the reliable rule's points: " + ", ".join(f"MCS {m} at {s:g} dB" for m, s in tail_points))
             n = measure_points(
                 Path(args.tails),
-                points,
+                tail_points,
                 args.seed + TAIL_SEED_OFFSET,
                 args.channel,
                 args.receiver,

@@ -267,6 +267,18 @@ def test_a_deep_point_is_written_in_chunks_and_resumes_to_the_counts_of_a_straig
     assert nr_sim.point_done(8, 3, 16, 3) and nr_sim.point_done(4, 4, 16, 50) and not nr_sim.point_done(8, 4, 16, 50)
 
 
+def test_the_tails_cli_measures_the_points_it_is_given(tmp_path, capsys):
+    """`python -m layersplit.nr --tails F --points 3:-2.8`: the counts of measure_points at the tails' seed."""
+    from layersplit import nr_cli
+
+    common = ["--channel", "awgn", "--receiver", "perfect", "--max-slots", "16", "--batch", "4"]
+    assert nr_cli.main(["--tails", str(tmp_path / "cli.csv"), "--points", "3:-2.8", *common]) == 0
+    assert "simulated 1 points" in capsys.readouterr().out
+    rows = nr.read_table(tmp_path / "cli.csv", repeats=True)
+    assert [(int(r["slots"]), int(r["errors"])) for r in rows] == [(16, 5)]  # the chunked test's straight run
+    assert {r["seed"] for r in rows} == {str(nr_sim.TABLE_SEED + nr_sim.TAIL_SEED_OFFSET)}
+
+
 def test_the_slots_that_certify_a_residual_and_the_reliable_rules_points():
     n = nr.slots_to_certify(1e-4)
     assert n == 36887 and nr.clopper_pearson(0, n)[1] <= 1e-4 < nr.clopper_pearson(0, n - 1)[1]
