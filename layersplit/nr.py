@@ -83,8 +83,9 @@ TARGET_BLER = 0.1  # the usual 10% first-transmission BLER target of outer-loop 
 RESIDUAL_TARGET = 1e-4
 # How the "reliable" rule reads a residual: "extrapolated" (the curve's lookup, a straight line in log BLER past
 # its last lost TB) or "bound" (residual_bound: the 95% upper end of the nearest measured point, what the data
-# alone certify). The committed table's points hold 192 TBs, so no bound is below about 0.019 and "bound"
-# leaves the lowest MCS at every SNR; the extrapolation stays the default until the tails are measured deeper.
+# alone certify). The committed table's points hold 192 TBs (no bound below about 0.019); its tails certify 1e-4
+# only at MCS 3 (5 dB and up) and 5 (10 dB and up), so "bound" stays at MCS 5 above 10 dB, where the extrapolation
+# picks faster MCSs: the extrapolation stays the default until the tails of those are measured (docs/nr-link.md).
 RESIDUAL_READS = ("extrapolated", "bound")
 RESIDUAL_READ = "extrapolated"
 HARQ_MAX_RETX = 3  # retransmissions after the first: 4 transmissions in all, a common configuration

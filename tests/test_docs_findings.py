@@ -1,10 +1,12 @@
-"""The prose findings of docs/protected-path.md and docs/nr-link.md against the committed cells they read: each
-number the text quotes is recomputed here from the result file and must appear in the text as quoted (the tables
-beside the text are generated; this holds the sentences to the same files)."""
+"""The prose findings of docs/protected-path.md and docs/nr-link.md (and the NR policies' line of
+docs/surrogate-and-rl.md) against the committed cells they read: each number the text quotes is recomputed here
+from the result file and must appear in the text as quoted (the tables beside the text are generated; this holds
+the sentences to the same files)."""
 
 from __future__ import annotations
 
 import csv
+import json
 import re
 
 from conftest import ROOT
@@ -190,3 +192,60 @@ def test_the_nr_links_deep_point_at_the_reliable_rules_10_db_is_quoted_as_measur
     assert f"the extrapolation, {lookup:.2g}, lies inside the interval" in doc
     assert f"the bound, {nr.clopper_pearson(errors, slots)[1]:.2g}, meets the target" in doc
     assert nr.clopper_pearson(errors, slots)[1] <= nr.RESIDUAL_TARGET
+
+
+def test_the_nr_links_deep_point_at_the_reliable_rules_5_db_is_quoted_as_measured():
+    from layersplit import nr
+
+    tails = nr.point_counts(nr.read_table(ROOT / "results" / "nr_bler_tails.csv", repeats=True))
+    errors, slots = tails[(3, 11.0)]
+    bound = nr.clopper_pearson(errors, slots)[1]
+    lookup = nr.load_table(tails=None)[3](11.0)  # the table's extrapolation where 5 dB's residual is read
+    at5 = nr.operating_point(5.0, rule="reliable")
+    doc = text(NR_DOC)
+    assert errors == 0 and f"(0 of {slots:,} at 11 dB, for 5 dB and up)" in doc
+    assert "11 dB, where the reliable rule's 5 dB choice" in doc and f"none of {slots:,} TBs was lost either" in doc
+    assert lookup > bound and f"the table's lookup alone, {lookup:.2g}, lies above the interval" in doc
+    assert at5.mcs == 3 and at5.residual <= nr.RESIDUAL_TARGET and nr.residual_bound(nr.load_table()[3], 5.0) <= bound
+    assert f"the residual at 5 dB is {at5.residual:.2g}: within the target, and certified" in doc
+
+
+def test_the_nr_ppo_policies_are_the_policy_file():
+    """docs/nr-link.md's reading of the NR wireless PPO policies (one switch per seed) against the policy file."""
+    acts: dict[str, list] = {}
+    for r in csv.DictReader(open(ROOT / "results" / "rl_wireless_nr_ppo_policy.csv", newline="")):
+        acts.setdefault(r["policy"], []).append((float(r["value"]), int(float(r["split"])), float(r["withheld"])))
+    seeds = sorted(p for p in acts if p.startswith("ppo_s"))
+    lows, switches, highs = [], [], []
+    for policy in seeds:
+        path = sorted(acts[policy])
+        at = next(i for i, a in enumerate(path) if a[1:] != path[0][1:])  # the switch
+        assert all(a[1:] == path[0][1:] for a in path[:at]) and all(a[1] == 1 for a in path[at:])
+        lows.append(path[0][1:])
+        switches.append(path[at][0])
+        highs += [100 * a[2] for a in path[at:]]
+    (withheld,) = {w for _, w in lows}
+    doc = text(NR_DOC)
+    assert f"each switch once: below {span(switches)} dB (the seed decides where)" in doc
+    assert f"they withhold {withheld:.0%} of the activation at a split each seed picks" in doc
+    low_splits = [str(sp) for sp, _ in lows]
+    numbers = [p.removeprefix("ppo_s") for p in seeds]
+    assert (
+        f"(splits {', '.join(low_splits[:-1])} and {low_splits[-1]} for seeds {', '.join(numbers[:-1])} and "
+        f"{numbers[-1]})" in doc
+    )
+    assert f"keep 2 layers on the UE (split 1) and withhold {span(highs)}%" in doc
+    (static,) = {a[1:] for a in acts["best-static"]}
+    assert static[1] == withheld and all(static[1] > w / 100 for w in highs)  # as much below, less above
+    assert f"The best static action (split {static[0]}, {static[1]:.0%} withheld) sends as much below the" in doc
+    optimum = [a[1] for a in acts["optimum"]]
+    assert f"moves the split across the SNRs (from {min(optimum)} to {max(optimum)})" in doc
+    rl_doc = text(ROOT / "docs" / "surrogate-and-rl.md")  # its summary of the same policies
+    assert f"(split {static[0]}, {static[1]:.0%} withheld; paired over seeds) by withholding {span(highs)}%" in rl_doc
+    assert f"from a switch at {span(switches)} dB on" in rl_doc
+    returns = json.loads((ROOT / "results" / "rl_wireless_nr_ppo.json").read_text())["returns"]
+    assert all(r["mean"] < 0 for r in returns.values()) and "every return is below 0" in doc
+    best = returns["best-static"]
+    assert best["learned_minus_this"] - best["learned_minus_this_ci95"] > 0  # "PPO beats the best static action"
+    assert "and PPO beats the best static action" in doc
+    assert returns["optimum"]["mean"] > best["mean"] and "the per-SNR optimum is far above the best static" in doc

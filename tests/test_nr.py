@@ -490,7 +490,7 @@ def test_the_residual_bound_is_what_the_data_resolve(tmp_path):
     # extrapolation below it says
     assert nr.residual_bound(curve, 2.0, 4) == 0.037 > nr.failed_all(curve, 2.0, 4)
     # the committed table alone resolves no residual below about 2%: 192 TBs with none lost, upper end
-    # 1 - 0.025^(1/192); its tails resolve 1 - 0.025^(1/2000) (MCS 7 and 20) and 1e-4 (MCS 5, 36,887 TBs)
+    # 1 - 0.025^(1/192); its tails resolve 1 - 0.025^(1/2000) (MCS 7 and 20) and 1e-4 (MCS 3 and 5, 36,887 TBs)
     alone = nr.load_table(tails=None)
     assert min(nr.residual_bound(c, 40.0) for c in alone.values()) == pytest.approx(1 - 0.025 ** (1 / 192), rel=1e-3)
     committed = nr.load_table()
@@ -499,6 +499,10 @@ def test_the_residual_bound_is_what_the_data_resolve(tmp_path):
     assert nr.residual_bound(committed[5], 10.0) <= nr.RESIDUAL_TARGET < nr.residual_bound(committed[5], 9.9)
     assert nr.choose_mcs(committed, 10.0, "reliable", residual_read="bound").mcs == 5  # certified: what the curve picks
     assert nr.choose_mcs(committed, 10.0, "reliable").mcs == 5
+    # MCS 3's deep point (11 dB) certifies its residual from 11 - 6.02 dB on: the rule's 5 dB choice
+    assert nr.residual_bound(committed[3], 5.0) <= nr.RESIDUAL_TARGET < nr.residual_bound(committed[3], 4.9)
+    assert nr.failed_all(committed[3], 5.0, 4) <= nr.RESIDUAL_TARGET < nr.failed_all(committed[3], 4.9, 4)
+    assert nr.choose_mcs(committed, 5.0, "reliable", residual_read="bound").mcs == 3
 
 
 def test_the_reliable_rule_reads_the_bound_where_asked(tmp_path, monkeypatch):
