@@ -363,3 +363,16 @@ def test_bicm_capacity_against_closed_forms_and_a_monte_carlo():
     assert ch.bicm_capacity(4, 8.0) == pytest.approx(2 * info, abs=0.01)
     with pytest.raises(ValueError):
         ch.bicm_capacity(3, 0.0)
+
+
+def test_the_uncoded_pages_numbers_at_the_defaults_are_the_formulas():
+    """docs/uncoded-link.md quotes the defaults' PER at 10 dB (and under Rayleigh) and the prefill's air time."""
+    doc = " ".join((Path(__file__).resolve().parents[1] / "docs" / "uncoded-link.md").read_text().split())
+    cfg = ch.LinkConfig(snr_db=10.0)
+    rayleigh = ch.LinkConfig(snr_db=10.0, fading="rayleigh")
+    air_ms = 1e3 * ch.tx_latency_s(cfg, 512, 576)
+    assert (
+        f"At these defaults and 10 dB, PER = {ch.packet_error_rate(cfg):.3f} "
+        f"({ch.packet_error_rate(rayleigh):.3f} under Rayleigh) and prefill of 512 SmolLM2 tokens takes "
+        f"{air_ms:.0f} ms on air" in doc
+    )

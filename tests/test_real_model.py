@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import ROOT, run_script
 from layersplit.data import load_text, tokenize
 from layersplit.link import SplitLink
 from layersplit.models import find_decoder_layers, load_model
@@ -109,3 +109,17 @@ def test_sweep_perplexity_grows_with_p_at_a_fixed_split(tmp_path):
     for split in (4, 20):
         ppl = rows[rows["split"] == split].groupby("dropout")["ppl"].mean()
         assert ppl[0.0] < ppl[0.05] < ppl[0.2], ppl
+
+
+def test_the_uncoded_pages_console_example_is_what_the_command_prints():
+    """docs/uncoded-link.md shows a run of add_noise.py: each line it shows begins a line the command prints (the
+    printed rows also carry their seconds, which the page leaves out)."""
+    page = (ROOT / "docs" / "uncoded-link.md").read_text()
+    block = page.split("```\n$ python ", 1)[1].split("\n```", 1)[0].splitlines()
+    command, shown = block[0].split(), block[1:]
+    assert command[0] == "add_noise.py" and len(shown) >= 5
+    r = run_script(*command, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    printed = r.stdout.splitlines()
+    for line in shown:
+        assert any(p.startswith(line) for p in printed), (line, printed)
