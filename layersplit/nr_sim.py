@@ -58,10 +58,16 @@ TAIL_SEED_OFFSET = 2  # the tails draw from seed + 2: independent of the table's
 # The points the reliable rule's bound reads where the coded protected path runs (--points reliable): at each of
 # these SNRs (the protect sweeps') the MCS the rule picks from the extrapolated curve, at the SNR + 6.02 dB of its
 # 4 transmissions rounded down to 0.5 dB, the lowest per MCS (a loss-free point bounds every SNR above it). To
-# certify RESIDUAL_TARGET each needs nr.slots_to_certify(RESIDUAL_TARGET) = 36,887 slots with none lost: about
-# over an hour a point for QPSK on one of these CPUs, several for 16/64QAM: a GPU's work (bench/gpu.sh's last step).
+# certify RESIDUAL_TARGET each needs nr.slots_to_certify(RESIDUAL_TARGET) = 36,887 slots with none lost: with
+# EARLY_STOP under an hour a point on these CPUs (results/early_stop.json), or a GPU (bench/gpu.sh's last step).
 RELIABLE_SNR_DB = (5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0)
 TAIL_CHUNK_SLOTS = 2048  # a row per this many slots of a point: an interrupted deep point keeps what it has done
+
+# Stop decoding each LDPC code block once it meets its parity checks (Sionna's belief propagation runs all 20
+# iterations on every block, ~97% of a slot's time on a CPU). A valid code word stays put in further iterations,
+# so the TBs lost are the same slot by slot (tests/test_nr.py, bench/early_stop.py compare them), in a fraction of
+# the time at the SNRs the deep tails are measured at. False: Sionna's decoder as it is.
+EARLY_STOP = True
 
 # where Sionna runs the link (--device): the committed tables are the CPU's; a GPU draws from its own random
 # streams (other numbers at the same seed, the same statistics) and runs the large batches deep tails need
@@ -89,7 +95,14 @@ def point_seed(seed: int, mcs: int, snr_db: float) -> int:
 class Simulator:
     """Sionna's PUSCH link for one MCS: transmitter, channel, receiver; `errors(snr_db, slots)`."""
 
-    def __init__(self, mcs: int, channel: str = CHANNEL, receiver: str = RECEIVER, device: str = TABLE_DEVICE):
+    def __init__(
+        self,
+        mcs: int,
+        channel: str = CHANNEL,
+        receiver: str = RECEIVER,
+        device: str = TABLE_DEVICE,
+        early_stop: bool = EARLY_STOP,
+    ):
         if mcs not in range(29):
             raise UserError(f"MCS {mcs}: Table 5.1.3.1-1 has indices 0-28")
         if channel not in CHANNELS or receiver not in RECEIVERS:
@@ -129,6 +142,41 @@ class Simulator:
             return_tb_crc_status=True,
             device=self.device,
         )
+        self.iterations = 0  # belief-propagation iterations run, summed over the code words decoded so far
+        self._stop_early(self.rx._tb_decoder._decoder, early_stop)
+
+    def _stop_early(self, decoder, early_stop: bool) -> None:
+        """Wrap the LDPC decoder's iteration: count it per code word, and (`early_stop`) iterate only the code
+        words whose hard decisions do not yet meet every parity check (syndrome not 0): the others keep theirs."""
+        import torch
+
+        iterate = decoder._bp_iter
+        cn = torch.as_tensor(np.asarray(decoder._cn_idx), dtype=torch.long, device=self.device)
+        vn = torch.as_tensor(np.asarray(decoder._vn_idx), dtype=torch.long, device=self.device)
+        checks = int(cn.max()) + 1
+        state = {}
+
+        def valid(x_hat):  # each code word's syndrome is 0 (bits as the decoder's hard output: LLR <= 0 is a 1)
+            bits = (x_hat <= 0).to(torch.int32)[:, vn]
+            syndrome = torch.zeros(bits.shape[0], checks, dtype=torch.int32, device=bits.device)
+            return ~syndrome.index_add_(1, cn, bits).remainder_(2).bool().any(dim=1)
+
+        def step(msg_v2c, msg_c2v, llr_ch, x_hat, it):
+            if it == 0:
+                state["done"] = torch.zeros(x_hat.shape[0], dtype=torch.bool, device=x_hat.device)
+            active = (~state["done"]).nonzero().squeeze(1)
+            if len(active) == len(x_hat):
+                msg_v2c, msg_c2v, x_hat = iterate(msg_v2c, msg_c2v, llr_ch, x_hat, it)
+            elif len(active):
+                v2c, c2v, hard = iterate(msg_v2c[active], msg_c2v[active], llr_ch[active], x_hat[active], it)
+                msg_v2c, msg_c2v, x_hat = msg_v2c.clone(), msg_c2v.clone(), x_hat.clone()
+                msg_v2c[active], msg_c2v[active], x_hat[active] = v2c, c2v, hard
+            self.iterations += len(active)
+            if early_stop:
+                state["done"] = valid(x_hat)
+            return msg_v2c, msg_c2v, x_hat
+
+        decoder._bp_iter = step
 
     @property
     def tb_size(self) -> int:
@@ -136,6 +184,10 @@ class Simulator:
 
     def errors(self, snr_db: float, slots: int, seed: int) -> int:
         """TBs lost (CRC failed) out of `slots` first transmissions at average Es/N0 `snr_db`."""
+        return int(self.lost(snr_db, slots, seed).sum())
+
+    def lost(self, snr_db: float, slots: int, seed: int):
+        """Whether each of `slots` first transmissions at average Es/N0 `snr_db` lost its TB (CRC failed)."""
         import sionna.phy
         import torch
 
@@ -153,7 +205,7 @@ class Simulator:
                 _, crc = self.rx(y, no, h)
             else:
                 _, crc = self.rx(y, no)
-        return int((~crc.bool()).sum())
+        return ~crc.bool()
 
 
 def simulate_point(

@@ -273,3 +273,17 @@ def test_fresh_clone_refuses_a_folder_in_use_and_an_unknown_target_before_clonin
     assert [p.name for p in used.iterdir()] == ["keep.txt"]
     done = run_script("bench/fresh_clone.py", "everything", timeout=120)
     assert done.returncode == 2 and "invalid choice" in done.stderr
+
+
+def test_bench_early_stop_compares_both_decoders_on_the_same_slots(tmp_path):
+    out = tmp_path / "e.json"
+    done = run_script("bench/early_stop.py", "--points", "3:0,3:11", "--slots", "8", "--output", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["all_same"] and [(p["mcs"], p["snr_db"]) for p in report["points"]] == [(3, 0.0), (3, 11.0)]
+    waterfall, deep = report["points"]
+    assert waterfall["iterations_per_code_word_full"] == deep["iterations_per_code_word_full"] == 20
+    assert deep["iterations_per_code_word_early"] < 20 and deep["lost_full"] == deep["lost_early"] == 0
+    assert "MCS  3 at 11 dB: lost 0 / 0 of 8 (same slot by slot: True)" in done.stdout
+    bad = run_script("bench/early_stop.py", "--points", "2:0", "--output", str(tmp_path / "bad.json"))
+    assert bad.returncode == 2 and "MCS 3-28" in bad.stderr and not (tmp_path / "bad.json").exists()

@@ -249,3 +249,21 @@ def test_the_nr_ppo_policies_are_the_policy_file():
     assert best["learned_minus_this"] - best["learned_minus_this_ci95"] > 0  # "PPO beats the best static action"
     assert "and PPO beats the best static action" in doc
     assert returns["optimum"]["mean"] > best["mean"] and "the per-SNR optimum is far above the best static" in doc
+
+
+def test_the_nr_decoders_early_stopping_is_quoted_as_measured():
+    """docs/nr-link.md's early-stopping sentence against results/early_stop.json (bench/early_stop.py)."""
+    report = json.loads((ROOT / "results" / "early_stop.json").read_text())
+    points = report["points"]
+    waterfall = [p for p in points if p["lost_full"] > 0]
+    deep = [p for p in points if p["lost_full"] == 0]
+    assert report["all_same"] and len(waterfall) == len(deep) == 2
+    doc = text(NR_DOC)
+    assert f"slot by slot, at all {len(points)} of its points" in doc
+    lost = " and ".join(str(p["lost_full"]) for p in waterfall)
+    mcs = " and ".join(str(p["mcs"]) for p in waterfall)
+    assert f"({lost} of {waterfall[0]['slots']} on the waterfalls of MCS {mcs})" in doc
+    iterations = " and ".join(f"{p['iterations_per_code_word_early']:.1f}" for p in deep)
+    faster = " and ".join(f"{p['full_over_early_time']:.1f}x" for p in deep)
+    where = ", ".join(f"MCS {p['mcs']} at {p['snr_db']:g} dB" for p in deep)
+    assert f"the deep points {iterations} iterations a code block instead of 20, {faster} faster ({where})" in doc

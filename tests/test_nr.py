@@ -211,6 +211,33 @@ def test_sionna_monte_carlo_is_seeded_and_follows_the_snr():
     assert on.device == "cpu" and on.errors(0.0, 8, seed=5) == tdl.errors(0.0, 8, seed=5)
 
 
+def test_early_stopping_loses_the_same_tbs_slot_by_slot_in_fewer_iterations():
+    """nr_sim.EARLY_STOP against Sionna's decoder run to its 20 iterations: the same seeds lose the same TBs on
+    the waterfall (some lost, some not), and where none is lost each code block stops early."""
+    assert nr_sim.EARLY_STOP
+    full, early = nr_sim.Simulator(3, early_stop=False), nr_sim.Simulator(3, early_stop=True)
+    mixed = 0
+    for snr in (-2.0, 0.0):
+        lost_full, lost_early = full.lost(snr, 16, seed=7), early.lost(snr, 16, seed=7)
+        assert torch.equal(lost_full, lost_early), snr
+        mixed += 0 < int(lost_full.sum()) < 16
+    assert mixed == 2  # the comparison covers slots decoded and slots lost at the same SNR
+    assert full.iterations == 2 * 16 * 20  # 2 SNRs' 16 slots of one code block, 20 iterations each
+    before = early.iterations
+    assert early.lost(11.0, 16, seed=7).sum() == 0 and early.iterations - before < 16 * 20 / 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mcs, snr", [(3, 2.0), (14, 14.0)])
+def test_early_stopping_measures_the_committed_tables_points_again(mcs, snr):
+    """The committed BLER table was measured with Sionna's decoder run to all 20 iterations; its waterfall points
+    measured again from the same seeds with early stopping lose the same number of TBs in the same slots."""
+    (row,) = [r for r in csv.DictReader(open(nr.BLER_TABLE)) if int(r["mcs"]) == mcs and float(r["snr_db"]) == snr]
+    sim = nr_sim.Simulator(mcs, early_stop=True)
+    assert 0 < int(row["errors"]) < int(row["slots"])
+    assert nr_sim.simulate_point(sim, snr, nr_sim.TABLE_SEED) == (int(row["slots"]), int(row["errors"]))
+
+
 def test_the_table_writer_resumes_and_stops_a_curve_at_its_first_loss_free_point(tmp_path):
     path = tmp_path / "t.csv"
     n = nr_sim.measure_table(
