@@ -39,7 +39,7 @@ from layersplit.cli import (
     writable_file,
 )
 from layersplit.data import EMBEDDED_DATASET
-from layersplit.distributed import ADDRESS_HELP
+from layersplit.distributed import ADDRESS_HELP, link_settings_set
 from layersplit.grid import (
     CPU_BATCH,
     GPU_MEMORY_SHARE,
@@ -403,10 +403,6 @@ def print_table(r: dict) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    nr.MCS_RULE = args.mcs_rule  # the NR link reads its constant at each call
-    nr_frame.FRAME = args.nr_frame
-    nr.RESIDUAL_READ = args.residual_read
-    protect_arq.PROTECT_PATH = args.protect_path  # the links read it at each transfer
 
     def body() -> int:
         from layersplit.models import keep_freed_memory
@@ -423,7 +419,11 @@ def main(argv=None) -> int:
             print_table(report)
         return 0
 
-    return cli.run_main("add_noise.py", body)
+    # the links read these module constants at each call (and Ray's workers get them with each task)
+    with link_settings_set(
+        mcs_rule=args.mcs_rule, frame=args.nr_frame, residual_read=args.residual_read, protect_path=args.protect_path
+    ):
+        return cli.run_main("add_noise.py", body)
 
 
 def __getattr__(

@@ -53,6 +53,7 @@ from .channel import (
     tx_latency_s,
 )
 from .cli import writable_file
+from .distributed import link_settings_set
 
 # ---- CLI defaults ----------------------------------------------------------------------------
 DEFAULT_TOKENS = 512  # prompt length crossing the link at prefill
@@ -334,7 +335,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {len(rows)} rows to {args.latency_table}")
             return 0
         if args.protect_table:
-            protect_arq.PROTECT_PATH = args.protect_path  # the links read it at each call
             rows = compute.protect_table(
                 list(PROTECT_TABLE_SNR_DB), compute.TABLE_MODELS, PROTECT_TABLE_KS, args.tokens, cfg
             )
@@ -356,4 +356,5 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{key:22s} {value:.4g}" if isinstance(value, float) else f"{key:22s} {value}")
         return 0
 
-    return cli.run_main(parser.prog, body)
+    with link_settings_set(protect_path=args.protect_path):  # the links read it at each call
+        return cli.run_main(parser.prog, body)

@@ -20,6 +20,7 @@ surrogate and reports its share of the exact optimum; ASHA stops the poor trials
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import socket
@@ -152,6 +153,20 @@ def apply_link_settings(settings: dict) -> None:
 
     nr.MCS_RULE, nr_frame.FRAME = settings["mcs_rule"], settings["frame"]
     nr.RESIDUAL_READ, protect_arq.PROTECT_PATH = settings["residual_read"], settings["protect_path"]
+
+
+@contextlib.contextmanager
+def link_settings_set(**changes):
+    """Set some of link_settings for one command (a script's main), and restore them after it: a test or a notebook
+    that runs several commands in one process gives each its own command line."""
+    saved = link_settings()
+    if unknown := set(changes) - set(saved):
+        raise ValueError(f"not a link setting: {', '.join(sorted(unknown))}")
+    apply_link_settings({**saved, **changes})
+    try:
+        yield
+    finally:
+        apply_link_settings(saved)
 
 
 def _worker_class():

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from . import UserError, channel, channel_cli, cli, compute, links, nr, nr_frame
+from .distributed import link_settings_set
 from .nr import (
     BLER_TABLE,
     CHANNEL,
@@ -204,8 +205,6 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     def body() -> int:  # (cli.run_main has checked the table LAYERSPLIT_NR_BLER_TABLE names)
-        nr_frame.FRAME = args.frame  # the latency table's link reads it at each call
-        nr.RESIDUAL_READ = args.residual_read
         if args.bler_table != BLER_TABLE:
             read_table(args.bler_table)  # a bad table is named before any Monte Carlo
         if args.table:
@@ -287,4 +286,5 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{key:22s} {value:.4g}" if isinstance(value, float) else f"{key:22s} {value}")
         return 0
 
-    return cli.run_main(parser.prog, body)
+    with link_settings_set(frame=args.frame, residual_read=args.residual_read):  # the links read them at each call
+        return cli.run_main(parser.prog, body)

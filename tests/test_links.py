@@ -290,3 +290,21 @@ def test_the_random_delay_is_drawn_only_by_the_original():
     assert links.OriginalLink(0.1).transfer(10, 1, 10, 0, 16, lambda: rng.uniform(0.005, 0.01))[1] == pytest.approx(
         random.Random(0).uniform(0.005, 0.01)
     )
+
+
+def test_a_commands_link_settings_end_with_it(capsys):
+    """The scripts set the links' module constants (--mcs-rule, --nr-frame, --residual-read, --protect-path) for
+    their run only: a second command in the same process (a test, a notebook) starts from the defaults."""
+    from layersplit import channel_cli, distributed, nr_cli, nr_frame
+
+    defaults = distributed.link_settings()
+    assert nr_cli.main(["--snr-db", "10", "--residual-read", "bound", "--frame", "FDD", "--json"]) == 0
+    assert channel_cli.main(["--snr-db", "10", "--protect-path", "arq", "--json"]) == 0
+    assert distributed.link_settings() == defaults
+    with distributed.link_settings_set(mcs_rule="reliable"):
+        assert nr.MCS_RULE == "reliable" and distributed.link_settings()["frame"] == nr_frame.FRAME
+    assert distributed.link_settings() == defaults
+    with pytest.raises(ValueError, match="not a link setting"):
+        with distributed.link_settings_set(rule="reliable"):
+            pass
+    capsys.readouterr()
