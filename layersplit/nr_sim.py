@@ -64,8 +64,8 @@ RELIABLE_SNR_DB = (5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0)
 TAIL_CHUNK_SLOTS = 2048  # a row per this many slots of a point: an interrupted deep point keeps what it has done
 
 # Stop decoding each LDPC code block once it meets its parity checks (Sionna's belief propagation runs all 20
-# iterations on every block, ~97% of a slot's time on a CPU). A valid code word stays put in further iterations,
-# so the TBs lost are the same slot by slot (tests/test_nr.py, bench/early_stop.py compare them), in a fraction of
+# iterations on every block, ~97% of a slot's time on a CPU). Further iterations rarely move a valid code word: the
+# TBs lost are the same slot by slot wherever compared (tests/test_nr.py, bench/early_stop.py), in a fraction of
 # the time at the SNRs the deep tails are measured at. False: Sionna's decoder as it is.
 EARLY_STOP = True
 
