@@ -20,6 +20,7 @@ from pathlib import Path
 
 from layersplit import cli
 from layersplit.cli import positive_int
+from layersplit.nr_cli import parse_points
 
 POINTS = "3:0,3:11,14:14,14:21"  # (MCS, Es/N0 dB): two waterfall points, two deep ones
 SLOTS = 128  # slots per point, through both decoders
@@ -35,11 +36,11 @@ def parse_args(argv=None):
     p.add_argument("--output", type=cli.writable_file, default=OUTPUT, help="JSON of every point")
     args = p.parse_args(argv)
     try:
-        args.point_list = [(int(m), float(s)) for m, s in (c.split(":") for c in args.points.split(","))]
-    except ValueError:
-        p.error(f"--points {cli.shown(args.points)}: give MCS:SNR pairs, e.g. 3:0,14:21")
-    if any(m not in range(3, 29) or not cli.SNR_DB_MIN <= s <= cli.SNR_DB_MAX for m, s in args.point_list):
-        p.error(f"--points {cli.shown(args.points)}: MCS 3-28, SNRs {cli.SNR_DB_MIN:g}..{cli.SNR_DB_MAX:g} dB")
+        args.point_list = parse_points(args.points)
+    except cli.UserError as e:
+        p.error(str(e))
+    if not args.point_list or any(m not in range(3, 29) for m, _ in args.point_list):
+        p.error(f"--points {cli.shown(args.points)}: MCS 3-28 (the BLER table's), one point or more")
     return args
 
 

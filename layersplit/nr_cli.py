@@ -160,6 +160,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_points(text: str | None, option: str = "--points") -> list[tuple[int, float]]:
+    """(MCS, Es/N0 dB) pairs from "MCS:SNR,...", the SNRs in the CLI's range; UserError names the option."""
+    try:
+        found = [(int(a), float(b)) for a, b in (c.split(":") for c in text.split(","))] if text else []
+    except ValueError:
+        raise UserError(f"{option} {cli.shown(text)}: give MCS:SNR pairs, e.g. 14:10,3:0") from None
+    if any(not cli.SNR_DB_MIN <= snr <= cli.SNR_DB_MAX for _, snr in found):  # NaN too
+        raise UserError(f"{option} {cli.shown(text)}: SNRs must lie in {cli.SNR_DB_MIN:g}..{cli.SNR_DB_MAX:g} dB")
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     import json
 
@@ -176,12 +187,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def pairs(option: str, text: str | None) -> list[tuple[int, float]]:
         try:
-            found = [(int(a), float(b)) for a, b in (c.split(":") for c in text.split(","))] if text else []
-        except ValueError:
-            parser.error(f"{option} {cli.shown(text)}: give MCS:SNR pairs, e.g. 14:10,3:0")
-        if any(not cli.SNR_DB_MIN <= snr <= cli.SNR_DB_MAX for _, snr in found):  # NaN too
-            parser.error(f"{option} {cli.shown(text)}: SNRs must lie in {cli.SNR_DB_MIN:g}..{cli.SNR_DB_MAX:g} dB")
-        return found
+            return parse_points(text, option)
+        except UserError as e:
+            parser.error(str(e))
 
     cases = pairs("--check", args.check)
     reliable = args.tails and args.points == "reliable"  # the points are the table's: read in body()

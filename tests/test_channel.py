@@ -367,7 +367,7 @@ def test_bicm_capacity_against_closed_forms_and_a_monte_carlo():
 
 def test_the_uncoded_pages_numbers_at_the_defaults_are_the_formulas():
     """docs/uncoded-link.md quotes the defaults' PER at 10 dB (and under Rayleigh) and the prefill's air time."""
-    doc = " ".join((Path(__file__).resolve().parents[1] / "docs" / "uncoded-link.md").read_text().split())
+    doc = " ".join((REPO / "docs" / "uncoded-link.md").read_text().split())
     cfg = ch.LinkConfig(snr_db=10.0)
     rayleigh = ch.LinkConfig(snr_db=10.0, fading="rayleigh")
     air_ms = 1e3 * ch.tx_latency_s(cfg, 512, 576)
