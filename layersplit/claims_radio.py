@@ -345,7 +345,7 @@ NR_PAIR_SWEEP = "sweep_nr_pair_smollm2-135m.csv"  # --link nr on nr_burst's grid
 NR_BURST_HIDDEN, NR_BURST_BITS = 576, 16  # SmolLM2-135M's fp16 activations: the transfers nr_burst_pairs measures
 
 
-RESIDUAL_READ_SNRS = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0)  # the rows of the residual-read block
+RESIDUAL_READ_SNRS = (0.0, 5.0, 10.0, 15.0, 17.5, 20.0, 22.5, 25.0, 27.5, 30.0, 40.0)  # rows of the residual-read block
 RESIDUAL_READ_TOKENS = 512  # the prefill whose air time it quotes (SmolLM2's 576-element fp16 activations)
 
 

@@ -81,13 +81,13 @@ TARGET_BLER = 0.1  # the usual 10% first-transmission BLER target of outer-loop 
 # "reliable": also a residual TB loss after HARQ of at most this (activations are loss-sensitive: the 10% rule
 # alone leaves up to 2.6% of TBs lost where an MCS's curve has a floor; README, "A 5G NR coded link")
 RESIDUAL_TARGET = 1e-4
-# How the "reliable" rule reads a residual: "extrapolated" (the curve's lookup, a straight line in log BLER past
-# its last lost TB) or "bound" (residual_bound: the 95% upper end of the nearest measured point, what the data
-# alone certify). The committed table's points hold 192 TBs (no bound below about 0.019); its tails certify 1e-4
-# only at MCS 3 (5 dB and up) and 5 (10 dB and up), so "bound" stays at MCS 5 above 10 dB, where the extrapolation
-# picks faster MCSs: the extrapolation stays the default until the tails of those are measured (docs/nr-link.md).
+# How the "reliable" rule reads a residual: "bound" (residual_bound: the 95% upper end of the nearest measured point,
+# what the data alone certify) or "extrapolated" (the curve's lookup, a straight line in log BLER past its last lost
+# TB). The bound is the default: an MCS is "reliable" only where a measured point resolves its residual. Where the
+# tails certify the point nr_sim.reliable_points names (36,887 slots, none lost: 1e-4) the bound picks what the
+# extrapolation picks; elsewhere it keeps a slower MCS (docs/nr-link.md gives where the two differ).
 RESIDUAL_READS = ("extrapolated", "bound")
-RESIDUAL_READ = "extrapolated"
+RESIDUAL_READ = "bound"
 HARQ_MAX_RETX = 3  # retransmissions after the first: 4 transmissions in all, a common configuration
 TAIL_SLOPE_DB = -1.0  # decades of BLER per dB past a curve's last lost TB when it has only one point
 # with losses (otherwise the slope of its last two: a fading channel's BLER falls as a power of the SNR)

@@ -137,6 +137,11 @@ def test_link_adaptation_picks_the_highest_mcs_within_the_target_or_the_best_goo
 
 def test_the_reliable_rule_also_bounds_the_residual_loss(table, monkeypatch):
     curves = nr.load_table(table)
+    # the default reads the bound, which this table's points (upper ends of 1) never certify: MCS 3 at any target
+    monkeypatch.setattr(nr, "RESIDUAL_TARGET", 1e-3)
+    assert nr.RESIDUAL_READ == "bound" and nr.choose_mcs(curves, 12.0, rule="reliable").mcs == 3
+    monkeypatch.setattr(nr, "RESIDUAL_TARGET", 1e-4)
+    monkeypatch.setattr(nr, "RESIDUAL_READ", "extrapolated")  # the extrapolation's arithmetic, below
     # at 12 dB MCS 9 meets the 10% target (0.01), but after 4 transmissions (+6 dB) it still loses
     # 0.01 x (0.01 / 0.2)^(1.5) = 1.1e-4 > 1e-4 of its TBs: reliable keeps MCS 3
     residual = nr.failed_all(curves[9], 12.0, nr.HARQ_MAX_RETX + 1)
@@ -318,10 +323,22 @@ def test_the_slots_that_certify_a_residual_and_the_reliable_rules_points():
     points = nr_sim.reliable_points(curves)
     assert len({m for m, _ in points}) == len(points)
     for snr in nr_sim.RELIABLE_SNR_DB:
-        mcs = nr.choose_mcs(curves, snr, "reliable").mcs
+        mcs = nr.choose_mcs(curves, snr, "reliable", residual_read="extrapolated").mcs
         read = snr + 10 * math.log10(nr.HARQ_MAX_RETX + 1)
         assert any(m == mcs and s <= read for m, s in points)
-    assert points == [(3, 11.0), (5, 16.0), (14, 21.0), (17, 31.0), (24, 36.0)]  # on the committed table
+    assert points == [(3, 11.0), (5, 16.0), (11, 21.0), (14, 26.0), (17, 31.0), (24, 36.0)]  # the committed table
+    # where the committed tails certify a point (none lost in 36,887) the default (bound) picks what the curve
+    # picks; where a point is still being measured (none lost so far) it keeps a slower MCS
+    counts = nr.point_counts(nr.read_table(nr.tails_of(nr.BLER_TABLE), repeats=True))
+    certified = {mcs for mcs, snr in points if counts[(mcs, snr)] == (0, n)}
+    assert all(counts[point][0] == 0 and counts[point][1] <= n for point in points) and len(certified) >= 5
+    assert nr.RESIDUAL_READ == "bound"
+    for snr in nr_sim.RELIABLE_SNR_DB:
+        picks = {read: nr.choose_mcs(curves, snr, "reliable", residual_read=read).mcs for read in nr.RESIDUAL_READS}
+        if picks["extrapolated"] in certified:
+            assert picks["bound"] == picks["extrapolated"], (snr, picks)
+        else:
+            assert picks["bound"] < picks["extrapolated"], (snr, picks)
 
 
 # ---- the link in the engine and the latency model -----------------------------------------------
@@ -541,11 +558,12 @@ def test_the_reliable_rule_reads_the_bound_where_asked(tmp_path, monkeypatch):
     path = write_table(tmp_path / "r.csv", {3: (1000, deep), 5: (2000, shallow)})
     curves = nr.load_table(path)
     assert nr.failed_all(curves[5], 10.0, 4) < nr.RESIDUAL_TARGET and curves[5](10.0) <= nr.TARGET_BLER
-    assert nr.choose_mcs(curves, 10.0, "reliable").mcs == 5  # the default: the extrapolation
+    assert nr.choose_mcs(curves, 10.0, "reliable", residual_read="extrapolated").mcs == 5
     assert nr.choose_mcs(curves, 10.0, "reliable", residual_read="bound").mcs == 3
+    assert nr.choose_mcs(curves, 10.0, "reliable").mcs == 3  # the default reads the bound
     assert nr.residual_bound(curves[3], 10.0) == 1e-5 and nr.residual_bound(curves[5], 10.0) == 0.037
-    monkeypatch.setattr(nr, "RESIDUAL_READ", "bound")  # the constant a script's --residual-read sets
-    assert nr.operating_point(10.0, rule="reliable", table=path).mcs == 3
+    monkeypatch.setattr(nr, "RESIDUAL_READ", "extrapolated")  # the constant a script's --residual-read sets
+    assert nr.operating_point(10.0, rule="reliable", table=path).mcs == 5
     assert nr.choose_mcs(curves, 10.0, "target").mcs == 5  # the other rules read no residual
     with pytest.raises(UserError, match="residual read"):
         nr.choose_mcs(curves, 10.0, "reliable", residual_read="guess")

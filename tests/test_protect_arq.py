@@ -68,6 +68,10 @@ def test_the_coded_path_is_the_nr_links_air_time_at_its_mcs():
     assert out["lost_share"] == point.residual
     reliable = protect_arq.coded(20.0, payload, lowest=False)
     assert reliable["mcs"] == nr.operating_point(20.0, rule="reliable", frame_name="FDD").mcs > protect_arq.NR_MCS
+    # the default path reads the bound: at every SNR of the protect sweeps the committed tails certify its loss
+    for snr in (5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0):
+        out = protect_arq.coded(snr, payload, lowest=False)
+        assert out["lost_share"] <= out["lost_bound"] <= nr.RESIDUAL_TARGET, snr
 
 
 def test_the_design_table_has_every_design_and_k():
