@@ -235,6 +235,7 @@ def test_the_nr_links_deep_points_of_the_reliable_rule_are_quoted_as_measured():
     listed = ", ".join(f"{m} at {s:g}" for m, s in points[1:-1]) + f" and {points[-1][0]} at {points[-1][1]:g})"
     assert f"(`nr_sim.reliable_points`: MCS {points[0][0]} at {points[0][1]:g} dB, {listed}" in doc
     assert f"The tails measure a point of {slots:,} slots wherever the extrapolation's choice at" in doc
+    assert all(tails[point] == (0, slots) for point in points) and "None of them lost a TB" in doc
     deeper = [(m, s) for m, s in points if s > 21.0 and tails[(m, s)] == (0, slots)]
     assert "(MCS " + ", ".join(f"{m} at {s:g}" + (" dB" if i == 0 else "") for i, (m, s) in enumerate(deeper)) in doc
     measuring = [(m, s) for m, s in points if tails[(m, s)] != (0, slots)]
