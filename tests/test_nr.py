@@ -327,19 +327,14 @@ def test_the_slots_that_certify_a_residual_and_the_reliable_rules_points():
         read = snr + 10 * math.log10(nr.HARQ_MAX_RETX + 1)
         assert any(m == mcs and s <= read for m, s in points)
     assert points == [(3, 11.0), (5, 16.0), (11, 21.0), (14, 26.0), (17, 31.0), (24, 36.0)]  # the committed table
-    # where the committed tails certify a point (none lost in 36,887) the default (bound) picks what the curve
-    # picks; where a point is still being measured (none lost so far) it keeps a slower MCS
+    # the committed tails certify every point (none lost in 36,887), so there the default (bound) picks what the
+    # curve picks
     counts = nr.point_counts(nr.read_table(nr.tails_of(nr.BLER_TABLE), repeats=True))
-    certified = {mcs for mcs, snr in points if counts[(mcs, snr)] == (0, n)}
-    assert all(counts[point][0] == 0 and counts[point][1] <= n for point in points)
-    assert certified == {mcs for mcs, _ in points}  # every point of the committed tails is complete
+    assert all(counts[point] == (0, n) for point in points)
     assert nr.RESIDUAL_READ == "bound"
     for snr in nr_sim.RELIABLE_SNR_DB:
         picks = {read: nr.choose_mcs(curves, snr, "reliable", residual_read=read).mcs for read in nr.RESIDUAL_READS}
-        if picks["extrapolated"] in certified:
-            assert picks["bound"] == picks["extrapolated"], (snr, picks)
-        else:
-            assert picks["bound"] < picks["extrapolated"], (snr, picks)
+        assert picks["bound"] == picks["extrapolated"], (snr, picks)
 
 
 # ---- the link in the engine and the latency model -----------------------------------------------

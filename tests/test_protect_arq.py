@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from layersplit import channel, compute, nr, nr_frame, protect_arq
+from layersplit import channel, compute, nr, nr_frame, nr_sim, protect_arq
 
 CFG = channel.LinkConfig(snr_db=10.0)  # QPSK, Nakagami m = 2, 64 x 16-bit elements + 32 header bits a packet
 
@@ -69,7 +69,7 @@ def test_the_coded_path_is_the_nr_links_air_time_at_its_mcs():
     reliable = protect_arq.coded(20.0, payload, lowest=False)
     assert reliable["mcs"] == nr.operating_point(20.0, rule="reliable", frame_name="FDD").mcs > protect_arq.NR_MCS
     # the default path reads the bound: at every SNR of the protect sweeps the committed tails certify its loss
-    for snr in (5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0):
+    for snr in nr_sim.RELIABLE_SNR_DB:
         out = protect_arq.coded(snr, payload, lowest=False)
         assert out["lost_share"] <= out["lost_bound"] <= nr.RESIDUAL_TARGET, snr
 
