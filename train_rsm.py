@@ -120,11 +120,9 @@ def run_dir(args, algo: str, seed: int) -> Path:
 
 
 def cmd_train(args) -> int:
-    import torch
-
     from layersplit import agents, run_folders, training
 
-    torch.set_num_threads(args.torch_threads)
+    training.limit_threads(args.torch_threads)
     seeds = args.seeds  # cli.seeds: integers in 0..2**32-1, what numpy's and SB3's seeding take
     algos = [a.strip() for a in args.algo.split(",") if a.strip()]
     unknown = [a for a in algos if a not in agents.ALGOS] or ([] if algos else [args.algo])
@@ -161,6 +159,8 @@ def cmd_train(args) -> int:
         for algo in algos
         for seed in seeds
     ]
+    for job in jobs:  # a folder of another run is refused here, before any run trains
+        training.check_run_folder(**job)
     for job in jobs:
         print(
             f"training {job['algo']} on {args.env}, seed {job['seed']}, {args.total_timesteps} steps -> "
@@ -190,17 +190,23 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    import torch
+    from layersplit import run_folders, training
 
-    from layersplit import run_folders
-
-    torch.set_num_threads(args.torch_threads)
+    training.limit_threads(args.torch_threads)
     configs = [run_folders.run_config(r) for r in args.runs]
     if len({(c["env"], c["algo"]) for c in configs}) != 1:
         raise UserError("evaluate runs of one environment and algorithm at a time")
     args.env, args.algo = configs[0]["env"], configs[0]["algo"]
     args.rsm = args.rsm or configs[0]["env_kwargs"].get("rsm_path")
     args.episode_end = configs[0]["env_kwargs"].get("episode_end", envs.EPISODE_END)
+    now = envs.surrogate_fingerprint(args.env, **env_kwargs_for(args.env, args.rsm, args.episode_end))
+    for run, config in zip(args.runs, configs):  # allowed (a policy on another surrogate), but never unsaid
+        if config.get("surrogate_sha256", now) != now:
+            print(
+                f"warning: {run} was trained on another surrogate (sha256 {str(config['surrogate_sha256'])[:12]}) "
+                f"than the one evaluated now ({str(now)[:12]}, {args.rsm or 'the shipped one'})",
+                file=sys.stderr,
+            )
     return evaluate_runs([Path(r) for r in args.runs], args)
 
 

@@ -122,11 +122,9 @@ def ppo_run(
     """PPO with one of SETUPS (ROLLOUT steps per update over all environments, minibatch BATCH); the
     summary with the final policy's mean return on the EVAL_EPISODES evaluation episodes (and its
     per-episode returns, final splits and, with keep_model, the model)."""
-    import torch
-
     from layersplit import policies, training
 
-    torch.set_num_threads(1)
+    training.limit_threads(1)
     n_envs, scaled, gamma = setup
     params = hyperparameters("ppo", n_envs, ROLLOUT, BATCH, gamma=gamma)
     model, summary = training.train(

@@ -272,12 +272,10 @@ def run_sweep(
 # --- training runs ----------------------------------------------------------------------------------
 def _train(job: dict, threads: int, cwd: str) -> dict:
     """One training.train(**job) in a Ray worker: in the driver's folder, with its torch threads."""
-    import torch
-
     from layersplit import training
 
     os.chdir(cwd)  # run folders and surrogate paths are the driver's (a cluster needs them on a shared disk)
-    torch.set_num_threads(threads)
+    training.limit_threads(threads)
     return training.train(**job)[1]
 
 
@@ -333,14 +331,13 @@ def _trial(
 ) -> None:
     """One PPO run on LayerSplit-Paper-v0 with `config`, reporting its share of the optimum every
     report_every steps (what ASHA stops poor trials by)."""
-    import torch
     from ray import tune
     from stable_baselines3.common.callbacks import BaseCallback
 
     from layersplit import envs, policies, training
 
     os.chdir(cwd)
-    torch.set_num_threads(1)
+    training.limit_threads(1)
     env = envs.make("LayerSplit-Paper-v0", **env_kwargs)
     optimum = policies.evaluate(env, policies.baseline("optimum", env.unwrapped), eval_episodes, eval_seed).mean
 

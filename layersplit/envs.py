@@ -397,3 +397,15 @@ def make(env_id: str, **kwargs) -> gym.Env:
     if env_id not in ENV_IDS:
         raise UserError(f"unknown environment {env_id!r}: use one of {', '.join(ENV_IDS)}")
     return gym.make(env_id, **kwargs)
+
+
+def surrogate_fingerprint(env_id: str, **kwargs) -> str | None:
+    """The fingerprint of the surrogate env_id with kwargs reads (Surrogate.fingerprint); None for the
+    LLM environment, which has none."""
+    if env_id == "LayerSplit-LLM-v0":
+        return None
+    env = make(env_id, **kwargs)
+    try:
+        return env.unwrapped.surrogate.fingerprint
+    finally:
+        env.close()

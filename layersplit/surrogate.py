@@ -31,6 +31,7 @@ network is built, fitted, saved or loaded: the scripts read this module's settin
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 from collections import OrderedDict
@@ -105,6 +106,17 @@ class Surrogate:
     @property
     def outputs(self) -> tuple[str, ...]:
         return FORMS[self.form]["outputs"]
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of what the predictions depend on (form, weights, scaling), not of the file: a run
+        trained on one surrogate is told from one trained on a refit, whatever the files are called."""
+        digest = hashlib.sha256(self.form.encode())
+        for w, b in self._weights:
+            digest.update(np.ascontiguousarray(w).tobytes() + np.ascontiguousarray(b).tobytes())
+        for name in ("in_mean", "in_std", "out_mean", "out_std"):
+            digest.update(np.ascontiguousarray(getattr(self, name), dtype=np.float64).tobytes())
+        return digest.hexdigest()
 
     def predict(self, x) -> np.ndarray:
         """Outputs (n x outputs) for inputs (n x inputs) in natural units; numpy, no autograd."""

@@ -6,11 +6,13 @@ folder holds and how it is read back, run_folders.py's."""
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import time
 from pathlib import Path
 
 import numpy as np
+import threadpoolctl
 import torch
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.env_util import make_vec_env
@@ -188,6 +190,78 @@ def make_env(
     )
 
 
+def limit_threads(n: int) -> None:
+    """n CPU threads for torch and for numpy's BLAS, which computes the surrogate environments' small
+    matrix products: a BLAS pool spin-waits for its threads, and beside another busy process it makes
+    training several times slower."""
+    torch.set_num_threads(n)
+    threadpoolctl.threadpool_limits(n, user_api="blas")
+
+
+# --- run folders' settings -------------------------------------------------------------------------
+RESUMABLE_CHANGES = ("total_timesteps",)  # a resumed run may be given a larger budget; any other setting must match
+
+
+def settings(
+    env_id: str,
+    algo: str,
+    seed: int,
+    n_envs: int,
+    total_timesteps: int,
+    hyperparameters: dict,
+    env_kwargs: dict | None,
+    batched: bool,
+    scale_observations: bool,
+) -> dict:
+    """A run's config.json: what a restart must share with it. The surrogate is named by its content
+    (surrogate_sha256), not only by its path, so a run trained before a refit is not taken for one of the
+    refit surrogate."""
+    return {
+        "env": env_id,
+        "algo": algo,
+        "batched": batched,
+        "seed": seed,
+        "n_envs": n_envs,
+        "total_timesteps": total_timesteps,
+        "hyperparameters": hyperparameters,
+        "scale_observations": scale_observations,
+        "env_kwargs": {k: str(v) for k, v in (env_kwargs or {}).items()},
+        "surrogate_sha256": envs.surrogate_fingerprint(env_id, **(env_kwargs or {})),
+    }
+
+
+def refuse_other_settings(run_dir: Path, config: dict, found: dict, where: Path) -> None:
+    """UserError naming the first setting in which `found` (a folder's or a save's) differs from `config`."""
+    for key in sorted((config.keys() | found.keys()) - set(RESUMABLE_CHANGES)):
+        if found.get(key) != config.get(key):
+            was, now = (
+                v[:12] if key == "surrogate_sha256" and isinstance(v, str) else v
+                for v in (found.get(key), config.get(key))
+            )
+            hint = " (the surrogate changed since this run was trained: a refit?)" if key == "surrogate_sha256" else ""
+            raise UserError(
+                f"{run_dir} holds a run with another configuration (see {where}; {key}: {was} in the file, "
+                f"{now} now){hint}: use another --run-dir, or the same options to resume"
+            )
+
+
+def check_run_folder(**job) -> None:
+    """What train(**job) would refuse in the run folder's config.json, checked without building or training
+    anything: a script with several runs refuses before the first trains. A damaged file is left to train."""
+    bound = inspect.signature(train).bind(**job)
+    bound.apply_defaults()
+    a = bound.arguments
+    path = Path(a["run_dir"]) / CONFIG_FILE
+    if not path.exists():
+        return
+    try:
+        found = read_json(path)
+    except UserError:
+        return
+    config = settings(*(a[k] for k in inspect.signature(settings).parameters))
+    refuse_other_settings(Path(a["run_dir"]), config, found, path)
+
+
 def train(
     env_id: str,
     algo: str,
@@ -214,26 +288,13 @@ def train(
         raise UserError("--total-timesteps and --n-envs must be at least 1")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    config = {
-        "env": env_id,
-        "algo": algo,
-        "batched": batched,
-        "seed": seed,
-        "n_envs": n_envs,
-        "total_timesteps": total_timesteps,
-        "hyperparameters": hyperparameters,
-        "scale_observations": scale_observations,
-        "env_kwargs": {k: str(v) for k, v in (env_kwargs or {}).items()},
-    }
+    config = settings(
+        env_id, algo, seed, n_envs, total_timesteps, hyperparameters, env_kwargs, batched, scale_observations
+    )
     config_path = run_dir / CONFIG_FILE
-    same = ("total_timesteps",)  # a resumed run may be given a larger budget; anything else must match
 
     def check(found: dict, where: Path) -> None:
-        if {k: v for k, v in found.items() if k not in same} != {k: v for k, v in config.items() if k not in same}:
-            raise UserError(
-                f"{run_dir} holds a run with another configuration (see {where}): "
-                "use another --run-dir, or the same options to resume"
-            )
+        refuse_other_settings(run_dir, config, found, where)
 
     if config_path.exists():
         try:
