@@ -238,10 +238,12 @@ def refuse_other_settings(run_dir: Path, config: dict, found: dict, where: Path)
                 v[:12] if key == "surrogate_sha256" and isinstance(v, str) else v
                 for v in (found.get(key), config.get(key))
             )
-            hint = " (the surrogate changed since this run was trained: a refit?)" if key == "surrogate_sha256" else ""
+            hint = ""
+            if key == "surrogate_sha256":  # a folder written before the settings named the surrogate has None
+                hint = "; the surrogate changed since this run was trained, a refit?" if was else ", not recorded there"
             raise UserError(
                 f"{run_dir} holds a run with another configuration (see {where}; {key}: {was} in the file, "
-                f"{now} now){hint}: use another --run-dir, or the same options to resume"
+                f"{now} now{hint}): use another --run-dir, or the same options to resume"
             )
 
 

@@ -63,8 +63,16 @@ def test_a_run_of_another_surrogate_is_not_resumed_or_reused(tmp_path):
     assert config["surrogate_sha256"] == rsm.load(envs.PAPER_RSM).fingerprint
     refit(path)  # written over the file the run names
     for attempt in (lambda: training.check_run_folder(**job(run, path)), lambda: training.train(**job(run, path))):
-        with pytest.raises(UserError, match=r"surrogate_sha256: \w{12} in the file, \w{12} now\).*refit"):
+        with pytest.raises(
+            UserError, match=r"surrogate_sha256: \w{12} in the file, \w{12} now; the surrogate changed .*refit\?\)"
+        ):
             attempt()
+    config.pop("surrogate_sha256")  # a folder from before the settings named the surrogate
+    (run / run_folders.CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(UserError, match=r"surrogate_sha256: None in the file, \w{12} now, not recorded there\)"):
+        training.check_run_folder(**job(run, path))
+    config["surrogate_sha256"] = rsm.load(envs.PAPER_RSM).fingerprint
+    (run / run_folders.CONFIG_FILE).write_text(json.dumps(config))
     rsm.load(envs.PAPER_RSM).save(path)  # the surrogate it was trained on: reused as before
     policy, summary = training.train(**job(run, path))
     assert summary["timesteps"] == 400 and not hasattr(policy, "learn")  # a SavedPolicy, not retrained
