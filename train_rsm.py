@@ -1,6 +1,6 @@
 """Model-based RL for the split point: fit the reward surrogate (RSM), train agents on it, evaluate them.
 
-    python train_rsm.py fit      # sweep CSVs -> reward_predictor.pth (+ _wireless, _protect), held-out R2/MAE
+    python train_rsm.py fit      # sweep CSVs -> reward_predictor(_wireless, _protect, _wireless_nr).pth, R2/MAE
     python train_rsm.py train                      # PPO on LayerSplit-Paper-v0, the original's settings, + evaluation
     python train_rsm.py train --seeds 0,1,2 --algo a2c
     python train_rsm.py train --seeds 0,1,2 --algo ppo,a2c,dqn --ray   # 9 runs as Ray tasks, one CPU each

@@ -27,6 +27,7 @@ from .nr import (
     DMRS_ADDITIONAL_POSITION,
     MCS_TABLE,
     NUM_PRBS,
+    OFDM_SYMBOLS,
     RECEIVER,
     RECEIVERS,
     SUBCARRIER_SPACING_KHZ,
@@ -82,6 +83,7 @@ def _pusch_config(mcs: int):
     cfg.carrier.subcarrier_spacing = SUBCARRIER_SPACING_KHZ
     cfg.carrier.n_size_grid = NUM_PRBS
     cfg.dmrs.additional_position = DMRS_ADDITIONAL_POSITION
+    cfg.symbol_allocation = [0, OFDM_SYMBOLS]  # from the slot's first symbol
     cfg.tb.mcs_table = MCS_TABLE
     cfg.tb.mcs_index = mcs
     return cfg

@@ -59,6 +59,13 @@ def test_the_simulated_pusch_carries_the_worked_tb_sizes():
         assert int(nr_sim._pusch_config(mcs).tb_size) == tbs
 
 
+def test_the_simulated_pusch_spans_the_grids_ofdm_symbols(monkeypatch):
+    """nr.OFDM_SYMBOLS is what the simulated slot carries: 12 symbols of MCS 3 are TS 38.214's 2,976 bits."""
+    monkeypatch.setattr(nr_sim, "OFDM_SYMBOLS", 12)
+    cfg = nr_sim._pusch_config(3)
+    assert cfg.symbol_allocation == [0, 12] and int(cfg.tb_size) == nr.tb_size(2, 251 / 1024, 51, 12, 24)[0] == 2976
+
+
 # ---- the table, the MCS choice, HARQ ------------------------------------------------------------
 def write_table(path, curves: dict[int, tuple[int, list[tuple[float, float]]]], channel="tdl", receiver="ls"):
     """A BLER table in write_table's format: {mcs: (tb_size, [(snr, bler[, upper end of its interval])])},
