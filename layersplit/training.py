@@ -260,7 +260,7 @@ def check_run_folder(**job) -> None:
         found = read_json(path)
     except UserError:
         return
-    config = settings(*(a[k] for k in inspect.signature(settings).parameters))
+    config = settings(**{k: a[k] for k in inspect.signature(settings).parameters})
     refuse_other_settings(Path(a["run_dir"]), config, found, path)
 
 
@@ -295,9 +295,6 @@ def train(
     )
     config_path = run_dir / CONFIG_FILE
 
-    def check(found: dict, where: Path) -> None:
-        refuse_other_settings(run_dir, config, found, where)
-
     if config_path.exists():
         try:
             found = read_json(config_path)
@@ -305,7 +302,7 @@ def train(
             found = None
             set_aside(config_path, str(e), "checking the settings against the newest save")
         if found is not None:
-            check(found, config_path)
+            refuse_other_settings(run_dir, config, found, config_path)
     torch.distributions.Distribution.set_default_validate_args(False)  # per-step argument checks: pure overhead here
     cls = ALGOS[algo]
     start_step, checkpoint, loaded = 0, None, None
@@ -314,7 +311,7 @@ def train(
         summary = read_summary(run_dir) if saves and saves[0].parent == run_dir else None
         start_step, checkpoint, loaded = newest_loadable(cls, saves, trust_zip)
         if isinstance(loaded, dict) and loaded["spec"].get("config") is not None:
-            check(loaded["spec"]["config"], checkpoint)
+            refuse_other_settings(run_dir, config, loaded["spec"]["config"], checkpoint)
         finished = checkpoint is not None and checkpoint.parent == run_dir and summary is not None
         if finished and start_step >= total_timesteps:  # reuse it
             policy = policy_from_save(loaded["spec"], loaded["tensors"]) if isinstance(loaded, dict) else loaded
